@@ -1,0 +1,1 @@
+"""Local-only tooling: PostgreSQL cluster, data generator, local runner and the totesys CLI."""

@@ -1,0 +1,48 @@
+"""Settings from environment variables: the one place the pipeline reads them."""
+import os
+from dataclasses import dataclass
+
+from utils.errors import ConfigError
+
+DEFAULT_TOTESYS_SECRET_ID = "totesys/db-credentials"
+DEFAULT_WAREHOUSE_SECRET_ID = "totesys/warehouse-credentials"
+DEFAULT_INGEST_OVERLAP_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class Settings:
+    ingest_bucket: str
+    processed_bucket: str
+    totesys_secret_id: str
+    warehouse_secret_id: str
+    ingest_overlap_seconds: int
+
+
+def _required(name):
+    value = os.environ.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"environment variable {name} is not set")
+    return value
+
+
+def load_settings():
+    """Return the Settings; raise ConfigError naming the first bad variable."""
+    overlap_text = os.environ.get(
+        "INGEST_OVERLAP_SECONDS", str(DEFAULT_INGEST_OVERLAP_SECONDS))
+    try:
+        overlap = int(overlap_text)
+    except ValueError:
+        overlap = -1
+    if overlap < 0:
+        raise ConfigError(
+            "environment variable INGEST_OVERLAP_SECONDS must be a "
+            f"non-negative integer, got {overlap_text!r}")
+    return Settings(
+        ingest_bucket=_required("INGEST_BUCKET"),
+        processed_bucket=_required("PROCESSED_BUCKET"),
+        totesys_secret_id=os.environ.get(
+            "TOTESYS_SECRET_ID", DEFAULT_TOTESYS_SECRET_ID),
+        warehouse_secret_id=os.environ.get(
+            "WAREHOUSE_SECRET_ID", DEFAULT_WAREHOUSE_SECRET_ID),
+        ingest_overlap_seconds=overlap,
+    )

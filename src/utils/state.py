@@ -1,0 +1,64 @@
+"""Pipeline state pointers in S3, advanced by compare-and-swap.
+
+A state pointer (``_state/<stage>.json``) is the only object the pipeline ever overwrites.
+It is read together with its ETag and written back with If-Match on that ETag, so two runs
+that started from the same state cannot both advance it: the second gets StateConflictError.
+"""
+import json
+
+from botocore.exceptions import ClientError
+
+from utils.errors import CorruptFileError, StateConflictError
+
+
+def state_key(stage):
+    return f"_state/{stage}.json"
+
+
+def read_state(s3_client, bucket_name, stage):
+    """Return (state dict, etag) for ``stage``; ({}, None) when there is none yet."""
+    key = state_key(stage)
+    try:
+        response = s3_client.get_object(Bucket=bucket_name, Key=key)
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return {}, None
+        raise
+    try:
+        state = json.loads(response["Body"].read())
+    except ValueError:
+        raise CorruptFileError(f"s3://{bucket_name}/{key} is not valid JSON") from None
+    if not isinstance(state, dict):
+        raise CorruptFileError(f"s3://{bucket_name}/{key} is not a JSON object")
+    return state, response["ETag"]
+
+
+def write_state(s3_client, bucket_name, stage, state, expected_etag):
+    """Replace the state of ``stage`` if it still has ``expected_etag`` (None: must not exist yet).
+
+    Raises StateConflictError when another run advanced it first.
+    """
+    key = state_key(stage)
+    condition = {"IfMatch": expected_etag} if expected_etag else {"IfNoneMatch": "*"}
+    try:
+        s3_client.put_object(
+            Bucket=bucket_name, Key=key, Body=json.dumps(state, sort_keys=True).encode(),
+            ContentType="application/json", **condition)
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "")
+        if code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
+            raise StateConflictError(
+                f"state {key} changed during this run; another run advanced it") from None
+        raise
+
+
+def read_json(s3_client, bucket_name, key):
+    """Read a JSON object (a manifest); CorruptFileError if it is not one."""
+    body = s3_client.get_object(Bucket=bucket_name, Key=key)["Body"].read()
+    try:
+        value = json.loads(body)
+    except ValueError:
+        raise CorruptFileError(f"s3://{bucket_name}/{key} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise CorruptFileError(f"s3://{bucket_name}/{key} is not a JSON object")
+    return value
