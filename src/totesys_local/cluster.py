@@ -314,7 +314,8 @@ def local_cluster(state_dir):
         if not _server_can_reach(state_dir):
             # The server user cannot enter this folder (e.g. a clone under /root): keep the data
             # in a folder of its own, recorded in cluster.json.
-            datadir = Path(tempfile.gettempdir()) / "totesys-pgdata-" + hashlib.sha1(str(state_dir).encode()).hexdigest()[:12]
+            datadir = Path(tempfile.gettempdir()) / (
+                "totesys-pgdata-" + hashlib.sha1(str(state_dir).encode()).hexdigest()[:12])
     if datadir.exists():
         shutil.rmtree(datadir)
     cluster = Cluster.create(datadir).start()
