@@ -270,8 +270,8 @@ def print_summary(summary, warehouse_line, out=print):
         out(f"  {'total':<32}{sum(loaded.values()):>10,}")
     if not ingested:
         out("\nnothing new: totesys has no changes since the last batch")
-    out("\nseconds per stage: " + ", ".join(f"{stage} {secs:.2f}" for stage, secs in summary["seconds"].items())
-        + f" (execution {summary['elapsed']:.2f} s)")
+    per_stage = ", ".join(f"{stage} {secs:.2f}" for stage, secs in summary["seconds"].items())
+    out(f"\nseconds per stage: {per_stage} (execution {summary['elapsed']:.2f} s)")
     if summary.get("bounds"):
         low, high = summary["bounds"]
         out(f"batch bounds: from {low} to {high} (database clock, UTC)")
@@ -320,6 +320,6 @@ def _psql(state_dir):
               f"(password in {record})", file=sys.stderr)
         return 1
     env = dict(os.environ, PGPASSWORD=pg.info.password)
-    os.execvpe(psql, [psql, "-h", pg.info.host, "-p", str(pg.info.port), "-U", pg.info.user,  # nosec B606
-                      WAREHOUSE_DB], env)
+    args = [psql, "-h", pg.info.host, "-p", str(pg.info.port), "-U", pg.info.user, WAREHOUSE_DB]
+    os.execvpe(psql, args, env)  # nosec B606 - the user asked for psql
     return 0  # pragma: no cover - execvpe does not return

@@ -153,7 +153,8 @@ def test_format_time_rejects_non_datetimes():
 def test_generate_file_key_scheme():
     key = generate_file_key("sales_order", datetime(2024, 1, 2, 3, 4, 5, 60708))
     assert key == "sales_order/2024/01/02/030405060708.parquet"
-    assert generate_file_key("_batches", datetime(2024, 1, 2), "json") == "_batches/2024/01/02/000000000000.json"
+    manifest_key = generate_file_key("_batches", datetime(2024, 1, 2), "json")
+    assert manifest_key == "_batches/2024/01/02/000000000000.json"
     with pytest.raises(DateFormatError):
         generate_file_key("t", "2024-01-02")
     with pytest.raises(ValueError):
