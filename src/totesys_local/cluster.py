@@ -288,7 +288,7 @@ def temporary_cluster():
     """Create and start a cluster in a fresh temporary folder; caller must ``destroy()`` it."""
     base = Path(tempfile.mkdtemp(prefix="totesys-pg-"))
     if _as_root():
-        os.chmod(base, 0o755)
+        os.chmod(base, 0o755)  # nosec B103 - the server user must enter it; files inside are 0700
     cluster = Cluster.create(base / "data")
     return cluster.start()
 
@@ -310,12 +310,12 @@ def local_cluster(state_dir):
             return cluster
     datadir = state_dir / "pgdata"
     if _as_root():
-        os.chmod(state_dir, 0o755)
+        os.chmod(state_dir, 0o755)  # nosec B103 - the server user must enter it; pgdata is 0700
         if not _server_can_reach(state_dir):
             # The server user cannot enter this folder (e.g. a clone under /root): keep the data
             # in a folder of its own, recorded in cluster.json.
             datadir = Path(tempfile.gettempdir()) / (
-                "totesys-pgdata-" + hashlib.sha1(str(state_dir).encode()).hexdigest()[:12])
+                "totesys-pgdata-" + hashlib.sha256(str(state_dir).encode()).hexdigest()[:12])
     if datadir.exists():
         shutil.rmtree(datadir)
     cluster = Cluster.create(datadir).start()

