@@ -8,7 +8,7 @@ RUNTIME_STAMP := $(VENV)/.installed-runtime
 
 .DEFAULT_GOAL := help
 .PHONY: help install-requirements install-dev-tools security-checks audit check-pep8-compliance \
-	lint terraform-fmt statelint actionlint run-pytest test run bench psql stop clean layer deploy destroy
+	lint terraform-fmt run-pytest test run simulate bench psql stop clean
 
 help:
 	@echo "make run    run the pipeline once on embedded defaults (local PostgreSQL + emulated AWS)"
@@ -69,6 +69,9 @@ run: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench
+
+simulate: $(STAMP)
+	$(BIN)/totesys simulate --minutes 60 --state-dir $(STATE_DIR)
 
 psql: $(STAMP)
 	@$(BIN)/totesys psql --state-dir $(STATE_DIR)

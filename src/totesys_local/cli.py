@@ -32,9 +32,11 @@ def build_parser():
     seed.add_argument("--seed", type=int, default=42, help="random seed: same seed, same data")
 
     simulate = commands.add_parser("simulate", help="apply M minutes of business activity, now")
-    simulate.add_argument("--target", required=True, help="postgresql://user:pass@host:port/db")
+    simulate.add_argument("--target", help="postgresql://user:pass@host:port/db "
+                          "(default: the embedded totesys of --state-dir, as `make run` made it)")
     simulate.add_argument("--minutes", type=_positive_float, required=True)
     simulate.add_argument("--seed", type=int, default=None)
+    simulate.add_argument("--state-dir", default=".local")
 
     run = commands.add_parser("run", help="run the pipeline once through the state machine, locally")
     run.add_argument("--source", help="totesys database URL (default: the embedded cluster)")
@@ -57,7 +59,11 @@ def main(argv=None):
             print("seeded totesys: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
         elif args.command == "simulate":
             from totesys_local.generator import simulate
-            summary = simulate(args.target, minutes=args.minutes, seed=args.seed)
+            target = args.target
+            if target is None:
+                from totesys_local.runner import embedded_source_url
+                target = embedded_source_url(args.state_dir)
+            summary = simulate(target, minutes=args.minutes, seed=args.seed)
             print("simulated: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
         else:
             from totesys_local import runner

@@ -75,6 +75,13 @@ def resolve_databases(source, warehouse, state_dir, out):
     return source, warehouse, pg
 
 
+def embedded_source_url(state_dir):
+    """URL of the embedded totesys database that `totesys run` created under ``state_dir``."""
+    if not (Path(state_dir) / "cluster.json").exists():
+        raise RunError(f"no embedded totesys under {state_dir}/ yet: run `make run` first, or give --target")
+    return local_pg.local_cluster(state_dir).url(SOURCE_DB)
+
+
 def _write_pgpass(pg, state_dir):
     info = pg.info
     path = Path(state_dir) / "pgpass"
