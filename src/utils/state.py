@@ -36,12 +36,13 @@ def read_state(s3_client, bucket_name, stage):
 def write_state(s3_client, bucket_name, stage, state, expected_etag):
     """Replace the state of ``stage`` if it still has ``expected_etag`` (None: must not exist yet).
 
+    Returns the new ETag (so a run can advance the same pointer again with CAS).
     Raises StateConflictError when another run advanced it first.
     """
     key = state_key(stage)
     condition = {"IfMatch": expected_etag} if expected_etag else {"IfNoneMatch": "*"}
     try:
-        s3_client.put_object(
+        response = s3_client.put_object(
             Bucket=bucket_name, Key=key, Body=json.dumps(state, sort_keys=True).encode(),
             ContentType="application/json", **condition)
     except ClientError as err:
@@ -50,6 +51,7 @@ def write_state(s3_client, bucket_name, stage, state, expected_etag):
             raise StateConflictError(
                 f"state {key} changed during this run; another run advanced it") from None
         raise
+    return response.get("ETag")
 
 
 def read_json(s3_client, bucket_name, key):

@@ -1,0 +1,1 @@
+../src/utils/sql/warehouse_schema.sql

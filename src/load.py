@@ -1,0 +1,12 @@
+"""The load Lambda: processed batches -> the warehouse, exactly once (logic in utils.loading)."""
+from utils.loading import run_load
+
+
+def lambda_handler(event, context):
+    """Event: the transform output ``{"batches": [...], "tables": {...}}`` (a dict; only logged).
+
+    Loads every processed batch not yet in the warehouse ledger, oldest first, one transaction
+    each. Returns ``{"batches": [batch_id, ...], "tables": {warehouse_table: rows}}``; raises
+    (after a CRITICAL log line) on any failure.
+    """
+    return run_load(event)

@@ -1,0 +1,12 @@
+"""The transform Lambda: ingest batches -> star-schema Parquet (logic in utils.transformation)."""
+from utils.transformation import run_transform
+
+
+def lambda_handler(event, context):
+    """Event: the ingest output ``{table_name: file_key}`` (a dict; only logged).
+
+    Transforms every ingest batch not yet transformed, oldest first. Returns
+    ``{"batches": [batch_id, ...], "tables": {warehouse_table: rows}}``; raises (after a CRITICAL
+    log line) on any failure.
+    """
+    return run_transform(event)

@@ -1,0 +1,183 @@
+"""The transform stage: ingest batches -> star-schema Parquet in the processed bucket.
+
+One run (``run_transform``):
+1. validate the event (the ingest output: ``{source_table: file_key}``; only logged);
+2. read ``_state/transform.json`` (with its ETag) and ``_state/ingest.json``; walk the ingest
+   manifests back through ``prev_manifest_key`` to the last one already transformed;
+3. for each pending ingest batch, oldest first: read its Parquet files (schema-checked), read the
+   snapshots named by the previous processed manifest, build the warehouse rows
+   (``utils.warehouse.build_warehouse_batch``), write one Parquet file per warehouse table, the
+   changed snapshots and the processed manifest (all immutable keys at the ingest batch time), then
+   advance the transform state pointer (CAS).
+
+A retry after a crash rewrites exactly the same objects (the output is a pure function of immutable
+inputs), so an object already present with identical bytes is accepted; different bytes mean a
+conflicting run and raise StateConflictError.
+"""
+import io
+import json
+
+import boto3
+import pyarrow.parquet as pq
+
+from utils.config import load_settings
+from utils.errors import CorruptFileError, InvalidEventError, StateConflictError
+from utils.format_time import parse_time
+from utils.generate_file_key import generate_file_key
+from utils.get_df_from_s3_parquet import read_parquet_table
+from utils.logger import get_logger
+from utils.state import read_json, read_state, write_state
+from utils.tables import SOURCE_SCHEMAS, SOURCE_TABLES, check_source_table
+from utils.warehouse import SNAPSHOT_TABLES, build_warehouse_batch
+from utils.write_to_s3 import write_to_s3
+
+STAGE = "transform"
+logger = get_logger(STAGE)
+
+
+def parse_event(event):
+    """Check the transform event: the ingest output, a dict ``{source_table: file_key}``.
+
+    Raises InvalidEventError for a non-dict (or non-string keys) and UnknownTableError for a key
+    that is not a source table. The event only says what ingest landed: the manifests are the truth.
+    """
+    if not isinstance(event, dict):
+        raise InvalidEventError(f"transform event must be a JSON object, got {type(event).__name__}")
+    for name, key in event.items():
+        check_source_table(name)
+        if not isinstance(key, str):
+            raise InvalidEventError(f"transform event: file key of {name!r} must be a string")
+    return event
+
+
+def run_transform(event, s3_client=None):
+    """Transform every pending ingest batch; return ``{"batches": [...], "tables": {table: rows}}``.
+
+    Any failure is logged at CRITICAL and re-raised.
+    """
+    try:
+        parse_event(event)
+        logger.info("transform started", ingest_files=event)
+        settings = load_settings()
+        s3_client = s3_client or boto3.client("s3")
+        return transform_pending(s3_client, settings.ingest_bucket, settings.processed_bucket)
+    except Exception as err:
+        logger.critical("transform failed", error_type=type(err).__name__, error=str(err))
+        raise
+
+
+def transform_pending(s3_client, ingest_bucket, processed_bucket):
+    """Transform, oldest first, every ingest batch after the one the transform state names."""
+    state, etag = read_state(s3_client, processed_bucket, STAGE)
+    ingest_state, _ = read_state(s3_client, ingest_bucket, "ingest")
+    pending = pending_ingest_batches(s3_client, ingest_bucket, ingest_state.get("manifest_key"),
+                                     state.get("ingest_manifest_key"))
+    result = {"batches": [], "tables": {}}
+    if not pending:
+        logger.warning("no new ingest batches", last_transformed=state.get("ingest_manifest_key"))
+        return result
+    processed_key = state.get("manifest_key")
+    previous = read_json(s3_client, processed_bucket, processed_key) if processed_key else None
+    for ingest_key, ingest_manifest in pending:
+        manifest_key, manifest = transform_batch(
+            s3_client, ingest_bucket, processed_bucket, ingest_key, ingest_manifest, processed_key, previous)
+        etag = write_state(s3_client, processed_bucket, STAGE,
+                           {"manifest_key": manifest_key, "ingest_manifest_key": ingest_key}, etag)
+        logger.info("state advanced", manifest_key=manifest_key, ingest_manifest_key=ingest_key)
+        result["batches"].append(manifest["batch_id"])
+        for name, entry in manifest["tables"].items():
+            result["tables"][name] = result["tables"].get(name, 0) + entry["rows"]
+        processed_key, previous = manifest_key, manifest
+    return result
+
+
+def pending_ingest_batches(s3_client, bucket, latest_key, done_key):
+    """[(manifest key, manifest)] of the ingest batches after ``done_key``, oldest first.
+
+    Walks ``prev_manifest_key`` links back from ``latest_key``. Raises CorruptFileError when the
+    chain ends without reaching ``done_key`` (the state names a batch that is not in the chain).
+    """
+    chain = []
+    key = latest_key
+    seen = set()
+    while key and key != done_key:
+        if key in seen:
+            raise CorruptFileError(f"ingest manifest chain loops at {key}")
+        seen.add(key)
+        manifest = _read_manifest(s3_client, bucket, key)
+        chain.append((key, manifest))
+        key = manifest.get("prev_manifest_key")
+    if done_key and key != done_key:
+        raise CorruptFileError(
+            f"ingest batch {done_key} named in _state/transform.json is not in the ingest manifest chain")
+    chain.reverse()
+    return chain
+
+
+def _read_manifest(s3_client, bucket, key):
+    manifest = read_json(s3_client, bucket, key)
+    tables = manifest.get("tables")
+    if not isinstance(tables, dict) or not isinstance(manifest.get("batch_time"), str):
+        raise CorruptFileError(f"ingest manifest {key} lacks batch_time or tables")
+    for name, entry in tables.items():
+        check_source_table(name)
+        if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+            raise CorruptFileError(f"ingest manifest {key}: entry of {name!r} has no file key")
+    return manifest
+
+
+def read_snapshots(s3_client, bucket, processed_manifest):
+    """{table: pyarrow Table} of the snapshots a processed manifest names (none: {})."""
+    if not processed_manifest:
+        return {}
+    names = processed_manifest.get("snapshots", {})
+    return {name: read_parquet_table(s3_client, bucket, key, name, SOURCE_SCHEMAS[name])
+            for name, key in names.items() if name in SNAPSHOT_TABLES}
+
+
+def transform_batch(s3_client, ingest_bucket, processed_bucket, ingest_key, ingest_manifest,
+                    prev_processed_key, prev_processed_manifest):
+    """Transform one ingest batch; write its files and manifest; return (manifest key, manifest)."""
+    batch_time = parse_time(ingest_manifest["batch_time"])
+    batch = {name: read_parquet_table(s3_client, ingest_bucket, entry["key"], name, SOURCE_SCHEMAS[name])
+             for name, entry in ingest_manifest["tables"].items()}
+    # Dependency order keeps logs and outputs stable.
+    batch = {name: batch[name] for name in SOURCE_TABLES if name in batch}
+    snapshots = read_snapshots(s3_client, processed_bucket, prev_processed_manifest)
+    warehouse, new_snapshots = build_warehouse_batch(batch, snapshots)
+    tables = {}
+    for name, table in warehouse.items():
+        key = generate_file_key(name, batch_time)
+        write_once(s3_client, processed_bucket, key, parquet_bytes(table))
+        tables[name] = {"key": key, "rows": table.num_rows}
+        logger.info("table transformed", table=name, rows=table.num_rows, key=key)
+    snapshot_keys = dict((prev_processed_manifest or {}).get("snapshots", {}))
+    for name, table in new_snapshots.items():
+        key = generate_file_key(f"_snapshots/{name}", batch_time)
+        write_once(s3_client, processed_bucket, key, parquet_bytes(table))
+        snapshot_keys[name] = key
+    manifest = {"batch_id": ingest_manifest.get("batch_id") or f"{batch_time:%Y%m%dT%H%M%S%f}",
+                "batch_time": ingest_manifest["batch_time"], "ingest_manifest_key": ingest_key,
+                "prev_manifest_key": prev_processed_key, "tables": tables, "snapshots": snapshot_keys}
+    manifest_key = generate_file_key("_batches", batch_time, "json")
+    write_once(s3_client, processed_bucket, manifest_key, json.dumps(manifest, sort_keys=True).encode())
+    logger.info("manifest written", key=manifest_key, tables=len(tables))
+    return manifest_key, manifest
+
+
+def parquet_bytes(table):
+    """A table as Parquet bytes (snappy)."""
+    out = io.BytesIO()
+    pq.write_table(table, out, compression="snappy")
+    return out.getvalue()
+
+
+def write_once(s3_client, bucket, key, body):
+    """Write an immutable object; an existing object with the same bytes (a retried run) is fine."""
+    try:
+        write_to_s3(s3_client, bucket, key, body)
+    except StateConflictError:
+        existing = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        if existing != body:
+            raise
+        logger.info("object already written by an earlier attempt", key=key)

@@ -1,0 +1,367 @@
+"""The star schema: explicit Arrow schemas of the eleven warehouse tables and the pure functions
+that build them from source tables (seed name: ``warehouse``).
+
+Every function takes pyarrow Tables with the source schemas of ``utils.tables.SOURCE_SCHEMAS`` and
+returns a pyarrow Table with exactly ``WAREHOUSE_SCHEMAS[<warehouse table>]``, sorted by its key so
+the same input always gives the same bytes. Nothing here touches S3 or a database.
+
+- Facts keep every version: one row per distinct (primary key, last_updated); ``created_at`` and
+  ``last_updated`` are split into a date and a time (milliseconds kept); the text dates become dates.
+- Dimensions hold the latest version of each row (greatest last_updated).
+- ``build_warehouse_batch`` turns one ingest batch plus the current snapshots of address,
+  counterparty, department and staff into the warehouse rows the batch changes.
+"""
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from utils.currencies import currency_name
+from utils.errors import DateFormatError, SchemaMismatchError
+from utils.tables import PRIMARY_KEYS, SOURCE_SCHEMAS
+
+_MONEY = pa.decimal128(10, 2)
+_TIME = pa.time64("us")
+
+
+def _schema(*fields):
+    return pa.schema([pa.field(name, kind, nullable=nullable) for name, kind, nullable in fields])
+
+
+def _ints(*names):
+    return [(name, pa.int32(), False) for name in names]
+
+
+def _texts(*names, nullable=False):
+    return [(name, pa.string(), nullable) for name in names]
+
+
+_STAMPS = [("created_date", pa.date32(), False), ("created_time", _TIME, False),
+           ("last_updated_date", pa.date32(), False), ("last_updated_time", _TIME, False)]
+
+WAREHOUSE_SCHEMAS = {
+    "dim_date": _schema(("date_id", pa.date32(), False),
+                        *_ints("year", "month", "day", "day_of_week"),
+                        *_texts("day_name", "month_name"), *_ints("quarter")),
+    "dim_staff": _schema(*_ints("staff_id"), *_texts(
+        "first_name", "last_name", "department_name", "location", "email_address")),
+    "dim_location": _schema(*_ints("location_id"), *_texts("address_line_1"),
+                            *_texts("address_line_2", "district", nullable=True),
+                            *_texts("city", "postal_code", "country", "phone")),
+    "dim_currency": _schema(*_ints("currency_id"), *_texts("currency_code", "currency_name")),
+    "dim_design": _schema(*_ints("design_id"), *_texts("design_name", "file_location", "file_name")),
+    "dim_counterparty": _schema(
+        *_ints("counterparty_id"), *_texts("counterparty_legal_name", "counterparty_legal_address_line_1"),
+        *_texts("counterparty_legal_address_line_2", "counterparty_legal_district", nullable=True),
+        *_texts("counterparty_legal_city", "counterparty_legal_postal_code", "counterparty_legal_country",
+                "counterparty_legal_phone_number")),
+    "dim_transaction": _schema(*_ints("transaction_id"), *_texts("transaction_type"),
+                               ("sales_order_id", pa.int32(), True), ("purchase_order_id", pa.int32(), True)),
+    "dim_payment_type": _schema(*_ints("payment_type_id"), *_texts("payment_type_name")),
+    "fact_sales_order": _schema(
+        *_ints("sales_order_id"), *_STAMPS,
+        *_ints("sales_staff_id", "counterparty_id", "units_sold"), ("unit_price", _MONEY, False),
+        *_ints("currency_id", "design_id"), ("agreed_payment_date", pa.date32(), False),
+        ("agreed_delivery_date", pa.date32(), False), *_ints("agreed_delivery_location_id")),
+    "fact_purchase_order": _schema(
+        *_ints("purchase_order_id"), *_STAMPS, *_ints("staff_id", "counterparty_id"),
+        *_texts("item_code"), *_ints("item_quantity"), ("item_unit_price", _MONEY, False),
+        *_ints("currency_id"), ("agreed_delivery_date", pa.date32(), False),
+        ("agreed_payment_date", pa.date32(), False), *_ints("agreed_delivery_location_id")),
+    "fact_payment": _schema(
+        *_ints("payment_id"), *_STAMPS, *_ints("transaction_id", "counterparty_id"),
+        ("payment_amount", _MONEY, False), *_ints("currency_id", "payment_type_id"),
+        ("paid", pa.bool_(), False), ("payment_date", pa.date32(), False)),
+}
+
+DIMENSIONS = ("dim_date", "dim_staff", "dim_location", "dim_currency", "dim_design", "dim_counterparty",
+              "dim_transaction", "dim_payment_type")
+FACTS = ("fact_sales_order", "fact_purchase_order", "fact_payment")
+# Dimensions before facts: the facts' foreign keys must resolve when they are inserted.
+WAREHOUSE_TABLES = DIMENSIONS + FACTS
+
+# The natural key of each table: dimensions are upserted on it, fact versions are unique on it.
+WAREHOUSE_KEYS = {
+    "dim_date": ("date_id",), "dim_staff": ("staff_id",), "dim_location": ("location_id",),
+    "dim_currency": ("currency_id",), "dim_design": ("design_id",), "dim_counterparty": ("counterparty_id",),
+    "dim_transaction": ("transaction_id",), "dim_payment_type": ("payment_type_id",),
+    "fact_sales_order": ("sales_order_id", "last_updated_date", "last_updated_time"),
+    "fact_purchase_order": ("purchase_order_id", "last_updated_date", "last_updated_time"),
+    "fact_payment": ("payment_id", "last_updated_date", "last_updated_time"),
+}
+
+# Source tables whose current state the transform keeps between batches (see build_warehouse_batch).
+SNAPSHOT_TABLES = ("address", "counterparty", "department", "staff")
+
+_DAY_NAMES = pa.array(["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"])
+_MONTH_NAMES = pa.array(["January", "February", "March", "April", "May", "June", "July", "August",
+                         "September", "October", "November", "December"])
+
+
+# -- row selection -------------------------------------------------------------------------------
+
+def _sorted_versions(table, key):
+    """``table`` sorted by (key, last_updated, original position) and the key/time arrays."""
+    order = np.lexsort((np.arange(table.num_rows),
+                        table["last_updated"].to_numpy().astype("int64"),
+                        table[key].to_numpy()))
+    ordered = table.take(pa.array(order))
+    return ordered, ordered[key].to_numpy(), ordered["last_updated"].to_numpy().astype("int64")
+
+
+def latest_rows(table, key):
+    """Keep, for each value of ``key``, the row with the greatest last_updated (the later row of a tie)."""
+    if table.num_rows == 0:
+        return table
+    ordered, keys, _ = _sorted_versions(table, key)
+    last_of_key = np.append(keys[1:] != keys[:-1], True)
+    return ordered.filter(pa.array(last_of_key))
+
+
+def distinct_versions(table, key):
+    """Keep one row per distinct (``key``, last_updated): the versions a fact table records."""
+    if table.num_rows == 0:
+        return table
+    ordered, keys, stamps = _sorted_versions(table, key)
+    first = np.insert((keys[1:] != keys[:-1]) | (stamps[1:] != stamps[:-1]), 0, True)
+    return ordered.filter(pa.array(first))
+
+
+def merge_snapshot(snapshot, changes, key):
+    """The current state after ``changes``: the latest version of every row of both tables."""
+    if snapshot is None or snapshot.num_rows == 0:
+        return latest_rows(changes, key)
+    return latest_rows(pa.concat_tables([snapshot, changes.cast(snapshot.schema)]), key)
+
+
+# -- column conversions --------------------------------------------------------------------------
+
+def text_to_date(column, table_name, column_name):
+    """Cast 'YYYY-MM-DD' text to date32; DateFormatError naming table, column and the first bad value."""
+    parsed = pc.strptime(column, format="%Y-%m-%d", unit="s", error_is_null=True)
+    bad = pc.and_(pc.is_null(parsed), pc.is_valid(column))
+    if pc.any(bad).as_py():
+        value = column.filter(bad)[0].as_py()
+        raise DateFormatError(
+            f"{table_name}: column {column_name!r} holds {value!r}, which is not a 'YYYY-MM-DD' date")
+    return parsed.cast(pa.date32())
+
+
+def _split_stamp(table, column):
+    stamp = table[column]
+    return stamp.cast(pa.date32()), stamp.cast(_TIME)
+
+
+def _conform(columns, name):
+    """Build the output table in the declared schema's order and types."""
+    schema = WAREHOUSE_SCHEMAS[name]
+    arrays = []
+    for field in schema:
+        array = columns[field.name]
+        if not field.nullable and array.null_count:
+            raise SchemaMismatchError(f"{name}: column {field.name!r} would hold NULL values")
+        arrays.append(array.cast(field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _sort(table, name):
+    return table.sort_by([(column, "ascending") for column in WAREHOUSE_KEYS[name]])
+
+
+# -- facts ---------------------------------------------------------------------------------------
+
+def _fact(source, source_name, name, renames, text_dates):
+    versions = distinct_versions(source, PRIMARY_KEYS[source_name])
+    columns = {}
+    columns["created_date"], columns["created_time"] = _split_stamp(versions, "created_at")
+    columns["last_updated_date"], columns["last_updated_time"] = _split_stamp(versions, "last_updated")
+    for column in text_dates:
+        columns[column] = text_to_date(versions[column], source_name, column)
+    for field in WAREHOUSE_SCHEMAS[name]:
+        if field.name not in columns:
+            columns[field.name] = versions[renames.get(field.name, field.name)]
+    return _sort(_conform(columns, name), name)
+
+
+def fact_sales_order(sales_order):
+    """One row per distinct (sales_order_id, last_updated) of the source sales_order rows."""
+    return _fact(sales_order, "sales_order", "fact_sales_order", {"sales_staff_id": "staff_id"},
+                 ("agreed_payment_date", "agreed_delivery_date"))
+
+
+def fact_purchase_order(purchase_order):
+    """One row per distinct (purchase_order_id, last_updated) of the source purchase_order rows."""
+    return _fact(purchase_order, "purchase_order", "fact_purchase_order", {},
+                 ("agreed_delivery_date", "agreed_payment_date"))
+
+
+def fact_payment(payment):
+    """One row per distinct (payment_id, last_updated) of the source payment rows."""
+    return _fact(payment, "payment", "fact_payment", {}, ("payment_date",))
+
+
+# -- dimensions ----------------------------------------------------------------------------------
+
+def dim_date(dates):
+    """The dim_date rows of the distinct non-null dates in ``dates`` (a date32 array or list of them)."""
+    if isinstance(dates, (list, tuple)):
+        dates = pa.chunked_array([d.cast(pa.date32()) for d in dates], type=pa.date32())
+    distinct = pc.unique(pc.drop_null(dates))
+    if isinstance(distinct, pa.ChunkedArray):
+        distinct = distinct.combine_chunks()
+    distinct = distinct.cast(pa.date32())
+    day_of_week = pc.day_of_week(distinct, count_from_zero=False, week_start=1)
+    month = pc.month(distinct)
+    columns = {
+        "date_id": distinct, "year": pc.year(distinct), "month": month, "day": pc.day(distinct),
+        "day_of_week": day_of_week,
+        "day_name": pc.take(_DAY_NAMES, pc.subtract(day_of_week, 1)),
+        "month_name": pc.take(_MONTH_NAMES, pc.subtract(month, 1)),
+        "quarter": pc.quarter(distinct),
+    }
+    return _sort(_conform(columns, "dim_date"), "dim_date")
+
+
+def fact_dates(facts):
+    """Every date column of the given fact tables, for dim_date."""
+    return [table[field.name] for table in facts for field in table.schema
+            if field.type == pa.date32()]
+
+
+def _copy_columns(source, name, renames=None):
+    renames = renames or {}
+    return _sort(_conform({field.name: source[renames.get(field.name, field.name)]
+                           for field in WAREHOUSE_SCHEMAS[name]}, name), name)
+
+
+def dim_location(address):
+    """dim_location (location_id = address_id) from the latest version of each address row."""
+    return _copy_columns(latest_rows(address, "address_id"), "dim_location", {"location_id": "address_id"})
+
+
+def dim_design(design):
+    """dim_design from the latest version of each design row."""
+    return _copy_columns(latest_rows(design, "design_id"), "dim_design")
+
+
+def dim_payment_type(payment_type):
+    """dim_payment_type from the latest version of each payment_type row."""
+    return _copy_columns(latest_rows(payment_type, "payment_type_id"), "dim_payment_type")
+
+
+def dim_transaction(transaction):
+    """dim_transaction from the latest version of each transaction row."""
+    return _copy_columns(latest_rows(transaction, "transaction_id"), "dim_transaction")
+
+
+def dim_currency(currency):
+    """dim_currency with the ISO 4217 name of each code (placeholder for an unknown code)."""
+    latest = latest_rows(currency, "currency_id")
+    names = pa.array([currency_name(code) for code in latest["currency_code"].to_pylist()], pa.string())
+    return _sort(_conform({"currency_id": latest["currency_id"], "currency_code": latest["currency_code"],
+                           "currency_name": names}, "dim_currency"), "dim_currency")
+
+
+def _join_parent(child, parent, child_key, parent_key, child_name, parent_name):
+    """Left join ``parent``'s columns onto ``child``; an unmatched child row is an error naming both."""
+    joined = child.join(parent, keys=child_key, right_keys=parent_key, join_type="left outer",
+                        right_suffix="_parent", coalesce_keys=True)
+    marker = next(field.name for field in parent.schema if field.name != parent_key and not field.nullable)
+    missing = pc.is_null(joined[marker])
+    if pc.any(missing).as_py():
+        orphan = joined.filter(missing)[child_key][0].as_py()
+        raise SchemaMismatchError(
+            f"{child_name}: column {child_key!r} references {parent_name} {orphan}, "
+            f"which no batch has delivered")
+    return joined
+
+
+def dim_counterparty(counterparty, address):
+    """dim_counterparty: each counterparty (latest version) joined to its legal address (latest version)."""
+    latest = latest_rows(counterparty, "counterparty_id").select(
+        ["counterparty_id", "counterparty_legal_name", "legal_address_id"])
+    addresses = latest_rows(address, "address_id").drop_columns(["created_at", "last_updated"])
+    joined = _join_parent(latest, addresses, "legal_address_id", "address_id", "counterparty", "address")
+    return _copy_columns(joined, "dim_counterparty", {
+        "counterparty_legal_address_line_1": "address_line_1",
+        "counterparty_legal_address_line_2": "address_line_2",
+        "counterparty_legal_district": "district", "counterparty_legal_city": "city",
+        "counterparty_legal_postal_code": "postal_code", "counterparty_legal_country": "country",
+        "counterparty_legal_phone_number": "phone"})
+
+
+def dim_staff(staff, department):
+    """dim_staff: each staff member (latest version) with their department's name and location.
+
+    A department without a location gives '' (dim_staff.location is NOT NULL in the warehouse).
+    """
+    latest = latest_rows(staff, "staff_id").select(
+        ["staff_id", "first_name", "last_name", "department_id", "email_address"])
+    departments = latest_rows(department, "department_id").select(
+        ["department_id", "department_name", "location"])
+    joined = _join_parent(latest, departments, "department_id", "department_id", "staff", "department")
+    joined = joined.set_column(joined.schema.get_field_index("location"), "location",
+                               pc.fill_null(joined["location"], ""))
+    return _copy_columns(joined, "dim_staff")
+
+
+# -- one batch -----------------------------------------------------------------------------------
+
+def _rows_referencing(table, column, ids):
+    return table.filter(pc.is_in(table[column], value_set=ids))
+
+
+def _affected(current, key, changed, parent_column, changed_parents):
+    """Rows of ``current`` that changed themselves or whose parent (``parent_column``) changed."""
+    ids = []
+    if changed is not None:
+        ids.append(changed[key].combine_chunks())
+    if changed_parents is not None and current is not None:
+        ids.append(_rows_referencing(current, parent_column, changed_parents)[key].combine_chunks())
+    if not ids:
+        return None
+    wanted = pc.unique(pa.concat_arrays(ids))
+    return _rows_referencing(current, key, wanted)
+
+
+def build_warehouse_batch(batch, snapshots):
+    """Turn one ingest batch into warehouse rows.
+
+    ``batch``: {source table: pyarrow Table of its changed rows} (absent tables did not change).
+    ``snapshots``: {table: current state before this batch} for SNAPSHOT_TABLES (absent: empty).
+    Returns (warehouse, new_snapshots): {warehouse table: rows to upsert/append} with empty tables
+    left out, and {snapshot table: its new state} for the snapshot tables this batch changed.
+    A change to an address also re-emits every counterparty whose legal address it is; a change to
+    a department re-emits every staff member in it.
+    """
+    new_snapshots = {name: merge_snapshot(snapshots.get(name), batch[name], PRIMARY_KEYS[name])
+                     for name in SNAPSHOT_TABLES if name in batch}
+    current = {name: new_snapshots.get(name, snapshots.get(name)) for name in SNAPSHOT_TABLES}
+    changed_ids = {name: pc.unique(batch[name][PRIMARY_KEYS[name]].combine_chunks())
+                   for name in ("address", "department") if name in batch}
+    out = {}
+    if "address" in batch:
+        out["dim_location"] = dim_location(batch["address"])
+    counterparties = _affected(current["counterparty"], "counterparty_id", batch.get("counterparty"),
+                               "legal_address_id", changed_ids.get("address"))
+    if counterparties is not None:
+        out["dim_counterparty"] = dim_counterparty(counterparties, _require(current, "address"))
+    staff = _affected(current["staff"], "staff_id", batch.get("staff"),
+                      "department_id", changed_ids.get("department"))
+    if staff is not None:
+        out["dim_staff"] = dim_staff(staff, _require(current, "department"))
+    simple = {"currency": dim_currency, "design": dim_design, "payment_type": dim_payment_type,
+              "transaction": dim_transaction, "sales_order": fact_sales_order,
+              "purchase_order": fact_purchase_order, "payment": fact_payment}
+    for source, build in simple.items():
+        if source in batch:
+            out[build.__name__] = build(batch[source])
+    facts = [out[name] for name in FACTS if name in out]
+    if facts:
+        out["dim_date"] = dim_date(fact_dates(facts))
+    return {name: out[name] for name in WAREHOUSE_TABLES if name in out and out[name].num_rows}, new_snapshots
+
+
+def _require(current, name):
+    if current[name] is None:
+        return SOURCE_SCHEMAS[name].empty_table()
+    return current[name]
