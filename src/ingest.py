@@ -1,0 +1,11 @@
+"""The ingest Lambda: totesys -> Parquet in the ingest bucket (logic in utils.ingestion)."""
+from utils.ingestion import run_ingest
+
+
+def lambda_handler(event, context):
+    """Event ``{"tables_to_query": [...]}`` (absent: all eleven tables).
+
+    Returns ``{table_name: file_key}`` for the tables that produced a file; raises (after a
+    CRITICAL log line) on any failure.
+    """
+    return run_ingest(event)

@@ -1,0 +1,278 @@
+"""The ingest stage: every change in totesys lands in the ingest bucket as Parquet, exactly once.
+
+One run (``run_ingest``):
+1. validate the event (allow-listed table names only), read settings and credentials;
+2. take a session advisory lock on the source (a second concurrent run gets ConcurrentRunError);
+3. read the state pointer ``_state/ingest.json`` and its ETag;
+4. in one REPEATABLE READ READ ONLY transaction read ``now()`` (the batch time T, the new upper bound,
+   database clock) and ``pg_current_snapshot()``, then stream each table's changed rows with
+   ``COPY (SELECT ...) TO STDOUT`` into Parquet (explicit Arrow schema, bounded memory) and write the
+   file at ``generate_file_key(table, T)`` (immutable);
+5. write the manifest ``_batches/...json``, then advance the state pointer with If-Match on the ETag.
+
+Which rows a run takes, per table (``prev`` = this table's entry in the state pointer):
+``last_updated < T`` and, after the first run, ``last_updated >= prev.high - overlap`` minus the rows
+the previous run already landed: ``last_updated < prev.high`` and written by a transaction that had
+certainly finished before ``prev.snapshot`` was taken (full 64-bit xid below the snapshot's xmin).
+See docs/DESIGN.md for why the test is "below xmin" and not pg_visible_in_snapshot.
+"""
+import io
+import json
+from datetime import timedelta, timezone
+
+import boto3
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+import pg8000.exceptions
+from pg8000.native import identifier
+
+from utils.config import load_settings
+from utils.db_connections import close_db_connection, connect_to_db, db_connections_get_secret
+from utils.errors import ConcurrentRunError, CorruptFileError, InvalidEventError
+from utils.format_time import format_time, parse_time
+from utils.generate_file_key import generate_file_key
+from utils.generate_new_entry_query import select_list
+from utils.logger import get_logger
+from utils.state import read_state, write_state
+from utils.tables import SOURCE_SCHEMAS, SOURCE_TABLES, check_source_table
+from utils.write_to_s3 import write_to_s3
+
+STAGE = "ingest"
+# pg_try_advisory_lock key that serialises ingest runs on the source database ("totesys" in hex-ish).
+ADVISORY_LOCK_KEY = 0x7074_6573_7973_0001
+# CSV bytes buffered before they are parsed into one Parquet row group.
+CHUNK_BYTES = 16 * 1024 * 1024
+XID_WRAP = 1 << 32
+
+logger = get_logger(STAGE)
+
+
+def parse_event(event):
+    """Return the list of tables an event asks for (all eleven when the key is absent).
+
+    Raises InvalidEventError for a non-dict event or a ``tables_to_query`` that is not a
+    non-empty list of strings, UnknownTableError for a name not in the allow-list.
+    """
+    if not isinstance(event, dict):
+        raise InvalidEventError(f"event must be a JSON object, got {type(event).__name__}")
+    if "tables_to_query" not in event:
+        return list(SOURCE_TABLES)
+    tables = event["tables_to_query"]
+    if not isinstance(tables, list) or not tables:
+        raise InvalidEventError("tables_to_query must be a non-empty list of table names")
+    for name in tables:
+        check_source_table(name)
+    # Dependency order, duplicates dropped.
+    return [name for name in SOURCE_TABLES if name in tables]
+
+
+def run_ingest(event, s3_client=None, secrets_client=None):
+    """Run one ingest; return ``{table_name: file_key}`` for the tables that produced a file.
+
+    Any failure is logged at CRITICAL and re-raised. Errors before the first table is read
+    (bad event, settings, credentials, unreachable database, lock held) write nothing.
+    """
+    try:
+        tables = parse_event(event)
+        settings = load_settings()
+        s3_client = s3_client or boto3.client("s3")
+        secrets_client = secrets_client or boto3.client("secretsmanager")
+        credentials = db_connections_get_secret(secrets_client, settings.totesys_secret_id)
+        logger.info("credentials read", secret_id=settings.totesys_secret_id)
+        conn = connect_to_db(credentials=credentials)
+        logger.info("connected to totesys", host=credentials["host"], database=credentials["database"])
+        try:
+            return ingest_tables(conn, s3_client, settings.ingest_bucket, tables,
+                                 settings.ingest_overlap_seconds)
+        finally:
+            close_db_connection(conn)
+    except Exception as err:
+        logger.critical("ingest failed", error_type=type(err).__name__, error=str(err))
+        raise
+
+
+def ingest_tables(conn, s3_client, bucket, tables, overlap_seconds):
+    """Land the changed rows of ``tables`` as one batch; see the module docstring.
+
+    ``conn`` is an open pg8000 native connection to totesys (left open). Raises
+    ConcurrentRunError when another run holds the lock, StateConflictError when another run
+    advanced the state pointer meanwhile (this run's files are then never referenced).
+    """
+    if not conn.run("SELECT pg_try_advisory_lock(:key)", key=ADVISORY_LOCK_KEY)[0][0]:
+        raise ConcurrentRunError("another ingest run holds the lock on the source database; try later")
+    try:
+        state, etag = read_state(s3_client, bucket, STAGE)
+        prev_tables = state.get("tables", {})
+        conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try:
+            db_now, snapshot = conn.run("SELECT now(), pg_current_snapshot()::text")[0]
+            batch_time = db_now.astimezone(timezone.utc).replace(tzinfo=None)
+            logger.info("snapshot taken", batch_time=format_time(batch_time), snapshot=snapshot)
+            landed = {}
+            for table in tables:
+                entry = _land_table(conn, s3_client, bucket, table, batch_time, snapshot,
+                                    prev_tables.get(table), overlap_seconds)
+                if entry:
+                    landed[table] = entry
+        finally:
+            _cleanup(conn, "ROLLBACK")
+        return _commit_batch(s3_client, bucket, tables, batch_time, snapshot, landed, state, etag)
+    finally:
+        _cleanup(conn, "SELECT pg_advisory_unlock(:key)", key=ADVISORY_LOCK_KEY)
+
+
+def _cleanup(conn, sql, **params):
+    """Run a clean-up statement; a broken connection must not hide the error being raised
+    (the server ends the transaction and releases the lock when the session ends)."""
+    try:
+        conn.run(sql, **params)
+    except (pg8000.exceptions.InterfaceError, pg8000.exceptions.DatabaseError, OSError):
+        pass
+
+
+def _land_table(conn, s3_client, bucket, table, batch_time, snapshot, prev, overlap_seconds):
+    """Extract one table's changed rows and write its Parquet file; return its manifest entry or None."""
+    high = format_time(batch_time)
+    low = None
+    params = {"high": high, "low": "", "prev_high": "", "prev_xmin": "0",
+              "xid_base": "0", "cur_xmax": "0"}
+    if prev:
+        prev_high = parse_time(prev["high"])
+        low = format_time(prev_high - timedelta(seconds=overlap_seconds))
+        cur_xmax = snapshot_bounds(snapshot)[1]
+        params.update(low=low, prev_high=format_time(prev_high),
+                      prev_xmin=str(snapshot_bounds(prev["snapshot"])[0]),
+                      xid_base=str(cur_xmax >> 32 << 32), cur_xmax=str(cur_xmax))
+    conn.run("SELECT " + ", ".join(f"set_config('totesys.{name}', :{name}, true)" for name in params),
+             **params)
+    sink = ParquetSink(SOURCE_SCHEMAS[table])
+    conn.run(copy_sql(table, incremental=bool(prev)), stream=sink)
+    body, rows = sink.close()
+    if not rows:
+        logger.warning("no new rows", table=table, low=low, high=high)
+        return None
+    key = generate_file_key(table, batch_time)
+    write_to_s3(s3_client, bucket, key, body)
+    logger.info("table landed", table=table, rows=rows, key=key)
+    return {"key": key, "rows": rows, "low": low, "high": high, "snapshot": snapshot}
+
+
+def _commit_batch(s3_client, bucket, tables, batch_time, snapshot, landed, state, etag):
+    """Write the manifest (if anything landed), then advance the state pointer (CAS)."""
+    batch_id = f"{batch_time:%Y%m%dT%H%M%S%f}"
+    new_state = {"manifest_key": state.get("manifest_key"), "batch_id": state.get("batch_id"),
+                 "tables": dict(state.get("tables", {}))}
+    if landed:
+        manifest_key = generate_file_key("_batches", batch_time, "json")
+        manifest = {"batch_id": batch_id, "batch_time": format_time(batch_time),
+                    "prev_manifest_key": state.get("manifest_key"), "tables": landed}
+        write_to_s3(s3_client, bucket, manifest_key, json.dumps(manifest, sort_keys=True))
+        logger.info("manifest written", key=manifest_key, tables=len(landed))
+        new_state.update(manifest_key=manifest_key, batch_id=batch_id)
+    for table in tables:
+        new_state["tables"][table] = {"high": format_time(batch_time), "snapshot": snapshot}
+    write_state(s3_client, bucket, STAGE, new_state, etag)
+    logger.info("state advanced", batch_time=format_time(batch_time), tables=tables)
+    return {table: entry["key"] for table, entry in landed.items()}
+
+
+def snapshot_bounds(snapshot_text):
+    """Return (xmin, xmax) of a pg_snapshot text 'xmin:xmax:xip,...' as ints."""
+    try:
+        xmin, xmax, _ = snapshot_text.split(":", 2)
+        return int(xmin), int(xmax)
+    except (AttributeError, ValueError):
+        raise CorruptFileError(f"ingest state holds a malformed snapshot {snapshot_text!r}") from None
+
+
+def full_xid_sql(raw_xid_sql):
+    """SQL for the 64-bit xid of a 32-bit xid (e.g. ``xmin::text::bigint``).
+
+    Uses the epoch of the current snapshot's xmax (settings ``totesys.xid_base`` = epoch << 32 and
+    ``totesys.cur_xmax``): a raw xid that would land after xmax belongs to the previous epoch.
+    """
+    base = "current_setting('totesys.xid_base')::bigint"
+    cur = "current_setting('totesys.cur_xmax')::bigint"
+    return (f"({base} + {raw_xid_sql} - CASE WHEN {base} + {raw_xid_sql} > {cur} "
+            f"THEN {XID_WRAP} ELSE 0 END)")
+
+
+def copy_sql(table, incremental):
+    """The COPY statement for one table; bounds come from the transaction's totesys.* settings."""
+    check_source_table(table)
+    updated = identifier("last_updated")
+    where = f"{updated} < current_setting('totesys.high')::timestamp"
+    if incremental:
+        where += (f" AND {updated} >= current_setting('totesys.low')::timestamp"
+                  f" AND NOT ({updated} < current_setting('totesys.prev_high')::timestamp"
+                  f" AND {full_xid_sql('xmin::text::bigint')}"
+                  " < current_setting('totesys.prev_xmin')::bigint)")
+    # Identifiers come from the allow-list and are quoted; values arrive through set_config.
+    return (f"COPY (SELECT {select_list(table)} FROM {identifier(table)} WHERE {where}) "  # nosec B608
+            "TO STDOUT WITH (FORMAT csv, HEADER false)")
+
+
+class ParquetSink:
+    """A write-only stream for ``COPY ... TO STDOUT (FORMAT csv)`` that turns the CSV into Parquet.
+
+    CSV bytes are buffered up to ``chunk_bytes`` and then parsed with pyarrow.csv using the
+    table's explicit schema into one Parquet row group, so memory stays bounded by the chunk
+    size plus the (compressed) Parquet output. NULL is an unquoted empty field and the empty
+    string a quoted one (PostgreSQL's CSV rules), so the two stay distinct.
+    """
+
+    def __init__(self, schema, chunk_bytes=CHUNK_BYTES):
+        self.schema = schema
+        self.chunk_bytes = chunk_bytes
+        self.rows = 0
+        self._buffer = bytearray()
+        self._out = io.BytesIO()
+        self._writer = None
+        self._read = pa_csv.ReadOptions(column_names=schema.names, block_size=max(chunk_bytes, 1 << 20))
+        self._parse = pa_csv.ParseOptions(newlines_in_values=True)
+        self._convert = pa_csv.ConvertOptions(
+            column_types={field.name: field.type for field in schema},
+            null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False,
+            true_values=["t"], false_values=["f"])
+
+    def write(self, data):
+        self._buffer += data
+        if len(self._buffer) >= self.chunk_bytes:
+            self._flush(record_boundary(self._buffer))
+
+    def close(self):
+        """Flush the rest; return (BytesIO of the Parquet file or None when no rows, row count)."""
+        self._flush(len(self._buffer))
+        if self._writer is None:
+            return None, 0
+        self._writer.close()
+        self._out.seek(0)
+        return self._out, self.rows
+
+    def _flush(self, cut):
+        if cut <= 0:
+            return
+        chunk = bytes(self._buffer[:cut])
+        del self._buffer[:cut]
+        parsed = pa_csv.read_csv(pa.BufferReader(chunk), read_options=self._read,
+                                 parse_options=self._parse, convert_options=self._convert)
+        table = pa.Table.from_arrays(parsed.columns, schema=self.schema)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._out, self.schema, compression="snappy")
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+
+def record_boundary(buffer):
+    """Return the length of the longest prefix of CSV ``buffer`` that ends at a record boundary.
+
+    A newline ends a record only outside quotes, i.e. where the number of '"' before it is even
+    (an escaped quote is two quotes, so the parity rule holds). 0 when there is no such newline.
+    """
+    pos = buffer.rfind(b"\n")
+    while pos >= 0:
+        if buffer.count(b'"', 0, pos) % 2 == 0:
+            return pos + 1
+        pos = buffer.rfind(b"\n", 0, pos)
+    return 0
