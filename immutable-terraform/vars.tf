@@ -1,0 +1,47 @@
+variable "region" {
+  description = "AWS region of both stacks (main-terraform must use the same one)."
+  type        = string
+  default     = "eu-west-2"
+}
+
+variable "project" {
+  description = "Name prefix of every resource."
+  type        = string
+  default     = "totesys"
+}
+
+variable "ssm_prefix" {
+  description = "SSM parameter path under which this stack publishes names for main-terraform (same variable there)."
+  type        = string
+  default     = "/totesys"
+}
+
+variable "secret_name_prefix" {
+  description = "Secrets Manager names are <prefix>/db-credentials, <prefix>/warehouse-credentials, <prefix>/alert-email (the code's defaults use \"totesys\")."
+  type        = string
+  default     = "totesys"
+}
+
+variable "credentials_dir" {
+  description = "Folder holding db_credentials.json, warehouse_credentials.json and email.txt (git-ignored; copy the .example files)."
+  type        = string
+  default     = ".."
+}
+
+variable "transition_to_ia_days" {
+  description = "Days after which objects move to S3 Standard-IA (Parquet batches are read once by the next stage, then rarely)."
+  type        = number
+  default     = 30
+}
+
+variable "transition_to_glacier_ir_days" {
+  description = "Days after which objects move to S3 Glacier Instant Retrieval (still readable in milliseconds for a rebuild)."
+  type        = number
+  default     = 180
+}
+
+variable "noncurrent_version_expiration_days" {
+  description = "Days a superseded object version is kept (only the _state/ pointers are ever overwritten)."
+  type        = number
+  default     = 90
+}

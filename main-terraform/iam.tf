@@ -1,0 +1,262 @@
+# Least privilege. Each function: only its buckets (and, for writes, only the prefixes it writes), only its
+# secret, only its log group. The state machine: only the three functions and the alert topic.
+# "*" resources appear only where the AWS API has no resource-level permissions; each is commented.
+
+data "aws_iam_policy_document" "lambda_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["lambda.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "function" {
+  for_each = local.functions
+
+  name               = "${local.function_names[each.key]}-role"
+  assume_role_policy = data.aws_iam_policy_document.lambda_assume.json
+}
+
+locals {
+  # ingest writes one prefix per source table, its manifests and (below) its own
+  # state pointer; nothing else.
+  ingest_write_prefixes = concat(var.source_tables, ["_batches"])
+  # transform writes the star-schema tables, the dimension snapshots, its manifests and its state pointer.
+  processed_write_prefixes = ["dim_*", "fact_*", "_snapshots", "_batches"]
+
+  function_log_group_arns = { for stage, group in aws_cloudwatch_log_group.function : stage => "${group.arn}:*" }
+}
+
+data "aws_iam_policy_document" "ingest" {
+  statement {
+    sid       = "ListIngestBucket"
+    actions   = ["s3:ListBucket"]
+    resources = [local.ingest_bucket_arn]
+  }
+  statement {
+    sid       = "ReadIngestBucket"
+    actions   = ["s3:GetObject"]
+    resources = ["${local.ingest_bucket_arn}/*"]
+  }
+  statement {
+    sid     = "WriteIngestPrefixes"
+    actions = ["s3:PutObject"]
+    resources = concat(
+      [for prefix in local.ingest_write_prefixes : "${local.ingest_bucket_arn}/${prefix}/*"],
+      ["${local.ingest_bucket_arn}/_state/ingest.json"],
+    )
+  }
+  statement {
+    sid       = "ReadTotesysSecret"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = [local.totesys_secret_arn]
+  }
+  statement {
+    sid       = "UseDataKey"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [local.kms_key_arn]
+  }
+  statement {
+    sid       = "WriteOwnLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = [local.function_log_group_arns["ingest"]]
+  }
+  statement {
+    sid = "XRayTraces"
+    # X-Ray's PutTraceSegments/PutTelemetryRecords support no resource-level permissions: AWS requires "*".
+    actions   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
+    resources = ["*"]
+  }
+}
+
+data "aws_iam_policy_document" "transform" {
+  statement {
+    sid       = "ListBothBuckets"
+    actions   = ["s3:ListBucket"]
+    resources = [local.ingest_bucket_arn, local.processed_bucket_arn]
+  }
+  statement {
+    sid       = "ReadIngestBucket"
+    actions   = ["s3:GetObject"]
+    resources = ["${local.ingest_bucket_arn}/*"]
+  }
+  statement {
+    sid       = "ReadProcessedBucket"
+    actions   = ["s3:GetObject"]
+    resources = ["${local.processed_bucket_arn}/*"]
+  }
+  statement {
+    sid     = "WriteProcessedPrefixes"
+    actions = ["s3:PutObject"]
+    resources = concat(
+      [for prefix in local.processed_write_prefixes : "${local.processed_bucket_arn}/${prefix}/*"],
+      ["${local.processed_bucket_arn}/_state/transform.json"],
+    )
+  }
+  statement {
+    sid       = "UseDataKey"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [local.kms_key_arn]
+  }
+  statement {
+    sid       = "WriteOwnLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = [local.function_log_group_arns["transform"]]
+  }
+  statement {
+    sid = "XRayTraces"
+    # X-Ray's PutTraceSegments/PutTelemetryRecords support no resource-level permissions: AWS requires "*".
+    actions   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
+    resources = ["*"]
+  }
+}
+
+data "aws_iam_policy_document" "load" {
+  statement {
+    sid       = "ListProcessedBucket"
+    actions   = ["s3:ListBucket"]
+    resources = [local.processed_bucket_arn]
+  }
+  statement {
+    sid       = "ReadProcessedBucket"
+    actions   = ["s3:GetObject"]
+    resources = ["${local.processed_bucket_arn}/*"]
+  }
+  statement {
+    sid       = "ReadWarehouseSecret"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = [local.warehouse_secret_arn]
+  }
+  statement {
+    sid       = "UseDataKey"
+    actions   = ["kms:Decrypt"]
+    resources = [local.kms_key_arn]
+  }
+  statement {
+    sid       = "WriteOwnLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = [local.function_log_group_arns["load"]]
+  }
+  statement {
+    sid = "XRayTraces"
+    # X-Ray's PutTraceSegments/PutTelemetryRecords support no resource-level permissions: AWS requires "*".
+    actions   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
+    resources = ["*"]
+  }
+}
+
+locals {
+  function_policies = {
+    ingest    = data.aws_iam_policy_document.ingest.json
+    transform = data.aws_iam_policy_document.transform.json
+    load      = data.aws_iam_policy_document.load.json
+  }
+}
+
+resource "aws_iam_role_policy" "function" {
+  for_each = local.functions
+
+  name   = "${local.function_names[each.key]}-least-privilege"
+  role   = aws_iam_role.function[each.key].id
+  policy = local.function_policies[each.key]
+}
+
+# The state machine.
+data "aws_iam_policy_document" "states_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["states.amazonaws.com"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account_id]
+    }
+  }
+}
+
+resource "aws_iam_role" "state_machine" {
+  name               = "${var.project}-pipeline-role"
+  assume_role_policy = data.aws_iam_policy_document.states_assume.json
+}
+
+data "aws_iam_policy_document" "state_machine" {
+  statement {
+    sid     = "InvokeTheThreeStages"
+    actions = ["lambda:InvokeFunction"]
+    # The function ARNs and their qualified forms (:version/:alias), nothing else.
+    resources = flatten([for fn in aws_lambda_function.stage : [fn.arn, "${fn.arn}:*"]])
+  }
+  statement {
+    sid       = "PublishAlerts"
+    actions   = ["sns:Publish"]
+    resources = [aws_sns_topic.alerts.arn]
+  }
+  statement {
+    sid       = "EncryptAlertMessages"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [local.kms_key_arn]
+  }
+  statement {
+    sid = "DeliverExecutionLogs"
+    # CloudWatch Logs vended delivery for Step Functions supports no resource-level permissions: AWS
+    # documents "*" for these actions (the log group itself is chosen in the state machine's config).
+    actions = [
+      "logs:CreateLogDelivery",
+      "logs:GetLogDelivery",
+      "logs:UpdateLogDelivery",
+      "logs:DeleteLogDelivery",
+      "logs:ListLogDeliveries",
+      "logs:PutResourcePolicy",
+      "logs:DescribeResourcePolicies",
+      "logs:DescribeLogGroups",
+    ]
+    resources = ["*"]
+  }
+  statement {
+    sid = "XRayTraces"
+    # X-Ray's write and sampling APIs support no resource-level permissions: AWS requires "*".
+    actions   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords", "xray:GetSamplingRules", "xray:GetSamplingTargets"]
+    resources = ["*"]
+  }
+}
+
+resource "aws_iam_role_policy" "state_machine" {
+  name   = "${var.project}-pipeline-least-privilege"
+  role   = aws_iam_role.state_machine.id
+  policy = data.aws_iam_policy_document.state_machine.json
+}
+
+# EventBridge: start executions of this state machine, nothing else.
+data "aws_iam_policy_document" "events_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["events.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "scheduler" {
+  name               = "${var.project}-schedule-role"
+  assume_role_policy = data.aws_iam_policy_document.events_assume.json
+}
+
+data "aws_iam_policy_document" "scheduler" {
+  statement {
+    sid       = "StartPipeline"
+    actions   = ["states:StartExecution"]
+    resources = [aws_sfn_state_machine.pipeline.arn]
+  }
+}
+
+resource "aws_iam_role_policy" "scheduler" {
+  name   = "${var.project}-schedule-start-pipeline"
+  role   = aws_iam_role.scheduler.id
+  policy = data.aws_iam_policy_document.scheduler.json
+}

@@ -1,0 +1,75 @@
+# The three stages: one function each, the same code zip (src/ is one import root), different handlers.
+locals {
+  functions = {
+    ingest    = { handler = "ingest.lambda_handler", description = "totesys -> Parquet in the ingest bucket" }
+    transform = { handler = "transform.lambda_handler", description = "ingest bucket -> star-schema Parquet in the processed bucket" }
+    load      = { handler = "load.lambda_handler", description = "processed bucket -> warehouse" }
+  }
+
+  function_names = { for stage in keys(local.functions) : stage => "${var.project}-${stage}" }
+
+  # Every variable utils/config.py and utils/logger.py read. Names, not values: the credentials stay in
+  # Secrets Manager and are fetched at run time.
+  function_environment = {
+    INGEST_BUCKET           = local.ingest_bucket_name
+    PROCESSED_BUCKET        = local.processed_bucket_name
+    TOTESYS_SECRET_ID       = local.totesys_secret_name
+    WAREHOUSE_SECRET_ID     = local.warehouse_secret_name
+    INGEST_OVERLAP_SECONDS  = tostring(var.ingest_overlap_seconds)
+    LOG_LEVEL               = var.log_level
+    POWERTOOLS_SERVICE_NAME = var.project
+  }
+}
+
+# src/ zipped as is, minus the local-only package (cluster, generator, CLI) and build debris.
+data "archive_file" "function_code" {
+  type        = "zip"
+  source_dir  = "${path.module}/../src"
+  output_path = "${path.module}/../build/lambda_function.zip"
+  excludes = [
+    "totesys_local/**",
+    "**/__pycache__/**",
+    "*.egg-info/**",
+  ]
+}
+
+resource "aws_lambda_function" "stage" {
+  #checkov:skip=CKV_AWS_117:the functions reach totesys and the warehouse over their public endpoints; a VPC would need a NAT gateway for that and for S3/Secrets Manager
+  #checkov:skip=CKV_AWS_116:invoked synchronously by Step Functions, which retries, alerts and fails the execution; a DLQ only applies to asynchronous invocations
+  #checkov:skip=CKV_AWS_272:code signing needs an AWS Signer profile and signed artifacts in S3; the deploy uploads the zip Terraform builds from the reviewed repository
+  for_each = local.functions
+
+  function_name = local.function_names[each.key]
+  description   = each.value.description
+  role          = aws_iam_role.function[each.key].arn
+  handler       = each.value.handler
+  runtime       = var.python_runtime
+  architectures = ["x86_64"] # the managed pandas layer and `make layer` are built for x86_64
+
+  filename         = data.archive_file.function_code.output_path
+  source_code_hash = data.archive_file.function_code.output_base64sha256
+
+  memory_size                    = var.function_memory_mb[each.key]
+  timeout                        = var.function_timeout_seconds[each.key]
+  reserved_concurrent_executions = var.function_reserved_concurrency[each.key]
+
+  layers = [
+    local.aws_sdk_pandas_layer_arn,
+    aws_lambda_layer_version.dependencies.arn,
+  ]
+
+  kms_key_arn = local.kms_key_arn
+
+  environment {
+    variables = local.function_environment
+  }
+
+  tracing_config {
+    mode = "Active"
+  }
+
+  depends_on = [
+    aws_cloudwatch_log_group.function,
+    aws_iam_role_policy.function,
+  ]
+}

@@ -1,0 +1,27 @@
+# The pipeline: ingest -> transform -> load with retries, an SNS alert and a Fail on any error. The
+# definition is the repository's ASL template (the local runner interprets the same file).
+resource "aws_sfn_state_machine" "pipeline" {
+  name     = "${var.project}-pipeline"
+  role_arn = aws_iam_role.state_machine.arn
+
+  definition = templatefile("${path.module}/../state_machine/pipeline.asl.json", {
+    ingest_function_arn    = aws_lambda_function.stage["ingest"].arn
+    transform_function_arn = aws_lambda_function.stage["transform"].arn
+    load_function_arn      = aws_lambda_function.stage["load"].arn
+    alert_topic_arn        = aws_sns_topic.alerts.arn
+  })
+
+  logging_configuration {
+    log_destination = "${aws_cloudwatch_log_group.state_machine.arn}:*"
+    level           = "ERROR"
+    # Failed executions log their input and error: payloads hold only table names, S3 keys, row counts
+    # and error messages (never credentials), and they are what an on-call engineer needs first.
+    include_execution_data = true
+  }
+
+  tracing_configuration {
+    enabled = true
+  }
+
+  depends_on = [aws_iam_role_policy.state_machine]
+}
