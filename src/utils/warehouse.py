@@ -137,13 +137,18 @@ def merge_snapshot(snapshot, changes, key):
 
 def text_to_date(column, table_name, column_name):
     """Cast 'YYYY-MM-DD' text to date32; DateFormatError naming table, column and the first bad value."""
-    parsed = pc.strptime(column, format="%Y-%m-%d", unit="s", error_is_null=True)
-    bad = pc.and_(pc.is_null(parsed), pc.is_valid(column))
-    if pc.any(bad).as_py():
-        value = column.filter(bad)[0].as_py()
-        raise DateFormatError(
-            f"{table_name}: column {column_name!r} holds {value!r}, which is not a 'YYYY-MM-DD' date")
-    return parsed.cast(pa.date32())
+    try:
+        return column.cast(pa.date32())
+    except pa.ArrowInvalid:
+        pass
+    for value in column.to_pylist():
+        try:
+            pa.array([value], pa.string()).cast(pa.date32())
+        except pa.ArrowInvalid:
+            raise DateFormatError(
+                f"{table_name}: column {column_name!r} holds {value!r}, which is not a 'YYYY-MM-DD' date"
+            ) from None
+    raise DateFormatError(f"{table_name}: column {column_name!r} holds text that is not a 'YYYY-MM-DD' date")
 
 
 def _split_stamp(table, column):
