@@ -1,0 +1,126 @@
+"""The extraction internals: COPY -> CSV chunks -> Parquet row groups, and the xid arithmetic."""
+import pyarrow.parquet as pq
+import pytest
+
+from tests.test_ingest import FILL_SQL, SCHEMA_SQL, connect, execute
+from utils.errors import CorruptFileError
+from utils.ingestion import ParquetSink, copy_sql, full_xid_sql, record_boundary, snapshot_bounds
+from utils.tables import SOURCE_SCHEMAS
+
+
+@pytest.fixture
+def big_address(new_database):
+    """An address table of 3,000 rows, each with quotes, newlines and NULL-vs-'' fields."""
+    url = new_database()
+    execute(url, SCHEMA_SQL)
+    execute(url, FILL_SQL)
+    execute(url, """INSERT INTO address (address_line_1, address_line_2, district, city, postal_code, country,
+                                         phone, last_updated)
+                    SELECT 'Flat "' || n || '"' || chr(10) || 'line, two', CASE WHEN n % 2 = 0 THEN NULL
+                           ELSE '' END, repeat('d', n % 50), 'City', 'PC', 'UK', '0', now()
+                    FROM generate_series(1, 3000) AS n""")
+    return url
+
+
+def _extract(url, chunk_bytes):
+    conn = connect(url)
+    try:
+        conn.run("BEGIN")
+        conn.run("SELECT set_config('totesys.high', '9999-01-01 00:00:00', true)")
+        sink = ParquetSink(SOURCE_SCHEMAS["address"], chunk_bytes=chunk_bytes)
+        conn.run(copy_sql("address", incremental=False), stream=sink)
+        conn.run("ROLLBACK")
+        return sink.close()
+    finally:
+        conn.close()
+
+
+def test_small_chunks_give_many_row_groups_and_the_same_rows(big_address):
+    body, rows = _extract(big_address, chunk_bytes=16 * 1024)
+    whole, whole_rows = _extract(big_address, chunk_bytes=1 << 30)
+    assert rows == whole_rows == 3002
+    chunked = pq.ParquetFile(body)
+    assert chunked.metadata.num_row_groups > 10
+    assert pq.ParquetFile(whole).metadata.num_row_groups == 1
+    table = chunked.read()
+    assert table.equals(pq.read_table(whole))
+    assert table.schema.equals(SOURCE_SCHEMAS["address"])
+    row = table.slice(3, 1).to_pylist()[0]  # address_id 4 = generated n = 2
+    assert row["address_line_1"] == 'Flat "2"\nline, two' and row["address_line_2"] is None
+    assert table.slice(4, 1).to_pylist()[0]["address_line_2"] == ""
+
+
+def test_an_empty_result_gives_no_file():
+    assert ParquetSink(SOURCE_SCHEMAS["currency"]).close() == (None, 0)
+
+
+@pytest.mark.parametrize("data, cut", [
+    (b'1,"a\nb"\n2,"c', 8),          # newline inside quotes is not a boundary
+    (b'1,"say ""hi""\n"\n2,x\n', 20),  # doubled quotes keep the parity
+    (b'1,"open\n', 0),
+    (b"", 0),
+    (b"1,a\n2,b", 4),
+])
+def test_record_boundary(data, cut):
+    assert record_boundary(bytearray(data)) == cut
+
+
+def test_snapshot_bounds():
+    assert snapshot_bounds("726:729:726,727") == (726, 729)
+    assert snapshot_bounds("4294967396:4294967400:") == (4294967396, 4294967400)
+    with pytest.raises(CorruptFileError, match="malformed snapshot 'rubbish'"):
+        snapshot_bounds("rubbish")
+    with pytest.raises(CorruptFileError, match="malformed snapshot None"):
+        snapshot_bounds(None)
+
+
+@pytest.mark.parametrize("cur_xmax, raw, expected", [
+    (1000, 999, 999),                                   # epoch 0
+    (1000, 3, 3),                                       # frozen/bootstrap xids stay small
+    ((1 << 32) + 100, 50, (1 << 32) + 50),              # epoch 1, same epoch
+    ((1 << 32) + 100, 4294967000, 4294967000),          # epoch 1, written before the wrap
+    ((3 << 32) + 5, 4294967295, (2 << 32) + 4294967295),  # last xid of epoch 2
+    ((3 << 32) + 5, 5, (3 << 32) + 5),
+])
+def test_full_xid_uses_the_epoch_of_the_current_snapshot(pg_admin_url, cur_xmax, raw, expected):
+    conn = connect(pg_admin_url)
+    try:
+        conn.run("BEGIN")
+        conn.run("SELECT set_config('totesys.xid_base', :b, true), set_config('totesys.cur_xmax', :c, true)",
+                 b=str(cur_xmax >> 32 << 32), c=str(cur_xmax))
+        got = conn.run(f"SELECT {full_xid_sql('CAST(:raw AS bigint)')}", raw=raw)[0][0]
+        # And it is a valid xid8 that pg_visible_in_snapshot accepts.
+        conn.run(f"SELECT pg_visible_in_snapshot(({full_xid_sql('CAST(:raw AS bigint)')})::text::xid8, "
+                 "pg_current_snapshot())", raw=raw)
+        conn.run("ROLLBACK")
+    finally:
+        conn.close()
+    assert got == expected
+
+
+def test_real_xmin_maps_to_the_current_full_xid(new_database):
+    url = new_database()
+    execute(url, "CREATE TABLE t (x int)")
+    conn = connect(url)
+    try:
+        conn.run("BEGIN")
+        conn.run("INSERT INTO t VALUES (1)")
+        mine = int(conn.run("SELECT pg_current_xact_id()::text")[0][0])
+        conn.run("COMMIT")
+        conn.run("BEGIN")
+        cur = int(conn.run("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")[0][0])
+        conn.run("SELECT set_config('totesys.xid_base', :b, true), set_config('totesys.cur_xmax', :c, true)",
+                 b=str(cur >> 32 << 32), c=str(cur))
+        assert conn.run(f"SELECT {full_xid_sql('xmin::text::bigint')} FROM t")[0][0] == mine
+        conn.run("ROLLBACK")
+    finally:
+        conn.close()
+
+
+def test_copy_sql_only_names_allow_listed_identifiers():
+    from utils.errors import UnknownTableError
+    with pytest.raises(UnknownTableError):
+        copy_sql('staff"; DROP TABLE staff; --', incremental=True)
+    sql = copy_sql("transaction", incremental=True)
+    assert 'FROM "transaction"' in sql and "current_setting('totesys.prev_xmin')" in sql
+    assert sql.startswith("COPY (SELECT") and sql.endswith("TO STDOUT WITH (FORMAT csv, HEADER false)")
