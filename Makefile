@@ -158,9 +158,9 @@ deploy: tf-check-credentials layer tf-init-immutable tf-init-main
 # The immutable stack (data buckets, secrets) is kept unless DESTROY_IMMUTABLE=1: it holds the history.
 destroy: tf-init-main
 	terraform -chdir=main-terraform destroy -input=false -auto-approve $(TF_VARS)
-	@if [ "$(DESTROY_IMMUTABLE)" = "1" ]; then \
-		$(MAKE) --no-print-directory tf-init-immutable && \
-		terraform -chdir=immutable-terraform destroy -input=false -auto-approve $(TF_VARS); \
-	else \
-		echo "immutable-terraform kept (buckets and secrets); DESTROY_IMMUTABLE=1 removes it too"; \
-	fi
+ifeq ($(DESTROY_IMMUTABLE),1)
+	terraform -chdir=immutable-terraform init -input=false $(TF_BACKEND)
+	terraform -chdir=immutable-terraform destroy -input=false -auto-approve $(TF_VARS)
+else
+	@echo "immutable-terraform kept (buckets and secrets); DESTROY_IMMUTABLE=1 removes it too"
+endif

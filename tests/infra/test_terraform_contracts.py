@@ -1,0 +1,277 @@
+"""Cross-checks between the Terraform stacks and the code they deploy (offline: HCL parsed, not planned)."""
+import ast
+import json
+import re
+
+import pytest
+
+from tests.infra.hcl import ASL_TEMPLATE, IMMUTABLE, MAIN, SRC, default, load_file, load_stack
+from utils.config import DEFAULT_TOTESYS_SECRET_ID, DEFAULT_WAREHOUSE_SECRET_ID
+from utils.tables import SOURCE_TABLES
+
+# Variables the code reads that the deployment must NOT set: AWS_ENDPOINT_URL points boto3 at a local
+# endpoint (tests and the local runner); TOTESYS_LOG_FILE sends logs to a file instead of stdout
+# (local runner); AWS_* region/credentials are provided by the Lambda runtime itself.
+NOT_DEPLOYED = {"AWS_ENDPOINT_URL", "TOTESYS_LOG_FILE", "AWS_REGION", "AWS_DEFAULT_REGION"}
+
+# The buckets each stage touches (docs/DESIGN.md, stage contracts) and what it may do there.
+EXPECTED_BUCKET_ACCESS = {
+    "ingest": {"ingest": {"s3:ListBucket", "s3:GetObject", "s3:PutObject"}},
+    "transform": {"ingest": {"s3:ListBucket", "s3:GetObject"},
+                  "processed": {"s3:ListBucket", "s3:GetObject", "s3:PutObject"}},
+    "load": {"processed": {"s3:ListBucket", "s3:GetObject"}},
+}
+EXPECTED_SECRETS = {"ingest": {"totesys"}, "transform": set(), "load": {"warehouse"}}
+BUCKET_LOCALS = {"ingest": "local.ingest_bucket_arn", "processed": "local.processed_bucket_arn"}
+SECRET_LOCALS = {"totesys": "local.totesys_secret_arn", "warehouse": "local.warehouse_secret_arn"}
+
+
+@pytest.fixture(scope="module")
+def main_stack():
+    return load_stack(MAIN)
+
+
+@pytest.fixture(scope="module")
+def immutable_stack():
+    return load_stack(IMMUTABLE)
+
+
+def env_vars_read_by(path):
+    """Names passed as string literals to os.environ.get/[...], os.getenv or config's _required()."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        target = None
+        if isinstance(node, ast.Call) and node.args:
+            func = node.func
+            dotted = ast.unparse(func)
+            if dotted in ("os.environ.get", "os.getenv", "_required", "environ.get", "getenv"):
+                target = node.args[0]
+        elif isinstance(node, ast.Subscript) and ast.unparse(node.value) in ("os.environ", "environ"):
+            target = node.slice
+        if isinstance(target, ast.Constant) and isinstance(target.value, str):
+            names.add(target.value)
+    return names
+
+
+def deployed_sources():
+    return [path for path in SRC.rglob("*.py") if "totesys_local" not in path.parts]
+
+
+def test_env_var_scanner_finds_the_config_variables():
+    # Guards the scanner itself: config.py reads these through os.environ.get and _required().
+    found = env_vars_read_by(SRC / "utils" / "config.py")
+    assert {"INGEST_BUCKET", "PROCESSED_BUCKET", "TOTESYS_SECRET_ID", "INGEST_OVERLAP_SECONDS"} <= found
+
+
+def test_every_environment_variable_the_code_reads_is_set(main_stack):
+    read = set().union(*(env_vars_read_by(path) for path in deployed_sources()))
+    environment = main_stack["locals"]["function_environment"]
+    function = main_stack["resource"]["aws_lambda_function"]["stage"]
+    assert function["environment"][0]["variables"] == "${local.function_environment}"
+    missing = sorted(read - NOT_DEPLOYED - set(environment))
+    assert missing == [], f"read by src/ but not set in lambda.tf: {missing}"
+    assert not (NOT_DEPLOYED & set(environment)), "local-only variables must not be deployed"
+
+
+def test_handlers_exist_in_src(main_stack):
+    functions = main_stack["locals"]["functions"]
+    assert set(functions) == {"ingest", "transform", "load"}
+    for stage, spec in functions.items():
+        module_name, func_name = spec["handler"].rsplit(".", 1)
+        assert module_name == stage
+        module = SRC / f"{module_name}.py"
+        if not module.exists():
+            pytest.fail(f"handler module {module} for {stage} does not exist")
+        tree = ast.parse(module.read_text())
+        defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+        assert func_name in defined, f"{module} defines no {func_name}"
+
+
+def test_function_sizing_runtime_and_concurrency(main_stack):
+    function = main_stack["resource"]["aws_lambda_function"]["stage"]
+    assert function["for_each"] == "${local.functions}"
+    assert function["handler"] == "${each.value.handler}"
+    assert default(main_stack, "python_runtime") == "python3.12"
+    assert default(main_stack, "function_memory_mb") == {"ingest": 1024, "transform": 2048, "load": 1024}
+    timeouts = default(main_stack, "function_timeout_seconds")
+    assert timeouts == {"ingest": 300, "transform": 600, "load": 600}
+    assert max(timeouts.values()) <= 900  # Lambda's ceiling
+    assert default(main_stack, "function_reserved_concurrency")["ingest"] == 1
+
+
+def test_function_zip_is_src_without_the_local_package(main_stack):
+    archive = main_stack["data"]["archive_file"]["function_code"]
+    assert archive["source_dir"] == "${path.module}/../src"
+    assert "totesys_local/**" in archive["excludes"]
+    assert "**/__pycache__/**" in archive["excludes"]
+
+
+def test_layers_are_the_pinned_managed_pandas_layer_and_our_own(main_stack):
+    arn = main_stack["locals"]["aws_sdk_pandas_layer_arn"]
+    assert arn == ("arn:${local.partition}:lambda:${var.region}:336392948345:layer:AWSSDKPandas-Python312:"
+                   "${var.aws_sdk_pandas_layer_version}")
+    assert isinstance(default(main_stack, "aws_sdk_pandas_layer_version"), int)
+    function = main_stack["resource"]["aws_lambda_function"]["stage"]
+    assert function["layers"] == ["${local.aws_sdk_pandas_layer_arn}",
+                                  "${aws_lambda_layer_version.dependencies.arn}"]
+
+
+def test_source_tables_variable_matches_the_code(main_stack):
+    assert default(main_stack, "source_tables") == list(SOURCE_TABLES)
+
+
+def test_state_machine_template_placeholders_are_all_supplied(main_stack):
+    template = ASL_TEMPLATE.read_text()
+    placeholders = set(re.findall(r"\$\{([A-Za-z0-9_]+)\}", template))
+    assert placeholders, "the template should reference the functions and the topic"
+    machine = main_stack["resource"]["aws_sfn_state_machine"]["pipeline"]
+    definition = machine["definition"]
+    assert "templatefile(\"${path.module}/../state_machine/pipeline.asl.json\"" in definition
+    supplied = set(re.findall(r"(\w+)\s*=", definition.split(",", 1)[1]))
+    assert placeholders <= supplied, f"not supplied by state_machine.tf: {sorted(placeholders - supplied)}"
+    assert supplied <= placeholders, f"supplied but unused: {sorted(supplied - placeholders)}"
+
+
+def test_schedule_starts_the_state_machine_with_empty_input(main_stack):
+    assert default(main_stack, "schedule_expression") == "rate(15 minutes)"
+    target = main_stack["resource"]["aws_cloudwatch_event_target"]["pipeline"]
+    assert target["arn"] == "${aws_sfn_state_machine.pipeline.arn}"
+    assert json.loads(target["input"]) == {}
+
+
+def test_critical_metric_filter_matches_json_log_level(main_stack):
+    metric_filter = main_stack["resource"]["aws_cloudwatch_log_metric_filter"]["critical"]
+    assert metric_filter["for_each"] == "${local.functions}"
+    assert metric_filter["pattern"] == '{ $.level = "CRITICAL" }'
+    alarms = main_stack["resource"]["aws_cloudwatch_metric_alarm"]
+    assert alarms["critical"]["alarm_actions"] == ["${aws_sns_topic.alerts.arn}"]
+    assert set(alarms["executions"]["for_each"]) == {"ExecutionsFailed", "ExecutionsTimedOut"}
+    assert alarms["executions"]["alarm_actions"] == ["${aws_sns_topic.alerts.arn}"]
+    subscription = main_stack["resource"]["aws_sns_topic_subscription"]["alert_email"]
+    assert subscription["protocol"] == "email"
+
+
+def _statements(main_stack, stage):
+    return main_stack["data"]["aws_iam_policy_document"][stage]["statement"]
+
+
+def _resources_text(statement):
+    resources = statement["resources"]
+    return resources if isinstance(resources, str) else " ".join(resources)
+
+
+@pytest.mark.parametrize("stage", ["ingest", "transform", "load"])
+def test_each_function_gets_exactly_its_buckets(main_stack, stage):
+    granted = {}
+    for statement in _statements(main_stack, stage):
+        text = _resources_text(statement)
+        for bucket, local_name in BUCKET_LOCALS.items():
+            if local_name in text:
+                granted.setdefault(bucket, set()).update(statement["actions"])
+    assert granted == EXPECTED_BUCKET_ACCESS[stage]
+
+
+@pytest.mark.parametrize("stage", ["ingest", "transform", "load"])
+def test_each_function_gets_exactly_its_secret_and_log_group(main_stack, stage):
+    secrets, log_groups = set(), set()
+    for statement in _statements(main_stack, stage):
+        text = _resources_text(statement)
+        assert "s3:*" not in statement["actions"] and "*" not in statement["actions"]
+        if any(action.startswith("secretsmanager:") for action in statement["actions"]):
+            assert statement["actions"] == ["secretsmanager:GetSecretValue"]
+            secrets |= {name for name, local_name in SECRET_LOCALS.items() if local_name in text}
+        if any(action.startswith("logs:") for action in statement["actions"]):
+            log_groups |= set(re.findall(r'function_log_group_arns\[\\?"(\w+)\\?"\]', text))
+        if statement["resources"] == ["*"]:
+            assert all(action.startswith("xray:") for action in statement["actions"]), statement
+    assert secrets == EXPECTED_SECRETS[stage]
+    assert log_groups == {stage}
+
+
+def test_writes_are_limited_to_the_stage_prefixes(main_stack):
+    def put_resources(stage):
+        statements = _statements(main_stack, stage)
+        return " ".join(_resources_text(s) for s in statements if "s3:PutObject" in s["actions"])
+
+    ingest = put_resources("ingest")
+    assert "local.ingest_write_prefixes" in ingest and "_state/ingest.json" in ingest
+    assert main_stack["locals"]["ingest_write_prefixes"] == '${concat(var.source_tables, ["_batches"])}'
+    transform = put_resources("transform")
+    assert "local.processed_write_prefixes" in transform and "_state/transform.json" in transform
+    assert "${local.ingest_bucket_arn}/*" not in ingest
+
+
+def test_state_machine_may_invoke_only_the_three_functions_and_publish_to_the_topic(main_stack):
+    statements = main_stack["data"]["aws_iam_policy_document"]["state_machine"]["statement"]
+    by_action = {}
+    for statement in statements:
+        for action in statement["actions"]:
+            by_action[action] = _resources_text(statement)
+    assert by_action["lambda:InvokeFunction"].startswith("${flatten([for fn in aws_lambda_function.stage")
+    assert by_action["sns:Publish"] == "${aws_sns_topic.alerts.arn}"
+    star = {action for action, text in by_action.items() if text == "*"}
+    assert all(action.startswith(("logs:", "xray:")) for action in star), star
+
+
+def test_immutable_stack_creates_the_secrets_the_code_defaults_to(immutable_stack):
+    prefix = default(immutable_stack, "secret_name_prefix")
+    secrets = immutable_stack["locals"]["secrets"]
+    names = {key: spec["name"].replace("${var.secret_name_prefix}", prefix) for key, spec in secrets.items()}
+    assert names["totesys"] == DEFAULT_TOTESYS_SECRET_ID
+    assert names["warehouse"] == DEFAULT_WAREHOUSE_SECRET_ID
+    assert names["alert_email"] == "totesys/alert-email"
+    files = {spec["file"].rsplit("/", 1)[1] for spec in secrets.values()}
+    assert files == {"db_credentials.json", "warehouse_credentials.json", "email.txt"}
+
+
+def test_every_ssm_parameter_main_reads_is_written_by_immutable(main_stack, immutable_stack):
+    written = set(immutable_stack["locals"]["ssm_parameters"])
+    parameter = immutable_stack["resource"]["aws_ssm_parameter"]["names"]
+    assert parameter["name"] == "${var.ssm_prefix}/${each.key}"
+    read = set()
+    for body in main_stack["data"]["aws_ssm_parameter"].values():
+        match = re.fullmatch(r"\$\{var\.ssm_prefix\}/([\w-]+)", body["name"])
+        assert match, body["name"]
+        read.add(match.group(1))
+    assert read, "main-terraform should read its names from SSM"
+    assert read <= written, f"read but never written: {sorted(read - written)}"
+    assert default(main_stack, "ssm_prefix") == default(immutable_stack, "ssm_prefix")
+    assert default(main_stack, "region") == default(immutable_stack, "region")
+
+
+def test_buckets_are_versioned_encrypted_private_tls_only_with_lifecycle(immutable_stack):
+    resources = immutable_stack["resource"]
+    assert set(resources["aws_s3_bucket"]) == {"ingest", "processed"}
+    for kind in ("aws_s3_bucket_versioning", "aws_s3_bucket_server_side_encryption_configuration",
+                 "aws_s3_bucket_public_access_block", "aws_s3_bucket_lifecycle_configuration",
+                 "aws_s3_bucket_policy"):
+        (body,) = resources[kind].values()
+        assert body["for_each"] == "${local.data_buckets}", kind
+    assert resources["aws_s3_bucket_versioning"]["data"]["versioning_configuration"][0]["status"] == "Enabled"
+    access = resources["aws_s3_bucket_public_access_block"]["data"]
+    flags = ("block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets")
+    assert all(access[key] is True for key in flags)
+    (tls,) = immutable_stack["data"]["aws_iam_policy_document"]["tls_only"]["statement"]
+    assert tls["effect"] == "Deny"
+    assert tls["condition"][0]["variable"] == "aws:SecureTransport"
+
+
+@pytest.mark.parametrize("directory", [IMMUTABLE, MAIN])
+def test_outputs_hold_no_secret_values(directory):
+    outputs = load_stack(directory)["output"]
+    assert outputs
+    for name, body in outputs.items():
+        value = json.dumps(body["value"])
+        assert "secret_string" not in value and "secret_version" not in value, name
+        assert "alert_email" not in value, name
+
+
+def test_backends_are_partial_s3_with_distinct_keys():
+    keys = set()
+    for directory in (IMMUTABLE, MAIN):
+        (terraform,) = load_file(directory / "main.tf")["terraform"]
+        (backend,) = terraform["backend"]
+        settings = backend["s3"]
+        assert "bucket" not in settings and "region" not in settings  # given at init time
+        keys.add(settings["key"])
+    assert len(keys) == 2
