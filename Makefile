@@ -86,7 +86,7 @@ clean:
 	rm -rf $(STATE_DIR) build layers/python layers/*.zip
 
 # ---------------------------------------------------------------------------------------------------
-# Infrastructure checks (offline; part of `make lint`) and the deploy path (docs/DEPLOY.md).
+# Infrastructure checks (offline; part of `make lint`) and the deploy path (README.md, "Deploying to AWS").
 
 CHECKOV_VENV := venv-checkov
 CHECKOV_VERSION := 3.3.30
@@ -132,17 +132,17 @@ layer: $(BIN)/python
 		--target layers/python -r layers/requirements.txt
 	@du -sh layers/python
 
-# Remote state: TF_STATE_BUCKET (an existing, versioned, private bucket; docs/DEPLOY.md) and AWS_REGION.
+# Remote state: TF_STATE_BUCKET (an existing, versioned, private bucket; README.md, "Deploying to AWS") and AWS_REGION.
 AWS_REGION ?= eu-west-2
 TF_BACKEND = -backend-config="bucket=$(TF_STATE_BUCKET)" -backend-config="region=$(AWS_REGION)"
 TF_VARS = -var="region=$(AWS_REGION)"
 
 tf-check-backend:
-	@[ -n "$(TF_STATE_BUCKET)" ] || { echo "set TF_STATE_BUCKET to the Terraform state bucket (docs/DEPLOY.md)"; exit 1; }
+	@[ -n "$(TF_STATE_BUCKET)" ] || { echo "set TF_STATE_BUCKET to the Terraform state bucket (README.md, "Deploying to AWS")"; exit 1; }
 
 tf-check-credentials:
 	@for f in db_credentials.json warehouse_credentials.json email.txt; do \
-		[ -f $$f ] || { echo "$$f missing: copy $$f.example and fill it in (docs/DEPLOY.md)"; exit 1; }; \
+		[ -f $$f ] || { echo "$$f missing: copy $$f.example and fill it in (README.md, "Deploying to AWS")"; exit 1; }; \
 	done
 
 tf-init-immutable: tf-check-backend

@@ -78,7 +78,7 @@ def test_make_destroy_keeps_the_immutable_stack_unless_asked():
 
 
 def test_deploy_doc_matches_the_makefile():
-    doc = (ROOT / "docs" / "DEPLOY.md").read_text()
+    doc = (ROOT / "README.md").read_text()
     for needle in ("make layer", "make deploy", "make destroy", "DESTROY_IMMUTABLE=1", "TF_STATE_BUCKET",
                    "db_credentials.json", "warehouse_credentials.json", "email.txt",
                    "AWSSDKPandas-Python312", "AWS_DEPLOY_ROLE_ARN"):
