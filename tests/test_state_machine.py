@@ -2,6 +2,7 @@
 with the project's real handlers dispatched in-process against real PostgreSQL databases."""
 import json
 import re
+import uuid
 
 import boto3
 import pytest
@@ -86,7 +87,8 @@ def engine(aws_env, monkeypatch, totesys_url, warehouse_url):
         def run(payload="{}"):
             invocations.clear()
             sfn = boto3.client("stepfunctions")
-            execution = sfn.start_execution(stateMachineArn=arns["state_machine_arn"], input=payload)
+            execution = sfn.start_execution(stateMachineArn=arns["state_machine_arn"], input=payload,
+                                            name=f"test-{uuid.uuid4().hex[:12]}")
             return wait_for_execution(execution["executionArn"], timeout=300)
 
         yield {"run": run, "arns": arns, "invocations": invocations, "source": totesys_url,

@@ -218,7 +218,8 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print):
                 secrets.create_secret(Name=secret_id, SecretString=json.dumps(credentials_from_url(url)))
             arns = deploy_pipeline("totesys")
             sfn = boto3.client("stepfunctions", region_name=REGION)
-            execution = sfn.start_execution(stateMachineArn=arns["state_machine_arn"], input="{}")
+            execution = sfn.start_execution(stateMachineArn=arns["state_machine_arn"], input="{}",
+                                            name=f"local-{time.strftime('%Y%m%dT%H%M%S')}")
             progress = Progress(out)
             started = time.monotonic()
             result = wait_for_execution(execution["executionArn"], on_event=progress)
