@@ -21,6 +21,10 @@ def s3(buckets):
     return boto3.client("s3")
 
 
+def read_manifest(s3, buckets, key):
+    return json.loads(s3.get_object(Bucket=buckets["processed"], Key=key)["Body"].read())
+
+
 def read_output(s3, buckets, manifest, table):
     return read_parquet_table(s3, buckets["processed"], manifest["tables"][table]["key"], table,
                               WAREHOUSE_SCHEMAS[table])
@@ -35,8 +39,9 @@ def test_first_batch_writes_every_table_manifest_snapshots_and_state(s3, buckets
                                 "dim_payment_type": 2, "fact_sales_order": 2, "fact_purchase_order": 1,
                                 "fact_payment": 3}
     state, _ = read_state(s3, buckets["processed"], "transform")
-    assert state == {"manifest_key": "_batches/2024/11/25/093015123000.json", "ingest_manifest_key": ingest_key}
-    manifest = json.loads(s3.get_object(Bucket=buckets["processed"], Key=state["manifest_key"])["Body"].read())
+    assert state == {"manifest_key": "_batches/2024/11/25/093015123000.json",
+                     "ingest_manifest_key": ingest_key}
+    manifest = read_manifest(s3, buckets, state["manifest_key"])
     assert manifest["prev_manifest_key"] is None
     assert manifest["ingest_manifest_key"] == ingest_key
     assert manifest["tables"]["fact_payment"] == {"key": "fact_payment/2024/11/25/093015123000.parquet",
@@ -60,11 +65,12 @@ def test_pending_batches_are_processed_oldest_first_with_snapshots_carried(s3, b
         "sales_order": [sales_order(1, at=T0, updated=later(50), units_sold=3)]})
     result = transform.lambda_handler({}, None)
     assert result == {"batches": ["20241125T100015123000", "20241125T103015123000"],
-                      "tables": {"dim_location": 1, "dim_counterparty": 2, "fact_sales_order": 1, "dim_date": 3}}
+                      "tables": {"dim_location": 1, "dim_counterparty": 2, "fact_sales_order": 1,
+                                 "dim_date": 3}}
     state, _ = read_state(s3, buckets["processed"], "transform")
     assert state["ingest_manifest_key"] == third
-    last = json.loads(s3.get_object(Bucket=buckets["processed"], Key=state["manifest_key"])["Body"].read())
-    middle = json.loads(s3.get_object(Bucket=buckets["processed"], Key=last["prev_manifest_key"])["Body"].read())
+    last = read_manifest(s3, buckets, state["manifest_key"])
+    middle = read_manifest(s3, buckets, last["prev_manifest_key"])
     assert middle["ingest_manifest_key"] == second
     assert middle["snapshots"]["address"] == "_snapshots/address/2024/11/25/100015123000.parquet"
     assert middle["snapshots"]["counterparty"] == "_snapshots/counterparty/2024/11/25/093015123000.parquet"
@@ -178,7 +184,8 @@ def test_manifest_naming_an_unknown_table_is_rejected(s3, buckets):
 def test_transform_state_outside_the_ingest_chain_is_corrupt(s3, buckets):
     write_ingest_batch(s3, buckets["ingest"], T0, base_batch())
     s3.put_object(Bucket=buckets["processed"], Key="_state/transform.json",
-                  Body=json.dumps({"manifest_key": None, "ingest_manifest_key": "_batches/nope.json"}).encode())
+                  Body=json.dumps({"manifest_key": None,
+                                   "ingest_manifest_key": "_batches/nope.json"}).encode())
     with pytest.raises(CorruptFileError) as err:
         transform.lambda_handler({}, None)
     assert str(err.value) == ("ingest batch _batches/nope.json named in _state/transform.json "

@@ -38,7 +38,8 @@ def address(address_id, at=T0, **changes):
 
 def counterparty(counterparty_id, address_id, at=T0, **changes):
     row = {"counterparty_id": counterparty_id, "counterparty_legal_name": f"Client {counterparty_id} Ltd",
-           "legal_address_id": address_id, "commercial_contact": "Ann", "delivery_contact": None, **stamps(at)}
+           "legal_address_id": address_id, "commercial_contact": "Ann", "delivery_contact": None,
+           **stamps(at)}
     row.update(changes)
     return row
 

@@ -173,16 +173,17 @@ def check_table_columns(table, existing):
         if data_type not in accepted or too_coarse:
             raise SchemaMismatchError(
                 f"warehouse table {table}: column {actual!r} has type {data_type}"
-                f"{_precision_text(time_precision, precision, scale)}, expected {' or '.join(accepted)} "
+                f"{_precision_text(data_type, time_precision, precision, scale)}, "
+                f"expected {' or '.join(accepted)} "
                 f"able to hold {field.type}")
         mapping[field.name] = actual
     return mapping
 
 
-def _precision_text(time_precision, precision, scale):
-    if precision is not None and scale is not None:
+def _precision_text(data_type, time_precision, precision, scale):
+    if data_type == "numeric" and precision is not None and scale is not None:
         return f"({precision},{scale})"
-    if time_precision is not None:
+    if data_type.startswith("time") and time_precision is not None:
         return f"({time_precision})"
     return ""
 

@@ -1,0 +1,250 @@
+"""The load stage against a real PostgreSQL warehouse, on processed batches made by the transform."""
+import io
+import json
+from datetime import date, time
+from decimal import Decimal
+
+import boto3
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import load
+import transform
+from tests.test_transform_support import (T0, address, base_batch, department, later, sales_order,
+                                          write_ingest_batch)
+from utils import loading
+from utils.db_connections import close_db_connection, connect_to_db, credentials_from_url
+from utils.errors import CorruptFileError, InvalidEventError, SchemaMismatchError, UnknownTableError
+from utils.loading import LEDGER, schema_statements
+from utils.state import read_state
+from utils.warehouse import WAREHOUSE_TABLES
+
+ALL_TABLES = WAREHOUSE_TABLES + (LEDGER,)
+
+
+def query(url, sql, **params):
+    conn = connect_to_db(credentials=credentials_from_url(url))
+    try:
+        return conn.run(sql, **params)
+    finally:
+        close_db_connection(conn)
+
+
+def table_names(url):
+    return sorted(row[0] for row in query(
+        url, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"))
+
+
+def counts(url):
+    """Row count of every warehouse table (None for a table that does not exist)."""
+    present = set(table_names(url))
+    return {name: query(url, f"SELECT count(*) FROM {name}")[0][0] if name in present else None  # nosec
+            for name in ALL_TABLES}
+
+
+@pytest.fixture
+def s3(buckets):
+    return boto3.client("s3")
+
+
+@pytest.fixture
+def warehouse(pipeline_env, warehouse_url):
+    pipeline_env(warehouse_url=warehouse_url)
+    return warehouse_url
+
+
+def first_batch(s3, buckets):
+    write_ingest_batch(s3, buckets["ingest"], T0, base_batch())
+    return transform.lambda_handler({}, None)
+
+
+def test_first_load_creates_the_schema_and_loads_every_table(s3, buckets, warehouse):
+    transformed = first_batch(s3, buckets)
+    result = load.lambda_handler(transformed, None)
+    assert result == transformed
+    assert counts(warehouse) == {**transformed["tables"], LEDGER: 1}
+    assert {"current_sales_order", "current_purchase_order", "current_payment"} <= set(table_names(warehouse))
+    ledger = query(warehouse, f"SELECT batch_id, manifest_key, row_counts FROM {LEDGER}")
+    assert ledger == [["20241125T093015123000", "_batches/2024/11/25/093015123000.json",
+                       transformed["tables"]]]
+    row = query(warehouse, "SELECT created_date, created_time, unit_price, agreed_delivery_date "
+                           "FROM fact_sales_order WHERE sales_order_id = 1")
+    assert row == [[date(2024, 11, 25), time(9, 30, 15, 123000), Decimal("2.50"), date(2024, 11, 28)]]
+    assert query(warehouse, "SELECT currency_name FROM dim_currency ORDER BY currency_id") == [
+        ["Pound Sterling"], ["US Dollar"], ["Unknown currency (XQZ)"]]
+    # Loading again, and loading with nothing new, adds nothing.
+    assert load.lambda_handler(transformed, None) == {"batches": [], "tables": {}}
+    assert counts(warehouse) == {**transformed["tables"], LEDGER: 1}
+
+
+def test_changes_append_fact_versions_and_overwrite_dimensions(s3, buckets, warehouse):
+    load.lambda_handler(first_batch(s3, buckets), None)
+    write_ingest_batch(s3, buckets["ingest"], later(30), {
+        "address": [address(1, at=later(20), city="York")],
+        "department": [department(1, at=later(21), department_name="Sales")],
+        "sales_order": [sales_order(1, at=T0, updated=later(25), units_sold=42)]})
+    # The same order version again in the next batch (an ingest overlap) is recorded once.
+    write_ingest_batch(s3, buckets["ingest"], later(60), {
+        "sales_order": [sales_order(1, at=T0, updated=later(25), units_sold=42)]})
+    transformed = transform.lambda_handler({}, None)
+    result = load.lambda_handler(transformed, None)
+    assert result["batches"] == ["20241125T100015123000", "20241125T103015123000"]
+    assert result["tables"]["fact_sales_order"] == 1
+    assert query(warehouse, "SELECT units_sold, last_updated_time FROM fact_sales_order "
+                            "WHERE sales_order_id = 1 ORDER BY sales_record_id") == [
+        [1001, time(9, 30, 15, 123000)], [42, time(9, 55, 15, 123000)]]
+    assert query(warehouse, "SELECT sales_order_id, units_sold FROM current_sales_order ORDER BY 1") == [
+        [1, 42], [2, 5000]]
+    assert query(warehouse, "SELECT location_id, city FROM dim_location ORDER BY 1") == [
+        [1, "York"], [2, "Leeds"]]
+    assert query(warehouse, "SELECT counterparty_id, counterparty_legal_city FROM dim_counterparty "
+                            "ORDER BY 1") == [[1, "York"], [2, "Leeds"], [3, "York"]]
+    assert query(warehouse, "SELECT staff_id, department_name FROM dim_staff ORDER BY 1") == [
+        [1, "Sales"], [2, "Dept 2"], [3, "Sales"]]
+    assert counts(warehouse)[LEDGER] == 3
+
+
+def test_a_load_killed_before_commit_changes_nothing_and_the_retry_completes(s3, buckets, warehouse,
+                                                                             monkeypatch, caplog):
+    load.lambda_handler(first_batch(s3, buckets), None)
+    write_ingest_batch(s3, buckets["ingest"], later(30), {
+        "address": [address(2, at=later(20), city="Hull")],
+        "sales_order": [sales_order(1, at=T0, updated=later(25), units_sold=42),
+                        sales_order(9, at=later(26))]})
+    transformed = transform.lambda_handler({}, None)
+    before = counts(warehouse)
+    real_record = loading.record_batch
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed between staging and commit")
+    monkeypatch.setattr(loading, "record_batch", killed)
+    with pytest.raises(RuntimeError, match="killed between staging and commit"):
+        load.lambda_handler(transformed, None)
+    assert counts(warehouse) == before
+    assert query(warehouse, "SELECT city FROM dim_location WHERE location_id = 2") == [["Leeds"]]
+    assert [r.levelname for r in caplog.records].count("CRITICAL") == 1
+    monkeypatch.setattr(loading, "record_batch", real_record)
+    assert load.lambda_handler(transformed, None)["batches"] == ["20241125T100015123000"]
+    after = counts(warehouse)
+    assert after["fact_sales_order"] == before["fact_sales_order"] + 2
+    assert after[LEDGER] == 2
+    assert query(warehouse, "SELECT city FROM dim_location WHERE location_id = 2") == [["Hull"]]
+
+
+def latest_manifest(s3, buckets):
+    state, _ = read_state(s3, buckets["processed"], "transform")
+    body = s3.get_object(Bucket=buckets["processed"], Key=state["manifest_key"])["Body"].read()
+    return state["manifest_key"], json.loads(body)
+
+
+def _replace_processed_file(s3, buckets, table, transform_body):
+    _, manifest = latest_manifest(s3, buckets)
+    key = manifest["tables"][table]["key"]
+    body = s3.get_object(Bucket=buckets["processed"], Key=key)["Body"].read()
+    s3.put_object(Bucket=buckets["processed"], Key=key, Body=transform_body(body))
+
+
+def _parquet(table):
+    out = io.BytesIO()
+    pq.write_table(table, out)
+    return out.getvalue()
+
+
+def _drop_column(body):
+    return _parquet(pq.read_table(io.BytesIO(body)).drop_columns(["units_sold"]))
+
+
+def _mistype_column(body):
+    table = pq.read_table(io.BytesIO(body))
+    index = table.schema.get_field_index("unit_price")
+    return _parquet(table.set_column(index, "unit_price", table["unit_price"].cast(pa.float64())))
+
+
+@pytest.mark.parametrize("change, error, message", [
+    (_drop_column, SchemaMismatchError, "fact_sales_order: column 'units_sold' is missing from "
+                                        "s3://totesys-test-processed/fact_sales_order/"),
+    (_mistype_column, SchemaMismatchError, "fact_sales_order: column 'unit_price' in "
+                                           "s3://totesys-test-processed/fact_sales_order/"),
+    (lambda body: body[: len(body) // 2], CorruptFileError, "fact_sales_order: s3://totesys-test-processed/"
+                                                            "fact_sales_order/"),
+])
+def test_bad_processed_files_load_nothing(s3, buckets, warehouse, caplog, change, error, message):
+    transformed = first_batch(s3, buckets)
+    _replace_processed_file(s3, buckets, "fact_sales_order", change)
+    with pytest.raises(error) as err:
+        load.lambda_handler(transformed, None)
+    assert str(err.value).startswith(message)
+    if change is _mistype_column:
+        assert str(err.value).endswith("has type double, expected decimal128(10, 2)")
+    assert set(counts(warehouse).values()) == {0}
+    critical = [r for r in caplog.records if r.levelname == "CRITICAL"]
+    assert len(critical) == 1 and critical[0].error_type == error.__name__
+
+
+@pytest.mark.parametrize("event, error, message", [
+    ([], InvalidEventError, "load event must be a JSON object, got list"),
+    (None, InvalidEventError, "load event must be a JSON object, got NoneType"),
+    ({"tables": {"fact_sale": 3}}, UnknownTableError, "unknown warehouse table 'fact_sale': expected one of"),
+    ({"tables": ["dim_date"]}, InvalidEventError, "load event: 'tables' must be an object of table: rows"),
+    ({"batches": "x"}, InvalidEventError, "load event: 'batches' must be a list of batch ids"),
+])
+def test_bad_events_load_nothing(s3, buckets, warehouse, event, error, message):
+    first_batch(s3, buckets)
+    with pytest.raises(error) as err:
+        load.lambda_handler(event, None)
+    assert str(err.value).startswith(message)
+    assert table_names(warehouse) == []
+
+
+def test_processed_manifest_naming_an_unknown_table_loads_nothing(s3, buckets, warehouse):
+    first_batch(s3, buckets)
+    manifest_key, manifest = latest_manifest(s3, buckets)
+    manifest["tables"]["fact_sales"] = {"key": "fact_sales/x.parquet", "rows": 1}
+    s3.put_object(Bucket=buckets["processed"], Key=manifest_key, Body=json.dumps(manifest).encode())
+    with pytest.raises(UnknownTableError, match="unknown warehouse table 'fact_sales'"):
+        load.lambda_handler({}, None)
+    assert set(counts(warehouse).values()) == {0}
+
+
+@pytest.mark.parametrize("ddl, message", [
+    ("CREATE TABLE dim_staff (staff_id smallint PRIMARY KEY, first_name varchar, last_name varchar, "
+     "department_name varchar, location varchar, email_address varchar)",
+     "warehouse table dim_staff: column 'staff_id' has type smallint, expected integer or bigint"),
+    ("CREATE TABLE dim_location (location_id integer PRIMARY KEY, address_line_1 varchar, "
+     "address_line_2 varchar, district varchar, city varchar, postal_code varchar, country varchar)",
+     "warehouse table dim_location: column 'phone' is missing"),
+    ("CREATE TABLE fact_payment (payment_record_id serial PRIMARY KEY, payment_id integer, "
+     "created_date date, created_time time(0), last_updated_date date, last_updated_time time, "
+     "transaction_id int, counterparty_id int, payment_amount numeric(10,2), currency_id int, "
+     "payment_type_id int, paid boolean, payment_date date)",
+     "warehouse table fact_payment: column 'created_time' has type time without time zone(0)"),
+])
+def test_incompatible_existing_warehouse_table_loads_and_creates_nothing(
+        s3, buckets, warehouse, ddl, message):
+    transformed = first_batch(s3, buckets)
+    query(warehouse, ddl)
+    before = table_names(warehouse)
+    with pytest.raises(SchemaMismatchError) as err:
+        load.lambda_handler(transformed, None)
+    assert str(err.value).startswith(message)
+    assert table_names(warehouse) == before
+
+
+def test_existing_warehouse_with_the_line2_spelling_is_loaded(s3, buckets, warehouse):
+    for statement in schema_statements():
+        query(warehouse, statement.replace("counterparty_legal_address_line_2",
+                                           "counterparty_legal_address_line2"))
+    transformed = first_batch(s3, buckets)
+    assert load.lambda_handler(transformed, None)["batches"] == ["20241125T093015123000"]
+    assert query(warehouse, "SELECT counterparty_id, counterparty_legal_address_line2 FROM dim_counterparty "
+                            "ORDER BY 1") == [[1, None], [2, "Unit 5"], [3, None]]
+
+
+def test_schema_file_is_shipped_inside_the_package_and_matches_sql_folder():
+    from pathlib import Path
+    shipped = loading.SCHEMA_FILE
+    assert shipped.parent.parent.name == "utils"
+    assert (Path(__file__).resolve().parents[1] / "sql" / "warehouse_schema.sql").read_text() \
+        == shipped.read_text()
+    assert len(schema_statements()) == len(WAREHOUSE_TABLES) + 1 + 3 + 3
