@@ -61,14 +61,16 @@ def find_bindir():
         candidates.append(os.path.dirname(os.path.realpath(initdb)))
     candidates.extend(sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key, reverse=True))
     candidates.extend(sorted(glob.glob("/usr/local/pgsql*/bin"), reverse=True))
-    try:
-        import pgserver  # noqa: F401  (optional: bundles PostgreSQL 16)
-        candidates.append(str(Path(pgserver.__file__).parent / "pginstall" / "bin"))
-    except ImportError:
-        pass
     for candidate in candidates:
         if _has_server_binaries(candidate):
             return candidate
+    try:  # last resort, imported only when needed: the pgserver package bundles PostgreSQL 16
+        import pgserver
+        bundled = str(Path(pgserver.__file__).parent / "pginstall" / "bin")
+        if _has_server_binaries(bundled):
+            return bundled
+    except ImportError:
+        pass
     raise ClusterError(
         "no PostgreSQL server binaries found (looked at pg_config --bindir, PATH, "
         "/usr/lib/postgresql/*/bin and the pgserver package); install PostgreSQL or "

@@ -283,7 +283,8 @@ def print_summary(summary, warehouse_line, out=print):
     out(f"\nseconds per stage: {per_stage} (execution {summary['elapsed']:.2f} s)")
     if summary.get("bounds"):
         low, high = summary["bounds"]
-        out(f"batch bounds: from {low} to {high} (database clock, UTC)")
+        label = "batch bounds" if ingested else "last batch with changes"
+        out(f"{label}: from {low} to {high} (database clock, UTC)")
     out(f"structured logs: {summary['log']}")
     out(f"warehouse: {warehouse_line}")
 

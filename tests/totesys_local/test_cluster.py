@@ -81,3 +81,12 @@ def test_local_cluster_is_persisted_reused_and_stopped(tmp_path):
 def test_with_database_swaps_only_the_name():
     url = "postgresql://u:p@h:1/postgres"
     assert pg.with_database(url, "wh") == "postgresql://u:p@h:1/wh"
+
+
+def test_pgserver_binaries_are_the_last_resort(monkeypatch):
+    pgserver = pytest.importorskip("pgserver", reason="pgserver is in requirements-dev.txt")
+    monkeypatch.delenv("TOTESYS_PG_BINDIR", raising=False)
+    monkeypatch.setattr(pg.shutil, "which", lambda name: None)
+    monkeypatch.setattr(pg.glob, "glob", lambda pattern: [])
+    bindir = pg.find_bindir()
+    assert bindir.startswith(os.path.dirname(pgserver.__file__))
