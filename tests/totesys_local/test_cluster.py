@@ -84,7 +84,7 @@ def test_with_database_swaps_only_the_name():
 
 
 def test_pgserver_binaries_are_the_last_resort(monkeypatch):
-    pgserver = pytest.importorskip("pgserver", reason="pgserver is in requirements-dev.txt")
+    import pgserver  # in requirements-dev.txt
     monkeypatch.delenv("TOTESYS_PG_BINDIR", raising=False)
     monkeypatch.setattr(pg.shutil, "which", lambda name: None)
     monkeypatch.setattr(pg.glob, "glob", lambda pattern: [])
