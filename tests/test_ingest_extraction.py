@@ -124,3 +124,33 @@ def test_copy_sql_only_names_allow_listed_identifiers():
     sql = copy_sql("transaction", incremental=True)
     assert 'FROM "transaction"' in sql and "current_setting('totesys.prev_xmin')" in sql
     assert sql.startswith("COPY (SELECT") and sql.endswith("TO STDOUT WITH (FORMAT csv, HEADER false)")
+
+
+def test_block_reader_matches_pg8000_and_keeps_errors_and_the_connection(pg_admin_url):
+    import pg8000.exceptions
+
+    from utils.ingestion import copy_out
+
+    class Collect:
+        def __init__(self):
+            self.parts = []
+
+        def write(self, data):
+            self.parts.append(bytes(data))
+
+    sql = ("COPY (SELECT n, repeat('x', n % 3000), CASE WHEN n % 7 = 0 THEN NULL ELSE '' END "
+           "FROM generate_series(1, 20000) AS n) TO STDOUT WITH (FORMAT csv)")
+    conn = connect(pg_admin_url)
+    try:
+        fast, plain = Collect(), Collect()
+        copy_out(conn, sql, fast)
+        conn.run(sql, stream=plain)
+        assert b"".join(fast.parts) == b"".join(plain.parts)
+        assert len(fast.parts) < len(plain.parts) == 20000  # rows arrive in blocks
+        with pytest.raises(pg8000.exceptions.DatabaseError, match="division by zero"):
+            copy_out(conn, "COPY (SELECT 1 / (n - 5000) FROM generate_series(1, 9000) AS n) TO STDOUT",
+                     Collect())
+        assert conn.run("SELECT 42") == [[42]]
+        assert "handle_messages" not in vars(conn)
+    finally:
+        conn.close()

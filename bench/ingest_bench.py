@@ -1,0 +1,140 @@
+"""Ingest benchmark: rows/s of the real ingest (COPY -> Arrow -> Parquet -> S3) beside the floor,
+PostgreSQL's own ``psql \\copy (SELECT * FROM t) TO file WITH CSV`` of the same tables, in one run.
+
+``run(ctx)`` takes ``{"source_url": seeded totesys, "psql": path to psql, "workdir": Path}`` and returns
+the figures. The ingest runs in a child process (its own peak RSS from getrusage; S3 and Secrets Manager
+are moto, in-process, inside that child). Standalone: ``venv/bin/python -m bench.ingest_bench``
+(throwaway cluster, scale BENCH_SCALE, default 10). Not a test: nothing here asserts a time.
+"""
+import json
+import multiprocessing
+import os
+import re
+import subprocess  # nosec B404 - runs psql, a fixed program, for the floor
+import sys
+import time
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from utils.tables import SOURCE_TABLES
+
+
+def _ingest_child(source_url, queue):
+    """Run one full ingest into moto S3; report rows, seconds and this process's peak RSS."""
+    import resource
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        os.environ[key] = "bench"
+    os.environ["AWS_DEFAULT_REGION"] = "eu-west-2"
+    os.environ.pop("AWS_ENDPOINT_URL", None)
+    os.environ.update(INGEST_BUCKET="bench-ingest", PROCESSED_BUCKET="bench-processed",
+                      TOTESYS_SECRET_ID="bench/totesys", LOG_LEVEL="WARNING")
+    import boto3
+    from moto import mock_aws
+
+    from utils.db_connections import credentials_from_url
+    from utils.ingestion import run_ingest
+    from utils.state import read_json, read_state
+
+    with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="bench-ingest", CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+        boto3.client("secretsmanager").create_secret(
+            Name="bench/totesys", SecretString=json.dumps(credentials_from_url(source_url)))
+        baseline_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        started = time.perf_counter()
+        result = run_ingest({})
+        seconds = time.perf_counter() - started
+        state, _ = read_state(s3, "bench-ingest", "ingest")
+        manifest = read_json(s3, "bench-ingest", state["manifest_key"])
+        rows = {name: entry["rows"] for name, entry in manifest["tables"].items()}
+        parquet_bytes = sum(s3.head_object(Bucket="bench-ingest", Key=key)["ContentLength"]
+                            for key in result.values())
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put({"rows": rows, "seconds": seconds, "peak_mb": peak_mb, "baseline_mb": baseline_mb,
+               "parquet_bytes": parquet_bytes})
+
+
+def measure_ingest(source_url):
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_ingest_child, args=(source_url, queue))
+    child.start()
+    figures = queue.get(timeout=1800)
+    child.join()
+    return figures
+
+
+def measure_floor(source_url, psql, workdir):
+    """Time one psql process doing ``\\copy (SELECT * FROM t) TO file WITH CSV`` for every table."""
+    parts = urlsplit(source_url)
+    env = dict(os.environ, PGPASSWORD=unquote(parts.password or ""))
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    user = unquote(parts.username or "postgres")
+    url = urlunsplit((parts.scheme, f"{user}@{netloc}", parts.path, "", ""))
+    args = [psql, "-X", "-v", "ON_ERROR_STOP=1", url]
+    for table in SOURCE_TABLES:
+        target = workdir / f"floor_{table}.csv"
+        args += ["-c", f"\\copy (SELECT * FROM \"{table}\") TO '{target}' WITH CSV"]
+    started = time.perf_counter()
+    result = subprocess.run(args, env=env, capture_output=True, text=True, check=True)  # nosec B603
+    seconds = time.perf_counter() - started
+    rows = sum(int(n) for n in re.findall(r"COPY (\d+)", result.stdout))
+    csv_bytes = sum((workdir / f"floor_{table}.csv").stat().st_size for table in SOURCE_TABLES)
+    for table in SOURCE_TABLES:
+        (workdir / f"floor_{table}.csv").unlink()
+    return {"rows": rows, "seconds": seconds, "csv_bytes": csv_bytes}
+
+
+def run(ctx):
+    """Return the ingest and floor figures for the seeded database ``ctx["source_url"]``."""
+    workdir = ctx["workdir"]
+    workdir.mkdir(parents=True, exist_ok=True)
+    floor_before = measure_floor(ctx["source_url"], ctx["psql"], workdir)
+    ingest = measure_ingest(ctx["source_url"])
+    floor_after = measure_floor(ctx["source_url"], ctx["psql"], workdir)
+    rows = sum(ingest["rows"].values())
+    floor_seconds = min(floor_before["seconds"], floor_after["seconds"])
+    return {
+        "rows": rows,
+        "rows_per_table": ingest["rows"],
+        "floor_rows": floor_before["rows"],
+        "ingest_seconds": round(ingest["seconds"], 3),
+        "ingest_rows_per_s": round(rows / ingest["seconds"]),
+        "floor_seconds": round(floor_seconds, 3),
+        "floor_seconds_each_run": [round(floor_before["seconds"], 3), round(floor_after["seconds"], 3)],
+        "floor_rows_per_s": round(floor_before["rows"] / floor_seconds),
+        "ratio": round(ingest["seconds"] / floor_seconds, 2),
+        "peak_mb": round(ingest["peak_mb"], 1),
+        "baseline_mb_before_ingest": round(ingest["baseline_mb"], 1),
+        "parquet_bytes": ingest["parquet_bytes"],
+        "floor_csv_bytes": floor_before["csv_bytes"],
+    }
+
+
+def main():
+    import shutil
+    from pathlib import Path
+
+    from totesys_local.cluster import create_database, temporary_cluster, with_database
+    from totesys_local.generator import seed
+
+    scale = float(os.environ.get("BENCH_SCALE", "10"))
+    cluster = temporary_cluster()
+    try:
+        create_database(cluster.url(), "bench_totesys")
+        source_url = with_database(cluster.url(), "bench_totesys")
+        counts = seed(source_url, scale=scale, seed=42)
+        print(f"seeded scale {scale:g}: {sum(counts.values()):,} rows", flush=True)
+        psql = os.path.join(cluster.info.bindir, "psql")
+        if not os.access(psql, os.X_OK):
+            psql = shutil.which("psql")
+        figures = run({"source_url": source_url, "psql": psql,
+                       "workdir": Path("bench/results").resolve()})
+    finally:
+        cluster.destroy()
+    print(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
