@@ -108,10 +108,6 @@ def _drop_fraction(rng, times):
     return times
 
 
-def _ms_to_timestamps(times_ms):
-    return pa.array(times_ms.astype("datetime64[ms]"), type=pa.timestamp("ms"))
-
-
 def _date_text(times_ms, offset_days):
     days = times_ms.astype("datetime64[ms]").astype("datetime64[D]") + offset_days
     return np.datetime_as_string(days, unit="D")

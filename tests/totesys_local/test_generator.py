@@ -442,44 +442,50 @@ def test_simulate_makes_every_kind_of_change_inside_the_window(totesys_url):
     assert_foreign_keys_valid(totesys_url)
 
 
-def test_simulate_writes_exactly_inside_the_window_ending_at_the_given_now(totesys_url):
-    now = dt.datetime(2026, 1, 5, 12, 0, 0, 123456)
+@pytest.mark.parametrize("now", [dt.datetime(2026, 1, 5, 12, 0, 0, 123456),
+                                 dt.datetime(2026, 1, 5, 14, 0, 0, 123456,
+                                             tzinfo=dt.timezone(dt.timedelta(hours=2)))])
+def test_simulate_writes_exactly_inside_the_window_ending_at_the_given_now(totesys_url, now):
+    end = dt.datetime(2026, 1, 5, 12, 0, 0, 123456)
     before = _state(totesys_url)
     simulate(totesys_url, minutes=90, seed=11, now=now)
     stamps = _written_timestamps(totesys_url, before)
     assert len(stamps) > 10
-    assert all(now - dt.timedelta(seconds=90) <= stamp <= now for stamp in stamps)
+    assert all(end - dt.timedelta(seconds=90) <= stamp <= end for stamp in stamps)
     assert all(stamp.microsecond % 1000 == 0 for stamp in stamps)
 
 
-def test_simulate_guarantees_the_minimum_even_for_half_a_minute(totesys_url):
+def test_simulate_in_a_one_millisecond_window_still_stays_inside_it(totesys_url):
+    end = dt.datetime(2026, 1, 5, 12, 0, 0, 500000)
     before = _state(totesys_url)
-    summary = simulate(totesys_url, minutes=0.5, seed=1)
-    assert summary["new sales orders"] >= 1 and summary["new payments"] >= 1
-    assert summary["payments marked paid"] >= 1 and summary["sales orders updated"] >= 1
+    summary = simulate(totesys_url, minutes=1 / 60_000, seed=6, now=end)
+    assert summary["new sales orders"] >= 1 and summary["payments marked paid"] >= 1
     stamps = _written_timestamps(totesys_url, before)
-    assert max(stamps) - min(stamps) <= dt.timedelta(seconds=0.5)
+    assert set(stamps) <= {end - dt.timedelta(milliseconds=1), end}
 
 
-def test_simulate_activity_grows_with_minutes(totesys_url):
-    short = simulate(totesys_url, minutes=1, seed=4)
-    long = simulate(totesys_url, minutes=600, seed=4)
-    assert long["new sales orders"] >= 10 * short["new sales orders"]
-    assert long["payments marked paid"] > short["payments marked paid"]
-
-
-def test_simulate_pays_its_own_new_payments_when_nothing_older_is_unpaid(totesys_url):
-    rows(totesys_url, "UPDATE payment SET paid = true")
+def test_simulate_changes_only_its_own_rows_when_every_row_is_newer_than_the_window(totesys_url):
+    # A window ending before the seeded data: no existing row may be updated (it would go back in
+    # time), so the guaranteed payment and order updates fall on the rows this call creates.
     before = _state(totesys_url)
-    summary = simulate(totesys_url, minutes=5, seed=2)
-    assert summary["payments marked paid"] >= 1
+    end = dt.datetime(2022, 10, 1, 9, 0)
+    summary = simulate(totesys_url, minutes=45, seed=8, now=end)
+    assert summary["addresses changed"] == summary["staff changed"] == 0
+    assert summary["payments marked paid"] >= 1 and summary["sales orders updated"] >= 1
+    after = _state(totesys_url)
+    for table in ("payment", "sales_order", "address", "staff"):
+        assert {key: after[table][key] for key in before[table]} == before[table], table
+    window = (end - dt.timedelta(seconds=45), end)
+    new_orders = rows(totesys_url, "SELECT created_at, last_updated FROM sales_order "
+                                   "WHERE sales_order_id > :old", old=before["max"]["sales_order"])
+    assert any(updated > created for created, updated in new_orders)
     paid_new = rows(totesys_url, "SELECT created_at, last_updated FROM payment "
                                  "WHERE paid AND payment_id > :old", old=before["max"]["payment"])
     assert len(paid_new) == summary["payments marked paid"]
-    assert all(updated > created for created, updated in paid_new)
+    assert all(window[0] <= created < updated <= window[1] for created, updated in paid_new)
 
 
-@pytest.mark.parametrize("minutes", [0, -3, float("nan")])
+@pytest.mark.parametrize("minutes", [0, -3, float("nan"), "soon"])
 def test_simulate_rejects_minutes_that_are_not_positive(totesys_url, minutes):
     before = table_counts(totesys_url)
     with pytest.raises(GeneratorError, match=r"^minutes must be a number greater than 0, got "):
