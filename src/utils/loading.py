@@ -27,7 +27,7 @@ from utils.db_connections import close_db_connection, connect_to_db, db_connecti
 from utils.errors import CorruptFileError, InvalidEventError, SchemaMismatchError, UnknownTableError
 from utils.get_df_from_s3_parquet import read_parquet_table
 from utils.logger import get_logger
-from utils.state import read_json, read_state
+from utils.state import read_manifest, read_state
 from utils.warehouse import FACTS, WAREHOUSE_KEYS, WAREHOUSE_SCHEMAS, WAREHOUSE_TABLES
 
 STAGE = "load"
@@ -233,18 +233,6 @@ def batch_loaded(conn, batch_id):
     return bool(conn.run(sql, batch_id=batch_id))
 
 
-def _read_processed_manifest(s3_client, bucket, key):
-    manifest = read_json(s3_client, bucket, key)
-    tables = manifest.get("tables")
-    if not isinstance(manifest.get("batch_id"), str) or not isinstance(tables, dict):
-        raise CorruptFileError(f"processed manifest {key} lacks batch_id or tables")
-    for name, entry in tables.items():
-        check_warehouse_table(name)
-        if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
-            raise CorruptFileError(f"processed manifest {key}: entry of {name!r} has no file key")
-    return manifest
-
-
 def pending_batches(conn, s3_client, bucket):
     """[(manifest key, manifest)] of the processed batches not in the ledger, oldest first."""
     state, _ = read_state(s3_client, bucket, "transform")
@@ -254,7 +242,7 @@ def pending_batches(conn, s3_client, bucket):
         if key in seen:
             raise CorruptFileError(f"processed manifest chain loops at {key}")
         seen.add(key)
-        manifest = _read_processed_manifest(s3_client, bucket, key)
+        manifest = read_manifest(s3_client, bucket, key, check_warehouse_table, "batch_id")
         if batch_loaded(conn, manifest["batch_id"]):
             break
         chain.append((key, manifest))

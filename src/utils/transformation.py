@@ -26,7 +26,7 @@ from utils.format_time import parse_time
 from utils.generate_file_key import generate_file_key
 from utils.get_df_from_s3_parquet import read_parquet_table
 from utils.logger import get_logger
-from utils.state import read_json, read_state, write_state
+from utils.state import read_json, read_manifest, read_state, write_state
 from utils.tables import SOURCE_SCHEMAS, SOURCE_TABLES, check_source_table
 from utils.warehouse import SNAPSHOT_TABLES, build_warehouse_batch
 from utils.write_to_s3 import write_to_s3
@@ -104,7 +104,7 @@ def pending_ingest_batches(s3_client, bucket, latest_key, done_key):
         if key in seen:
             raise CorruptFileError(f"ingest manifest chain loops at {key}")
         seen.add(key)
-        manifest = _read_manifest(s3_client, bucket, key)
+        manifest = read_manifest(s3_client, bucket, key, check_source_table, "batch_time")
         chain.append((key, manifest))
         key = manifest.get("prev_manifest_key")
     if done_key and key != done_key:
@@ -112,18 +112,6 @@ def pending_ingest_batches(s3_client, bucket, latest_key, done_key):
             f"ingest batch {done_key} named in _state/transform.json is not in the ingest manifest chain")
     chain.reverse()
     return chain
-
-
-def _read_manifest(s3_client, bucket, key):
-    manifest = read_json(s3_client, bucket, key)
-    tables = manifest.get("tables")
-    if not isinstance(tables, dict) or not isinstance(manifest.get("batch_time"), str):
-        raise CorruptFileError(f"ingest manifest {key} lacks batch_time or tables")
-    for name, entry in tables.items():
-        check_source_table(name)
-        if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
-            raise CorruptFileError(f"ingest manifest {key}: entry of {name!r} has no file key")
-    return manifest
 
 
 def read_snapshots(s3_client, bucket, processed_manifest):

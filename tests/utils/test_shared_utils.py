@@ -246,3 +246,24 @@ def test_logger_writes_one_json_object_per_line(tmp_path, monkeypatch):
     record = json.loads(path.read_text().splitlines()[-1])
     assert record["level"] == "CRITICAL" and record["stage"] == "ingest"
     assert record["table"] == "sales_order"
+
+
+def test_read_manifest_checks_its_shape(buckets):
+    from utils.state import read_manifest
+    s3 = boto3.client("s3")
+    bucket = buckets["ingest"]
+
+    def put(key, value):
+        s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(value).encode())
+        return key
+
+    good = put("m1.json", {"batch_time": "t", "tables": {"address": {"key": "address/x.parquet"}}})
+    assert read_manifest(s3, bucket, good, check_source_table, "batch_time")["batch_time"] == "t"
+    with pytest.raises(CorruptFileError, match="lacks batch_time or tables"):
+        read_manifest(s3, bucket, put("m2.json", {"tables": {}}), check_source_table, "batch_time")
+    with pytest.raises(CorruptFileError, match="entry of 'address' has no file key"):
+        read_manifest(s3, bucket, put("m3.json", {"batch_time": "t", "tables": {"address": {}}}),
+                      check_source_table, "batch_time")
+    with pytest.raises(UnknownTableError):
+        read_manifest(s3, bucket, put("m4.json", {"batch_time": "t", "tables": {"nope": {"key": "k"}}}),
+                      check_source_table, "batch_time")
