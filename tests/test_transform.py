@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 import transform
-from tests.test_transform_support import (T0, address, base_batch, later, list_keys, sales_order,
+from tests.ingest_batches import (T0, address, base_batch, later, list_keys, sales_order,
                                           source_table, write_ingest_batch)
 from utils import transformation
 from utils.errors import (CorruptFileError, DateFormatError, InvalidEventError, SchemaMismatchError,

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.test_transform_support import address, source_table
+from tests.ingest_batches import address, source_table
 from utils.errors import CorruptFileError, SchemaMismatchError
 from utils.get_df_from_s3_parquet import get_df_from_s3_parquet, read_parquet_table
 from utils.tables import SOURCE_SCHEMAS

@@ -5,7 +5,7 @@ from decimal import Decimal
 import pyarrow as pa
 import pytest
 
-from tests.test_transform_support import (T0, address, base_batch, counterparty, department, later,
+from tests.ingest_batches import (T0, address, base_batch, counterparty, department, later,
                                           payment, purchase_order, sales_order, source_table, staff)
 from utils.currencies import currency_name
 from utils.errors import DateFormatError, SchemaMismatchError
