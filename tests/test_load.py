@@ -12,7 +12,7 @@ import pytest
 import load
 import transform
 from tests.ingest_batches import (T0, address, base_batch, department, later, sales_order,
-                                          write_ingest_batch)
+                                  write_ingest_batch)
 from utils import loading
 from utils.db_connections import close_db_connection, connect_to_db, credentials_from_url
 from utils.errors import CorruptFileError, InvalidEventError, SchemaMismatchError, UnknownTableError

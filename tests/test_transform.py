@@ -7,7 +7,7 @@ import pytest
 
 import transform
 from tests.ingest_batches import (T0, address, base_batch, later, list_keys, sales_order,
-                                          source_table, write_ingest_batch)
+                                  source_table, write_ingest_batch)
 from utils import transformation
 from utils.errors import (CorruptFileError, DateFormatError, InvalidEventError, SchemaMismatchError,
                           StateConflictError, UnknownTableError)

@@ -6,11 +6,12 @@ URIs, so this substitutes well-formed ARNs of the right service. Usage:
 Exit status 1 (and no output file) when a placeholder has no dummy value here.
 """
 import json
-import re
 import sys
 from pathlib import Path
 
-PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
+from totesys_local import asl
+from totesys_local.asl import placeholders  # noqa: F401  (re-exported for the tests)
+
 DUMMY_ACCOUNT = "123456789012"
 DUMMY_VALUES = {
     "ingest_function_arn": f"arn:aws:lambda:eu-west-2:{DUMMY_ACCOUNT}:function:totesys-ingest",
@@ -20,18 +21,9 @@ DUMMY_VALUES = {
 }
 
 
-def placeholders(text):
-    """Return the set of ``${name}`` placeholder names in a template."""
-    return set(PLACEHOLDER.findall(text))
-
-
 def render(text, values=None):
-    """Substitute every placeholder; raise KeyError naming the first one without a value."""
-    values = DUMMY_VALUES if values is None else values
-    missing = sorted(placeholders(text) - set(values))
-    if missing:
-        raise KeyError(f"no value for placeholder(s): {', '.join(missing)}")
-    return PLACEHOLDER.sub(lambda match: values[match.group(1)], text)
+    """Substitute every placeholder (dummy ARNs by default); KeyError names any without a value."""
+    return asl.render(text, DUMMY_VALUES if values is None else values)
 
 
 def main(argv):

@@ -16,19 +16,18 @@ import boto3
 from moto import mock_aws
 from moto.awslambda_simple.models import LambdaSimpleBackend
 
-ASL_TEMPLATE = Path(__file__).resolve().parents[2] / "state_machine" / "pipeline.asl.json"
+from totesys_local.asl import ASL_TEMPLATE, render
+
 STAGES = ("ingest", "transform", "load")
 MOTO_CONFIG = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
 
 
 def render_definition(arns, template_path=ASL_TEMPLATE):
-    """Substitute the template's ${...} placeholders, exactly as Terraform's templatefile() does."""
-    text = Path(template_path).read_text()
-    for name, value in arns.items():
-        text = text.replace("${%s}" % name, value)
-    if "${" in text:
-        raise ValueError("state machine template has a placeholder with no value")
-    return text
+    """The deployable definition: the template with its placeholders filled from ``arns``."""
+    try:
+        return render(Path(template_path).read_text(), arns)
+    except KeyError as err:
+        raise ValueError(f"state machine template: {err.args[0]}") from None
 
 
 def _function_name(name_or_arn):

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from tests.ingest_batches import (T0, address, base_batch, counterparty, department, later,
-                                          payment, purchase_order, sales_order, source_table, staff)
+                                  payment, purchase_order, sales_order, source_table, staff)
 from utils.currencies import currency_name
 from utils.errors import DateFormatError, SchemaMismatchError
 from utils.warehouse import (WAREHOUSE_SCHEMAS, build_warehouse_batch, dim_counterparty, dim_currency,
