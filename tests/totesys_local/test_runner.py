@@ -111,3 +111,26 @@ def test_psql_and_simulate_need_an_embedded_cluster(tmp_path, capsys):
 ])
 def test_urls_are_shown_without_passwords(url, shown):
     assert describe_url(url) == shown
+
+
+def test_run_into_an_existing_spec_warehouse_with_the_line2_spelling(
+        tmp_path, capsys, totesys_url, warehouse_url):
+    """A warehouse that already holds the SPEC tables (no ledger, indexes or views yet) and spells
+    one column counterparty_legal_address_line2, as some real warehouses do."""
+    from pathlib import Path
+    ddl = Path(__file__).resolve().parents[2].joinpath("sql", "warehouse_schema.sql").read_text()
+    spec_tables = ddl.split("-- One fact row")[0].replace(
+        "counterparty_legal_address_line_2", "counterparty_legal_address_line2")
+    conn = connect_to_db(credentials=credentials_from_url(warehouse_url))
+    conn.run(spec_tables)
+    close_db_connection(conn)
+
+    args = ["run", "--source", totesys_url, "--warehouse", warehouse_url, "--state-dir", str(tmp_path)]
+    assert main(args) == 0, capsys.readouterr().err
+    expected = _query(totesys_url, "SELECT count(*) FROM counterparty c JOIN address a "
+                                   "ON a.address_id = c.legal_address_id WHERE a.address_line_2 IS NOT NULL")
+    loaded = _query(warehouse_url, "SELECT count(*) FROM dim_counterparty "
+                                   "WHERE counterparty_legal_address_line2 IS NOT NULL")
+    assert loaded == expected and loaded[0][0] > 0
+    assert _query(warehouse_url, "SELECT count(*) FROM current_payment") == \
+        _query(totesys_url, "SELECT count(*) FROM payment")
