@@ -20,6 +20,8 @@ import io
 import json
 import struct
 import types
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta, timezone
 
 import boto3
@@ -45,6 +47,11 @@ STAGE = "ingest"
 ADVISORY_LOCK_KEY = 0x7074_6573_7973_0001
 # CSV bytes buffered before they are parsed into one Parquet row group.
 CHUNK_BYTES = 16 * 1024 * 1024
+# Chunks a ParquetSink lets wait for its converter thread before write() blocks (bounded memory).
+MAX_QUEUED_CHUNKS = 1
+# Tables whose Parquet files may wait, finished or being finished, for their upload before the
+# extraction of the next table blocks (bounded memory: each is one table's compressed file).
+MAX_TABLES_IN_FLIGHT = 2
 XID_WRAP = 1 << 32
 _COPY_DATA, _READY_FOR_QUERY = b"d", b"Z"
 _COPY_DATA_BYTE = _COPY_DATA[0]
@@ -109,22 +116,56 @@ def ingest_tables(conn, s3_client, bucket, tables, overlap_seconds):
     try:
         state, etag = read_state(s3_client, bucket, STAGE)
         prev_tables = state.get("tables", {})
+        batch_time, snapshot, landed = _extract_and_land(conn, s3_client, bucket, tables, prev_tables,
+                                                         overlap_seconds)
+        return _commit_batch(s3_client, bucket, tables, batch_time, snapshot, landed, state, etag)
+    finally:
+        _cleanup(conn, "SELECT pg_advisory_unlock(:key)", key=ADVISORY_LOCK_KEY)
+
+
+def _extract_and_land(conn, s3_client, bucket, tables, prev_tables, overlap_seconds):
+    """Stream every table out of one snapshot and land its Parquet file; return
+    ``(batch_time, snapshot, {table: manifest entry})`` (only the tables that landed a file).
+
+    The work is pipelined over two threads so that it overlaps the server producing the rows:
+    the converter thread parses CSV chunks into Parquet row groups and finishes each file (pyarrow
+    releases the GIL), the upload thread writes the finished files to S3 in table order. The main
+    thread only reads the COPY stream. Both queues are bounded (MAX_QUEUED_CHUNKS per table,
+    MAX_TABLES_IN_FLIGHT tables). Every file is written, or its error re-raised here, before this
+    returns: the caller writes the manifest and the state pointer only after that. On an error the
+    queued work is cancelled and the running jobs are waited for, so no thread writes after this
+    raises.
+    """
+    convert = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-convert")
+    upload = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-upload")
+    try:
         conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         try:
             db_now, snapshot = conn.run("SELECT now(), pg_current_snapshot()::text")[0]
             batch_time = db_now.astimezone(timezone.utc).replace(tzinfo=None)
             logger.info("snapshot taken", batch_time=format_time(batch_time), snapshot=snapshot)
-            landed = {}
+            in_flight = []
             for table in tables:
-                entry = _land_table(conn, s3_client, bucket, table, batch_time, snapshot,
-                                    prev_tables.get(table), overlap_seconds)
-                if entry:
-                    landed[table] = entry
+                if len(in_flight) >= MAX_TABLES_IN_FLIGHT:
+                    in_flight[-MAX_TABLES_IN_FLIGHT][1].result()
+                in_flight.append((table, _land_table(conn, s3_client, bucket, table, batch_time, snapshot,
+                                                     prev_tables.get(table), overlap_seconds,
+                                                     convert, upload)))
         finally:
             _cleanup(conn, "ROLLBACK")
-        return _commit_batch(s3_client, bucket, tables, batch_time, snapshot, landed, state, etag)
+        landed = {}
+        for table, stored in in_flight:
+            entry = stored.result()
+            if entry:
+                landed[table] = entry
+        return batch_time, snapshot, landed
+    except BaseException:
+        convert.shutdown(wait=True, cancel_futures=True)
+        upload.shutdown(wait=True, cancel_futures=True)
+        raise
     finally:
-        _cleanup(conn, "SELECT pg_advisory_unlock(:key)", key=ADVISORY_LOCK_KEY)
+        convert.shutdown(wait=True)
+        upload.shutdown(wait=True)
 
 
 def _cleanup(conn, sql, **params):
@@ -136,8 +177,15 @@ def _cleanup(conn, sql, **params):
         pass
 
 
-def _land_table(conn, s3_client, bucket, table, batch_time, snapshot, prev, overlap_seconds):
-    """Extract one table's changed rows and write its Parquet file; return its manifest entry or None."""
+def _land_table(conn, s3_client, bucket, table, batch_time, snapshot, prev, overlap_seconds,
+                convert=None, upload=None):
+    """Extract one table's changed rows and write its Parquet file; return a Future of its
+    manifest entry (None when no rows).
+
+    The rows are read here; parsing and the S3 write run on the ``convert`` and ``upload``
+    executors when given (single-threaded each, so files and row groups keep their order),
+    else inline.
+    """
     high = format_time(batch_time)
     low = None
     params = {"high": high, "low": "", "prev_high": "", "prev_xmin": "0",
@@ -151,16 +199,21 @@ def _land_table(conn, s3_client, bucket, table, batch_time, snapshot, prev, over
                       xid_base=str(cur_xmax >> 32 << 32), cur_xmax=str(cur_xmax))
     conn.run("SELECT " + ", ".join(f"set_config('totesys.{name}', :{name}, true)" for name in params),
              **params)
-    sink = ParquetSink(SOURCE_SCHEMAS[table])
+    sink = ParquetSink(SOURCE_SCHEMAS[table], executor=convert)
     copy_out(conn, copy_sql(table, incremental=bool(prev)), sink)
-    body, rows = sink.close()
-    if not rows:
-        logger.warning("no new rows", table=table, low=low, high=high)
-        return None
-    key = generate_file_key(table, batch_time)
-    write_to_s3(s3_client, bucket, key, body)
-    logger.info("table landed", table=table, rows=rows, key=key)
-    return {"key": key, "rows": rows, "low": low, "high": high, "snapshot": snapshot}
+    finished = sink.close_async()
+
+    def store():
+        body, rows = finished.result()
+        if not rows:
+            logger.warning("no new rows", table=table, low=low, high=high)
+            return None
+        key = generate_file_key(table, batch_time)
+        write_to_s3(s3_client, bucket, key, body)
+        logger.info("table landed", table=table, rows=rows, key=key)
+        return {"key": key, "rows": rows, "low": low, "high": high, "snapshot": snapshot}
+
+    return (upload or _INLINE).submit(store)
 
 
 def _commit_batch(s3_client, bucket, tables, batch_time, snapshot, landed, state, etag):
@@ -287,6 +340,22 @@ def _read_exactly(sock, size):
     return data
 
 
+class _Inline:
+    """An executor that runs each job at once in the calling thread."""
+
+    @staticmethod
+    def submit(fn, *args):
+        future = Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as err:
+            future.set_exception(err)
+        return future
+
+
+_INLINE = _Inline()
+
+
 class ParquetSink:
     """A write-only stream for ``COPY ... TO STDOUT (FORMAT csv)`` that turns the CSV into Parquet.
 
@@ -294,15 +363,23 @@ class ParquetSink:
     table's explicit schema into one Parquet row group, so memory stays bounded by the chunk
     size plus the (compressed) Parquet output. NULL is an unquoted empty field and the empty
     string a quoted one (PostgreSQL's CSV rules), so the two stay distinct.
+
+    With an ``executor`` (one worker thread, so row groups keep their order) the chunks are parsed
+    and written there while the caller keeps writing; at most MAX_QUEUED_CHUNKS wait behind the
+    one being converted, and a conversion error is re-raised by the next ``write`` or by the
+    close. Without one everything runs inline.
     """
 
-    def __init__(self, schema, chunk_bytes=CHUNK_BYTES):
+    def __init__(self, schema, chunk_bytes=CHUNK_BYTES, executor=None):
         self.schema = schema
         self.chunk_bytes = chunk_bytes
         self.rows = 0
-        self._buffer = bytearray()
+        self._parts, self._size = [], 0
+        self._executor = executor or _INLINE
+        self._pending = deque()
         self._out = io.BytesIO()
         self._writer = None
+        self._dictionary_columns = [field.name for field in schema if pa.types.is_string(field.type)]
         self._read = pa_csv.ReadOptions(column_names=schema.names, block_size=max(chunk_bytes, 1 << 20))
         self._parse = pa_csv.ParseOptions(newlines_in_values=True)
         self._convert = pa_csv.ConvertOptions(
@@ -311,31 +388,53 @@ class ParquetSink:
             true_values=["t"], false_values=["f"])
 
     def write(self, data):
-        self._buffer += data
-        if len(self._buffer) >= self.chunk_bytes:
-            self._flush(record_boundary(self._buffer))
+        self._parts.append(data)
+        self._size += len(data)
+        if self._size >= self.chunk_bytes:
+            self._submit(final=False)
 
     def close(self):
         """Flush the rest; return (BytesIO of the Parquet file or None when no rows, row count)."""
-        self._flush(len(self._buffer))
+        return self.close_async().result()
+
+    def close_async(self):
+        """Queue the flush of the rest; return a Future of what ``close`` returns."""
+        self._submit(final=True)
+        return self._executor.submit(self._finish)
+
+    def _submit(self, final):
+        data = b"".join(self._parts)
+        cut = len(data) if final else record_boundary(data)
+        self._parts = [data[cut:]] if cut < len(data) else []
+        self._size = len(data) - cut
+        if cut <= 0:
+            return
+        while len(self._pending) > MAX_QUEUED_CHUNKS:
+            self._pending.popleft().result()
+        while self._pending and self._pending[0].done():
+            self._pending.popleft().result()
+        self._pending.append(self._executor.submit(self._flush, data[:cut] if cut < len(data) else data))
+
+    def _flush(self, chunk):
+        parsed = pa_csv.read_csv(pa.BufferReader(chunk), read_options=self._read,
+                                 parse_options=self._parse, convert_options=self._convert)
+        table = pa.Table.from_arrays(parsed.columns, schema=self.schema)
+        if self._writer is None:
+            # Dictionary encoding only where it pays (text: codes, names, dates): on ids, amounts and
+            # timestamps it made the files larger and tripled the time spent writing them.
+            self._writer = pq.ParquetWriter(self._out, self.schema, compression="snappy",
+                                            use_dictionary=self._dictionary_columns)
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def _finish(self):
+        while self._pending:
+            self._pending.popleft().result()
         if self._writer is None:
             return None, 0
         self._writer.close()
         self._out.seek(0)
         return self._out, self.rows
-
-    def _flush(self, cut):
-        if cut <= 0:
-            return
-        chunk = bytes(self._buffer[:cut])
-        del self._buffer[:cut]
-        parsed = pa_csv.read_csv(pa.BufferReader(chunk), read_options=self._read,
-                                 parse_options=self._parse, convert_options=self._convert)
-        table = pa.Table.from_arrays(parsed.columns, schema=self.schema)
-        if self._writer is None:
-            self._writer = pq.ParquetWriter(self._out, self.schema, compression="snappy")
-        self._writer.write_table(table)
-        self.rows += table.num_rows
 
 
 def record_boundary(buffer):
