@@ -16,7 +16,7 @@ import json
 import multiprocessing
 import os
 import shutil
-import subprocess  # runs psql, a fixed program, for the floor: nosec B404
+import subprocess  # nosec B404 - runs psql, a fixed program, for the floor
 import sys
 import time
 import uuid
@@ -184,7 +184,7 @@ def run(ctx):
         for name in databases:
             try:
                 drop_database(ctx["admin_url"], name)
-            except Exception:  # a database that was never created: nosec B110
+            except Exception:  # nosec B110 - a database that was never created
                 pass
     warehouse_rows = sum(transform["tables"].values())
     return {

@@ -16,7 +16,7 @@ import os
 import secrets
 import shutil
 import socket
-import subprocess  # runs the PostgreSQL server binaries only: nosec B404
+import subprocess  # nosec B404 - runs the PostgreSQL server binaries only
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -51,7 +51,7 @@ def find_bindir():
     pg_config = shutil.which("pg_config")
     if pg_config:
         try:
-            out = subprocess.run(  # fixed argument list: nosec B603
+            out = subprocess.run(  # nosec B603 - fixed argument list
                 [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=False)
             candidates.append(out.stdout.strip())
         except (OSError, subprocess.SubprocessError):
@@ -93,7 +93,7 @@ def _ensure_server_user():
         import pwd
         pwd.getpwnam(SERVER_USER)
     except KeyError:
-        subprocess.run(  # fixed argument list: nosec B603 B607
+        subprocess.run(  # nosec B603 B607 - fixed argument list
             ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVER_USER],
             check=True, capture_output=True)
 
@@ -290,7 +290,7 @@ def temporary_cluster():
     """Create and start a cluster in a fresh temporary folder; caller must ``destroy()`` it."""
     base = Path(tempfile.mkdtemp(prefix="totesys-pg-"))
     if _as_root():
-        os.chmod(base, 0o755)  # the server user must enter it; files inside are 0700: nosec B103
+        os.chmod(base, 0o755)  # nosec B103 - the server user must enter it; files inside are 0700
     cluster = Cluster.create(base / "data")
     return cluster.start()
 
@@ -312,7 +312,7 @@ def local_cluster(state_dir):
             return cluster
     datadir = state_dir / "pgdata"
     if _as_root():
-        os.chmod(state_dir, 0o755)  # the server user must enter it; pgdata is 0700: nosec B103
+        os.chmod(state_dir, 0o755)  # nosec B103 - the server user must enter it; pgdata is 0700
         if not _server_can_reach(state_dir):
             # The server user cannot enter this folder (e.g. a clone under /root): keep the data
             # in a folder of its own, recorded in cluster.json.

@@ -331,5 +331,5 @@ def _psql(state_dir):
         return 1
     env = dict(os.environ, PGPASSWORD=pg.info.password)
     args = [psql, "-h", pg.info.host, "-p", str(pg.info.port), "-U", pg.info.user, WAREHOUSE_DB]
-    os.execvpe(psql, args, env)  # the user asked for psql: nosec B606
+    os.execvpe(psql, args, env)  # nosec B606 - the user asked for psql
     return 0  # pragma: no cover - execvpe does not return

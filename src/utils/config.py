@@ -4,8 +4,8 @@ from dataclasses import dataclass
 
 from utils.errors import ConfigError
 
-DEFAULT_TOTESYS_SECRET_ID = "totesys/db-credentials"  # a name, not a secret: nosec B105
-DEFAULT_WAREHOUSE_SECRET_ID = "totesys/warehouse-credentials"  # a name: nosec B105
+DEFAULT_TOTESYS_SECRET_ID = "totesys/db-credentials"  # nosec B105 - a name, not a secret
+DEFAULT_WAREHOUSE_SECRET_ID = "totesys/warehouse-credentials"  # nosec B105 - a name
 DEFAULT_INGEST_OVERLAP_SECONDS = 3600
 
 

@@ -331,5 +331,5 @@ def _rollback(conn):
     """Roll back; a broken connection must not hide the error being raised."""
     try:
         conn.run("ROLLBACK")
-    except Exception:  # the original error is re-raised by the caller: nosec B110
+    except Exception:  # nosec B110 - the original error is re-raised by the caller
         pass
