@@ -1,11 +1,23 @@
-"""The extraction internals: COPY -> CSV chunks -> Parquet row groups, and the xid arithmetic."""
+"""The extraction internals: COPY -> CSV chunks -> Parquet row groups, the threaded pipeline, and
+the xid arithmetic."""
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.test_ingest import FILL_SQL, SCHEMA_SQL, connect, execute
+import ingest
+from tests.test_ingest import (FILL_SQL, SCHEMA_SQL, all_keys, assert_each_version_landed_once, connect,
+                               env, execute, source_url)
+from utils import ingestion
 from utils.errors import CorruptFileError
-from utils.ingestion import ParquetSink, copy_sql, full_xid_sql, record_boundary, snapshot_bounds
-from utils.tables import SOURCE_SCHEMAS
+from utils.ingestion import (MAX_QUEUED_CHUNKS, ParquetSink, copy_sql, full_xid_sql, record_boundary,
+                             snapshot_bounds)
+from utils.state import read_state
+from utils.tables import SOURCE_SCHEMAS, SOURCE_TABLES
+
+__all__ = ["env", "source_url"]  # fixtures shared with test_ingest
 
 
 @pytest.fixture
@@ -154,3 +166,131 @@ def test_block_reader_matches_pg8000_and_keeps_errors_and_the_connection(pg_admi
         assert "handle_messages" not in vars(conn)
     finally:
         conn.close()
+
+
+# -- the threaded pipeline ------------------------------------------------------------------------
+
+
+class _Deferred:
+    """A future that runs its job only when asked for the result (or by ``run_all``)."""
+
+    def __init__(self, fn, args):
+        self._fn, self._args, self._done, self._value = fn, args, False, None
+
+    def done(self):
+        return self._done
+
+    def result(self):
+        if not self._done:
+            self._value, self._done = self._fn(*self._args), True
+        return self._value
+
+
+class _DeferredExecutor:
+    """Records what a sink queued and how much of it was still waiting at each submit."""
+
+    def __init__(self):
+        self.jobs, self.waiting_at_submit = [], []
+
+    def submit(self, fn, *args):
+        self.waiting_at_submit.append(sum(not job.done() for job in self.jobs))
+        self.jobs.append(_Deferred(fn, args))
+        return self.jobs[-1]
+
+
+def _address_csv(url):
+    class Collect:
+        parts = []
+
+        def write(self, data):
+            self.parts.append(bytes(data))
+
+    conn = connect(url)
+    try:
+        conn.run("BEGIN")
+        conn.run("SELECT set_config('totesys.high', '9999-01-01 00:00:00', true)")
+        sink = Collect()
+        conn.run(copy_sql("address", incremental=False), stream=sink)
+        conn.run("ROLLBACK")
+        return sink.parts
+    finally:
+        conn.close()
+
+
+def test_a_sink_on_a_converter_thread_writes_the_same_file_in_the_same_order(big_address):
+    rows = _address_csv(big_address)
+    inline = ParquetSink(SOURCE_SCHEMAS["address"], chunk_bytes=16 * 1024)
+    with ThreadPoolExecutor(max_workers=1) as convert:
+        threaded = ParquetSink(SOURCE_SCHEMAS["address"], chunk_bytes=16 * 1024, executor=convert)
+        for row in rows:
+            inline.write(row)
+            threaded.write(row)
+        body, count = threaded.close_async().result()
+    expected, expected_count = inline.close()
+    assert count == expected_count == 3002
+    assert body.getvalue() == expected.getvalue()
+    assert pq.ParquetFile(body).metadata.num_row_groups > 10
+    # Row groups in arrival order: the ids come out in the order COPY sent the rows (one per write).
+    assert pq.read_table(body)["address_id"].to_pylist() == [int(row.split(b",", 1)[0]) for row in rows]
+
+
+def test_a_sink_keeps_at_most_the_allowed_chunks_waiting(big_address):
+    executor = _DeferredExecutor()
+    sink = ParquetSink(SOURCE_SCHEMAS["address"], chunk_bytes=16 * 1024, executor=executor)
+    for row in _address_csv(big_address):
+        sink.write(row)
+    finished = sink.close_async()
+    assert len(executor.jobs) > 10
+    # Before each chunk is queued at most MAX_QUEUED_CHUNKS wait (one converting, one queued); the
+    # last job queued is the close, which only waits for them.
+    assert max(executor.waiting_at_submit[:-1]) == MAX_QUEUED_CHUNKS
+    body, rows = finished.result()
+    assert rows == 3002 and pq.read_table(body).num_rows == 3002
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_a_conversion_error_reaches_the_caller(threaded):
+    bad = b"1,GBP,not-a-time,2024-01-01 00:00:00\n"
+    with ThreadPoolExecutor(max_workers=1) as convert:
+        sink = ParquetSink(SOURCE_SCHEMAS["currency"], chunk_bytes=8, executor=convert if threaded else None)
+        with pytest.raises(pa.ArrowInvalid, match="invalid value 'not-a-time'"):
+            sink.write(bad)
+            sink.write(bad)  # the threaded sink reports the first chunk's error here or at close
+            sink.close()
+
+
+def test_a_failed_conversion_in_the_pipeline_writes_no_manifest_and_keeps_the_state(env, monkeypatch):
+    s3, bucket, _ = env
+    real_flush = ParquetSink._flush
+
+    def fail_for_payment(self, chunk):
+        if self.schema.equals(SOURCE_SCHEMAS["payment"]):
+            raise OSError("injected: converter thread failed")
+        return real_flush(self, chunk)
+
+    monkeypatch.setattr(ParquetSink, "_flush", fail_for_payment)
+    with pytest.raises(OSError, match="injected: converter thread failed"):
+        ingest.lambda_handler({}, None)
+    assert read_state(s3, bucket, "ingest") == ({}, None)
+    assert not [key for key in all_keys(s3, bucket) if key.startswith(("_batches/", "payment/"))]
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("ingest-")]
+    monkeypatch.setattr(ParquetSink, "_flush", real_flush)
+    assert sorted(ingest.lambda_handler({}, None)) == sorted(SOURCE_TABLES)
+    assert_each_version_landed_once(s3, bucket, env[2])
+
+
+def test_an_upload_error_while_later_tables_are_read_is_raised_before_the_manifest(env, monkeypatch):
+    s3, bucket, url = env
+    real_write = ingestion.write_to_s3
+
+    def fail_first(s3_client, bucket_name, key, data, **kwargs):
+        if key.startswith("address/"):
+            raise OSError("injected: upload failed")
+        return real_write(s3_client, bucket_name, key, data, **kwargs)
+
+    monkeypatch.setattr(ingestion, "write_to_s3", fail_first)
+    with pytest.raises(OSError, match="injected: upload failed"):
+        ingest.lambda_handler({}, None)
+    assert read_state(s3, bucket, "ingest") == ({}, None)
+    assert not [key for key in all_keys(s3, bucket) if key.startswith("_batches/")]
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("ingest-")]
