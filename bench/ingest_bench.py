@@ -4,12 +4,15 @@ PostgreSQL's own ``psql \\copy (SELECT * FROM t) TO file WITH CSV`` of the same 
 ``run(ctx)`` takes ``{"source_url": seeded totesys, "psql": path to psql, "workdir": Path}`` and returns
 the figures. The ingest runs in a child process (its own peak RSS from getrusage; S3 and Secrets Manager
 are moto, in-process, inside that child). Standalone: ``venv/bin/python -m bench.ingest_bench``
-(throwaway cluster, scale BENCH_SCALE, default 10). Not a test: nothing here asserts a time.
+(throwaway cluster, scale BENCH_SCALE, default 10; BENCH_REPEAT runs, default 1, each with its own floor,
+then the best and the median ratio). Not a test: nothing here asserts a time, but a run whose floor and
+ingest did not move the same tables and rows raises instead of reporting a ratio.
 """
 import json
 import multiprocessing
 import os
 import re
+import statistics
 import subprocess  # nosec B404 - runs psql, a fixed program, for the floor
 import sys
 import time
@@ -64,6 +67,10 @@ def measure_ingest(source_url):
     return figures
 
 
+def _floor_rows(stdout):
+    return [int(n) for n in re.findall(r"^COPY (\d+)$", stdout, flags=re.MULTILINE)]
+
+
 def measure_floor(source_url, psql, workdir):
     """Time one psql process doing ``\\copy (SELECT * FROM t) TO file WITH CSV`` for every table."""
     parts = urlsplit(source_url)
@@ -78,11 +85,23 @@ def measure_floor(source_url, psql, workdir):
     started = time.perf_counter()
     result = subprocess.run(args, env=env, capture_output=True, text=True, check=True)  # nosec B603
     seconds = time.perf_counter() - started
-    rows = sum(int(n) for n in re.findall(r"COPY (\d+)", result.stdout))
+    per_table = _floor_rows(result.stdout)
+    if len(per_table) != len(SOURCE_TABLES):
+        raise RuntimeError(f"psql reported {len(per_table)} COPY results for {len(SOURCE_TABLES)} tables")
+    rows = dict(zip(SOURCE_TABLES, per_table))
     csv_bytes = sum((workdir / f"floor_{table}.csv").stat().st_size for table in SOURCE_TABLES)
     for table in SOURCE_TABLES:
         (workdir / f"floor_{table}.csv").unlink()
     return {"rows": rows, "seconds": seconds, "csv_bytes": csv_bytes}
+
+
+def _check_same_work(ingest_rows, floor):
+    """The ratio only means something when both sides moved the same tables and rows."""
+    for label, run in floor.items():
+        # A table without rows lands no file, so it is absent from the ingest's manifest.
+        if {table: n for table, n in run["rows"].items() if n} != ingest_rows:
+            raise RuntimeError(f"floor ({label}) and ingest moved different rows: floor {run['rows']}, "
+                               f"ingest {ingest_rows}")
 
 
 def run(ctx):
@@ -92,17 +111,18 @@ def run(ctx):
     floor_before = measure_floor(ctx["source_url"], ctx["psql"], workdir)
     ingest = measure_ingest(ctx["source_url"])
     floor_after = measure_floor(ctx["source_url"], ctx["psql"], workdir)
+    _check_same_work(ingest["rows"], {"before": floor_before, "after": floor_after})
     rows = sum(ingest["rows"].values())
     floor_seconds = min(floor_before["seconds"], floor_after["seconds"])
     return {
         "rows": rows,
         "rows_per_table": ingest["rows"],
-        "floor_rows": floor_before["rows"],
+        "floor_rows": sum(floor_before["rows"].values()),
         "ingest_seconds": round(ingest["seconds"], 3),
         "ingest_rows_per_s": round(rows / ingest["seconds"]),
         "floor_seconds": round(floor_seconds, 3),
         "floor_seconds_each_run": [round(floor_before["seconds"], 3), round(floor_after["seconds"], 3)],
-        "floor_rows_per_s": round(floor_before["rows"] / floor_seconds),
+        "floor_rows_per_s": round(rows / floor_seconds),
         "ratio": round(ingest["seconds"] / floor_seconds, 2),
         "peak_mb": round(ingest["peak_mb"], 1),
         "baseline_mb_before_ingest": round(ingest["baseline_mb"], 1),
@@ -128,11 +148,17 @@ def main():
         psql = os.path.join(cluster.info.bindir, "psql")
         if not os.access(psql, os.X_OK):
             psql = shutil.which("psql")
-        figures = run({"source_url": source_url, "psql": psql,
-                       "workdir": Path("bench/results").resolve()})
+        runs = []
+        for _ in range(int(os.environ.get("BENCH_REPEAT", "1"))):
+            runs.append(run({"source_url": source_url, "psql": psql,
+                             "workdir": Path("bench/results").resolve()}))
+            print(json.dumps(runs[-1], indent=2), flush=True)
     finally:
         cluster.destroy()
-    print(json.dumps(figures, indent=2))
+    ratios = [figures["ratio"] for figures in runs]
+    print(json.dumps({"runs": len(runs), "ratios": ratios, "best_ratio": min(ratios),
+                      "median_ratio": statistics.median(ratios),
+                      "max_peak_mb": max(figures["peak_mb"] for figures in runs)}, indent=2))
     return 0
 
 

@@ -7,7 +7,8 @@ One run (``run_ingest``):
 4. in one REPEATABLE READ READ ONLY transaction read ``now()`` (the batch time T, the new upper bound,
    database clock) and ``pg_current_snapshot()``, then stream each table's changed rows with
    ``COPY (SELECT ...) TO STDOUT`` into Parquet (explicit Arrow schema, bounded memory) and write the
-   file at ``generate_file_key(table, T)`` (immutable);
+   file at ``generate_file_key(table, T)`` (immutable); parsing and the S3 writes run on two worker
+   threads while the main thread reads the next rows, and all of them finish before step 5;
 5. write the manifest ``_batches/...json``, then advance the state pointer with If-Match on the ETag.
 
 Which rows a run takes, per table (``prev`` = this table's entry in the state pointer):
