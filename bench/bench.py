@@ -10,6 +10,7 @@ import platform
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from totesys_local.cluster import create_database, temporary_cluster, with_database
@@ -25,8 +26,10 @@ def find_psql(bindir):
     raise SystemExit("bench: psql not found (needed for the \\copy floor)")
 
 
-def main():
-    from bench import ingest_bench, transform_load_bench
+@contextmanager
+def seeded_cluster(scale=SCALE):
+    """A throwaway cluster with totesys seeded at ``scale``; yields the benchmark context
+    {"source_url", "admin_url", "psql", "workdir", "seed_seconds", "rows_seeded"}."""
     workdir = Path("bench/results").resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     cluster = temporary_cluster()
@@ -35,18 +38,23 @@ def main():
         create_database(admin_url, "bench_totesys")
         source_url = with_database(admin_url, "bench_totesys")
         started = time.perf_counter()
-        counts = seed(source_url, scale=SCALE, seed=42)
+        counts = seed(source_url, scale=scale, seed=42)
         seed_seconds = time.perf_counter() - started
-        print(f"seeded scale {SCALE:g}: {sum(counts.values()):,} rows in {seed_seconds:.1f} s", flush=True)
-        ctx = {"source_url": source_url, "admin_url": admin_url, "psql": find_psql(cluster.info.bindir),
-               "workdir": workdir}
-        results = {"scale": SCALE, "seed_seconds": round(seed_seconds, 2), "rows_seeded": counts,
+        print(f"seeded scale {scale:g}: {sum(counts.values()):,} rows in {seed_seconds:.1f} s", flush=True)
+        yield {"source_url": source_url, "admin_url": admin_url, "psql": find_psql(cluster.info.bindir),
+               "workdir": workdir, "seed_seconds": round(seed_seconds, 2), "rows_seeded": counts}
+    finally:
+        cluster.destroy()
+
+
+def main():
+    from bench import ingest_bench, transform_load_bench
+    with seeded_cluster() as ctx:
+        results = {"scale": SCALE, "seed_seconds": ctx["seed_seconds"], "rows_seeded": ctx["rows_seeded"],
                    "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                               f"Python {platform.python_version()}",
                    "ingest": ingest_bench.run(ctx), "transform_load": transform_load_bench.run(ctx)}
-    finally:
-        cluster.destroy()
-    (workdir / "latest.json").write_text(json.dumps(results, indent=2, default=str))
+    (ctx["workdir"] / "latest.json").write_text(json.dumps(results, indent=2, default=str))
     print(json.dumps(results, indent=2, default=str))
     return 0
 

@@ -132,29 +132,12 @@ def run(ctx):
 
 
 def main():
-    import shutil
-    from pathlib import Path
-
-    from totesys_local.cluster import create_database, temporary_cluster, with_database
-    from totesys_local.generator import seed
-
-    scale = float(os.environ.get("BENCH_SCALE", "10"))
-    cluster = temporary_cluster()
-    try:
-        create_database(cluster.url(), "bench_totesys")
-        source_url = with_database(cluster.url(), "bench_totesys")
-        counts = seed(source_url, scale=scale, seed=42)
-        print(f"seeded scale {scale:g}: {sum(counts.values()):,} rows", flush=True)
-        psql = os.path.join(cluster.info.bindir, "psql")
-        if not os.access(psql, os.X_OK):
-            psql = shutil.which("psql")
-        runs = []
+    from bench.bench import seeded_cluster
+    runs = []
+    with seeded_cluster() as ctx:
         for _ in range(int(os.environ.get("BENCH_REPEAT", "1"))):
-            runs.append(run({"source_url": source_url, "psql": psql,
-                             "workdir": Path("bench/results").resolve()}))
+            runs.append(run(ctx))
             print(json.dumps(runs[-1], indent=2), flush=True)
-    finally:
-        cluster.destroy()
     ratios = [figures["ratio"] for figures in runs]
     print(json.dumps({"runs": len(runs), "ratios": ratios, "best_ratio": min(ratios),
                       "median_ratio": statistics.median(ratios),

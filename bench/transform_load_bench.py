@@ -204,23 +204,9 @@ def run(ctx):
 
 
 def main():
-    from totesys_local.cluster import create_database, temporary_cluster, with_database
-    from totesys_local.generator import seed
-
-    scale = float(os.environ.get("BENCH_SCALE", "10"))
-    cluster = temporary_cluster()
-    try:
-        create_database(cluster.url(), "bench_totesys")
-        source_url = with_database(cluster.url(), "bench_totesys")
-        counts = seed(source_url, scale=scale, seed=42)
-        print(f"seeded scale {scale:g}: {sum(counts.values()):,} rows", flush=True)
-        psql = os.path.join(cluster.info.bindir, "psql")
-        if not os.access(psql, os.X_OK):
-            psql = shutil.which("psql")
-        figures = run({"source_url": source_url, "admin_url": cluster.url(), "psql": psql,
-                       "workdir": Path("bench/results").resolve()})
-    finally:
-        cluster.destroy()
+    from bench.bench import seeded_cluster
+    with seeded_cluster() as ctx:
+        figures = run(ctx)
     print(json.dumps(figures, indent=2))
     return 0
 
