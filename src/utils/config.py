@@ -7,6 +7,8 @@ from utils.errors import ConfigError
 DEFAULT_TOTESYS_SECRET_ID = "totesys/db-credentials"  # nosec B105 - a name, not a secret
 DEFAULT_WAREHOUSE_SECRET_ID = "totesys/warehouse-credentials"  # nosec B105 - a name
 DEFAULT_INGEST_OVERLAP_SECONDS = 3600
+DEFAULT_INGEST_PARALLEL_CONNECTIONS = 2
+MAX_INGEST_PARALLEL_CONNECTIONS = 8
 
 
 @dataclass(frozen=True)
@@ -16,6 +18,7 @@ class Settings:
     totesys_secret_id: str
     warehouse_secret_id: str
     ingest_overlap_seconds: int
+    ingest_parallel_connections: int = DEFAULT_INGEST_PARALLEL_CONNECTIONS
 
 
 def _required(name):
@@ -37,6 +40,16 @@ def load_settings():
         raise ConfigError(
             "environment variable INGEST_OVERLAP_SECONDS must be a "
             f"non-negative integer, got {overlap_text!r}")
+    parallel_text = os.environ.get(
+        "INGEST_PARALLEL_CONNECTIONS", str(DEFAULT_INGEST_PARALLEL_CONNECTIONS))
+    try:
+        parallel = int(parallel_text)
+    except ValueError:
+        parallel = 0
+    if not 1 <= parallel <= MAX_INGEST_PARALLEL_CONNECTIONS:
+        raise ConfigError(
+            "environment variable INGEST_PARALLEL_CONNECTIONS must be an integer "
+            f"from 1 to {MAX_INGEST_PARALLEL_CONNECTIONS}, got {parallel_text!r}")
     return Settings(
         ingest_bucket=_required("INGEST_BUCKET"),
         processed_bucket=_required("PROCESSED_BUCKET"),
@@ -45,4 +58,5 @@ def load_settings():
         warehouse_secret_id=os.environ.get(
             "WAREHOUSE_SECRET_ID", DEFAULT_WAREHOUSE_SECRET_ID),
         ingest_overlap_seconds=overlap,
+        ingest_parallel_connections=parallel,
     )

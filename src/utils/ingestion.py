@@ -8,7 +8,9 @@ One run (``run_ingest``):
    database clock) and ``pg_current_snapshot()``, then stream each table's changed rows with
    ``COPY (SELECT ...) TO STDOUT`` into Parquet (explicit Arrow schema, bounded memory) and write the
    file at ``generate_file_key(table, T)`` (immutable); parsing and the S3 writes run on two worker
-   threads while the main thread reads the next rows, and all of them finish before step 5;
+   threads while the main thread reads the next rows, and all of them finish before step 5. With
+   INGEST_PARALLEL_CONNECTIONS = n > 1 (default 2), n - 1 more connections import the same snapshot
+   (``pg_export_snapshot``) and read a share of the tables, each on a thread of its own;
 5. write the manifest ``_batches/...json``, then advance the state pointer with If-Match on the ETag.
 
 Which rows a run takes, per table (``prev`` = this table's entry in the state pointer):
@@ -19,7 +21,9 @@ See docs/DESIGN.md for why the test is "below xmin" and not pg_visible_in_snapsh
 """
 import io
 import json
+import re
 import struct
+import threading
 import types
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,7 +38,7 @@ from pg8000.native import identifier
 
 from utils.config import load_settings
 from utils.db_connections import close_db_connection, connect_to_db, db_connections_get_secret
-from utils.errors import ConcurrentRunError, CorruptFileError, InvalidEventError
+from utils.errors import ConcurrentRunError, CorruptFileError, InvalidEventError, TotesysError
 from utils.format_time import format_time, parse_time
 from utils.generate_file_key import generate_file_key
 from utils.generate_new_entry_query import select_list
@@ -56,6 +60,9 @@ MAX_QUEUED_CHUNKS = 1
 # extraction of the next table blocks (bounded memory: each is one table's compressed file).
 MAX_TABLES_IN_FLIGHT = 2
 XID_WRAP = 1 << 32
+# What pg_export_snapshot() returns ('%08X-%08X-%d'); SET TRANSACTION SNAPSHOT takes no bound value,
+# so the id is checked against this before it is placed in the statement.
+SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+-[0-9]+")
 _COPY_DATA, _READY_FOR_QUERY = b"d", b"Z"
 _COPY_DATA_BYTE = _COPY_DATA[0]
 _SIZE = struct.Struct("!i")
@@ -96,23 +103,30 @@ def run_ingest(event, s3_client=None, secrets_client=None):
         credentials = db_connections_get_secret(secrets_client, settings.totesys_secret_id)
         logger.info("credentials read", secret_id=settings.totesys_secret_id)
         conn = connect_to_db(credentials=credentials)
-        logger.info("connected to totesys", host=credentials["host"], database=credentials["database"])
+        helpers = []
         try:
+            logger.info("connected to totesys", host=credentials["host"], database=credentials["database"])
+            for _ in range(min(settings.ingest_parallel_connections, len(tables)) - 1):
+                helpers.append(connect_to_db(credentials=credentials))
             return ingest_tables(conn, s3_client, settings.ingest_bucket, tables,
-                                 settings.ingest_overlap_seconds)
+                                 settings.ingest_overlap_seconds, helpers)
         finally:
+            for helper in helpers:
+                close_db_connection(helper)
             close_db_connection(conn)
     except Exception as err:
         logger.critical("ingest failed", error_type=type(err).__name__, error=str(err))
         raise
 
 
-def ingest_tables(conn, s3_client, bucket, tables, overlap_seconds):
+def ingest_tables(conn, s3_client, bucket, tables, overlap_seconds, helpers=()):
     """Land the changed rows of ``tables`` as one batch; see the module docstring.
 
-    ``conn`` is an open pg8000 native connection to totesys (left open). Raises
-    ConcurrentRunError when another run holds the lock, StateConflictError when another run
-    advanced the state pointer meanwhile (this run's files are then never referenced).
+    ``conn`` is an open pg8000 native connection to totesys (left open). ``helpers`` are more open
+    connections to the same database (left open): each reads a share of the tables on its own
+    thread, from the snapshot of ``conn``'s transaction. Raises ConcurrentRunError when another
+    run holds the lock, StateConflictError when another run advanced the state pointer meanwhile
+    (this run's files are then never referenced).
     """
     if not conn.run("SELECT pg_try_advisory_lock(:key)", key=ADVISORY_LOCK_KEY)[0][0]:
         raise ConcurrentRunError("another ingest run holds the lock on the source database; try later")
@@ -120,45 +134,71 @@ def ingest_tables(conn, s3_client, bucket, tables, overlap_seconds):
         state, etag = read_state(s3_client, bucket, STAGE)
         prev_tables = state.get("tables", {})
         batch_time, snapshot, landed = _extract_and_land(conn, s3_client, bucket, tables, prev_tables,
-                                                         overlap_seconds)
+                                                         overlap_seconds, helpers)
         return _commit_batch(s3_client, bucket, tables, batch_time, snapshot, landed, state, etag)
     finally:
         _cleanup(conn, "SELECT pg_advisory_unlock(:key)", key=ADVISORY_LOCK_KEY)
 
 
-def _extract_and_land(conn, s3_client, bucket, tables, prev_tables, overlap_seconds):
+def _extract_and_land(conn, s3_client, bucket, tables, prev_tables, overlap_seconds, helpers=()):
     """Stream every table out of one snapshot and land its Parquet file; return
     ``(batch_time, snapshot, {table: manifest entry})`` (only the tables that landed a file).
 
-    The work is pipelined over two threads so that it overlaps the server producing the rows:
-    the converter thread parses CSV chunks into Parquet row groups and finishes each file (pyarrow
-    releases the GIL), the upload thread writes the finished files to S3 in table order. The main
-    thread only reads the COPY stream. Both queues are bounded (MAX_QUEUED_CHUNKS per table,
-    MAX_TABLES_IN_FLIGHT tables). Every file is written, or its error re-raised here, before this
-    returns: the caller writes the manifest and the state pointer only after that. On an error the
-    queued work is cancelled and the running jobs are waited for, so no thread writes after this
-    raises.
+    The work is pipelined over threads so that it overlaps the server producing the rows: the
+    converter thread parses CSV chunks into Parquet row groups and finishes each file (pyarrow
+    releases the GIL), the upload thread writes the finished files to S3. The calling thread reads
+    COPY streams from ``conn``; with ``helpers`` each helper connection is read by a thread of its
+    own (one thread per connection: pg8000 connections are not thread-safe), in a transaction that
+    imported ``conn``'s snapshot (``pg_export_snapshot``) before any reader starts, so every table
+    comes from the same snapshot. The readers take the tables largest first from a shared queue;
+    a reader that fails stops the others before their next table. The queues are bounded
+    (MAX_QUEUED_CHUNKS per table, MAX_TABLES_IN_FLIGHT tables per reader). Every file is written,
+    or its error re-raised here, before this returns: the caller writes the manifest and the state
+    pointer only after that. On an error the queued work is cancelled and the running jobs are
+    waited for, so no thread writes after this raises.
     """
     convert = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-convert")
     upload = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-upload")
+    readers = ThreadPoolExecutor(max_workers=max(len(helpers), 1), thread_name_prefix="ingest-read")
+    stop = threading.Event()
     try:
         conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        in_transaction = [conn]
         try:
-            db_now, snapshot = conn.run("SELECT now(), pg_current_snapshot()::text")[0]
+            if helpers:
+                db_now, snapshot, exported = conn.run(
+                    "SELECT now(), pg_current_snapshot()::text, pg_export_snapshot()")[0]
+            else:
+                db_now, snapshot = conn.run("SELECT now(), pg_current_snapshot()::text")[0]
             batch_time = db_now.astimezone(timezone.utc).replace(tzinfo=None)
-            logger.info("snapshot taken", batch_time=format_time(batch_time), snapshot=snapshot)
-            in_flight = []
-            for table in tables:
-                if len(in_flight) >= MAX_TABLES_IN_FLIGHT:
-                    in_flight[-MAX_TABLES_IN_FLIGHT][1].result()
-                in_flight.append((table, _land_table(conn, s3_client, bucket, table, batch_time, snapshot,
-                                                     prev_tables.get(table), overlap_seconds,
-                                                     convert, upload)))
+            logger.info("snapshot taken", batch_time=format_time(batch_time), snapshot=snapshot,
+                        connections=1 + len(helpers))
+            work = deque(largest_first(conn, tables) if helpers else tables)
+            for helper in helpers:
+                import_snapshot(helper, exported)
+                in_transaction.append(helper)
+
+            def read(connection):
+                try:
+                    return _read_tables(connection, work, stop, s3_client, bucket, batch_time, snapshot,
+                                        prev_tables, overlap_seconds, convert, upload)
+                except BaseException:
+                    stop.set()
+                    raise
+
+            shares = [readers.submit(read, helper) for helper in helpers]
+            in_flight = read(conn)
+            for share in shares:
+                in_flight += share.result()
         finally:
-            _cleanup(conn, "ROLLBACK")
+            stop.set()
+            readers.shutdown(wait=True)
+            for connection in in_transaction:
+                _cleanup(connection, "ROLLBACK")
         landed = {}
-        for table, stored in in_flight:
-            entry = stored.result()
+        stored = dict(in_flight)
+        for table in tables:
+            entry = stored[table].result()
             if entry:
                 landed[table] = entry
         return batch_time, snapshot, landed
@@ -169,6 +209,51 @@ def _extract_and_land(conn, s3_client, bucket, tables, prev_tables, overlap_seco
     finally:
         convert.shutdown(wait=True)
         upload.shutdown(wait=True)
+
+
+def _read_tables(conn, work, stop, s3_client, bucket, batch_time, snapshot, prev_tables, overlap_seconds,
+                 convert, upload):
+    """Take tables from the ``work`` queue until it is empty or ``stop`` is set; extract each
+    on ``conn``; return ``[(table, Future of its manifest entry)]``."""
+    in_flight = []
+    while not stop.is_set():
+        try:
+            table = work.popleft()
+        except IndexError:
+            break
+        if len(in_flight) >= MAX_TABLES_IN_FLIGHT:
+            in_flight[-MAX_TABLES_IN_FLIGHT][1].result()
+        in_flight.append((table, _land_table(conn, s3_client, bucket, table, batch_time, snapshot,
+                                             prev_tables.get(table), overlap_seconds, convert, upload)))
+    return in_flight
+
+
+def largest_first(conn, tables):
+    """``tables`` ordered by their size on disk, largest first (ties keep their order), so that
+    parallel readers finish together."""
+    sizes = dict(conn.run(
+        "SELECT c.relname::text, pg_relation_size(c.oid) FROM pg_class c "
+        "WHERE c.relkind = 'r' AND pg_table_is_visible(c.oid) AND c.relname = ANY(CAST(:names AS text[]))",
+        names=list(tables)))
+    return sorted(tables, key=lambda table: -sizes.get(table, 0))
+
+
+def import_snapshot(conn, snapshot_id):
+    """Open a REPEATABLE READ READ ONLY transaction on ``conn`` that sees the exported snapshot
+    ``snapshot_id`` (the exporting transaction must still be open).
+
+    Raises TotesysError for an id that is not what pg_export_snapshot returns (it is placed in
+    the SQL text, so nothing else may pass), the server's error for an unknown one.
+    """
+    if not isinstance(snapshot_id, str) or not SNAPSHOT_ID.fullmatch(snapshot_id):
+        raise TotesysError(f"malformed exported snapshot id {snapshot_id!r}")
+    conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    try:
+        # The id matched SNAPSHOT_ID above: hex digits, dashes and digits only.
+        conn.run(f"SET TRANSACTION SNAPSHOT '{snapshot_id}'")
+    except BaseException:
+        _cleanup(conn, "ROLLBACK")
+        raise
 
 
 def _cleanup(conn, sql, **params):
