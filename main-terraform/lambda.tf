@@ -11,13 +11,14 @@ locals {
   # Every variable utils/config.py and utils/logger.py read. Names, not values: the credentials stay in
   # Secrets Manager and are fetched at run time.
   function_environment = {
-    INGEST_BUCKET           = local.ingest_bucket_name
-    PROCESSED_BUCKET        = local.processed_bucket_name
-    TOTESYS_SECRET_ID       = local.totesys_secret_name
-    WAREHOUSE_SECRET_ID     = local.warehouse_secret_name
-    INGEST_OVERLAP_SECONDS  = tostring(var.ingest_overlap_seconds)
-    LOG_LEVEL               = var.log_level
-    POWERTOOLS_SERVICE_NAME = var.project
+    INGEST_BUCKET               = local.ingest_bucket_name
+    PROCESSED_BUCKET            = local.processed_bucket_name
+    TOTESYS_SECRET_ID           = local.totesys_secret_name
+    WAREHOUSE_SECRET_ID         = local.warehouse_secret_name
+    INGEST_OVERLAP_SECONDS      = tostring(var.ingest_overlap_seconds)
+    INGEST_PARALLEL_CONNECTIONS = tostring(var.ingest_parallel_connections)
+    LOG_LEVEL                   = var.log_level
+    POWERTOOLS_SERVICE_NAME     = var.project
   }
 }
 

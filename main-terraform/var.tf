@@ -75,6 +75,17 @@ variable "ingest_overlap_seconds" {
   default     = 3600
 }
 
+variable "ingest_parallel_connections" {
+  description = "INGEST_PARALLEL_CONNECTIONS: source connections that read the tables in parallel on one shared snapshot (1 = one connection). Each uses a connection slot on totesys."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.ingest_parallel_connections >= 1 && var.ingest_parallel_connections <= 8
+    error_message = "ingest_parallel_connections must be between 1 and 8 (utils/config.py allows 8)."
+  }
+}
+
 variable "log_level" {
   description = "LOG_LEVEL of the functions."
   type        = string
