@@ -1,6 +1,7 @@
 """Extraction over several connections (INGEST_PARALLEL_CONNECTIONS): one snapshot for every table,
 failures on either connection, the setting itself, and the same output as one connection."""
 import threading
+import time
 import types
 import uuid
 
@@ -10,8 +11,8 @@ from pg8000.native import identifier
 
 import ingest
 from tests.conftest import put_credentials_secret
-from tests.test_ingest import (all_keys, assert_each_version_landed_once, connect, env, execute, read_table,
-                               source_url)
+from tests.test_ingest import (all_keys, assert_each_version_landed_once, connect, env, execute, ingest_log,
+                               read_table, source_url)
 from utils import ingestion
 from utils.config import load_settings
 from utils.errors import ConfigError, CredentialsError, TotesysError
@@ -19,7 +20,7 @@ from utils.ingestion import import_snapshot, largest_first
 from utils.state import read_state
 from utils.tables import PRIMARY_KEYS, SOURCE_SCHEMAS, SOURCE_TABLES
 
-__all__ = ["env", "source_url"]  # fixtures shared with test_ingest
+__all__ = ["env", "ingest_log", "source_url"]  # fixtures shared with test_ingest
 
 
 def _copy_row(conn, table, **overrides):
@@ -138,17 +139,26 @@ def one_connection_role(env, pg_admin_url, monkeypatch):
     host_part = url.split("@", 1)[1]
     put_credentials_secret("test/limited", f"postgresql://{role}:pw@{host_part}")
     monkeypatch.setenv("TOTESYS_SECRET_ID", "test/limited")
-    yield s3, bucket, url
+    yield s3, bucket, url, role
     execute(url, f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {identifier(role)}")
     execute(pg_admin_url, f"DROP ROLE {identifier(role)}")
 
 
-def test_a_second_connection_that_cannot_be_opened_fails_clearly(one_connection_role, monkeypatch):
-    s3, bucket, _ = one_connection_role
+def test_a_second_connection_that_cannot_be_opened_fails_clearly(one_connection_role, monkeypatch,
+                                                                 pg_admin_url, ingest_log):
+    s3, bucket, _, role = one_connection_role
     monkeypatch.setenv("INGEST_PARALLEL_CONNECTIONS", "2")
     with pytest.raises(CredentialsError, match="refused the connection: too many connections for role"):
         ingest.lambda_handler({}, None)
+    assert [level for level, line in ingest_log if "too many connections" in line] == ["CRITICAL"]
     assert all_keys(s3, bucket) == []
+    # The connection that was opened has been closed again (else the role's one slot stays taken).
+    sessions = "SELECT count(*) FROM pg_stat_activity WHERE usename = :role"
+    for _ in range(200):
+        if execute(pg_admin_url, sessions, role=role) == [[0]]:
+            break
+        time.sleep(0.05)
+    assert execute(pg_admin_url, sessions, role=role) == [[0]]
     # The same role with the one-connection path lands everything.
     monkeypatch.setenv("INGEST_PARALLEL_CONNECTIONS", "1")
     assert sorted(ingest.lambda_handler({}, None)) == sorted(SOURCE_TABLES)

@@ -102,21 +102,37 @@ def run_ingest(event, s3_client=None, secrets_client=None):
         secrets_client = secrets_client or boto3.client("secretsmanager")
         credentials = db_connections_get_secret(secrets_client, settings.totesys_secret_id)
         logger.info("credentials read", secret_id=settings.totesys_secret_id)
-        conn = connect_to_db(credentials=credentials)
-        helpers = []
+        conn, *helpers = connect_all(credentials, min(settings.ingest_parallel_connections, len(tables)))
         try:
-            logger.info("connected to totesys", host=credentials["host"], database=credentials["database"])
-            for _ in range(min(settings.ingest_parallel_connections, len(tables)) - 1):
-                helpers.append(connect_to_db(credentials=credentials))
+            logger.info("connected to totesys", host=credentials["host"], database=credentials["database"],
+                        connections=1 + len(helpers))
             return ingest_tables(conn, s3_client, settings.ingest_bucket, tables,
                                  settings.ingest_overlap_seconds, helpers)
         finally:
-            for helper in helpers:
-                close_db_connection(helper)
-            close_db_connection(conn)
+            for connection in (conn, *helpers):
+                close_db_connection(connection)
     except Exception as err:
         logger.critical("ingest failed", error_type=type(err).__name__, error=str(err))
         raise
+
+
+def connect_all(credentials, count):
+    """Open ``count`` connections with ``credentials`` at the same time (most of a connect is
+    the server's password check); return them in a list.
+
+    When any of them fails, the others are closed and the error of the first failed one (in
+    list order) is raised, as ``connect_to_db`` raises it.
+    """
+    if count == 1:
+        return [connect_to_db(credentials=credentials)]
+    with ThreadPoolExecutor(max_workers=count, thread_name_prefix="ingest-connect") as pool:
+        pending = [pool.submit(connect_to_db, credentials=credentials) for _ in range(count)]
+    opened = [future.result() for future in pending if future.exception() is None]
+    if len(opened) < count:
+        for conn in opened:
+            close_db_connection(conn)
+        raise next(future.exception() for future in pending if future.exception() is not None)
+    return opened
 
 
 def ingest_tables(conn, s3_client, bucket, tables, overlap_seconds, helpers=()):
