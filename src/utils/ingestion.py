@@ -160,20 +160,21 @@ def _extract_and_land(conn, s3_client, bucket, tables, prev_tables, overlap_seco
     """Stream every table out of one snapshot and land its Parquet file; return
     ``(batch_time, snapshot, {table: manifest entry})`` (only the tables that landed a file).
 
-    The work is pipelined over threads so that it overlaps the server producing the rows: the
-    converter thread parses CSV chunks into Parquet row groups and finishes each file (pyarrow
-    releases the GIL), the upload thread writes the finished files to S3. The calling thread reads
-    COPY streams from ``conn``; with ``helpers`` each helper connection is read by a thread of its
-    own (one thread per connection: pg8000 connections are not thread-safe), in a transaction that
-    imported ``conn``'s snapshot (``pg_export_snapshot``) before any reader starts, so every table
-    comes from the same snapshot. The readers take the tables largest first from a shared queue;
-    a reader that fails stops the others before their next table. The queues are bounded
-    (MAX_QUEUED_CHUNKS per table, MAX_TABLES_IN_FLIGHT tables per reader). Every file is written,
+    The work is pipelined over threads so that it overlaps the server producing the rows: each
+    reader's converter thread parses its CSV chunks into Parquet row groups and finishes each file
+    (pyarrow releases the GIL), the upload thread writes the finished files to S3. The calling
+    thread reads COPY streams from ``conn``; with ``helpers`` each helper connection is read by a
+    thread of its own (one thread per connection: pg8000 connections are not thread-safe), in a
+    transaction that imported ``conn``'s snapshot (``pg_export_snapshot``) before any reader
+    starts, so every table comes from the same snapshot. The readers take the tables largest first
+    from a shared queue; a reader that fails stops the others before their next table. The queues
+    are bounded (MAX_QUEUED_CHUNKS per table, MAX_TABLES_IN_FLIGHT tables per reader). Every file is written,
     or its error re-raised here, before this returns: the caller writes the manifest and the state
     pointer only after that. On an error the queued work is cancelled and the running jobs are
     waited for, so no thread writes after this raises.
     """
-    convert = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-convert")
+    converters = [ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-convert")
+                  for _ in range(1 + len(helpers))]
     upload = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-upload")
     readers = ThreadPoolExecutor(max_workers=max(len(helpers), 1), thread_name_prefix="ingest-read")
     stop = threading.Event()
@@ -194,7 +195,7 @@ def _extract_and_land(conn, s3_client, bucket, tables, prev_tables, overlap_seco
                 import_snapshot(helper, exported)
                 in_transaction.append(helper)
 
-            def read(connection):
+            def read(connection, convert):
                 try:
                     return _read_tables(connection, work, stop, s3_client, bucket, batch_time, snapshot,
                                         prev_tables, overlap_seconds, convert, upload)
@@ -202,8 +203,9 @@ def _extract_and_land(conn, s3_client, bucket, tables, prev_tables, overlap_seco
                     stop.set()
                     raise
 
-            shares = [readers.submit(read, helper) for helper in helpers]
-            in_flight = read(conn)
+            shares = [readers.submit(read, helper, convert)
+                      for helper, convert in zip(helpers, converters[1:])]
+            in_flight = read(conn, converters[0])
             for share in shares:
                 in_flight += share.result()
         finally:
@@ -219,11 +221,13 @@ def _extract_and_land(conn, s3_client, bucket, tables, prev_tables, overlap_seco
                 landed[table] = entry
         return batch_time, snapshot, landed
     except BaseException:
-        convert.shutdown(wait=True, cancel_futures=True)
+        for convert in converters:
+            convert.shutdown(wait=True, cancel_futures=True)
         upload.shutdown(wait=True, cancel_futures=True)
         raise
     finally:
-        convert.shutdown(wait=True)
+        for convert in converters:
+            convert.shutdown(wait=True)
         upload.shutdown(wait=True)
 
 
