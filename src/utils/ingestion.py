@@ -56,9 +56,10 @@ ADVISORY_LOCK_KEY = 0x7074_6573_7973_0001
 CHUNK_BYTES = 2 * 1024 * 1024
 # Chunks a ParquetSink lets wait for its converter thread before write() blocks (bounded memory).
 MAX_QUEUED_CHUNKS = 1
-# Tables whose Parquet files may wait, finished or being finished, for their upload before the
-# extraction of the next table blocks (bounded memory: each is one table's compressed file).
-MAX_TABLES_IN_FLIGHT = 2
+# Tables per reader whose Parquet files may wait, finished or being finished, for their upload
+# before that reader's next table blocks (bounded memory: each is one table's compressed file).
+# 4 rather than 2 so that the small tables read after a large one do not wait for its upload.
+MAX_TABLES_IN_FLIGHT = 4
 XID_WRAP = 1 << 32
 # What pg_export_snapshot() returns ('%08X-%08X-%d'); SET TRANSACTION SNAPSHOT takes no bound value,
 # so the id is checked against this before it is placed in the statement.
