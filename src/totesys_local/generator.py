@@ -528,7 +528,8 @@ class _Activity:
         self.addresses = [row[0] for row in conn.run(
             "SELECT address_id FROM address WHERE last_updated < :before ORDER BY 1", before=before)]
         self.staff = conn.run(
-            "SELECT staff_id, first_name, department_id FROM staff WHERE last_updated < :before ORDER BY 1",
+            "SELECT staff_id, first_name, department_id, last_name FROM staff WHERE last_updated < :before "
+            "ORDER BY 1",
             before=before)
         self.new_payments, self.new_sales_orders = [], []
 
@@ -623,13 +624,14 @@ class _Activity:
                           "WHERE address_id = :id", street=street, at=at, id=address_id)
 
     def change_staff(self, member, at):
-        staff_id, first_name, department_id = member
+        staff_id, first_name, department_id, current_last_name = member
         others = [d for d in self.ids["department"] if d != department_id]
         if others and self._int(0, 1):
             self.conn.run("UPDATE staff SET department_id = :department, last_updated = :at "
                           "WHERE staff_id = :id", department=self._choice(others), at=at, id=staff_id)
         else:
-            last_name = self._choice(vocab.OTHER_LAST_NAMES)
+            # a real change: never the surname the member already has
+            last_name = self._choice([name for name in vocab.OTHER_LAST_NAMES if name != current_last_name])
             self.conn.run("UPDATE staff SET last_name = :last, email_address = :email, last_updated = :at "
                           "WHERE staff_id = :id", last=last_name, email=staff_email(first_name, last_name),
                           at=at, id=staff_id)

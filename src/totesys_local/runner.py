@@ -237,32 +237,32 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print):
 
 def _summarise(output, seconds, elapsed):
     s3 = boto3.client("s3", region_name=REGION)
-    ingested = {}
-    import pyarrow.parquet as pq
-    import io
-    for table, key in (output.get("ingest", {}).get("files") or {}).items():
-        body = s3.get_object(Bucket=BUCKETS["INGEST_BUCKET"], Key=key)["Body"].read()
-        ingested[table] = pq.ParquetFile(io.BytesIO(body)).metadata.num_rows
+    files = (output.get("ingest") or {}).get("files") or {}
+    manifest = _latest_ingest_manifest(s3)
+    entries = (manifest or {}).get("tables") or {}
+    # Row counts come from this run's manifest (the ingest writes one only when a table has rows).
+    ingested = {table: entries[table]["rows"] for table in files if table in entries}
     load_result = (output.get("load") or {}).get("result") or {}
-    bounds = _batch_bounds(s3)
     return {"ingested": ingested, "loaded": load_result.get("tables", {}),
             "batches": load_result.get("batches", []), "seconds": seconds, "elapsed": elapsed,
-            "bounds": bounds}
+            "bounds": _batch_bounds(manifest)}
 
 
-def _batch_bounds(s3):
-    """(low, high) of the latest ingest batch, read from the ingest state pointer and its manifest."""
-    from utils.state import read_json, read_state
+def _latest_ingest_manifest(s3):
+    """The manifest of the latest ingest batch with data (named by the ingest state pointer), or None."""
+    from utils.state import read_manifest, read_state
+    from utils.tables import check_source_table
     state, _ = read_state(s3, BUCKETS["INGEST_BUCKET"], "ingest")
     key = state.get("manifest_key")
-    if not key:
+    return read_manifest(s3, BUCKETS["INGEST_BUCKET"], key, check_source_table, "batch_time") if key else None
+
+
+def _batch_bounds(manifest):
+    """(low, high) of a batch: the earliest table lower bound and the batch time."""
+    if manifest is None:
         return None
-    manifest = read_json(s3, BUCKETS["INGEST_BUCKET"], key)
-    tables = manifest.get("tables") or {}
-    lows = [t.get("low") for t in tables.values() if isinstance(t, dict) and t.get("low")]
-    high = manifest.get("batch_time") or next(
-        (t.get("high") for t in tables.values() if isinstance(t, dict) and t.get("high")), None)
-    return (min(lows) if lows else "beginning of data", high)
+    lows = [entry["low"] for entry in manifest["tables"].values() if entry.get("low")]
+    return (min(lows) if lows else "beginning of data", manifest["batch_time"])
 
 
 def print_summary(summary, warehouse_line, out=print):

@@ -519,3 +519,29 @@ def test_simulate_failing_halfway_changes_nothing(totesys_url):
         simulate(totesys_url, minutes=120, seed=9)
     assert table_counts(totesys_url) == before
     assert {table: copy_digest(totesys_url, table) for table in digests} == digests
+
+
+def test_a_staff_change_always_changes_what_the_warehouse_shows(new_database, monkeypatch):
+    """Every simulated staff change alters the member's department, or surname and e-mail: a surname
+    is never 'changed' to the one the member already has."""
+    from totesys_local import generator_data
+    from utils.db_connections import close_db_connection
+    url = new_database()
+    seed(url, scale=0.05, seed=3)
+    conn = connect_to_db(credentials=credentials_from_url(url))
+    conn.run("UPDATE staff SET last_name = 'Torp', "
+             "email_address = lower(first_name) || '.torp@terrifictotes.com'")
+    close_db_connection(conn)
+    monkeypatch.setattr(generator_data, "OTHER_LAST_NAMES", ("Torp", "Mraz"))
+    query = ("SELECT s.staff_id, s.last_name, s.email_address, d.department_name FROM staff s "
+             "JOIN department d USING (department_id) ORDER BY 1")
+    for run in range(8):
+        conn = connect_to_db(credentials=credentials_from_url(url))
+        before = {row[0]: tuple(row[1:]) for row in conn.run(query)}
+        close_db_connection(conn)
+        summary = simulate(url, minutes=30, seed=100 + run)
+        conn = connect_to_db(credentials=credentials_from_url(url))
+        after = {row[0]: tuple(row[1:]) for row in conn.run(query)}
+        close_db_connection(conn)
+        changed = [staff_id for staff_id in before if before[staff_id] != after[staff_id]]
+        assert len(changed) == summary["staff changed"] >= 1
