@@ -1,7 +1,9 @@
 """The ingest Lambda: totesys -> Parquet in the ingest bucket (logic in utils.ingestion)."""
 from utils.ingestion import run_ingest
+from utils.logger import stage_handler
 
 
+@stage_handler("ingest")
 def lambda_handler(event, context):
     """Event ``{"tables_to_query": [...]}`` (absent: all eleven tables).
 

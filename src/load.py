@@ -1,7 +1,9 @@
 """The load Lambda: processed batches -> the warehouse, exactly once (logic in utils.loading)."""
 from utils.loading import run_load
+from utils.logger import stage_handler
 
 
+@stage_handler("load")
 def lambda_handler(event, context):
     """Event: the transform output ``{"batches": [...], "tables": {...}}`` (a dict; only logged).
 

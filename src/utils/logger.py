@@ -3,8 +3,11 @@
 CloudWatch metric filters match ``{ $.level = "CRITICAL" }`` on these lines. In Lambda the lines go to
 stdout (CloudWatch Logs); the local runner sets TOTESYS_LOG_FILE to keep them in a file instead.
 """
+import functools
 import logging
 import os
+import time
+import uuid
 
 from aws_lambda_powertools import Logger
 
@@ -25,3 +28,28 @@ def get_logger(stage):
         stage=stage,
         **options,
     )
+
+
+def stage_handler(stage):
+    """Decorate a Lambda handler: every log line of the invocation carries ``run_id`` (the Lambda
+    request id; a fresh id when there is no context), and the invocation ends with one line giving
+    its outcome and ``duration_ms``. Exceptions pass through unchanged."""
+    logger = get_logger(stage)
+
+    def decorate(handler):
+        @functools.wraps(handler)
+        def wrapper(event, context):
+            run_id = getattr(context, "aws_request_id", None) or uuid.uuid4().hex
+            logger.append_keys(run_id=run_id)
+            started = time.perf_counter()
+            outcome = "failed"
+            try:
+                result = handler(event, context)
+                outcome = "succeeded"
+                return result
+            finally:
+                logger.info(f"{stage} {outcome}", outcome=outcome,
+                            duration_ms=round((time.perf_counter() - started) * 1000, 1))
+                logger.remove_keys(["run_id"])
+        return wrapper
+    return decorate

@@ -267,3 +267,32 @@ def test_read_manifest_checks_its_shape(buckets):
     with pytest.raises(UnknownTableError):
         read_manifest(s3, bucket, put("m4.json", {"batch_time": "t", "tables": {"nope": {"key": "k"}}}),
                       check_source_table, "batch_time")
+
+
+def test_stage_handler_tags_the_run_and_times_it(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from utils.logger import stage_handler
+    path = tmp_path / "log.jsonl"
+    monkeypatch.setenv("TOTESYS_LOG_FILE", str(path))
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", f"h{tmp_path.name}")
+
+    @stage_handler("load")
+    def handler(event, context):
+        get_logger("load").info("working")
+        if event.get("fail"):
+            raise ValueError("bad batch")
+        return {"ok": True}
+
+    from utils.logger import get_logger
+    assert handler({}, SimpleNamespace(aws_request_id="req-1")) == {"ok": True}
+    with pytest.raises(ValueError, match="bad batch"):
+        handler({"fail": True}, None)
+    for handler_ in logging.getLogger(f"h{tmp_path.name}-load").handlers:
+        handler_.flush()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["message"], r.get("run_id")) for r in records[:2]] == [("working", "req-1"),
+                                                                      ("load succeeded", "req-1")]
+    assert records[1]["duration_ms"] >= 0 and records[1]["outcome"] == "succeeded"
+    assert records[3]["outcome"] == "failed" and records[3]["run_id"] not in ("req-1", None)
+    assert records[2]["run_id"] == records[3]["run_id"]
