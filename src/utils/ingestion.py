@@ -93,28 +93,25 @@ def parse_event(event):
 def run_ingest(event, s3_client=None, secrets_client=None):
     """Run one ingest; return ``{table_name: file_key}`` for the tables that produced a file.
 
-    Any failure is logged at CRITICAL and re-raised. Errors before the first table is read
-    (bad event, settings, credentials, unreachable database, lock held) write nothing.
+    Raises on any failure (the handler's stage_handler logs it at CRITICAL). Errors before the
+    first table is read (bad event, settings, credentials, unreachable database, lock held) write
+    nothing.
     """
+    tables = parse_event(event)
+    settings = load_settings()
+    s3_client = s3_client or boto3.client("s3")
+    secrets_client = secrets_client or boto3.client("secretsmanager")
+    credentials = db_connections_get_secret(secrets_client, settings.totesys_secret_id)
+    logger.info("credentials read", secret_id=settings.totesys_secret_id)
+    conn, *helpers = connect_all(credentials, min(settings.ingest_parallel_connections, len(tables)))
     try:
-        tables = parse_event(event)
-        settings = load_settings()
-        s3_client = s3_client or boto3.client("s3")
-        secrets_client = secrets_client or boto3.client("secretsmanager")
-        credentials = db_connections_get_secret(secrets_client, settings.totesys_secret_id)
-        logger.info("credentials read", secret_id=settings.totesys_secret_id)
-        conn, *helpers = connect_all(credentials, min(settings.ingest_parallel_connections, len(tables)))
-        try:
-            logger.info("connected to totesys", host=credentials["host"], database=credentials["database"],
-                        connections=1 + len(helpers))
-            return ingest_tables(conn, s3_client, settings.ingest_bucket, tables,
-                                 settings.ingest_overlap_seconds, helpers)
-        finally:
-            for connection in (conn, *helpers):
-                close_db_connection(connection)
-    except Exception as err:
-        logger.critical("ingest failed", error_type=type(err).__name__, error=str(err))
-        raise
+        logger.info("connected to totesys", host=credentials["host"], database=credentials["database"],
+                    connections=1 + len(helpers))
+        return ingest_tables(conn, s3_client, settings.ingest_bucket, tables,
+                             settings.ingest_overlap_seconds, helpers)
+    finally:
+        for connection in (conn, *helpers):
+            close_db_connection(connection)
 
 
 def connect_all(credentials, count):

@@ -90,24 +90,20 @@ def check_warehouse_table(name):
 def run_load(event, s3_client=None, secrets_client=None):
     """Load every processed batch not yet in the ledger; return ``{"batches": [...], "tables": {...}}``.
 
-    Any failure is logged at CRITICAL and re-raised.
+    Raises on any failure (the handler's stage_handler logs it at CRITICAL).
     """
+    parse_event(event)
+    logger.info("load started", transform_result=event)
+    settings = load_settings()
+    s3_client = s3_client or boto3.client("s3")
+    secrets_client = secrets_client or boto3.client("secretsmanager")
+    credentials = db_connections_get_secret(secrets_client, settings.warehouse_secret_id)
+    conn = connect_to_db(credentials=credentials)
+    logger.info("connected to the warehouse", host=credentials["host"], database=credentials["database"])
     try:
-        parse_event(event)
-        logger.info("load started", transform_result=event)
-        settings = load_settings()
-        s3_client = s3_client or boto3.client("s3")
-        secrets_client = secrets_client or boto3.client("secretsmanager")
-        credentials = db_connections_get_secret(secrets_client, settings.warehouse_secret_id)
-        conn = connect_to_db(credentials=credentials)
-        logger.info("connected to the warehouse", host=credentials["host"], database=credentials["database"])
-        try:
-            return load_pending(conn, s3_client, settings.processed_bucket)
-        finally:
-            close_db_connection(conn)
-    except Exception as err:
-        logger.critical("load failed", error_type=type(err).__name__, error=str(err))
-        raise
+        return load_pending(conn, s3_client, settings.processed_bucket)
+    finally:
+        close_db_connection(conn)
 
 
 def load_pending(conn, s3_client, bucket):

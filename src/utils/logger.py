@@ -32,8 +32,9 @@ def get_logger(stage):
 
 def stage_handler(stage):
     """Decorate a Lambda handler: every log line of the invocation carries ``run_id`` (the Lambda
-    request id; a fresh id when there is no context), and the invocation ends with one line giving
-    its outcome and ``duration_ms``. Exceptions pass through unchanged."""
+    request id; a fresh id when there is no context); an exception is logged at CRITICAL (error type
+    and message) and re-raised unchanged; the invocation ends with one line giving its outcome and
+    ``duration_ms``."""
     logger = get_logger(stage)
 
     def decorate(handler):
@@ -47,6 +48,10 @@ def stage_handler(stage):
                 result = handler(event, context)
                 outcome = "succeeded"
                 return result
+            except Exception as err:
+                # The one place a stage failure becomes the CRITICAL line the metric filter alarms on.
+                logger.critical(f"{stage} failed", error_type=type(err).__name__, error=str(err))
+                raise
             finally:
                 logger.info(f"{stage} {outcome}", outcome=outcome,
                             duration_ms=round((time.perf_counter() - started) * 1000, 1))

@@ -53,17 +53,13 @@ def parse_event(event):
 def run_transform(event, s3_client=None):
     """Transform every pending ingest batch; return ``{"batches": [...], "tables": {table: rows}}``.
 
-    Any failure is logged at CRITICAL and re-raised.
+    Raises on any failure (the handler's stage_handler logs it at CRITICAL).
     """
-    try:
-        parse_event(event)
-        logger.info("transform started", ingest_files=event)
-        settings = load_settings()
-        s3_client = s3_client or boto3.client("s3")
-        return transform_pending(s3_client, settings.ingest_bucket, settings.processed_bucket)
-    except Exception as err:
-        logger.critical("transform failed", error_type=type(err).__name__, error=str(err))
-        raise
+    parse_event(event)
+    logger.info("transform started", ingest_files=event)
+    settings = load_settings()
+    s3_client = s3_client or boto3.client("s3")
+    return transform_pending(s3_client, settings.ingest_bucket, settings.processed_bucket)
 
 
 def transform_pending(s3_client, ingest_bucket, processed_bucket):

@@ -294,5 +294,9 @@ def test_stage_handler_tags_the_run_and_times_it(tmp_path, monkeypatch):
     assert [(r["message"], r.get("run_id")) for r in records[:2]] == [("working", "req-1"),
                                                                       ("load succeeded", "req-1")]
     assert records[1]["duration_ms"] >= 0 and records[1]["outcome"] == "succeeded"
-    assert records[3]["outcome"] == "failed" and records[3]["run_id"] not in ("req-1", None)
-    assert records[2]["run_id"] == records[3]["run_id"]
+    failed = next(r for r in records if r["message"] == "load failed" and r["level"] == "INFO")
+    assert failed["outcome"] == "failed" and failed["run_id"] not in ("req-1", None)
+    assert records[2]["run_id"] == failed["run_id"]
+    critical = [r for r in records if r["level"] == "CRITICAL"]
+    assert len(critical) == 1 and critical[0]["error_type"] == "ValueError"
+    assert critical[0]["error"] == "bad batch" and critical[0]["run_id"] == failed["run_id"]
