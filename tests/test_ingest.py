@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import ingest
+from tests.dbutil import run_sql as execute
 from utils import ingestion
 from utils.db_connections import connect_to_db, credentials_from_url
 from utils.errors import (ConcurrentRunError, CredentialsError, DatabaseUnavailableError,
@@ -72,14 +73,6 @@ INSERT INTO payment (created_at, last_updated, transaction_id, counterparty_id, 
 
 def connect(url):
     return connect_to_db(credentials=credentials_from_url(url))
-
-
-def execute(url, sql, **params):
-    conn = connect(url)
-    try:
-        return conn.run(sql, **params)
-    finally:
-        conn.close()
 
 
 @pytest.fixture

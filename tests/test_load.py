@@ -13,22 +13,14 @@ import load
 import transform
 from tests.ingest_batches import (T0, address, base_batch, department, later, sales_order,
                                   write_ingest_batch)
+from tests.dbutil import run_sql as query
 from utils import loading
-from utils.db_connections import close_db_connection, connect_to_db, credentials_from_url
 from utils.errors import CorruptFileError, InvalidEventError, SchemaMismatchError, UnknownTableError
 from utils.loading import LEDGER, schema_statements
 from utils.state import read_state
 from utils.warehouse import WAREHOUSE_TABLES
 
 ALL_TABLES = WAREHOUSE_TABLES + (LEDGER,)
-
-
-def query(url, sql, **params):
-    conn = connect_to_db(credentials=credentials_from_url(url))
-    try:
-        return conn.run(sql, **params)
-    finally:
-        close_db_connection(conn)
 
 
 def table_names(url):

@@ -6,7 +6,7 @@ import ingest
 import load
 import transform
 from totesys_local.generator import simulate
-from utils.db_connections import close_db_connection, connect_to_db, credentials_from_url
+from tests.dbutil import run_sql as query
 
 pytestmark = pytest.mark.slow
 
@@ -91,14 +91,6 @@ FACT_KEYS = [(fact, column, "dim_date", "date_id") for fact in FACT_TABLES.value
     ("fact_payment", "currency_id", "dim_currency", "currency_id"),
     ("fact_payment", "payment_type_id", "dim_payment_type", "payment_type_id"),
 ]
-
-
-def query(url, sql, **params):
-    conn = connect_to_db(credentials=credentials_from_url(url))
-    try:
-        return conn.run(sql, **params)
-    finally:
-        close_db_connection(conn)
 
 
 def rows(url, sql):

@@ -9,7 +9,8 @@ import pytest
 
 from totesys_local.aws_emulation import (ASL_TEMPLATE, deploy_pipeline, emulated_aws, published_alerts,
                                          render_definition, wait_for_execution)
-from utils.db_connections import close_db_connection, connect_to_db, credentials_from_url
+from tests.dbutil import run_sql
+from utils.db_connections import credentials_from_url
 
 DEFINITION = json.loads(ASL_TEMPLATE.read_text())
 TASKS = {name: state for name, state in DEFINITION["States"].items() if state["Type"] == "Task"}
@@ -65,11 +66,7 @@ def _put_secret(name, url, **override):
 
 
 def _count(url, table):
-    conn = connect_to_db(credentials=credentials_from_url(url))
-    try:
-        return conn.run(f"SELECT count(*) FROM {table}")[0][0]  # nosec B608 - fixed test table names
-    finally:
-        close_db_connection(conn)
+    return run_sql(url, f"SELECT count(*) FROM {table}")[0][0]  # nosec B608 - fixed test table names
 
 
 @pytest.fixture

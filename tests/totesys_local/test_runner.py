@@ -5,15 +5,8 @@ import pytest
 
 from totesys_local.cli import main
 from totesys_local.runner import describe_url
+from tests.dbutil import run_sql as _query
 from utils.db_connections import close_db_connection, connect_to_db, credentials_from_url
-
-
-def _query(url, sql):
-    conn = connect_to_db(credentials=credentials_from_url(url))
-    try:
-        return conn.run(sql)
-    finally:
-        close_db_connection(conn)
 
 
 def _files(state_dir):
