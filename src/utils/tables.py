@@ -109,6 +109,15 @@ SOURCE_SCHEMAS = {
         ("counterparty_ac_number", pa.int32(), False)),
 }
 
+# What a landing (ingest) Parquet file holds: the source types with every column nullable. The
+# landing zone keeps whatever the source holds (a NOT NULL dropped in the source must not make
+# ingest write a file whose data contradicts its schema); the transform quarantines the rows the
+# warehouse cannot hold.
+LANDING_SCHEMAS = {
+    name: pa.schema([field.with_nullable(True) for field in schema])
+    for name, schema in SOURCE_SCHEMAS.items()
+}
+
 # Dependency order: a table comes after every table it references.
 SOURCE_TABLES = (
     "address", "counterparty", "currency", "department", "design", "staff",
