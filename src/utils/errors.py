@@ -34,7 +34,11 @@ class SchemaMismatchError(TotesysError):
 
 
 class CorruptFileError(TotesysError):
-    """An object in S3 cannot be read as what it claims to be."""
+    """An object in S3 is missing or cannot be read as what it claims to be; ``key`` names it."""
+
+    def __init__(self, message, key=None):
+        super().__init__(message)
+        self.key = key
 
 
 class StateConflictError(TotesysError):

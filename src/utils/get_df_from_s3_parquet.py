@@ -8,25 +8,29 @@ from botocore.exceptions import ClientError
 from utils.errors import CorruptFileError, SchemaMismatchError
 
 
-def read_parquet_table(s3_client, bucket_name, file_key, table_name, schema):
+def read_parquet_table(s3_client, bucket_name, file_key, table_name, schema, manifest_key=None):
     """Return the object ``bucket_name/file_key`` as a pyarrow.Table with exactly ``schema``.
 
     Columns are selected and ordered as in ``schema`` (extra columns are ignored). Raises
-    CorruptFileError when the object is missing or is not a readable Parquet file, and
-    SchemaMismatchError naming ``table_name`` and the column when a column is missing, has a
-    different type, or holds NULLs where the schema says NOT NULL.
+    CorruptFileError (naming the key, and ``manifest_key`` when given: the manifest that names the
+    object) when the object is missing or is not a readable Parquet file, and SchemaMismatchError
+    naming ``table_name`` and the column when a column is missing, has a different type, or holds
+    NULLs where the schema says NOT NULL.
     """
     where = f"s3://{bucket_name}/{file_key}"
+    named_by = f" (named by manifest {manifest_key})" if manifest_key else ""
     try:
         body = s3_client.get_object(Bucket=bucket_name, Key=file_key)["Body"].read()
     except ClientError as err:
         code = err.response.get("Error", {}).get("Code", "error")
-        raise CorruptFileError(f"{table_name}: cannot read {where}: {code}") from None
+        raise CorruptFileError(f"{table_name}: cannot read {where}{named_by}: {code}",
+                               key=file_key) from None
     try:
         table = pq.read_table(io.BytesIO(body))
     except (pa.ArrowException, OSError, ValueError) as err:
         raise CorruptFileError(
-            f"{table_name}: {where} is not a readable Parquet file ({type(err).__name__})") from None
+            f"{table_name}: {where}{named_by} is not a readable Parquet file ({type(err).__name__})",
+            key=file_key) from None
     return conform_table(table, table_name, schema, where)
 
 

@@ -15,10 +15,12 @@ One run (``run_load``):
 """
 import io
 import json
+from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
 
 import boto3
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from pg8000.native import identifier
 
@@ -27,12 +29,17 @@ from utils.db_connections import close_db_connection, connect_to_db, db_connecti
 from utils.errors import CorruptFileError, InvalidEventError, SchemaMismatchError, UnknownTableError
 from utils.get_df_from_s3_parquet import read_parquet_table
 from utils.logger import get_logger
+from utils.quarantine import REJECTED_SCHEMA, rejected_records
 from utils.state import read_manifest, read_state
-from utils.warehouse import FACTS, WAREHOUSE_KEYS, WAREHOUSE_SCHEMAS, WAREHOUSE_TABLES
+from utils.warehouse import (FACTS, PROCESSED_SCHEMAS, VERSION_COLUMN, VERSIONED_DIMENSIONS, WAREHOUSE_KEYS,
+                             WAREHOUSE_SCHEMAS, WAREHOUSE_SOURCES, WAREHOUSE_TABLES)
 
 STAGE = "load"
 SCHEMA_FILE = Path(__file__).resolve().parent / "sql" / "warehouse_schema.sql"
 LEDGER = "etl_load_ledger"
+REJECTED = "etl_rejected_rows"
+DIMENSION_VERSIONS = "etl_dimension_version"
+OWN_TABLES = (LEDGER, REJECTED, DIMENSION_VERSIONS)
 VIEWS = ("current_sales_order", "current_purchase_order", "current_payment")
 VERSION_INDEXES = tuple(f"{name}_version_key" for name in FACTS)
 # pg_advisory_xact_lock key serialising loads into one warehouse.
@@ -47,7 +54,7 @@ logger = get_logger(STAGE)
 def _sql_type(kind):
     """(staging column type, accepted information_schema data_types) of an Arrow type."""
     if pa.types.is_integer(kind):
-        return "integer", ("integer", "bigint")
+        return "integer", ("integer", "bigint", "smallint")
     if pa.types.is_string(kind):
         return "text", ("character varying", "text", "character")
     if pa.types.is_date(kind):
@@ -58,6 +65,8 @@ def _sql_type(kind):
         return f"numeric({kind.precision}, {kind.scale})", ("numeric",)
     if pa.types.is_boolean(kind):
         return "boolean", ("boolean",)
+    if pa.types.is_timestamp(kind):
+        return "timestamp(3)", ("timestamp without time zone",)
     raise TypeError(f"no SQL type for {kind}")
 
 
@@ -107,17 +116,24 @@ def run_load(event, s3_client=None, secrets_client=None):
 
 
 def load_pending(conn, s3_client, bucket):
-    """Ensure the schema, then load every pending processed batch, oldest first."""
-    columns = ensure_warehouse_schema(conn)
-    result = {"batches": [], "tables": {}}
+    """Ensure the schema, then load every pending processed batch, oldest first.
+
+    Returns ``{"batches": [batch_id, ...], "tables": {warehouse table: rows}, "rejected_rows": n,
+    "rejected": {source table: n}}``: the rows newly quarantined in etl_rejected_rows by these batches.
+    """
+    targets = ensure_warehouse_schema(conn)
+    result = {"batches": [], "tables": {}, "rejected_rows": 0, "rejected": {}}
     pending = pending_batches(conn, s3_client, bucket)
     if not pending:
         logger.warning("no processed batches to load")
     for manifest_key, manifest in pending:
-        counts = load_batch(conn, s3_client, bucket, manifest_key, manifest, columns)
+        counts = load_batch(conn, s3_client, bucket, manifest_key, manifest, targets)
         if counts is None:
             continue
         result["batches"].append(manifest["batch_id"])
+        for source, rows in counts.pop(REJECTED, {}).items():
+            result["rejected"][source] = result["rejected"].get(source, 0) + rows
+            result["rejected_rows"] += rows
         for name, rows in counts.items():
             result["tables"][name] = result["tables"].get(name, 0) + rows
     return result
@@ -137,43 +153,70 @@ def _has_sql(statement):
 
 def _warehouse_columns(conn):
     rows = conn.run(
-        "SELECT table_name, column_name, data_type, datetime_precision, numeric_precision, numeric_scale "
-        "FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = ANY(:names)",
-        names=list(WAREHOUSE_TABLES) + [LEDGER])
+        "SELECT table_name, column_name, data_type, datetime_precision, numeric_precision, numeric_scale, "
+        "character_maximum_length FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = ANY(:names)",
+        names=list(WAREHOUSE_TABLES) + list(OWN_TABLES))
     found = {}
-    for table, column, data_type, time_precision, precision, scale in rows:
-        found.setdefault(table, {})[column] = (data_type, time_precision, precision, scale)
+    for table, column, data_type, time_precision, precision, scale, length in rows:
+        found.setdefault(table, {})[column] = (data_type, time_precision, precision, scale, length)
     return found
 
 
-def check_table_columns(table, existing):
-    """Map each expected column of ``table`` to its name in the warehouse; raise on incompatibility.
+@dataclass
+class TargetTable:
+    """How one warehouse table is spelled and how much its columns hold.
 
-    ``existing``: {column: (data_type, datetime_precision, numeric_precision, numeric_scale)}.
-    Raises SchemaMismatchError naming the table and column when one is missing or has a type that
-    cannot hold the values (e.g. smallint, time without milliseconds, numeric with fewer decimals).
+    ``names``: {column as the pipeline names it: column in the warehouse}. ``limits``: {column: limit}
+    for the columns narrower than the values the pipeline may bring, a limit being ``("length", n)``
+    (varchar(n): characters), ``("range", low, high)`` (integers) or ``("digits", n)`` (numeric: digits
+    before the decimal point). ``references``: [(column, dimension table, dimension column)] of the
+    table's single-column foreign keys, as the pipeline names them.
     """
-    mapping = {}
+    names: dict
+    limits: dict = dataclass_field(default_factory=dict)
+    references: list = dataclass_field(default_factory=list)
+
+
+_INTEGER_RANGES = {"smallint": (-2 ** 15, 2 ** 15 - 1)}
+
+
+def check_table_columns(table, existing):
+    """Map each expected column of ``table`` to its name and limit in the warehouse; raise on
+    incompatibility. Returns a TargetTable (without references).
+
+    ``existing``: {column: (data_type, datetime_precision, numeric_precision, numeric_scale,
+    character_maximum_length)}. A column narrower than the values (varchar(n), smallint, numeric with
+    fewer integer digits) is accepted: rows that do not fit are quarantined at load. Raises
+    SchemaMismatchError naming the table and column when one is missing or has a type that would
+    change values (another kind of type, time without milliseconds, numeric with fewer decimals).
+    """
+    mapping, limits = {}, {}
     for field in WAREHOUSE_SCHEMAS[table]:
         names = (field.name,) + COLUMN_ALTERNATIVES.get((table, field.name), ())
         actual = next((name for name in names if name in existing), None)
         if actual is None:
             raise SchemaMismatchError(f"warehouse table {table}: column {field.name!r} is missing")
-        data_type, time_precision, precision, scale = existing[actual]
+        data_type, time_precision, precision, scale, length = (tuple(existing[actual]) + (None,))[:5]
         _, accepted = _sql_type(field.type)
         too_coarse = (
             (pa.types.is_time(field.type) and time_precision is not None and time_precision < 3)
-            or (pa.types.is_decimal(field.type) and scale is not None
-                and (scale < field.type.scale
-                     or precision - scale < field.type.precision - field.type.scale)))
+            or (pa.types.is_decimal(field.type) and scale is not None and scale < field.type.scale))
         if data_type not in accepted or too_coarse:
             raise SchemaMismatchError(
                 f"warehouse table {table}: column {actual!r} has type {data_type}"
                 f"{_precision_text(data_type, time_precision, precision, scale)}, "
                 f"expected {' or '.join(accepted)} "
                 f"able to hold {field.type}")
+        if pa.types.is_string(field.type) and length is not None:
+            limits[field.name] = ("length", length)
+        elif data_type in _INTEGER_RANGES:
+            limits[field.name] = ("range",) + _INTEGER_RANGES[data_type]
+        elif (pa.types.is_decimal(field.type) and precision is not None and scale is not None
+              and precision - scale < field.type.precision - field.type.scale):
+            limits[field.name] = ("digits", precision - scale)
         mapping[field.name] = actual
-    return mapping
+    return TargetTable(mapping, limits)
 
 
 def _precision_text(data_type, time_precision, precision, scale):
@@ -184,8 +227,27 @@ def _precision_text(data_type, time_precision, precision, scale):
     return ""
 
 
+def _references(conn, targets):
+    """Fill each fact's TargetTable.references from the warehouse's own single-column foreign keys."""
+    rows = conn.run(
+        "SELECT c.conrelid::regclass::text, a.attname::text, c.confrelid::regclass::text, f.attname::text "
+        "FROM pg_constraint c "
+        "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] "
+        "JOIN pg_attribute f ON f.attrelid = c.confrelid AND f.attnum = c.confkey[1] "
+        "WHERE c.contype = 'f' AND cardinality(c.conkey) = 1 AND c.conrelid::regclass::text = ANY(:facts)",
+        facts=list(FACTS))
+    for fact, column, dimension, dimension_column in rows:
+        if dimension not in targets:
+            continue
+        by_name = {name: canonical for canonical, name in targets[fact].names.items()}
+        dim_by_name = {name: canonical for canonical, name in targets[dimension].names.items()}
+        if column in by_name and dimension_column in dim_by_name:
+            targets[fact].references.append((by_name[column], dimension, dim_by_name[dimension_column]))
+    return targets
+
+
 def ensure_warehouse_schema(conn):
-    """Check existing tables, create whatever is missing; return {table: {column: warehouse name}}.
+    """Check existing tables, create whatever is missing; return {table: TargetTable}.
 
     Nothing is created or changed when an existing table has an incompatible column
     (SchemaMismatchError naming table and column).
@@ -203,7 +265,7 @@ def ensure_warehouse_schema(conn):
     indexes = {row[0] for row in conn.run(
         "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND indexname = ANY(:names)",
         names=list(VERSION_INDEXES))}
-    complete = (set(WAREHOUSE_TABLES) | {LEDGER}) <= set(existing) and views == set(VIEWS) \
+    complete = (set(WAREHOUSE_TABLES) | set(OWN_TABLES)) <= set(existing) and views == set(VIEWS) \
         and indexes == set(VERSION_INDEXES)
     if not complete:
         conn.run("START TRANSACTION")
@@ -216,9 +278,10 @@ def ensure_warehouse_schema(conn):
             _rollback(conn)
             raise
         logger.info("warehouse schema created", missing_tables=sorted(
-            (set(WAREHOUSE_TABLES) | {LEDGER}) - set(existing)))
+            (set(WAREHOUSE_TABLES) | set(OWN_TABLES)) - set(existing)))
         existing = _warehouse_columns(conn)
-    return {table: check_table_columns(table, existing[table]) for table in WAREHOUSE_TABLES}
+    targets = {table: check_table_columns(table, existing[table]) for table in WAREHOUSE_TABLES}
+    return _references(conn, targets)
 
 
 # -- batches ---------------------------------------------------------------------------------------
@@ -236,7 +299,7 @@ def pending_batches(conn, s3_client, bucket):
     chain, seen = [], set()
     while key:
         if key in seen:
-            raise CorruptFileError(f"processed manifest chain loops at {key}")
+            raise CorruptFileError(f"processed manifest chain loops at {key}", key=key)
         seen.add(key)
         manifest = read_manifest(s3_client, bucket, key, check_warehouse_table, "batch_id")
         if batch_loaded(conn, manifest["batch_id"]):
@@ -247,17 +310,38 @@ def pending_batches(conn, s3_client, bucket):
     return chain
 
 
-def read_batch_tables(s3_client, bucket, manifest):
+def read_batch_tables(s3_client, bucket, manifest, manifest_key=None):
     """{warehouse table: pyarrow Table} of one processed batch, in load order (dims before facts)."""
     return {name: read_parquet_table(s3_client, bucket, manifest["tables"][name]["key"], name,
-                                     WAREHOUSE_SCHEMAS[name])
+                                     PROCESSED_SCHEMAS[name], manifest_key=manifest_key)
             for name in WAREHOUSE_TABLES if name in manifest["tables"]}
 
 
-def load_batch(conn, s3_client, bucket, manifest_key, manifest, columns):
-    """Load one processed batch in one transaction; return {table: rows written}, or None when the
-    ledger already holds it. Every file is read and checked before the transaction starts."""
-    tables = read_batch_tables(s3_client, bucket, manifest)
+def read_batch_rejected(s3_client, bucket, manifest, manifest_key=None):
+    """The rejected records the transform wrote for one processed batch (none: an empty table)."""
+    entry = manifest.get("rejected")
+    if not entry:
+        return REJECTED_SCHEMA.empty_table()
+    if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+        raise CorruptFileError(f"manifest {manifest_key}: entry 'rejected' has no file key", key=manifest_key)
+    return read_parquet_table(s3_client, bucket, entry["key"], REJECTED, REJECTED_SCHEMA,
+                              manifest_key=manifest_key)
+
+
+def load_batch(conn, s3_client, bucket, manifest_key, manifest, targets):
+    """Load one processed batch in one transaction; return {table: rows written} (with
+    ``etl_rejected_rows``: {source table: rows newly rejected}), or None when the ledger already holds
+    it. Every file is read and checked before the transaction starts.
+
+    Rows that do not fit the warehouse's columns, and fact rows that reference a dimension row the
+    warehouse does not hold, are recorded in etl_rejected_rows instead of failing the batch.
+    """
+    tables = read_batch_tables(s3_client, bucket, manifest, manifest_key)
+    rejected = [read_batch_rejected(s3_client, bucket, manifest, manifest_key)]
+    for name in list(tables):
+        tables[name], bad = split_by_limits(name, tables[name], targets[name].limits)
+        rejected.append(bad)
+    rejected = pa.concat_tables(rejected)
     batch_id = manifest["batch_id"]
     conn.run("START TRANSACTION")
     try:
@@ -266,7 +350,19 @@ def load_batch(conn, s3_client, bucket, manifest_key, manifest, columns):
             conn.run("ROLLBACK")
             logger.warning("batch already loaded", batch_id=batch_id)
             return None
-        counts = {name: merge_table(conn, name, table, columns[name]) for name, table in tables.items()}
+        counts = {}
+        newly_rejected = record_rejected(conn, rejected, batch_id)
+        for name in WAREHOUSE_TABLES:
+            if name in FACTS:
+                rows, parked = merge_fact(conn, name, tables.get(name), targets[name], batch_id)
+                if rows is not None:
+                    counts[name] = rows
+                for source, number in parked.items():
+                    newly_rejected[source] = newly_rejected.get(source, 0) + number
+            elif name in tables:
+                counts[name] = merge_table(conn, name, tables[name], targets[name].names)
+        if newly_rejected:
+            counts[REJECTED] = newly_rejected
         record_batch(conn, batch_id, manifest_key, counts)
         conn.run("COMMIT")
     except BaseException:
@@ -283,6 +379,92 @@ def record_batch(conn, batch_id, manifest_key, counts):
              batch_id=batch_id, manifest_key=manifest_key, counts=json.dumps(counts, sort_keys=True))
 
 
+# -- rows the warehouse cannot hold ------------------------------------------------------------------
+
+def _source_versions(name, table):
+    """(source table, ids, last_updated) of the rows of a processed table."""
+    source, id_column = WAREHOUSE_SOURCES[name]
+    if name in FACTS:
+        micros = pc.cast(table["last_updated_time"], pa.int64())
+        days = pc.cast(pc.cast(table["last_updated_date"], pa.int32()), pa.int64())
+        stamps = pc.add(pc.multiply(days, 86_400_000), pc.divide(micros, 1000)).cast(pa.timestamp("ms"))
+    else:
+        stamps = table[VERSION_COLUMN]
+    return source, table[id_column], stamps
+
+
+def _over_limit(column, limit):
+    """Boolean mask: the values of ``column`` that do not fit ``limit`` (see TargetTable)."""
+    kind = limit[0]
+    if kind == "length":
+        return pc.greater(pc.utf8_length(column), limit[1])
+    if kind == "range":
+        return pc.or_(pc.less(column, limit[1]), pc.greater(column, limit[2]))
+    bound = 10 ** limit[1]
+    return pa.array([value is not None and abs(value) >= bound for value in column.to_pylist()])
+
+
+def split_by_limits(name, table, limits):
+    """Split a processed table into (rows that fit the warehouse's columns, rejected records).
+
+    ``limits`` as in TargetTable. dim_date has no source row to quarantine: a dim_date column too
+    narrow for its values is a SchemaMismatchError naming the column.
+    """
+    keep = pa.array([True] * table.num_rows)
+    records = [REJECTED_SCHEMA.empty_table()]
+    for column, limit in limits.items():
+        bad = pc.and_(pc.fill_null(_over_limit(table[column], limit), False), keep)
+        if not pc.any(bad).as_py():
+            continue
+        if name not in WAREHOUSE_SOURCES:
+            raise SchemaMismatchError(f"warehouse table {name}: column {column!r} is too narrow for "
+                                      f"{table.filter(bad)[column][0].as_py()!r}")
+        picked = table.filter(bad)
+        source, ids, stamps = _source_versions(name, picked)
+        records.append(rejected_records(source, ids, stamps, column,
+                                        f"does not fit {name}.{column} ({_limit_text(limit)})",
+                                        picked[column]))
+        keep = pc.and_(keep, pc.invert(bad))
+    return table.filter(keep), pa.concat_tables(records)
+
+
+def _limit_text(limit):
+    if limit[0] == "length":
+        return f"at most {limit[1]} characters"
+    if limit[0] == "range":
+        return f"integers from {limit[1]} to {limit[2]}"
+    return f"at most {limit[1]} digits before the decimal point"
+
+
+def record_rejected(conn, rejected, batch_id):
+    """Insert rejected records (a REJECTED_SCHEMA table) into etl_rejected_rows; a row version already
+    recorded is left as it is. Returns {source table: records newly inserted}; logs one ERROR line each
+    (the first 20, then a summary)."""
+    if not rejected.num_rows:
+        return {}
+    columns = [field.name for field in REJECTED_SCHEMA]
+    conn.run("CREATE TEMPORARY TABLE stage_rejected (source_table text, source_id bigint, "
+             "last_updated timestamp(3), column_name text, reason text, value text) ON COMMIT DROP")
+    conn.run(f"COPY stage_rejected ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)",
+             stream=csv_stream(rejected))
+    listed = ", ".join(identifier(column) for column in columns)
+    rows = conn.run(
+        f"INSERT INTO {identifier(REJECTED)} ({listed}, batch_id) "  # nosec B608
+        f"SELECT {listed}, :batch_id FROM stage_rejected ON CONFLICT DO NOTHING "
+        "RETURNING source_table, source_id, column_name, reason, value", batch_id=batch_id)
+    counts = {}
+    for number, (source, source_id, column, reason, value) in enumerate(rows):
+        counts[source] = counts.get(source, 0) + 1
+        if number < 20:
+            logger.error("row rejected", batch_id=batch_id, source_table=source, source_id=source_id,
+                         column=column, reason=reason, value=value)
+    if len(rows) > 20:
+        logger.error("more rows rejected", batch_id=batch_id, not_listed=len(rows) - 20)
+    return counts
+
+
+# -- merging ---------------------------------------------------------------------------------------
+
 def csv_stream(table):
     """The rows of ``table`` as CSV bytes for COPY (NULL = unquoted empty field, '' = quoted)."""
     out = io.BytesIO()
@@ -291,36 +473,116 @@ def csv_stream(table):
     return out
 
 
-def merge_table(conn, name, table, column_map):
-    """COPY ``table`` into a staging table, then upsert (dimension) or append (fact) it into ``name``.
-
-    Returns the number of rows inserted or changed.
-    """
-    schema = WAREHOUSE_SCHEMAS[name]
+def _stage(conn, name, table):
+    """Create the staging table of ``name`` (the processed schema's columns) and COPY ``table`` in."""
+    schema = PROCESSED_SCHEMAS[name]
     stage = identifier(f"stage_{name}")
     definitions = ", ".join(f"{identifier(field.name)} {_sql_type(field.type)[0]}" for field in schema)
     conn.run(f"CREATE TEMPORARY TABLE {stage} ({definitions}) ON COMMIT DROP")
-    source_columns = ", ".join(identifier(field.name) for field in schema)
-    conn.run(f"COPY {stage} ({source_columns}) FROM STDIN WITH (FORMAT csv)", stream=csv_stream(table))
+    if table is not None and table.num_rows:
+        source_columns = ", ".join(identifier(field.name) for field in schema)
+        conn.run(f"COPY {stage} ({source_columns}) FROM STDIN WITH (FORMAT csv)", stream=csv_stream(table))
+    return stage
+
+
+def merge_table(conn, name, table, column_map):
+    """COPY a dimension's rows into a staging table, then upsert them into ``name``.
+
+    Returns the number of rows inserted or changed. A versioned dimension row is only written when no
+    newer source version of it is recorded in etl_dimension_version (then the version is recorded).
+    """
+    schema = WAREHOUSE_SCHEMAS[name]
+    stage = _stage(conn, name, table)
+    source_columns = ", ".join(f"s.{identifier(field.name)}" for field in schema)
     target_columns = ", ".join(identifier(column_map[field.name]) for field in schema)
-    insert = (f"INSERT INTO {identifier(name)} AS target ({target_columns}) "  # nosec B608
-              f"SELECT {source_columns} FROM {stage} ")
     keys = WAREHOUSE_KEYS[name]
-    if name in FACTS:
-        # The unique version index decides: a version already recorded is left as it is.
-        conn.run(insert + "ON CONFLICT DO NOTHING")
-    elif name == "dim_date":
+    key_column = identifier(keys[0])
+    newer = ""
+    if name in VERSIONED_DIMENSIONS:
+        newer = (f"WHERE NOT EXISTS (SELECT 1 FROM {identifier(DIMENSION_VERSIONS)} v "  # nosec B608
+                 f"WHERE v.table_name = :name AND v.source_id = s.{key_column} "
+                 f"AND v.last_updated > s.{identifier(VERSION_COLUMN)}) ")
+    insert = (f"INSERT INTO {identifier(name)} AS target ({target_columns}) "  # nosec B608
+              f"SELECT {source_columns} FROM {stage} s {newer}")
+    params = {"name": name} if newer else {}
+    if name == "dim_date":
         conn.run(insert + f"ON CONFLICT ({identifier(column_map[keys[0]])}) DO NOTHING")
-    else:
-        others = [column_map[field.name] for field in schema if field.name not in keys]
-        assignments = ", ".join(f"{identifier(column)} = EXCLUDED.{identifier(column)}" for column in others)
-        current = ", ".join(f"target.{identifier(column)}" for column in others)
-        incoming = ", ".join(f"EXCLUDED.{identifier(column)}" for column in others)
-        key = identifier(column_map[keys[0]])
-        upsert = (f"ON CONFLICT ({key}) DO UPDATE SET {assignments} "  # nosec B608
-                  f"WHERE ({current}) IS DISTINCT FROM ({incoming})")
-        conn.run(insert + upsert)
-    return conn.row_count
+        return conn.row_count
+    others = [column_map[field.name] for field in schema if field.name not in keys]
+    assignments = ", ".join(f"{identifier(column)} = EXCLUDED.{identifier(column)}" for column in others)
+    current = ", ".join(f"target.{identifier(column)}" for column in others)
+    incoming = ", ".join(f"EXCLUDED.{identifier(column)}" for column in others)
+    key = identifier(column_map[keys[0]])
+    upsert = (f"ON CONFLICT ({key}) DO UPDATE SET {assignments} "  # nosec B608
+              f"WHERE ({current}) IS DISTINCT FROM ({incoming})")
+    conn.run(insert + upsert, **params)
+    written = conn.row_count
+    if newer:
+        versions = identifier(DIMENSION_VERSIONS)
+        conn.run(f"INSERT INTO {versions} AS v (table_name, source_id, last_updated) "  # nosec B608
+                 f"SELECT :name, s.{key_column}, s.{identifier(VERSION_COLUMN)} FROM {stage} s "
+                 "ON CONFLICT (table_name, source_id) DO UPDATE SET last_updated = EXCLUDED.last_updated "
+                 "WHERE v.last_updated < EXCLUDED.last_updated", name=name)
+    return written
+
+
+def merge_fact(conn, name, table, target, batch_id):
+    """Append a fact table's new versions; return (rows inserted or None when there was nothing to do,
+    {source table: rows newly parked}).
+
+    The batch's rows are staged together with the rows parked by earlier batches (in etl_rejected_rows
+    with row_data, not yet resolved); staged rows whose dimension references the warehouse does not
+    hold are (re-)parked there, the others are inserted (the unique version index decides: a version
+    already recorded is left as it is) and their parked records marked resolved by this batch.
+    """
+    source, id_column = WAREHOUSE_SOURCES[name]
+    rejected = identifier(REJECTED)
+    parked_filter = "r.source_table = :source AND r.row_data IS NOT NULL AND r.resolved_batch_id IS NULL"
+    parked = conn.run(f"SELECT count(*) FROM {rejected} r WHERE {parked_filter}",  # nosec B608
+                      source=source)[0][0]
+    if (table is None or not table.num_rows) and not parked:
+        return None, {}
+    stage = _stage(conn, name, table)
+    schema = WAREHOUSE_SCHEMAS[name]
+    source_columns = ", ".join(identifier(field.name) for field in schema)
+    if parked:
+        conn.run(f"INSERT INTO {stage} ({source_columns}) "  # nosec B608
+                 f"SELECT p.* FROM {rejected} r, jsonb_populate_record(NULL::{stage}, r.row_data) p "
+                 f"WHERE {parked_filter}", source=source)
+        conn.run(f"UPDATE {rejected} r SET resolved_batch_id = :batch_id "  # nosec B608
+                 f"WHERE {parked_filter}", source=source, batch_id=batch_id)
+    newly_parked = 0
+    stamp = "(s.last_updated_date + s.last_updated_time)::timestamp(3)"
+    for column, dimension, dimension_column in target.references:
+        reason = f"references {dimension} ' || s.{identifier(column)}::text || ', which the warehouse " \
+                 "does not hold (its source row was rejected or not delivered); parked until it arrives"
+        rows = conn.run(
+            f"WITH dangling AS (DELETE FROM {stage} s WHERE NOT EXISTS ("  # nosec B608
+            f"SELECT 1 FROM {identifier(dimension)} d "
+            f"WHERE d.{identifier(dimension_column)} = s.{identifier(column)}) "
+            f"RETURNING s.{identifier(id_column)} AS source_id, {stamp} AS last_updated, "
+            f"'{reason}' AS reason, s.{identifier(column)}::text AS value, to_jsonb(s) AS row_data) "
+            f"INSERT INTO {rejected} AS r (source_table, source_id, last_updated, column_name, reason, "
+            "value, batch_id, row_data) "
+            "SELECT DISTINCT ON (source_id, last_updated) :source, source_id, last_updated, :column, reason, "
+            "value, :batch_id, row_data FROM dangling "
+            "ON CONFLICT (source_table, source_id, last_updated) DO UPDATE SET resolved_batch_id = NULL, "
+            "reason = EXCLUDED.reason, row_data = EXCLUDED.row_data "
+            "RETURNING (xmax = 0) AS inserted, source_id, reason",
+            source=source, column=column, batch_id=batch_id)
+        for number, (inserted, source_id, text) in enumerate(rows):
+            if inserted:
+                newly_parked += 1
+                if number < 20:
+                    logger.error("row rejected", batch_id=batch_id, source_table=source, source_id=source_id,
+                                 column=column, reason=text)
+    target_columns = ", ".join(identifier(target.names[field.name]) for field in schema)
+    conn.run(f"INSERT INTO {identifier(name)} ({target_columns}) "  # nosec B608
+             f"SELECT {source_columns} FROM {stage} ON CONFLICT DO NOTHING")
+    inserted = conn.row_count
+    if parked:
+        logger.info("parked rows retried", table=name, parked=parked)
+    return inserted, ({source: newly_parked} if newly_parked else {})
 
 
 def _rollback(conn):

@@ -55,14 +55,18 @@ def write_state(s3_client, bucket_name, stage, state, expected_etag):
 
 
 def read_json(s3_client, bucket_name, key):
-    """Read a JSON object (a manifest); CorruptFileError if it is not one."""
-    body = s3_client.get_object(Bucket=bucket_name, Key=key)["Body"].read()
+    """Read a JSON object (a manifest); CorruptFileError naming the key if it is missing or not one."""
+    try:
+        body = s3_client.get_object(Bucket=bucket_name, Key=key)["Body"].read()
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "error")
+        raise CorruptFileError(f"cannot read s3://{bucket_name}/{key}: {code}", key=key) from None
     try:
         value = json.loads(body)
     except ValueError:
-        raise CorruptFileError(f"s3://{bucket_name}/{key} is not valid JSON") from None
+        raise CorruptFileError(f"s3://{bucket_name}/{key} is not valid JSON", key=key) from None
     if not isinstance(value, dict):
-        raise CorruptFileError(f"s3://{bucket_name}/{key} is not a JSON object")
+        raise CorruptFileError(f"s3://{bucket_name}/{key} is not a JSON object", key=key)
     return value
 
 

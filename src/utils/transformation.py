@@ -27,11 +27,15 @@ from utils.generate_file_key import generate_file_key
 from utils.get_df_from_s3_parquet import read_parquet_table
 from utils.logger import get_logger
 from utils.state import read_json, read_manifest, read_state, write_state
-from utils.tables import SOURCE_SCHEMAS, SOURCE_TABLES, check_source_table
+from utils.tables import LANDING_SCHEMAS, SOURCE_TABLES, check_source_table
 from utils.warehouse import SNAPSHOT_TABLES, build_warehouse_batch
 from utils.write_to_s3 import write_to_s3
 
 STAGE = "transform"
+# Processed-bucket prefix of the rejected records of a batch (utils.quarantine.REJECTED_SCHEMA).
+REJECTED_PREFIX = "_rejected"
+# ERROR lines written for the rejected rows of one batch; the rest is one summary line.
+MAX_REJECTED_LOG_LINES = 20
 logger = get_logger(STAGE)
 
 
@@ -115,7 +119,7 @@ def read_snapshots(s3_client, bucket, processed_manifest):
     if not processed_manifest:
         return {}
     names = processed_manifest.get("snapshots", {})
-    return {name: read_parquet_table(s3_client, bucket, key, name, SOURCE_SCHEMAS[name])
+    return {name: read_parquet_table(s3_client, bucket, key, name, LANDING_SCHEMAS[name])
             for name, key in names.items() if name in SNAPSHOT_TABLES}
 
 
@@ -123,12 +127,13 @@ def transform_batch(s3_client, ingest_bucket, processed_bucket, ingest_key, inge
                     prev_processed_key, prev_processed_manifest):
     """Transform one ingest batch; write its files and manifest; return (manifest key, manifest)."""
     batch_time = parse_time(ingest_manifest["batch_time"])
-    batch = {name: read_parquet_table(s3_client, ingest_bucket, entry["key"], name, SOURCE_SCHEMAS[name])
+    batch = {name: read_parquet_table(s3_client, ingest_bucket, entry["key"], name, LANDING_SCHEMAS[name],
+                                      manifest_key=ingest_key)
              for name, entry in ingest_manifest["tables"].items()}
     # Dependency order keeps logs and outputs stable.
     batch = {name: batch[name] for name in SOURCE_TABLES if name in batch}
     snapshots = read_snapshots(s3_client, processed_bucket, prev_processed_manifest)
-    warehouse, new_snapshots = build_warehouse_batch(batch, snapshots)
+    warehouse, new_snapshots, rejected = build_warehouse_batch(batch, snapshots)
     tables = {}
     for name, table in warehouse.items():
         key = generate_file_key(name, batch_time)
@@ -140,13 +145,30 @@ def transform_batch(s3_client, ingest_bucket, processed_bucket, ingest_key, inge
         key = generate_file_key(f"_snapshots/{name}", batch_time)
         write_once(s3_client, processed_bucket, key, parquet_bytes(table))
         snapshot_keys[name] = key
-    manifest = {"batch_id": ingest_manifest.get("batch_id") or f"{batch_time:%Y%m%dT%H%M%S%f}",
+    batch_id = ingest_manifest.get("batch_id") or f"{batch_time:%Y%m%dT%H%M%S%f}"
+    manifest = {"batch_id": batch_id,
                 "batch_time": ingest_manifest["batch_time"], "ingest_manifest_key": ingest_key,
                 "prev_manifest_key": prev_processed_key, "tables": tables, "snapshots": snapshot_keys}
+    if rejected.num_rows:
+        key = generate_file_key(REJECTED_PREFIX, batch_time)
+        write_once(s3_client, processed_bucket, key, parquet_bytes(rejected))
+        manifest["rejected"] = {"key": key, "rows": rejected.num_rows}
+        log_rejected(rejected, batch_id)
     manifest_key = generate_file_key("_batches", batch_time, "json")
     write_once(s3_client, processed_bucket, manifest_key, json.dumps(manifest, sort_keys=True).encode())
     logger.info("manifest written", key=manifest_key, tables=len(tables))
     return manifest_key, manifest
+
+
+def log_rejected(rejected, batch_id):
+    """One ERROR line per rejected row (at most MAX_REJECTED_LOG_LINES, then a summary line)."""
+    for record in rejected.slice(0, MAX_REJECTED_LOG_LINES).to_pylist():
+        logger.error("row rejected", batch_id=batch_id, source_table=record["source_table"],
+                     source_id=record["source_id"], column=record["column_name"], reason=record["reason"],
+                     value=record["value"])
+    if rejected.num_rows > MAX_REJECTED_LOG_LINES:
+        logger.error("more rows rejected", batch_id=batch_id,
+                     not_listed=rejected.num_rows - MAX_REJECTED_LOG_LINES)
 
 
 def parquet_bytes(table):

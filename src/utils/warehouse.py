@@ -1,9 +1,11 @@
 """The star schema: explicit Arrow schemas of the eleven warehouse tables and the pure functions
 that build them from source tables (seed name: ``warehouse``).
 
-Every function takes pyarrow Tables with the source schemas of ``utils.tables.SOURCE_SCHEMAS`` and
-returns a pyarrow Table with exactly ``WAREHOUSE_SCHEMAS[<warehouse table>]``, sorted by its key so
-the same input always gives the same bytes. Nothing here touches S3 or a database.
+Every function takes pyarrow Tables with the landing schemas of ``utils.tables.LANDING_SCHEMAS`` and
+returns a pyarrow Table with exactly ``PROCESSED_SCHEMAS[<warehouse table>]`` (the warehouse table's
+columns, plus the source version for a dimension), sorted by its key so the same input always gives the
+same bytes. Nothing here touches S3 or a database. Rows the warehouse cannot hold are quarantined
+(``utils.quarantine``), never a reason to fail the batch.
 
 - Facts keep every version: one row per distinct (primary key, last_updated); ``created_at`` and
   ``last_updated`` are split into a date and a time (milliseconds kept); the text dates become dates.
@@ -17,7 +19,8 @@ import pyarrow.compute as pc
 
 from utils.currencies import currency_name
 from utils.errors import DateFormatError, SchemaMismatchError
-from utils.tables import PRIMARY_KEYS, SOURCE_SCHEMAS
+from utils.quarantine import empty_rejected, rejected_records, split_source_rows
+from utils.tables import LANDING_SCHEMAS, PRIMARY_KEYS
 
 _MONEY = pa.decimal128(10, 2)
 _TIME = pa.time64("us")
@@ -89,6 +92,28 @@ WAREHOUSE_KEYS = {
     "fact_payment": ("payment_id", "last_updated_date", "last_updated_time"),
 }
 
+# The processed dimension files carry one column more than the warehouse table: the source version
+# (last_updated; for a dimension built from two source rows, the later of the two). The load keeps it
+# in etl_dimension_version and never lets an older version overwrite a newer one.
+VERSION_COLUMN = "source_last_updated"
+VERSIONED_DIMENSIONS = tuple(name for name in DIMENSIONS if name != "dim_date")
+PROCESSED_SCHEMAS = {
+    name: schema.append(pa.field(VERSION_COLUMN, pa.timestamp("ms"), nullable=False))
+    if name in VERSIONED_DIMENSIONS else schema
+    for name, schema in WAREHOUSE_SCHEMAS.items()
+}
+# The source table (and its id column in the warehouse table) each warehouse row comes from.
+WAREHOUSE_SOURCES = {
+    "dim_staff": ("staff", "staff_id"), "dim_location": ("address", "location_id"),
+    "dim_currency": ("currency", "currency_id"), "dim_design": ("design", "design_id"),
+    "dim_counterparty": ("counterparty", "counterparty_id"),
+    "dim_transaction": ("transaction", "transaction_id"),
+    "dim_payment_type": ("payment_type", "payment_type_id"),
+    "fact_sales_order": ("sales_order", "sales_order_id"),
+    "fact_purchase_order": ("purchase_order", "purchase_order_id"),
+    "fact_payment": ("payment", "payment_id"),
+}
+
 # Source tables whose current state the transform keeps between batches (see build_warehouse_batch).
 SNAPSHOT_TABLES = ("address", "counterparty", "department", "staff")
 
@@ -157,8 +182,8 @@ def _split_stamp(table, column):
 
 
 def _conform(columns, name):
-    """Build the output table in the declared schema's order and types."""
-    schema = WAREHOUSE_SCHEMAS[name]
+    """Build the output table in the declared (processed) schema's order and types."""
+    schema = PROCESSED_SCHEMAS[name]
     arrays = []
     for field in schema:
         array = columns[field.name]
@@ -232,10 +257,13 @@ def fact_dates(facts):
             if field.type == pa.date32()]
 
 
-def _copy_columns(source, name, renames=None):
+def _copy_columns(source, name, renames=None, version=None):
+    """The dimension ``name`` from ``source``'s columns (renamed), with its version column: the
+    source's last_updated unless ``version`` (an array) is given."""
     renames = renames or {}
-    return _sort(_conform({field.name: source[renames.get(field.name, field.name)]
-                           for field in WAREHOUSE_SCHEMAS[name]}, name), name)
+    columns = {field.name: source[renames.get(field.name, field.name)] for field in WAREHOUSE_SCHEMAS[name]}
+    columns[VERSION_COLUMN] = source["last_updated"] if version is None else version
+    return _sort(_conform(columns, name), name)
 
 
 def dim_location(address):
@@ -263,50 +291,67 @@ def dim_currency(currency):
     latest = latest_rows(currency, "currency_id")
     names = pa.array([currency_name(code) for code in latest["currency_code"].to_pylist()], pa.string())
     return _sort(_conform({"currency_id": latest["currency_id"], "currency_code": latest["currency_code"],
-                           "currency_name": names}, "dim_currency"), "dim_currency")
+                           "currency_name": names, VERSION_COLUMN: latest["last_updated"]}, "dim_currency"),
+                 "dim_currency")
 
 
 def _join_parent(child, parent, child_key, parent_key, child_name, parent_name):
-    """Left join ``parent``'s columns onto ``child``; an unmatched child row is an error naming both."""
+    """Inner join of ``parent``'s columns onto ``child``; return (joined rows, rejected records of the
+    child rows whose parent no batch has delivered, or whose parent was rejected)."""
+    parent = parent.append_column("_matched", pa.array(np.ones(parent.num_rows, dtype=bool)))
     joined = child.join(parent, keys=child_key, right_keys=parent_key, join_type="left outer",
                         right_suffix="_parent", coalesce_keys=True)
-    marker = next(field.name for field in parent.schema if field.name != parent_key and not field.nullable)
-    missing = pc.is_null(joined[marker])
-    if pc.any(missing).as_py():
-        orphan = joined.filter(missing)[child_key][0].as_py()
-        raise SchemaMismatchError(
-            f"{child_name}: column {child_key!r} references {parent_name} {orphan}, "
-            f"which no batch has delivered")
-    return joined
+    missing = pc.is_null(joined["_matched"])
+    if not pc.any(missing).as_py():
+        return joined, empty_rejected()
+    orphans = joined.filter(missing)
+    key = PRIMARY_KEYS[child_name]
+    rejected = rejected_records(
+        child_name, orphans[key], orphans["last_updated"], child_key,
+        [f"references {parent_name} {value}, which no batch has delivered (or which was rejected)"
+         for value in orphans[child_key].to_pylist()], orphans[child_key])
+    return joined.filter(pc.invert(missing)), rejected
 
 
 def dim_counterparty(counterparty, address):
-    """dim_counterparty: each counterparty (latest version) joined to its legal address (latest version)."""
+    """dim_counterparty: each counterparty (latest version) joined to its legal address (latest version).
+
+    Returns (dim_counterparty, rejected records of counterparties whose address is unknown). The version
+    of a row is the later last_updated of the counterparty and its address.
+    """
     latest = latest_rows(counterparty, "counterparty_id").select(
-        ["counterparty_id", "counterparty_legal_name", "legal_address_id"])
-    addresses = latest_rows(address, "address_id").drop_columns(["created_at", "last_updated"])
-    joined = _join_parent(latest, addresses, "legal_address_id", "address_id", "counterparty", "address")
+        ["counterparty_id", "counterparty_legal_name", "legal_address_id", "last_updated"])
+    addresses = latest_rows(address, "address_id").drop_columns(["created_at"]).rename_columns(
+        {"last_updated": "address_last_updated"})
+    joined, rejected = _join_parent(latest, addresses, "legal_address_id", "address_id", "counterparty",
+                                    "address")
+    version = pc.max_element_wise(joined["last_updated"], joined["address_last_updated"])
     return _copy_columns(joined, "dim_counterparty", {
         "counterparty_legal_address_line_1": "address_line_1",
         "counterparty_legal_address_line_2": "address_line_2",
         "counterparty_legal_district": "district", "counterparty_legal_city": "city",
         "counterparty_legal_postal_code": "postal_code", "counterparty_legal_country": "country",
-        "counterparty_legal_phone_number": "phone"})
+        "counterparty_legal_phone_number": "phone"}, version), rejected
 
 
 def dim_staff(staff, department):
     """dim_staff: each staff member (latest version) with their department's name and location.
 
-    A department without a location gives '' (dim_staff.location is NOT NULL in the warehouse).
+    Returns (dim_staff, rejected records of staff whose department is unknown). A department without
+    a location gives '' (dim_staff.location is NOT NULL in the warehouse). The version of a row is the
+    later last_updated of the staff member and the department.
     """
     latest = latest_rows(staff, "staff_id").select(
-        ["staff_id", "first_name", "last_name", "department_id", "email_address"])
+        ["staff_id", "first_name", "last_name", "department_id", "email_address", "last_updated"])
     departments = latest_rows(department, "department_id").select(
-        ["department_id", "department_name", "location"])
-    joined = _join_parent(latest, departments, "department_id", "department_id", "staff", "department")
+        ["department_id", "department_name", "location", "last_updated"]).rename_columns(
+        {"last_updated": "department_last_updated"})
+    joined, rejected = _join_parent(latest, departments, "department_id", "department_id", "staff",
+                                    "department")
     joined = joined.set_column(joined.schema.get_field_index("location"), "location",
                                pc.fill_null(joined["location"], ""))
-    return _copy_columns(joined, "dim_staff")
+    version = pc.max_element_wise(joined["last_updated"], joined["department_last_updated"])
+    return _copy_columns(joined, "dim_staff", version=version), rejected
 
 
 # -- one batch -----------------------------------------------------------------------------------
@@ -331,13 +376,22 @@ def _affected(current, key, changed, parent_column, changed_parents):
 def build_warehouse_batch(batch, snapshots):
     """Turn one ingest batch into warehouse rows.
 
-    ``batch``: {source table: pyarrow Table of its changed rows} (absent tables did not change).
+    ``batch``: {source table: pyarrow Table of its changed rows} (absent tables did not change), with
+    ``LANDING_SCHEMAS`` (every column nullable).
     ``snapshots``: {table: current state before this batch} for SNAPSHOT_TABLES (absent: empty).
-    Returns (warehouse, new_snapshots): {warehouse table: rows to upsert/append} with empty tables
-    left out, and {snapshot table: its new state} for the snapshot tables this batch changed.
-    A change to an address also re-emits every counterparty whose legal address it is; a change to
-    a department re-emits every staff member in it.
+    Returns (warehouse, new_snapshots, rejected): {warehouse table: rows to upsert/append} with empty
+    tables left out (schemas ``PROCESSED_SCHEMAS``), {snapshot table: its new state} for the snapshot
+    tables this batch changed, and the rejected records (``utils.quarantine.REJECTED_SCHEMA``) of the
+    rows the warehouse cannot hold. A rejected row is left out of everything, snapshots included (the
+    previous version, if any, stays current). A change to an address also re-emits every counterparty
+    whose legal address it is; a change to a department re-emits every staff member in it.
     """
+    rejected = []
+    checked = {}
+    for name, table in batch.items():
+        checked[name], bad = split_source_rows(name, table)
+        rejected.append(bad)
+    batch = checked
     new_snapshots = {name: merge_snapshot(snapshots.get(name), batch[name], PRIMARY_KEYS[name])
                      for name in SNAPSHOT_TABLES if name in batch}
     current = {name: new_snapshots.get(name, snapshots.get(name)) for name in SNAPSHOT_TABLES}
@@ -349,11 +403,13 @@ def build_warehouse_batch(batch, snapshots):
     counterparties = _affected(current["counterparty"], "counterparty_id", batch.get("counterparty"),
                                "legal_address_id", changed_ids.get("address"))
     if counterparties is not None:
-        out["dim_counterparty"] = dim_counterparty(counterparties, _require(current, "address"))
+        out["dim_counterparty"], bad = dim_counterparty(counterparties, _require(current, "address"))
+        rejected.append(bad)
     staff = _affected(current["staff"], "staff_id", batch.get("staff"),
                       "department_id", changed_ids.get("department"))
     if staff is not None:
-        out["dim_staff"] = dim_staff(staff, _require(current, "department"))
+        out["dim_staff"], bad = dim_staff(staff, _require(current, "department"))
+        rejected.append(bad)
     simple = {"currency": dim_currency, "design": dim_design, "payment_type": dim_payment_type,
               "transaction": dim_transaction, "sales_order": fact_sales_order,
               "purchase_order": fact_purchase_order, "payment": fact_payment}
@@ -363,10 +419,11 @@ def build_warehouse_batch(batch, snapshots):
     facts = [out[name] for name in FACTS if name in out]
     if facts:
         out["dim_date"] = dim_date(fact_dates(facts))
-    return {name: out[name] for name in WAREHOUSE_TABLES if name in out and out[name].num_rows}, new_snapshots
+    warehouse = {name: out[name] for name in WAREHOUSE_TABLES if name in out and out[name].num_rows}
+    return warehouse, new_snapshots, pa.concat_tables([empty_rejected(), *rejected])
 
 
 def _require(current, name):
     if current[name] is None:
-        return SOURCE_SCHEMAS[name].empty_table()
+        return LANDING_SCHEMAS[name].empty_table()
     return current[name]

@@ -8,10 +8,10 @@ import pytest
 from tests.ingest_batches import (T0, address, base_batch, counterparty, department, later,
                                   payment, purchase_order, sales_order, source_table, staff)
 from utils.currencies import currency_name
-from utils.errors import DateFormatError, SchemaMismatchError
-from utils.warehouse import (WAREHOUSE_SCHEMAS, build_warehouse_batch, dim_counterparty, dim_currency,
-                             dim_date, dim_staff, fact_payment, fact_purchase_order, fact_sales_order,
-                             latest_rows, merge_snapshot)
+from utils.errors import DateFormatError
+from utils.warehouse import (PROCESSED_SCHEMAS, VERSION_COLUMN, WAREHOUSE_SCHEMAS, build_warehouse_batch,
+                             dim_counterparty, dim_currency, dim_date, dim_staff, fact_payment,
+                             fact_purchase_order, fact_sales_order, latest_rows, merge_snapshot)
 
 
 def batch_tables(rows_by_table):
@@ -95,9 +95,13 @@ def test_currency_names_and_placeholder_for_unknown_codes():
 
 
 def test_dim_counterparty_joins_the_legal_address():
-    table = dim_counterparty(source_table("counterparty", [counterparty(5, 2)]),
-                             source_table("address", [address(1), address(2, address_line_2="Unit 5")]))
-    assert table.schema == WAREHOUSE_SCHEMAS["dim_counterparty"]
+    table, rejected = dim_counterparty(
+        source_table("counterparty", [counterparty(5, 2, at=later(1))]),
+        source_table("address", [address(1), address(2, at=later(2), address_line_2="Unit 5")]))
+    assert rejected.num_rows == 0
+    assert table.schema == PROCESSED_SCHEMAS["dim_counterparty"]
+    # the version of a row built from two source rows is the later of the two
+    assert table.column(VERSION_COLUMN).to_pylist() == [later(2)]
     row = table.to_pylist()[0]
     assert row["counterparty_id"] == 5
     assert row["counterparty_legal_address_line_1"] == "2 High Street"
@@ -106,30 +110,33 @@ def test_dim_counterparty_joins_the_legal_address():
     assert row["counterparty_legal_phone_number"] == "0113 000 0002"
 
 
-def test_dim_counterparty_with_an_unknown_address_names_it():
-    with pytest.raises(SchemaMismatchError) as err:
-        dim_counterparty(source_table("counterparty", [counterparty(5, 9)]),
-                         source_table("address", [address(1)]))
-    assert str(err.value) == ("counterparty: column 'legal_address_id' references address 9, "
-                              "which no batch has delivered")
+def test_dim_counterparty_with_an_unknown_address_is_rejected_and_the_others_kept():
+    table, rejected = dim_counterparty(source_table("counterparty", [counterparty(5, 9), counterparty(6, 1)]),
+                                       source_table("address", [address(1)]))
+    assert table.column("counterparty_id").to_pylist() == [6]
+    assert rejected.to_pylist() == [{
+        "source_table": "counterparty", "source_id": 5, "last_updated": T0, "column_name": "legal_address_id",
+        "reason": "references address 9, which no batch has delivered (or which was rejected)", "value": "9"}]
 
 
 def test_dim_staff_takes_department_name_and_location():
-    table = dim_staff(source_table("staff", [staff(1, 2), staff(2, 1)]),
-                      source_table("department", [department(1, location=None), department(2)]))
+    table, rejected = dim_staff(source_table("staff", [staff(1, 2), staff(2, 1)]),
+                                source_table("department", [department(1, location=None), department(2)]))
+    assert rejected.num_rows == 0
     assert table.to_pylist() == [
         {"staff_id": 1, "first_name": "First1", "last_name": "Last", "department_name": "Dept 2",
-         "location": "Manchester", "email_address": "first1.last@terrifictotes.com"},
+         "location": "Manchester", "email_address": "first1.last@terrifictotes.com", VERSION_COLUMN: T0},
         {"staff_id": 2, "first_name": "First2", "last_name": "Last", "department_name": "Dept 1",
-         "location": "", "email_address": "first2.last@terrifictotes.com"}]
+         "location": "", "email_address": "first2.last@terrifictotes.com", VERSION_COLUMN: T0}]
 
 
 def test_first_batch_builds_all_eleven_tables():
-    warehouse, snapshots = build_warehouse_batch(batch_tables(base_batch()), {})
+    warehouse, snapshots, rejected = build_warehouse_batch(batch_tables(base_batch()), {})
+    assert rejected.num_rows == 0
     assert sorted(warehouse) == sorted(WAREHOUSE_SCHEMAS)
     assert sorted(snapshots) == ["address", "counterparty", "department", "staff"]
     for name, table in warehouse.items():
-        assert table.schema == WAREHOUSE_SCHEMAS[name], name
+        assert table.schema == PROCESSED_SCHEMAS[name], name
     referenced = {d for name in ("fact_sales_order", "fact_purchase_order", "fact_payment")
                   for field in WAREHOUSE_SCHEMAS[name] if field.type == pa.date32()
                   for d in warehouse[name].column(field.name).to_pylist()}
@@ -138,9 +145,9 @@ def test_first_batch_builds_all_eleven_tables():
 
 
 def test_address_change_reemits_every_counterparty_using_it():
-    _, snapshots = build_warehouse_batch(batch_tables(base_batch()), {})
+    _, snapshots, _ = build_warehouse_batch(batch_tables(base_batch()), {})
     moved = address(1, at=later(10), address_line_1="1 New Road", city="York")
-    warehouse, new_snapshots = build_warehouse_batch(batch_tables({"address": [moved]}), snapshots)
+    warehouse, new_snapshots, _ = build_warehouse_batch(batch_tables({"address": [moved]}), snapshots)
     assert sorted(warehouse) == ["dim_counterparty", "dim_location"]
     assert warehouse["dim_location"].to_pylist()[0]["city"] == "York"
     assert [(r["counterparty_id"], r["counterparty_legal_city"])
@@ -150,21 +157,21 @@ def test_address_change_reemits_every_counterparty_using_it():
 
 
 def test_department_change_reemits_its_staff_and_staff_change_uses_the_snapshot():
-    _, snapshots = build_warehouse_batch(batch_tables(base_batch()), {})
+    _, snapshots, _ = build_warehouse_batch(batch_tables(base_batch()), {})
     renamed = department(1, at=later(10), department_name="Sales", location="Leds")
-    warehouse, _ = build_warehouse_batch(batch_tables({"department": [renamed]}), snapshots)
+    warehouse, _, _ = build_warehouse_batch(batch_tables({"department": [renamed]}), snapshots)
     assert sorted(warehouse) == ["dim_staff"]
     assert [(r["staff_id"], r["department_name"], r["location"])
             for r in warehouse["dim_staff"].to_pylist()] == [(1, "Sales", "Leds"), (3, "Sales", "Leds")]
     moved = staff(2, 1, at=later(11), last_name="Moved")
-    warehouse, _ = build_warehouse_batch(batch_tables({"staff": [moved]}), snapshots)
+    warehouse, _, _ = build_warehouse_batch(batch_tables({"staff": [moved]}), snapshots)
     assert warehouse["dim_staff"].to_pylist()[0]["department_name"] == "Dept 1"
 
 
 def test_orders_only_batch_touches_facts_and_dates_only():
-    _, snapshots = build_warehouse_batch(batch_tables(base_batch()), {})
+    _, snapshots, _ = build_warehouse_batch(batch_tables(base_batch()), {})
     update = sales_order(1, at=T0, updated=later(60), unit_price=Decimal("3.99"))
-    warehouse, new_snapshots = build_warehouse_batch(batch_tables({"sales_order": [update]}), snapshots)
+    warehouse, new_snapshots, _ = build_warehouse_batch(batch_tables({"sales_order": [update]}), snapshots)
     assert sorted(warehouse) == ["dim_date", "fact_sales_order"]
     assert new_snapshots == {}
     assert warehouse["fact_sales_order"].column("unit_price").to_pylist() == [Decimal("3.99")]

@@ -142,6 +142,35 @@ CREATE TABLE IF NOT EXISTS etl_load_ledger (
     row_counts jsonb NOT NULL
 );
 
+-- Rows the warehouse could not hold (SPEC §4.10), one record per source row version. A fact row held
+-- back only because a dimension row it references is missing keeps its staged values in row_data and
+-- is parked: every later load retries it, and resolved_batch_id names the batch that finally loaded it.
+CREATE TABLE IF NOT EXISTS etl_rejected_rows (
+    rejected_id bigserial PRIMARY KEY,
+    source_table varchar NOT NULL,
+    source_id bigint,
+    last_updated timestamp(3),
+    column_name varchar NOT NULL,
+    reason varchar NOT NULL,
+    value varchar,
+    batch_id varchar NOT NULL,
+    rejected_at timestamptz NOT NULL DEFAULT now(),
+    row_data jsonb,
+    resolved_batch_id varchar
+);
+
+CREATE UNIQUE INDEX IF NOT EXISTS etl_rejected_rows_version_key
+    ON etl_rejected_rows (source_table, source_id, last_updated);
+
+-- The source version (last_updated) of every dimension row, so an older version never overwrites a
+-- newer one.
+CREATE TABLE IF NOT EXISTS etl_dimension_version (
+    table_name varchar NOT NULL,
+    source_id integer NOT NULL,
+    last_updated timestamp(3) NOT NULL,
+    PRIMARY KEY (table_name, source_id)
+);
+
 -- Current state: the latest version of each order and payment (full history stays in the facts).
 CREATE OR REPLACE VIEW current_sales_order AS
 SELECT DISTINCT ON (sales_order_id) *
