@@ -40,6 +40,8 @@ LEDGER = "etl_load_ledger"
 REJECTED = "etl_rejected_rows"
 DIMENSION_VERSIONS = "etl_dimension_version"
 OWN_TABLES = (LEDGER, REJECTED, DIMENSION_VERSIONS)
+# ERROR lines written per table and batch for newly rejected rows (one each); the rest is one summary line.
+MAX_REJECTED_LOG_LINES = 20
 VIEWS = ("current_sales_order", "current_purchase_order", "current_payment")
 VERSION_INDEXES = tuple(f"{name}_version_key" for name in FACTS)
 # pg_advisory_xact_lock key serialising loads into one warehouse.
@@ -439,7 +441,7 @@ def _limit_text(limit):
 def record_rejected(conn, rejected, batch_id):
     """Insert rejected records (a REJECTED_SCHEMA table) into etl_rejected_rows; a row version already
     recorded is left as it is. Returns {source table: records newly inserted}; logs one ERROR line each
-    (the first 20, then a summary)."""
+    (the first MAX_REJECTED_LOG_LINES, then a summary)."""
     if not rejected.num_rows:
         return {}
     columns = [field.name for field in REJECTED_SCHEMA]
@@ -455,18 +457,23 @@ def record_rejected(conn, rejected, batch_id):
     counts = {}
     for number, (source, source_id, column, reason, value) in enumerate(rows):
         counts[source] = counts.get(source, 0) + 1
-        if number < 20:
+        if number < MAX_REJECTED_LOG_LINES:
             logger.error("row rejected", batch_id=batch_id, source_table=source, source_id=source_id,
                          column=column, reason=reason, value=value)
-    if len(rows) > 20:
-        logger.error("more rows rejected", batch_id=batch_id, not_listed=len(rows) - 20)
+    if len(rows) > MAX_REJECTED_LOG_LINES:
+        logger.error("more rows rejected", batch_id=batch_id, not_listed=len(rows) - MAX_REJECTED_LOG_LINES)
     return counts
 
 
 # -- merging ---------------------------------------------------------------------------------------
 
 def csv_stream(table):
-    """The rows of ``table`` as CSV bytes for COPY (NULL = unquoted empty field, '' = quoted)."""
+    """The rows of ``table`` as CSV bytes for COPY (NULL = unquoted empty field, '' = quoted).
+
+    Empty record batches are dropped first: pyarrow 18's write_csv emits a block of NUL bytes for a
+    table whose first batch is empty (e.g. one built by concat_tables with an empty table)."""
+    table = pa.Table.from_batches([batch for batch in table.to_batches() if batch.num_rows],
+                                  schema=table.schema)
     out = io.BytesIO()
     pa_csv.write_csv(table, out, pa_csv.WriteOptions(include_header=False))
     out.seek(0)
@@ -573,7 +580,7 @@ def merge_fact(conn, name, table, target, batch_id):
         for number, (inserted, source_id, text) in enumerate(rows):
             if inserted:
                 newly_parked += 1
-                if number < 20:
+                if number < MAX_REJECTED_LOG_LINES:
                     logger.error("row rejected", batch_id=batch_id, source_table=source, source_id=source_id,
                                  column=column, reason=text)
     target_columns = ", ".join(identifier(target.names[field.name]) for field in schema)

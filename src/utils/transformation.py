@@ -34,8 +34,6 @@ from utils.write_to_s3 import write_to_s3
 STAGE = "transform"
 # Processed-bucket prefix of the rejected records of a batch (utils.quarantine.REJECTED_SCHEMA).
 REJECTED_PREFIX = "_rejected"
-# ERROR lines written for the rejected rows of one batch; the rest is one summary line.
-MAX_REJECTED_LOG_LINES = 20
 logger = get_logger(STAGE)
 
 
@@ -153,22 +151,12 @@ def transform_batch(s3_client, ingest_bucket, processed_bucket, ingest_key, inge
         key = generate_file_key(REJECTED_PREFIX, batch_time)
         write_once(s3_client, processed_bucket, key, parquet_bytes(rejected))
         manifest["rejected"] = {"key": key, "rows": rejected.num_rows}
-        log_rejected(rejected, batch_id)
+        # One ERROR line per row is written by the load, when the row is recorded in etl_rejected_rows.
+        logger.warning("rows set aside for quarantine", batch_id=batch_id, rows=rejected.num_rows, key=key)
     manifest_key = generate_file_key("_batches", batch_time, "json")
     write_once(s3_client, processed_bucket, manifest_key, json.dumps(manifest, sort_keys=True).encode())
     logger.info("manifest written", key=manifest_key, tables=len(tables))
     return manifest_key, manifest
-
-
-def log_rejected(rejected, batch_id):
-    """One ERROR line per rejected row (at most MAX_REJECTED_LOG_LINES, then a summary line)."""
-    for record in rejected.slice(0, MAX_REJECTED_LOG_LINES).to_pylist():
-        logger.error("row rejected", batch_id=batch_id, source_table=record["source_table"],
-                     source_id=record["source_id"], column=record["column_name"], reason=record["reason"],
-                     value=record["value"])
-    if rejected.num_rows > MAX_REJECTED_LOG_LINES:
-        logger.error("more rows rejected", batch_id=batch_id,
-                     not_listed=rejected.num_rows - MAX_REJECTED_LOG_LINES)
 
 
 def parquet_bytes(table):
