@@ -50,6 +50,26 @@ def test_database_stages_retry_a_lost_connection():
         assert "DatabaseUnavailableError" in errors
 
 
+def test_transform_and_load_follow_ingest_unconditionally():
+    states = DEFINITION["States"]
+    assert states["Ingest"]["Next"] == "Transform" and states["Transform"]["Next"] == "Load"
+    assert not [name for name, state in states.items() if state["Type"] == "Choice"
+                and "$.ingest" in json.dumps(state)], "nothing may skip transform/load on the ingest output"
+
+
+def test_the_data_quality_choice_checks_presence_before_comparing():
+    choice = DEFINITION["States"][DEFINITION["States"]["Load"]["Next"]]
+    assert choice["Type"] == "Choice" and choice["Default"] == "Done"
+    first, second = choice["Choices"]
+    assert first["Not"] == {"Variable": "$.load.result.rejected_rows", "IsPresent": True}
+    prepare = DEFINITION["States"][second["Next"]]
+    assert prepare["Type"] == "Pass" and prepare["Parameters"] == {"sql_quote": "'"}
+    notify = DEFINITION["States"][prepare["Next"]]
+    assert notify["Resource"] == "arn:aws:states:::sns:publish"
+    assert notify["Parameters"]["TopicArn"] == "${alert_topic_arn}"
+    assert notify["Next"] == "Done" and notify["Catch"][0]["Next"] == "DataQualityAlertFailed"
+
+
 # -- executed in moto's engine -----------------------------------------------------------------------
 
 def _handlers():
@@ -117,7 +137,8 @@ def _assert_reconciled(engine):
 
 
 def _ingest_state():
-    return json.loads(boto3.client("s3").get_object(Bucket="sm-ingest", Key="_state/ingest.json")["Body"].read())
+    body = boto3.client("s3").get_object(Bucket="sm-ingest", Key="_state/ingest.json")["Body"].read()
+    return json.loads(body)
 
 
 def _alerts(engine):
