@@ -274,6 +274,9 @@ def engine_with_quarantine(aws_env, monkeypatch, totesys_url, warehouse_url, qua
 
 def test_quarantined_rows_publish_one_data_quality_alert_and_the_execution_succeeds(
         engine_with_quarantine, quarantine_report):
+    """The load's quarantine report is simulated: a wrapper around the real load handler adds
+    ``rejected_rows``/``rejected`` to its real output until the load stage's quarantine lands (an
+    end-to-end test with real bad rows comes with it). Everything else is real."""
     engine = engine_with_quarantine
     _put_secret("sm/totesys", engine["source"])
     _put_secret("sm/warehouse", engine["warehouse"])
@@ -307,6 +310,7 @@ def test_quarantined_rows_publish_one_data_quality_alert_and_the_execution_succe
 
 def test_a_data_quality_alert_that_cannot_be_published_fails_the_execution(
         engine_with_quarantine, quarantine_report):
+    """A quarantine nobody hears about must not pass as a success (quarantine report simulated as above)."""
     engine = engine_with_quarantine
     _put_secret("sm/totesys", engine["source"])
     _put_secret("sm/warehouse", engine["warehouse"])
