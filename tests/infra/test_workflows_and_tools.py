@@ -93,6 +93,14 @@ def test_render_substitutes_every_placeholder_of_the_template():
     assert rendered["States"]["Ingest"]["Parameters"]["FunctionName"].endswith(":function:totesys-ingest")
 
 
+def test_template_has_no_terraform_template_syntax_but_its_placeholders():
+    # templatefile() reads "$${" as an escaped "${" and "%{" as a directive; our renderer (the local runner,
+    # moto, statelint) substitutes plain ${name} only. Without those sequences both give the same definition.
+    template = ASL_TEMPLATE.read_text()
+    assert "$${" not in template and "%{" not in template
+    assert template.count("${") == sum(template.count("${" + name + "}") for name in render_asl.DUMMY_VALUES)
+
+
 def test_render_refuses_an_unknown_placeholder(tmp_path):
     with pytest.raises(KeyError, match="no value for placeholder.*: mystery_arn"):
         render_asl.render('{"Resource": "${mystery_arn}"}')
