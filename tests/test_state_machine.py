@@ -321,3 +321,37 @@ def test_a_data_quality_alert_that_cannot_be_published_fails_the_execution(
     assert result["error"] == "DataQualityAlertFailed"
     assert "etl_rejected_rows" in result["cause"]
     _assert_reconciled(engine)  # the good rows are loaded all the same
+
+
+def test_real_bad_rows_are_quarantined_alerted_once_and_the_execution_succeeds(engine):
+    """End to end with the real load: a warehouse whose dim_location.city is varchar(20) and a source city
+    changed to one too long for it. The new version goes to etl_rejected_rows, one data-quality alert names
+    it, the rest of the batch loads and the warehouse keeps the previous version of the address."""
+    from utils.loading import schema_statements
+    for statement in schema_statements():
+        run_sql(engine["warehouse"], statement.replace("    city varchar NOT NULL",
+                                                       "    city varchar(20) NOT NULL"))
+    _put_secret("sm/totesys", engine["source"])
+    _put_secret("sm/warehouse", engine["warehouse"])
+    assert engine["run"]()["status"] == "SUCCEEDED"
+    city = run_sql(engine["warehouse"], "SELECT city FROM dim_location WHERE location_id = 3")
+    run_sql(engine["source"], "UPDATE address SET city = 'Llanfairpwllgwyngyllgogerychwyrndrobwll', "
+                              "last_updated = now() WHERE address_id = 3")
+    run_sql(engine["source"], "UPDATE sales_order SET units_sold = 4321, last_updated = now() "
+                              "WHERE sales_order_id = 1")
+    result = engine["run"]()
+    assert result["status"] == "SUCCEEDED", result
+    load_result = json.loads(result["output"])["load"]["result"]
+    assert load_result["rejected_rows"] == 1 and load_result["rejected"] == {"address": 1}
+    assert run_sql(engine["warehouse"], "SELECT source_table, source_id, column_name, value "
+                                        "FROM etl_rejected_rows") \
+        == [["address", 3, "city", "Llanfairpwllgwyngyllgogerychwyrndrobwll"]]
+    alerts = _alerts(engine)
+    assert [alert["subject"] for alert in alerts] == ["ToteSys data-quality alert"]
+    assert '{"address":1}' in alerts[0]["message"]
+    assert run_sql(engine["warehouse"], "SELECT city FROM dim_location WHERE location_id = 3") == city
+    assert run_sql(engine["warehouse"], "SELECT units_sold FROM current_sales_order "
+                                        "WHERE sales_order_id = 1") == [[4321]]
+    # nothing new: no second alert
+    assert engine["run"]()["status"] == "SUCCEEDED"
+    assert len(_alerts(engine)) == 1
