@@ -39,6 +39,9 @@ SERVICE = "totesys"
 
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 
+# Counts the load output carries when the load has them: output key -> metric name.
+OPTIONAL_LOAD_COUNTS = {"rejected_rows": "RejectedRows", "deleted_rows": "DeletedRows"}
+
 _log = logging.getLogger(__name__)
 _KEY_TIME = re.compile(r"/(\d{4})/(\d{2})/(\d{2})/(\d{12})\.parquet$")
 
@@ -112,7 +115,7 @@ def record_result(stage, result, now=None, s3_client=None):
         metrics.add_metric(name="BatchLag", unit=MetricUnit.Seconds, value=lag)
         if stage == "load":
             _warehouse_lag(lag)
-    for key, name in (("rejected_rows", "RejectedRows"), ("deleted_rows", "DeletedRows")):
+    for key, name in OPTIONAL_LOAD_COUNTS.items():
         if stage == "load" and isinstance(result.get(key), int):
             metrics.add_metric(name=name, unit=MetricUnit.Count, value=result[key])
 
