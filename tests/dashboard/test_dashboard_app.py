@@ -12,6 +12,7 @@ from tests.dbutil import run_sql
 from totesys_local.cluster import with_database
 from totesys_local.dashboard import queries
 from totesys_local.dashboard.queries import Filters, money
+from utils.metrics import batch_time_from_id
 from utils.db_connections import close_db_connection, connect_to_db, credentials_from_url
 
 APP = Path(queries.__file__).with_name("app.py")
@@ -66,7 +67,9 @@ def test_every_section_renders(generated_warehouse, monkeypatch):
                       "Payments: paid and outstanding"}
     with queries.read_only(generated_warehouse) as conn:
         last = run_sql(generated_warehouse, "SELECT max(batch_id) FROM etl_load_ledger")[0][0]
-        assert metrics_of(app)["Last loaded batch"] == last
+        shown = metrics_of(app)["Last loaded batch (UTC)"]
+        assert shown == f"{batch_time_from_id(last):%Y-%m-%d %H:%M:%S}"
+        assert f"batch {last}; 2 batches loaded" in app.caption[0].value
         paid = queries.payments(conn, Filters())
     outstanding = run_sql(generated_warehouse,
                           "SELECT sum(payment_amount) FROM current_payment WHERE NOT paid")

@@ -13,6 +13,7 @@ import streamlit as st
 from totesys_local.dashboard import queries
 from totesys_local.dashboard.queries import URL_VARIABLE, Filters, money
 
+RECENT_BATCHES = 200
 RUN_HINT = "Run `make run` to load the warehouse, then reload this page."
 
 
@@ -132,14 +133,17 @@ def section_pipeline(conn):
         state = queries.pipeline(conn)
         last = state["last"]
         left, middle, right = st.columns(3)
-        left.metric("Last loaded batch", last["batch_id"])
+        left.metric("Last loaded batch (UTC)", f"{last['batch_time']:%Y-%m-%d %H:%M:%S}")
         middle.metric("Loaded at (UTC)", f"{last['loaded_at']:%Y-%m-%d %H:%M:%S}")
         right.metric("Behind now", _duration(state["lag_seconds"]))
+        st.caption(f"batch {last['batch_id']}; {len(state['batches']):,} batches loaded; "
+                   "'behind now' is now minus the batch's upper bound (its batch time)")
         if state["lag_seconds"] > 30 * 60:
             st.warning("The warehouse is more than 30 minutes behind totesys.")
-        frame = pd.DataFrame([{"batch time": b["batch_time"].replace(tzinfo=None), "rows": int(b["rows"])}
-                              for b in state["batches"]])
-        st.caption("Rows loaded per batch (etl_load_ledger)")
+        recent = state["batches"][-RECENT_BATCHES:]
+        frame = pd.DataFrame({"batch time": [f"{b['batch_time']:%Y-%m-%d %H:%M:%S}" for b in recent],
+                              "rows": [int(b["rows"]) for b in recent]})
+        st.caption(f"Rows loaded per batch (etl_load_ledger, the last {len(recent)})")
         st.bar_chart(frame.set_index("batch time"))
         for table, rows in queries.quarantine(conn).items():
             title = {"etl_rejected_rows": "Rejected rows", "etl_deleted_rows": "Deleted rows"}[table]

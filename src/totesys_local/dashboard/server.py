@@ -1,6 +1,5 @@
 """``totesys dashboard``: serve the dashboard with Streamlit on 127.0.0.1 for one warehouse."""
 import os
-import subprocess  # nosec B404 - starts Streamlit with a fixed argument list
 import sys
 from pathlib import Path
 
@@ -33,16 +32,18 @@ def streamlit_command(port):
     return [sys.executable, "-m", "streamlit", "run", str(APP),
             "--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(port),
             "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
-            "--global.developmentMode", "false", "--theme.base", "light"]
+            "--global.developmentMode", "false", "--client.toolbarMode", "minimal", "--theme.base", "light"]
 
 
 def serve(warehouse, port, state_dir, out=print):
-    """Serve until interrupted; return Streamlit's exit status. The URL reaches the app through the
-    environment, never the command line (no password in ``ps``)."""
+    """Become the Streamlit server (exec: Ctrl-C and signals reach Streamlit itself, no orphan is left)
+    and serve until interrupted. The URL reaches the app through the environment, never the command
+    line (no password in ``ps``). Raises DashboardError before exec when there is nothing to serve."""
     if not 1 <= port <= 65535:
         raise DashboardError(f"--port must be between 1 and 65535, got {port}")
     url = warehouse_url(warehouse, state_dir)
     from totesys_local.runner import describe_url
     out(f"dashboard of {describe_url(url)} on http://127.0.0.1:{port} (Ctrl-C stops it)", flush=True)
     env = dict(os.environ, **{URL_VARIABLE: url})
-    return subprocess.call(streamlit_command(port), env=env)  # nosec B603 - fixed argument list
+    command = streamlit_command(port)
+    os.execve(command[0], command, env)  # nosec B606 - fixed argument list, our own interpreter
