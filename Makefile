@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed-dev
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 DASHBOARD_STAMP := $(VENV)/.installed-dashboard
 DASHBOARD_PORT ?= 8501
-CHROMIUM := /usr/bin/chromium
+# The browser the dashboard's browser tests drive (Debian's chromium; any Chromium-based browser works).
+CHROMIUM ?= /usr/bin/chromium
 
 .DEFAULT_GOAL := help
 .PHONY: help install-requirements install-dev-tools security-checks audit check-pep8-compliance \
@@ -91,7 +92,7 @@ lint: check-pep8-compliance terraform-fmt checkov actionlint statelint
 	$(BIN)/bandit -q -r src -c pyproject.toml
 
 run-pytest: $(STAMP) $(DASHBOARD_STAMP) chromium
-	$(BIN)/pytest --cov --cov-report=term --cov-fail-under=90
+	TOTESYS_CHROMIUM=$(CHROMIUM) $(BIN)/pytest --cov --cov-report=term --cov-fail-under=90
 
 test: lint security-checks run-pytest
 

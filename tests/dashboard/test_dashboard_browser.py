@@ -18,7 +18,7 @@ from playwright.sync_api import expect, sync_playwright
 from tests.dbutil import run_sql
 from totesys_local.cluster import free_port
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("TOTESYS_CHROMIUM", "/usr/bin/chromium")  # `make test` passes CHROMIUM
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -7,7 +7,7 @@ Money is ``Decimal`` (numeric), never summed across currencies.
 """
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date, timezone
 from decimal import Decimal
 from typing import Optional, Tuple
 
@@ -236,7 +236,3 @@ def quarantine(conn):
 def money(value):
     """A money figure as the page shows it: thousands separators, two decimals ('1,234.50')."""
     return f"{Decimal(value):,.2f}"
-
-
-def utc_now():
-    return datetime.now(timezone.utc)
