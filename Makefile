@@ -5,10 +5,15 @@ BIN := $(VENV)/bin
 STATE_DIR ?= .local
 STAMP := $(VENV)/.installed-dev
 RUNTIME_STAMP := $(VENV)/.installed-runtime
+DASHBOARD_STAMP := $(VENV)/.installed-dashboard
+DASHBOARD_PORT ?= 8501
+# The browser the dashboard's browser tests drive (Debian's chromium; any Chromium-based browser works).
+CHROMIUM ?= /usr/bin/chromium
 
 .DEFAULT_GOAL := help
 .PHONY: help install-requirements install-dev-tools security-checks audit check-pep8-compliance \
 	lint terraform-fmt run-pytest test run simulate bench psql stop clean \
+	install-dashboard dashboard chromium \
 	layer deploy destroy checkov actionlint statelint tf-init-immutable tf-init-main tf-check-backend \
 	tf-check-credentials
 
@@ -17,6 +22,7 @@ help:
 	@echo "make test   lint, security checks and the tests with coverage (what CI runs)"
 	@echo "other: install-requirements install-dev-tools security-checks check-pep8-compliance lint"
 	@echo "       run-pytest bench psql stop clean layer deploy destroy"
+	@echo "make dashboard   after make run: the sales and pipeline dashboard on http://127.0.0.1:$(DASHBOARD_PORT)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +38,31 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@ $(RUNTIME_STAMP)
 
+# Streamlit and Playwright have their own requirements file: they must never reach the Lambda layer.
+$(DASHBOARD_STAMP): requirements-dashboard.txt $(STAMP)
+	$(BIN)/pip install --quiet -r requirements-dashboard.txt
+	touch $@
+
 install-requirements: $(RUNTIME_STAMP)
+
+install-dashboard: $(DASHBOARD_STAMP)
+
+# The browser tests drive Debian's chromium (Playwright cannot download its own browsers here).
+chromium:
+	@if [ -x $(CHROMIUM) ]; then \
+		echo "chromium: $(CHROMIUM) present"; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "chromium: not found, installing Debian's chromium with apt-get (about a minute)"; \
+		apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null && command -v apt-get >/dev/null 2>&1; then \
+		echo "chromium: not found, installing Debian's chromium with sudo apt-get (about a minute)"; \
+		sudo -n apt-get update -q >/dev/null && sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; \
+	else \
+		echo "chromium: $(CHROMIUM) is missing and cannot be installed here (needs root or sudo and apt-get):"; \
+		echo "          run 'apt-get install -y chromium' as root, then make test again"; \
+		exit 1; \
+	fi
+	@[ -x $(CHROMIUM) ] || { echo "chromium: installation did not produce $(CHROMIUM)"; exit 1; }
 
 install-dev-tools: $(STAMP)
 
@@ -61,15 +91,19 @@ terraform-fmt:
 lint: check-pep8-compliance terraform-fmt checkov actionlint statelint
 	$(BIN)/bandit -q -r src -c pyproject.toml
 
-run-pytest: $(STAMP)
-	$(BIN)/pytest --cov --cov-report=term --cov-fail-under=90
+run-pytest: $(STAMP) $(DASHBOARD_STAMP) chromium
+	TOTESYS_CHROMIUM=$(CHROMIUM) $(BIN)/pytest --cov --cov-report=term --cov-fail-under=90
 
 test: lint security-checks run-pytest
 
 run: $(STAMP)
 	$(BIN)/totesys run --state-dir $(STATE_DIR)
 
-bench: $(STAMP)
+# After `make run`: serves the embedded warehouse of $(STATE_DIR)/ on 127.0.0.1 only (read-only queries).
+dashboard: $(DASHBOARD_STAMP)
+	$(BIN)/totesys dashboard --state-dir $(STATE_DIR) --port $(DASHBOARD_PORT)
+
+bench: $(STAMP) $(DASHBOARD_STAMP)
 	$(BIN)/python -m bench.bench
 
 simulate: $(STAMP)

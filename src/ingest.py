@@ -1,8 +1,10 @@
 """The ingest Lambda: totesys -> Parquet in the ingest bucket (logic in utils.ingestion)."""
 from utils.ingestion import run_ingest
 from utils.logger import stage_handler
+from utils.metrics import stage_metrics
 
 
+@stage_metrics("ingest")
 @stage_handler("ingest")
 def lambda_handler(event, context):
     """Event ``{"tables_to_query": [...]}`` (absent: all eleven tables).

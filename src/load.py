@@ -1,8 +1,10 @@
 """The load Lambda: processed batches -> the warehouse, exactly once (logic in utils.loading)."""
 from utils.loading import run_load
 from utils.logger import stage_handler
+from utils.metrics import stage_metrics
 
 
+@stage_metrics("load")
 @stage_handler("load")
 def lambda_handler(event, context):
     """Event: the transform output ``{"batches": [...], "tables": {...}}`` (a dict; only logged).

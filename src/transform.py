@@ -1,8 +1,10 @@
 """The transform Lambda: ingest batches -> star-schema Parquet (logic in utils.transformation)."""
 from utils.transformation import run_transform
 from utils.logger import stage_handler
+from utils.metrics import stage_metrics
 
 
+@stage_metrics("transform")
 @stage_handler("transform")
 def lambda_handler(event, context):
     """Event: the ingest output ``{table_name: file_key}`` (a dict; only logged).

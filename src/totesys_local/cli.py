@@ -4,6 +4,7 @@
     totesys simulate --target URL --minutes M [--seed S]
     totesys run [--source URL] [--warehouse URL] [--state-dir DIR]
     totesys psql | stop [--state-dir DIR]
+    totesys dashboard [--warehouse URL] [--port N] [--state-dir DIR]
 
 Every failure is one clear line on stderr and a non-zero exit status.
 """
@@ -47,6 +48,11 @@ def build_parser():
                        ("stop", "stop the embedded PostgreSQL cluster")):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--state-dir", default=".local")
+    dashboard = commands.add_parser("dashboard", help="serve the sales and pipeline dashboard on 127.0.0.1")
+    dashboard.add_argument("--warehouse", help="warehouse database URL (default: TOTESYS_WAREHOUSE_URL, "
+                           "else the embedded warehouse of --state-dir, as `make run` made it)")
+    dashboard.add_argument("--port", type=int, default=8501, help="port on 127.0.0.1 (default 8501)")
+    dashboard.add_argument("--state-dir", default=".local")
     return parser
 
 
@@ -65,6 +71,9 @@ def main(argv=None):
                 target = embedded_source_url(args.state_dir)
             summary = simulate(target, minutes=args.minutes, seed=args.seed)
             print("simulated: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+        elif args.command == "dashboard":
+            from totesys_local.dashboard.server import serve
+            return serve(args.warehouse, args.port, args.state_dir)
         else:
             from totesys_local import runner
             return runner.main(args)

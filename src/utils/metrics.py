@@ -1,0 +1,167 @@
+"""The one metrics set-up: CloudWatch embedded metric format (EMF) lines, namespace ``ToteSys``.
+
+EMF is a log format: CloudWatch turns these JSON lines into metrics, so the functions need no extra
+IAM permission. Every metric carries the dimensions ``service`` (``totesys``) and ``stage``:
+
+| metric | unit | when |
+|---|---|---|
+| ``StageDuration`` | Milliseconds | every invocation, success or failure |
+| ``Failures`` | Count | every invocation: 1 when the stage raised, else 0 |
+| ``BatchLag`` | Seconds | now minus the upper bound (batch time, UTC) of the newest batch handled |
+| ``Rows`` (+ dimension ``table``) | Count | rows per table of the batches the stage handled |
+| ``RejectedRows``, ``DeletedRows`` | Count | load, when its output has ``rejected_rows``, ``deleted_rows`` |
+
+and one metric with the dimension ``service`` only, the freshness the alarm watches:
+
+``WarehouseLag`` (Seconds): the load stage emits now minus the newest batch it loaded; an ingest that
+found nothing new in totesys emits 0 (transform and load are skipped then: everything up to the
+ingest's snapshot is already in a batch). A pipeline that stops running or keeps failing emits none,
+which the alarm treats as breaching.
+
+Metrics are flushed when the handler ends, also when it raises (powertools' ``log_metrics``). Locally
+the runner sets ``TOTESYS_LOG_FILE``: the EMF lines go to that file beside the log lines, so the
+output of ``make run`` stays readable.
+"""
+import contextlib
+import functools
+import logging
+import os
+import re
+import sys
+import time
+from datetime import datetime, timezone
+
+from aws_lambda_powertools import Metrics, single_metric
+from aws_lambda_powertools.metrics import MetricUnit
+
+NAMESPACE = "ToteSys"
+SERVICE = "totesys"
+
+metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
+
+# Counts the load output carries when the load has them: output key -> metric name.
+OPTIONAL_LOAD_COUNTS = {"rejected_rows": "RejectedRows", "deleted_rows": "DeletedRows"}
+
+_log = logging.getLogger(__name__)
+_KEY_TIME = re.compile(r"/(\d{4})/(\d{2})/(\d{2})/(\d{12})\.parquet$")
+
+
+def batch_time_from_id(batch_id):
+    """The batch time (upper bound, aware UTC datetime) of a ``batch_id`` like '20241126T101500123456'.
+
+    Raises ValueError for anything else."""
+    return datetime.strptime(batch_id, "%Y%m%dT%H%M%S%f").replace(tzinfo=timezone.utc)
+
+
+def batch_time_from_key(file_key):
+    """The batch time (aware UTC datetime) of a landing key ``table/yyyy/mm/dd/hhmmssffffff.parquet``.
+
+    Raises ValueError when the key does not follow the scheme."""
+    match = _KEY_TIME.search(file_key)
+    if not match:
+        raise ValueError(f"not a batch file key: {file_key!r}")
+    year, month, day, clock = match.groups()
+    return datetime.strptime(f"{year}{month}{day}{clock}", "%Y%m%d%H%M%S%f").replace(tzinfo=timezone.utc)
+
+
+def ingest_rows(result, s3_client=None):
+    """Rows per source table of the batch an ingest ``result`` ({table: file_key}) landed, read from
+    its manifest (``_batches/<batch time>.json`` in the ingest bucket); {} when nothing landed."""
+    if not result:
+        return {}
+    import boto3
+
+    from utils.config import load_settings
+    from utils.generate_file_key import generate_file_key
+    from utils.state import read_manifest
+    from utils.tables import check_source_table
+    batch_time = max(batch_time_from_key(key) for key in result.values())
+    key = generate_file_key("_batches", batch_time.replace(tzinfo=None), "json")
+    manifest = read_manifest(s3_client or boto3.client("s3"), load_settings().ingest_bucket, key,
+                             check_source_table, "batch_id")
+    return {table: int(entry.get("rows", 0)) for table, entry in manifest["tables"].items()}
+
+
+def _per_stage(name, unit, value, stage, **dimensions):
+    """One EMF line for a metric with the stage's dimensions plus ``dimensions`` (e.g. table)."""
+    with single_metric(name=name, unit=unit, value=value, namespace=NAMESPACE,
+                       default_dimensions={"service": SERVICE, "stage": stage}) as metric:
+        for key, text in dimensions.items():
+            metric.add_dimension(name=key, value=text)
+
+
+def _warehouse_lag(seconds):
+    with single_metric(name="WarehouseLag", unit=MetricUnit.Seconds, value=seconds, namespace=NAMESPACE,
+                       default_dimensions={"service": SERVICE}):
+        pass
+
+
+def record_result(stage, result, now=None, s3_client=None):
+    """Emit the metrics a successful stage's ``result`` carries (rows, lag, rejected/deleted rows)."""
+    now = now or datetime.now(timezone.utc)
+    if stage == "ingest":
+        rows = ingest_rows(result, s3_client)
+        newest = max((batch_time_from_key(key) for key in result.values()), default=None)
+        if not result:
+            _warehouse_lag(0)
+    else:
+        rows = result.get("tables") or {}
+        batches = result.get("batches") or []
+        newest = max((batch_time_from_id(batch_id) for batch_id in batches), default=None)
+    for table, count in rows.items():
+        _per_stage("Rows", MetricUnit.Count, count, stage, table=table)
+    if newest is not None:
+        lag = max((now - newest).total_seconds(), 0.0)
+        metrics.add_metric(name="BatchLag", unit=MetricUnit.Seconds, value=lag)
+        if stage == "load":
+            _warehouse_lag(lag)
+    for key, name in OPTIONAL_LOAD_COUNTS.items():
+        if stage == "load" and isinstance(result.get(key), int):
+            metrics.add_metric(name=name, unit=MetricUnit.Count, value=result[key])
+
+
+@contextlib.contextmanager
+def _output():
+    """Where EMF lines go: stdout (CloudWatch Logs in Lambda), or TOTESYS_LOG_FILE when set."""
+    log_file = os.environ.get("TOTESYS_LOG_FILE")
+    if not log_file:
+        yield
+        return
+    with open(log_file, "a", encoding="utf-8") as sink, contextlib.redirect_stdout(sink):
+        yield
+    sys.stdout.flush()
+
+
+def stage_metrics(stage):
+    """Decorate a Lambda handler of ``stage`` ('ingest', 'transform', 'load'): emit its metrics and
+    flush them when it ends, also when it raises (the exception propagates unchanged). A metric that
+    cannot be worked out after the stage succeeded is logged as a warning, never turned into a stage
+    failure: the batch is already committed."""
+    def decorate(handler):
+        @functools.wraps(handler)
+        def measured(event, context):
+            metrics.add_dimension(name="stage", value=stage)
+            started = time.perf_counter()
+            try:
+                result = handler(event, context)
+            except Exception:
+                metrics.add_metric(name="Failures", unit=MetricUnit.Count, value=1)
+                raise
+            finally:
+                metrics.add_metric(name="StageDuration", unit=MetricUnit.Milliseconds,
+                                   value=round((time.perf_counter() - started) * 1000, 1))
+            metrics.add_metric(name="Failures", unit=MetricUnit.Count, value=0)
+            try:
+                record_result(stage, result if isinstance(result, dict) else {})
+            except Exception as err:  # noqa: BLE001 - see the docstring
+                _log.warning("%s metrics incomplete: %s: %s", stage, type(err).__name__, err)
+            return result
+
+        flushed = metrics.log_metrics(measured)
+
+        @functools.wraps(handler)
+        def wrapper(event, context):
+            with _output():
+                return flushed(event, context)
+        return wrapper
+    return decorate

@@ -1,0 +1,155 @@
+"""The dashboard in a real browser: Debian's chromium driven by Playwright against `totesys dashboard`
+serving a warehouse the real pipeline loaded. One browser for the module, one server per warehouse.
+
+`make test` installs chromium when it is missing (Makefile, target chromium). Set
+TOTESYS_SCREENSHOT_DIR=docs to refresh the README's screenshots from this run.
+"""
+import os
+import subprocess  # nosec B404 - starts our own CLI
+import sys
+import time
+import urllib.request
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from tests.dbutil import run_sql
+from totesys_local.cluster import free_port
+
+CHROMIUM = os.environ.get("TOTESYS_CHROMIUM", "/usr/bin/chromium")  # `make test` passes CHROMIUM
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_dashboard(url, log_path):
+    """Start ``totesys dashboard --warehouse URL`` on a free port; return (process, base URL) once
+    Streamlit answers its health check."""
+    port = free_port()
+    log = open(log_path, "w")
+    process = subprocess.Popen(  # nosec B603 - our own CLI, fixed arguments
+        [sys.executable, "-m", "totesys_local.cli", "dashboard", "--warehouse", url, "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as answer:  # nosec B310
+                if answer.read() == b"ok":
+                    return process, base
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"the dashboard did not start: {Path(log_path).read_text()[-2000:]}")
+        time.sleep(0.2)
+
+
+def stop(process):
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    assert os.access(CHROMIUM, os.X_OK), (
+        f"{CHROMIUM} is missing: `make test` installs it (apt-get install -y chromium, as root)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM,
+                                              args=["--no-sandbox", "--headless=new"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def served(generated_warehouse, tmp_path_factory):
+    process, base = start_dashboard(generated_warehouse, tmp_path_factory.mktemp("dash") / "server.log")
+    yield base
+    stop(process)
+
+
+@pytest.fixture
+def page(browser, served):
+    page = browser.new_page(viewport={"width": 1400, "height": 2600})
+    page.goto(served)
+    page.locator(".st-key-section-payments table").wait_for(timeout=60_000)
+    yield page
+    page.close()
+
+
+def shown_metrics(page):
+    labels = page.locator('[data-testid="stMetricLabel"]').all_inner_texts()
+    values = page.locator('[data-testid="stMetricValue"]').all_inner_texts()
+    return {label.strip(): value.strip() for label, value in zip(labels, values)}
+
+
+def table_rows(page, section):
+    """The rows (cells as text) of the HTML table in the section keyed ``section``."""
+    rows = page.locator(f".st-key-section-{section} table tbody tr")
+    return [[cell.strip() for cell in row.locator("th, td").all_inner_texts()] for row in rows.all()]
+
+
+def expected_totals(url, currencies=("EUR", "GBP", "USD")):
+    found = {}
+    for code, orders, value in run_sql(
+            url, "SELECT c.currency_code, count(*), sum(units_sold * unit_price) FROM current_sales_order "
+                 "JOIN dim_currency c USING (currency_id) WHERE c.currency_code = ANY(:codes) GROUP BY 1",
+            codes=list(currencies)):
+        found[f"Sales value {code}"] = f"{Decimal(value):,.2f}"
+        found[f"Orders {code}"] = f"{orders:,}"
+    return found
+
+
+def screenshot(page, name, tmp_path):
+    """Full-page screenshot into tmp_path, and into TOTESYS_SCREENSHOT_DIR when set."""
+    page.screenshot(path=str(tmp_path / name), full_page=True)
+    target = os.environ.get("TOTESYS_SCREENSHOT_DIR")
+    if target:
+        page.screenshot(path=str(Path(target) / name), full_page=True)
+    assert (tmp_path / name).stat().st_size > 10_000
+
+
+def test_the_page_shows_the_warehouse_figures(page, generated_warehouse, tmp_path):
+    shown = shown_metrics(page)
+    expected = expected_totals(generated_warehouse)
+    assert len(expected) == 6 and {label: shown.get(label) for label in expected} == expected
+    months = run_sql(generated_warehouse, """
+        SELECT to_char(date_trunc('month', created_date), 'YYYY-MM-DD'), c.currency_code, count(*)::text
+        FROM current_sales_order JOIN dim_currency c USING (currency_id) GROUP BY 1, 2 ORDER BY 1, 2""")
+    assert [row[:3] for row in table_rows(page, "by-month")] == months
+    countries = table_rows(page, "by-country")
+    assert len(countries) == run_sql(generated_warehouse, """
+        SELECT count(DISTINCT (l.country, f.currency_id)) FROM current_sales_order f
+        JOIN dim_location l ON l.location_id = f.agreed_delivery_location_id""")[0][0]
+    screenshot(page, "dashboard.png", tmp_path)
+
+
+def test_a_currency_filter_changes_the_figures(page, generated_warehouse, tmp_path):
+    page.get_by_role("button", name="Remove EUR").click()
+    expect(page.get_by_text("Sales value EUR", exact=True)).to_have_count(0, timeout=30_000)
+    page.locator(".st-key-section-payments table").wait_for(timeout=30_000)
+    expect(page.locator('[data-testid="stStatusWidget"]')).to_have_count(0, timeout=30_000)
+    shown = shown_metrics(page)
+    assert {label: value for label, value in shown.items() if label.startswith(("Sales value", "Orders"))} \
+        == expected_totals(generated_warehouse, ("GBP", "USD"))
+    currencies = {row[1] for row in table_rows(page, "by-month")}
+    assert currencies == {"GBP", "USD"}
+    screenshot(page, "dashboard-filtered.png", tmp_path)
+
+
+def test_an_empty_warehouse_shows_the_run_hint(browser, new_database, tmp_path):
+    process, base = start_dashboard(new_database(), tmp_path / "server.log")
+    try:
+        page = browser.new_page(viewport={"width": 1200, "height": 500})
+        page.goto(base)
+        message = page.locator('[data-testid="stAlert"]')
+        message.wait_for(timeout=60_000)
+        assert "The warehouse is empty" in message.inner_text() and "make run" in message.inner_text()
+        assert page.locator('[data-testid="stException"]').count() == 0
+        screenshot(page, "dashboard-empty.png", tmp_path)
+    finally:
+        stop(process)
