@@ -13,10 +13,10 @@ IAM permission. Every metric carries the dimensions ``service`` (``totesys``) an
 
 and one metric with the dimension ``service`` only, the freshness the alarm watches:
 
-``WarehouseLag`` (Seconds): the load stage emits now minus the newest batch it loaded; an ingest that
-found nothing new in totesys emits 0 (transform and load are skipped then: everything up to the
-ingest's snapshot is already in a batch). A pipeline that stops running or keeps failing emits none,
-which the alarm treats as breaching.
+``WarehouseLag`` (Seconds): the load stage emits now minus the newest batch it loaded, or 0 when it
+found nothing pending (transform and load run on every execution after ingest, so a load with nothing
+pending means everything up to this execution's ingest snapshot is in the warehouse). A pipeline that
+stops running or keeps failing emits none, which the alarm treats as breaching.
 
 Metrics are flushed when the handler ends, also when it raises (powertools' ``log_metrics``). Locally
 the runner sets ``TOTESYS_LOG_FILE``: the EMF lines go to that file beside the log lines, so the
@@ -102,8 +102,6 @@ def record_result(stage, result, now=None, s3_client=None):
     if stage == "ingest":
         rows = ingest_rows(result, s3_client)
         newest = max((batch_time_from_key(key) for key in result.values()), default=None)
-        if not result:
-            _warehouse_lag(0)
     else:
         rows = result.get("tables") or {}
         batches = result.get("batches") or []
@@ -115,6 +113,8 @@ def record_result(stage, result, now=None, s3_client=None):
         metrics.add_metric(name="BatchLag", unit=MetricUnit.Seconds, value=lag)
         if stage == "load":
             _warehouse_lag(lag)
+    elif stage == "load":
+        _warehouse_lag(0)
     for key, name in OPTIONAL_LOAD_COUNTS.items():
         if stage == "load" and isinstance(result.get(key), int):
             metrics.add_metric(name=name, unit=MetricUnit.Count, value=result[key])

@@ -85,11 +85,13 @@ def test_load_emits_rows_lag_rejected_rows_and_the_warehouse_lag(capsys):
     assert metric(lines, "BatchLag", **stage)[0] > 0
 
 
-def test_load_without_rejected_rows_emits_none(capsys):
+def test_load_without_rejected_rows_emits_none_and_a_caught_up_load_reports_no_lag(capsys):
     record_result("load", {"batches": [], "tables": {}})
     record_result("transform", {"batches": ["20241126T100000000000"], "tables": {}, "rejected_rows": 5})
     lines = emf_lines(capsys.readouterr().out)
-    assert not [values for values, _, _ in lines if "RejectedRows" in values or "WarehouseLag" in values]
+    assert not [values for values, _, _ in lines if "RejectedRows" in values]
+    # a load with nothing pending: everything ingested so far is in the warehouse
+    assert metric(lines, "WarehouseLag", service="totesys") == [0.0]
 
 
 def test_the_real_stages_emit_rows_per_table_and_lag(totesys_url, warehouse_url, pipeline_env, capsys):
@@ -109,8 +111,12 @@ def test_the_real_stages_emit_rows_per_table_and_lag(totesys_url, warehouse_url,
         assert metric(lines, "Rows", service="totesys", stage="load", table=table) == [float(rows)]
     assert len(metric(lines, "WarehouseLag", service="totesys")) == 1
 
-    # Nothing new in totesys: transform and load will be skipped, so ingest reports the freshness.
+    # Nothing new in totesys: ingest never reports the freshness (a load that then fails must leave the
+    # alarm's metric missing); the load that finds nothing pending reports 0.
     assert ingest.lambda_handler({"tables_to_query": ["currency", "design"]}, None) == {}
+    lines = emf_lines(capsys.readouterr().out)
+    assert not metric(lines, "WarehouseLag", service="totesys")
+    load.lambda_handler(transform.lambda_handler({}, None), None)
     lines = emf_lines(capsys.readouterr().out)
     assert metric(lines, "WarehouseLag", service="totesys") == [0.0]
 
