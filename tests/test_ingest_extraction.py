@@ -11,7 +11,7 @@ import ingest
 from tests.test_ingest import (FILL_SQL, SCHEMA_SQL, all_keys, assert_each_version_landed_once, connect,
                                env, execute, source_url)
 from utils import ingestion
-from utils.errors import CorruptFileError
+from utils.errors import CorruptFileError, SourceDataError
 from utils.ingestion import (MAX_QUEUED_CHUNKS, ParquetSink, copy_sql, full_xid_sql, record_boundary,
                              snapshot_bounds)
 from utils.state import read_state
@@ -250,13 +250,15 @@ def test_a_sink_keeps_at_most_the_allowed_chunks_waiting(big_address):
 
 @pytest.mark.parametrize("threaded", [False, True])
 def test_a_conversion_error_reaches_the_caller(threaded):
-    bad = b"1,GBP,not-a-time,2024-01-01 00:00:00\n"
+    bad = b"1,GBP,not-a-time,1732000000000\n"
     with ThreadPoolExecutor(max_workers=1) as convert:
-        sink = ParquetSink(SOURCE_SCHEMAS["currency"], chunk_bytes=8, executor=convert if threaded else None)
-        with pytest.raises(pa.ArrowInvalid, match="invalid value 'not-a-time'"):
+        sink = ParquetSink(SOURCE_SCHEMAS["currency"], chunk_bytes=8, executor=convert if threaded else None,
+                           table="currency")
+        with pytest.raises(SourceDataError, match="totesys.currency.created_at value 'not-a-time'") as caught:
             sink.write(bad)
             sink.write(bad)  # the threaded sink reports the first chunk's error here or at close
             sink.close()
+    assert (caught.value.table, caught.value.column, caught.value.value) == ("currency", "created_at", "not-a-time")
 
 
 def test_a_failed_conversion_in_the_pipeline_writes_no_manifest_and_keeps_the_state(env, monkeypatch):
@@ -264,7 +266,7 @@ def test_a_failed_conversion_in_the_pipeline_writes_no_manifest_and_keeps_the_st
     real_flush = ParquetSink._flush
 
     def fail_for_payment(self, chunk):
-        if self.schema.equals(SOURCE_SCHEMAS["payment"]):
+        if self.table == "payment":
             raise OSError("injected: converter thread failed")
         return real_flush(self, chunk)
 
