@@ -3,7 +3,6 @@ the xid arithmetic."""
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -254,11 +253,13 @@ def test_a_conversion_error_reaches_the_caller(threaded):
     with ThreadPoolExecutor(max_workers=1) as convert:
         sink = ParquetSink(SOURCE_SCHEMAS["currency"], chunk_bytes=8, executor=convert if threaded else None,
                            table="currency")
-        with pytest.raises(SourceDataError, match="totesys.currency.created_at value 'not-a-time'") as caught:
+        with pytest.raises(SourceDataError,
+                           match="totesys.currency.created_at value 'not-a-time'") as caught:
             sink.write(bad)
             sink.write(bad)  # the threaded sink reports the first chunk's error here or at close
             sink.close()
-    assert (caught.value.table, caught.value.column, caught.value.value) == ("currency", "created_at", "not-a-time")
+    error = caught.value
+    assert (error.table, error.column, error.value) == ("currency", "created_at", "not-a-time")
 
 
 def test_a_failed_conversion_in_the_pipeline_writes_no_manifest_and_keeps_the_state(env, monkeypatch):

@@ -270,9 +270,11 @@ def _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds, h
         conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         in_transaction = [conn]
         try:
-            window, exported, wall_now = open_window(conn, tables, state, overlap_seconds, export=bool(helpers))
-            logger.info("snapshot taken", batch_time=format_time(window.batch_time), timezone=window.timezone,
-                        wall_clock=format_time(wall_now), snapshot=window.snapshot, connections=1 + len(helpers))
+            window, exported, wall_now = open_window(conn, tables, state, overlap_seconds,
+                                                     export=bool(helpers))
+            logger.info("snapshot taken", batch_time=format_time(window.batch_time),
+                        timezone=window.timezone, wall_clock=format_time(wall_now),
+                        snapshot=window.snapshot, connections=1 + len(helpers))
             work = deque(largest_first(conn, tables) if helpers else tables)
             for helper in helpers:
                 import_snapshot(helper, exported)
