@@ -12,9 +12,10 @@ import ingest
 from tests.test_ingest import (FILL_SQL, SCHEMA_SQL, all_keys, assert_each_version_landed_once, execute,
                                ingest_log, read_json)
 from utils.errors import SchemaDriftError, SourceDataError
-from utils.source_schema import is_compatible
+from utils.ingestion import ParquetSink
+from utils.source_schema import expected_sql_type, is_compatible
 from utils.state import read_state
-from utils.tables import LANDING_SCHEMAS, SOURCE_TABLES
+from utils.tables import LANDING_SCHEMAS, SOURCE_SCHEMAS, SOURCE_TABLES
 
 __all__ = ["ingest_log"]  # fixture shared with test_ingest
 
@@ -53,6 +54,15 @@ def test_a_null_in_a_column_the_spec_calls_not_null_lands_as_null_in_a_readable_
         read_landed(s3, bucket, key, table)
     address = read_landed(s3, bucket, result["address"], "address").to_pylist()
     assert {row["address_id"]: row["city"] for row in address} == {1: "Leeds", 2: None}
+
+
+def test_a_sink_never_writes_a_null_into_a_field_its_schema_declares_not_null():
+    sink = ParquetSink(SOURCE_SCHEMAS["currency"], table="currency")
+    sink.write(b"1,,1732000000000,1732000000000\n")
+    with pytest.raises(SourceDataError, match="totesys.currency.currency_code: NULL in a column") as caught:
+        sink.close()
+    error = caught.value
+    assert (error.table, error.column, error.value) == ("currency", "currency_code", None)
 
 
 # -- schema drift ----------------------------------------------------------------------------------
@@ -133,6 +143,8 @@ def test_compatibility_rules_for_types_the_catalog_can_hold():
     assert is_compatible(pa.decimal128(10, 2), "numeric", "b", ((10 << 16) | 2) + 4)
     assert not is_compatible(pa.decimal128(10, 2), "numeric", "b", ((10 << 16) | 3) + 4)
     assert not is_compatible(pa.date32(), "date", "b", -1)
+    with pytest.raises(TypeError, match="date32"):
+        expected_sql_type(pa.date32())
 
 
 # -- values of any size and shape ------------------------------------------------------------------
