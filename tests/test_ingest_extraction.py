@@ -249,7 +249,7 @@ def test_a_sink_keeps_at_most_the_allowed_chunks_waiting(big_address):
 
 @pytest.mark.parametrize("threaded", [False, True])
 def test_a_conversion_error_reaches_the_caller(threaded):
-    bad = b"1,GBP,not-a-time,1732000000000\n"
+    bad = b"1,GBP,not-a-time,2024-01-01 00:00:00\n"
     with ThreadPoolExecutor(max_workers=1) as convert:
         sink = ParquetSink(SOURCE_SCHEMAS["currency"], chunk_bytes=8, executor=convert if threaded else None,
                            table="currency")

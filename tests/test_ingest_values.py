@@ -12,7 +12,7 @@ import ingest
 from tests.test_ingest import (FILL_SQL, SCHEMA_SQL, all_keys, assert_each_version_landed_once, execute,
                                ingest_log, read_json)
 from utils.errors import SchemaDriftError, SourceDataError
-from utils.ingestion import ParquetSink
+from utils.ingestion import ParquetSink, wall_time_to_epoch_ms
 from utils.source_schema import expected_sql_type, is_compatible
 from utils.state import read_state
 from utils.tables import LANDING_SCHEMAS, SOURCE_SCHEMAS, SOURCE_TABLES
@@ -58,7 +58,7 @@ def test_a_null_in_a_column_the_spec_calls_not_null_lands_as_null_in_a_readable_
 
 def test_a_sink_never_writes_a_null_into_a_field_its_schema_declares_not_null():
     sink = ParquetSink(SOURCE_SCHEMAS["currency"], table="currency")
-    sink.write(b"1,,1732000000000,1732000000000\n")
+    sink.write(b"1,,2024-11-26 10:00:00,2024-11-26 10:00:00.5\n")
     with pytest.raises(SourceDataError, match="totesys.currency.currency_code: NULL in a column") as caught:
         sink.close()
     error = caught.value
@@ -185,3 +185,36 @@ def test_an_infinite_timestamp_fails_naming_table_column_and_value(source, value
     assert (caught.value.table, caught.value.column, caught.value.value) == ("design", "created_at", value)
     assert read_state(s3, bucket, "ingest") == ({}, None)
     assert not [key for key in all_keys(s3, bucket) if key.startswith("_batches/")]
+
+
+@pytest.mark.parametrize("text, millis", [
+    ("1970-01-01 00:00:00", 0),
+    ("1969-12-31 23:59:59.999", -1),
+    ("2024-02-29 12:34:56.78", 1_709_210_096_780),
+    ("0001-01-01 00:00:00", -62_135_596_800_000),
+    ("0001-12-31 23:59:59 BC", -62_135_596_801_000),  # 1 BC is year 0, a leap year
+    ("4713-01-01 00:00:00.5 BC", -210_863_519_999_500),
+    ("12345-06-07 08:09:10.123", 327_416_976_550_123),
+])
+def test_wall_time_to_epoch_ms_for_any_year(text, millis):
+    assert wall_time_to_epoch_ms(text) == millis
+
+
+def test_a_value_pyarrow_cannot_parse_is_named_with_its_table_and_column():
+    sink = ParquetSink(LANDING_SCHEMAS["currency"], table="currency")
+    sink.write(b"seven,GBP,2024-11-26 10:00:00,2024-11-26 10:00:00\n")
+    with pytest.raises(SourceDataError, match="totesys.currency.currency_id value 'seven'"):
+        sink.close()
+
+
+def test_one_odd_timestamp_in_a_chunk_keeps_the_other_rows_exact():
+    sink = ParquetSink(LANDING_SCHEMAS["currency"], table="currency")
+    sink.write(b"1,GBP,2024-11-26 10:00:00.123,2024-11-26 10:00:00\n"
+               b"2,USD,0044-03-15 12:00:00 BC,12345-01-01 00:00:00\n"
+               b"3,EUR,,2024-11-26 10:00:01\n")
+    body, rows = sink.close()
+    landed = pq.read_table(body, schema=LANDING_SCHEMAS["currency"])
+    assert rows == 3
+    assert landed["created_at"].cast(pa.int64()).to_pylist() == [
+        1_732_615_200_123, wall_time_to_epoch_ms("0044-03-15 12:00:00 BC"), None]
+    assert landed["last_updated"].cast(pa.int64()).to_pylist()[2] == 1_732_615_201_000

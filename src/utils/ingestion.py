@@ -49,10 +49,11 @@ from utils.errors import (ConcurrentRunError, ConfigError, CorruptFileError, Inv
                           SourceDataError, TotesysError)
 from utils.format_time import format_time, parse_time
 from utils.generate_file_key import generate_file_key
+from utils.generate_new_entry_query import select_list
 from utils.logger import get_logger
 from utils.source_schema import check_source_schema
 from utils.state import read_state, write_state
-from utils.tables import LANDING_SCHEMAS, SOURCE_SCHEMAS, SOURCE_TABLES, check_source_table
+from utils.tables import LANDING_SCHEMAS, SOURCE_TABLES, check_source_table
 from utils.write_to_s3 import write_to_s3
 
 STAGE = "ingest"
@@ -456,27 +457,8 @@ def full_xid_sql(raw_xid_sql):
             f"THEN {XID_WRAP} ELSE 0 END)")
 
 
-def copy_columns(table):
-    """The COPY select list of a source table, in physical order (allow-listed, quoted names).
-
-    Timestamps travel as epoch milliseconds of their wall-clock value (every year PostgreSQL
-    allows fits; parsing an integer is also cheaper than parsing a timestamp); a non-finite one
-    ('infinity', '-infinity') travels as its text and fails the parse, naming table, column and
-    value: timestamp[ms] cannot hold it and a NULL would silently change it.
-    """
-    columns = []
-    for field in SOURCE_SCHEMAS[check_source_table(table)]:
-        name = identifier(field.name)
-        if pa.types.is_timestamp(field.type):
-            name = (f"CASE WHEN isfinite({name}) THEN (extract(epoch FROM {name}) * 1000)::bigint::text "
-                    f"ELSE {name}::text END")
-        columns.append(name)
-    return ", ".join(columns)
-
-
 def copy_sql(table, incremental):
-    """The COPY statement for one table (columns as ``copy_columns``, what ParquetSink reads);
-    bounds come from the transaction's totesys.* settings."""
+    """The COPY statement for one table; bounds come from the transaction's totesys.* settings."""
     check_source_table(table)
     updated = identifier("last_updated")
     where = f"{updated} < current_setting('totesys.high')::timestamp"
@@ -486,7 +468,7 @@ def copy_sql(table, incremental):
                   f" AND {full_xid_sql('xmin::text::bigint')}"
                   " < current_setting('totesys.prev_xmin')::bigint)")
     # Identifiers come from the allow-list and are quoted; values arrive through set_config.
-    return (f"COPY (SELECT {copy_columns(table)} FROM {identifier(table)} WHERE {where}) "  # nosec B608
+    return (f"COPY (SELECT {select_list(table)} FROM {identifier(table)} WHERE {where}) "  # nosec B608
             "TO STDOUT WITH (FORMAT csv, HEADER false)")
 
 
@@ -578,14 +560,15 @@ _INLINE = _Inline()
 class ParquetSink:
     """A write-only stream for ``COPY ... TO STDOUT (FORMAT csv)`` that turns the CSV into Parquet.
 
-    CSV bytes (the columns of ``copy_sql``: timestamps as epoch milliseconds) are buffered up to
-    ``chunk_bytes`` and then parsed with pyarrow.csv using the table's explicit schema into one
-    Parquet row group, so memory stays bounded by the chunk size (or the largest row) plus the
-    (compressed) Parquet output. NULL is an unquoted empty field and the empty string a quoted one
-    (PostgreSQL's CSV rules), so the two stay distinct. A row of any size parses: each chunk is
-    one pyarrow block. The file written is readable with exactly ``schema``: a value the schema
-    cannot hold (a NULL in a non-nullable field, a non-finite timestamp, an unparsable number)
-    raises SourceDataError naming ``table``, the column and the value, never a raw ArrowInvalid.
+    CSV bytes are buffered up to ``chunk_bytes`` and then parsed with pyarrow.csv using the
+    table's explicit schema into one Parquet row group, so memory stays bounded by the chunk size
+    (or the largest row) plus the (compressed) Parquet output. NULL is an unquoted empty field and
+    the empty string a quoted one (PostgreSQL's CSV rules), so the two stay distinct. A row of any
+    size parses: each chunk is one pyarrow block. Timestamps of years pyarrow's parser does not
+    read (BC, after 9999) are converted by ``wall_time_to_epoch_ms`` (only in a chunk that holds
+    one). The file written is readable with exactly ``schema``: a value the schema cannot hold (a
+    NULL in a non-nullable field, 'infinity', an unparsable number) raises SourceDataError naming
+    ``table``, the column and the value, never a raw ArrowInvalid.
 
     With an ``executor`` (one worker thread, so row groups keep their order) the chunks are parsed
     and written there while the caller keeps writing; at most MAX_QUEUED_CHUNKS wait behind the
@@ -605,11 +588,17 @@ class ParquetSink:
         self._writer = None
         self._dictionary_columns = [field.name for field in schema if pa.types.is_string(field.type)]
         self._parse = pa_csv.ParseOptions(newlines_in_values=True)
-        self._convert = pa_csv.ConvertOptions(
-            column_types={field.name: pa.int64() if pa.types.is_timestamp(field.type) else field.type
-                          for field in schema},
-            null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False,
-            true_values=["t"], false_values=["f"])
+        self._convert = self._convert_options({field.name: field.type for field in schema})
+        # For a chunk holding a timestamp pyarrow cannot parse: timestamps read as text.
+        self._convert_times_as_text = self._convert_options(
+            {field.name: pa.string() if pa.types.is_timestamp(field.type) else field.type
+             for field in schema})
+
+    @staticmethod
+    def _convert_options(column_types):
+        return pa_csv.ConvertOptions(
+            column_types=column_types, null_values=[""], strings_can_be_null=True,
+            quoted_strings_can_be_null=False, true_values=["t"], false_values=["f"])
 
     def write(self, data):
         self._parts.append(data)
@@ -645,14 +634,19 @@ class ParquetSink:
         try:
             parsed = pa_csv.read_csv(pa.BufferReader(chunk), read_options=read,
                                      parse_options=self._parse, convert_options=self._convert)
+            columns = parsed.columns
         except pa.ArrowInvalid as err:
-            raise self._parse_error(err) from err
-        columns = []
-        for field, column in zip(self.schema, parsed.columns):
+            error = self._parse_error(err)
+            if error.column is None or not pa.types.is_timestamp(self.schema.field(error.column).type):
+                raise error from err
+            parsed = pa_csv.read_csv(pa.BufferReader(chunk), read_options=read, parse_options=self._parse,
+                                     convert_options=self._convert_times_as_text)
+            columns = [self._timestamps_from_text(field.name, column) if pa.types.is_timestamp(field.type)
+                       else column for field, column in zip(self.schema, parsed.columns)]
+        for field, column in zip(self.schema, columns):
             if column.null_count and not field.nullable:
                 raise SourceDataError(self.table, field.name, None,
                                       "NULL in a column the landing schema declares NOT NULL")
-            columns.append(column.cast(field.type) if pa.types.is_timestamp(field.type) else column)
         table = pa.Table.from_arrays(columns, schema=self.schema)
         if self._writer is None:
             # Dictionary encoding only where it pays (text: codes, names, dates): on ids, amounts and
@@ -661,6 +655,16 @@ class ParquetSink:
                                             use_dictionary=self._dictionary_columns)
         self._writer.write_table(table)
         self.rows += table.num_rows
+
+    def _timestamps_from_text(self, column_name, texts):
+        """timestamp[ms] array of PostgreSQL's text of ``timestamp`` values (any year)."""
+        millis = []
+        for text in texts.to_pylist():
+            try:
+                millis.append(None if text is None else wall_time_to_epoch_ms(text))
+            except ValueError as err:
+                raise SourceDataError(self.table, column_name, text[:200], str(err)) from None
+        return pa.array(millis, pa.int64()).cast(pa.timestamp("ms"))
 
     def _parse_error(self, err):
         """SourceDataError for a pyarrow CSV error, with the column and value when pyarrow names them."""
@@ -679,6 +683,31 @@ class ParquetSink:
         self._writer.close()
         self._out.seek(0)
         return self._out, self.rows
+
+
+_WALL_TIME = re.compile(r"(\d{4,})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?( BC)?")
+
+
+def wall_time_to_epoch_ms(text):
+    """Milliseconds from 1970-01-01 00:00 to the wall time ``text`` (PostgreSQL's ISO output of a
+    ``timestamp``: 'YYYY-MM-DD HH:MM:SS[.ffffff][ BC]', any year, proleptic Gregorian calendar),
+    truncated to the millisecond. Raises ValueError for anything else, 'infinity' included
+    (timestamp[ms] cannot hold it and a NULL would silently change it)."""
+    match = _WALL_TIME.fullmatch(text)
+    if not match:
+        raise ValueError("not a finite timestamp: timestamp[ms] cannot hold it")
+    year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
+    if match.group(8):
+        year = 1 - year  # 1 BC is year 0
+    # Days from 1970-01-01 to year-month-day (H. Hinnant's days_from_civil), exact for any year.
+    year -= month <= 2
+    era = year // 400
+    year_of_era = year - era * 400
+    day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    days = era * 146097 + day_of_era - 719468
+    fraction = int((match.group(7) or "0").ljust(6, "0")) // 1000
+    return ((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + fraction
 
 
 def record_boundary(buffer):
