@@ -1,8 +1,8 @@
 """Helpers (no tests): hand-written source rows and ingest batches in the documented format.
 
 ``write_ingest_batch`` writes what the ingest stage writes: one Parquet file per table with the
-explicit source schema, the manifest ``_batches/...json`` chained by ``prev_manifest_key``, and the
-state pointer ``_state/ingest.json`` naming it (CAS).
+landing schema (source types, all nullable), the manifest ``_batches/...json`` chained by
+``prev_manifest_key``, and the state pointer ``_state/ingest.json`` naming it (CAS).
 """
 import json
 from datetime import datetime, timedelta
@@ -14,7 +14,7 @@ from utils.format_time import format_time
 from utils.generate_file_key import generate_file_key
 from utils.parquet_data import parquet_data
 from utils.state import read_state, write_state
-from utils.tables import SOURCE_SCHEMAS
+from utils.tables import LANDING_SCHEMAS, SOURCE_SCHEMAS
 
 T0 = datetime(2024, 11, 25, 9, 30, 15, 123000)
 
@@ -124,18 +124,19 @@ def write_ingest_batch(s3, bucket, batch_time, tables):
         if isinstance(rows, bytes):
             body = rows
         else:
-            table = rows if isinstance(rows, pa.Table) else source_table(name, rows)
+            table = (rows if isinstance(rows, pa.Table)
+                     else pa.Table.from_pylist(rows, schema=LANDING_SCHEMAS[name]))
             body = parquet_data({name: table.to_pylist()}, schema=table.schema).getvalue()
         s3.put_object(Bucket=bucket, Key=key, Body=body)
         landed[name] = {"key": key, "rows": len(rows) if isinstance(rows, list) else 0,
                         "low": None, "high": format_time(batch_time), "snapshot": "1:1:"}
     batch_id = f"{batch_time:%Y%m%dT%H%M%S%f}"
     manifest_key = generate_file_key("_batches", batch_time, "json")
-    manifest = {"batch_id": batch_id, "batch_time": format_time(batch_time),
-                "prev_manifest_key": state.get("manifest_key"), "tables": landed}
+    manifest = {"batch_id": batch_id, "batch_time": format_time(batch_time), "timezone": "UTC",
+                "ignored_columns": {}, "prev_manifest_key": state.get("manifest_key"), "tables": landed}
     s3.put_object(Bucket=bucket, Key=manifest_key, Body=json.dumps(manifest).encode())
-    write_state(s3, bucket, "ingest", {"manifest_key": manifest_key, "batch_id": batch_id,
-                                       "tables": {}}, etag)
+    write_state(s3, bucket, "ingest", {"manifest_key": manifest_key, "batch_id": batch_id, "timezone": "UTC",
+                                       "ignored_columns": {}, "tables": {}}, etag)
     return manifest_key
 
 

@@ -21,7 +21,7 @@ from utils.errors import (ConcurrentRunError, CredentialsError, DatabaseUnavaila
                           InvalidEventError, StateConflictError, UnknownTableError)
 from utils.format_time import format_time
 from utils.state import read_json, read_state, write_state
-from utils.tables import PRIMARY_KEYS, SOURCE_SCHEMAS, SOURCE_TABLES
+from utils.tables import LANDING_SCHEMAS, PRIMARY_KEYS, SOURCE_TABLES
 
 SCHEMA_SQL = Path(__file__).resolve().parents[1].joinpath("sql", "totesys_schema.sql").read_text()
 
@@ -179,7 +179,7 @@ def test_first_run_lands_every_table_with_exact_schema_and_values(env, ingest_lo
     for name, key in result.items():
         assert key.startswith(f"{name}/") and key.endswith(".parquet")
         table = read_table(s3, bucket, key)
-        assert table.schema.equals(SOURCE_SCHEMAS[name]), name
+        assert table.schema.equals(LANDING_SCHEMAS[name]), name
         assert table.num_rows == execute(url, f'SELECT count(*) FROM "{name}"')[0][0]
     address = read_table(s3, bucket, result["address"]).to_pylist()
     assert address[0]["address_line_1"] == 'Flat "A"\n12 Road'
@@ -218,7 +218,7 @@ def test_scale1_runs_land_everything_then_exactly_the_changes_then_nothing(
     assert sorted(first) == sorted(SOURCE_TABLES)
     for name, key in first.items():
         table = read_table(s3, bucket, key)
-        assert table.schema.equals(SOURCE_SCHEMAS[name]), name
+        assert table.schema.equals(LANDING_SCHEMAS[name]), name
         assert table.num_rows == execute(totesys_url, f'SELECT count(*) FROM "{name}"')[0][0], name
     before = source_versions(totesys_url)
     assert batch_versions(s3, bucket, first) == before

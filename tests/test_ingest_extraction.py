@@ -3,7 +3,6 @@ the xid arithmetic."""
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -11,7 +10,7 @@ import ingest
 from tests.test_ingest import (FILL_SQL, SCHEMA_SQL, all_keys, assert_each_version_landed_once, connect,
                                env, execute, source_url)
 from utils import ingestion
-from utils.errors import CorruptFileError
+from utils.errors import CorruptFileError, SourceDataError
 from utils.ingestion import (MAX_QUEUED_CHUNKS, ParquetSink, copy_sql, full_xid_sql, record_boundary,
                              snapshot_bounds)
 from utils.state import read_state
@@ -252,11 +251,15 @@ def test_a_sink_keeps_at_most_the_allowed_chunks_waiting(big_address):
 def test_a_conversion_error_reaches_the_caller(threaded):
     bad = b"1,GBP,not-a-time,2024-01-01 00:00:00\n"
     with ThreadPoolExecutor(max_workers=1) as convert:
-        sink = ParquetSink(SOURCE_SCHEMAS["currency"], chunk_bytes=8, executor=convert if threaded else None)
-        with pytest.raises(pa.ArrowInvalid, match="invalid value 'not-a-time'"):
+        sink = ParquetSink(SOURCE_SCHEMAS["currency"], chunk_bytes=8, executor=convert if threaded else None,
+                           table="currency")
+        with pytest.raises(SourceDataError,
+                           match="totesys.currency.created_at value 'not-a-time'") as caught:
             sink.write(bad)
             sink.write(bad)  # the threaded sink reports the first chunk's error here or at close
             sink.close()
+    error = caught.value
+    assert (error.table, error.column, error.value) == ("currency", "created_at", "not-a-time")
 
 
 def test_a_failed_conversion_in_the_pipeline_writes_no_manifest_and_keeps_the_state(env, monkeypatch):
@@ -264,7 +267,7 @@ def test_a_failed_conversion_in_the_pipeline_writes_no_manifest_and_keeps_the_st
     real_flush = ParquetSink._flush
 
     def fail_for_payment(self, chunk):
-        if self.schema.equals(SOURCE_SCHEMAS["payment"]):
+        if self.table == "payment":
             raise OSError("injected: converter thread failed")
         return real_flush(self, chunk)
 

@@ -61,8 +61,11 @@ def credentials_from_url(url):
     }
 
 
-def connect_to_db(credentials=None, secret_name=None, secrets_client=None):
-    """Return an open pg8000 native connection with the session time zone set to UTC.
+def connect_to_db(credentials=None, secret_name=None, secrets_client=None, timezone="UTC"):
+    """Return an open pg8000 native connection whose session time zone is ``timezone``.
+
+    ``timezone=None`` sends no TimeZone startup parameter, so the session takes the database's
+    configured default (ALTER DATABASE/ROLE ... SET timezone, else the server's setting).
 
     Give either a credentials dict or a secret name (read with ``secrets_client``,
     default a new boto3 Secrets Manager client; the secret defaults to the totesys one).
@@ -88,7 +91,7 @@ def connect_to_db(credentials=None, secret_name=None, secrets_client=None):
             port=int(credentials["port"]),
             database=credentials["database"],
             timeout=30,
-            startup_params={"TimeZone": "UTC"},
+            startup_params={"TimeZone": timezone} if timezone else None,
         )
     except pg8000.exceptions.InterfaceError as err:
         raise DatabaseUnavailableError(

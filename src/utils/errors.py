@@ -59,3 +59,31 @@ class ConcurrentRunError(RetryableError):
 
 class StorageThrottledError(RetryableError):
     """S3 asked us to slow down."""
+
+
+class SchemaDriftError(TotesysError):
+    """A source table no longer has a column the pipeline reads, or has it with another type.
+
+    ``table`` and ``column`` name it; ``expected`` and ``found`` are the SQL types (``found`` is
+    None when the column, or the whole table, is gone).
+    """
+
+    def __init__(self, table, column, expected, found):
+        self.table, self.column, self.expected, self.found = table, column, expected, found
+        where = f"totesys.{table}" + (f".{column}" if column else "")
+        what = f"has type {found}" if found else "is missing"
+        super().__init__(f"schema drift: {where} {what}; expected {expected}. Nothing was landed: "
+                         "update utils/tables.py (and the transform) for the new schema, or restore it")
+
+
+class SourceDataError(TotesysError):
+    """A source value cannot be represented in the landing file's type.
+
+    ``table``, ``column`` (None when pyarrow did not say) and ``value`` name it.
+    """
+
+    def __init__(self, table, column, value, detail):
+        self.table, self.column, self.value = table, column, value
+        where = f"totesys.{table}" + (f".{column}" if column else "")
+        shown = f" value {value!r}" if value is not None else ""
+        super().__init__(f"cannot land {where}{shown}: {detail}")

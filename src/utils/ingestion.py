@@ -4,17 +4,23 @@ One run (``run_ingest``):
 1. validate the event (allow-listed table names only), read settings and credentials;
 2. take a session advisory lock on the source (a second concurrent run gets ConcurrentRunError);
 3. read the state pointer ``_state/ingest.json`` and its ETag;
-4. in one REPEATABLE READ READ ONLY transaction read ``now()`` (the batch time T, the new upper bound,
-   database clock) and ``pg_current_snapshot()``, then stream each table's changed rows with
-   ``COPY (SELECT ...) TO STDOUT`` into Parquet (explicit Arrow schema, bounded memory) and write the
-   file at ``generate_file_key(table, T)`` (immutable); parsing and the S3 writes run on two worker
+4. in one REPEATABLE READ READ ONLY transaction read the batch time T (``now()`` in UTC, database
+   clock: keys and batch ids), the source's wall clock ``localtimestamp`` and time zone (the session
+   keeps the database's configured zone: totesys timestamps are wall-clock values in that zone) and
+   ``pg_current_snapshot()``; check the source columns against SOURCE_SCHEMAS (schema drift raises
+   SchemaDriftError before anything is landed); then stream each table's changed rows with
+   ``COPY (SELECT ...) TO STDOUT`` into Parquet (LANDING_SCHEMAS, bounded memory; timestamps travel as
+   epoch milliseconds) and write the file at ``generate_file_key(table, T)`` (immutable); parsing and
+   the S3 writes run on two worker
    threads while the main thread reads the next rows, and all of them finish before step 5. With
    INGEST_PARALLEL_CONNECTIONS = n > 1 (default 2), n - 1 more connections import the same snapshot
    (``pg_export_snapshot``) and read a share of the tables, each on a thread of its own;
 5. write the manifest ``_batches/...json``, then advance the state pointer with If-Match on the ETag.
 
-Which rows a run takes, per table (``prev`` = this table's entry in the state pointer):
-``last_updated < T`` and, after the first run, ``last_updated >= prev.high - overlap`` minus the rows
+Which rows a run takes, per table (``prev`` = this table's entry in the state pointer; all bounds are
+source wall-clock times): ``last_updated < high`` where ``high = max(localtimestamp, prev.high)`` (a
+daylight-saving fall-back never moves it back), and, after the first run,
+``last_updated >= prev.high - overlap`` minus the rows
 the previous run already landed: ``last_updated < prev.high`` and written by a transaction that had
 certainly finished before ``prev.snapshot`` was taken (full 64-bit xid below the snapshot's xmin).
 See docs/DESIGN.md for why the test is "below xmin" and not pg_visible_in_snapshot.
@@ -27,7 +33,8 @@ import threading
 import types
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import timedelta, timezone
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import boto3
 import pyarrow as pa
@@ -38,13 +45,15 @@ from pg8000.native import identifier
 
 from utils.config import load_settings
 from utils.db_connections import close_db_connection, connect_to_db, db_connections_get_secret
-from utils.errors import ConcurrentRunError, CorruptFileError, InvalidEventError, TotesysError
+from utils.errors import (ConcurrentRunError, ConfigError, CorruptFileError, InvalidEventError,
+                          SourceDataError, TotesysError)
 from utils.format_time import format_time, parse_time
 from utils.generate_file_key import generate_file_key
 from utils.generate_new_entry_query import select_list
 from utils.logger import get_logger
+from utils.source_schema import check_source_schema
 from utils.state import read_state, write_state
-from utils.tables import SOURCE_SCHEMAS, SOURCE_TABLES, check_source_table
+from utils.tables import LANDING_SCHEMAS, SOURCE_TABLES, check_source_table
 from utils.write_to_s3 import write_to_s3
 
 STAGE = "ingest"
@@ -67,6 +76,17 @@ SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+-[0-9]+")
 _COPY_DATA, _READY_FOR_QUERY = b"d", b"Z"
 _COPY_DATA_BYTE = _COPY_DATA[0]
 _SIZE = struct.Struct("!i")
+# The zone of a state pointer written before ingest recorded one: sessions were forced to UTC then.
+LEGACY_TIMEZONE = "UTC"
+# One statement fixes the run: batch time (UTC, DB clock), the source's wall clock and zone, the
+# snapshot, and the zone's daylight-saving shift (largest minus smallest UTC offset over this year's
+# month starts and now, in seconds) that the overlap must cover.
+WINDOW_SQL = (
+    "SELECT now() AT TIME ZONE 'UTC', localtimestamp, current_setting('TimeZone'), "
+    "pg_current_snapshot()::text, "
+    "(SELECT (max(o) - min(o))::int FROM (SELECT extract(timezone FROM now()) AS o UNION ALL "
+    "SELECT extract(timezone FROM date_trunc('year', now()) + m * interval '1 month') "
+    "FROM generate_series(0, 12) AS m) AS offsets)")
 
 logger = get_logger(STAGE)
 
@@ -116,15 +136,17 @@ def run_ingest(event, s3_client=None, secrets_client=None):
 
 def connect_all(credentials, count):
     """Open ``count`` connections with ``credentials`` at the same time (most of a connect is
-    the server's password check); return them in a list.
+    the server's password check); return them in a list. Their sessions keep the database's
+    configured time zone (the zone totesys timestamps are written in).
 
     When any of them fails, the others are closed and the error of the first failed one (in
     list order) is raised, as ``connect_to_db`` raises it.
     """
     if count == 1:
-        return [connect_to_db(credentials=credentials)]
+        return [connect_to_db(credentials=credentials, timezone=None)]
     with ThreadPoolExecutor(max_workers=count, thread_name_prefix="ingest-connect") as pool:
-        pending = [pool.submit(connect_to_db, credentials=credentials) for _ in range(count)]
+        pending = [pool.submit(connect_to_db, credentials=credentials, timezone=None)
+                   for _ in range(count)]
     opened = [future.result() for future in pending if future.exception() is None]
     if len(opened) < count:
         for conn in opened:
@@ -138,25 +160,94 @@ def ingest_tables(conn, s3_client, bucket, tables, overlap_seconds, helpers=()):
 
     ``conn`` is an open pg8000 native connection to totesys (left open). ``helpers`` are more open
     connections to the same database (left open): each reads a share of the tables on its own
-    thread, from the snapshot of ``conn``'s transaction. Raises ConcurrentRunError when another
-    run holds the lock, StateConflictError when another run advanced the state pointer meanwhile
-    (this run's files are then never referenced).
+    thread, from the snapshot of ``conn``'s transaction. The sessions' time zone must be the one
+    the source's timestamps are written in (``connect_to_db(timezone=None)``). Raises
+    ConcurrentRunError when another run holds the lock, StateConflictError when another run
+    advanced the state pointer meanwhile (this run's files are then never referenced),
+    SchemaDriftError when a column is gone or retyped, ConfigError when ``overlap_seconds`` is
+    below the source time zone's daylight-saving shift (nothing is landed in these two cases).
     """
     if not conn.run("SELECT pg_try_advisory_lock(:key)", key=ADVISORY_LOCK_KEY)[0][0]:
         raise ConcurrentRunError("another ingest run holds the lock on the source database; try later")
     try:
         state, etag = read_state(s3_client, bucket, STAGE)
-        prev_tables = state.get("tables", {})
-        batch_time, snapshot, landed = _extract_and_land(conn, s3_client, bucket, tables, prev_tables,
-                                                         overlap_seconds, helpers)
-        return _commit_batch(s3_client, bucket, tables, batch_time, snapshot, landed, state, etag)
+        window, landed = _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds, helpers)
+        return _commit_batch(s3_client, bucket, tables, window, landed, state, etag)
     finally:
         _cleanup(conn, "SELECT pg_advisory_unlock(:key)", key=ADVISORY_LOCK_KEY)
 
 
-def _extract_and_land(conn, s3_client, bucket, tables, prev_tables, overlap_seconds, helpers=()):
+@dataclass(frozen=True)
+class Window:
+    """What one run's snapshot transaction fixed.
+
+    ``batch_time``: DB clock in UTC (keys, batch id). ``timezone``: the source's TimeZone setting.
+    ``highs``: ``{table: upper bound}`` and ``prev_tables``: the state pointer's ``tables`` (every
+    table, ``high`` converted into ``timezone``), both in source wall-clock time.
+    ``ignored_columns``: ``{table: [column]}`` the source has beyond the spec.
+    """
+    batch_time: datetime
+    timezone: str
+    snapshot: str
+    highs: dict
+    prev_tables: dict
+    overlap_seconds: int
+    ignored_columns: dict
+
+
+def open_window(conn, tables, state, overlap_seconds, export=False):
+    """Read the run's bounds in ``conn``'s open snapshot transaction; return ``(Window, exported
+    snapshot id or None, the source's wall clock)``.
+
+    Raises ConfigError when ``overlap_seconds`` is below the zone's daylight-saving shift (rows
+    stamped in a repeated hour could fall below the window), SchemaDriftError (nothing read yet).
+    Logs one WARNING per ignored source column and one when the zone changed since ``state``.
+    """
+    row = conn.run(WINDOW_SQL + (", pg_export_snapshot()" if export else ""))[0]
+    batch_time, wall_now, zone, snapshot, dst_shift = row[:5]
+    if overlap_seconds < dst_shift:
+        raise ConfigError(
+            f"INGEST_OVERLAP_SECONDS={overlap_seconds} is below the daylight-saving shift of the source "
+            f"time zone {zone!r} ({dst_shift} s): rows written in the hour repeated after a fall-back "
+            f"would be missed; set it to at least {dst_shift}")
+    ignored = check_source_schema(conn, tables)
+    for table, columns in ignored.items():
+        for column in columns:
+            logger.warning("source column not in the spec: ignored", table=table, column=column)
+    prev_tables = _prev_tables_in_zone(conn, state, zone)
+    highs = {}
+    for table in tables:
+        prev = prev_tables.get(table)
+        prev_high = parse_time(prev["high"]) if prev else wall_now
+        # A daylight-saving fall-back puts the wall clock back: the bound never moves back, so rows
+        # stamped in the repeated hour (fresh xids) still fall in [prev_high - overlap, high).
+        highs[table] = max(wall_now, prev_high)
+    window = Window(batch_time, zone, snapshot, highs, prev_tables, overlap_seconds, ignored)
+    return window, (row[5] if export else None), wall_now
+
+
+def _prev_tables_in_zone(conn, state, zone):
+    """The state pointer's ``tables`` with each ``high`` in ``zone``: a state written in another
+    zone (before zones were recorded: UTC) is converted by the server, with one WARNING."""
+    prev_tables = {table: dict(entry) for table, entry in state.get("tables", {}).items()}
+    old_zone = state.get("timezone", LEGACY_TIMEZONE)
+    if not prev_tables or old_zone == zone:
+        return prev_tables
+    names = sorted(prev_tables)
+    converted = conn.run(
+        "SELECT (CAST(high AS timestamp) AT TIME ZONE CAST(:old AS text)) AT TIME ZONE CAST(:new AS text) "
+        "FROM unnest(CAST(:highs AS text[])) WITH ORDINALITY AS h(high, n) ORDER BY n",
+        old=old_zone, new=zone, highs=[prev_tables[name]["high"] for name in names])
+    for name, (high,) in zip(names, converted):
+        prev_tables[name]["high"] = format_time(high)
+    logger.warning("source time zone changed: previous bounds converted", old_timezone=old_zone,
+                   timezone=zone, tables=names)
+    return prev_tables
+
+
+def _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds, helpers=()):
     """Stream every table out of one snapshot and land its Parquet file; return
-    ``(batch_time, snapshot, {table: manifest entry})`` (only the tables that landed a file).
+    ``(Window, {table: manifest entry})`` (only the tables that landed a file).
 
     The work is pipelined over threads so that it overlaps the server producing the rows: each
     reader's converter thread parses its CSV chunks into Parquet row groups and finishes each file
@@ -180,14 +271,11 @@ def _extract_and_land(conn, s3_client, bucket, tables, prev_tables, overlap_seco
         conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         in_transaction = [conn]
         try:
-            if helpers:
-                db_now, snapshot, exported = conn.run(
-                    "SELECT now(), pg_current_snapshot()::text, pg_export_snapshot()")[0]
-            else:
-                db_now, snapshot = conn.run("SELECT now(), pg_current_snapshot()::text")[0]
-            batch_time = db_now.astimezone(timezone.utc).replace(tzinfo=None)
-            logger.info("snapshot taken", batch_time=format_time(batch_time), snapshot=snapshot,
-                        connections=1 + len(helpers))
+            window, exported, wall_now = open_window(conn, tables, state, overlap_seconds,
+                                                     export=bool(helpers))
+            logger.info("snapshot taken", batch_time=format_time(window.batch_time),
+                        timezone=window.timezone, wall_clock=format_time(wall_now),
+                        snapshot=window.snapshot, connections=1 + len(helpers))
             work = deque(largest_first(conn, tables) if helpers else tables)
             for helper in helpers:
                 import_snapshot(helper, exported)
@@ -195,8 +283,7 @@ def _extract_and_land(conn, s3_client, bucket, tables, prev_tables, overlap_seco
 
             def read(connection, convert):
                 try:
-                    return _read_tables(connection, work, stop, s3_client, bucket, batch_time, snapshot,
-                                        prev_tables, overlap_seconds, convert, upload)
+                    return _read_tables(connection, work, stop, s3_client, bucket, window, convert, upload)
                 except BaseException:
                     stop.set()
                     raise
@@ -217,7 +304,7 @@ def _extract_and_land(conn, s3_client, bucket, tables, prev_tables, overlap_seco
             entry = stored[table].result()
             if entry:
                 landed[table] = entry
-        return batch_time, snapshot, landed
+        return window, landed
     except BaseException:
         for convert in converters:
             convert.shutdown(wait=True, cancel_futures=True)
@@ -229,8 +316,7 @@ def _extract_and_land(conn, s3_client, bucket, tables, prev_tables, overlap_seco
         upload.shutdown(wait=True)
 
 
-def _read_tables(conn, work, stop, s3_client, bucket, batch_time, snapshot, prev_tables, overlap_seconds,
-                 convert, upload):
+def _read_tables(conn, work, stop, s3_client, bucket, window, convert, upload):
     """Take tables from the ``work`` queue until it is empty or ``stop`` is set; extract each
     on ``conn``; return ``[(table, Future of its manifest entry)]``."""
     in_flight = []
@@ -241,8 +327,7 @@ def _read_tables(conn, work, stop, s3_client, bucket, batch_time, snapshot, prev
             break
         if len(in_flight) >= MAX_TABLES_IN_FLIGHT:
             in_flight[-MAX_TABLES_IN_FLIGHT][1].result()
-        in_flight.append((table, _land_table(conn, s3_client, bucket, table, batch_time, snapshot,
-                                             prev_tables.get(table), overlap_seconds, convert, upload)))
+        in_flight.append((table, _land_table(conn, s3_client, bucket, table, window, convert, upload)))
     return in_flight
 
 
@@ -283,8 +368,7 @@ def _cleanup(conn, sql, **params):
         pass
 
 
-def _land_table(conn, s3_client, bucket, table, batch_time, snapshot, prev, overlap_seconds,
-                convert=None, upload=None):
+def _land_table(conn, s3_client, bucket, table, window, convert=None, upload=None):
     """Extract one table's changed rows and write its Parquet file; return a Future of its
     manifest entry (None when no rows).
 
@@ -292,20 +376,21 @@ def _land_table(conn, s3_client, bucket, table, batch_time, snapshot, prev, over
     executors when given (single-threaded each, so files and row groups keep their order),
     else inline.
     """
-    high = format_time(batch_time)
+    batch_time, snapshot, prev = window.batch_time, window.snapshot, window.prev_tables.get(table)
+    high = format_time(window.highs[table])
     low = None
     params = {"high": high, "low": "", "prev_high": "", "prev_xmin": "0",
               "xid_base": "0", "cur_xmax": "0"}
     if prev:
         prev_high = parse_time(prev["high"])
-        low = format_time(prev_high - timedelta(seconds=overlap_seconds))
+        low = format_time(prev_high - timedelta(seconds=window.overlap_seconds))
         cur_xmax = snapshot_bounds(snapshot)[1]
         params.update(low=low, prev_high=format_time(prev_high),
                       prev_xmin=str(snapshot_bounds(prev["snapshot"])[0]),
                       xid_base=str(cur_xmax >> 32 << 32), cur_xmax=str(cur_xmax))
     conn.run("SELECT " + ", ".join(f"set_config('totesys.{name}', :{name}, true)" for name in params),
              **params)
-    sink = ParquetSink(SOURCE_SCHEMAS[table], executor=convert)
+    sink = ParquetSink(LANDING_SCHEMAS[table], executor=convert, table=table)
     copy_out(conn, copy_sql(table, incremental=bool(prev)), sink)
     finished = sink.close_async()
 
@@ -322,20 +407,30 @@ def _land_table(conn, s3_client, bucket, table, batch_time, snapshot, prev, over
     return (upload or _INLINE).submit(store)
 
 
-def _commit_batch(s3_client, bucket, tables, batch_time, snapshot, landed, state, etag):
-    """Write the manifest (if anything landed), then advance the state pointer (CAS)."""
+def _commit_batch(s3_client, bucket, tables, window, landed, state, etag):
+    """Write the manifest (if anything landed), then advance the state pointer (CAS).
+
+    The state keeps every table's entry, all in ``window.timezone``; ``ignored_columns`` is the
+    previous one with this run's tables replaced by what this run found.
+    """
+    batch_time = window.batch_time
     batch_id = f"{batch_time:%Y%m%dT%H%M%S%f}"
+    ignored = {table: columns for table, columns in state.get("ignored_columns", {}).items()
+               if table not in tables}
+    ignored.update(window.ignored_columns)
     new_state = {"manifest_key": state.get("manifest_key"), "batch_id": state.get("batch_id"),
-                 "tables": dict(state.get("tables", {}))}
+                 "timezone": window.timezone, "ignored_columns": ignored,
+                 "tables": dict(window.prev_tables)}
     if landed:
         manifest_key = generate_file_key("_batches", batch_time, "json")
         manifest = {"batch_id": batch_id, "batch_time": format_time(batch_time),
+                    "timezone": window.timezone, "ignored_columns": window.ignored_columns,
                     "prev_manifest_key": state.get("manifest_key"), "tables": landed}
         write_to_s3(s3_client, bucket, manifest_key, json.dumps(manifest, sort_keys=True))
         logger.info("manifest written", key=manifest_key, tables=len(landed))
         new_state.update(manifest_key=manifest_key, batch_id=batch_id)
     for table in tables:
-        new_state["tables"][table] = {"high": format_time(batch_time), "snapshot": snapshot}
+        new_state["tables"][table] = {"high": format_time(window.highs[table]), "snapshot": window.snapshot}
     write_state(s3_client, bucket, STAGE, new_state, etag)
     logger.info("state advanced", batch_time=format_time(batch_time), tables=tables)
     return {table: entry["key"] for table, entry in landed.items()}
@@ -466,9 +561,14 @@ class ParquetSink:
     """A write-only stream for ``COPY ... TO STDOUT (FORMAT csv)`` that turns the CSV into Parquet.
 
     CSV bytes are buffered up to ``chunk_bytes`` and then parsed with pyarrow.csv using the
-    table's explicit schema into one Parquet row group, so memory stays bounded by the chunk
-    size plus the (compressed) Parquet output. NULL is an unquoted empty field and the empty
-    string a quoted one (PostgreSQL's CSV rules), so the two stay distinct.
+    table's explicit schema into one Parquet row group, so memory stays bounded by the chunk size
+    (or the largest row) plus the (compressed) Parquet output. NULL is an unquoted empty field and
+    the empty string a quoted one (PostgreSQL's CSV rules), so the two stay distinct. A row of any
+    size parses: each chunk is one pyarrow block. Timestamps of years pyarrow's parser does not
+    read (BC, after 9999) are converted by ``wall_time_to_epoch_ms`` (only in a chunk that holds
+    one). The file written is readable with exactly ``schema``: a value the schema cannot hold (a
+    NULL in a non-nullable field, 'infinity', an unparsable number) raises SourceDataError naming
+    ``table``, the column and the value, never a raw ArrowInvalid.
 
     With an ``executor`` (one worker thread, so row groups keep their order) the chunks are parsed
     and written there while the caller keeps writing; at most MAX_QUEUED_CHUNKS wait behind the
@@ -476,8 +576,9 @@ class ParquetSink:
     close. Without one everything runs inline.
     """
 
-    def __init__(self, schema, chunk_bytes=CHUNK_BYTES, executor=None):
+    def __init__(self, schema, chunk_bytes=CHUNK_BYTES, executor=None, table=None):
         self.schema = schema
+        self.table = table
         self.chunk_bytes = chunk_bytes
         self.rows = 0
         self._parts, self._size = [], 0
@@ -486,12 +587,18 @@ class ParquetSink:
         self._out = io.BytesIO()
         self._writer = None
         self._dictionary_columns = [field.name for field in schema if pa.types.is_string(field.type)]
-        self._read = pa_csv.ReadOptions(column_names=schema.names, block_size=max(chunk_bytes, 1 << 20))
         self._parse = pa_csv.ParseOptions(newlines_in_values=True)
-        self._convert = pa_csv.ConvertOptions(
-            column_types={field.name: field.type for field in schema},
-            null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False,
-            true_values=["t"], false_values=["f"])
+        self._convert = self._convert_options({field.name: field.type for field in schema})
+        # For a chunk holding a timestamp pyarrow cannot parse: timestamps read as text.
+        self._convert_times_as_text = self._convert_options(
+            {field.name: pa.string() if pa.types.is_timestamp(field.type) else field.type
+             for field in schema})
+
+    @staticmethod
+    def _convert_options(column_types):
+        return pa_csv.ConvertOptions(
+            column_types=column_types, null_values=[""], strings_can_be_null=True,
+            quoted_strings_can_be_null=False, true_values=["t"], false_values=["f"])
 
     def write(self, data):
         self._parts.append(data)
@@ -522,9 +629,25 @@ class ParquetSink:
         self._pending.append(self._executor.submit(self._flush, data[:cut] if cut < len(data) else data))
 
     def _flush(self, chunk):
-        parsed = pa_csv.read_csv(pa.BufferReader(chunk), read_options=self._read,
-                                 parse_options=self._parse, convert_options=self._convert)
-        table = pa.Table.from_arrays(parsed.columns, schema=self.schema)
+        # One block per chunk: a block must hold whole rows, and a row may be larger than any default.
+        read = pa_csv.ReadOptions(column_names=self.schema.names, block_size=len(chunk) + 1)
+        try:
+            parsed = pa_csv.read_csv(pa.BufferReader(chunk), read_options=read,
+                                     parse_options=self._parse, convert_options=self._convert)
+            columns = parsed.columns
+        except pa.ArrowInvalid as err:
+            error = self._parse_error(err)
+            if error.column is None or not pa.types.is_timestamp(self.schema.field(error.column).type):
+                raise error from err
+            parsed = pa_csv.read_csv(pa.BufferReader(chunk), read_options=read, parse_options=self._parse,
+                                     convert_options=self._convert_times_as_text)
+            columns = [self._timestamps_from_text(field.name, column) if pa.types.is_timestamp(field.type)
+                       else column for field, column in zip(self.schema, parsed.columns)]
+        for field, column in zip(self.schema, columns):
+            if column.null_count and not field.nullable:
+                raise SourceDataError(self.table, field.name, None,
+                                      "NULL in a column the landing schema declares NOT NULL")
+        table = pa.Table.from_arrays(columns, schema=self.schema)
         if self._writer is None:
             # Dictionary encoding only where it pays (text: codes, names, dates): on ids, amounts and
             # timestamps it made the files larger and tripled the time spent writing them.
@@ -532,6 +655,25 @@ class ParquetSink:
                                             use_dictionary=self._dictionary_columns)
         self._writer.write_table(table)
         self.rows += table.num_rows
+
+    def _timestamps_from_text(self, column_name, texts):
+        """timestamp[ms] array of PostgreSQL's text of ``timestamp`` values (any year)."""
+        millis = []
+        for text in texts.to_pylist():
+            try:
+                millis.append(None if text is None else wall_time_to_epoch_ms(text))
+            except ValueError as err:
+                raise SourceDataError(self.table, column_name, text[:200], str(err)) from None
+        return pa.array(millis, pa.int64()).cast(pa.timestamp("ms"))
+
+    def _parse_error(self, err):
+        """SourceDataError for a pyarrow CSV error, with the column and value when pyarrow names them."""
+        message = str(err)
+        column = re.search(r"CSV column #(\d+)", message)
+        column = self.schema.names[int(column.group(1))] if column else None
+        value = re.search(r"invalid value '(.*)'", message, re.DOTALL)
+        value = value.group(1)[:200] if value else None
+        return SourceDataError(self.table, column, value, message.splitlines()[0][:300])
 
     def _finish(self):
         while self._pending:
@@ -541,6 +683,31 @@ class ParquetSink:
         self._writer.close()
         self._out.seek(0)
         return self._out, self.rows
+
+
+_WALL_TIME = re.compile(r"(\d{4,})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?( BC)?")
+
+
+def wall_time_to_epoch_ms(text):
+    """Milliseconds from 1970-01-01 00:00 to the wall time ``text`` (PostgreSQL's ISO output of a
+    ``timestamp``: 'YYYY-MM-DD HH:MM:SS[.ffffff][ BC]', any year, proleptic Gregorian calendar),
+    truncated to the millisecond. Raises ValueError for anything else, 'infinity' included
+    (timestamp[ms] cannot hold it and a NULL would silently change it)."""
+    match = _WALL_TIME.fullmatch(text)
+    if not match:
+        raise ValueError("not a finite timestamp: timestamp[ms] cannot hold it")
+    year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
+    if match.group(8):
+        year = 1 - year  # 1 BC is year 0
+    # Days from 1970-01-01 to year-month-day (H. Hinnant's days_from_civil), exact for any year.
+    year -= month <= 2
+    era = year // 400
+    year_of_era = year - era * 400
+    day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    days = era * 146097 + day_of_era - 719468
+    fraction = int((match.group(7) or "0").ljust(6, "0")) // 1000
+    return ((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + fraction
 
 
 def record_boundary(buffer):

@@ -1,0 +1,198 @@
+"""Time is the source's time (SPEC 4.9): a totesys whose database time zone is not UTC, a zone change
+between runs, and a daylight-saving fall-back, against a real PostgreSQL.
+
+Writers connect as the application does (``connect_to_db(timezone=None)``: the database's configured
+zone) and stamp ``last_updated`` with ``now()`` or ``localtimestamp``, i.e. the source's wall clock.
+"""
+import json
+import time
+from datetime import timedelta
+
+import pytest
+from pg8000.native import identifier
+
+import ingest
+from tests.test_ingest import (FILL_SQL, SCHEMA_SQL, all_keys, assert_each_version_landed_once, execute,
+                               ingest_log, read_json, read_table)
+from utils.db_connections import close_db_connection, connect_to_db, credentials_from_url
+from utils.errors import ConfigError
+from utils.format_time import parse_time
+from utils.state import read_state
+
+__all__ = ["ingest_log"]  # fixture shared with test_ingest
+
+
+@pytest.fixture
+def source(pipeline_env, new_database):
+    """A small hand-filled totesys wired into moto; returns (s3 client, ingest bucket, url)."""
+    import boto3
+    url = new_database()
+    execute(url, SCHEMA_SQL)
+    execute(url, FILL_SQL)
+    names = pipeline_env(source_url=url)
+    return boto3.client("s3"), names["ingest"], url
+
+
+def set_database_timezone(url, zone):
+    """ALTER DATABASE ... SET timezone: every new session of the database gets ``zone``."""
+    database = credentials_from_url(url)["database"]
+    # ALTER DATABASE takes no bound parameter: the zone is checked by the server as a literal.
+    zone_literal = "'" + zone.replace("'", "''") + "'"
+    execute(url, f"ALTER DATABASE {identifier(database)} SET timezone = {zone_literal}")
+
+
+def writer(url):
+    """A session in the database's configured zone, as the application's own writers have."""
+    return connect_to_db(credentials=credentials_from_url(url), timezone=None)
+
+
+def write(url, sql):
+    conn = writer(url)
+    try:
+        return conn.run(sql)
+    finally:
+        close_db_connection(conn)
+
+
+def updated_rows(s3, bucket, result, table, pk):
+    """{primary key: last_updated} of the landed file of ``table`` in a run's ``result``."""
+    landed = read_table(s3, bucket, result[table])
+    return dict(zip(landed[pk].to_pylist(), landed["last_updated"].to_pylist()))
+
+
+def test_connect_to_db_keeps_the_database_zone_only_when_asked(new_database):
+    url = new_database()
+    set_database_timezone(url, "Asia/Tokyo")
+    assert execute(url, "SELECT current_setting('TimeZone')") == [["UTC"]]
+    assert write(url, "SELECT current_setting('TimeZone')") == [["Asia/Tokyo"]]
+
+
+@pytest.mark.parametrize("zone", ["America/New_York", "Asia/Tokyo"])
+def test_changes_stamped_in_the_source_zone_are_landed_by_the_next_run_exactly_once(source, zone):
+    s3, bucket, url = source
+    set_database_timezone(url, zone)
+    first = ingest.lambda_handler({}, None)
+    assert "sales_order" in first
+    write(url, "UPDATE sales_order SET units_sold = units_sold + 1, last_updated = now() "
+               "WHERE sales_order_id = 1")
+    write(url, "UPDATE payment SET paid = true, last_updated = localtimestamp WHERE payment_id = 1")
+    wall_now = write(url, "SELECT localtimestamp")[0][0]
+
+    second = ingest.lambda_handler({}, None)
+    assert sorted(second) == ["payment", "sales_order"]
+    assert list(updated_rows(s3, bucket, second, "sales_order", "sales_order_id")) == [1]
+    assert list(updated_rows(s3, bucket, second, "payment", "payment_id")) == [1]
+    assert ingest.lambda_handler({}, None) == {}
+    assert_each_version_landed_once(s3, bucket, url, superseded=2)
+
+    state, _ = read_state(s3, bucket, "ingest")
+    manifest = read_json(s3, bucket, state["manifest_key"])
+    assert state["timezone"] == manifest["timezone"] == zone
+    # Bounds are source wall-clock times, the batch time stays UTC (keys, batch ids).
+    high = parse_time(manifest["tables"]["sales_order"]["high"])
+    assert abs(high - wall_now) < timedelta(minutes=5)
+    utc_now = execute(url, "SELECT now() AT TIME ZONE 'UTC'")[0][0]
+    assert abs(parse_time(manifest["batch_time"]) - utc_now) < timedelta(minutes=5)
+
+
+@pytest.mark.parametrize("legacy_state", [False, True])
+def test_a_zone_change_between_runs_converts_the_bounds_once_and_loses_nothing(source, ingest_log,
+                                                                               legacy_state):
+    s3, bucket, url = source
+    ingest.lambda_handler({}, None)  # database zone: UTC
+    state, etag = read_state(s3, bucket, "ingest")
+    assert state["timezone"] == "UTC"
+    if legacy_state:  # a state pointer written before zones were recorded: its bounds are UTC
+        del state["timezone"]
+        s3.put_object(Bucket=bucket, Key="_state/ingest.json", Body=json.dumps(state))
+    utc_high = parse_time(state["tables"]["address"]["high"])
+    set_database_timezone(url, "Asia/Tokyo")
+    write(url, "UPDATE address SET city = 'Kyoto', last_updated = now() WHERE address_id = 2")
+    ingest_log.clear()
+
+    second = ingest.lambda_handler({}, None)
+    assert list(second) == ["address"]
+    assert list(updated_rows(s3, bucket, second, "address", "address_id")) == [2]
+    warnings = [line for level, line in ingest_log if level == "WARNING" and "time zone changed" in line]
+    assert len(warnings) == 1 and '"old_timezone":"UTC"' in warnings[0] and "Asia/Tokyo" in warnings[0]
+    state, _ = read_state(s3, bucket, "ingest")
+    assert state["timezone"] == "Asia/Tokyo"
+    # The window started from the previous bound in Tokyo time (UTC + 9 h) minus the overlap.
+    low = parse_time(read_json(s3, bucket, state["manifest_key"])["tables"]["address"]["low"])
+    assert low == utc_high + timedelta(hours=9) - timedelta(hours=1)
+    assert ingest.lambda_handler({}, None) == {}
+    assert_each_version_landed_once(s3, bucket, url, superseded=1)
+
+
+def test_a_subset_run_after_a_zone_change_converts_the_other_tables_too(source):
+    s3, bucket, _ = source
+    ingest.lambda_handler({}, None)
+    before = read_state(s3, bucket, "ingest")[0]["tables"]
+    set_database_timezone(source[2], "Asia/Tokyo")
+    ingest.lambda_handler({"tables_to_query": ["currency"]}, None)
+    after = read_state(s3, bucket, "ingest")[0]["tables"]
+    assert parse_time(after["payment"]["high"]) == parse_time(before["payment"]["high"]) + timedelta(hours=9)
+
+
+def test_an_overlap_shorter_than_the_daylight_saving_shift_is_refused(source, monkeypatch):
+    s3, bucket, url = source
+    set_database_timezone(url, "America/New_York")
+    monkeypatch.setenv("INGEST_OVERLAP_SECONDS", "1800")
+    with pytest.raises(ConfigError, match=r"INGEST_OVERLAP_SECONDS=1800 is below the daylight-saving shift "
+                                          r"of the source time zone 'America/New_York' \(3600 s\)"):
+        ingest.lambda_handler({}, None)
+    assert all_keys(s3, bucket) == []
+    monkeypatch.setenv("INGEST_OVERLAP_SECONDS", "3600")
+    assert ingest.lambda_handler({}, None)
+
+
+def fall_back_soon(url, seconds):
+    """A POSIX zone (standard UTC-5, daylight UTC-4) whose daylight time began on January 1 and ends
+    ``seconds`` from now (database clock): its wall clock then goes back one hour."""
+    utc_now = execute(url, "SELECT now() AT TIME ZONE 'UTC'")[0][0]
+    end = (utc_now + timedelta(seconds=seconds) - timedelta(hours=4)).replace(microsecond=0)
+    day = end.timetuple().tm_yday
+    if end.month > 2 and (end.year % 4 == 0 and (end.year % 100 or end.year % 400 == 0)):
+        day -= 1  # Jn counts 1-365 and never February 29
+    return f"XST5XDT,J1/0,J{day}/{end:%H:%M:%S}"
+
+
+def wait_for_wall_clock_before(url, moment, timeout=30):
+    """Poll until the source's wall clock (in its configured zone) reads earlier than ``moment``."""
+    deadline = time.monotonic() + timeout
+    while write(url, "SELECT localtimestamp")[0][0] >= moment:
+        assert time.monotonic() < deadline, f"the source wall clock never went back before {moment}"
+        time.sleep(0.2)
+
+
+def test_the_daylight_saving_fall_back_loses_and_duplicates_nothing(source):
+    s3, bucket, url = source
+    set_database_timezone(url, fall_back_soon(url, seconds=6))
+    late = writer(url)
+    try:
+        # Written in daylight time, committed only after the first run's snapshot: a late commit.
+        late.run("BEGIN")
+        late.run("UPDATE sales_order SET units_sold = 7, last_updated = now() WHERE sales_order_id = 1")
+        ingest.lambda_handler({}, None)
+        late.run("COMMIT")
+    finally:
+        close_db_connection(late)
+    first = read_json(s3, bucket, read_state(s3, bucket, "ingest")[0]["manifest_key"])
+    first_high = parse_time(first["tables"]["sales_order"]["high"])
+    assert parse_time(first["batch_time"]) - first_high == timedelta(hours=4), \
+        "the first run must take its snapshot before the fall-back (the machine was too slow)"
+
+    wait_for_wall_clock_before(url, first_high)
+    # Stamped in the repeated hour: up to an hour earlier than the previous run's bound.
+    write(url, "UPDATE sales_order SET units_sold = 8, last_updated = now() WHERE sales_order_id = 2")
+    write(url, "UPDATE payment SET paid = true, last_updated = localtimestamp WHERE payment_id = 1")
+    stamped = write(url, "SELECT last_updated FROM sales_order WHERE sales_order_id = 2")[0][0]
+    assert stamped < first_high
+
+    second = ingest.lambda_handler({}, None)
+    assert sorted(second) == ["payment", "sales_order"]
+    assert sorted(updated_rows(s3, bucket, second, "sales_order", "sales_order_id")) == [1, 2]
+    assert ingest.lambda_handler({}, None) == {}
+    state, _ = read_state(s3, bucket, "ingest")
+    assert parse_time(state["tables"]["sales_order"]["high"]) == first_high  # kept, never moved back
+    assert_each_version_landed_once(s3, bucket, url, superseded=3)
