@@ -176,3 +176,47 @@ def test_csv_stream_of_a_table_whose_first_batch_is_empty_is_clean_csv():
     table = pa.concat_tables([REJECTED_SCHEMA.empty_table(),
                               rejected_records("design", [2], None, "design_name", "too long", ["x"])])
     assert csv_stream(table).getvalue() == b'"design",2,,"design_name","too long","x"\n'
+
+
+def test_bad_values_in_totesys_are_quarantined_end_to_end_and_load_once_fixed(
+        totesys_url, warehouse_url, pipeline_env):
+    """The real ingest, transform and load on scale-1 totesys, into a warehouse whose dim_location.city
+    is varchar(20): a NULL city (NOT NULL dropped in the source), a city too long for the warehouse and an
+    impossible agreed date are quarantined; a good change in the same batch loads; the fixes load."""
+    import ingest
+    for statement in schema_statements():
+        query(warehouse_url, statement.replace("    city varchar NOT NULL", "    city varchar(20) NOT NULL"))
+    pipeline_env(source_url=totesys_url, warehouse_url=warehouse_url)
+
+    def run():
+        return load.lambda_handler(transform.lambda_handler(ingest.lambda_handler({}, None), None), None)
+
+    assert run()["rejected_rows"] == 0
+    query(totesys_url, "ALTER TABLE address ALTER city DROP NOT NULL")
+    query(totesys_url, "UPDATE address SET city = NULL, last_updated = now() WHERE address_id = 1")
+    query(totesys_url, "UPDATE address SET city = 'Llanfairpwllgwyngyllgogerychwyrndrobwll', "
+                       "last_updated = now() WHERE address_id = 2")
+    query(totesys_url, "UPDATE sales_order SET agreed_delivery_date = '2024-02-30', last_updated = now() "
+                       "WHERE sales_order_id = 3")
+    query(totesys_url, "UPDATE sales_order SET units_sold = 4242, last_updated = now() "
+                       "WHERE sales_order_id = 4")
+    cities = query(warehouse_url, "SELECT location_id, city FROM dim_location WHERE location_id IN (1, 2) "
+                                  "ORDER BY 1")
+    result = run()
+    assert result["rejected"] == {"address": 2, "sales_order": 1}
+    assert [row[:3] for row in query(warehouse_url, "SELECT source_table, source_id, column_name "
+                                                    "FROM etl_rejected_rows ORDER BY 1, 2")] == [
+        ["address", 1, "city"], ["address", 2, "city"], ["sales_order", 3, "agreed_delivery_date"]]
+    assert query(warehouse_url, "SELECT location_id, city FROM dim_location WHERE location_id IN (1, 2) "
+                                "ORDER BY 1") == cities
+    assert query(warehouse_url, "SELECT units_sold FROM current_sales_order WHERE sales_order_id = 4") \
+        == [[4242]]
+
+    query(totesys_url, "UPDATE address SET city = 'Leeds', last_updated = now() WHERE address_id IN (1, 2)")
+    query(totesys_url, "UPDATE sales_order SET agreed_delivery_date = '2024-03-01', last_updated = now() "
+                       "WHERE sales_order_id = 3")
+    assert run()["rejected_rows"] == 0
+    assert query(warehouse_url, "SELECT city FROM dim_location WHERE location_id IN (1, 2)") \
+        == [["Leeds"], ["Leeds"]]
+    assert query(warehouse_url, "SELECT agreed_delivery_date::text FROM current_sales_order "
+                                "WHERE sales_order_id = 3") == [["2024-03-01"]]
