@@ -220,3 +220,34 @@ def test_bad_values_in_totesys_are_quarantined_end_to_end_and_load_once_fixed(
         == [["Leeds"], ["Leeds"]]
     assert query(warehouse_url, "SELECT agreed_delivery_date::text FROM current_sales_order "
                                 "WHERE sales_order_id = 3") == [["2024-03-01"]]
+
+
+def test_fact_timestamps_outside_the_warehouse_years_are_rejected_and_named():
+    from utils.quarantine import split_source_rows
+    from tests.ingest_batches import source_table
+    rows = [sales_order(i) for i in range(1, 6)]
+    table = source_table("sales_order", rows).cast(LANDING_SCHEMAS["sales_order"])
+    millis = table["created_at"].cast(pa.int64()).to_pylist()
+    millis[1:] = [2 ** 63 - 1, -(2 ** 63 - 1), 327_416_976_550_123, -62_135_596_801_000]
+    table = table.set_column(1, "created_at", pa.array(millis, pa.int64()).cast(pa.timestamp("ms")))
+    good, bad = split_source_rows("sales_order", table)
+    assert good["sales_order_id"].to_pylist() == [1]
+    assert [(r["source_id"], r["column_name"], r["value"]) for r in bad.to_pylist()] == [
+        (2, "created_at", "infinity"), (3, "created_at", "-infinity"),
+        (4, "created_at", "12345-06-07 08:09:10.123"), (5, "created_at", "0001-12-31 23:59:59.000 BC")]
+    assert set(bad["reason"].to_pylist()) == {"timestamp outside the years 1 to 9999 the warehouse holds"}
+
+
+def test_infinite_and_bc_timestamps_in_totesys_are_quarantined_end_to_end(
+        totesys_url, warehouse_url, pipeline_env):
+    import ingest
+    pipeline_env(source_url=totesys_url, warehouse_url=warehouse_url)
+    query(totesys_url, "UPDATE sales_order SET created_at = 'infinity' WHERE sales_order_id = 5")
+    query(totesys_url, "UPDATE sales_order SET created_at = '0044-03-15 12:00:00 BC' "
+                       "WHERE sales_order_id = 6")
+    result = load.lambda_handler(transform.lambda_handler(ingest.lambda_handler({}, None), None), None)
+    assert result["rejected"] == {"sales_order": 2}
+    assert query(warehouse_url, "SELECT source_id, value FROM etl_rejected_rows ORDER BY 1") == [
+        [5, "infinity"], [6, "0044-03-15 12:00:00.000 BC"]]
+    loaded = query(warehouse_url, "SELECT count(*) FROM fact_sales_order")[0][0]
+    assert loaded == query(totesys_url, "SELECT count(*) FROM sales_order")[0][0] - 2

@@ -53,7 +53,7 @@ from utils.generate_new_entry_query import select_list
 from utils.logger import get_logger
 from utils.source_schema import check_source_schema
 from utils.state import read_state, write_state
-from utils.tables import LANDING_SCHEMAS, SOURCE_TABLES, check_source_table
+from utils.tables import INFINITY_MS, LANDING_SCHEMAS, SOURCE_TABLES, check_source_table
 from utils.write_to_s3 import write_to_s3
 
 STAGE = "ingest"
@@ -691,8 +691,11 @@ _WALL_TIME = re.compile(r"(\d{4,})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,
 def wall_time_to_epoch_ms(text):
     """Milliseconds from 1970-01-01 00:00 to the wall time ``text`` (PostgreSQL's ISO output of a
     ``timestamp``: 'YYYY-MM-DD HH:MM:SS[.ffffff][ BC]', any year, proleptic Gregorian calendar),
-    truncated to the millisecond. Raises ValueError for anything else, 'infinity' included
-    (timestamp[ms] cannot hold it and a NULL would silently change it)."""
+    truncated to the millisecond. 'infinity' and '-infinity' become INFINITY_MS and -INFINITY_MS (the
+    ends of timestamp[ms]: the landing zone keeps the row, the transform quarantines it). Raises
+    ValueError for anything else."""
+    if text in ("infinity", "-infinity"):
+        return INFINITY_MS if text == "infinity" else -INFINITY_MS
     match = _WALL_TIME.fullmatch(text)
     if not match:
         raise ValueError("not a finite timestamp: timestamp[ms] cannot hold it")

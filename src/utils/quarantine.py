@@ -6,11 +6,15 @@ its columns, references to dimension rows it does not hold). Both describe a rej
 record per row (its first problem): ``REJECTED_SCHEMA``. When the source row is fixed it gets a new
 ``last_updated``, so the fixed version is a new row version and loads as usual.
 """
+from datetime import datetime, timedelta
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from utils.tables import PRIMARY_KEYS, SOURCE_SCHEMAS
+from utils.tables import INFINITY_MS, PRIMARY_KEYS, SOURCE_SCHEMAS
+
+EPOCH = datetime(1970, 1, 1)
 
 REJECTED_SCHEMA = pa.schema([
     pa.field("source_table", pa.string(), nullable=False),
@@ -71,9 +75,13 @@ def _bad_text_dates(column):
     return pc.and_(pc.is_valid(column), pc.invert(pc.fill_null(good, False)))
 
 
+# timestamp[ms] of 0001-01-01 00:00 and of 10000-01-01 00:00: the warehouse holds the years in between.
+_FIRST_MS, _END_MS = -62_135_596_800_000, 253_402_300_800_000
+
+
 def _out_of_range_stamps(column):
-    years = pc.year(column)
-    return pc.or_(pc.less(years, 1), pc.greater(years, 9999))
+    millis = pc.cast(column, pa.int64())
+    return pc.or_(pc.less(millis, _FIRST_MS), pc.greater_equal(millis, _END_MS))
 
 
 def source_row_problems(table_name, table):
@@ -117,6 +125,47 @@ def _records(table_name, table, rows, column, reason):
                             reason, picked[column])
 
 
+def _stamp_text(millis):
+    """A timestamp[ms] value (as int64 milliseconds) as text, for any value a landing file can hold."""
+    if millis is None:
+        return None
+    if abs(millis) == INFINITY_MS:
+        return "infinity" if millis > 0 else "-infinity"
+    if _FIRST_MS <= millis < _END_MS:
+        return (EPOCH + timedelta(milliseconds=millis)).isoformat(sep=" ", timespec="milliseconds")
+    days, rest = divmod(millis, 86_400_000)
+    year, month, day = _civil_from_days(days)
+    seconds, fraction = divmod(rest, 1000)
+    era = f"{1 - year:04d}" if year < 1 else f"{year:04d}"
+    return (f"{era}-{month:02d}-{day:02d} {seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+            f".{fraction:03d}{' BC' if year < 1 else ''}")
+
+
+def _civil_from_days(days):
+    """(year, month, day) of the proleptic Gregorian day ``days`` after 1970-01-01, any year (year 0 is
+    1 BC); H. Hinnant's civil_from_days."""
+    days += 719468
+    era = days // 146097
+    day_of_era = days - era * 146097
+    year_of_era = (day_of_era - day_of_era // 1460 + day_of_era // 36524 - day_of_era // 146096) // 365
+    day_of_year = day_of_era - (365 * year_of_era + year_of_era // 4 - year_of_era // 100)
+    month_index = (5 * day_of_year + 2) // 153
+    day = day_of_year - (153 * month_index + 2) // 5 + 1
+    month = month_index + 3 if month_index < 10 else month_index - 9
+    return year_of_era + era * 400 + (month <= 2), month, day
+
+
+def _values_text(values):
+    if isinstance(values, (pa.Array, pa.ChunkedArray)) and pa.types.is_timestamp(values.type):
+        return [_stamp_text(millis) for millis in values.cast(pa.int64()).to_pylist()]
+    return [_as_text(value) for value in (values.to_pylist() if hasattr(values, "to_pylist") else values)]
+
+
+def _warehouse_stamps(last_updated):
+    """``last_updated`` with the values outside years 1-9999 (which etl_rejected_rows cannot hold) NULL."""
+    return pc.if_else(_out_of_range_stamps(last_updated), pa.scalar(None, pa.timestamp("ms")), last_updated)
+
+
 def rejected_records(table_name, ids, last_updated, column, reason, values):
     """A REJECTED_SCHEMA table: one record per id; ``reason`` a string or a list of strings."""
     count = len(ids)
@@ -125,11 +174,11 @@ def rejected_records(table_name, ids, last_updated, column, reason, values):
         "source_table": [table_name] * count,
         "source_id": pa.array(ids, pa.int64()) if not isinstance(ids, (pa.Array, pa.ChunkedArray))
         else ids.cast(pa.int64()),
-        "last_updated": last_updated if last_updated is not None else pa.nulls(count, pa.timestamp("ms")),
+        "last_updated": _warehouse_stamps(last_updated) if last_updated is not None
+        else pa.nulls(count, pa.timestamp("ms")),
         "column_name": [column] * count,
         "reason": reasons,
-        "value": [_as_text(value) for value in (values.to_pylist() if hasattr(values, "to_pylist")
-                                                else values)],
+        "value": _values_text(values),
     }, schema=REJECTED_SCHEMA)
 
 

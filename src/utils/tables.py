@@ -118,6 +118,10 @@ LANDING_SCHEMAS = {
     for name, schema in SOURCE_SCHEMAS.items()
 }
 
+# How a landing file holds PostgreSQL's 'infinity' timestamp (negated: '-infinity'): the largest
+# timestamp[ms], far beyond any real time. The transform quarantines such rows and names the value.
+INFINITY_MS = 2 ** 63 - 1
+
 # Dependency order: a table comes after every table it references.
 SOURCE_TABLES = (
     "address", "counterparty", "currency", "department", "design", "staff",
