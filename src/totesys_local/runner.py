@@ -24,8 +24,6 @@ import boto3
 
 from totesys_local import cluster as local_pg
 from totesys_local import pending as pending_batches
-from totesys_local.aws_emulation import (STAGES, deploy_pipeline, emulated_aws, published_alerts,
-                                         wait_for_execution)
 from totesys_local.pending import BUCKETS, LAST_ERROR_FILE, SOURCE_DB, WAREHOUSE_DB
 from utils.config import DEFAULT_TOTESYS_SECRET_ID, DEFAULT_WAREHOUSE_SECRET_ID
 from utils.db_connections import (close_db_connection, connect_to_db, credentials_from_url,
@@ -217,6 +215,8 @@ class Progress:
     """Prints one line per stage as the execution's history arrives; remembers the first failure."""
 
     def __init__(self, out):
+        from totesys_local.aws_emulation import STAGES
+        self.stages = STAGES
         self.out = out
         self.started = {}
         self.seconds = {}
@@ -227,19 +227,19 @@ class Progress:
         kind = event["type"]
         details = event.get("stateEnteredEventDetails") or event.get("stateExitedEventDetails") or {}
         stage = details.get("name", "").lower()
-        if kind == "TaskStateEntered" and stage in STAGES:
+        if kind == "TaskStateEntered" and stage in self.stages:
             self.started[stage] = event["timestamp"]
-            self.out(f"  [{STAGES.index(stage) + 1}/3] {stage:<9} running ...")
-        elif kind == "TaskStateExited" and stage in STAGES and stage in self.started:
+            self.out(f"  [{self.stages.index(stage) + 1}/3] {stage:<9} running ...")
+        elif kind == "TaskStateExited" and stage in self.stages and stage in self.started:
             seconds = (event["timestamp"] - self.started[stage]).total_seconds()
             self.seconds[stage] = seconds
             error = _caught_error(details.get("output", ""))
             if error and self.failed is None:
                 self.failed = stage
                 self.error = {"stage": stage, **error}
-                self.out(f"  [{STAGES.index(stage) + 1}/3] {stage:<9} FAILED after {seconds:.2f} s")
+                self.out(f"  [{self.stages.index(stage) + 1}/3] {stage:<9} FAILED after {seconds:.2f} s")
             else:
-                self.out(f"  [{STAGES.index(stage) + 1}/3] {stage:<9} done in {seconds:.2f} s")
+                self.out(f"  [{self.stages.index(stage) + 1}/3] {stage:<9} done in {seconds:.2f} s")
 
 
 def run_pipeline(source_url, warehouse_url, state_dir, out=print):
@@ -247,6 +247,9 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print):
 
     Whatever the execution wrote is saved to ``state_dir`` either way; a failure is also recorded
     in ``state_dir/last_error.json``, and a success removes that file."""
+    # moto is a development dependency: only the commands that run the pipeline import it.
+    from totesys_local.aws_emulation import (deploy_pipeline, emulated_aws, published_alerts,
+                                             wait_for_execution)
     state_dir = Path(state_dir)
     s3_dir = state_dir / "s3"
     stamp = time.strftime('%Y%m%dT%H%M%S')
@@ -404,6 +407,8 @@ def _check_credentials(url, role):
 
 def _run(args, state_dir, before=None):
     """Resolve the databases, run one execution and print its summary (the body of run and retry)."""
+    # Fail before any work when a development dependency (moto) is missing.
+    import totesys_local.aws_emulation  # noqa: F401
     print(f"ToteSys local run (state in {state_dir}/)")
     source, warehouse = source_and_warehouse(args)
     for url, role in ((source, "source"), (warehouse, "warehouse")):
