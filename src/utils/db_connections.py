@@ -89,8 +89,8 @@ def credentials_from_url(url):
         port = None
     if parts.scheme not in ("postgresql", "postgres") or not parts.hostname or port is None:
         raise CredentialsError(
-            f"database URL {describe_url(url)!r} must look like "
-            "postgresql://user:password@host:port/database")
+            "database URL must look like postgresql://user:password@host:port/database, "
+            f"got {describe_url(url)!r}")
     credentials = {
         "host": parts.hostname,
         "port": port,

@@ -342,7 +342,7 @@ def test_url_without_password_takes_it_from_the_environment(monkeypatch, tmp_pat
     assert credentials_from_url("postgresql://ann@db/tote")["password"] == "from-env"
     assert credentials_from_url("postgresql://ann:given@db/tote")["password"] == "given"
     assert credentials_from_url("postgresql://ann:@db/tote")["password"] == ""  # explicitly empty
-    with pytest.raises(CredentialsError, match="'postgresql://ann@db:x/t' must look like") as err:
+    with pytest.raises(CredentialsError, match="must look like postgresql://.*got 'postgresql://ann@db:x/t'") as err:
         credentials_from_url("postgresql://ann:hunter2@db:x/t")
     assert "hunter2" not in str(err.value)
 
