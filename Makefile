@@ -16,7 +16,7 @@ help:
 	@echo "make run    run the pipeline once on embedded defaults (local PostgreSQL + emulated AWS)"
 	@echo "make test   lint, security checks and the tests with coverage (what CI runs)"
 	@echo "other: install-requirements install-dev-tools security-checks check-pep8-compliance lint"
-	@echo "       run-pytest bench psql stop clean layer deploy destroy"
+	@echo "       run-pytest simulate pending retry bench psql stop clean layer deploy destroy"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,14 @@ psql: $(STAMP)
 
 stop: $(STAMP)
 	$(BIN)/totesys stop --state-dir $(STATE_DIR)
+
+# After a failed run: what waits downstream (and the last error), then run again.
+.PHONY: pending retry
+pending: $(RUNTIME_STAMP)
+	$(BIN)/totesys pending --state-dir $(STATE_DIR)
+
+retry: $(STAMP)
+	$(BIN)/totesys retry --state-dir $(STATE_DIR)
 
 clean:
 	-@[ -x $(BIN)/totesys ] && $(BIN)/totesys stop --state-dir $(STATE_DIR) >/dev/null 2>&1 || true
