@@ -13,8 +13,9 @@ from utils.errors import CredentialsError, DatabaseUnavailableError
 CREDENTIAL_KEYS = ("host", "port", "database", "user", "password")
 # The password may be empty: no password (trust, peer, certificate authentication).
 REQUIRED_CREDENTIAL_KEYS = ("host", "port", "database", "user")
-NO_PASSWORD_HINT = ("; no password was given (none in the URL or secret, PGPASSWORD or the password file "
-                    "PGPASSFILE / ~/.pgpass, which is ignored unless its mode is 0600)")
+NO_PASSWORD_HINT = (  # nosec B105 - a message, not a password
+    "; no password was given (none in the URL or secret, PGPASSWORD or the password file "
+    "PGPASSFILE / ~/.pgpass, which is ignored unless its mode is 0600)")
 
 
 def db_connections_get_secret(client, secret_name):
@@ -98,7 +99,7 @@ def credentials_from_url(url):
         "user": unquote(parts.username or "postgres"),
         "password": unquote(parts.password or ""),
     }
-    if parts.password is None:
+    if not parts.password:  # absent or empty, as libpq treats an empty password
         credentials["password"] = password_for(credentials)
     return credentials
 

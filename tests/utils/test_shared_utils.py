@@ -341,8 +341,8 @@ def test_url_without_password_takes_it_from_the_environment(monkeypatch, tmp_pat
     monkeypatch.setenv("PGPASSWORD", "from-env")
     assert credentials_from_url("postgresql://ann@db/tote")["password"] == "from-env"
     assert credentials_from_url("postgresql://ann:given@db/tote")["password"] == "given"
-    assert credentials_from_url("postgresql://ann:@db/tote")["password"] == ""  # explicitly empty
-    with pytest.raises(CredentialsError, match="must look like postgresql://.*got 'postgresql://ann@db:x/t'") as err:
+    assert credentials_from_url("postgresql://ann:@db/tote")["password"] == "from-env"  # empty = none
+    with pytest.raises(CredentialsError, match="must look like .*got 'postgresql://ann@db:x/t'") as err:
         credentials_from_url("postgresql://ann:hunter2@db:x/t")
     assert "hunter2" not in str(err.value)
 
@@ -377,7 +377,8 @@ def test_real_server_password_via_pgpassword_or_pgpass(password_role, monkeypatc
     assert _whoami(url) == role
     monkeypatch.delenv("PGPASSWORD")
     escaped = password.replace("\\", "\\\\").replace(":", "\\:")
-    monkeypatch.setenv("PGPASSFILE", _pgpass(tmp_path, f"127.0.0.1:*:*:{role}:{escaped}\n")["PGPASSFILE"])
+    pgpass = _pgpass(tmp_path, f"127.0.0.1:*:*:{role}:{escaped}\n")
+    monkeypatch.setenv("PGPASSFILE", pgpass["PGPASSFILE"])
     assert _whoami(url) == role
 
 
@@ -385,7 +386,8 @@ def test_real_server_without_any_password_is_a_clear_error(password_role, monkey
     url, password = password_role
     monkeypatch.delenv("PGPASSWORD", raising=False)
     # a readable-by-all file is ignored, as libpq ignores it
-    monkeypatch.setenv("PGPASSFILE", _pgpass(tmp_path, f"*:*:*:*:{password}\n", mode=0o644)["PGPASSFILE"])
+    readable = _pgpass(tmp_path, f"*:*:*:*:{password}\n", mode=0o644)
+    monkeypatch.setenv("PGPASSFILE", readable["PGPASSFILE"])
     with pytest.raises(CredentialsError, match="no password was given") as err:
         _whoami(url)
     assert "PGPASSWORD" in str(err.value) and "0600" in str(err.value)
