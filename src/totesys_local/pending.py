@@ -13,12 +13,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from totesys_local.local_state import BUCKETS, LAST_ERROR_FILE
 from utils.db_connections import close_db_connection, connect_to_db, credentials_from_url, describe_url
 from utils.errors import TotesysError
 
-BUCKETS = {"INGEST_BUCKET": "totesys-local-ingest", "PROCESSED_BUCKET": "totesys-local-processed"}
-SOURCE_DB, WAREHOUSE_DB = "totesys", "warehouse"
-LAST_ERROR_FILE = "last_error.json"
 SHOWN = 20  # batches listed per kind; older ones are counted
 
 

@@ -3,18 +3,16 @@
 PostgreSQL is real (the embedded cluster under ``--state-dir`` unless URLs are given); S3, Secrets
 Manager, SNS, Lambda and Step Functions are moto, in-process. moto keeps nothing on disk, so the
 buckets' objects are restored from ``<state-dir>/s3`` before the run and saved back after EVERY
-execution, failed or not, as S3 keeps whatever a failed execution wrote: data objects first, then the
-state pointers that name them, each file written atomically, so a run killed while saving leaves a
-state that the next run continues from. A failed run also leaves ``<state-dir>/last_error.json``
-(stage, error type, message, time), removed by the next successful run; ``totesys pending`` shows it.
+execution, failed or not, as S3 keeps whatever a failed execution wrote (``local_state.save_buckets``:
+data objects first, then the state pointers that name them, each file written atomically). A failed
+run also leaves ``<state-dir>/last_error.json``, removed by the next successful run; ``totesys
+pending`` (``pending.py``) shows it with the batches waiting downstream.
 """
-import datetime as dt
 import fcntl
 import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 import uuid
 from contextlib import contextmanager, suppress
@@ -24,13 +22,14 @@ import boto3
 
 from totesys_local import cluster as local_pg
 from totesys_local import pending as pending_batches
-from totesys_local.pending import BUCKETS, LAST_ERROR_FILE, SOURCE_DB, WAREHOUSE_DB
+from totesys_local.local_state import (BUCKETS, REGION, clear_failure, record_failure, restore_buckets,
+                                       save_buckets)
 from utils.config import DEFAULT_TOTESYS_SECRET_ID, DEFAULT_WAREHOUSE_SECRET_ID
 from utils.db_connections import (close_db_connection, connect_to_db, credentials_from_url,
                                   describe_url)
 from utils.errors import CredentialsError, DatabaseUnavailableError
 
-REGION = "eu-west-2"
+SOURCE_DB, WAREHOUSE_DB = "totesys", "warehouse"
 SECRETS = {"TOTESYS_SECRET_ID": DEFAULT_TOTESYS_SECRET_ID, "WAREHOUSE_SECRET_ID": DEFAULT_WAREHOUSE_SECRET_ID}
 
 
@@ -92,73 +91,6 @@ def _write_pgpass(pg, state_dir):
     path = Path(state_dir) / "pgpass"
     path.write_text(f"{info.host}:{info.port}:*:{info.user}:{info.password}\n")
     os.chmod(path, 0o600)
-
-
-# -- local buckets ------------------------------------------------------------------------------
-
-def restore_buckets(s3_dir):
-    """Create the buckets in (emulated) S3 and put back every object saved under ``s3_dir``."""
-    s3 = boto3.client("s3", region_name=REGION)
-    for bucket in BUCKETS.values():
-        s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
-        root = s3_dir / bucket
-        if not root.is_dir():
-            continue
-        for path in sorted(root.rglob("*")):
-            if path.is_file() and not path.name.endswith(".tmp"):  # .tmp: a write a kill interrupted
-                s3.put_object(Bucket=bucket, Key=path.relative_to(root).as_posix(), Body=path.read_bytes())
-
-
-def write_atomically(path, body):
-    """Replace ``path`` with ``body`` all at once: a temporary file in the same folder, flushed and
-    fsync'ed, then renamed over the target (and the folder fsync'ed), so a kill leaves the old file
-    or the new one, never a part of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(body)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
-def save_buckets(s3_dir):
-    """Save the buckets to ``s3_dir``; return the number of new data files.
-
-    The state pointers (``_state/``) are read first and written last: every data object a pointer
-    names was written to S3 before the pointer advanced, so it is listed, and saved, before the
-    pointer is. A kill at any moment leaves pointers that name only saved objects. Data objects are
-    immutable: one already saved is not written again."""
-    s3 = boto3.client("s3", region_name=REGION)
-    pointers, written = [], 0
-    for bucket in BUCKETS.values():
-        for key in _keys(s3, bucket, "_state/"):
-            pointers.append((bucket, key, s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
-    for bucket in BUCKETS.values():
-        for key in _keys(s3, bucket):
-            target = s3_dir / bucket / key
-            if key.startswith("_state/") or target.exists():
-                continue
-            write_atomically(target, s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-            written += 1
-    for bucket, key, body in pointers:
-        write_atomically(s3_dir / bucket / key, body)
-    return written
-
-
-def _keys(s3, bucket, prefix=""):
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        yield from (item["Key"] for item in page.get("Contents", []))
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -285,24 +217,17 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print):
             if result["status"] != "SUCCEEDED":
                 failure = progress.error or {"stage": None, "error_type": result.get("error"),
                                              "message": result.get("cause")}
-                _record_failure(state_dir, failure, log_path)
+                record_failure(state_dir, failure, log_path)
                 alerts = published_alerts(arns["alert_topic_arn"])
                 detail = alerts[-1]["message"] if alerts else f"{result.get('error')}: {result.get('cause')}"
                 raise RunError(f"{detail} (full logs: {log_path}; the warehouse keeps every batch loaded "
                                "before; `totesys pending` lists what waits, `totesys retry` runs again)")
-            with suppress(FileNotFoundError):
-                (state_dir / LAST_ERROR_FILE).unlink()
+            clear_failure(state_dir)
             output = json.loads(result["output"])
             summary = _summarise(output, progress.seconds, elapsed)
             summary["new_files"] = new_files
     summary["log"] = str(log_path)
     return summary
-
-
-def _record_failure(state_dir, failure, log_path):
-    record = dict(failure, time=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                  log=str(log_path))
-    write_atomically(state_dir / LAST_ERROR_FILE, json.dumps(record, indent=2).encode())
 
 
 def _summarise(output, seconds, elapsed):

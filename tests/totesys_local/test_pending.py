@@ -4,7 +4,8 @@ import json
 import pytest
 
 from totesys_local.cli import main
-from totesys_local.pending import BUCKETS, PendingError, find_pending
+from totesys_local.local_state import BUCKETS
+from totesys_local.pending import PendingError, find_pending
 
 
 def _put(root, key, value):
