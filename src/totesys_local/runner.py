@@ -218,8 +218,13 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print):
                 failure = progress.error or {"stage": None, "error_type": result.get("error"),
                                              "message": result.get("cause")}
                 record_failure(state_dir, failure, log_path)
-                alerts = published_alerts(arns["alert_topic_arn"])
-                detail = alerts[-1]["message"] if alerts else f"{result.get('error')}: {result.get('cause')}"
+                if progress.error:  # the stage's own error, without the Lambda stack trace of the alert
+                    detail = (f"ToteSys pipeline FAILED in stage {failure['stage']}: "
+                              f"{failure['error_type']}: {failure['message']}")
+                else:
+                    alerts = published_alerts(arns["alert_topic_arn"])
+                    detail = (alerts[-1]["message"] if alerts
+                              else f"{result.get('error')}: {result.get('cause')}")
                 raise RunError(f"{detail} (full logs: {log_path}; the warehouse keeps every batch loaded "
                                "before; `totesys pending` lists what waits, `totesys retry` runs again)")
             clear_failure(state_dir)
@@ -360,8 +365,12 @@ def _command_run(args, state_dir):
 
 
 def _command_retry(args, state_dir):
-    """Run again; first say what is pending (and the last failure), then what was retried."""
+    """Run again: first say what is pending (and the last failure), then what was retried. Exit 1
+    when batches still wait afterwards (the execution did not process them)."""
+    warehouse_urls = []
+
     def announce(warehouse_url):
+        warehouse_urls.append(warehouse_url)
         found = pending_batches.find_pending(state_dir, warehouse_url)
         if found.is_empty() and not found.last_error:
             print("nothing pending and no failed run: running a normal execution")
@@ -374,6 +383,12 @@ def _command_retry(args, state_dir):
     print(f"\nretried: {len(transformed)} batch(es) transformed"
           f"{' (' + ', '.join(transformed) + ')' if transformed else ''}, {len(loaded)} batch(es) loaded"
           f"{' (' + ', '.join(loaded) + ')' if loaded else ''}")
+    after = pending_batches.find_pending(state_dir, warehouse_urls[0])
+    if after.ingest or after.processed:
+        print(f"totesys retry: still pending after the execution: {len(after.ingest)} ingest batch(es) not "
+              f"transformed, {len(after.processed)} processed batch(es) not loaded; `totesys pending` "
+              "lists them", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -68,3 +68,20 @@ def test_incomplete_or_corrupt_state_is_a_clear_error(state, capsys):
     _put(state / "s3" / BUCKETS["INGEST_BUCKET"], "_state/ingest.json", "{not json")
     assert main(["pending", "--state-dir", str(state)]) == 1
     assert "ingest.json is not valid JSON" in capsys.readouterr().err
+
+
+def test_retry_that_leaves_batches_pending_says_so_and_fails(state, capsys, monkeypatch, totesys_url,
+                                                             warehouse_url):
+    """An execution that does not process the pending batches (here: one that does nothing) must not
+    let `retry` report success."""
+    from totesys_local import runner
+    quiet = {"ingested": {}, "loaded": {}, "batches": [], "transformed": [], "seconds": {},
+             "elapsed": 0.0, "bounds": None, "log": "l.jsonl"}
+    monkeypatch.setattr(runner, "run_pipeline", lambda *args, **kwargs: quiet)
+    code = main(["retry", "--source", totesys_url, "--warehouse", warehouse_url, "--state-dir", str(state)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "retrying:" in captured.out
+    assert "retried: 0 batch(es) transformed, 0 batch(es) loaded" in captured.out
+    assert ("still pending after the execution: 2 ingest batch(es) not transformed, "
+            "2 processed batch(es) not loaded") in captured.err
