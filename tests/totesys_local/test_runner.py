@@ -1,5 +1,6 @@
 """`totesys run` end to end: real PostgreSQL, the real state machine in moto, state persisted on disk."""
 import json
+import shutil
 
 import pytest
 
@@ -116,6 +117,8 @@ def test_embedded_defaults_seed_once_and_stop(tmp_path, capsys, monkeypatch):
     assert "stopped" in capsys.readouterr().out
     assert main(["stop", "--state-dir", str(state)]) == 0
     assert "was not running" in capsys.readouterr().out
+    # As root the data folder may live outside the state folder (cluster.py): remove it too.
+    shutil.rmtree(json.loads((state / "cluster.json").read_text())["datadir"], ignore_errors=True)
 
 
 def test_psql_and_simulate_need_an_embedded_cluster(tmp_path, capsys):
