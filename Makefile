@@ -21,7 +21,7 @@ help:
 	@echo "make run    run the pipeline once on embedded defaults (local PostgreSQL + emulated AWS)"
 	@echo "make test   lint, security checks and the tests with coverage (what CI runs)"
 	@echo "other: install-requirements install-dev-tools security-checks check-pep8-compliance lint"
-	@echo "       run-pytest bench psql stop clean layer deploy destroy"
+	@echo "       run-pytest simulate pending retry bench psql stop clean layer deploy destroy"
 	@echo "make dashboard   after make run: the sales and pipeline dashboard on http://127.0.0.1:$(DASHBOARD_PORT)"
 
 $(BIN)/python:
@@ -114,6 +114,14 @@ psql: $(STAMP)
 
 stop: $(STAMP)
 	$(BIN)/totesys stop --state-dir $(STATE_DIR)
+
+# After a failed run: what waits downstream (and the last error), then run again.
+.PHONY: pending retry
+pending: $(RUNTIME_STAMP)
+	$(BIN)/totesys pending --state-dir $(STATE_DIR)
+
+retry: $(STAMP)
+	$(BIN)/totesys retry --state-dir $(STATE_DIR)
 
 clean:
 	-@[ -x $(BIN)/totesys ] && $(BIN)/totesys stop --state-dir $(STATE_DIR) >/dev/null 2>&1 || true

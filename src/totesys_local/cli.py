@@ -1,15 +1,25 @@
 """The ``totesys`` command: seed and simulate totesys data, run the pipeline locally.
 
     totesys seed --target URL --scale N [--seed S]
-    totesys simulate --target URL --minutes M [--seed S]
+    totesys simulate [--target URL] --minutes M [--seed S] [--state-dir DIR]
     totesys run [--source URL] [--warehouse URL] [--state-dir DIR]
+    totesys pending [--warehouse URL] [--state-dir DIR]
+    totesys retry [--source URL] [--warehouse URL] [--state-dir DIR]
     totesys psql | stop [--state-dir DIR]
     totesys dashboard [--warehouse URL] [--port N] [--state-dir DIR]
 
+URLs may also come from TOTESYS_SOURCE_URL / TOTESYS_WAREHOUSE_URL (the flags win); a URL without a
+password gets it as libpq tools do (PGPASSWORD, then ~/.pgpass or PGPASSFILE, else none).
 Every failure is one clear line on stderr and a non-zero exit status.
 """
 import argparse
+import os
 import sys
+
+# Packages of requirements-dev.txt that some commands import: after `make install-requirements`
+# (runtime only) they are missing, and the command says what to install instead of a traceback.
+DEV_PACKAGES = {"moto", "flask", "werkzeug", "pgserver"}
+RUNNER_COMMANDS = ("run", "retry", "pending", "psql", "stop")
 
 
 def _positive_float(text):
@@ -22,68 +32,122 @@ def _positive_float(text):
     return value
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(prog="totesys", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+def _state_dir(parser):
+    parser.add_argument("--state-dir", default=".local", help="where local buckets and state persist")
 
+
+def _add_seed(commands):
     seed = commands.add_parser("seed", help="create the totesys schema in an empty database and fill it")
     seed.add_argument("--target", required=True, help="postgresql://user:pass@host:port/db")
     seed.add_argument("--scale", type=_positive_float, default=1.0,
                       help="multiplier of the order-like tables (1 = the real database's size)")
     seed.add_argument("--seed", type=int, default=42, help="random seed: same seed, same data")
 
+
+def _add_simulate(commands):
     simulate = commands.add_parser("simulate", help="apply M minutes of business activity, now")
-    simulate.add_argument("--target", help="postgresql://user:pass@host:port/db "
-                          "(default: the embedded totesys of --state-dir, as `make run` made it)")
+    simulate.add_argument("--target", help="postgresql://user:pass@host:port/db (default: "
+                          "TOTESYS_SOURCE_URL, else the embedded totesys of --state-dir, "
+                          "as `make run` made it)")
     simulate.add_argument("--minutes", type=_positive_float, required=True)
     simulate.add_argument("--seed", type=int, default=None)
-    simulate.add_argument("--state-dir", default=".local")
+    _state_dir(simulate)
 
-    run = commands.add_parser("run", help="run the pipeline once through the state machine, locally")
-    run.add_argument("--source", help="totesys database URL (default: the embedded cluster)")
-    run.add_argument("--warehouse", help="warehouse database URL (default: the embedded cluster)")
-    run.add_argument("--state-dir", default=".local", help="where local buckets and state persist")
 
+def _add_runner_commands(commands):
+    for name, text in (("run", "run the pipeline once through the state machine, locally"),
+                       ("retry", "run the pipeline again after a failure, saying what was pending")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--source", help="totesys database URL (default: TOTESYS_SOURCE_URL, "
+                         "else the embedded cluster)")
+        sub.add_argument("--warehouse", help="warehouse database URL (default: TOTESYS_WAREHOUSE_URL, "
+                         "else the embedded cluster)")
+        _state_dir(sub)
+    pending = commands.add_parser("pending", help="list the batches waiting to be transformed or loaded, "
+                                  "and the last error")
+    pending.add_argument("--warehouse", help="warehouse whose ledger to check (default: "
+                         "TOTESYS_WAREHOUSE_URL, else the embedded cluster)")
+    _state_dir(pending)
     for name, text in (("psql", "open psql on the embedded warehouse"),
                        ("stop", "stop the embedded PostgreSQL cluster")):
-        sub = commands.add_parser(name, help=text)
-        sub.add_argument("--state-dir", default=".local")
+        _state_dir(commands.add_parser(name, help=text))
+
+
+def _add_dashboard(commands):
     dashboard = commands.add_parser("dashboard", help="serve the sales and pipeline dashboard on 127.0.0.1")
     dashboard.add_argument("--warehouse", help="warehouse database URL (default: TOTESYS_WAREHOUSE_URL, "
                            "else the embedded warehouse of --state-dir, as `make run` made it)")
     dashboard.add_argument("--port", type=int, default=8501, help="port on 127.0.0.1 (default 8501)")
-    dashboard.add_argument("--state-dir", default=".local")
+    _state_dir(dashboard)
+
+
+# One function per group of subcommands: a new command is one more function in this list.
+SUBCOMMANDS = [_add_seed, _add_simulate, _add_runner_commands, _add_dashboard]
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="totesys", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(commands)
     return parser
+
+
+def _seed(args):
+    from totesys_local.generator import seed
+    counts = seed(args.target, scale=args.scale, seed=args.seed)
+    print("seeded totesys: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
+    return 0
+
+
+def _simulate(args):
+    from totesys_local.generator import simulate
+    target = args.target or os.environ.get("TOTESYS_SOURCE_URL")
+    if not target:
+        from totesys_local.runner import embedded_source_url
+        target = embedded_source_url(args.state_dir)
+    summary = simulate(target, minutes=args.minutes, seed=args.seed)
+    print("simulated: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    return 0
+
+
+def _runner(args):
+    from totesys_local import runner
+    return runner.main(args)
+
+
+def _dashboard(args):
+    from totesys_local.dashboard.server import serve
+    return serve(args.warehouse, args.port, args.state_dir)
+
+
+HANDLERS = {"seed": _seed, "simulate": _simulate, "dashboard": _dashboard,
+            **{name: _runner for name in RUNNER_COMMANDS}}
+
+
+def missing_dependency_message(command, err):
+    """The one line shown when ``command`` cannot import a package (``err``: ModuleNotFoundError)."""
+    package = (err.name or "").split(".")[0]
+    if package in DEV_PACKAGES:
+        return (f"totesys {command} needs {package}, a development dependency: run `make install-dev-tools` "
+                "(or `venv/bin/pip install -r requirements-dev.txt`)")
+    return (f"totesys {command} needs the Python package {package or err}, which is not installed: "
+            "run `make install-requirements` (or `venv/bin/pip install -r requirements.txt`)")
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "seed":
-            from totesys_local.generator import seed
-            counts = seed(args.target, scale=args.scale, seed=args.seed)
-            print("seeded totesys: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
-        elif args.command == "simulate":
-            from totesys_local.generator import simulate
-            target = args.target
-            if target is None:
-                from totesys_local.runner import embedded_source_url
-                target = embedded_source_url(args.state_dir)
-            summary = simulate(target, minutes=args.minutes, seed=args.seed)
-            print("simulated: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
-        elif args.command == "dashboard":
-            from totesys_local.dashboard.server import serve
-            return serve(args.warehouse, args.port, args.state_dir)
-        else:
-            from totesys_local import runner
-            return runner.main(args)
+        return HANDLERS[args.command](args)
     except KeyboardInterrupt:
         print("totesys: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as err:
+        print(missing_dependency_message(args.command, err), file=sys.stderr)
+        return 1
     except Exception as err:  # noqa: BLE001 - the CLI's contract: one line, non-zero exit
         print(f"totesys {args.command}: error: {err}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

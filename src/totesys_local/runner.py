@@ -2,8 +2,11 @@
 
 PostgreSQL is real (the embedded cluster under ``--state-dir`` unless URLs are given); S3, Secrets
 Manager, SNS, Lambda and Step Functions are moto, in-process. moto keeps nothing on disk, so the
-buckets' objects are restored from ``<state-dir>/s3`` before the run and saved back after a run
-that succeeded (a failed run saves nothing: the local state stays exactly as it was).
+buckets' objects are restored from ``<state-dir>/s3`` before the run and saved back after EVERY
+execution, failed or not, as S3 keeps whatever a failed execution wrote (``local_state.save_buckets``:
+data objects first, then the state pointers that name them, each file written atomically). A failed
+run also leaves ``<state-dir>/last_error.json``, removed by the next successful run; ``totesys
+pending`` (``pending.py``) shows it with the batches waiting downstream.
 """
 import fcntl
 import json
@@ -11,21 +14,23 @@ import os
 import shutil
 import sys
 import time
-from contextlib import contextmanager
+import uuid
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import boto3
 
 from totesys_local import cluster as local_pg
+from totesys_local import pending as pending_batches
+from totesys_local.local_state import (BUCKETS, REGION, clear_failure, record_failure, restore_buckets,
+                                       save_buckets)
 from utils.config import DEFAULT_TOTESYS_SECRET_ID, DEFAULT_WAREHOUSE_SECRET_ID
-from totesys_local.aws_emulation import (STAGES, deploy_pipeline, emulated_aws, published_alerts,
-                                         wait_for_execution)
+from utils.db_connections import (close_db_connection, connect_to_db, credentials_from_url,
+                                  describe_url)
+from utils.errors import CredentialsError, DatabaseUnavailableError
 
-REGION = "eu-west-2"
-BUCKETS = {"INGEST_BUCKET": "totesys-local-ingest", "PROCESSED_BUCKET": "totesys-local-processed"}
-SECRETS = {"TOTESYS_SECRET_ID": DEFAULT_TOTESYS_SECRET_ID, "WAREHOUSE_SECRET_ID": DEFAULT_WAREHOUSE_SECRET_ID}
 SOURCE_DB, WAREHOUSE_DB = "totesys", "warehouse"
+SECRETS = {"TOTESYS_SECRET_ID": DEFAULT_TOTESYS_SECRET_ID, "WAREHOUSE_SECRET_ID": DEFAULT_WAREHOUSE_SECRET_ID}
 
 
 class RunError(Exception):
@@ -35,7 +40,6 @@ class RunError(Exception):
 # -- databases ----------------------------------------------------------------------------------
 
 def _has_tables(url):
-    from utils.db_connections import close_db_connection, connect_to_db, credentials_from_url
     conn = connect_to_db(credentials=credentials_from_url(url))
     try:
         rows = conn.run("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")
@@ -89,48 +93,6 @@ def _write_pgpass(pg, state_dir):
     os.chmod(path, 0o600)
 
 
-def describe_url(url):
-    """A database URL with the password masked."""
-    parts = urlsplit(url)
-    user = f"{parts.username}@" if parts.username else ""
-    return f"postgresql://{user}{parts.hostname}:{parts.port or 5432}{parts.path}"
-
-
-# -- local buckets ------------------------------------------------------------------------------
-
-def restore_buckets(s3_dir):
-    s3 = boto3.client("s3", region_name=REGION)
-    for bucket in BUCKETS.values():
-        s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
-        root = s3_dir / bucket
-        if not root.is_dir():
-            continue
-        for path in sorted(root.rglob("*")):
-            if path.is_file():
-                s3.put_object(Bucket=bucket, Key=path.relative_to(root).as_posix(), Body=path.read_bytes())
-
-
-def save_buckets(s3_dir):
-    """Write every object to ``s3_dir`` (atomically per file); return the number of new files."""
-    s3 = boto3.client("s3", region_name=REGION)
-    written = 0
-    for bucket in BUCKETS.values():
-        paginator = s3.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=bucket):
-            for item in page.get("Contents", []):
-                target = s3_dir / bucket / item["Key"]
-                is_state = item["Key"].startswith("_state/")
-                if target.exists() and not is_state:
-                    continue  # data objects are immutable
-                target.parent.mkdir(parents=True, exist_ok=True)
-                body = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
-                temp = target.with_name(target.name + ".tmp")
-                temp.write_bytes(body)
-                os.replace(temp, target)
-                written += 0 if is_state else 1
-    return written
-
-
 # -- the run -------------------------------------------------------------------------------------
 
 @contextmanager
@@ -167,39 +129,64 @@ def _handlers(prefix):
             f"{prefix}-load": load.lambda_handler}
 
 
+def _caught_error(output):
+    """The error a stage's Catch put at ``$.error`` ({Error, Cause}) as {error_type, message}, or None."""
+    try:
+        error = json.loads(output).get("error")
+    except (TypeError, ValueError, AttributeError):
+        return None
+    if not isinstance(error, dict) or "Error" not in error:
+        return None
+    message = error.get("Cause") or ""
+    with suppress(TypeError, ValueError, AttributeError):
+        message = json.loads(message).get("errorMessage", message)  # a Lambda error's JSON
+    return {"error_type": error["Error"], "message": message}
+
+
 class Progress:
-    """Prints one line per stage as the execution's history arrives."""
+    """Prints one line per stage as the execution's history arrives; remembers the first failure."""
 
     def __init__(self, out):
+        from totesys_local.aws_emulation import STAGES
+        self.stages = STAGES
         self.out = out
         self.started = {}
         self.seconds = {}
         self.failed = None
+        self.error = None
 
     def __call__(self, event):
         kind = event["type"]
         details = event.get("stateEnteredEventDetails") or event.get("stateExitedEventDetails") or {}
         stage = details.get("name", "").lower()
-        if kind == "TaskStateEntered" and stage in STAGES:
+        if kind == "TaskStateEntered" and stage in self.stages:
             self.started[stage] = event["timestamp"]
-            self.out(f"  [{STAGES.index(stage) + 1}/3] {stage:<9} running ...")
-        elif kind == "TaskStateExited" and stage in STAGES and stage in self.started:
+            self.out(f"  [{self.stages.index(stage) + 1}/3] {stage:<9} running ...")
+        elif kind == "TaskStateExited" and stage in self.stages and stage in self.started:
             seconds = (event["timestamp"] - self.started[stage]).total_seconds()
             self.seconds[stage] = seconds
-            if '"error"' in details.get("output", "") and self.failed is None:
+            error = _caught_error(details.get("output", ""))
+            if error and self.failed is None:
                 self.failed = stage
-                self.out(f"  [{STAGES.index(stage) + 1}/3] {stage:<9} FAILED after {seconds:.2f} s")
+                self.error = {"stage": stage, **error}
+                self.out(f"  [{self.stages.index(stage) + 1}/3] {stage:<9} FAILED after {seconds:.2f} s")
             else:
-                self.out(f"  [{STAGES.index(stage) + 1}/3] {stage:<9} done in {seconds:.2f} s")
-        elif kind == "SucceedStateEntered" and details.get("name") == "NoChanges":
-            self.out("  no changes in totesys since the last batch: transform and load skipped")
+                self.out(f"  [{self.stages.index(stage) + 1}/3] {stage:<9} done in {seconds:.2f} s")
 
 
 def run_pipeline(source_url, warehouse_url, state_dir, out=print):
-    """Run one execution; return a summary dict. Raises RunError with a one-line message on failure."""
+    """Run one execution; return a summary dict. Raises RunError with a one-line message on failure.
+
+    Whatever the execution wrote is saved to ``state_dir`` either way; a failure is also recorded
+    in ``state_dir/last_error.json``, and a success removes that file."""
+    # moto is a development dependency: only the commands that run the pipeline import it.
+    from totesys_local.aws_emulation import (deploy_pipeline, emulated_aws, published_alerts,
+                                             wait_for_execution)
     state_dir = Path(state_dir)
     s3_dir = state_dir / "s3"
-    log_path = state_dir / "logs" / f"run-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
+    stamp = time.strftime('%Y%m%dT%H%M%S')
+    # One file per run, even for two runs in the same second of one process.
+    log_path = state_dir / "logs" / f"run-{stamp}-{uuid.uuid4().hex[:6]}.jsonl"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     fake_key = "local"  # moto accepts any credentials; these can never reach a real account
     env = {"AWS_ACCESS_KEY_ID": fake_key, "AWS_SECRET_ACCESS_KEY": fake_key,
@@ -211,7 +198,6 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print):
         handlers = _handlers("totesys")
         with emulated_aws(handlers):
             restore_buckets(s3_dir)
-            from utils.db_connections import credentials_from_url
             secrets = boto3.client("secretsmanager", region_name=REGION)
             for secret_id, url in ((SECRETS["TOTESYS_SECRET_ID"], source_url),
                                    (SECRETS["WAREHOUSE_SECRET_ID"], warehouse_url)):
@@ -219,50 +205,78 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print):
             arns = deploy_pipeline("totesys")
             sfn = boto3.client("stepfunctions", region_name=REGION)
             execution = sfn.start_execution(stateMachineArn=arns["state_machine_arn"], input="{}",
-                                            name=f"local-{time.strftime('%Y%m%dT%H%M%S')}")
+                                            name=f"local-{stamp}-{uuid.uuid4().hex[:6]}")
             progress = Progress(out)
             started = time.monotonic()
-            result = wait_for_execution(execution["executionArn"], on_event=progress)
+            try:
+                result = wait_for_execution(execution["executionArn"], on_event=progress)
+            finally:
+                # As S3 does: what the execution wrote stays, whether it succeeded or not.
+                new_files = save_buckets(s3_dir)
             elapsed = time.monotonic() - started
             if result["status"] != "SUCCEEDED":
-                alerts = published_alerts(arns["alert_topic_arn"])
-                detail = alerts[-1]["message"] if alerts else f"{result.get('error')}: {result.get('cause')}"
-                raise RunError(f"{detail} (full logs: {log_path}; warehouse and local state unchanged)")
+                failure = progress.error or {"stage": None, "error_type": result.get("error"),
+                                             "message": result.get("cause")}
+                record_failure(state_dir, failure, log_path)
+                if progress.error:  # the stage's own error, without the Lambda stack trace of the alert
+                    detail = (f"ToteSys pipeline FAILED in stage {failure['stage']}: "
+                              f"{failure['error_type']}: {failure['message']}")
+                else:
+                    alerts = published_alerts(arns["alert_topic_arn"])
+                    detail = (alerts[-1]["message"] if alerts
+                              else f"{result.get('error')}: {result.get('cause')}")
+                raise RunError(f"{detail} (full logs: {log_path}; the warehouse keeps every batch loaded "
+                               "before; `totesys pending` lists what waits, `totesys retry` runs again)")
+            clear_failure(state_dir)
             output = json.loads(result["output"])
             summary = _summarise(output, progress.seconds, elapsed)
-            summary["new_files"] = save_buckets(s3_dir)
+            summary["new_files"] = new_files
     summary["log"] = str(log_path)
     return summary
 
 
 def _summarise(output, seconds, elapsed):
+    """The facts print_summary shows. Reads the stage outputs and state with ``.get``: their
+    optional keys (rejected rows, ignored columns, time zone) may or may not be there."""
     s3 = boto3.client("s3", region_name=REGION)
     files = (output.get("ingest") or {}).get("files") or {}
-    manifest = _latest_ingest_manifest(s3)
+    from utils.state import read_state
+    state, _ = read_state(s3, BUCKETS["INGEST_BUCKET"], "ingest")
+    manifest = _latest_ingest_manifest(s3, state)
     entries = (manifest or {}).get("tables") or {}
     # Row counts come from this run's manifest (the ingest writes one only when a table has rows).
     ingested = {table: entries[table]["rows"] for table in files if table in entries}
+    transform_result = (output.get("transform") or {}).get("result") or {}
     load_result = (output.get("load") or {}).get("result") or {}
-    return {"ingested": ingested, "loaded": load_result.get("tables", {}),
-            "batches": load_result.get("batches", []), "seconds": seconds, "elapsed": elapsed,
+    return {"ingested": ingested, "loaded": load_result.get("tables") or {},
+            "batches": load_result.get("batches") or [],
+            "transformed": transform_result.get("batches") or [],
+            "rejected_rows": load_result.get("rejected_rows") or 0,
+            "rejected": load_result.get("rejected") or {},
+            "ignored_columns": state.get("ignored_columns") or {},
+            "seconds": seconds, "elapsed": elapsed,
             "bounds": _batch_bounds(manifest)}
 
 
-def _latest_ingest_manifest(s3):
+def _latest_ingest_manifest(s3, state):
     """The manifest of the latest ingest batch with data (named by the ingest state pointer), or None."""
-    from utils.state import read_manifest, read_state
+    from utils.state import read_manifest
     from utils.tables import check_source_table
-    state, _ = read_state(s3, BUCKETS["INGEST_BUCKET"], "ingest")
     key = state.get("manifest_key")
     return read_manifest(s3, BUCKETS["INGEST_BUCKET"], key, check_source_table, "batch_time") if key else None
 
 
 def _batch_bounds(manifest):
-    """(low, high) of a batch: the earliest table lower bound and the batch time."""
+    """(low, high, time zone) of a batch: the earliest table lower bound and the latest upper bound,
+    in the source's time zone (the batch time, UTC, when the tables carry no upper bound)."""
     if manifest is None:
         return None
-    lows = [entry["low"] for entry in manifest["tables"].values() if entry.get("low")]
-    return (min(lows) if lows else "beginning of data", manifest["batch_time"])
+    tables = manifest["tables"].values()
+    lows = [entry["low"] for entry in tables if entry.get("low")]
+    highs = [entry["high"] for entry in tables if entry.get("high")]
+    timezone = manifest.get("timezone") or "UTC"
+    return (min(lows) if lows else "beginning of data", max(highs) if highs else manifest["batch_time"],
+            timezone)
 
 
 def print_summary(summary, warehouse_line, out=print):
@@ -277,48 +291,122 @@ def print_summary(summary, warehouse_line, out=print):
         for table, rows in loaded.items():
             out(f"  {table:<32}{rows:>10,}")
         out(f"  {'total':<32}{sum(loaded.values()):>10,}")
-    if not ingested:
+    batches = summary.get("batches") or []
+    if not ingested and not batches:
         out("\nnothing new: totesys has no changes since the last batch")
+    elif not ingested:
+        out(f"\nno changes in totesys since the last batch; loaded {len(batches)} pending batch(es): "
+            + ", ".join(batches))
+    rejected = summary.get("rejected_rows") or 0
+    if rejected:
+        per_table = ", ".join(f"{table} {rows}" for table, rows in (summary.get("rejected") or {}).items())
+        out(f"\n{rejected} rows rejected (quarantined){f' ({per_table})' if per_table else ''}: "
+            "see etl_rejected_rows in the warehouse (make psql)")
+    for table, columns in (summary.get("ignored_columns") or {}).items():
+        out(f"columns ignored in {table} (new in the source, not in the pipeline): {', '.join(columns)}")
     per_stage = ", ".join(f"{stage} {secs:.2f}" for stage, secs in summary["seconds"].items())
     out(f"\nseconds per stage: {per_stage} (execution {summary['elapsed']:.2f} s)")
     if summary.get("bounds"):
-        low, high = summary["bounds"]
+        low, high, *zone = summary["bounds"]
         label = "batch bounds" if ingested else "last batch with changes"
-        out(f"{label}: from {low} to {high} (database clock, UTC)")
+        out(f"{label}: from {low} to {high} (source time, {zone[0] if zone else 'UTC'})")
     out(f"structured logs: {summary['log']}")
     out(f"warehouse: {warehouse_line}")
 
 
-def main(args):
-    """Entry point for ``totesys run|psql|stop`` (called by totesys_local.cli)."""
-    state_dir = Path(args.state_dir)
-    if args.command == "stop":
-        was_running = local_pg.stop_local_cluster(state_dir)
-        print("embedded PostgreSQL stopped" if was_running else "embedded PostgreSQL was not running")
-        return 0
-    if args.command == "psql":
-        return _psql(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
+# -- commands --------------------------------------------------------------------------------------
+
+def source_and_warehouse(args):
+    """--source/--warehouse, else TOTESYS_SOURCE_URL/TOTESYS_WAREHOUSE_URL, else None (embedded)."""
+    source = getattr(args, "source", None) or os.environ.get("TOTESYS_SOURCE_URL") or None
+    warehouse = getattr(args, "warehouse", None) or os.environ.get("TOTESYS_WAREHOUSE_URL") or None
+    return source, warehouse
+
+
+def _check_credentials(url, role):
+    """Fail fast, naming the URL without its password, when a database refuses the credentials (or
+    the URL is malformed). An unreachable server is left to the pipeline: its stages retry, alert
+    and keep what the earlier stages did for `totesys retry`."""
     try:
-        with _exclusive(state_dir):
-            print(f"ToteSys local run (state in {state_dir}/)")
-            source, warehouse, pg = resolve_databases(args.source, args.warehouse, state_dir, print)
-            print(f"  source    {describe_url(source)}")
-            print(f"  warehouse {describe_url(warehouse)}")
-            summary = run_pipeline(source, warehouse, state_dir)
-    except RunError as err:
-        print(f"totesys run: FAILED: {err}", file=sys.stderr)
-        return 1
-    if pg is not None and not args.warehouse:
+        close_db_connection(connect_to_db(credentials=credentials_from_url(url)))
+    except DatabaseUnavailableError:
+        pass
+    except CredentialsError as err:
+        raise RunError(f"{role} database {describe_url(url)}: {err}") from None
+
+
+def _run(args, state_dir, before=None):
+    """Resolve the databases, run one execution and print its summary (the body of run and retry)."""
+    # Fail before any work when a development dependency (moto) is missing.
+    import totesys_local.aws_emulation  # noqa: F401
+    print(f"ToteSys local run (state in {state_dir}/)")
+    source, warehouse = source_and_warehouse(args)
+    for url, role in ((source, "source"), (warehouse, "warehouse")):
+        if url:
+            _check_credentials(url, role)
+    source_url, warehouse_url, pg = resolve_databases(source, warehouse, state_dir, print)
+    print(f"  source    {describe_url(source_url)}")
+    print(f"  warehouse {describe_url(warehouse_url)}")
+    if before is not None:
+        before(warehouse_url)
+    summary = run_pipeline(source_url, warehouse_url, state_dir)
+    if pg is not None and not warehouse:
         line = (f"PGPASSFILE={state_dir / 'pgpass'} psql -h {pg.info.host} -p {pg.info.port} "
                 f"-U {pg.info.user} {WAREHOUSE_DB}   (or: make psql)")
     else:
-        line = f'psql "{describe_url(warehouse)}"'
+        line = f'psql "{describe_url(warehouse_url)}"'
     print_summary(summary, line)
+    return summary
+
+
+def _command_run(args, state_dir):
+    _run(args, state_dir)
     return 0
 
 
-def _psql(state_dir):
+def _command_retry(args, state_dir):
+    """Run again: first say what is pending (and the last failure), then what was retried. Exit 1
+    when batches still wait afterwards (the execution did not process them)."""
+    warehouse_urls = []
+
+    def announce(warehouse_url):
+        warehouse_urls.append(warehouse_url)
+        found = pending_batches.find_pending(state_dir, warehouse_url)
+        if found.is_empty() and not found.last_error:
+            print("nothing pending and no failed run: running a normal execution")
+        else:
+            print("retrying:")
+            pending_batches.print_pending(found, print, indent="  ")
+
+    summary = _run(args, state_dir, before=announce)
+    transformed, loaded = summary.get("transformed") or [], summary.get("batches") or []
+    print(f"\nretried: {len(transformed)} batch(es) transformed"
+          f"{' (' + ', '.join(transformed) + ')' if transformed else ''}, {len(loaded)} batch(es) loaded"
+          f"{' (' + ', '.join(loaded) + ')' if loaded else ''}")
+    after = pending_batches.find_pending(state_dir, warehouse_urls[0])
+    if after.ingest or after.processed:
+        print(f"totesys retry: still pending after the execution: {len(after.ingest)} ingest batch(es) not "
+              f"transformed, {len(after.processed)} processed batch(es) not loaded; `totesys pending` "
+              "lists them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _command_pending(args, state_dir):
+    _, warehouse = source_and_warehouse(args)
+    if warehouse is None and (state_dir / "cluster.json").exists():
+        warehouse = local_pg.local_cluster(state_dir).url(WAREHOUSE_DB)
+    pending_batches.print_pending(pending_batches.find_pending(state_dir, warehouse), print)
+    return 0
+
+
+def _command_stop(args, state_dir):
+    was_running = local_pg.stop_local_cluster(state_dir)
+    print("embedded PostgreSQL stopped" if was_running else "embedded PostgreSQL was not running")
+    return 0
+
+
+def _command_psql(args, state_dir):
     record = state_dir / "cluster.json"
     if not record.exists():
         print("no embedded warehouse yet: run `make run` first", file=sys.stderr)
@@ -330,6 +418,27 @@ def _psql(state_dir):
               f"(password in {record})", file=sys.stderr)
         return 1
     env = dict(os.environ, PGPASSWORD=pg.info.password)
-    args = [psql, "-h", pg.info.host, "-p", str(pg.info.port), "-U", pg.info.user, WAREHOUSE_DB]
-    os.execvpe(psql, args, env)  # nosec B606 - the user asked for psql
+    argv = [psql, "-h", pg.info.host, "-p", str(pg.info.port), "-U", pg.info.user, WAREHOUSE_DB]
+    os.execvpe(psql, argv, env)  # nosec B606 - the user asked for psql
     return 0  # pragma: no cover - execvpe does not return
+
+
+# Commands that run the pipeline hold the state folder's lock for the whole run.
+COMMANDS = {"run": (_command_run, True), "retry": (_command_retry, True),
+            "pending": (_command_pending, False), "psql": (_command_psql, False),
+            "stop": (_command_stop, False)}
+
+
+def main(args):
+    """Entry point for ``totesys run|retry|pending|psql|stop`` (called by totesys_local.cli)."""
+    state_dir = Path(args.state_dir)
+    command, exclusive = COMMANDS[args.command]
+    if not exclusive:
+        return command(args, state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with _exclusive(state_dir):
+            return command(args, state_dir)
+    except RunError as err:
+        print(f"totesys {args.command}: FAILED: {err}", file=sys.stderr)
+        return 1

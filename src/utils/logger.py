@@ -2,32 +2,63 @@
 
 CloudWatch metric filters match ``{ $.level = "CRITICAL" }`` on these lines. In Lambda the lines go to
 stdout (CloudWatch Logs); the local runner sets TOTESYS_LOG_FILE to keep them in a file instead.
+
+Powertools' own pattern: one ``Logger`` per service, created once. ``get_logger(stage)`` keeps them in
+a registry, so the stage module (which calls it at import) and ``stage_handler`` share the same object;
+two ``Logger(service=X)`` objects would share one underlying logger, and the second would never get a
+formatter. The destination is decided per line, not per Logger: the local runner runs several
+executions in one process, each with its own TOTESYS_LOG_FILE.
 """
 import functools
 import logging
 import os
+import sys
+import threading
 import time
 import uuid
 
 from aws_lambda_powertools import Logger
 
+_LOGGERS = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+class CurrentLogFileHandler(logging.Handler):
+    """Writes each formatted record to the file named by TOTESYS_LOG_FILE *when the record is
+    emitted* (appending; the file is opened and closed per line), or to the current ``sys.stdout``
+    when the variable is unset. One handler serves every run of a process."""
+
+    def emit(self, record):
+        try:
+            line = self.format(record) + "\n"
+            path = os.environ.get("TOTESYS_LOG_FILE")
+            if path:
+                with open(path, "a", encoding="utf-8") as stream:
+                    stream.write(line)
+            else:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+        except Exception:  # noqa: BLE001 - logging must never break the pipeline (logging's contract)
+            self.handleError(record)
+
+
+def service_name(stage):
+    """The powertools service of a stage: ``$POWERTOOLS_SERVICE_NAME-<stage>`` (default totesys-)."""
+    return f"{os.environ.get('POWERTOOLS_SERVICE_NAME', 'totesys')}-{stage}"
+
 
 def get_logger(stage):
-    """Return the structured logger for a pipeline stage ('ingest', 'transform', 'load')."""
-    options = {}
-    log_file = os.environ.get("TOTESYS_LOG_FILE")
-    if log_file:
-        options["logger_handler"] = logging.FileHandler(log_file)
-    # One service name per stage: powertools shares formatter state between Loggers of the same
-    # service, and locally all three stages run in one process.
-    base = os.environ.get("POWERTOOLS_SERVICE_NAME", "totesys")
-    return Logger(
-        service=f"{base}-{stage}",
-        level=os.environ.get("LOG_LEVEL", "INFO"),
-        utc=True,
-        stage=stage,
-        **options,
-    )
+    """Return THE structured logger of a pipeline stage ('ingest', 'transform', 'load'): created on
+    the first call for its service, the same object on every later call. Every line carries
+    ``stage``; ``stage_handler`` adds ``run_id`` for the duration of an invocation."""
+    service = service_name(stage)
+    with _REGISTRY_LOCK:
+        logger = _LOGGERS.get(service)
+        if logger is None:
+            logger = Logger(service=service, level=os.environ.get("LOG_LEVEL", "INFO"), utc=True,
+                            stage=stage, logger_handler=CurrentLogFileHandler())
+            _LOGGERS[service] = logger
+        return logger
 
 
 def stage_handler(stage):

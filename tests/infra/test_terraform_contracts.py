@@ -12,7 +12,10 @@ from utils.tables import SOURCE_TABLES
 # Variables the code reads that the deployment must NOT set: AWS_ENDPOINT_URL points boto3 at a local
 # endpoint (tests and the local runner); TOTESYS_LOG_FILE sends logs to a file instead of stdout
 # (local runner); AWS_* region/credentials are provided by the Lambda runtime itself.
-NOT_DEPLOYED = {"AWS_ENDPOINT_URL", "TOTESYS_LOG_FILE", "AWS_REGION", "AWS_DEFAULT_REGION"}
+# PGPASSWORD/PGPASSFILE: libpq's password sources for URLs without a password (local runs; in Lambda the
+# credentials secret carries the password).
+NOT_DEPLOYED = {"AWS_ENDPOINT_URL", "TOTESYS_LOG_FILE", "AWS_REGION", "AWS_DEFAULT_REGION",
+                "PGPASSWORD", "PGPASSFILE"}
 
 # The buckets each stage touches (docs/DESIGN.md, stage contracts) and what it may do there.
 EXPECTED_BUCKET_ACCESS = {

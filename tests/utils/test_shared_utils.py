@@ -1,6 +1,7 @@
 """Tests for the small shared utils: settings, credentials, time formats, keys, S3 writes, state."""
 import json
 import logging
+import os
 from datetime import datetime
 
 import boto3
@@ -8,7 +9,7 @@ import pytest
 
 from utils.config import load_settings
 from utils.db_connections import (close_db_connection, connect_to_db, credentials_from_url,
-                                  db_connections_get_secret)
+                                  db_connections_get_secret, password_for, validate_credentials)
 from utils.errors import (ConfigError, CredentialsError, DatabaseUnavailableError, DateFormatError,
                           StateConflictError, UnknownTableError, CorruptFileError)
 from utils.format_time import format_time, parse_time
@@ -300,3 +301,93 @@ def test_stage_handler_tags_the_run_and_times_it(tmp_path, monkeypatch):
     critical = [r for r in records if r["level"] == "CRITICAL"]
     assert len(critical) == 1 and critical[0]["error_type"] == "ValueError"
     assert critical[0]["error"] == "bad batch" and critical[0]["run_id"] == failed["run_id"]
+
+
+def test_credentials_without_a_password_mean_no_password():
+    creds = {"host": "h", "port": 5432, "database": "d", "user": "u"}
+    assert validate_credentials(creds, "x")["password"] == ""
+    assert validate_credentials(dict(creds, password=None), "x")["password"] == ""
+    with pytest.raises(CredentialsError, match=r"lacks key\(s\): database"):
+        validate_credentials(dict(creds, database=""), "x")
+
+
+def _pgpass(tmp_path, text, mode=0o600):
+    path = tmp_path / "pgpass"
+    path.write_text(text)
+    os.chmod(path, mode)
+    return {"PGPASSFILE": str(path)}
+
+
+def test_password_file_follows_libpq_rules(tmp_path):
+    creds = {"host": "db.example", "port": 5433, "database": "tote", "user": "ann"}
+    lines = ("# comment\n"
+             "other:5433:tote:ann:not-this-host\n"
+             "db.example:5433:tote:bob:not-this-user\n"
+             r"db.example:*:tote:ann:c\:olon\\back" "\n"
+             "*:*:*:*:too-late\n")
+    assert password_for(creds, _pgpass(tmp_path, lines)) == "c:olon\\back"
+    assert password_for(dict(creds, user="zed"), _pgpass(tmp_path, lines)) == "too-late"
+    # an escaped \* is a literal star, not a wildcard
+    assert password_for(creds, _pgpass(tmp_path, r"\*:*:*:*:star" "\n")) == ""
+    # group/world access: ignored, as libpq does
+    assert password_for(creds, _pgpass(tmp_path, "*:*:*:*:open\n", mode=0o644)) == ""
+    assert password_for(creds, {"PGPASSFILE": str(tmp_path / "absent")}) == ""
+    # PGPASSWORD comes first
+    assert password_for(creds, dict(_pgpass(tmp_path, lines), PGPASSWORD="env")) == "env"
+
+
+def test_url_without_password_takes_it_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "none"))
+    monkeypatch.setenv("PGPASSWORD", "from-env")
+    assert credentials_from_url("postgresql://ann@db/tote")["password"] == "from-env"
+    assert credentials_from_url("postgresql://ann:given@db/tote")["password"] == "given"
+    assert credentials_from_url("postgresql://ann:@db/tote")["password"] == "from-env"  # empty = none
+    with pytest.raises(CredentialsError, match="must look like .*got 'postgresql://ann@db:x/t'") as err:
+        credentials_from_url("postgresql://ann:hunter2@db:x/t")
+    assert "hunter2" not in str(err.value)
+
+
+@pytest.fixture
+def password_role(pg_admin_url):
+    """A login role with a password on the real test cluster: (URL without password, password)."""
+    import uuid
+    role, password = f"pw_{uuid.uuid4().hex[:8]}", "Role-pw:9\\x"
+    conn = connect_to_db(credentials=credentials_from_url(pg_admin_url))
+    try:
+        conn.run(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")  # nosec B608 - test values
+    finally:
+        close_db_connection(conn)
+    admin = credentials_from_url(pg_admin_url)
+    return f"postgresql://{role}@{admin['host']}:{admin['port']}/postgres", password
+
+
+def _whoami(url):
+    conn = connect_to_db(credentials=credentials_from_url(url))
+    try:
+        return conn.run("SELECT current_user")[0][0]
+    finally:
+        close_db_connection(conn)
+
+
+def test_real_server_password_via_pgpassword_or_pgpass(password_role, monkeypatch, tmp_path):
+    url, password = password_role
+    role = url.split("//")[1].split("@")[0]
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "none"))
+    monkeypatch.setenv("PGPASSWORD", password)
+    assert _whoami(url) == role
+    monkeypatch.delenv("PGPASSWORD")
+    escaped = password.replace("\\", "\\\\").replace(":", "\\:")
+    pgpass = _pgpass(tmp_path, f"127.0.0.1:*:*:{role}:{escaped}\n")
+    monkeypatch.setenv("PGPASSFILE", pgpass["PGPASSFILE"])
+    assert _whoami(url) == role
+
+
+def test_real_server_without_any_password_is_a_clear_error(password_role, monkeypatch, tmp_path):
+    url, password = password_role
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    # a readable-by-all file is ignored, as libpq ignores it
+    readable = _pgpass(tmp_path, f"*:*:*:*:{password}\n", mode=0o644)
+    monkeypatch.setenv("PGPASSFILE", readable["PGPASSFILE"])
+    with pytest.raises(CredentialsError, match="no password was given") as err:
+        _whoami(url)
+    assert "PGPASSWORD" in str(err.value) and "0600" in str(err.value)
