@@ -18,12 +18,12 @@ found nothing pending (transform and load run on every execution after ingest, s
 pending means everything up to this execution's ingest snapshot is in the warehouse). A pipeline that
 stops running or keeps failing emits none, which the alarm treats as breaching.
 
-Metrics are flushed when the handler ends, also when it raises (powertools' ``log_metrics``). Locally
+Metrics are flushed when the handler ends, also when it raises. Locally
 the runner sets ``TOTESYS_LOG_FILE``: the EMF lines go to that file beside the log lines, so the
 output of ``make run`` stays readable.
 """
-import contextlib
 import functools
+import json
 import logging
 import os
 import re
@@ -31,8 +31,10 @@ import sys
 import time
 from datetime import datetime, timezone
 
-from aws_lambda_powertools import Metrics, single_metric
+from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import AmazonCloudWatchEMFProvider
 
 NAMESPACE = "ToteSys"
 SERVICE = "totesys"
@@ -82,18 +84,40 @@ def ingest_rows(result, s3_client=None):
     return {table: int(entry.get("rows", 0)) for table, entry in manifest["tables"].items()}
 
 
+def emit(payload):
+    """Write one EMF object as a line: to stdout (CloudWatch Logs in Lambda), or appended to the file
+    TOTESYS_LOG_FILE names when it is set (the local runner). Never swaps sys.stdout: locally the
+    stages run on another thread while the runner prints its progress."""
+    if is_metrics_disabled():
+        return
+    line = json.dumps(payload, separators=(",", ":")) + "\n"
+    log_file = os.environ.get("TOTESYS_LOG_FILE")
+    if log_file:
+        with open(log_file, "a", encoding="utf-8") as sink:
+            sink.write(line)
+    else:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+
+def _single(name, unit, value, dimensions):
+    """One EMF line holding one metric with exactly ``dimensions`` (its own metric set, so it never mixes
+    with the stage's)."""
+    provider = AmazonCloudWatchEMFProvider(metric_set={}, dimension_set={}, metadata_set={},
+                                           namespace=NAMESPACE)
+    for key, text in dimensions.items():
+        provider.add_dimension(name=key, value=text)
+    provider.add_metric(name=name, unit=unit, value=value)
+    emit(provider.serialize_metric_set())
+
+
 def _per_stage(name, unit, value, stage, **dimensions):
     """One EMF line for a metric with the stage's dimensions plus ``dimensions`` (e.g. table)."""
-    with single_metric(name=name, unit=unit, value=value, namespace=NAMESPACE,
-                       default_dimensions={"service": SERVICE, "stage": stage}) as metric:
-        for key, text in dimensions.items():
-            metric.add_dimension(name=key, value=text)
+    _single(name, unit, value, {"service": SERVICE, "stage": stage, **dimensions})
 
 
 def _warehouse_lag(seconds):
-    with single_metric(name="WarehouseLag", unit=MetricUnit.Seconds, value=seconds, namespace=NAMESPACE,
-                       default_dimensions={"service": SERVICE}):
-        pass
+    _single("WarehouseLag", MetricUnit.Seconds, seconds, {"service": SERVICE})
 
 
 def record_result(stage, result, now=None, s3_client=None):
@@ -118,18 +142,6 @@ def record_result(stage, result, now=None, s3_client=None):
     for key, name in OPTIONAL_LOAD_COUNTS.items():
         if stage == "load" and isinstance(result.get(key), int):
             metrics.add_metric(name=name, unit=MetricUnit.Count, value=result[key])
-
-
-@contextlib.contextmanager
-def _output():
-    """Where EMF lines go: stdout (CloudWatch Logs in Lambda), or TOTESYS_LOG_FILE when set."""
-    log_file = os.environ.get("TOTESYS_LOG_FILE")
-    if not log_file:
-        yield
-        return
-    with open(log_file, "a", encoding="utf-8") as sink, contextlib.redirect_stdout(sink):
-        yield
-    sys.stdout.flush()
 
 
 def stage_metrics(stage):
@@ -157,11 +169,15 @@ def stage_metrics(stage):
                 _log.warning("%s metrics incomplete: %s: %s", stage, type(err).__name__, err)
             return result
 
-        flushed = metrics.log_metrics(measured)
-
         @functools.wraps(handler)
         def wrapper(event, context):
-            with _output():
-                return flushed(event, context)
+            try:
+                return measured(event, context)
+            finally:
+                try:
+                    if metrics.metric_set:
+                        emit(metrics.serialize_metric_set())
+                finally:
+                    metrics.clear_metrics()
         return wrapper
     return decorate

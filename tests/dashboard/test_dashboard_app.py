@@ -74,8 +74,10 @@ def test_every_section_renders(generated_warehouse, monkeypatch):
     outstanding = run_sql(generated_warehouse,
                           "SELECT sum(payment_amount) FROM current_payment WHERE NOT paid")
     assert sum(row["outstanding_amount"] for row in paid) == outstanding[0][0] > 0
-    # Optional tables absent (this warehouse predates them): their sections are not shown.
-    assert not [c for c in app.caption if "etl_rejected_rows" in c.value or "etl_deleted_rows" in c.value]
+    # etl_rejected_rows exists (empty) and is shown; etl_deleted_rows does not exist and is not.
+    captions = [c.value for c in app.caption]
+    assert "Rejected rows (etl_rejected_rows): 0" in captions
+    assert not [c for c in captions if "etl_deleted_rows" in c]
 
 
 def test_filters_change_the_figures(generated_warehouse, monkeypatch):
@@ -161,6 +163,7 @@ def test_the_dashboard_connection_cannot_write(generated_warehouse):
 def test_rejected_and_deleted_rows_show_where_those_tables_exist(
         new_database, warehouse_template, monkeypatch):
     url = new_database(template=warehouse_template)
+    run_sql(url, "DROP TABLE IF EXISTS etl_rejected_rows")
     run_sql(url, "CREATE TABLE etl_rejected_rows (source_table varchar, source_id integer, "
                  "last_updated timestamp, column_name varchar, reason varchar, batch_id varchar)")
     run_sql(url, "INSERT INTO etl_rejected_rows VALUES "
