@@ -192,6 +192,13 @@ data "aws_iam_policy_document" "state_machine" {
     resources = flatten([for fn in aws_lambda_function.stage : [fn.arn, "${fn.arn}:*"]])
   }
   statement {
+    sid = "FindOverlappingExecutions"
+    # CheckOverlap (aws-sdk:sfn:listExecutions) lists this state machine's RUNNING executions. Its ARN is
+    # built from the name (local.state_machine_arn): the machine itself depends on this policy.
+    actions   = ["states:ListExecutions"]
+    resources = [local.state_machine_arn]
+  }
+  statement {
     sid       = "PublishAlerts"
     actions   = ["sns:Publish"]
     resources = [aws_sns_topic.alerts.arn]
