@@ -1,5 +1,6 @@
 # Least privilege. Each function: only its buckets (and, for writes, only the prefixes it writes), only its
-# secret, only its log group. The state machine: only the three functions and the alert topic.
+# secret, only its log group (vpc.tf adds the network-interface actions when the functions run in a VPC).
+# The state machine: only the three functions, the alert topic and listing its own executions.
 # "*" resources appear only where the AWS API has no resource-level permissions; each is commented.
 
 data "aws_iam_policy_document" "lambda_assume" {
