@@ -15,7 +15,7 @@ CHROMIUM ?= /usr/bin/chromium
 	lint terraform-fmt run-pytest test run simulate bench psql stop clean \
 	install-dashboard dashboard chromium \
 	layer deploy destroy checkov actionlint statelint tf-init-immutable tf-init-main tf-check-backend \
-	tf-check-credentials
+	tf-check-credentials tf-check-vars-file tf-validate
 
 help:
 	@echo "make run    run the pipeline once on embedded defaults (local PostgreSQL + emulated AWS)"
@@ -125,7 +125,7 @@ retry: $(STAMP)
 
 clean:
 	-@[ -x $(BIN)/totesys ] && $(BIN)/totesys stop --state-dir $(STATE_DIR) >/dev/null 2>&1 || true
-	rm -rf $(STATE_DIR) build layers/python layers/*.zip
+	rm -rf $(STATE_DIR) build layers/python layers/certs layers/*.zip
 
 # ---------------------------------------------------------------------------------------------------
 # Infrastructure checks (offline; part of `make lint`) and the deploy path (README.md, "Deploying to AWS").
@@ -167,25 +167,49 @@ statelint: $(STAMP)
 
 # The own Lambda layer, for the Lambda runtime's platform whatever machine builds it. --no-compile: .pyc
 # files compiled by this machine's Python would be ignored by (and only bloat) the 3.12 runtime.
+# It also carries the RDS global CA bundle (layers/certs/ -> /opt/certs/ on Lambda) for verify-full TLS to
+# the databases, fetched at build time from AWS's published URL (needs network: CI or the deployer's machine).
+RDS_CA_BUNDLE_URL := https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
+RDS_CA_BUNDLE := layers/certs/rds-global-bundle.pem
+
 layer: $(BIN)/python
-	rm -rf layers/python
+	rm -rf layers/python layers/certs
 	$(BIN)/pip install --quiet --no-deps --no-compile --platform manylinux2014_x86_64 \
 		--only-binary=:all: --implementation cp --python-version 3.12 \
 		--target layers/python -r layers/requirements.txt
-	@du -sh layers/python
+	mkdir -p layers/certs
+	curl --fail --silent --show-error --location --proto '=https' --tlsv1.2 \
+		--output $(RDS_CA_BUNDLE) $(RDS_CA_BUNDLE_URL)
+	@grep -q -- '-----BEGIN CERTIFICATE-----' $(RDS_CA_BUNDLE) || \
+		{ echo "$(RDS_CA_BUNDLE): not a PEM certificate bundle (from $(RDS_CA_BUNDLE_URL))"; exit 1; }
+	@du -sh layers/python layers/certs
 
-# Remote state: TF_STATE_BUCKET (an existing, versioned, private bucket; README.md, "Deploying to AWS") and AWS_REGION.
+# Remote state: TF_STATE_BUCKET (an existing, versioned, private bucket; docs/DEPLOY.md) and AWS_REGION.
+# TF_VARS_FILE: an optional .tfvars file given to both stacks (a variable one stack does not declare is
+# only a warning there), e.g. make deploy TF_VARS_FILE=prod.tfvars.
 AWS_REGION ?= eu-west-2
+TF_VARS_FILE ?=
 TF_BACKEND = -backend-config="bucket=$(TF_STATE_BUCKET)" -backend-config="region=$(AWS_REGION)"
-TF_VARS = -var="region=$(AWS_REGION)"
+TF_VARS = -var="region=$(AWS_REGION)" $(if $(TF_VARS_FILE),-var-file="$(abspath $(TF_VARS_FILE))")
 
 tf-check-backend:
-	@[ -n "$(TF_STATE_BUCKET)" ] || { echo "set TF_STATE_BUCKET to the Terraform state bucket (README.md, "Deploying to AWS")"; exit 1; }
+	@[ -n "$(TF_STATE_BUCKET)" ] || { echo "set TF_STATE_BUCKET to the Terraform state bucket (docs/DEPLOY.md)"; exit 1; }
 
 tf-check-credentials:
 	@for f in db_credentials.json warehouse_credentials.json email.txt; do \
 		[ -f $$f ] || { echo "$$f missing: copy $$f.example and fill it in (README.md, "Deploying to AWS")"; exit 1; }; \
 	done
+
+# Offline of any state (CI's pull-request job): both stacks' syntax, types and references. Needs the
+# provider download, so not on these development machines.
+tf-validate:
+	terraform -chdir=immutable-terraform init -backend=false -input=false
+	terraform -chdir=immutable-terraform validate
+	terraform -chdir=main-terraform init -backend=false -input=false
+	terraform -chdir=main-terraform validate
+
+tf-check-vars-file:
+	@[ -z "$(TF_VARS_FILE)" ] || [ -f "$(TF_VARS_FILE)" ] || { echo "TF_VARS_FILE=$(TF_VARS_FILE): no such file"; exit 1; }
 
 tf-init-immutable: tf-check-backend
 	terraform -chdir=immutable-terraform init -input=false $(TF_BACKEND)
@@ -193,12 +217,12 @@ tf-init-immutable: tf-check-backend
 tf-init-main: tf-check-backend
 	terraform -chdir=main-terraform init -input=false $(TF_BACKEND)
 
-deploy: tf-check-credentials layer tf-init-immutable tf-init-main
+deploy: tf-check-credentials tf-check-vars-file layer tf-init-immutable tf-init-main
 	terraform -chdir=immutable-terraform apply -input=false -auto-approve $(TF_VARS)
 	terraform -chdir=main-terraform apply -input=false -auto-approve $(TF_VARS)
 
 # The immutable stack (data buckets, secrets) is kept unless DESTROY_IMMUTABLE=1: it holds the history.
-destroy: tf-init-main
+destroy: tf-check-vars-file tf-init-main
 	terraform -chdir=main-terraform destroy -input=false -auto-approve $(TF_VARS)
 ifeq ($(DESTROY_IMMUTABLE),1)
 	terraform -chdir=immutable-terraform init -input=false $(TF_BACKEND)

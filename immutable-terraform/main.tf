@@ -1,25 +1,6 @@
 # The immutable stack: what outlives a redeploy of the pipeline (data buckets, credentials, the key that
 # encrypts them, and the SSM parameters through which main-terraform finds them).
-terraform {
-  required_version = ">= 1.10"
-
-  required_providers {
-    aws = {
-      source  = "hashicorp/aws"
-      version = "~> 5.80"
-    }
-  }
-
-  # Partial configuration: the state bucket and region are given at `terraform init` time
-  # (-backend-config=bucket=... -backend-config=region=...), see docs/DEPLOY.md. The key is fixed so the
-  # two stacks can never overwrite each other's state; use_lockfile is S3-native locking (Terraform >= 1.10).
-  backend "s3" {
-    key          = "totesys/immutable.tfstate"
-    encrypt      = true
-    use_lockfile = true
-  }
-}
-
+# How to deploy it (state bucket, variables, the deploy role, the order of the stacks): docs/DEPLOY.md.
 provider "aws" {
   region = var.region
 

@@ -58,24 +58,47 @@ resource "aws_s3_bucket_public_access_block" "data" {
   restrict_public_buckets = true
 }
 
+locals {
+  # Only table data moves to colder storage: one rule per table prefix (an S3 rule filters on one prefix).
+  # _state/ (pointers), _batches/ (manifests), _snapshots/ (dimension snapshots) and _rejected/ are read
+  # on every execution and stay in S3 Standard.
+  table_prefixes = {
+    ingest    = [for table in var.source_tables : "${table}/"]
+    processed = [for table in var.warehouse_tables : "${table}/"]
+  }
+}
+
 resource "aws_s3_bucket_lifecycle_configuration" "data" {
   for_each = local.data_buckets
 
   bucket = each.value.id
 
+  dynamic "rule" {
+    for_each = local.table_prefixes[each.key]
+    content {
+      id     = "colder-storage-${trimsuffix(rule.value, "/")}"
+      status = "Enabled"
+      filter {
+        prefix = rule.value
+      }
+
+      transition {
+        days          = var.transition_to_ia_days
+        storage_class = "STANDARD_IA"
+      }
+      transition {
+        days          = var.transition_to_glacier_ir_days
+        storage_class = "GLACIER_IR"
+      }
+    }
+  }
+
+  # Whole bucket: superseded versions (only the _state/ pointers are ever overwritten) and failed uploads.
   rule {
-    id     = "cheaper-storage-for-old-batches"
+    id     = "expire-superseded-versions"
     status = "Enabled"
     filter {}
 
-    transition {
-      days          = var.transition_to_ia_days
-      storage_class = "STANDARD_IA"
-    }
-    transition {
-      days          = var.transition_to_glacier_ir_days
-      storage_class = "GLACIER_IR"
-    }
     noncurrent_version_expiration {
       noncurrent_days = var.noncurrent_version_expiration_days
     }

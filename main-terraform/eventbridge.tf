@@ -1,5 +1,6 @@
-# Start the pipeline on a schedule with input {} (= all eleven tables). A run that finds a previous one
-# still in flight fails fast (ConcurrentRunError after retries) and the next tick catches up.
+# Start the pipeline on a schedule with input {} (= all eleven tables). An execution that starts while a
+# previous one is still running succeeds at once without running a stage (the state machine's CheckOverlap);
+# the running one processes everything pending and the next tick catches up.
 resource "aws_cloudwatch_event_rule" "schedule" {
   name                = "${var.project}-pipeline-schedule"
   description         = "Starts the ToteSys pipeline: ${var.schedule_expression}"

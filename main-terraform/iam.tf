@@ -1,5 +1,6 @@
 # Least privilege. Each function: only its buckets (and, for writes, only the prefixes it writes), only its
-# secret, only its log group. The state machine: only the three functions and the alert topic.
+# secret, only its log group (vpc.tf adds the network-interface actions when the functions run in a VPC).
+# The state machine: only the three functions, the alert topic and listing its own executions.
 # "*" resources appear only where the AWS API has no resource-level permissions; each is commented.
 
 data "aws_iam_policy_document" "lambda_assume" {
@@ -190,6 +191,13 @@ data "aws_iam_policy_document" "state_machine" {
     actions = ["lambda:InvokeFunction"]
     # The function ARNs and their qualified forms (:version/:alias), nothing else.
     resources = flatten([for fn in aws_lambda_function.stage : [fn.arn, "${fn.arn}:*"]])
+  }
+  statement {
+    sid = "FindOverlappingExecutions"
+    # CheckOverlap (aws-sdk:sfn:listExecutions) lists this state machine's RUNNING executions. Its ARN is
+    # built from the name (local.state_machine_arn): the machine itself depends on this policy.
+    actions   = ["states:ListExecutions"]
+    resources = [local.state_machine_arn]
   }
   statement {
     sid       = "PublishAlerts"

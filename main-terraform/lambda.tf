@@ -19,6 +19,11 @@ locals {
     INGEST_PARALLEL_CONNECTIONS = tostring(var.ingest_parallel_connections)
     LOG_LEVEL                   = var.log_level
     POWERTOOLS_SERVICE_NAME     = var.project
+    # TLS to the databases (docs/DEPLOY.md, "TLS to the databases"): libpq's sslmode values.
+    TOTESYS_SSLMODE       = var.db_ssl_mode["totesys"]
+    TOTESYS_SSLROOTCERT   = var.db_ssl_root_cert["totesys"]
+    WAREHOUSE_SSLMODE     = var.db_ssl_mode["warehouse"]
+    WAREHOUSE_SSLROOTCERT = var.db_ssl_root_cert["warehouse"]
   }
 }
 
@@ -35,7 +40,7 @@ data "archive_file" "function_code" {
 }
 
 resource "aws_lambda_function" "stage" {
-  #checkov:skip=CKV_AWS_117:the functions reach totesys and the warehouse over their public endpoints; a VPC would need a NAT gateway for that and for S3/Secrets Manager
+  #checkov:skip=CKV_AWS_117:the VPC is optional (variables subnet_ids/security_group_ids, dynamic vpc_config below); checkov sees the default, no VPC, where the functions reach the databases over TLS on public endpoints
   #checkov:skip=CKV_AWS_116:invoked synchronously by Step Functions, which retries, alerts and fails the execution; a DLQ only applies to asynchronous invocations
   #checkov:skip=CKV_AWS_272:code signing needs an AWS Signer profile and signed artifacts in S3; the deploy uploads the zip Terraform builds from the reviewed repository
   for_each = local.functions
@@ -54,6 +59,7 @@ resource "aws_lambda_function" "stage" {
   timeout                        = var.function_timeout_seconds[each.key]
   reserved_concurrent_executions = var.function_reserved_concurrency[each.key]
 
+  # Order matters: the own layer comes last so its files (pg8000, boto3/botocore) win (layers.tf).
   layers = [
     local.aws_sdk_pandas_layer_arn,
     aws_lambda_layer_version.dependencies.arn,
@@ -69,8 +75,18 @@ resource "aws_lambda_function" "stage" {
     mode = "Active"
   }
 
+  # Only with subnet_ids: the functions then reach AWS through the endpoints in vpc.tf (or a NAT).
+  dynamic "vpc_config" {
+    for_each = local.in_vpc ? [1] : []
+    content {
+      subnet_ids         = var.subnet_ids
+      security_group_ids = var.security_group_ids
+    }
+  }
+
   depends_on = [
     aws_cloudwatch_log_group.function,
     aws_iam_role_policy.function,
+    aws_iam_role_policy.vpc_access,
   ]
 }

@@ -1,28 +1,6 @@
 # The main stack: the pipeline itself (functions, layer, IAM, logs, alarms, alerts, state machine,
 # schedule). Safe to destroy and re-create: everything that holds data lives in immutable-terraform.
-terraform {
-  required_version = ">= 1.10"
-
-  required_providers {
-    aws = {
-      source  = "hashicorp/aws"
-      version = "~> 5.80"
-    }
-    archive = {
-      source  = "hashicorp/archive"
-      version = "~> 2.7"
-    }
-  }
-
-  # Partial configuration, like immutable-terraform: bucket and region come from `terraform init
-  # -backend-config=...` (docs/DEPLOY.md); the key differs from the immutable stack's.
-  backend "s3" {
-    key          = "totesys/main.tfstate"
-    encrypt      = true
-    use_lockfile = true
-  }
-}
-
+# How to deploy it (state bucket, variables, the deploy role, the order of the stacks): docs/DEPLOY.md.
 provider "aws" {
   region = var.region
 

@@ -1,7 +1,13 @@
-# The pipeline: ingest -> transform -> load with retries, an SNS alert and a Fail on any error. The
-# definition is the repository's ASL template (the local runner interprets the same file).
+# The pipeline: a check that no other execution is running, then ingest -> transform -> load with retries,
+# an SNS alert and a Fail on any error. The definition is the repository's ASL template (the local runner
+# interprets the same file).
+locals {
+  state_machine_name = "${var.project}-pipeline"
+  state_machine_arn  = "arn:${local.partition}:states:${var.region}:${local.account_id}:stateMachine:${local.state_machine_name}"
+}
+
 resource "aws_sfn_state_machine" "pipeline" {
-  name     = "${var.project}-pipeline"
+  name     = local.state_machine_name
   role_arn = aws_iam_role.state_machine.arn
 
   definition = templatefile("${path.module}/../state_machine/pipeline.asl.json", {

@@ -2,11 +2,14 @@
 with the project's real handlers dispatched in-process against real PostgreSQL databases."""
 import json
 import re
+import threading
+import time
 import uuid
 
 import boto3
 import pytest
 
+from totesys_local import aws_emulation
 from totesys_local.aws_emulation import (ASL_TEMPLATE, deploy_pipeline, emulated_aws, published_alerts,
                                          render_definition, wait_for_execution)
 from tests.dbutil import run_sql
@@ -42,6 +45,58 @@ def test_every_stage_retries_with_jitter_and_catches_everything(stage):
     notify = DEFINITION["States"][handler["Next"]]
     assert notify["Resource"] == "arn:aws:states:::sns:publish"
     assert DEFINITION["States"][notify["Next"]]["Type"] == "Fail"
+
+
+# The Lambda invoke errors AWS documents as transient (Step Functions, "Handling transient Lambda service
+# exceptions"), plus Lambda.Unknown (a timeout or out-of-memory end without an error type).
+TRANSIENT_LAMBDA_ERRORS = {"Lambda.ServiceException", "Lambda.AWSLambdaException",
+                           "Lambda.SdkClientException", "Lambda.ClientExecutionTimeoutException",
+                           "Lambda.TooManyRequestsException"}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_retries_the_transient_lambda_errors(stage):
+    retriers = TASKS[stage]["Retry"]
+    (transient,) = [r for r in retriers if "Lambda.ServiceException" in r["ErrorEquals"]]
+    assert set(transient["ErrorEquals"]) == TRANSIENT_LAMBDA_ERRORS
+    assert transient["MaxAttempts"] >= 2
+    (unknown,) = [r for r in retriers if "Lambda.Unknown" in r["ErrorEquals"]]
+    # once: a stage that timed out (or ran out of memory) will usually do so again
+    assert unknown["ErrorEquals"] == ["Lambda.Unknown"] and unknown["MaxAttempts"] == 1
+
+
+def test_the_execution_first_checks_for_another_running_execution():
+    states = DEFINITION["States"]
+    keep = states[DEFINITION["StartAt"]]
+    assert keep["Type"] == "Pass" and keep["Parameters"] == {"request.$": "$"}
+    assert TASKS["Ingest"]["Parameters"]["Payload.$"] == "$.request", "the ingest event = the execution input"
+    check = states[keep["Next"]]
+    assert check["Resource"] == "arn:aws:states:::aws-sdk:sfn:listExecutions"
+    assert check["Parameters"] == {"StateMachineArn.$": "$$.StateMachine.Id", "StatusFilter": "RUNNING",
+                                   "MaxResults": 100}
+    assert check["ResultPath"] == "$.overlap"
+    failed = states[check["Catch"][0]["Next"]]
+    assert failed["Parameters"]["stage"] == "overlap check" and failed["Next"] == "NotifyFailure"
+    choice = states[check["Next"]]
+    assert choice["Type"] == "Choice" and choice["Default"] == "Ingest"
+    skip = states[choice["Choices"][0]["Next"]]
+    assert skip["ResultPath"] == "$.skipped" and states[skip["Next"]]["Type"] == "Succeed"
+
+
+def test_emulation_speaks_aws_sdk_integration_casing():
+    """AWS SDK integrations take and return PascalCase names; moto 5.2 hands them to boto3 unchanged, so the
+    emulation translates both ways with botocore's model, as AWS does (see aws_emulation's docstring)."""
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_aws_sdk \
+        import StateTaskServiceAwsSdk
+    service = StateTaskServiceAwsSdk.__new__(StateTaskServiceAwsSdk)
+    service.resource = type("Resource", (), {"api_name": "sfn", "api_action": "listExecutions",
+                                             "resource_arn": "arn:aws:states:::aws-sdk:sfn:listExecutions"})()
+    parameters = {"StateMachineArn": "arn:sm", "StatusFilter": "RUNNING", "MaxResults": 100}
+    aws_emulation._aws_sdk_request_as_aws(service, parameters)
+    assert parameters == {"stateMachineArn": "arn:sm", "statusFilter": "RUNNING", "maxResults": 100}
+    response = {"executions": [{"executionArn": "arn:x", "status": "RUNNING"}]}
+    aws_emulation._aws_sdk_response_as_aws(service, response)
+    assert response == {"Executions": [{"ExecutionArn": "arn:x", "Status": "RUNNING"}]}
 
 
 def test_database_stages_retry_a_lost_connection():
@@ -248,6 +303,61 @@ def test_non_retryable_failure_alerts_without_retrying(engine):
     assert engine["invocations"] == ["totesys-ingest"]
     message = published_alerts(engine["arns"]["alert_topic_arn"])[0]["message"]
     assert "stage ingest" in message and "UnknownTableError" in message
+
+
+# -- overlapping executions --------------------------------------------------------------------------
+
+@pytest.fixture
+def ingest_gate():
+    """Holds the FIRST ingest invocation until set; later invocations go straight through."""
+    return threading.Event()
+
+
+@pytest.fixture
+def engine_with_held_ingest(aws_env, monkeypatch, totesys_url, warehouse_url, ingest_gate):
+    import ingest
+    calls = []
+
+    def ingest_held_once(event, context):
+        calls.append(event)
+        if len(calls) == 1:
+            assert ingest_gate.wait(120), "the test never released the first ingest"
+        return ingest.lambda_handler(event, context)
+
+    handlers = dict(_handlers(), **{"totesys-ingest": ingest_held_once})
+    yield from _engine(monkeypatch, totesys_url, warehouse_url, handlers)
+
+
+def test_an_execution_started_during_another_succeeds_at_once_without_alerting(
+        engine_with_held_ingest, ingest_gate):
+    """A manual start during a scheduled run: the second execution finds the first RUNNING (through the
+    real aws-sdk:sfn:listExecutions task in moto's engine), runs no stage and succeeds; the first goes on
+    and loads everything. Before, the second ran into the ingest lock, retried, failed and alerted."""
+    engine = engine_with_held_ingest
+    _put_secret("sm/totesys", engine["source"])
+    _put_secret("sm/warehouse", engine["warehouse"])
+    sfn = boto3.client("stepfunctions")
+    first = sfn.start_execution(stateMachineArn=engine["arns"]["state_machine_arn"], input="{}",
+                                name="scheduled")["executionArn"]
+    deadline = time.monotonic() + 60
+    while "totesys-ingest" not in engine["invocations"]:  # the first is now inside ingest
+        assert time.monotonic() < deadline, "the first execution never reached ingest"
+        time.sleep(0.05)
+
+    second = engine["run"]('{"tables_to_query": ["sales_order"]}')
+    assert second["status"] == "SUCCEEDED", second
+    output = json.loads(second["output"])
+    assert "another execution" in output["skipped"]
+    assert output["request"] == {"tables_to_query": ["sales_order"]}
+    assert not {"ingest", "transform", "load"} & set(output)
+    assert engine["invocations"] == [], "the skipped execution must not invoke any stage"
+
+    ingest_gate.set()
+    result = wait_for_execution(first, timeout=300)
+    assert result["status"] == "SUCCEEDED", result
+    assert "skipped" not in json.loads(result["output"])
+    _assert_reconciled(engine)
+    assert _alerts(engine) == []
 
 
 # -- the data-quality branch -------------------------------------------------------------------------

@@ -1,7 +1,13 @@
 """AWS on a laptop: moto for S3, Secrets Manager, SNS, IAM, Lambda and Step Functions, with the
 project's real state machine definition interpreted by moto's engine and every Lambda task
 dispatched in-process to the real handlers (moto cannot run Lambda code without Docker).
+
+One gap of moto's engine is filled here, the way AWS behaves: AWS SDK integrations
+(``arn:aws:states:::aws-sdk:<service>:<action>``) take and return PascalCase member names
+(``StateMachineArn``, ``Executions[].ExecutionArn``) whatever the service's own casing; moto 5.2 passes
+them to boto3 unchanged, so a camelCase API such as Step Functions' own would fail there but not in AWS.
 """
+import functools
 import io
 import json
 import time
@@ -13,8 +19,11 @@ from types import SimpleNamespace
 from unittest import mock
 
 import boto3
+import botocore.session
 from moto import mock_aws
 from moto.awslambda_simple.models import LambdaSimpleBackend
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_aws_sdk import (
+    StateTaskServiceAwsSdk)
 
 from totesys_local.asl import ASL_TEMPLATE, render
 
@@ -40,6 +49,25 @@ def _lambda_context(function_name):
                            get_remaining_time_in_millis=lambda: 900_000)
 
 
+@functools.lru_cache(maxsize=None)
+def _operation_model(service, action):
+    """botocore's model of an AWS SDK integration's action (``listExecutions`` -> ``ListExecutions``)."""
+    return botocore.session.get_session().get_service_model(service).operation_model(
+        action[0].upper() + action[1:])
+
+
+def _aws_sdk_request_as_aws(self, parameters, boto_service_name=None, service_action_name=None):
+    """PascalCase parameters -> the member names boto3 expects (moto's own helper, left unwired in 5.2)."""
+    model = _operation_model(self._get_boto_service_name(), self.resource.api_action)
+    self._to_boto_request(parameters, model.input_shape)
+
+
+def _aws_sdk_response_as_aws(self, response, boto_service_name=None, service_action_name=None):
+    """The boto3 response -> PascalCase member names, as AWS returns an AWS SDK integration's result."""
+    model = _operation_model(self._get_boto_service_name(), self.resource.api_action)
+    self._from_boto_response(response, model.output_shape)
+
+
 @contextmanager
 def emulated_aws(handlers):
     """Start moto (in-process) with Lambda invocations routed to ``handlers``:
@@ -59,7 +87,9 @@ def emulated_aws(handlers):
                                "stackTrace": traceback.format_tb(err.__traceback__)[-3:]}).encode()
         return json.dumps(result).encode()
 
-    with mock_aws(config=MOTO_CONFIG), mock.patch.object(LambdaSimpleBackend, "invoke", invoke):
+    with mock_aws(config=MOTO_CONFIG), mock.patch.object(LambdaSimpleBackend, "invoke", invoke), \
+            mock.patch.object(StateTaskServiceAwsSdk, "_normalise_parameters", _aws_sdk_request_as_aws), \
+            mock.patch.object(StateTaskServiceAwsSdk, "_normalise_response", _aws_sdk_response_as_aws):
         yield invocations
 
 

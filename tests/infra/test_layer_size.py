@@ -21,11 +21,14 @@ LAMBDA_UNZIPPED_LIMIT = 262_144_000  # bytes: "250 MB" as Lambda's error message
 # measured 167 MiB). The pinned 3.11.0 is smaller (46.7 MB zipped for py3.12 vs 51.3 MB for 3.16.0, per
 # the release assets), so 204 MiB is a safe upper bound.
 AWS_SDK_PANDAS_LAYER_UNZIPPED = 204 * 1024 * 1024
-# Dependencies of the own layer's packages that Lambda already has: python-dateutil (pandas needs it)
-# and typing_extensions (awswrangler needs it) are in the managed layer, jmespath comes with the
-# runtime's boto3.
-PROVIDED_ELSEWHERE = {"python-dateutil", "typing-extensions", "jmespath"}
-MANAGED_LAYER_PACKAGES = {"pandas", "pyarrow", "numpy", "boto3", "botocore"}
+# Dependencies of the own layer's packages that the managed layer already has: python-dateutil and six
+# (pandas needs them), typing_extensions (awswrangler needs it).
+PROVIDED_ELSEWHERE = {"python-dateutil", "typing-extensions", "six"}
+# What the managed layer is for; the own layer must not ship these (it would break the size budget).
+MANAGED_LAYER_PACKAGES = {"pandas", "pyarrow", "numpy"}
+# The own layer comes after the managed one, so these pins win over the managed layer's and the runtime's.
+OWN_LAYER = {"pg8000", "scramp", "asn1crypto", "aws-lambda-powertools",
+             "boto3", "botocore", "s3transfer", "jmespath", "urllib3"}
 LAMBDA_ENVIRONMENT = dict(default_environment(), python_version="3.12", python_full_version="3.12.0",
                           sys_platform="linux", platform_system="Linux", platform_machine="x86_64")
 
@@ -96,10 +99,13 @@ def test_function_zip_holds_the_handlers_and_utils_but_not_local_code():
     assert not [f for f in files if f.startswith("totesys_local/") or "__pycache__" in f]
 
 
-def test_own_layer_holds_only_what_the_managed_layer_lacks():
+def test_own_layer_pins_the_driver_and_the_sdk_the_code_was_tested_with():
     pins = layer_pins()
-    assert set(pins) == {"pg8000", "scramp", "asn1crypto", "aws-lambda-powertools"}
+    assert set(pins) == OWN_LAYER
     assert not (set(pins) & MANAGED_LAYER_PACKAGES)
+    # ingest's COPY reader patches pg8000 1.31 internals; the managed layer ships a pg8000 of its own.
+    assert pins["pg8000"] == "1.31.6"
+    assert pins["boto3"] == pins["botocore"], "boto3 pins botocore to its own release line"
     # `make layer` installs with --no-deps: every dependency must be pinned here or present on Lambda.
     for name in pins:
         for text in importlib.metadata.distribution(name).requires or []:
@@ -108,6 +114,15 @@ def test_own_layer_holds_only_what_the_managed_layer_lacks():
                 continue
             dependency = canonical(requirement.name)
             assert dependency in pins or dependency in PROVIDED_ELSEWHERE, f"{name} needs {dependency}"
+
+
+def test_the_pinned_botocore_knows_put_object_if_match():
+    # The state pointers' compare-and-swap (put_object IfMatch) needs a late-2024 botocore: the pinned one
+    # (installed in this virtualenv at the same version; checked above) must have it in its S3 model.
+    import botocore.session
+    assert importlib.metadata.version("botocore") == layer_pins()["botocore"]
+    put_object = botocore.session.get_session().get_service_model("s3").operation_model("PutObject")
+    assert "IfMatch" in put_object.input_shape.members
 
 
 def test_layer_versions_match_the_runtime_requirements():

@@ -99,7 +99,6 @@ def test_function_sizing_runtime_and_concurrency(main_stack):
     timeouts = default(main_stack, "function_timeout_seconds")
     assert timeouts == {"ingest": 300, "transform": 600, "load": 600}
     assert max(timeouts.values()) <= 900  # Lambda's ceiling
-    assert default(main_stack, "function_reserved_concurrency")["ingest"] == 1
 
 
 def test_function_zip_is_src_without_the_local_package(main_stack):
@@ -109,11 +108,9 @@ def test_function_zip_is_src_without_the_local_package(main_stack):
     assert "**/__pycache__/**" in archive["excludes"]
 
 
-def test_layers_are_the_pinned_managed_pandas_layer_and_our_own(main_stack):
-    arn = main_stack["locals"]["aws_sdk_pandas_layer_arn"]
-    assert arn == ("arn:${local.partition}:lambda:${var.region}:336392948345:layer:AWSSDKPandas-Python312:"
-                   "${var.aws_sdk_pandas_layer_version}")
-    assert isinstance(default(main_stack, "aws_sdk_pandas_layer_version"), int)
+def test_layers_are_the_managed_pandas_layer_then_our_own(main_stack):
+    # Lambda extracts layers in order and a later layer's files win: ours must come last (its pg8000 and
+    # boto3/botocore replace the managed layer's and the runtime's).
     function = main_stack["resource"]["aws_lambda_function"]["stage"]
     assert function["layers"] == ["${local.aws_sdk_pandas_layer_arn}",
                                   "${aws_lambda_layer_version.dependencies.arn}"]
@@ -147,9 +144,8 @@ def test_critical_metric_filter_matches_json_log_level(main_stack):
     assert metric_filter["for_each"] == "${local.functions}"
     assert metric_filter["pattern"] == '{ $.level = "CRITICAL" }'
     alarms = main_stack["resource"]["aws_cloudwatch_metric_alarm"]
-    assert alarms["critical"]["alarm_actions"] == ["${aws_sns_topic.alerts.arn}"]
+    assert alarms["critical"]["metric_name"].startswith("${aws_cloudwatch_log_metric_filter.critical[")
     assert set(alarms["executions"]["for_each"]) == {"ExecutionsFailed", "ExecutionsTimedOut"}
-    assert alarms["executions"]["alarm_actions"] == ["${aws_sns_topic.alerts.arn}"]
     subscription = main_stack["resource"]["aws_sns_topic_subscription"]["alert_email"]
     assert subscription["protocol"] == "email"
 
@@ -232,7 +228,9 @@ def test_every_ssm_parameter_main_reads_is_written_by_immutable(main_stack, immu
     parameter = immutable_stack["resource"]["aws_ssm_parameter"]["names"]
     assert parameter["name"] == "${var.ssm_prefix}/${each.key}"
     read = set()
-    for body in main_stack["data"]["aws_ssm_parameter"].values():
+    for name, body in main_stack["data"]["aws_ssm_parameter"].items():
+        if body["name"].startswith("/aws/service/"):
+            continue  # AWS's own public parameters (the managed layer's ARN)
         match = re.fullmatch(r"\$\{var\.ssm_prefix\}/([\w-]+)", body["name"])
         assert match, body["name"]
         read.add(match.group(1))
@@ -272,7 +270,7 @@ def test_outputs_hold_no_secret_values(directory):
 def test_backends_are_partial_s3_with_distinct_keys():
     keys = set()
     for directory in (IMMUTABLE, MAIN):
-        (terraform,) = load_file(directory / "main.tf")["terraform"]
+        (terraform,) = load_file(directory / "versions.tf")["terraform"]
         (backend,) = terraform["backend"]
         settings = backend["s3"]
         assert "bucket" not in settings and "region" not in settings  # given at init time

@@ -28,14 +28,32 @@ variable "credentials_dir" {
   default     = ".."
 }
 
+variable "source_tables" {
+  description = "The totesys tables: the ingest bucket's table prefixes (<table>/), the only ones the lifecycle rules move to colder storage. Must equal utils.tables.SOURCE_TABLES (a test checks)."
+  type        = list(string)
+  default = [
+    "address", "counterparty", "currency", "department", "design", "staff",
+    "sales_order", "purchase_order", "payment_type", "transaction", "payment",
+  ]
+}
+
+variable "warehouse_tables" {
+  description = "The star-schema tables: the processed bucket's table prefixes (<table>/) the lifecycle rules move to colder storage. Must equal utils.warehouse.WAREHOUSE_TABLES (a test checks)."
+  type        = list(string)
+  default = [
+    "dim_date", "dim_staff", "dim_location", "dim_currency", "dim_design", "dim_counterparty",
+    "dim_transaction", "dim_payment_type", "fact_sales_order", "fact_purchase_order", "fact_payment",
+  ]
+}
+
 variable "transition_to_ia_days" {
-  description = "Days after which objects move to S3 Standard-IA (Parquet batches are read once by the next stage, then rarely)."
+  description = "Days after which table data objects move to S3 Standard-IA (Parquet batches are read once by the next stage, then rarely)."
   type        = number
   default     = 30
 }
 
 variable "transition_to_glacier_ir_days" {
-  description = "Days after which objects move to S3 Glacier Instant Retrieval (still readable in milliseconds for a rebuild)."
+  description = "Days after which table data objects move to S3 Glacier Instant Retrieval (still readable in milliseconds for a rebuild)."
   type        = number
   default     = 180
 }
