@@ -32,11 +32,11 @@ def resolve(value, stack):
 
 
 def emitted_metric_names():
-    """Every metric name utils/metrics.py passes to add_metric/single_metric as a string literal, and
+    """Every metric name utils/metrics.py passes to add_metric/_single/_per_stage as a string literal, and
     the optional load counts."""
     names = set()
     for node in ast.walk(ast.parse((SRC / "utils" / "metrics.py").read_text())):
-        if isinstance(node, ast.Call) and ast.unparse(node.func) in ("metrics.add_metric", "single_metric",
+        if isinstance(node, ast.Call) and ast.unparse(node.func) in ("metrics.add_metric", "_single",
                                                                      "_per_stage"):
             for keyword in node.keywords:
                 if keyword.arg == "name" and isinstance(keyword.value, ast.Constant):
