@@ -79,7 +79,7 @@ def run(ctx):
     child.join()
     if child.exitcode != 0:
         raise SystemExit(f"bench: loading the dashboard's warehouse failed (exit {child.exitcode})")
-    from utils.db_connections import close_db_connection, connect_to_db, credentials_from_url
+    from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
     conn = connect_to_db(credentials=credentials_from_url(url))
     try:
         fact_rows = {table: conn.run(f"SELECT count(*) FROM {table}")[0][0]  # nosec B608 - fixed names

@@ -18,7 +18,7 @@ import sys
 import time
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from utils.tables import SOURCE_TABLES
+from utils.catalog.source import SOURCE_TABLES
 
 
 def _ingest_child(source_url, queue):
@@ -34,9 +34,10 @@ def _ingest_child(source_url, queue):
     import boto3
     from moto import mock_aws
 
-    from utils.db_connections import credentials_from_url
-    from utils.ingestion import run_ingest
-    from utils.state import read_json, read_state
+    from utils.db.connection import credentials_from_url
+    from utils.ingest.run import run_ingest
+    from utils.aws.objects import read_json
+    from utils.aws.state import read_state
 
     with mock_aws():
         s3 = boto3.client("s3")

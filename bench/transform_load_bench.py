@@ -37,7 +37,7 @@ def _aws_child_setup(source_url=None, warehouse_url=None):
     import boto3
     from moto import mock_aws
 
-    from utils.db_connections import credentials_from_url
+    from utils.db.connection import credentials_from_url
     mock = mock_aws()
     mock.start()
     s3 = boto3.client("s3")
@@ -68,7 +68,7 @@ def _restore(s3, bucket, folder):
 
 def _ingest_child(source_url, folder, queue):
     s3 = _aws_child_setup(source_url=source_url)
-    from utils.ingestion import run_ingest
+    from utils.ingest.run import run_ingest
     run_ingest({})
     _dump(s3, BUCKETS["INGEST_BUCKET"], folder)
     queue.put({})
@@ -78,13 +78,14 @@ def _transform_child(ingest_folder, processed_folder, queue):
     import resource
     s3 = _aws_child_setup()
     _restore(s3, BUCKETS["INGEST_BUCKET"], ingest_folder)
-    from utils.transformation import run_transform
+    from utils.transform.run import run_transform
     baseline_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
     result = run_transform({})
     seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    from utils.state import read_json, read_state
+    from utils.aws.objects import read_json
+    from utils.aws.state import read_state
     state, _ = read_state(s3, BUCKETS["INGEST_BUCKET"], "ingest")
     source_rows = sum(entry["rows"] for entry in
                       read_json(s3, BUCKETS["INGEST_BUCKET"], state["manifest_key"])["tables"].values())
@@ -96,14 +97,15 @@ def _transform_child(ingest_folder, processed_folder, queue):
 def _load_child(warehouse_url, processed_folder, csv_folder, queue):
     s3 = _aws_child_setup(warehouse_url=warehouse_url)
     _restore(s3, BUCKETS["PROCESSED_BUCKET"], processed_folder)
-    from utils.loading import run_load
+    from utils.load.run import run_load
     started = time.perf_counter()
     result = run_load({})
     seconds = time.perf_counter() - started
     # The floor's input: the same rows as CSV files, written the way the loader streams them.
-    from utils.get_df_from_s3_parquet import read_parquet_table
-    from utils.loading import csv_stream
-    from utils.state import read_json, read_state
+    from utils.aws.objects import read_parquet_table
+    from utils.load.merge import csv_stream
+    from utils.aws.objects import read_json
+    from utils.aws.state import read_state
     from utils.warehouse import WAREHOUSE_SCHEMAS
     state, _ = read_state(s3, BUCKETS["PROCESSED_BUCKET"], "transform")
     manifest = read_json(s3, BUCKETS["PROCESSED_BUCKET"], state["manifest_key"])
@@ -137,8 +139,8 @@ def _psql_args(psql, url):
 
 def create_schema(warehouse_url):
     """Create the warehouse tables (both databases get them before anything is timed)."""
-    from utils.db_connections import close_db_connection, connect_to_db, credentials_from_url
-    from utils.loading import schema_statements
+    from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
+    from utils.load.schema import schema_statements
     conn = connect_to_db(credentials=credentials_from_url(warehouse_url))
     try:
         for statement in schema_statements():

@@ -1,1 +1,1 @@
-../src/utils/sql/warehouse_schema.sql
+../src/utils/catalog/sql/warehouse_schema.sql

@@ -1,5 +1,5 @@
-"""The ingest Lambda: totesys -> Parquet in the ingest bucket (logic in utils.ingestion)."""
-from utils.ingestion import run_ingest
+"""The ingest Lambda: totesys -> Parquet in the ingest bucket (logic in utils.ingest.run)."""
+from utils.ingest.run import run_ingest
 from utils.logger import stage_handler
 from utils.metrics import stage_metrics
 

@@ -1,5 +1,5 @@
-"""The load Lambda: processed batches -> the warehouse, exactly once (logic in utils.loading)."""
-from utils.loading import run_load
+"""The load Lambda: processed batches -> the warehouse, exactly once (logic in utils.load.run)."""
+from utils.load.run import run_load
 from utils.logger import stage_handler
 from utils.metrics import stage_metrics
 

@@ -1,5 +1,5 @@
-"""The transform Lambda: ingest batches -> star-schema Parquet (logic in utils.transformation)."""
-from utils.transformation import run_transform
+"""The transform Lambda: ingest batches -> star-schema Parquet (logic in utils.transform.run)."""
+from utils.transform.run import run_transform
 from utils.logger import stage_handler
 from utils.metrics import stage_metrics
 

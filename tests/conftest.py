@@ -110,7 +110,7 @@ def put_credentials_secret(secret_id, url):
     """Store a database URL as a credentials secret in (moto) Secrets Manager."""
     import json
 
-    from utils.db_connections import credentials_from_url
+    from utils.db.connection import credentials_from_url
     client = boto3.client("secretsmanager")
     client.create_secret(Name=secret_id, SecretString=json.dumps(credentials_from_url(url)))
 

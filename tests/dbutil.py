@@ -1,5 +1,5 @@
 """Test helper: run one SQL statement against a database given by URL."""
-from utils.db_connections import close_db_connection, connect_to_db, credentials_from_url
+from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
 
 
 def run_sql(url, sql, **params):

@@ -13,8 +13,8 @@ import pyarrow as pa
 from utils.format_time import format_time
 from utils.generate_file_key import generate_file_key
 from utils.parquet_data import parquet_data
-from utils.state import read_state, write_state
-from utils.tables import LANDING_SCHEMAS, SOURCE_SCHEMAS
+from utils.aws.state import read_state, write_state
+from utils.catalog.source import LANDING_SCHEMAS, SOURCE_SCHEMAS
 
 T0 = datetime(2024, 11, 25, 9, 30, 15, 123000)
 

@@ -15,13 +15,14 @@ import pytest
 
 import ingest
 from tests.dbutil import run_sql as execute
-from utils import ingestion
-from utils.db_connections import connect_to_db, credentials_from_url
+from utils.ingest import run as ingest_run
+from utils.db.connection import connect_to_db, credentials_from_url
 from utils.errors import (ConcurrentRunError, CredentialsError, DatabaseUnavailableError,
                           InvalidEventError, StateConflictError, UnknownTableError)
 from utils.format_time import format_time
-from utils.state import read_json, read_state, write_state
-from utils.tables import LANDING_SCHEMAS, PRIMARY_KEYS, SOURCE_TABLES
+from utils.aws.objects import read_json
+from utils.aws.state import read_state, write_state
+from utils.catalog.source import LANDING_SCHEMAS, PRIMARY_KEYS, SOURCE_TABLES
 
 SCHEMA_SQL = Path(__file__).resolve().parents[1].joinpath("sql", "totesys_schema.sql").read_text()
 
@@ -101,8 +102,8 @@ def ingest_log():
             lines.append((record.levelname, self.format(record)))
 
     handler = Collect()
-    handler.setFormatter(ingestion.logger.registered_formatter)
-    target = logging.getLogger(ingestion.logger.service)
+    handler.setFormatter(ingest_run.logger.registered_formatter)
+    target = logging.getLogger(ingest_run.logger.service)
     target.addHandler(handler)
     yield lines
     target.removeHandler(handler)
@@ -375,7 +376,7 @@ def test_failure_before_the_state_advances_is_retried_without_loss_or_duplicates
     def crash(*args, **kwargs):
         raise RuntimeError("injected: lambda timed out")
 
-    monkeypatch.setattr(ingestion, "write_state", crash)
+    monkeypatch.setattr(ingest_run, "write_state", crash)
     with pytest.raises(RuntimeError, match="injected"):
         ingest.lambda_handler({}, None)
     assert any(level == "CRITICAL" and "injected" in line for level, line in ingest_log)
@@ -383,7 +384,7 @@ def test_failure_before_the_state_advances_is_retried_without_loss_or_duplicates
     orphans = [k for k in all_keys(s3, bucket) if k.startswith(("payment/", "address/"))]
     assert len(orphans) == 4  # two runs' files each; the second run's are unreferenced
 
-    monkeypatch.setattr(ingestion, "write_state", write_state)
+    monkeypatch.setattr(ingest_run, "write_state", write_state)
     retry = ingest.lambda_handler({}, None)
     assert sorted(retry) == ["address", "payment"]
     assert all(retry[name] not in orphans for name in retry)
@@ -392,7 +393,7 @@ def test_failure_before_the_state_advances_is_retried_without_loss_or_duplicates
 
 def test_failure_between_table_files_is_retried_without_loss(env, monkeypatch):
     s3, bucket, url = env
-    real_write = ingestion.write_to_s3
+    real_write = ingest_run.write_to_s3
     calls = []
 
     def fail_third(*args, **kwargs):
@@ -401,11 +402,11 @@ def test_failure_between_table_files_is_retried_without_loss(env, monkeypatch):
             raise OSError("injected: connection reset")
         return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(ingestion, "write_to_s3", fail_third)
+    monkeypatch.setattr(ingest_run, "write_to_s3", fail_third)
     with pytest.raises(OSError):
         ingest.lambda_handler({}, None)
     assert read_state(s3, bucket, "ingest") == ({}, None)
-    monkeypatch.setattr(ingestion, "write_to_s3", real_write)
+    monkeypatch.setattr(ingest_run, "write_to_s3", real_write)
     assert sorted(ingest.lambda_handler({}, None)) == sorted(SOURCE_TABLES)
     assert_each_version_landed_once(s3, bucket, url)
 
@@ -417,7 +418,7 @@ def test_a_run_while_another_holds_the_lock_is_refused_and_changes_nothing(env, 
     before_state, before_keys = read_state(s3, bucket, "ingest"), all_keys(s3, bucket)
     holder = connect(url)
     try:
-        assert holder.run("SELECT pg_try_advisory_lock(:k)", k=ingestion.ADVISORY_LOCK_KEY)[0][0]
+        assert holder.run("SELECT pg_try_advisory_lock(:k)", k=ingest_run.ADVISORY_LOCK_KEY)[0][0]
         with pytest.raises(ConcurrentRunError, match="another ingest run holds the lock"):
             ingest.lambda_handler({}, None)
     finally:
@@ -442,7 +443,7 @@ def test_a_run_that_loses_the_state_race_fails_and_its_batch_is_never_referenced
         write_state(client, name, stage, winner_state, etag)
         return state, etag
 
-    monkeypatch.setattr(ingestion, "read_state", read_then_lose_race)
+    monkeypatch.setattr(ingest_run, "read_state", read_then_lose_race)
     with pytest.raises(StateConflictError, match="another run advanced it"):
         ingest.lambda_handler({}, None)
     state, _ = read_state(s3, bucket, "ingest")

@@ -9,12 +9,12 @@ import pytest
 import ingest
 from tests.test_ingest import (FILL_SQL, SCHEMA_SQL, all_keys, assert_each_version_landed_once, connect,
                                env, execute, source_url)
-from utils import ingestion
+from utils.ingest import run as ingest_run
 from utils.errors import CorruptFileError, SourceDataError
-from utils.ingestion import (MAX_QUEUED_CHUNKS, ParquetSink, copy_sql, full_xid_sql, record_boundary,
-                             snapshot_bounds)
-from utils.state import read_state
-from utils.tables import SOURCE_SCHEMAS, SOURCE_TABLES
+from utils.ingest.sink import MAX_QUEUED_CHUNKS, ParquetSink, record_boundary
+from utils.ingest.snapshot import copy_sql, full_xid_sql, snapshot_bounds
+from utils.aws.state import read_state
+from utils.catalog.source import SOURCE_SCHEMAS, SOURCE_TABLES
 
 __all__ = ["env", "source_url"]  # fixtures shared with test_ingest
 
@@ -140,7 +140,7 @@ def test_copy_sql_only_names_allow_listed_identifiers():
 def test_block_reader_matches_pg8000_and_keeps_errors_and_the_connection(pg_admin_url):
     import pg8000.exceptions
 
-    from utils.ingestion import copy_out
+    from utils.ingest.copy_reader import copy_out
 
     class Collect:
         def __init__(self):
@@ -284,14 +284,14 @@ def test_a_failed_conversion_in_the_pipeline_writes_no_manifest_and_keeps_the_st
 
 def test_an_upload_error_while_later_tables_are_read_is_raised_before_the_manifest(env, monkeypatch):
     s3, bucket, url = env
-    real_write = ingestion.write_to_s3
+    real_write = ingest_run.write_to_s3
 
     def fail_first(s3_client, bucket_name, key, data, **kwargs):
         if key.startswith("address/"):
             raise OSError("injected: upload failed")
         return real_write(s3_client, bucket_name, key, data, **kwargs)
 
-    monkeypatch.setattr(ingestion, "write_to_s3", fail_first)
+    monkeypatch.setattr(ingest_run, "write_to_s3", fail_first)
     with pytest.raises(OSError, match="injected: upload failed"):
         ingest.lambda_handler({}, None)
     assert read_state(s3, bucket, "ingest") == ({}, None)

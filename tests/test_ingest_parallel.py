@@ -13,12 +13,12 @@ import ingest
 from tests.conftest import put_credentials_secret
 from tests.test_ingest import (all_keys, assert_each_version_landed_once, connect, env, execute, ingest_log,
                                read_table, source_url)
-from utils import ingestion
+from utils.ingest import run as ingest_run
 from utils.config import load_settings
 from utils.errors import ConfigError, CredentialsError, TotesysError
-from utils.ingestion import import_snapshot, largest_first
-from utils.state import read_state
-from utils.tables import PRIMARY_KEYS, SOURCE_SCHEMAS, SOURCE_TABLES
+from utils.ingest.snapshot import import_snapshot, largest_first
+from utils.aws.state import read_state
+from utils.catalog.source import PRIMARY_KEYS, SOURCE_SCHEMAS, SOURCE_TABLES
 
 __all__ = ["env", "ingest_log", "source_url"]  # fixtures shared with test_ingest
 
@@ -52,7 +52,7 @@ def readers_of(monkeypatch):
     """Record which connection read each table, and make the first table of each of the two
     connections wait for the other's, so that both connections certainly read some tables."""
     read_by, barrier, lock = {}, threading.Barrier(2, timeout=20), threading.Lock()
-    real_land = ingestion._land_table
+    real_land = ingest_run._land_table
 
     def land(conn, s3_client, bucket, table, *args):
         with lock:
@@ -62,7 +62,7 @@ def readers_of(monkeypatch):
             barrier.wait()
         return real_land(conn, s3_client, bucket, table, *args)
 
-    monkeypatch.setattr(ingestion, "_land_table", land)
+    monkeypatch.setattr(ingest_run, "_land_table", land)
     # A test that runs again after a failure puts ``real`` back (the barrier is for one run).
     return types.SimpleNamespace(read_by=read_by, real=real_land)
 
@@ -70,7 +70,7 @@ def readers_of(monkeypatch):
 def test_rows_committed_after_the_snapshot_are_invisible_to_both_connections(env, monkeypatch, readers_of):
     s3, bucket, url = env
     writer = connect(url)
-    real_import = ingestion.import_snapshot
+    real_import = ingest_run.import_snapshot
 
     committed = []
 
@@ -80,7 +80,7 @@ def test_rows_committed_after_the_snapshot_are_invisible_to_both_connections(env
             committed.append(writer.run("COMMIT"))
         return real_import(conn, snapshot_id)
 
-    monkeypatch.setattr(ingestion, "import_snapshot", commit_then_import)
+    monkeypatch.setattr(ingest_run, "import_snapshot", commit_then_import)
     try:
         writer.run("BEGIN")
         late = _late_rows(writer)
@@ -104,7 +104,7 @@ def test_rows_committed_after_the_snapshot_are_invisible_to_both_connections(env
 def test_a_connection_lost_on_either_side_writes_no_manifest_and_keeps_the_state(
         env, monkeypatch, readers_of, pg_admin_url, failing):
     s3, bucket, url = env
-    real_land = ingestion._land_table  # the recording wrapper: both connections take a table
+    real_land = ingest_run._land_table  # the recording wrapper: both connections take a table
     killed = []
 
     def land(conn, *args):
@@ -114,7 +114,7 @@ def test_a_connection_lost_on_either_side_writes_no_manifest_and_keeps_the_state
             killed.append(execute(pg_admin_url, "SELECT pg_terminate_backend(:pid)", pid=pid))
         return real_land(conn, *args)
 
-    monkeypatch.setattr(ingestion, "_land_table", land)
+    monkeypatch.setattr(ingest_run, "_land_table", land)
     # What a lost session raises depends on where the read was: the server's FATAL, pg8000's
     # "network error" or the socket's reset.
     with pytest.raises((pg8000.exceptions.InterfaceError, pg8000.exceptions.DatabaseError, OSError),
@@ -124,7 +124,7 @@ def test_a_connection_lost_on_either_side_writes_no_manifest_and_keeps_the_state
     assert read_state(s3, bucket, "ingest") == ({}, None)
     assert not [key for key in all_keys(s3, bucket) if key.startswith("_batches/")]
     assert not [thread for thread in threading.enumerate() if thread.name.startswith("ingest-")]
-    monkeypatch.setattr(ingestion, "_land_table", readers_of.real)
+    monkeypatch.setattr(ingest_run, "_land_table", readers_of.real)
     assert sorted(ingest.lambda_handler({}, None)) == sorted(SOURCE_TABLES)
     assert_each_version_landed_once(s3, bucket, url)
 
@@ -181,14 +181,14 @@ def test_one_and_two_connections_land_the_same_rows(env, monkeypatch, ingest_log
 def ingest_log_lines(monkeypatch):
     """The ``connections`` field of every "snapshot taken" log record, in order."""
     seen = []
-    real_info = ingestion.logger.info
+    real_info = ingest_run.logger.info
 
     def info(message, **fields):
         if message == "snapshot taken":
             seen.append(fields["connections"])
         return real_info(message, **fields)
 
-    monkeypatch.setattr(ingestion.logger, "info", info)
+    monkeypatch.setattr(ingest_run.logger, "info", info)
     return seen
 
 

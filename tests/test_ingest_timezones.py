@@ -14,10 +14,10 @@ from pg8000.native import identifier
 import ingest
 from tests.test_ingest import (FILL_SQL, SCHEMA_SQL, all_keys, assert_each_version_landed_once, execute,
                                ingest_log, read_json, read_table)
-from utils.db_connections import close_db_connection, connect_to_db, credentials_from_url
+from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
 from utils.errors import ConfigError
 from utils.format_time import parse_time
-from utils.state import read_state
+from utils.aws.state import read_state
 
 __all__ = ["ingest_log"]  # fixture shared with test_ingest
 

@@ -12,10 +12,10 @@ import ingest
 from tests.test_ingest import (FILL_SQL, SCHEMA_SQL, all_keys, assert_each_version_landed_once, execute,
                                ingest_log, read_json)
 from utils.errors import SchemaDriftError, SourceDataError
-from utils.ingestion import ParquetSink, wall_time_to_epoch_ms
-from utils.source_schema import expected_sql_type, is_compatible
-from utils.state import read_state
-from utils.tables import LANDING_SCHEMAS, SOURCE_SCHEMAS, SOURCE_TABLES
+from utils.ingest.sink import ParquetSink, wall_time_to_epoch_ms
+from utils.catalog.source_schema import expected_sql_type, is_compatible
+from utils.aws.state import read_state
+from utils.catalog.source import LANDING_SCHEMAS, SOURCE_SCHEMAS, SOURCE_TABLES
 
 __all__ = ["ingest_log"]  # fixture shared with test_ingest
 

@@ -14,10 +14,10 @@ import transform
 from tests.ingest_batches import (T0, address, base_batch, department, later, sales_order,
                                   write_ingest_batch)
 from tests.dbutil import run_sql as query
-from utils import loading
+from utils.load import merge, schema
 from utils.errors import CorruptFileError, InvalidEventError, SchemaMismatchError, UnknownTableError
-from utils.loading import LEDGER, schema_statements
-from utils.state import read_state
+from utils.load.schema import LEDGER, schema_statements
+from utils.aws.state import read_state
 from utils.warehouse import WAREHOUSE_TABLES
 
 ALL_TABLES = WAREHOUSE_TABLES + (LEDGER,)
@@ -107,17 +107,17 @@ def test_a_load_killed_before_commit_changes_nothing_and_the_retry_completes(s3,
                         sales_order(9, at=later(26))]})
     transformed = transform.lambda_handler({}, None)
     before = counts(warehouse)
-    real_record = loading.record_batch
+    real_record = merge.record_batch
 
     def killed(*args, **kwargs):
         raise RuntimeError("killed between staging and commit")
-    monkeypatch.setattr(loading, "record_batch", killed)
+    monkeypatch.setattr(merge, "record_batch", killed)
     with pytest.raises(RuntimeError, match="killed between staging and commit"):
         load.lambda_handler(transformed, None)
     assert counts(warehouse) == before
     assert query(warehouse, "SELECT city FROM dim_location WHERE location_id = 2") == [["Leeds"]]
     assert [r.levelname for r in caplog.records].count("CRITICAL") == 1
-    monkeypatch.setattr(loading, "record_batch", real_record)
+    monkeypatch.setattr(merge, "record_batch", real_record)
     assert load.lambda_handler(transformed, None)["batches"] == ["20241125T100015123000"]
     after = counts(warehouse)
     assert after["fact_sales_order"] == before["fact_sales_order"] + 2
@@ -236,8 +236,8 @@ def test_existing_warehouse_with_the_line2_spelling_is_loaded(s3, buckets, wareh
 
 def test_schema_file_is_shipped_inside_the_package_and_matches_sql_folder():
     from pathlib import Path
-    shipped = loading.SCHEMA_FILE
-    assert shipped.parent.parent.name == "utils"
+    shipped = schema.SCHEMA_FILE
+    assert shipped.parent.parent.parent.name == "utils"  # src/utils/catalog/sql: inside the Lambda zip
     assert (Path(__file__).resolve().parents[1] / "sql" / "warehouse_schema.sql").read_text() \
         == shipped.read_text()
     # the tables, the ledger, three version indexes, three views, etl_rejected_rows with its index,

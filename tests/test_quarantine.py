@@ -16,8 +16,8 @@ import transform
 from tests.dbutil import run_sql as query
 from tests.ingest_batches import (T0, address, base_batch, counterparty, later, sales_order,
                                   write_ingest_batch)
-from utils.loading import schema_statements
-from utils.tables import LANDING_SCHEMAS
+from utils.load.schema import schema_statements
+from utils.catalog.source import LANDING_SCHEMAS
 
 NARROW = {"design_name varchar NOT NULL": "design_name varchar(12) NOT NULL",
           "units_sold integer NOT NULL": "units_sold smallint NOT NULL"}
@@ -171,8 +171,8 @@ def test_a_warehouse_column_too_narrow_for_dim_date_fails_clearly(s3, buckets, p
 
 def test_csv_stream_of_a_table_whose_first_batch_is_empty_is_clean_csv():
     """pyarrow 18 writes NUL bytes for such a table; the loader must not send them to COPY."""
-    from utils.loading import csv_stream
-    from utils.quarantine import REJECTED_SCHEMA, rejected_records
+    from utils.load.merge import csv_stream
+    from utils.transform.quarantine import REJECTED_SCHEMA, rejected_records
     table = pa.concat_tables([REJECTED_SCHEMA.empty_table(),
                               rejected_records("design", [2], None, "design_name", "too long", ["x"])])
     assert csv_stream(table).getvalue() == b'"design",2,,"design_name","too long","x"\n'
@@ -223,7 +223,7 @@ def test_bad_values_in_totesys_are_quarantined_end_to_end_and_load_once_fixed(
 
 
 def test_fact_timestamps_outside_the_warehouse_years_are_rejected_and_named():
-    from utils.quarantine import split_source_rows
+    from utils.transform.quarantine import split_source_rows
     from tests.ingest_batches import source_table
     rows = [sales_order(i) for i in range(1, 6)]
     table = source_table("sales_order", rows).cast(LANDING_SCHEMAS["sales_order"])

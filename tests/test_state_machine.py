@@ -13,7 +13,7 @@ from totesys_local import aws_emulation
 from totesys_local.aws_emulation import (ASL_TEMPLATE, deploy_pipeline, emulated_aws, published_alerts,
                                          render_definition, wait_for_execution)
 from tests.dbutil import run_sql
-from utils.db_connections import credentials_from_url
+from utils.db.connection import credentials_from_url
 
 DEFINITION = json.loads(ASL_TEMPLATE.read_text())
 TASKS = {name: state for name, state in DEFINITION["States"].items() if state["Type"] == "Task"}
@@ -437,7 +437,7 @@ def test_real_bad_rows_are_quarantined_alerted_once_and_the_execution_succeeds(e
     """End to end with the real load: a warehouse whose dim_location.city is varchar(20) and a source city
     changed to one too long for it. The new version goes to etl_rejected_rows, one data-quality alert names
     it, the rest of the batch loads and the warehouse keeps the previous version of the address."""
-    from utils.loading import schema_statements
+    from utils.load.schema import schema_statements
     for statement in schema_statements():
         run_sql(engine["warehouse"], statement.replace("    city varchar NOT NULL",
                                                        "    city varchar(20) NOT NULL"))

@@ -8,11 +8,11 @@ import pytest
 import transform
 from tests.ingest_batches import (T0, address, base_batch, later, list_keys, sales_order,
                                   source_table, write_ingest_batch)
-from utils import transformation
+from utils.transform import run as transform_run
 from utils.errors import (CorruptFileError, InvalidEventError, SchemaMismatchError,
                           StateConflictError, UnknownTableError)
-from utils.get_df_from_s3_parquet import read_parquet_table
-from utils.state import read_state
+from utils.aws.objects import read_parquet_table
+from utils.aws.state import read_state
 from utils.warehouse import WAREHOUSE_SCHEMAS
 
 
@@ -90,7 +90,7 @@ def test_no_new_batch_writes_nothing(s3, buckets):
 def test_retry_after_a_crash_before_the_state_advanced_completes(s3, buckets, monkeypatch):
     write_ingest_batch(s3, buckets["ingest"], T0, base_batch())
 
-    real_write_state = transformation.write_state
+    real_write_state = transform_run.write_state
     crashes = []
 
     def crash_once(*args, **kwargs):
@@ -98,7 +98,7 @@ def test_retry_after_a_crash_before_the_state_advanced_completes(s3, buckets, mo
             crashes.append(1)
             raise RuntimeError("killed after the files were written")
         return real_write_state(*args, **kwargs)
-    monkeypatch.setattr(transformation, "write_state", crash_once)
+    monkeypatch.setattr(transform_run, "write_state", crash_once)
     with pytest.raises(RuntimeError):
         transform.lambda_handler({}, None)
     assert read_state(s3, buckets["processed"], "transform") == ({}, None)

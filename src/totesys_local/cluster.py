@@ -251,7 +251,7 @@ def _port_is_free(port):
 
 def admin_connection(url):
     """Connect to a server given by URL (database from the URL)."""
-    from utils.db_connections import connect_to_db, credentials_from_url
+    from utils.db.connection import connect_to_db, credentials_from_url
     return connect_to_db(credentials=credentials_from_url(url))
 
 

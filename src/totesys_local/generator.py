@@ -21,9 +21,9 @@ import pyarrow.csv as pa_csv
 from pg8000.native import identifier
 
 from totesys_local import generator_data as vocab
-from utils.db_connections import close_db_connection, connect_to_db, credentials_from_url
+from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
 from utils.errors import CredentialsError, DatabaseUnavailableError, TotesysError
-from utils.tables import SOURCE_SCHEMAS, SOURCE_TABLES
+from utils.catalog.source import SOURCE_SCHEMAS, SOURCE_TABLES
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "sql" / "totesys_schema.sql"
 

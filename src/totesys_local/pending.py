@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from totesys_local.local_state import BUCKETS, LAST_ERROR_FILE
-from utils.db_connections import close_db_connection, connect_to_db, credentials_from_url, describe_url
+from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
 from utils.errors import TotesysError
 
 SHOWN = 20  # batches listed per kind; older ones are counted

@@ -25,8 +25,7 @@ from totesys_local import pending as pending_batches
 from totesys_local.local_state import (BUCKETS, REGION, clear_failure, record_failure, restore_buckets,
                                        save_buckets)
 from utils.config import DEFAULT_TOTESYS_SECRET_ID, DEFAULT_WAREHOUSE_SECRET_ID
-from utils.db_connections import (close_db_connection, connect_to_db, credentials_from_url,
-                                  describe_url)
+from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
 from utils.errors import CredentialsError, DatabaseUnavailableError
 
 SOURCE_DB, WAREHOUSE_DB = "totesys", "warehouse"
@@ -240,7 +239,7 @@ def _summarise(output, seconds, elapsed):
     optional keys (rejected rows, ignored columns, time zone) may or may not be there."""
     s3 = boto3.client("s3", region_name=REGION)
     files = (output.get("ingest") or {}).get("files") or {}
-    from utils.state import read_state
+    from utils.aws.state import read_state
     state, _ = read_state(s3, BUCKETS["INGEST_BUCKET"], "ingest")
     manifest = _latest_ingest_manifest(s3, state)
     entries = (manifest or {}).get("tables") or {}
@@ -260,8 +259,8 @@ def _summarise(output, seconds, elapsed):
 
 def _latest_ingest_manifest(s3, state):
     """The manifest of the latest ingest batch with data (named by the ingest state pointer), or None."""
-    from utils.state import read_manifest
-    from utils.tables import check_source_table
+    from utils.aws.manifests import read_manifest
+    from utils.catalog.source import check_source_table
     key = state.get("manifest_key")
     return read_manifest(s3, BUCKETS["INGEST_BUCKET"], key, check_source_table, "batch_time") if key else None
 

@@ -72,8 +72,8 @@ class SchemaDriftError(TotesysError):
         self.table, self.column, self.expected, self.found = table, column, expected, found
         where = f"totesys.{table}" + (f".{column}" if column else "")
         what = f"has type {found}" if found else "is missing"
-        super().__init__(f"schema drift: {where} {what}; expected {expected}. Nothing was landed: "
-                         "update utils/tables.py (and the transform) for the new schema, or restore it")
+        super().__init__(f"schema drift: {where} {what}; expected {expected}. Nothing was landed: update "
+                         "utils/catalog/source.py (and the transform) for the new schema, or restore it")
 
 
 class SourceDataError(TotesysError):

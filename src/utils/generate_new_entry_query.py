@@ -1,15 +1,11 @@
-"""SQL text for 'the rows of a source table changed in a time range' (seed interface)."""
+"""Seed interface: SQL text for 'the rows of a source table changed in a time range' (the column list
+is the ingest's own, ``utils.ingest.snapshot.select_list``)."""
 from pg8000.native import identifier
 
 from utils.errors import DateFormatError
 from utils.format_time import format_time, parse_time
-from utils.tables import SOURCE_SCHEMAS, check_source_table
-
-
-def select_list(table_name):
-    """Return the quoted column list of a source table in physical order (allow-listed names only)."""
-    check_source_table(table_name)
-    return ", ".join(identifier(name) for name in SOURCE_SCHEMAS[table_name].names)
+from utils.catalog.source import check_source_table
+from utils.ingest.snapshot import select_list
 
 
 def generate_new_entry_query(table_name, start_time, end_time):

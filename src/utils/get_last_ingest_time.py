@@ -1,7 +1,7 @@
 """When did a table last land in the ingest bucket? (seed interface)"""
 from utils.config import load_settings
 from utils.format_time import parse_time
-from utils.state import read_state
+from utils.aws.state import read_state
 
 
 def get_latest_filename(s3_client, bucket_name, table_name):

@@ -75,8 +75,8 @@ def ingest_rows(result, s3_client=None):
 
     from utils.config import load_settings
     from utils.generate_file_key import generate_file_key
-    from utils.state import read_manifest
-    from utils.tables import check_source_table
+    from utils.aws.manifests import read_manifest
+    from utils.catalog.source import check_source_table
     batch_time = max(batch_time_from_key(key) for key in result.values())
     key = generate_file_key("_batches", batch_time.replace(tzinfo=None), "json")
     manifest = read_manifest(s3_client or boto3.client("s3"), load_settings().ingest_bucket, key,
@@ -148,35 +148,29 @@ def stage_metrics(stage):
     """Decorate a Lambda handler of ``stage`` ('ingest', 'transform', 'load'): emit its metrics and
     flush them when it ends, also when it raises (the exception propagates unchanged). A metric that
     cannot be worked out after the stage succeeded is logged as a warning, never turned into a stage
-    failure: the batch is already committed."""
+    failure: the batch is already committed. The EMF lines are written by ``emit``: sys.stdout is never
+    swapped (the local runner prints its progress from another thread meanwhile)."""
     def decorate(handler):
         @functools.wraps(handler)
-        def measured(event, context):
+        def wrapper(event, context):
             metrics.add_dimension(name="stage", value=stage)
             started = time.perf_counter()
+            failed = True
             try:
                 result = handler(event, context)
-            except Exception:
-                metrics.add_metric(name="Failures", unit=MetricUnit.Count, value=1)
-                raise
-            finally:
-                metrics.add_metric(name="StageDuration", unit=MetricUnit.Milliseconds,
-                                   value=round((time.perf_counter() - started) * 1000, 1))
-            metrics.add_metric(name="Failures", unit=MetricUnit.Count, value=0)
-            try:
-                record_result(stage, result if isinstance(result, dict) else {})
-            except Exception as err:  # noqa: BLE001 - see the docstring
-                _log.warning("%s metrics incomplete: %s: %s", stage, type(err).__name__, err)
-            return result
-
-        @functools.wraps(handler)
-        def wrapper(event, context):
-            try:
-                return measured(event, context)
+                failed = False
+                return result
             finally:
                 try:
-                    if metrics.metric_set:
-                        emit(metrics.serialize_metric_set())
+                    metrics.add_metric(name="Failures", unit=MetricUnit.Count, value=1 if failed else 0)
+                    metrics.add_metric(name="StageDuration", unit=MetricUnit.Milliseconds,
+                                       value=round((time.perf_counter() - started) * 1000, 1))
+                    if not failed:
+                        try:
+                            record_result(stage, result if isinstance(result, dict) else {})
+                        except Exception as err:  # noqa: BLE001 - see the docstring
+                            _log.warning("%s metrics incomplete: %s: %s", stage, type(err).__name__, err)
+                    emit(metrics.serialize_metric_set())
                 finally:
                     metrics.clear_metrics()
         return wrapper

@@ -10,7 +10,7 @@ def parquet_data(py_dict, schema=None):
 
     ``py_dict`` is either columnar (``{column: [values]}``) or query_db's shape
     (``{name: [row dicts]}``, one key). Pass ``schema`` (a pyarrow.Schema, e.g. from
-    utils.tables.SOURCE_SCHEMAS) to fix the types instead of inferring them; values that do not
+    utils.catalog.source.SOURCE_SCHEMAS) to fix the types instead of inferring them; values that do not
     fit the schema raise pyarrow's error. Raises TypeError for anything but a dict.
     """
     if not isinstance(py_dict, dict):

@@ -7,7 +7,7 @@ import pytest
 from moto import mock_aws
 
 from totesys_local.cluster import create_database, drop_database, with_database
-from utils.db_connections import credentials_from_url
+from utils.db.connection import credentials_from_url
 
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
        "AWS_DEFAULT_REGION": "eu-west-2"}

@@ -7,7 +7,7 @@ import pytest
 
 from tests.infra.hcl import ASL_TEMPLATE, IMMUTABLE, MAIN, SRC, default, load_file, load_stack
 from utils.config import DEFAULT_TOTESYS_SECRET_ID, DEFAULT_WAREHOUSE_SECRET_ID
-from utils.tables import SOURCE_TABLES
+from utils.catalog.source import SOURCE_TABLES
 
 # Variables the code reads that the deployment must NOT set: AWS_ENDPOINT_URL points boto3 at a local
 # endpoint (tests and the local runner); TOTESYS_LOG_FILE sends logs to a file instead of stdout

@@ -5,8 +5,8 @@ import pytest
 
 from totesys_local.cli import main
 from totesys_local.cluster import free_port
-from utils.db_connections import connect_to_db, credentials_from_url
-from utils.tables import SOURCE_TABLES
+from utils.db.connection import connect_to_db, credentials_from_url
+from utils.catalog.source import SOURCE_TABLES
 
 
 def counts(url):

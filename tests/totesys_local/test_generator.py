@@ -11,8 +11,8 @@ import pytest
 
 from totesys_local.cluster import create_database, drop_database, free_port, with_database
 from totesys_local.generator import GeneratorError, seed, simulate
-from utils.db_connections import connect_to_db, credentials_from_url
-from utils.tables import SOURCE_TABLES
+from utils.db.connection import connect_to_db, credentials_from_url
+from utils.catalog.source import SOURCE_TABLES
 
 ORDER_TABLES = ("sales_order", "purchase_order", "transaction", "payment")
 DIMENSIONS = {"address": 30, "counterparty": 20, "currency": 3, "department": 8, "staff": 20,
@@ -525,7 +525,7 @@ def test_a_staff_change_always_changes_what_the_warehouse_shows(new_database, mo
     """Every simulated staff change alters the member's department, or surname and e-mail: a surname
     is never 'changed' to the one the member already has."""
     from totesys_local import generator_data
-    from utils.db_connections import close_db_connection
+    from utils.db.connection import close_db_connection
     url = new_database()
     seed(url, scale=0.05, seed=3)
     conn = connect_to_db(credentials=credentials_from_url(url))

@@ -19,9 +19,10 @@ def _python(code, **env):
 
 
 def _records(path):
-    """The log lines of a run's file (its EMF metric lines, objects with "_aws", left out)."""
+    """The log records of a file; the EMF metric lines utils.metrics writes beside them (key ``_aws``)
+    are not log records."""
     lines = [json.loads(line) for line in Path(path).read_text().splitlines()]
-    return [line for line in lines if "_aws" not in line]
+    return [record for record in lines if "_aws" not in record]
 
 
 def test_handlers_log_to_the_current_file_on_first_import(tmp_path):

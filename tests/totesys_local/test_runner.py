@@ -6,7 +6,7 @@ import pytest
 
 from totesys_local.cli import main
 from tests.dbutil import run_sql as _query
-from utils.db_connections import close_db_connection, connect_to_db, credentials_from_url, describe_url
+from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
 
 
 def _files(state_dir):

@@ -8,8 +8,9 @@ import pytest
 
 from tests.ingest_batches import address, source_table
 from utils.errors import CorruptFileError, SchemaMismatchError
-from utils.get_df_from_s3_parquet import get_df_from_s3_parquet, read_parquet_table
-from utils.tables import SOURCE_SCHEMAS
+from utils.aws.objects import read_parquet_table
+from utils.get_df_from_s3_parquet import get_df_from_s3_parquet
+from utils.catalog.source import SOURCE_SCHEMAS
 
 SCHEMA = SOURCE_SCHEMAS["address"]
 

@@ -5,7 +5,7 @@ import boto3
 import pytest
 
 from utils.get_last_ingest_time import get_last_ingest_time, get_latest_filename
-from utils.state import write_state
+from utils.aws.state import write_state
 
 
 def test_latest_filename_sees_past_the_first_thousand_objects(buckets):

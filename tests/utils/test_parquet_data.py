@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from utils.parquet_data import parquet_data
-from utils.tables import SOURCE_SCHEMAS
+from utils.catalog.source import SOURCE_SCHEMAS
 
 
 def test_columns_round_trip():

@@ -14,8 +14,9 @@ from utils.errors import (ConfigError, CredentialsError, DatabaseUnavailableErro
                           StateConflictError, UnknownTableError, CorruptFileError)
 from utils.format_time import format_time, parse_time
 from utils.generate_file_key import generate_file_key
-from utils.state import read_json, read_state, write_state
-from utils.tables import SOURCE_SCHEMAS, SOURCE_TABLES, check_source_table
+from utils.aws.objects import read_json
+from utils.aws.state import read_state, write_state
+from utils.catalog.source import SOURCE_SCHEMAS, SOURCE_TABLES, check_source_table
 from utils.write_to_s3 import write_to_s3
 
 
@@ -250,7 +251,7 @@ def test_logger_writes_one_json_object_per_line(tmp_path, monkeypatch):
 
 
 def test_read_manifest_checks_its_shape(buckets):
-    from utils.state import read_manifest
+    from utils.aws.manifests import read_manifest
     s3 = boto3.client("s3")
     bucket = buckets["ingest"]
 

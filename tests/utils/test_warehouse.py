@@ -7,7 +7,7 @@ import pytest
 
 from tests.ingest_batches import (T0, address, base_batch, counterparty, department, later,
                                   payment, purchase_order, sales_order, source_table, staff)
-from utils.currencies import currency_name
+from utils.catalog.currencies import currency_name
 from utils.errors import DateFormatError
 from utils.warehouse import (PROCESSED_SCHEMAS, VERSION_COLUMN, WAREHOUSE_SCHEMAS, build_warehouse_batch,
                              dim_counterparty, dim_currency, dim_date, dim_staff, fact_payment,

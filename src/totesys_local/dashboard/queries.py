@@ -13,12 +13,12 @@ from typing import Optional, Tuple
 
 from pg8000.native import identifier
 
-from utils.db_connections import close_db_connection, connect_to_db, credentials_from_url
+from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
 from utils.metrics import batch_time_from_id
 
 # Where `totesys dashboard` passes the warehouse URL to the Streamlit app.
 URL_VARIABLE = "TOTESYS_WAREHOUSE_URL"
-# What a loaded warehouse has (utils/sql/warehouse_schema.sql); any missing means "not loaded yet".
+# What a loaded warehouse has (utils/catalog/sql/warehouse_schema.sql); any missing means "not loaded yet".
 REQUIRED_RELATIONS = ("dim_currency", "dim_design", "dim_location", "dim_staff", "dim_payment_type",
                       "current_sales_order", "current_purchase_order", "current_payment", "etl_load_ledger")
 # Tables other parts of the pipeline add over time: shown only where they exist, grouped by the

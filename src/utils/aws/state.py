@@ -52,34 +52,3 @@ def write_state(s3_client, bucket_name, stage, state, expected_etag):
                 f"state {key} changed during this run; another run advanced it") from None
         raise
     return response.get("ETag")
-
-
-def read_json(s3_client, bucket_name, key):
-    """Read a JSON object (a manifest); CorruptFileError naming the key if it is missing or not one."""
-    try:
-        body = s3_client.get_object(Bucket=bucket_name, Key=key)["Body"].read()
-    except ClientError as err:
-        code = err.response.get("Error", {}).get("Code", "error")
-        raise CorruptFileError(f"cannot read s3://{bucket_name}/{key}: {code}", key=key) from None
-    try:
-        value = json.loads(body)
-    except ValueError:
-        raise CorruptFileError(f"s3://{bucket_name}/{key} is not valid JSON", key=key) from None
-    if not isinstance(value, dict):
-        raise CorruptFileError(f"s3://{bucket_name}/{key} is not a JSON object", key=key)
-    return value
-
-
-def read_manifest(s3_client, bucket_name, key, check_table, required):
-    """Read a batch manifest and check its shape: the string field ``required`` is present, and
-    ``tables`` maps names accepted by ``check_table`` to entries holding a file ``key``.
-    Raises CorruptFileError naming the manifest (or the check's own error for an unknown table)."""
-    manifest = read_json(s3_client, bucket_name, key)
-    tables = manifest.get("tables")
-    if not isinstance(manifest.get(required), str) or not isinstance(tables, dict):
-        raise CorruptFileError(f"manifest {key} lacks {required} or tables")
-    for name, entry in tables.items():
-        check_table(name)
-        if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
-            raise CorruptFileError(f"manifest {key}: entry of {name!r} has no file key")
-    return manifest

@@ -1,315 +1,41 @@
-"""The load stage: processed batches -> the PostgreSQL warehouse, each batch exactly once.
+"""Loading one processed batch: COPY into staging tables, set-based upserts and appends, the rows the
+warehouse cannot hold recorded in ``etl_rejected_rows`` (parked facts retried), the ledger row, all in
+ONE transaction.
 
-One run (``run_load``):
-1. validate the event (the transform output), read settings and the warehouse credentials;
-2. make sure the warehouse schema exists (``sql/warehouse_schema.sql``, shipped inside ``utils``)
-   and that every existing warehouse table has compatible columns (either spelling of
-   ``counterparty_legal_address_line_2``), before anything is loaded;
-3. walk the processed manifests back from ``_state/transform.json`` to the newest batch already in
-   the ledger ``etl_load_ledger``; load the others oldest first, each in ONE transaction:
-   ``COPY ... FROM STDIN`` of every table into a temporary staging table, set-based upserts of the
-   dimensions (``INSERT ... ON CONFLICT (key) DO UPDATE``; dim_date ``DO NOTHING``), then the facts
-   (``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` on the unique (natural id, last_updated)
-   index), the ledger row, COMMIT. A batch already in the ledger is skipped; any failure rolls the
-   whole batch back. Concurrent loads are serialised by a transaction-level advisory lock.
+Dimensions are upserted (``INSERT ... ON CONFLICT (key) DO UPDATE``; dim_date ``DO NOTHING``; a versioned
+dimension never lets an older source version overwrite a newer one), facts are appended (``ON CONFLICT
+DO NOTHING`` on the unique (natural id, last_updated) index). A batch already in the ledger is skipped;
+any failure rolls the whole batch back. Concurrent loads are serialised by a transaction-level advisory
+lock.
 """
 import io
 import json
-from dataclasses import dataclass, field as dataclass_field
-from pathlib import Path
 
-import boto3
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from pg8000.native import identifier
 
-from utils.config import load_settings
-from utils.db_connections import close_db_connection, connect_to_db, db_connections_get_secret
-from utils.errors import CorruptFileError, InvalidEventError, SchemaMismatchError, UnknownTableError
-from utils.get_df_from_s3_parquet import read_parquet_table
+from utils.aws.objects import read_parquet_table
+from utils.catalog.warehouse import (FACTS, PROCESSED_SCHEMAS, VERSION_COLUMN, VERSIONED_DIMENSIONS,
+                                     WAREHOUSE_KEYS, WAREHOUSE_SCHEMAS, WAREHOUSE_SOURCES, WAREHOUSE_TABLES)
+from utils.db.connection import end_quietly
+from utils.errors import CorruptFileError, SchemaMismatchError
+from utils.load.schema import ADVISORY_LOCK_KEY, DIMENSION_VERSIONS, LEDGER, REJECTED, sql_type
 from utils.logger import get_logger
-from utils.quarantine import REJECTED_SCHEMA, rejected_records
-from utils.state import read_manifest, read_state
-from utils.warehouse import (FACTS, PROCESSED_SCHEMAS, VERSION_COLUMN, VERSIONED_DIMENSIONS, WAREHOUSE_KEYS,
-                             WAREHOUSE_SCHEMAS, WAREHOUSE_SOURCES, WAREHOUSE_TABLES)
+from utils.transform.quarantine import REJECTED_SCHEMA, rejected_records
 
-STAGE = "load"
-SCHEMA_FILE = Path(__file__).resolve().parent / "sql" / "warehouse_schema.sql"
-LEDGER = "etl_load_ledger"
-REJECTED = "etl_rejected_rows"
-DIMENSION_VERSIONS = "etl_dimension_version"
-OWN_TABLES = (LEDGER, REJECTED, DIMENSION_VERSIONS)
 # ERROR lines written per table and batch for newly rejected rows (one each); the rest is one summary line.
 MAX_REJECTED_LOG_LINES = 20
-VIEWS = ("current_sales_order", "current_purchase_order", "current_payment")
-VERSION_INDEXES = tuple(f"{name}_version_key" for name in FACTS)
-# pg_advisory_xact_lock key serialising loads into one warehouse.
-ADVISORY_LOCK_KEY = 0x7074_6573_7973_0003
-# Other spellings of a column that existing warehouses use.
-COLUMN_ALTERNATIVES = {("dim_counterparty", "counterparty_legal_address_line_2"):
-                       ("counterparty_legal_address_line2",)}
-
-logger = get_logger(STAGE)
 
 
-def _sql_type(kind):
-    """(staging column type, accepted information_schema data_types) of an Arrow type."""
-    if pa.types.is_integer(kind):
-        return "integer", ("integer", "bigint", "smallint")
-    if pa.types.is_string(kind):
-        return "text", ("character varying", "text", "character")
-    if pa.types.is_date(kind):
-        return "date", ("date",)
-    if pa.types.is_time(kind):
-        return "time(6)", ("time without time zone",)
-    if pa.types.is_decimal(kind):
-        return f"numeric({kind.precision}, {kind.scale})", ("numeric",)
-    if pa.types.is_boolean(kind):
-        return "boolean", ("boolean",)
-    if pa.types.is_timestamp(kind):
-        return "timestamp(3)", ("timestamp without time zone",)
-    raise TypeError(f"no SQL type for {kind}")
+logger = get_logger("load")
 
-
-def parse_event(event):
-    """Check the load event: the transform output ``{"batches": [...], "tables": {table: rows}}``.
-
-    Raises InvalidEventError for a non-dict or badly shaped value, UnknownTableError for a table
-    that is not a warehouse table. The event is only logged: the processed manifests are the truth.
-    """
-    if not isinstance(event, dict):
-        raise InvalidEventError(f"load event must be a JSON object, got {type(event).__name__}")
-    tables = event.get("tables", {})
-    if not isinstance(tables, dict):
-        raise InvalidEventError("load event: 'tables' must be an object of table: rows")
-    for name in tables:
-        check_warehouse_table(name)
-    if not isinstance(event.get("batches", []), list):
-        raise InvalidEventError("load event: 'batches' must be a list of batch ids")
-    return event
-
-
-def check_warehouse_table(name):
-    """Return ``name`` if it is one of the eleven warehouse tables, else raise UnknownTableError."""
-    if not isinstance(name, str) or name not in WAREHOUSE_SCHEMAS:
-        raise UnknownTableError(
-            f"unknown warehouse table {name!r}: expected one of {', '.join(WAREHOUSE_TABLES)}")
-    return name
-
-
-def run_load(event, s3_client=None, secrets_client=None):
-    """Load every processed batch not yet in the ledger; return ``{"batches": [...], "tables": {...}}``.
-
-    Raises on any failure (the handler's stage_handler logs it at CRITICAL).
-    """
-    parse_event(event)
-    logger.info("load started", transform_result=event)
-    settings = load_settings()
-    s3_client = s3_client or boto3.client("s3")
-    secrets_client = secrets_client or boto3.client("secretsmanager")
-    credentials = db_connections_get_secret(secrets_client, settings.warehouse_secret_id)
-    conn = connect_to_db(credentials=credentials)
-    logger.info("connected to the warehouse", host=credentials["host"], database=credentials["database"])
-    try:
-        return load_pending(conn, s3_client, settings.processed_bucket)
-    finally:
-        close_db_connection(conn)
-
-
-def load_pending(conn, s3_client, bucket):
-    """Ensure the schema, then load every pending processed batch, oldest first.
-
-    Returns ``{"batches": [batch_id, ...], "tables": {warehouse table: rows}, "rejected_rows": n,
-    "rejected": {source table: n}}``: the rows newly quarantined in etl_rejected_rows by these batches.
-    """
-    targets = ensure_warehouse_schema(conn)
-    result = {"batches": [], "tables": {}, "rejected_rows": 0, "rejected": {}}
-    pending = pending_batches(conn, s3_client, bucket)
-    if not pending:
-        logger.warning("no processed batches to load")
-    for manifest_key, manifest in pending:
-        counts = load_batch(conn, s3_client, bucket, manifest_key, manifest, targets)
-        if counts is None:
-            continue
-        result["batches"].append(manifest["batch_id"])
-        for source, rows in counts.pop(REJECTED, {}).items():
-            result["rejected"][source] = result["rejected"].get(source, 0) + rows
-            result["rejected_rows"] += rows
-        for name, rows in counts.items():
-            result["tables"][name] = result["tables"].get(name, 0) + rows
-    return result
-
-
-# -- schema ----------------------------------------------------------------------------------------
-
-def schema_statements():
-    """The statements of the warehouse DDL file, in order."""
-    text = SCHEMA_FILE.read_text()
-    return [statement.strip() for statement in text.split(";\n") if _has_sql(statement)]
-
-
-def _has_sql(statement):
-    return any(line.strip() and not line.strip().startswith("--") for line in statement.splitlines())
-
-
-def _warehouse_columns(conn):
-    rows = conn.run(
-        "SELECT table_name, column_name, data_type, datetime_precision, numeric_precision, numeric_scale, "
-        "character_maximum_length FROM information_schema.columns "
-        "WHERE table_schema = current_schema() AND table_name = ANY(:names)",
-        names=list(WAREHOUSE_TABLES) + list(OWN_TABLES))
-    found = {}
-    for table, column, data_type, time_precision, precision, scale, length in rows:
-        found.setdefault(table, {})[column] = (data_type, time_precision, precision, scale, length)
-    return found
-
-
-@dataclass
-class TargetTable:
-    """How one warehouse table is spelled and how much its columns hold.
-
-    ``names``: {column as the pipeline names it: column in the warehouse}. ``limits``: {column: limit}
-    for the columns narrower than the values the pipeline may bring, a limit being ``("length", n)``
-    (varchar(n): characters), ``("range", low, high)`` (integers) or ``("digits", n)`` (numeric: digits
-    before the decimal point). ``references``: [(column, dimension table, dimension column)] of the
-    table's single-column foreign keys, as the pipeline names them.
-    """
-    names: dict
-    limits: dict = dataclass_field(default_factory=dict)
-    references: list = dataclass_field(default_factory=list)
-
-
-_INTEGER_RANGES = {"smallint": (-2 ** 15, 2 ** 15 - 1)}
-
-
-def check_table_columns(table, existing):
-    """Map each expected column of ``table`` to its name and limit in the warehouse; raise on
-    incompatibility. Returns a TargetTable (without references).
-
-    ``existing``: {column: (data_type, datetime_precision, numeric_precision, numeric_scale,
-    character_maximum_length)}. A column narrower than the values (varchar(n), smallint, numeric with
-    fewer integer digits) is accepted: rows that do not fit are quarantined at load. Raises
-    SchemaMismatchError naming the table and column when one is missing or has a type that would
-    change values (another kind of type, time without milliseconds, numeric with fewer decimals).
-    """
-    mapping, limits = {}, {}
-    for field in WAREHOUSE_SCHEMAS[table]:
-        names = (field.name,) + COLUMN_ALTERNATIVES.get((table, field.name), ())
-        actual = next((name for name in names if name in existing), None)
-        if actual is None:
-            raise SchemaMismatchError(f"warehouse table {table}: column {field.name!r} is missing")
-        data_type, time_precision, precision, scale, length = (tuple(existing[actual]) + (None,))[:5]
-        _, accepted = _sql_type(field.type)
-        too_coarse = (
-            (pa.types.is_time(field.type) and time_precision is not None and time_precision < 3)
-            or (pa.types.is_decimal(field.type) and scale is not None and scale < field.type.scale))
-        if data_type not in accepted or too_coarse:
-            raise SchemaMismatchError(
-                f"warehouse table {table}: column {actual!r} has type {data_type}"
-                f"{_precision_text(data_type, time_precision, precision, scale)}, "
-                f"expected {' or '.join(accepted)} "
-                f"able to hold {field.type}")
-        if pa.types.is_string(field.type) and length is not None:
-            limits[field.name] = ("length", length)
-        elif data_type in _INTEGER_RANGES:
-            limits[field.name] = ("range",) + _INTEGER_RANGES[data_type]
-        elif (pa.types.is_decimal(field.type) and precision is not None and scale is not None
-              and precision - scale < field.type.precision - field.type.scale):
-            limits[field.name] = ("digits", precision - scale)
-        mapping[field.name] = actual
-    return TargetTable(mapping, limits)
-
-
-def _precision_text(data_type, time_precision, precision, scale):
-    if data_type == "numeric" and precision is not None and scale is not None:
-        return f"({precision},{scale})"
-    if data_type.startswith("time") and time_precision is not None:
-        return f"({time_precision})"
-    return ""
-
-
-def _references(conn, targets):
-    """Fill each fact's TargetTable.references from the warehouse's own single-column foreign keys."""
-    rows = conn.run(
-        "SELECT c.conrelid::regclass::text, a.attname::text, c.confrelid::regclass::text, f.attname::text "
-        "FROM pg_constraint c "
-        "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] "
-        "JOIN pg_attribute f ON f.attrelid = c.confrelid AND f.attnum = c.confkey[1] "
-        "WHERE c.contype = 'f' AND cardinality(c.conkey) = 1 AND c.conrelid::regclass::text = ANY(:facts)",
-        facts=list(FACTS))
-    for fact, column, dimension, dimension_column in rows:
-        if dimension not in targets:
-            continue
-        by_name = {name: canonical for canonical, name in targets[fact].names.items()}
-        dim_by_name = {name: canonical for canonical, name in targets[dimension].names.items()}
-        if column in by_name and dimension_column in dim_by_name:
-            targets[fact].references.append((by_name[column], dimension, dim_by_name[dimension_column]))
-    return targets
-
-
-def ensure_warehouse_schema(conn):
-    """Check existing tables, create whatever is missing; return {table: TargetTable}.
-
-    Nothing is created or changed when an existing table has an incompatible column
-    (SchemaMismatchError naming table and column).
-    """
-    existing = _warehouse_columns(conn)
-    for table in WAREHOUSE_TABLES:
-        if table in existing:
-            check_table_columns(table, existing[table])
-    if LEDGER in existing and not {"batch_id", "manifest_key", "row_counts"} <= set(existing[LEDGER]):
-        raise SchemaMismatchError(
-            f"warehouse table {LEDGER}: expected columns batch_id, manifest_key, row_counts")
-    views = {row[0] for row in conn.run(
-        "SELECT table_name FROM information_schema.views WHERE table_schema = current_schema() "
-        "AND table_name = ANY(:names)", names=list(VIEWS))}
-    indexes = {row[0] for row in conn.run(
-        "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND indexname = ANY(:names)",
-        names=list(VERSION_INDEXES))}
-    complete = (set(WAREHOUSE_TABLES) | set(OWN_TABLES)) <= set(existing) and views == set(VIEWS) \
-        and indexes == set(VERSION_INDEXES)
-    if not complete:
-        conn.run("START TRANSACTION")
-        try:
-            conn.run("SELECT pg_advisory_xact_lock(:key)", key=ADVISORY_LOCK_KEY)
-            for statement in schema_statements():
-                conn.run(statement)
-            conn.run("COMMIT")
-        except BaseException:
-            _rollback(conn)
-            raise
-        logger.info("warehouse schema created", missing_tables=sorted(
-            (set(WAREHOUSE_TABLES) | set(OWN_TABLES)) - set(existing)))
-        existing = _warehouse_columns(conn)
-    targets = {table: check_table_columns(table, existing[table]) for table in WAREHOUSE_TABLES}
-    return _references(conn, targets)
-
-
-# -- batches ---------------------------------------------------------------------------------------
 
 def batch_loaded(conn, batch_id):
     """True when the ledger records ``batch_id``."""
     sql = f"SELECT 1 FROM {identifier(LEDGER)} WHERE batch_id = :batch_id"  # nosec B608
     return bool(conn.run(sql, batch_id=batch_id))
-
-
-def pending_batches(conn, s3_client, bucket):
-    """[(manifest key, manifest)] of the processed batches not in the ledger, oldest first."""
-    state, _ = read_state(s3_client, bucket, "transform")
-    key = state.get("manifest_key")
-    chain, seen = [], set()
-    while key:
-        if key in seen:
-            raise CorruptFileError(f"processed manifest chain loops at {key}", key=key)
-        seen.add(key)
-        manifest = read_manifest(s3_client, bucket, key, check_warehouse_table, "batch_id")
-        if batch_loaded(conn, manifest["batch_id"]):
-            break
-        chain.append((key, manifest))
-        key = manifest.get("prev_manifest_key")
-    chain.reverse()
-    return chain
 
 
 def read_batch_tables(s3_client, bucket, manifest, manifest_key=None):
@@ -368,7 +94,7 @@ def load_batch(conn, s3_client, bucket, manifest_key, manifest, targets):
         record_batch(conn, batch_id, manifest_key, counts)
         conn.run("COMMIT")
     except BaseException:
-        _rollback(conn)
+        end_quietly(conn)
         raise
     logger.info("batch loaded", batch_id=batch_id, tables=counts)
     return counts
@@ -484,7 +210,7 @@ def _stage(conn, name, table):
     """Create the staging table of ``name`` (the processed schema's columns) and COPY ``table`` in."""
     schema = PROCESSED_SCHEMAS[name]
     stage = identifier(f"stage_{name}")
-    definitions = ", ".join(f"{identifier(field.name)} {_sql_type(field.type)[0]}" for field in schema)
+    definitions = ", ".join(f"{identifier(field.name)} {sql_type(field.type)[0]}" for field in schema)
     conn.run(f"CREATE TEMPORARY TABLE {stage} ({definitions}) ON COMMIT DROP")
     if table is not None and table.num_rows:
         source_columns = ", ".join(identifier(field.name) for field in schema)
@@ -590,11 +316,3 @@ def merge_fact(conn, name, table, target, batch_id):
     if parked:
         logger.info("parked rows retried", table=name, parked=parked)
     return inserted, ({source: newly_parked} if newly_parked else {})
-
-
-def _rollback(conn):
-    """Roll back; a broken connection must not hide the error being raised."""
-    try:
-        conn.run("ROLLBACK")
-    except Exception:  # nosec B110 - the original error is re-raised by the caller
-        pass

@@ -1,7 +1,7 @@
 """Schema drift: does totesys still have the columns, with the types, that the ingest reads?
 
 ``check_source_schema(conn, tables)`` reads the catalog (``pg_attribute``) for the requested tables and
-compares every column of ``utils.tables.SOURCE_SCHEMAS`` with what the source holds. The rule errs on
+compares every column of ``utils.catalog.source.SOURCE_SCHEMAS`` with what the source holds. The rule errs on
 the side of failing loudly: a source type is *compatible* only when every value it can hold lands in
 the landing column's Arrow type unchanged.
 
@@ -21,7 +21,7 @@ is ignored (the COPY names its columns) and reported.
 import pyarrow as pa
 
 from utils.errors import SchemaDriftError
-from utils.tables import SOURCE_SCHEMAS, check_source_table
+from utils.catalog.source import SOURCE_SCHEMAS, check_source_table
 
 CATALOG_SQL = (
     "SELECT c.relname::text, a.attname::text, t.typname::text, t.typtype::text, a.atttypmod, "

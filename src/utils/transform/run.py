@@ -6,7 +6,7 @@ One run (``run_transform``):
    manifests back through ``prev_manifest_key`` to the last one already transformed;
 3. for each pending ingest batch, oldest first: read its Parquet files (schema-checked), read the
    snapshots named by the previous processed manifest, build the warehouse rows
-   (``utils.warehouse.build_warehouse_batch``), write one Parquet file per warehouse table, the
+   (``utils.transform.star.build_warehouse_batch``), write one Parquet file per warehouse table, the
    changed snapshots and the processed manifest (all immutable keys at the ingest batch time), then
    advance the transform state pointer (CAS).
 
@@ -14,25 +14,24 @@ A retry after a crash rewrites exactly the same objects (the output is a pure fu
 inputs), so an object already present with identical bytes is accepted; different bytes mean a
 conflicting run and raise StateConflictError.
 """
-import io
 import json
 
 import boto3
-import pyarrow.parquet as pq
 
+from utils.aws.manifests import read_manifest
+from utils.aws.objects import parquet_bytes, read_json, read_parquet_table, write_once
+from utils.aws.state import read_state, write_state
+from utils.catalog.source import LANDING_SCHEMAS, SOURCE_TABLES, check_source_table
+from utils.catalog.warehouse import SNAPSHOT_TABLES
 from utils.config import load_settings
-from utils.errors import CorruptFileError, InvalidEventError, StateConflictError
+from utils.errors import CorruptFileError, InvalidEventError
 from utils.format_time import parse_time
 from utils.generate_file_key import generate_file_key
-from utils.get_df_from_s3_parquet import read_parquet_table
 from utils.logger import get_logger
-from utils.state import read_json, read_manifest, read_state, write_state
-from utils.tables import LANDING_SCHEMAS, SOURCE_TABLES, check_source_table
-from utils.warehouse import SNAPSHOT_TABLES, build_warehouse_batch
-from utils.write_to_s3 import write_to_s3
+from utils.transform.star import build_warehouse_batch
 
 STAGE = "transform"
-# Processed-bucket prefix of the rejected records of a batch (utils.quarantine.REJECTED_SCHEMA).
+# Processed-bucket prefix of the rejected records of a batch (utils.transform.quarantine.REJECTED_SCHEMA).
 REJECTED_PREFIX = "_rejected"
 logger = get_logger(STAGE)
 
@@ -135,13 +134,13 @@ def transform_batch(s3_client, ingest_bucket, processed_bucket, ingest_key, inge
     tables = {}
     for name, table in warehouse.items():
         key = generate_file_key(name, batch_time)
-        write_once(s3_client, processed_bucket, key, parquet_bytes(table))
+        _write_once(s3_client, processed_bucket, key, parquet_bytes(table))
         tables[name] = {"key": key, "rows": table.num_rows}
         logger.info("table transformed", table=name, rows=table.num_rows, key=key)
     snapshot_keys = dict((prev_processed_manifest or {}).get("snapshots", {}))
     for name, table in new_snapshots.items():
         key = generate_file_key(f"_snapshots/{name}", batch_time)
-        write_once(s3_client, processed_bucket, key, parquet_bytes(table))
+        _write_once(s3_client, processed_bucket, key, parquet_bytes(table))
         snapshot_keys[name] = key
     batch_id = ingest_manifest.get("batch_id") or f"{batch_time:%Y%m%dT%H%M%S%f}"
     manifest = {"batch_id": batch_id,
@@ -149,29 +148,17 @@ def transform_batch(s3_client, ingest_bucket, processed_bucket, ingest_key, inge
                 "prev_manifest_key": prev_processed_key, "tables": tables, "snapshots": snapshot_keys}
     if rejected.num_rows:
         key = generate_file_key(REJECTED_PREFIX, batch_time)
-        write_once(s3_client, processed_bucket, key, parquet_bytes(rejected))
+        _write_once(s3_client, processed_bucket, key, parquet_bytes(rejected))
         manifest["rejected"] = {"key": key, "rows": rejected.num_rows}
         # One ERROR line per row is written by the load, when the row is recorded in etl_rejected_rows.
         logger.warning("rows set aside for quarantine", batch_id=batch_id, rows=rejected.num_rows, key=key)
     manifest_key = generate_file_key("_batches", batch_time, "json")
-    write_once(s3_client, processed_bucket, manifest_key, json.dumps(manifest, sort_keys=True).encode())
+    _write_once(s3_client, processed_bucket, manifest_key, json.dumps(manifest, sort_keys=True).encode())
     logger.info("manifest written", key=manifest_key, tables=len(tables))
     return manifest_key, manifest
 
 
-def parquet_bytes(table):
-    """A table as Parquet bytes (snappy)."""
-    out = io.BytesIO()
-    pq.write_table(table, out, compression="snappy")
-    return out.getvalue()
-
-
-def write_once(s3_client, bucket, key, body):
-    """Write an immutable object; an existing object with the same bytes (a retried run) is fine."""
-    try:
-        write_to_s3(s3_client, bucket, key, body)
-    except StateConflictError:
-        existing = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        if existing != body:
-            raise
+def _write_once(s3_client, bucket, key, body):
+    """``write_once``, saying so when an earlier attempt had written the same bytes."""
+    if not write_once(s3_client, bucket, key, body):
         logger.info("object already written by an earlier attempt", key=key)

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from utils.tables import INFINITY_MS, PRIMARY_KEYS, SOURCE_SCHEMAS
+from utils.catalog.source import INFINITY_MS, PRIMARY_KEYS, SOURCE_SCHEMAS
 
 EPOCH = datetime(1970, 1, 1)
 
@@ -46,7 +46,7 @@ _DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 
 def required_columns(table_name):
     """The columns of ``table_name`` that feed NOT NULL warehouse columns: the source's NOT NULL
-    columns (utils.tables.SOURCE_SCHEMAS) except the ones the star schema does not use."""
+    columns (utils.catalog.source.SOURCE_SCHEMAS) except the ones the star schema does not use."""
     unused = set(UNUSED_COLUMNS.get(table_name, ()))
     if table_name not in FACT_SOURCES:
         unused.add("created_at")

@@ -1,0 +1,1 @@
+"""S3 and Secrets Manager: immutable objects, state pointers, manifests, credentials."""

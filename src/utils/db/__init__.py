@@ -1,0 +1,1 @@
+"""PostgreSQL connections: the one way to open, describe and close one."""

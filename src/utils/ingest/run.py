@@ -1,0 +1,300 @@
+"""The ingest stage: every change in totesys lands in the ingest bucket as Parquet, exactly once.
+
+One run (``run_ingest``):
+1. validate the event (allow-listed table names only), read settings and credentials;
+2. take a session advisory lock on the source (a second concurrent run gets ConcurrentRunError);
+3. read the state pointer ``_state/ingest.json`` and its ETag;
+4. in one REPEATABLE READ READ ONLY transaction read the batch time T (``now()`` in UTC, database
+   clock: keys and batch ids), the source's wall clock ``localtimestamp`` and time zone (the session
+   keeps the database's configured zone: totesys timestamps are wall-clock values in that zone) and
+   ``pg_current_snapshot()``; check the source columns against SOURCE_SCHEMAS (schema drift raises
+   SchemaDriftError before anything is landed; ``snapshot``); then stream each table's changed rows with
+   ``COPY (SELECT ...) TO STDOUT`` (``copy_reader``) into Parquet (``sink``: LANDING_SCHEMAS, bounded
+   memory) and write the file at ``generate_file_key(table, T)`` (immutable); parsing and
+   the S3 writes run on two worker
+   threads while the main thread reads the next rows, and all of them finish before step 5. With
+   INGEST_PARALLEL_CONNECTIONS = n > 1 (default 2), n - 1 more connections import the same snapshot
+   (``pg_export_snapshot``) and read a share of the tables, each on a thread of its own;
+5. write the manifest ``_batches/...json``, then advance the state pointer with If-Match on the ETag.
+
+Which rows a run takes, per table (``prev`` = this table's entry in the state pointer; all bounds are
+source wall-clock times): ``last_updated < high`` where ``high = max(localtimestamp, prev.high)`` (a
+daylight-saving fall-back never moves it back), and, after the first run,
+``last_updated >= prev.high - overlap`` minus the rows
+the previous run already landed: ``last_updated < prev.high`` and written by a transaction that had
+certainly finished before ``prev.snapshot`` was taken (full 64-bit xid below the snapshot's xmin).
+See docs/DESIGN.md for why the test is "below xmin" and not pg_visible_in_snapshot.
+"""
+import json
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import boto3
+
+from utils.aws.objects import write_to_s3
+from utils.aws.secrets import db_connections_get_secret
+from utils.aws.state import read_state, write_state
+from utils.catalog.source import LANDING_SCHEMAS, SOURCE_TABLES, check_source_table
+from utils.config import load_settings
+from utils.db.connection import close_db_connection, connect_to_db, end_quietly
+from utils.errors import ConcurrentRunError, InvalidEventError
+from utils.format_time import format_time, parse_time
+from utils.generate_file_key import generate_file_key
+from utils.ingest.copy_reader import copy_out
+from utils.ingest.sink import INLINE, ParquetSink
+from utils.ingest.snapshot import copy_sql, import_snapshot, largest_first, open_window, snapshot_bounds
+from utils.logger import get_logger
+
+STAGE = "ingest"
+# pg_try_advisory_lock key that serialises ingest runs on the source database ("totesys" in hex-ish).
+ADVISORY_LOCK_KEY = 0x7074_6573_7973_0001
+
+# Tables per reader whose Parquet files may wait, finished or being finished, for their upload
+# before that reader's next table blocks (bounded memory: each is one table's compressed file).
+# 4 rather than 2 so that the small tables read after a large one do not wait for its upload.
+MAX_TABLES_IN_FLIGHT = 4
+
+
+logger = get_logger(STAGE)
+
+
+def parse_event(event):
+    """Return the list of tables an event asks for (all eleven when the key is absent).
+
+    Raises InvalidEventError for a non-dict event or a ``tables_to_query`` that is not a
+    non-empty list of strings, UnknownTableError for a name not in the allow-list.
+    """
+    if not isinstance(event, dict):
+        raise InvalidEventError(f"event must be a JSON object, got {type(event).__name__}")
+    if "tables_to_query" not in event:
+        return list(SOURCE_TABLES)
+    tables = event["tables_to_query"]
+    if not isinstance(tables, list) or not tables:
+        raise InvalidEventError("tables_to_query must be a non-empty list of table names")
+    for name in tables:
+        check_source_table(name)
+    # Dependency order, duplicates dropped.
+    return [name for name in SOURCE_TABLES if name in tables]
+
+
+def run_ingest(event, s3_client=None, secrets_client=None):
+    """Run one ingest; return ``{table_name: file_key}`` for the tables that produced a file.
+
+    Raises on any failure (the handler's stage_handler logs it at CRITICAL). Errors before the
+    first table is read (bad event, settings, credentials, unreachable database, lock held) write
+    nothing.
+    """
+    tables = parse_event(event)
+    settings = load_settings()
+    s3_client = s3_client or boto3.client("s3")
+    secrets_client = secrets_client or boto3.client("secretsmanager")
+    credentials = db_connections_get_secret(secrets_client, settings.totesys_secret_id)
+    logger.info("credentials read", secret_id=settings.totesys_secret_id)
+    conn, *helpers = connect_all(credentials, min(settings.ingest_parallel_connections, len(tables)))
+    try:
+        logger.info("connected to totesys", host=credentials["host"], database=credentials["database"],
+                    connections=1 + len(helpers))
+        return ingest_tables(conn, s3_client, settings.ingest_bucket, tables,
+                             settings.ingest_overlap_seconds, helpers)
+    finally:
+        for connection in (conn, *helpers):
+            close_db_connection(connection)
+
+
+def connect_all(credentials, count):
+    """Open ``count`` connections with ``credentials`` at the same time (most of a connect is
+    the server's password check); return them in a list. Their sessions keep the database's
+    configured time zone (the zone totesys timestamps are written in).
+
+    When any of them fails, the others are closed and the error of the first failed one (in
+    list order) is raised, as ``connect_to_db`` raises it.
+    """
+    if count == 1:
+        return [connect_to_db(credentials=credentials, timezone=None)]
+    with ThreadPoolExecutor(max_workers=count, thread_name_prefix="ingest-connect") as pool:
+        pending = [pool.submit(connect_to_db, credentials=credentials, timezone=None)
+                   for _ in range(count)]
+    opened = [future.result() for future in pending if future.exception() is None]
+    if len(opened) < count:
+        for conn in opened:
+            close_db_connection(conn)
+        raise next(future.exception() for future in pending if future.exception() is not None)
+    return opened
+
+
+def ingest_tables(conn, s3_client, bucket, tables, overlap_seconds, helpers=()):
+    """Land the changed rows of ``tables`` as one batch; see the module docstring.
+
+    ``conn`` is an open pg8000 native connection to totesys (left open). ``helpers`` are more open
+    connections to the same database (left open): each reads a share of the tables on its own
+    thread, from the snapshot of ``conn``'s transaction. The sessions' time zone must be the one
+    the source's timestamps are written in (``connect_to_db(timezone=None)``). Raises
+    ConcurrentRunError when another run holds the lock, StateConflictError when another run
+    advanced the state pointer meanwhile (this run's files are then never referenced),
+    SchemaDriftError when a column is gone or retyped, ConfigError when ``overlap_seconds`` is
+    below the source time zone's daylight-saving shift (nothing is landed in these two cases).
+    """
+    if not conn.run("SELECT pg_try_advisory_lock(:key)", key=ADVISORY_LOCK_KEY)[0][0]:
+        raise ConcurrentRunError("another ingest run holds the lock on the source database; try later")
+    try:
+        state, etag = read_state(s3_client, bucket, STAGE)
+        window, landed = _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds, helpers)
+        return _commit_batch(s3_client, bucket, tables, window, landed, state, etag)
+    finally:
+        end_quietly(conn, "SELECT pg_advisory_unlock(:key)", key=ADVISORY_LOCK_KEY)
+
+
+def _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds, helpers=()):
+    """Stream every table out of one snapshot and land its Parquet file; return
+    ``(Window, {table: manifest entry})`` (only the tables that landed a file).
+
+    The work is pipelined over threads so that it overlaps the server producing the rows: each
+    reader's converter thread parses its CSV chunks into Parquet row groups and finishes each file
+    (pyarrow releases the GIL), the upload thread writes the finished files to S3. The calling
+    thread reads COPY streams from ``conn``; with ``helpers`` each helper connection is read by a
+    thread of its own (one thread per connection: pg8000 connections are not thread-safe), in a
+    transaction that imported ``conn``'s snapshot (``pg_export_snapshot``) before any reader
+    starts, so every table comes from the same snapshot. The readers take the tables largest first
+    from a shared queue; a reader that fails stops the others before their next table. The queues
+    are bounded (MAX_QUEUED_CHUNKS per table, MAX_TABLES_IN_FLIGHT tables per reader). Every file is written,
+    or its error re-raised here, before this returns: the caller writes the manifest and the state
+    pointer only after that. On an error the queued work is cancelled and the running jobs are
+    waited for, so no thread writes after this raises.
+    """
+    converters = [ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-convert")
+                  for _ in range(1 + len(helpers))]
+    upload = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-upload")
+    readers = ThreadPoolExecutor(max_workers=max(len(helpers), 1), thread_name_prefix="ingest-read")
+    stop = threading.Event()
+    try:
+        conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        in_transaction = [conn]
+        try:
+            window, exported, wall_now = open_window(conn, tables, state, overlap_seconds,
+                                                     export=bool(helpers))
+            logger.info("snapshot taken", batch_time=format_time(window.batch_time),
+                        timezone=window.timezone, wall_clock=format_time(wall_now),
+                        snapshot=window.snapshot, connections=1 + len(helpers))
+            work = deque(largest_first(conn, tables) if helpers else tables)
+            for helper in helpers:
+                import_snapshot(helper, exported)
+                in_transaction.append(helper)
+
+            def read(connection, convert):
+                try:
+                    return _read_tables(connection, work, stop, s3_client, bucket, window, convert, upload)
+                except BaseException:
+                    stop.set()
+                    raise
+
+            shares = [readers.submit(read, helper, convert)
+                      for helper, convert in zip(helpers, converters[1:])]
+            in_flight = read(conn, converters[0])
+            for share in shares:
+                in_flight += share.result()
+        finally:
+            stop.set()
+            readers.shutdown(wait=True)
+            for connection in in_transaction:
+                end_quietly(connection)
+        landed = {}
+        stored = dict(in_flight)
+        for table in tables:
+            entry = stored[table].result()
+            if entry:
+                landed[table] = entry
+        return window, landed
+    except BaseException:
+        for convert in converters:
+            convert.shutdown(wait=True, cancel_futures=True)
+        upload.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        for convert in converters:
+            convert.shutdown(wait=True)
+        upload.shutdown(wait=True)
+
+
+def _read_tables(conn, work, stop, s3_client, bucket, window, convert, upload):
+    """Take tables from the ``work`` queue until it is empty or ``stop`` is set; extract each
+    on ``conn``; return ``[(table, Future of its manifest entry)]``."""
+    in_flight = []
+    while not stop.is_set():
+        try:
+            table = work.popleft()
+        except IndexError:
+            break
+        if len(in_flight) >= MAX_TABLES_IN_FLIGHT:
+            in_flight[-MAX_TABLES_IN_FLIGHT][1].result()
+        in_flight.append((table, _land_table(conn, s3_client, bucket, table, window, convert, upload)))
+    return in_flight
+
+
+def _land_table(conn, s3_client, bucket, table, window, convert=None, upload=None):
+    """Extract one table's changed rows and write its Parquet file; return a Future of its
+    manifest entry (None when no rows).
+
+    The rows are read here; parsing and the S3 write run on the ``convert`` and ``upload``
+    executors when given (single-threaded each, so files and row groups keep their order),
+    else inline.
+    """
+    batch_time, snapshot, prev = window.batch_time, window.snapshot, window.prev_tables.get(table)
+    high = format_time(window.highs[table])
+    low = None
+    params = {"high": high, "low": "", "prev_high": "", "prev_xmin": "0",
+              "xid_base": "0", "cur_xmax": "0"}
+    if prev:
+        prev_high = parse_time(prev["high"])
+        low = format_time(prev_high - timedelta(seconds=window.overlap_seconds))
+        cur_xmax = snapshot_bounds(snapshot)[1]
+        params.update(low=low, prev_high=format_time(prev_high),
+                      prev_xmin=str(snapshot_bounds(prev["snapshot"])[0]),
+                      xid_base=str(cur_xmax >> 32 << 32), cur_xmax=str(cur_xmax))
+    conn.run("SELECT " + ", ".join(f"set_config('totesys.{name}', :{name}, true)" for name in params),
+             **params)
+    sink = ParquetSink(LANDING_SCHEMAS[table], executor=convert, table=table)
+    copy_out(conn, copy_sql(table, incremental=bool(prev)), sink)
+    finished = sink.close_async()
+
+    def store():
+        body, rows = finished.result()
+        if not rows:
+            logger.warning("no new rows", table=table, low=low, high=high)
+            return None
+        key = generate_file_key(table, batch_time)
+        write_to_s3(s3_client, bucket, key, body)
+        logger.info("table landed", table=table, rows=rows, key=key)
+        return {"key": key, "rows": rows, "low": low, "high": high, "snapshot": snapshot}
+
+    return (upload or INLINE).submit(store)
+
+
+def _commit_batch(s3_client, bucket, tables, window, landed, state, etag):
+    """Write the manifest (if anything landed), then advance the state pointer (CAS).
+
+    The state keeps every table's entry, all in ``window.timezone``; ``ignored_columns`` is the
+    previous one with this run's tables replaced by what this run found.
+    """
+    batch_time = window.batch_time
+    batch_id = f"{batch_time:%Y%m%dT%H%M%S%f}"
+    ignored = {table: columns for table, columns in state.get("ignored_columns", {}).items()
+               if table not in tables}
+    ignored.update(window.ignored_columns)
+    new_state = {"manifest_key": state.get("manifest_key"), "batch_id": state.get("batch_id"),
+                 "timezone": window.timezone, "ignored_columns": ignored,
+                 "tables": dict(window.prev_tables)}
+    if landed:
+        manifest_key = generate_file_key("_batches", batch_time, "json")
+        manifest = {"batch_id": batch_id, "batch_time": format_time(batch_time),
+                    "timezone": window.timezone, "ignored_columns": window.ignored_columns,
+                    "prev_manifest_key": state.get("manifest_key"), "tables": landed}
+        write_to_s3(s3_client, bucket, manifest_key, json.dumps(manifest, sort_keys=True))
+        logger.info("manifest written", key=manifest_key, tables=len(landed))
+        new_state.update(manifest_key=manifest_key, batch_id=batch_id)
+    for table in tables:
+        new_state["tables"][table] = {"high": format_time(window.highs[table]), "snapshot": window.snapshot}
+    write_state(s3_client, bucket, STAGE, new_state, etag)
+    logger.info("state advanced", batch_time=format_time(batch_time), tables=tables)
+    return {table: entry["key"] for table, entry in landed.items()}

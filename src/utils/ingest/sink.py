@@ -1,0 +1,205 @@
+"""The CSV -> Parquet sink a ``COPY ... TO STDOUT (FORMAT csv)`` writes into, with bounded memory."""
+import io
+import re
+from collections import deque
+from concurrent.futures import Future
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from utils.catalog.source import INFINITY_MS
+from utils.errors import SourceDataError
+
+# CSV bytes buffered before they are parsed into one Parquet row group. Small enough that most of
+# the parsing overlaps the reading of the same table (a 16 MiB chunk left most of the work for the
+# end of each table), large enough that per-chunk costs stay negligible.
+CHUNK_BYTES = 2 * 1024 * 1024
+# Chunks a ParquetSink lets wait for its converter thread before write() blocks (bounded memory).
+MAX_QUEUED_CHUNKS = 1
+
+
+class _Inline:
+    """An executor that runs each job at once in the calling thread."""
+
+    @staticmethod
+    def submit(fn, *args):
+        future = Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as err:
+            future.set_exception(err)
+        return future
+
+
+INLINE = _Inline()
+
+
+class ParquetSink:
+    """A write-only stream for ``COPY ... TO STDOUT (FORMAT csv)`` that turns the CSV into Parquet.
+
+    CSV bytes are buffered up to ``chunk_bytes`` and then parsed with pyarrow.csv using the
+    table's explicit schema into one Parquet row group, so memory stays bounded by the chunk size
+    (or the largest row) plus the (compressed) Parquet output. NULL is an unquoted empty field and
+    the empty string a quoted one (PostgreSQL's CSV rules), so the two stay distinct. A row of any
+    size parses: each chunk is one pyarrow block. Timestamps of years pyarrow's parser does not
+    read (BC, after 9999) are converted by ``wall_time_to_epoch_ms`` (only in a chunk that holds
+    one). The file written is readable with exactly ``schema``: a value the schema cannot hold (a
+    NULL in a non-nullable field, 'infinity', an unparsable number) raises SourceDataError naming
+    ``table``, the column and the value, never a raw ArrowInvalid.
+
+    With an ``executor`` (one worker thread, so row groups keep their order) the chunks are parsed
+    and written there while the caller keeps writing; at most MAX_QUEUED_CHUNKS wait behind the
+    one being converted, and a conversion error is re-raised by the next ``write`` or by the
+    close. Without one everything runs inline.
+    """
+
+    def __init__(self, schema, chunk_bytes=CHUNK_BYTES, executor=None, table=None):
+        self.schema = schema
+        self.table = table
+        self.chunk_bytes = chunk_bytes
+        self.rows = 0
+        self._parts, self._size = [], 0
+        self._executor = executor or INLINE
+        self._pending = deque()
+        self._out = io.BytesIO()
+        self._writer = None
+        self._dictionary_columns = [field.name for field in schema if pa.types.is_string(field.type)]
+        self._parse = pa_csv.ParseOptions(newlines_in_values=True)
+        self._convert = self._convert_options({field.name: field.type for field in schema})
+        # For a chunk holding a timestamp pyarrow cannot parse: timestamps read as text.
+        self._convert_times_as_text = self._convert_options(
+            {field.name: pa.string() if pa.types.is_timestamp(field.type) else field.type
+             for field in schema})
+
+    @staticmethod
+    def _convert_options(column_types):
+        return pa_csv.ConvertOptions(
+            column_types=column_types, null_values=[""], strings_can_be_null=True,
+            quoted_strings_can_be_null=False, true_values=["t"], false_values=["f"])
+
+    def write(self, data):
+        self._parts.append(data)
+        self._size += len(data)
+        if self._size >= self.chunk_bytes:
+            self._submit(final=False)
+
+    def close(self):
+        """Flush the rest; return (BytesIO of the Parquet file or None when no rows, row count)."""
+        return self.close_async().result()
+
+    def close_async(self):
+        """Queue the flush of the rest; return a Future of what ``close`` returns."""
+        self._submit(final=True)
+        return self._executor.submit(self._finish)
+
+    def _submit(self, final):
+        data = b"".join(self._parts)
+        cut = len(data) if final else record_boundary(data)
+        self._parts = [data[cut:]] if cut < len(data) else []
+        self._size = len(data) - cut
+        if cut <= 0:
+            return
+        while len(self._pending) > MAX_QUEUED_CHUNKS:
+            self._pending.popleft().result()
+        while self._pending and self._pending[0].done():
+            self._pending.popleft().result()
+        self._pending.append(self._executor.submit(self._flush, data[:cut] if cut < len(data) else data))
+
+    def _flush(self, chunk):
+        # One block per chunk: a block must hold whole rows, and a row may be larger than any default.
+        read = pa_csv.ReadOptions(column_names=self.schema.names, block_size=len(chunk) + 1)
+        try:
+            parsed = pa_csv.read_csv(pa.BufferReader(chunk), read_options=read,
+                                     parse_options=self._parse, convert_options=self._convert)
+            columns = parsed.columns
+        except pa.ArrowInvalid as err:
+            error = self._parse_error(err)
+            if error.column is None or not pa.types.is_timestamp(self.schema.field(error.column).type):
+                raise error from err
+            parsed = pa_csv.read_csv(pa.BufferReader(chunk), read_options=read, parse_options=self._parse,
+                                     convert_options=self._convert_times_as_text)
+            columns = [self._timestamps_from_text(field.name, column) if pa.types.is_timestamp(field.type)
+                       else column for field, column in zip(self.schema, parsed.columns)]
+        for field, column in zip(self.schema, columns):
+            if column.null_count and not field.nullable:
+                raise SourceDataError(self.table, field.name, None,
+                                      "NULL in a column the landing schema declares NOT NULL")
+        table = pa.Table.from_arrays(columns, schema=self.schema)
+        if self._writer is None:
+            # Dictionary encoding only where it pays (text: codes, names, dates): on ids, amounts and
+            # timestamps it made the files larger and tripled the time spent writing them.
+            self._writer = pq.ParquetWriter(self._out, self.schema, compression="snappy",
+                                            use_dictionary=self._dictionary_columns)
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def _timestamps_from_text(self, column_name, texts):
+        """timestamp[ms] array of PostgreSQL's text of ``timestamp`` values (any year)."""
+        millis = []
+        for text in texts.to_pylist():
+            try:
+                millis.append(None if text is None else wall_time_to_epoch_ms(text))
+            except ValueError as err:
+                raise SourceDataError(self.table, column_name, text[:200], str(err)) from None
+        return pa.array(millis, pa.int64()).cast(pa.timestamp("ms"))
+
+    def _parse_error(self, err):
+        """SourceDataError for a pyarrow CSV error, with the column and value when pyarrow names them."""
+        message = str(err)
+        column = re.search(r"CSV column #(\d+)", message)
+        column = self.schema.names[int(column.group(1))] if column else None
+        value = re.search(r"invalid value '(.*)'", message, re.DOTALL)
+        value = value.group(1)[:200] if value else None
+        return SourceDataError(self.table, column, value, message.splitlines()[0][:300])
+
+    def _finish(self):
+        while self._pending:
+            self._pending.popleft().result()
+        if self._writer is None:
+            return None, 0
+        self._writer.close()
+        self._out.seek(0)
+        return self._out, self.rows
+
+
+_WALL_TIME = re.compile(r"(\d{4,})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?( BC)?")
+
+
+def wall_time_to_epoch_ms(text):
+    """Milliseconds from 1970-01-01 00:00 to the wall time ``text`` (PostgreSQL's ISO output of a
+    ``timestamp``: 'YYYY-MM-DD HH:MM:SS[.ffffff][ BC]', any year, proleptic Gregorian calendar),
+    truncated to the millisecond. 'infinity' and '-infinity' become INFINITY_MS and -INFINITY_MS (the
+    ends of timestamp[ms]: the landing zone keeps the row, the transform quarantines it). Raises
+    ValueError for anything else."""
+    if text in ("infinity", "-infinity"):
+        return INFINITY_MS if text == "infinity" else -INFINITY_MS
+    match = _WALL_TIME.fullmatch(text)
+    if not match:
+        raise ValueError("not a finite timestamp: timestamp[ms] cannot hold it")
+    year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
+    if match.group(8):
+        year = 1 - year  # 1 BC is year 0
+    # Days from 1970-01-01 to year-month-day (H. Hinnant's days_from_civil), exact for any year.
+    year -= month <= 2
+    era = year // 400
+    year_of_era = year - era * 400
+    day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    days = era * 146097 + day_of_era - 719468
+    fraction = int((match.group(7) or "0").ljust(6, "0")) // 1000
+    return ((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + fraction
+
+
+def record_boundary(buffer):
+    """Return the length of the longest prefix of CSV ``buffer`` that ends at a record boundary.
+
+    A newline ends a record only outside quotes, i.e. where the number of '"' before it is even
+    (an escaped quote is two quotes, so the parity rule holds). 0 when there is no such newline.
+    """
+    pos = buffer.rfind(b"\n")
+    while pos >= 0:
+        if buffer.count(b'"', 0, pos) % 2 == 0:
+            return pos + 1
+        pos = buffer.rfind(b"\n", 0, pos)
+    return 0

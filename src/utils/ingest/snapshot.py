@@ -1,0 +1,178 @@
+"""What one ingest run reads, fixed by one snapshot: the window (batch time, the source's wall clock and
+zone, per-table bounds), the snapshot shared with helper connections, and the COPY statement of a table.
+
+All bounds are source wall-clock times (the zone totesys timestamps are written in). Which rows a run
+takes, per table (``prev`` = this table's entry in the state pointer): ``last_updated < high`` where
+``high = max(localtimestamp, prev.high)``, and, after the first run, ``last_updated >= prev.high -
+overlap`` minus the rows the previous run already landed (``last_updated < prev.high`` and written by a
+transaction that had certainly finished before ``prev.snapshot``: full 64-bit xid below its xmin).
+"""
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from pg8000.native import identifier
+
+from utils.catalog.source import SOURCE_SCHEMAS, check_source_table
+from utils.catalog.source_schema import check_source_schema
+from utils.db.connection import end_quietly
+from utils.errors import ConfigError, CorruptFileError, TotesysError
+from utils.format_time import format_time, parse_time
+from utils.logger import get_logger
+
+XID_WRAP = 1 << 32
+# What pg_export_snapshot() returns ('%08X-%08X-%d'); SET TRANSACTION SNAPSHOT takes no bound value,
+# so the id is checked against this before it is placed in the statement.
+SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+-[0-9]+")
+# The zone of a state pointer written before ingest recorded one: sessions were forced to UTC then.
+LEGACY_TIMEZONE = "UTC"
+# One statement fixes the run: batch time (UTC, DB clock), the source's wall clock and zone, the
+# snapshot, and the zone's daylight-saving shift (largest minus smallest UTC offset over this year's
+# month starts and now, in seconds) that the overlap must cover.
+WINDOW_SQL = (
+    "SELECT now() AT TIME ZONE 'UTC', localtimestamp, current_setting('TimeZone'), "
+    "pg_current_snapshot()::text, "
+    "(SELECT (max(o) - min(o))::int FROM (SELECT extract(timezone FROM now()) AS o UNION ALL "
+    "SELECT extract(timezone FROM date_trunc('year', now()) + m * interval '1 month') "
+    "FROM generate_series(0, 12) AS m) AS offsets)")
+
+
+logger = get_logger("ingest")
+
+
+@dataclass(frozen=True)
+class Window:
+    """What one run's snapshot transaction fixed.
+
+    ``batch_time``: DB clock in UTC (keys, batch id). ``timezone``: the source's TimeZone setting.
+    ``highs``: ``{table: upper bound}`` and ``prev_tables``: the state pointer's ``tables`` (every
+    table, ``high`` converted into ``timezone``), both in source wall-clock time.
+    ``ignored_columns``: ``{table: [column]}`` the source has beyond the spec.
+    """
+    batch_time: datetime
+    timezone: str
+    snapshot: str
+    highs: dict
+    prev_tables: dict
+    overlap_seconds: int
+    ignored_columns: dict
+
+
+def open_window(conn, tables, state, overlap_seconds, export=False):
+    """Read the run's bounds in ``conn``'s open snapshot transaction; return ``(Window, exported
+    snapshot id or None, the source's wall clock)``.
+
+    Raises ConfigError when ``overlap_seconds`` is below the zone's daylight-saving shift (rows
+    stamped in a repeated hour could fall below the window), SchemaDriftError (nothing read yet).
+    Logs one WARNING per ignored source column and one when the zone changed since ``state``.
+    """
+    row = conn.run(WINDOW_SQL + (", pg_export_snapshot()" if export else ""))[0]
+    batch_time, wall_now, zone, snapshot, dst_shift = row[:5]
+    if overlap_seconds < dst_shift:
+        raise ConfigError(
+            f"INGEST_OVERLAP_SECONDS={overlap_seconds} is below the daylight-saving shift of the source "
+            f"time zone {zone!r} ({dst_shift} s): rows written in the hour repeated after a fall-back "
+            f"would be missed; set it to at least {dst_shift}")
+    ignored = check_source_schema(conn, tables)
+    for table, columns in ignored.items():
+        for column in columns:
+            logger.warning("source column not in the spec: ignored", table=table, column=column)
+    prev_tables = _prev_tables_in_zone(conn, state, zone)
+    highs = {}
+    for table in tables:
+        prev = prev_tables.get(table)
+        prev_high = parse_time(prev["high"]) if prev else wall_now
+        # A daylight-saving fall-back puts the wall clock back: the bound never moves back, so rows
+        # stamped in the repeated hour (fresh xids) still fall in [prev_high - overlap, high).
+        highs[table] = max(wall_now, prev_high)
+    window = Window(batch_time, zone, snapshot, highs, prev_tables, overlap_seconds, ignored)
+    return window, (row[5] if export else None), wall_now
+
+
+def _prev_tables_in_zone(conn, state, zone):
+    """The state pointer's ``tables`` with each ``high`` in ``zone``: a state written in another
+    zone (before zones were recorded: UTC) is converted by the server, with one WARNING."""
+    prev_tables = {table: dict(entry) for table, entry in state.get("tables", {}).items()}
+    old_zone = state.get("timezone", LEGACY_TIMEZONE)
+    if not prev_tables or old_zone == zone:
+        return prev_tables
+    names = sorted(prev_tables)
+    converted = conn.run(
+        "SELECT (CAST(high AS timestamp) AT TIME ZONE CAST(:old AS text)) AT TIME ZONE CAST(:new AS text) "
+        "FROM unnest(CAST(:highs AS text[])) WITH ORDINALITY AS h(high, n) ORDER BY n",
+        old=old_zone, new=zone, highs=[prev_tables[name]["high"] for name in names])
+    for name, (high,) in zip(names, converted):
+        prev_tables[name]["high"] = format_time(high)
+    logger.warning("source time zone changed: previous bounds converted", old_timezone=old_zone,
+                   timezone=zone, tables=names)
+    return prev_tables
+
+
+def largest_first(conn, tables):
+    """``tables`` ordered by their size on disk, largest first (ties keep their order), so that
+    parallel readers finish together."""
+    sizes = dict(conn.run(
+        "SELECT c.relname::text, pg_relation_size(c.oid) FROM pg_class c "
+        "WHERE c.relkind = 'r' AND pg_table_is_visible(c.oid) AND c.relname = ANY(CAST(:names AS text[]))",
+        names=list(tables)))
+    return sorted(tables, key=lambda table: -sizes.get(table, 0))
+
+
+def import_snapshot(conn, snapshot_id):
+    """Open a REPEATABLE READ READ ONLY transaction on ``conn`` that sees the exported snapshot
+    ``snapshot_id`` (the exporting transaction must still be open).
+
+    Raises TotesysError for an id that is not what pg_export_snapshot returns (it is placed in
+    the SQL text, so nothing else may pass), the server's error for an unknown one.
+    """
+    if not isinstance(snapshot_id, str) or not SNAPSHOT_ID.fullmatch(snapshot_id):
+        raise TotesysError(f"malformed exported snapshot id {snapshot_id!r}")
+    conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    try:
+        # The id matched SNAPSHOT_ID above: hex digits, dashes and digits only.
+        conn.run(f"SET TRANSACTION SNAPSHOT '{snapshot_id}'")
+    except BaseException:
+        end_quietly(conn)
+        raise
+
+
+def snapshot_bounds(snapshot_text):
+    """Return (xmin, xmax) of a pg_snapshot text 'xmin:xmax:xip,...' as ints."""
+    try:
+        xmin, xmax, _ = snapshot_text.split(":", 2)
+        return int(xmin), int(xmax)
+    except (AttributeError, ValueError):
+        raise CorruptFileError(f"ingest state holds a malformed snapshot {snapshot_text!r}") from None
+
+
+def full_xid_sql(raw_xid_sql):
+    """SQL for the 64-bit xid of a 32-bit xid (e.g. ``xmin::text::bigint``).
+
+    Uses the epoch of the current snapshot's xmax (settings ``totesys.xid_base`` = epoch << 32 and
+    ``totesys.cur_xmax``): a raw xid that would land after xmax belongs to the previous epoch.
+    """
+    base = "current_setting('totesys.xid_base')::bigint"
+    cur = "current_setting('totesys.cur_xmax')::bigint"
+    return (f"({base} + {raw_xid_sql} - CASE WHEN {base} + {raw_xid_sql} > {cur} "
+            f"THEN {XID_WRAP} ELSE 0 END)")
+
+
+def select_list(table_name):
+    """Return the quoted column list of a source table in physical order (allow-listed names only)."""
+    check_source_table(table_name)
+    return ", ".join(identifier(name) for name in SOURCE_SCHEMAS[table_name].names)
+
+
+def copy_sql(table, incremental):
+    """The COPY statement for one table; bounds come from the transaction's totesys.* settings."""
+    check_source_table(table)
+    updated = identifier("last_updated")
+    where = f"{updated} < current_setting('totesys.high')::timestamp"
+    if incremental:
+        where += (f" AND {updated} >= current_setting('totesys.low')::timestamp"
+                  f" AND NOT ({updated} < current_setting('totesys.prev_high')::timestamp"
+                  f" AND {full_xid_sql('xmin::text::bigint')}"
+                  " < current_setting('totesys.prev_xmin')::bigint)")
+    # Identifiers come from the allow-list and are quoted; values arrive through set_config.
+    return (f"COPY (SELECT {select_list(table)} FROM {identifier(table)} WHERE {where}) "  # nosec B608
+            "TO STDOUT WITH (FORMAT csv, HEADER false)")

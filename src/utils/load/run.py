@@ -1,0 +1,110 @@
+"""The load stage: processed batches -> the PostgreSQL warehouse, each batch exactly once.
+
+One run (``run_load``):
+1. validate the event (the transform output), read settings and the warehouse credentials;
+2. make sure the warehouse schema exists (``utils/catalog/sql/warehouse_schema.sql``; ``utils.load.schema``)
+   and that every existing warehouse table has compatible columns (either spelling of
+   ``counterparty_legal_address_line_2``), before anything is loaded;
+3. walk the processed manifests back from ``_state/transform.json`` to the newest batch already in
+   the ledger ``etl_load_ledger``; load the others oldest first, each in ONE transaction:
+   ``COPY ... FROM STDIN`` of every table into a temporary staging table, set-based upserts of the
+   dimensions (``INSERT ... ON CONFLICT (key) DO UPDATE``; dim_date ``DO NOTHING``), then the facts
+   (``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` on the unique (natural id, last_updated)
+   index), the ledger row, COMMIT. A batch already in the ledger is skipped; any failure rolls the
+   whole batch back (``utils.load.merge``). Concurrent loads are serialised by a transaction-level
+   advisory lock.
+"""
+import boto3
+
+from utils.aws.manifests import read_manifest
+from utils.aws.secrets import db_connections_get_secret
+from utils.aws.state import read_state
+from utils.catalog.warehouse import check_warehouse_table
+from utils.config import load_settings
+from utils.db.connection import close_db_connection, connect_to_db
+from utils.errors import CorruptFileError, InvalidEventError
+from utils.load.merge import batch_loaded, load_batch
+from utils.load.schema import REJECTED, ensure_warehouse_schema
+from utils.logger import get_logger
+
+STAGE = "load"
+logger = get_logger(STAGE)
+
+
+def parse_event(event):
+    """Check the load event: the transform output ``{"batches": [...], "tables": {table: rows}}``.
+
+    Raises InvalidEventError for a non-dict or badly shaped value, UnknownTableError for a table
+    that is not a warehouse table. The event is only logged: the processed manifests are the truth.
+    """
+    if not isinstance(event, dict):
+        raise InvalidEventError(f"load event must be a JSON object, got {type(event).__name__}")
+    tables = event.get("tables", {})
+    if not isinstance(tables, dict):
+        raise InvalidEventError("load event: 'tables' must be an object of table: rows")
+    for name in tables:
+        check_warehouse_table(name)
+    if not isinstance(event.get("batches", []), list):
+        raise InvalidEventError("load event: 'batches' must be a list of batch ids")
+    return event
+
+
+def run_load(event, s3_client=None, secrets_client=None):
+    """Load every processed batch not yet in the ledger; return ``{"batches": [...], "tables": {...}}``.
+
+    Raises on any failure (the handler's stage_handler logs it at CRITICAL).
+    """
+    parse_event(event)
+    logger.info("load started", transform_result=event)
+    settings = load_settings()
+    s3_client = s3_client or boto3.client("s3")
+    secrets_client = secrets_client or boto3.client("secretsmanager")
+    credentials = db_connections_get_secret(secrets_client, settings.warehouse_secret_id)
+    conn = connect_to_db(credentials)
+    logger.info("connected to the warehouse", host=credentials["host"], database=credentials["database"])
+    try:
+        return load_pending(conn, s3_client, settings.processed_bucket)
+    finally:
+        close_db_connection(conn)
+
+
+def load_pending(conn, s3_client, bucket):
+    """Ensure the schema, then load every pending processed batch, oldest first.
+
+    Returns ``{"batches": [batch_id, ...], "tables": {warehouse table: rows}, "rejected_rows": n,
+    "rejected": {source table: n}}``: the rows newly quarantined in etl_rejected_rows by these batches.
+    """
+    targets = ensure_warehouse_schema(conn)
+    result = {"batches": [], "tables": {}, "rejected_rows": 0, "rejected": {}}
+    pending = pending_batches(conn, s3_client, bucket)
+    if not pending:
+        logger.warning("no processed batches to load")
+    for manifest_key, manifest in pending:
+        counts = load_batch(conn, s3_client, bucket, manifest_key, manifest, targets)
+        if counts is None:
+            continue
+        result["batches"].append(manifest["batch_id"])
+        for source, rows in counts.pop(REJECTED, {}).items():
+            result["rejected"][source] = result["rejected"].get(source, 0) + rows
+            result["rejected_rows"] += rows
+        for name, rows in counts.items():
+            result["tables"][name] = result["tables"].get(name, 0) + rows
+    return result
+
+
+def pending_batches(conn, s3_client, bucket):
+    """[(manifest key, manifest)] of the processed batches not in the ledger, oldest first."""
+    state, _ = read_state(s3_client, bucket, "transform")
+    key = state.get("manifest_key")
+    chain, seen = [], set()
+    while key:
+        if key in seen:
+            raise CorruptFileError(f"processed manifest chain loops at {key}", key=key)
+        seen.add(key)
+        manifest = read_manifest(s3_client, bucket, key, check_warehouse_table, "batch_id")
+        if batch_loaded(conn, manifest["batch_id"]):
+            break
+        chain.append((key, manifest))
+        key = manifest.get("prev_manifest_key")
+    chain.reverse()
+    return chain

@@ -1,0 +1,194 @@
+"""The warehouse schema: check what exists against ``utils.catalog.warehouse``, create what is missing.
+
+Before anything is loaded, every existing warehouse table must have compatible columns (either spelling
+of ``counterparty_legal_address_line_2``; narrower columns are accepted and their limits recorded, see
+``TargetTable``); when any table, view or version index is missing the DDL file is run (every statement
+in it is idempotent).
+"""
+from dataclasses import dataclass, field as dataclass_field
+
+import pyarrow as pa
+
+from utils.catalog.warehouse import FACTS, WAREHOUSE_DDL, WAREHOUSE_SCHEMAS, WAREHOUSE_TABLES
+from utils.db.connection import end_quietly
+from utils.errors import SchemaMismatchError
+from utils.logger import get_logger
+
+SCHEMA_FILE = WAREHOUSE_DDL
+LEDGER = "etl_load_ledger"
+REJECTED = "etl_rejected_rows"
+DIMENSION_VERSIONS = "etl_dimension_version"
+OWN_TABLES = (LEDGER, REJECTED, DIMENSION_VERSIONS)
+
+VIEWS = ("current_sales_order", "current_purchase_order", "current_payment")
+VERSION_INDEXES = tuple(f"{name}_version_key" for name in FACTS)
+# pg_advisory_xact_lock key serialising loads into one warehouse.
+ADVISORY_LOCK_KEY = 0x7074_6573_7973_0003
+# Other spellings of a column that existing warehouses use.
+COLUMN_ALTERNATIVES = {("dim_counterparty", "counterparty_legal_address_line_2"):
+                       ("counterparty_legal_address_line2",)}
+
+
+logger = get_logger("load")
+
+
+def sql_type(kind):
+    """(staging column type, accepted information_schema data_types) of an Arrow type."""
+    if pa.types.is_integer(kind):
+        return "integer", ("integer", "bigint", "smallint")
+    if pa.types.is_string(kind):
+        return "text", ("character varying", "text", "character")
+    if pa.types.is_date(kind):
+        return "date", ("date",)
+    if pa.types.is_time(kind):
+        return "time(6)", ("time without time zone",)
+    if pa.types.is_decimal(kind):
+        return f"numeric({kind.precision}, {kind.scale})", ("numeric",)
+    if pa.types.is_boolean(kind):
+        return "boolean", ("boolean",)
+    if pa.types.is_timestamp(kind):
+        return "timestamp(3)", ("timestamp without time zone",)
+    raise TypeError(f"no SQL type for {kind}")
+
+
+def schema_statements():
+    """The statements of the warehouse DDL file, in order."""
+    text = SCHEMA_FILE.read_text()
+    return [statement.strip() for statement in text.split(";\n") if _has_sql(statement)]
+
+
+def _has_sql(statement):
+    return any(line.strip() and not line.strip().startswith("--") for line in statement.splitlines())
+
+
+def _warehouse_columns(conn):
+    rows = conn.run(
+        "SELECT table_name, column_name, data_type, datetime_precision, numeric_precision, numeric_scale, "
+        "character_maximum_length FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = ANY(:names)",
+        names=list(WAREHOUSE_TABLES) + list(OWN_TABLES))
+    found = {}
+    for table, column, data_type, time_precision, precision, scale, length in rows:
+        found.setdefault(table, {})[column] = (data_type, time_precision, precision, scale, length)
+    return found
+
+
+@dataclass
+class TargetTable:
+    """How one warehouse table is spelled and how much its columns hold.
+
+    ``names``: {column as the pipeline names it: column in the warehouse}. ``limits``: {column: limit}
+    for the columns narrower than the values the pipeline may bring, a limit being ``("length", n)``
+    (varchar(n): characters), ``("range", low, high)`` (integers) or ``("digits", n)`` (numeric: digits
+    before the decimal point). ``references``: [(column, dimension table, dimension column)] of the
+    table's single-column foreign keys, as the pipeline names them.
+    """
+    names: dict
+    limits: dict = dataclass_field(default_factory=dict)
+    references: list = dataclass_field(default_factory=list)
+
+
+_INTEGER_RANGES = {"smallint": (-2 ** 15, 2 ** 15 - 1)}
+
+
+def check_table_columns(table, existing):
+    """Map each expected column of ``table`` to its name and limit in the warehouse; raise on
+    incompatibility. Returns a TargetTable (without references).
+
+    ``existing``: {column: (data_type, datetime_precision, numeric_precision, numeric_scale,
+    character_maximum_length)}. A column narrower than the values (varchar(n), smallint, numeric with
+    fewer integer digits) is accepted: rows that do not fit are quarantined at load. Raises
+    SchemaMismatchError naming the table and column when one is missing or has a type that would
+    change values (another kind of type, time without milliseconds, numeric with fewer decimals).
+    """
+    mapping, limits = {}, {}
+    for field in WAREHOUSE_SCHEMAS[table]:
+        names = (field.name,) + COLUMN_ALTERNATIVES.get((table, field.name), ())
+        actual = next((name for name in names if name in existing), None)
+        if actual is None:
+            raise SchemaMismatchError(f"warehouse table {table}: column {field.name!r} is missing")
+        data_type, time_precision, precision, scale, length = (tuple(existing[actual]) + (None,))[:5]
+        _, accepted = sql_type(field.type)
+        too_coarse = (
+            (pa.types.is_time(field.type) and time_precision is not None and time_precision < 3)
+            or (pa.types.is_decimal(field.type) and scale is not None and scale < field.type.scale))
+        if data_type not in accepted or too_coarse:
+            raise SchemaMismatchError(
+                f"warehouse table {table}: column {actual!r} has type {data_type}"
+                f"{_precision_text(data_type, time_precision, precision, scale)}, "
+                f"expected {' or '.join(accepted)} "
+                f"able to hold {field.type}")
+        if pa.types.is_string(field.type) and length is not None:
+            limits[field.name] = ("length", length)
+        elif data_type in _INTEGER_RANGES:
+            limits[field.name] = ("range",) + _INTEGER_RANGES[data_type]
+        elif (pa.types.is_decimal(field.type) and precision is not None and scale is not None
+              and precision - scale < field.type.precision - field.type.scale):
+            limits[field.name] = ("digits", precision - scale)
+        mapping[field.name] = actual
+    return TargetTable(mapping, limits)
+
+
+def _precision_text(data_type, time_precision, precision, scale):
+    if data_type == "numeric" and precision is not None and scale is not None:
+        return f"({precision},{scale})"
+    if data_type.startswith("time") and time_precision is not None:
+        return f"({time_precision})"
+    return ""
+
+
+def _references(conn, targets):
+    """Fill each fact's TargetTable.references from the warehouse's own single-column foreign keys."""
+    rows = conn.run(
+        "SELECT c.conrelid::regclass::text, a.attname::text, c.confrelid::regclass::text, f.attname::text "
+        "FROM pg_constraint c "
+        "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] "
+        "JOIN pg_attribute f ON f.attrelid = c.confrelid AND f.attnum = c.confkey[1] "
+        "WHERE c.contype = 'f' AND cardinality(c.conkey) = 1 AND c.conrelid::regclass::text = ANY(:facts)",
+        facts=list(FACTS))
+    for fact, column, dimension, dimension_column in rows:
+        if dimension not in targets:
+            continue
+        by_name = {name: canonical for canonical, name in targets[fact].names.items()}
+        dim_by_name = {name: canonical for canonical, name in targets[dimension].names.items()}
+        if column in by_name and dimension_column in dim_by_name:
+            targets[fact].references.append((by_name[column], dimension, dim_by_name[dimension_column]))
+    return targets
+
+
+def ensure_warehouse_schema(conn):
+    """Check existing tables, create whatever is missing; return {table: TargetTable}.
+
+    Nothing is created or changed when an existing table has an incompatible column
+    (SchemaMismatchError naming table and column).
+    """
+    existing = _warehouse_columns(conn)
+    for table in WAREHOUSE_TABLES:
+        if table in existing:
+            check_table_columns(table, existing[table])
+    if LEDGER in existing and not {"batch_id", "manifest_key", "row_counts"} <= set(existing[LEDGER]):
+        raise SchemaMismatchError(
+            f"warehouse table {LEDGER}: expected columns batch_id, manifest_key, row_counts")
+    views = {row[0] for row in conn.run(
+        "SELECT table_name FROM information_schema.views WHERE table_schema = current_schema() "
+        "AND table_name = ANY(:names)", names=list(VIEWS))}
+    indexes = {row[0] for row in conn.run(
+        "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND indexname = ANY(:names)",
+        names=list(VERSION_INDEXES))}
+    complete = (set(WAREHOUSE_TABLES) | set(OWN_TABLES)) <= set(existing) and views == set(VIEWS) \
+        and indexes == set(VERSION_INDEXES)
+    if not complete:
+        conn.run("START TRANSACTION")
+        try:
+            conn.run("SELECT pg_advisory_xact_lock(:key)", key=ADVISORY_LOCK_KEY)
+            for statement in schema_statements():
+                conn.run(statement)
+            conn.run("COMMIT")
+        except BaseException:
+            end_quietly(conn)
+            raise
+        logger.info("warehouse schema created", missing_tables=sorted(
+            (set(WAREHOUSE_TABLES) | set(OWN_TABLES)) - set(existing)))
+        existing = _warehouse_columns(conn)
+    targets = {table: check_table_columns(table, existing[table]) for table in WAREHOUSE_TABLES}
+    return _references(conn, targets)
