@@ -24,7 +24,10 @@ def run_names(job):
 def test_tests_run_on_pull_requests_and_pushes(workflow):
     triggers = workflow[True]  # YAML 1.1 reads the key `on` as True
     assert "pull_request" in triggers and "push" in triggers
-    assert any(run.strip() == "make test" for run in run_names(workflow["jobs"]["test"]))
+    # .ci/run is make test followed by the README's main path: GitHub runs what our CI runs.
+    assert any(run.strip() == "bash .ci/run" for run in run_names(workflow["jobs"]["test"]))
+    ci_run = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in ci_run and ci_run.index("make test") < ci_run.index("make run")
 
 
 def test_deploy_runs_on_main_after_tests_with_oidc_and_no_keys(workflow):
