@@ -10,9 +10,9 @@ def read_manifest(s3_client, bucket_name, key, check_table, required):
     manifest = read_json(s3_client, bucket_name, key)
     tables = manifest.get("tables")
     if not isinstance(manifest.get(required), str) or not isinstance(tables, dict):
-        raise CorruptFileError(f"manifest {key} lacks {required} or tables")
+        raise CorruptFileError(f"manifest {key} lacks {required} or tables", key=key)
     for name, entry in tables.items():
         check_table(name)
         if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
-            raise CorruptFileError(f"manifest {key}: entry of {name!r} has no file key")
+            raise CorruptFileError(f"manifest {key}: entry of {name!r} has no file key", key=key, table=name)
     return manifest

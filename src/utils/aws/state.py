@@ -27,9 +27,9 @@ def read_state(s3_client, bucket_name, stage):
     try:
         state = json.loads(response["Body"].read())
     except ValueError:
-        raise CorruptFileError(f"s3://{bucket_name}/{key} is not valid JSON") from None
+        raise CorruptFileError(f"s3://{bucket_name}/{key} is not valid JSON", key=key) from None
     if not isinstance(state, dict):
-        raise CorruptFileError(f"s3://{bucket_name}/{key} is not a JSON object")
+        raise CorruptFileError(f"s3://{bucket_name}/{key} is not a JSON object", key=key)
     return state, response["ETag"]
 
 
@@ -49,6 +49,6 @@ def write_state(s3_client, bucket_name, stage, state, expected_etag):
         code = err.response.get("Error", {}).get("Code", "")
         if code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
             raise StateConflictError(
-                f"state {key} changed during this run; another run advanced it") from None
+                f"state {key} changed during this run; another run advanced it", key=key) from None
         raise
     return response.get("ETag")

@@ -51,7 +51,8 @@ def read_batch_rejected(s3_client, bucket, manifest, manifest_key=None):
     if not entry:
         return REJECTED_SCHEMA.empty_table()
     if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
-        raise CorruptFileError(f"manifest {manifest_key}: entry 'rejected' has no file key", key=manifest_key)
+        raise CorruptFileError(f"manifest {manifest_key}: entry 'rejected' has no file key", key=manifest_key,
+                               table=REJECTED)
     return read_parquet_table(s3_client, bucket, entry["key"], REJECTED, REJECTED_SCHEMA,
                               manifest_key=manifest_key)
 
@@ -146,7 +147,7 @@ def split_by_limits(name, table, limits):
             continue
         if name not in WAREHOUSE_SOURCES:
             raise SchemaMismatchError(f"warehouse table {name}: column {column!r} is too narrow for "
-                                      f"{table.filter(bad)[column][0].as_py()!r}")
+                                      f"{table.filter(bad)[column][0].as_py()!r}", table=name)
         picked = table.filter(bad)
         source, ids, stamps = _source_versions(name, picked)
         records.append(rejected_records(source, ids, stamps, column,

@@ -106,7 +106,8 @@ def check_table_columns(table, existing):
         names = (field.name,) + COLUMN_ALTERNATIVES.get((table, field.name), ())
         actual = next((name for name in names if name in existing), None)
         if actual is None:
-            raise SchemaMismatchError(f"warehouse table {table}: column {field.name!r} is missing")
+            raise SchemaMismatchError(f"warehouse table {table}: column {field.name!r} is missing",
+                                      table=table)
         data_type, time_precision, precision, scale, length = (tuple(existing[actual]) + (None,))[:5]
         _, accepted = sql_type(field.type)
         too_coarse = (
@@ -117,7 +118,7 @@ def check_table_columns(table, existing):
                 f"warehouse table {table}: column {actual!r} has type {data_type}"
                 f"{_precision_text(data_type, time_precision, precision, scale)}, "
                 f"expected {' or '.join(accepted)} "
-                f"able to hold {field.type}")
+                f"able to hold {field.type}", table=table)
         if pa.types.is_string(field.type) and length is not None:
             limits[field.name] = ("length", length)
         elif data_type in _INTEGER_RANGES:
@@ -168,7 +169,7 @@ def ensure_warehouse_schema(conn):
             check_table_columns(table, existing[table])
     if LEDGER in existing and not {"batch_id", "manifest_key", "row_counts"} <= set(existing[LEDGER]):
         raise SchemaMismatchError(
-            f"warehouse table {LEDGER}: expected columns batch_id, manifest_key, row_counts")
+            f"warehouse table {LEDGER}: expected columns batch_id, manifest_key, row_counts", table=LEDGER)
     views = {row[0] for row in conn.run(
         "SELECT table_name FROM information_schema.views WHERE table_schema = current_schema() "
         "AND table_name = ANY(:names)", names=list(VIEWS))}
