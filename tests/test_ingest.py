@@ -20,6 +20,7 @@ from utils.db.connection import connect_to_db, credentials_from_url
 from utils.errors import (ConcurrentRunError, CredentialsError, DatabaseUnavailableError,
                           InvalidEventError, StateConflictError, UnknownTableError)
 from utils.format_time import format_time
+from utils.aws.manifests import walk_manifests
 from utils.aws.objects import read_json
 from utils.aws.state import read_state, write_state
 from utils.catalog.source import LANDING_SCHEMAS, PRIMARY_KEYS, SOURCE_TABLES
@@ -123,12 +124,8 @@ def all_keys(s3, bucket):
 def manifest_chain(s3, bucket):
     """Manifests named by the state pointer and its prev links, oldest first."""
     state, _ = read_state(s3, bucket, "ingest")
-    chain, key = [], state.get("manifest_key")
-    while key:
-        manifest = read_json(s3, bucket, key)
-        chain.append(manifest)
-        key = manifest["prev_manifest_key"]
-    return list(reversed(chain))
+    chain, _ = walk_manifests(lambda key: read_json(s3, bucket, key), state.get("manifest_key"))
+    return [manifest for _, manifest in chain]
 
 
 def versions_in(table, name):

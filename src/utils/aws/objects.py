@@ -1,6 +1,7 @@
 """Objects in S3: written once, never overwritten; read back as JSON or as schema-checked Parquet."""
 import io
 import json
+from typing import Any, Dict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -61,7 +62,7 @@ def parquet_bytes(table):
     return out.getvalue()
 
 
-def read_json(s3_client, bucket_name, key):
+def read_json(s3_client: Any, bucket_name: str, key: str) -> Dict[str, Any]:
     """Read a JSON object (a manifest); CorruptFileError naming the key if it is missing or not one."""
     try:
         body = s3_client.get_object(Bucket=bucket_name, Key=key)["Body"].read()

@@ -5,6 +5,7 @@ It replaces pg8000's ``handle_messages`` for one statement and reads the connect
 """
 import struct
 import types
+from typing import List
 
 import pg8000.exceptions
 
@@ -38,7 +39,8 @@ def _handle_messages_in_blocks(conn, context):
     try:
         while code != _READY_FOR_QUERY:
             block = sock.peek(1)
-            pos, end, rows = 0, len(block), []
+            pos, end = 0, len(block)
+            rows: List[bytes] = []
             append, unpack_size = rows.append, _SIZE.unpack_from
             while pos + 5 <= end:
                 stop = pos + 1 + unpack_size(block, pos + 1)[0]

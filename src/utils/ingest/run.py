@@ -28,8 +28,9 @@ See docs/DESIGN.md for why the test is "below xmin" and not pg_visible_in_snapsh
 import json
 import threading
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
+from typing import List, Tuple
 
 import boto3
 
@@ -120,7 +121,8 @@ def connect_all(credentials, count):
     if len(opened) < count:
         for conn in opened:
             close_db_connection(conn)
-        raise next(future.exception() for future in pending if future.exception() is not None)
+        errors = [future.exception() for future in pending]
+        raise next(error for error in errors if error is not None)
     return opened
 
 
@@ -220,7 +222,7 @@ def _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds, h
 def _read_tables(conn, work, stop, s3_client, bucket, window, convert, upload):
     """Take tables from the ``work`` queue until it is empty or ``stop`` is set; extract each
     on ``conn``; return ``[(table, Future of its manifest entry)]``."""
-    in_flight = []
+    in_flight: List[Tuple[str, Future]] = []
     while not stop.is_set():
         try:
             table = work.popleft()

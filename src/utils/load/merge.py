@@ -10,6 +10,7 @@ lock.
 """
 import io
 import json
+from typing import Dict
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -181,7 +182,7 @@ def record_rejected(conn, rejected, batch_id):
         f"INSERT INTO {identifier(REJECTED)} ({listed}, batch_id) "  # nosec B608
         f"SELECT {listed}, :batch_id FROM stage_rejected ON CONFLICT DO NOTHING "
         "RETURNING source_table, source_id, column_name, reason, value", batch_id=batch_id)
-    counts = {}
+    counts: Dict[str, int] = {}
     for number, (source, source_id, column, reason, value) in enumerate(rows):
         counts[source] = counts.get(source, 0) + 1
         if number < MAX_REJECTED_LOG_LINES:

@@ -6,6 +6,7 @@ of ``counterparty_legal_address_line_2``; narrower columns are accepted and thei
 in it is idempotent).
 """
 from dataclasses import dataclass, field as dataclass_field
+from typing import Dict
 
 import pyarrow as pa
 
@@ -67,7 +68,7 @@ def _warehouse_columns(conn):
         "character_maximum_length FROM information_schema.columns "
         "WHERE table_schema = current_schema() AND table_name = ANY(:names)",
         names=list(WAREHOUSE_TABLES) + list(OWN_TABLES))
-    found = {}
+    found: Dict[str, Dict[str, tuple]] = {}
     for table, column, data_type, time_precision, precision, scale, length in rows:
         found.setdefault(table, {})[column] = (data_type, time_precision, precision, scale, length)
     return found
@@ -101,7 +102,8 @@ def check_table_columns(table, existing):
     SchemaMismatchError naming the table and column when one is missing or has a type that would
     change values (another kind of type, time without milliseconds, numeric with fewer decimals).
     """
-    mapping, limits = {}, {}
+    mapping: Dict[str, str] = {}
+    limits: Dict[str, tuple] = {}
     for field in WAREHOUSE_SCHEMAS[table]:
         names = (field.name,) + COLUMN_ALTERNATIVES.get((table, field.name), ())
         actual = next((name for name in names if name in existing), None)
@@ -122,7 +124,7 @@ def check_table_columns(table, existing):
         if pa.types.is_string(field.type) and length is not None:
             limits[field.name] = ("length", length)
         elif data_type in _INTEGER_RANGES:
-            limits[field.name] = ("range",) + _INTEGER_RANGES[data_type]
+            limits[field.name] = ("range", *_INTEGER_RANGES[data_type])
         elif (pa.types.is_decimal(field.type) and precision is not None and scale is not None
               and precision - scale < field.type.precision - field.type.scale):
             limits[field.name] = ("digits", precision - scale)
