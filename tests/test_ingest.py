@@ -261,6 +261,32 @@ def test_second_run_lands_exactly_the_changes_and_third_run_nothing(env, ingest_
     assert_each_version_landed_once(s3, bucket, url, superseded=1)
 
 
+def test_another_pg8000_falls_back_to_its_own_copy_with_one_warning(env, ingest_log, monkeypatch):
+    """The block reader uses pg8000 internals: with a release it was not written for, the run uses
+    pg8000's own stream= COPY (never the block reader), lands the same rows and warns once."""
+    import pg8000
+
+    from utils.ingest import copy_reader
+    s3, bucket, url = env
+
+    def not_allowed(*args):
+        raise AssertionError("the block reader ran with an unsupported pg8000")
+
+    monkeypatch.setattr(pg8000, "__version__", "1.99.0")
+    monkeypatch.setattr(copy_reader, "_handle_messages_in_blocks", not_allowed)
+    result = ingest.lambda_handler({}, None)
+    assert sorted(result) == sorted(SOURCE_TABLES)
+    assert_each_version_landed_once(s3, bucket, url)
+    warnings = [json.loads(line) for level, line in ingest_log if level == "WARNING"]
+    assert [w["message"] for w in warnings] == [
+        "fast COPY reader disabled: written for another pg8000; using pg8000's own COPY"]
+    assert warnings[0]["pg8000_version"] == "1.99.0"
+    monkeypatch.setattr(pg8000, "__version__", "1.31.6")  # the supported one: the block reader runs
+    with pytest.raises(AssertionError, match="block reader ran"):
+        execute(url, "UPDATE address SET last_updated = now() WHERE address_id = 1")
+        ingest.lambda_handler({}, None)
+
+
 def test_subset_run_advances_only_its_tables(env):
     s3, bucket, url = env
     assert list(ingest.lambda_handler({"tables_to_query": ["currency", "currency"]}, None)) == ["currency"]
