@@ -12,7 +12,7 @@ CHROMIUM ?= /usr/bin/chromium
 
 .DEFAULT_GOAL := help
 .PHONY: help install-requirements install-dev-tools security-checks audit check-pep8-compliance \
-	lint terraform-fmt run-pytest test run simulate bench psql stop clean \
+	lint typecheck terraform-fmt run-pytest test test-fast run simulate bench psql stop clean \
 	install-dashboard dashboard chromium \
 	layer deploy destroy checkov actionlint statelint tf-init-immutable tf-init-main tf-check-backend \
 	tf-check-credentials tf-check-vars-file tf-validate
@@ -20,7 +20,8 @@ CHROMIUM ?= /usr/bin/chromium
 help:
 	@echo "make run    run the pipeline once on embedded defaults (local PostgreSQL + emulated AWS)"
 	@echo "make test   lint, security checks and the tests with coverage (what CI runs)"
-	@echo "other: install-requirements install-dev-tools security-checks check-pep8-compliance lint"
+	@echo "make test-fast   the quick subset of the tests (not the slow end-to-end ones, no lint)"
+	@echo "other: install-requirements install-dev-tools security-checks check-pep8-compliance lint typecheck"
 	@echo "       run-pytest simulate pending retry bench psql stop clean layer deploy destroy"
 	@echo "make dashboard   after make run: the sales and pipeline dashboard on http://127.0.0.1:$(DASHBOARD_PORT)"
 
@@ -88,13 +89,22 @@ terraform-fmt:
 		echo "terraform not installed: fmt not checked"; \
 	fi
 
-lint: check-pep8-compliance terraform-fmt checkov actionlint statelint
+lint: check-pep8-compliance typecheck terraform-fmt checkov actionlint statelint
 	$(BIN)/bandit -q -r src -c pyproject.toml
+
+# mypy over what is deployed (utils and the handlers); strict on the contracts, the state pointers,
+# the manifests and the settings ([tool.mypy] in pyproject.toml).
+typecheck: $(STAMP)
+	$(BIN)/mypy src/utils src/ingest.py src/transform.py src/load.py
 
 run-pytest: $(STAMP) $(DASHBOARD_STAMP) chromium
 	TOTESYS_CHROMIUM=$(CHROMIUM) $(BIN)/pytest --cov --cov-report=term --cov-fail-under=90
 
 test: lint security-checks run-pytest
+
+# The quick lane while working: no lint, no scale-1 end-to-end tests (marked slow), no coverage gate.
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow"
 
 run: $(STAMP)
 	$(BIN)/totesys run --state-dir $(STATE_DIR)

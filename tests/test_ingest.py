@@ -20,6 +20,7 @@ from utils.db.connection import connect_to_db, credentials_from_url
 from utils.errors import (ConcurrentRunError, CredentialsError, DatabaseUnavailableError,
                           InvalidEventError, StateConflictError, UnknownTableError)
 from utils.format_time import format_time
+from utils.aws.manifests import walk_manifests
 from utils.aws.objects import read_json
 from utils.aws.state import read_state, write_state
 from utils.catalog.source import LANDING_SCHEMAS, PRIMARY_KEYS, SOURCE_TABLES
@@ -123,12 +124,8 @@ def all_keys(s3, bucket):
 def manifest_chain(s3, bucket):
     """Manifests named by the state pointer and its prev links, oldest first."""
     state, _ = read_state(s3, bucket, "ingest")
-    chain, key = [], state.get("manifest_key")
-    while key:
-        manifest = read_json(s3, bucket, key)
-        chain.append(manifest)
-        key = manifest["prev_manifest_key"]
-    return list(reversed(chain))
+    chain, _ = walk_manifests(lambda key: read_json(s3, bucket, key), state.get("manifest_key"))
+    return [manifest for _, manifest in chain]
 
 
 def versions_in(table, name):
@@ -262,6 +259,32 @@ def test_second_run_lands_exactly_the_changes_and_third_run_nothing(env, ingest_
     assert after["manifest_key"] == state["manifest_key"]
     assert after["tables"]["payment"]["high"] > state["tables"]["payment"]["high"]
     assert_each_version_landed_once(s3, bucket, url, superseded=1)
+
+
+def test_another_pg8000_falls_back_to_its_own_copy_with_one_warning(env, ingest_log, monkeypatch):
+    """The block reader uses pg8000 internals: with a release it was not written for, the run uses
+    pg8000's own stream= COPY (never the block reader), lands the same rows and warns once."""
+    import pg8000
+
+    from utils.ingest import copy_reader
+    s3, bucket, url = env
+
+    def not_allowed(*args):
+        raise AssertionError("the block reader ran with an unsupported pg8000")
+
+    monkeypatch.setattr(pg8000, "__version__", "1.99.0")
+    monkeypatch.setattr(copy_reader, "_handle_messages_in_blocks", not_allowed)
+    result = ingest.lambda_handler({}, None)
+    assert sorted(result) == sorted(SOURCE_TABLES)
+    assert_each_version_landed_once(s3, bucket, url)
+    warnings = [json.loads(line) for level, line in ingest_log if level == "WARNING"]
+    assert [w["message"] for w in warnings] == [
+        "fast COPY reader disabled: written for another pg8000; using pg8000's own COPY"]
+    assert warnings[0]["pg8000_version"] == "1.99.0"
+    monkeypatch.setattr(pg8000, "__version__", "1.31.6")  # the supported one: the block reader runs
+    with pytest.raises(AssertionError, match="block reader ran"):
+        execute(url, "UPDATE address SET last_updated = now() WHERE address_id = 1")
+        ingest.lambda_handler({}, None)
 
 
 def test_subset_run_advances_only_its_tables(env):

@@ -54,13 +54,13 @@ def readers_of(monkeypatch):
     read_by, barrier, lock = {}, threading.Barrier(2, timeout=20), threading.Lock()
     real_land = ingest_run._land_table
 
-    def land(conn, s3_client, bucket, table, *args):
+    def land(conn, extraction, table, *args):
         with lock:
             first = id(conn) not in read_by.values()
             read_by[table] = id(conn)
         if first:
             barrier.wait()
-        return real_land(conn, s3_client, bucket, table, *args)
+        return real_land(conn, extraction, table, *args)
 
     monkeypatch.setattr(ingest_run, "_land_table", land)
     # A test that runs again after a failure puts ``real`` back (the barrier is for one run).

@@ -114,8 +114,9 @@ def test_retry_after_a_crash_before_the_state_advanced_completes(s3, buckets, mo
 def test_a_different_object_already_at_a_key_is_a_conflict(s3, buckets):
     write_ingest_batch(s3, buckets["ingest"], T0, base_batch())
     s3.put_object(Bucket=buckets["processed"], Key="dim_staff/2024/11/25/093015123000.parquet", Body=b"other")
-    with pytest.raises(StateConflictError):
+    with pytest.raises(StateConflictError, match="different bytes") as conflict:
         transform.lambda_handler({}, None)
+    assert conflict.value.key == "dim_staff/2024/11/25/093015123000.parquet"
     assert read_state(s3, buckets["processed"], "transform") == ({}, None)
 
 

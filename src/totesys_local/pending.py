@@ -15,7 +15,8 @@ from pathlib import Path
 
 from totesys_local.local_state import BUCKETS, LAST_ERROR_FILE
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
-from utils.errors import TotesysError
+from utils.aws.manifests import walk_manifests
+from utils.errors import CorruptFileError, TotesysError
 
 SHOWN = 20  # batches listed per kind; older ones are counted
 
@@ -58,19 +59,20 @@ def _read(path):
 
 
 def _chain(root, head_key, stop):
-    """Manifests from ``head_key`` back along prev_manifest_key while ``stop(key, manifest)`` is
-    false; oldest first."""
-    batches, key, seen = [], head_key, set()
-    while key and key not in seen:
-        seen.add(key)
+    """Batches of the manifests from ``head_key`` back along prev_manifest_key while
+    ``stop(key, manifest)`` is false; oldest first (``utils.aws.manifests.walk_manifests``)."""
+    def read(key):
         manifest = _read(root / key)
         if manifest is None:
             raise PendingError(f"manifest {root / key} is missing: the local state is incomplete")
-        if stop(key, manifest):
-            break
-        batches.append(Batch(str(manifest.get("batch_id")), str(manifest.get("batch_time")), key))
-        key = manifest.get("prev_manifest_key")
-    return list(reversed(batches))
+        return manifest
+
+    try:
+        chain, _ = walk_manifests(read, head_key, stop=stop)
+    except CorruptFileError as err:
+        raise PendingError(f"{root}: {err}") from None
+    return [Batch(str(manifest.get("batch_id")), str(manifest.get("batch_time")), key)
+            for key, manifest in chain]
 
 
 def loaded_batch_ids(warehouse_url):

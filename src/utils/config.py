@@ -21,14 +21,14 @@ class Settings:
     ingest_parallel_connections: int = DEFAULT_INGEST_PARALLEL_CONNECTIONS
 
 
-def _required(name):
+def _required(name: str) -> str:
     value = os.environ.get(name, "").strip()
     if not value:
         raise ConfigError(f"environment variable {name} is not set")
     return value
 
 
-def load_settings():
+def load_settings() -> Settings:
     """Return the Settings; raise ConfigError naming the first bad variable."""
     overlap_text = os.environ.get(
         "INGEST_OVERLAP_SECONDS", str(DEFAULT_INGEST_OVERLAP_SECONDS))

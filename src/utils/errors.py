@@ -1,12 +1,23 @@
-"""Typed exceptions for every stage of the pipeline.
+"""Typed exceptions for every stage of the pipeline: one class per meaning.
 
-Messages name what is wrong (table, column, key) and never carry a secret value.
-The state machine retries subclasses of ``RetryableError`` by their class name.
+Messages name what is wrong (table, column, key) and never carry a secret value; the same facts are
+attributes (``table``, ``key``, ``batch_id``: None when the error is not about one), so a caller can act
+on them without parsing the message. The state machine retries ``RetryableError`` subclasses and
+``StateConflictError`` by their class name.
 """
+from typing import Optional
 
 
 class TotesysError(Exception):
-    """Base class of every error the pipeline raises on purpose."""
+    """Base class of every error the pipeline raises on purpose.
+
+    ``table`` (a source or warehouse table), ``key`` (an S3 key) and ``batch_id`` say what it is about.
+    """
+
+    def __init__(self, message: str = "", *, table: Optional[str] = None, key: Optional[str] = None,
+                 batch_id: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.table, self.key, self.batch_id = table, key, batch_id
 
 
 class ConfigError(TotesysError):
@@ -36,13 +47,20 @@ class SchemaMismatchError(TotesysError):
 class CorruptFileError(TotesysError):
     """An object in S3 is missing or cannot be read as what it claims to be; ``key`` names it."""
 
-    def __init__(self, message, key=None):
-        super().__init__(message)
-        self.key = key
+    def __init__(self, message: str, key: Optional[str] = None, *, table: Optional[str] = None) -> None:
+        super().__init__(message, key=key, table=table)
 
 
 class StateConflictError(TotesysError):
-    """The pipeline state changed under us (another run advanced it)."""
+    """The pipeline state changed under us: another run advanced a state pointer (``key``) or wrote
+    different bytes where this run writes (retryable by the state machine: the next attempt starts
+    from the new state)."""
+
+
+class ObjectExistsError(TotesysError):
+    """An object this run means to write once already exists (``key``); objects are never
+    overwritten. Whether that is a retry's identical object or a conflict is the caller's call
+    (``utils.aws.objects.write_once``)."""
 
 
 class RetryableError(TotesysError):
@@ -69,11 +87,12 @@ class SchemaDriftError(TotesysError):
     """
 
     def __init__(self, table, column, expected, found):
-        self.table, self.column, self.expected, self.found = table, column, expected, found
         where = f"totesys.{table}" + (f".{column}" if column else "")
         what = f"has type {found}" if found else "is missing"
         super().__init__(f"schema drift: {where} {what}; expected {expected}. Nothing was landed: update "
-                         "utils/catalog/source.py (and the transform) for the new schema, or restore it")
+                         "utils/catalog/source.py (and the transform) for the new schema, or restore it",
+                         table=table)
+        self.column, self.expected, self.found = column, expected, found
 
 
 class SourceDataError(TotesysError):
@@ -83,7 +102,7 @@ class SourceDataError(TotesysError):
     """
 
     def __init__(self, table, column, value, detail):
-        self.table, self.column, self.value = table, column, value
         where = f"totesys.{table}" + (f".{column}" if column else "")
         shown = f" value {value!r}" if value is not None else ""
-        super().__init__(f"cannot land {where}{shown}: {detail}")
+        super().__init__(f"cannot land {where}{shown}: {detail}", table=table)
+        self.column, self.value = column, value

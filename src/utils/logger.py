@@ -16,10 +16,11 @@ import sys
 import threading
 import time
 import uuid
+from typing import Dict
 
 from aws_lambda_powertools import Logger
 
-_LOGGERS = {}
+_LOGGERS: Dict[str, Logger] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 

@@ -11,7 +11,7 @@ from utils.config import load_settings
 from utils.db_connections import (close_db_connection, connect_to_db, credentials_from_url,
                                   db_connections_get_secret, password_for, validate_credentials)
 from utils.errors import (ConfigError, CredentialsError, DatabaseUnavailableError, DateFormatError,
-                          StateConflictError, UnknownTableError, CorruptFileError)
+                          StateConflictError, UnknownTableError, CorruptFileError, ObjectExistsError)
 from utils.format_time import format_time, parse_time
 from utils.generate_file_key import generate_file_key
 from utils.aws.objects import read_json
@@ -195,8 +195,10 @@ def test_schema_file_matches_declared_columns(pg_admin_url, new_database):
 def test_write_to_s3_never_overwrites(buckets):
     s3 = boto3.client("s3")
     write_to_s3(s3, buckets["ingest"], "a/key.parquet", b"first")
-    with pytest.raises(StateConflictError, match="already exists"):
+    with pytest.raises(ObjectExistsError, match="already exists") as exists:
         write_to_s3(s3, buckets["ingest"], "a/key.parquet", b"second")
+    # One error per meaning: an existing object is not a state conflict; the key is an attribute.
+    assert not isinstance(exists.value, StateConflictError) and exists.value.key == "a/key.parquet"
     assert s3.get_object(Bucket=buckets["ingest"], Key="a/key.parquet")["Body"].read() == b"first"
     write_to_s3(s3, buckets["ingest"], "b.json", "text")
     import io
@@ -214,8 +216,9 @@ def test_state_compare_and_swap(buckets):
     with pytest.raises(StateConflictError):
         write_state(s3, bucket, "ingest", {"n": 99}, None)  # someone created it meanwhile
     write_state(s3, bucket, "ingest", {"n": 2}, etag)
-    with pytest.raises(StateConflictError, match="another run"):
+    with pytest.raises(StateConflictError, match="another run") as conflict:
         write_state(s3, bucket, "ingest", {"n": 3}, etag)  # stale etag: lost the race
+    assert conflict.value.key == "_state/ingest.json"
     assert read_state(s3, bucket, "ingest")[0] == {"n": 2}
 
 
@@ -223,8 +226,9 @@ def test_corrupt_state_and_manifest(buckets):
     s3 = boto3.client("s3")
     bucket = buckets["ingest"]
     s3.put_object(Bucket=bucket, Key="_state/ingest.json", Body=b"{not json")
-    with pytest.raises(CorruptFileError, match="_state/ingest.json"):
+    with pytest.raises(CorruptFileError, match="_state/ingest.json") as corrupt:
         read_state(s3, bucket, "ingest")
+    assert corrupt.value.key == "_state/ingest.json"
     s3.put_object(Bucket=bucket, Key="_state/other.json", Body=b"[1]")
     with pytest.raises(CorruptFileError, match="not a JSON object"):
         read_state(s3, bucket, "other")
@@ -263,12 +267,14 @@ def test_read_manifest_checks_its_shape(buckets):
     assert read_manifest(s3, bucket, good, check_source_table, "batch_time")["batch_time"] == "t"
     with pytest.raises(CorruptFileError, match="lacks batch_time or tables"):
         read_manifest(s3, bucket, put("m2.json", {"tables": {}}), check_source_table, "batch_time")
-    with pytest.raises(CorruptFileError, match="entry of 'address' has no file key"):
+    with pytest.raises(CorruptFileError, match="entry of 'address' has no file key") as corrupt:
         read_manifest(s3, bucket, put("m3.json", {"batch_time": "t", "tables": {"address": {}}}),
                       check_source_table, "batch_time")
-    with pytest.raises(UnknownTableError):
+    assert (corrupt.value.key, corrupt.value.table) == ("m3.json", "address")
+    with pytest.raises(UnknownTableError) as unknown:
         read_manifest(s3, bucket, put("m4.json", {"batch_time": "t", "tables": {"nope": {"key": "k"}}}),
                       check_source_table, "batch_time")
+    assert unknown.value.table == "nope"
 
 
 def test_stage_handler_tags_the_run_and_times_it(tmp_path, monkeypatch):

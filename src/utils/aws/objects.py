@@ -1,19 +1,21 @@
 """Objects in S3: written once, never overwritten; read back as JSON or as schema-checked Parquet."""
 import io
 import json
+from typing import Any, Dict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 
-from utils.errors import CorruptFileError, SchemaMismatchError, StateConflictError, StorageThrottledError
+from utils.errors import (CorruptFileError, ObjectExistsError, SchemaMismatchError, StateConflictError,
+                          StorageThrottledError)
 
 
 def write_to_s3(s3_client, bucket_name, file_key, data, overwrite=False):
     """Put ``data`` (bytes, str or a file-like object) at ``bucket_name/file_key``.
 
     Objects are immutable: unless ``overwrite`` is set, the write is conditional
-    (If-None-Match: *) and an existing key raises StateConflictError.
+    (If-None-Match: *) and an existing key raises ObjectExistsError (``key``).
     S3 throttling raises StorageThrottledError (retryable).
     """
     if hasattr(data, "getvalue"):
@@ -28,10 +30,11 @@ def write_to_s3(s3_client, bucket_name, file_key, data, overwrite=False):
     except ClientError as err:
         code = err.response.get("Error", {}).get("Code", "")
         if code in ("PreconditionFailed", "ConditionalRequestConflict"):
-            raise StateConflictError(
-                f"s3://{bucket_name}/{file_key} already exists; objects are never overwritten") from None
+            raise ObjectExistsError(
+                f"s3://{bucket_name}/{file_key} already exists; objects are never overwritten",
+                key=file_key) from None
         if code in ("SlowDown", "Throttling", "RequestLimitExceeded", "503"):
-            raise StorageThrottledError(f"S3 throttled the write of {file_key}") from None
+            raise StorageThrottledError(f"S3 throttled the write of {file_key}", key=file_key) from None
         raise
 
 
@@ -39,14 +42,15 @@ def write_once(s3_client, bucket, key, body):
     """Write an immutable object; an existing object with the same bytes (a retried run) is fine.
 
     Returns True when this call wrote it, False when an earlier attempt had written the same bytes.
-    Raises StateConflictError when the key holds different bytes.
+    Raises StateConflictError (``key``) when the key holds different bytes: another run wrote there.
     """
     try:
         write_to_s3(s3_client, bucket, key, body)
-    except StateConflictError:
+    except ObjectExistsError as err:
         existing = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
         if existing != body:
-            raise
+            raise StateConflictError(f"s3://{bucket}/{key} already holds different bytes: another run "
+                                     "wrote it", key=key) from err
         return False
     return True
 
@@ -58,7 +62,7 @@ def parquet_bytes(table):
     return out.getvalue()
 
 
-def read_json(s3_client, bucket_name, key):
+def read_json(s3_client: Any, bucket_name: str, key: str) -> Dict[str, Any]:
     """Read a JSON object (a manifest); CorruptFileError naming the key if it is missing or not one."""
     try:
         body = s3_client.get_object(Bucket=bucket_name, Key=key)["Body"].read()
@@ -109,15 +113,15 @@ def conform_table(table, table_name, schema, where="input"):
     for field in schema:
         if field.name not in table.column_names:
             raise SchemaMismatchError(
-                f"{table_name}: column {field.name!r} is missing from {where}")
+                f"{table_name}: column {field.name!r} is missing from {where}", table=table_name)
         column = table.column(field.name)
         if column.type != field.type:
             raise SchemaMismatchError(
                 f"{table_name}: column {field.name!r} in {where} has type {column.type}, "
-                f"expected {field.type}")
+                f"expected {field.type}", table=table_name)
         if not field.nullable and column.null_count:
             raise SchemaMismatchError(
                 f"{table_name}: column {field.name!r} in {where} holds {column.null_count} NULL(s) "
-                "but may not be NULL")
+                "but may not be NULL", table=table_name)
         columns.append(column)
     return pa.Table.from_arrays(columns, schema=schema)

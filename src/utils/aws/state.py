@@ -5,18 +5,36 @@ It is read together with its ETag and written back with If-Match on that ETag, s
 that started from the same state cannot both advance it: the second gets StateConflictError.
 """
 import json
+from typing import Any, Dict, Literal, Mapping, Optional, Tuple, overload
 
 from botocore.exceptions import ClientError
 
+from utils.contracts import IngestState, TransformState
 from utils.errors import CorruptFileError, StateConflictError
 
 
-def state_key(stage):
+def state_key(stage: str) -> str:
+    """The key of a stage's state pointer."""
     return f"_state/{stage}.json"
 
 
-def read_state(s3_client, bucket_name, stage):
-    """Return (state dict, etag) for ``stage``; ({}, None) when there is none yet."""
+@overload
+def read_state(s3_client: Any, bucket_name: str,
+               stage: Literal["ingest"]) -> Tuple[IngestState, Optional[str]]: ...
+
+
+@overload
+def read_state(s3_client: Any, bucket_name: str,
+               stage: Literal["transform"]) -> Tuple[TransformState, Optional[str]]: ...
+
+
+@overload
+def read_state(s3_client: Any, bucket_name: str, stage: str) -> Tuple[Dict[str, Any], Optional[str]]: ...
+
+
+def read_state(s3_client: Any, bucket_name: str, stage: str) -> Tuple[Any, Optional[str]]:
+    """Return (state, etag) for ``stage``; ({}, None) when there is none yet. The state of "ingest" is
+    an IngestState, that of "transform" a TransformState (utils.contracts)."""
     key = state_key(stage)
     try:
         response = s3_client.get_object(Bucket=bucket_name, Key=key)
@@ -27,13 +45,14 @@ def read_state(s3_client, bucket_name, stage):
     try:
         state = json.loads(response["Body"].read())
     except ValueError:
-        raise CorruptFileError(f"s3://{bucket_name}/{key} is not valid JSON") from None
+        raise CorruptFileError(f"s3://{bucket_name}/{key} is not valid JSON", key=key) from None
     if not isinstance(state, dict):
-        raise CorruptFileError(f"s3://{bucket_name}/{key} is not a JSON object")
-    return state, response["ETag"]
+        raise CorruptFileError(f"s3://{bucket_name}/{key} is not a JSON object", key=key)
+    return state, str(response["ETag"])
 
 
-def write_state(s3_client, bucket_name, stage, state, expected_etag):
+def write_state(s3_client: Any, bucket_name: str, stage: str, state: Mapping[str, Any],
+                expected_etag: Optional[str]) -> Optional[str]:
     """Replace the state of ``stage`` if it still has ``expected_etag`` (None: must not exist yet).
 
     Returns the new ETag (so a run can advance the same pointer again with CAS).
@@ -49,6 +68,7 @@ def write_state(s3_client, bucket_name, stage, state, expected_etag):
         code = err.response.get("Error", {}).get("Code", "")
         if code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
             raise StateConflictError(
-                f"state {key} changed during this run; another run advanced it") from None
+                f"state {key} changed during this run; another run advanced it", key=key) from None
         raise
-    return response.get("ETag")
+    etag = response.get("ETag")
+    return None if etag is None else str(etag)

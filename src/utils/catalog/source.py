@@ -135,5 +135,6 @@ def check_source_table(name):
     """Return name if it is one of the eleven source tables, else raise UnknownTableError."""
     if not isinstance(name, str) or name not in SOURCE_SCHEMAS:
         raise UnknownTableError(
-            f"unknown table {name!r}: expected one of {', '.join(SOURCE_TABLES)}")
+            f"unknown table {name!r}: expected one of {', '.join(SOURCE_TABLES)}",
+            table=name if isinstance(name, str) else None)
     return name

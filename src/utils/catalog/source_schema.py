@@ -18,6 +18,8 @@ char(n), which pads values, a domain, a date) raises SchemaDriftError naming tab
 and found types, as does a column (or table) that is gone. A column the source has and the spec does not
 is ignored (the COPY names its columns) and reported.
 """
+from typing import Any, Dict
+
 import pyarrow as pa
 
 from utils.errors import SchemaDriftError
@@ -82,7 +84,7 @@ def check_source_schema(conn, tables):
     """
     for table in tables:
         check_source_table(table)
-    found = {table: {} for table in tables}
+    found: Dict[str, Dict[str, Any]] = {table: {} for table in tables}
     for table, column, typname, typtype, typmod, shown in conn.run(CATALOG_SQL, names=list(tables)):
         found[table][column] = (typname, typtype, typmod, shown)
     ignored = {}

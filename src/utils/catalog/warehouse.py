@@ -110,5 +110,6 @@ def check_warehouse_table(name):
     """Return ``name`` if it is one of the eleven warehouse tables, else raise UnknownTableError."""
     if not isinstance(name, str) or name not in WAREHOUSE_SCHEMAS:
         raise UnknownTableError(
-            f"unknown warehouse table {name!r}: expected one of {', '.join(WAREHOUSE_TABLES)}")
+            f"unknown warehouse table {name!r}: expected one of {', '.join(WAREHOUSE_TABLES)}",
+            table=name if isinstance(name, str) else None)
     return name

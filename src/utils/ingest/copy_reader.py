@@ -1,19 +1,30 @@
 """The fast ``COPY ... TO STDOUT`` reader: the server's CopyData messages read in blocks.
 
 It replaces pg8000's ``handle_messages`` for one statement and reads the connection's ``_sock`` and
-``message_types``: written for pg8000 1.31.
+``message_types``: internals of the pg8000 releases in SUPPORTED_PG8000. With any other pg8000 installed
+``fast_copy_supported()`` is False and the ingest uses pg8000's own ``stream=`` COPY (slower, same rows).
 """
 import struct
 import types
+from typing import List
 
+import pg8000
 import pg8000.exceptions
 
 _COPY_DATA, _READY_FOR_QUERY = b"d", b"Z"
 _COPY_DATA_BYTE = _COPY_DATA[0]
 _SIZE = struct.Struct("!i")
+# The pg8000 releases whose Connection internals the block reader was written against (requirements.txt
+# pins one of them; the installed one is checked at run time, in case another is installed).
+SUPPORTED_PG8000 = ("1.31.",)
 
 
-def copy_out(conn, sql, stream):
+def fast_copy_supported():
+    """True when the installed pg8000 is a release the block reader was written for."""
+    return pg8000.__version__.startswith(SUPPORTED_PG8000)
+
+
+def copy_out(conn, sql, stream, fast=True):
     """``conn.run(sql, stream=stream)`` for a ``COPY ... TO STDOUT``, with the server's messages read
     in blocks.
 
@@ -22,8 +33,10 @@ def copy_out(conn, sql, stream):
     connection reads whatever is buffered, splits it into messages itself and hands the rows of
     each block to ``stream.write`` in one call (blocks always end at a row boundary). Every other
     message goes to pg8000's own handlers, so errors, notices and the end of the statement behave
-    exactly as in ``conn.run``.
+    exactly as in ``conn.run``. With ``fast=False`` it is exactly ``conn.run(sql, stream=stream)``.
     """
+    if not fast:
+        return conn.run(sql, stream=stream)
     conn.handle_messages = types.MethodType(_handle_messages_in_blocks, conn)
     try:
         return conn.run(sql, stream=stream)
@@ -38,7 +51,8 @@ def _handle_messages_in_blocks(conn, context):
     try:
         while code != _READY_FOR_QUERY:
             block = sock.peek(1)
-            pos, end, rows = 0, len(block), []
+            pos, end = 0, len(block)
+            rows: List[bytes] = []
             append, unpack_size = rows.append, _SIZE.unpack_from
             while pos + 5 <= end:
                 stop = pos + 1 + unpack_size(block, pos + 1)[0]

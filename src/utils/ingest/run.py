@@ -28,10 +28,13 @@ See docs/DESIGN.md for why the test is "below xmin" and not pg_visible_in_snapsh
 import json
 import threading
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, Deque, List, Optional, Tuple
 
 import boto3
+import pg8000
 
 from utils.aws.objects import write_to_s3
 from utils.aws.secrets import db_connections_get_secret
@@ -42,9 +45,10 @@ from utils.db.connection import close_db_connection, connect_to_db, end_quietly
 from utils.errors import ConcurrentRunError, InvalidEventError
 from utils.format_time import format_time, parse_time
 from utils.generate_file_key import generate_file_key
-from utils.ingest.copy_reader import copy_out
+from utils.ingest.copy_reader import SUPPORTED_PG8000, copy_out, fast_copy_supported
 from utils.ingest.sink import INLINE, ParquetSink
-from utils.ingest.snapshot import copy_sql, import_snapshot, largest_first, open_window, snapshot_bounds
+from utils.ingest.snapshot import (Window, copy_sql, import_snapshot, largest_first, open_window,
+                                   snapshot_bounds)
 from utils.logger import get_logger
 
 STAGE = "ingest"
@@ -120,7 +124,8 @@ def connect_all(credentials, count):
     if len(opened) < count:
         for conn in opened:
             close_db_connection(conn)
-        raise next(future.exception() for future in pending if future.exception() is not None)
+        errors = [future.exception() for future in pending]
+        raise next(error for error in errors if error is not None)
     return opened
 
 
@@ -177,14 +182,16 @@ def _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds, h
             logger.info("snapshot taken", batch_time=format_time(window.batch_time),
                         timezone=window.timezone, wall_clock=format_time(wall_now),
                         snapshot=window.snapshot, connections=1 + len(helpers))
-            work = deque(largest_first(conn, tables) if helpers else tables)
+            extraction = Extraction(s3_client, bucket, window, upload, stop,
+                                    deque(largest_first(conn, tables) if helpers else tables),
+                                    fast_copy=_fast_copy_or_warn())
             for helper in helpers:
                 import_snapshot(helper, exported)
                 in_transaction.append(helper)
 
             def read(connection, convert):
                 try:
-                    return _read_tables(connection, work, stop, s3_client, bucket, window, convert, upload)
+                    return _read_tables(connection, extraction, convert)
                 except BaseException:
                     stop.set()
                     raise
@@ -217,29 +224,54 @@ def _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds, h
         upload.shutdown(wait=True)
 
 
-def _read_tables(conn, work, stop, s3_client, bucket, window, convert, upload):
-    """Take tables from the ``work`` queue until it is empty or ``stop`` is set; extract each
-    on ``conn``; return ``[(table, Future of its manifest entry)]``."""
-    in_flight = []
-    while not stop.is_set():
+@dataclass(frozen=True)
+class Extraction:
+    """What the readers of one run share: where the files go (``s3_client``, ``bucket``), the run's
+    ``window``, the ``upload`` executor (None: inline), the ``stop`` event a failing reader sets, the
+    ``work`` queue of tables not taken yet, and whether the fast COPY reader may be used."""
+    s3_client: Any
+    bucket: str
+    window: Window
+    upload: Optional[Executor]
+    stop: threading.Event
+    work: Deque[str]
+    fast_copy: bool = True
+
+
+def _fast_copy_or_warn():
+    """True when the installed pg8000 is one the fast COPY reader was written for; otherwise one
+    WARNING for the run, and its COPYs use pg8000's own ``stream=`` path."""
+    if fast_copy_supported():
+        return True
+    logger.warning("fast COPY reader disabled: written for another pg8000; using pg8000's own COPY",
+                   pg8000_version=pg8000.__version__, supported=list(SUPPORTED_PG8000))
+    return False
+
+
+def _read_tables(conn, extraction, convert):
+    """Take tables from ``extraction.work`` until it is empty or ``extraction.stop`` is set; extract
+    each on ``conn``; return ``[(table, Future of its manifest entry)]``."""
+    in_flight: List[Tuple[str, Future]] = []
+    while not extraction.stop.is_set():
         try:
-            table = work.popleft()
+            table = extraction.work.popleft()
         except IndexError:
             break
         if len(in_flight) >= MAX_TABLES_IN_FLIGHT:
             in_flight[-MAX_TABLES_IN_FLIGHT][1].result()
-        in_flight.append((table, _land_table(conn, s3_client, bucket, table, window, convert, upload)))
+        in_flight.append((table, _land_table(conn, extraction, table, convert)))
     return in_flight
 
 
-def _land_table(conn, s3_client, bucket, table, window, convert=None, upload=None):
+def _land_table(conn, extraction, table, convert=None):
     """Extract one table's changed rows and write its Parquet file; return a Future of its
     manifest entry (None when no rows).
 
-    The rows are read here; parsing and the S3 write run on the ``convert`` and ``upload``
-    executors when given (single-threaded each, so files and row groups keep their order),
-    else inline.
+    The rows are read here; parsing and the S3 write run on the ``convert`` and
+    ``extraction.upload`` executors when given (single-threaded each, so files and row groups keep
+    their order), else inline.
     """
+    window = extraction.window
     batch_time, snapshot, prev = window.batch_time, window.snapshot, window.prev_tables.get(table)
     high = format_time(window.highs[table])
     low = None
@@ -255,7 +287,7 @@ def _land_table(conn, s3_client, bucket, table, window, convert=None, upload=Non
     conn.run("SELECT " + ", ".join(f"set_config('totesys.{name}', :{name}, true)" for name in params),
              **params)
     sink = ParquetSink(LANDING_SCHEMAS[table], executor=convert, table=table)
-    copy_out(conn, copy_sql(table, incremental=bool(prev)), sink)
+    copy_out(conn, copy_sql(table, incremental=bool(prev)), sink, fast=extraction.fast_copy)
     finished = sink.close_async()
 
     def store():
@@ -264,11 +296,11 @@ def _land_table(conn, s3_client, bucket, table, window, convert=None, upload=Non
             logger.warning("no new rows", table=table, low=low, high=high)
             return None
         key = generate_file_key(table, batch_time)
-        write_to_s3(s3_client, bucket, key, body)
+        write_to_s3(extraction.s3_client, extraction.bucket, key, body)
         logger.info("table landed", table=table, rows=rows, key=key)
         return {"key": key, "rows": rows, "low": low, "high": high, "snapshot": snapshot}
 
-    return (upload or INLINE).submit(store)
+    return (extraction.upload or INLINE).submit(store)
 
 
 def _commit_batch(s3_client, bucket, tables, window, landed, state, etag):

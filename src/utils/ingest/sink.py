@@ -2,6 +2,7 @@
 import io
 import re
 from collections import deque
+from typing import Deque
 from concurrent.futures import Future
 
 import pyarrow as pa
@@ -24,7 +25,7 @@ class _Inline:
 
     @staticmethod
     def submit(fn, *args):
-        future = Future()
+        future: Future = Future()
         try:
             future.set_result(fn(*args))
         except Exception as err:
@@ -61,7 +62,7 @@ class ParquetSink:
         self.rows = 0
         self._parts, self._size = [], 0
         self._executor = executor or INLINE
-        self._pending = deque()
+        self._pending: Deque[Future] = deque()
         self._out = io.BytesIO()
         self._writer = None
         self._dictionary_columns = [field.name for field in schema if pa.types.is_string(field.type)]
@@ -147,10 +148,10 @@ class ParquetSink:
     def _parse_error(self, err):
         """SourceDataError for a pyarrow CSV error, with the column and value when pyarrow names them."""
         message = str(err)
-        column = re.search(r"CSV column #(\d+)", message)
-        column = self.schema.names[int(column.group(1))] if column else None
-        value = re.search(r"invalid value '(.*)'", message, re.DOTALL)
-        value = value.group(1)[:200] if value else None
+        number = re.search(r"CSV column #(\d+)", message)
+        column = self.schema.names[int(number.group(1))] if number else None
+        shown = re.search(r"invalid value '(.*)'", message, re.DOTALL)
+        value = shown.group(1)[:200] if shown else None
         return SourceDataError(self.table, column, value, message.splitlines()[0][:300])
 
     def _finish(self):

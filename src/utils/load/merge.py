@@ -10,6 +10,7 @@ lock.
 """
 import io
 import json
+from typing import Dict
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -51,7 +52,8 @@ def read_batch_rejected(s3_client, bucket, manifest, manifest_key=None):
     if not entry:
         return REJECTED_SCHEMA.empty_table()
     if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
-        raise CorruptFileError(f"manifest {manifest_key}: entry 'rejected' has no file key", key=manifest_key)
+        raise CorruptFileError(f"manifest {manifest_key}: entry 'rejected' has no file key", key=manifest_key,
+                               table=REJECTED)
     return read_parquet_table(s3_client, bucket, entry["key"], REJECTED, REJECTED_SCHEMA,
                               manifest_key=manifest_key)
 
@@ -146,7 +148,7 @@ def split_by_limits(name, table, limits):
             continue
         if name not in WAREHOUSE_SOURCES:
             raise SchemaMismatchError(f"warehouse table {name}: column {column!r} is too narrow for "
-                                      f"{table.filter(bad)[column][0].as_py()!r}")
+                                      f"{table.filter(bad)[column][0].as_py()!r}", table=name)
         picked = table.filter(bad)
         source, ids, stamps = _source_versions(name, picked)
         records.append(rejected_records(source, ids, stamps, column,
@@ -180,7 +182,7 @@ def record_rejected(conn, rejected, batch_id):
         f"INSERT INTO {identifier(REJECTED)} ({listed}, batch_id) "  # nosec B608
         f"SELECT {listed}, :batch_id FROM stage_rejected ON CONFLICT DO NOTHING "
         "RETURNING source_table, source_id, column_name, reason, value", batch_id=batch_id)
-    counts = {}
+    counts: Dict[str, int] = {}
     for number, (source, source_id, column, reason, value) in enumerate(rows):
         counts[source] = counts.get(source, 0) + 1
         if number < MAX_REJECTED_LOG_LINES:

@@ -16,13 +16,14 @@ One run (``run_load``):
 """
 import boto3
 
-from utils.aws.manifests import read_manifest
+from utils.aws.manifests import read_manifest, walk_manifests
 from utils.aws.secrets import db_connections_get_secret
 from utils.aws.state import read_state
 from utils.catalog.warehouse import check_warehouse_table
 from utils.config import load_settings
+from utils.contracts import LoadResult
 from utils.db.connection import close_db_connection, connect_to_db
-from utils.errors import CorruptFileError, InvalidEventError
+from utils.errors import InvalidEventError
 from utils.load.merge import batch_loaded, load_batch
 from utils.load.schema import REJECTED, ensure_warehouse_schema
 from utils.logger import get_logger
@@ -75,7 +76,7 @@ def load_pending(conn, s3_client, bucket):
     "rejected": {source table: n}}``: the rows newly quarantined in etl_rejected_rows by these batches.
     """
     targets = ensure_warehouse_schema(conn)
-    result = {"batches": [], "tables": {}, "rejected_rows": 0, "rejected": {}}
+    result: LoadResult = {"batches": [], "tables": {}, "rejected_rows": 0, "rejected": {}}
     pending = pending_batches(conn, s3_client, bucket)
     if not pending:
         logger.warning("no processed batches to load")
@@ -95,16 +96,7 @@ def load_pending(conn, s3_client, bucket):
 def pending_batches(conn, s3_client, bucket):
     """[(manifest key, manifest)] of the processed batches not in the ledger, oldest first."""
     state, _ = read_state(s3_client, bucket, "transform")
-    key = state.get("manifest_key")
-    chain, seen = [], set()
-    while key:
-        if key in seen:
-            raise CorruptFileError(f"processed manifest chain loops at {key}", key=key)
-        seen.add(key)
-        manifest = read_manifest(s3_client, bucket, key, check_warehouse_table, "batch_id")
-        if batch_loaded(conn, manifest["batch_id"]):
-            break
-        chain.append((key, manifest))
-        key = manifest.get("prev_manifest_key")
-    chain.reverse()
+    chain, _ = walk_manifests(
+        lambda key: read_manifest(s3_client, bucket, key, check_warehouse_table, "batch_id"),
+        state.get("manifest_key"), stop=lambda _, manifest: batch_loaded(conn, manifest["batch_id"]))
     return chain

@@ -6,6 +6,7 @@ of ``counterparty_legal_address_line_2``; narrower columns are accepted and thei
 in it is idempotent).
 """
 from dataclasses import dataclass, field as dataclass_field
+from typing import Dict
 
 import pyarrow as pa
 
@@ -67,7 +68,7 @@ def _warehouse_columns(conn):
         "character_maximum_length FROM information_schema.columns "
         "WHERE table_schema = current_schema() AND table_name = ANY(:names)",
         names=list(WAREHOUSE_TABLES) + list(OWN_TABLES))
-    found = {}
+    found: Dict[str, Dict[str, tuple]] = {}
     for table, column, data_type, time_precision, precision, scale, length in rows:
         found.setdefault(table, {})[column] = (data_type, time_precision, precision, scale, length)
     return found
@@ -101,12 +102,14 @@ def check_table_columns(table, existing):
     SchemaMismatchError naming the table and column when one is missing or has a type that would
     change values (another kind of type, time without milliseconds, numeric with fewer decimals).
     """
-    mapping, limits = {}, {}
+    mapping: Dict[str, str] = {}
+    limits: Dict[str, tuple] = {}
     for field in WAREHOUSE_SCHEMAS[table]:
         names = (field.name,) + COLUMN_ALTERNATIVES.get((table, field.name), ())
         actual = next((name for name in names if name in existing), None)
         if actual is None:
-            raise SchemaMismatchError(f"warehouse table {table}: column {field.name!r} is missing")
+            raise SchemaMismatchError(f"warehouse table {table}: column {field.name!r} is missing",
+                                      table=table)
         data_type, time_precision, precision, scale, length = (tuple(existing[actual]) + (None,))[:5]
         _, accepted = sql_type(field.type)
         too_coarse = (
@@ -117,11 +120,11 @@ def check_table_columns(table, existing):
                 f"warehouse table {table}: column {actual!r} has type {data_type}"
                 f"{_precision_text(data_type, time_precision, precision, scale)}, "
                 f"expected {' or '.join(accepted)} "
-                f"able to hold {field.type}")
+                f"able to hold {field.type}", table=table)
         if pa.types.is_string(field.type) and length is not None:
             limits[field.name] = ("length", length)
         elif data_type in _INTEGER_RANGES:
-            limits[field.name] = ("range",) + _INTEGER_RANGES[data_type]
+            limits[field.name] = ("range", *_INTEGER_RANGES[data_type])
         elif (pa.types.is_decimal(field.type) and precision is not None and scale is not None
               and precision - scale < field.type.precision - field.type.scale):
             limits[field.name] = ("digits", precision - scale)
@@ -168,7 +171,7 @@ def ensure_warehouse_schema(conn):
             check_table_columns(table, existing[table])
     if LEDGER in existing and not {"batch_id", "manifest_key", "row_counts"} <= set(existing[LEDGER]):
         raise SchemaMismatchError(
-            f"warehouse table {LEDGER}: expected columns batch_id, manifest_key, row_counts")
+            f"warehouse table {LEDGER}: expected columns batch_id, manifest_key, row_counts", table=LEDGER)
     views = {row[0] for row in conn.run(
         "SELECT table_name FROM information_schema.views WHERE table_schema = current_schema() "
         "AND table_name = ANY(:names)", names=list(VIEWS))}

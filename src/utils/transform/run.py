@@ -18,12 +18,13 @@ import json
 
 import boto3
 
-from utils.aws.manifests import read_manifest
+from utils.aws.manifests import read_manifest, walk_manifests
 from utils.aws.objects import parquet_bytes, read_json, read_parquet_table, write_once
 from utils.aws.state import read_state, write_state
 from utils.catalog.source import LANDING_SCHEMAS, SOURCE_TABLES, check_source_table
 from utils.catalog.warehouse import SNAPSHOT_TABLES
 from utils.config import load_settings
+from utils.contracts import TransformResult
 from utils.errors import CorruptFileError, InvalidEventError
 from utils.format_time import parse_time
 from utils.generate_file_key import generate_file_key
@@ -69,7 +70,7 @@ def transform_pending(s3_client, ingest_bucket, processed_bucket):
     ingest_state, _ = read_state(s3_client, ingest_bucket, "ingest")
     pending = pending_ingest_batches(s3_client, ingest_bucket, ingest_state.get("manifest_key"),
                                      state.get("ingest_manifest_key"))
-    result = {"batches": [], "tables": {}}
+    result: TransformResult = {"batches": [], "tables": {}}
     if not pending:
         logger.warning("no new ingest batches", last_transformed=state.get("ingest_manifest_key"))
         return result
@@ -94,20 +95,13 @@ def pending_ingest_batches(s3_client, bucket, latest_key, done_key):
     Walks ``prev_manifest_key`` links back from ``latest_key``. Raises CorruptFileError when the
     chain ends without reaching ``done_key`` (the state names a batch that is not in the chain).
     """
-    chain = []
-    key = latest_key
-    seen = set()
-    while key and key != done_key:
-        if key in seen:
-            raise CorruptFileError(f"ingest manifest chain loops at {key}")
-        seen.add(key)
-        manifest = read_manifest(s3_client, bucket, key, check_source_table, "batch_time")
-        chain.append((key, manifest))
-        key = manifest.get("prev_manifest_key")
-    if done_key and key != done_key:
+    chain, end = walk_manifests(
+        lambda key: read_manifest(s3_client, bucket, key, check_source_table, "batch_time"),
+        latest_key, until_key=done_key)
+    if done_key and end != done_key:
         raise CorruptFileError(
-            f"ingest batch {done_key} named in _state/transform.json is not in the ingest manifest chain")
-    chain.reverse()
+            f"ingest batch {done_key} named in _state/transform.json is not in the ingest manifest chain",
+            key=done_key)
     return chain
 
 

@@ -78,9 +78,10 @@ def text_to_date(column, table_name, column_name):
             pa.array([value], pa.string()).cast(pa.date32())
         except pa.ArrowInvalid:
             raise DateFormatError(
-                f"{table_name}: column {column_name!r} holds {value!r}, which is not a 'YYYY-MM-DD' date"
-            ) from None
-    raise DateFormatError(f"{table_name}: column {column_name!r} holds text that is not a 'YYYY-MM-DD' date")
+                f"{table_name}: column {column_name!r} holds {value!r}, which is not a 'YYYY-MM-DD' date",
+                table=table_name) from None
+    raise DateFormatError(f"{table_name}: column {column_name!r} holds text that is not a 'YYYY-MM-DD' date",
+                          table=table_name)
 
 
 def _split_stamp(table, column):
@@ -95,7 +96,7 @@ def _conform(columns, name):
     for field in schema:
         array = columns[field.name]
         if not field.nullable and array.null_count:
-            raise SchemaMismatchError(f"{name}: column {field.name!r} would hold NULL values")
+            raise SchemaMismatchError(f"{name}: column {field.name!r} would hold NULL values", table=name)
         arrays.append(array.cast(field.type))
     return pa.Table.from_arrays(arrays, schema=schema)
 

@@ -1,0 +1,93 @@
+"""The contracts between the stages, as types every reader and writer shares.
+
+Events and results are what the Lambda handlers take and return (Step Functions passes each stage's
+result to the next as its event); manifests and state pointers are the JSON objects in the buckets
+(docs/DESIGN.md, "S3 layout"). Times in them are text in ``utils.format_time`` form.
+"""
+from typing import Dict, List, NotRequired, Optional, TypedDict
+
+
+class IngestEvent(TypedDict, total=False):
+    """The ingest event; without ``tables_to_query`` every source table is read."""
+    tables_to_query: List[str]
+
+
+# The ingest result, which is also the transform event: {source table: key of the file it landed}.
+IngestResult = Dict[str, str]
+TransformEvent = IngestResult
+
+
+class StageResult(TypedDict):
+    """The transform result (also the load event): the batches handled, oldest first, and the rows
+    written per warehouse table."""
+    batches: List[str]
+    tables: Dict[str, int]
+
+
+TransformResult = StageResult
+LoadEvent = StageResult
+
+
+class LoadResult(StageResult):
+    """The load result: rows newly quarantined in ``etl_rejected_rows`` (total and per source table)."""
+    rejected_rows: int
+    rejected: Dict[str, int]
+
+
+class IngestTableEntry(TypedDict):
+    """One landed table of an ingest manifest; ``low`` is None on a table's first run."""
+    key: str
+    rows: int
+    low: Optional[str]
+    high: str
+    snapshot: str
+
+
+class IngestManifest(TypedDict):
+    """``_batches/<batch time>.json`` in the ingest bucket (only the tables that landed a file)."""
+    batch_id: str
+    batch_time: str
+    timezone: str
+    ignored_columns: Dict[str, List[str]]
+    prev_manifest_key: Optional[str]
+    tables: Dict[str, IngestTableEntry]
+
+
+class TableBounds(TypedDict):
+    """One table's entry in the ingest state pointer: its upper bound and the snapshot it was read in."""
+    high: str
+    snapshot: str
+
+
+class IngestState(TypedDict, total=False):
+    """``_state/ingest.json`` ({} before the first run). ``manifest_key``/``batch_id`` name the last
+    batch with data; ``tables`` holds every table ever read, ``high`` in ``timezone``."""
+    manifest_key: Optional[str]
+    batch_id: Optional[str]
+    timezone: str
+    ignored_columns: Dict[str, List[str]]
+    tables: Dict[str, TableBounds]
+
+
+class FileEntry(TypedDict):
+    """A file of a processed batch and its row count."""
+    key: str
+    rows: int
+
+
+class ProcessedManifest(TypedDict):
+    """``_batches/<batch time>.json`` in the processed bucket."""
+    batch_id: str
+    batch_time: str
+    ingest_manifest_key: str
+    prev_manifest_key: Optional[str]
+    tables: Dict[str, FileEntry]
+    snapshots: Dict[str, str]
+    rejected: NotRequired[FileEntry]
+
+
+class TransformState(TypedDict, total=False):
+    """``_state/transform.json`` ({} before the first run): the last processed manifest written and
+    the last ingest manifest transformed."""
+    manifest_key: str
+    ingest_manifest_key: str
