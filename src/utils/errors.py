@@ -41,10 +41,6 @@ class CorruptFileError(TotesysError):
         self.key = key
 
 
-class StateConflictError(TotesysError):
-    """The pipeline state changed under us (another run advanced it)."""
-
-
 class RetryableError(TotesysError):
     """A transient failure: running the stage again later may succeed."""
 
@@ -59,6 +55,16 @@ class ConcurrentRunError(RetryableError):
 
 class StorageThrottledError(RetryableError):
     """S3 asked us to slow down."""
+
+
+class StateConflictError(RetryableError):
+    """The pipeline state changed under us (another run advanced it): the next run starts from the
+    new state, so the state machine retries it."""
+
+
+class TlsError(ConfigError):
+    """A database's TLS handshake failed for a reason a retry cannot mend: its certificate does not
+    verify against the CA bundle, its name does not match the host, or it does not speak TLS."""
 
 
 class SchemaDriftError(TotesysError):
