@@ -425,7 +425,7 @@ def test_a_run_while_another_holds_the_lock_is_refused_and_changes_nothing(env, 
         holder.close()
     assert read_state(s3, bucket, "ingest") == before_state
     assert all_keys(s3, bucket) == before_keys
-    assert any(level == "CRITICAL" and "ConcurrentRunError" in line for level, line in ingest_log)
+    assert any(level == "ERROR" and "ConcurrentRunError" in line for level, line in ingest_log)
     # Once the other run is gone the change lands.
     assert list(ingest.lambda_handler({}, None)) == ["currency"]
 
