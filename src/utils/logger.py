@@ -1,7 +1,8 @@
 """The one logging set-up: one JSON object per line (aws-lambda-powertools).
 
-CloudWatch metric filters match ``{ $.level = "CRITICAL" }`` on these lines: a stage failure that
-no retry will mend. A RetryableError is logged at ERROR (docs/DEPLOY.md, "Logging levels and alerts"). In Lambda the lines go to
+CloudWatch metric filters match ``{ $.level = "CRITICAL" }`` on these lines: a stage failure
+that no retry will mend. A RetryableError is logged at ERROR (docs/DEPLOY.md, "Logging levels
+and alerts"). In Lambda the lines go to
 stdout (CloudWatch Logs); the local runner sets TOTESYS_LOG_FILE to keep them in a file instead.
 
 Powertools' own pattern: one ``Logger`` per service, created once. ``get_logger(stage)`` keeps them in

@@ -30,7 +30,8 @@ def _openssl(*args, cwd):
 def _make_ca(folder, name):
     _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
              "-days", "2", "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.pem",
-             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign",
              cwd=folder)
     return folder / f"{name}.pem"
 
@@ -175,7 +176,7 @@ def test_verify_full_with_another_ca_fails_clearly(tls_cluster, tls_env):
 def test_verify_full_with_the_system_store_rejects_a_private_ca(tls_cluster, tls_env):
     cluster, _, _ = tls_cluster
     tls_env("totesys", "verify-full")  # no bundle: the system trust store, which lacks our CA
-    with pytest.raises(TlsError, match="certificate was not accepted: unable to get local issuer certificate"):
+    with pytest.raises(TlsError, match="not accepted: unable to get local issuer certificate"):
         _connect(cluster)
 
 
@@ -218,8 +219,9 @@ def test_a_tls_mode_against_a_server_without_tls_fails_clearly(pg_admin_url, tls
     """The test session's own cluster runs without TLS (as the embedded local one does)."""
     tls_env("totesys", "require")
     credentials = credentials_from_url(pg_admin_url)
-    with pytest.raises(TlsError, match=r"^cannot connect to database at 127\.0\.0\.1:\d+/postgres \(totesys\) "
-                                       r"with sslmode require: the server does not accept TLS connections$"):
+    with pytest.raises(TlsError, match=r"^cannot connect to database at 127\.0\.0\.1:\d+/postgres "
+                                       r"\(totesys\) with sslmode require: the server does not accept TLS "
+                                       r"connections$"):
         connect_to_db(credentials, role="totesys")
 
 
@@ -245,4 +247,5 @@ def test_the_ingest_stage_reads_the_source_variables(tls_cluster, tls_env, pipel
     with pytest.raises(TlsError, match=r"\(totesys\) with sslmode verify-full: the server's certificate was "
                                        r"not accepted: unable to get local issuer certificate"):
         ingest.lambda_handler({}, None)
-    assert [r.levelname for r in caplog.records if getattr(r, "error_type", None) == "TlsError"] == ["CRITICAL"]
+    levels = [r.levelname for r in caplog.records if getattr(r, "error_type", None) == "TlsError"]
+    assert levels == ["CRITICAL"]
