@@ -60,3 +60,13 @@ def load_settings():
         ingest_overlap_seconds=overlap,
         ingest_parallel_connections=parallel,
     )
+
+
+def tls_variables(role, environ=None):
+    """The raw TLS settings of database ``role`` (``"totesys"`` or ``"warehouse"``): ``(mode, root_cert)``
+    from ``<ROLE>_SSLMODE`` (stripped, lower-cased; "" when unset) and ``<ROLE>_SSLROOTCERT`` (None when
+    unset). ``utils.db.tls.tls_settings`` checks them and applies the defaults."""
+    environ = os.environ if environ is None else environ
+    prefix = role.upper()
+    mode = environ.get(f"{prefix}_SSLMODE", "").strip().lower()
+    return mode, environ.get(f"{prefix}_SSLROOTCERT", "").strip() or None

@@ -249,3 +249,8 @@ def test_the_ingest_stage_reads_the_source_variables(tls_cluster, tls_env, pipel
         ingest.lambda_handler({}, None)
     levels = [r.levelname for r in caplog.records if getattr(r, "error_type", None) == "TlsError"]
     assert levels == ["CRITICAL"]
+
+
+def test_an_unknown_database_role_is_a_programming_error():
+    with pytest.raises(ValueError, match="unknown database role 'source'"):
+        tls_settings("source", "db.example.com", {})

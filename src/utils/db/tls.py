@@ -7,10 +7,10 @@ The contract (docs/DEPLOY.md, "TLS to the databases"): ``<ROLE>_SSLMODE`` (``TOT
 where it means ``disable``.
 """
 import ipaddress
-import os
 import ssl
 from dataclasses import dataclass
 
+from utils.config import tls_variables
 from utils.errors import ConfigError
 
 SSL_MODES = ("disable", "require", "verify-full")
@@ -38,20 +38,18 @@ def is_loopback(host):
 
 def tls_settings(role, host, environ=None):
     """The TlsSettings of a connection to database ``role`` (``"totesys"``, ``"warehouse"``, or None:
-    no variables are read, only the defaults apply) on ``host``.
+    no variables are read, only the defaults apply) on ``host``; the variables come from ``environ``
+    (default ``os.environ``) through ``utils.config.tls_variables``.
 
     Raises ConfigError naming the variable when ``<ROLE>_SSLMODE`` is not one of SSL_MODES.
     """
-    environ = os.environ if environ is None else environ
-    prefix = role.upper() if role else None
     if role is not None and role not in ROLES:
         raise ValueError(f"unknown database role {role!r}; expected one of {', '.join(ROLES)}")
-    mode = (environ.get(f"{prefix}_SSLMODE", "") if prefix else "").strip().lower()
-    root_cert = (environ.get(f"{prefix}_SSLROOTCERT", "") if prefix else "").strip() or None
+    mode, root_cert = tls_variables(role, environ) if role else ("", None)
     if not mode:
         mode = "disable" if is_loopback(host) else "verify-full"
     if mode not in SSL_MODES:
-        raise ConfigError(f"environment variable {prefix}_SSLMODE must be one of "
+        raise ConfigError(f"environment variable {role.upper()}_SSLMODE must be one of "
                           f"{', '.join(SSL_MODES)}, got {mode!r}")
     return TlsSettings(mode=mode, root_cert=root_cert)
 
