@@ -448,7 +448,7 @@ def test_a_run_while_another_holds_the_lock_is_refused_and_changes_nothing(env, 
         holder.close()
     assert read_state(s3, bucket, "ingest") == before_state
     assert all_keys(s3, bucket) == before_keys
-    assert any(level == "CRITICAL" and "ConcurrentRunError" in line for level, line in ingest_log)
+    assert any(level == "ERROR" and "ConcurrentRunError" in line for level, line in ingest_log)
     # Once the other run is gone the change lands.
     assert list(ingest.lambda_handler({}, None)) == ["currency"]
 
@@ -479,10 +479,12 @@ def test_a_run_that_loses_the_state_race_fails_and_its_batch_is_never_referenced
 
 # -- errors: clear, CRITICAL, nothing written, state unchanged ----------------------------------------
 
-def _assert_nothing_happened(s3, bucket, before, ingest_log, error_type, secret=None):
+def _assert_nothing_happened(s3, bucket, before, ingest_log, error_type, secret=None, level="CRITICAL"):
+    """``level``: CRITICAL, or ERROR for a retryable error (then no CRITICAL line at all)."""
     assert all_keys(s3, bucket) == before
-    critical = [line for level, line in ingest_log if level == "CRITICAL"]
-    assert len(critical) == 1 and error_type in critical[0]
+    failures = [line for logged, line in ingest_log if logged in ("ERROR", "CRITICAL")]
+    assert failures == [line for logged, line in ingest_log if logged == level]
+    assert len(failures) == 1 and error_type in failures[0]
     if secret:
         assert all(secret not in line for _, line in ingest_log)
 
@@ -555,4 +557,4 @@ def test_unreachable_host(env, ingest_log):
     with pytest.raises(DatabaseUnavailableError, match="cannot reach database at 127.0.0.1"):
         ingest.lambda_handler({}, None)
     _assert_nothing_happened(s3, bucket, [], ingest_log, "DatabaseUnavailableError",
-                             secret=credentials["password"])
+                             secret=credentials["password"], level="ERROR")

@@ -465,3 +465,108 @@ def test_real_bad_rows_are_quarantined_alerted_once_and_the_execution_succeeds(e
     # nothing new: no second alert
     assert engine["run"]()["status"] == "SUCCEEDED"
     assert len(_alerts(engine)) == 1
+
+
+# -- a connection lost mid-stage: retried by the state machine -----------------------------------------
+
+def _terminate_running(url, statement_like):
+    """From another connection: terminate the backend of ``url``'s database whose current (or, once it
+    is done, last) statement is LIKE ``statement_like``, if there is one (waiting up to 10 s for it to
+    exit); return its statement, if any."""
+    rows = run_sql(url, "SELECT pid, query FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND pid <> pg_backend_pid() AND query LIKE :like LIMIT 1", like=statement_like)
+    for pid, _ in rows:
+        run_sql(url, "SELECT pg_terminate_backend(:pid, 10000)", pid=pid)
+    return [query for _, query in rows]
+
+
+@pytest.fixture
+def killed_queries():
+    """The statements whose backend the hook terminated (it terminates once, then never again)."""
+    return []
+
+
+@pytest.fixture
+def engine_killing_ingest_copy(aws_env, monkeypatch, totesys_url, warehouse_url, killed_queries):
+    """The engine, with ingest's COPY sink of sales_order (the largest table) terminating the source
+    backend that streams its rows when the first block arrives: the connection dies while the COPY is
+    being read, once. (Whether the server had sent the last row by then depends on socket buffers, so
+    the error surfaces in the COPY or the next statement; tests/utils/test_db_connection_lost.py pins
+    each statement kind deterministically.) One connection reads every table, in dependency order, so
+    statements always follow the kill on the dead connection (a helper connection killed after its last
+    table would rightly change nothing: its rows were all read)."""
+    from utils.ingest.sink import ParquetSink
+    monkeypatch.setenv("INGEST_PARALLEL_CONNECTIONS", "1")
+    real_write = ParquetSink.write
+
+    def write(self, data):
+        if self.table == "sales_order" and not killed_queries:
+            killed_queries.extend(_terminate_running(totesys_url, 'COPY (SELECT "sales_order_id"%'))
+        return real_write(self, data)
+
+    monkeypatch.setattr(ParquetSink, "write", write)
+    yield from _engine(monkeypatch, totesys_url, warehouse_url, _handlers())
+
+
+@pytest.fixture
+def engine_killing_load_copy(aws_env, monkeypatch, totesys_url, warehouse_url, killed_queries):
+    """The engine, with load's COPY FROM STDIN of the sales facts terminating the warehouse backend after
+    its first block of rows was sent (the dimensions are already upserted in the same transaction): the
+    connection dies mid-load, once."""
+    import io
+
+    from utils.load import merge
+    real_stream = merge.csv_stream
+
+    class KillingStream(io.BytesIO):
+        def readinto(self, buffer):
+            if self.tell() and not killed_queries:
+                killed_queries.extend(_terminate_running(warehouse_url, "COPY %stage_fact_sales_order%"))
+            return super().readinto(buffer)
+
+    def stream(table):
+        rows = real_stream(table)
+        if "units_sold" in table.column_names:
+            return KillingStream(rows.getvalue())
+        return rows
+
+    monkeypatch.setattr(merge, "csv_stream", stream)
+    yield from _engine(monkeypatch, totesys_url, warehouse_url, _handlers())
+
+
+def _stage_failures(caplog):
+    return [(r.levelname, r.error_type) for r in caplog.records if getattr(r, "error_type", None)]
+
+
+def test_a_source_connection_lost_mid_copy_is_retried_and_the_execution_reconciles(
+        engine_killing_ingest_copy, killed_queries, caplog):
+    engine = engine_killing_ingest_copy
+    _put_secret("sm/totesys", engine["source"])
+    _put_secret("sm/warehouse", engine["warehouse"])
+    result = engine["run"]()
+    assert len(killed_queries) == 1 and killed_queries[0].startswith("COPY ("), killed_queries
+    assert result["status"] == "SUCCEEDED", result
+    assert engine["invocations"] == ["totesys-ingest", "totesys-ingest", "totesys-transform", "totesys-load"]
+    _assert_reconciled(engine)
+    assert _alerts(engine) == []
+    # One ERROR line for the retried failure, no CRITICAL line (the CRITICAL alarm counts real failures).
+    assert _stage_failures(caplog) == [("ERROR", "DatabaseUnavailableError")]
+    message = next(r.error for r in caplog.records if getattr(r, "error_type", None))
+    assert message.startswith("lost the connection to database at ") and " (totesys) during " in message
+
+
+def test_a_warehouse_connection_lost_mid_load_is_retried_and_the_execution_reconciles(
+        engine_killing_load_copy, killed_queries, caplog):
+    engine = engine_killing_load_copy
+    _put_secret("sm/totesys", engine["source"])
+    _put_secret("sm/warehouse", engine["warehouse"])
+    result = engine["run"]()
+    assert len(killed_queries) == 1 and "FROM STDIN" in killed_queries[0], killed_queries
+    message = next(r.error for r in caplog.records if getattr(r, "error_type", None))
+    assert " (warehouse) during COPY: " in message
+    assert result["status"] == "SUCCEEDED", result
+    assert engine["invocations"] == ["totesys-ingest", "totesys-transform", "totesys-load", "totesys-load"]
+    _assert_reconciled(engine)
+    assert _count(engine["warehouse"], "etl_load_ledger") == 1
+    assert _alerts(engine) == []
+    assert _stage_failures(caplog) == [("ERROR", "DatabaseUnavailableError")]

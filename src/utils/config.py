@@ -1,5 +1,6 @@
 """Settings from environment variables: the one place the pipeline reads them."""
 import os
+from typing import Mapping, Optional, Tuple
 from dataclasses import dataclass
 
 from utils.errors import ConfigError
@@ -60,3 +61,13 @@ def load_settings() -> Settings:
         ingest_overlap_seconds=overlap,
         ingest_parallel_connections=parallel,
     )
+
+
+def tls_variables(role: str, environ: Optional[Mapping[str, str]] = None) -> Tuple[str, Optional[str]]:
+    """The raw TLS settings of database ``role`` (``"totesys"`` or ``"warehouse"``): ``(mode, root_cert)``
+    from ``<ROLE>_SSLMODE`` (stripped, lower-cased; "" when unset) and ``<ROLE>_SSLROOTCERT`` (None when
+    unset). ``utils.db.tls.tls_settings`` checks them and applies the defaults."""
+    environ = os.environ if environ is None else environ
+    prefix = role.upper()
+    mode = environ.get(f"{prefix}_SSLMODE", "").strip().lower()
+    return mode, environ.get(f"{prefix}_SSLROOTCERT", "").strip() or None

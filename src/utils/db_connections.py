@@ -11,11 +11,12 @@ __all__ = ["CREDENTIAL_KEYS", "close_db_connection", "connect_to_db", "credentia
            "db_connections_get_secret", "describe_url", "password_for", "validate_credentials"]
 
 
-def connect_to_db(credentials=None, secret_name=None, secrets_client=None, timezone="UTC"):
+def connect_to_db(credentials=None, secret_name=None, secrets_client=None, timezone="UTC", role=None):
     """Return an open pg8000 native connection (``utils.db.connection.connect_to_db``).
 
     Give either a credentials dict or a secret name (read with ``secrets_client``, default a new
-    boto3 Secrets Manager client; the secret defaults to the totesys one). Raises as
+    boto3 Secrets Manager client; the secret defaults to the totesys one, whose TLS settings
+    ``TOTESYS_SSLMODE``/``TOTESYS_SSLROOTCERT`` then apply unless ``role`` says otherwise). Raises as
     ``utils.db.connection.connect_to_db`` and ``db_connections_get_secret`` do.
     """
     if credentials is None:
@@ -25,5 +26,6 @@ def connect_to_db(credentials=None, secret_name=None, secrets_client=None, timez
         if secret_name is None:
             from utils.config import DEFAULT_TOTESYS_SECRET_ID
             secret_name = DEFAULT_TOTESYS_SECRET_ID
+            role = role or "totesys"
         credentials = db_connections_get_secret(secrets_client, secret_name)
-    return connection.connect_to_db(credentials, timezone=timezone)
+    return connection.connect_to_db(credentials, timezone=timezone, role=role)

@@ -51,12 +51,6 @@ class CorruptFileError(TotesysError):
         super().__init__(message, key=key, table=table)
 
 
-class StateConflictError(TotesysError):
-    """The pipeline state changed under us: another run advanced a state pointer (``key``) or wrote
-    different bytes where this run writes (retryable by the state machine: the next attempt starts
-    from the new state)."""
-
-
 class ObjectExistsError(TotesysError):
     """An object this run means to write once already exists (``key``); objects are never
     overwritten. Whether that is a retry's identical object or a conflict is the caller's call
@@ -77,6 +71,17 @@ class ConcurrentRunError(RetryableError):
 
 class StorageThrottledError(RetryableError):
     """S3 asked us to slow down."""
+
+
+class StateConflictError(RetryableError):
+    """The pipeline state changed under us: another run advanced a state pointer (``key``) or wrote
+    different bytes where this run writes (retryable by the state machine: the next attempt starts
+    from the new state)."""
+
+
+class TlsError(ConfigError):
+    """A database's TLS handshake failed for a reason a retry cannot mend: its certificate does not
+    verify against the CA bundle, its name does not match the host, or it does not speak TLS."""
 
 
 class SchemaDriftError(TotesysError):

@@ -1,6 +1,8 @@
 """The one logging set-up: one JSON object per line (aws-lambda-powertools).
 
-CloudWatch metric filters match ``{ $.level = "CRITICAL" }`` on these lines. In Lambda the lines go to
+CloudWatch metric filters match ``{ $.level = "CRITICAL" }`` on these lines: a stage failure
+that no retry will mend. A RetryableError is logged at ERROR (docs/DEPLOY.md, "Logging levels
+and alerts"). In Lambda the lines go to
 stdout (CloudWatch Logs); the local runner sets TOTESYS_LOG_FILE to keep them in a file instead.
 
 Powertools' own pattern: one ``Logger`` per service, created once. ``get_logger(stage)`` keeps them in
@@ -19,6 +21,9 @@ import uuid
 from typing import Dict
 
 from aws_lambda_powertools import Logger
+
+from utils.aws.sdk import require_tested_sdk
+from utils.errors import RetryableError
 
 _LOGGERS: Dict[str, Logger] = {}
 _REGISTRY_LOCK = threading.Lock()
@@ -64,9 +69,11 @@ def get_logger(stage):
 
 def stage_handler(stage):
     """Decorate a Lambda handler: every log line of the invocation carries ``run_id`` (the Lambda
-    request id; a fresh id when there is no context); an exception is logged at CRITICAL (error type
-    and message) and re-raised unchanged; the invocation ends with one line giving its outcome and
-    ``duration_ms``."""
+    request id; a fresh id when there is no context); an exception is logged once (error type and
+    message) and re-raised unchanged: at ERROR when it is a RetryableError (the state machine retries
+    it, and a retry that succeeds must not count as a failure), at CRITICAL otherwise (the line the
+    CRITICAL metric filter counts); the invocation ends with one line giving its outcome and
+    ``duration_ms``. Before the handler runs, ``require_tested_sdk`` checks the AWS SDK."""
     logger = get_logger(stage)
 
     def decorate(handler):
@@ -77,12 +84,18 @@ def stage_handler(stage):
             started = time.perf_counter()
             outcome = "failed"
             try:
+                require_tested_sdk()
                 result = handler(event, context)
                 outcome = "succeeded"
                 return result
+            except RetryableError as err:
+                logger.error(f"{stage} failed, retryable", error_type=type(err).__name__, error=str(err),
+                             retryable=True)
+                raise
             except Exception as err:
                 # The one place a stage failure becomes the CRITICAL line the metric filter alarms on.
-                logger.critical(f"{stage} failed", error_type=type(err).__name__, error=str(err))
+                logger.critical(f"{stage} failed", error_type=type(err).__name__, error=str(err),
+                                retryable=False)
                 raise
             finally:
                 logger.info(f"{stage} {outcome}", outcome=outcome,

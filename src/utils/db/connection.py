@@ -1,14 +1,15 @@
 """The one way to open a PostgreSQL connection (pg8000 native), to name a database without its
 password, and to end a transaction when something has already gone wrong."""
 import os
-import socket
+import ssl
 import stat
 from urllib.parse import unquote, urlsplit
 
 import pg8000.native
 
 from utils.aws.secrets import validate_credentials
-from utils.errors import CredentialsError, DatabaseUnavailableError
+from utils.db.tls import ssl_context, tls_settings
+from utils.errors import CredentialsError, DatabaseUnavailableError, TlsError
 
 NO_PASSWORD_HINT = (  # nosec B105 - a message, not a password
     "; no password was given (none in the URL or secret, PGPASSWORD or the password file "
@@ -109,40 +110,129 @@ def _pgpass_fields(line):
     return fields
 
 
-def connect_to_db(credentials, timezone="UTC"):
-    """Return an open pg8000 native connection to ``credentials`` (a dict with host, port, database,
-    user and password; checked by ``validate_credentials``) whose session time zone is ``timezone``.
+# Connect (TCP + TLS + authentication) must answer within this many seconds.
+CONNECT_TIMEOUT_SECONDS = 30
+# The server cancels any statement running longer (SQLSTATE 57014, not retried): Lambda's own limit is
+# 15 minutes, so a longer statement could never finish anyway.
+STATEMENT_TIMEOUT_SECONDS = 900
+# Once connected, a read waits this long: longer than any statement may run, so a long silent statement
+# (a big upsert, a COPY whose query sorts first) is ended by the server's clear statement_timeout error,
+# and the socket timeout only catches a peer that vanished without closing the connection.
+READ_TIMEOUT_SECONDS = STATEMENT_TIMEOUT_SECONDS + 60
+
+# SQLSTATEs of a server that ended or refused the session for a reason of its own, not the statement's:
+# class 08 (connection exception), 57P01 admin_shutdown (pg_terminate_backend, a fast shutdown),
+# 57P02 crash_shutdown, 57P03 cannot_connect_now (starting up, in recovery).
+CONNECTION_LOST_CLASSES = ("08",)
+CONNECTION_LOST_STATES = ("57P01", "57P02", "57P03")
+
+
+def _sqlstate(err):
+    detail = err.args[0] if err.args and isinstance(err.args[0], dict) else {}
+    return detail.get("C", ""), detail
+
+
+def connection_lost(err):
+    """True when ``err`` (raised by pg8000 or the socket) means the session is gone, not that the
+    statement was wrong: pg8000's InterfaceError (network error, closed connection), an OSError from
+    the socket, or a DatabaseError whose SQLSTATE is in class 08 or CONNECTION_LOST_STATES."""
+    if isinstance(err, (pg8000.exceptions.InterfaceError, OSError)):
+        return True
+    if isinstance(err, pg8000.exceptions.DatabaseError):
+        code, _ = _sqlstate(err)
+        return code in CONNECTION_LOST_STATES or code[:2] in CONNECTION_LOST_CLASSES
+    return False
+
+
+class Connection(pg8000.native.Connection):
+    """A pg8000 native connection whose every statement (queries, COPY in and out, COMMIT) turns a lost
+    session into DatabaseUnavailableError naming the database and the statement's first word (never
+    its text or parameters). ``described`` names the database: ``database at host:port/name (role)``."""
+
+    described = "database"
+
+    def run(self, sql, stream=None, types=None, **params):
+        try:
+            return super().run(sql, stream=stream, types=types, **params)
+        except (pg8000.exceptions.Error, OSError) as err:
+            if not connection_lost(err):
+                raise
+            code, detail = _sqlstate(err)
+            reason = f"{code} {detail.get('M', '')}".strip() if code else type(err).__name__
+            verb = sql.split(None, 1)[0].upper() if sql.strip() else "statement"
+            raise DatabaseUnavailableError(
+                f"lost the connection to {self.described} during {verb}: {reason}") from None
+
+
+def connect_to_db(credentials, timezone="UTC", role=None):
+    """Return an open connection (``Connection``, a pg8000 native connection) to ``credentials`` (a
+    dict with host, port, database, user and password; checked by ``validate_credentials``) whose
+    session time zone is ``timezone``.
 
     ``timezone=None`` sends no TimeZone startup parameter, so the session takes the database's
     configured default (ALTER DATABASE/ROLE ... SET timezone, else the server's setting).
-    Raises DatabaseUnavailableError (retryable) when the server cannot be reached, and
-    CredentialsError when it refuses the credentials; neither message holds the password.
+    ``role`` (``"totesys"``, ``"warehouse"`` or None) picks the TLS settings: ``<ROLE>_SSLMODE`` and
+    ``<ROLE>_SSLROOTCERT`` (``utils.db.tls``; None reads no variable: verify-full with the system
+    trust store, or plaintext for a loopback host). The session's statement_timeout is
+    STATEMENT_TIMEOUT_SECONDS; reads wait READ_TIMEOUT_SECONDS once connected.
+
+    Raises DatabaseUnavailableError (retryable) when the server cannot be reached or ends the session
+    while it starts, TlsError when the TLS handshake fails for good (certificate not verified, host
+    name mismatch, server without TLS), ConfigError for bad TLS settings, and CredentialsError when the
+    server refuses the credentials. No message holds the password.
     """
     credentials = validate_credentials(credentials, "credentials")
-    where = f"{credentials['host']}:{credentials['port']}/{credentials['database']}"
+    where = (f"database at {credentials['host']}:{credentials['port']}/{credentials['database']}"
+             + (f" ({role})" if role else ""))
+    settings = tls_settings(role, credentials["host"])
+    context = ssl_context(settings, where)
+    startup = {"statement_timeout": f"{STATEMENT_TIMEOUT_SECONDS}s"}
+    if timezone:
+        startup["TimeZone"] = timezone
     try:
-        return pg8000.native.Connection(
+        conn = Connection(
             user=credentials["user"],
             password=credentials["password"],
             host=credentials["host"],
             port=int(credentials["port"]),
             database=credentials["database"],
-            timeout=30,
-            startup_params={"TimeZone": timezone} if timezone else None,
+            timeout=CONNECT_TIMEOUT_SECONDS,
+            ssl_context=context,
+            startup_params=startup,
         )
+    except ssl.SSLCertVerificationError as err:
+        raise TlsError(f"cannot connect to {where} with sslmode {settings.mode}: the server's "
+                       f"certificate was not accepted: {err.verify_message}") from None
+    except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError) as err:
+        raise DatabaseUnavailableError(
+            f"cannot reach {where}: the connection closed during the TLS handshake "
+            f"({type(err).__name__})") from None
+    except ssl.SSLError as err:
+        raise TlsError(f"cannot connect to {where} with sslmode {settings.mode}: TLS handshake failed: "
+                       f"{err.reason or type(err).__name__}") from None
     except pg8000.exceptions.InterfaceError as err:
+        if str(err) == "Server refuses SSL":
+            raise TlsError(f"cannot connect to {where} with sslmode {settings.mode}: the server does "
+                           "not accept TLS connections") from None
         raise DatabaseUnavailableError(
-            f"cannot reach database at {where}: {type(err).__name__}") from None
-    except (socket.error, OSError) as err:
+            f"cannot reach {where}: {type(err).__name__}") from None
+    except OSError as err:
         raise DatabaseUnavailableError(
-            f"cannot reach database at {where}: {type(err).__name__}") from None
+            f"cannot reach {where}: {type(err).__name__}") from None
     except pg8000.exceptions.DatabaseError as err:
-        detail = err.args[0] if err.args and isinstance(err.args[0], dict) else {}
+        code, detail = _sqlstate(err)
+        if connection_lost(err):
+            raise DatabaseUnavailableError(
+                f"cannot reach {where}: {code} {detail.get('M', '')}".rstrip()) from None
         # 28P01 invalid_password: with no password at all, say where one could have come from.
-        hint = NO_PASSWORD_HINT if detail.get("C") == "28P01" and not credentials["password"] else ""
+        hint = NO_PASSWORD_HINT if code == "28P01" and not credentials["password"] else ""
         raise CredentialsError(
-            f"database at {where} refused the connection: "
+            f"{where} refused the connection: "
             f"{detail.get('M', 'authentication failed')}{hint}") from None
+    conn.described = where
+    # pg8000 keeps one timeout for connecting and reading; reads get the longer one.
+    conn._usock.settimeout(READ_TIMEOUT_SECONDS)
+    return conn
 
 
 def close_db_connection(conn):

@@ -116,9 +116,9 @@ def connect_all(credentials, count):
     list order) is raised, as ``connect_to_db`` raises it.
     """
     if count == 1:
-        return [connect_to_db(credentials=credentials, timezone=None)]
+        return [connect_to_db(credentials=credentials, timezone=None, role="totesys")]
     with ThreadPoolExecutor(max_workers=count, thread_name_prefix="ingest-connect") as pool:
-        pending = [pool.submit(connect_to_db, credentials=credentials, timezone=None)
+        pending = [pool.submit(connect_to_db, credentials=credentials, timezone=None, role="totesys")
                    for _ in range(count)]
     opened = [future.result() for future in pending if future.exception() is None]
     if len(opened) < count:

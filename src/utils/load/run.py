@@ -61,7 +61,7 @@ def run_load(event, s3_client=None, secrets_client=None):
     s3_client = s3_client or boto3.client("s3")
     secrets_client = secrets_client or boto3.client("secretsmanager")
     credentials = db_connections_get_secret(secrets_client, settings.warehouse_secret_id)
-    conn = connect_to_db(credentials)
+    conn = connect_to_db(credentials, role="warehouse")
     logger.info("connected to the warehouse", host=credentials["host"], database=credentials["database"])
     try:
         return load_pending(conn, s3_client, settings.processed_bucket)
