@@ -24,7 +24,7 @@ from utils.config import load_settings
 from utils.db.connection import close_db_connection, connect_to_db
 from utils.errors import CorruptFileError, InvalidEventError
 from utils.load.merge import batch_loaded, load_batch
-from utils.load.schema import REJECTED, ensure_warehouse_schema
+from utils.load.schema import DELETED, REJECTED, ensure_warehouse_schema
 from utils.logger import get_logger
 
 STAGE = "load"
@@ -72,7 +72,9 @@ def load_pending(conn, s3_client, bucket):
     """Ensure the schema, then load every pending processed batch, oldest first.
 
     Returns ``{"batches": [batch_id, ...], "tables": {warehouse table: rows}, "rejected_rows": n,
-    "rejected": {source table: n}}``: the rows newly quarantined in etl_rejected_rows by these batches.
+    "rejected": {source table: n}}``: the rows newly quarantined in etl_rejected_rows by these batches;
+    when these batches recorded hard deletes in etl_deleted_rows, also ``"deleted_rows": n`` and
+    ``"deleted": {source table: n}`` (absent when none).
     """
     targets = ensure_warehouse_schema(conn)
     result = {"batches": [], "tables": {}, "rejected_rows": 0, "rejected": {}}
@@ -87,6 +89,9 @@ def load_pending(conn, s3_client, bucket):
         for source, rows in counts.pop(REJECTED, {}).items():
             result["rejected"][source] = result["rejected"].get(source, 0) + rows
             result["rejected_rows"] += rows
+        for source, rows in counts.pop(DELETED, {}).items():
+            result.setdefault("deleted", {})[source] = result.get("deleted", {}).get(source, 0) + rows
+            result["deleted_rows"] = result.get("deleted_rows", 0) + rows
         for name, rows in counts.items():
             result["tables"][name] = result["tables"].get(name, 0) + rows
     return result
