@@ -211,3 +211,23 @@ def test_a_missing_previous_key_set_fails_the_ingest_clearly(loaded, buckets):
     with pytest.raises(CorruptFileError, match=f"payment: cannot read .*{key}"):
         ingest.lambda_handler({}, None)
     assert read_state(s3, buckets["ingest"], "ingest")[0] == state  # nothing advanced
+
+
+def test_a_deleted_entry_without_a_file_key_is_a_clear_error():
+    from utils.transform.deletes import read_deleted
+    with pytest.raises(CorruptFileError, match="manifest m.json: entry 'deleted' has no file key"):
+        read_deleted(None, "bucket", {"deleted": {"rows": 1}}, "m.json")
+
+
+def test_deleted_keys_of_a_table_outside_the_allow_list_are_refused(buckets):
+    import pyarrow as pa
+
+    from utils.aws.objects import parquet_bytes
+    from utils.errors import UnknownTableError
+    from utils.ingest.deletes import DELETED_SCHEMA
+    from utils.transform.deletes import read_deleted
+    s3 = boto3.client("s3")
+    bad = pa.Table.from_pylist([{"source_table": "pg_authid", "source_id": 1}], schema=DELETED_SCHEMA)
+    s3.put_object(Bucket=buckets["ingest"], Key="_deleted/x.parquet", Body=parquet_bytes(bad))
+    with pytest.raises(UnknownTableError):
+        read_deleted(s3, buckets["ingest"], {"deleted": {"key": "_deleted/x.parquet"}}, "m.json")
