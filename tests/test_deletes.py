@@ -231,3 +231,19 @@ def test_deleted_keys_of_a_table_outside_the_allow_list_are_refused(buckets):
     s3.put_object(Bucket=buckets["ingest"], Key="_deleted/x.parquet", Body=parquet_bytes(bad))
     with pytest.raises(UnknownTableError):
         read_deleted(s3, buckets["ingest"], {"deleted": {"key": "_deleted/x.parquet"}}, "m.json")
+
+
+def test_deleted_rows_leave_the_transform_snapshots():
+    import pyarrow as pa
+
+    from utils.catalog.source import LANDING_SCHEMAS
+    from utils.ingest.deletes import DELETED_SCHEMA
+    from utils.transform.deletes import drop_deleted
+    staff = LANDING_SCHEMAS["staff"].empty_table()
+    staff = pa.Table.from_pylist([{"staff_id": i, "first_name": "a", "last_name": "b", "department_id": 1,
+                                   "email_address": "e"} for i in (1, 2, 3)], schema=staff.schema)
+    deleted = pa.Table.from_pylist([{"source_table": "staff", "source_id": 2},
+                                    {"source_table": "payment", "source_id": 1}], schema=DELETED_SCHEMA)
+    kept, changed = drop_deleted({"staff": staff, "address": None}, deleted)
+    assert changed == ["staff"] and kept["staff"]["staff_id"].to_pylist() == [1, 3]
+    assert drop_deleted({"staff": staff}, DELETED_SCHEMA.empty_table()) == ({"staff": staff}, [])

@@ -168,9 +168,8 @@ def test_rejected_and_deleted_rows_show_where_those_tables_exist(
                  "('sales_order', 1, now(), 'units_sold', 'overflow', 'b'), "
                  "('sales_order', 2, now(), 'units_sold', 'overflow', 'b'), "
                  "('payment', 3, now(), 'payment_date', 'impossible date', 'b')")
-    run_sql(url, "CREATE TABLE etl_deleted_rows (source_table varchar, source_id integer, "
-                 "detected_at timestamptz, batch_id varchar)")
-    run_sql(url, "INSERT INTO etl_deleted_rows VALUES ('payment', 9, now(), 'b')")
+    run_sql(url, "INSERT INTO etl_deleted_rows (source_table, source_id, batch_id) "
+                 "VALUES ('payment', 9, 'b')")
     app = run_app(monkeypatch, url)
     captions = [caption.value for caption in app.caption]
     assert "Rejected rows (etl_rejected_rows): 3" in captions
