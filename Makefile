@@ -117,7 +117,7 @@ bench: $(STAMP) $(DASHBOARD_STAMP)
 	$(BIN)/python -m bench.bench
 
 simulate: $(STAMP)
-	$(BIN)/totesys simulate --minutes 60 --state-dir $(STATE_DIR)
+	$(BIN)/totesys simulate --minutes 60 --cancel 1 --state-dir $(STATE_DIR)
 
 psql: $(STAMP)
 	@$(BIN)/totesys psql --state-dir $(STATE_DIR)

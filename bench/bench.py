@@ -48,7 +48,7 @@ def seeded_cluster(scale=SCALE):
 
 
 def main():
-    from bench import dashboard_bench, ingest_bench, transform_load_bench
+    from bench import dashboard_bench, deletes_bench, ingest_bench, transform_load_bench
     # The stages' EMF metric lines (utils.metrics) would bury the figures; children inherit this.
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     with seeded_cluster() as ctx:
@@ -56,7 +56,7 @@ def main():
                    "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                               f"Python {platform.python_version()}",
                    "ingest": ingest_bench.run(ctx), "transform_load": transform_load_bench.run(ctx),
-                   "dashboard": dashboard_bench.run(ctx)}
+                   "dashboard": dashboard_bench.run(ctx), "deletes": deletes_bench.run(ctx)}
     (ctx["workdir"] / "latest.json").write_text(json.dumps(results, indent=2, default=str))
     print(json.dumps(results, indent=2, default=str))
     return 0

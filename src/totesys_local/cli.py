@@ -1,7 +1,7 @@
 """The ``totesys`` command: seed and simulate totesys data, run the pipeline locally.
 
     totesys seed --target URL --scale N [--seed S]
-    totesys simulate [--target URL] --minutes M [--seed S] [--state-dir DIR]
+    totesys simulate [--target URL] --minutes M [--seed S] [--cancel N] [--state-dir DIR]
     totesys run [--source URL] [--warehouse URL] [--state-dir DIR]
     totesys pending [--warehouse URL] [--state-dir DIR]
     totesys retry [--source URL] [--warehouse URL] [--state-dir DIR]
@@ -51,6 +51,9 @@ def _add_simulate(commands):
                           "as `make run` made it)")
     simulate.add_argument("--minutes", type=_positive_float, required=True)
     simulate.add_argument("--seed", type=int, default=None)
+    simulate.add_argument("--cancel", type=int, default=0, metavar="N",
+                          help="also cancel N unpaid sales orders: delete each with its transaction and "
+                               "payment (the pipeline records hard deletes in etl_deleted_rows)")
     _state_dir(simulate)
 
 
@@ -106,7 +109,7 @@ def _simulate(args):
     if not target:
         from totesys_local.runner import embedded_source_url
         target = embedded_source_url(args.state_dir)
-    summary = simulate(target, minutes=args.minutes, seed=args.seed)
+    summary = simulate(target, minutes=args.minutes, seed=args.seed, cancel=args.cancel)
     print("simulated: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
     return 0
 

@@ -637,7 +637,7 @@ class _Activity:
                           at=at, id=staff_id)
 
 
-def simulate(target_url, minutes, seed=None, now=None):
+def simulate(target_url, minutes, seed=None, now=None, cancel=0):
     """Apply ``minutes`` of business activity to the totesys at ``target_url``, in one transaction.
 
     New sales and purchase orders (each with its transaction and an unpaid payment), payments
@@ -650,10 +650,15 @@ def simulate(target_url, minutes, seed=None, now=None):
     (or ``now``, a naive UTC datetime, when given): every created_at/last_updated written lies in
     [end - minutes seconds, end], with millisecond precision and increasing per event, and an
     updated row's new last_updated is later than its old one (only rows last changed before the
-    window are chosen). Returns {what happened: count}. Raises GeneratorError when minutes is not
-    > 0, the database cannot be reached, or it holds no totesys tables.
+    window are chosen). ``cancel`` > 0 also cancels that many unpaid sales orders made before this
+    call: each is hard-deleted with its transaction and payment, in foreign-key order (payment,
+    transaction, order), so the pipeline has deletes to detect. Returns {what happened: count}.
+    Raises GeneratorError when minutes is not > 0, cancel is not a whole number >= 0, the database
+    cannot be reached, or it holds no totesys tables.
     """
     minutes = _check_minutes(minutes)
+    if isinstance(cancel, bool) or not isinstance(cancel, int) or cancel < 0:
+        raise GeneratorError(f"cancel must be a whole number of orders >= 0, got {cancel!r}")
     rng = np.random.default_rng(seed)
     conn = _connect(target_url)
     try:
@@ -662,7 +667,8 @@ def simulate(target_url, minutes, seed=None, now=None):
         if missing:
             raise GeneratorError(
                 f"database has no totesys tables (missing {', '.join(missing)}): run totesys seed first")
-        return _in_transaction(conn, lambda conn: _simulate(conn, rng, minutes, now))
+        return _in_transaction(conn, lambda conn: {**_cancel_orders(conn, rng, cancel),
+                                                   **_simulate(conn, rng, minutes, now)})
     except pg8000.exceptions.DatabaseError as err:
         raise GeneratorError(f"simulation failed, nothing written: {_database_message(err)}") from None
     except pg8000.exceptions.InterfaceError as err:
@@ -670,6 +676,25 @@ def simulate(target_url, minutes, seed=None, now=None):
             f"lost the database connection while simulating, nothing written: {err}") from None
     finally:
         close_db_connection(conn)
+
+
+def _cancel_orders(conn, rng, count):
+    """Hard-delete ``count`` random unpaid sales orders with their transaction and payment (fewer
+    when fewer exist); return {"sales orders cancelled (deleted)": n} (empty when count is 0)."""
+    if not count:
+        return {}
+    candidates = conn.run(
+        "SELECT t.sales_order_id, t.transaction_id, p.payment_id FROM transaction t "
+        "JOIN payment p ON p.transaction_id = t.transaction_id "
+        "WHERE t.sales_order_id IS NOT NULL AND NOT p.paid ORDER BY 1")
+    chosen = [candidates[i] for i in sorted(rng.permutation(len(candidates))[:count])]
+    for column, table, position in (("payment_id", "payment", 2), ("transaction_id", "transaction", 1),
+                                    ("sales_order_id", "sales_order", 0)):
+        # Fixed table and column names, quoted; the ids are bound.
+        conn.run(f"DELETE FROM {pg8000.native.identifier(table)} "  # nosec B608
+                 f"WHERE {pg8000.native.identifier(column)} = ANY(CAST(:ids AS integer[]))",
+                 ids=[row[position] for row in chosen])
+    return {"sales orders cancelled (deleted)": len(chosen)}
 
 
 def _simulate(conn, rng, minutes, now):

@@ -252,6 +252,8 @@ def _summarise(output, seconds, elapsed):
             "transformed": transform_result.get("batches") or [],
             "rejected_rows": load_result.get("rejected_rows") or 0,
             "rejected": load_result.get("rejected") or {},
+            "deleted_rows": load_result.get("deleted_rows") or 0,
+            "deleted": load_result.get("deleted") or {},
             "ignored_columns": state.get("ignored_columns") or {},
             "seconds": seconds, "elapsed": elapsed,
             "bounds": _batch_bounds(manifest)}
@@ -301,6 +303,11 @@ def print_summary(summary, warehouse_line, out=print):
         per_table = ", ".join(f"{table} {rows}" for table, rows in (summary.get("rejected") or {}).items())
         out(f"\n{rejected} rows rejected (quarantined){f' ({per_table})' if per_table else ''}: "
             "see etl_rejected_rows in the warehouse (make psql)")
+    deleted = summary.get("deleted_rows") or 0
+    if deleted:
+        per_table = ", ".join(f"{table} {rows}" for table, rows in (summary.get("deleted") or {}).items())
+        out(f"\n{deleted} rows deleted in totesys{f' ({per_table})' if per_table else ''}: gone from the "
+            "current views, kept in the fact history; see etl_deleted_rows in the warehouse (make psql)")
     for table, columns in (summary.get("ignored_columns") or {}).items():
         out(f"columns ignored in {table} (new in the source, not in the pipeline): {', '.join(columns)}")
     per_stage = ", ".join(f"{stage} {secs:.2f}" for stage, secs in summary["seconds"].items())

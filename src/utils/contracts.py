@@ -29,9 +29,12 @@ LoadEvent = StageResult
 
 
 class LoadResult(StageResult):
-    """The load result: rows newly quarantined in ``etl_rejected_rows`` (total and per source table)."""
+    """The load result: rows newly quarantined in ``etl_rejected_rows`` (total and per source table);
+    deletions newly recorded in ``etl_deleted_rows`` (only when there were any)."""
     rejected_rows: int
     rejected: Dict[str, int]
+    deleted_rows: NotRequired[int]
+    deleted: NotRequired[Dict[str, int]]
 
 
 class IngestTableEntry(TypedDict):

@@ -74,10 +74,10 @@ def test_every_section_renders(generated_warehouse, monkeypatch):
     outstanding = run_sql(generated_warehouse,
                           "SELECT sum(payment_amount) FROM current_payment WHERE NOT paid")
     assert sum(row["outstanding_amount"] for row in paid) == outstanding[0][0] > 0
-    # etl_rejected_rows is part of the warehouse DDL: shown (nothing rejected); etl_deleted_rows does not
-    # exist in this warehouse: its section is not shown.
+    # etl_rejected_rows and etl_deleted_rows are part of the warehouse DDL: shown (nothing rejected or
+    # deleted).
     assert "Rejected rows (etl_rejected_rows): 0" in [c.value for c in app.caption]
-    assert not [c for c in app.caption if "etl_deleted_rows" in c.value]
+    assert "Deleted rows (etl_deleted_rows): 0" in [c.value for c in app.caption]
 
 
 def test_filters_change_the_figures(generated_warehouse, monkeypatch):
@@ -168,9 +168,8 @@ def test_rejected_and_deleted_rows_show_where_those_tables_exist(
                  "('sales_order', 1, now(), 'units_sold', 'overflow', 'b'), "
                  "('sales_order', 2, now(), 'units_sold', 'overflow', 'b'), "
                  "('payment', 3, now(), 'payment_date', 'impossible date', 'b')")
-    run_sql(url, "CREATE TABLE etl_deleted_rows (source_table varchar, source_id integer, "
-                 "detected_at timestamptz, batch_id varchar)")
-    run_sql(url, "INSERT INTO etl_deleted_rows VALUES ('payment', 9, now(), 'b')")
+    run_sql(url, "INSERT INTO etl_deleted_rows (source_table, source_id, batch_id) "
+                 "VALUES ('payment', 9, 'b')")
     app = run_app(monkeypatch, url)
     captions = [caption.value for caption in app.caption]
     assert "Rejected rows (etl_rejected_rows): 3" in captions

@@ -46,6 +46,7 @@ from utils.errors import ConcurrentRunError, InvalidEventError
 from utils.format_time import format_time, parse_time
 from utils.generate_file_key import generate_file_key
 from utils.ingest.copy_reader import SUPPORTED_PG8000, copy_out, fast_copy_supported
+from utils.ingest.deletes import detect_deletes, read_key_sets
 from utils.ingest.sink import INLINE, ParquetSink
 from utils.ingest.snapshot import (Window, copy_sql, import_snapshot, largest_first, open_window,
                                    snapshot_bounds)
@@ -145,15 +146,19 @@ def ingest_tables(conn, s3_client, bucket, tables, overlap_seconds, helpers=()):
         raise ConcurrentRunError("another ingest run holds the lock on the source database; try later")
     try:
         state, etag = read_state(s3_client, bucket, STAGE)
-        window, landed = _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds, helpers)
-        return _commit_batch(s3_client, bucket, tables, window, landed, state, etag)
+        window, landed, key_sets = _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds,
+                                                     helpers)
+        detection, deleted = detect_deletes(s3_client, bucket, window.batch_time, window.prev_tables,
+                                            key_sets)
+        return _commit_batch(s3_client, bucket, tables, window, landed, state, etag, detection, deleted)
     finally:
         end_quietly(conn, "SELECT pg_advisory_unlock(:key)", key=ADVISORY_LOCK_KEY)
 
 
 def _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds, helpers=()):
     """Stream every table out of one snapshot and land its Parquet file; return
-    ``(Window, {table: manifest entry})`` (only the tables that landed a file).
+    ``(Window, {table: manifest entry}, {table: sorted primary keys})`` (entries only for the tables
+    that landed a file; keys of every table, read on the same snapshot: ``utils.ingest.deletes``).
 
     The work is pipelined over threads so that it overlaps the server producing the rows: each
     reader's converter thread parses its CSV chunks into Parquet row groups and finishes each file
@@ -201,6 +206,7 @@ def _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds, h
             in_flight = read(conn, converters[0])
             for share in shares:
                 in_flight += share.result()
+            key_sets = read_key_sets(in_transaction, tables)
         finally:
             stop.set()
             readers.shutdown(wait=True)
@@ -212,7 +218,7 @@ def _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds, h
             entry = stored[table].result()
             if entry:
                 landed[table] = entry
-        return window, landed
+        return window, landed, key_sets
     except BaseException:
         for convert in converters:
             convert.shutdown(wait=True, cancel_futures=True)
@@ -303,11 +309,12 @@ def _land_table(conn, extraction, table, convert=None):
     return (extraction.upload or INLINE).submit(store)
 
 
-def _commit_batch(s3_client, bucket, tables, window, landed, state, etag):
-    """Write the manifest (if anything landed), then advance the state pointer (CAS).
+def _commit_batch(s3_client, bucket, tables, window, landed, state, etag, detection=None, deleted=None):
+    """Write the manifest (if anything landed or was deleted), then advance the state pointer (CAS).
 
-    The state keeps every table's entry, all in ``window.timezone``; ``ignored_columns`` is the
-    previous one with this run's tables replaced by what this run found.
+    The state keeps every table's entry, all in ``window.timezone``, with its key set
+    (``detection.keys``); ``ignored_columns`` is the previous one with this run's tables replaced by
+    what this run found. ``deleted``: the manifest's ``deleted`` entry (``utils.ingest.deletes``).
     """
     batch_time = window.batch_time
     batch_id = f"{batch_time:%Y%m%dT%H%M%S%f}"
@@ -317,16 +324,20 @@ def _commit_batch(s3_client, bucket, tables, window, landed, state, etag):
     new_state = {"manifest_key": state.get("manifest_key"), "batch_id": state.get("batch_id"),
                  "timezone": window.timezone, "ignored_columns": ignored,
                  "tables": dict(window.prev_tables)}
-    if landed:
+    if landed or deleted:
         manifest_key = generate_file_key("_batches", batch_time, "json")
         manifest = {"batch_id": batch_id, "batch_time": format_time(batch_time),
                     "timezone": window.timezone, "ignored_columns": window.ignored_columns,
                     "prev_manifest_key": state.get("manifest_key"), "tables": landed}
+        if deleted:
+            manifest["deleted"] = deleted
         write_to_s3(s3_client, bucket, manifest_key, json.dumps(manifest, sort_keys=True))
         logger.info("manifest written", key=manifest_key, tables=len(landed))
         new_state.update(manifest_key=manifest_key, batch_id=batch_id)
     for table in tables:
         new_state["tables"][table] = {"high": format_time(window.highs[table]), "snapshot": window.snapshot}
+        if detection and table in detection.keys:
+            new_state["tables"][table]["keys"] = detection.keys[table]
     write_state(s3_client, bucket, STAGE, new_state, etag)
     logger.info("state advanced", batch_time=format_time(batch_time), tables=tables)
     return {table: entry["key"] for table, entry in landed.items()}

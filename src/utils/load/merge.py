@@ -22,7 +22,8 @@ from utils.catalog.warehouse import (FACTS, PROCESSED_SCHEMAS, VERSION_COLUMN, V
                                      WAREHOUSE_KEYS, WAREHOUSE_SCHEMAS, WAREHOUSE_SOURCES, WAREHOUSE_TABLES)
 from utils.db.connection import end_quietly
 from utils.errors import CorruptFileError, SchemaMismatchError
-from utils.load.schema import ADVISORY_LOCK_KEY, DIMENSION_VERSIONS, LEDGER, REJECTED, sql_type
+from utils.load.deletes import read_batch_deleted, record_deleted
+from utils.load.schema import ADVISORY_LOCK_KEY, DELETED, DIMENSION_VERSIONS, LEDGER, REJECTED, sql_type
 from utils.logger import get_logger
 from utils.transform.quarantine import REJECTED_SCHEMA, rejected_records
 
@@ -60,8 +61,9 @@ def read_batch_rejected(s3_client, bucket, manifest, manifest_key=None):
 
 def load_batch(conn, s3_client, bucket, manifest_key, manifest, targets):
     """Load one processed batch in one transaction; return {table: rows written} (with
-    ``etl_rejected_rows``: {source table: rows newly rejected}), or None when the ledger already holds
-    it. Every file is read and checked before the transaction starts.
+    ``etl_rejected_rows``: {source table: rows newly rejected}, ``etl_deleted_rows``: {source table:
+    deletions newly recorded}), or None when the ledger already holds it. Every file is read and
+    checked before the transaction starts.
 
     Rows that do not fit the warehouse's columns, and fact rows that reference a dimension row the
     warehouse does not hold, are recorded in etl_rejected_rows instead of failing the batch.
@@ -72,6 +74,7 @@ def load_batch(conn, s3_client, bucket, manifest_key, manifest, targets):
         tables[name], bad = split_by_limits(name, tables[name], targets[name].limits)
         rejected.append(bad)
     rejected = pa.concat_tables(rejected)
+    deleted_keys = read_batch_deleted(s3_client, bucket, manifest, manifest_key)
     batch_id = manifest["batch_id"]
     conn.run("START TRANSACTION")
     try:
@@ -93,6 +96,9 @@ def load_batch(conn, s3_client, bucket, manifest_key, manifest, targets):
                 counts[name] = merge_table(conn, name, tables[name], targets[name].names)
         if newly_rejected:
             counts[REJECTED] = newly_rejected
+        newly_deleted = record_deleted(conn, deleted_keys, tables, batch_id)
+        if newly_deleted:
+            counts[DELETED] = newly_deleted
         record_batch(conn, batch_id, manifest_key, counts)
         conn.run("COMMIT")
     except BaseException:

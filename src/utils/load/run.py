@@ -25,7 +25,7 @@ from utils.contracts import LoadResult
 from utils.db.connection import close_db_connection, connect_to_db
 from utils.errors import InvalidEventError
 from utils.load.merge import batch_loaded, load_batch
-from utils.load.schema import REJECTED, ensure_warehouse_schema
+from utils.load.schema import DELETED, REJECTED, ensure_warehouse_schema
 from utils.logger import get_logger
 
 STAGE = "load"
@@ -73,7 +73,9 @@ def load_pending(conn, s3_client, bucket):
     """Ensure the schema, then load every pending processed batch, oldest first.
 
     Returns ``{"batches": [batch_id, ...], "tables": {warehouse table: rows}, "rejected_rows": n,
-    "rejected": {source table: n}}``: the rows newly quarantined in etl_rejected_rows by these batches.
+    "rejected": {source table: n}}``: the rows newly quarantined in etl_rejected_rows by these batches;
+    when these batches recorded hard deletes in etl_deleted_rows, also ``"deleted_rows": n`` and
+    ``"deleted": {source table: n}`` (absent when none).
     """
     targets = ensure_warehouse_schema(conn)
     result: LoadResult = {"batches": [], "tables": {}, "rejected_rows": 0, "rejected": {}}
@@ -88,6 +90,10 @@ def load_pending(conn, s3_client, bucket):
         for source, rows in counts.pop(REJECTED, {}).items():
             result["rejected"][source] = result["rejected"].get(source, 0) + rows
             result["rejected_rows"] += rows
+        for source, rows in counts.pop(DELETED, {}).items():
+            deleted = result.setdefault("deleted", {})
+            deleted[source] = deleted.get(source, 0) + rows
+            result["deleted_rows"] = result.get("deleted_rows", 0) + rows
         for name, rows in counts.items():
             result["tables"][name] = result["tables"].get(name, 0) + rows
     return result

@@ -19,9 +19,10 @@ SCHEMA_FILE = WAREHOUSE_DDL
 LEDGER = "etl_load_ledger"
 REJECTED = "etl_rejected_rows"
 DIMENSION_VERSIONS = "etl_dimension_version"
-OWN_TABLES = (LEDGER, REJECTED, DIMENSION_VERSIONS)
+DELETED = "etl_deleted_rows"
+OWN_TABLES = (LEDGER, REJECTED, DIMENSION_VERSIONS, DELETED)
 
-VIEWS = ("current_sales_order", "current_purchase_order", "current_payment")
+VIEWS = ("current_sales_order", "current_purchase_order", "current_payment", "deleted_dimension_rows")
 VERSION_INDEXES = tuple(f"{name}_version_key" for name in FACTS)
 # pg_advisory_xact_lock key serialising loads into one warehouse.
 ADVISORY_LOCK_KEY = 0x7074_6573_7973_0003

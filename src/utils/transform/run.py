@@ -28,7 +28,9 @@ from utils.contracts import TransformResult
 from utils.errors import CorruptFileError, InvalidEventError
 from utils.format_time import parse_time
 from utils.generate_file_key import generate_file_key
+from utils.ingest.deletes import DELETED_PREFIX
 from utils.logger import get_logger
+from utils.transform.deletes import deleted_entry, drop_deleted, read_deleted
 from utils.transform.star import build_warehouse_batch
 
 STAGE = "transform"
@@ -123,8 +125,12 @@ def transform_batch(s3_client, ingest_bucket, processed_bucket, ingest_key, inge
              for name, entry in ingest_manifest["tables"].items()}
     # Dependency order keeps logs and outputs stable.
     batch = {name: batch[name] for name in SOURCE_TABLES if name in batch}
-    snapshots = read_snapshots(s3_client, processed_bucket, prev_processed_manifest)
+    deleted = read_deleted(s3_client, ingest_bucket, ingest_manifest, ingest_key)
+    snapshots, pruned = drop_deleted(read_snapshots(s3_client, processed_bucket, prev_processed_manifest),
+                                     deleted)
     warehouse, new_snapshots, rejected = build_warehouse_batch(batch, snapshots)
+    for name in pruned:
+        new_snapshots.setdefault(name, snapshots[name])
     tables = {}
     for name, table in warehouse.items():
         key = generate_file_key(name, batch_time)
@@ -146,6 +152,11 @@ def transform_batch(s3_client, ingest_bucket, processed_bucket, ingest_key, inge
         manifest["rejected"] = {"key": key, "rows": rejected.num_rows}
         # One ERROR line per row is written by the load, when the row is recorded in etl_rejected_rows.
         logger.warning("rows set aside for quarantine", batch_id=batch_id, rows=rejected.num_rows, key=key)
+    if deleted.num_rows:
+        key = generate_file_key(DELETED_PREFIX, batch_time)
+        _write_once(s3_client, processed_bucket, key, parquet_bytes(deleted))
+        manifest["deleted"] = deleted_entry(deleted, key)
+        logger.info("deletes passed on", batch_id=batch_id, rows=deleted.num_rows, key=key)
     manifest_key = generate_file_key("_batches", batch_time, "json")
     _write_once(s3_client, processed_bucket, manifest_key, json.dumps(manifest, sort_keys=True).encode())
     logger.info("manifest written", key=manifest_key, tables=len(tables))

@@ -171,18 +171,55 @@ CREATE TABLE IF NOT EXISTS etl_dimension_version (
     PRIMARY KEY (table_name, source_id)
 );
 
--- Current state: the latest version of each order and payment (full history stays in the facts).
+-- Rows hard-deleted in totesys (SPEC 4.12), detected by ingest from primary-key sets and recorded in the
+-- transaction of the batch that carried them. A deletion stays "open" until a later batch brings a row of
+-- the same source id again (the id was re-inserted): reinserted_batch_id then names that batch. One open
+-- deletion per source row, and one record per (row, batch), whatever the retries and replays.
+CREATE TABLE IF NOT EXISTS etl_deleted_rows (
+    deleted_id bigserial PRIMARY KEY,
+    source_table varchar NOT NULL,
+    source_id integer NOT NULL,
+    detected_at timestamptz NOT NULL DEFAULT now(),
+    batch_id varchar NOT NULL,
+    reinserted_batch_id varchar
+);
+
+CREATE UNIQUE INDEX IF NOT EXISTS etl_deleted_rows_open_key
+    ON etl_deleted_rows (source_table, source_id) WHERE reinserted_batch_id IS NULL;
+
+CREATE UNIQUE INDEX IF NOT EXISTS etl_deleted_rows_batch_key
+    ON etl_deleted_rows (source_table, source_id, batch_id);
+
+-- Current state: the latest version of each order and payment that still exists in totesys (full
+-- history, deleted rows included, stays in the facts).
 CREATE OR REPLACE VIEW current_sales_order AS
-SELECT DISTINCT ON (sales_order_id) *
-FROM fact_sales_order
+SELECT DISTINCT ON (sales_order_id) f.*
+FROM fact_sales_order f
+WHERE NOT EXISTS (SELECT 1 FROM etl_deleted_rows d WHERE d.source_table = 'sales_order'
+                  AND d.source_id = f.sales_order_id AND d.reinserted_batch_id IS NULL)
 ORDER BY sales_order_id, last_updated_date DESC, last_updated_time DESC, sales_record_id DESC;
 
 CREATE OR REPLACE VIEW current_purchase_order AS
-SELECT DISTINCT ON (purchase_order_id) *
-FROM fact_purchase_order
+SELECT DISTINCT ON (purchase_order_id) f.*
+FROM fact_purchase_order f
+WHERE NOT EXISTS (SELECT 1 FROM etl_deleted_rows d WHERE d.source_table = 'purchase_order'
+                  AND d.source_id = f.purchase_order_id AND d.reinserted_batch_id IS NULL)
 ORDER BY purchase_order_id, last_updated_date DESC, last_updated_time DESC, purchase_record_id DESC;
 
 CREATE OR REPLACE VIEW current_payment AS
-SELECT DISTINCT ON (payment_id) *
-FROM fact_payment
+SELECT DISTINCT ON (payment_id) f.*
+FROM fact_payment f
+WHERE NOT EXISTS (SELECT 1 FROM etl_deleted_rows d WHERE d.source_table = 'payment'
+                  AND d.source_id = f.payment_id AND d.reinserted_batch_id IS NULL)
 ORDER BY payment_id, last_updated_date DESC, last_updated_time DESC, payment_record_id DESC;
+
+-- Dimension rows whose source row no longer exists in totesys. They stay in their dimension (facts, the
+-- history, reference them); this view says which ones are gone and since when.
+CREATE OR REPLACE VIEW deleted_dimension_rows AS
+SELECT CASE d.source_table WHEN 'address' THEN 'dim_location' WHEN 'counterparty' THEN 'dim_counterparty'
+       WHEN 'staff' THEN 'dim_staff' WHEN 'design' THEN 'dim_design' WHEN 'currency' THEN 'dim_currency'
+       WHEN 'payment_type' THEN 'dim_payment_type' WHEN 'transaction' THEN 'dim_transaction' END AS dimension,
+       d.source_id AS dimension_id, d.source_table, d.detected_at, d.batch_id
+FROM etl_deleted_rows d
+WHERE d.reinserted_batch_id IS NULL
+  AND d.source_table IN ('address', 'counterparty', 'staff', 'design', 'currency', 'payment_type', 'transaction');

@@ -1,0 +1,156 @@
+"""Hard deletes in totesys, detected by comparing primary-key sets (no CDC, no scan of history).
+
+Each run, inside the ingest's snapshot transaction (every connection of the run sees the same
+snapshot), the current primary keys of every table the run reads are copied out
+(``COPY (SELECT <table>_id FROM <table>) TO STDOUT``) and compared with the previous run's key set of
+that table: a compact object in the ingest bucket, ``_keys/<table>/yyyy/mm/dd/hhmmssffffff.parquet``
+(one sorted int32 column ``id``), named by the table's entry ``keys`` in the ingest state pointer.
+Keys in the previous set and not in the current one were deleted; they travel with the batch in
+``_deleted/yyyy/mm/dd/hhmmssffffff.parquet`` (DELETED_SCHEMA), named by the ingest manifest's
+``deleted`` entry ``{"key", "rows", "tables": {table: n}}``.
+
+Exactly once: the key-set objects and the deleted-keys file are written before the manifest and the
+state pointer (CAS). A run that dies before the pointer advances leaves them as orphans: the next run
+compares with the same previous key set and detects the same deletes again. The first run of a table
+(no ``keys`` in its state entry) records its key set and detects nothing.
+"""
+import io
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+from pg8000.native import identifier
+
+from utils.aws.objects import read_parquet_table, write_to_s3
+from utils.catalog.source import PRIMARY_KEYS, check_source_table
+from utils.generate_file_key import generate_file_key
+from utils.logger import get_logger
+
+KEYS_PREFIX = "_keys"
+DELETED_PREFIX = "_deleted"
+KEY_SCHEMA = pa.schema([pa.field("id", pa.int32(), nullable=False)])
+DELETED_SCHEMA = pa.schema([pa.field("source_table", pa.string(), nullable=False),
+                            pa.field("source_id", pa.int32(), nullable=False)])
+
+logger = get_logger("ingest")
+
+
+@dataclass
+class Detection:
+    """What one run found: ``keys`` {table: key of its key-set object} for every table the run read
+    (a new object where the set changed, else the previous one), ``deleted`` {table: sorted int32
+    ids}, only tables with deletions."""
+    keys: dict = field(default_factory=dict)
+    deleted: dict = field(default_factory=dict)
+
+    @property
+    def deleted_rows(self):
+        return sum(len(ids) for ids in self.deleted.values())
+
+
+def keys_sql(table):
+    """The COPY of one table's primary-key column (allow-listed names only)."""
+    check_source_table(table)
+    # Identifiers come from the allow-list and are quoted.
+    return (f"COPY (SELECT {identifier(PRIMARY_KEYS[table])} FROM {identifier(table)}) "  # nosec B608
+            "TO STDOUT WITH (FORMAT csv)")
+
+
+def read_keys(conn, table):
+    """The current primary keys of ``table`` in ``conn``'s transaction: a sorted int32 numpy array."""
+    out = io.BytesIO()
+    conn.run(keys_sql(table), stream=out)
+    out.seek(0)
+    # The schema-drift check has already held the key column to integer (int32).
+    column = pa_csv.read_csv(out, read_options=pa_csv.ReadOptions(column_names=["id"]),
+                             convert_options=pa_csv.ConvertOptions(column_types={"id": pa.int32()}))["id"]
+    return np.sort(column.to_numpy())
+
+
+def read_key_sets(connections, tables):
+    """{table: sorted int32 keys} of ``tables``, read on ``connections`` (each in a transaction on the
+    same snapshot), one thread per connection (pg8000 connections are not thread-safe). Raises the
+    first error met; the other threads stop before their next table."""
+    work = deque(tables)
+    found, stop = {}, threading.Event()
+
+    def read(conn):
+        while not stop.is_set():
+            try:
+                table = work.popleft()
+            except IndexError:
+                return
+            try:
+                found[table] = read_keys(conn, table)
+            except BaseException:
+                stop.set()
+                raise
+
+    if len(connections) == 1:
+        read(connections[0])
+        return found
+    with ThreadPoolExecutor(max_workers=len(connections), thread_name_prefix="ingest-keys") as pool:
+        futures = [pool.submit(read, conn) for conn in connections]
+    for future in futures:
+        future.result()
+    return found
+
+
+def _key_set_bytes(keys):
+    out = io.BytesIO()
+    table = pa.Table.from_arrays([pa.array(keys, type=pa.int32())], schema=KEY_SCHEMA)
+    # Sorted integers: delta encoding keeps a million keys to a few kilobytes.
+    pq.write_table(table, out, compression="zstd", use_dictionary=False,
+                   column_encoding={"id": "DELTA_BINARY_PACKED"})
+    return out.getvalue()
+
+
+def read_previous_keys(s3_client, bucket, table, key):
+    """The key set a state pointer names (CorruptFileError naming the key when unreadable)."""
+    keys = read_parquet_table(s3_client, bucket, key, table, KEY_SCHEMA)["id"].to_numpy()
+    return np.asarray(keys, dtype=np.int32)
+
+
+def detect_deletes(s3_client, bucket, batch_time, prev_tables, key_sets):
+    """Compare ``key_sets`` (this run's keys, {table: sorted int32}) with the key sets the previous
+    state entries ``prev_tables`` name; write the changed key sets and, when anything was deleted,
+    the deleted-keys file. Returns (Detection, manifest entry or None).
+
+    Raises CorruptFileError when a previous key-set object is missing or unreadable (deletes would
+    otherwise be lost silently).
+    """
+    detection = Detection()
+    for table, keys in key_sets.items():
+        previous_key = (prev_tables.get(table) or {}).get("keys")
+        previous = read_previous_keys(s3_client, bucket, table, previous_key) if previous_key else None
+        if previous is not None and np.array_equal(previous, keys):
+            detection.keys[table] = previous_key
+            continue
+        if previous is not None:
+            deleted = np.setdiff1d(previous, keys, assume_unique=True)
+            if deleted.size:
+                detection.deleted[table] = deleted
+                logger.info("deletes detected", table=table, rows=int(deleted.size))
+        key = generate_file_key(f"{KEYS_PREFIX}/{table}", batch_time)
+        write_to_s3(s3_client, bucket, key, _key_set_bytes(keys))
+        detection.keys[table] = key
+    if not detection.deleted:
+        return detection, None
+    names = list(detection.deleted)
+    table = pa.Table.from_arrays(
+        [pa.array(np.repeat(np.array(names, dtype=object), [len(detection.deleted[n]) for n in names]),
+                  type=pa.string()),
+         pa.array(np.concatenate([detection.deleted[n] for n in names]), type=pa.int32())],
+        schema=DELETED_SCHEMA)
+    out = io.BytesIO()
+    pq.write_table(table, out, compression="zstd")
+    key = generate_file_key(DELETED_PREFIX, batch_time)
+    write_to_s3(s3_client, bucket, key, out.getvalue())
+    entry = {"key": key, "rows": table.num_rows,
+             "tables": {name: int(len(detection.deleted[name])) for name in names}}
+    return detection, entry

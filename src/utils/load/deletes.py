@@ -1,0 +1,84 @@
+"""Hard deletes in the warehouse: ``etl_deleted_rows``, written in the batch's own transaction.
+
+A batch's deleted keys (the processed manifest's ``deleted`` entry, ``utils.transform.deletes``) are
+recorded once each: the table's unique indexes (one open deletion per source row; one record per row and
+batch) and ``ON CONFLICT DO NOTHING`` make a retry or a replay add nothing. Facts keep every version;
+the ``current_*`` views leave out the ids with an open deletion; dimension rows stay (facts reference
+them) and ``deleted_dimension_rows`` lists those whose source row is gone.
+
+Re-inserts: before a batch's deletions are recorded, every open deletion of a source id for which the
+batch brings a row (a fact version or a dimension row built from that source row) is closed with
+``reinserted_batch_id`` = this batch, so the id shows again in the current views. The transform drops
+deleted rows from its snapshots, so a parent's change never re-emits a deleted child as if it had come
+back.
+"""
+import io
+
+import pyarrow.compute as pc
+from pg8000.native import identifier
+
+from utils.catalog.warehouse import WAREHOUSE_SOURCES
+from utils.load.schema import DELETED
+from utils.logger import get_logger
+from utils.transform.deletes import read_deleted
+
+logger = get_logger("load")
+
+
+def read_batch_deleted(s3_client, bucket, manifest, manifest_key=None):
+    """The deleted keys a processed manifest names (DELETED_SCHEMA; none: an empty table)."""
+    return read_deleted(s3_client, bucket, manifest, manifest_key)
+
+
+def close_reinserted(conn, tables, batch_id):
+    """Close the open deletions of the source ids this batch's rows (``tables``: {warehouse table:
+    pyarrow Table}) come from; return {source table: deletions closed}."""
+    deleted = identifier(DELETED)
+    open_sources = {row[0] for row in conn.run(
+        f"SELECT DISTINCT source_table FROM {deleted} WHERE reinserted_batch_id IS NULL")}  # nosec B608
+    closed: dict[str, int] = {}
+    for name, table in tables.items():
+        if name not in WAREHOUSE_SOURCES:
+            continue
+        source, id_column = WAREHOUSE_SOURCES[name]
+        if source not in open_sources or table is None or not table.num_rows:
+            continue
+        ids = pc.unique(table[id_column].combine_chunks()).to_pylist()
+        rows = conn.run(f"UPDATE {deleted} SET reinserted_batch_id = :batch_id "  # nosec B608
+                        "WHERE source_table = :source AND reinserted_batch_id IS NULL "
+                        "AND source_id = ANY(CAST(:ids AS integer[])) RETURNING source_id",
+                        batch_id=batch_id, source=source, ids=ids)
+        if rows:
+            closed[source] = closed.get(source, 0) + len(rows)
+            logger.info("deleted rows re-inserted", batch_id=batch_id, source_table=source,
+                        source_ids=[row[0] for row in rows[:20]], rows=len(rows))
+    return closed
+
+
+def _csv_stream(deleted_keys):
+    """DELETED_SCHEMA rows as CSV for COPY: allow-listed table names and integers need no quoting."""
+    lines = (f"{table},{source_id}\n" for table, source_id in
+             zip(deleted_keys["source_table"].to_pylist(), deleted_keys["source_id"].to_pylist()))
+    return io.BytesIO("".join(lines).encode())
+
+
+def record_deleted(conn, deleted_keys, tables, batch_id):
+    """Close re-inserted deletions, then record this batch's deleted keys (DELETED_SCHEMA table) in
+    etl_deleted_rows, inside the caller's transaction. Returns {source table: deletions newly
+    recorded} (a deletion already recorded counts nothing)."""
+    close_reinserted(conn, tables, batch_id)
+    if not deleted_keys.num_rows:
+        return {}
+    conn.run("CREATE TEMPORARY TABLE stage_deleted (source_table text, source_id integer) ON COMMIT DROP")
+    conn.run("COPY stage_deleted (source_table, source_id) FROM STDIN WITH (FORMAT csv)",
+             stream=_csv_stream(deleted_keys))
+    rows = conn.run(
+        f"INSERT INTO {identifier(DELETED)} (source_table, source_id, batch_id) "  # nosec B608
+        "SELECT source_table, source_id, :batch_id FROM stage_deleted ON CONFLICT DO NOTHING "
+        "RETURNING source_table", batch_id=batch_id)
+    counts: dict[str, int] = {}
+    for (source,) in rows:
+        counts[source] = counts.get(source, 0) + 1
+    if counts:
+        logger.info("deleted rows recorded", batch_id=batch_id, deleted=counts)
+    return counts
