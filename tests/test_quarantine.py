@@ -172,6 +172,7 @@ def test_csv_stream_of_a_table_whose_first_batch_is_empty_is_clean_csv():
     assert csv_stream(table).getvalue() == b'"design",2,,"design_name","too long","x"\n'
 
 
+@pytest.mark.slow
 def test_bad_values_in_totesys_are_quarantined_end_to_end_and_load_once_fixed(
         totesys_url, warehouse_url, pipeline_env):
     """The real ingest, transform and load on scale-1 totesys, into a warehouse whose dim_location.city
@@ -232,6 +233,7 @@ def test_fact_timestamps_outside_the_warehouse_years_are_rejected_and_named():
     assert set(bad["reason"].to_pylist()) == {"timestamp outside the years 1 to 9999 the warehouse holds"}
 
 
+@pytest.mark.slow
 def test_infinite_and_bc_timestamps_in_totesys_are_quarantined_end_to_end(
         totesys_url, warehouse_url, pipeline_env):
     import ingest

@@ -23,8 +23,9 @@ STAGES = ("ingest", "transform", "load")
 MOTO_CONFIG = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
 REGION = "eu-west-2"
 # moto accepts any credentials; these can never reach a real account.
-FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                    "AWS_SECURITY_TOKEN": "testing", "AWS_SESSION_TOKEN": "testing"}
+_FAKE = "testing"  # nosec B105 - moto's placeholder credential, not a secret
+FAKE_CREDENTIALS = dict.fromkeys(
+    ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"), _FAKE)
 # Variables that would send boto3 somewhere else than the emulated account: remove them.
 UNSET_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_PROFILE")
 
