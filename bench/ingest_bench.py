@@ -25,25 +25,21 @@ def _ingest_child(source_url, queue):
     """Run one full ingest into moto S3; report rows, seconds and this process's peak RSS."""
     import resource
 
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        os.environ[key] = "bench"
-    os.environ["AWS_DEFAULT_REGION"] = "eu-west-2"
-    os.environ.pop("AWS_ENDPOINT_URL", None)
-    os.environ.update(INGEST_BUCKET="bench-ingest", PROCESSED_BUCKET="bench-processed",
-                      TOTESYS_SECRET_ID="bench/totesys", LOG_LEVEL="WARNING")
-    import boto3
     from moto import mock_aws
 
-    from utils.db.connection import credentials_from_url
+    from totesys_local.aws_emulation import (UNSET_VARIABLES, account_environment, create_buckets,
+                                             put_credentials_secret)
+    os.environ.update(account_environment(INGEST_BUCKET="bench-ingest", PROCESSED_BUCKET="bench-processed",
+                                          TOTESYS_SECRET_ID="bench/totesys", LOG_LEVEL="WARNING"))
+    for variable in UNSET_VARIABLES:
+        os.environ.pop(variable, None)
     from utils.ingest.run import run_ingest
     from utils.aws.objects import read_json
     from utils.aws.state import read_state
 
     with mock_aws():
-        s3 = boto3.client("s3")
-        s3.create_bucket(Bucket="bench-ingest", CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
-        boto3.client("secretsmanager").create_secret(
-            Name="bench/totesys", SecretString=json.dumps(credentials_from_url(source_url)))
+        s3 = create_buckets(["bench-ingest"])
+        put_credentials_secret("bench/totesys", source_url)
         baseline_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         started = time.perf_counter()
         result = run_ingest({})

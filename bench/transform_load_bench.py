@@ -28,35 +28,30 @@ BUCKETS = {"INGEST_BUCKET": "bench-ingest", "PROCESSED_BUCKET": "bench-processed
 
 def _aws_child_setup(source_url=None, warehouse_url=None):
     """Environment and moto for a child: fake credentials, buckets, secrets."""
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        os.environ[key] = "bench"
-    os.environ["AWS_DEFAULT_REGION"] = "eu-west-2"
-    os.environ.pop("AWS_ENDPOINT_URL", None)
-    os.environ.update(BUCKETS, TOTESYS_SECRET_ID="bench/totesys", WAREHOUSE_SECRET_ID="bench/warehouse",
-                      LOG_LEVEL="WARNING")
-    import boto3
     from moto import mock_aws
 
-    from utils.db.connection import credentials_from_url
+    from totesys_local.aws_emulation import (UNSET_VARIABLES, account_environment, create_buckets,
+                                             put_credentials_secret)
+    os.environ.update(account_environment(**BUCKETS, TOTESYS_SECRET_ID="bench/totesys",
+                                          WAREHOUSE_SECRET_ID="bench/warehouse", LOG_LEVEL="WARNING"))
+    for variable in UNSET_VARIABLES:
+        os.environ.pop(variable, None)
     mock = mock_aws()
     mock.start()
-    s3 = boto3.client("s3")
-    for bucket in BUCKETS.values():
-        s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
-    secrets = boto3.client("secretsmanager")
+    s3 = create_buckets(BUCKETS.values())
     for name, url in (("bench/totesys", source_url), ("bench/warehouse", warehouse_url)):
         if url:
-            secrets.create_secret(Name=name, SecretString=json.dumps(credentials_from_url(url)))
+            put_credentials_secret(name, url)
     return s3
 
 
 def _dump(s3, bucket, folder):
     folder = Path(folder)
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        for item in page.get("Contents", []):
-            target = folder / item["Key"]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+    from utils.aws.objects import list_keys
+    for key in list_keys(s3, bucket):
+        target = folder / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
 def _restore(s3, bucket, folder):

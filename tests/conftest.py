@@ -4,6 +4,7 @@ Set TOTESYS_PG_URL=postgresql://user:pass@host:port/postgres to use your own ser
 be allowed to CREATE DATABASE); otherwise a throwaway cluster is started and removed at exit.
 """
 import atexit
+import logging
 import os
 import uuid
 
@@ -11,6 +12,10 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from tests.support.db import run_sql
+from tests.support.totesys import FILL_SQL, SCHEMA_SQL
+from totesys_local.aws_emulation import (UNSET_VARIABLES, account_environment, create_buckets,
+                                         put_credentials_secret)
 from totesys_local.cluster import create_database, drop_database, temporary_cluster, with_database
 
 SCALE1_SEED = 42
@@ -68,22 +73,13 @@ def warehouse_url(new_database):
     return new_database()
 
 
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SECURITY_TOKEN": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "eu-west-2",
-}
-
-
 @pytest.fixture
 def aws_env(monkeypatch):
-    """Fake credentials so boto3 can never reach a real account."""
-    for key, value in AWS_ENV.items():
+    """Fake credentials so boto3 can never reach a real account (the emulated account's environment)."""
+    for key, value in account_environment().items():
         monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    for key in UNSET_VARIABLES:
+        monkeypatch.delenv(key, raising=False)
 
 
 @pytest.fixture
@@ -96,23 +92,17 @@ def aws(aws_env):
 @pytest.fixture
 def buckets(aws, monkeypatch):
     """The ingest and processed buckets (versioned, like the real ones) and their env vars."""
-    s3 = boto3.client("s3")
     names = {"ingest": "totesys-test-ingest", "processed": "totesys-test-processed"}
-    for name in names.values():
-        s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
-        s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    create_buckets(names.values())
     monkeypatch.setenv("INGEST_BUCKET", names["ingest"])
     monkeypatch.setenv("PROCESSED_BUCKET", names["processed"])
     return names
 
 
-def put_credentials_secret(secret_id, url):
-    """Store a database URL as a credentials secret in (moto) Secrets Manager."""
-    import json
-
-    from utils.db.connection import credentials_from_url
-    client = boto3.client("secretsmanager")
-    client.create_secret(Name=secret_id, SecretString=json.dumps(credentials_from_url(url)))
+@pytest.fixture
+def s3(buckets):
+    """A boto3 S3 client of the emulated account that holds ``buckets``."""
+    return boto3.client("s3")
 
 
 @pytest.fixture
@@ -127,3 +117,39 @@ def pipeline_env(buckets, monkeypatch):
             monkeypatch.setenv("WAREHOUSE_SECRET_ID", "test/warehouse")
         return buckets
     return wire
+
+
+# -- ingest: a small source with known rows, and what the ingest logs -------------------------------
+
+@pytest.fixture
+def source_url(new_database):
+    """A small totesys with known rows in every table (tests.support.totesys)."""
+    url = new_database()
+    run_sql(url, SCHEMA_SQL)
+    run_sql(url, FILL_SQL)
+    return url
+
+
+@pytest.fixture
+def env(pipeline_env, source_url):
+    """moto buckets + the source credentials secret; returns (s3 client, ingest bucket, source url)."""
+    names = pipeline_env(source_url=source_url)
+    return boto3.client("s3"), names["ingest"], source_url
+
+
+@pytest.fixture
+def ingest_log():
+    """Every line the ingest logger writes, as (level, formatted JSON line)."""
+    from utils.ingest.run import logger
+    lines = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.append((record.levelname, self.format(record)))
+
+    handler = Collect()
+    handler.setFormatter(logger.registered_formatter)
+    target = logging.getLogger(logger.service)
+    target.addHandler(handler)
+    yield lines
+    target.removeHandler(handler)

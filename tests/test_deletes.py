@@ -7,7 +7,7 @@ import pytest
 import ingest
 import load
 import transform
-from tests.dbutil import run_sql as query
+from tests.support.db import run_sql as query
 from utils.aws.objects import read_json
 from utils.aws.state import read_state
 from utils.errors import CorruptFileError

@@ -3,172 +3,28 @@
 Most tests use a small hand-filled totesys (``source_url``) so each behaviour is seen on rows whose
 timestamps and transactions the test controls; the scale-1 test uses the generated database.
 """
-import collections
-import io
 import json
-import logging
-from pathlib import Path
 
 import boto3
-import pyarrow.parquet as pq
 import pytest
 
 import ingest
-from tests.dbutil import run_sql as execute
-from utils.ingest import run as ingest_run
-from utils.db.connection import connect_to_db, credentials_from_url
+from tests.support.db import connect, run_sql
+from tests.support.ingest import (assert_each_version_landed_once, batch_versions, landed_versions,
+                                  manifest_chain, read_table, source_versions)
+from totesys_local.aws_emulation import put_credentials_secret
+from utils.aws.objects import list_keys, read_json
+from utils.aws.state import read_state, write_state
+from utils.catalog.source import LANDING_SCHEMAS, SOURCE_TABLES
+from utils.db.connection import credentials_from_url
 from utils.errors import (ConcurrentRunError, CredentialsError, DatabaseUnavailableError,
                           InvalidEventError, StateConflictError, UnknownTableError)
 from utils.format_time import format_time
-from utils.aws.manifests import walk_manifests
-from utils.aws.objects import read_json
-from utils.aws.state import read_state, write_state
-from utils.catalog.source import LANDING_SCHEMAS, PRIMARY_KEYS, SOURCE_TABLES
-
-SCHEMA_SQL = Path(__file__).resolve().parents[1].joinpath("sql", "totesys_schema.sql").read_text()
-
-# Two rows per table (one per table for the lookups), last_updated a day before the DB clock.
-# Tricky values: NULL next to '', a quote and a newline inside a field, a price >= 1000, and a
-# timestamp with no fractional part.
-FILL_SQL = """
-INSERT INTO address (address_line_1, address_line_2, district, city, postal_code, country, phone,
-                     created_at, last_updated) VALUES
- ('Flat "A"' || chr(10) || '12 Road', NULL, '', 'Leeds', 'LS1', 'UK', '0113',
-  now() - interval '2 days', date_trunc('second', now() - interval '1 day')),
- ('1 Street', 'Upper', 'West', 'Hull', 'HU1', 'UK', '0148', now() - interval '2 days',
-  now() - interval '1 day');
-INSERT INTO counterparty (counterparty_legal_name, legal_address_id, commercial_contact, delivery_contact,
-                          created_at, last_updated)
- VALUES ('Acme', 1, NULL, 'Bob', now() - interval '2 days', now() - interval '1 day');
-INSERT INTO currency (currency_code, created_at, last_updated) VALUES
- ('GBP', now() - interval '2 days', now() - interval '1 day'),
- ('USD', now() - interval '2 days', now() - interval '1 day');
-INSERT INTO department (department_name, location, manager, created_at, last_updated)
- VALUES ('Sales', 'Leds', NULL, now() - interval '2 days', now() - interval '1 day');
-INSERT INTO design (created_at, design_name, file_location, file_name, last_updated)
- VALUES (now() - interval '2 days', 'Wooden', '/usr', 'wooden.json', now() - interval '1 day');
-INSERT INTO staff (first_name, last_name, department_id, email_address, created_at, last_updated)
- VALUES ('Ann', 'Lee', 1, 'ann.lee@terrifictotes.com', now() - interval '2 days', now() - interval '1 day');
-INSERT INTO sales_order (created_at, last_updated, design_id, staff_id, counterparty_id, units_sold,
-                         unit_price, currency_id, agreed_delivery_date, agreed_payment_date,
-                         agreed_delivery_location_id) VALUES
- (now() - interval '2 days', now() - interval '1 day', 1, 1, 1, 1001, 2.50, 1, '2024-11-27', '2024-11-28', 2),
- (now() - interval '2 days', now() - interval '1 day', 1, 1, 1, 99973, 1234.50, 2, '2024-11-29',
-  '2024-11-30', 1);
-INSERT INTO purchase_order (created_at, last_updated, staff_id, counterparty_id, item_code, item_quantity,
-                            item_unit_price, currency_id, agreed_delivery_date, agreed_payment_date,
-                            agreed_delivery_location_id)
- VALUES (now() - interval '2 days', now() - interval '1 day', 1, 1, 'ZDOI5EA', 371, 361.39, 1,
-         '2024-11-27', '2024-11-28', 1);
-INSERT INTO payment_type (payment_type_name, created_at, last_updated) VALUES
- ('SALES_RECEIPT', now() - interval '2 days', now() - interval '1 day'),
- ('PURCHASE_PAYMENT', now() - interval '2 days', now() - interval '1 day');
-INSERT INTO transaction (transaction_type, sales_order_id, purchase_order_id, created_at, last_updated) VALUES
- ('SALE', 1, NULL, now() - interval '2 days', now() - interval '1 day'),
- ('PURCHASE', NULL, 1, now() - interval '2 days', now() - interval '1 day');
-INSERT INTO payment (created_at, last_updated, transaction_id, counterparty_id, payment_amount, currency_id,
-                     payment_type_id, paid, payment_date, company_ac_number, counterparty_ac_number)
- VALUES (now() - interval '2 days', now() - interval '1 day', 1, 1, 2502.50, 1, 1, false, '2024-11-28',
-         67305502, 31622269);
-"""
-
-
-def connect(url):
-    return connect_to_db(credentials=credentials_from_url(url))
-
-
-@pytest.fixture
-def source_url(new_database):
-    """A small totesys with known rows in every table."""
-    url = new_database()
-    execute(url, SCHEMA_SQL)
-    execute(url, FILL_SQL)
-    return url
-
-
-@pytest.fixture
-def env(pipeline_env, source_url):
-    """moto buckets + the source credentials secret; returns (s3 client, ingest bucket, source url)."""
-    names = pipeline_env(source_url=source_url)
-    return boto3.client("s3"), names["ingest"], source_url
-
-
-@pytest.fixture
-def ingest_log():
-    """Every line the ingest logger writes, as (level, formatted JSON line)."""
-    lines = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            lines.append((record.levelname, self.format(record)))
-
-    handler = Collect()
-    handler.setFormatter(ingest_run.logger.registered_formatter)
-    target = logging.getLogger(ingest_run.logger.service)
-    target.addHandler(handler)
-    yield lines
-    target.removeHandler(handler)
-
-
-def read_table(s3, bucket, key):
-    return pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
-
-
-def all_keys(s3, bucket):
-    keys = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        keys.extend(item["Key"] for item in page.get("Contents", []))
-    return sorted(keys)
-
-
-def manifest_chain(s3, bucket):
-    """Manifests named by the state pointer and its prev links, oldest first."""
-    state, _ = read_state(s3, bucket, "ingest")
-    chain, _ = walk_manifests(lambda key: read_json(s3, bucket, key), state.get("manifest_key"))
-    return [manifest for _, manifest in chain]
-
-
-def versions_in(table, name):
-    """(table, primary key, last_updated) of every row of an Arrow table."""
-    return [(name, pk, updated) for pk, updated in
-            zip(table[PRIMARY_KEYS[name]].to_pylist(), table["last_updated"].to_pylist())]
-
-
-def landed_versions(s3, bucket):
-    """Counter of the row versions reachable from the state pointer."""
-    counter = collections.Counter()
-    for manifest in manifest_chain(s3, bucket):
-        for name, entry in manifest["tables"].items():
-            counter.update(versions_in(read_table(s3, bucket, entry["key"]), name))
-    return counter
-
-
-def source_versions(url):
-    found = collections.Counter()
-    for name in SOURCE_TABLES:
-        for pk, updated in execute(url, f'SELECT {PRIMARY_KEYS[name]}, last_updated FROM "{name}"'):
-            found[(name, pk, updated)] += 1
-    return found
-
-
-def assert_each_version_landed_once(s3, bucket, url, superseded=0):
-    """Every current source row version is reachable from the state pointer exactly once, and
-    besides them only ``superseded`` older versions (rows updated since they were landed)."""
-    landed = landed_versions(s3, bucket)
-    current = source_versions(url)
-    assert set(current) <= set(landed), set(current) - set(landed)
-    assert max(landed.values()) == 1
-    assert len(landed) == len(current) + superseded
-
-
-def batch_versions(s3, bucket, result):
-    counter = collections.Counter()
-    for name, key in result.items():
-        counter.update(versions_in(read_table(s3, bucket, key), name))
-    return counter
+from utils.ingest import run as ingest_run
 
 
 # -- first run ------------------------------------------------------------------------------------
+
 
 def test_first_run_lands_every_table_with_exact_schema_and_values(env, ingest_log):
     s3, bucket, url = env
@@ -178,11 +34,11 @@ def test_first_run_lands_every_table_with_exact_schema_and_values(env, ingest_lo
         assert key.startswith(f"{name}/") and key.endswith(".parquet")
         table = read_table(s3, bucket, key)
         assert table.schema.equals(LANDING_SCHEMAS[name]), name
-        assert table.num_rows == execute(url, f'SELECT count(*) FROM "{name}"')[0][0]
+        assert table.num_rows == run_sql(url, f'SELECT count(*) FROM "{name}"')[0][0]
     address = read_table(s3, bucket, result["address"]).to_pylist()
     assert address[0]["address_line_1"] == 'Flat "A"\n12 Road'
     assert address[0]["address_line_2"] is None and address[0]["district"] == ""
-    expected_ts = execute(url, "SELECT last_updated FROM address WHERE address_id = 1")[0][0]
+    expected_ts = run_sql(url, "SELECT last_updated FROM address WHERE address_id = 1")[0][0]
     assert address[0]["last_updated"] == expected_ts and expected_ts.microsecond == 0
     prices = read_table(s3, bucket, result["sales_order"])["unit_price"].to_pylist()
     assert [str(p) for p in prices] == ["2.50", "1234.50"]
@@ -200,7 +56,7 @@ def test_first_run_lands_every_table_with_exact_schema_and_values(env, ingest_lo
     entry = manifest["tables"]["sales_order"]
     assert entry["key"] == result["sales_order"] and entry["rows"] == 2 and entry["low"] is None
     assert entry["high"] == manifest["batch_time"] == state["tables"]["sales_order"]["high"]
-    db_now = execute(url, "SELECT now()")[0][0].replace(tzinfo=None)
+    db_now = run_sql(url, "SELECT now()")[0][0].replace(tzinfo=None)
     assert manifest["batch_time"] < format_time(db_now)
     assert all(level != "CRITICAL" for level, _ in ingest_log)
     assert sum(level == "INFO" and "table landed" in line for level, line in ingest_log) == 11
@@ -217,7 +73,7 @@ def test_scale1_runs_land_everything_then_exactly_the_changes_then_nothing(
     for name, key in first.items():
         table = read_table(s3, bucket, key)
         assert table.schema.equals(LANDING_SCHEMAS[name]), name
-        assert table.num_rows == execute(totesys_url, f'SELECT count(*) FROM "{name}"')[0][0], name
+        assert table.num_rows == run_sql(totesys_url, f'SELECT count(*) FROM "{name}"')[0][0], name
     before = source_versions(totesys_url)
     assert batch_versions(s3, bucket, first) == before
 
@@ -238,8 +94,8 @@ def test_scale1_runs_land_everything_then_exactly_the_changes_then_nothing(
 def test_second_run_lands_exactly_the_changes_and_third_run_nothing(env, ingest_log):
     s3, bucket, url = env
     ingest.lambda_handler({}, None)
-    execute(url, "UPDATE payment SET paid = true, last_updated = now() WHERE payment_id = 1")
-    execute(url, "INSERT INTO currency (currency_code, last_updated) VALUES ('EUR', now())")
+    run_sql(url, "UPDATE payment SET paid = true, last_updated = now() WHERE payment_id = 1")
+    run_sql(url, "INSERT INTO currency (currency_code, last_updated) VALUES ('EUR', now())")
     second = ingest.lambda_handler({}, None)
     assert sorted(second) == ["currency", "payment"]
     assert read_table(s3, bucket, second["payment"])["paid"].to_pylist() == [True]
@@ -250,11 +106,11 @@ def test_second_run_lands_exactly_the_changes_and_third_run_nothing(env, ingest_
     assert manifest["prev_manifest_key"] is not None
 
     ingest_log.clear()
-    before_keys = all_keys(s3, bucket)
+    before_keys = list_keys(s3, bucket)
     assert ingest.lambda_handler({}, None) == {}
     assert [line for level, line in ingest_log if level == "WARNING"].__len__() == 11
     # No data file and no manifest, but the window moved on.
-    assert [k for k in all_keys(s3, bucket) if k not in before_keys] == []
+    assert [k for k in list_keys(s3, bucket) if k not in before_keys] == []
     after, _ = read_state(s3, bucket, "ingest")
     assert after["manifest_key"] == state["manifest_key"]
     assert after["tables"]["payment"]["high"] > state["tables"]["payment"]["high"]
@@ -283,7 +139,7 @@ def test_another_pg8000_falls_back_to_its_own_copy_with_one_warning(env, ingest_
     assert warnings[0]["pg8000_version"] == "1.99.0"
     monkeypatch.setattr(pg8000, "__version__", "1.31.6")  # the supported one: the block reader runs
     with pytest.raises(AssertionError, match="block reader ran"):
-        execute(url, "UPDATE address SET last_updated = now() WHERE address_id = 1")
+        run_sql(url, "UPDATE address SET last_updated = now() WHERE address_id = 1")
         ingest.lambda_handler({}, None)
 
 
@@ -349,7 +205,7 @@ def test_late_commit_from_a_savepoint_is_not_lost(env):
         writer.close()
         other.close()
     snapshot = read_state(s3, bucket, "ingest")[0]["tables"]["sales_order"]["snapshot"]
-    naive_visible = execute(url, "SELECT pg_visible_in_snapshot(CAST(:x AS xid8), CAST(:s AS pg_snapshot))",
+    naive_visible = run_sql(url, "SELECT pg_visible_in_snapshot(CAST(:x AS xid8), CAST(:s AS pg_snapshot))",
                             x=sub_xmin, s=snapshot)[0][0]
     assert naive_visible is True
 
@@ -367,7 +223,7 @@ def test_rows_on_the_previous_boundary_are_taken_once(env):
     taken now; a row at X - 1 ms that the previous snapshot saw was taken then and must not be."""
     s3, bucket, url = env
     ingest.lambda_handler({}, None)
-    boundary = execute(
+    boundary = run_sql(
         url, "SELECT date_trunc('milliseconds', now() - interval '10 minutes')::timestamp")[0][0]
     conn = connect(url)
     try:
@@ -392,8 +248,8 @@ def test_failure_before_the_state_advances_is_retried_without_loss_or_duplicates
         env, monkeypatch, ingest_log):
     s3, bucket, url = env
     ingest.lambda_handler({}, None)
-    execute(url, "UPDATE payment SET paid = true, last_updated = now() WHERE payment_id = 1")
-    execute(url, "UPDATE address SET city = 'York', last_updated = now() WHERE address_id = 2")
+    run_sql(url, "UPDATE payment SET paid = true, last_updated = now() WHERE payment_id = 1")
+    run_sql(url, "UPDATE address SET city = 'York', last_updated = now() WHERE address_id = 2")
     state_before, etag_before = read_state(s3, bucket, "ingest")
 
     def crash(*args, **kwargs):
@@ -404,7 +260,7 @@ def test_failure_before_the_state_advances_is_retried_without_loss_or_duplicates
         ingest.lambda_handler({}, None)
     assert any(level == "CRITICAL" and "injected" in line for level, line in ingest_log)
     assert read_state(s3, bucket, "ingest") == (state_before, etag_before)
-    orphans = [k for k in all_keys(s3, bucket) if k.startswith(("payment/", "address/"))]
+    orphans = [k for k in list_keys(s3, bucket) if k.startswith(("payment/", "address/"))]
     assert len(orphans) == 4  # two runs' files each; the second run's are unreferenced
 
     monkeypatch.setattr(ingest_run, "write_state", write_state)
@@ -437,8 +293,8 @@ def test_failure_between_table_files_is_retried_without_loss(env, monkeypatch):
 def test_a_run_while_another_holds_the_lock_is_refused_and_changes_nothing(env, ingest_log):
     s3, bucket, url = env
     ingest.lambda_handler({}, None)
-    execute(url, "INSERT INTO currency (currency_code, last_updated) VALUES ('EUR', now())")
-    before_state, before_keys = read_state(s3, bucket, "ingest"), all_keys(s3, bucket)
+    run_sql(url, "INSERT INTO currency (currency_code, last_updated) VALUES ('EUR', now())")
+    before_state, before_keys = read_state(s3, bucket, "ingest"), list_keys(s3, bucket)
     holder = connect(url)
     try:
         assert holder.run("SELECT pg_try_advisory_lock(:k)", k=ingest_run.ADVISORY_LOCK_KEY)[0][0]
@@ -447,7 +303,7 @@ def test_a_run_while_another_holds_the_lock_is_refused_and_changes_nothing(env, 
     finally:
         holder.close()
     assert read_state(s3, bucket, "ingest") == before_state
-    assert all_keys(s3, bucket) == before_keys
+    assert list_keys(s3, bucket) == before_keys
     assert any(level == "ERROR" and "ConcurrentRunError" in line for level, line in ingest_log)
     # Once the other run is gone the change lands.
     assert list(ingest.lambda_handler({}, None)) == ["currency"]
@@ -456,7 +312,7 @@ def test_a_run_while_another_holds_the_lock_is_refused_and_changes_nothing(env, 
 def test_a_run_that_loses_the_state_race_fails_and_its_batch_is_never_referenced(env, monkeypatch):
     s3, bucket, url = env
     ingest.lambda_handler({}, None)
-    execute(url, "INSERT INTO currency (currency_code, last_updated) VALUES ('EUR', now())")
+    run_sql(url, "INSERT INTO currency (currency_code, last_updated) VALUES ('EUR', now())")
     winner_state = {}
 
     def read_then_lose_race(client, name, stage):
@@ -471,7 +327,7 @@ def test_a_run_that_loses_the_state_race_fails_and_its_batch_is_never_referenced
         ingest.lambda_handler({}, None)
     state, _ = read_state(s3, bucket, "ingest")
     assert state == winner_state
-    loser_manifest = [k for k in all_keys(s3, bucket) if k.startswith("_batches/")]
+    loser_manifest = [k for k in list_keys(s3, bucket) if k.startswith("_batches/")]
     assert len(loser_manifest) == 2 and state["manifest_key"] in loser_manifest
     assert "currency" not in [name for m in manifest_chain(s3, bucket) for name in m["tables"]
                               if read_table(s3, bucket, m["tables"][name]["key"]).num_rows == 1]
@@ -481,7 +337,7 @@ def test_a_run_that_loses_the_state_race_fails_and_its_batch_is_never_referenced
 
 def _assert_nothing_happened(s3, bucket, before, ingest_log, error_type, secret=None, level="CRITICAL"):
     """``level``: CRITICAL, or ERROR for a retryable error (then no CRITICAL line at all)."""
-    assert all_keys(s3, bucket) == before
+    assert list_keys(s3, bucket) == before
     failures = [line for logged, line in ingest_log if logged in ("ERROR", "CRITICAL")]
     assert failures == [line for logged, line in ingest_log if logged == level]
     assert len(failures) == 1 and error_type in failures[0]
@@ -504,17 +360,13 @@ def _assert_nothing_happened(s3, bucket, before, ingest_log, error_type, secret=
 def test_bad_events_are_rejected_clearly(env, ingest_log, event, error, message):
     s3, bucket, url = env
     ingest.lambda_handler({"tables_to_query": ["currency"]}, None)
-    before, state = all_keys(s3, bucket), read_state(s3, bucket, "ingest")
+    before, state = list_keys(s3, bucket), read_state(s3, bucket, "ingest")
     ingest_log.clear()
     with pytest.raises(error, match=message.replace("[", r"\[")):
         ingest.lambda_handler(event, None)
     _assert_nothing_happened(s3, bucket, before, ingest_log, error.__name__)
     assert read_state(s3, bucket, "ingest") == state
-    assert execute(url, "SELECT count(*) FROM staff")[0][0] == 1
-
-
-def _put_secret(value):
-    boto3.client("secretsmanager").put_secret_value(SecretId="test/totesys", SecretString=json.dumps(value))
+    assert run_sql(url, "SELECT count(*) FROM staff")[0][0] == 1
 
 
 def test_secret_missing_a_key(env, ingest_log):
@@ -522,7 +374,7 @@ def test_secret_missing_a_key(env, ingest_log):
     credentials = credentials_from_url(url)
     password = credentials["password"]
     del credentials["user"]  # the password may be absent (no password); host/port/database/user not
-    _put_secret(credentials)
+    put_credentials_secret("test/totesys", credentials)
     with pytest.raises(CredentialsError, match=r"secret 'test/totesys' lacks key\(s\): user"):
         ingest.lambda_handler({}, None)
     _assert_nothing_happened(s3, bucket, [], ingest_log, "CredentialsError", secret=password)
@@ -541,7 +393,7 @@ def test_bad_password(env, ingest_log):
     s3, bucket, url = env
     credentials = credentials_from_url(url)
     credentials["password"] = "Wr0ng-s3cret-value"  # nosec B105 - a test value
-    _put_secret(credentials)
+    put_credentials_secret("test/totesys", credentials)
     with pytest.raises(CredentialsError, match="refused the connection") as caught:
         ingest.lambda_handler({}, None)
     assert "Wr0ng-s3cret-value" not in str(caught.value)
@@ -553,7 +405,7 @@ def test_unreachable_host(env, ingest_log):
     s3, bucket, url = env
     credentials = credentials_from_url(url)
     credentials["port"] = free_port()
-    _put_secret(credentials)
+    put_credentials_secret("test/totesys", credentials)
     with pytest.raises(DatabaseUnavailableError, match="cannot reach database at 127.0.0.1"):
         ingest.lambda_handler({}, None)
     _assert_nothing_happened(s3, bucket, [], ingest_log, "DatabaseUnavailableError",

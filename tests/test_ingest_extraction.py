@@ -7,25 +7,26 @@ import pyarrow.parquet as pq
 import pytest
 
 import ingest
-from tests.test_ingest import (FILL_SQL, SCHEMA_SQL, all_keys, assert_each_version_landed_once, connect,
-                               env, execute, source_url)
 from utils.ingest import run as ingest_run
 from utils.errors import CorruptFileError, SourceDataError
 from utils.ingest.sink import MAX_QUEUED_CHUNKS, ParquetSink, record_boundary
 from utils.ingest.snapshot import copy_sql, full_xid_sql, snapshot_bounds
 from utils.aws.state import read_state
 from utils.catalog.source import SOURCE_SCHEMAS, SOURCE_TABLES
-
-__all__ = ["env", "source_url"]  # fixtures shared with test_ingest
+from tests.support.db import connect
+from tests.support.ingest import assert_each_version_landed_once
+from tests.support.totesys import FILL_SQL, SCHEMA_SQL
+from utils.aws.objects import list_keys
+from tests.support.db import run_sql
 
 
 @pytest.fixture
 def big_address(new_database):
     """An address table of 3,000 rows, each with quotes, newlines and NULL-vs-'' fields."""
     url = new_database()
-    execute(url, SCHEMA_SQL)
-    execute(url, FILL_SQL)
-    execute(url, """INSERT INTO address (address_line_1, address_line_2, district, city, postal_code, country,
+    run_sql(url, SCHEMA_SQL)
+    run_sql(url, FILL_SQL)
+    run_sql(url, """INSERT INTO address (address_line_1, address_line_2, district, city, postal_code, country,
                                          phone, last_updated)
                     SELECT 'Flat "' || n || '"' || chr(10) || 'line, two', CASE WHEN n % 2 = 0 THEN NULL
                            ELSE '' END, repeat('d', n % 50), 'City', 'PC', 'UK', '0', now()
@@ -111,7 +112,7 @@ def test_full_xid_uses_the_epoch_of_the_current_snapshot(pg_admin_url, cur_xmax,
 
 def test_real_xmin_maps_to_the_current_full_xid(new_database):
     url = new_database()
-    execute(url, "CREATE TABLE t (x int)")
+    run_sql(url, "CREATE TABLE t (x int)")
     conn = connect(url)
     try:
         conn.run("BEGIN")
@@ -275,7 +276,7 @@ def test_a_failed_conversion_in_the_pipeline_writes_no_manifest_and_keeps_the_st
     with pytest.raises(OSError, match="injected: converter thread failed"):
         ingest.lambda_handler({}, None)
     assert read_state(s3, bucket, "ingest") == ({}, None)
-    assert not [key for key in all_keys(s3, bucket) if key.startswith(("_batches/", "payment/"))]
+    assert not [key for key in list_keys(s3, bucket) if key.startswith(("_batches/", "payment/"))]
     assert not [thread for thread in threading.enumerate() if thread.name.startswith("ingest-")]
     monkeypatch.setattr(ParquetSink, "_flush", real_flush)
     assert sorted(ingest.lambda_handler({}, None)) == sorted(SOURCE_TABLES)
@@ -295,5 +296,5 @@ def test_an_upload_error_while_later_tables_are_read_is_raised_before_the_manife
     with pytest.raises(OSError, match="injected: upload failed"):
         ingest.lambda_handler({}, None)
     assert read_state(s3, bucket, "ingest") == ({}, None)
-    assert not [key for key in all_keys(s3, bucket) if key.startswith("_batches/")]
+    assert not [key for key in list_keys(s3, bucket) if key.startswith("_batches/")]
     assert not [thread for thread in threading.enumerate() if thread.name.startswith("ingest-")]

@@ -10,17 +10,17 @@ import pytest
 from pg8000.native import identifier
 
 import ingest
-from tests.conftest import put_credentials_secret
-from tests.test_ingest import (all_keys, assert_each_version_landed_once, connect, env, execute, ingest_log,
-                               read_table, source_url)
 from utils.ingest import run as ingest_run
 from utils.config import load_settings
 from utils.errors import ConfigError, CredentialsError, DatabaseUnavailableError, TotesysError
 from utils.ingest.snapshot import import_snapshot, largest_first
 from utils.aws.state import read_state
 from utils.catalog.source import PRIMARY_KEYS, SOURCE_SCHEMAS, SOURCE_TABLES
-
-__all__ = ["env", "ingest_log", "source_url"]  # fixtures shared with test_ingest
+from tests.support.db import connect
+from tests.support.ingest import assert_each_version_landed_once, read_table
+from totesys_local.aws_emulation import put_credentials_secret
+from utils.aws.objects import list_keys
+from tests.support.db import run_sql
 
 
 def _copy_row(conn, table, **overrides):
@@ -111,7 +111,7 @@ def test_a_connection_lost_on_either_side_writes_no_manifest_and_keeps_the_state
         is_helper = threading.current_thread().name.startswith("ingest-read")
         if not killed and is_helper == (failing == "helper"):
             pid = conn.run("SELECT pg_backend_pid()")[0][0]
-            killed.append(execute(pg_admin_url, "SELECT pg_terminate_backend(:pid)", pid=pid))
+            killed.append(run_sql(pg_admin_url, "SELECT pg_terminate_backend(:pid)", pid=pid))
         return real_land(conn, *args)
 
     monkeypatch.setattr(ingest_run, "_land_table", land)
@@ -122,7 +122,7 @@ def test_a_connection_lost_on_either_side_writes_no_manifest_and_keeps_the_state
         ingest.lambda_handler({}, None)
     assert killed == [[[True]]]
     assert read_state(s3, bucket, "ingest") == ({}, None)
-    assert not [key for key in all_keys(s3, bucket) if key.startswith("_batches/")]
+    assert not [key for key in list_keys(s3, bucket) if key.startswith("_batches/")]
     assert not [thread for thread in threading.enumerate() if thread.name.startswith("ingest-")]
     monkeypatch.setattr(ingest_run, "_land_table", readers_of.real)
     assert sorted(ingest.lambda_handler({}, None)) == sorted(SOURCE_TABLES)
@@ -134,14 +134,14 @@ def one_connection_role(env, pg_admin_url, monkeypatch):
     """Wire the run to a role allowed one connection at a time; yields (s3, bucket, url)."""
     s3, bucket, url = env
     role = f"r_{uuid.uuid4().hex[:10]}"
-    execute(pg_admin_url, f"CREATE ROLE {identifier(role)} LOGIN PASSWORD 'pw' CONNECTION LIMIT 1")
-    execute(url, f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {identifier(role)}")
+    run_sql(pg_admin_url, f"CREATE ROLE {identifier(role)} LOGIN PASSWORD 'pw' CONNECTION LIMIT 1")
+    run_sql(url, f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {identifier(role)}")
     host_part = url.split("@", 1)[1]
     put_credentials_secret("test/limited", f"postgresql://{role}:pw@{host_part}")
     monkeypatch.setenv("TOTESYS_SECRET_ID", "test/limited")
     yield s3, bucket, url, role
-    execute(url, f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {identifier(role)}")
-    execute(pg_admin_url, f"DROP ROLE {identifier(role)}")
+    run_sql(url, f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {identifier(role)}")
+    run_sql(pg_admin_url, f"DROP ROLE {identifier(role)}")
 
 
 def test_a_second_connection_that_cannot_be_opened_fails_clearly(one_connection_role, monkeypatch,
@@ -151,14 +151,14 @@ def test_a_second_connection_that_cannot_be_opened_fails_clearly(one_connection_
     with pytest.raises(CredentialsError, match="refused the connection: too many connections for role"):
         ingest.lambda_handler({}, None)
     assert [level for level, line in ingest_log if "too many connections" in line] == ["CRITICAL"]
-    assert all_keys(s3, bucket) == []
+    assert list_keys(s3, bucket) == []
     # The connection that was opened has been closed again (else the role's one slot stays taken).
     sessions = "SELECT count(*) FROM pg_stat_activity WHERE usename = :role"
     for _ in range(200):
-        if execute(pg_admin_url, sessions, role=role) == [[0]]:
+        if run_sql(pg_admin_url, sessions, role=role) == [[0]]:
             break
         time.sleep(0.05)
-    assert execute(pg_admin_url, sessions, role=role) == [[0]]
+    assert run_sql(pg_admin_url, sessions, role=role) == [[0]]
     # The same role with the one-connection path lands everything.
     monkeypatch.setenv("INGEST_PARALLEL_CONNECTIONS", "1")
     assert sorted(ingest.lambda_handler({}, None)) == sorted(SOURCE_TABLES)
@@ -205,7 +205,7 @@ def test_import_snapshot_checks_the_id_before_it_reaches_sql(source_url):
         assert importer.run("SELECT count(*) FROM staff") == [[1]]
         exporter.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         exported = exporter.run("SELECT pg_export_snapshot()")[0][0]
-        execute(source_url, "DELETE FROM payment")
+        run_sql(source_url, "DELETE FROM payment")
         import_snapshot(importer, exported)
         assert importer.run("SELECT count(*) FROM payment") == [[1]]  # the exporter's view
         importer.run("ROLLBACK")
@@ -216,7 +216,7 @@ def test_import_snapshot_checks_the_id_before_it_reaches_sql(source_url):
 
 
 def test_largest_first_orders_by_size_on_disk(source_url):
-    execute(source_url, "INSERT INTO design (created_at, design_name, file_location, file_name, "
+    run_sql(source_url, "INSERT INTO design (created_at, design_name, file_location, file_name, "
                         "last_updated) SELECT now(), repeat('d', 200), '/x', 'f.json', now() "
                         "FROM generate_series(1, 2000)")
     conn = connect(source_url)

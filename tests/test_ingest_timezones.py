@@ -12,25 +12,13 @@ import pytest
 from pg8000.native import identifier
 
 import ingest
-from tests.test_ingest import (FILL_SQL, SCHEMA_SQL, all_keys, assert_each_version_landed_once, execute,
-                               ingest_log, read_json, read_table)
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
 from utils.errors import ConfigError
 from utils.format_time import parse_time
 from utils.aws.state import read_state
-
-__all__ = ["ingest_log"]  # fixture shared with test_ingest
-
-
-@pytest.fixture
-def source(pipeline_env, new_database):
-    """A small hand-filled totesys wired into moto; returns (s3 client, ingest bucket, url)."""
-    import boto3
-    url = new_database()
-    execute(url, SCHEMA_SQL)
-    execute(url, FILL_SQL)
-    names = pipeline_env(source_url=url)
-    return boto3.client("s3"), names["ingest"], url
+from tests.support.ingest import assert_each_version_landed_once, read_table
+from utils.aws.objects import list_keys, read_json
+from tests.support.db import run_sql
 
 
 def set_database_timezone(url, zone):
@@ -38,7 +26,7 @@ def set_database_timezone(url, zone):
     database = credentials_from_url(url)["database"]
     # ALTER DATABASE takes no bound parameter: the zone is checked by the server as a literal.
     zone_literal = "'" + zone.replace("'", "''") + "'"
-    execute(url, f"ALTER DATABASE {identifier(database)} SET timezone = {zone_literal}")
+    run_sql(url, f"ALTER DATABASE {identifier(database)} SET timezone = {zone_literal}")
 
 
 def writer(url):
@@ -63,13 +51,13 @@ def updated_rows(s3, bucket, result, table, pk):
 def test_connect_to_db_keeps_the_database_zone_only_when_asked(new_database):
     url = new_database()
     set_database_timezone(url, "Asia/Tokyo")
-    assert execute(url, "SELECT current_setting('TimeZone')") == [["UTC"]]
+    assert run_sql(url, "SELECT current_setting('TimeZone')") == [["UTC"]]
     assert write(url, "SELECT current_setting('TimeZone')") == [["Asia/Tokyo"]]
 
 
 @pytest.mark.parametrize("zone", ["America/New_York", "Asia/Tokyo"])
-def test_changes_stamped_in_the_source_zone_are_landed_by_the_next_run_exactly_once(source, zone):
-    s3, bucket, url = source
+def test_changes_stamped_in_the_source_zone_are_landed_by_the_next_run_exactly_once(env, zone):
+    s3, bucket, url = env
     set_database_timezone(url, zone)
     first = ingest.lambda_handler({}, None)
     assert "sales_order" in first
@@ -91,14 +79,14 @@ def test_changes_stamped_in_the_source_zone_are_landed_by_the_next_run_exactly_o
     # Bounds are source wall-clock times, the batch time stays UTC (keys, batch ids).
     high = parse_time(manifest["tables"]["sales_order"]["high"])
     assert abs(high - wall_now) < timedelta(minutes=5)
-    utc_now = execute(url, "SELECT now() AT TIME ZONE 'UTC'")[0][0]
+    utc_now = run_sql(url, "SELECT now() AT TIME ZONE 'UTC'")[0][0]
     assert abs(parse_time(manifest["batch_time"]) - utc_now) < timedelta(minutes=5)
 
 
 @pytest.mark.parametrize("legacy_state", [False, True])
-def test_a_zone_change_between_runs_converts_the_bounds_once_and_loses_nothing(source, ingest_log,
+def test_a_zone_change_between_runs_converts_the_bounds_once_and_loses_nothing(env, ingest_log,
                                                                                legacy_state):
-    s3, bucket, url = source
+    s3, bucket, url = env
     ingest.lambda_handler({}, None)  # database zone: UTC
     state, etag = read_state(s3, bucket, "ingest")
     assert state["timezone"] == "UTC"
@@ -124,24 +112,24 @@ def test_a_zone_change_between_runs_converts_the_bounds_once_and_loses_nothing(s
     assert_each_version_landed_once(s3, bucket, url, superseded=1)
 
 
-def test_a_subset_run_after_a_zone_change_converts_the_other_tables_too(source):
-    s3, bucket, _ = source
+def test_a_subset_run_after_a_zone_change_converts_the_other_tables_too(env):
+    s3, bucket, _ = env
     ingest.lambda_handler({}, None)
     before = read_state(s3, bucket, "ingest")[0]["tables"]
-    set_database_timezone(source[2], "Asia/Tokyo")
+    set_database_timezone(env[2], "Asia/Tokyo")
     ingest.lambda_handler({"tables_to_query": ["currency"]}, None)
     after = read_state(s3, bucket, "ingest")[0]["tables"]
     assert parse_time(after["payment"]["high"]) == parse_time(before["payment"]["high"]) + timedelta(hours=9)
 
 
-def test_an_overlap_shorter_than_the_daylight_saving_shift_is_refused(source, monkeypatch):
-    s3, bucket, url = source
+def test_an_overlap_shorter_than_the_daylight_saving_shift_is_refused(env, monkeypatch):
+    s3, bucket, url = env
     set_database_timezone(url, "America/New_York")
     monkeypatch.setenv("INGEST_OVERLAP_SECONDS", "1800")
     with pytest.raises(ConfigError, match=r"INGEST_OVERLAP_SECONDS=1800 is below the daylight-saving shift "
                                           r"of the source time zone 'America/New_York' \(3600 s\)"):
         ingest.lambda_handler({}, None)
-    assert all_keys(s3, bucket) == []
+    assert list_keys(s3, bucket) == []
     monkeypatch.setenv("INGEST_OVERLAP_SECONDS", "3600")
     assert ingest.lambda_handler({}, None)
 
@@ -149,7 +137,7 @@ def test_an_overlap_shorter_than_the_daylight_saving_shift_is_refused(source, mo
 def fall_back_soon(url, seconds):
     """A POSIX zone (standard UTC-5, daylight UTC-4) whose daylight time began on January 1 and ends
     ``seconds`` from now (database clock): its wall clock then goes back one hour."""
-    utc_now = execute(url, "SELECT now() AT TIME ZONE 'UTC'")[0][0]
+    utc_now = run_sql(url, "SELECT now() AT TIME ZONE 'UTC'")[0][0]
     end = (utc_now + timedelta(seconds=seconds) - timedelta(hours=4)).replace(microsecond=0)
     day = end.timetuple().tm_yday
     if end.month > 2 and (end.year % 4 == 0 and (end.year % 100 or end.year % 400 == 0)):
@@ -165,8 +153,9 @@ def wait_for_wall_clock_before(url, moment, timeout=30):
         time.sleep(0.2)
 
 
-def test_the_daylight_saving_fall_back_loses_and_duplicates_nothing(source):
-    s3, bucket, url = source
+@pytest.mark.slow
+def test_the_daylight_saving_fall_back_loses_and_duplicates_nothing(env):
+    s3, bucket, url = env
     set_database_timezone(url, fall_back_soon(url, seconds=6))
     late = writer(url)
     try:

@@ -3,31 +3,19 @@ size, timestamps of any year. Every file written is readable with exactly its la
 cannot land fails before anything is written, naming table, column and value."""
 import io
 
-import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 import ingest
-from tests.test_ingest import (FILL_SQL, SCHEMA_SQL, all_keys, assert_each_version_landed_once, execute,
-                               ingest_log, read_json)
 from utils.errors import SchemaDriftError, SourceDataError
 from utils.ingest.sink import ParquetSink, wall_time_to_epoch_ms
 from utils.catalog.source_schema import expected_sql_type, is_compatible
 from utils.aws.state import read_state
 from utils.catalog.source import LANDING_SCHEMAS, SOURCE_SCHEMAS, SOURCE_TABLES
-
-__all__ = ["ingest_log"]  # fixture shared with test_ingest
-
-
-@pytest.fixture
-def source(pipeline_env, new_database):
-    """A small hand-filled totesys wired into moto; returns (s3 client, ingest bucket, url)."""
-    url = new_database()
-    execute(url, SCHEMA_SQL)
-    execute(url, FILL_SQL)
-    names = pipeline_env(source_url=url)
-    return boto3.client("s3"), names["ingest"], url
+from tests.support.ingest import assert_each_version_landed_once
+from utils.aws.objects import list_keys, read_json
+from tests.support.db import run_sql
 
 
 def read_landed(s3, bucket, key, table):
@@ -39,16 +27,16 @@ def read_landed(s3, bucket, key, table):
 
 
 def assert_nothing_landed(s3, bucket):
-    assert all_keys(s3, bucket) == []
+    assert list_keys(s3, bucket) == []
     assert read_state(s3, bucket, "ingest") == ({}, None)
 
 
 # -- NULLs -----------------------------------------------------------------------------------------
 
-def test_a_null_in_a_column_the_spec_calls_not_null_lands_as_null_in_a_readable_file(source):
-    s3, bucket, url = source
-    execute(url, "ALTER TABLE address ALTER city DROP NOT NULL")
-    execute(url, "UPDATE address SET city = NULL WHERE address_id = 2")
+def test_a_null_in_a_column_the_spec_calls_not_null_lands_as_null_in_a_readable_file(env):
+    s3, bucket, url = env
+    run_sql(url, "ALTER TABLE address ALTER city DROP NOT NULL")
+    run_sql(url, "UPDATE address SET city = NULL WHERE address_id = 2")
     result = ingest.lambda_handler({}, None)
     for table, key in result.items():
         read_landed(s3, bucket, key, table)
@@ -83,10 +71,10 @@ def test_a_sink_never_writes_a_null_into_a_field_its_schema_declares_not_null():
     ("ALTER TABLE address DROP COLUMN phone", "address", "phone", "text, varchar(n) or an enum", None),
     ("DROP TABLE payment", "payment", None, "the table", None),
 ])
-def test_a_dropped_or_retyped_column_fails_before_anything_lands(source, ddl, table, column, expected,
+def test_a_dropped_or_retyped_column_fails_before_anything_lands(env, ddl, table, column, expected,
                                                                  found):
-    s3, bucket, url = source
-    execute(url, ddl)
+    s3, bucket, url = env
+    run_sql(url, ddl)
     with pytest.raises(SchemaDriftError) as caught:
         ingest.lambda_handler({}, None)
     error = caught.value
@@ -105,9 +93,9 @@ def test_a_dropped_or_retyped_column_fails_before_anything_lands(source, ddl, ta
     "ALTER TABLE payment_type ALTER payment_type_name TYPE text",
     "ALTER TABLE staff ALTER department_id TYPE smallint",
 ])
-def test_compatible_type_changes_land_the_same_values(source, ddl):
-    s3, bucket, url = source
-    execute(url, ddl)
+def test_compatible_type_changes_land_the_same_values(env, ddl):
+    s3, bucket, url = env
+    run_sql(url, ddl)
     result = ingest.lambda_handler({}, None)
     assert sorted(result) == sorted(SOURCE_TABLES)
     for table, key in result.items():
@@ -115,10 +103,10 @@ def test_compatible_type_changes_land_the_same_values(source, ddl):
     assert_each_version_landed_once(s3, bucket, url)
 
 
-def test_an_added_column_is_ignored_with_one_warning_and_recorded(source, ingest_log):
-    s3, bucket, url = source
-    execute(url, "ALTER TABLE staff ADD COLUMN nickname text DEFAULT 'Annie'")
-    execute(url, "ALTER TABLE payment ADD COLUMN note text, ADD COLUMN flag int")
+def test_an_added_column_is_ignored_with_one_warning_and_recorded(env, ingest_log):
+    s3, bucket, url = env
+    run_sql(url, "ALTER TABLE staff ADD COLUMN nickname text DEFAULT 'Annie'")
+    run_sql(url, "ALTER TABLE payment ADD COLUMN note text, ADD COLUMN flag int")
     result = ingest.lambda_handler({}, None)
     assert read_landed(s3, bucket, result["staff"], "staff").column_names == LANDING_SCHEMAS["staff"].names
     expected = {"payment": ["note", "flag"], "staff": ["nickname"]}
@@ -129,7 +117,7 @@ def test_an_added_column_is_ignored_with_one_warning_and_recorded(source, ingest
     assert len(warnings) == 3
     assert any('"table":"staff"' in line and '"column":"nickname"' in line for line in warnings)
     # A subset run replaces only its own tables' entries.
-    execute(url, "ALTER TABLE staff DROP COLUMN nickname")
+    run_sql(url, "ALTER TABLE staff DROP COLUMN nickname")
     ingest.lambda_handler({"tables_to_query": ["staff"]}, None)
     assert read_state(s3, bucket, "ingest")[0]["ignored_columns"] == {"payment": ["note", "flag"]}
 
@@ -149,11 +137,11 @@ def test_compatibility_rules_for_types_the_catalog_can_hold():
 
 # -- values of any size and shape ------------------------------------------------------------------
 
-def test_a_text_value_larger_than_a_chunk_and_a_block_lands(source, monkeypatch):
-    s3, bucket, url = source
+def test_a_text_value_larger_than_a_chunk_and_a_block_lands(env, monkeypatch):
+    s3, bucket, url = env
     big = 'x"y,' + "\n" + "z" * (5 * 1024 * 1024)  # quotes, a comma and a newline, then 5 MiB
-    execute(url, "UPDATE address SET address_line_1 = :big WHERE address_id = 2", big=big)
-    execute(url, "UPDATE design SET file_name = repeat('f', 4 * 1024 * 1024)")
+    run_sql(url, "UPDATE address SET address_line_1 = :big WHERE address_id = 2", big=big)
+    run_sql(url, "UPDATE design SET file_name = repeat('f', 4 * 1024 * 1024)")
     result = ingest.lambda_handler({}, None)
     address = read_landed(s3, bucket, result["address"], "address").to_pylist()
     assert {row["address_id"]: row["address_line_1"] for row in address}[2] == big
@@ -162,25 +150,25 @@ def test_a_text_value_larger_than_a_chunk_and_a_block_lands(source, monkeypatch)
     assert_each_version_landed_once(s3, bucket, url)
 
 
-def test_timestamps_of_any_year_postgresql_allows_land(source):
-    s3, bucket, url = source
-    execute(url, "UPDATE sales_order SET created_at = '4713-01-01 00:00:00.5 BC' WHERE sales_order_id = 1")
-    execute(url, "UPDATE sales_order SET created_at = '12345-06-07 08:09:10.123' WHERE sales_order_id = 2")
+def test_timestamps_of_any_year_postgresql_allows_land(env):
+    s3, bucket, url = env
+    run_sql(url, "UPDATE sales_order SET created_at = '4713-01-01 00:00:00.5 BC' WHERE sales_order_id = 1")
+    run_sql(url, "UPDATE sales_order SET created_at = '12345-06-07 08:09:10.123' WHERE sales_order_id = 2")
     result = ingest.lambda_handler({}, None)
     landed = read_landed(s3, bucket, result["sales_order"], "sales_order")
     # Python's datetime stops at years 1-9999: compare the milliseconds since 1970 with the server's.
     got = dict(zip(landed["sales_order_id"].to_pylist(), landed["created_at"].cast(pa.int64()).to_pylist()))
-    expected = dict(execute(url, "SELECT sales_order_id, (extract(epoch FROM created_at) * 1000)::bigint "
+    expected = dict(run_sql(url, "SELECT sales_order_id, (extract(epoch FROM created_at) * 1000)::bigint "
                                  "FROM sales_order"))
     assert got == expected
     assert expected[1] < -210_000_000_000_000 and expected[2] > 327_000_000_000_000
 
 
 @pytest.mark.parametrize("value, millis", [("infinity", 2 ** 63 - 1), ("-infinity", -(2 ** 63 - 1))])
-def test_an_infinite_timestamp_lands_as_the_end_of_the_timestamp_range(source, value, millis):
+def test_an_infinite_timestamp_lands_as_the_end_of_the_timestamp_range(env, value, millis):
     """The landing zone keeps the row (the transform quarantines it); nothing else changes."""
-    s3, bucket, url = source
-    execute(url, f"UPDATE design SET created_at = '{value}' WHERE design_id = 1")
+    s3, bucket, url = env
+    run_sql(url, f"UPDATE design SET created_at = '{value}' WHERE design_id = 1")
     files = ingest.lambda_handler({"tables_to_query": ["design"]}, None)
     table = pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=files["design"])["Body"].read()))
     stamps = dict(zip(table["design_id"].to_pylist(), table["created_at"].cast(pa.int64()).to_pylist()))

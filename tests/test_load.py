@@ -4,40 +4,33 @@ import json
 from datetime import date, time
 from decimal import Decimal
 
-import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 import load
 import transform
-from tests.ingest_batches import (T0, address, base_batch, department, later, sales_order,
-                                  write_ingest_batch)
-from tests.dbutil import run_sql as query
 from utils.load import merge, schema
 from utils.errors import CorruptFileError, InvalidEventError, SchemaMismatchError, UnknownTableError
 from utils.load.schema import LEDGER, schema_statements
 from utils.aws.state import read_state
 from utils.warehouse import WAREHOUSE_TABLES
+from tests.support.batches import T0, address, base_batch, department, later, sales_order, write_ingest_batch
+from tests.support.db import run_sql
 
 ALL_TABLES = WAREHOUSE_TABLES + (LEDGER,)
 
 
 def table_names(url):
-    return sorted(row[0] for row in query(
+    return sorted(row[0] for row in run_sql(
         url, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"))
 
 
 def counts(url):
     """Row count of every warehouse table (None for a table that does not exist)."""
     present = set(table_names(url))
-    return {name: query(url, f"SELECT count(*) FROM {name}")[0][0] if name in present else None  # nosec
+    return {name: run_sql(url, f"SELECT count(*) FROM {name}")[0][0] if name in present else None  # nosec
             for name in ALL_TABLES}
-
-
-@pytest.fixture
-def s3(buckets):
-    return boto3.client("s3")
 
 
 @pytest.fixture
@@ -57,13 +50,13 @@ def test_first_load_creates_the_schema_and_loads_every_table(s3, buckets, wareho
     assert result == {**transformed, "rejected_rows": 0, "rejected": {}}
     assert counts(warehouse) == {**transformed["tables"], LEDGER: 1}
     assert {"current_sales_order", "current_purchase_order", "current_payment"} <= set(table_names(warehouse))
-    ledger = query(warehouse, f"SELECT batch_id, manifest_key, row_counts FROM {LEDGER}")
+    ledger = run_sql(warehouse, f"SELECT batch_id, manifest_key, row_counts FROM {LEDGER}")
     assert ledger == [["20241125T093015123000", "_batches/2024/11/25/093015123000.json",
                        transformed["tables"]]]
-    row = query(warehouse, "SELECT created_date, created_time, unit_price, agreed_delivery_date "
-                           "FROM fact_sales_order WHERE sales_order_id = 1")
+    row = run_sql(warehouse, "SELECT created_date, created_time, unit_price, agreed_delivery_date "
+                  "FROM fact_sales_order WHERE sales_order_id = 1")
     assert row == [[date(2024, 11, 25), time(9, 30, 15, 123000), Decimal("2.50"), date(2024, 11, 28)]]
-    assert query(warehouse, "SELECT currency_name FROM dim_currency ORDER BY currency_id") == [
+    assert run_sql(warehouse, "SELECT currency_name FROM dim_currency ORDER BY currency_id") == [
         ["Pound Sterling"], ["US Dollar"], ["Unknown currency (XQZ)"]]
     # Loading again, and loading with nothing new, adds nothing.
     assert load.lambda_handler(transformed, None) == {"batches": [], "tables": {}, "rejected_rows": 0,
@@ -84,16 +77,16 @@ def test_changes_append_fact_versions_and_overwrite_dimensions(s3, buckets, ware
     result = load.lambda_handler(transformed, None)
     assert result["batches"] == ["20241125T100015123000", "20241125T103015123000"]
     assert result["tables"]["fact_sales_order"] == 1
-    assert query(warehouse, "SELECT units_sold, last_updated_time FROM fact_sales_order "
-                            "WHERE sales_order_id = 1 ORDER BY sales_record_id") == [
+    assert run_sql(warehouse, "SELECT units_sold, last_updated_time FROM fact_sales_order "
+                   "WHERE sales_order_id = 1 ORDER BY sales_record_id") == [
         [1001, time(9, 30, 15, 123000)], [42, time(9, 55, 15, 123000)]]
-    assert query(warehouse, "SELECT sales_order_id, units_sold FROM current_sales_order ORDER BY 1") == [
+    assert run_sql(warehouse, "SELECT sales_order_id, units_sold FROM current_sales_order ORDER BY 1") == [
         [1, 42], [2, 5000]]
-    assert query(warehouse, "SELECT location_id, city FROM dim_location ORDER BY 1") == [
+    assert run_sql(warehouse, "SELECT location_id, city FROM dim_location ORDER BY 1") == [
         [1, "York"], [2, "Leeds"]]
-    assert query(warehouse, "SELECT counterparty_id, counterparty_legal_city FROM dim_counterparty "
-                            "ORDER BY 1") == [[1, "York"], [2, "Leeds"], [3, "York"]]
-    assert query(warehouse, "SELECT staff_id, department_name FROM dim_staff ORDER BY 1") == [
+    assert run_sql(warehouse, "SELECT counterparty_id, counterparty_legal_city FROM dim_counterparty "
+                   "ORDER BY 1") == [[1, "York"], [2, "Leeds"], [3, "York"]]
+    assert run_sql(warehouse, "SELECT staff_id, department_name FROM dim_staff ORDER BY 1") == [
         [1, "Sales"], [2, "Dept 2"], [3, "Sales"]]
     assert counts(warehouse)[LEDGER] == 3
 
@@ -115,14 +108,14 @@ def test_a_load_killed_before_commit_changes_nothing_and_the_retry_completes(s3,
     with pytest.raises(RuntimeError, match="killed between staging and commit"):
         load.lambda_handler(transformed, None)
     assert counts(warehouse) == before
-    assert query(warehouse, "SELECT city FROM dim_location WHERE location_id = 2") == [["Leeds"]]
+    assert run_sql(warehouse, "SELECT city FROM dim_location WHERE location_id = 2") == [["Leeds"]]
     assert [r.levelname for r in caplog.records].count("CRITICAL") == 1
     monkeypatch.setattr(merge, "record_batch", real_record)
     assert load.lambda_handler(transformed, None)["batches"] == ["20241125T100015123000"]
     after = counts(warehouse)
     assert after["fact_sales_order"] == before["fact_sales_order"] + 2
     assert after[LEDGER] == 2
-    assert query(warehouse, "SELECT city FROM dim_location WHERE location_id = 2") == [["Hull"]]
+    assert run_sql(warehouse, "SELECT city FROM dim_location WHERE location_id = 2") == [["Hull"]]
 
 
 def latest_manifest(s3, buckets):
@@ -216,7 +209,7 @@ def test_processed_manifest_naming_an_unknown_table_loads_nothing(s3, buckets, w
 def test_incompatible_existing_warehouse_table_loads_and_creates_nothing(
         s3, buckets, warehouse, ddl, message):
     transformed = first_batch(s3, buckets)
-    query(warehouse, ddl)
+    run_sql(warehouse, ddl)
     before = table_names(warehouse)
     with pytest.raises(SchemaMismatchError) as err:
         load.lambda_handler(transformed, None)
@@ -226,12 +219,12 @@ def test_incompatible_existing_warehouse_table_loads_and_creates_nothing(
 
 def test_existing_warehouse_with_the_line2_spelling_is_loaded(s3, buckets, warehouse):
     for statement in schema_statements():
-        query(warehouse, statement.replace("counterparty_legal_address_line_2",
-                                           "counterparty_legal_address_line2"))
+        run_sql(warehouse, statement.replace("counterparty_legal_address_line_2",
+                                             "counterparty_legal_address_line2"))
     transformed = first_batch(s3, buckets)
     assert load.lambda_handler(transformed, None)["batches"] == ["20241125T093015123000"]
-    assert query(warehouse, "SELECT counterparty_id, counterparty_legal_address_line2 FROM dim_counterparty "
-                            "ORDER BY 1") == [[1, None], [2, "Unit 5"], [3, None]]
+    assert run_sql(warehouse, "SELECT counterparty_id, counterparty_legal_address_line2 "
+                   "FROM dim_counterparty ORDER BY 1") == [[1, None], [2, "Unit 5"], [3, None]]
 
 
 def test_schema_file_is_shipped_inside_the_package_and_matches_sql_folder():

@@ -6,7 +6,7 @@ import ingest
 import load
 import transform
 from totesys_local.generator import simulate
-from tests.dbutil import run_sql as query
+from tests.support.db import run_sql
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +94,7 @@ FACT_KEYS = [(fact, column, "dim_date", "date_id") for fact in FACT_TABLES.value
 
 
 def rows(url, sql):
-    return sorted(tuple(row) for row in query(url, sql))
+    return sorted(tuple(row) for row in run_sql(url, sql))
 
 
 def source_versions(url):
@@ -126,24 +126,24 @@ def assert_reconciled(source, warehouse, versions):
     assert rows(warehouse, money.format(orders="current_sales_order", currencies="dim_currency")) \
         == rows(source, money.format(orders="sales_order", currencies="currency"))
     for fact, column, dimension, key in FACT_KEYS:
-        orphans = query(warehouse, f"SELECT count(*) FROM {fact} f LEFT JOIN {dimension} d "
-                                   f"ON d.{key} = f.{column} WHERE d.{key} IS NULL")[0][0]
+        orphans = run_sql(warehouse, f"SELECT count(*) FROM {fact} f LEFT JOIN {dimension} d "
+                          f"ON d.{key} = f.{column} WHERE d.{key} IS NULL")[0][0]
         assert orphans == 0, (fact, column)
     referenced = set()
     for fact in FACT_TABLES.values():
-        columns = [row[0] for row in query(
+        columns = [row[0] for row in run_sql(
             warehouse, "SELECT column_name FROM information_schema.columns WHERE table_name = :t "
                        "AND data_type = 'date'", t=fact)]
         for column in columns:
-            referenced |= {row[0] for row in query(warehouse, f"SELECT DISTINCT {column} FROM {fact}")}
-    assert {row[0] for row in query(warehouse, "SELECT date_id FROM dim_date")} == referenced
+            referenced |= {row[0] for row in run_sql(warehouse, f"SELECT DISTINCT {column} FROM {fact}")}
+    assert {row[0] for row in run_sql(warehouse, "SELECT date_id FROM dim_date")} == referenced
 
 
 def table_counts(warehouse):
-    names = [row[0] for row in query(
+    names = [row[0] for row in run_sql(
         warehouse, "SELECT table_name FROM information_schema.tables "
                    "WHERE table_schema = 'public' AND table_type = 'BASE TABLE'")]
-    return {name: query(warehouse, f"SELECT count(*) FROM {name}")[0][0] for name in names}
+    return {name: run_sql(warehouse, f"SELECT count(*) FROM {name}")[0][0] for name in names}
 
 
 def test_scale1_pipeline_reconciles_before_and_after_changes(totesys_url, warehouse_url, pipeline_env):
@@ -156,33 +156,33 @@ def test_scale1_pipeline_reconciles_before_and_after_changes(totesys_url, wareho
 
     # A simulated half hour of business, then changes of our own (DB clock, so they are the latest).
     simulate(totesys_url, minutes=30, seed=7)
-    query(totesys_url, "UPDATE sales_order SET units_sold = 77, unit_price = 3.33, last_updated = now() "
-                       "WHERE sales_order_id = 5")
-    counterparty_id, address_id = query(
+    run_sql(totesys_url, "UPDATE sales_order SET units_sold = 77, unit_price = 3.33, last_updated = now() "
+            "WHERE sales_order_id = 5")
+    counterparty_id, address_id = run_sql(
         totesys_url, "SELECT counterparty_id, legal_address_id FROM counterparty ORDER BY 1 LIMIT 1")[0]
-    query(totesys_url, "UPDATE address SET city = 'Reconcile City', last_updated = now() "
-                       "WHERE address_id = :id", id=address_id)
-    staff_id, department_id = query(
+    run_sql(totesys_url, "UPDATE address SET city = 'Reconcile City', last_updated = now() "
+            "WHERE address_id = :id", id=address_id)
+    staff_id, department_id = run_sql(
         totesys_url, "SELECT staff_id, department_id FROM staff ORDER BY 1 LIMIT 1")[0]
-    query(totesys_url, "UPDATE department SET department_name = 'Renamed', last_updated = now() "
-                       "WHERE department_id = :id", id=department_id)
+    run_sql(totesys_url, "UPDATE department SET department_name = 'Renamed', last_updated = now() "
+            "WHERE department_id = :id", id=department_id)
     files, transformed, loaded = run_pipeline()
     assert "sales_order" in files and "address" in files and "department" in files
     assert len(loaded["batches"]) == 1
     for table, current in source_versions(totesys_url).items():
         versions[table] |= current
     assert_reconciled(totesys_url, warehouse_url, versions)
-    history = query(warehouse_url, "SELECT units_sold, unit_price::text FROM fact_sales_order "
-                                   "WHERE sales_order_id = 5 ORDER BY sales_record_id")
+    history = run_sql(warehouse_url, "SELECT units_sold, unit_price::text FROM fact_sales_order "
+                      "WHERE sales_order_id = 5 ORDER BY sales_record_id")
     assert len(history) == 2 and history[1] == [77, "3.33"] and history[0] != history[1]
-    assert query(warehouse_url, "SELECT units_sold FROM current_sales_order WHERE sales_order_id = 5") \
+    assert run_sql(warehouse_url, "SELECT units_sold FROM current_sales_order WHERE sales_order_id = 5") \
         == [[77]]
-    assert query(warehouse_url, "SELECT city FROM dim_location WHERE location_id = :id",
-                 id=address_id) == [["Reconcile City"]]
-    assert query(warehouse_url, "SELECT counterparty_legal_city FROM dim_counterparty "
-                                "WHERE counterparty_id = :id", id=counterparty_id) == [["Reconcile City"]]
-    assert query(warehouse_url, "SELECT department_name FROM dim_staff WHERE staff_id = :id",
-                 id=staff_id) == [["Renamed"]]
+    assert run_sql(warehouse_url, "SELECT city FROM dim_location WHERE location_id = :id",
+                   id=address_id) == [["Reconcile City"]]
+    assert run_sql(warehouse_url, "SELECT counterparty_legal_city FROM dim_counterparty "
+                   "WHERE counterparty_id = :id", id=counterparty_id) == [["Reconcile City"]]
+    assert run_sql(warehouse_url, "SELECT department_name FROM dim_staff WHERE staff_id = :id",
+                   id=staff_id) == [["Renamed"]]
 
     # A run with no changes, and a re-load of what is already loaded, add nothing.
     before = table_counts(warehouse_url)

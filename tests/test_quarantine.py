@@ -7,25 +7,19 @@ smallint), as existing warehouses may be.
 import logging
 from decimal import Decimal
 
-import boto3
 import pyarrow as pa
 import pytest
 
 import load
 import transform
-from tests.dbutil import run_sql as query
-from tests.ingest_batches import (T0, address, base_batch, counterparty, later, sales_order,
-                                  write_ingest_batch)
 from utils.load.schema import schema_statements
 from utils.catalog.source import LANDING_SCHEMAS
+from tests.support.batches import (T0, address, base_batch, counterparty, later, sales_order, source_table,
+                                   write_ingest_batch)
+from tests.support.db import run_sql
 
 NARROW = {"design_name varchar NOT NULL": "design_name varchar(12) NOT NULL",
           "units_sold integer NOT NULL": "units_sold smallint NOT NULL"}
-
-
-@pytest.fixture
-def s3(buckets):
-    return boto3.client("s3")
 
 
 @pytest.fixture
@@ -35,7 +29,7 @@ def narrow_warehouse(pipeline_env, warehouse_url):
     for statement in schema_statements():
         for wide, narrow in NARROW.items():
             statement = statement.replace(wide, narrow)
-        query(warehouse_url, statement)
+        run_sql(warehouse_url, statement)
     pipeline_env(warehouse_url=warehouse_url)
     return warehouse_url
 
@@ -57,12 +51,12 @@ def run_batch(s3, buckets, batch_time, rows_by_table):
 
 
 def rejected(url):
-    return query(url, "SELECT source_table, source_id, column_name, reason, value, row_data IS NOT NULL, "
-                      "resolved_batch_id FROM etl_rejected_rows ORDER BY source_table, source_id")
+    return run_sql(url, "SELECT source_table, source_id, column_name, reason, value, row_data IS NOT NULL, "
+                   "resolved_batch_id FROM etl_rejected_rows ORDER BY source_table, source_id")
 
 
 def ids(url, table, column):
-    return sorted(row[0] for row in query(url, f"SELECT {column} FROM {table}"))  # nosec B608 - test SQL
+    return sorted(row[0] for row in run_sql(url, f"SELECT {column} FROM {table}"))  # nosec B608 - test SQL
 
 
 def test_bad_rows_are_quarantined_the_rest_loads_and_fixed_versions_load_later(
@@ -114,11 +108,11 @@ def test_bad_rows_are_quarantined_the_rest_loads_and_fixed_versions_load_later(
     assert ids(narrow_warehouse, "dim_counterparty", "counterparty_id") == [1, 2, 3, 4]
     assert ids(narrow_warehouse, "dim_design", "design_id") == [1, 2]
     assert ids(narrow_warehouse, "fact_sales_order", "sales_order_id") == [1, 2, 3, 4]
-    parked = query(narrow_warehouse,
-                   "SELECT resolved_batch_id FROM etl_rejected_rows WHERE row_data IS NOT NULL")
+    parked = run_sql(narrow_warehouse,
+                     "SELECT resolved_batch_id FROM etl_rejected_rows WHERE row_data IS NOT NULL")
     assert parked == [["20241125T094515123000"]]
-    assert query(narrow_warehouse, "SELECT units_sold, unit_price FROM fact_sales_order "
-                                   "WHERE sales_order_id = 3") == [[1003, Decimal("2.50")]]
+    assert run_sql(narrow_warehouse, "SELECT units_sold, unit_price FROM fact_sales_order "
+                   "WHERE sales_order_id = 3") == [[1003, Decimal("2.50")]]
 
 
 def test_a_rejected_row_is_recorded_once_however_often_it_is_landed(s3, buckets, narrow_warehouse):
@@ -127,7 +121,7 @@ def test_a_rejected_row_is_recorded_once_however_often_it_is_landed(s3, buckets,
     first = run_batch(s3, buckets, T0, {**base_batch(), **{"sales_order": bad["sales_order"]}})
     again = run_batch(s3, buckets, later(5), bad)
     assert first["rejected_rows"] == 1 and again["rejected_rows"] == 0
-    assert query(narrow_warehouse, "SELECT count(*) FROM etl_rejected_rows")[0][0] == 1
+    assert run_sql(narrow_warehouse, "SELECT count(*) FROM etl_rejected_rows")[0][0] == 1
 
 
 def test_a_parked_fact_whose_dimension_stays_missing_stays_parked(s3, buckets, narrow_warehouse):
@@ -139,8 +133,8 @@ def test_a_parked_fact_whose_dimension_stays_missing_stays_parked(s3, buckets, n
     result = run_batch(s3, buckets, later(5), {"sales_order": [sales_order(9)]})
     assert result["rejected_rows"] == 0
     assert ids(narrow_warehouse, "fact_sales_order", "sales_order_id") == [1, 2, 9]
-    assert query(narrow_warehouse, "SELECT source_id, resolved_batch_id FROM etl_rejected_rows "
-                                   "WHERE row_data IS NOT NULL") == [[3, None]]
+    assert run_sql(narrow_warehouse, "SELECT source_id, resolved_batch_id FROM etl_rejected_rows "
+                   "WHERE row_data IS NOT NULL") == [[3, None]]
 
 
 def test_a_dimension_is_never_overwritten_by_an_older_version(s3, buckets, narrow_warehouse):
@@ -149,24 +143,24 @@ def test_a_dimension_is_never_overwritten_by_an_older_version(s3, buckets, narro
     run_batch(s3, buckets, later(31), batch)
     # an older version of address 1 arrives after the newer one (e.g. a replayed or late batch)
     run_batch(s3, buckets, later(40), {"address": [address(1, at=later(20), city="Hull")]})
-    assert query(narrow_warehouse, "SELECT city FROM dim_location WHERE location_id = 1") == [["York"]]
-    assert query(narrow_warehouse, "SELECT counterparty_legal_city FROM dim_counterparty "
-                                   "WHERE counterparty_id = 1") == [["York"]]
+    assert run_sql(narrow_warehouse, "SELECT city FROM dim_location WHERE location_id = 1") == [["York"]]
+    assert run_sql(narrow_warehouse, "SELECT counterparty_legal_city FROM dim_counterparty "
+                   "WHERE counterparty_id = 1") == [["York"]]
     # a newer one still wins
     run_batch(s3, buckets, later(50), {"address": [address(1, at=later(45), city="Leeds")]})
-    assert query(narrow_warehouse, "SELECT city FROM dim_location WHERE location_id = 1") == [["Leeds"]]
+    assert run_sql(narrow_warehouse, "SELECT city FROM dim_location WHERE location_id = 1") == [["Leeds"]]
 
 
 def test_a_warehouse_column_too_narrow_for_dim_date_fails_clearly(s3, buckets, pipeline_env,
                                                                   warehouse_url):
     for statement in schema_statements():
-        query(warehouse_url, statement.replace("day_name varchar NOT NULL", "day_name varchar(3) NOT NULL"))
+        run_sql(warehouse_url, statement.replace("day_name varchar NOT NULL", "day_name varchar(3) NOT NULL"))
     pipeline_env(warehouse_url=warehouse_url)
     write_ingest_batch(s3, buckets["ingest"], T0, landing(base_batch()))
     with pytest.raises(Exception) as err:
         load.lambda_handler(transform.lambda_handler({}, None), None)
     assert "warehouse table dim_date: column 'day_name' is too narrow for" in str(err.value)
-    assert query(warehouse_url, "SELECT count(*) FROM etl_load_ledger")[0][0] == 0
+    assert run_sql(warehouse_url, "SELECT count(*) FROM etl_load_ledger")[0][0] == 0
 
 
 def test_csv_stream_of_a_table_whose_first_batch_is_empty_is_clean_csv():
@@ -178,6 +172,7 @@ def test_csv_stream_of_a_table_whose_first_batch_is_empty_is_clean_csv():
     assert csv_stream(table).getvalue() == b'"design",2,,"design_name","too long","x"\n'
 
 
+@pytest.mark.slow
 def test_bad_values_in_totesys_are_quarantined_end_to_end_and_load_once_fixed(
         totesys_url, warehouse_url, pipeline_env):
     """The real ingest, transform and load on scale-1 totesys, into a warehouse whose dim_location.city
@@ -185,46 +180,46 @@ def test_bad_values_in_totesys_are_quarantined_end_to_end_and_load_once_fixed(
     impossible agreed date are quarantined; a good change in the same batch loads; the fixes load."""
     import ingest
     for statement in schema_statements():
-        query(warehouse_url, statement.replace("    city varchar NOT NULL", "    city varchar(20) NOT NULL"))
+        run_sql(warehouse_url,
+                statement.replace("    city varchar NOT NULL", "    city varchar(20) NOT NULL"))
     pipeline_env(source_url=totesys_url, warehouse_url=warehouse_url)
 
     def run():
         return load.lambda_handler(transform.lambda_handler(ingest.lambda_handler({}, None), None), None)
 
     assert run()["rejected_rows"] == 0
-    query(totesys_url, "ALTER TABLE address ALTER city DROP NOT NULL")
-    query(totesys_url, "UPDATE address SET city = NULL, last_updated = now() WHERE address_id = 1")
-    query(totesys_url, "UPDATE address SET city = 'Llanfairpwllgwyngyllgogerychwyrndrobwll', "
-                       "last_updated = now() WHERE address_id = 2")
-    query(totesys_url, "UPDATE sales_order SET agreed_delivery_date = '2024-02-30', last_updated = now() "
-                       "WHERE sales_order_id = 3")
-    query(totesys_url, "UPDATE sales_order SET units_sold = 4242, last_updated = now() "
-                       "WHERE sales_order_id = 4")
-    cities = query(warehouse_url, "SELECT location_id, city FROM dim_location WHERE location_id IN (1, 2) "
-                                  "ORDER BY 1")
+    run_sql(totesys_url, "ALTER TABLE address ALTER city DROP NOT NULL")
+    run_sql(totesys_url, "UPDATE address SET city = NULL, last_updated = now() WHERE address_id = 1")
+    run_sql(totesys_url, "UPDATE address SET city = 'Llanfairpwllgwyngyllgogerychwyrndrobwll', "
+            "last_updated = now() WHERE address_id = 2")
+    run_sql(totesys_url, "UPDATE sales_order SET agreed_delivery_date = '2024-02-30', last_updated = now() "
+            "WHERE sales_order_id = 3")
+    run_sql(totesys_url, "UPDATE sales_order SET units_sold = 4242, last_updated = now() "
+            "WHERE sales_order_id = 4")
+    cities = run_sql(warehouse_url, "SELECT location_id, city FROM dim_location WHERE location_id IN (1, 2) "
+                     "ORDER BY 1")
     result = run()
     assert result["rejected"] == {"address": 2, "sales_order": 1}
-    assert [row[:3] for row in query(warehouse_url, "SELECT source_table, source_id, column_name "
-                                                    "FROM etl_rejected_rows ORDER BY 1, 2")] == [
+    assert [row[:3] for row in run_sql(warehouse_url, "SELECT source_table, source_id, column_name "
+                                       "FROM etl_rejected_rows ORDER BY 1, 2")] == [
         ["address", 1, "city"], ["address", 2, "city"], ["sales_order", 3, "agreed_delivery_date"]]
-    assert query(warehouse_url, "SELECT location_id, city FROM dim_location WHERE location_id IN (1, 2) "
-                                "ORDER BY 1") == cities
-    assert query(warehouse_url, "SELECT units_sold FROM current_sales_order WHERE sales_order_id = 4") \
+    assert run_sql(warehouse_url, "SELECT location_id, city FROM dim_location WHERE location_id IN (1, 2) "
+                   "ORDER BY 1") == cities
+    assert run_sql(warehouse_url, "SELECT units_sold FROM current_sales_order WHERE sales_order_id = 4") \
         == [[4242]]
 
-    query(totesys_url, "UPDATE address SET city = 'Leeds', last_updated = now() WHERE address_id IN (1, 2)")
-    query(totesys_url, "UPDATE sales_order SET agreed_delivery_date = '2024-03-01', last_updated = now() "
-                       "WHERE sales_order_id = 3")
+    run_sql(totesys_url, "UPDATE address SET city = 'Leeds', last_updated = now() WHERE address_id IN (1, 2)")
+    run_sql(totesys_url, "UPDATE sales_order SET agreed_delivery_date = '2024-03-01', last_updated = now() "
+            "WHERE sales_order_id = 3")
     assert run()["rejected_rows"] == 0
-    assert query(warehouse_url, "SELECT city FROM dim_location WHERE location_id IN (1, 2)") \
+    assert run_sql(warehouse_url, "SELECT city FROM dim_location WHERE location_id IN (1, 2)") \
         == [["Leeds"], ["Leeds"]]
-    assert query(warehouse_url, "SELECT agreed_delivery_date::text FROM current_sales_order "
-                                "WHERE sales_order_id = 3") == [["2024-03-01"]]
+    assert run_sql(warehouse_url, "SELECT agreed_delivery_date::text FROM current_sales_order "
+                   "WHERE sales_order_id = 3") == [["2024-03-01"]]
 
 
 def test_fact_timestamps_outside_the_warehouse_years_are_rejected_and_named():
     from utils.transform.quarantine import split_source_rows
-    from tests.ingest_batches import source_table
     rows = [sales_order(i) for i in range(1, 6)]
     table = source_table("sales_order", rows).cast(LANDING_SCHEMAS["sales_order"])
     millis = table["created_at"].cast(pa.int64()).to_pylist()
@@ -238,16 +233,17 @@ def test_fact_timestamps_outside_the_warehouse_years_are_rejected_and_named():
     assert set(bad["reason"].to_pylist()) == {"timestamp outside the years 1 to 9999 the warehouse holds"}
 
 
+@pytest.mark.slow
 def test_infinite_and_bc_timestamps_in_totesys_are_quarantined_end_to_end(
         totesys_url, warehouse_url, pipeline_env):
     import ingest
     pipeline_env(source_url=totesys_url, warehouse_url=warehouse_url)
-    query(totesys_url, "UPDATE sales_order SET created_at = 'infinity' WHERE sales_order_id = 5")
-    query(totesys_url, "UPDATE sales_order SET created_at = '0044-03-15 12:00:00 BC' "
-                       "WHERE sales_order_id = 6")
+    run_sql(totesys_url, "UPDATE sales_order SET created_at = 'infinity' WHERE sales_order_id = 5")
+    run_sql(totesys_url, "UPDATE sales_order SET created_at = '0044-03-15 12:00:00 BC' "
+            "WHERE sales_order_id = 6")
     result = load.lambda_handler(transform.lambda_handler(ingest.lambda_handler({}, None), None), None)
     assert result["rejected"] == {"sales_order": 2}
-    assert query(warehouse_url, "SELECT source_id, value FROM etl_rejected_rows ORDER BY 1") == [
+    assert run_sql(warehouse_url, "SELECT source_id, value FROM etl_rejected_rows ORDER BY 1") == [
         [5, "infinity"], [6, "0044-03-15 12:00:00.000 BC"]]
-    loaded = query(warehouse_url, "SELECT count(*) FROM fact_sales_order")[0][0]
-    assert loaded == query(totesys_url, "SELECT count(*) FROM sales_order")[0][0] - 2
+    loaded = run_sql(warehouse_url, "SELECT count(*) FROM fact_sales_order")[0][0]
+    assert loaded == run_sql(totesys_url, "SELECT count(*) FROM sales_order")[0][0] - 2

@@ -11,9 +11,12 @@ import pytest
 
 from totesys_local import aws_emulation
 from totesys_local.aws_emulation import (ASL_TEMPLATE, deploy_pipeline, emulated_aws, published_alerts,
+                                         create_buckets, put_credentials_secret,
                                          render_definition, wait_for_execution)
-from tests.dbutil import run_sql
-from utils.db.connection import credentials_from_url
+from tests.support.db import run_sql
+
+# Several seconds each (the state machine, a local run or a generated warehouse): not in make test-fast.
+pytestmark = pytest.mark.slow
 
 DEFINITION = json.loads(ASL_TEMPLATE.read_text())
 TASKS = {name: state for name, state in DEFINITION["States"].items() if state["Type"] == "Task"}
@@ -135,11 +138,6 @@ def _handlers():
             "totesys-load": load.lambda_handler}
 
 
-def _put_secret(name, url, **override):
-    creds = dict(credentials_from_url(url), **override)
-    boto3.client("secretsmanager").create_secret(Name=name, SecretString=json.dumps(creds))
-
-
 def _count(url, table):
     return run_sql(url, f"SELECT count(*) FROM {table}")[0][0]  # nosec B608 - fixed test table names
 
@@ -153,10 +151,7 @@ def _engine(monkeypatch, totesys_url, warehouse_url, handlers):
                        "TOTESYS_SECRET_ID": "sm/totesys", "WAREHOUSE_SECRET_ID": "sm/warehouse"}.items():
         monkeypatch.setenv(key, value)
     with emulated_aws(handlers) as invocations:
-        s3 = boto3.client("s3")
-        for bucket in ("sm-ingest", "sm-processed"):
-            s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
-            s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+        create_buckets(("sm-ingest", "sm-processed"))
         arns = deploy_pipeline("totesys")
 
         def run(payload="{}"):
@@ -201,8 +196,8 @@ def _alerts(engine):
 
 
 def test_every_execution_runs_every_stage_even_with_no_changes(engine):
-    _put_secret("sm/totesys", engine["source"])
-    _put_secret("sm/warehouse", engine["warehouse"])
+    put_credentials_secret("sm/totesys", engine["source"])
+    put_credentials_secret("sm/warehouse", engine["warehouse"])
     first = engine["run"]()
     assert first["status"] == "SUCCEEDED", first
     assert engine["invocations"] == ["totesys-ingest", "totesys-transform", "totesys-load"]
@@ -227,9 +222,9 @@ def test_unreachable_warehouse_fails_every_execution_until_the_pending_batch_loa
     keep failing and alerting (the old AnyChanges choice let them succeed over a stale warehouse),
     and the first execution after the warehouse is back loads the pending batch."""
     from totesys_local.cluster import free_port
-    _put_secret("sm/totesys", engine["source"])
+    put_credentials_secret("sm/totesys", engine["source"])
     # The warehouse is unreachable: load raises DatabaseUnavailableError, a retryable error.
-    _put_secret("sm/warehouse", engine["warehouse"], port=free_port(), password="pw-never-shown")
+    put_credentials_secret("sm/warehouse", engine["warehouse"], port=free_port(), password="pw-never-shown")
     load_retry = next(r for r in TASKS["Load"]["Retry"] if "DatabaseUnavailableError" in r["ErrorEquals"])
 
     first = engine["run"]()
@@ -254,8 +249,7 @@ def test_unreachable_warehouse_fails_every_execution_until_the_pending_batch_loa
     assert _ingest_state()["manifest_key"] == pending_batch, "no new source changes: no new ingest batch"
     assert run_sql(engine["warehouse"], "SELECT to_regclass('fact_sales_order')") == [[None]]
 
-    boto3.client("secretsmanager").put_secret_value(
-        SecretId="sm/warehouse", SecretString=json.dumps(credentials_from_url(engine["warehouse"])))
+    put_credentials_secret("sm/warehouse", engine["warehouse"])
     third = engine["run"]()
     assert third["status"] == "SUCCEEDED", third
     assert json.loads(third["output"])["ingest"]["files"] == {}, "no new source changes in the third run"
@@ -265,8 +259,8 @@ def test_unreachable_warehouse_fails_every_execution_until_the_pending_batch_loa
 
 
 def test_transform_failing_for_a_non_data_reason_fails_every_execution_until_mended(engine):
-    _put_secret("sm/totesys", engine["source"])
-    _put_secret("sm/warehouse", engine["warehouse"])
+    put_credentials_secret("sm/totesys", engine["source"])
+    put_credentials_secret("sm/warehouse", engine["warehouse"])
     assert engine["run"]()["status"] == "SUCCEEDED"
     s3 = boto3.client("s3")
     state_key = "_state/transform.json"
@@ -296,8 +290,8 @@ def test_transform_failing_for_a_non_data_reason_fails_every_execution_until_men
 
 
 def test_non_retryable_failure_alerts_without_retrying(engine):
-    _put_secret("sm/totesys", engine["source"])
-    _put_secret("sm/warehouse", engine["warehouse"])
+    put_credentials_secret("sm/totesys", engine["source"])
+    put_credentials_secret("sm/warehouse", engine["warehouse"])
     result = engine["run"](json.dumps({"tables_to_query": ["address; DROP TABLE staff"]}))
     assert result["status"] == "FAILED"
     assert engine["invocations"] == ["totesys-ingest"]
@@ -334,8 +328,8 @@ def test_an_execution_started_during_another_succeeds_at_once_without_alerting(
     real aws-sdk:sfn:listExecutions task in moto's engine), runs no stage and succeeds; the first goes on
     and loads everything. Before, the second ran into the ingest lock, retried, failed and alerted."""
     engine = engine_with_held_ingest
-    _put_secret("sm/totesys", engine["source"])
-    _put_secret("sm/warehouse", engine["warehouse"])
+    put_credentials_secret("sm/totesys", engine["source"])
+    put_credentials_secret("sm/warehouse", engine["warehouse"])
     sfn = boto3.client("stepfunctions")
     first = sfn.start_execution(stateMachineArn=engine["arns"]["state_machine_arn"], input="{}",
                                 name="scheduled")["executionArn"]
@@ -388,8 +382,8 @@ def test_quarantined_rows_publish_one_data_quality_alert_and_the_execution_succe
     ``rejected_rows``/``rejected`` to its real output until the load stage's quarantine lands (an
     end-to-end test with real bad rows comes with it). Everything else is real."""
     engine = engine_with_quarantine
-    _put_secret("sm/totesys", engine["source"])
-    _put_secret("sm/warehouse", engine["warehouse"])
+    put_credentials_secret("sm/totesys", engine["source"])
+    put_credentials_secret("sm/warehouse", engine["warehouse"])
     quarantine_report.update(rejected_rows=3, rejected={"sales_order": 2, "payment": 1})
     result = engine["run"]()
     assert result["status"] == "SUCCEEDED", result
@@ -422,8 +416,8 @@ def test_a_data_quality_alert_that_cannot_be_published_fails_the_execution(
         engine_with_quarantine, quarantine_report):
     """A quarantine nobody hears about must not pass as a success (quarantine report simulated as above)."""
     engine = engine_with_quarantine
-    _put_secret("sm/totesys", engine["source"])
-    _put_secret("sm/warehouse", engine["warehouse"])
+    put_credentials_secret("sm/totesys", engine["source"])
+    put_credentials_secret("sm/warehouse", engine["warehouse"])
     quarantine_report.update(rejected_rows=1, rejected={"payment": 1})
     boto3.client("sns").delete_topic(TopicArn=engine["arns"]["alert_topic_arn"])
     result = engine["run"]()
@@ -441,8 +435,8 @@ def test_real_bad_rows_are_quarantined_alerted_once_and_the_execution_succeeds(e
     for statement in schema_statements():
         run_sql(engine["warehouse"], statement.replace("    city varchar NOT NULL",
                                                        "    city varchar(20) NOT NULL"))
-    _put_secret("sm/totesys", engine["source"])
-    _put_secret("sm/warehouse", engine["warehouse"])
+    put_credentials_secret("sm/totesys", engine["source"])
+    put_credentials_secret("sm/warehouse", engine["warehouse"])
     assert engine["run"]()["status"] == "SUCCEEDED"
     city = run_sql(engine["warehouse"], "SELECT city FROM dim_location WHERE location_id = 3")
     run_sql(engine["source"], "UPDATE address SET city = 'Llanfairpwllgwyngyllgogerychwyrndrobwll', "
@@ -541,8 +535,8 @@ def _stage_failures(caplog):
 def test_a_source_connection_lost_mid_copy_is_retried_and_the_execution_reconciles(
         engine_killing_ingest_copy, killed_queries, caplog):
     engine = engine_killing_ingest_copy
-    _put_secret("sm/totesys", engine["source"])
-    _put_secret("sm/warehouse", engine["warehouse"])
+    put_credentials_secret("sm/totesys", engine["source"])
+    put_credentials_secret("sm/warehouse", engine["warehouse"])
     result = engine["run"]()
     assert len(killed_queries) == 1 and killed_queries[0].startswith("COPY ("), killed_queries
     assert result["status"] == "SUCCEEDED", result
@@ -558,8 +552,8 @@ def test_a_source_connection_lost_mid_copy_is_retried_and_the_execution_reconcil
 def test_a_warehouse_connection_lost_mid_load_is_retried_and_the_execution_reconciles(
         engine_killing_load_copy, killed_queries, caplog):
     engine = engine_killing_load_copy
-    _put_secret("sm/totesys", engine["source"])
-    _put_secret("sm/warehouse", engine["warehouse"])
+    put_credentials_secret("sm/totesys", engine["source"])
+    put_credentials_secret("sm/warehouse", engine["warehouse"])
     result = engine["run"]()
     assert len(killed_queries) == 1 and "FROM STDIN" in killed_queries[0], killed_queries
     message = next(r.error for r in caplog.records if getattr(r, "error_type", None))

@@ -1,24 +1,19 @@
 """The transform stage against moto S3, on hand-written ingest batches in the documented format."""
 import json
 
-import boto3
 import pyarrow as pa
 import pytest
 
 import transform
-from tests.ingest_batches import (T0, address, base_batch, later, list_keys, sales_order,
-                                  source_table, write_ingest_batch)
 from utils.transform import run as transform_run
 from utils.errors import (CorruptFileError, InvalidEventError, SchemaMismatchError,
                           StateConflictError, UnknownTableError)
 from utils.aws.objects import read_parquet_table
 from utils.aws.state import read_state
 from utils.warehouse import WAREHOUSE_SCHEMAS
-
-
-@pytest.fixture
-def s3(buckets):
-    return boto3.client("s3")
+from tests.support.batches import (T0, address, base_batch, later, sales_order, source_table,
+                                   write_ingest_batch)
+from utils.aws.objects import list_keys
 
 
 def read_manifest(s3, buckets, key):

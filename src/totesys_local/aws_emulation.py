@@ -26,9 +26,46 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state
     StateTaskServiceAwsSdk)
 
 from totesys_local.asl import ASL_TEMPLATE, render
+from utils.db.connection import credentials_from_url
 
 STAGES = ("ingest", "transform", "load")
 MOTO_CONFIG = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
+REGION = "eu-west-2"
+# moto accepts any credentials; these can never reach a real account.
+_FAKE = "testing"  # nosec B105 - moto's placeholder credential, not a secret
+FAKE_CREDENTIALS = dict.fromkeys(
+    ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"), _FAKE)
+# Variables that would send boto3 somewhere else than the emulated account: remove them.
+UNSET_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_PROFILE")
+
+
+# -- the emulated account: the one set-up of tests, the runner and the benchmarks --------------------
+
+def account_environment(region=REGION, **variables):
+    """The environment variables of a process that uses the emulated account: fake credentials, the
+    region, and ``variables`` (bucket names, secret ids, ...). Remove UNSET_VARIABLES too."""
+    return {**FAKE_CREDENTIALS, "AWS_DEFAULT_REGION": region, "AWS_REGION": region, **variables}
+
+
+def create_buckets(names, region=REGION):
+    """Create the buckets ``names`` (versioned, like the real ones) in the running emulation."""
+    s3 = boto3.client("s3", region_name=region)
+    for name in names:
+        s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": region})
+        s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    return s3
+
+
+def put_credentials_secret(secret_id, database, region=REGION, **override):
+    """Store the credentials of ``database`` (a postgresql:// URL or a credentials dict), with the
+    ``override`` keys replaced, as the JSON secret ``secret_id`` (a new version when it exists)."""
+    credentials = credentials_from_url(database) if isinstance(database, str) else dict(database)
+    value = json.dumps(dict(credentials, **override))
+    secrets = boto3.client("secretsmanager", region_name=region)
+    try:
+        secrets.create_secret(Name=secret_id, SecretString=value)
+    except secrets.exceptions.ResourceExistsException:
+        secrets.put_secret_value(SecretId=secret_id, SecretString=value)
 
 
 def render_definition(arns, template_path=ASL_TEMPLATE):

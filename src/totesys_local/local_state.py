@@ -12,6 +12,8 @@ from contextlib import suppress
 
 import boto3
 
+from utils.aws.objects import list_keys
+
 REGION = "eu-west-2"
 BUCKETS = {"INGEST_BUCKET": "totesys-local-ingest", "PROCESSED_BUCKET": "totesys-local-processed"}
 LAST_ERROR_FILE = "last_error.json"
@@ -63,10 +65,10 @@ def save_buckets(s3_dir):
     s3 = boto3.client("s3", region_name=REGION)
     pointers, written = [], 0
     for bucket in BUCKETS.values():
-        for key in _keys(s3, bucket, "_state/"):
+        for key in list_keys(s3, bucket, "_state/"):
             pointers.append((bucket, key, s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
     for bucket in BUCKETS.values():
-        for key in _keys(s3, bucket):
+        for key in list_keys(s3, bucket):
             target = s3_dir / bucket / key
             if key.startswith("_state/") or target.exists():
                 continue
@@ -75,11 +77,6 @@ def save_buckets(s3_dir):
     for bucket, key, body in pointers:
         write_atomically(s3_dir / bucket / key, body)
     return written
-
-
-def _keys(s3, bucket, prefix=""):
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        yield from (item["Key"] for item in page.get("Contents", []))
 
 
 def record_failure(state_dir, failure, log_path):

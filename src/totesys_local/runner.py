@@ -179,7 +179,8 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print):
     Whatever the execution wrote is saved to ``state_dir`` either way; a failure is also recorded
     in ``state_dir/last_error.json``, and a success removes that file."""
     # moto is a development dependency: only the commands that run the pipeline import it.
-    from totesys_local.aws_emulation import (deploy_pipeline, emulated_aws, published_alerts,
+    from totesys_local.aws_emulation import (UNSET_VARIABLES, account_environment, deploy_pipeline,
+                                             emulated_aws, published_alerts, put_credentials_secret,
                                              wait_for_execution)
     state_dir = Path(state_dir)
     s3_dir = state_dir / "s3"
@@ -187,20 +188,15 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print):
     # One file per run, even for two runs in the same second of one process.
     log_path = state_dir / "logs" / f"run-{stamp}-{uuid.uuid4().hex[:6]}.jsonl"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    fake_key = "local"  # moto accepts any credentials; these can never reach a real account
-    env = {"AWS_ACCESS_KEY_ID": fake_key, "AWS_SECRET_ACCESS_KEY": fake_key,
-           "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION, "TOTESYS_LOG_FILE": str(log_path),
-           **BUCKETS, **SECRETS}
-    os.environ.pop("AWS_ENDPOINT_URL", None)
-    os.environ.pop("AWS_PROFILE", None)
+    env = account_environment(REGION, TOTESYS_LOG_FILE=str(log_path), **BUCKETS, **SECRETS)
+    for variable in UNSET_VARIABLES:
+        os.environ.pop(variable, None)
     with _environment(env):
         handlers = _handlers("totesys")
         with emulated_aws(handlers):
             restore_buckets(s3_dir)
-            secrets = boto3.client("secretsmanager", region_name=REGION)
-            for secret_id, url in ((SECRETS["TOTESYS_SECRET_ID"], source_url),
-                                   (SECRETS["WAREHOUSE_SECRET_ID"], warehouse_url)):
-                secrets.create_secret(Name=secret_id, SecretString=json.dumps(credentials_from_url(url)))
+            put_credentials_secret(SECRETS["TOTESYS_SECRET_ID"], source_url)
+            put_credentials_secret(SECRETS["WAREHOUSE_SECRET_ID"], warehouse_url)
             arns = deploy_pipeline("totesys")
             sfn = boto3.client("stepfunctions", region_name=REGION)
             execution = sfn.start_execution(stateMachineArn=arns["state_machine_arn"], input="{}",

@@ -1,6 +1,7 @@
 """When did a table last land in the ingest bucket? (seed interface)"""
 from utils.config import load_settings
 from utils.format_time import parse_time
+from utils.aws.objects import list_keys
 from utils.aws.state import read_state
 
 
@@ -12,13 +13,8 @@ def get_latest_filename(s3_client, bucket_name, table_name):
     """
     if not isinstance(table_name, str) or not table_name:
         raise ValueError(f"bad table name: {table_name!r}")
-    latest = None
-    paginator = s3_client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket_name, Prefix=f"{table_name}/"):
-        for item in page.get("Contents", []):
-            if latest is None or item["Key"] > latest:
-                latest = item["Key"]
-    return latest
+    keys = list_keys(s3_client, bucket_name, f"{table_name}/")
+    return keys[-1] if keys else None
 
 
 def get_last_ingest_time(bucket_name=None, table_name=None, s3_client=None):

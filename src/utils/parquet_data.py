@@ -1,8 +1,10 @@
-"""Turn a Python dict of rows or columns into Parquet bytes (seed interface)."""
+"""Seed interface: a Python dict of rows or columns as a Parquet file (written as the pipeline writes
+its files, ``utils.aws.objects.parquet_bytes``)."""
 import io
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from utils.aws.objects import parquet_bytes
 
 
 def parquet_data(py_dict, schema=None):
@@ -20,7 +22,4 @@ def parquet_data(py_dict, schema=None):
         table = pa.Table.from_pylist(values[0], schema=schema)
     else:
         table = pa.Table.from_pydict(py_dict, schema=schema)
-    out_buffer = io.BytesIO()
-    pq.write_table(table, out_buffer)
-    out_buffer.seek(0)
-    return out_buffer
+    return io.BytesIO(parquet_bytes(table))

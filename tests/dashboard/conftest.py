@@ -1,16 +1,12 @@
 """Dashboard fixtures: a warehouse generated once per session by the real pipeline on scale-1 data."""
-import json
 import uuid
 
-import boto3
 import pytest
 from moto import mock_aws
 
+from totesys_local.aws_emulation import (UNSET_VARIABLES, account_environment, create_buckets,
+                                         put_credentials_secret)
 from totesys_local.cluster import create_database, drop_database, with_database
-from utils.db.connection import credentials_from_url
-
-AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
-       "AWS_DEFAULT_REGION": "eu-west-2"}
 
 
 def run_pipeline_into(source_url, warehouse_url, runs=2):
@@ -20,19 +16,16 @@ def run_pipeline_into(source_url, warehouse_url, runs=2):
     import load
     import transform
     from totesys_local.generator import simulate
+    environment = account_environment(INGEST_BUCKET="dash-ingest", PROCESSED_BUCKET="dash-processed",
+                                      TOTESYS_SECRET_ID="dash/totesys", WAREHOUSE_SECRET_ID="dash/warehouse")
     with pytest.MonkeyPatch.context() as patch, mock_aws():
-        for key, value in AWS.items():
+        for key, value in environment.items():
             patch.setenv(key, value)
-        patch.delenv("AWS_ENDPOINT_URL", raising=False)
-        patch.delenv("AWS_PROFILE", raising=False)
-        patch.delenv("TOTESYS_LOG_FILE", raising=False)
-        s3, secrets = boto3.client("s3"), boto3.client("secretsmanager")
-        for variable, bucket in (("INGEST_BUCKET", "dash-ingest"), ("PROCESSED_BUCKET", "dash-processed")):
-            s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
-            patch.setenv(variable, bucket)
-        for variable, url in (("TOTESYS_SECRET_ID", source_url), ("WAREHOUSE_SECRET_ID", warehouse_url)):
-            secrets.create_secret(Name=f"dash/{variable}", SecretString=json.dumps(credentials_from_url(url)))
-            patch.setenv(variable, f"dash/{variable}")
+        for key in (*UNSET_VARIABLES, "TOTESYS_LOG_FILE"):
+            patch.delenv(key, raising=False)
+        create_buckets(("dash-ingest", "dash-processed"))
+        put_credentials_secret("dash/totesys", source_url)
+        put_credentials_secret("dash/warehouse", warehouse_url)
         for run in range(runs):
             if run:
                 simulate(source_url, minutes=30, seed=run)

@@ -8,12 +8,15 @@ import pg8000
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.dbutil import run_sql
 from totesys_local.cluster import with_database
 from totesys_local.dashboard import queries
 from totesys_local.dashboard.queries import Filters, money
 from utils.metrics import batch_time_from_id
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
+from tests.support.db import run_sql
+
+# Several seconds each (the state machine, a local run or a generated warehouse): not in make test-fast.
+pytestmark = pytest.mark.slow
 
 APP = Path(queries.__file__).with_name("app.py")
 

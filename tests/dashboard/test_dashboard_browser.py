@@ -15,8 +15,11 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.dbutil import run_sql
 from totesys_local.cluster import free_port
+from tests.support.db import run_sql
+
+# Several seconds each (the state machine, a local run or a generated warehouse): not in make test-fast.
+pytestmark = pytest.mark.slow
 
 CHROMIUM = os.environ.get("TOTESYS_CHROMIUM", "/usr/bin/chromium")  # `make test` passes CHROMIUM
 ROOT = Path(__file__).resolve().parents[2]

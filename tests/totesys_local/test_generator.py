@@ -268,6 +268,7 @@ def test_scale_multiplies_the_order_tables_and_keeps_the_dimensions(new_database
     assert_foreign_keys_valid(double)
 
 
+@pytest.mark.slow
 def test_scale_ten_multiplies_the_order_tables(new_database):
     url = new_database()
     counts = seed(url, scale=10, seed=42)

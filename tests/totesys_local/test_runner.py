@@ -5,8 +5,11 @@ import shutil
 import pytest
 
 from totesys_local.cli import main
-from tests.dbutil import run_sql as _query
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
+from tests.support.db import run_sql
+
+# Several seconds each (the state machine, a local run or a generated warehouse): not in make test-fast.
+pytestmark = pytest.mark.slow
 
 
 def _files(state_dir):
@@ -22,14 +25,14 @@ def test_full_then_incremental_then_empty_run(tmp_path, capsys, totesys_url, war
     first = capsys.readouterr().out
     assert "[1/3] ingest" in first and "[3/3] load" in first and "rows loaded" in first
     assert "batch bounds" in first and "psql" in first
-    sales = _query(totesys_url, "SELECT count(*) FROM sales_order")[0][0]
-    assert _query(warehouse_url, "SELECT count(*) FROM fact_sales_order")[0][0] == sales
+    sales = run_sql(totesys_url, "SELECT count(*) FROM sales_order")[0][0]
+    assert run_sql(warehouse_url, "SELECT count(*) FROM fact_sales_order")[0][0] == sales
     assert any(f.startswith("s3/totesys-local-ingest/_state/") for f in _files(state))
 
     versions_sql = "SELECT sales_order_id, last_updated FROM sales_order"
-    before = {tuple(row) for row in _query(totesys_url, versions_sql)}
+    before = {tuple(row) for row in run_sql(totesys_url, versions_sql)}
     simulate(totesys_url, minutes=30, seed=7)
-    changed = len({tuple(row) for row in _query(totesys_url, versions_sql)} - before)
+    changed = len({tuple(row) for row in run_sql(totesys_url, versions_sql)} - before)
     assert changed > 0
     assert main(args) == 0
     second = capsys.readouterr().out
@@ -37,7 +40,7 @@ def test_full_then_incremental_then_empty_run(tmp_path, capsys, totesys_url, war
                 second.split("rows ingested")[1].split("rows loaded")[0].strip().splitlines()[1:]}
     assert 0 < ingested["total"] < 1000  # only the changes, not the whole database
     # every changed order adds exactly one fact row (a new version), nothing else is reloaded
-    assert _query(warehouse_url, "SELECT count(*) FROM fact_sales_order")[0][0] == sales + changed
+    assert run_sql(warehouse_url, "SELECT count(*) FROM fact_sales_order")[0][0] == sales + changed
 
     files_before = _files(state)
     assert main(args) == 0
@@ -79,9 +82,9 @@ def test_failed_run_keeps_its_batches_pending_and_retry_loads_them(tmp_path, cap
     assert "2 batch(es) loaded" in retried
     assert not (state / "last_error.json").exists()
     for source, target in (("sales_order", "fact_sales_order"), ("payment", "fact_payment")):
-        versions = _query(totesys_url, f"SELECT count(*) FROM {source}")[0][0]  # nosec B608 - fixed
-        assert _query(warehouse_url, f"SELECT count(*) FROM current_{source}")[0][0] == versions  # nosec
-        assert _query(warehouse_url, f"SELECT count(DISTINCT {source}_id) FROM {target}")[0][0] \
+        versions = run_sql(totesys_url, f"SELECT count(*) FROM {source}")[0][0]  # nosec B608 - fixed
+        assert run_sql(warehouse_url, f"SELECT count(*) FROM current_{source}")[0][0] == versions  # nosec
+        assert run_sql(warehouse_url, f"SELECT count(DISTINCT {source}_id) FROM {target}")[0][0] \
             == versions  # nosec B608 - fixed names
 
     assert main(["pending", "--warehouse", warehouse_url, "--state-dir", str(state)]) == 0
@@ -150,13 +153,13 @@ def test_run_into_an_existing_spec_warehouse_with_the_line2_spelling(
 
     args = ["run", "--source", totesys_url, "--warehouse", warehouse_url, "--state-dir", str(tmp_path)]
     assert main(args) == 0, capsys.readouterr().err
-    expected = _query(totesys_url, "SELECT count(*) FROM counterparty c JOIN address a "
-                                   "ON a.address_id = c.legal_address_id WHERE a.address_line_2 IS NOT NULL")
-    loaded = _query(warehouse_url, "SELECT count(*) FROM dim_counterparty "
-                                   "WHERE counterparty_legal_address_line2 IS NOT NULL")
+    expected = run_sql(totesys_url, "SELECT count(*) FROM counterparty c JOIN address a "
+                       "ON a.address_id = c.legal_address_id WHERE a.address_line_2 IS NOT NULL")
+    loaded = run_sql(warehouse_url, "SELECT count(*) FROM dim_counterparty "
+                     "WHERE counterparty_legal_address_line2 IS NOT NULL")
     assert loaded == expected and loaded[0][0] > 0
-    assert _query(warehouse_url, "SELECT count(*) FROM current_payment") == \
-        _query(totesys_url, "SELECT count(*) FROM payment")
+    assert run_sql(warehouse_url, "SELECT count(*) FROM current_payment") == \
+        run_sql(totesys_url, "SELECT count(*) FROM payment")
 
 
 class Killed(BaseException):
@@ -199,20 +202,20 @@ def test_a_kill_while_saving_state_leaves_a_state_the_next_run_continues(
     assert main(args) == 0, capsys.readouterr().err
     for source, target in (("sales_order", "fact_sales_order"), ("purchase_order", "fact_purchase_order"),
                            ("payment", "fact_payment")):
-        versions = _query(totesys_url, f"SELECT count(*) FROM {source}")[0][0]  # nosec B608 - fixed names
-        assert _query(warehouse_url, f"SELECT count(*) FROM current_{source}")[0][0] == versions  # nosec
-        loaded = _query(warehouse_url, f"SELECT count(*), count(DISTINCT ({source}_id, last_updated_date, "
-                                       f"last_updated_time)) FROM {target}")[0]  # nosec B608 - fixed names
+        versions = run_sql(totesys_url, f"SELECT count(*) FROM {source}")[0][0]  # nosec B608 - fixed names
+        assert run_sql(warehouse_url, f"SELECT count(*) FROM current_{source}")[0][0] == versions  # nosec
+        loaded = run_sql(warehouse_url, f"SELECT count(*), count(DISTINCT ({source}_id, last_updated_date, "
+                         f"last_updated_time)) FROM {target}")[0]  # nosec B608 - fixed names
         assert loaded[0] == loaded[1]  # no version loaded twice
 
 
 def _role(admin_url, name, password):
     """A login role with a password that may read every totesys table."""
-    _query(admin_url, f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")  # nosec B608 - test names
+    run_sql(admin_url, f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")  # nosec B608 - test names
 
 
 def _grant_read(url, role):
-    _query(url, f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")  # nosec B608 - test names
+    run_sql(url, f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")  # nosec B608 - test names
 
 
 def test_source_url_without_password_uses_pgpassword(tmp_path, capsys, monkeypatch, pg_admin_url,
@@ -232,8 +235,8 @@ def test_source_url_without_password_uses_pgpassword(tmp_path, capsys, monkeypat
     out = capsys.readouterr().out
     assert f"source    {describe_url(source)}" in out and "rows loaded" in out
     assert "from-env-9" not in out
-    sales = _query(totesys_url, "SELECT count(*) FROM sales_order")[0][0]
-    assert _query(warehouse_url, "SELECT count(*) FROM fact_sales_order")[0][0] == sales
+    sales = run_sql(totesys_url, "SELECT count(*) FROM sales_order")[0][0]
+    assert run_sql(warehouse_url, "SELECT count(*) FROM fact_sales_order")[0][0] == sales
 
 
 def test_source_url_without_any_password_is_a_clear_error(tmp_path, capsys, monkeypatch, pg_admin_url,

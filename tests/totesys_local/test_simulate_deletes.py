@@ -3,7 +3,7 @@ import pytest
 
 from totesys_local.cli import main
 from totesys_local.generator import GeneratorError, simulate
-from tests.dbutil import run_sql as query
+from tests.support.db import run_sql as query
 
 CANCELLED = "sales orders cancelled (deleted)"
 

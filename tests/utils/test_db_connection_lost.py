@@ -6,7 +6,7 @@ import io
 import pg8000.exceptions
 import pytest
 
-from tests.dbutil import run_sql
+from tests.support.db import run_sql
 from utils.db import connection as db_connection
 from utils.db.connection import close_db_connection, connect_to_db, connection_lost, credentials_from_url
 from utils.errors import DatabaseUnavailableError

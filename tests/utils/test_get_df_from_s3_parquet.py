@@ -1,16 +1,15 @@
 """Reading and validating Parquet objects from (moto) S3."""
 import io
 
-import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.ingest_batches import address, source_table
 from utils.errors import CorruptFileError, SchemaMismatchError
 from utils.aws.objects import read_parquet_table
 from utils.get_df_from_s3_parquet import get_df_from_s3_parquet
 from utils.catalog.source import SOURCE_SCHEMAS
+from tests.support.batches import address, source_table
 
 SCHEMA = SOURCE_SCHEMAS["address"]
 
@@ -19,11 +18,6 @@ def put_table(s3, bucket, key, table):
     out = io.BytesIO()
     pq.write_table(table, out)
     s3.put_object(Bucket=bucket, Key=key, Body=out.getvalue())
-
-
-@pytest.fixture
-def s3(buckets):
-    return boto3.client("s3")
 
 
 def test_reads_a_valid_file_in_schema_order_ignoring_extra_columns(s3, buckets):

@@ -1,7 +1,6 @@
 """query_db: rows as dicts, bound parameters, the connection always closed."""
 import pytest
-
-from tests.test_ingest import connect
+from tests.support.db import connect
 
 
 class Tracked:

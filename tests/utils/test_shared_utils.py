@@ -398,3 +398,18 @@ def test_real_server_without_any_password_is_a_clear_error(password_role, monkey
     with pytest.raises(CredentialsError, match="no password was given") as err:
         _whoami(url)
     assert "PGPASSWORD" in str(err.value) and "0600" in str(err.value)
+
+
+def test_seed_and_old_module_names_are_the_one_implementation():
+    """The façades re-export, they do not copy: the same objects under the old names."""
+    from utils import db_connections, get_df_from_s3_parquet, tables, warehouse
+    from utils import write_to_s3 as write_to_s3_module
+    from utils.aws import objects
+    from utils.catalog import source
+    from utils.db import connection
+    from utils.transform import star
+    assert tables.check_source_table is source.check_source_table and tables.SOURCE_SCHEMAS is SOURCE_SCHEMAS
+    assert write_to_s3_module.write_to_s3 is objects.write_to_s3
+    assert get_df_from_s3_parquet.read_parquet_table is objects.read_parquet_table
+    assert db_connections.close_db_connection is connection.close_db_connection
+    assert warehouse.build_warehouse_batch is star.build_warehouse_batch

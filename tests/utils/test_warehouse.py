@@ -5,13 +5,13 @@ from decimal import Decimal
 import pyarrow as pa
 import pytest
 
-from tests.ingest_batches import (T0, address, base_batch, counterparty, department, later,
-                                  payment, purchase_order, sales_order, source_table, staff)
 from utils.catalog.currencies import currency_name
 from utils.errors import DateFormatError
 from utils.warehouse import (PROCESSED_SCHEMAS, VERSION_COLUMN, WAREHOUSE_SCHEMAS, build_warehouse_batch,
                              dim_counterparty, dim_currency, dim_date, dim_staff, fact_payment,
                              fact_purchase_order, fact_sales_order, latest_rows, merge_snapshot)
+from tests.support.batches import (T0, address, base_batch, counterparty, department, later, payment,
+                                   purchase_order, sales_order, source_table, staff)
 
 
 def batch_tables(rows_by_table):

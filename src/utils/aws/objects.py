@@ -1,7 +1,7 @@
 """Objects in S3: written once, never overwritten; read back as JSON or as schema-checked Parquet."""
 import io
 import json
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -36,6 +36,14 @@ def write_to_s3(s3_client, bucket_name, file_key, data, overwrite=False):
         if code in ("SlowDown", "Throttling", "RequestLimitExceeded", "503"):
             raise StorageThrottledError(f"S3 throttled the write of {file_key}", key=file_key) from None
         raise
+
+
+def list_keys(s3_client: Any, bucket_name: str, prefix: str = "") -> List[str]:
+    """Every key in ``bucket_name`` under ``prefix``, sorted (paginated: any number of objects)."""
+    keys: List[str] = []
+    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket_name, Prefix=prefix):
+        keys.extend(item["Key"] for item in page.get("Contents", []))
+    return sorted(keys)
 
 
 def write_once(s3_client, bucket, key, body):

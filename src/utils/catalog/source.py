@@ -131,10 +131,15 @@ SOURCE_TABLES = (
 PRIMARY_KEYS = {table: f"{table}_id" for table in SOURCE_TABLES}
 
 
+def check_table_name(name, allowed, kind="table"):
+    """Return ``name`` if it is one of ``allowed`` (an allow-list of table names), else raise
+    UnknownTableError naming it (``table`` attribute) and the allowed names."""
+    if not isinstance(name, str) or name not in allowed:
+        raise UnknownTableError(f"unknown {kind} {name!r}: expected one of {', '.join(allowed)}",
+                                table=name if isinstance(name, str) else None)
+    return name
+
+
 def check_source_table(name):
     """Return name if it is one of the eleven source tables, else raise UnknownTableError."""
-    if not isinstance(name, str) or name not in SOURCE_SCHEMAS:
-        raise UnknownTableError(
-            f"unknown table {name!r}: expected one of {', '.join(SOURCE_TABLES)}",
-            table=name if isinstance(name, str) else None)
-    return name
+    return check_table_name(name, SOURCE_TABLES)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from utils.errors import UnknownTableError
+from utils.catalog.source import check_table_name
 
 # The warehouse DDL: tables, ledger, unique version indexes, current_* views (inside src/: the Lambda zip
 # carries it).
@@ -108,8 +108,4 @@ SNAPSHOT_TABLES = ("address", "counterparty", "department", "staff")
 
 def check_warehouse_table(name):
     """Return ``name`` if it is one of the eleven warehouse tables, else raise UnknownTableError."""
-    if not isinstance(name, str) or name not in WAREHOUSE_SCHEMAS:
-        raise UnknownTableError(
-            f"unknown warehouse table {name!r}: expected one of {', '.join(WAREHOUSE_TABLES)}",
-            table=name if isinstance(name, str) else None)
-    return name
+    return check_table_name(name, WAREHOUSE_TABLES, "warehouse table")

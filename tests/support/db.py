@@ -1,10 +1,15 @@
-"""Test helper: run one SQL statement against a database given by URL."""
+"""Test helpers: a database given by URL (the one way tests run SQL)."""
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
+
+
+def connect(url):
+    """An open connection to the database at ``url`` (sessions in UTC, as the pipeline's own)."""
+    return connect_to_db(credentials=credentials_from_url(url))
 
 
 def run_sql(url, sql, **params):
     """Open a connection, run ``sql`` with bound ``params``, close; return the rows."""
-    conn = connect_to_db(credentials=credentials_from_url(url))
+    conn = connect(url)
     try:
         return conn.run(sql, **params)
     finally:

@@ -142,9 +142,3 @@ def write_ingest_batch(s3, bucket, batch_time, tables):
 
 def later(minutes):
     return T0 + timedelta(minutes=minutes)
-
-
-def list_keys(s3, bucket):
-    """Every object key in ``bucket`` (sorted)."""
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-    return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
