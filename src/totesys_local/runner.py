@@ -22,8 +22,8 @@ import boto3
 
 from totesys_local import cluster as local_pg
 from totesys_local import pending as pending_batches
-from totesys_local.local_state import (BUCKETS, REGION, clear_failure, record_failure, restore_buckets,
-                                       save_buckets)
+from totesys_local.lazy_s3 import lazy_buckets
+from totesys_local.local_state import BUCKETS, REGION, clear_failure, record_failure, save_buckets
 from utils.config import DEFAULT_TOTESYS_SECRET_ID, DEFAULT_WAREHOUSE_SECRET_ID
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
 from utils.errors import CredentialsError, DatabaseUnavailableError
@@ -195,8 +195,7 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print):
     os.environ.pop("AWS_PROFILE", None)
     with _environment(env):
         handlers = _handlers("totesys")
-        with emulated_aws(handlers):
-            restore_buckets(s3_dir)
+        with emulated_aws(handlers), lazy_buckets(s3_dir):
             secrets = boto3.client("secretsmanager", region_name=REGION)
             for secret_id, url in ((SECRETS["TOTESYS_SECRET_ID"], source_url),
                                    (SECRETS["WAREHOUSE_SECRET_ID"], warehouse_url)):
