@@ -13,7 +13,9 @@ import transform
 from tests.dbutil import run_sql as query
 from totesys_local.aws_emulation import deploy_pipeline, emulated_aws, wait_for_execution
 from totesys_local.generator import simulate
+from utils.config import load_settings
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
+from utils.errors import ConfigError
 from utils.ingest.bounded import BOUNDED_TABLES, batch_cut
 
 CAP = 6_000
@@ -138,3 +140,21 @@ def test_the_state_machine_loops_until_caught_up(aws_env, monkeypatch, totesys_u
         output = json.loads(result["output"])
         assert output["round"]["n"] == rounds and "more_waiting" not in output["transform"]["result"]
     assert_reconciled(totesys_url, warehouse_url)
+
+
+@pytest.mark.parametrize("value", ["-1", "many", "1.5"])
+def test_a_bad_max_batch_rows_is_a_clear_config_error(monkeypatch, value):
+    monkeypatch.setenv("INGEST_BUCKET", "i")
+    monkeypatch.setenv("PROCESSED_BUCKET", "p")
+    monkeypatch.setenv("MAX_BATCH_ROWS", value)
+    with pytest.raises(ConfigError, match=f"MAX_BATCH_ROWS must be a non-negative integer .*{value!r}"):
+        load_settings()
+
+
+def test_max_batch_rows_defaults_to_the_documented_cap(monkeypatch):
+    monkeypatch.setenv("INGEST_BUCKET", "i")
+    monkeypatch.setenv("PROCESSED_BUCKET", "p")
+    monkeypatch.delenv("MAX_BATCH_ROWS", raising=False)
+    assert load_settings().max_batch_rows == 500_000
+    monkeypatch.setenv("MAX_BATCH_ROWS", "0")
+    assert load_settings().max_batch_rows == 0
