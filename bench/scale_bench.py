@@ -25,21 +25,27 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-def _stage_child(stage, queue):
-    import resource
+def _peak_mb():
+    """This process's peak resident memory (VmHWM: reset at exec, unlike ru_maxrss, which a spawned child
+    would inherit from its parent's fork)."""
+    for line in open("/proc/self/status").read().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024)
+    raise SystemExit("bench: no VmHWM in /proc/self/status")
 
+
+def _stage_child(stage, queue):
     from ingest import lambda_handler as ingest_handler
     from load import lambda_handler as load_handler
     from transform import lambda_handler as transform_handler
     handler = {"ingest": ingest_handler, "transform": transform_handler, "load": load_handler}[stage]
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline = _peak_mb()
     started = time.perf_counter()
     result = handler({}, None)
     seconds = time.perf_counter() - started
-    queue.put({"seconds": round(seconds, 2), "peak_mb": round(resource.getrusage(
-        resource.RUSAGE_SELF).ru_maxrss / 1024), "baseline_mb": round(baseline / 1024),
-        "more_waiting": bool(result.get("more_waiting")) if stage == "transform" else None,
-        "rows": sum(v for v in (result.get("tables") or {}).values()) if stage != "ingest" else len(result)})
+    rows = sum((result.get("tables") or {}).values()) if stage != "ingest" else len(result)
+    queue.put({"seconds": round(seconds, 2), "peak_mb": _peak_mb(), "baseline_mb": baseline, "rows": rows,
+               "more_waiting": bool(result.get("more_waiting")) if stage == "transform" else None})
 
 
 def invoke(stage):
@@ -64,7 +70,7 @@ def main():
 
     max_rows = int(os.environ.get("MAX_BATCH_ROWS", DEFAULT_MAX_BATCH_ROWS))
     port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                        "AWS_DEFAULT_REGION": "eu-west-2", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
