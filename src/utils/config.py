@@ -10,7 +10,7 @@ DEFAULT_INGEST_OVERLAP_SECONDS = 3600
 DEFAULT_INGEST_PARALLEL_CONNECTIONS = 2
 MAX_INGEST_PARALLEL_CONNECTIONS = 8
 # Source rows of the order/payment tables one batch takes at most (utils/ingest/bounded.py); 0 = no cap.
-DEFAULT_MAX_BATCH_ROWS = 500_000
+DEFAULT_MAX_BATCH_ROWS = 1_000_000
 
 
 @dataclass(frozen=True)
