@@ -42,7 +42,8 @@ def batch_cut(conn, tables, lower_bounds, upper, max_rows):
         # identifiers from the allow-list, quoted; values bound
         parts.append(f"SELECT {updated} AS stamp FROM {identifier(table)} WHERE {where}")  # nosec B608
     rows = "(" + " UNION ALL ".join(parts) + ") AS new_rows"
-    found = conn.run(f"SELECT stamp FROM {rows} ORDER BY stamp OFFSET :offset LIMIT 1", **params)
+    found = conn.run(f"SELECT stamp FROM {rows} ORDER BY stamp OFFSET :offset LIMIT 1",  # nosec B608
+                     **params)
     if not found:
         return None
     cut = found[0][0]
@@ -51,6 +52,7 @@ def batch_cut(conn, tables, lower_bounds, upper, max_rows):
     # time), take that whole time and cut at the next one.
     first = conn.run(f"SELECT min(stamp) FROM {rows}", **params)[0][0]  # nosec B608
     if first == cut:
-        later = conn.run(f"SELECT min(stamp) FROM {rows} WHERE stamp > :cut", cut=cut, **params)[0][0]
+        later = conn.run(f"SELECT min(stamp) FROM {rows} WHERE stamp > :cut",  # nosec B608
+                         cut=cut, **params)[0][0]
         return later
     return cut
