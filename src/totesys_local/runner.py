@@ -22,7 +22,6 @@ import boto3
 
 from totesys_local import cluster as local_pg
 from totesys_local import pending as pending_batches
-from totesys_local.lazy_s3 import lazy_buckets
 from totesys_local.local_state import BUCKETS, REGION, clear_failure, record_failure, save_buckets
 from utils.config import DEFAULT_TOTESYS_SECRET_ID, DEFAULT_WAREHOUSE_SECRET_ID
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
@@ -181,6 +180,7 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print):
     # moto is a development dependency: only the commands that run the pipeline import it.
     from totesys_local.aws_emulation import (deploy_pipeline, emulated_aws, published_alerts,
                                              wait_for_execution)
+    from totesys_local.lazy_s3 import lazy_buckets
     state_dir = Path(state_dir)
     s3_dir = state_dir / "s3"
     stamp = time.strftime('%Y%m%dT%H%M%S')

@@ -6,7 +6,7 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from totesys_local import runner
+from totesys_local import lazy_s3
 from totesys_local.cli import main
 from totesys_local.lazy_s3 import lazy_buckets
 from totesys_local.local_state import BUCKETS, REGION
@@ -61,14 +61,14 @@ def test_a_later_run_starts_with_the_state_pointers_only(tmp_path, capsys, monke
     args = ["run", "--source", totesys_url, "--warehouse", warehouse_url, "--state-dir", str(state)]
     assert main(args) == 0
     started_with = []
-    real = runner.lazy_buckets
+    real = lazy_s3.lazy_buckets
 
     def spy(s3_dir):
         with real(s3_dir):
             s3 = boto3.client("s3", region_name=REGION)
             started_with.extend(keys(s3, bucket) for bucket in BUCKETS.values())
             yield
-    monkeypatch.setattr(runner, "lazy_buckets", contextlib.contextmanager(spy))
+    monkeypatch.setattr(lazy_s3, "lazy_buckets", contextlib.contextmanager(spy))
     assert main(args) == 0
     assert "nothing new" in capsys.readouterr().out
     assert started_with == [["_state/ingest.json"], ["_state/transform.json"]]
