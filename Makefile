@@ -12,7 +12,7 @@ CHROMIUM ?= /usr/bin/chromium
 
 .DEFAULT_GOAL := help
 .PHONY: help install-requirements install-dev-tools security-checks audit check-pep8-compliance \
-	lint typecheck terraform-fmt run-pytest test test-fast run simulate bench psql stop clean \
+	lint typecheck terraform-fmt run-pytest test test-fast run simulate bench bench-scale psql stop clean \
 	install-dashboard dashboard chromium \
 	layer deploy destroy checkov actionlint statelint tf-init-immutable tf-init-main tf-check-backend \
 	tf-check-credentials tf-check-vars-file tf-validate
@@ -115,6 +115,10 @@ dashboard: $(DASHBOARD_STAMP)
 
 bench: $(STAMP) $(DASHBOARD_STAMP)
 	$(BIN)/python -m bench.bench
+
+# x100 backfill in bounded batches: per-stage peak memory, duration, batch count (several minutes).
+bench-scale: $(STAMP)
+	$(BIN)/python -m bench.scale_bench
 
 simulate: $(STAMP)
 	$(BIN)/totesys simulate --minutes 60 --cancel 1 --state-dir $(STATE_DIR)

@@ -17,6 +17,7 @@ locals {
     WAREHOUSE_SECRET_ID         = local.warehouse_secret_name
     INGEST_OVERLAP_SECONDS      = tostring(var.ingest_overlap_seconds)
     INGEST_PARALLEL_CONNECTIONS = tostring(var.ingest_parallel_connections)
+    MAX_BATCH_ROWS              = tostring(var.max_batch_rows)
     LOG_LEVEL                   = var.log_level
     POWERTOOLS_SERVICE_NAME     = var.project
     # TLS to the databases (docs/DEPLOY.md, "TLS to the databases"): libpq's sslmode values.

@@ -19,6 +19,7 @@ from types import SimpleNamespace
 from unittest import mock
 
 import boto3
+import botocore.httpsession
 import botocore.session
 from moto import mock_aws
 from moto.awslambda_simple.models import LambdaSimpleBackend
@@ -105,6 +106,17 @@ def _aws_sdk_response_as_aws(self, response, boto_service_name=None, service_act
     self._from_boto_response(response, model.output_shape)
 
 
+@functools.lru_cache(maxsize=None)
+def _shared_ssl_context(*args, **kwargs):
+    """One TLS context for every boto3 client of the emulation: each client otherwise builds its own
+    (~50 ms of OpenSSL set-up each, a tenth of a `totesys run` with nothing new), and under moto no request
+    ever leaves the process."""
+    return _create_ssl_context(*args, **kwargs)
+
+
+_create_ssl_context = botocore.httpsession.create_urllib3_context
+
+
 @contextmanager
 def emulated_aws(handlers):
     """Start moto (in-process) with Lambda invocations routed to ``handlers``:
@@ -126,7 +138,8 @@ def emulated_aws(handlers):
 
     with mock_aws(config=MOTO_CONFIG), mock.patch.object(LambdaSimpleBackend, "invoke", invoke), \
             mock.patch.object(StateTaskServiceAwsSdk, "_normalise_parameters", _aws_sdk_request_as_aws), \
-            mock.patch.object(StateTaskServiceAwsSdk, "_normalise_response", _aws_sdk_response_as_aws):
+            mock.patch.object(StateTaskServiceAwsSdk, "_normalise_response", _aws_sdk_response_as_aws), \
+            mock.patch.object(botocore.httpsession, "create_urllib3_context", _shared_ssl_context):
         yield invocations
 
 
@@ -162,7 +175,7 @@ def published_alerts(topic_arn):
     return [{"subject": n[2], "message": n[1]} for n in topic.sent_notifications]
 
 
-def wait_for_execution(execution_arn, on_event=None, timeout=900, poll=0.1):
+def wait_for_execution(execution_arn, on_event=None, timeout=900, poll=0.05):
     """Poll an execution until it ends; call ``on_event(event)`` for each new history event.
     Returns describe_execution's answer."""
     sfn = boto3.client("stepfunctions")

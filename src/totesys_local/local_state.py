@@ -19,19 +19,6 @@ BUCKETS = {"INGEST_BUCKET": "totesys-local-ingest", "PROCESSED_BUCKET": "totesys
 LAST_ERROR_FILE = "last_error.json"
 
 
-def restore_buckets(s3_dir):
-    """Create the buckets in (emulated) S3 and put back every object saved under ``s3_dir``."""
-    s3 = boto3.client("s3", region_name=REGION)
-    for bucket in BUCKETS.values():
-        s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
-        root = s3_dir / bucket
-        if not root.is_dir():
-            continue
-        for path in sorted(root.rglob("*")):
-            if path.is_file() and not path.name.endswith(".tmp"):  # .tmp: a write a kill interrupted
-                s3.put_object(Bucket=bucket, Key=path.relative_to(root).as_posix(), Body=path.read_bytes())
-
-
 def write_atomically(path, body):
     """Replace ``path`` with ``body`` all at once: a temporary file in the same folder, flushed and
     fsync'ed, then renamed over the target (and the folder fsync'ed), so a kill leaves the old file

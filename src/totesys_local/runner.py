@@ -22,8 +22,7 @@ import boto3
 
 from totesys_local import cluster as local_pg
 from totesys_local import pending as pending_batches
-from totesys_local.local_state import (BUCKETS, REGION, clear_failure, record_failure, restore_buckets,
-                                       save_buckets)
+from totesys_local.local_state import BUCKETS, REGION, clear_failure, record_failure, save_buckets
 from utils.config import DEFAULT_TOTESYS_SECRET_ID, DEFAULT_WAREHOUSE_SECRET_ID
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
 from utils.errors import CredentialsError, DatabaseUnavailableError
@@ -182,6 +181,7 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print):
     from totesys_local.aws_emulation import (UNSET_VARIABLES, account_environment, deploy_pipeline,
                                              emulated_aws, published_alerts, put_credentials_secret,
                                              wait_for_execution)
+    from totesys_local.lazy_s3 import lazy_buckets
     state_dir = Path(state_dir)
     s3_dir = state_dir / "s3"
     stamp = time.strftime('%Y%m%dT%H%M%S')
@@ -193,8 +193,7 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print):
         os.environ.pop(variable, None)
     with _environment(env):
         handlers = _handlers("totesys")
-        with emulated_aws(handlers):
-            restore_buckets(s3_dir)
+        with emulated_aws(handlers), lazy_buckets(s3_dir):
             put_credentials_secret(SECRETS["TOTESYS_SECRET_ID"], source_url)
             put_credentials_secret(SECRETS["WAREHOUSE_SECRET_ID"], warehouse_url)
             arns = deploy_pipeline("totesys")

@@ -10,6 +10,8 @@ DEFAULT_WAREHOUSE_SECRET_ID = "totesys/warehouse-credentials"  # nosec B105 - a 
 DEFAULT_INGEST_OVERLAP_SECONDS = 3600
 DEFAULT_INGEST_PARALLEL_CONNECTIONS = 2
 MAX_INGEST_PARALLEL_CONNECTIONS = 8
+# Source rows of the order/payment tables one batch takes at most (utils/ingest/bounded.py); 0 = no cap.
+DEFAULT_MAX_BATCH_ROWS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,7 @@ class Settings:
     warehouse_secret_id: str
     ingest_overlap_seconds: int
     ingest_parallel_connections: int = DEFAULT_INGEST_PARALLEL_CONNECTIONS
+    max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS
 
 
 def _required(name: str) -> str:
@@ -51,6 +54,14 @@ def load_settings() -> Settings:
         raise ConfigError(
             "environment variable INGEST_PARALLEL_CONNECTIONS must be an integer "
             f"from 1 to {MAX_INGEST_PARALLEL_CONNECTIONS}, got {parallel_text!r}")
+    max_rows_text = os.environ.get("MAX_BATCH_ROWS", str(DEFAULT_MAX_BATCH_ROWS))
+    try:
+        max_rows = int(max_rows_text)
+    except ValueError:
+        max_rows = -1
+    if max_rows < 0:
+        raise ConfigError("environment variable MAX_BATCH_ROWS must be a non-negative integer "
+                          f"(0: no cap), got {max_rows_text!r}")
     return Settings(
         ingest_bucket=_required("INGEST_BUCKET"),
         processed_bucket=_required("PROCESSED_BUCKET"),
@@ -60,6 +71,7 @@ def load_settings() -> Settings:
             "WAREHOUSE_SECRET_ID", DEFAULT_WAREHOUSE_SECRET_ID),
         ingest_overlap_seconds=overlap,
         ingest_parallel_connections=parallel,
+        max_batch_rows=max_rows,
     )
 
 

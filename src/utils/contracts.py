@@ -19,9 +19,11 @@ TransformEvent = IngestResult
 
 class StageResult(TypedDict):
     """The transform result (also the load event): the batches handled, oldest first, and the rows
-    written per warehouse table."""
+    written per warehouse table; ``more_waiting`` (transform only, present only when true): the ingest cut
+    its last batch at MAX_BATCH_ROWS, so the state machine runs another round."""
     batches: List[str]
     tables: Dict[str, int]
+    more_waiting: NotRequired[bool]
 
 
 TransformResult = StageResult

@@ -44,6 +44,16 @@ class SchemaMismatchError(TotesysError):
     """A Parquet file or a warehouse table does not have the expected columns/types."""
 
 
+class ForeignKeyViolationError(TotesysError):
+    """A fact row references a dimension row the warehouse does not hold; ``table`` and ``constraint``
+    name the foreign key that found it. The batch is rolled back."""
+
+    def __init__(self, table, constraint, detail=""):
+        self.table, self.constraint = table, constraint
+        super().__init__(f"{table}: foreign key {constraint} violated" + (f" ({detail})" if detail else "")
+                         + "; the batch was rolled back")
+
+
 class CorruptFileError(TotesysError):
     """An object in S3 is missing or cannot be read as what it claims to be; ``key`` names it."""
 

@@ -102,7 +102,7 @@ def run_ingest(event, s3_client=None, secrets_client=None):
         logger.info("connected to totesys", host=credentials["host"], database=credentials["database"],
                     connections=1 + len(helpers))
         return ingest_tables(conn, s3_client, settings.ingest_bucket, tables,
-                             settings.ingest_overlap_seconds, helpers)
+                             settings.ingest_overlap_seconds, helpers, settings.max_batch_rows)
     finally:
         for connection in (conn, *helpers):
             close_db_connection(connection)
@@ -130,7 +130,7 @@ def connect_all(credentials, count):
     return opened
 
 
-def ingest_tables(conn, s3_client, bucket, tables, overlap_seconds, helpers=()):
+def ingest_tables(conn, s3_client, bucket, tables, overlap_seconds, helpers=(), max_batch_rows=0):
     """Land the changed rows of ``tables`` as one batch; see the module docstring.
 
     ``conn`` is an open pg8000 native connection to totesys (left open). ``helpers`` are more open
@@ -141,13 +141,15 @@ def ingest_tables(conn, s3_client, bucket, tables, overlap_seconds, helpers=()):
     advanced the state pointer meanwhile (this run's files are then never referenced),
     SchemaDriftError when a column is gone or retyped, ConfigError when ``overlap_seconds`` is
     below the source time zone's daylight-saving shift (nothing is landed in these two cases).
+    ``max_batch_rows`` (0: no cap) bounds the batch (``utils.ingest.bounded``); the state pointer's
+    ``more_waiting`` then says whether rows were left for the next batch.
     """
     if not conn.run("SELECT pg_try_advisory_lock(:key)", key=ADVISORY_LOCK_KEY)[0][0]:
         raise ConcurrentRunError("another ingest run holds the lock on the source database; try later")
     try:
         state, etag = read_state(s3_client, bucket, STAGE)
         window, landed, key_sets = _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds,
-                                                     helpers)
+                                                     helpers, max_batch_rows)
         detection, deleted = detect_deletes(s3_client, bucket, window.batch_time, window.prev_tables,
                                             key_sets)
         return _commit_batch(s3_client, bucket, tables, window, landed, state, etag, detection, deleted)
@@ -155,7 +157,7 @@ def ingest_tables(conn, s3_client, bucket, tables, overlap_seconds, helpers=()):
         end_quietly(conn, "SELECT pg_advisory_unlock(:key)", key=ADVISORY_LOCK_KEY)
 
 
-def _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds, helpers=()):
+def _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds, helpers=(), max_batch_rows=0):
     """Stream every table out of one snapshot and land its Parquet file; return
     ``(Window, {table: manifest entry}, {table: sorted primary keys})`` (entries only for the tables
     that landed a file; keys of every table, read on the same snapshot: ``utils.ingest.deletes``).
@@ -183,7 +185,7 @@ def _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds, h
         in_transaction = [conn]
         try:
             window, exported, wall_now = open_window(conn, tables, state, overlap_seconds,
-                                                     export=bool(helpers))
+                                                     export=bool(helpers), max_batch_rows=max_batch_rows)
             logger.info("snapshot taken", batch_time=format_time(window.batch_time),
                         timezone=window.timezone, wall_clock=format_time(wall_now),
                         snapshot=window.snapshot, connections=1 + len(helpers))
@@ -323,7 +325,7 @@ def _commit_batch(s3_client, bucket, tables, window, landed, state, etag, detect
     ignored.update(window.ignored_columns)
     new_state = {"manifest_key": state.get("manifest_key"), "batch_id": state.get("batch_id"),
                  "timezone": window.timezone, "ignored_columns": ignored,
-                 "tables": dict(window.prev_tables)}
+                 "tables": dict(window.prev_tables), "more_waiting": window.more_waiting}
     if landed or deleted:
         manifest_key = generate_file_key("_batches", batch_time, "json")
         manifest = {"batch_id": batch_id, "batch_time": format_time(batch_time),

@@ -18,6 +18,7 @@ from utils.catalog.source_schema import check_source_schema
 from utils.db.connection import end_quietly
 from utils.errors import ConfigError, CorruptFileError, TotesysError
 from utils.format_time import format_time, parse_time
+from utils.ingest.bounded import BOUNDED_TABLES, batch_cut
 from utils.logger import get_logger
 
 XID_WRAP = 1 << 32
@@ -56,11 +57,15 @@ class Window:
     prev_tables: dict
     overlap_seconds: int
     ignored_columns: dict
+    more_waiting: bool = False
 
 
-def open_window(conn, tables, state, overlap_seconds, export=False):
+def open_window(conn, tables, state, overlap_seconds, export=False, max_batch_rows=0):
     """Read the run's bounds in ``conn``'s open snapshot transaction; return ``(Window, exported
     snapshot id or None, the source's wall clock)``.
+
+    With ``max_batch_rows`` the order/payment tables' bound is the batch's cut when more new rows wait
+    than that (``utils.ingest.bounded``); the Window then says ``more_waiting``.
 
     Raises ConfigError when ``overlap_seconds`` is below the zone's daylight-saving shift (rows
     stamped in a repeated hour could fall below the window), SchemaDriftError (nothing read yet).
@@ -85,7 +90,16 @@ def open_window(conn, tables, state, overlap_seconds, export=False):
         # A daylight-saving fall-back puts the wall clock back: the bound never moves back, so rows
         # stamped in the repeated hour (fresh xids) still fall in [prev_high - overlap, high).
         highs[table] = max(wall_now, prev_high)
-    window = Window(batch_time, zone, snapshot, highs, prev_tables, overlap_seconds, ignored)
+    lower = {table: parse_time(prev_tables[table]["high"]) for table in tables if table in prev_tables}
+    cut = batch_cut(conn, tables, lower, wall_now, max_batch_rows)
+    if cut is not None:
+        for table in tables:
+            if table in BOUNDED_TABLES:
+                highs[table] = max(min(highs[table], cut), lower.get(table, cut))
+        logger.info("batch cut: more rows wait for the next batch", cut=format_time(cut),
+                    max_batch_rows=max_batch_rows)
+    window = Window(batch_time, zone, snapshot, highs, prev_tables, overlap_seconds, ignored,
+                    more_waiting=cut is not None)
     return window, (row[5] if export else None), wall_now
 
 

@@ -22,6 +22,7 @@ from utils.catalog.warehouse import (FACTS, PROCESSED_SCHEMAS, VERSION_COLUMN, V
                                      WAREHOUSE_KEYS, WAREHOUSE_SCHEMAS, WAREHOUSE_SOURCES, WAREHOUSE_TABLES)
 from utils.db.connection import end_quietly
 from utils.errors import CorruptFileError, SchemaMismatchError
+from utils.load.constraints import setwise_foreign_keys
 from utils.load.deletes import read_batch_deleted, record_deleted
 from utils.load.schema import ADVISORY_LOCK_KEY, DELETED, DIMENSION_VERSIONS, LEDGER, REJECTED, sql_type
 from utils.logger import get_logger
@@ -318,9 +319,11 @@ def merge_fact(conn, name, table, target, batch_id):
                     logger.error("row rejected", batch_id=batch_id, source_table=source, source_id=source_id,
                                  column=column, reason=text)
     target_columns = ", ".join(identifier(target.names[field.name]) for field in schema)
-    conn.run(f"INSERT INTO {identifier(name)} ({target_columns}) "  # nosec B608
-             f"SELECT {source_columns} FROM {stage} ON CONFLICT DO NOTHING")
-    inserted = conn.row_count
+    staged = (table.num_rows if table is not None else 0) + parked
+    with setwise_foreign_keys(conn, name, staged):
+        conn.run(f"INSERT INTO {identifier(name)} ({target_columns}) "  # nosec B608
+                 f"SELECT {source_columns} FROM {stage} ON CONFLICT DO NOTHING")
+        inserted = conn.row_count
     if parked:
         logger.info("parked rows retried", table=name, parked=parked)
     return inserted, ({source: newly_parked} if newly_parked else {})

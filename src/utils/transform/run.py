@@ -73,6 +73,9 @@ def transform_pending(s3_client, ingest_bucket, processed_bucket):
     pending = pending_ingest_batches(s3_client, ingest_bucket, ingest_state.get("manifest_key"),
                                      state.get("ingest_manifest_key"))
     result: TransformResult = {"batches": [], "tables": {}}
+    if ingest_state.get("more_waiting"):
+        # the ingest cut its last batch (utils/ingest/bounded.py): the state machine runs another round
+        result["more_waiting"] = True
     if not pending:
         logger.warning("no new ingest batches", last_transformed=state.get("ingest_manifest_key"))
         return result
