@@ -10,7 +10,7 @@ import pytest
 import ingest
 import load
 import transform
-from tests.dbutil import run_sql as query
+from tests.support.db import run_sql as query
 from totesys_local.aws_emulation import deploy_pipeline, emulated_aws, wait_for_execution
 from totesys_local.generator import simulate
 from utils.config import load_settings

@@ -4,9 +4,9 @@ import pytest
 
 import load
 import transform
-from tests.conftest import put_credentials_secret
-from tests.dbutil import run_sql as query
-from tests.ingest_batches import T0, base_batch, sales_order, write_ingest_batch
+from totesys_local.aws_emulation import put_credentials_secret
+from tests.support.db import run_sql as query
+from tests.support.batches import T0, base_batch, sales_order, write_ingest_batch
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
 from utils.errors import ForeignKeyViolationError
 from utils.load import constraints, run as load_run

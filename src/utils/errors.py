@@ -48,10 +48,10 @@ class ForeignKeyViolationError(TotesysError):
     """A fact row references a dimension row the warehouse does not hold; ``table`` and ``constraint``
     name the foreign key that found it. The batch is rolled back."""
 
-    def __init__(self, table, constraint, detail=""):
-        self.table, self.constraint = table, constraint
+    def __init__(self, table: str, constraint: str, detail: str = "") -> None:
         super().__init__(f"{table}: foreign key {constraint} violated" + (f" ({detail})" if detail else "")
-                         + "; the batch was rolled back")
+                         + "; the batch was rolled back", table=table)
+        self.constraint = constraint
 
 
 class CorruptFileError(TotesysError):
