@@ -29,6 +29,19 @@ _LOGGERS: Dict[str, Logger] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
+def write_line(line: str) -> None:
+    """Append one line (ending in a newline) to the file TOTESYS_LOG_FILE names *now* (opened and closed
+    per line), or write it to the current ``sys.stdout`` when the variable is unset. Log records and the
+    EMF metric lines (utils.metrics) both go through here; sys.stdout is never swapped."""
+    path = os.environ.get("TOTESYS_LOG_FILE")
+    if path:
+        with open(path, "a", encoding="utf-8") as stream:
+            stream.write(line)
+    else:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+
 class CurrentLogFileHandler(logging.Handler):
     """Writes each formatted record to the file named by TOTESYS_LOG_FILE *when the record is
     emitted* (appending; the file is opened and closed per line), or to the current ``sys.stdout``
@@ -36,14 +49,7 @@ class CurrentLogFileHandler(logging.Handler):
 
     def emit(self, record):
         try:
-            line = self.format(record) + "\n"
-            path = os.environ.get("TOTESYS_LOG_FILE")
-            if path:
-                with open(path, "a", encoding="utf-8") as stream:
-                    stream.write(line)
-            else:
-                sys.stdout.write(line)
-                sys.stdout.flush()
+            write_line(self.format(record) + "\n")
         except Exception:  # noqa: BLE001 - logging must never break the pipeline (logging's contract)
             self.handleError(record)
 

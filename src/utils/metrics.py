@@ -25,9 +25,7 @@ output of ``make run`` stays readable.
 import functools
 import json
 import logging
-import os
 import re
-import sys
 import time
 from datetime import datetime, timezone
 
@@ -35,6 +33,8 @@ from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import AmazonCloudWatchEMFProvider
+
+from utils.logger import write_line
 
 NAMESPACE = "ToteSys"
 SERVICE = "totesys"
@@ -90,14 +90,7 @@ def emit(payload):
     stages run on another thread while the runner prints its progress."""
     if is_metrics_disabled():
         return
-    line = json.dumps(payload, separators=(",", ":")) + "\n"
-    log_file = os.environ.get("TOTESYS_LOG_FILE")
-    if log_file:
-        with open(log_file, "a", encoding="utf-8") as sink:
-            sink.write(line)
-    else:
-        sys.stdout.write(line)
-        sys.stdout.flush()
+    write_line(json.dumps(payload, separators=(",", ":")) + "\n")
 
 
 def _single(name, unit, value, dimensions):

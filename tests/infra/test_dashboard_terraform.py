@@ -4,17 +4,10 @@ import ast
 import json
 import re
 
-import pytest
-
-from tests.infra.hcl import MAIN, SRC, default, load_file, load_stack
+from tests.infra.hcl import MAIN, SRC, default, load_file
 from utils import metrics
 
 DASHBOARD_TF = MAIN / "dashboard.tf"
-
-
-@pytest.fixture(scope="module")
-def main_stack():
-    return load_stack(MAIN)
 
 
 def resolve(value, stack):

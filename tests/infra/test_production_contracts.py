@@ -20,16 +20,6 @@ RDS_BUNDLE_URL = "https://truststore.pki.rds.amazonaws.com/global/global-bundle.
 DATABASES = {"totesys": "TOTESYS", "warehouse": "WAREHOUSE"}
 
 
-@pytest.fixture(scope="module")
-def main_stack():
-    return load_stack(MAIN)
-
-
-@pytest.fixture(scope="module")
-def immutable_stack():
-    return load_stack(IMMUTABLE)
-
-
 def make_dry_run(*targets, **env):
     result = subprocess.run(["make", "-n", *targets], cwd=ROOT, capture_output=True, text=True,
                             env={"PATH": "/usr/bin:/bin:/usr/local/bin", **env}, check=True)

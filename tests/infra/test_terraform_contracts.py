@@ -29,16 +29,6 @@ BUCKET_LOCALS = {"ingest": "local.ingest_bucket_arn", "processed": "local.proces
 SECRET_LOCALS = {"totesys": "local.totesys_secret_arn", "warehouse": "local.warehouse_secret_arn"}
 
 
-@pytest.fixture(scope="module")
-def main_stack():
-    return load_stack(MAIN)
-
-
-@pytest.fixture(scope="module")
-def immutable_stack():
-    return load_stack(IMMUTABLE)
-
-
 def env_vars_read_by(path):
     """Names passed as string literals to os.environ.get/[...], os.getenv or config's _required()."""
     names = set()
