@@ -12,22 +12,15 @@ batch brings a row (a fact version or a dimension row built from that source row
 deleted rows from its snapshots, so a parent's change never re-emits a deleted child as if it had come
 back.
 """
-import io
-
 import pyarrow.compute as pc
 from pg8000.native import identifier
 
 from utils.catalog.warehouse import WAREHOUSE_SOURCES
+from utils.db.copy_in import csv_stream
 from utils.load.schema import DELETED
 from utils.logger import get_logger
-from utils.transform.deletes import read_deleted
 
 logger = get_logger("load")
-
-
-def read_batch_deleted(s3_client, bucket, manifest, manifest_key=None):
-    """The deleted keys a processed manifest names (DELETED_SCHEMA; none: an empty table)."""
-    return read_deleted(s3_client, bucket, manifest, manifest_key)
 
 
 def close_reinserted(conn, tables, batch_id):
@@ -55,13 +48,6 @@ def close_reinserted(conn, tables, batch_id):
     return closed
 
 
-def _csv_stream(deleted_keys):
-    """DELETED_SCHEMA rows as CSV for COPY: allow-listed table names and integers need no quoting."""
-    lines = (f"{table},{source_id}\n" for table, source_id in
-             zip(deleted_keys["source_table"].to_pylist(), deleted_keys["source_id"].to_pylist()))
-    return io.BytesIO("".join(lines).encode())
-
-
 def record_deleted(conn, deleted_keys, tables, batch_id):
     """Close re-inserted deletions, then record this batch's deleted keys (DELETED_SCHEMA table) in
     etl_deleted_rows, inside the caller's transaction. Returns {source table: deletions newly
@@ -71,7 +57,7 @@ def record_deleted(conn, deleted_keys, tables, batch_id):
         return {}
     conn.run("CREATE TEMPORARY TABLE stage_deleted (source_table text, source_id integer) ON COMMIT DROP")
     conn.run("COPY stage_deleted (source_table, source_id) FROM STDIN WITH (FORMAT csv)",
-             stream=_csv_stream(deleted_keys))
+             stream=csv_stream(deleted_keys))
     rows = conn.run(
         f"INSERT INTO {identifier(DELETED)} (source_table, source_id, batch_id) "  # nosec B608
         "SELECT source_table, source_id, :batch_id FROM stage_deleted ON CONFLICT DO NOTHING "

@@ -8,24 +8,24 @@ DO NOTHING`` on the unique (natural id, last_updated) index). A batch already in
 any failure rolls the whole batch back. Concurrent loads are serialised by a transaction-level advisory
 lock.
 """
-import io
 import json
 from typing import Dict
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 from pg8000.native import identifier
 
 from utils.aws.objects import read_parquet_table
 from utils.catalog.warehouse import (FACTS, PROCESSED_SCHEMAS, VERSION_COLUMN, VERSIONED_DIMENSIONS,
                                      WAREHOUSE_KEYS, WAREHOUSE_SCHEMAS, WAREHOUSE_SOURCES, WAREHOUSE_TABLES)
 from utils.db.connection import end_quietly
+from utils.db.copy_in import csv_stream
 from utils.errors import CorruptFileError, SchemaMismatchError
 from utils.load.constraints import setwise_foreign_keys
-from utils.load.deletes import read_batch_deleted, record_deleted
+from utils.load.deletes import record_deleted
 from utils.load.schema import ADVISORY_LOCK_KEY, DELETED, DIMENSION_VERSIONS, LEDGER, REJECTED, sql_type
 from utils.logger import get_logger
+from utils.transform.deletes import read_deleted
 from utils.transform.quarantine import REJECTED_SCHEMA, rejected_records
 
 # ERROR lines written per table and batch for newly rejected rows (one each); the rest is one summary line.
@@ -75,7 +75,7 @@ def load_batch(conn, s3_client, bucket, manifest_key, manifest, targets):
         tables[name], bad = split_by_limits(name, tables[name], targets[name].limits)
         rejected.append(bad)
     rejected = pa.concat_tables(rejected)
-    deleted_keys = read_batch_deleted(s3_client, bucket, manifest, manifest_key)
+    deleted_keys = read_deleted(s3_client, bucket, manifest, manifest_key)
     batch_id = manifest["batch_id"]
     conn.run("START TRANSACTION")
     try:
@@ -173,6 +173,12 @@ def _limit_text(limit):
     return f"at most {limit[1]} digits before the decimal point"
 
 
+def _log_rejected(batch_id, source, source_id, column, reason, value=None):
+    """The ERROR line of one row newly recorded in etl_rejected_rows."""
+    logger.error("row rejected", batch_id=batch_id, source_table=source, source_id=source_id,
+                 column=column, reason=reason, value=value)
+
+
 def record_rejected(conn, rejected, batch_id):
     """Insert rejected records (a REJECTED_SCHEMA table) into etl_rejected_rows; a row version already
     recorded is left as it is. Returns {source table: records newly inserted}; logs one ERROR line each
@@ -193,27 +199,13 @@ def record_rejected(conn, rejected, batch_id):
     for number, (source, source_id, column, reason, value) in enumerate(rows):
         counts[source] = counts.get(source, 0) + 1
         if number < MAX_REJECTED_LOG_LINES:
-            logger.error("row rejected", batch_id=batch_id, source_table=source, source_id=source_id,
-                         column=column, reason=reason, value=value)
+            _log_rejected(batch_id, source, source_id, column, reason, value)
     if len(rows) > MAX_REJECTED_LOG_LINES:
         logger.error("more rows rejected", batch_id=batch_id, not_listed=len(rows) - MAX_REJECTED_LOG_LINES)
     return counts
 
 
 # -- merging ---------------------------------------------------------------------------------------
-
-def csv_stream(table):
-    """The rows of ``table`` as CSV bytes for COPY (NULL = unquoted empty field, '' = quoted).
-
-    Empty record batches are dropped first: pyarrow 18's write_csv emits a block of NUL bytes for a
-    table whose first batch is empty (e.g. one built by concat_tables with an empty table)."""
-    table = pa.Table.from_batches([batch for batch in table.to_batches() if batch.num_rows],
-                                  schema=table.schema)
-    out = io.BytesIO()
-    pa_csv.write_csv(table, out, pa_csv.WriteOptions(include_header=False))
-    out.seek(0)
-    return out
-
 
 def _stage(conn, name, table):
     """Create the staging table of ``name`` (the processed schema's columns) and COPY ``table`` in."""
@@ -316,8 +308,7 @@ def merge_fact(conn, name, table, target, batch_id):
             if inserted:
                 newly_parked += 1
                 if number < MAX_REJECTED_LOG_LINES:
-                    logger.error("row rejected", batch_id=batch_id, source_table=source, source_id=source_id,
-                                 column=column, reason=text)
+                    _log_rejected(batch_id, source, source_id, column, text)
     target_columns = ", ".join(identifier(target.names[field.name]) for field in schema)
     staged = (table.num_rows if table is not None else 0) + parked
     with setwise_foreign_keys(conn, name, staged):
