@@ -247,3 +247,31 @@ def test_deleted_rows_leave_the_transform_snapshots():
     kept, changed = drop_deleted({"staff": staff, "address": None}, deleted)
     assert changed == ["staff"] and kept["staff"]["staff_id"].to_pylist() == [1, 3]
     assert drop_deleted({"staff": staff}, DELETED_SCHEMA.empty_table()) == ({"staff": staff}, [])
+
+
+# -- key sets travel as runs of consecutive keys -----------------------------------------------------
+
+def test_runs_expand_to_every_key_in_order():
+    from utils.ingest.deletes import expand_runs
+    keys = expand_runs([-3, 1, 5, 9], [-1, 3, 5, 12])
+    assert keys.tolist() == [-3, -2, -1, 1, 2, 3, 5, 9, 10, 11, 12]
+    assert keys.dtype.name == "int32"
+    assert expand_runs([], []).tolist() == []
+
+
+def test_key_sets_read_as_runs_are_exactly_the_tables_keys(totesys_url):
+    """Gaps of every shape (single holes, long holes, a lone key, the ends) and an empty table."""
+    from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
+    from utils.ingest.deletes import read_keys
+    query(totesys_url, "DELETE FROM payment WHERE payment_id % 7 = 0 OR payment_id BETWEEN 100 AND 160 "
+                       "OR payment_id = (SELECT min(payment_id) FROM payment) "
+                       "OR (payment_id BETWEEN 300 AND 400 AND payment_id <> 351)")
+    expected = ids(totesys_url, "SELECT payment_id FROM payment")
+    conn = connect_to_db(credentials_from_url(totesys_url))
+    try:
+        assert read_keys(conn, "payment").tolist() == expected
+        assert len(expected) > 1000 and 351 in expected and 352 not in expected
+        conn.run("TRUNCATE payment, transaction CASCADE")
+        assert read_keys(conn, "payment").tolist() == []
+    finally:
+        close_db_connection(conn)

@@ -2,6 +2,7 @@
 wrong, or runs longer than statement_timeout, does not. Real PostgreSQL: the backend is terminated with
 ``pg_terminate_backend`` from another connection at a moment the test controls."""
 import io
+import socket
 
 import pg8000.exceptions
 import pytest
@@ -134,6 +135,17 @@ def test_sessions_get_the_statement_timeout_and_the_longer_read_timeout(session)
     assert conn.run("SHOW statement_timeout") == [["15min"]]
     assert conn._usock.gettimeout() == db_connection.READ_TIMEOUT_SECONDS
     assert db_connection.READ_TIMEOUT_SECONDS > db_connection.STATEMENT_TIMEOUT_SECONDS
+
+
+def test_sessions_send_small_writes_at_once_and_copy_in_does_not_wait_for_a_delayed_ack(session):
+    """pg8000 writes COPY FROM STDIN as small writes; with Nagle's algorithm on, each COPY waited for the
+    server's 40 ms delayed ACK (a load ran ~15 of them). The option, then its effect: 20 small COPYs."""
+    _, conn, _ = session
+    assert conn._usock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    conn.run("CREATE TEMPORARY TABLE nagle (a int, b text)")
+    for _ in range(20):
+        conn.run("COPY nagle FROM STDIN WITH (FORMAT csv)", stream=io.BytesIO(b"1,a\n2,b\n"))
+    assert conn.run("SELECT count(*) FROM nagle") == [[40]]
 
 
 def test_a_statement_silent_for_longer_than_the_connect_timeout_succeeds(new_database, monkeypatch):
