@@ -142,7 +142,9 @@ def fact_payment(payment):
 def dim_date(dates):
     """The dim_date rows of the distinct non-null dates in ``dates`` (a date32 array or list of them)."""
     if isinstance(dates, (list, tuple)):
-        dates = pa.chunked_array([d.cast(pa.date32()) for d in dates], type=pa.date32())
+        # The distinct values of each column, then of them all: a list of ChunkedArrays given to
+        # pa.chunked_array whole is converted value by value in Python (0.4 s at scale 10).
+        dates = pa.chunked_array([pc.unique(d.cast(pa.date32())) for d in dates], type=pa.date32())
     distinct = pc.unique(pc.drop_null(dates))
     if isinstance(distinct, pa.ChunkedArray):
         distinct = distinct.combine_chunks()
