@@ -2,11 +2,11 @@
 warehouse cannot hold recorded in ``etl_rejected_rows`` (parked facts retried), the ledger row, all in
 ONE transaction.
 
-Dimensions are upserted (``INSERT ... ON CONFLICT (key) DO UPDATE``; dim_date ``DO NOTHING``; a versioned
-dimension never lets an older source version overwrite a newer one), facts are appended (``ON CONFLICT
-DO NOTHING`` on the unique (natural id, last_updated) index). A batch already in the ledger is skipped;
-any failure rolls the whole batch back. Concurrent loads are serialised by a transaction-level advisory
-lock.
+Dimensions are upserted (an UPDATE of the changed rows, then an INSERT of the new keys; dim_date rows are
+only inserted; a versioned dimension never lets an older source version overwrite a newer one), facts are
+appended (an INSERT of the versions, natural id and last_updated, not yet held). A batch already in the
+ledger is skipped; any failure rolls the whole batch back. Concurrent loads are serialised by a
+transaction-level advisory lock.
 """
 import json
 from typing import Dict
@@ -224,6 +224,11 @@ def merge_table(conn, name, table, column_map):
 
     Returns the number of rows inserted or changed. A versioned dimension row is only written when no
     newer source version of it is recorded in etl_dimension_version (then the version is recorded).
+
+    The upsert is an UPDATE of the rows whose values changed, then an INSERT of the keys the table does
+    not hold, not ``INSERT ... ON CONFLICT``: speculative insertion costs about twice a plain insert per
+    row (dim_transaction at scale 10: 0.30 s against 0.15 s). Loads are serialised by the advisory lock,
+    so no other writer can add a key between the two statements.
     """
     schema = WAREHOUSE_SCHEMAS[name]
     stage = _stage(conn, name, table)
@@ -231,32 +236,39 @@ def merge_table(conn, name, table, column_map):
     target_columns = ", ".join(identifier(column_map[field.name]) for field in schema)
     keys = WAREHOUSE_KEYS[name]
     key_column = identifier(keys[0])
+    key = identifier(column_map[keys[0]])
     newer = ""
     if name in VERSIONED_DIMENSIONS:
-        newer = (f"WHERE NOT EXISTS (SELECT 1 FROM {identifier(DIMENSION_VERSIONS)} v "  # nosec B608
+        newer = (f"AND NOT EXISTS (SELECT 1 FROM {identifier(DIMENSION_VERSIONS)} v "  # nosec B608
                  f"WHERE v.table_name = :name AND v.source_id = s.{key_column} "
                  f"AND v.last_updated > s.{identifier(VERSION_COLUMN)}) ")
-    insert = (f"INSERT INTO {identifier(name)} AS target ({target_columns}) "  # nosec B608
-              f"SELECT {source_columns} FROM {stage} s {newer}")
     params = {"name": name} if newer else {}
-    if name == "dim_date":
-        conn.run(insert + f"ON CONFLICT ({identifier(column_map[keys[0]])}) DO NOTHING")
-        return conn.row_count
-    others = [column_map[field.name] for field in schema if field.name not in keys]
-    assignments = ", ".join(f"{identifier(column)} = EXCLUDED.{identifier(column)}" for column in others)
-    current = ", ".join(f"target.{identifier(column)}" for column in others)
-    incoming = ", ".join(f"EXCLUDED.{identifier(column)}" for column in others)
-    key = identifier(column_map[keys[0]])
-    upsert = (f"ON CONFLICT ({key}) DO UPDATE SET {assignments} "  # nosec B608
-              f"WHERE ({current}) IS DISTINCT FROM ({incoming})")
-    conn.run(insert + upsert, **params)
-    written = conn.row_count
+    written = 0
+    others = [field.name for field in schema if field.name not in keys]
+    if name != "dim_date":  # dim_date rows never change: a date already held is left as it is
+        assignments = ", ".join(f"{identifier(column_map[column])} = s.{identifier(column)}"
+                                for column in others)
+        current = ", ".join(f"target.{identifier(column_map[column])}" for column in others)
+        incoming = ", ".join(f"s.{identifier(column)}" for column in others)
+        conn.run(f"UPDATE {identifier(name)} AS target SET {assignments} FROM {stage} s "  # nosec B608
+                 f"WHERE target.{key} = s.{key_column} AND ({current}) IS DISTINCT FROM ({incoming}) "
+                 + newer, **params)
+        written += conn.row_count
+    conn.run(f"INSERT INTO {identifier(name)} ({target_columns}) "  # nosec B608
+             f"SELECT {source_columns} FROM {stage} s "
+             f"WHERE NOT EXISTS (SELECT 1 FROM {identifier(name)} t WHERE t.{key} = s.{key_column}) "
+             + newer, **params)
+    written += conn.row_count
     if newer:
         versions = identifier(DIMENSION_VERSIONS)
-        conn.run(f"INSERT INTO {versions} AS v (table_name, source_id, last_updated) "  # nosec B608
-                 f"SELECT :name, s.{key_column}, s.{identifier(VERSION_COLUMN)} FROM {stage} s "
-                 "ON CONFLICT (table_name, source_id) DO UPDATE SET last_updated = EXCLUDED.last_updated "
-                 "WHERE v.last_updated < EXCLUDED.last_updated", name=name)
+        version = identifier(VERSION_COLUMN)
+        conn.run(f"UPDATE {versions} AS v SET last_updated = s.{version} FROM {stage} s "  # nosec B608
+                 f"WHERE v.table_name = :name AND v.source_id = s.{key_column} "
+                 f"AND v.last_updated < s.{version}", name=name)
+        conn.run(f"INSERT INTO {versions} (table_name, source_id, last_updated) "  # nosec B608
+                 f"SELECT CAST(:name AS varchar), s.{key_column}, s.{version} FROM {stage} s "
+                 f"WHERE NOT EXISTS (SELECT 1 FROM {versions} v "
+                 f"WHERE v.table_name = :name AND v.source_id = s.{key_column})", name=name)
     return written
 
 
@@ -311,9 +323,17 @@ def merge_fact(conn, name, table, target, batch_id):
                     _log_rejected(batch_id, source, source_id, column, text)
     target_columns = ", ".join(identifier(target.names[field.name]) for field in schema)
     staged = (table.num_rows if table is not None else 0) + parked
+    # A version already held is left as it is: an anti-join on the version, not ON CONFLICT DO NOTHING
+    # (speculative insertion costs ~0.55 s against ~0.35 s for fact_payment's 158k rows at scale 10);
+    # DISTINCT ON keeps one row of a version staged twice (a parked row delivered again).
+    version = (id_column, "last_updated_date", "last_updated_time")
+    held = " AND ".join(f"f.{identifier(target.names[column])} = s.{identifier(column)}"
+                        for column in version)
     with setwise_foreign_keys(conn, name, staged):
         conn.run(f"INSERT INTO {identifier(name)} ({target_columns}) "  # nosec B608
-                 f"SELECT {source_columns} FROM {stage} ON CONFLICT DO NOTHING")
+                 f"SELECT DISTINCT ON ({', '.join(identifier(column) for column in version)}) "
+                 f"{source_columns} FROM {stage} s "
+                 f"WHERE NOT EXISTS (SELECT 1 FROM {identifier(name)} f WHERE {held})")
         inserted = conn.row_count
     if parked:
         logger.info("parked rows retried", table=name, parked=parked)

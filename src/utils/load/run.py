@@ -8,9 +8,9 @@ One run (``run_load``):
 3. walk the processed manifests back from ``_state/transform.json`` to the newest batch already in
    the ledger ``etl_load_ledger``; load the others oldest first, each in ONE transaction:
    ``COPY ... FROM STDIN`` of every table into a temporary staging table, set-based upserts of the
-   dimensions (``INSERT ... ON CONFLICT (key) DO UPDATE``; dim_date ``DO NOTHING``), then the facts
-   (``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` on the unique (natural id, last_updated)
-   index), the ledger row, COMMIT. A batch already in the ledger is skipped; any failure rolls the
+   dimensions (UPDATE of the changed rows, INSERT of the new keys; dim_date rows only inserted), then
+   the facts (``INSERT ... SELECT`` of the (natural id, last_updated) versions not yet held), the
+   ledger row, COMMIT. A batch already in the ledger is skipped; any failure rolls the
    whole batch back (``utils.load.merge``). Concurrent loads are serialised by a transaction-level
    advisory lock.
 """
