@@ -131,6 +131,23 @@ def _replace_processed_file(s3, buckets, table, transform_body):
     s3.put_object(Bucket=buckets["processed"], Key=key, Body=transform_body(body))
 
 
+def test_a_fact_version_staged_twice_is_appended_once(s3, buckets, warehouse):
+    """A processed fact file holding each version twice (made by hand: the transform writes each once)
+    loads each version once, as a version re-delivered in a later batch does."""
+    first_batch(s3, buckets)
+
+    def doubled(body):
+        table = pq.read_table(io.BytesIO(body))
+        return _parquet(pa.concat_tables([table, table]))
+
+    _replace_processed_file(s3, buckets, "fact_sales_order", doubled)
+    _, manifest = latest_manifest(s3, buckets)
+    result = load.lambda_handler({"batches": [manifest["batch_id"]]}, None)
+    assert result["tables"]["fact_sales_order"] == 2
+    versions = "SELECT sales_order_id, count(*) FROM fact_sales_order GROUP BY 1 ORDER BY 1"
+    assert run_sql(warehouse, versions) == [[1, 1], [2, 1]]
+
+
 def _parquet(table):
     out = io.BytesIO()
     pq.write_table(table, out)
