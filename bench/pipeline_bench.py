@@ -25,6 +25,7 @@ from utils.db.connection import close_db_connection, connect_to_db, credentials_
 
 TOTESYS = str(Path(sys.executable).with_name("totesys"))
 EXECUTION = re.compile(r"\(execution ([0-9.]+) s\)")
+STAGES = re.compile(r"seconds per stage: (.*) \(execution")
 
 
 def _psql(ctx, url, script):
@@ -82,7 +83,10 @@ def totesys_run(ctx, warehouse_url, state_dir):
         raise SystemExit(f"totesys run failed:\n{done.stdout}\n{done.stderr}")
     found = EXECUTION.search(done.stdout)
     execution = float(found.group(1)) if found else None
-    return {"wall": round(wall, 2), "execution": execution,
+    stages = STAGES.search(done.stdout)
+    per_stage = dict((name, float(seconds)) for name, seconds in
+                     (part.split() for part in stages.group(1).split(", "))) if stages else {}
+    return {"wall": round(wall, 2), "execution": execution, "stages": per_stage,
             "startup": round(wall - execution, 2) if execution is not None else None,
             "nothing_new": "nothing new" in done.stdout}
 
