@@ -11,6 +11,7 @@ import datetime
 import functools
 import io
 import json
+import logging
 import time
 import traceback
 import zipfile
@@ -119,6 +120,19 @@ _create_ssl_context = botocore.httpsession.create_urllib3_context
 
 
 @contextmanager
+def _quiet_engine():
+    """moto's engine logs every failure a Catch handles at ERROR (on stderr, through logging's last
+    resort); the runner reports a failure itself, in one line."""
+    engine_log = logging.getLogger("moto.stepfunctions.parser")
+    level = engine_log.level
+    engine_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        engine_log.setLevel(level)
+
+
+@contextmanager
 def emulated_aws(handlers):
     """Start moto (in-process) with Lambda invocations routed to ``handlers``:
     {function name: callable(event, context)}. A handler that raises produces a Lambda function
@@ -138,6 +152,7 @@ def emulated_aws(handlers):
         return json.dumps(result).encode()
 
     with mock_aws(config=MOTO_CONFIG), mock.patch.object(LambdaSimpleBackend, "invoke", invoke), \
+            _quiet_engine(), \
             mock.patch.object(StateTaskServiceAwsSdk, "_normalise_parameters", _aws_sdk_request_as_aws), \
             mock.patch.object(StateTaskServiceAwsSdk, "_normalise_response", _aws_sdk_response_as_aws), \
             mock.patch.object(botocore.httpsession, "create_urllib3_context", _shared_ssl_context):

@@ -77,7 +77,7 @@ def _add_runner_commands(commands):
                          "TOTESYS_WAREHOUSE_URL, else the embedded cluster)")
     _state_dir(pending)
     for name, text in (("psql", "open psql on the embedded warehouse"),
-                       ("stop", "stop the embedded PostgreSQL cluster")):
+                       ("stop", "stop the local emulator and the embedded PostgreSQL cluster")):
         _state_dir(commands.add_parser(name, help=text))
 
 

@@ -83,13 +83,16 @@ def _connect(path):
 
 def _exchange(conn, request, command, state_dir):
     """Send the request and relay the answers; the exit status, or RESTART."""
-    log, pid = Path(state_dir) / LOG_NAME, "unknown"
+    log = Path(state_dir) / LOG_NAME
     with conn, conn.makefile("rb") as stream:
         try:
             greeting = receive(stream)
-            if greeting is None:  # it was stopping as we connected (idle, or `totesys stop`)
-                return RESTART
-            pid = greeting["pid"]
+        except ConnectionResetError:
+            greeting = None
+        if greeting is None:  # it was stopping as we connected (idle, a restart, `totesys stop`)
+            return RESTART
+        pid = greeting["pid"]
+        try:
             send(conn, **request)
             while True:
                 message = receive(stream)

@@ -104,8 +104,9 @@ class Emulator:
     """The serving half: an accept thread answers every connection at once (greeting, busy) and queues
     a request only when none is being served; the main thread runs the queued request."""
 
-    def __init__(self, listener, fingerprint, idle, run_command):
+    def __init__(self, listener, fingerprint, idle, run_command, on_restart=lambda: None):
         self.listener = listener
+        self.on_restart = on_restart
         self.fingerprint = fingerprint
         self.idle = idle
         self.run_command = run_command
@@ -175,7 +176,7 @@ class Emulator:
         if request.get("fingerprint") != self.fingerprint:
             log("the code on disk changed: stopping so that the client starts a fresh emulator")
             self.stopping.set()
-            self.listener.close()  # nobody else reaches this process from now on
+            self.on_restart()  # the socket goes now: the client's fresh emulator takes its place
             channel.send(restart="the code on disk changed")
             return
         argv = request["argv"]
@@ -278,7 +279,8 @@ def serve(state_dir, ready):
             listening = os.stat(path).st_ino
             (state / PID_NAME).write_text(f"{os.getpid()}\n")
             emulator = Emulator(listener, fingerprint, idle_seconds(),
-                                lambda argv: cli.run_in_process(cli.build_parser().parse_args(argv)))
+                                lambda argv: cli.run_in_process(cli.build_parser().parse_args(argv)),
+                                on_restart=lambda: _remove_own_files(state, path, listening))
             for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(number, emulator.stop)
             log(f"serving {state} on {path} (ready in {time.monotonic() - started:.1f} s)")
