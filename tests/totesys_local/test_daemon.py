@@ -257,3 +257,57 @@ def test_a_temp_folder_others_can_write_to_is_refused(tmp_path, monkeypatch):
     folder.chmod(0o777)
     with pytest.raises(protocol.DaemonError, match="not a folder of this user only"):
         protocol.private_temp_folder()
+
+
+def test_an_emulator_that_cannot_start_fails_the_run_in_one_line(tmp_path, capsys, monkeypatch, emulator):
+    state = tmp_path / "state"
+    emulator(state)
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # a starter that exits 1 and says nothing
+    assert main(["run", "--state-dir", str(state)]) == 1
+    assert capsys.readouterr().err == (
+        f"totesys run: FAILED: could not start the local emulator: no answer (its log: "
+        f"{state.resolve() / protocol.LOG_NAME}); TOTESYS_DAEMON=off runs without it\n")
+
+
+def test_client_streams_send_whole_lines_and_outlive_a_client_that_went_away():
+    import json
+    import socket
+
+    from totesys_local.daemon.server import Channel, ClientStream
+    ours, theirs = socket.socketpair()
+    out = ClientStream(Channel(ours), "out")
+    assert out.writable() and out.encoding == "utf-8"
+    out.write("  [1/3] ingest")
+    out.write("    running ...\npartial")
+    out.flush()
+    out.flush()  # nothing pending: nothing sent
+    with theirs.makefile("rb") as stream:
+        assert [json.loads(stream.readline()) for _ in range(2)] == [
+            {"out": "  [1/3] ingest    running ...\n"}, {"out": "partial"}]
+    theirs.close()
+    for _ in range(100):  # the client is gone: writing goes on without an error
+        out.write("x" * 10_000 + "\n")
+    assert out.channel.gone
+
+
+def test_exit_statuses_of_sys_exit(capsys):
+    from totesys_local.daemon.server import _exit_status
+    assert _exit_status(None) == 0 and _exit_status(2) == 2
+    assert _exit_status("totesys: bad") == 1 and capsys.readouterr().err == "totesys: bad\n"
+
+
+def test_a_second_emulator_of_a_folder_gives_way(tmp_path, monkeypatch):
+    import fcntl
+
+    from totesys_local.daemon import server
+    monkeypatch.setattr(server, "LOCK_WAIT", 0.2)
+    with open(tmp_path / protocol.LOCK_NAME, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert server._lock(tmp_path) is None
+        answers = []
+        assert server.serve(tmp_path, answers.append) == 1
+    assert answers == [f"failed: {tmp_path / protocol.LOCK_NAME} is held by a process that is not a running "
+                       "emulator"]
+    lock = server._lock(tmp_path)
+    assert lock is not None
+    lock.close()
