@@ -98,12 +98,11 @@ def _exchange(conn, request, command, state_dir):
                 message = receive(stream)
                 if message is None:
                     break
-                if "out" in message:
-                    sys.stdout.write(message["out"])
-                    sys.stdout.flush()
-                elif "err" in message:
-                    sys.stderr.write(message["err"])
-                    sys.stderr.flush()
+                if "out" in message or "err" in message:
+                    if not _relay(message):
+                        print(f"totesys {command}: output closed; the local emulator finishes the run and "
+                              "saves it", file=sys.stderr)
+                        return 1
                 elif "exit" in message:
                     return message["exit"]
                 elif "restart" in message:
@@ -116,6 +115,17 @@ def _exchange(conn, request, command, state_dir):
             pass
     raise DaemonError(f"the local emulator (pid {pid}) stopped before the run finished (its log: "
                       f"{log}); whatever the execution saved is kept: run again to go on")
+
+
+def _relay(message):
+    """Print an output message where it belongs; False when our own output is closed (`| head`)."""
+    stream = sys.stdout if "out" in message else sys.stderr
+    try:
+        stream.write(message.get("out", message.get("err")))
+        stream.flush()
+    except BrokenPipeError:
+        return False
+    return True
 
 
 def start(state_dir):
