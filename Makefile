@@ -126,6 +126,8 @@ simulate: $(STAMP)
 psql: $(STAMP)
 	@$(BIN)/totesys psql --state-dir $(STATE_DIR)
 
+# Stops the local emulator that `make run` started (it also stops by itself after 15 min idle), then
+# the embedded PostgreSQL.
 stop: $(STAMP)
 	$(BIN)/totesys stop --state-dir $(STATE_DIR)
 

@@ -20,6 +20,10 @@ from totesys_local.cluster import create_database, drop_database, temporary_clus
 
 SCALE1_SEED = 42
 
+# `totesys run` in-process, as before the local emulator: no test leaves an emulator behind, and child
+# processes inherit this. The emulator's own tests (tests/totesys_local/test_daemon.py) switch it on.
+os.environ["TOTESYS_DAEMON"] = "off"
+
 
 @pytest.fixture(scope="session")
 def pg_admin_url():

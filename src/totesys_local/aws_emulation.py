@@ -7,9 +7,11 @@ One gap of moto's engine is filled here, the way AWS behaves: AWS SDK integratio
 (``StateMachineArn``, ``Executions[].ExecutionArn``) whatever the service's own casing; moto 5.2 passes
 them to boto3 unchanged, so a camelCase API such as Step Functions' own would fail there but not in AWS.
 """
+import datetime
 import functools
 import io
 import json
+import logging
 import time
 import traceback
 import zipfile
@@ -118,6 +120,19 @@ _create_ssl_context = botocore.httpsession.create_urllib3_context
 
 
 @contextmanager
+def _quiet_engine():
+    """moto's engine logs every failure a Catch handles at ERROR (on stderr, through logging's last
+    resort); the runner reports a failure itself, in one line."""
+    engine_log = logging.getLogger("moto.stepfunctions.parser")
+    level = engine_log.level
+    engine_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        engine_log.setLevel(level)
+
+
+@contextmanager
 def emulated_aws(handlers):
     """Start moto (in-process) with Lambda invocations routed to ``handlers``:
     {function name: callable(event, context)}. A handler that raises produces a Lambda function
@@ -137,6 +152,7 @@ def emulated_aws(handlers):
         return json.dumps(result).encode()
 
     with mock_aws(config=MOTO_CONFIG), mock.patch.object(LambdaSimpleBackend, "invoke", invoke), \
+            _quiet_engine(), \
             mock.patch.object(StateTaskServiceAwsSdk, "_normalise_parameters", _aws_sdk_request_as_aws), \
             mock.patch.object(StateTaskServiceAwsSdk, "_normalise_response", _aws_sdk_response_as_aws), \
             mock.patch.object(botocore.httpsession, "create_urllib3_context", _shared_ssl_context):
@@ -175,21 +191,101 @@ def published_alerts(topic_arn):
     return [{"subject": n[2], "message": n[1]} for n in topic.sent_notifications]
 
 
-def wait_for_execution(execution_arn, on_event=None, timeout=900, poll=0.05):
-    """Poll an execution until it ends; call ``on_event(event)`` for each new history event.
-    Returns describe_execution's answer."""
-    sfn = boto3.client("stepfunctions")
+def _execution(execution_arn):
+    """moto's own object of an execution (the Step Functions engine's backend, read in-process)."""
+    from moto.stepfunctions.parser.models import stepfunctions_parser_backends
+    region, account = execution_arn.split(":")[3:5]
+    return stepfunctions_parser_backends[account][region].describe_execution(execution_arn)
+
+
+def _history_event(event):
+    """A history event as get_execution_history returns it through boto3 (timestamp a datetime)."""
+    return dict(event, timestamp=datetime.datetime.fromisoformat(event["timestamp"]))
+
+
+def wait_for_execution(execution_arn, on_event=None, timeout=900, poll=0.02):
+    """Wait until an execution ends; call ``on_event(event)`` for each new history event, as
+    get_execution_history would return it. Returns describe_execution's answer.
+
+    Reads the engine's objects in-process rather than polling the API: get_execution_history
+    serialises the whole history on every poll (~0.3 s per run) while competing for the GIL with the
+    execution's thread; here a poll is a length check."""
+    execution = _execution(execution_arn)
     seen = 0
     deadline = time.monotonic() + timeout
     while True:
-        description = sfn.describe_execution(executionArn=execution_arn)
-        if on_event is not None:
-            events = sfn.get_execution_history(executionArn=execution_arn, maxResults=1000)["events"]
-            for event in events[seen:]:
-                on_event(event)
-            seen = len(events)
-        if description["status"] != "RUNNING":
-            return description
+        running = execution.exec_status == "RUNNING"
+        env = execution.exec_worker.env if execution.exec_worker else None
+        if on_event is not None and env is not None:
+            events = env.event_manager._history_event_list  # appended under the engine's lock
+            for event in events[seen:len(events)]:
+                on_event(_history_event(event))
+                seen += 1
+        if not running:
+            return boto3.client("stepfunctions", region_name=execution_arn.split(":")[3]) \
+                .describe_execution(executionArn=execution_arn)
         if time.monotonic() > deadline:
             raise TimeoutError(f"execution {execution_arn} still running after {timeout} s")
         time.sleep(poll)
+
+
+# -- one account for many runs (the local emulator, totesys_local.daemon) -----------------------------
+
+class KeptAccount:
+    """An emulated account with the pipeline deployed once and kept for many runs (the local emulator).
+
+    Between runs it forgets everything a run leaves in memory: the S3 objects (the state folder on disk
+    holds them; ``lazy_s3`` serves them again), the secrets, the alerts and the finished executions, so
+    its memory does not grow with the runs it served."""
+
+    def __init__(self, prefix, arns):
+        self.prefix = prefix
+        self.arns = arns
+        self.region, self.account_id = arns["state_machine_arn"].split(":")[3:5]
+
+    def clear(self):
+        from moto.s3.models import s3_backends
+        from moto.secretsmanager.models import secretsmanager_backends
+        from moto.sns.models import sns_backends
+        from moto.stepfunctions.parser.models import stepfunctions_parser_backends
+        from moto.stepfunctions.parser.utils import TMP_THREADS
+        s3_backends[self.account_id]["global"].reset()  # also closes the objects' spooled files
+        secretsmanager_backends[self.account_id][self.region].reset()
+        topics = sns_backends[self.account_id][self.region].topics
+        topics[self.arns["alert_topic_arn"]].sent_notifications.clear()
+        for state_machine in stepfunctions_parser_backends[self.account_id][self.region].state_machines:
+            state_machine.executions.clear()
+        TMP_THREADS[:] = [thread for thread in TMP_THREADS if thread.is_alive()]
+
+
+_kept = None
+
+
+@contextmanager
+def kept_pipeline(handlers, prefix="totesys"):
+    """Start the emulation with Lambda routed to ``handlers``, deploy the pipeline once, and make every
+    ``pipeline_account(prefix)`` inside this context use that account. Yields the KeptAccount."""
+    global _kept
+    with emulated_aws(handlers):
+        _kept = KeptAccount(prefix, deploy_pipeline(prefix))
+        try:
+            yield _kept
+        finally:
+            _kept = None
+
+
+@contextmanager
+def pipeline_account(handlers, prefix="totesys"):
+    """The pipeline's ARNs in an emulated account for ONE run: the kept account of an enclosing
+    ``kept_pipeline`` (its handlers serve; cleared before and after the run), else a fresh emulation
+    with Lambda routed to ``handlers`` and the pipeline deployed now (~0.4 s)."""
+    kept = _kept
+    if kept is not None and kept.prefix == prefix:
+        kept.clear()
+        try:
+            yield kept.arns
+        finally:
+            kept.clear()
+        return
+    with emulated_aws(handlers):
+        yield deploy_pipeline(prefix)

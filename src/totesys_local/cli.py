@@ -11,6 +11,10 @@
 URLs may also come from TOTESYS_SOURCE_URL / TOTESYS_WAREHOUSE_URL (the flags win); a URL without a
 password gets it as libpq tools do (PGPASSWORD, then ~/.pgpass or PGPASSFILE, else none).
 Every failure is one clear line on stderr and a non-zero exit status.
+
+``run`` and ``retry`` go through the state folder's local emulator (``totesys_local.daemon``: started on
+first use, stopped after 15 min idle or by ``stop``); ``TOTESYS_DAEMON=off`` runs them in this process.
+This module imports only the standard library until a command needs more: it is the emulator's client.
 """
 import argparse
 import os
@@ -20,6 +24,7 @@ import sys
 # (runtime only) they are missing, and the command says what to install instead of a traceback.
 DEV_PACKAGES = {"moto", "flask", "werkzeug", "pgserver"}
 RUNNER_COMMANDS = ("run", "retry", "pending", "psql", "stop")
+EMULATOR_COMMANDS = ("run", "retry")
 
 
 def _positive_float(text):
@@ -72,7 +77,7 @@ def _add_runner_commands(commands):
                          "TOTESYS_WAREHOUSE_URL, else the embedded cluster)")
     _state_dir(pending)
     for name, text in (("psql", "open psql on the embedded warehouse"),
-                       ("stop", "stop the embedded PostgreSQL cluster")):
+                       ("stop", "stop the local emulator and the embedded PostgreSQL cluster")):
         _state_dir(commands.add_parser(name, help=text))
 
 
@@ -139,7 +144,19 @@ def missing_dependency_message(command, err):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if args.command in EMULATOR_COMMANDS:
+        from totesys_local.daemon import client
+        if client.enabled():
+            status = client.run(argv, args.command, args.state_dir)
+            if status is not None:
+                return status
+    return run_in_process(args)
+
+
+def run_in_process(args):
+    """Run the parsed command here (what the local emulator runs for each request); the exit status."""
     try:
         return HANDLERS[args.command](args)
     except KeyboardInterrupt:

@@ -178,9 +178,8 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print):
     Whatever the execution wrote is saved to ``state_dir`` either way; a failure is also recorded
     in ``state_dir/last_error.json``, and a success removes that file."""
     # moto is a development dependency: only the commands that run the pipeline import it.
-    from totesys_local.aws_emulation import (UNSET_VARIABLES, account_environment, deploy_pipeline,
-                                             emulated_aws, published_alerts, put_credentials_secret,
-                                             wait_for_execution)
+    from totesys_local.aws_emulation import (UNSET_VARIABLES, account_environment, pipeline_account,
+                                             published_alerts, put_credentials_secret, wait_for_execution)
     from totesys_local.lazy_s3 import lazy_buckets
     state_dir = Path(state_dir)
     s3_dir = state_dir / "s3"
@@ -193,10 +192,10 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print):
         os.environ.pop(variable, None)
     with _environment(env):
         handlers = _handlers("totesys")
-        with emulated_aws(handlers), lazy_buckets(s3_dir):
+        # A fresh emulated account with the pipeline deployed, or the one the local emulator keeps.
+        with pipeline_account(handlers, "totesys") as arns, lazy_buckets(s3_dir):
             put_credentials_secret(SECRETS["TOTESYS_SECRET_ID"], source_url)
             put_credentials_secret(SECRETS["WAREHOUSE_SECRET_ID"], warehouse_url)
-            arns = deploy_pipeline("totesys")
             sfn = boto3.client("stepfunctions", region_name=REGION)
             execution = sfn.start_execution(stateMachineArn=arns["state_machine_arn"], input="{}",
                                             name=f"local-{stamp}-{uuid.uuid4().hex[:6]}")
@@ -402,6 +401,10 @@ def _command_pending(args, state_dir):
 
 
 def _command_stop(args, state_dir):
+    from totesys_local.daemon.client import stop as stop_emulator
+    emulator = stop_emulator(state_dir)
+    if emulator is not None:
+        print(f"local emulator stopped (pid {emulator})")
     was_running = local_pg.stop_local_cluster(state_dir)
     print("embedded PostgreSQL stopped" if was_running else "embedded PostgreSQL was not running")
     return 0
