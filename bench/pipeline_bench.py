@@ -5,7 +5,8 @@
   files into FK-less copies of the tables (keys kept) in a new database;
 - ``venv/bin/totesys run`` (a child process, as a user runs it) into a new warehouse WITH the pipeline's
   own DDL (foreign keys) and into one whose fact foreign keys are dropped: wall time of the command and
-  the execution time it reports;
+  the execution time it reports, through the state folder's local emulator (``totesys_local.daemon``),
+  started first and timed apart (``emulator_start``: what the first run of a folder pays once);
 - with ``incremental=True``: ``simulate`` then ``totesys run`` again (the changes only), then once more
   with nothing new.
 Standalone: ``BENCH_SCALE=20 venv/bin/python -m bench.pipeline_bench``. Not a test: nothing asserts a time.
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 from totesys_local.cluster import create_database, with_database
+from totesys_local.daemon import client as emulator
 from totesys_local.generator import SCHEMA_PATH, simulate
 from utils.catalog.source import SOURCE_TABLES
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
@@ -110,8 +112,29 @@ def run(ctx, incremental=True, label=""):
     _drop_foreign_keys(warehouses["no_fk"], {"fact_sales_order", "fact_purchase_order", "fact_payment"})
     states = {kind: Path(tempfile.mkdtemp(prefix=f"state-{kind}-", dir=ctx["workdir"]))
               for kind in warehouses}
+    try:
+        _runs(ctx, results, warehouses, states, incremental)
+    finally:
+        for state in states.values():
+            emulator.stop(state)
+    return results
+
+
+def _start_emulator(state_dir):
+    """Start the local emulator of ``state_dir`` as a first `totesys run` does; return its seconds."""
+    started = time.perf_counter()
+    emulator.start(state_dir)
+    return round(time.perf_counter() - started, 2)
+
+
+def _runs(ctx, results, warehouses, states, incremental):
     for kind in ("no_fk", "fk"):
+        # Warm: the emulator of the state folder is started first (what the first `totesys run` of a
+        # folder pays once, reported apart as emulator_start); "cold" = emulator_start + wall.
+        emulator_start = _start_emulator(states[kind])
         results[f"run_{kind}"] = totesys_run(ctx, warehouses[kind], states[kind])
+        results[f"run_{kind}"]["emulator_start"] = emulator_start
+        results[f"run_{kind}"]["cold_wall"] = round(emulator_start + results[f"run_{kind}"]["wall"], 2)
         ratio = results[f"run_{kind}"]["execution"] / results["floor"]["seconds"]
         results[f"run_{kind}"]["execution_over_floor"] = round(ratio, 2)
         results[f"run_{kind}"]["wall_over_floor"] = round(results[f"run_{kind}"]["wall"]
@@ -126,7 +149,6 @@ def run(ctx, incremental=True, label=""):
         print(f"incremental: {results['incremental']}", flush=True)
         results["nothing_new"] = totesys_run(ctx, warehouses["fk"], states["fk"])
         print(f"nothing new: {results['nothing_new']}", flush=True)
-    return results
 
 
 def main():
