@@ -251,6 +251,17 @@ def test_the_fingerprint_follows_code_and_import_time_variables():
     assert protocol.code_fingerprint({"PATH": "/bin", "LOG_LEVEL": "DEBUG"}) != base
 
 
+def test_the_fingerprint_is_the_interpreters_whatever_name_started_it():
+    """The console script starts venv/bin/python3, `python -m ...` venv/bin/python: one interpreter, so
+    an emulator one started serves the other (a mismatch restarted it on every first run)."""
+    names = [name for name in ("python", "python3") if Path(sys.executable).with_name(name).exists()]
+    assert len(names) == 2
+    prints = {subprocess.run([str(Path(sys.executable).with_name(name)), "-c",  # nosec B603
+                              "from totesys_local.daemon.protocol import code_fingerprint as f; print(f())"],
+                             capture_output=True, text=True, check=True).stdout for name in names}
+    assert len(prints) == 1
+
+
 def test_a_temp_folder_others_can_write_to_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     folder = protocol.private_temp_folder()

@@ -89,7 +89,9 @@ def code_fingerprint(environ=None):
     def add(*parts):
         digest.update("\0".join(str(part) for part in parts).encode("utf-8", "surrogateescape") + b"\n")
 
-    add(sys.executable, sys.version)
+    # The interpreter by what it is, not by the name it was started by (venv/bin/python and the
+    # console script's venv/bin/python3 are one interpreter), and the environment it runs in.
+    add(os.path.realpath(sys.executable), sys.prefix, sys.version)
     for folder in sys.path:
         if folder.endswith("-packages") and os.path.isdir(folder):
             add(folder, os.stat(folder).st_mtime_ns)  # changes when a package is installed or removed
