@@ -6,7 +6,7 @@ import load
 import transform
 from totesys_local.aws_emulation import put_credentials_secret
 from tests.support.db import run_sql as query
-from tests.support.batches import T0, base_batch, sales_order, write_ingest_batch
+from tests.support.batches import T0, base_batch, payment, sales_order, write_ingest_batch
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
 from utils.errors import ForeignKeyViolationError
 from utils.load import constraints, run as load_run
@@ -93,6 +93,50 @@ def test_use_setwise_follows_both_thresholds(warehouse):
         assert not constraints.use_setwise(conn, "fact_sales_order", constraints.SETWISE_MIN_ROWS)
     finally:
         close_db_connection(conn)
+
+
+def parked(url):
+    return query(url, "SELECT source_table, source_id, column_name, resolved_batch_id IS NULL "
+                      "FROM etl_rejected_rows ORDER BY 1, 2")
+
+
+@pytest.mark.parametrize("setwise", [True, False], ids=["set-wise", "row-by-row"])
+def test_a_dangling_reference_found_by_the_keys_is_parked_and_the_rest_appended(
+        s3, buckets, pipeline_env, warehouse_url, monkeypatch, caplog, setwise):
+    """Plain keys (validated, checked at once): the append goes first and the keys find the dangling
+    row; the append is undone, the row parked, the rest appended; the keys are as they were."""
+    pipeline_env(warehouse_url=warehouse_url)
+    if setwise:
+        monkeypatch.setattr(constraints, "SETWISE_MIN_ROWS", 1)
+        monkeypatch.setattr(constraints, "SETWISE_MIN_FRACTION", 0)
+    batch = base_batch()
+    batch["sales_order"].append(sales_order(3, design_id=99))
+    result = run_pipeline(s3, buckets, batch)
+    before = definitions(warehouse_url)
+    assert result["tables"]["fact_sales_order"] == 2 and result["rejected_rows"] == 1
+    assert parked(warehouse_url) == [["sales_order", 3, "design_id", True]]
+    assert query(warehouse_url, "SELECT sales_order_id FROM fact_sales_order ORDER BY 1") == [[1], [2]]
+    assert [r.getMessage() for r in caplog.records].count(
+        "dangling references: parking them before the append") == 1
+    assert definitions(warehouse_url) == before
+
+
+def test_keys_checked_late_or_not_at_all_are_never_trusted_to_find_dangling_rows(
+        s3, buckets, warehouse, monkeypatch):
+    """fact_sales_order's design key is INITIALLY DEFERRED (row by row it would only object at COMMIT,
+    failing the batch) and fact_payment's transaction key NOT VALID (re-created set-wise it would not
+    check the appended rows): for those tables the dangling rows are looked for before the append."""
+    monkeypatch.setattr(constraints, "SETWISE_MIN_FRACTION", 0)
+    monkeypatch.setattr(constraints, "SETWISE_MIN_ROWS", 4)  # the 4 payments set-wise, 3 orders row by row
+    batch = base_batch()
+    batch["sales_order"].append(sales_order(3, design_id=99))
+    batch["payment"].append(payment(4, 99))
+    result = run_pipeline(s3, buckets, batch)
+    assert result["rejected_rows"] == 2
+    assert parked(warehouse) == [["payment", 4, "transaction_id", True],
+                                 ["sales_order", 3, "design_id", True]]
+    assert query(warehouse, "SELECT count(*) FROM fact_payment")[0][0] == 3
+    assert query(warehouse, "SELECT count(*) FROM fact_sales_order")[0][0] == 2
 
 
 def test_a_dangling_reference_fails_naming_the_constraint_and_rolls_back(

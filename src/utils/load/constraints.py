@@ -14,9 +14,12 @@ already in the table (a re-validation reads the whole table, so a small append t
 row by row; both thresholds measured, see docs/BENCHMARKS.md). A load user that does not own the fact
 table (or may not REFERENCE a dimension) keeps the row-by-row path, with one INFO line.
 
-If the re-created constraint finds a dangling reference (the load's own anti-join parks such rows first,
-so this is the second line of defence), ``ForeignKeyViolationError`` names the constraint and the whole
-batch rolls back: the constraints are back exactly as they were, because the drop was in that transaction.
+If a re-created constraint finds a dangling reference, ``ForeignKeyViolationError`` names it. The load
+(``merge.merge_fact``) appends first when every key of the table is validated and checked at once
+(``checked_at_once``): on that error it rolls back to a savepoint taken before the append, parks the
+dangling rows and appends the rest. Otherwise it parks them before the append, and the error, should it
+still come, fails the whole batch, the constraints back exactly as they were (the drop was in that
+transaction).
 """
 from contextlib import contextmanager
 
@@ -45,6 +48,26 @@ def foreign_keys(conn, table):
         "WHERE con.contype = 'f' AND c.relname = :table AND c.relnamespace = current_schema()::regnamespace "
         "ORDER BY con.conname", table=table)
     return [(name, definition) for name, definition in rows]
+
+
+def checked_at_once(conn, table):
+    """True when every foreign key of ``table`` checks a new row before the statement ends: validated
+    (not NOT VALID, whose re-creation would not check the rows appended while it was dropped) and not
+    INITIALLY DEFERRED (checked only at COMMIT)."""
+    rows = conn.run(
+        "SELECT coalesce(bool_and(con.convalidated AND NOT con.condeferred), true) FROM pg_constraint con "
+        "JOIN pg_class c ON c.oid = con.conrelid "
+        "WHERE con.contype = 'f' AND c.relname = :table AND c.relnamespace = current_schema()::regnamespace",
+        table=table)
+    return bool(rows[0][0])
+
+
+def is_foreign_key_violation(err):
+    """True for ForeignKeyViolationError and for PostgreSQL's foreign_key_violation (23503)."""
+    if isinstance(err, ForeignKeyViolationError):
+        return True
+    detail = err.args[0] if err.args and isinstance(err.args[0], dict) else {}
+    return detail.get("C") == FOREIGN_KEY_VIOLATION
 
 
 def may_alter(conn, table):

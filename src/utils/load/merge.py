@@ -11,6 +11,7 @@ transaction-level advisory lock.
 import json
 from typing import Dict
 
+import pg8000.exceptions
 import pyarrow as pa
 import pyarrow.compute as pc
 from pg8000.native import identifier
@@ -20,8 +21,8 @@ from utils.catalog.warehouse import (FACTS, PROCESSED_SCHEMAS, VERSION_COLUMN, V
                                      WAREHOUSE_KEYS, WAREHOUSE_SCHEMAS, WAREHOUSE_SOURCES, WAREHOUSE_TABLES)
 from utils.db.connection import end_quietly
 from utils.db.copy_in import csv_stream
-from utils.errors import CorruptFileError, SchemaMismatchError
-from utils.load.constraints import setwise_foreign_keys
+from utils.errors import CorruptFileError, ForeignKeyViolationError, SchemaMismatchError
+from utils.load.constraints import checked_at_once, is_foreign_key_violation, setwise_foreign_keys
 from utils.load.deletes import record_deleted
 from utils.load.schema import ADVISORY_LOCK_KEY, DELETED, DIMENSION_VERSIONS, LEDGER, REJECTED, sql_type
 from utils.logger import get_logger
@@ -297,6 +298,52 @@ def merge_fact(conn, name, table, target, batch_id):
                  f"WHERE {parked_filter}", source=source)
         conn.run(f"UPDATE {rejected} r SET resolved_batch_id = :batch_id "  # nosec B608
                  f"WHERE {parked_filter}", source=source, batch_id=batch_id)
+    target_columns = ", ".join(identifier(target.names[field.name]) for field in schema)
+    staged = (table.num_rows if table is not None else 0) + parked
+    # A version already held is left as it is: an anti-join on the version, not ON CONFLICT DO NOTHING
+    # (speculative insertion costs ~0.55 s against ~0.35 s for fact_payment's 158k rows at scale 10);
+    # DISTINCT ON keeps one row of a version staged twice (a parked row delivered again).
+    version = (id_column, "last_updated_date", "last_updated_time")
+    held = " AND ".join(f"f.{identifier(target.names[column])} = s.{identifier(column)}"
+                        for column in version)
+
+    def append():
+        with setwise_foreign_keys(conn, name, staged):
+            conn.run(f"INSERT INTO {identifier(name)} ({target_columns}) "  # nosec B608
+                     f"SELECT DISTINCT ON ({', '.join(identifier(column) for column in version)}) "
+                     f"{source_columns} FROM {stage} s "
+                     f"WHERE NOT EXISTS (SELECT 1 FROM {identifier(name)} f WHERE {held})")
+            return conn.row_count
+
+    if target.references and checked_at_once(conn, name):
+        # Dangling references are rare: append first and let the foreign keys find them (one set-wise
+        # validation, or the row-by-row checks), and only when they do, undo the append, park the
+        # dangling rows and append the rest. Saves an anti-join per reference on every batch (0.35 s
+        # of a scale-10 load).
+        conn.run("SAVEPOINT fact_append")
+        try:
+            inserted, newly_parked = append(), 0
+        except (ForeignKeyViolationError, pg8000.exceptions.DatabaseError) as err:
+            if not is_foreign_key_violation(err):
+                raise
+            conn.run("ROLLBACK TO SAVEPOINT fact_append")
+            logger.info("dangling references: parking them before the append", table=name)
+            newly_parked = _park_dangling(conn, stage, target, source, id_column, batch_id)
+            inserted = append()
+        else:
+            conn.run("RELEASE SAVEPOINT fact_append")
+    else:
+        newly_parked = _park_dangling(conn, stage, target, source, id_column, batch_id)
+        inserted = append()
+    if parked:
+        logger.info("parked rows retried", table=name, parked=parked)
+    return inserted, ({source: newly_parked} if newly_parked else {})
+
+
+def _park_dangling(conn, stage, target, source, id_column, batch_id):
+    """Move the staged rows whose dimension references the warehouse does not hold into
+    etl_rejected_rows (with row_data, to be retried); return how many were newly parked."""
+    rejected = identifier(REJECTED)
     newly_parked = 0
     stamp = "(s.last_updated_date + s.last_updated_time)::timestamp(3)"
     for column, dimension, dimension_column in target.references:
@@ -321,20 +368,4 @@ def merge_fact(conn, name, table, target, batch_id):
                 newly_parked += 1
                 if number < MAX_REJECTED_LOG_LINES:
                     _log_rejected(batch_id, source, source_id, column, text)
-    target_columns = ", ".join(identifier(target.names[field.name]) for field in schema)
-    staged = (table.num_rows if table is not None else 0) + parked
-    # A version already held is left as it is: an anti-join on the version, not ON CONFLICT DO NOTHING
-    # (speculative insertion costs ~0.55 s against ~0.35 s for fact_payment's 158k rows at scale 10);
-    # DISTINCT ON keeps one row of a version staged twice (a parked row delivered again).
-    version = (id_column, "last_updated_date", "last_updated_time")
-    held = " AND ".join(f"f.{identifier(target.names[column])} = s.{identifier(column)}"
-                        for column in version)
-    with setwise_foreign_keys(conn, name, staged):
-        conn.run(f"INSERT INTO {identifier(name)} ({target_columns}) "  # nosec B608
-                 f"SELECT DISTINCT ON ({', '.join(identifier(column) for column in version)}) "
-                 f"{source_columns} FROM {stage} s "
-                 f"WHERE NOT EXISTS (SELECT 1 FROM {identifier(name)} f WHERE {held})")
-        inserted = conn.row_count
-    if parked:
-        logger.info("parked rows retried", table=name, parked=parked)
-    return inserted, ({source: newly_parked} if newly_parked else {})
+    return newly_parked
