@@ -148,6 +148,32 @@ def test_a_fact_version_staged_twice_is_appended_once(s3, buckets, warehouse):
     assert run_sql(warehouse, versions) == [[1, 1], [2, 1]]
 
 
+def test_no_insert_reads_the_table_it_grows(s3, buckets, warehouse, monkeypatch):
+    """An INSERT INTO t whose SELECT reads t (an anti-join against the table being filled) can be planned
+    as a sequential scan of t per row when t's statistics say empty, which it reads as it grows:
+    quadratic (76 s instead of 0.15 s for dim_transaction at scale 10, after a VACUUM ANALYZE of the new
+    warehouse). Every INSERT of a load, first and incremental, reads other tables only."""
+    from utils.db.connection import Connection
+    statements = []
+    real_run = Connection.run
+
+    def recording_run(self, sql, *args, **kwargs):
+        statements.append(sql)
+        return real_run(self, sql, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "run", recording_run)
+    load.lambda_handler(first_batch(s3, buckets), None)
+    write_ingest_batch(s3, buckets["ingest"], later(30), {
+        "address": [address(1, at=later(20), city="York")],
+        "sales_order": [sales_order(1, at=T0, updated=later(25), units_sold=42)]})
+    load.lambda_handler(transform.lambda_handler({}, None), None)
+    inserts = [sql for sql in statements if sql.startswith("INSERT INTO ")]
+    assert len(inserts) > 10
+    for sql in inserts:
+        table = sql.split()[2]
+        assert f"FROM {table}" not in sql and f"USING {table}" not in sql, sql
+
+
 def _parquet(table):
     out = io.BytesIO()
     pq.write_table(table, out)

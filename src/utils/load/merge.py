@@ -208,11 +208,13 @@ def record_rejected(conn, rejected, batch_id):
 
 # -- merging ---------------------------------------------------------------------------------------
 
-def _stage(conn, name, table):
-    """Create the staging table of ``name`` (the processed schema's columns) and COPY ``table`` in."""
+def _stage(conn, name, table, flags=()):
+    """Create the staging table of ``name`` (the processed schema's columns, then a boolean column per
+    name in ``flags``, NULL until set) and COPY ``table`` in."""
     schema = PROCESSED_SCHEMAS[name]
     stage = identifier(f"stage_{name}")
-    definitions = ", ".join(f"{identifier(field.name)} {sql_type(field.type)[0]}" for field in schema)
+    definitions = ", ".join([f"{identifier(field.name)} {sql_type(field.type)[0]}" for field in schema]
+                            + [f"{identifier(flag)} boolean" for flag in flags])
     conn.run(f"CREATE TEMPORARY TABLE {stage} ({definitions}) ON COMMIT DROP")
     if table is not None and table.num_rows:
         source_columns = ", ".join(identifier(field.name) for field in schema)
@@ -229,17 +231,21 @@ def merge_table(conn, name, table, column_map):
     The upsert is an UPDATE of the rows whose values changed, then an INSERT of the keys the table does
     not hold, not ``INSERT ... ON CONFLICT``: speculative insertion costs about twice a plain insert per
     row (dim_transaction at scale 10: 0.30 s against 0.15 s). Loads are serialised by the advisory lock,
-    so no other writer can add a key between the two statements.
+    so no other writer can add a key between the statements. The staged rows whose key is held are
+    marked first, with the table as it is (never ``INSERT INTO t ... WHERE NOT EXISTS (... t ...)``: on a
+    table whose statistics say empty, PostgreSQL may plan that anti-join as a sequential scan per row of
+    the heap the INSERT is growing, quadratic: 76 s instead of 0.15 s for dim_transaction at scale 10).
     """
     schema = WAREHOUSE_SCHEMAS[name]
-    stage = _stage(conn, name, table)
+    versioned = name in VERSIONED_DIMENSIONS
+    stage = _stage(conn, name, table, flags=("etl_held", "etl_versioned") if versioned else ("etl_held",))
     source_columns = ", ".join(f"s.{identifier(field.name)}" for field in schema)
     target_columns = ", ".join(identifier(column_map[field.name]) for field in schema)
     keys = WAREHOUSE_KEYS[name]
     key_column = identifier(keys[0])
     key = identifier(column_map[keys[0]])
     newer = ""
-    if name in VERSIONED_DIMENSIONS:
+    if versioned:
         newer = (f"AND NOT EXISTS (SELECT 1 FROM {identifier(DIMENSION_VERSIONS)} v "  # nosec B608
                  f"WHERE v.table_name = :name AND v.source_id = s.{key_column} "
                  f"AND v.last_updated > s.{identifier(VERSION_COLUMN)}) ")
@@ -255,21 +261,22 @@ def merge_table(conn, name, table, column_map):
                  f"WHERE target.{key} = s.{key_column} AND ({current}) IS DISTINCT FROM ({incoming}) "
                  + newer, **params)
         written += conn.row_count
+    conn.run(f"UPDATE {stage} s SET etl_held = true FROM {identifier(name)} t "  # nosec B608
+             f"WHERE t.{key} = s.{key_column}")
     conn.run(f"INSERT INTO {identifier(name)} ({target_columns}) "  # nosec B608
-             f"SELECT {source_columns} FROM {stage} s "
-             f"WHERE NOT EXISTS (SELECT 1 FROM {identifier(name)} t WHERE t.{key} = s.{key_column}) "
-             + newer, **params)
+             f"SELECT {source_columns} FROM {stage} s WHERE s.etl_held IS NULL " + newer, **params)
     written += conn.row_count
-    if newer:
+    if versioned:
         versions = identifier(DIMENSION_VERSIONS)
         version = identifier(VERSION_COLUMN)
         conn.run(f"UPDATE {versions} AS v SET last_updated = s.{version} FROM {stage} s "  # nosec B608
                  f"WHERE v.table_name = :name AND v.source_id = s.{key_column} "
                  f"AND v.last_updated < s.{version}", name=name)
+        conn.run(f"UPDATE {stage} s SET etl_versioned = true FROM {versions} v "  # nosec B608
+                 f"WHERE v.table_name = :name AND v.source_id = s.{key_column}", name=name)
         conn.run(f"INSERT INTO {versions} (table_name, source_id, last_updated) "  # nosec B608
-                 f"SELECT CAST(:name AS varchar), s.{key_column}, s.{version} FROM {stage} s "
-                 f"WHERE NOT EXISTS (SELECT 1 FROM {versions} v "
-                 f"WHERE v.table_name = :name AND v.source_id = s.{key_column})", name=name)
+                 f"SELECT :name, s.{key_column}, s.{version} FROM {stage} s "
+                 "WHERE s.etl_versioned IS NULL", name=name)
     return written
 
 
@@ -300,7 +307,7 @@ def merge_fact(conn, name, table, target, batch_id):
                  f"WHERE {parked_filter}", source=source, batch_id=batch_id)
     target_columns = ", ".join(identifier(target.names[field.name]) for field in schema)
     staged = (table.num_rows if table is not None else 0) + parked
-    # A version already held is left as it is: an anti-join on the version, not ON CONFLICT DO NOTHING
+    # A version already held is left as it is: taken out of the stage, not ON CONFLICT DO NOTHING
     # (speculative insertion costs ~0.55 s against ~0.35 s for fact_payment's 158k rows at scale 10);
     # DISTINCT ON keeps one row of a version staged twice (a parked row delivered again).
     version = (id_column, "last_updated_date", "last_updated_time")
@@ -308,11 +315,14 @@ def merge_fact(conn, name, table, target, batch_id):
                         for column in version)
 
     def append():
+        # The versions held are taken out of the stage first, with the table as it is: never an
+        # INSERT INTO t ... WHERE NOT EXISTS (... t ...) (see merge_table: quadratic on a table whose
+        # statistics say empty).
+        conn.run(f"DELETE FROM {stage} s USING {identifier(name)} f WHERE {held}")  # nosec B608
         with setwise_foreign_keys(conn, name, staged):
             conn.run(f"INSERT INTO {identifier(name)} ({target_columns}) "  # nosec B608
                      f"SELECT DISTINCT ON ({', '.join(identifier(column) for column in version)}) "
-                     f"{source_columns} FROM {stage} s "
-                     f"WHERE NOT EXISTS (SELECT 1 FROM {identifier(name)} f WHERE {held})")
+                     f"{source_columns} FROM {stage} s")
             return conn.row_count
 
     if target.references and checked_at_once(conn, name):
