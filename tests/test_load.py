@@ -174,6 +174,69 @@ def test_no_insert_reads_the_table_it_grows(s3, buckets, warehouse, monkeypatch)
         assert f"FROM {table}" not in sql and f"USING {table}" not in sql, sql
 
 
+# -- staging on a second connection (utils/load/staging.py) ------------------------------------------
+
+def _stage_tables(url):
+    return run_sql(url, "SELECT relname FROM pg_class WHERE relname LIKE 'etl\\_stage\\_%' ORDER BY 1")
+
+
+def test_the_tables_are_staged_on_a_second_connection_and_the_stages_go_with_the_batch(
+        s3, buckets, warehouse, monkeypatch, caplog):
+    from utils.load import staging
+    used = []
+    real_stage = staging.ParallelStaging.stage
+
+    def spy(self, conn, name):
+        used.append(name)
+        return real_stage(self, conn, name)
+
+    monkeypatch.setattr(staging.ParallelStaging, "stage", spy)
+    run_sql(warehouse, "CREATE TABLE etl_stage_dim_date (left_by text)")  # a crashed load's leftover
+    transformed = first_batch(s3, buckets)
+    assert load.lambda_handler(transformed, None)["tables"] == transformed["tables"]
+    assert sorted(used) == sorted(transformed["tables"])
+    assert _stage_tables(warehouse) == []
+    assert "staging in the batch's own transaction" not in caplog.text
+
+
+def test_without_a_staging_connection_the_batch_stages_in_its_own_transaction(
+        s3, buckets, warehouse, monkeypatch, caplog):
+    from utils.errors import DatabaseUnavailableError
+    from utils.load import run as load_run
+
+    def refused(*args, **kwargs):
+        raise DatabaseUnavailableError("no second connection")
+
+    real_connect = load_run.connect_to_db
+    calls = []
+
+    def connect_once(*args, **kwargs):  # the load's own connection works, the staging one does not
+        calls.append(1)
+        return real_connect(*args, **kwargs) if len(calls) == 1 else refused()
+
+    monkeypatch.setattr(load_run, "connect_to_db", connect_once)
+    transformed = first_batch(s3, buckets)
+    assert load.lambda_handler(transformed, None)["tables"] == transformed["tables"]
+    assert counts(warehouse) == {**transformed["tables"], LEDGER: 1}
+    assert "staging in the batch's own transaction: the staging connection failed" in caplog.text
+
+
+def test_a_stage_that_does_not_hold_what_was_copied_fails_the_batch_and_loads_nothing(
+        s3, buckets, warehouse, monkeypatch):
+    from utils.load import staging
+    real = staging.ParallelStaging._stage
+
+    def short_by_one(self, conn, name, table):
+        rows = real(self, conn, name, table)
+        return rows + 1 if name == "fact_sales_order" else rows
+
+    monkeypatch.setattr(staging.ParallelStaging, "_stage", short_by_one)
+    with pytest.raises(staging.StagingError, match="etl_stage_fact_sales_order holds 2 rows in the batch's "
+                                                   "transaction, the COPY wrote 3"):
+        load.lambda_handler(first_batch(s3, buckets), None)
+    assert counts(warehouse)[LEDGER] == 0 and counts(warehouse)["fact_sales_order"] == 0
+
+
 def _parquet(table):
     out = io.BytesIO()
     pq.write_table(table, out)

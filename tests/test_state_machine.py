@@ -505,11 +505,12 @@ def engine_killing_ingest_copy(aws_env, monkeypatch, totesys_url, warehouse_url,
 @pytest.fixture
 def engine_killing_load_copy(aws_env, monkeypatch, totesys_url, warehouse_url, killed_queries):
     """The engine, with load's COPY FROM STDIN of the sales facts terminating the warehouse backend after
-    its first block of rows was sent (the dimensions are already upserted in the same transaction): the
+    its first block of rows was sent (the staging connection's, while the batch's transaction has
+    already upserted the dimensions; or the batch's own when it stages in its transaction): the
     connection dies mid-load, once."""
     import io
 
-    from utils.load import merge
+    from utils.load import merge, staging
     real_stream = merge.csv_stream
 
     class KillingStream(io.BytesIO):
@@ -525,6 +526,7 @@ def engine_killing_load_copy(aws_env, monkeypatch, totesys_url, warehouse_url, k
         return rows
 
     monkeypatch.setattr(merge, "csv_stream", stream)
+    monkeypatch.setattr(staging, "csv_stream", stream)
     yield from _engine(monkeypatch, totesys_url, warehouse_url, _handlers())
 
 

@@ -25,6 +25,7 @@ from utils.errors import CorruptFileError, ForeignKeyViolationError, SchemaMisma
 from utils.load.constraints import checked_at_once, is_foreign_key_violation, setwise_foreign_keys
 from utils.load.deletes import record_deleted
 from utils.load.schema import ADVISORY_LOCK_KEY, DELETED, DIMENSION_VERSIONS, LEDGER, REJECTED, sql_type
+from utils.load.staging import start_staging
 from utils.logger import get_logger
 from utils.transform.deletes import read_deleted
 from utils.transform.quarantine import REJECTED_SCHEMA, rejected_records
@@ -61,7 +62,7 @@ def read_batch_rejected(s3_client, bucket, manifest, manifest_key=None):
                               manifest_key=manifest_key)
 
 
-def load_batch(conn, s3_client, bucket, manifest_key, manifest, targets):
+def load_batch(conn, s3_client, bucket, manifest_key, manifest, targets, connect=None):
     """Load one processed batch in one transaction; return {table: rows written} (with
     ``etl_rejected_rows``: {source table: rows newly rejected}, ``etl_deleted_rows``: {source table:
     deletions newly recorded}), or None when the ledger already holds it. Every file is read and
@@ -69,6 +70,9 @@ def load_batch(conn, s3_client, bucket, manifest_key, manifest, targets):
 
     Rows that do not fit the warehouse's columns, and fact rows that reference a dimension row the
     warehouse does not hold, are recorded in etl_rejected_rows instead of failing the batch.
+
+    ``connect`` (a callable returning a new warehouse connection), when given, stages the tables on a
+    second connection while this one merges (``utils.load.staging``).
     """
     tables = read_batch_tables(s3_client, bucket, manifest, manifest_key)
     rejected = [read_batch_rejected(s3_client, bucket, manifest, manifest_key)]
@@ -78,32 +82,42 @@ def load_batch(conn, s3_client, bucket, manifest_key, manifest, targets):
     rejected = pa.concat_tables(rejected)
     deleted_keys = read_deleted(s3_client, bucket, manifest, manifest_key)
     batch_id = manifest["batch_id"]
-    conn.run("START TRANSACTION")
+    # READ COMMITTED whatever the warehouse's default: each statement must see the stages the staging
+    # connection committed before it (utils.load.staging).
+    conn.run("START TRANSACTION ISOLATION LEVEL READ COMMITTED")
+    staging = None
     try:
         conn.run("SELECT pg_advisory_xact_lock(:key)", key=ADVISORY_LOCK_KEY)
         if batch_loaded(conn, batch_id):
             conn.run("ROLLBACK")
             logger.warning("batch already loaded", batch_id=batch_id)
             return None
+        staging = start_staging(connect, {name: tables[name] for name in WAREHOUSE_TABLES if name in tables},
+                                lambda name: _stage_definitions(name, stage_flags(name)),
+                                lambda name: ", ".join(identifier(f.name) for f in PROCESSED_SCHEMAS[name]))
         counts = {}
         newly_rejected = record_rejected(conn, rejected, batch_id)
         for name in WAREHOUSE_TABLES:
             if name in FACTS:
-                rows, parked = merge_fact(conn, name, tables.get(name), targets[name], batch_id)
+                rows, parked = merge_fact(conn, name, tables.get(name), targets[name], batch_id, staging)
                 if rows is not None:
                     counts[name] = rows
                 for source, number in parked.items():
                     newly_rejected[source] = newly_rejected.get(source, 0) + number
             elif name in tables:
-                counts[name] = merge_table(conn, name, tables[name], targets[name].names)
+                counts[name] = merge_table(conn, name, tables[name], targets[name].names, staging)
         if newly_rejected:
             counts[REJECTED] = newly_rejected
         newly_deleted = record_deleted(conn, deleted_keys, tables, batch_id)
         if newly_deleted:
             counts[DELETED] = newly_deleted
         record_batch(conn, batch_id, manifest_key, counts)
+        if staging is not None:
+            staging.close(conn, list(staging.futures))
         conn.run("COMMIT")
     except BaseException:
+        if staging is not None:
+            staging.close()
         end_quietly(conn)
         raise
     logger.info("batch loaded", batch_id=batch_id, tables=counts)
@@ -208,21 +222,33 @@ def record_rejected(conn, rejected, batch_id):
 
 # -- merging ---------------------------------------------------------------------------------------
 
-def _stage(conn, name, table, flags=()):
-    """Create the staging table of ``name`` (the processed schema's columns, then a boolean column per
-    name in ``flags``, NULL until set) and COPY ``table`` in."""
+def stage_flags(name):
+    """The boolean columns a table's stage has beside the processed schema's (see merge_table)."""
+    if name in FACTS or name not in WAREHOUSE_SCHEMAS:
+        return ()
+    return ("etl_held", "etl_versioned") if name in VERSIONED_DIMENSIONS else ("etl_held",)
+
+
+def _stage_definitions(name, flags):
+    columns = [f"{identifier(field.name)} {sql_type(field.type)[0]}" for field in PROCESSED_SCHEMAS[name]]
+    return ", ".join(columns + [f"{identifier(flag)} boolean" for flag in flags])
+
+
+def _stage(conn, name, table, staging=None):
+    """The staging table of ``name`` (the processed schema's columns, then its ``stage_flags``, NULL until
+    set) holding ``table``: the one ``staging`` made, else a temporary one made and filled here."""
+    if staging is not None and name in staging.futures:
+        return staging.stage(conn, name)
     schema = PROCESSED_SCHEMAS[name]
     stage = identifier(f"stage_{name}")
-    definitions = ", ".join([f"{identifier(field.name)} {sql_type(field.type)[0]}" for field in schema]
-                            + [f"{identifier(flag)} boolean" for flag in flags])
-    conn.run(f"CREATE TEMPORARY TABLE {stage} ({definitions}) ON COMMIT DROP")
+    conn.run(f"CREATE TEMPORARY TABLE {stage} ({_stage_definitions(name, stage_flags(name))}) ON COMMIT DROP")
     if table is not None and table.num_rows:
         source_columns = ", ".join(identifier(field.name) for field in schema)
         conn.run(f"COPY {stage} ({source_columns}) FROM STDIN WITH (FORMAT csv)", stream=csv_stream(table))
     return stage
 
 
-def merge_table(conn, name, table, column_map):
+def merge_table(conn, name, table, column_map, staging=None):
     """COPY a dimension's rows into a staging table, then upsert them into ``name``.
 
     Returns the number of rows inserted or changed. A versioned dimension row is only written when no
@@ -238,7 +264,7 @@ def merge_table(conn, name, table, column_map):
     """
     schema = WAREHOUSE_SCHEMAS[name]
     versioned = name in VERSIONED_DIMENSIONS
-    stage = _stage(conn, name, table, flags=("etl_held", "etl_versioned") if versioned else ("etl_held",))
+    stage = _stage(conn, name, table, staging)
     source_columns = ", ".join(f"s.{identifier(field.name)}" for field in schema)
     target_columns = ", ".join(identifier(column_map[field.name]) for field in schema)
     keys = WAREHOUSE_KEYS[name]
@@ -280,7 +306,7 @@ def merge_table(conn, name, table, column_map):
     return written
 
 
-def merge_fact(conn, name, table, target, batch_id):
+def merge_fact(conn, name, table, target, batch_id, staging=None):
     """Append a fact table's new versions; return (rows inserted or None when there was nothing to do,
     {source table: rows newly parked}).
 
@@ -296,7 +322,7 @@ def merge_fact(conn, name, table, target, batch_id):
                       source=source)[0][0]
     if (table is None or not table.num_rows) and not parked:
         return None, {}
-    stage = _stage(conn, name, table)
+    stage = _stage(conn, name, table, staging)
     schema = WAREHOUSE_SCHEMAS[name]
     source_columns = ", ".join(identifier(field.name) for field in schema)
     if parked:

@@ -64,12 +64,13 @@ def run_load(event, s3_client=None, secrets_client=None):
     conn = connect_to_db(credentials, role="warehouse")
     logger.info("connected to the warehouse", host=credentials["host"], database=credentials["database"])
     try:
-        return load_pending(conn, s3_client, settings.processed_bucket)
+        return load_pending(conn, s3_client, settings.processed_bucket,
+                            connect=lambda: connect_to_db(credentials, role="warehouse"))
     finally:
         close_db_connection(conn)
 
 
-def load_pending(conn, s3_client, bucket):
+def load_pending(conn, s3_client, bucket, connect=None):
     """Ensure the schema, then load every pending processed batch, oldest first.
 
     Returns ``{"batches": [batch_id, ...], "tables": {warehouse table: rows}, "rejected_rows": n,
@@ -83,7 +84,7 @@ def load_pending(conn, s3_client, bucket):
     if not pending:
         logger.warning("no processed batches to load")
     for manifest_key, manifest in pending:
-        counts = load_batch(conn, s3_client, bucket, manifest_key, manifest, targets)
+        counts = load_batch(conn, s3_client, bucket, manifest_key, manifest, targets, connect)
         if counts is None:
             continue
         result["batches"].append(manifest["batch_id"])
