@@ -93,8 +93,7 @@ def load_batch(conn, s3_client, bucket, manifest_key, manifest, targets, connect
             logger.warning("batch already loaded", batch_id=batch_id)
             return None
         staging = start_staging(connect, {name: tables[name] for name in WAREHOUSE_TABLES if name in tables},
-                                lambda name: _stage_definitions(name, stage_flags(name)),
-                                lambda name: ", ".join(identifier(f.name) for f in PROCESSED_SCHEMAS[name]))
+                                lambda name: _stage_definitions(name, stage_flags(name)), _copy_columns)
         counts = {}
         newly_rejected = record_rejected(conn, rejected, batch_id)
         for name in WAREHOUSE_TABLES:
@@ -229,6 +228,11 @@ def stage_flags(name):
     return ("etl_held", "etl_versioned") if name in VERSIONED_DIMENSIONS else ("etl_held",)
 
 
+def _copy_columns(name):
+    """The column list of a stage's COPY: the processed schema's columns."""
+    return ", ".join(identifier(field.name) for field in PROCESSED_SCHEMAS[name])
+
+
 def _stage_definitions(name, flags):
     columns = [f"{identifier(field.name)} {sql_type(field.type)[0]}" for field in PROCESSED_SCHEMAS[name]]
     return ", ".join(columns + [f"{identifier(flag)} boolean" for flag in flags])
@@ -239,12 +243,11 @@ def _stage(conn, name, table, staging=None):
     set) holding ``table``: the one ``staging`` made, else a temporary one made and filled here."""
     if staging is not None and name in staging.futures:
         return staging.stage(conn, name)
-    schema = PROCESSED_SCHEMAS[name]
     stage = identifier(f"stage_{name}")
     conn.run(f"CREATE TEMPORARY TABLE {stage} ({_stage_definitions(name, stage_flags(name))}) ON COMMIT DROP")
     if table is not None and table.num_rows:
-        source_columns = ", ".join(identifier(field.name) for field in schema)
-        conn.run(f"COPY {stage} ({source_columns}) FROM STDIN WITH (FORMAT csv)", stream=csv_stream(table))
+        conn.run(f"COPY {stage} ({_copy_columns(name)}) FROM STDIN WITH (FORMAT csv)",
+                 stream=csv_stream(table))
     return stage
 
 
