@@ -130,11 +130,7 @@ def _start_emulator(state_dir):
 def _vacuum(*urls):
     """VACUUM ANALYZE each database (untimed): what autovacuum does within a minute of a bulk write."""
     for url in urls:
-        conn = connect_to_db(credentials_from_url(url))
-        try:
-            conn.run("VACUUM ANALYZE")
-        finally:
-            close_db_connection(conn)
+        _sql(url, "VACUUM ANALYZE")
 
 
 def _runs(ctx, results, warehouses, states, incremental):

@@ -128,7 +128,8 @@ CONNECTION_LOST_CLASSES = ("08",)
 CONNECTION_LOST_STATES = ("57P01", "57P02", "57P03")
 
 
-def _sqlstate(err):
+def sqlstate(err):
+    """(SQLSTATE, pg8000's error fields) of a pg8000 error; ("", {}) for any other."""
     detail = err.args[0] if err.args and isinstance(err.args[0], dict) else {}
     return detail.get("C", ""), detail
 
@@ -140,7 +141,7 @@ def connection_lost(err):
     if isinstance(err, (pg8000.exceptions.InterfaceError, OSError)):
         return True
     if isinstance(err, pg8000.exceptions.DatabaseError):
-        code, _ = _sqlstate(err)
+        code, _ = sqlstate(err)
         return code in CONNECTION_LOST_STATES or code[:2] in CONNECTION_LOST_CLASSES
     return False
 
@@ -158,7 +159,7 @@ class Connection(pg8000.native.Connection):
         except (pg8000.exceptions.Error, OSError) as err:
             if not connection_lost(err):
                 raise
-            code, detail = _sqlstate(err)
+            code, detail = sqlstate(err)
             reason = f"{code} {detail.get('M', '')}".strip() if code else type(err).__name__
             verb = sql.split(None, 1)[0].upper() if sql.strip() else "statement"
             raise DatabaseUnavailableError(
@@ -221,7 +222,7 @@ def connect_to_db(credentials, timezone="UTC", role=None):
         raise DatabaseUnavailableError(
             f"cannot reach {where}: {type(err).__name__}") from None
     except pg8000.exceptions.DatabaseError as err:
-        code, detail = _sqlstate(err)
+        code, detail = sqlstate(err)
         if connection_lost(err):
             raise DatabaseUnavailableError(
                 f"cannot reach {where}: {code} {detail.get('M', '')}".rstrip()) from None

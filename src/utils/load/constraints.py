@@ -26,6 +26,7 @@ from contextlib import contextmanager
 import pg8000.exceptions
 from pg8000.native import identifier
 
+from utils.db.connection import sqlstate
 from utils.errors import ForeignKeyViolationError
 from utils.logger import get_logger
 
@@ -64,10 +65,7 @@ def checked_at_once(conn, table):
 
 def is_foreign_key_violation(err):
     """True for ForeignKeyViolationError and for PostgreSQL's foreign_key_violation (23503)."""
-    if isinstance(err, ForeignKeyViolationError):
-        return True
-    detail = err.args[0] if err.args and isinstance(err.args[0], dict) else {}
-    return detail.get("C") == FOREIGN_KEY_VIOLATION
+    return isinstance(err, ForeignKeyViolationError) or sqlstate(err)[0] == FOREIGN_KEY_VIOLATION
 
 
 def may_alter(conn, table):
@@ -117,8 +115,7 @@ def setwise_foreign_keys(conn, table, rows):
             conn.run(f"ALTER TABLE {identifier(table)} ADD CONSTRAINT {identifier(name)} "  # nosec B608
                      f"{definition}")
         except pg8000.exceptions.DatabaseError as err:
-            detail = err.args[0] if err.args and isinstance(err.args[0], dict) else {}
-            if detail.get("C") != FOREIGN_KEY_VIOLATION:
+            if not is_foreign_key_violation(err):
                 raise
-            raise ForeignKeyViolationError(table, name, detail.get("D", "")) from err
+            raise ForeignKeyViolationError(table, name, sqlstate(err)[1].get("D", "")) from err
     logger.info("foreign keys validated set-wise", table=table, rows=rows, constraints=len(keys))

@@ -315,8 +315,8 @@ def merge_fact(conn, name, table, target, batch_id, staging=None):
 
     The batch's rows are staged together with the rows parked by earlier batches (in etl_rejected_rows
     with row_data, not yet resolved); staged rows whose dimension references the warehouse does not
-    hold are (re-)parked there, the others are inserted (the unique version index decides: a version
-    already recorded is left as it is) and their parked records marked resolved by this batch.
+    hold are (re-)parked there, the others are inserted (a version, natural id and last_updated, already
+    held is left as it is) and their parked records marked resolved by this batch.
     """
     source, id_column = WAREHOUSE_SOURCES[name]
     rejected = identifier(REJECTED)
