@@ -84,6 +84,8 @@ def aws_env(monkeypatch):
         monkeypatch.setenv(key, value)
     for key in UNSET_VARIABLES:
         monkeypatch.delenv(key, raising=False)
+    # The state machine's Retry waits (up to 225 s for a lost database) cost no real time in tests.
+    monkeypatch.setenv("TOTESYS_RETRY_TIME_SCALE", "0")
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from totesys_local import aws_emulation
 from totesys_local.aws_emulation import (ASL_TEMPLATE, deploy_pipeline, emulated_aws, published_alerts,
                                          create_buckets, put_credentials_secret,
                                          render_definition, wait_for_execution)
+from totesys_local.retry_clock import compressed_retry_waits
 from tests.support.db import run_sql
 
 # Several seconds each (the state machine, a local run or a generated warehouse): not in make test-fast.
@@ -39,7 +40,10 @@ def test_every_stage_retries_with_jitter_and_catches_everything(stage):
     assert state["Resource"] == "arn:aws:states:::lambda:invoke"
     transient = [r for r in state["Retry"] if "Lambda.ServiceException" in r["ErrorEquals"]]
     assert transient and transient[0]["JitterStrategy"] == "FULL" and transient[0]["BackoffRate"] > 1
-    assert all(r["JitterStrategy"] == "FULL" for r in state["Retry"])
+    # Jitter everywhere but on a lost database: one execution runs at a time, so there is no herd to
+    # spread, and the waits must add up to a failover's length (see the failover tests below).
+    assert all(r["JitterStrategy"] == ("NONE" if r["ErrorEquals"] == ["DatabaseUnavailableError"] else "FULL")
+               for r in state["Retry"])
     assert "StorageThrottledError" in {e for r in state["Retry"] for e in r["ErrorEquals"]}
     catch = state["Catch"][0]
     assert catch["ErrorEquals"] == ["States.ALL"]
@@ -566,3 +570,79 @@ def test_a_warehouse_connection_lost_mid_load_is_retried_and_the_execution_recon
     assert _count(engine["warehouse"], "etl_load_ledger") == 1
     assert _alerts(engine) == []
     assert _stage_failures(caplog) == [("ERROR", "DatabaseUnavailableError")]
+
+
+# -- a database failover: the retries outlast it ---------------------------------------------------------
+
+# (secret, stage handler) of the database a stage needs.
+FAILOVER_STAGES = {"ingest": ("sm/totesys", "source"), "load": ("sm/warehouse", "warehouse")}
+
+
+@pytest.fixture
+def failover():
+    """The outage a test sets up: which database, for how many nominal seconds, and the retry clock
+    (totesys_local.retry_clock) that measures the state machine's waits."""
+    return {"stage": None, "seconds": 0.0, "clock": None}
+
+
+@pytest.fixture
+def engine_with_failover(aws_env, monkeypatch, totesys_url, warehouse_url, failover):
+    """The engine, with the failed-over stage's real handler called after the database comes back once
+    the state machine has waited ``failover["seconds"]`` (nominal, as AWS would wait): until then its
+    secret names a port nothing listens on, so the real handler raises DatabaseUnavailableError."""
+    import ingest
+    import load
+    real = {"ingest": ingest.lambda_handler, "load": load.lambda_handler}
+    urls = {"source": totesys_url, "warehouse": warehouse_url}
+
+    def wrap(stage):
+        def handler(event, context):
+            secret, database = FAILOVER_STAGES[stage]
+            if failover["stage"] == stage and failover["clock"].elapsed >= failover["seconds"]:
+                put_credentials_secret(secret, urls[database])  # the failover is over
+            return real[stage](event, context)
+        return handler
+
+    handlers = dict(_handlers(), **{f"totesys-{stage}": wrap(stage) for stage in FAILOVER_STAGES})
+    yield from _engine(monkeypatch, totesys_url, warehouse_url, handlers)
+
+
+def _fail_over(engine, failover, stage, seconds):
+    """Both secrets right, then ``stage``'s database unreachable for ``seconds`` of retry waits."""
+    from totesys_local.cluster import free_port
+    put_credentials_secret("sm/totesys", engine["source"])
+    put_credentials_secret("sm/warehouse", engine["warehouse"])
+    secret, database = FAILOVER_STAGES[stage]
+    put_credentials_secret(secret, engine[database], port=free_port())
+    failover.update(stage=stage, seconds=seconds)
+
+
+@pytest.mark.parametrize("stage", ["ingest", "load"])
+def test_a_database_failover_of_two_and_a_half_minutes_is_ridden_out(engine_with_failover, failover, stage):
+    """An RDS failover or restart takes 60-120 s, sometimes more. The deployed definition's waits run in
+    moto's engine (compressed in real time, recorded at their nominal length): the stage retries after
+    15, 30, 60 and 120 s, is back at 225 s, and the execution succeeds with no alert."""
+    engine = engine_with_failover
+    _fail_over(engine, failover, stage, seconds=150)
+    with compressed_retry_waits(scale=0) as clock:
+        failover["clock"] = clock
+        result = engine["run"]()
+    assert result["status"] == "SUCCEEDED", result
+    assert clock.waits == [15, 30, 60, 120]
+    assert engine["invocations"].count(f"totesys-{stage}") == 5
+    _assert_reconciled(engine)
+    assert _alerts(engine) == []
+
+
+def test_a_warehouse_down_longer_than_the_retries_fails_once_after_three_minutes(engine_with_failover,
+                                                                                  failover):
+    engine = engine_with_failover
+    _fail_over(engine, failover, "load", seconds=3600)
+    with compressed_retry_waits(scale=0) as clock:
+        failover["clock"] = clock
+        result = engine["run"]()
+    assert result["status"] == "FAILED" and result["error"] == "PipelineFailed", result
+    assert clock.elapsed >= 180, clock.waits
+    assert engine["invocations"].count("totesys-load") == 5
+    alerts = _alerts(engine)
+    assert len(alerts) == 1 and "DatabaseUnavailableError" in alerts[0]["message"]

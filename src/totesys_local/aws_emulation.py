@@ -29,6 +29,7 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state
     StateTaskServiceAwsSdk)
 
 from totesys_local.asl import ASL_TEMPLATE, render
+from totesys_local.retry_clock import compressed_retry_waits
 from utils.db.connection import credentials_from_url
 
 STAGES = ("ingest", "transform", "load")
@@ -136,7 +137,8 @@ def _quiet_engine():
 def emulated_aws(handlers):
     """Start moto (in-process) with Lambda invocations routed to ``handlers``:
     {function name: callable(event, context)}. A handler that raises produces a Lambda function
-    error whose Error is the exception's class name, as in AWS, so Retry/Catch match it."""
+    error whose Error is the exception's class name, as in AWS, so Retry/Catch match it. Retry waits
+    are compressed in time (totesys_local.retry_clock: TOTESYS_RETRY_TIME_SCALE)."""
     invocations = []
 
     def invoke(self, function_name, qualifier, body, headers, response_headers):
@@ -152,7 +154,7 @@ def emulated_aws(handlers):
         return json.dumps(result).encode()
 
     with mock_aws(config=MOTO_CONFIG), mock.patch.object(LambdaSimpleBackend, "invoke", invoke), \
-            _quiet_engine(), \
+            _quiet_engine(), compressed_retry_waits(), \
             mock.patch.object(StateTaskServiceAwsSdk, "_normalise_parameters", _aws_sdk_request_as_aws), \
             mock.patch.object(StateTaskServiceAwsSdk, "_normalise_response", _aws_sdk_response_as_aws), \
             mock.patch.object(botocore.httpsession, "create_urllib3_context", _shared_ssl_context):
