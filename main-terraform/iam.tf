@@ -189,8 +189,9 @@ data "aws_iam_policy_document" "state_machine" {
   statement {
     sid     = "InvokeTheThreeStages"
     actions = ["lambda:InvokeFunction"]
-    # The function ARNs and their qualified forms (:version/:alias), nothing else.
-    resources = flatten([for fn in aws_lambda_function.stage : [fn.arn, "${fn.arn}:*"]])
+    # Published versions (and the alias) only: the unqualified ARN would run $LATEST, whatever was
+    # deployed last, and is refused.
+    resources = [for fn in aws_lambda_function.stage : "${fn.arn}:*"]
   }
   statement {
     sid = "FindOverlappingExecutions"

@@ -55,6 +55,8 @@ resource "aws_lambda_function" "stage" {
 
   filename         = data.archive_file.function_code.output_path
   source_code_hash = data.archive_file.function_code.output_base64sha256
+  # Every change of code or configuration publishes a new, immutable version (state_machine.tf).
+  publish = true
 
   memory_size                    = var.function_memory_mb[each.key]
   timeout                        = var.function_timeout_seconds[each.key]
@@ -90,4 +92,17 @@ resource "aws_lambda_function" "stage" {
     aws_iam_role_policy.function,
     aws_iam_role_policy.vpc_access,
   ]
+}
+
+# The release an operator invokes by hand (aws lambda invoke --function-name <name>:live) or rolls back
+# (update-alias to an older version). It follows every deploy. The state machine does NOT invoke it: it
+# names the published version itself (state_machine.tf), because Step Functions resolves an alias at each
+# Task, so an execution running across a deploy would reach the new code halfway.
+resource "aws_lambda_alias" "live" {
+  for_each = local.functions
+
+  name             = "live"
+  description      = "The version the current state machine definition invokes (${each.key})"
+  function_name    = aws_lambda_function.stage[each.key].function_name
+  function_version = aws_lambda_function.stage[each.key].version
 }

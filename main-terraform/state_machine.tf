@@ -10,10 +10,13 @@ resource "aws_sfn_state_machine" "pipeline" {
   name     = local.state_machine_name
   role_arn = aws_iam_role.state_machine.arn
 
+  # Published versions (qualified ARNs, ...:function:<name>:<version>), never $LATEST or the alias: a
+  # running execution keeps the definition it started with (Step Functions), so every stage of one
+  # execution runs the release that was deployed when it started, even when a deploy lands meanwhile.
   definition = templatefile("${path.module}/../state_machine/pipeline.asl.json", {
-    ingest_function_arn    = aws_lambda_function.stage["ingest"].arn
-    transform_function_arn = aws_lambda_function.stage["transform"].arn
-    load_function_arn      = aws_lambda_function.stage["load"].arn
+    ingest_function_arn    = aws_lambda_function.stage["ingest"].qualified_arn
+    transform_function_arn = aws_lambda_function.stage["transform"].qualified_arn
+    load_function_arn      = aws_lambda_function.stage["load"].qualified_arn
     alert_topic_arn        = aws_sns_topic.alerts.arn
   })
 

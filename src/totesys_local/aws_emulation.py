@@ -175,9 +175,11 @@ def deploy_pipeline(prefix="totesys", template_path=ASL_TEMPLATE):
     lam = boto3.client("lambda")
     arns = {}
     for stage in STAGES:
-        arns[f"{stage}_function_arn"] = lam.create_function(
-            FunctionName=f"{prefix}-{stage}", Runtime="python3.12", Role=role,
-            Handler=f"{stage}.lambda_handler", Code={"ZipFile": code.getvalue()})["FunctionArn"]
+        # Published, and the definition names the version (qualified ARN), as main-terraform does.
+        function = lam.create_function(
+            FunctionName=f"{prefix}-{stage}", Runtime="python3.12", Role=role, Publish=True,
+            Handler=f"{stage}.lambda_handler", Code={"ZipFile": code.getvalue()})
+        arns[f"{stage}_function_arn"] = f"{function['FunctionArn']}:{function['Version']}"
     arns["alert_topic_arn"] = boto3.client("sns").create_topic(Name=f"{prefix}-alerts")["TopicArn"]
     state_machine = boto3.client("stepfunctions").create_state_machine(
         name=f"{prefix}-pipeline", roleArn=role, definition=render_definition(arns, template_path))
