@@ -9,6 +9,9 @@ resource "aws_s3_bucket" "ingest" {
   #checkov:skip=CKV2_AWS_62:nothing consumes S3 events: the state machine drives every stage on a schedule
   # bucket_prefix: a globally unique name without hard-coding the account; main-terraform reads it from SSM.
   bucket_prefix = "${var.project}-ingest-"
+  # Opt-in (default false): lets `terraform destroy` delete a bucket that still holds objects and
+  # versions. Set it only to tear the stack down for good (README, "Destroy").
+  force_destroy = var.force_destroy_buckets
 }
 
 resource "aws_s3_bucket" "processed" {
@@ -16,6 +19,9 @@ resource "aws_s3_bucket" "processed" {
   #checkov:skip=CKV_AWS_144:cross-region replication doubles storage cost; the warehouse can be rebuilt from either bucket
   #checkov:skip=CKV2_AWS_62:nothing consumes S3 events: the state machine drives every stage on a schedule
   bucket_prefix = "${var.project}-processed-"
+  # Opt-in (default false): lets `terraform destroy` delete a bucket that still holds objects and
+  # versions. Set it only to tear the stack down for good (README, "Destroy").
+  force_destroy = var.force_destroy_buckets
 }
 
 locals {

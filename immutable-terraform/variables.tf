@@ -63,3 +63,9 @@ variable "noncurrent_version_expiration_days" {
   type        = number
   default     = 90
 }
+
+variable "force_destroy_buckets" {
+  description = "true = `terraform destroy` deletes the ingest and processed buckets with every object and version in them (the pipeline's whole history). Default false: destroy stops at a non-empty bucket. Apply once with true before a final DESTROY_IMMUTABLE=1 teardown."
+  type        = bool
+  default     = false
+}

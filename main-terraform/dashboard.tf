@@ -68,13 +68,14 @@ locals {
     {
       type = "metric", x = 0, y = 12, width = 12, height = 6
       properties = {
-        title  = "Rows per table and stage"
+        title  = "Rows per stage (all tables; per table with per_table_row_metrics)"
         region = var.region
         stat   = "Sum"
         period = 900
         view   = "timeSeries"
         metrics = [
-          [{ id = "rows", expression = "SEARCH('{${local.metrics_namespace},service,stage,table} MetricName=\"Rows\"', 'Sum', 900)" }],
+          [{ id = "rows", expression = "SEARCH('{${local.metrics_namespace},service,stage} MetricName=\"Rows\"', 'Sum', 900)" }],
+          [{ id = "rows_per_table", expression = "SEARCH('{${local.metrics_namespace},service,stage,table} MetricName=\"Rows\"', 'Sum', 900)" }],
         ]
       }
     },

@@ -19,6 +19,7 @@ locals {
     INGEST_PARALLEL_CONNECTIONS = tostring(var.ingest_parallel_connections)
     MAX_BATCH_ROWS              = tostring(var.max_batch_rows)
     LOG_LEVEL                   = var.log_level
+    TOTESYS_PER_TABLE_METRICS   = var.per_table_row_metrics ? "true" : "false"
     POWERTOOLS_SERVICE_NAME     = var.project
     # TLS to the databases (docs/DEPLOY.md, "TLS to the databases"): libpq's sslmode values.
     TOTESYS_SSLMODE       = var.db_ssl_mode["totesys"]

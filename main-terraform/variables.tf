@@ -193,7 +193,13 @@ variable "schedule_expression" {
 }
 
 variable "schedule_enabled" {
-  description = "Set false to deploy without starting runs (e.g. before the warehouse is reachable)."
+  description = "Start the pipeline on schedule_expression. Default false: the first deploy starts nothing, so the alert e-mail subscription can be confirmed (and a first run started by hand) before any failure could go unheard; then apply with true (README, \"First deploy\")."
   type        = bool
-  default     = true
+  default     = false
+}
+
+variable "per_table_row_metrics" {
+  description = "true = the Rows metric also per source/warehouse table (dimension table: ~33 more custom metrics, about $10/month); false (default) = totals per stage only (TOTESYS_PER_TABLE_METRICS)."
+  type        = bool
+  default     = false
 }

@@ -1,6 +1,6 @@
 # Terraform and provider versions, and the state backend (docs/DEPLOY.md).
 terraform {
-  required_version = ">= 1.10"
+  required_version = ">= 1.11" # use_lockfile (S3-native locking) is GA from 1.11
 
   required_providers {
     aws = {

@@ -8,7 +8,8 @@ IAM permission. Every metric carries the dimensions ``service`` (``totesys``) an
 | ``StageDuration`` | Milliseconds | every invocation, success or failure |
 | ``Failures`` | Count | every invocation: 1 when the stage raised, else 0 |
 | ``BatchLag`` | Seconds | now minus the upper bound (batch time, UTC) of the newest batch handled |
-| ``Rows`` (+ dimension ``table``) | Count | rows per table of the batches the stage handled |
+| ``Rows`` | Count | rows of the batches the stage handled, all tables together |
+| ``Rows`` (+ dimension ``table``) | Count | the same per table, only with ``TOTESYS_PER_TABLE_METRICS=true`` |
 | ``RejectedRows``, ``DeletedRows`` | Count | load, when its output has ``rejected_rows``, ``deleted_rows`` |
 
 and one metric with the dimension ``service`` only, the freshness the alarm watches:
@@ -18,6 +19,10 @@ found nothing pending (transform and load run on every execution after ingest, s
 pending means everything up to this execution's ingest snapshot is in the warehouse). A pipeline that
 stops running or keeps failing emits none, which the alarm treats as breaching.
 
+Each metric with its own dimension values is a custom metric CloudWatch bills monthly: the per-table
+``Rows`` alone are ~33 of them (11 tables x 3 stages), so they are off unless the Terraform variable
+``per_table_row_metrics`` turns them on (it sets ``TOTESYS_PER_TABLE_METRICS``).
+
 Metrics are flushed when the handler ends, also when it raises. Locally
 the runner sets ``TOTESYS_LOG_FILE``: the EMF lines go to that file beside the log lines, so the
 output of ``make run`` stays readable.
@@ -25,6 +30,7 @@ output of ``make run`` stays readable.
 import functools
 import json
 import logging
+import os
 import re
 import time
 from datetime import datetime, timezone
@@ -34,6 +40,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import AmazonCloudWatchEMFProvider
 
+from utils.errors import ConfigError
 from utils.logger import write_line
 
 NAMESPACE = "ToteSys"
@@ -45,6 +52,8 @@ metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 OPTIONAL_LOAD_COUNTS = {"rejected_rows": "RejectedRows", "deleted_rows": "DeletedRows"}
 
 _log = logging.getLogger(__name__)
+_SWITCH = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False,
+           "off": False, "": False}
 _KEY_TIME = re.compile(r"/(\d{4})/(\d{2})/(\d{2})/(\d{12})\.parquet$")
 
 
@@ -82,6 +91,16 @@ def ingest_rows(result, s3_client=None):
     manifest = read_manifest(s3_client or boto3.client("s3"), load_settings().ingest_bucket, key,
                              check_source_table, "batch_id")
     return {table: int(entry.get("rows", 0)) for table, entry in manifest["tables"].items()}
+
+
+def per_table_rows(environ=None):
+    """Whether ``Rows`` is also emitted per table: ``TOTESYS_PER_TABLE_METRICS`` (true/false, 1/0,
+    yes/no, on/off; unset = false). Raises ConfigError for anything else."""
+    environ = os.environ if environ is None else environ
+    text = environ.get("TOTESYS_PER_TABLE_METRICS", "")
+    if text.strip().lower() not in _SWITCH:
+        raise ConfigError(f"TOTESYS_PER_TABLE_METRICS must be true or false, got {text!r}")
+    return _SWITCH[text.strip().lower()]
 
 
 def emit(payload):
@@ -123,8 +142,10 @@ def record_result(stage, result, now=None, s3_client=None):
         rows = result.get("tables") or {}
         batches = result.get("batches") or []
         newest = max((batch_time_from_id(batch_id) for batch_id in batches), default=None)
-    for table, count in rows.items():
-        _per_stage("Rows", MetricUnit.Count, count, stage, table=table)
+    metrics.add_metric(name="Rows", unit=MetricUnit.Count, value=sum(rows.values()))
+    if per_table_rows():
+        for table, count in rows.items():
+            _per_stage("Rows", MetricUnit.Count, count, stage, table=table)
     if newest is not None:
         lag = max((now - newest).total_seconds(), 0.0)
         metrics.add_metric(name="BatchLag", unit=MetricUnit.Seconds, value=lag)
