@@ -255,12 +255,13 @@ def test_a_conversion_error_reaches_the_caller(threaded):
         sink = ParquetSink(SOURCE_SCHEMAS["currency"], chunk_bytes=8, executor=convert if threaded else None,
                            table="currency")
         with pytest.raises(SourceDataError,
-                           match="totesys.currency.created_at value 'not-a-time'") as caught:
+                           match="totesys.currency.created_at in the row currency_id = 1: ") as caught:
             sink.write(bad)
             sink.write(bad)  # the threaded sink reports the first chunk's error here or at close
             sink.close()
     error = caught.value
-    assert (error.table, error.column, error.value) == ("currency", "created_at", "not-a-time")
+    assert (error.table, error.column, error.row_id) == ("currency", "created_at", 1)
+    assert "not-a-time" not in str(error)
 
 
 def test_a_failed_conversion_in_the_pipeline_writes_no_manifest_and_keeps_the_state(env, monkeypatch):

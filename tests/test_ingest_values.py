@@ -46,11 +46,13 @@ def test_a_null_in_a_column_the_spec_calls_not_null_lands_as_null_in_a_readable_
 
 def test_a_sink_never_writes_a_null_into_a_field_its_schema_declares_not_null():
     sink = ParquetSink(SOURCE_SCHEMAS["currency"], table="currency")
-    sink.write(b"1,,2024-11-26 10:00:00,2024-11-26 10:00:00.5\n")
-    with pytest.raises(SourceDataError, match="totesys.currency.currency_code: NULL in a column") as caught:
+    sink.write(b"1,GBP,2024-11-26 10:00:00,2024-11-26 10:00:00.5\n"
+               b"3,,2024-11-26 10:00:00,2024-11-26 10:00:00.5\n")
+    with pytest.raises(SourceDataError, match="totesys.currency.currency_code in the row currency_id = 3: "
+                                              "NULL in a column") as caught:
         sink.close()
     error = caught.value
-    assert (error.table, error.column, error.value) == ("currency", "currency_code", None)
+    assert (error.table, error.column, error.row_id) == ("currency", "currency_code", 3)
 
 
 # -- schema drift ----------------------------------------------------------------------------------
@@ -192,8 +194,27 @@ def test_wall_time_to_epoch_ms_for_any_year(text, millis):
 def test_a_value_pyarrow_cannot_parse_is_named_with_its_table_and_column():
     sink = ParquetSink(LANDING_SCHEMAS["currency"], table="currency")
     sink.write(b"seven,GBP,2024-11-26 10:00:00,2024-11-26 10:00:00\n")
-    with pytest.raises(SourceDataError, match="totesys.currency.currency_id value 'seven'"):
+    with pytest.raises(SourceDataError, match="totesys.currency.currency_id: .*invalid value$") as caught:
         sink.close()
+    assert "seven" not in str(caught.value) and caught.value.row_id is None
+
+
+# Source values never reach an error: its message goes to the execution history and the logs.
+@pytest.mark.parametrize("row, column", [
+    (b"4,,2024-11-26 10:00:00,2024-11-26 10:00:00\n", "currency_code"),
+    (b"4,GBP,2024-11-26 10:00:00,2024-11-26 10:00:00,extra-secret\n", None),
+    (b"4,GBP,2024-11-26 10:00:00,secret-time\n", "last_updated"),
+    (b"4,GBP,24:61 secret,2024-11-26 10:00:00\n", "created_at"),
+])
+def test_a_source_data_error_names_table_column_and_row_id_never_the_value(row, column):
+    sink = ParquetSink(SOURCE_SCHEMAS["currency"], table="currency")
+    sink.write(b"1,GBP,2024-11-26 10:00:00,2024-11-26 10:00:00\n" + row)
+    with pytest.raises(SourceDataError) as caught:
+        sink.close()
+    error = caught.value
+    assert "secret" not in str(error) and "secret" not in repr(vars(error)), error
+    assert error.table == "currency" and error.column == column
+    assert error.row_id == (4 if column else None)
 
 
 def test_one_odd_timestamp_in_a_chunk_keeps_the_other_rows_exact():

@@ -634,8 +634,8 @@ def test_a_database_failover_of_two_and_a_half_minutes_is_ridden_out(engine_with
     assert _alerts(engine) == []
 
 
-def test_a_warehouse_down_longer_than_the_retries_fails_once_after_three_minutes(engine_with_failover,
-                                                                                  failover):
+def test_a_warehouse_down_longer_than_the_retries_fails_once_after_three_minutes(
+        engine_with_failover, failover):
     engine = engine_with_failover
     _fail_over(engine, failover, "load", seconds=3600)
     with compressed_retry_waits(scale=0) as clock:

@@ -113,11 +113,14 @@ class SchemaDriftError(TotesysError):
 class SourceDataError(TotesysError):
     """A source value cannot be represented in the landing file's type.
 
-    ``table``, ``column`` (None when pyarrow did not say) and ``value`` name it.
+    ``table``, ``column`` (None when pyarrow did not say) and ``row_id`` (the row's primary key; None
+    when it cannot be told) say where. The value itself is never carried, in the message or as an
+    attribute: the message reaches Step Functions' execution history and the logs (kept for a year),
+    which must hold no customer data. Read the row in totesys by its id.
     """
 
-    def __init__(self, table, column, value, detail):
+    def __init__(self, table, column, row_id, detail):
         where = f"totesys.{table}" + (f".{column}" if column else "")
-        shown = f" value {value!r}" if value is not None else ""
-        super().__init__(f"cannot land {where}{shown}: {detail}", table=table)
-        self.column, self.value = column, value
+        row = f" in the row {table}_id = {row_id}" if row_id is not None else ""
+        super().__init__(f"cannot land {where}{row}: {detail}", table=table)
+        self.column, self.row_id = column, row_id

@@ -9,7 +9,7 @@ IAM permission. Every metric carries the dimensions ``service`` (``totesys``) an
 | ``Failures`` | Count | every invocation: 1 when the stage raised, else 0 |
 | ``BatchLag`` | Seconds | now minus the upper bound (batch time, UTC) of the newest batch handled |
 | ``Rows`` | Count | rows of the batches the stage handled, all tables together |
-| ``Rows`` (+ dimension ``table``) | Count | the same per table, only with ``TOTESYS_PER_TABLE_METRICS=true`` |
+| ``Rows`` (+ dimension ``table``) | Count | the same per table, with ``TOTESYS_PER_TABLE_METRICS=true`` |
 | ``RejectedRows``, ``DeletedRows`` | Count | load, when its output has ``rejected_rows``, ``deleted_rows`` |
 
 and one metric with the dimension ``service`` only, the freshness the alarm watches:

@@ -22,7 +22,8 @@ def test_every_deploy_publishes_a_version_and_moves_the_live_alias(main_stack):
 def test_the_definition_names_the_published_versions(main_stack):
     definition = main_stack["resource"]["aws_sfn_state_machine"]["pipeline"]["definition"]
     passed = dict(re.findall(r"(\w+_function_arn) = ([^,}]+)", definition))
-    assert set(passed) == FUNCTION_PLACEHOLDERS == placeholders(ASL_TEMPLATE.read_text()) - {"alert_topic_arn"}
+    template = placeholders(ASL_TEMPLATE.read_text())
+    assert set(passed) == FUNCTION_PLACEHOLDERS == template - {"alert_topic_arn"}
     for name, value in passed.items():
         stage = name.removesuffix("_function_arn")
         assert value.strip() == f'aws_lambda_function.stage["{stage}"].qualified_arn', (name, value)

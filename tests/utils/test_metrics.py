@@ -8,7 +8,8 @@ import ingest
 import load
 import transform
 from utils.errors import ConfigError
-from utils.metrics import batch_time_from_id, batch_time_from_key, per_table_rows, record_result, stage_metrics
+from utils.metrics import (batch_time_from_id, batch_time_from_key, per_table_rows, record_result,
+                           stage_metrics)
 
 
 def emf_lines(text):

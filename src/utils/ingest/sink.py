@@ -6,6 +6,7 @@ from typing import Deque
 from concurrent.futures import Future
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
@@ -47,7 +48,8 @@ class ParquetSink:
     read (BC, after 9999) are converted by ``wall_time_to_epoch_ms`` (only in a chunk that holds
     one). The file written is readable with exactly ``schema``: a value the schema cannot hold (a
     NULL in a non-nullable field, 'infinity', an unparsable number) raises SourceDataError naming
-    ``table``, the column and the value, never a raw ArrowInvalid.
+    ``table``, the column and the row's id (never the value: see SourceDataError), never a raw
+    ArrowInvalid.
 
     With an ``executor`` (one worker thread, so row groups keep their order) the chunks are parsed
     and written there while the caller keeps writing; at most MAX_QUEUED_CHUNKS wait behind the
@@ -115,16 +117,18 @@ class ParquetSink:
                                      parse_options=self._parse, convert_options=self._convert)
             columns = parsed.columns
         except pa.ArrowInvalid as err:
-            error = self._parse_error(err)
+            error = self._parse_error(err, chunk, read)
             if error.column is None or not pa.types.is_timestamp(self.schema.field(error.column).type):
                 raise error from err
             parsed = pa_csv.read_csv(pa.BufferReader(chunk), read_options=read, parse_options=self._parse,
                                      convert_options=self._convert_times_as_text)
-            columns = [self._timestamps_from_text(field.name, column) if pa.types.is_timestamp(field.type)
-                       else column for field, column in zip(self.schema, parsed.columns)]
+            columns = [self._timestamps_from_text(field.name, column, parsed.columns)
+                       if pa.types.is_timestamp(field.type) else column
+                       for field, column in zip(self.schema, parsed.columns)]
         for field, column in zip(self.schema, columns):
             if column.null_count and not field.nullable:
-                raise SourceDataError(self.table, field.name, None,
+                first_null = pc.index(pc.is_null(column), True).as_py()
+                raise SourceDataError(self.table, field.name, self._row_id(columns, first_null),
                                       "NULL in a column the landing schema declares NOT NULL")
         table = pa.Table.from_arrays(columns, schema=self.schema)
         if self._writer is None:
@@ -135,24 +139,44 @@ class ParquetSink:
         self._writer.write_table(table)
         self.rows += table.num_rows
 
-    def _timestamps_from_text(self, column_name, texts):
-        """timestamp[ms] array of PostgreSQL's text of ``timestamp`` values (any year)."""
+    def _timestamps_from_text(self, column_name, texts, columns):
+        """timestamp[ms] array of PostgreSQL's text of ``timestamp`` values (any year); ``columns`` are
+        the chunk's columns (for the id of a row that cannot be converted)."""
         millis = []
-        for text in texts.to_pylist():
+        for index, text in enumerate(texts.to_pylist()):
             try:
                 millis.append(None if text is None else wall_time_to_epoch_ms(text))
             except ValueError as err:
-                raise SourceDataError(self.table, column_name, text[:200], str(err)) from None
+                row_id = self._row_id(columns, index)
+                raise SourceDataError(self.table, column_name, row_id, str(err)) from None
         return pa.array(millis, pa.int64()).cast(pa.timestamp("ms"))
 
-    def _parse_error(self, err):
-        """SourceDataError for a pyarrow CSV error, with the column and value when pyarrow names them."""
+    def _row_id(self, columns, index):
+        """The primary key (``<table>_id``) of row ``index`` of a chunk's ``columns``, or None when the
+        schema has no such column, the index is unknown (-1) or the id itself is unreadable."""
+        position = self.schema.get_field_index(f"{self.table}_id")
+        if position < 0 or index is None or index < 0:
+            return None
+        row_id = columns[position][index].as_py()
+        if isinstance(row_id, str):
+            row_id = int(row_id) if row_id.isdigit() else None
+        return row_id
+
+    def _parse_error(self, err, chunk, read):
+        """SourceDataError for a pyarrow CSV error: the column when pyarrow names it, the row's id when
+        its invalid value can be found again in the chunk read as text. pyarrow's message quotes the
+        value; it is cut out."""
         message = str(err)
         number = re.search(r"CSV column #(\d+)", message)
         column = self.schema.names[int(number.group(1))] if number else None
         shown = re.search(r"invalid value '(.*)'", message, re.DOTALL)
-        value = shown.group(1)[:200] if shown else None
-        return SourceDataError(self.table, column, value, message.splitlines()[0][:300])
+        row_id = None
+        if column is not None and shown:
+            as_text = pa_csv.read_csv(pa.BufferReader(chunk), read_options=read, parse_options=self._parse,
+                                      convert_options=self._convert_options(
+                                          {name: pa.string() for name in self.schema.names}))
+            row_id = self._row_id(as_text.columns, pc.index(as_text[column], shown.group(1)).as_py())
+        return SourceDataError(self.table, column, row_id, _without_values(message))
 
     def _finish(self):
         while self._pending:
@@ -162,6 +186,16 @@ class ParquetSink:
         self._writer.close()
         self._out.seek(0)
         return self._out, self.rows
+
+
+# pyarrow quotes the offending value ("invalid value 'x'") or the whole row ("Expected 4 columns, got 5:
+# 1,GBP,..."): the message keeps what went wrong and drops the data.
+_QUOTED_DATA = re.compile(r"(invalid value|columns, got \d+)\b.*", re.DOTALL)
+
+
+def _without_values(message):
+    """The first line of a pyarrow CSV error, without the value or row text it may quote."""
+    return _QUOTED_DATA.sub(r"\1", message.splitlines()[0] if message else "")[:300]
 
 
 _WALL_TIME = re.compile(r"(\d{4,})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?( BC)?")
