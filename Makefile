@@ -183,22 +183,41 @@ statelint: $(STAMP)
 
 # The own Lambda layer, for the Lambda runtime's platform whatever machine builds it. --no-compile: .pyc
 # files compiled by this machine's Python would be ignored by (and only bloat) the 3.12 runtime.
-# It also carries the RDS global CA bundle (layers/certs/ -> /opt/certs/ on Lambda) for verify-full TLS to
-# the databases, fetched at build time from AWS's published URL (needs network: CI or the deployer's machine).
+# Supply chain: the packages come from layers/requirements.lock, every wheel's sha256 locked
+# (--require-hashes: pip refuses any other bytes; `make layer-lock` regenerates it from
+# layers/requirements.txt). The RDS global CA bundle (layers/certs/ -> /opt/certs/ on Lambda, for
+# verify-full TLS to the databases) is fetched from AWS's published URL and must match the sha256 pinned
+# in layers/rds-ca-bundle.sha256 (AWS publishes no checksum: `make rds-ca-pin` inspects the bundle and
+# writes the pin, for a reviewed commit). Both need network: CI or the deployer's machine.
+LAYER_PLATFORM := --platform manylinux2014_x86_64 --only-binary=:all: --implementation cp --python-version 3.12
+LAYER_LOCK := layers/requirements.lock
 RDS_CA_BUNDLE_URL := https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
 RDS_CA_BUNDLE := layers/certs/rds-global-bundle.pem
+RDS_CA_BUNDLE_PIN := layers/rds-ca-bundle.sha256
+FETCH_RDS_CA_BUNDLE = mkdir -p layers/certs && curl --fail --silent --show-error --location --proto '=https' \
+	--tlsv1.2 --output $(RDS_CA_BUNDLE) $(RDS_CA_BUNDLE_URL)
 
+.PHONY: layer-lock rds-ca-pin
 layer: $(BIN)/python
 	rm -rf layers/python layers/certs
-	$(BIN)/pip install --quiet --no-deps --no-compile --platform manylinux2014_x86_64 \
-		--only-binary=:all: --implementation cp --python-version 3.12 \
-		--target layers/python -r layers/requirements.txt
-	mkdir -p layers/certs
-	curl --fail --silent --show-error --location --proto '=https' --tlsv1.2 \
-		--output $(RDS_CA_BUNDLE) $(RDS_CA_BUNDLE_URL)
-	@grep -q -- '-----BEGIN CERTIFICATE-----' $(RDS_CA_BUNDLE) || \
-		{ echo "$(RDS_CA_BUNDLE): not a PEM certificate bundle (from $(RDS_CA_BUNDLE_URL))"; exit 1; }
+	$(BIN)/pip install --quiet --no-deps --no-compile --require-hashes $(LAYER_PLATFORM) \
+		--target layers/python -r $(LAYER_LOCK)
+	$(FETCH_RDS_CA_BUNDLE)
+	$(BIN)/python tools/rds_ca_pin.py check $(RDS_CA_BUNDLE) $(RDS_CA_BUNDLE_PIN)
 	@du -sh layers/python layers/certs
+
+# After changing a pin in layers/requirements.txt: lock the new wheels' hashes (review the diff).
+layer-lock: $(BIN)/python
+	rm -rf build/layer-wheels
+	$(BIN)/pip download --quiet --no-deps $(LAYER_PLATFORM) -d build/layer-wheels -r layers/requirements.txt
+	$(BIN)/python tools/layer_lock.py layers/requirements.txt build/layer-wheels > build/requirements.lock
+	mv build/requirements.lock $(LAYER_LOCK)
+
+# Once, and whenever AWS changes the bundle (make layer then stops): download it, check that it holds
+# only Amazon RDS certificate authorities, list them, and pin its sha256. Review the list, commit the pin.
+rds-ca-pin: $(STAMP)
+	$(FETCH_RDS_CA_BUNDLE)
+	$(BIN)/python tools/rds_ca_pin.py pin $(RDS_CA_BUNDLE) $(RDS_CA_BUNDLE_PIN)
 
 # Remote state: TF_STATE_BUCKET (an existing, versioned, private bucket; docs/DEPLOY.md) and AWS_REGION.
 # TF_VARS_FILE: an optional .tfvars file given to both stacks (a variable one stack does not declare is

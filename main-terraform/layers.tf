@@ -6,7 +6,8 @@
 # managed layer's copy, and its boto3/botocore (S3 put_object IfMatch needs a late-2024 botocore; the
 # managed layer strips boto3 and the runtime's may be older) shadow the runtime's. It also carries
 # aws-lambda-powertools and the RDS CA bundle (certs/). `make layer` builds it into layers/python and
-# layers/certs from layers/requirements.txt.
+# layers/certs: the packages from layers/requirements.lock (hashes required), the CA bundle checked
+# against the sha256 pinned in layers/rds-ca-bundle.sha256.
 data "aws_ssm_parameter" "aws_sdk_pandas_layer" {
   count = var.aws_sdk_pandas_layer_arn == "" ? 1 : 0
 
@@ -29,6 +30,8 @@ data "archive_file" "dependencies_layer" {
   # layers/python/ (Lambda puts /opt/python on sys.path) and layers/certs/ (/opt/certs); run `make layer` first.
   excludes = [
     "requirements.txt",
+    "requirements.lock",
+    "rds-ca-bundle.sha256",
     "*.zip",
   ]
 }
