@@ -283,34 +283,7 @@ def test_pull_requests_validate_both_stacks_without_a_backend():
         assert f"terraform -chdir={stack} validate" in out
 
 
-# Service prefix of the IAM actions that create each Terraform resource type the stacks declare.
-SERVICE_OF = {"aws_s3": "s3", "aws_subnet": "ec2", "aws_kms": "kms", "aws_secretsmanager": "secretsmanager",
-              "aws_ssm": "ssm", "aws_iam": "iam", "aws_lambda": "lambda", "aws_cloudwatch_log": "logs",
-              "aws_cloudwatch_metric_alarm": "cloudwatch", "aws_cloudwatch_dashboard": "cloudwatch",
-              "aws_cloudwatch_event": "events", "aws_sns": "sns", "aws_sfn": "states", "aws_vpc": "ec2",
-              "aws_security_group": "ec2"}
-
-
-def test_readme_has_a_deploy_role_policy_covering_every_resource_the_stacks_manage():
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("#### The deploy role's permissions"):]
-    policy = json.loads(re.search(r"```json\n(.*?)\n```", section, re.S).group(1))
-    actions = {a for s in policy["Statement"] if s["Effect"] == "Allow"
-               for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
-    granted = {action.split(":")[0] for action in actions}
-    types = set()
-    for directory in (IMMUTABLE, MAIN):
-        stack = load_stack(directory)
-        types |= set(stack["resource"]) | {f"data.{t}" for t in stack["data"]}
-    for resource_type in sorted(types):
-        bare = resource_type.removeprefix("data.")
-        service = next((s for prefix, s in SERVICE_OF.items() if bare.startswith(prefix)), None)
-        if bare in ("archive_file", "aws_caller_identity", "aws_partition", "aws_iam_policy_document"):
-            continue  # local, or needs no permission
-        assert service, f"no IAM service known for {resource_type}: extend SERVICE_OF"
-        assert service in granted, f"{resource_type} needs {service}:* actions in the deploy role"
-    assert "iam:PassRole" in actions
-    assert not [a for a in actions if a == "*" or a.endswith(":*") and a.split(":")[0] in ("iam",)]
+# The deploy role's policy: tests/infra/test_deploy_role.py evaluates docs/deploy-role.json.
 
 
 def markdown_links(path):
