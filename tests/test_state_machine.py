@@ -646,3 +646,54 @@ def test_a_warehouse_down_longer_than_the_retries_fails_once_after_three_minutes
     assert engine["invocations"].count("totesys-load") == 5
     alerts = _alerts(engine)
     assert len(alerts) == 1 and "DatabaseUnavailableError" in alerts[0]["message"]
+
+
+# -- one execution, one release ------------------------------------------------------------------------------
+
+def test_an_execution_running_across_a_deploy_runs_the_release_it_started_with(
+        engine_with_held_ingest, ingest_gate, monkeypatch):
+    """main-terraform publishes a version per deploy and names it in the definition. While the first
+    execution is held in ingest, a deploy publishes version 2 of every function and updates the state
+    machine: the running execution's transform and load still invoke version 1, the next execution
+    version 2."""
+    from moto.awslambda_simple.models import LambdaSimpleBackend
+    engine = engine_with_held_ingest
+    put_credentials_secret("sm/totesys", engine["source"])
+    put_credentials_secret("sm/warehouse", engine["warehouse"])
+    invoked = []
+    emulated_invoke = LambdaSimpleBackend.invoke
+
+    def recording_invoke(self, function_name, qualifier, *args):
+        invoked.append(function_name.split(":function:")[-1] if qualifier is None
+                       else f"{function_name.split(':function:')[-1]}:{qualifier}")
+        return emulated_invoke(self, function_name, qualifier, *args)
+
+    monkeypatch.setattr(LambdaSimpleBackend, "invoke", recording_invoke)
+    sfn, lam = boto3.client("stepfunctions"), boto3.client("lambda")
+    first = sfn.start_execution(stateMachineArn=engine["arns"]["state_machine_arn"], input="{}",
+                                name="before-the-deploy")["executionArn"]
+    deadline = time.monotonic() + 60
+    while not invoked:
+        assert time.monotonic() < deadline, "the first execution never reached ingest"
+        time.sleep(0.05)
+
+    import io
+    import zipfile
+    code = io.BytesIO()
+    with zipfile.ZipFile(code, "w") as archive:
+        archive.writestr("RELEASE.txt", "2")
+    release_2 = dict(engine["arns"])
+    for stage in ("ingest", "transform", "load"):
+        lam.update_function_code(FunctionName=f"totesys-{stage}", ZipFile=code.getvalue())
+        version = lam.publish_version(FunctionName=f"totesys-{stage}")["Version"]
+        assert version == "2"
+        release_2[f"{stage}_function_arn"] = engine["arns"][f"{stage}_function_arn"].rsplit(":", 1)[0] + ":2"
+    sfn.update_state_machine(stateMachineArn=engine["arns"]["state_machine_arn"],
+                             definition=render_definition(release_2))
+    ingest_gate.set()
+    assert wait_for_execution(first, timeout=300)["status"] == "SUCCEEDED"
+    assert [name.rsplit(":", 1)[-1] for name in invoked] == ["1", "1", "1"], invoked
+
+    invoked.clear()
+    assert engine["run"]()["status"] == "SUCCEEDED"
+    assert [name.rsplit(":", 1)[-1] for name in invoked] == ["2", "2", "2"], invoked
