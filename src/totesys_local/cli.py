@@ -7,6 +7,7 @@
     totesys retry [--source URL] [--warehouse URL] [--state-dir DIR]
     totesys psql | stop [--state-dir DIR]
     totesys dashboard [--warehouse URL] [--port N] [--state-dir DIR]
+    totesys verify [--source URL] [--warehouse URL] [--json] [--state-dir DIR]
 
 URLs may also come from TOTESYS_SOURCE_URL / TOTESYS_WAREHOUSE_URL (the flags win); a URL without a
 password gets it as libpq tools do (PGPASSWORD, then ~/.pgpass or PGPASSFILE, else none).
@@ -89,8 +90,18 @@ def _add_dashboard(commands):
     _state_dir(dashboard)
 
 
+def _add_trust(commands):
+    verify = commands.add_parser("verify", help="compare totesys with the warehouse (exit 0 all matched, "
+                                 "1 any mismatch, 2 cannot run)")
+    verify.add_argument("--source", help="totesys database URL (default: TOTESYS_SOURCE_URL, else the embedded one)")
+    verify.add_argument("--warehouse", help="warehouse database URL (default: TOTESYS_WAREHOUSE_URL, "
+                        "else the embedded one)")
+    verify.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    _state_dir(verify)
+
+
 # One function per group of subcommands: a new command is one more function in this list.
-SUBCOMMANDS = [_add_seed, _add_simulate, _add_runner_commands, _add_dashboard]
+SUBCOMMANDS = [_add_seed, _add_simulate, _add_runner_commands, _add_dashboard, _add_trust]
 
 
 def build_parser():
@@ -129,7 +140,12 @@ def _dashboard(args):
     return serve(args.warehouse, args.port, args.state_dir)
 
 
-HANDLERS = {"seed": _seed, "simulate": _simulate, "dashboard": _dashboard,
+def _verify(args):
+    from totesys_local.trust import command_verify
+    return command_verify(args)
+
+
+HANDLERS = {"seed": _seed, "simulate": _simulate, "dashboard": _dashboard, "verify": _verify,
             **{name: _runner for name in RUNNER_COMMANDS}}
 
 

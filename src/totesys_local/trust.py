@@ -1,0 +1,75 @@
+"""`totesys verify` on this machine: the databases of ``--source/--warehouse`` (or the embedded ones of
+the state folder) and the landing zone saved under ``<state-dir>/s3`` (read straight from its files:
+no emulated AWS needed)."""
+import io
+import os
+import sys
+from pathlib import Path
+
+from botocore.exceptions import ClientError
+
+from utils.config import DEFAULT_INGEST_OVERLAP_SECONDS
+
+EXIT_CANNOT_RUN = 2
+
+
+class FolderS3:
+    """The one S3 call `verify` makes (``get_object``), served from ``<folder>/<bucket>/<key>``."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+
+    def get_object(self, Bucket, Key):  # noqa: N803 - boto3's argument names
+        path = self.folder / Bucket / Key
+        if not path.is_file():
+            raise ClientError({"Error": {"Code": "NoSuchKey", "Message": Key}}, "GetObject")
+        body = path.read_bytes()
+        return {"Body": io.BytesIO(body), "ETag": f'"{len(body)}"'}
+
+
+def _overlap_seconds():
+    return int(os.environ.get("INGEST_OVERLAP_SECONDS", DEFAULT_INGEST_OVERLAP_SECONDS))
+
+
+def database_urls(args):
+    """(source URL, warehouse URL): the flags, the environment, else the state folder's embedded ones."""
+    from totesys_local.runner import SOURCE_DB, WAREHOUSE_DB, source_and_warehouse
+    source, warehouse = source_and_warehouse(args)
+    if source and warehouse:
+        return source, warehouse
+    state_dir = Path(args.state_dir)
+    if not (state_dir / "cluster.json").exists():
+        raise LookupError(f"no embedded databases under {state_dir}/: run `make run` first, "
+                          "or give --source and --warehouse")
+    from totesys_local import cluster
+    pg = cluster.local_cluster(state_dir)
+    return source or pg.url(SOURCE_DB), warehouse or pg.url(WAREHOUSE_DB)
+
+
+def command_verify(args, out=print):
+    """The exit status: 0 every table matched, 1 any mismatch, 2 when verify cannot run."""
+    from totesys_local.local_state import BUCKETS
+    from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
+    from utils.verify.report import render_json, render_text
+    from utils.verify.run import verify
+    try:
+        source_url, warehouse_url = database_urls(args)
+        source = connect_to_db(credentials=credentials_from_url(source_url), timezone=None, role="totesys")
+        try:
+            warehouse = connect_to_db(credentials=credentials_from_url(warehouse_url), role="warehouse")
+            try:
+                report = verify(source, warehouse, FolderS3(Path(args.state_dir) / "s3"),
+                                BUCKETS["INGEST_BUCKET"], _overlap_seconds())
+            finally:
+                close_db_connection(warehouse)
+        finally:
+            close_db_connection(source)
+    except Exception as err:  # noqa: BLE001 - verify's contract: exit 2 with one line when it cannot run
+        print(f"totesys verify: cannot run: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    if args.json:
+        out(render_json(report))
+    else:
+        for line in render_text(report):
+            out(line)
+    return report.exit_code

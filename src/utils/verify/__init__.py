@@ -1,0 +1,1 @@
+"""`totesys verify`: totesys compared with the warehouse, checksums computed inside each database."""

@@ -1,0 +1,66 @@
+"""What the landing zone says `verify` may expect: the loaded ingest batches and their bounds.
+
+A batch is loaded when its id is in the warehouse's ``etl_load_ledger`` (a processed batch keeps its
+ingest batch's id). The walk follows the ingest manifests back from ``_state/ingest.json``. Each source
+table's bound is ``(high, snapshot)`` of the newest loaded batch that read it: the ingest state's own
+entries when the state's batch is loaded (later runs with no changes advanced them), else the table's
+entry in the newest loaded manifest that has one. A row stamped at or after ``high``, or written by a
+transaction not finished before ``snapshot`` and stamped inside the overlap window, is in flight: the
+next run takes it (the ingest's own rules, docs/DESIGN.md "Incremental extraction").
+"""
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from utils.aws.manifests import read_manifest, walk_manifests
+from utils.aws.state import read_state
+from utils.catalog.source import check_source_table
+
+
+@dataclass
+class Landed:
+    """``manifests``: [(key, manifest)] of the loaded ingest batches, oldest first; ``pending``: ingest
+    batches not loaded yet; ``bounds``: {source table: (high, snapshot)} (absent: nothing of that table
+    is loaded, so every row of it is in flight)."""
+    manifests: List[Tuple[str, Dict[str, Any]]] = field(default_factory=list)
+    pending: int = 0
+    bounds: Dict[str, Tuple[str, str]] = field(default_factory=dict)
+    state: Dict[str, Any] = field(default_factory=dict)
+
+
+def loaded_batch_ids(conn):
+    """The batch ids in the warehouse's ledger (empty when the warehouse has no ledger yet)."""
+    if conn.run("SELECT to_regclass('etl_load_ledger') IS NULL")[0][0]:
+        return set()
+    return {row[0] for row in conn.run("SELECT batch_id FROM etl_load_ledger")}
+
+
+def read_landed(s3_client, bucket, loaded_ids) -> Landed:
+    """Walk the ingest manifests; see the module docstring. Raises CorruptFileError for a missing or
+    malformed manifest, as the transform would."""
+    state, _ = read_state(s3_client, bucket, "ingest")
+    chain, _ = walk_manifests(
+        lambda key: read_manifest(s3_client, bucket, key, check_source_table, "batch_id"),
+        state.get("manifest_key"))
+    landed = Landed(state=state)
+    for key, manifest in chain:
+        if manifest["batch_id"] in loaded_ids:
+            landed.manifests.append((key, manifest))
+        else:
+            landed.pending += 1
+    landed.bounds = _bounds(state, landed.manifests, loaded_ids)
+    return landed
+
+
+def _bounds(state, manifests, loaded_ids) -> Dict[str, Tuple[str, str]]:
+    if state.get("batch_id") and state.get("batch_id") in loaded_ids:
+        return {table: (entry["high"], entry["snapshot"]) for table, entry in state.get("tables", {}).items()}
+    bounds: Dict[str, Tuple[str, str]] = {}
+    for _, manifest in reversed(manifests):
+        for table, entry in manifest["tables"].items():
+            bounds.setdefault(table, (entry["high"], entry["snapshot"]))
+    return bounds
+
+
+def latest_loaded(landed: Landed) -> Optional[str]:
+    """The id of the newest loaded batch, or None."""
+    return landed.manifests[-1][1]["batch_id"] if landed.manifests else None

@@ -1,0 +1,132 @@
+"""What `verify` compares: each warehouse table with the source rows it is built from.
+
+A ``Pair`` is two SQL relations of the same shape, ``(id, h)``: ``id`` the source primary key, ``h`` a
+64-bit hash (``hashtextextended``, stable across PostgreSQL versions: hash partitioning relies on it) of
+the row's compared values as record text. The source side renders every value as the warehouse stores
+it (a text date as ``YYYY-MM-DD``, a timestamp as its date and its ``time(3)``), so equal rows hash
+equal in both databases. The warehouse side is the current state: a fact table's latest version per id
+(``DISTINCT ON`` over the version index), a dimension's row; ids with an open deletion in
+``etl_deleted_rows`` are left out on that side, as the ``current_*`` views leave them out.
+
+``stamps``: the source tables whose rows make the pair's row, with the SQL of each one's
+``last_updated`` and row ``xmin`` (a joined dimension is in flight when either of its rows is).
+Every name here is a constant of this module: no identifier comes from input.
+"""
+from dataclasses import dataclass
+from typing import Tuple
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One comparison; ``table`` is the warehouse table, ``source_table`` the source table whose ids
+    it holds (and whose deletions and rejections apply)."""
+    table: str
+    source_table: str
+    source_sql: str
+    warehouse_sql: str
+    stamps: Tuple[Tuple[str, str, str], ...]
+    source_from: str
+    source_key: str
+    is_fact: bool = False
+
+    def relation(self, side):
+        return self.source_sql if side == "source" else self.warehouse_sql
+
+
+def _not_deleted(source_table, id_sql):
+    return (f"NOT EXISTS (SELECT 1 FROM etl_deleted_rows d WHERE d.source_table = '{source_table}' "
+            f"AND d.source_id = {id_sql} AND d.reinserted_batch_id IS NULL)")
+
+
+def _hash(columns):
+    return f"hashtextextended(ROW({', '.join(columns)})::text, 0)"
+
+
+def _dimension(table, source_table, key, source_columns, warehouse_columns, source_from, stamps,
+               warehouse_key=None):
+    warehouse_key = warehouse_key or key
+    source = f"SELECT {key} AS id, {_hash(source_columns)} AS h FROM {source_from}"
+    warehouse = (f"SELECT {warehouse_key} AS id, {_hash(warehouse_columns)} AS h FROM {table} w "
+                 f"WHERE {_not_deleted(source_table, 'w.' + warehouse_key)}")
+    return Pair(table, source_table, source, warehouse, stamps, source_from, key)
+
+
+def _own(alias, table):
+    return (table, f"{alias}.last_updated", f"{alias}.xmin")
+
+
+def _stamp_columns(column):
+    return [f"{column}::date", f"{column}::time(3)"]
+
+
+def _warehouse_stamp_columns(prefix):
+    return [f"{prefix}_date", f"{prefix}_time"]
+
+
+def _fact(table, source_table, key, source_values, warehouse_values):
+    """A fact pair: the source row against the fact's latest version of that id."""
+    source_columns = [key, *_stamp_columns("s.created_at"), *_stamp_columns("s.last_updated"),
+                      *source_values]
+    warehouse_columns = [key, *_warehouse_stamp_columns("created"), *_warehouse_stamp_columns("last_updated"),
+                         *warehouse_values]
+    source = f"SELECT s.{key} AS id, {_hash(source_columns)} AS h FROM {source_table} s"
+    latest = (f"SELECT DISTINCT ON ({key}) * FROM {table} ORDER BY {key} DESC, last_updated_date DESC, "
+              "last_updated_time DESC")
+    warehouse = (f"SELECT {key} AS id, {_hash(warehouse_columns)} AS h FROM ({latest}) w "
+                 f"WHERE {_not_deleted(source_table, 'w.' + key)}")
+    return Pair(table, source_table, source, warehouse, (_own("s", source_table),), f"{source_table} s",
+                f"s.{key}", is_fact=True)
+
+
+ADDRESS_COLUMNS = ["address_line_1", "address_line_2", "district", "city", "postal_code", "country", "phone"]
+
+
+def build_pairs(line_2_column="counterparty_legal_address_line_2"):
+    """Every pair, in the warehouse's load order. ``line_2_column``: dim_counterparty's spelling of the
+    second address line in this warehouse (SPEC 3 allows ``counterparty_legal_address_line2``); only
+    the two allowed spellings are accepted."""
+    if line_2_column not in ("counterparty_legal_address_line_2", "counterparty_legal_address_line2"):
+        raise ValueError(f"unexpected dim_counterparty column {line_2_column!r}")
+    legal = ["counterparty_legal_address_line_1", line_2_column, "counterparty_legal_district",
+             "counterparty_legal_city", "counterparty_legal_postal_code", "counterparty_legal_country",
+             "counterparty_legal_phone_number"]
+    return [
+        _dimension("dim_location", "address", "address_id", [f"a.{c}" for c in ADDRESS_COLUMNS],
+                   ADDRESS_COLUMNS, "address a", (_own("a", "address"),), warehouse_key="location_id"),
+        _dimension("dim_currency", "currency", "currency_id", ["c.currency_code"], ["currency_code"],
+                   "currency c", (_own("c", "currency"),)),
+        _dimension("dim_design", "design", "design_id", ["d.design_name", "d.file_location", "d.file_name"],
+                   ["design_name", "file_location", "file_name"], "design d", (_own("d", "design"),)),
+        _dimension("dim_payment_type", "payment_type", "payment_type_id", ["p.payment_type_name::text"],
+                   ["payment_type_name"], "payment_type p", (_own("p", "payment_type"),)),
+        _dimension("dim_transaction", "transaction", "transaction_id",
+                   ["t.transaction_type::text", "t.sales_order_id", "t.purchase_order_id"],
+                   ["transaction_type", "sales_order_id", "purchase_order_id"], "transaction t",
+                   (_own("t", "transaction"),)),
+        _dimension("dim_counterparty", "counterparty", "counterparty_id",
+                   ["c.counterparty_legal_name", *[f"a.{c}" for c in ADDRESS_COLUMNS]],
+                   ["counterparty_legal_name", *legal],
+                   "counterparty c JOIN address a ON a.address_id = c.legal_address_id",
+                   (_own("c", "counterparty"), _own("a", "address"))),
+        _dimension("dim_staff", "staff", "staff_id",
+                   ["s.first_name", "s.last_name", "d.department_name", "d.location", "s.email_address"],
+                   ["first_name", "last_name", "department_name", "location", "email_address"],
+                   "staff s JOIN department d ON d.department_id = s.department_id",
+                   (_own("s", "staff"), _own("d", "department"))),
+        _fact("fact_sales_order", "sales_order", "sales_order_id",
+              ["s.staff_id", "s.counterparty_id", "s.units_sold", "s.unit_price", "s.currency_id", "s.design_id",
+               "s.agreed_payment_date", "s.agreed_delivery_date", "s.agreed_delivery_location_id"],
+              ["sales_staff_id", "counterparty_id", "units_sold", "unit_price", "currency_id", "design_id",
+               "agreed_payment_date::text", "agreed_delivery_date::text", "agreed_delivery_location_id"]),
+        _fact("fact_purchase_order", "purchase_order", "purchase_order_id",
+              ["s.staff_id", "s.counterparty_id", "s.item_code", "s.item_quantity", "s.item_unit_price",
+               "s.currency_id", "s.agreed_delivery_date", "s.agreed_payment_date",
+               "s.agreed_delivery_location_id"],
+              ["staff_id", "counterparty_id", "item_code", "item_quantity", "item_unit_price", "currency_id",
+               "agreed_delivery_date::text", "agreed_payment_date::text", "agreed_delivery_location_id"]),
+        _fact("fact_payment", "payment", "payment_id",
+              ["s.transaction_id", "s.counterparty_id", "s.payment_amount", "s.currency_id",
+               "s.payment_type_id", "s.paid", "s.payment_date"],
+              ["transaction_id", "counterparty_id", "payment_amount", "currency_id", "payment_type_id", "paid",
+               "payment_date::text"]),
+    ]

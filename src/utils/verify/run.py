@@ -1,0 +1,187 @@
+"""One `verify`: totesys against the warehouse, table by table, and the fact history against the landing zone.
+
+Both databases are read in one REPEATABLE READ READ ONLY transaction each (a consistent view of each).
+Per pair (``utils.verify.pairs``) the checksums (``utils.verify.checksum``) name the ids that differ; each
+is then classified:
+
+- ``missing``: in totesys, not in the warehouse's current state; ``differing``: in both, other values;
+- ``in_flight``: either of those, for a source row the next run takes anyway (stamped at or after the
+  bound of the last loaded batch, or committed after its snapshot inside the overlap window): never a
+  mismatch;
+- ``quarantined``: either of those, for a source version recorded (unresolved) in ``etl_rejected_rows``:
+  reported by the load already, not a mismatch;
+- ``extra``: in the warehouse's current state, gone from totesys, and no deletion recorded;
+- ``deletions_recorded``: open deletions in ``etl_deleted_rows`` (ids left out of the current state).
+
+Mismatches are missing + differing + extra, and the history check's differences.
+"""
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import Dict, List, Optional
+
+from utils.errors import TotesysError
+from utils.format_time import format_time, parse_time
+from utils.ingest.snapshot import full_xid_sql, snapshot_bounds
+from utils.verify.checksum import Sides, compare
+from utils.verify.history import HistoryResult, check_history
+from utils.verify.landing import latest_loaded, loaded_batch_ids, read_landed
+from utils.verify.pairs import build_pairs
+
+ID_LIMIT = 10
+REQUIRED_WAREHOUSE = ("etl_load_ledger", "etl_deleted_rows", "etl_rejected_rows", "fact_sales_order",
+                      "dim_counterparty")
+KINDS = ("missing", "extra", "differing", "in_flight", "quarantined")
+MISMATCH_KINDS = ("missing", "extra", "differing")
+
+
+class VerifyError(TotesysError):
+    """`verify` cannot run: the warehouse has not been loaded, or the landing zone cannot be read."""
+
+
+@dataclass
+class TableReport:
+    """One warehouse table compared with its source rows; ``ids`` holds up to ID_LIMIT ids per kind."""
+    table: str
+    source_table: str
+    matched: int = 0
+    counts: Dict[str, int] = field(default_factory=lambda: {kind: 0 for kind in KINDS})
+    ids: Dict[str, List[int]] = field(default_factory=lambda: {kind: [] for kind in KINDS})
+    deletions_recorded: int = 0
+
+    @property
+    def mismatches(self):
+        return sum(self.counts[kind] for kind in MISMATCH_KINDS)
+
+    def add(self, kind, row_id):
+        self.counts[kind] += 1
+        if len(self.ids[kind]) < ID_LIMIT:
+            self.ids[kind].append(int(row_id))
+
+
+@dataclass
+class Report:
+    """The whole verify: per table, the history check, the last loaded batch and the batches pending."""
+    tables: List[TableReport]
+    history: List[HistoryResult]
+    last_loaded_batch: Optional[str]
+    pending_batches: int
+
+    @property
+    def mismatches(self):
+        return (sum(table.mismatches for table in self.tables)
+                + sum(h.not_in_warehouse_count + h.not_landed_count for h in self.history))
+
+    @property
+    def exit_code(self):
+        return 0 if self.mismatches == 0 else 1
+
+    def to_dict(self):
+        return {"matched": self.mismatches == 0, "mismatches": self.mismatches,
+                "last_loaded_batch": self.last_loaded_batch, "pending_batches": self.pending_batches,
+                "tables": [{"table": t.table, "source_table": t.source_table, "matched": t.matched,
+                            **t.counts, "deletions_recorded": t.deletions_recorded, "ids": t.ids}
+                           for t in self.tables],
+                "history": [{**asdict(h), "matched": h.matched} for h in self.history]}
+
+
+def verify(source, warehouse, s3_client, ingest_bucket, overlap_seconds, history=True) -> Report:
+    """Compare totesys (``source``, a session in the source's own time zone) with the warehouse
+    (``warehouse``), using the landing zone in ``ingest_bucket``; return the Report. Both connections
+    are left open, their transactions ended. Raises VerifyError when the warehouse lacks the pipeline's
+    tables, and what reading the landing zone raises (CorruptFileError) when it is damaged."""
+    try:
+        _begin(source, warehouse)
+        missing = [name for name in REQUIRED_WAREHOUSE
+                   if warehouse.run("SELECT to_regclass(:n) IS NULL", n=name)[0][0]]
+        if missing:
+            raise VerifyError(f"the warehouse has no {', '.join(missing)}: run the pipeline first")
+        landed = read_landed(s3_client, ingest_bucket, loaded_batch_ids(warehouse))
+        _set_xid_base(source)
+        sides = Sides(source, warehouse)
+        try:
+            tables = [_verify_pair(sides, pair, landed.bounds, overlap_seconds)
+                      for pair in build_pairs(_line_2_column(warehouse))]
+        finally:
+            sides.close()
+        checked = check_history(warehouse, s3_client, ingest_bucket, landed.manifests, ID_LIMIT) if history else []
+        return Report(tables, checked, latest_loaded(landed), landed.pending)
+    finally:
+        for conn in (source, warehouse):
+            conn.run("ROLLBACK")
+
+
+def _begin(*conns):
+    for conn in conns:
+        conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        conn.run("SET LOCAL DateStyle = 'ISO, YMD'")
+
+
+def _set_xid_base(source):
+    """The settings ``full_xid_sql`` reads: the epoch of this transaction's snapshot xmax."""
+    xmax = int(source.run("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")[0][0])
+    source.run("SELECT set_config('totesys.xid_base', :base, true), set_config('totesys.cur_xmax', :xmax, true)",
+               base=str(xmax >> 32 << 32), xmax=str(xmax))
+
+
+def _line_2_column(warehouse):
+    rows = warehouse.run("SELECT column_name::text FROM information_schema.columns WHERE table_name = "
+                         "'dim_counterparty' AND column_name = 'counterparty_legal_address_line2' "
+                         "AND table_schema = current_schema()")
+    return "counterparty_legal_address_line2" if rows else "counterparty_legal_address_line_2"
+
+
+def _verify_pair(sides, pair, bounds, overlap_seconds):
+    diff = compare(sides, pair)
+    report = TableReport(pair.table, pair.source_table, matched=diff.matched)
+    source, warehouse = sides.conns["source"], sides.conns["warehouse"]
+    candidates = diff.source_only + diff.differing
+    details = _source_details(source, pair, candidates, bounds, overlap_seconds) if candidates else {}
+    rejected = _rejected_versions(warehouse, pair.source_table, candidates) if candidates else set()
+    for kind, ids in (("missing", diff.source_only), ("differing", diff.differing)):
+        for row_id in ids:
+            in_flight, last_updated = details[row_id]
+            if in_flight:
+                report.add("in_flight", row_id)
+            elif (row_id, last_updated) in rejected:
+                report.add("quarantined", row_id)
+            else:
+                report.add(kind, row_id)
+    for row_id in diff.warehouse_only:
+        report.add("extra", row_id)
+    report.deletions_recorded = int(warehouse.run(
+        "SELECT count(*) FROM etl_deleted_rows WHERE source_table = :t AND reinserted_batch_id IS NULL",
+        t=pair.source_table)[0][0])
+    return report
+
+
+def _in_flight_sql(pair, bounds, overlap_seconds, params):
+    """SQL true for a source row the next run takes (module docstring); fills ``params``."""
+    terms = []
+    for table, updated, xmin in pair.stamps:
+        if table not in bounds:
+            return "true"
+        high, snapshot = bounds[table]
+        params[f"high_{table}"] = high
+        params[f"low_{table}"] = format_time(parse_time(high) - timedelta(seconds=overlap_seconds))
+        params[f"xmin_{table}"] = snapshot_bounds(snapshot)[0]
+        terms.append(f"{updated} >= CAST(:high_{table} AS timestamp) OR ({updated} >= CAST(:low_{table} AS "
+                     f"timestamp) AND {full_xid_sql(xmin + '::text::bigint')} >= :xmin_{table})")
+    return " OR ".join(f"({term})" for term in terms)
+
+
+def _source_details(source, pair, ids, bounds, overlap_seconds):
+    """{id: (in flight, last_updated of the pair's own source row)} for ``ids``."""
+    params = {"ids": list(ids)}
+    flag = _in_flight_sql(pair, bounds, overlap_seconds, params)
+    own_updated = pair.stamps[0][1]
+    # From this package's constants; values bound.
+    rows = source.run(f"SELECT {pair.source_key}, ({flag}), {own_updated} FROM {pair.source_from} "  # nosec B608
+                      f"WHERE {pair.source_key} = ANY(CAST(:ids AS int[]))", **params)
+    return {int(row_id): (bool(flag_value), updated) for row_id, flag_value, updated in rows}
+
+
+def _rejected_versions(warehouse, source_table, ids):
+    rows = warehouse.run("SELECT source_id, last_updated FROM etl_rejected_rows WHERE source_table = :t "
+                         "AND source_id = ANY(CAST(:ids AS bigint[])) AND resolved_batch_id IS NULL",
+                         t=source_table, ids=list(ids))
+    return {(int(row_id), updated) for row_id, updated in rows}
