@@ -107,6 +107,8 @@ def main():
                                                                      for r in rounds), 1)}
                                   for stage in ("ingest", "transform", "load")},
                        "warehouse_fact_rows": sum(r["load"]["rows"] for r in rounds)}
+            from bench import verify_bench
+            summary["verify"] = verify_bench.run(ctx["source_url"], warehouse_url, "scale-ingest")
             (ctx["workdir"] / "scale.json").write_text(json.dumps({"summary": summary, "rounds": rounds},
                                                                   indent=2))
             print(json.dumps(summary, indent=2))

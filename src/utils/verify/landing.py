@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from utils.aws.manifests import read_manifest, walk_manifests
 from utils.aws.state import read_state
 from utils.catalog.source import check_source_table
+from utils.errors import CorruptFileError
 
 
 @dataclass
@@ -36,8 +37,12 @@ def loaded_batch_ids(conn):
 
 def read_landed(s3_client, bucket, loaded_ids) -> Landed:
     """Walk the ingest manifests; see the module docstring. Raises CorruptFileError for a missing or
-    malformed manifest, as the transform would."""
+    malformed manifest, as the transform would, and when the bucket holds no batch though the
+    warehouse has loaded some (the wrong bucket: comparing with it would claim every fact is extra)."""
     state, _ = read_state(s3_client, bucket, "ingest")
+    if not state.get("manifest_key") and loaded_ids:
+        raise CorruptFileError(f"the landing zone s3://{bucket} has no ingest batch, yet the warehouse has "
+                               f"loaded {len(loaded_ids)}: wrong bucket or state folder?", key="_state/ingest.json")
     chain, _ = walk_manifests(
         lambda key: read_manifest(s3_client, bucket, key, check_source_table, "batch_id"),
         state.get("manifest_key"))

@@ -1,0 +1,62 @@
+"""`totesys verify` as a command: exit 0 / 1 / 2, the table and ids it names, ``--json``; the landing zone
+read from the state folder's saved buckets (as `make run` leaves them)."""
+import json
+
+import boto3
+import pytest
+
+from tests.support.db import run_sql
+from totesys_local.cli import main
+from totesys_local.local_state import BUCKETS
+from utils.aws.objects import list_keys
+
+
+@pytest.fixture
+def state_dir(loaded, tmp_path):
+    """A state folder holding the loaded pipeline's ingest bucket, as the local runner saves it."""
+    _, _, buckets = loaded
+    s3 = boto3.client("s3")
+    for key in list_keys(s3, buckets["ingest"]):
+        path = tmp_path / "s3" / BUCKETS["INGEST_BUCKET"] / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(s3.get_object(Bucket=buckets["ingest"], Key=key)["Body"].read())
+    return tmp_path
+
+
+def verify_cli(loaded, state_dir, *extra):
+    source, warehouse, _ = loaded
+    return main(["verify", "--source", source, "--warehouse", warehouse, "--state-dir", str(state_dir), *extra])
+
+
+def test_exit_0_when_every_table_matches_then_1_naming_the_corrupted_row(loaded, state_dir, capsys):
+    assert verify_cli(loaded, state_dir) == 0
+    out = capsys.readouterr().out
+    assert "every table matched" in out and "dim_counterparty" in out
+
+    run_sql(loaded[1], "UPDATE dim_staff SET email_address = 'x@example.com' WHERE staff_id = 1")
+    assert verify_cli(loaded, state_dir) == 1
+    out = capsys.readouterr().out
+    assert "dim_staff differing: ids 1" in out and "MISMATCH" in out
+
+
+def test_json_for_machines(loaded, state_dir, capsys):
+    run_sql(loaded[1], "DELETE FROM fact_payment WHERE payment_id = 1")
+    assert verify_cli(loaded, state_dir, "--json") == 1
+    report = json.loads(capsys.readouterr().out)
+    payment = next(t for t in report["tables"] if t["table"] == "fact_payment")
+    assert report["matched"] is False and payment["missing"] == 1 and payment["ids"]["missing"] == [1]
+
+
+def test_exit_2_when_it_cannot_run(loaded, state_dir, new_database, capsys):
+    empty = new_database()
+    assert main(["verify", "--source", loaded[0], "--warehouse", empty, "--state-dir", str(state_dir)]) == 2
+    assert "run the pipeline first" in capsys.readouterr().err
+    # A landing zone that is not there (another state folder): cannot run either, nothing claimed.
+    assert verify_cli(loaded, state_dir / "elsewhere") == 2
+
+
+def test_exit_2_without_databases_or_state(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TOTESYS_SOURCE_URL", raising=False)
+    monkeypatch.delenv("TOTESYS_WAREHOUSE_URL", raising=False)
+    assert main(["verify", "--state-dir", str(tmp_path)]) == 2
+    assert "make run" in capsys.readouterr().err
