@@ -8,6 +8,8 @@
     totesys psql | stop [--state-dir DIR]
     totesys dashboard [--warehouse URL] [--port N] [--state-dir DIR]
     totesys verify [--source URL] [--warehouse URL] [--json] [--state-dir DIR]
+    totesys resync --tables T [T ...] [--source URL] [--warehouse URL] [--state-dir DIR]
+    totesys deletes [--approve TABLE ...] [--source URL] [--warehouse URL] [--state-dir DIR]
 
 URLs may also come from TOTESYS_SOURCE_URL / TOTESYS_WAREHOUSE_URL (the flags win); a URL without a
 password gets it as libpq tools do (PGPASSWORD, then ~/.pgpass or PGPASSFILE, else none).
@@ -98,6 +100,19 @@ def _add_trust(commands):
                         "else the embedded one)")
     verify.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     _state_dir(verify)
+    resync = commands.add_parser("resync", help="land the full current state of source tables as one batch "
+                                 "and run the pipeline (repairs what verify reports)")
+    resync.add_argument("--tables", nargs="+", required=True, metavar="T", help="source table names")
+    deletes = commands.add_parser("deletes", help="list the deletions the mass-delete guard holds; "
+                                  "--approve records them (runs the pipeline)")
+    deletes.add_argument("--approve", nargs="+", metavar="TABLE", help="source tables whose held deletions "
+                         "to record")
+    for sub in (resync, deletes):
+        sub.add_argument("--source", help="totesys database URL (default: TOTESYS_SOURCE_URL, else the "
+                         "embedded one)")
+        sub.add_argument("--warehouse", help="warehouse database URL (default: TOTESYS_WAREHOUSE_URL, else "
+                         "the embedded one)")
+        _state_dir(sub)
 
 
 # One function per group of subcommands: a new command is one more function in this list.
@@ -140,12 +155,13 @@ def _dashboard(args):
     return serve(args.warehouse, args.port, args.state_dir)
 
 
-def _verify(args):
-    from totesys_local.trust import command_verify
-    return command_verify(args)
+def _trust(args):
+    from totesys_local import trust
+    return trust.COMMANDS[args.command](args)
 
 
-HANDLERS = {"seed": _seed, "simulate": _simulate, "dashboard": _dashboard, "verify": _verify,
+HANDLERS = {"seed": _seed, "simulate": _simulate, "dashboard": _dashboard,
+            **{name: _trust for name in ("verify", "resync", "deletes")},
             **{name: _runner for name in RUNNER_COMMANDS}}
 
 

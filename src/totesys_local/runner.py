@@ -172,8 +172,9 @@ class Progress:
                 self.out(f"  [{self.stages.index(stage) + 1}/3] {stage:<9} done in {seconds:.2f} s")
 
 
-def run_pipeline(source_url, warehouse_url, state_dir, out=print):
+def run_pipeline(source_url, warehouse_url, state_dir, out=print, request=None):
     """Run one execution; return a summary dict. Raises RunError with a one-line message on failure.
+    ``request``: the execution input (the ingest event; default ``{}``), e.g. ``{"resync": [...]}``.
 
     Whatever the execution wrote is saved to ``state_dir`` either way; a failure is also recorded
     in ``state_dir/last_error.json``, and a success removes that file."""
@@ -197,7 +198,8 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print):
             put_credentials_secret(SECRETS["TOTESYS_SECRET_ID"], source_url)
             put_credentials_secret(SECRETS["WAREHOUSE_SECRET_ID"], warehouse_url)
             sfn = boto3.client("stepfunctions", region_name=REGION)
-            execution = sfn.start_execution(stateMachineArn=arns["state_machine_arn"], input="{}",
+            execution = sfn.start_execution(stateMachineArn=arns["state_machine_arn"],
+                                            input=json.dumps(request or {}),
                                             name=f"local-{stamp}-{uuid.uuid4().hex[:6]}")
             progress = Progress(out)
             started = time.monotonic()
@@ -335,7 +337,7 @@ def _check_credentials(url, role):
         raise RunError(f"{role} database {describe_url(url)}: {err}") from None
 
 
-def _run(args, state_dir, before=None):
+def _run(args, state_dir, before=None, request=None):
     """Resolve the databases, run one execution and print its summary (the body of run and retry)."""
     # Fail before any work when a development dependency (moto) is missing.
     import totesys_local.aws_emulation  # noqa: F401
@@ -349,7 +351,7 @@ def _run(args, state_dir, before=None):
     print(f"  warehouse {describe_url(warehouse_url)}")
     if before is not None:
         before(warehouse_url)
-    summary = run_pipeline(source_url, warehouse_url, state_dir)
+    summary = run_pipeline(source_url, warehouse_url, state_dir, request=request)
     if pg is not None and not warehouse:
         line = (f"PGPASSFILE={state_dir / 'pgpass'} psql -h {pg.info.host} -p {pg.info.port} "
                 f"-U {pg.info.user} {WAREHOUSE_DB}   (or: make psql)")
@@ -431,6 +433,20 @@ def _command_psql(args, state_dir):
 COMMANDS = {"run": (_command_run, True), "retry": (_command_retry, True),
             "pending": (_command_pending, False), "psql": (_command_psql, False),
             "stop": (_command_stop, False)}
+
+
+def run_with_request(args, request):
+    """One execution with ``request`` as its input (`totesys resync`, `totesys deletes --approve`), under
+    the state folder's run lock, as `totesys run`; the exit status."""
+    state_dir = Path(args.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with _exclusive(state_dir):
+            _run(args, state_dir, request=request)
+            return 0
+    except RunError as err:
+        print(f"totesys {args.command}: FAILED: {err}", file=sys.stderr)
+        return 1
 
 
 def main(args):

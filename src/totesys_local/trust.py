@@ -1,7 +1,12 @@
-"""`totesys verify` on this machine: the databases of ``--source/--warehouse`` (or the embedded ones of
-the state folder) and the landing zone saved under ``<state-dir>/s3`` (read straight from its files:
-no emulated AWS needed)."""
+"""`totesys verify | resync | deletes` on this machine.
+
+verify: the databases of ``--source/--warehouse`` (or the embedded ones of the state folder) and the
+landing zone saved under ``<state-dir>/s3`` (read straight from its files: no emulated AWS needed).
+resync and ``deletes --approve``: one local execution whose input is ``{"resync": [...]}`` or
+``{"approve_deletes": [...]}`` (as on AWS); ``deletes`` alone lists what the guard holds.
+"""
 import io
+import json
 import os
 import sys
 from pathlib import Path
@@ -73,3 +78,41 @@ def command_verify(args, out=print):
         for line in render_text(report):
             out(line)
     return report.exit_code
+
+
+def command_resync(args):
+    """One execution that lands the named tables in full (checked before anything runs)."""
+    from totesys_local import runner
+    from utils.ingest.resync import resync_tables
+    request = {"resync": list(args.tables)}
+    resync_tables(request)  # an unknown name fails here, with the allow-list's message
+    return runner.run_with_request(args, request)
+
+
+def held_deletions(state_dir):
+    """{table: {"rows", "table_rows"}} the last ingest run held, from the saved ingest state."""
+    from totesys_local.local_state import BUCKETS
+    path = Path(state_dir) / "s3" / BUCKETS["INGEST_BUCKET"] / "_state" / "ingest.json"
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text()).get("held_deletes") or {}
+
+
+def command_deletes(args, out=print):
+    """Without --approve: list the held deletions. With it: one execution recording those tables'."""
+    if args.approve:
+        from totesys_local import runner
+        from utils.ingest.delete_guard import approved_tables
+        request = {"approve_deletes": list(args.approve)}
+        approved_tables(request)
+        return runner.run_with_request(args, request)
+    held = held_deletions(args.state_dir)
+    if not held:
+        out("no deletions held")
+    for table, entry in sorted(held.items()):
+        out(f"{table}: {entry['rows']:,} of {entry['table_rows']:,} rows deleted in totesys, held "
+            f"(approve: totesys deletes --approve {table})")
+    return 0
+
+
+COMMANDS = {"verify": command_verify, "resync": command_resync, "deletes": command_deletes}

@@ -12,6 +12,8 @@ DEFAULT_INGEST_PARALLEL_CONNECTIONS = 2
 MAX_INGEST_PARALLEL_CONNECTIONS = 8
 # Source rows of the order/payment tables one batch takes at most (utils/ingest/bounded.py); 0 = no cap.
 DEFAULT_MAX_BATCH_ROWS = 1_000_000
+# Share of a table one run may record as deleted before its deletions are held (utils/ingest/delete_guard.py).
+DEFAULT_MAX_DELETE_FRACTION = 0.25
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class Settings:
     ingest_overlap_seconds: int
     ingest_parallel_connections: int = DEFAULT_INGEST_PARALLEL_CONNECTIONS
     max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS
+    max_delete_fraction: float = DEFAULT_MAX_DELETE_FRACTION
 
 
 def _required(name: str) -> str:
@@ -62,6 +65,14 @@ def load_settings() -> Settings:
     if max_rows < 0:
         raise ConfigError("environment variable MAX_BATCH_ROWS must be a non-negative integer "
                           f"(0: no cap), got {max_rows_text!r}")
+    fraction_text = os.environ.get("MAX_DELETE_FRACTION", str(DEFAULT_MAX_DELETE_FRACTION))
+    try:
+        fraction = float(fraction_text)
+    except ValueError:
+        fraction = -1.0
+    if not 0 < fraction <= 1:
+        raise ConfigError("environment variable MAX_DELETE_FRACTION must be a number above 0 and at most 1 "
+                          f"(1: hold only a table emptied), got {fraction_text!r}")
     return Settings(
         ingest_bucket=_required("INGEST_BUCKET"),
         processed_bucket=_required("PROCESSED_BUCKET"),
@@ -72,6 +83,7 @@ def load_settings() -> Settings:
         ingest_overlap_seconds=overlap,
         ingest_parallel_connections=parallel,
         max_batch_rows=max_rows,
+        max_delete_fraction=fraction,
     )
 
 

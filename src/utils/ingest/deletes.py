@@ -29,6 +29,7 @@ from pg8000.native import identifier
 from utils.aws.objects import read_parquet_table, write_to_s3
 from utils.catalog.source import PRIMARY_KEYS, check_source_table
 from utils.generate_file_key import generate_file_key
+from utils.ingest.delete_guard import hold
 from utils.logger import get_logger
 
 KEYS_PREFIX = "_keys"
@@ -44,9 +45,11 @@ logger = get_logger("ingest")
 class Detection:
     """What one run found: ``keys`` {table: key of its key-set object} for every table the run read
     (a new object where the set changed, else the previous one), ``deleted`` {table: sorted int32
-    ids}, only tables with deletions."""
+    ids}, only tables with deletions; ``held`` {table: {"rows", "table_rows"}}: deletions the mass-delete
+    guard held (``utils.ingest.delete_guard``)."""
     keys: dict = field(default_factory=dict)
     deleted: dict = field(default_factory=dict)
+    held: dict = field(default_factory=dict)
 
     @property
     def deleted_rows(self):
@@ -132,10 +135,13 @@ def read_previous_keys(s3_client, bucket, table, key):
     return np.asarray(keys, dtype=np.int32)
 
 
-def detect_deletes(s3_client, bucket, batch_time, prev_tables, key_sets):
+def detect_deletes(s3_client, bucket, batch_time, prev_tables, key_sets, guard=None):
     """Compare ``key_sets`` (this run's keys, {table: sorted int32}) with the key sets the previous
     state entries ``prev_tables`` name; write the changed key sets and, when anything was deleted,
     the deleted-keys file. Returns (Detection, manifest entry or None).
+
+    ``guard``: the RepairOptions whose ``max_delete_fraction`` and ``approved`` tables decide which
+    deletions are held (None: none are).
 
     Raises CorruptFileError when a previous key-set object is missing or unreadable (deletes would
     otherwise be lost silently).
@@ -149,6 +155,14 @@ def detect_deletes(s3_client, bucket, batch_time, prev_tables, key_sets):
             continue
         if previous is not None:
             deleted = np.setdiff1d(previous, keys, assume_unique=True)
+            if guard is not None:
+                deleted, keys, held = hold(table, deleted, previous, keys, guard.max_delete_fraction,
+                                           guard.approved)
+                if held:
+                    detection.held[table] = {"rows": held, "table_rows": int(previous.size)}
+                if np.array_equal(previous, keys):  # only held deletions: the stored set is unchanged
+                    detection.keys[table] = previous_key
+                    continue
             if deleted.size:
                 detection.deleted[table] = deleted
                 logger.info("deletes detected", table=table, rows=int(deleted.size))
@@ -170,3 +184,11 @@ def detect_deletes(s3_client, bucket, batch_time, prev_tables, key_sets):
     entry = {"key": key, "rows": table.num_rows,
              "tables": {name: int(len(detection.deleted[name])) for name in names}}
     return detection, entry
+
+
+def held_deletes(state, tables, detection):
+    """The state pointer's ``held_deletes`` after a run of ``tables``: this run's held deletions, and the
+    previous entries of the tables it did not read."""
+    kept = {table: entry for table, entry in (state.get("held_deletes") or {}).items() if table not in tables}
+    kept.update(detection.held)
+    return kept

@@ -46,7 +46,9 @@ from utils.errors import ConcurrentRunError, InvalidEventError
 from utils.format_time import format_time, parse_time
 from utils.generate_file_key import generate_file_key
 from utils.ingest.copy_reader import SUPPORTED_PG8000, copy_out, fast_copy_supported
-from utils.ingest.deletes import detect_deletes, read_key_sets
+from utils.ingest.deletes import detect_deletes, held_deletes, read_key_sets
+from utils.ingest.repair import RepairOptions, repair_options
+from utils.ingest.resync import with_resync
 from utils.ingest.sink import INLINE, ParquetSink
 from utils.ingest.snapshot import (Window, copy_sql, import_snapshot, largest_first, open_window,
                                    snapshot_bounds)
@@ -93,6 +95,8 @@ def run_ingest(event, s3_client=None, secrets_client=None):
     """
     tables = parse_event(event)
     settings = load_settings()
+    repair = repair_options(event, settings.max_delete_fraction)
+    tables = with_resync(tables, repair.resync)
     s3_client = s3_client or boto3.client("s3")
     secrets_client = secrets_client or boto3.client("secretsmanager")
     credentials = db_connections_get_secret(secrets_client, settings.totesys_secret_id)
@@ -102,7 +106,7 @@ def run_ingest(event, s3_client=None, secrets_client=None):
         logger.info("connected to totesys", host=credentials["host"], database=credentials["database"],
                     connections=1 + len(helpers))
         return ingest_tables(conn, s3_client, settings.ingest_bucket, tables,
-                             settings.ingest_overlap_seconds, helpers, settings.max_batch_rows)
+                             settings.ingest_overlap_seconds, helpers, settings.max_batch_rows, repair)
     finally:
         for connection in (conn, *helpers):
             close_db_connection(connection)
@@ -130,7 +134,8 @@ def connect_all(credentials, count):
     return opened
 
 
-def ingest_tables(conn, s3_client, bucket, tables, overlap_seconds, helpers=(), max_batch_rows=0):
+def ingest_tables(conn, s3_client, bucket, tables, overlap_seconds, helpers=(), max_batch_rows=0,
+                  repair=RepairOptions()):
     """Land the changed rows of ``tables`` as one batch; see the module docstring.
 
     ``conn`` is an open pg8000 native connection to totesys (left open). ``helpers`` are more open
@@ -142,22 +147,24 @@ def ingest_tables(conn, s3_client, bucket, tables, overlap_seconds, helpers=(), 
     SchemaDriftError when a column is gone or retyped, ConfigError when ``overlap_seconds`` is
     below the source time zone's daylight-saving shift (nothing is landed in these two cases).
     ``max_batch_rows`` (0: no cap) bounds the batch (``utils.ingest.bounded``); the state pointer's
-    ``more_waiting`` then says whether rows were left for the next batch.
+    ``more_waiting`` then says whether rows were left for the next batch. ``repair``: tables landed in
+    full (``utils.ingest.resync``) and the mass-delete guard's settings (``utils.ingest.delete_guard``).
     """
     if not conn.run("SELECT pg_try_advisory_lock(:key)", key=ADVISORY_LOCK_KEY)[0][0]:
         raise ConcurrentRunError("another ingest run holds the lock on the source database; try later")
     try:
         state, etag = read_state(s3_client, bucket, STAGE)
         window, landed, key_sets = _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds,
-                                                     helpers, max_batch_rows)
+                                                     helpers, max_batch_rows, repair.resync)
         detection, deleted = detect_deletes(s3_client, bucket, window.batch_time, window.prev_tables,
-                                            key_sets)
+                                            key_sets, repair)
         return _commit_batch(s3_client, bucket, tables, window, landed, state, etag, detection, deleted)
     finally:
         end_quietly(conn, "SELECT pg_advisory_unlock(:key)", key=ADVISORY_LOCK_KEY)
 
 
-def _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds, helpers=(), max_batch_rows=0):
+def _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds, helpers=(), max_batch_rows=0,
+                      resync=()):
     """Stream every table out of one snapshot and land its Parquet file; return
     ``(Window, {table: manifest entry}, {table: sorted primary keys})`` (entries only for the tables
     that landed a file; keys of every table, read on the same snapshot: ``utils.ingest.deletes``).
@@ -191,7 +198,7 @@ def _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds, h
                         snapshot=window.snapshot, connections=1 + len(helpers))
             extraction = Extraction(s3_client, bucket, window, upload, stop,
                                     deque(largest_first(conn, tables) if helpers else tables),
-                                    fast_copy=_fast_copy_or_warn())
+                                    fast_copy=_fast_copy_or_warn(), resync=frozenset(resync))
             for helper in helpers:
                 import_snapshot(helper, exported)
                 in_transaction.append(helper)
@@ -236,7 +243,8 @@ def _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds, h
 class Extraction:
     """What the readers of one run share: where the files go (``s3_client``, ``bucket``), the run's
     ``window``, the ``upload`` executor (None: inline), the ``stop`` event a failing reader sets, the
-    ``work`` queue of tables not taken yet, and whether the fast COPY reader may be used."""
+    ``work`` queue of tables not taken yet, whether the fast COPY reader may be used, and the tables
+    landed in full (``resync``)."""
     s3_client: Any
     bucket: str
     window: Window
@@ -244,6 +252,7 @@ class Extraction:
     stop: threading.Event
     work: Deque[str]
     fast_copy: bool = True
+    resync: frozenset = frozenset()
 
 
 def _fast_copy_or_warn():
@@ -281,6 +290,9 @@ def _land_table(conn, extraction, table, convert=None):
     """
     window = extraction.window
     batch_time, snapshot, prev = window.batch_time, window.snapshot, window.prev_tables.get(table)
+    if table in extraction.resync:
+        prev = None  # a re-sync reads the table in full, as a first run does (utils.ingest.resync)
+        logger.info("table re-synced: read in full", table=table)
     high = format_time(window.highs[table])
     low = None
     params = {"high": high, "low": "", "prev_high": "", "prev_xmin": "0",
@@ -340,6 +352,8 @@ def _commit_batch(s3_client, bucket, tables, window, landed, state, etag, detect
         new_state["tables"][table] = {"high": format_time(window.highs[table]), "snapshot": window.snapshot}
         if detection and table in detection.keys:
             new_state["tables"][table]["keys"] = detection.keys[table]
+    if detection is not None:
+        new_state["held_deletes"] = held_deletes(state, tables, detection)
     write_state(s3_client, bucket, STAGE, new_state, etag)
     logger.info("state advanced", batch_time=format_time(batch_time), tables=tables)
     return {table: entry["key"] for table, entry in landed.items()}

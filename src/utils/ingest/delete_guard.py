@@ -1,0 +1,72 @@
+"""Guarded mass deletes: a run that would record more than ``MAX_DELETE_FRACTION`` (default 0.25) of a
+table as deleted, or empty a table that had rows, holds that table's deletions instead of recording them.
+
+A truncated or wrongly filtered source (a restore gone wrong, a mistaken ``DELETE``) would otherwise empty
+the warehouse's current views within one run. Held deletions are not written to the batch's
+``_deleted`` file, so nothing disappears from the warehouse; every other change of the run (and of
+every other table) flows as usual. The table's stored key set becomes the current keys plus the held
+ids, so every later run detects the same ids again and holds them again (one ERROR line and a
+``DeletionsHeld`` metric per run: the alarm keeps ringing) while new ids are still tracked. A run whose
+event approves the table (``{"approve_deletes": [table]}``: `totesys deletes --approve TABLE`) records
+them, with whatever else that run deletes, and stores the plain current key set.
+
+The ingest state pointer names the held deletions of the last run (``held_deletes``: {table: {"rows",
+"table_rows"}}), which `totesys deletes` lists.
+"""
+import time
+
+import numpy as np
+
+from utils.catalog.source import SOURCE_TABLES, check_source_table
+from utils.errors import InvalidEventError
+from utils.logger import get_logger
+from utils.metrics import NAMESPACE, SERVICE, emit
+
+APPROVE_KEY = "approve_deletes"
+logger = get_logger("ingest")
+
+
+def approved_tables(event):
+    """The tables whose mass deletion ``event`` approves (empty when none). Raises InvalidEventError for
+    a value that is not a non-empty list, UnknownTableError for a name not in the allow-list."""
+    if not isinstance(event, dict) or APPROVE_KEY not in event:
+        return ()
+    tables = event[APPROVE_KEY]
+    if not isinstance(tables, list) or not tables:
+        raise InvalidEventError("approve_deletes must be a non-empty list of source table names")
+    for name in tables:
+        check_source_table(name)
+    return tuple(name for name in SOURCE_TABLES if name in tables)
+
+
+def is_mass_delete(deleted, previous, max_fraction):
+    """True when deleting ``deleted`` ids of the ``previous`` key set needs approval: the table is emptied,
+    or more than ``max_fraction`` of it goes."""
+    if not deleted or not previous:
+        return False
+    return deleted == previous or deleted > max_fraction * previous
+
+
+def hold(table, deleted, previous, current, max_fraction, approved):
+    """Decide one table's deletions: ``(recorded ids, key set to store, held count)``.
+
+    ``deleted``, ``previous`` and ``current``: sorted int32 arrays (ids deleted, the previous key set,
+    this run's keys). Held deletions are logged at ERROR and emitted as the ``DeletionsHeld`` metric."""
+    if table in approved or not is_mass_delete(deleted.size, previous.size, max_fraction):
+        if table in approved and deleted.size:
+            logger.warning("mass deletion approved: recording it", table=table, rows=int(deleted.size))
+        return deleted, current, 0
+    logger.error("deletions held: more than MAX_DELETE_FRACTION of the table would be deleted; nothing is "
+                 "recorded until approved (totesys deletes --approve TABLE, or the execution input "
+                 '{"approve_deletes": [TABLE]})', table=table, rows=int(deleted.size),
+                 table_rows=int(previous.size), max_delete_fraction=max_fraction)
+    emit(deletions_held_metric(table, int(deleted.size)))
+    return np.empty(0, dtype=np.int32), np.union1d(current, deleted).astype(np.int32), int(deleted.size)
+
+
+def deletions_held_metric(table, rows):
+    """The EMF object of ``DeletionsHeld`` (dimensions service, table), which main-terraform/verify.tf alarms on."""
+    return {"_aws": {"Timestamp": int(time.time() * 1000),
+                     "CloudWatchMetrics": [{"Namespace": NAMESPACE, "Dimensions": [["service", "table"]],
+                                            "Metrics": [{"Name": "DeletionsHeld", "Unit": "Count"}]}]},
+            "service": SERVICE, "table": table, "DeletionsHeld": rows}
