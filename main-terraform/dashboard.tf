@@ -93,6 +93,18 @@ locals {
         ]
       }
     },
+    {
+      # The verify function (verify.tf): 0 when totesys and the warehouse matched at its last run.
+      type = "metric", x = 0, y = 18, width = 12, height = 6
+      properties = {
+        title   = "verify: rows that differ between totesys and the warehouse (0 = all matched)"
+        region  = var.region
+        stat    = "Maximum"
+        period  = 86400
+        view    = "timeSeries"
+        metrics = [[local.metrics_namespace, "VerifyMismatches", "service", local.metrics_service]]
+      }
+    },
   ]
 }
 

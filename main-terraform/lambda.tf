@@ -18,6 +18,7 @@ locals {
     INGEST_OVERLAP_SECONDS      = tostring(var.ingest_overlap_seconds)
     INGEST_PARALLEL_CONNECTIONS = tostring(var.ingest_parallel_connections)
     MAX_BATCH_ROWS              = tostring(var.max_batch_rows)
+    MAX_DELETE_FRACTION         = tostring(var.max_delete_fraction)
     LOG_LEVEL                   = var.log_level
     TOTESYS_PER_TABLE_METRICS   = var.per_table_row_metrics ? "true" : "false"
     POWERTOOLS_SERVICE_NAME     = var.project
