@@ -10,6 +10,7 @@
     totesys verify [--source URL] [--warehouse URL] [--json] [--state-dir DIR]
     totesys resync --tables T [T ...] [--source URL] [--warehouse URL] [--state-dir DIR]
     totesys deletes [--approve TABLE ...] [--source URL] [--warehouse URL] [--state-dir DIR]
+    totesys rebuild --into URL [--resume GENERATION] [--state-dir DIR]
 
 URLs may also come from TOTESYS_SOURCE_URL / TOTESYS_WAREHOUSE_URL (the flags win); a URL without a
 password gets it as libpq tools do (PGPASSWORD, then ~/.pgpass or PGPASSFILE, else none).
@@ -107,6 +108,11 @@ def _add_trust(commands):
                                   "--approve records them (runs the pipeline)")
     deletes.add_argument("--approve", nargs="+", metavar="TABLE", help="source tables whose held deletions "
                          "to record")
+    rebuild = commands.add_parser("rebuild", help="re-derive the whole warehouse from the landing zone alone "
+                                  "into an empty database (totesys is not read)")
+    rebuild.add_argument("--into", required=True, help="URL of the empty (or new) database to build")
+    rebuild.add_argument("--resume", metavar="GENERATION", help="continue a rebuild that stopped (its generation)")
+    _state_dir(rebuild)
     for sub in (resync, deletes):
         sub.add_argument("--source", help="totesys database URL (default: TOTESYS_SOURCE_URL, else the "
                          "embedded one)")
@@ -161,7 +167,7 @@ def _trust(args):
 
 
 HANDLERS = {"seed": _seed, "simulate": _simulate, "dashboard": _dashboard,
-            **{name: _trust for name in ("verify", "resync", "deletes")},
+            **{name: _trust for name in ("verify", "resync", "deletes", "rebuild")},
             **{name: _runner for name in RUNNER_COMMANDS}}
 
 

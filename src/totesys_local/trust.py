@@ -115,4 +115,38 @@ def command_deletes(args, out=print):
     return 0
 
 
-COMMANDS = {"verify": command_verify, "resync": command_resync, "deletes": command_deletes}
+def command_rebuild(args, out=print):
+    """Rebuild the whole warehouse from the state folder's landing zone into the empty database ``--into``
+    (a new processed generation, saved with the buckets); the exit status."""
+    from unittest import mock
+
+    import boto3
+    from moto import mock_aws
+
+    from totesys_local.aws_emulation import account_environment
+    from totesys_local.lazy_s3 import lazy_buckets
+    from totesys_local.local_state import BUCKETS, REGION, save_buckets
+    from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
+    from utils.rebuild.run import rebuild_warehouse
+    s3_dir = Path(args.state_dir) / "s3"
+    if not (s3_dir / BUCKETS["INGEST_BUCKET"] / "_state" / "ingest.json").is_file():
+        print(f"totesys rebuild: no landing zone under {s3_dir}/: run `make run` first", file=sys.stderr)
+        return 1
+    credentials = credentials_from_url(args.into)
+    with mock.patch.dict(os.environ, account_environment(REGION, **BUCKETS)), mock_aws(), lazy_buckets(s3_dir):
+        conn = connect_to_db(credentials, role="warehouse")
+        try:
+            result = rebuild_warehouse(conn, boto3.client("s3", region_name=REGION), BUCKETS["INGEST_BUCKET"],
+                                       BUCKETS["PROCESSED_BUCKET"], generation=args.resume,
+                                       connect=lambda: connect_to_db(credentials, role="warehouse"))
+        finally:
+            close_db_connection(conn)
+            save_buckets(s3_dir)
+    rows = sum(result["tables"].values())
+    out(f"rebuilt {describe_url(args.into)} from the landing zone: {len(result['transformed'])} batch(es) "
+        f"transformed into generation {result['generation']}, {len(result['loaded'])} loaded, {rows:,} rows")
+    return 0
+
+
+COMMANDS = {"verify": command_verify, "resync": command_resync, "deletes": command_deletes,
+            "rebuild": command_rebuild}
