@@ -12,7 +12,7 @@ CHROMIUM ?= /usr/bin/chromium
 
 .DEFAULT_GOAL := help
 .PHONY: help install-requirements install-dev-tools security-checks audit check-pep8-compliance \
-	lint typecheck terraform-fmt run-pytest test test-fast run simulate bench bench-scale psql stop clean \
+	lint typecheck terraform-fmt run-pytest test test-fast run verify simulate bench bench-scale psql stop clean \
 	install-dashboard dashboard chromium \
 	layer deploy destroy checkov actionlint statelint tf-init-immutable tf-init-main tf-check-backend \
 	tf-check-credentials tf-check-vars-file tf-validate
@@ -24,6 +24,7 @@ help:
 	@echo "other: install-requirements install-dev-tools security-checks check-pep8-compliance lint typecheck"
 	@echo "       run-pytest simulate pending retry bench psql stop clean layer deploy destroy"
 	@echo "make dashboard   after make run: the sales and pipeline dashboard on http://127.0.0.1:$(DASHBOARD_PORT)"
+	@echo "make verify   after make run: compare totesys with the warehouse (exit 0 all matched, 1 mismatch, 2 cannot run)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -108,6 +109,10 @@ test-fast: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/totesys run --state-dir $(STATE_DIR)
+
+# After `make run`: totesys against the warehouse, table by table (README, "Trust and repair").
+verify: $(STAMP)
+	$(BIN)/totesys verify --state-dir $(STATE_DIR)
 
 # After `make run`: serves the embedded warehouse of $(STATE_DIR)/ on 127.0.0.1 only (read-only queries).
 dashboard: $(DASHBOARD_STAMP)

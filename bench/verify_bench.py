@@ -22,7 +22,9 @@ TICK = os.sysconf("SC_CLK_TCK")
 def _stat(pid):
     """(ppid, own CPU seconds, reaped children's CPU seconds) of a process from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK, (int(fields[13]) + int(fields[14])) / TICK
+    own = (int(fields[11]) + int(fields[12])) / TICK
+    reaped = (int(fields[13]) + int(fields[14])) / TICK
+    return int(fields[1]), own, reaped
 
 
 def cluster_cpu(postmaster):
@@ -73,10 +75,12 @@ def run(source_url, warehouse_url, bucket):
     changed_seconds, changed_cpu, changed = _timed(source_url, warehouse_url, bucket)
     figures = {"seconds": seconds, "cpu_seconds": cpu, "seconds_one_row_changed": changed_seconds,
                "cpu_seconds_one_row_changed": changed_cpu,
-               "source_rows": sum(t.matched + sum(t.counts.values()) - t.counts["extra"] for t in report.tables),
+               "source_rows": sum(t.matched + sum(t.counts.values()) - t.counts["extra"]
+                                  for t in report.tables),
                "mismatches": report.mismatches, "mismatches_after_change": changed.mismatches,
                "load_average": os.getloadavg()}
     print(f"verify: {seconds} s, CPU {cpu} ({figures['source_rows']:,} source rows compared, "
-          f"{report.mismatches} mismatches); after changing one fact row: {changed_seconds} s, CPU {changed_cpu}, "
+          f"{report.mismatches} mismatches); after changing one fact row: {changed_seconds} s, "
+          f"CPU {changed_cpu}, "
           f"{changed.mismatches} mismatch(es); load average {figures['load_average']}", flush=True)
     return figures

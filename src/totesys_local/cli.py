@@ -96,7 +96,8 @@ def _add_dashboard(commands):
 def _add_trust(commands):
     verify = commands.add_parser("verify", help="compare totesys with the warehouse (exit 0 all matched, "
                                  "1 any mismatch, 2 cannot run)")
-    verify.add_argument("--source", help="totesys database URL (default: TOTESYS_SOURCE_URL, else the embedded one)")
+    verify.add_argument("--source", help="totesys database URL (default: TOTESYS_SOURCE_URL, else the "
+                        "embedded one)")
     verify.add_argument("--warehouse", help="warehouse database URL (default: TOTESYS_WAREHOUSE_URL, "
                         "else the embedded one)")
     verify.add_argument("--json", action="store_true", help="one JSON object instead of the table")
@@ -111,7 +112,8 @@ def _add_trust(commands):
     rebuild = commands.add_parser("rebuild", help="re-derive the whole warehouse from the landing zone alone "
                                   "into an empty database (totesys is not read)")
     rebuild.add_argument("--into", required=True, help="URL of the empty (or new) database to build")
-    rebuild.add_argument("--resume", metavar="GENERATION", help="continue a rebuild that stopped (its generation)")
+    rebuild.add_argument("--resume", metavar="GENERATION",
+                         help="continue a rebuild that stopped (its generation)")
     _state_dir(rebuild)
     for sub in (resync, deletes):
         sub.add_argument("--source", help="totesys database URL (default: TOTESYS_SOURCE_URL, else the "

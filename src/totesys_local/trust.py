@@ -133,7 +133,8 @@ def command_rebuild(args, out=print):
         print(f"totesys rebuild: no landing zone under {s3_dir}/: run `make run` first", file=sys.stderr)
         return 1
     credentials = credentials_from_url(args.into)
-    with mock.patch.dict(os.environ, account_environment(REGION, **BUCKETS)), mock_aws(), lazy_buckets(s3_dir):
+    environment = account_environment(REGION, **BUCKETS)
+    with mock.patch.dict(os.environ, environment), mock_aws(), lazy_buckets(s3_dir):
         conn = connect_to_db(credentials, role="warehouse")
         try:
             result = rebuild_warehouse(conn, boto3.client("s3", region_name=REGION), BUCKETS["INGEST_BUCKET"],

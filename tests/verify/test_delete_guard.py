@@ -23,7 +23,8 @@ def test_a_truncated_table_stays_until_approved_while_other_changes_flow(loaded,
     before = current_payments(warehouse)
     assert before == [[1]]
     run_sql(source, "TRUNCATE payment")
-    run_sql(source, "UPDATE sales_order SET units_sold = 42, last_updated = localtimestamp WHERE sales_order_id = 1")
+    run_sql(source, "UPDATE sales_order SET units_sold = 42, last_updated = localtimestamp WHERE "
+                    "sales_order_id = 1")
 
     result = run_pipeline()
 
@@ -39,7 +40,8 @@ def test_a_truncated_table_stays_until_approved_while_other_changes_flow(loaded,
 
     # Later runs hold it again: still nothing disappears.
     run_pipeline()
-    assert current_payments(warehouse) == before and held(buckets) == {"payment": {"rows": 1, "table_rows": 1}}
+    assert current_payments(warehouse) == before
+    assert held(buckets) == {"payment": {"rows": 1, "table_rows": 1}}
 
     approved = run_pipeline({"approve_deletes": ["payment"]})
 
@@ -56,9 +58,11 @@ def test_more_than_the_fraction_is_held_less_is_recorded_and_ids_new_meanwhile_a
         loaded, monkeypatch):
     source, warehouse, buckets = loaded
     run_sql(source, "INSERT INTO design (created_at, design_name, file_location, file_name, last_updated) "
-                    "SELECT localtimestamp, 'D' || n, '/d', 'd.json', localtimestamp FROM generate_series(2, 10) n")
+                    "SELECT localtimestamp, 'D' || n, '/d', 'd.json', localtimestamp FROM "
+                    "generate_series(2, 10) n")
     run_pipeline()
-    designs = [row[0] for row in run_sql(source, "SELECT design_id FROM design WHERE design_id > 1 ORDER BY 1")]
+    designs = [row[0] for row in run_sql(source, "SELECT design_id FROM design WHERE design_id > "
+                                                 "1 ORDER BY 1")]
 
     # 3 of 10 is above 0.25: held.
     run_sql(source, "DELETE FROM design WHERE design_id = ANY(CAST(:ids AS int[]))", ids=designs[:3])

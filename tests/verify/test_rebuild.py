@@ -23,7 +23,8 @@ def contents(url, relation):
         url, "SELECT column_name::text FROM information_schema.columns WHERE table_schema = 'public' "
              "AND table_name = :t ORDER BY ordinal_position", t=relation)]
     kept = ", ".join(f'"{c}"' for c in columns if c not in CLOCK_COLUMNS)
-    return sorted((tuple(str(value) for value in row) for row in run_sql(url, f'SELECT {kept} FROM "{relation}"')))
+    rows = run_sql(url, f'SELECT {kept} FROM "{relation}"')
+    return sorted(tuple(str(value) for value in row) for row in rows)
 
 
 def rebuild_into(url, buckets, generation=None):
@@ -46,14 +47,17 @@ def run_until_caught_up(event=None):
 
 
 NEW_ORDERS = ("INSERT INTO sales_order (sales_order_id, created_at, last_updated, design_id, staff_id, "
-              "counterparty_id, units_sold, unit_price, currency_id, agreed_delivery_date, agreed_payment_date, "
-              "agreed_delivery_location_id) SELECT n, localtimestamp, localtimestamp + n * interval '1 millisecond', "
+              "counterparty_id, units_sold, unit_price, currency_id, agreed_delivery_date, "
+              "agreed_payment_date, "
+              "agreed_delivery_location_id) SELECT n, localtimestamp, localtimestamp + n * "
+              "interval '1 millisecond', "
               "1, 1, 1, n * 10, 3.25, 1, "
               "'2024-12-01', '2024-12-02', 2 FROM generate_series(CAST(:lo AS int), CAST(:hi AS int)) n")
 
 
 @pytest.mark.slow
-def test_a_rebuild_equals_the_incrementally_built_warehouse(pipeline_env, source_url, warehouse_url, new_database,
+def test_a_rebuild_equals_the_incrementally_built_warehouse(pipeline_env, source_url, warehouse_url,
+                                                            new_database,
                                                             monkeypatch):
     buckets = pipeline_env(source_url=source_url, warehouse_url=warehouse_url)
     monkeypatch.setenv("MAX_BATCH_ROWS", "2")  # bounded batches: several per catch-up
@@ -64,13 +68,16 @@ def test_a_rebuild_equals_the_incrementally_built_warehouse(pipeline_env, source
     run_sql(source_url, "UPDATE sales_order SET units_sold = units_sold + 1, last_updated = localtimestamp "
                         "WHERE sales_order_id IN (1, 10, 11)")
     run_sql(source_url, "UPDATE payment SET paid = true, last_updated = localtimestamp")
-    run_sql(source_url, "UPDATE address SET city = 'Bradford', last_updated = localtimestamp WHERE address_id = 1")
+    run_sql(source_url, "UPDATE address SET city = 'Bradford', last_updated = localtimestamp "
+                        "WHERE address_id = 1")
     run_until_caught_up()
     # A bad value quarantined, then fixed; deletes; a re-insert of a deleted id.
-    run_sql(source_url, "UPDATE purchase_order SET agreed_delivery_date = '2024-02-30', last_updated = localtimestamp")
+    run_sql(source_url, "UPDATE purchase_order SET agreed_delivery_date = '2024-02-30', "
+                        "last_updated = localtimestamp")
     run_sql(source_url, "DELETE FROM sales_order WHERE sales_order_id IN (12, 13)")
     run_until_caught_up()
-    run_sql(source_url, "UPDATE purchase_order SET agreed_delivery_date = '2024-03-01', last_updated = localtimestamp")
+    run_sql(source_url, "UPDATE purchase_order SET agreed_delivery_date = '2024-03-01', "
+                        "last_updated = localtimestamp")
     run_sql(source_url, NEW_ORDERS, lo=12, hi=12)
     run_until_caught_up()
     # A mass deletion held, then approved.

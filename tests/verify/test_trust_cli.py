@@ -14,7 +14,8 @@ def test_run_verify_resync_deletes_rebuild(source_url, warehouse_url, new_databa
     assert main(["run", *urls]) == 0
     assert main(["verify", *urls]) == 0
 
-    run_sql(source_url, "UPDATE design SET design_name = 'Oak', last_updated = last_updated + interval '1 hour'")
+    run_sql(source_url, "UPDATE design SET design_name = 'Oak', last_updated = last_updated + "
+                        "interval '1 hour'")
     assert main(["run", *urls]) == 0
     capsys.readouterr()
     assert main(["verify", *urls]) == 1

@@ -12,7 +12,8 @@ def test_a_freshly_loaded_warehouse_matches_every_table(loaded, check):
     report = check(source, warehouse, buckets["ingest"])
     assert report.exit_code == 0, report.to_dict()
     tables = by_table(report)
-    assert set(tables) == {"dim_location", "dim_currency", "dim_design", "dim_payment_type", "dim_transaction",
+    assert set(tables) == {"dim_location", "dim_currency", "dim_design", "dim_payment_type",
+                           "dim_transaction",
                            "dim_counterparty", "dim_staff", "fact_sales_order", "fact_purchase_order",
                            "fact_payment"}
     assert tables["fact_sales_order"].matched == 2 and tables["dim_location"].matched == 2
@@ -53,7 +54,8 @@ def test_missing_and_extra_rows(loaded, check):
 
 def test_changes_after_the_last_loaded_batch_are_in_flight_not_mismatches(loaded, check):
     source, warehouse, buckets = loaded
-    run_sql(source, "UPDATE sales_order SET units_sold = 7, last_updated = localtimestamp WHERE sales_order_id = 1")
+    run_sql(source, "UPDATE sales_order SET units_sold = 7, last_updated = localtimestamp WHERE "
+                    "sales_order_id = 1")
     run_sql(source, "UPDATE address SET city = 'York', last_updated = localtimestamp WHERE address_id = 1")
     run_sql(source, "INSERT INTO currency (currency_code, created_at, last_updated) "
                     "VALUES ('EUR', localtimestamp, localtimestamp)")
@@ -76,7 +78,8 @@ def test_changes_after_the_last_loaded_batch_are_in_flight_not_mismatches(loaded
 def test_a_back_dated_update_is_a_mismatch(loaded, check):
     source, warehouse, buckets = loaded
     # Stamped below the window every later run reads: a cursor never sees it.
-    run_sql(source, "UPDATE sales_order SET units_sold = 12345, last_updated = last_updated - interval '2 days' "
+    run_sql(source, "UPDATE sales_order SET units_sold = 12345, last_updated = last_updated - "
+                    "interval '2 days' "
                     "WHERE sales_order_id = 2")
     run_pipeline()
 
@@ -104,7 +107,8 @@ def test_deletions_recorded_or_not(loaded, check):
 
 def test_a_quarantined_row_is_reported_as_such(loaded, check):
     source, warehouse, buckets = loaded
-    run_sql(source, "UPDATE purchase_order SET agreed_delivery_date = '2024-02-30', last_updated = localtimestamp")
+    run_sql(source, "UPDATE purchase_order SET agreed_delivery_date = '2024-02-30', last_updated "
+                    "= localtimestamp")
     run_pipeline()
 
     report = check(source, warehouse, buckets["ingest"])
@@ -119,7 +123,8 @@ def test_a_fact_version_never_landed_is_named_by_the_history_check(loaded, check
                        "last_updated_date, last_updated_time, sales_staff_id, counterparty_id, units_sold, "
                        "unit_price, currency_id, design_id, agreed_payment_date, agreed_delivery_date, "
                        "agreed_delivery_location_id) SELECT sales_order_id, created_date, created_time, "
-                       "last_updated_date, '00:00:00.001', sales_staff_id, counterparty_id, units_sold, unit_price, "
+                       "last_updated_date, '00:00:00.001', sales_staff_id, counterparty_id, "
+                       "units_sold, unit_price, "
                        "currency_id, design_id, agreed_payment_date, agreed_delivery_date, "
                        "agreed_delivery_location_id FROM fact_sales_order WHERE sales_order_id = 1")
 

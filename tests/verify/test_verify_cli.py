@@ -25,7 +25,8 @@ def state_dir(loaded, tmp_path):
 
 def verify_cli(loaded, state_dir, *extra):
     source, warehouse, _ = loaded
-    return main(["verify", "--source", source, "--warehouse", warehouse, "--state-dir", str(state_dir), *extra])
+    return main(["verify", "--source", source, "--warehouse", warehouse, "--state-dir", str(state_dir),
+                 *extra])
 
 
 def test_exit_0_when_every_table_matches_then_1_naming_the_corrupted_row(loaded, state_dir, capsys):

@@ -65,7 +65,7 @@ def hold(table, deleted, previous, current, max_fraction, approved):
 
 
 def deletions_held_metric(table, rows):
-    """The EMF object of ``DeletionsHeld`` (dimensions service, table), which main-terraform/verify.tf alarms on."""
+    """The EMF object of ``DeletionsHeld`` (dimensions service, table): verify.tf alarms on it."""
     return {"_aws": {"Timestamp": int(time.time() * 1000),
                      "CloudWatchMetrics": [{"Namespace": NAMESPACE, "Dimensions": [["service", "table"]],
                                             "Metrics": [{"Name": "DeletionsHeld", "Unit": "Count"}]}]},

@@ -75,7 +75,8 @@ def _differing_segments(sides, pair, bits, lo=None, hi=None):
     params = {} if lo is None else {"lo": lo, "hi": hi}
     source, warehouse = sides.both(pair, lambda rel: _segments_sql(rel, bits, lo is not None), **params)
     source, warehouse = _as_map(source), _as_map(warehouse)
-    differing = sorted(seg for seg in source.keys() | warehouse.keys() if source.get(seg) != warehouse.get(seg))
+    differing = sorted(seg for seg in source.keys() | warehouse.keys()
+                       if source.get(seg) != warehouse.get(seg))
     return differing, sum(count for count, _ in source.values())
 
 
@@ -91,7 +92,8 @@ def compare(sides, pair) -> RowDiff:
     for segment in segments:
         lo, hi = _bounds(segment, SEGMENT_BITS)
         for fine in _differing_segments(sides, pair, FINE_BITS, lo, hi)[0]:
-            _compare_rows(sides, pair, *_bounds(fine, FINE_BITS), diff)
+            fine_lo, fine_hi = _bounds(fine, FINE_BITS)
+            _compare_rows(sides, pair, fine_lo, fine_hi, diff)
     different = len(diff.source_only) + len(diff.differing)
     diff.matched = int(source_total) - different
     return diff

@@ -18,7 +18,8 @@ from botocore.exceptions import ClientError
 
 from utils.errors import CorruptFileError
 
-FACTS = {"sales_order": "fact_sales_order", "purchase_order": "fact_purchase_order", "payment": "fact_payment"}
+FACTS = {"sales_order": "fact_sales_order", "purchase_order": "fact_purchase_order",
+         "payment": "fact_payment"}
 MIX = 1000003
 LOW_BITS = 2 ** 31 - 1
 
@@ -92,13 +93,15 @@ def _warehouse_relation(fact, source_table):
 
 def check_history(conn, s3_client, bucket, manifests, limit=10):
     """[HistoryResult] for the three fact tables; see the module docstring."""
-    return [_check_one(conn, s3_client, bucket, manifests, source, fact, limit) for source, fact in FACTS.items()]
+    return [_check_one(conn, s3_client, bucket, manifests, source, fact, limit)
+            for source, fact in FACTS.items()]
 
 
 def _check_one(conn, s3_client, bucket, manifests, source, fact, limit):
     ids, ms = landed_versions(s3_client, bucket, manifests, source)
     relation = _warehouse_relation(fact, source)
-    held = conn.run(f"SELECT count(*), coalesce(sum(id), 0), coalesce(sum(((id * {MIX}) # ms) & {LOW_BITS}), 0) "
+    held = conn.run("SELECT count(*), coalesce(sum(id), 0), "
+                    f"coalesce(sum(((id * {MIX}) # ms) & {LOW_BITS}), 0) "
                     f"FROM ({relation}) v", source=source)[0]  # nosec B608
     result = HistoryResult(fact, landed=int(ids.size), held=int(held[0]))
     if tuple(int(value) for value in held) == _sums(ids, ms):

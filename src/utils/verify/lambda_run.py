@@ -39,7 +39,8 @@ def run_verify(s3_client=None, secrets_client=None):
     try:
         warehouse = connect_to_db(warehouse_credentials, role="warehouse")
         try:
-            report = verify(source, warehouse, s3_client, settings.ingest_bucket, settings.ingest_overlap_seconds)
+            report = verify(source, warehouse, s3_client, settings.ingest_bucket,
+                            settings.ingest_overlap_seconds)
         finally:
             close_db_connection(warehouse)
     finally:

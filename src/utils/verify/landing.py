@@ -25,7 +25,7 @@ class Landed:
     manifests: List[Tuple[str, Dict[str, Any]]] = field(default_factory=list)
     pending: int = 0
     bounds: Dict[str, Tuple[str, str]] = field(default_factory=dict)
-    state: Dict[str, Any] = field(default_factory=dict)
+    state: Any = field(default_factory=dict)
 
 
 def loaded_batch_ids(conn):
@@ -42,7 +42,8 @@ def read_landed(s3_client, bucket, loaded_ids) -> Landed:
     state, _ = read_state(s3_client, bucket, "ingest")
     if not state.get("manifest_key") and loaded_ids:
         raise CorruptFileError(f"the landing zone s3://{bucket} has no ingest batch, yet the warehouse has "
-                               f"loaded {len(loaded_ids)}: wrong bucket or state folder?", key="_state/ingest.json")
+                               f"loaded {len(loaded_ids)}: wrong bucket or state folder?",
+                               key="_state/ingest.json")
     chain, _ = walk_manifests(
         lambda key: read_manifest(s3_client, bucket, key, check_source_table, "batch_id"),
         state.get("manifest_key"))

@@ -5,13 +5,15 @@ A ``Pair`` is two SQL relations of the same shape, ``(id, h)``: ``id`` the sourc
 function, stable across PostgreSQL versions since hash partitioning relies on them; PostgreSQL 14 or
 later). Both sides give each value the same type: a warehouse date as text where the source keeps
 text, the warehouse's date and time(3) added back into the source's timestamp, an enum as text (an
-enum's hash is its OID's, which differs between databases), so equal rows hash equal in both databases. The warehouse side is the current state: a fact table's latest version per id
+enum's hash is its OID's, which differs between databases), so equal rows hash equal in both
+databases. The warehouse side is the current state: a fact table's latest version per id
 (``DISTINCT ON`` over the version index), a dimension's row; ids with an open deletion in
 ``etl_deleted_rows`` are left out on that side, as the ``current_*`` views leave them out.
 
 ``stamps``: the source tables whose rows make the pair's row, with the SQL of each one's
 ``last_updated`` and row ``xmin`` (a joined dimension is in flight when either of its rows is).
-Every name here is a constant of this module: no identifier comes from input.
+Every name here is a constant of this module (the ``# nosec B608`` below): no identifier or value comes
+from input.
 """
 from dataclasses import dataclass
 from typing import Tuple
@@ -35,7 +37,7 @@ class Pair:
 
 
 def _not_deleted(source_table, id_sql):
-    return (f"NOT EXISTS (SELECT 1 FROM etl_deleted_rows d WHERE d.source_table = '{source_table}' "
+    return (f"NOT EXISTS (SELECT 1 FROM etl_deleted_rows d WHERE d.source_table = '{source_table}' "  # nosec B608
             f"AND d.source_id = {id_sql} AND d.reinserted_batch_id IS NULL)")
 
 
@@ -48,8 +50,8 @@ def _hash(columns):
 def _dimension(table, source_table, key, source_columns, warehouse_columns, source_from, stamps,
                warehouse_key=None):
     warehouse_key = warehouse_key or key
-    source = f"SELECT {key} AS id, {_hash(source_columns)} AS h FROM {source_from}"
-    warehouse = (f"SELECT {warehouse_key} AS id, {_hash(warehouse_columns)} AS h FROM {table} w "
+    source = f"SELECT {key} AS id, {_hash(source_columns)} AS h FROM {source_from}"  # nosec B608
+    warehouse = (f"SELECT {warehouse_key} AS id, {_hash(warehouse_columns)} AS h FROM {table} w "  # nosec B608
                  f"WHERE {_not_deleted(source_table, 'w.' + warehouse_key)}")
     return Pair(table, source_table, source, warehouse, stamps, source_from, key)
 
@@ -72,10 +74,10 @@ def _fact(table, source_table, key, source_values, warehouse_values):
                       *source_values]
     warehouse_columns = [key, *_warehouse_stamp_columns("created"), *_warehouse_stamp_columns("last_updated"),
                          *warehouse_values]
-    source = f"SELECT s.{key} AS id, {_hash(source_columns)} AS h FROM {source_table} s"
-    latest = (f"SELECT DISTINCT ON ({key}) * FROM {table} ORDER BY {key} DESC, last_updated_date DESC, "
+    source = f"SELECT s.{key} AS id, {_hash(source_columns)} AS h FROM {source_table} s"  # nosec B608
+    latest = (f"SELECT DISTINCT ON ({key}) * FROM {table} ORDER BY {key} DESC, last_updated_date DESC, "  # nosec B608
               "last_updated_time DESC")
-    warehouse = (f"SELECT {key} AS id, {_hash(warehouse_columns)} AS h FROM ({latest}) w "
+    warehouse = (f"SELECT {key} AS id, {_hash(warehouse_columns)} AS h FROM ({latest}) w "  # nosec B608
                  f"WHERE {_not_deleted(source_table, 'w.' + key)}")
     return Pair(table, source_table, source, warehouse, (_own("s", source_table),), f"{source_table} s",
                 f"s.{key}", is_fact=True)
@@ -117,7 +119,8 @@ def build_pairs(line_2_column="counterparty_legal_address_line_2"):
                    "staff s JOIN department d ON d.department_id = s.department_id",
                    (_own("s", "staff"), _own("d", "department"))),
         _fact("fact_sales_order", "sales_order", "sales_order_id",
-              ["s.staff_id", "s.counterparty_id", "s.units_sold", "s.unit_price", "s.currency_id", "s.design_id",
+              ["s.staff_id", "s.counterparty_id", "s.units_sold", "s.unit_price", "s.currency_id",
+               "s.design_id",
                "s.agreed_payment_date", "s.agreed_delivery_date", "s.agreed_delivery_location_id"],
               ["sales_staff_id", "counterparty_id", "units_sold", "unit_price", "currency_id", "design_id",
                "agreed_payment_date::text", "agreed_delivery_date::text", "agreed_delivery_location_id"]),
@@ -130,6 +133,7 @@ def build_pairs(line_2_column="counterparty_legal_address_line_2"):
         _fact("fact_payment", "payment", "payment_id",
               ["s.transaction_id", "s.counterparty_id", "s.payment_amount", "s.currency_id",
                "s.payment_type_id", "s.paid", "s.payment_date"],
-              ["transaction_id", "counterparty_id", "payment_amount", "currency_id", "payment_type_id", "paid",
+              ["transaction_id", "counterparty_id", "payment_amount", "currency_id", "payment_type_id",
+               "paid",
                "payment_date::text"]),
     ]

@@ -13,7 +13,8 @@ def _row(table):
 def render_text(report):
     """Lines for people: one per table, the ids of each difference, the history, the verdict."""
     header = f"  {'table':<20}" + "".join(f"{name:>12}" for _, name in COLUMNS) + f"{'deleted':>12}"
-    lines = [f"verify: totesys against the warehouse (last loaded batch {report.last_loaded_batch or 'none'}, "
+    last = report.last_loaded_batch or "none"
+    lines = [f"verify: totesys against the warehouse (last loaded batch {last}, "
              f"{report.pending_batches} batch(es) not loaded yet)", header]
     lines += [_row(table) for table in report.tables]
     for table in report.tables:
@@ -26,8 +27,9 @@ def render_text(report):
             lines.append(f"  history {history.table}: {history.landed:,} versions landed, every one in the "
                          f"warehouse once (or quarantined)")
             continue
-        lines.append(f"  history {history.table}: {history.not_in_warehouse_count:,} landed version(s) not in "
-                     f"the warehouse {history.not_in_warehouse}; {history.not_landed_count:,} fact version(s) "
+        lines.append(f"  history {history.table}: {history.not_in_warehouse_count:,} landed version(s) "
+                     f"not in the warehouse {history.not_in_warehouse}; {history.not_landed_count:,} "
+                     "fact version(s) "
                      f"never landed {history.not_landed}")
     if report.mismatches:
         names = sorted({t.table for t in report.tables if t.mismatches}

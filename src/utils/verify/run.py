@@ -103,7 +103,8 @@ def verify(source, warehouse, s3_client, ingest_bucket, overlap_seconds, history
                       for pair in build_pairs(_line_2_column(warehouse))]
         finally:
             sides.close()
-        checked = check_history(warehouse, s3_client, ingest_bucket, landed.manifests, ID_LIMIT) if history else []
+        checked = (check_history(warehouse, s3_client, ingest_bucket, landed.manifests, ID_LIMIT)
+                   if history else [])
         return Report(tables, checked, latest_loaded(landed), landed.pending)
     finally:
         for conn in (source, warehouse):
@@ -119,7 +120,8 @@ def _begin(*conns):
 def _set_xid_base(source):
     """The settings ``full_xid_sql`` reads: the epoch of this transaction's snapshot xmax."""
     xmax = int(source.run("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")[0][0])
-    source.run("SELECT set_config('totesys.xid_base', :base, true), set_config('totesys.cur_xmax', :xmax, true)",
+    source.run("SELECT set_config('totesys.xid_base', :base, true), "
+               "set_config('totesys.cur_xmax', :xmax, true)",
                base=str(xmax >> 32 << 32), xmax=str(xmax))
 
 
@@ -175,8 +177,9 @@ def _source_details(source, pair, ids, bounds, overlap_seconds):
     flag = _in_flight_sql(pair, bounds, overlap_seconds, params)
     own_updated = pair.stamps[0][1]
     # From this package's constants; values bound.
-    rows = source.run(f"SELECT {pair.source_key}, ({flag}), {own_updated} FROM {pair.source_from} "  # nosec B608
-                      f"WHERE {pair.source_key} = ANY(CAST(:ids AS int[]))", **params)
+    sql = (f"SELECT {pair.source_key}, ({flag}), {own_updated} FROM {pair.source_from} "  # nosec B608
+           f"WHERE {pair.source_key} = ANY(CAST(:ids AS int[]))")
+    rows = source.run(sql, **params)
     return {int(row_id): (bool(flag_value), updated) for row_id, flag_value, updated in rows}
 
 
