@@ -37,7 +37,8 @@ class Pair:
 
 
 def _not_deleted(source_table, id_sql):
-    return (f"NOT EXISTS (SELECT 1 FROM etl_deleted_rows d WHERE d.source_table = '{source_table}' "  # nosec B608
+    return ("NOT EXISTS (SELECT 1 FROM etl_deleted_rows d "  # nosec B608
+            f"WHERE d.source_table = '{source_table}' "
             f"AND d.source_id = {id_sql} AND d.reinserted_batch_id IS NULL)")
 
 
@@ -51,7 +52,8 @@ def _dimension(table, source_table, key, source_columns, warehouse_columns, sour
                warehouse_key=None):
     warehouse_key = warehouse_key or key
     source = f"SELECT {key} AS id, {_hash(source_columns)} AS h FROM {source_from}"  # nosec B608
-    warehouse = (f"SELECT {warehouse_key} AS id, {_hash(warehouse_columns)} AS h FROM {table} w "  # nosec B608
+    warehouse_hash = _hash(warehouse_columns)
+    warehouse = (f"SELECT {warehouse_key} AS id, {warehouse_hash} AS h FROM {table} w "  # nosec B608
                  f"WHERE {_not_deleted(source_table, 'w.' + warehouse_key)}")
     return Pair(table, source_table, source, warehouse, stamps, source_from, key)
 
@@ -75,7 +77,8 @@ def _fact(table, source_table, key, source_values, warehouse_values):
     warehouse_columns = [key, *_warehouse_stamp_columns("created"), *_warehouse_stamp_columns("last_updated"),
                          *warehouse_values]
     source = f"SELECT s.{key} AS id, {_hash(source_columns)} AS h FROM {source_table} s"  # nosec B608
-    latest = (f"SELECT DISTINCT ON ({key}) * FROM {table} ORDER BY {key} DESC, last_updated_date DESC, "  # nosec B608
+    latest = (f"SELECT DISTINCT ON ({key}) * FROM {table} "  # nosec B608
+              f"ORDER BY {key} DESC, last_updated_date DESC, "
               "last_updated_time DESC")
     warehouse = (f"SELECT {key} AS id, {_hash(warehouse_columns)} AS h FROM ({latest}) w "  # nosec B608
                  f"WHERE {_not_deleted(source_table, 'w.' + key)}")
