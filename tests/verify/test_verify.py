@@ -89,20 +89,22 @@ def test_a_back_dated_update_is_a_mismatch(loaded, check):
     assert by_table(report)["fact_sales_order"].ids["differing"] == [2]
 
 
-def test_deletions_recorded_or_not(loaded, check):
+def test_deletions_recorded_or_not(loaded, check, monkeypatch):
     source, warehouse, buckets = loaded
-    run_sql(source, "DELETE FROM payment WHERE payment_id = 1")
+    monkeypatch.setenv("MAX_DELETE_FRACTION", "1")  # 1 of 2 orders: not held by the mass-delete guard
+    run_sql(source, "DELETE FROM sales_order WHERE sales_order_id = 2")
 
     before = by_table(check(source, warehouse, buckets["ingest"]))
-    assert before["fact_payment"].ids["extra"] == [1] and before["fact_payment"].deletions_recorded == 0
+    assert before["fact_sales_order"].ids["extra"] == [2]
+    assert before["fact_sales_order"].deletions_recorded == 0
 
     run_pipeline()
     after = check(source, warehouse, buckets["ingest"])
     assert after.exit_code == 0, after.to_dict()
-    payment = by_table(after)["fact_payment"]
-    assert payment.deletions_recorded == 1 and payment.counts["extra"] == 0
-    # History keeps the deleted payment's version: still landed and held.
-    assert {h.table: h.matched for h in after.history}["fact_payment"]
+    orders = by_table(after)["fact_sales_order"]
+    assert orders.deletions_recorded == 1 and orders.counts["extra"] == 0 and orders.matched == 1
+    # History keeps the deleted order's version: still landed and held.
+    assert {h.table: h.matched for h in after.history}["fact_sales_order"]
 
 
 def test_a_quarantined_row_is_reported_as_such(loaded, check):
