@@ -9,6 +9,7 @@ import io
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from botocore.exceptions import ClientError
@@ -133,7 +134,10 @@ def command_rebuild(args, out=print):
         print(f"totesys rebuild: no landing zone under {s3_dir}/: run `make run` first", file=sys.stderr)
         return 1
     credentials = credentials_from_url(args.into)
-    environment = account_environment(REGION, **BUCKETS)
+    # The stages' log lines go to a file, as for `totesys run`, not into the command's output.
+    log_path = Path(args.state_dir) / "logs" / f"rebuild-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    environment = account_environment(REGION, TOTESYS_LOG_FILE=str(log_path), **BUCKETS)
     with mock.patch.dict(os.environ, environment), mock_aws(), lazy_buckets(s3_dir):
         conn = connect_to_db(credentials, role="warehouse")
         try:
@@ -145,7 +149,8 @@ def command_rebuild(args, out=print):
             save_buckets(s3_dir)
     rows = sum(result["tables"].values())
     out(f"rebuilt {describe_url(args.into)} from the landing zone: {len(result['transformed'])} batch(es) "
-        f"transformed into generation {result['generation']}, {len(result['loaded'])} loaded, {rows:,} rows")
+        f"transformed into generation {result['generation']}, {len(result['loaded'])} loaded, {rows:,} rows "
+        f"(logs: {log_path})")
     return 0
 
 

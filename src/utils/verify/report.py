@@ -22,6 +22,11 @@ def render_text(report):
             if table.ids[kind]:
                 lines.append(f"  {table.table} {name}: ids {', '.join(map(str, table.ids[kind]))}"
                              + (" ..." if table.counts[kind] > len(table.ids[kind]) else ""))
+    for table in report.tables:
+        if table.deletions_held:
+            lines.append(f"  {table.table}: {table.deletions_held:,} deletion(s) of {table.source_table} "
+                         "held by the mass-delete guard "
+                         f"(approve: totesys deletes --approve {table.source_table})")
     for history in report.history:
         if history.matched:
             lines.append(f"  history {history.table}: {history.landed:,} versions landed, every one in the "

@@ -11,7 +11,9 @@ is then classified:
 - ``quarantined``: either of those, for a source version recorded (unresolved) in ``etl_rejected_rows``:
   reported by the load already, not a mismatch;
 - ``extra``: in the warehouse's current state, gone from totesys, and no deletion recorded;
-- ``deletions_recorded``: open deletions in ``etl_deleted_rows`` (ids left out of the current state).
+- ``deletions_recorded``: open deletions in ``etl_deleted_rows`` (ids left out of the current state);
+  ``deletions_held``: the deletions the mass-delete guard holds (the ingest state's ``held_deletes``):
+  they show as ``extra`` until approved.
 
 Mismatches are missing + differing + extra, and the history check's differences.
 """
@@ -47,6 +49,7 @@ class TableReport:
     counts: Dict[str, int] = field(default_factory=lambda: {kind: 0 for kind in KINDS})
     ids: Dict[str, List[int]] = field(default_factory=lambda: {kind: [] for kind in KINDS})
     deletions_recorded: int = 0
+    deletions_held: int = 0
 
     @property
     def mismatches(self):
@@ -79,7 +82,8 @@ class Report:
         return {"matched": self.mismatches == 0, "mismatches": self.mismatches,
                 "last_loaded_batch": self.last_loaded_batch, "pending_batches": self.pending_batches,
                 "tables": [{"table": t.table, "source_table": t.source_table, "matched": t.matched,
-                            **t.counts, "deletions_recorded": t.deletions_recorded, "ids": t.ids}
+                            **t.counts, "deletions_recorded": t.deletions_recorded,
+                            "deletions_held": t.deletions_held, "ids": t.ids}
                            for t in self.tables],
                 "history": [{**asdict(h), "matched": h.matched} for h in self.history]}
 
@@ -103,6 +107,9 @@ def verify(source, warehouse, s3_client, ingest_bucket, overlap_seconds, history
                       for pair in build_pairs(_line_2_column(warehouse))]
         finally:
             sides.close()
+        held = landed.state.get("held_deletes") or {}
+        for table in tables:
+            table.deletions_held = int((held.get(table.source_table) or {}).get("rows", 0))
         checked = (check_history(warehouse, s3_client, ingest_bucket, landed.manifests, ID_LIMIT)
                    if history else [])
         return Report(tables, checked, latest_loaded(landed), landed.pending)
