@@ -96,7 +96,7 @@ lint: check-pep8-compliance typecheck terraform-fmt checkov actionlint statelint
 # mypy over what is deployed (utils and the handlers); strict on the contracts, the state pointers,
 # the manifests and the settings ([tool.mypy] in pyproject.toml).
 typecheck: $(STAMP)
-	$(BIN)/mypy src/utils src/ingest.py src/transform.py src/load.py
+	$(BIN)/mypy src/utils src/ingest.py src/transform.py src/load.py src/verify.py
 
 run-pytest: $(STAMP) $(DASHBOARD_STAMP) chromium
 	TOTESYS_CHROMIUM=$(CHROMIUM) $(BIN)/pytest --cov --cov-report=term --cov-fail-under=90

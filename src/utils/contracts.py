@@ -8,8 +8,12 @@ from typing import Dict, List, NotRequired, Optional, TypedDict
 
 
 class IngestEvent(TypedDict, total=False):
-    """The ingest event; without ``tables_to_query`` every source table is read."""
+    """The ingest event; without ``tables_to_query`` every source table is read. ``resync``: tables landed
+    in full (``utils.ingest.resync``); ``approve_deletes``: tables whose held mass deletion this run records
+    (``utils.ingest.delete_guard``)."""
     tables_to_query: List[str]
+    resync: List[str]
+    approve_deletes: List[str]
 
 
 # The ingest result, which is also the transform event: {source table: key of the file it landed}.
@@ -72,6 +76,7 @@ class IngestState(TypedDict, total=False):
     timezone: str
     ignored_columns: Dict[str, List[str]]
     tables: Dict[str, TableBounds]
+    held_deletes: Dict[str, Dict[str, int]]
 
 
 class FileEntry(TypedDict):

@@ -32,6 +32,6 @@ def resync_tables(event):
 
 
 def with_resync(tables, resync):
-    """The run's tables with the re-synced ones added (a re-sync of a table the event leaves out would
-    land nothing)."""
+    """The run's tables with ``resync`` added (a re-sync, or an approval, of a table the event's
+    ``tables_to_query`` leaves out would otherwise do nothing)."""
     return [name for name in SOURCE_TABLES if name in tables or name in resync]

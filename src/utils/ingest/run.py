@@ -96,7 +96,7 @@ def run_ingest(event, s3_client=None, secrets_client=None):
     tables = parse_event(event)
     settings = load_settings()
     repair = repair_options(event, settings.max_delete_fraction)
-    tables = with_resync(tables, repair.resync)
+    tables = with_resync(tables, repair.resync + repair.approved)
     s3_client = s3_client or boto3.client("s3")
     secrets_client = secrets_client or boto3.client("secretsmanager")
     credentials = db_connections_get_secret(secrets_client, settings.totesys_secret_id)
