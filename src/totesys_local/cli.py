@@ -10,7 +10,7 @@
     totesys verify [--source URL] [--warehouse URL] [--json] [--state-dir DIR]
     totesys resync --tables T [T ...] [--source URL] [--warehouse URL] [--state-dir DIR]
     totesys deletes [--approve TABLE ...] [--source URL] [--warehouse URL] [--state-dir DIR]
-    totesys rebuild --into URL [--resume GENERATION] [--state-dir DIR]
+    totesys rebuild --into URL [--tables T ...] [--warehouse URL] [--resume GENERATION] [--state-dir DIR]
 
 URLs may also come from TOTESYS_SOURCE_URL / TOTESYS_WAREHOUSE_URL (the flags win); a URL without a
 password gets it as libpq tools do (PGPASSWORD, then ~/.pgpass or PGPASSFILE, else none).
@@ -114,6 +114,10 @@ def _add_trust(commands):
     rebuild.add_argument("--into", required=True, help="URL of the empty (or new) database to build")
     rebuild.add_argument("--resume", metavar="GENERATION",
                          help="continue a rebuild that stopped (its generation)")
+    rebuild.add_argument("--tables", nargs="+", metavar="T", help="then replace these warehouse tables of "
+                         "the warehouse in place by their rebuilt contents (--into is the scratch database)")
+    rebuild.add_argument("--warehouse", help="with --tables: the warehouse to repair (default: "
+                         "TOTESYS_WAREHOUSE_URL, else the embedded one)")
     _state_dir(rebuild)
     for sub in (resync, deletes):
         sub.add_argument("--source", help="totesys database URL (default: TOTESYS_SOURCE_URL, else the "

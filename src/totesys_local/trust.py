@@ -118,7 +118,8 @@ def command_deletes(args, out=print):
 
 def command_rebuild(args, out=print):
     """Rebuild the whole warehouse from the state folder's landing zone into the empty database ``--into``
-    (a new processed generation, saved with the buckets); the exit status."""
+    (a new processed generation, saved with the buckets); with ``--tables``, then replace those tables of
+    the warehouse (``--warehouse``, else the embedded one) in place. The exit status."""
     from unittest import mock
 
     import boto3
@@ -148,9 +149,32 @@ def command_rebuild(args, out=print):
             close_db_connection(conn)
             save_buckets(s3_dir)
     rows = sum(result["tables"].values())
+    if args.tables:
+        return _replace_in_place(args, credentials, out)
     out(f"rebuilt {describe_url(args.into)} from the landing zone: {len(result['transformed'])} batch(es) "
         f"transformed into generation {result['generation']}, {len(result['loaded'])} loaded, {rows:,} rows "
         f"(logs: {log_path})")
+    return 0
+
+
+def _replace_in_place(args, scratch_credentials, out):
+    """After a rebuild into the scratch database: copy ``args.tables`` into the warehouse in place."""
+    from totesys_local.runner import WAREHOUSE_DB, source_and_warehouse
+    from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
+    from utils.rebuild.in_place import replace_tables
+    _, warehouse_url = source_and_warehouse(args)
+    if not warehouse_url:
+        from totesys_local import cluster
+        warehouse_url = cluster.local_cluster(Path(args.state_dir)).url(WAREHOUSE_DB)
+    live = connect_to_db(credentials_from_url(warehouse_url), role="warehouse")
+    scratch = connect_to_db(scratch_credentials, role="warehouse")
+    try:
+        replaced = replace_tables(live, scratch, args.tables)
+    finally:
+        close_db_connection(live)
+        close_db_connection(scratch)
+    out(f"replaced in {describe_url(warehouse_url)}, one transaction each: "
+        + ", ".join(f"{table} ({rows:,} rows)" for table, rows in replaced.items()))
     return 0
 
 

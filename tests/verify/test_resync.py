@@ -79,7 +79,8 @@ def test_a_bad_resync_request_is_refused_before_anything_lands(loaded, event, er
 
 def test_a_resync_reads_its_tables_even_outside_tables_to_query(loaded, check):
     source, warehouse, buckets = loaded
-    run_sql(source, "UPDATE design SET file_name = 'oak.json', last_updated = last_updated + interval '1 hour'")
+    run_sql(source, "UPDATE design SET file_name = 'oak.json', "
+                    "last_updated = last_updated + interval '1 hour'")
     run_pipeline({"tables_to_query": ["currency"], "resync": ["design"]})
     assert run_sql(warehouse, "SELECT file_name FROM dim_design") == [["oak.json"]]
     assert check(source, warehouse, buckets["ingest"]).exit_code == 0

@@ -40,6 +40,15 @@ def test_run_verify_resync_deletes_rebuild(source_url, warehouse_url, new_databa
     assert main(["verify", "--source", source_url, "--warehouse", rebuilt, "--state-dir", str(tmp_path)]) == 0
     assert run_sql(rebuilt, "SELECT count(*) FROM etl_deleted_rows") == [[1]]
 
+    # Selected tables in place: a scratch rebuild, then the tables copied into the warehouse.
+    run_sql(warehouse_url, "UPDATE dim_location SET city = 'Nowhere'")
+    assert main(["verify", *urls]) == 1
+    capsys.readouterr()
+    assert main(["rebuild", "--into", new_database(), "--tables", "dim_location", "dim_counterparty",
+                 "--warehouse", warehouse_url, "--state-dir", str(tmp_path)]) == 0
+    assert "dim_location (2 rows)" in capsys.readouterr().out
+    assert main(["verify", *urls]) == 0
+
 
 def test_bad_requests_fail_before_running(tmp_path, capsys):
     assert main(["resync", "--tables", "nope", "--state-dir", str(tmp_path)]) == 1
