@@ -105,6 +105,7 @@ def test_a_rebuild_equals_the_incrementally_built_warehouse(pipeline_env, source
         rebuild_into(rebuilt, buckets)
 
 
+@pytest.mark.slow
 def test_a_rebuild_refuses_a_generation_that_exists(loaded, new_database):
     _, _, buckets = loaded
     first = rebuild_into(new_database(), buckets)
@@ -117,6 +118,7 @@ def test_a_rebuild_refuses_a_generation_that_exists(loaded, new_database):
     assert again["transformed"] == []
 
 
+@pytest.mark.slow
 def test_selected_tables_are_replaced_in_place_by_their_rebuilt_contents(loaded, new_database, check):
     from utils.rebuild.in_place import replace_tables
     source, warehouse, buckets = loaded
@@ -144,6 +146,7 @@ def test_selected_tables_are_replaced_in_place_by_their_rebuilt_contents(loaded,
     assert check(source, warehouse, buckets["ingest"]).exit_code == 0
 
 
+@pytest.mark.slow
 def test_a_dimension_row_still_referenced_stops_its_replacement_and_changes_nothing(loaded, new_database):
     from utils.errors import UnknownTableError
     from utils.rebuild.in_place import InPlaceError, replace_tables
