@@ -16,6 +16,7 @@ Every name here is a constant of this module (the ``# nosec B608`` below): no id
 from input.
 """
 from dataclasses import dataclass
+from functools import partial
 from typing import Tuple
 
 
@@ -48,11 +49,17 @@ def _hash(columns):
     return f"hash_record_extended(ROW({', '.join(columns)}), 0)"
 
 
+def _text_hash(columns):
+    # PostgreSQL 11-13 (no hash_record_extended): the row's text, hashed. The same value types on both
+    # sides give the same text (DateStyle ISO is set by the caller).
+    return f"hashtextextended(ROW({', '.join(columns)})::text, 0)"
+
+
 def _dimension(table, source_table, key, source_columns, warehouse_columns, source_from, stamps,
-               warehouse_key=None):
+               warehouse_key=None, row_hash=_hash):
     warehouse_key = warehouse_key or key
-    source = f"SELECT {key} AS id, {_hash(source_columns)} AS h FROM {source_from}"  # nosec B608
-    warehouse_hash = _hash(warehouse_columns)
+    source = f"SELECT {key} AS id, {row_hash(source_columns)} AS h FROM {source_from}"  # nosec B608
+    warehouse_hash = row_hash(warehouse_columns)
     warehouse = (f"SELECT {warehouse_key} AS id, {warehouse_hash} AS h FROM {table} w "  # nosec B608
                  f"WHERE {_not_deleted(source_table, 'w.' + warehouse_key)}")
     return Pair(table, source_table, source, warehouse, stamps, source_from, key)
@@ -70,17 +77,17 @@ def _warehouse_stamp_columns(prefix):
     return [f"({prefix}_date + {prefix}_time)"]
 
 
-def _fact(table, source_table, key, source_values, warehouse_values):
+def _fact(table, source_table, key, source_values, warehouse_values, row_hash=_hash):
     """A fact pair: the source row against the fact's latest version of that id."""
     source_columns = [key, *_stamp_columns("s.created_at"), *_stamp_columns("s.last_updated"),
                       *source_values]
     warehouse_columns = [key, *_warehouse_stamp_columns("created"), *_warehouse_stamp_columns("last_updated"),
                          *warehouse_values]
-    source = f"SELECT s.{key} AS id, {_hash(source_columns)} AS h FROM {source_table} s"  # nosec B608
+    source = f"SELECT s.{key} AS id, {row_hash(source_columns)} AS h FROM {source_table} s"  # nosec B608
     latest = (f"SELECT DISTINCT ON ({key}) * FROM {table} "  # nosec B608
               f"ORDER BY {key} DESC, last_updated_date DESC, "
               "last_updated_time DESC")
-    warehouse = (f"SELECT {key} AS id, {_hash(warehouse_columns)} AS h FROM ({latest}) w "  # nosec B608
+    warehouse = (f"SELECT {key} AS id, {row_hash(warehouse_columns)} AS h FROM ({latest}) w "  # nosec B608
                  f"WHERE {_not_deleted(source_table, 'w.' + key)}")
     return Pair(table, source_table, source, warehouse, (_own("s", source_table),), f"{source_table} s",
                 f"s.{key}", is_fact=True)
@@ -89,54 +96,57 @@ def _fact(table, source_table, key, source_values, warehouse_values):
 ADDRESS_COLUMNS = ["address_line_1", "address_line_2", "district", "city", "postal_code", "country", "phone"]
 
 
-def build_pairs(line_2_column="counterparty_legal_address_line_2"):
+def build_pairs(line_2_column="counterparty_legal_address_line_2", text_hash=False):
     """Every pair, in the warehouse's load order. ``line_2_column``: dim_counterparty's spelling of the
     second address line in this warehouse (SPEC 3 allows ``counterparty_legal_address_line2``); only
-    the two allowed spellings are accepted."""
+    the two allowed spellings are accepted. ``text_hash``: hash each row's text (for a server older
+    than PostgreSQL 14, on either side) instead of its typed values."""
+    row_hash = _text_hash if text_hash else _hash
+    dimension, fact = partial(_dimension, row_hash=row_hash), partial(_fact, row_hash=row_hash)
     if line_2_column not in ("counterparty_legal_address_line_2", "counterparty_legal_address_line2"):
         raise ValueError(f"unexpected dim_counterparty column {line_2_column!r}")
     legal = ["counterparty_legal_address_line_1", line_2_column, "counterparty_legal_district",
              "counterparty_legal_city", "counterparty_legal_postal_code", "counterparty_legal_country",
              "counterparty_legal_phone_number"]
     return [
-        _dimension("dim_location", "address", "address_id", [f"a.{c}" for c in ADDRESS_COLUMNS],
-                   ADDRESS_COLUMNS, "address a", (_own("a", "address"),), warehouse_key="location_id"),
-        _dimension("dim_currency", "currency", "currency_id", ["c.currency_code"], ["currency_code"],
-                   "currency c", (_own("c", "currency"),)),
-        _dimension("dim_design", "design", "design_id", ["d.design_name", "d.file_location", "d.file_name"],
-                   ["design_name", "file_location", "file_name"], "design d", (_own("d", "design"),)),
-        _dimension("dim_payment_type", "payment_type", "payment_type_id", ["p.payment_type_name::text"],
-                   ["payment_type_name"], "payment_type p", (_own("p", "payment_type"),)),
-        _dimension("dim_transaction", "transaction", "transaction_id",
-                   ["t.transaction_type::text", "t.sales_order_id", "t.purchase_order_id"],
-                   ["transaction_type", "sales_order_id", "purchase_order_id"], "transaction t",
-                   (_own("t", "transaction"),)),
-        _dimension("dim_counterparty", "counterparty", "counterparty_id",
-                   ["c.counterparty_legal_name", *[f"a.{c}" for c in ADDRESS_COLUMNS]],
-                   ["counterparty_legal_name", *legal],
-                   "counterparty c JOIN address a ON a.address_id = c.legal_address_id",
-                   (_own("c", "counterparty"), _own("a", "address"))),
-        _dimension("dim_staff", "staff", "staff_id",
-                   ["s.first_name", "s.last_name", "d.department_name", "d.location", "s.email_address"],
-                   ["first_name", "last_name", "department_name", "location", "email_address"],
-                   "staff s JOIN department d ON d.department_id = s.department_id",
-                   (_own("s", "staff"), _own("d", "department"))),
-        _fact("fact_sales_order", "sales_order", "sales_order_id",
-              ["s.staff_id", "s.counterparty_id", "s.units_sold", "s.unit_price", "s.currency_id",
-               "s.design_id",
-               "s.agreed_payment_date", "s.agreed_delivery_date", "s.agreed_delivery_location_id"],
-              ["sales_staff_id", "counterparty_id", "units_sold", "unit_price", "currency_id", "design_id",
-               "agreed_payment_date::text", "agreed_delivery_date::text", "agreed_delivery_location_id"]),
-        _fact("fact_purchase_order", "purchase_order", "purchase_order_id",
-              ["s.staff_id", "s.counterparty_id", "s.item_code", "s.item_quantity", "s.item_unit_price",
-               "s.currency_id", "s.agreed_delivery_date", "s.agreed_payment_date",
-               "s.agreed_delivery_location_id"],
-              ["staff_id", "counterparty_id", "item_code", "item_quantity", "item_unit_price", "currency_id",
-               "agreed_delivery_date::text", "agreed_payment_date::text", "agreed_delivery_location_id"]),
-        _fact("fact_payment", "payment", "payment_id",
-              ["s.transaction_id", "s.counterparty_id", "s.payment_amount", "s.currency_id",
-               "s.payment_type_id", "s.paid", "s.payment_date"],
-              ["transaction_id", "counterparty_id", "payment_amount", "currency_id", "payment_type_id",
-               "paid",
-               "payment_date::text"]),
+        dimension("dim_location", "address", "address_id", [f"a.{c}" for c in ADDRESS_COLUMNS],
+                  ADDRESS_COLUMNS, "address a", (_own("a", "address"),), warehouse_key="location_id"),
+        dimension("dim_currency", "currency", "currency_id", ["c.currency_code"], ["currency_code"],
+                  "currency c", (_own("c", "currency"),)),
+        dimension("dim_design", "design", "design_id", ["d.design_name", "d.file_location", "d.file_name"],
+                  ["design_name", "file_location", "file_name"], "design d", (_own("d", "design"),)),
+        dimension("dim_payment_type", "payment_type", "payment_type_id", ["p.payment_type_name::text"],
+                  ["payment_type_name"], "payment_type p", (_own("p", "payment_type"),)),
+        dimension("dim_transaction", "transaction", "transaction_id",
+                  ["t.transaction_type::text", "t.sales_order_id", "t.purchase_order_id"],
+                  ["transaction_type", "sales_order_id", "purchase_order_id"], "transaction t",
+                  (_own("t", "transaction"),)),
+        dimension("dim_counterparty", "counterparty", "counterparty_id",
+                  ["c.counterparty_legal_name", *[f"a.{c}" for c in ADDRESS_COLUMNS]],
+                  ["counterparty_legal_name", *legal],
+                  "counterparty c JOIN address a ON a.address_id = c.legal_address_id",
+                  (_own("c", "counterparty"), _own("a", "address"))),
+        dimension("dim_staff", "staff", "staff_id",
+                  ["s.first_name", "s.last_name", "d.department_name", "d.location", "s.email_address"],
+                  ["first_name", "last_name", "department_name", "location", "email_address"],
+                  "staff s JOIN department d ON d.department_id = s.department_id",
+                  (_own("s", "staff"), _own("d", "department"))),
+        fact("fact_sales_order", "sales_order", "sales_order_id",
+             ["s.staff_id", "s.counterparty_id", "s.units_sold", "s.unit_price", "s.currency_id",
+              "s.design_id",
+              "s.agreed_payment_date", "s.agreed_delivery_date", "s.agreed_delivery_location_id"],
+             ["sales_staff_id", "counterparty_id", "units_sold", "unit_price", "currency_id", "design_id",
+              "agreed_payment_date::text", "agreed_delivery_date::text", "agreed_delivery_location_id"]),
+        fact("fact_purchase_order", "purchase_order", "purchase_order_id",
+             ["s.staff_id", "s.counterparty_id", "s.item_code", "s.item_quantity", "s.item_unit_price",
+              "s.currency_id", "s.agreed_delivery_date", "s.agreed_payment_date",
+              "s.agreed_delivery_location_id"],
+             ["staff_id", "counterparty_id", "item_code", "item_quantity", "item_unit_price", "currency_id",
+              "agreed_delivery_date::text", "agreed_payment_date::text", "agreed_delivery_location_id"]),
+        fact("fact_payment", "payment", "payment_id",
+             ["s.transaction_id", "s.counterparty_id", "s.payment_amount", "s.currency_id",
+              "s.payment_type_id", "s.paid", "s.payment_date"],
+             ["transaction_id", "counterparty_id", "payment_amount", "currency_id", "payment_type_id",
+              "paid",
+              "payment_date::text"]),
     ]

@@ -103,8 +103,8 @@ def verify(source, warehouse, s3_client, ingest_bucket, overlap_seconds, history
         _set_xid_base(source)
         sides = Sides(source, warehouse)
         try:
-            tables = [_verify_pair(sides, pair, landed.bounds, overlap_seconds)
-                      for pair in build_pairs(_line_2_column(warehouse))]
+            pairs = build_pairs(_line_2_column(warehouse), text_hash=_needs_text_hash(source, warehouse))
+            tables = [_verify_pair(sides, pair, landed.bounds, overlap_seconds) for pair in pairs]
         finally:
             sides.close()
         held = landed.state.get("held_deletes") or {}
@@ -130,6 +130,11 @@ def _set_xid_base(source):
     source.run("SELECT set_config('totesys.xid_base', :base, true), "
                "set_config('totesys.cur_xmax', :xmax, true)",
                base=str(xmax >> 32 << 32), xmax=str(xmax))
+
+
+def _needs_text_hash(*conns):
+    """True when a server is older than PostgreSQL 14 (no hash_record_extended)."""
+    return any(int(conn.run("SHOW server_version_num")[0][0]) < 140000 for conn in conns)
 
 
 def _line_2_column(warehouse):
