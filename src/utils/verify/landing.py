@@ -12,18 +12,20 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from utils.aws.manifests import read_manifest, walk_manifests
+from utils.aws.objects import read_parquet_table
 from utils.aws.state import read_state
 from utils.catalog.source import check_source_table
 from utils.errors import CorruptFileError
+from utils.ingest.deletes import DELETED_SCHEMA
 
 
 @dataclass
 class Landed:
-    """``manifests``: [(key, manifest)] of the loaded ingest batches, oldest first; ``pending``: ingest
-    batches not loaded yet; ``bounds``: {source table: (high, snapshot)} (absent: nothing of that table
-    is loaded, so every row of it is in flight)."""
+    """``manifests``: [(key, manifest)] of the loaded ingest batches, oldest first; ``pending_manifests``:
+    those of the ingest batches not loaded yet; ``bounds``: {source table: (high, snapshot)} (absent:
+    nothing of that table is loaded, so every row of it is in flight)."""
     manifests: List[Tuple[str, Dict[str, Any]]] = field(default_factory=list)
-    pending: int = 0
+    pending_manifests: List[Tuple[str, Dict[str, Any]]] = field(default_factory=list)
     bounds: Dict[str, Tuple[str, str]] = field(default_factory=dict)
     state: Any = field(default_factory=dict)
 
@@ -52,7 +54,7 @@ def read_landed(s3_client, bucket, loaded_ids) -> Landed:
         if manifest["batch_id"] in loaded_ids:
             landed.manifests.append((key, manifest))
         else:
-            landed.pending += 1
+            landed.pending_manifests.append((key, manifest))
     landed.bounds = _bounds(state, landed.manifests, loaded_ids)
     return landed
 
@@ -70,3 +72,15 @@ def _bounds(state, manifests, loaded_ids) -> Dict[str, Tuple[str, str]]:
 def latest_loaded(landed: Landed) -> Optional[str]:
     """The id of the newest loaded batch, or None."""
     return landed.manifests[-1][1]["batch_id"] if landed.manifests else None
+
+
+def pending_deleted(s3_client, bucket, landed):
+    """{source table: set of ids} the ingest batches not loaded yet deleted (their ``_deleted`` files)."""
+    found: Dict[str, set] = {}
+    for key, manifest in landed.pending_manifests:
+        entry = manifest.get("deleted")
+        if entry:
+            rows = read_parquet_table(s3_client, bucket, entry["key"], "_deleted", DELETED_SCHEMA, key)
+            for table, row_id in zip(rows["source_table"].to_pylist(), rows["source_id"].to_pylist()):
+                found.setdefault(table, set()).add(int(row_id))
+    return found

@@ -10,7 +10,8 @@ is then classified:
   mismatch;
 - ``quarantined``: either of those, for a source version recorded (unresolved) in ``etl_rejected_rows``:
   reported by the load already, not a mismatch;
-- ``extra``: in the warehouse's current state, gone from totesys, and no deletion recorded;
+- ``extra``: in the warehouse's current state, gone from totesys, and no deletion recorded (in flight
+  instead when the id is still in its table's latest key set: deleted after the last ingest run);
 - ``deletions_recorded``: open deletions in ``etl_deleted_rows`` (ids left out of the current state);
   ``deletions_held``: the deletions the mass-delete guard holds (the ingest state's ``held_deletes``):
   they show as ``extra`` until approved.
@@ -21,12 +22,15 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Dict, List, Optional
 
+import numpy as np
+
 from utils.errors import TotesysError
 from utils.format_time import format_time, parse_time
+from utils.ingest.deletes import read_previous_keys
 from utils.ingest.snapshot import full_xid_sql, snapshot_bounds
 from utils.verify.checksum import Sides, compare
 from utils.verify.history import HistoryResult, check_history
-from utils.verify.landing import latest_loaded, loaded_batch_ids, read_landed
+from utils.verify.landing import latest_loaded, loaded_batch_ids, pending_deleted, read_landed
 from utils.verify.pairs import build_pairs
 
 ID_LIMIT = 10
@@ -104,15 +108,15 @@ def verify(source, warehouse, s3_client, ingest_bucket, overlap_seconds, history
         sides = Sides(source, warehouse)
         try:
             pairs = build_pairs(_line_2_column(warehouse), text_hash=_needs_text_hash(source, warehouse))
-            tables = [_verify_pair(sides, pair, landed.bounds, overlap_seconds) for pair in pairs]
+            recent_keys = RecentKeys(s3_client, ingest_bucket, landed.state,
+                                     pending_deleted(s3_client, ingest_bucket, landed))
+            tables = [_verify_pair(sides, pair, landed.bounds, overlap_seconds, recent_keys)
+                      for pair in pairs]
         finally:
             sides.close()
-        held = landed.state.get("held_deletes") or {}
-        for table in tables:
-            table.deletions_held = int((held.get(table.source_table) or {}).get("rows", 0))
         checked = (check_history(warehouse, s3_client, ingest_bucket, landed.manifests, ID_LIMIT)
                    if history else [])
-        return Report(tables, checked, latest_loaded(landed), landed.pending)
+        return Report(tables, checked, latest_loaded(landed), len(landed.pending_manifests))
     finally:
         for conn in (source, warehouse):
             conn.run("ROLLBACK")
@@ -144,7 +148,31 @@ def _line_2_column(warehouse):
     return "counterparty_legal_address_line2" if rows else "counterparty_legal_address_line_2"
 
 
-def _verify_pair(sides, pair, bounds, overlap_seconds):
+class RecentKeys:
+    """The key sets of the latest ingest run (the state pointer's ``keys`` objects), read when needed, and
+    the deletions of the batches not loaded yet.
+
+    An id that is extra in the warehouse (gone from totesys, no deletion recorded) but still in its table's
+    latest key set was deleted after that run, and one a pending batch deleted is on its way: in flight.
+    The key-set test is skipped when the table has held deletions (``held_deletes``): the stored set then
+    also holds the held ids, which stay mismatches until approved."""
+
+    def __init__(self, s3_client, bucket, state, pending):
+        self.s3_client, self.bucket, self.state, self.pending = s3_client, bucket, state, pending
+        self.held = {table: int((entry or {}).get("rows", 0))
+                     for table, entry in (state.get("held_deletes") or {}).items()}
+
+    def deleted_since(self, table, ids):
+        """The ``ids`` still in ``table``'s latest key set (none when the table has held deletions)."""
+        found = {int(row_id) for row_id in ids if row_id in self.pending.get(table, ())}
+        key = ((self.state.get("tables") or {}).get(table) or {}).get("keys")
+        if ids and key and not self.held.get(table):
+            keys = read_previous_keys(self.s3_client, self.bucket, table, key)
+            found |= {int(row_id) for row_id in np.asarray(ids)[np.isin(ids, keys)]}
+        return found
+
+
+def _verify_pair(sides, pair, bounds, overlap_seconds, recent_keys):
     diff = compare(sides, pair)
     report = TableReport(pair.table, pair.source_table, matched=diff.matched)
     source, warehouse = sides.conns["source"], sides.conns["warehouse"]
@@ -160,8 +188,10 @@ def _verify_pair(sides, pair, bounds, overlap_seconds):
                 report.add("quarantined", row_id)
             else:
                 report.add(kind, row_id)
+    deleted_since = recent_keys.deleted_since(pair.source_table, diff.warehouse_only)
     for row_id in diff.warehouse_only:
-        report.add("extra", row_id)
+        report.add("in_flight" if row_id in deleted_since else "extra", row_id)
+    report.deletions_held = recent_keys.held.get(pair.source_table, 0)
     report.deletions_recorded = int(warehouse.run(
         "SELECT count(*) FROM etl_deleted_rows WHERE source_table = :t AND reinserted_batch_id IS NULL",
         t=pair.source_table)[0][0])
