@@ -12,20 +12,14 @@ def by_table(report):
     return {table.table: table for table in report.tables}
 
 
-def back_date(source, sql):
-    """Run an update whose stamp lies below the next run's window (rows were stamped a day ago; the
-    window starts an hour before the last run) but after the row's previous version."""
-    run_sql(source, sql)
-
-
 def test_a_back_dated_update_is_reported_by_verify_and_repaired_by_resync(loaded, check):
     source, warehouse, buckets = loaded
-    back_date(source, "UPDATE sales_order SET units_sold = 12345, last_updated = last_updated + "
-                      "interval '1 hour' "
-                      "WHERE sales_order_id = 2")
-    back_date(source, "UPDATE address SET city = 'Wakefield', last_updated = last_updated + "
-                      "interval '1 hour' "
-                      "WHERE address_id = 1")
+    # Stamped below the next run's window (rows were stamped a day ago; the window starts an hour before
+    # the last run) but after the row's previous version.
+    run_sql(source, "UPDATE sales_order SET units_sold = 12345, last_updated = last_updated + "
+                    "interval '1 hour' WHERE sales_order_id = 2")
+    run_sql(source, "UPDATE address SET city = 'Wakefield', last_updated = last_updated + "
+                    "interval '1 hour' WHERE address_id = 1")
     assert run_pipeline()["batches"] == []  # the cursor does not see them
 
     report = check(source, warehouse, buckets["ingest"])
