@@ -143,6 +143,8 @@ REQUIRED = {
         + _rows("ec2:DescribeSubnets ec2:DescribeSecurityGroups ec2:DescribeVpcs", ANY),
     "aws_lambda_alias": _rows("lambda:CreateAlias lambda:GetAlias lambda:UpdateAlias lambda:DeleteAlias",
                               ALIAS_OF_FUNCTION),
+    # verify.tf: EventBridge may invoke the verify function (its resource-based policy)
+    "aws_lambda_permission": _rows("lambda:AddPermission lambda:GetPolicy lambda:RemovePermission", FUNCTION),
     "aws_lambda_layer_version":
         _rows("lambda:PublishLayerVersion", LAYER) + _rows("lambda:GetLayerVersion lambda:DeleteLayerVersion",
                                                            f"{LAYER}:3"),
