@@ -3,6 +3,8 @@
 Run it with ``totesys dashboard`` (or ``make dashboard``); it reads the warehouse URL from the
 environment variable ``TOTESYS_WAREHOUSE_URL`` and only ever reads (totesys_local.dashboard.queries).
 Each section sits in a container keyed ``section-<name>`` so that tests (and users' bookmarks) can find it.
+The sections' figures come from the load's rollups and are cached per warehouse data version (the last
+loaded batch id and the rollups' revision, ``totesys_local.dashboard.cache``), shared by all sessions.
 """
 import os
 from datetime import date
@@ -11,10 +13,17 @@ import pandas as pd
 import streamlit as st
 
 from totesys_local.dashboard import queries
+from totesys_local.dashboard.cache import PageCache
 from totesys_local.dashboard.queries import URL_VARIABLE, Filters, money
 
 RECENT_BATCHES = 200
 RUN_HINT = "Run `make run` to load the warehouse, then reload this page."
+
+
+@st.cache_resource
+def page_cache():
+    """The one PageCache of this dashboard server."""
+    return PageCache()
 
 
 def _table(rows, columns, money_columns=()):
@@ -48,10 +57,10 @@ def sidebar_filters(choices):
     return Filters(start=start, end=end or start, currencies=tuple(currencies))
 
 
-def section_totals(conn, filters):
+def section_totals(fetch, filters):
     with st.container(key="section-totals"):
         st.subheader("Sales value by currency")
-        totals = queries.sales_totals(conn, filters)
+        totals = fetch(queries.sales_totals, filters)
         if not totals:
             st.info("No orders match the filters.")
             return
@@ -61,42 +70,42 @@ def section_totals(conn, filters):
             column.metric(f"Orders {row['currency']}", f"{row['orders']:,}")
 
 
-def section_by_month(conn, filters):
+def section_by_month(fetch, filters):
     with st.container(key="section-by-month"):
         st.subheader("Sales by month")
-        rows = queries.sales_by_month(conn, filters)
+        rows = fetch(queries.sales_by_month, filters)
         if rows:
             st.bar_chart(_pivot(rows, "month"))
         _table(rows, ("month", "currency", "orders", "sales_value"), ("sales_value",))
 
 
-def section_by_country(conn, filters):
+def section_by_country(fetch, filters):
     with st.container(key="section-by-country"):
         st.subheader("Sales by delivery country")
-        rows = queries.sales_by_country(conn, filters)
+        rows = fetch(queries.sales_by_country, filters)
         if rows:
             st.bar_chart(_pivot(rows, "country"), horizontal=True)
         _table(rows, ("country", "currency", "orders", "sales_value"), ("sales_value",))
 
 
-def section_designs(conn, filters):
+def section_designs(fetch, filters):
     with st.container(key="section-designs"):
         st.subheader("Top designs (units sold)")
-        rows = queries.top_designs(conn, filters)
+        rows = fetch(queries.top_designs, filters)
         _table(rows, ("design", "total_units", "currency", "sales_value"), ("sales_value",))
 
 
-def section_staff(conn, filters):
+def section_staff(fetch, filters):
     with st.container(key="section-staff"):
         st.subheader("Sales by staff and department")
-        rows = queries.sales_by_staff(conn, filters)
+        rows = fetch(queries.sales_by_staff, filters)
         _table(rows, ("staff", "department", "currency", "orders", "sales_value"), ("sales_value",))
 
 
-def section_purchases(conn, filters):
+def section_purchases(fetch, filters):
     with st.container(key="section-purchases"):
         st.subheader("Purchases against sales")
-        rows = queries.purchases_against_sales(conn, filters)
+        rows = fetch(queries.purchases_against_sales, filters)
         if rows:
             frame = pd.DataFrame(rows)
             lines = {}
@@ -110,10 +119,10 @@ def section_purchases(conn, filters):
                ("sales_value", "purchase_value"))
 
 
-def section_payments(conn, filters):
+def section_payments(fetch, filters):
     with st.container(key="section-payments"):
         st.subheader("Payments: paid and outstanding")
-        rows = queries.payments(conn, filters)
+        rows = fetch(queries.payments, filters)
         _table(rows, ("currency", "payment_type", "paid_payments", "paid_amount", "outstanding_payments",
                       "outstanding_amount"), ("paid_amount", "outstanding_amount"))
 
@@ -130,17 +139,17 @@ def _duration(seconds):
 def section_pipeline(conn):
     with st.container(key="section-pipeline"):
         st.subheader("Pipeline")
-        state = queries.pipeline(conn)
+        state = queries.pipeline(conn, recent=RECENT_BATCHES)
         last = state["last"]
         left, middle, right = st.columns(3)
         left.metric("Last loaded batch (UTC)", f"{last['batch_time']:%Y-%m-%d %H:%M:%S}")
         middle.metric("Loaded at (UTC)", f"{last['loaded_at']:%Y-%m-%d %H:%M:%S}")
         right.metric("Behind now", _duration(state["lag_seconds"]))
-        st.caption(f"batch {last['batch_id']}; {len(state['batches']):,} batches loaded; "
+        st.caption(f"batch {last['batch_id']}; {state['count']:,} batches loaded; "
                    "'behind now' is now minus the batch's upper bound (its batch time)")
         if state["lag_seconds"] > 30 * 60:
             st.warning("The warehouse is more than 30 minutes behind totesys.")
-        recent = state["batches"][-RECENT_BATCHES:]
+        recent = state["batches"]
         frame = pd.DataFrame({"batch time": [f"{b['batch_time']:%Y-%m-%d %H:%M:%S}" for b in recent],
                               "rows": [int(b["rows"]) for b in recent]})
         st.caption(f"Rows loaded per batch (etl_load_ledger, the last {len(recent)})")
@@ -163,19 +172,28 @@ def render(url):
     try:
         with queries.read_only(url) as conn:
             state = queries.status(conn)
+            if state == "no-rollups":
+                st.info("The warehouse was loaded by an older version of the load, without the dashboard's "
+                        f"rollups: the next load builds them. {RUN_HINT}", icon="ℹ️")
+                return
             if state != "ready":
                 what = "has no tables yet" if state == "missing" else "has no loaded batch yet"
                 st.info(f"The warehouse is empty: it {what}. {RUN_HINT}", icon="ℹ️")
                 return
-            filters = sidebar_filters(queries.filter_choices(conn))
+            version = queries.data_version(conn)
+
+            def fetch(query, *args):
+                return page_cache().get(url, version, (query.__name__, args), lambda: query(conn, *args))
+
+            filters = sidebar_filters(fetch(queries.filter_choices))
             section_pipeline(conn)
-            section_totals(conn, filters)
-            section_by_month(conn, filters)
-            section_by_country(conn, filters)
-            section_designs(conn, filters)
-            section_staff(conn, filters)
-            section_purchases(conn, filters)
-            section_payments(conn, filters)
+            section_totals(fetch, filters)
+            section_by_month(fetch, filters)
+            section_by_country(fetch, filters)
+            section_designs(fetch, filters)
+            section_staff(fetch, filters)
+            section_purchases(fetch, filters)
+            section_payments(fetch, filters)
     except queries.WarehouseUnavailable as err:
         st.info(f"The warehouse cannot be read yet ({err}). {RUN_HINT}", icon="ℹ️")
 

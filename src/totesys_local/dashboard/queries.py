@@ -1,5 +1,10 @@
 """The dashboard's SQL: read-only, values bound, one consistent snapshot per page.
 
+The sales and payment sections read the rollups the load keeps (``utils.load.rollups``: small aggregates
+of the current_* views, per day and currency and, where a section needs it, location, staff member,
+design name or payment type), never the fact history, so a page costs the same at any warehouse size.
+Names (country, staff, design's for its key, currency code) are joined from the dimensions as they are now.
+
 Every function takes an open connection from ``read_only(url)`` (a ``REPEATABLE READ READ ONLY``
 transaction, so all sections of one page see the same warehouse and nothing can be written; a role with
 SELECT grants only is enough) and returns a list of dicts, one per row, with plain Python values.
@@ -14,6 +19,7 @@ from typing import Optional, Tuple
 from pg8000.native import identifier
 
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
+from utils.load.rollups import STATE, rollup_state, rollups_current
 from utils.metrics import batch_time_from_id
 
 # Where `totesys dashboard` passes the warehouse URL to the Streamlit app.
@@ -44,8 +50,8 @@ class Filters:
                 "all_currencies": self.currencies is None, "currencies": list(self.currencies or ())}
 
 
-# Each query below filters a fact ``f`` joined to dim_currency ``c`` with the same literal clause:
-#   f.created_date BETWEEN :start AND :end AND (:all_currencies OR c.currency_code = ANY(:currencies))
+# Each query below filters a rollup ``r`` joined to dim_currency ``c`` with the same literal clause:
+#   r.created_date BETWEEN :start AND :end AND (:all_currencies OR c.currency_code = ANY(:currencies))
 # (written out, not spliced in: the SQL is constant text and every value is bound).
 
 
@@ -81,28 +87,39 @@ def relations(conn):
 
 
 def status(conn):
-    """'missing' (the schema is not there), 'empty' (no batch loaded) or 'ready'."""
+    """'missing' (the schema is not there), 'empty' (no batch loaded), 'no-rollups' (loaded by an
+    older load: the next load builds the rollups) or 'ready'."""
     if not set(REQUIRED_RELATIONS) <= relations(conn):
         return "missing"
-    return "ready" if conn.run("SELECT EXISTS (SELECT 1 FROM etl_load_ledger)")[0][0] else "empty"
+    if not conn.run("SELECT EXISTS (SELECT 1 FROM etl_load_ledger)")[0][0]:
+        return "empty"
+    return "ready" if rollups_current(rollup_state(conn)) else "no-rollups"
+
+
+def data_version(conn):
+    """What the figures of a page depend on: (the last loaded batch id, the rollups' revision). Any new
+    batch, or a rebuild of the rollups, changes it."""
+    return tuple(conn.run(f"SELECT (SELECT max(batch_id) FROM etl_load_ledger), "  # nosec B608
+                          f"(SELECT sum(revision)::bigint FROM {identifier(STATE)})")[0])
 
 
 def filter_choices(conn):
-    """Currencies occurring in sales and the range of order dates: ``{"currencies", "first", "last"}``."""
+    """Currencies occurring in the current sales orders and the range of their creation dates:
+    ``{"currencies", "first", "last"}``."""
     codes = [row[0] for row in conn.run(
         "SELECT DISTINCT c.currency_code FROM dim_currency c "
-        "WHERE EXISTS (SELECT 1 FROM fact_sales_order f WHERE f.currency_id = c.currency_id) ORDER BY 1")]
-    first, last = conn.run("SELECT min(created_date), max(created_date) FROM fact_sales_order")[0]
+        "WHERE EXISTS (SELECT 1 FROM rollup_sales_daily r WHERE r.currency_id = c.currency_id) ORDER BY 1")]
+    first, last = conn.run("SELECT min(created_date), max(created_date) FROM rollup_sales_daily")[0]
     return {"currencies": codes, "first": first, "last": last}
 
 
 def sales_totals(conn, filters):
     """Per currency: orders, units and sales value (units x unit price) of the current orders."""
     return _rows(conn, """
-        SELECT c.currency_code AS currency, count(*) AS orders, sum(f.units_sold) AS units,
-               sum(f.units_sold * f.unit_price) AS sales_value
-        FROM current_sales_order f JOIN dim_currency c USING (currency_id)
-        WHERE f.created_date BETWEEN :start AND :end
+        SELECT c.currency_code AS currency, sum(r.orders)::bigint AS orders, sum(r.units)::bigint AS units,
+               sum(r.sales_value) AS sales_value
+        FROM rollup_sales_daily r JOIN dim_currency c USING (currency_id)
+        WHERE r.created_date BETWEEN :start AND :end
           AND (:all_currencies OR c.currency_code = ANY(CAST(:currencies AS varchar[])))
         GROUP BY 1 ORDER BY 1""", **filters.params())
 
@@ -110,22 +127,23 @@ def sales_totals(conn, filters):
 def sales_by_month(conn, filters):
     """Per month (first day) and currency: orders and sales value."""
     return _rows(conn, """
-        SELECT date_trunc('month', f.created_date)::date AS month, c.currency_code AS currency,
-               count(*) AS orders, sum(f.units_sold * f.unit_price) AS sales_value
-        FROM current_sales_order f JOIN dim_currency c USING (currency_id)
-        WHERE f.created_date BETWEEN :start AND :end
+        SELECT date_trunc('month', r.created_date)::date AS month, c.currency_code AS currency,
+               sum(r.orders)::bigint AS orders, sum(r.sales_value) AS sales_value
+        FROM rollup_sales_daily r JOIN dim_currency c USING (currency_id)
+        WHERE r.created_date BETWEEN :start AND :end
           AND (:all_currencies OR c.currency_code = ANY(CAST(:currencies AS varchar[])))
         GROUP BY 1, 2 ORDER BY 1, 2""", **filters.params())
 
 
 def sales_by_country(conn, filters):
-    """Per delivery country and currency: orders and sales value, largest value first."""
+    """Per delivery country (as dim_location names it now) and currency: orders and sales value,
+    largest value first."""
     return _rows(conn, """
-        SELECT l.country, c.currency_code AS currency, count(*) AS orders,
-               sum(f.units_sold * f.unit_price) AS sales_value
-        FROM current_sales_order f JOIN dim_currency c USING (currency_id)
-        JOIN dim_location l ON l.location_id = f.agreed_delivery_location_id
-        WHERE f.created_date BETWEEN :start AND :end
+        SELECT l.country, c.currency_code AS currency, sum(r.orders)::bigint AS orders,
+               sum(r.sales_value) AS sales_value
+        FROM rollup_sales_by_location r JOIN dim_currency c USING (currency_id)
+        JOIN dim_location l USING (location_id)
+        WHERE r.created_date BETWEEN :start AND :end
           AND (:all_currencies OR c.currency_code = ANY(CAST(:currencies AS varchar[])))
         GROUP BY 1, 2 ORDER BY 4 DESC, 1, 2""", **filters.params())
 
@@ -134,12 +152,11 @@ def top_designs(conn, filters, limit=10):
     """The ``limit`` designs (by name) selling the most units, with units and value per currency."""
     return _rows(conn, """
         WITH sold AS (
-            SELECT d.design_name, c.currency_code, f.units_sold, f.units_sold * f.unit_price AS value
-            FROM current_sales_order f JOIN dim_currency c USING (currency_id)
-            JOIN dim_design d USING (design_id)
-            WHERE f.created_date BETWEEN :start AND :end
+            SELECT r.design_name, c.currency_code, r.units, r.sales_value AS value
+            FROM rollup_sales_by_design r JOIN dim_currency c USING (currency_id)
+            WHERE r.created_date BETWEEN :start AND :end
               AND (:all_currencies OR c.currency_code = ANY(CAST(:currencies AS varchar[])))),
-        top AS (SELECT design_name, sum(units_sold) AS units FROM sold GROUP BY 1
+        top AS (SELECT design_name, sum(units)::bigint AS units FROM sold GROUP BY 1
                 ORDER BY 2 DESC, 1 LIMIT :limit)
         SELECT t.design_name AS design, t.units AS total_units, s.currency_code AS currency,
                sum(s.value) AS sales_value
@@ -148,14 +165,15 @@ def top_designs(conn, filters, limit=10):
 
 
 def sales_by_staff(conn, filters):
-    """Per sales staff member (with department) and currency: orders and sales value."""
+    """Per sales staff member (with department, as dim_staff names them now) and currency: orders and
+    sales value."""
     return _rows(conn, """
         SELECT s.first_name || ' ' || s.last_name AS staff, s.department_name AS department,
-               c.currency_code AS currency, count(*) AS orders,
-               sum(f.units_sold * f.unit_price) AS sales_value
-        FROM current_sales_order f JOIN dim_currency c USING (currency_id)
-        JOIN dim_staff s ON s.staff_id = f.sales_staff_id
-        WHERE f.created_date BETWEEN :start AND :end
+               c.currency_code AS currency, sum(r.orders)::bigint AS orders,
+               sum(r.sales_value) AS sales_value
+        FROM rollup_sales_by_staff r JOIN dim_currency c USING (currency_id)
+        JOIN dim_staff s USING (staff_id)
+        WHERE r.created_date BETWEEN :start AND :end
           AND (:all_currencies OR c.currency_code = ANY(CAST(:currencies AS varchar[])))
         GROUP BY 1, 2, 3 ORDER BY 5 DESC, 1, 3""", **filters.params())
 
@@ -164,17 +182,17 @@ def purchases_against_sales(conn, filters):
     """Per month and currency: sales value and purchase value (quantity x item unit price)."""
     return _rows(conn, """
         WITH sales AS (
-            SELECT date_trunc('month', f.created_date)::date AS month, c.currency_code AS currency,
-                   sum(f.units_sold * f.unit_price) AS value
-            FROM current_sales_order f JOIN dim_currency c USING (currency_id)
-            WHERE f.created_date BETWEEN :start AND :end
+            SELECT date_trunc('month', r.created_date)::date AS month, c.currency_code AS currency,
+                   sum(r.sales_value) AS value
+            FROM rollup_sales_daily r JOIN dim_currency c USING (currency_id)
+            WHERE r.created_date BETWEEN :start AND :end
               AND (:all_currencies OR c.currency_code = ANY(CAST(:currencies AS varchar[])))
             GROUP BY 1, 2),
         purchases AS (
-            SELECT date_trunc('month', f.created_date)::date AS month, c.currency_code AS currency,
-                   sum(f.item_quantity * f.item_unit_price) AS value
-            FROM current_purchase_order f JOIN dim_currency c USING (currency_id)
-            WHERE f.created_date BETWEEN :start AND :end
+            SELECT date_trunc('month', r.created_date)::date AS month, c.currency_code AS currency,
+                   sum(r.purchase_value) AS value
+            FROM rollup_purchase_daily r JOIN dim_currency c USING (currency_id)
+            WHERE r.created_date BETWEEN :start AND :end
               AND (:all_currencies OR c.currency_code = ANY(CAST(:currencies AS varchar[])))
             GROUP BY 1, 2)
         SELECT month, currency, coalesce(s.value, 0) AS sales_value,
@@ -186,32 +204,35 @@ def payments(conn, filters):
     """Per currency and payment type: payments and amounts paid and outstanding (current state)."""
     return _rows(conn, """
         SELECT c.currency_code AS currency, t.payment_type_name AS payment_type,
-               count(*) FILTER (WHERE f.paid) AS paid_payments,
-               coalesce(sum(f.payment_amount) FILTER (WHERE f.paid), 0) AS paid_amount,
-               count(*) FILTER (WHERE NOT f.paid) AS outstanding_payments,
-               coalesce(sum(f.payment_amount) FILTER (WHERE NOT f.paid), 0) AS outstanding_amount
-        FROM current_payment f JOIN dim_currency c USING (currency_id)
+               coalesce(sum(r.payments) FILTER (WHERE r.paid), 0)::bigint AS paid_payments,
+               coalesce(sum(r.amount) FILTER (WHERE r.paid), 0) AS paid_amount,
+               coalesce(sum(r.payments) FILTER (WHERE NOT r.paid), 0)::bigint AS outstanding_payments,
+               coalesce(sum(r.amount) FILTER (WHERE NOT r.paid), 0) AS outstanding_amount
+        FROM rollup_payment_daily r JOIN dim_currency c USING (currency_id)
         JOIN dim_payment_type t USING (payment_type_id)
-        WHERE f.created_date BETWEEN :start AND :end
+        WHERE r.created_date BETWEEN :start AND :end
           AND (:all_currencies OR c.currency_code = ANY(CAST(:currencies AS varchar[])))
         GROUP BY 1, 2 ORDER BY 1, 2""", **filters.params())
 
 
-def pipeline(conn, now=None):
+def pipeline(conn, now=None, recent=200):
     """The load ledger: ``{"last": {batch_id, batch_time, loaded_at, rows} or None, "lag_seconds",
-    "batches": [{batch_id, batch_time, loaded_at, rows}, ...]}`` (oldest first). The lag is now (the
-    database clock unless ``now`` is given) minus the newest batch's upper bound."""
+    "count": batches loaded, "batches": the last ``recent`` [{batch_id, batch_time, loaded_at, rows}, ...]
+    (oldest first)}``. The lag is now (the database clock unless ``now`` is given) minus the newest
+    batch's upper bound."""
     now = now or conn.run("SELECT now()")[0][0]
     batches = _rows(conn, """
         SELECT batch_id, loaded_at,
                (SELECT coalesce(sum(value::bigint), 0) FROM jsonb_each_text(row_counts)) AS rows
-        FROM etl_load_ledger ORDER BY batch_id""")
+        FROM (SELECT * FROM etl_load_ledger ORDER BY batch_id DESC LIMIT :recent) newest
+        ORDER BY batch_id""", recent=recent)
     for batch in batches:
         batch["batch_time"] = batch_time_from_id(batch["batch_id"])
         batch["loaded_at"] = batch["loaded_at"].astimezone(timezone.utc)
     last = batches[-1] if batches else None
     lag = (now - last["batch_time"]).total_seconds() if last else None
-    return {"last": last, "lag_seconds": lag, "batches": batches}
+    count = conn.run("SELECT count(*) FROM etl_load_ledger")[0][0]
+    return {"last": last, "lag_seconds": lag, "count": count, "batches": batches}
 
 
 def quarantine(conn):

@@ -24,6 +24,7 @@ from utils.db.copy_in import csv_stream
 from utils.errors import CorruptFileError, ForeignKeyViolationError, SchemaMismatchError
 from utils.load.constraints import checked_at_once, is_foreign_key_violation, setwise_foreign_keys
 from utils.load.deletes import record_deleted
+from utils.load.rollups import update_rollups
 from utils.load.schema import ADVISORY_LOCK_KEY, DELETED, DIMENSION_VERSIONS, LEDGER, REJECTED, sql_type
 from utils.load.staging import start_staging
 from utils.logger import get_logger
@@ -110,6 +111,7 @@ def load_batch(conn, s3_client, bucket, manifest_key, manifest, targets, connect
         newly_deleted = record_deleted(conn, deleted_keys, tables, batch_id)
         if newly_deleted:
             counts[DELETED] = newly_deleted
+        update_rollups(conn, batch_id, tables)  # the dashboard's aggregates, as current as the facts
         record_batch(conn, batch_id, manifest_key, counts)
         if staging is not None:
             staging.close(conn, list(staging.futures))

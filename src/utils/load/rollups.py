@@ -1,0 +1,343 @@
+"""The dashboard's rollups: small aggregates of the current state, kept by the load in each batch's own
+transaction, so they are exactly as current as the facts (DDL: ``utils/catalog/sql/rollups.sql``).
+
+Each rollup sums, per key, a few measures of the rows of one ``current_*`` view (the latest version of
+each order or payment whose deletion is not open). A batch changes the current row of an id when it
+appends a version of it, records its deletion or closes its deletion (a re-insert); a batch that renames
+a design moves its current orders to the new name in ``rollup_sales_by_design``. ``update_rollups``
+(called by the load just before the ledger row) finds those ids, the "touched" ones: fact rows with a
+record id above the state's ``last_record_id`` (loads are serialised by the advisory lock, so the serial
+ids of a batch are above every earlier batch's) and the deletions recorded or closed by this batch. For
+them it subtracts their current row as it was before the batch (versions up to ``last_record_id``,
+deletions open before the batch) and adds their current row now, grouped per rollup key, as upserts;
+groups left with no row are removed.
+
+A warehouse without the rollups (or with an older definition) gets them created and filled from the
+current views by the first load that sees it (``rebuild_rollups``, also the call for a rebuild or resync
+that rewrites facts outside a load). ``compare_rollups`` recomputes every rollup from the current views
+and lists the differences (``totesys verify``).
+"""
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+from pg8000.native import identifier
+
+from utils.catalog.warehouse import WAREHOUSE_DDL
+from utils.load.schema import ADVISORY_LOCK_KEY, DELETED
+from utils.logger import get_logger
+
+ROLLUP_DDL = WAREHOUSE_DDL.with_name("rollups.sql")
+STATE = "etl_rollup_state"
+DESIGN_NAMES = "rollup_design_name"
+# Bump when a rollup's keys or measures change: warehouses holding another definition are rebuilt.
+DEFINITION = 1
+# Rows of each differing rollup that compare_rollups reports as examples.
+EXAMPLES = 5
+
+logger = get_logger("load")
+
+
+@dataclass(frozen=True)
+class FactSource:
+    """A fact table as the rollups see it: its current-state view, the source table its deletions are
+    recorded under, its natural id, its serial record id, and the label column its delta rows carry
+    (``(column, table naming it before the batch, table naming it now, key)``, or None)."""
+    fact: str
+    view: str
+    source: str
+    id_column: str
+    record_column: str
+    label: Optional[Tuple[str, str, str, str]] = None
+
+
+@dataclass(frozen=True)
+class Rollup:
+    """One rollup table: ``keys`` and ``measures`` are (rollup column, SQL expression over a current row
+    of ``fact``, label column included); each measure is the sum of its expression; the first measure,
+    the sum of 1, counts the rows (a group whose count falls to 0 is removed)."""
+    table: str
+    fact: str
+    keys: Tuple[Tuple[str, str], ...]
+    measures: Tuple[Tuple[str, str], ...]
+
+
+FACT_SOURCES = {
+    "fact_sales_order": FactSource("fact_sales_order", "current_sales_order", "sales_order", "sales_order_id",
+                                   "sales_record_id", ("design_name", DESIGN_NAMES, "dim_design", "design_id")),
+    "fact_purchase_order": FactSource("fact_purchase_order", "current_purchase_order", "purchase_order",
+                                      "purchase_order_id", "purchase_record_id"),
+    "fact_payment": FactSource("fact_payment", "current_payment", "payment", "payment_id", "payment_record_id"),
+}
+_DAY_CURRENCY = (("created_date", "created_date"), ("currency_id", "currency_id"))
+_SALES = (("orders", "1"), ("sales_value", "units_sold * unit_price"))
+ROLLUPS = (
+    Rollup("rollup_sales_daily", "fact_sales_order", _DAY_CURRENCY,
+           (("orders", "1"), ("units", "units_sold"), ("sales_value", "units_sold * unit_price"))),
+    Rollup("rollup_sales_by_location", "fact_sales_order",
+           _DAY_CURRENCY + (("location_id", "agreed_delivery_location_id"),), _SALES),
+    Rollup("rollup_sales_by_staff", "fact_sales_order", _DAY_CURRENCY + (("staff_id", "sales_staff_id"),), _SALES),
+    Rollup("rollup_sales_by_design", "fact_sales_order", _DAY_CURRENCY + (("design_name", "design_name"),),
+           (("orders", "1"), ("units", "units_sold"), ("sales_value", "units_sold * unit_price"))),
+    Rollup("rollup_purchase_daily", "fact_purchase_order", _DAY_CURRENCY,
+           (("orders", "1"), ("purchase_value", "item_quantity * item_unit_price"))),
+    Rollup("rollup_payment_daily", "fact_payment",
+           _DAY_CURRENCY + (("payment_type_id", "payment_type_id"), ("paid", "paid")),
+           (("payments", "1"), ("amount", "payment_amount"))),
+)
+ROLLUP_TABLES = tuple(rollup.table for rollup in ROLLUPS) + (DESIGN_NAMES, STATE)
+
+
+def rollup_statements():
+    """The statements of the rollup DDL file, in order."""
+    text = ROLLUP_DDL.read_text()
+    statements = [statement.strip() for statement in text.split(";\n")]
+    return [s for s in statements if any(line.strip() and not line.strip().startswith("--")
+                                         for line in s.splitlines())]
+
+
+# -- reading the state --------------------------------------------------------------------------------
+
+def rollup_state(conn):
+    """{fact table: (last_record_id, definition)} of the warehouse's rollups; None when it has none."""
+    if conn.run("SELECT to_regclass(:name) IS NULL", name=STATE)[0][0]:
+        return None
+    return {fact: (mark, definition) for fact, mark, definition in conn.run(
+        f"SELECT fact_table, last_record_id, definition FROM {identifier(STATE)}")}  # nosec B608
+
+
+def rollups_current(state):
+    """True when ``state`` (rollup_state's answer) covers every fact with this code's definition."""
+    return state is not None and set(state) == set(FACT_SOURCES) \
+        and all(definition == DEFINITION for _, definition in state.values())
+
+
+# -- the load's hook ----------------------------------------------------------------------------------
+
+def update_rollups(conn, batch_id, tables):
+    """Bring the rollups up to date with what this batch did, inside the batch's transaction (after its
+    facts, dimensions and deletions are written, before COMMIT). ``tables``: the batch's {warehouse
+    table: pyarrow Table} (its dim_design rows say which designs may have been renamed). Creates and
+    fills the rollups when the warehouse has none or another definition. Returns {fact: ids touched}."""
+    state = rollup_state(conn)
+    if not rollups_current(state):
+        rebuild_rollups(conn, batch_id)
+        return {}
+    design_ids = _batch_ids(tables.get("dim_design"), "design_id")
+    touched = {}
+    for fact, source in FACT_SOURCES.items():
+        touched[fact] = _update_fact(conn, source, state[fact][0], batch_id, design_ids)
+    return touched
+
+
+def _batch_ids(table, column):
+    if table is None or not table.num_rows:
+        return []
+    return sorted(set(table[column].to_pylist()))
+
+
+def _update_fact(conn, source, mark, batch_id, design_ids):
+    """Apply one fact's changes since ``mark`` to its rollups and move the mark; return ids touched."""
+    fact, record = identifier(source.fact), identifier(source.record_column)
+    conn.run(f"CREATE TEMPORARY TABLE rollup_touched ON COMMIT DROP AS "  # nosec B608
+             f"SELECT {identifier(source.id_column)} AS id FROM {fact} WHERE {record} > :mark "
+             f"UNION SELECT source_id FROM {identifier(DELETED)} WHERE source_table = :source "
+             "AND (batch_id = :batch_id OR reinserted_batch_id = :batch_id)",
+             mark=mark, source=source.source, batch_id=batch_id)
+    touched = conn.row_count
+    renamed = _renamed_designs(conn, design_ids) if source.label else []
+    if touched or renamed:
+        conn.run("ANALYZE rollup_touched")
+        conn.run(_delta_sql(source), mark=mark, source=source.source, batch_id=batch_id)
+        if renamed:
+            _add_renames(conn, source, renamed)
+        for rollup in ROLLUPS:
+            if rollup.fact == source.fact:
+                _apply_delta(conn, rollup, drop_empty=True)
+        conn.run("DROP TABLE rollup_delta")
+    if source.label:
+        _record_design_names(conn, design_ids)
+    conn.run("DROP TABLE rollup_touched")
+    conn.run(f"UPDATE {identifier(STATE)} SET revision = revision + 1, batch_id = :batch_id, "  # nosec B608
+             f"last_record_id = greatest(last_record_id, (SELECT coalesce(max({record}), 0) FROM {fact})) "
+             "WHERE fact_table = :fact", batch_id=batch_id, fact=source.fact)
+    return touched
+
+
+def _current_rows(source, before):
+    """SELECT of the current row of each touched id: now, or (``before``) as it was before the batch
+    (versions up to :mark, deletions recorded by an earlier batch and open until this one)."""
+    fact, id_column = identifier(source.fact), identifier(source.id_column)
+    record = identifier(source.record_column)
+    if before:
+        is_open = "d.batch_id <> :batch_id AND (d.reinserted_batch_id IS NULL OR d.reinserted_batch_id = :batch_id)"
+        versions = f"AND f.{record} <= :mark "
+    else:
+        is_open, versions = "d.reinserted_batch_id IS NULL", ""
+    return (f"SELECT DISTINCT ON (f.{id_column}) f.* FROM {fact} f "  # nosec B608
+            f"JOIN rollup_touched t ON t.id = f.{id_column} "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {identifier(DELETED)} d WHERE d.source_table = :source "
+            f"AND d.source_id = f.{id_column} AND {is_open}) {versions}"
+            f"ORDER BY f.{id_column}, f.last_updated_date DESC, f.last_updated_time DESC, f.{record} DESC")
+
+
+def _labelled(source, rows, sign, label_table):
+    """``sign``, the columns of ``rows`` (a SELECT of fact rows) and the label from ``label_table``; a
+    missing label is NULL, which the rollups' NOT NULL key refuses (loud, never silently left out)."""
+    if not source.label:
+        return f"SELECT {sign} AS sign, c.* FROM ({rows}) c"  # nosec B608
+    column, _, _, key = source.label
+    return (f"SELECT {sign} AS sign, c.*, m.{identifier(column)} FROM ({rows}) c "  # nosec B608
+            f"LEFT JOIN {identifier(label_table)} m ON m.{identifier(key)} = c.{identifier(key)}")
+
+
+def _delta_sql(source):
+    """CREATE the temporary table rollup_delta: -1 x each touched id's current row before the batch
+    (labelled as the rollups filed it), +1 x its current row now (labelled as dim_design names it)."""
+    old_label, new_label = (source.label[1], source.label[2]) if source.label else (None, None)
+    return ("CREATE TEMPORARY TABLE rollup_delta ON COMMIT DROP AS "
+            f"{_labelled(source, _current_rows(source, True), -1, old_label)} UNION ALL "
+            f"{_labelled(source, _current_rows(source, False), 1, new_label)}")
+
+
+def _renamed_designs(conn, design_ids):
+    """The ids among ``design_ids`` whose dim_design name differs from the name the rollups use."""
+    if not design_ids:
+        return []
+    return [row[0] for row in conn.run(
+        f"SELECT d.design_id FROM dim_design d JOIN {identifier(DESIGN_NAMES)} m USING (design_id) "  # nosec B608
+        "WHERE d.design_id = ANY(CAST(:ids AS integer[])) AND d.design_name <> m.design_name", ids=design_ids)]
+
+
+def _add_renames(conn, source, renamed):
+    """Add to rollup_delta the move of every current order of a renamed design that the batch did not
+    touch: -1 under the old name, +1 under the new one. The current rows are found from the facts of
+    those designs (the latest version of its id, no open deletion), as the view defines them."""
+    fact, id_column = identifier(source.fact), identifier(source.id_column)
+    record = identifier(source.record_column)
+    order = f"(n.last_updated_date, n.last_updated_time, n.{record}) > " \
+            f"(f.last_updated_date, f.last_updated_time, f.{record})"
+    rows = (f"SELECT f.* FROM {fact} f WHERE f.design_id = ANY(CAST(:renamed AS integer[])) "  # nosec B608
+            f"AND NOT EXISTS (SELECT 1 FROM rollup_touched t WHERE t.id = f.{id_column}) "
+            f"AND NOT EXISTS (SELECT 1 FROM {fact} n WHERE n.{id_column} = f.{id_column} AND {order}) "
+            f"AND NOT EXISTS (SELECT 1 FROM {identifier(DELETED)} d WHERE d.source_table = :source "
+            f"AND d.source_id = f.{id_column} AND d.reinserted_batch_id IS NULL)")
+    conn.run(f"INSERT INTO rollup_delta {_labelled(source, rows, -1, source.label[1])} "
+             f"UNION ALL {_labelled(source, rows, 1, source.label[2])}", renamed=renamed, source=source.source)
+
+
+def _record_design_names(conn, design_ids):
+    """File the batch's designs under their dim_design names from now on."""
+    if design_ids:
+        conn.run(f"INSERT INTO {identifier(DESIGN_NAMES)} AS m (design_id, design_name) "  # nosec B608
+                 "SELECT design_id, design_name FROM dim_design WHERE design_id = ANY(CAST(:ids AS integer[])) "
+                 "ON CONFLICT (design_id) DO UPDATE SET design_name = EXCLUDED.design_name "
+                 "WHERE m.design_name <> EXCLUDED.design_name", ids=design_ids)
+
+
+def _apply_delta(conn, rollup, drop_empty):
+    """Add rollup_delta's signed rows, grouped by the rollup's keys, to the rollup (an upsert); with
+    ``drop_empty``, remove the groups the delta touched whose count is now 0."""
+    keys = [identifier(column) for column, _ in rollup.keys]
+    measures = [identifier(column) for column, _ in rollup.measures]
+    key_values = ", ".join(expression for _, expression in rollup.keys)
+    sums = ", ".join(f"sum(sign * ({expression}))" for _, expression in rollup.measures)
+    table = identifier(rollup.table)
+    added = ", ".join(f"{column} = r.{column} + EXCLUDED.{column}" for column in measures)
+    conn.run(f"INSERT INTO {table} AS r ({', '.join(keys + measures)}) "  # nosec B608
+             f"SELECT {key_values}, {sums} FROM rollup_delta GROUP BY {key_values} "
+             f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {added}")
+    if drop_empty:
+        matched = " AND ".join(f"r.{column} = k.{column}" for column in keys)
+        conn.run(f"DELETE FROM {table} r USING (SELECT DISTINCT {key_values} FROM rollup_delta) "  # nosec B608
+                 f"AS k ({', '.join(keys)}) WHERE {matched} AND r.{measures[0]} = 0")
+
+
+# -- rebuilding from the current views ----------------------------------------------------------------
+
+def rebuild_rollups(conn, batch_id=None):
+    """Recompute every rollup from the current views and the design names from dim_design, inside the
+    caller's transaction (the load's, or a rebuild's or resync's after it rewrote facts: call it before
+    COMMIT). Creates the tables when missing; drops and recreates them when they hold another definition.
+    Takes the loads' advisory lock (re-entrant: a load already holds it)."""
+    conn.run("SELECT pg_advisory_xact_lock(:key)", key=ADVISORY_LOCK_KEY)
+    state = rollup_state(conn)
+    revision = 0
+    if state is not None and not rollups_current(state):
+        for table in ROLLUP_TABLES:
+            conn.run(f"DROP TABLE IF EXISTS {identifier(table)}")
+    elif state is not None:  # the revision goes on growing: the dashboard's cache sees the change
+        revision = conn.run(f"SELECT coalesce(max(revision), 0) FROM {identifier(STATE)}")[0][0]  # nosec B608
+    for statement in rollup_statements():
+        conn.run(statement)
+    for table in ROLLUP_TABLES:
+        conn.run(f"TRUNCATE {identifier(table)}")
+    conn.run(f"INSERT INTO {identifier(DESIGN_NAMES)} (design_id, design_name) "  # nosec B608
+             "SELECT design_id, design_name FROM dim_design")
+    for source in FACT_SOURCES.values():
+        label_table = source.label[1] if source.label else None
+        conn.run("CREATE TEMPORARY TABLE rollup_delta ON COMMIT DROP AS "
+                 + _labelled(source, f"SELECT * FROM {identifier(source.view)}", 1, label_table))
+        for rollup in ROLLUPS:
+            if rollup.fact == source.fact:
+                _apply_delta(conn, rollup, drop_empty=False)
+        conn.run("DROP TABLE rollup_delta")
+        conn.run(f"INSERT INTO {identifier(STATE)} (fact_table, last_record_id, definition, revision, "  # nosec B608
+                 f"batch_id) SELECT :fact, coalesce(max({identifier(source.record_column)}), 0), :definition, "
+                 f":revision, :batch_id FROM {identifier(source.fact)}",
+                 fact=source.fact, definition=DEFINITION, revision=revision + 1, batch_id=batch_id)
+    logger.info("rollups rebuilt from the current views", batch_id=batch_id)
+
+
+# -- the check ------------------------------------------------------------------------------------------
+
+def _expected_sql(rollup):
+    """The rollup as the current view gives it now: the rollup's columns, grouped by its keys."""
+    source = FACT_SOURCES[rollup.fact]
+    label_table = source.label[2] if source.label else None
+    rows = _labelled(source, f"SELECT * FROM {identifier(source.view)}", 1, label_table)
+    keys = ", ".join(f"{expression} AS {identifier(column)}" for column, expression in rollup.keys)
+    sums = ", ".join(f"sum({expression}) AS {identifier(column)}" for column, expression in rollup.measures)
+    group = ", ".join(str(number + 1) for number in range(len(rollup.keys)))
+    return f"SELECT {keys}, {sums} FROM ({rows}) v GROUP BY {group}"  # nosec B608
+
+
+def _differences(conn, name, expected, actual):
+    """{"rollup", "missing", "unexpected", "examples"} of two SELECTs of the same columns, or None when
+    they hold the same rows."""
+    found = conn.run(f"WITH expected AS ({expected}), actual AS ({actual}) "  # nosec B608
+                     "SELECT 'missing', to_jsonb(e) FROM (SELECT * FROM expected EXCEPT ALL "
+                     "SELECT * FROM actual) e "
+                     "UNION ALL SELECT 'unexpected', to_jsonb(a) FROM (SELECT * FROM actual EXCEPT ALL "
+                     "SELECT * FROM expected) a")
+    if not found:
+        return None
+    missing = [row for kind, row in found if kind == "missing"]
+    unexpected = [row for kind, row in found if kind == "unexpected"]
+    return {"rollup": name, "missing": len(missing), "unexpected": len(unexpected),
+            "examples": {"missing": missing[:EXAMPLES], "unexpected": unexpected[:EXAMPLES]}}
+
+
+def compare_rollups(conn) -> List[Dict]:
+    """Recompute every rollup from the current views (and the design names from dim_design) and compare
+    with the warehouse's; return the differences, one dict per rollup that differs: ``{"rollup",
+    "missing": rows the rollup lacks, "unexpected": rows it should not have, "examples": {"missing":
+    [...], "unexpected": [...]}}`` (rows as dicts). An empty list: every rollup equals the facts.
+    Rollups that are absent or of another definition are one difference named ``etl_rollup_state``.
+    Read-only: run it in any transaction (REPEATABLE READ sees one consistent warehouse)."""
+    state = rollup_state(conn)
+    if not rollups_current(state):
+        return [{"rollup": STATE, "missing": len(FACT_SOURCES), "unexpected": 0,
+                 "examples": {"missing": [f"rollups of definition {DEFINITION} for {fact}"
+                                          for fact in FACT_SOURCES], "unexpected": []}}]
+    differences = []
+    for rollup in ROLLUPS:
+        columns = ", ".join(identifier(column) for column, _ in rollup.keys + rollup.measures)
+        found = _differences(conn, rollup.table, _expected_sql(rollup),
+                             f"SELECT {columns} FROM {identifier(rollup.table)}")  # nosec B608
+        if found:
+            differences.append(found)
+    found = _differences(conn, DESIGN_NAMES, "SELECT design_id, design_name FROM dim_design",
+                         f"SELECT design_id, design_name FROM {identifier(DESIGN_NAMES)}")  # nosec B608
+    if found:
+        differences.append(found)
+    return differences
