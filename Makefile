@@ -122,7 +122,7 @@ bench: $(STAMP) $(DASHBOARD_STAMP)
 	$(BIN)/python -m bench.bench
 
 # x100 backfill in bounded batches: per-stage peak memory, duration, batch count (several minutes).
-bench-scale: $(STAMP)
+bench-scale: $(STAMP) $(DASHBOARD_STAMP)
 	$(BIN)/python -m bench.scale_bench
 
 simulate: $(STAMP)

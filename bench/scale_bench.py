@@ -4,7 +4,9 @@ Seeds a throwaway cluster, then loops ingest -> transform -> load as the state m
 transform no longer reports ``more_waiting``; each stage invocation runs in a child process of its own (as
 each Lambda invocation is its own), against one moto S3 server, so its peak memory (``ru_maxrss``) and
 duration are its own. Prints per-invocation and per-stage figures (max peak memory, max and total
-seconds) and the batch count, at ``MAX_BATCH_ROWS`` (default: the setting's default). Not a test.
+seconds) and the batch count, at ``MAX_BATCH_ROWS`` (default: the setting's default). Then (issue 25) one
+incremental round after 30 simulated minutes of business, and the dashboard on the caught-up warehouse
+(``bench.dashboard_bench.measure``); each load reports the rollups' share of it. Not a test.
 """
 import json
 import multiprocessing
@@ -39,13 +41,17 @@ def _stage_child(stage, queue):
     from load import lambda_handler as load_handler
     from transform import lambda_handler as transform_handler
     handler = {"ingest": ingest_handler, "transform": transform_handler, "load": load_handler}[stage]
+    if stage == "load":
+        from bench.dashboard_bench import instrument_load, rollup_share
+        batches = instrument_load()
     baseline = _peak_mb()
     started = time.perf_counter()
     result = handler({}, None)
     seconds = time.perf_counter() - started
     rows = sum((result.get("tables") or {}).values()) if stage != "ingest" else len(result)
     queue.put({"seconds": round(seconds, 2), "peak_mb": _peak_mb(), "baseline_mb": baseline, "rows": rows,
-               "more_waiting": bool(result.get("more_waiting")) if stage == "transform" else None})
+               "more_waiting": bool(result.get("more_waiting")) if stage == "transform" else None,
+               "batches": rollup_share(batches) if stage == "load" else None})
 
 
 def invoke(stage):
@@ -98,6 +104,12 @@ def main():
                 if not figures["transform"]["more_waiting"]:
                     break
             total = time.perf_counter() - started
+            from bench import dashboard_bench
+            from totesys_local.generator import simulate
+            simulate(ctx["source_url"], minutes=30, seed=7)
+            incremental = {stage: invoke(stage) for stage in ("ingest", "transform", "load")}
+            print(f"incremental: {incremental['load']['batches']}", flush=True)
+            dashboard = dashboard_bench.measure(warehouse_url, ctx["workdir"])
             summary = {"scale": SCALE, "rows_seeded": sum(ctx["rows_seeded"].values()),
                        "max_batch_rows": max_rows, "batches": len(rounds),
                        "total_seconds": round(total, 1),
@@ -106,7 +118,9 @@ def main():
                                           "total_seconds": round(sum(r[stage]["seconds"]
                                                                      for r in rounds), 1)}
                                   for stage in ("ingest", "transform", "load")},
-                       "warehouse_fact_rows": sum(r["load"]["rows"] for r in rounds)}
+                       "warehouse_fact_rows": sum(r["load"]["rows"] for r in rounds),
+                       "rollups_per_batch": [batch for r in rounds for batch in r["load"]["batches"]],
+                       "incremental_load": incremental["load"]["batches"], "dashboard": dashboard}
             from bench import verify_bench
             summary["verify"] = verify_bench.run(ctx["source_url"], warehouse_url, "scale-ingest")
             (ctx["workdir"] / "scale.json").write_text(json.dumps({"summary": summary, "rounds": rounds},

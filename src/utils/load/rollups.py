@@ -117,16 +117,38 @@ def update_rollups(conn, batch_id, tables):
     """Bring the rollups up to date with what this batch did, inside the batch's transaction (after its
     facts, dimensions and deletions are written, before COMMIT). ``tables``: the batch's {warehouse
     table: pyarrow Table} (its dim_design rows say which designs may have been renamed). Creates and
-    fills the rollups when the warehouse has none or another definition. Returns {fact: ids touched}."""
+    fills the rollups when the warehouse has none or another definition. Returns the facts updated.
+
+    Cost: one query for the state and what changed, then one statement per fact that changed (and two
+    small ones when the batch brings designs); a fact the batch did not change costs nothing more."""
     state = rollup_state(conn)
     if not rollups_current(state):
         rebuild_rollups(conn, batch_id)
-        return {}
+        return list(FACT_SOURCES)
+    changed = _changed_facts(conn, state, batch_id)
     design_ids = _batch_ids(tables.get("dim_design"), "design_id")
-    touched = {}
+    renamed = _renamed_designs(conn, design_ids)
+    updated = []
     for fact, source in FACT_SOURCES.items():
-        touched[fact] = _update_fact(conn, source, state[fact][0], batch_id, design_ids)
-    return touched
+        if fact in changed or (source.label and renamed):
+            sql = _update_sql(source, renamed if source.label else [])
+            params = {"mark": state[fact][0], "source": source.source, "batch_id": batch_id, "fact": fact,
+                      "renamed": renamed}
+            conn.run(sql, **{name: value for name, value in params.items() if f":{name}" in sql})
+            updated.append(fact)
+    _record_design_names(conn, design_ids)
+    return updated
+
+
+def _changed_facts(conn, state, batch_id):
+    """The facts this batch changed: records above the state's mark, or deletions it recorded or closed."""
+    newest = ", ".join(f"(SELECT max({identifier(source.record_column)}) FROM {identifier(fact)})"
+                       for fact, source in FACT_SOURCES.items())
+    row = conn.run(f"SELECT {newest}, ARRAY(SELECT DISTINCT source_table::text FROM {identifier(DELETED)} "  # nosec B608
+                   "WHERE batch_id = :batch_id OR reinserted_batch_id = :batch_id)", batch_id=batch_id)[0]
+    sources = set(row[-1])
+    return {fact for (fact, source), newest in zip(FACT_SOURCES.items(), row)
+            if (newest or 0) > state[fact][0] or source.source in sources}
 
 
 def _batch_ids(table, column):
@@ -135,37 +157,9 @@ def _batch_ids(table, column):
     return sorted(set(table[column].to_pylist()))
 
 
-def _update_fact(conn, source, mark, batch_id, design_ids):
-    """Apply one fact's changes since ``mark`` to its rollups and move the mark; return ids touched."""
-    fact, record = identifier(source.fact), identifier(source.record_column)
-    conn.run(f"CREATE TEMPORARY TABLE rollup_touched ON COMMIT DROP AS "  # nosec B608
-             f"SELECT {identifier(source.id_column)} AS id FROM {fact} WHERE {record} > :mark "
-             f"UNION SELECT source_id FROM {identifier(DELETED)} WHERE source_table = :source "
-             "AND (batch_id = :batch_id OR reinserted_batch_id = :batch_id)",
-             mark=mark, source=source.source, batch_id=batch_id)
-    touched = conn.row_count
-    renamed = _renamed_designs(conn, design_ids) if source.label else []
-    if touched or renamed:
-        conn.run("ANALYZE rollup_touched")
-        conn.run(_delta_sql(source), mark=mark, source=source.source, batch_id=batch_id)
-        if renamed:
-            _add_renames(conn, source, renamed)
-        for rollup in ROLLUPS:
-            if rollup.fact == source.fact:
-                _apply_delta(conn, rollup, drop_empty=True)
-        conn.run("DROP TABLE rollup_delta")
-    if source.label:
-        _record_design_names(conn, design_ids)
-    conn.run("DROP TABLE rollup_touched")
-    conn.run(f"UPDATE {identifier(STATE)} SET revision = revision + 1, batch_id = :batch_id, "  # nosec B608
-             f"last_record_id = greatest(last_record_id, (SELECT coalesce(max({record}), 0) FROM {fact})) "
-             "WHERE fact_table = :fact", batch_id=batch_id, fact=source.fact)
-    return touched
-
-
 def _current_rows(source, before):
-    """SELECT of the current row of each touched id: now, or (``before``) as it was before the batch
-    (versions up to :mark, deletions recorded by an earlier batch and open until this one)."""
+    """SELECT of the current row of each id in ``touched``: now, or (``before``) as it was before the
+    batch (versions up to :mark, deletions recorded by an earlier batch and open until this one)."""
     fact, id_column = identifier(source.fact), identifier(source.id_column)
     record = identifier(source.record_column)
     if before:
@@ -174,7 +168,7 @@ def _current_rows(source, before):
     else:
         is_open, versions = "d.reinserted_batch_id IS NULL", ""
     return (f"SELECT DISTINCT ON (f.{id_column}) f.* FROM {fact} f "  # nosec B608
-            f"JOIN rollup_touched t ON t.id = f.{id_column} "
+            f"JOIN touched t ON t.id = f.{id_column} "
             f"WHERE NOT EXISTS (SELECT 1 FROM {identifier(DELETED)} d WHERE d.source_table = :source "
             f"AND d.source_id = f.{id_column} AND {is_open}) {versions}"
             f"ORDER BY f.{id_column}, f.last_updated_date DESC, f.last_updated_time DESC, f.{record} DESC")
@@ -190,13 +184,68 @@ def _labelled(source, rows, sign, label_table):
             f"LEFT JOIN {identifier(label_table)} m ON m.{identifier(key)} = c.{identifier(key)}")
 
 
-def _delta_sql(source):
-    """CREATE the temporary table rollup_delta: -1 x each touched id's current row before the batch
-    (labelled as the rollups filed it), +1 x its current row now (labelled as dim_design names it)."""
+def _renamed_rows(source):
+    """SELECT of the current rows of the designs in :renamed whose id the batch did not touch (the latest
+    version of its id, no open deletion), as the view defines them."""
+    fact, id_column = identifier(source.fact), identifier(source.id_column)
+    record = identifier(source.record_column)
+    order = f"(n.last_updated_date, n.last_updated_time, n.{record}) > " \
+            f"(f.last_updated_date, f.last_updated_time, f.{record})"
+    return (f"SELECT f.* FROM {fact} f WHERE f.design_id = ANY(CAST(:renamed AS integer[])) "  # nosec B608
+            f"AND NOT EXISTS (SELECT 1 FROM touched t WHERE t.id = f.{id_column}) "
+            f"AND NOT EXISTS (SELECT 1 FROM {fact} n WHERE n.{id_column} = f.{id_column} AND {order}) "
+            f"AND NOT EXISTS (SELECT 1 FROM {identifier(DELETED)} d WHERE d.source_table = :source "
+            f"AND d.source_id = f.{id_column} AND d.reinserted_batch_id IS NULL)")
+
+
+def _update_sql(source, renamed):
+    """One statement bringing ``source``'s rollups and its state row up to date: ``touched`` (ids with a
+    record above :mark or a deletion recorded or closed by :batch_id), ``delta`` (-1 x each touched id's
+    current row before the batch, labelled as the rollups filed it; +1 x its current row now, labelled
+    as dim_design names it; with ``renamed``, the move of the renamed designs' other current orders from
+    the old name to the new), then each rollup's upsert (``_rollup_ctes``) and the state's UPDATE."""
     old_label, new_label = (source.label[1], source.label[2]) if source.label else (None, None)
-    return ("CREATE TEMPORARY TABLE rollup_delta ON COMMIT DROP AS "
-            f"{_labelled(source, _current_rows(source, True), -1, old_label)} UNION ALL "
-            f"{_labelled(source, _current_rows(source, False), 1, new_label)}")
+    delta = [_labelled(source, _current_rows(source, True), -1, old_label),
+             _labelled(source, _current_rows(source, False), 1, new_label)]
+    if renamed:
+        delta += [_labelled(source, _renamed_rows(source), -1, old_label),
+                  _labelled(source, _renamed_rows(source), 1, new_label)]
+    record = identifier(source.record_column)
+    touched = (f"SELECT {identifier(source.id_column)} AS id FROM {identifier(source.fact)} "  # nosec B608
+               f"WHERE {record} > :mark UNION SELECT source_id FROM {identifier(DELETED)} "
+               "WHERE source_table = :source AND (batch_id = :batch_id OR reinserted_batch_id = :batch_id)")
+    return (f"WITH touched AS ({touched}), delta AS ({' UNION ALL '.join(delta)}), "  # nosec B608
+            f"{_rollup_ctes(source.fact)} "
+            f"UPDATE {identifier(STATE)} SET revision = revision + 1, batch_id = :batch_id, "
+            f"last_record_id = greatest(last_record_id, (SELECT coalesce(max({record}), 0) "
+            f"FROM {identifier(source.fact)})) WHERE fact_table = :fact")
+
+
+def _rollup_ctes(fact):
+    """CTEs adding ``delta``'s signed rows to each rollup of ``fact``: per rollup, the delta grouped by
+    its keys, merged with the rollup's rows (old + delta), groups whose count falls to 0 deleted and
+    the others upserted (disjoint keys, so one statement may do both; loads are serialised)."""
+    ctes = []
+    for number, rollup in enumerate(r for r in ROLLUPS if r.fact == fact):
+        keys = [identifier(column) for column, _ in rollup.keys]
+        measures = [identifier(column) for column, _ in rollup.measures]
+        table = identifier(rollup.table)
+        grouped = ", ".join([f"{expression} AS {identifier(column)}" for column, expression in rollup.keys]
+                            + [f"sum(sign * ({expression})) AS {identifier(column)}"
+                               for column, expression in rollup.measures])
+        positions = ", ".join(str(position + 1) for position in range(len(keys)))
+        matched = " AND ".join(f"r.{key} = g.{key}" for key in keys)
+        merged = ", ".join([f"g.{key}" for key in keys]
+                           + [f"coalesce(r.{measure}, 0) + g.{measure} AS {measure}" for measure in measures])
+        same_keys = " AND ".join(f"r.{key} = m.{key}" for key in keys)
+        ctes += [f"g{number} AS (SELECT {grouped} FROM delta GROUP BY {positions})",  # nosec B608
+                 f"m{number} AS (SELECT {merged} FROM g{number} g LEFT JOIN {table} r ON {matched})",
+                 f"d{number} AS (DELETE FROM {table} r USING m{number} m WHERE {same_keys} "
+                 f"AND m.{measures[0]} = 0)",
+                 f"i{number} AS (INSERT INTO {table} ({', '.join(keys + measures)}) "
+                 f"SELECT * FROM m{number} WHERE {measures[0]} <> 0 ON CONFLICT ({', '.join(keys)}) "
+                 f"DO UPDATE SET {', '.join(f'{m} = EXCLUDED.{m}' for m in measures)})"]
+    return ", ".join(ctes)
 
 
 def _renamed_designs(conn, design_ids):
@@ -208,23 +257,6 @@ def _renamed_designs(conn, design_ids):
         "WHERE d.design_id = ANY(CAST(:ids AS integer[])) AND d.design_name <> m.design_name", ids=design_ids)]
 
 
-def _add_renames(conn, source, renamed):
-    """Add to rollup_delta the move of every current order of a renamed design that the batch did not
-    touch: -1 under the old name, +1 under the new one. The current rows are found from the facts of
-    those designs (the latest version of its id, no open deletion), as the view defines them."""
-    fact, id_column = identifier(source.fact), identifier(source.id_column)
-    record = identifier(source.record_column)
-    order = f"(n.last_updated_date, n.last_updated_time, n.{record}) > " \
-            f"(f.last_updated_date, f.last_updated_time, f.{record})"
-    rows = (f"SELECT f.* FROM {fact} f WHERE f.design_id = ANY(CAST(:renamed AS integer[])) "  # nosec B608
-            f"AND NOT EXISTS (SELECT 1 FROM rollup_touched t WHERE t.id = f.{id_column}) "
-            f"AND NOT EXISTS (SELECT 1 FROM {fact} n WHERE n.{id_column} = f.{id_column} AND {order}) "
-            f"AND NOT EXISTS (SELECT 1 FROM {identifier(DELETED)} d WHERE d.source_table = :source "
-            f"AND d.source_id = f.{id_column} AND d.reinserted_batch_id IS NULL)")
-    conn.run(f"INSERT INTO rollup_delta {_labelled(source, rows, -1, source.label[1])} "
-             f"UNION ALL {_labelled(source, rows, 1, source.label[2])}", renamed=renamed, source=source.source)
-
-
 def _record_design_names(conn, design_ids):
     """File the batch's designs under their dim_design names from now on."""
     if design_ids:
@@ -232,24 +264,6 @@ def _record_design_names(conn, design_ids):
                  "SELECT design_id, design_name FROM dim_design WHERE design_id = ANY(CAST(:ids AS integer[])) "
                  "ON CONFLICT (design_id) DO UPDATE SET design_name = EXCLUDED.design_name "
                  "WHERE m.design_name <> EXCLUDED.design_name", ids=design_ids)
-
-
-def _apply_delta(conn, rollup, drop_empty):
-    """Add rollup_delta's signed rows, grouped by the rollup's keys, to the rollup (an upsert); with
-    ``drop_empty``, remove the groups the delta touched whose count is now 0."""
-    keys = [identifier(column) for column, _ in rollup.keys]
-    measures = [identifier(column) for column, _ in rollup.measures]
-    key_values = ", ".join(expression for _, expression in rollup.keys)
-    sums = ", ".join(f"sum(sign * ({expression}))" for _, expression in rollup.measures)
-    table = identifier(rollup.table)
-    added = ", ".join(f"{column} = r.{column} + EXCLUDED.{column}" for column in measures)
-    conn.run(f"INSERT INTO {table} AS r ({', '.join(keys + measures)}) "  # nosec B608
-             f"SELECT {key_values}, {sums} FROM rollup_delta GROUP BY {key_values} "
-             f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {added}")
-    if drop_empty:
-        matched = " AND ".join(f"r.{column} = k.{column}" for column in keys)
-        conn.run(f"DELETE FROM {table} r USING (SELECT DISTINCT {key_values} FROM rollup_delta) "  # nosec B608
-                 f"AS k ({', '.join(keys)}) WHERE {matched} AND r.{measures[0]} = 0")
 
 
 # -- rebuilding from the current views ----------------------------------------------------------------
@@ -275,14 +289,10 @@ def rebuild_rollups(conn, batch_id=None):
              "SELECT design_id, design_name FROM dim_design")
     for source in FACT_SOURCES.values():
         label_table = source.label[1] if source.label else None
-        conn.run("CREATE TEMPORARY TABLE rollup_delta ON COMMIT DROP AS "
-                 + _labelled(source, f"SELECT * FROM {identifier(source.view)}", 1, label_table))
-        for rollup in ROLLUPS:
-            if rollup.fact == source.fact:
-                _apply_delta(conn, rollup, drop_empty=False)
-        conn.run("DROP TABLE rollup_delta")
-        conn.run(f"INSERT INTO {identifier(STATE)} (fact_table, last_record_id, definition, revision, "  # nosec B608
-                 f"batch_id) SELECT :fact, coalesce(max({identifier(source.record_column)}), 0), :definition, "
+        delta = _labelled(source, f"SELECT * FROM {identifier(source.view)}", 1, label_table)
+        conn.run(f"WITH delta AS ({delta}), {_rollup_ctes(source.fact)} "  # nosec B608
+                 f"INSERT INTO {identifier(STATE)} (fact_table, last_record_id, definition, revision, batch_id) "
+                 f"SELECT :fact, coalesce(max({identifier(source.record_column)}), 0), :definition, "
                  f":revision, :batch_id FROM {identifier(source.fact)}",
                  fact=source.fact, definition=DEFINITION, revision=revision + 1, batch_id=batch_id)
     logger.info("rollups rebuilt from the current views", batch_id=batch_id)

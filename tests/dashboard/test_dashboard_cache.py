@@ -1,0 +1,87 @@
+"""The dashboard's cache (issue 25): figures served from memory while the warehouse's data version (last
+batch id, rollups' revision) stays the same, recomputed as soon as a batch is loaded or the rollups are
+rebuilt."""
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.support.db import connect, run_sql
+from totesys_local.dashboard import queries
+from totesys_local.dashboard.cache import PageCache
+from utils.db.connection import close_db_connection
+from utils.load.rollups import rebuild_rollups
+
+APP = Path(queries.__file__).with_name("app.py")
+
+
+class Counter:
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, value):
+        def compute():
+            self.calls += 1
+            return value
+        return compute
+
+
+def test_a_result_is_computed_once_per_version_and_key():
+    cache, count = PageCache(), Counter()
+    assert cache.get("u", ("b1", 1), "totals", count(1)) == 1
+    assert cache.get("u", ("b1", 1), "totals", count(2)) == 1
+    assert cache.get("u", ("b1", 1), "by_month", count(3)) == 3
+    assert (count.calls, cache.hits, cache.misses) == (2, 1, 2)
+
+
+def test_a_new_version_recomputes_and_drops_the_old_versions_entries():
+    cache, count = PageCache(), Counter()
+    cache.get("u", ("b1", 1), "totals", count("old"))
+    cache.get("other", ("b1", 1), "totals", count("other"))
+    assert cache.get("u", ("b2", 2), "totals", count("new")) == "new"
+    assert [key for key in cache._entries if key[0] == "u"] == [("u", ("b2", 2), "totals")]
+    assert cache.get("other", ("b1", 1), "totals", count("never")) == "other"  # other warehouses keep theirs
+    assert cache.get("u", ("b1", 1), "totals", count("again")) == "again"     # an older snapshot: computed
+
+
+def test_the_least_recently_used_entry_goes_first():
+    cache, count = PageCache(max_entries=2), Counter()
+    for key in ("a", "b"):
+        cache.get("u", 1, key, count(key))
+    cache.get("u", 1, "a", count("a"))
+    cache.get("u", 1, "c", count("c"))
+    assert sorted(key[2] for key in cache._entries) == ["a", "c"]
+
+
+def shown_orders(monkeypatch, url):
+    monkeypatch.setenv(queries.URL_VARIABLE, url)
+    app = AppTest.from_file(str(APP), default_timeout=60)
+    app.run()
+    assert not app.exception, [e.message for e in app.exception]
+    return {metric.label: metric.value for metric in app.metric if metric.label.startswith("Orders")}
+
+
+@pytest.mark.slow
+def test_the_page_is_served_from_the_cache_until_a_batch_is_loaded_or_the_rollups_rebuilt(
+        new_database, warehouse_template, monkeypatch):
+    url = new_database(template=warehouse_template)
+    first = shown_orders(monkeypatch, url)
+    # Changed behind the dashboard's back (no new batch, same revision): the page keeps its figures.
+    run_sql(url, "UPDATE rollup_sales_daily SET orders = orders + 1000 WHERE currency_id = 1")
+    assert shown_orders(monkeypatch, url) == first
+
+    run_sql(url, "INSERT INTO etl_load_ledger (batch_id, manifest_key, row_counts) "
+                 "VALUES ('29991231T235959000000', 'k', '{}')")
+    changed = shown_orders(monkeypatch, url)
+    gbp = run_sql(url, "SELECT currency_code FROM dim_currency WHERE currency_id = 1")[0][0]
+    assert int(changed[f"Orders {gbp}"].replace(",", "")) == int(first[f"Orders {gbp}"].replace(",", "")) \
+        + 1000 * run_sql(url, "SELECT count(*) FROM rollup_sales_daily WHERE currency_id = 1")[0][0]
+
+    conn = connect(url)
+    try:
+        conn.run("START TRANSACTION")
+        rebuild_rollups(conn)
+        conn.run("COMMIT")
+    finally:
+        close_db_connection(conn)
+    assert shown_orders(monkeypatch, url) == first
