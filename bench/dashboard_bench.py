@@ -51,13 +51,15 @@ def instrument_load():
         batches[-1]["fill"] = True
         return rebuild(*args, **kwargs)
 
-    load_run.load_batch, merge.update_rollups, rollups.rebuild_rollups = timed_load, timed_rollups, marked_rebuild
+    load_run.load_batch, merge.update_rollups = timed_load, timed_rollups
+    rollups.rebuild_rollups = marked_rebuild
     return batches
 
 
 def rollup_share(batches):
     """The batches' figures with the rollups' share of each load in percent."""
-    return [dict(batch, rollups_pct=round(100 * batch["rollups_s"] / batch["load_s"], 1)) for batch in batches]
+    return [dict(batch, rollups_pct=round(100 * batch["rollups_s"] / batch["load_s"], 1))
+            for batch in batches]
 
 
 def _load_child(source_url, warehouse_url, queue):
@@ -169,7 +171,8 @@ def browser_page_ms(url, workdir):
     process, base = _serve(url, Path(workdir) / "dashboard-bench.log")
     try:
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--headless=new"])
+            browser = playwright.chromium.launch(executable_path=CHROMIUM,
+                                                 args=["--no-sandbox", "--headless=new"])
 
             def visit():
                 page = browser.new_page(viewport={"width": 1400, "height": 2600})
@@ -217,7 +220,8 @@ def run(ctx):
     if child.exitcode != 0:
         raise SystemExit(f"bench: loading the dashboard's warehouse failed (exit {child.exitcode})")
     results = {"fact_rows": fact_rows(url), "load_batches": batches, **measure(url, ctx["workdir"])}
-    print(f"dashboard: slowest section {results['slowest_section_ms']} ms, page SQL {results['page_sql_ms']} ms, "
+    print(f"dashboard: slowest section {results['slowest_section_ms']} ms, "
+          f"page SQL {results['page_sql_ms']} ms, "
           f"page AppTest {results['page_apptest_ms']}, chromium {results['page_chromium_ms']}; "
           f"rollups per batch {[(b['rollups_s'], b['rollups_pct']) for b in batches]}", flush=True)
     return results

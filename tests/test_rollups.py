@@ -52,7 +52,8 @@ def assert_rollups_equal_facts(url):
 
 
 def state(url):
-    return run_sql(url, "SELECT fact_table, last_record_id, revision, batch_id FROM etl_rollup_state ORDER BY 1")
+    return run_sql(url, "SELECT fact_table, last_record_id, revision, batch_id FROM etl_rollup_state "
+                        "ORDER BY 1")
 
 
 def rollup_rows(url):
@@ -75,7 +76,8 @@ def test_rollups_equal_the_current_views_after_a_history_of_changes(loaded):
 
     # Updates: every key a rollup has changes for some orders, payments are paid, a purchase grows.
     run_sql(source, """UPDATE sales_order SET units_sold = units_sold + 7, currency_id = 1 + currency_id % 3,
-                       staff_id = 1 + staff_id % 20, agreed_delivery_location_id = 1 + agreed_delivery_location_id % 30,
+                       staff_id = 1 + staff_id % 20,
+                       agreed_delivery_location_id = 1 + agreed_delivery_location_id % 30,
                        design_id = 1 + design_id % 12, created_at = created_at - interval '40 days',
                        last_updated = now() WHERE sales_order_id % 97 = 0""")
     run_sql(source, "UPDATE payment SET paid = NOT paid, last_updated = now() WHERE payment_id % 89 = 0")
@@ -89,8 +91,8 @@ def test_rollups_equal_the_current_views_after_a_history_of_changes(loaded):
     run_sql(source, "CREATE TABLE kept_payment AS SELECT * FROM payment WHERE payment_id IN (5, 6)")
     run_sql(source, "CREATE TABLE kept_order AS SELECT * FROM sales_order WHERE sales_order_id = 194")
     for order in (194, 291):
-        run_sql(source, "UPDATE sales_order SET units_sold = 1, last_updated = now() WHERE sales_order_id = :o",
-                o=order)
+        run_sql(source, "UPDATE sales_order SET units_sold = 1, last_updated = now() "
+                        "WHERE sales_order_id = :o", o=order)
         run_sql(source, "DELETE FROM payment WHERE transaction_id IN "
                         "(SELECT transaction_id FROM transaction WHERE sales_order_id = :o)", o=order)
         run_sql(source, "DELETE FROM transaction WHERE sales_order_id = :o", o=order)
@@ -128,17 +130,20 @@ def test_rollups_equal_the_current_views_after_a_history_of_changes(loaded):
     result = run_pipeline()
     assert result["rejected"] == {"sales_order": 2, "design": 1}
     assert_rollups_equal_facts(warehouse)
-    run_sql(source, "UPDATE design SET file_location = '/x', last_updated = now() WHERE design_id = :d", d=design)
+    run_sql(source, "UPDATE design SET file_location = '/x', last_updated = now() WHERE design_id = :d",
+            d=design)
     run_sql(source, "UPDATE sales_order SET agreed_delivery_date = '2024-03-01', last_updated = now() "
                     "WHERE sales_order_id = 3")
     result = run_pipeline()
     assert result["rejected_rows"] == 0
-    assert run_sql(warehouse, "SELECT count(*) FROM current_sales_order WHERE design_id = :d", d=design) == [[1]]
+    assert run_sql(warehouse, "SELECT count(*) FROM current_sales_order WHERE design_id = :d",
+                   d=design) == [[1]]
     assert_rollups_equal_facts(warehouse)
 
     # Dimensions change: a design renamed (its untouched current orders move to the new name), an
     # address moves country; in the same batch one of the renamed design's orders is updated.
-    renamed = run_sql(source, "SELECT design_id FROM sales_order GROUP BY 1 ORDER BY count(*) DESC LIMIT 1")[0][0]
+    renamed = run_sql(source, "SELECT design_id FROM sales_order GROUP BY 1 "
+                              "ORDER BY count(*) DESC LIMIT 1")[0][0]
     run_sql(source, "UPDATE design SET design_name = 'Renamed', last_updated = now() WHERE design_id = :d",
             d=renamed)
     run_sql(source, "UPDATE sales_order SET units_sold = 3, last_updated = now() WHERE sales_order_id = "
@@ -146,8 +151,8 @@ def test_rollups_equal_the_current_views_after_a_history_of_changes(loaded):
     run_sql(source, "UPDATE address SET country = 'Atlantis', last_updated = now() WHERE address_id = 2")
     run_pipeline()
     assert_rollups_equal_facts(warehouse)
-    assert run_sql(warehouse, "SELECT count(*) > 0 FROM rollup_sales_by_design WHERE design_name = 'Renamed'") \
-        == [[True]]
+    assert run_sql(warehouse, "SELECT count(*) > 0 FROM rollup_sales_by_design "
+                              "WHERE design_name = 'Renamed'") == [[True]]
 
 
 def test_a_batch_with_nothing_for_the_facts_changes_no_rollup(loaded):

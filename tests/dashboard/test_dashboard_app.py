@@ -194,3 +194,11 @@ def test_pipeline_lag_is_now_minus_the_newest_batch_time(generated_warehouse):
 
 def test_money_is_shown_with_two_decimals():
     assert money(Decimal("1234567.5")) == "1,234,567.50"
+
+
+def test_a_warehouse_loaded_before_the_rollups_says_the_next_load_builds_them(
+        new_database, warehouse_template, monkeypatch):
+    url = new_database(template=warehouse_template)
+    run_sql(url, "DROP TABLE etl_rollup_state")
+    messages = [info.value for info in run_app(monkeypatch, url).info]
+    assert len(messages) == 1 and "the next load builds them" in messages[0] and "make run" in messages[0]

@@ -30,7 +30,8 @@ class PageCache:
         with self._lock:
             if self._versions.get(url) != version:
                 self._versions[url] = version
-                for stale in [cached for cached in self._entries if cached[0] == url and cached[1] != version]:
+                for stale in [cached for cached in self._entries
+                              if cached[0] == url and cached[1] != version]:
                     del self._entries[stale]
             if entry in self._entries:
                 self._entries.move_to_end(entry)

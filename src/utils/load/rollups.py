@@ -63,10 +63,12 @@ class Rollup:
 
 FACT_SOURCES = {
     "fact_sales_order": FactSource("fact_sales_order", "current_sales_order", "sales_order", "sales_order_id",
-                                   "sales_record_id", ("design_name", DESIGN_NAMES, "dim_design", "design_id")),
+                                   "sales_record_id",
+                                   ("design_name", DESIGN_NAMES, "dim_design", "design_id")),
     "fact_purchase_order": FactSource("fact_purchase_order", "current_purchase_order", "purchase_order",
                                       "purchase_order_id", "purchase_record_id"),
-    "fact_payment": FactSource("fact_payment", "current_payment", "payment", "payment_id", "payment_record_id"),
+    "fact_payment": FactSource("fact_payment", "current_payment", "payment", "payment_id",
+                               "payment_record_id"),
 }
 _DAY_CURRENCY = (("created_date", "created_date"), ("currency_id", "currency_id"))
 _SALES = (("orders", "1"), ("sales_value", "units_sold * unit_price"))
@@ -75,7 +77,8 @@ ROLLUPS = (
            (("orders", "1"), ("units", "units_sold"), ("sales_value", "units_sold * unit_price"))),
     Rollup("rollup_sales_by_location", "fact_sales_order",
            _DAY_CURRENCY + (("location_id", "agreed_delivery_location_id"),), _SALES),
-    Rollup("rollup_sales_by_staff", "fact_sales_order", _DAY_CURRENCY + (("staff_id", "sales_staff_id"),), _SALES),
+    Rollup("rollup_sales_by_staff", "fact_sales_order", _DAY_CURRENCY + (("staff_id", "sales_staff_id"),),
+           _SALES),
     Rollup("rollup_sales_by_design", "fact_sales_order", _DAY_CURRENCY + (("design_name", "design_name"),),
            (("orders", "1"), ("units", "units_sold"), ("sales_value", "units_sold * unit_price"))),
     Rollup("rollup_purchase_daily", "fact_purchase_order", _DAY_CURRENCY,
@@ -125,6 +128,8 @@ def update_rollups(conn, batch_id, tables):
     if not rollups_current(state):
         rebuild_rollups(conn, batch_id)
         return list(FACT_SOURCES)
+    # Small statements over index probes: JIT compiling them costs more than running them (~150 ms).
+    conn.run("SET LOCAL jit = off")
     changed = _changed_facts(conn, state, batch_id)
     design_ids = _batch_ids(tables.get("dim_design"), "design_id")
     renamed = _renamed_designs(conn, design_ids)
@@ -142,10 +147,11 @@ def update_rollups(conn, batch_id, tables):
 
 def _changed_facts(conn, state, batch_id):
     """The facts this batch changed: records above the state's mark, or deletions it recorded or closed."""
-    newest = ", ".join(f"(SELECT max({identifier(source.record_column)}) FROM {identifier(fact)})"
-                       for fact, source in FACT_SOURCES.items())
-    row = conn.run(f"SELECT {newest}, ARRAY(SELECT DISTINCT source_table::text FROM {identifier(DELETED)} "  # nosec B608
-                   "WHERE batch_id = :batch_id OR reinserted_batch_id = :batch_id)", batch_id=batch_id)[0]
+    newest = ", ".join(f"(SELECT max({identifier(source.record_column)}) "
+                       f"FROM {identifier(fact)})" for fact, source in FACT_SOURCES.items())  # nosec B608
+    changes = f"SELECT DISTINCT source_table::text FROM {identifier(DELETED)} " \
+              "WHERE batch_id = :batch_id OR reinserted_batch_id = :batch_id"  # nosec B608
+    row = conn.run(f"SELECT {newest}, ARRAY({changes})", batch_id=batch_id)[0]  # nosec B608
     sources = set(row[-1])
     return {fact for (fact, source), newest in zip(FACT_SOURCES.items(), row)
             if (newest or 0) > state[fact][0] or source.source in sources}
@@ -159,19 +165,22 @@ def _batch_ids(table, column):
 
 def _current_rows(source, before):
     """SELECT of the current row of each id in ``touched``: now, or (``before``) as it was before the
-    batch (versions up to :mark, deletions recorded by an earlier batch and open until this one)."""
+    batch (versions up to :mark, deletions recorded by an earlier batch and open until this one). Per id,
+    the latest version is the first row of the version index read backwards ((id, last_updated) is
+    unique, so no tie is left for the view's record-id tie-break): index probes per touched id, whatever
+    the fact table's size or statistics."""
     fact, id_column = identifier(source.fact), identifier(source.id_column)
-    record = identifier(source.record_column)
     if before:
-        is_open = "d.batch_id <> :batch_id AND (d.reinserted_batch_id IS NULL OR d.reinserted_batch_id = :batch_id)"
-        versions = f"AND f.{record} <= :mark "
+        is_open = "d.batch_id <> :batch_id " \
+                  "AND (d.reinserted_batch_id IS NULL OR d.reinserted_batch_id = :batch_id)"
+        versions = f"AND f.{identifier(source.record_column)} <= :mark "
     else:
         is_open, versions = "d.reinserted_batch_id IS NULL", ""
-    return (f"SELECT DISTINCT ON (f.{id_column}) f.* FROM {fact} f "  # nosec B608
-            f"JOIN touched t ON t.id = f.{id_column} "
+    return (f"SELECT v.* FROM touched t CROSS JOIN LATERAL (SELECT f.* FROM {fact} f "  # nosec B608
+            f"WHERE f.{id_column} = t.id {versions}"
+            "ORDER BY f.last_updated_date DESC, f.last_updated_time DESC LIMIT 1) v "
             f"WHERE NOT EXISTS (SELECT 1 FROM {identifier(DELETED)} d WHERE d.source_table = :source "
-            f"AND d.source_id = f.{id_column} AND {is_open}) {versions}"
-            f"ORDER BY f.{id_column}, f.last_updated_date DESC, f.last_updated_time DESC, f.{record} DESC")
+            f"AND d.source_id = t.id AND {is_open})")
 
 
 def _labelled(source, rows, sign, label_table):
@@ -234,15 +243,18 @@ def _rollup_ctes(fact):
                             + [f"sum(sign * ({expression})) AS {identifier(column)}"
                                for column, expression in rollup.measures])
         positions = ", ".join(str(position + 1) for position in range(len(keys)))
+        # LIMIT 1 (a key is unique) keeps the subquery from being flattened: one index probe per group,
+        # never a scan of the rollup.
         matched = " AND ".join(f"r.{key} = g.{key}" for key in keys)
         merged = ", ".join([f"g.{key}" for key in keys]
                            + [f"coalesce(r.{measure}, 0) + g.{measure} AS {measure}" for measure in measures])
         same_keys = " AND ".join(f"r.{key} = m.{key}" for key in keys)
         ctes += [f"g{number} AS (SELECT {grouped} FROM delta GROUP BY {positions})",  # nosec B608
-                 f"m{number} AS (SELECT {merged} FROM g{number} g LEFT JOIN {table} r ON {matched})",
-                 f"d{number} AS (DELETE FROM {table} r USING m{number} m WHERE {same_keys} "
-                 f"AND m.{measures[0]} = 0)",
-                 f"i{number} AS (INSERT INTO {table} ({', '.join(keys + measures)}) "
+                 f"m{number} AS (SELECT {merged} FROM g{number} g "  # nosec B608
+                 f"LEFT JOIN LATERAL (SELECT * FROM {table} r WHERE {matched} LIMIT 1) r ON true)",
+                 f"d{number} AS (DELETE FROM {table} r USING m{number} m "  # nosec B608
+                 f"WHERE {same_keys} AND m.{measures[0]} = 0)",
+                 f"i{number} AS (INSERT INTO {table} ({', '.join(keys + measures)}) "  # nosec B608
                  f"SELECT * FROM m{number} WHERE {measures[0]} <> 0 ON CONFLICT ({', '.join(keys)}) "
                  f"DO UPDATE SET {', '.join(f'{m} = EXCLUDED.{m}' for m in measures)})"]
     return ", ".join(ctes)
@@ -253,15 +265,17 @@ def _renamed_designs(conn, design_ids):
     if not design_ids:
         return []
     return [row[0] for row in conn.run(
-        f"SELECT d.design_id FROM dim_design d JOIN {identifier(DESIGN_NAMES)} m USING (design_id) "  # nosec B608
-        "WHERE d.design_id = ANY(CAST(:ids AS integer[])) AND d.design_name <> m.design_name", ids=design_ids)]
+        f"SELECT d.design_id FROM dim_design d JOIN {identifier(DESIGN_NAMES)} m "  # nosec B608
+        "USING (design_id) WHERE d.design_id = ANY(CAST(:ids AS integer[])) "
+        "AND d.design_name <> m.design_name", ids=design_ids)]
 
 
 def _record_design_names(conn, design_ids):
     """File the batch's designs under their dim_design names from now on."""
     if design_ids:
         conn.run(f"INSERT INTO {identifier(DESIGN_NAMES)} AS m (design_id, design_name) "  # nosec B608
-                 "SELECT design_id, design_name FROM dim_design WHERE design_id = ANY(CAST(:ids AS integer[])) "
+                 "SELECT design_id, design_name FROM dim_design "
+                 "WHERE design_id = ANY(CAST(:ids AS integer[])) "
                  "ON CONFLICT (design_id) DO UPDATE SET design_name = EXCLUDED.design_name "
                  "WHERE m.design_name <> EXCLUDED.design_name", ids=design_ids)
 
@@ -289,9 +303,11 @@ def rebuild_rollups(conn, batch_id=None):
              "SELECT design_id, design_name FROM dim_design")
     for source in FACT_SOURCES.values():
         label_table = source.label[1] if source.label else None
-        delta = _labelled(source, f"SELECT * FROM {identifier(source.view)}", 1, label_table)
+        delta = _labelled(source, f"SELECT * FROM {identifier(source.view)}",  # nosec B608
+                          1, label_table)
         conn.run(f"WITH delta AS ({delta}), {_rollup_ctes(source.fact)} "  # nosec B608
-                 f"INSERT INTO {identifier(STATE)} (fact_table, last_record_id, definition, revision, batch_id) "
+                 f"INSERT INTO {identifier(STATE)} "
+                 "(fact_table, last_record_id, definition, revision, batch_id) "
                  f"SELECT :fact, coalesce(max({identifier(source.record_column)}), 0), :definition, "
                  f":revision, :batch_id FROM {identifier(source.fact)}",
                  fact=source.fact, definition=DEFINITION, revision=revision + 1, batch_id=batch_id)
@@ -304,7 +320,7 @@ def _expected_sql(rollup):
     """The rollup as the current view gives it now: the rollup's columns, grouped by its keys."""
     source = FACT_SOURCES[rollup.fact]
     label_table = source.label[2] if source.label else None
-    rows = _labelled(source, f"SELECT * FROM {identifier(source.view)}", 1, label_table)
+    rows = _labelled(source, f"SELECT * FROM {identifier(source.view)}", 1, label_table)  # nosec B608
     keys = ", ".join(f"{expression} AS {identifier(column)}" for column, expression in rollup.keys)
     sums = ", ".join(f"sum({expression}) AS {identifier(column)}" for column, expression in rollup.measures)
     group = ", ".join(str(number + 1) for number in range(len(rollup.keys)))
