@@ -3,6 +3,7 @@ batch, they equal the same aggregates computed from the current views after ever
 deletes, re-inserts, quarantined and parked rows, a design renamed); the dashboard's sections read from them
 equal the sections computed from the current views; a warehouse without them gets them on the next load;
 a failed batch leaves them as they were; the check finds a rollup that differs."""
+import logging
 from datetime import date
 
 import pytest
@@ -14,8 +15,10 @@ from tests.support import dashboard_reference as reference
 from tests.support.db import connect, run_sql
 from totesys_local.dashboard import queries
 from totesys_local.dashboard.queries import Filters
-from utils.db.connection import close_db_connection
+from totesys_local.aws_emulation import put_credentials_secret
+from utils.db.connection import close_db_connection, credentials_from_url
 from utils.load import rollups
+from utils.load.schema import ensure_warehouse_schema
 
 pytestmark = pytest.mark.slow
 
@@ -232,3 +235,38 @@ def test_a_batch_that_fails_after_the_rollups_leaves_them_as_they_were_and_the_r
     assert_rollups_equal_facts(warehouse)
     assert load.lambda_handler({}, None)["batches"] == []
     assert_rollups_equal_facts(warehouse)
+
+
+def test_a_load_role_that_may_not_create_the_rollups_still_loads_and_a_later_load_creates_them(
+        totesys_url, warehouse_url, pipeline_env, monkeypatch, caplog):
+    pipeline_env(source_url=totesys_url, warehouse_url=warehouse_url)
+    conn = connect(warehouse_url)
+    try:
+        ensure_warehouse_schema(conn)  # by the owner: the warehouse's tables, no rollups yet
+    finally:
+        close_db_connection(conn)
+    owner = credentials_from_url(warehouse_url)
+    loader = f"postgresql://rollup_loader:not-the-owner@{owner['host']}:{owner['port']}/{owner['database']}"
+    run_sql(warehouse_url, "CREATE ROLE rollup_loader LOGIN PASSWORD 'not-the-owner'")
+    try:
+        run_sql(warehouse_url, "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public "
+                               "TO rollup_loader; "
+                               "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO rollup_loader")
+        put_credentials_secret("test/warehouse-loader", loader)
+        monkeypatch.setenv("WAREHOUSE_SECRET_ID", "test/warehouse-loader")
+        with caplog.at_level(logging.WARNING):
+            result = run_pipeline()
+    finally:
+        run_sql(warehouse_url, "DROP OWNED BY rollup_loader")
+        run_sql(warehouse_url, "DROP ROLE rollup_loader")
+    orders = run_sql(totesys_url, "SELECT count(*) FROM sales_order")[0][0]
+    assert result["tables"]["fact_sales_order"] == orders
+    assert [r for r in caplog.records if r.getMessage().startswith("dashboard rollups not created")]
+    with queries.read_only(warehouse_url) as conn:
+        assert queries.status(conn) == "no-rollups"
+
+    monkeypatch.setenv("WAREHOUSE_SECRET_ID", "test/warehouse")  # the owner loads next
+    run_sql(totesys_url, "UPDATE sales_order SET units_sold = 5, last_updated = now() "
+                         "WHERE sales_order_id = 10")
+    run_pipeline()
+    assert_rollups_equal_facts(warehouse_url)

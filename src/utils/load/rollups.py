@@ -13,16 +13,19 @@ deletions open before the batch) and adds their current row now, grouped per rol
 groups left with no row are removed.
 
 A warehouse without the rollups (or with an older definition) gets them created and filled from the
-current views by the first load that sees it (``rebuild_rollups``, also the call for a rebuild or resync
+current views by the first load that sees it (a load whose role may not create tables loads its batch
+without them and logs a WARNING) (``rebuild_rollups``, also the call for a rebuild or resync
 that rewrites facts outside a load). ``compare_rollups`` recomputes every rollup from the current views
 and lists the differences (``totesys verify``).
 """
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
+import pg8000.exceptions
 from pg8000.native import identifier
 
 from utils.catalog.warehouse import WAREHOUSE_DDL
+from utils.db.connection import sqlstate
 from utils.load.schema import ADVISORY_LOCK_KEY, DELETED
 from utils.logger import get_logger
 
@@ -31,6 +34,7 @@ STATE = "etl_rollup_state"
 DESIGN_NAMES = "rollup_design_name"
 # Bump when a rollup's keys or measures change: warehouses holding another definition are rebuilt.
 DEFINITION = 1
+INSUFFICIENT_PRIVILEGE = "42501"
 # Rows of each differing rollup that compare_rollups reports as examples.
 EXAMPLES = 5
 
@@ -122,14 +126,12 @@ def update_rollups(conn, batch_id, tables):
     table: pyarrow Table} (its dim_design rows say which designs may have been renamed). Creates and
     fills the rollups when the warehouse has none or another definition. Returns the facts updated.
 
-    Cost: one query for the state and what changed, then one statement per fact that changed (and two
-    small ones when the batch brings designs); a fact the batch did not change costs nothing more."""
+    Cost: two small queries for the state, one for what changed, then one statement per fact that changed
+    (and two small ones when the batch brings designs); a fact the batch did not change costs nothing
+    more."""
     state = rollup_state(conn)
     if not rollups_current(state):
-        rebuild_rollups(conn, batch_id)
-        return list(FACT_SOURCES)
-    # Small statements over index probes: JIT compiling them costs more than running them (~150 ms).
-    conn.run("SET LOCAL jit = off")
+        return list(FACT_SOURCES) if _create_rollups(conn, batch_id) else []
     changed = _changed_facts(conn, state, batch_id)
     design_ids = _batch_ids(tables.get("dim_design"), "design_id")
     renamed = _renamed_designs(conn, design_ids)
@@ -145,13 +147,35 @@ def update_rollups(conn, batch_id, tables):
     return updated
 
 
+def _create_rollups(conn, batch_id):
+    """Create and fill the rollups (``rebuild_rollups``); True when done. A load whose role may not
+    create tables still loads its batch: the creation is rolled back to a savepoint, a WARNING says why
+    (the dashboard says the rollups are missing) and the next load tries again. Any other error raises."""
+    conn.run("SAVEPOINT rollups_created")
+    try:
+        rebuild_rollups(conn, batch_id)
+    except pg8000.exceptions.DatabaseError as err:
+        if sqlstate(err)[0] != INSUFFICIENT_PRIVILEGE:
+            raise
+        conn.run("ROLLBACK TO SAVEPOINT rollups_created")
+        logger.warning("dashboard rollups not created: the load's role may not create them; the batch "
+                       "loads without them (create them as the warehouse's owner, or grant CREATE)",
+                       batch_id=batch_id, error=sqlstate(err)[1].get("M", ""))
+        return False
+    conn.run("RELEASE SAVEPOINT rollups_created")
+    return True
+
+
 def _changed_facts(conn, state, batch_id):
-    """The facts this batch changed: records above the state's mark, or deletions it recorded or closed."""
+    """The facts this batch changed: records above the state's mark, or deletions it recorded or closed.
+    Also switches JIT off for the rest of the transaction: the rollups' statements are index probes, and
+    compiling them cost more than running them (~150 ms a statement)."""
     newest = ", ".join(f"(SELECT max({identifier(source.record_column)}) "
                        f"FROM {identifier(fact)})" for fact, source in FACT_SOURCES.items())  # nosec B608
     changes = f"SELECT DISTINCT source_table::text FROM {identifier(DELETED)} " \
               "WHERE batch_id = :batch_id OR reinserted_batch_id = :batch_id"  # nosec B608
-    row = conn.run(f"SELECT {newest}, ARRAY({changes})", batch_id=batch_id)[0]  # nosec B608
+    row = conn.run(f"SELECT {newest}, ARRAY({changes}), set_config('jit', 'off', true)",  # nosec B608
+                   batch_id=batch_id)[0][:-1]
     sources = set(row[-1])
     return {fact for (fact, source), newest in zip(FACT_SOURCES.items(), row)
             if (newest or 0) > state[fact][0] or source.source in sources}
@@ -297,8 +321,8 @@ def rebuild_rollups(conn, batch_id=None):
         revision = conn.run(f"SELECT coalesce(max(revision), 0) FROM {identifier(STATE)}")[0][0]  # nosec B608
     for statement in rollup_statements():
         conn.run(statement)
-    for table in ROLLUP_TABLES:
-        conn.run(f"TRUNCATE {identifier(table)}")
+    for table in ROLLUP_TABLES:  # DELETE, not TRUNCATE: the dashboard's readers never wait for a rebuild
+        conn.run(f"DELETE FROM {identifier(table)}")  # nosec B608
     conn.run(f"INSERT INTO {identifier(DESIGN_NAMES)} (design_id, design_name) "  # nosec B608
              "SELECT design_id, design_name FROM dim_design")
     for source in FACT_SOURCES.values():
