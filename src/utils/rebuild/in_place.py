@@ -19,6 +19,7 @@ from pg8000.native import identifier
 from utils.catalog.warehouse import FACTS, WAREHOUSE_KEYS, WAREHOUSE_TABLES, check_warehouse_table
 from utils.db.connection import end_quietly, sqlstate
 from utils.errors import TotesysError
+from utils.load.rollups import rebuild_rollups
 from utils.logger import get_logger
 
 STAGE = "etl_rebuild_stage"
@@ -70,6 +71,8 @@ def _replace(live, table, columns, rows):
             _replace_fact(live, quoted, listed, columns[0])
         else:
             _replace_dimension(live, quoted, columns, identifier(WAREHOUSE_KEYS[table][0]))
+        if table in FACTS or table == "dim_design":  # the dashboard's rollups follow, in this transaction
+            rebuild_rollups(live)
         count = live.run(f"SELECT count(*) FROM {quoted}")[0][0]  # nosec B608
         live.run("COMMIT")
         return int(count)
