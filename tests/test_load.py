@@ -340,5 +340,6 @@ def test_schema_file_is_shipped_inside_the_package_and_matches_sql_folder():
     assert (Path(__file__).resolve().parents[1] / "sql" / "warehouse_schema.sql").read_text() \
         == shipped.read_text()
     # the tables, the ledger, three version indexes, three views, etl_rejected_rows with its index,
-    # etl_dimension_version, etl_deleted_rows with its two indexes, deleted_dimension_rows
-    assert len(schema_statements()) == len(WAREHOUSE_TABLES) + 1 + 3 + 3 + 2 + 1 + 3 + 1
+    # etl_dimension_version, etl_deleted_rows with its two indexes, deleted_dimension_rows,
+    # etl_suspended_foreign_key
+    assert len(schema_statements()) == len(WAREHOUSE_TABLES) + 1 + 3 + 3 + 2 + 1 + 3 + 1 + 1
