@@ -36,6 +36,7 @@ holding locks, the batch rolled back and retried by the next run. A lower lock_t
 already has (derived from the Lambda's remaining time) is kept.
 """
 import time
+from typing import List
 
 import pg8000.exceptions
 from pg8000.native import identifier
@@ -136,7 +137,8 @@ def _suspend_once(conn, table):
         conn.run(f"LOCK TABLE {', '.join(identifier(name) for name in tables)} IN ACCESS EXCLUSIVE MODE")
         conn.run("SELECT set_config('statement_timeout', :value, true)", value=f"{statement}ms")
         conn.run(f"INSERT INTO {identifier(SUSPENDED_KEYS)} "  # nosec B608
-                 "(table_name, constraint_name, definition, was_validated, column_name, referenced_table, referenced_column) "
+                 "(table_name, constraint_name, definition, was_validated, column_name, referenced_table, "
+                 "referenced_column) "
                  "SELECT c.relname, con.conname, pg_get_constraintdef(con.oid), con.convalidated, "
                  "CASE WHEN cardinality(con.conkey) = 1 THEN a.attname END, r.relname, "
                  "CASE WHEN cardinality(con.conkey) = 1 THEN f.attname END FROM pg_constraint con "
@@ -227,9 +229,11 @@ def _re_add(conn):
         text = definition if definition.endswith(" NOT VALID") else f"{definition} NOT VALID"
         # definition is pg_get_constraintdef's text, recorded by suspend_foreign_keys
         conn.run(f"ALTER TABLE {identifier(table)} ADD CONSTRAINT {identifier(name)} {text}")  # nosec B608
-        sql = (f"UPDATE {identifier(SUSPENDED_KEYS)} SET re_added = true "  # nosec B608
-               if validated else f"DELETE FROM {identifier(SUSPENDED_KEYS)} ")
-        conn.run(sql + "WHERE table_name = :table AND constraint_name = :name", table=table, name=name)
+        records = identifier(SUSPENDED_KEYS)
+        done = (f"UPDATE {records} SET re_added = true" if validated  # nosec B608
+                else f"DELETE FROM {records}")  # nosec B608
+        conn.run(f"{done} WHERE table_name = :table AND constraint_name = :name",  # nosec B608
+                 table=table, name=name)
 
 
 def _validate(conn, table, name, violations):
@@ -262,7 +266,8 @@ def restore_foreign_keys(conn):
         logger.warning("suspended foreign keys not re-added yet: a lock was not granted in time; the next "
                        "run re-adds them (its batches check references themselves meanwhile)")
         return 0
-    validated, violations = 0, []
+    validated = 0
+    violations: List[ForeignKeyViolationError] = []
     for table, name, _, _, _ in _records(conn):
         if _validate(conn, table, name, violations):
             validated += 1

@@ -148,7 +148,8 @@ def _references(conn, targets):
     """Fill each fact's TargetTable.references from the warehouse's own single-column foreign keys,
     those suspended for a large load included (``utils.load.constraints``: the batches then check them)."""
     rows = conn.run(
-        "SELECT c.conrelid::regclass::text, a.attname::text, c.confrelid::regclass::text, f.attname::text "
+        "SELECT c.conrelid::regclass::text, a.attname::text, c.confrelid::regclass::text, "  # nosec B608
+        "f.attname::text "
         "FROM pg_constraint c "
         "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] "
         "JOIN pg_attribute f ON f.attrelid = c.confrelid AND f.attnum = c.confkey[1] "
