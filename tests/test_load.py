@@ -280,6 +280,7 @@ def test_bad_processed_files_load_nothing(s3, buckets, warehouse, caplog, change
     ({"tables": {"fact_sale": 3}}, UnknownTableError, "unknown warehouse table 'fact_sale': expected one of"),
     ({"tables": ["dim_date"]}, InvalidEventError, "load event: 'tables' must be an object of table: rows"),
     ({"batches": "x"}, InvalidEventError, "load event: 'batches' must be a list of batch ids"),
+    ({"more_waiting": "yes"}, InvalidEventError, "load event: 'more_waiting' must be true or false"),
 ])
 def test_bad_events_load_nothing(s3, buckets, warehouse, event, error, message):
     first_batch(s3, buckets)

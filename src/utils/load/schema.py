@@ -27,8 +27,8 @@ VIEWS = ("current_sales_order", "current_purchase_order", "current_payment", "de
 VERSION_INDEXES = tuple(f"{name}_version_key" for name in FACTS)
 # pg_advisory_xact_lock key serialising loads into one warehouse.
 ADVISORY_LOCK_KEY = 0x7074_6573_7973_0003
-# The DDL (once per warehouse) waits at most this long for any lock (issue 19).
-SCHEMA_LOCK_TIMEOUT = "10s"
+# The DDL (once per warehouse) waits at most this long for any lock: readers queue behind it (issue 19).
+SCHEMA_LOCK_TIMEOUT = "1s"
 # Other spellings of a column that existing warehouses use.
 COLUMN_ALTERNATIVES = {("dim_counterparty", "counterparty_legal_address_line_2"):
                        ("counterparty_legal_address_line2",)}
