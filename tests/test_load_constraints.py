@@ -391,3 +391,15 @@ def test_a_batch_waits_boundedly_on_a_row_a_reader_locked_and_names_it(
     result = load.lambda_handler({}, None)
     assert result["tables"] == {"dim_staff": 1}
     assert query(warehouse, "SELECT last_name FROM dim_staff WHERE staff_id = 1") == [["New"]]
+
+
+def test_a_fact_table_without_keys_has_nothing_to_suspend(s3, buckets, warehouse, always_setwise, caplog):
+    keys = [row[1] for row in definitions(warehouse) if row[0] == "fact_purchase_order"]
+    for name in keys:
+        query(warehouse, f'ALTER TABLE fact_purchase_order DROP CONSTRAINT "{name}"')
+    result = run_pipeline(s3, buckets, base_batch())
+    assert result["tables"]["fact_purchase_order"] == 1
+    suspensions = messages(caplog, "foreign keys suspended")
+    assert {r.table for r in suspensions} == {"fact_sales_order", "fact_payment"}
+    assert not messages(caplog, "foreign keys checked row by row")
+    assert [row for row in definitions(warehouse) if row[0] == "fact_purchase_order"] == []

@@ -23,8 +23,10 @@ So the keys of a fact table are **suspended for a whole execution** (every round
    the advisory lock and no load deletes a dimension row, so that stays true.
 3. ``restore_foreign_keys``: at the end of the execution's last round (the load event without
    ``more_waiting``), each key is re-added ``NOT VALID`` (SHARE ROW EXCLUSIVE: blocks writers, not
-   readers; instant) and then, each in its own transaction, ``VALIDATE CONSTRAINT`` (SHARE UPDATE
-   EXCLUSIVE on the fact table, ROW SHARE on the dimension: readers and the analysts' queries go on)
+   readers; instant; lock waits up to ``RESTORE_WAIT_MS``, past deadlock_timeout, so that an autovacuum
+   worker in the way cancels itself) and then, each in its own transaction, ``VALIDATE CONSTRAINT``
+   (SHARE UPDATE EXCLUSIVE on the fact table, ROW SHARE on the dimension: readers and the analysts'
+   queries go on)
    checks the whole table once, set-wise. A key that was NOT VALID before is re-added NOT VALID and
    left so. Each step commits with its record, so a crash anywhere leaves records the next execution's
    end finishes; until then the batches keep parking dangling rows themselves (point 2).
@@ -56,6 +58,9 @@ FOREIGN_KEY_VIOLATION = "23503"
 EXCLUSIVE_WAIT_MS = 500
 EXCLUSIVE_ATTEMPTS = 3
 EXCLUSIVE_RETRY_SECONDS = 1.0
+# Re-adding (SHARE ROW EXCLUSIVE) and validating (SHARE UPDATE EXCLUSIVE) block no reader, even queued: they
+# may wait longer, past deadlock_timeout (1 s), after which an autovacuum worker in the way cancels itself.
+RESTORE_WAIT_MS = 10_000
 
 logger = get_logger("load")
 
@@ -126,11 +131,15 @@ def _referenced(conn, table):
 
 
 def _suspend_once(conn, table):
-    """One attempt of ``suspend_foreign_keys``; True when the keys were suspended."""
+    """One attempt of ``suspend_foreign_keys``; True when the keys were suspended, None when the table
+    has none, False when the lock was not granted in time."""
     conn.run("START TRANSACTION")
     try:
         conn.run("SELECT pg_advisory_xact_lock(:key)", key=ADVISORY_LOCK_KEY)
         keys = foreign_keys(conn, table)
+        if not keys:
+            conn.run("ROLLBACK")
+            return None
         tables = [table] + [name for name in _referenced(conn, table) if name != table]
         statement = bound(conn, "statement_timeout", EXCLUSIVE_WAIT_MS)
         bound(conn, "lock_timeout", EXCLUSIVE_WAIT_MS)
@@ -150,7 +159,7 @@ def _suspend_once(conn, table):
         for name, _, _ in keys:
             conn.run(f"ALTER TABLE {identifier(table)} DROP CONSTRAINT {identifier(name)}")
         conn.run("COMMIT")
-        return bool(keys)
+        return True
     except pg8000.exceptions.DatabaseError as err:
         end_quietly(conn)
         if is_lock_wait_ended(err):
@@ -169,7 +178,10 @@ def suspend_foreign_keys(conn, table):
         if attempt:
             time.sleep(EXCLUSIVE_RETRY_SECONDS)
         started = time.perf_counter()
-        if _suspend_once(conn, table):
+        suspended = _suspend_once(conn, table)
+        if suspended is None:
+            return False
+        if suspended:
             logger.info("foreign keys suspended for this execution: validated set-wise at its end",
                         table=table, lock_seconds=round(time.perf_counter() - started, 3))
             return True
@@ -196,7 +208,7 @@ def suspend_for_execution(conn, pending_rows):
     return suspended
 
 
-def _in_transaction(conn, body, wait_ms=EXCLUSIVE_WAIT_MS):
+def _in_transaction(conn, body, wait_ms=RESTORE_WAIT_MS):
     """Run ``body()`` in one transaction holding the loads' advisory lock, lock waits bounded; True when
     it committed, False when a lock wait ended (rolled back)."""
     conn.run("START TRANSACTION")

@@ -40,10 +40,12 @@ def bound_lock_waits(conn):
 
 
 def lock_holders(conn, tables):
-    """['pid N (state, since T) holds MODE on TABLE', ...]: other sessions' granted locks on ``tables``
+    """['pid N (state, since T) holds MODE on TABLE', ...] (state preceded by the backend type when it is not
+    a client's, e.g. "autovacuum worker"): other sessions' granted locks on ``tables``
     (names in the current schema), for the line that says what the load waited for."""
     rows = conn.run(
-        "SELECT l.pid, coalesce(a.state, '?'), to_char(a.state_change, 'HH24:MI:SS'), l.mode, "
+        "SELECT l.pid, concat_ws(', ', nullif(a.backend_type, 'client backend'), a.state), "
+        "to_char(a.state_change, 'HH24:MI:SS'), l.mode, "
         "c.relname::text FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
         "LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
         "WHERE l.granted AND l.pid <> pg_backend_pid() AND c.relname = ANY(:tables) "
