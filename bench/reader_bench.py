@@ -8,8 +8,9 @@ batch into a warehouse with the project's DDL (foreign keys) twice, each time in
   fact_sales_order and fact_payment while the load runs;
 - ``idle reader``: the same stream, plus an analyst who read dim_staff and stays idle in his transaction
   for up to ``IDLE_SECONDS`` (then rolls back, so a load that waits on him finishes).
-Prints, per scenario: the load's seconds, whether the load finished while the analyst was still idle, and
-the readers' statement latencies (count, median, p99, max, in ms). Not a test: nothing asserts a time.
+Prints, per scenario: the load's seconds, whether the load finished while the analyst was still idle, the
+seconds the load's sessions spent waiting on a lock (``pg_stat_activity`` sampled every 0.1 s), and the
+readers' statement latencies (count, median, p99, max, in ms). Not a test: nothing asserts a time.
 """
 import json
 import os
@@ -23,6 +24,7 @@ from bench.scale_bench import _free_port
 SCALE = float(os.environ.get("BENCH_SCALE", "10"))
 IDLE_SECONDS = float(os.environ.get("IDLE_SECONDS", "30"))
 READ_TABLES = ("dim_staff", "dim_transaction", "fact_sales_order", "fact_payment")
+SAMPLE_SECONDS = 0.1
 
 
 def _connect(url):
@@ -38,6 +40,19 @@ def _reader(url, stop, latencies):
                 started = time.perf_counter()
                 conn.run(f"SELECT count(*) FROM {table}")  # nosec B608 - fixed table names
                 latencies.append((time.perf_counter() - started) * 1000)
+    finally:
+        conn.close()
+
+
+def _lock_waits(url, stop, samples):
+    """Every SAMPLE_SECONDS: 1 if a session other than the readers waits on a lock, else 0."""
+    conn = _connect(url)
+    try:
+        while not stop.is_set():
+            rows = conn.run("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                            "AND wait_event_type = 'Lock' AND query NOT LIKE 'SELECT count(*) FROM %'")
+            samples.append(1 if rows[0][0] else 0)
+            time.sleep(SAMPLE_SECONDS)
     finally:
         conn.close()
 
@@ -68,7 +83,9 @@ def scenario(admin_url, name, idle):
         analyst.run("START TRANSACTION")
         analyst.run("SELECT count(*) FROM dim_staff")
     stop, latencies = threading.Event(), []
+    samples: list = []
     readers = [threading.Thread(target=_reader, args=(url, stop, latencies)) for _ in range(3)]
+    readers.append(threading.Thread(target=_lock_waits, args=(url, stop, samples)))
     for thread in readers:
         thread.start()
     time.sleep(0.5)
@@ -93,6 +110,7 @@ def scenario(admin_url, name, idle):
         thread.join()
     return {"load_seconds": outcome["seconds"], "finished_while_analyst_idle": finished_while_idle,
             "rows": sum(outcome["result"]["tables"].values()), "readers": _figures(latencies),
+            "load_lock_wait_seconds": round(sum(samples) * SAMPLE_SECONDS, 1),
             "load_average": round(os.getloadavg()[0], 2)}
 
 
@@ -100,8 +118,6 @@ def main():
     import boto3
     from moto.server import ThreadedMotoServer
 
-    import ingest
-    import transform
     from bench.bench import seeded_cluster
     from totesys_local.aws_emulation import put_credentials_secret
 
@@ -111,8 +127,10 @@ def main():
     os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                        "AWS_DEFAULT_REGION": "eu-west-2", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
                        "INGEST_BUCKET": "readers-ingest", "PROCESSED_BUCKET": "readers-processed",
-                       "TOTESYS_SECRET_ID": "readers/totesys", "LOG_LEVEL": "WARNING",
-                       "POWERTOOLS_METRICS_DISABLED": "true"})
+                       "TOTESYS_SECRET_ID": "readers/totesys", "POWERTOOLS_METRICS_DISABLED": "true"})
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    import ingest  # after LOG_LEVEL is set
+    import transform
     try:
         with seeded_cluster(SCALE) as ctx:
             s3 = boto3.client("s3")
