@@ -280,6 +280,7 @@ def test_bad_processed_files_load_nothing(s3, buckets, warehouse, caplog, change
     ({"tables": {"fact_sale": 3}}, UnknownTableError, "unknown warehouse table 'fact_sale': expected one of"),
     ({"tables": ["dim_date"]}, InvalidEventError, "load event: 'tables' must be an object of table: rows"),
     ({"batches": "x"}, InvalidEventError, "load event: 'batches' must be a list of batch ids"),
+    ({"more_waiting": "yes"}, InvalidEventError, "load event: 'more_waiting' must be true or false"),
 ])
 def test_bad_events_load_nothing(s3, buckets, warehouse, event, error, message):
     first_batch(s3, buckets)
@@ -340,5 +341,6 @@ def test_schema_file_is_shipped_inside_the_package_and_matches_sql_folder():
     assert (Path(__file__).resolve().parents[1] / "sql" / "warehouse_schema.sql").read_text() \
         == shipped.read_text()
     # the tables, the ledger, three version indexes, three views, etl_rejected_rows with its index,
-    # etl_dimension_version, etl_deleted_rows with its two indexes, deleted_dimension_rows
-    assert len(schema_statements()) == len(WAREHOUSE_TABLES) + 1 + 3 + 3 + 2 + 1 + 3 + 1
+    # etl_dimension_version, etl_deleted_rows with its two indexes, deleted_dimension_rows,
+    # etl_suspended_foreign_key
+    assert len(schema_statements()) == len(WAREHOUSE_TABLES) + 1 + 3 + 3 + 2 + 1 + 3 + 1 + 1

@@ -12,18 +12,22 @@ One run (``run_load``):
    the facts (``INSERT ... SELECT`` of the (natural id, last_updated) versions not yet held), the
    ledger row, COMMIT. A batch already in the ledger is skipped; any failure rolls the
    whole batch back (``utils.load.merge``). Concurrent loads are serialised by a transaction-level
-   advisory lock.
+   advisory lock. No lock of the load waits unboundedly (``utils.load.locks``).
+4. a fact table receiving many rows has its foreign keys suspended before its first batch and, at the
+   end of the execution's last round (the event without ``more_waiting``), re-added and validated
+   set-wise once (``utils.load.constraints``).
 """
 import boto3
 
 from utils.aws.manifests import read_manifest, walk_manifests
 from utils.aws.secrets import db_connections_get_secret
 from utils.aws.state import read_state
-from utils.catalog.warehouse import check_warehouse_table
+from utils.catalog.warehouse import FACTS, check_warehouse_table
 from utils.config import load_settings
 from utils.contracts import LoadResult
 from utils.db.connection import close_db_connection, connect_to_db
 from utils.errors import InvalidEventError
+from utils.load.constraints import restore_foreign_keys, suspend_for_execution
 from utils.load.merge import batch_loaded, load_batch
 from utils.load.schema import DELETED, REJECTED, ensure_warehouse_schema
 from utils.logger import get_logger
@@ -47,6 +51,8 @@ def parse_event(event):
         check_warehouse_table(name)
     if not isinstance(event.get("batches", []), list):
         raise InvalidEventError("load event: 'batches' must be a list of batch ids")
+    if not isinstance(event.get("more_waiting", False), bool):
+        raise InvalidEventError("load event: 'more_waiting' must be true or false")
     return event
 
 
@@ -65,13 +71,18 @@ def run_load(event, s3_client=None, secrets_client=None):
     logger.info("connected to the warehouse", host=credentials["host"], database=credentials["database"])
     try:
         return load_pending(conn, s3_client, settings.processed_bucket,
-                            connect=lambda: connect_to_db(credentials, role="warehouse"))
+                            connect=lambda: connect_to_db(credentials, role="warehouse"),
+                            more_waiting=event.get("more_waiting", False))
     finally:
         close_db_connection(conn)
 
 
-def load_pending(conn, s3_client, bucket, connect=None):
+def load_pending(conn, s3_client, bucket, connect=None, more_waiting=False):
     """Ensure the schema, then load every pending processed batch, oldest first.
+
+    A fact table receiving many rows has its foreign keys suspended for the execution
+    (``utils.load.constraints``); unless ``more_waiting`` (another round of this execution follows),
+    every suspended key is re-added and validated set-wise once the batches are loaded.
 
     Returns ``{"batches": [batch_id, ...], "tables": {warehouse table: rows}, "rejected_rows": n,
     "rejected": {source table: n}}``: the rows newly quarantined in etl_rejected_rows by these batches;
@@ -83,6 +94,7 @@ def load_pending(conn, s3_client, bucket, connect=None):
     pending = pending_batches(conn, s3_client, bucket)
     if not pending:
         logger.warning("no processed batches to load")
+    suspended = suspend_for_execution(conn, pending_fact_rows(pending))
     for manifest_key, manifest in pending:
         counts = load_batch(conn, s3_client, bucket, manifest_key, manifest, targets, connect)
         if counts is None:
@@ -97,7 +109,22 @@ def load_pending(conn, s3_client, bucket, connect=None):
             result["deleted_rows"] = result.get("deleted_rows", 0) + rows
         for name, rows in counts.items():
             result["tables"][name] = result["tables"].get(name, 0) + rows
+    if not more_waiting:
+        restore_foreign_keys(conn)
+    elif suspended:
+        logger.info("foreign keys stay suspended for the next round", tables=sorted(suspended))
     return result
+
+
+def pending_fact_rows(pending):
+    """{fact table: rows} the pending batches bring (from their manifests)."""
+    rows: dict = {}
+    for _, manifest in pending:
+        for name in FACTS:
+            entry = manifest["tables"].get(name)
+            if isinstance(entry, dict) and isinstance(entry.get("rows"), int):
+                rows[name] = rows.get(name, 0) + entry["rows"]
+    return rows
 
 
 def pending_batches(conn, s3_client, bucket):

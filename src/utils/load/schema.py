@@ -20,12 +20,15 @@ LEDGER = "etl_load_ledger"
 REJECTED = "etl_rejected_rows"
 DIMENSION_VERSIONS = "etl_dimension_version"
 DELETED = "etl_deleted_rows"
-OWN_TABLES = (LEDGER, REJECTED, DIMENSION_VERSIONS, DELETED)
+SUSPENDED_KEYS = "etl_suspended_foreign_key"
+OWN_TABLES = (LEDGER, REJECTED, DIMENSION_VERSIONS, DELETED, SUSPENDED_KEYS)
 
 VIEWS = ("current_sales_order", "current_purchase_order", "current_payment", "deleted_dimension_rows")
 VERSION_INDEXES = tuple(f"{name}_version_key" for name in FACTS)
 # pg_advisory_xact_lock key serialising loads into one warehouse.
 ADVISORY_LOCK_KEY = 0x7074_6573_7973_0003
+# The DDL (once per warehouse) waits at most this long for any lock: readers queue behind it (issue 19).
+SCHEMA_LOCK_TIMEOUT = "1s"
 # Other spellings of a column that existing warehouses use.
 COLUMN_ALTERNATIVES = {("dim_counterparty", "counterparty_legal_address_line_2"):
                        ("counterparty_legal_address_line2",)}
@@ -142,14 +145,17 @@ def _precision_text(data_type, time_precision, precision, scale):
 
 
 def _references(conn, targets):
-    """Fill each fact's TargetTable.references from the warehouse's own single-column foreign keys."""
+    """Fill each fact's TargetTable.references from the warehouse's own single-column foreign keys,
+    those suspended for a large load included (``utils.load.constraints``: the batches then check them)."""
     rows = conn.run(
-        "SELECT c.conrelid::regclass::text, a.attname::text, c.confrelid::regclass::text, f.attname::text "
+        "SELECT c.conrelid::regclass::text, a.attname::text, c.confrelid::regclass::text, "  # nosec B608
+        "f.attname::text "
         "FROM pg_constraint c "
         "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] "
         "JOIN pg_attribute f ON f.attrelid = c.confrelid AND f.attnum = c.confkey[1] "
-        "WHERE c.contype = 'f' AND cardinality(c.conkey) = 1 AND c.conrelid::regclass::text = ANY(:facts)",
-        facts=list(FACTS))
+        "WHERE c.contype = 'f' AND cardinality(c.conkey) = 1 AND c.conrelid::regclass::text = ANY(:facts) "
+        f"UNION SELECT table_name, column_name, referenced_table, referenced_column FROM {SUSPENDED_KEYS} "
+        "WHERE column_name IS NOT NULL AND NOT re_added", facts=list(FACTS))
     for fact, column, dimension, dimension_column in rows:
         if dimension not in targets:
             continue
@@ -185,6 +191,7 @@ def ensure_warehouse_schema(conn):
         conn.run("START TRANSACTION")
         try:
             conn.run("SELECT pg_advisory_xact_lock(:key)", key=ADVISORY_LOCK_KEY)
+            conn.run("SELECT set_config('lock_timeout', :value, true)", value=SCHEMA_LOCK_TIMEOUT)
             for statement in schema_statements():
                 conn.run(statement)
             conn.run("COMMIT")

@@ -190,6 +190,22 @@ CREATE UNIQUE INDEX IF NOT EXISTS etl_deleted_rows_open_key
 CREATE UNIQUE INDEX IF NOT EXISTS etl_deleted_rows_batch_key
     ON etl_deleted_rows (source_table, source_id, batch_id);
 
+-- Foreign keys of a fact table suspended while a large load appends (utils/load/constraints.py): each
+-- batch checks its rows' references itself meanwhile; the end of the execution re-adds each key NOT VALID
+-- (re_added) and validates it set-wise, then forgets it. column_name etc.: single-column keys only.
+CREATE TABLE IF NOT EXISTS etl_suspended_foreign_key (
+    table_name varchar NOT NULL,
+    constraint_name varchar NOT NULL,
+    definition text NOT NULL,
+    was_validated boolean NOT NULL,
+    column_name varchar,
+    referenced_table varchar,
+    referenced_column varchar,
+    re_added boolean NOT NULL DEFAULT false,
+    suspended_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (table_name, constraint_name)
+);
+
 -- Current state: the latest version of each order and payment that still exists in totesys (full
 -- history, deleted rows included, stays in the facts).
 CREATE OR REPLACE VIEW current_sales_order AS
