@@ -328,9 +328,10 @@ def generate_tables(scale=1.0, seed=42):
 
 # -- database side ------------------------------------------------------------------------------
 
-def _connect(target_url):
+def _connect(target_url, timezone="UTC"):
+    """A connection to ``target_url`` whose session zone is ``timezone`` (None: the database's own)."""
     try:
-        return connect_to_db(credentials=credentials_from_url(target_url))
+        return connect_to_db(credentials=credentials_from_url(target_url), timezone=timezone)
     except (DatabaseUnavailableError, CredentialsError) as err:
         raise GeneratorError(str(err)) from None
 
@@ -646,8 +647,11 @@ def simulate(target_url, minutes, seed=None, now=None, cancel=0):
     paid and one sales-order update; with minutes >= 30 also at least one purchase order, one
     address change and one staff change.
 
-    The M simulated minutes are compressed into the M seconds ending at the database's now()
-    (or ``now``, a naive UTC datetime, when given): every created_at/last_updated written lies in
+    The M simulated minutes are compressed into the M seconds ending at the database's now() on its
+    own clock, in its own configured time zone, as totesys writes its timestamps (or ``now``, when
+    given: a naive datetime in the source's zone, or an aware one, converted to that zone): a source
+    in New York or Tokyo gets rows stamped with its local wall time, which is what the ingest's
+    windows compare with. Every created_at/last_updated written lies in
     [end - minutes seconds, end], with millisecond precision and increasing per event, and an
     updated row's new last_updated is later than its old one (only rows last changed before the
     window are chosen). ``cancel`` > 0 also cancels that many unpaid sales orders made before this
@@ -660,7 +664,8 @@ def simulate(target_url, minutes, seed=None, now=None, cancel=0):
     if isinstance(cancel, bool) or not isinstance(cancel, int) or cancel < 0:
         raise GeneratorError(f"cancel must be a whole number of orders >= 0, got {cancel!r}")
     rng = np.random.default_rng(seed)
-    conn = _connect(target_url)
+    # No TimeZone startup parameter: the session takes the source's configured zone (SPEC 4.9).
+    conn = _connect(target_url, timezone=None)
     try:
         present = set(totesys_objects(conn))
         missing = [name for name in SOURCE_TABLES if name not in present]
@@ -698,8 +703,15 @@ def _cancel_orders(conn, rng, count):
 
 
 def _simulate(conn, rng, minutes, now):
-    # LOCALTIMESTAMP is now() in the session's time zone (UTC): the transaction's start on the DB clock.
-    end = now if now is not None else conn.run("SELECT LOCALTIMESTAMP")[0][0]
+    # LOCALTIMESTAMP is now() in the session's time zone (the source's own): the transaction's start on
+    # the DB clock, as the source's wall time. An aware ``now`` is turned into that wall time too.
+    if now is None:
+        end = conn.run("SELECT LOCALTIMESTAMP")[0][0]
+    elif now.tzinfo is not None:
+        end = conn.run("SELECT timezone(current_setting('TimeZone'), CAST(:moment AS timestamptz))",
+                       moment=now)[0][0]
+    else:
+        end = now
     end_us = _to_us(end)
     # Whole milliseconds inside [end - minutes, end]: round the end down and the start up.
     end_ms = end_us // 1000

@@ -17,46 +17,77 @@ NO_PASSWORD_HINT = (  # nosec B105 - a message, not a password
     "PGPASSFILE / ~/.pgpass, which is ignored unless its mode is 0600)")
 
 
+class _UrlParts:
+    """A database URL cut the way a person writes one: ``scheme://[user[:password]@]host[:port][/db][?query]``.
+
+    The user information runs from ``://`` to the LAST ``@``, so a password may hold ``/ # ? @ :`` and
+    ``%`` unencoded (urllib would cut it at the first ``/``, ``?`` or ``#`` and take the rest for the
+    host or the database: the password would end up in a message). Only ``user`` and ``password``
+    come from that part; every other field comes from what follows the ``@``."""
+
+    def __init__(self, url):
+        scheme, separator, rest = str(url).partition("://")
+        if not separator:
+            scheme, rest = "", str(url)
+        userinfo, at, hostpart = rest.rpartition("@")
+        self.scheme = scheme
+        self.has_password = bool(at) and ":" in userinfo
+        user, _, password = userinfo.partition(":")
+        self.user, self.password = unquote(user), unquote(password)
+        self.hostpart = urlsplit("//" + hostpart)
+
+    @property
+    def hostname(self):
+        return self.hostpart.hostname
+
+    @property
+    def port(self):
+        """The port as a number (5432 when absent), or None when it is not a number."""
+        try:
+            return self.hostpart.port or 5432
+        except ValueError:
+            return None
+
+    @property
+    def database(self):
+        return unquote(self.hostpart.path.lstrip("/"))
+
+
 def describe_url(url):
     """``url`` (a database URL, or a credentials dict) as ``postgresql://user@host:port/database``:
-    never the password. Every message about a database URL names it this way."""
+    never the password, whatever characters it holds. Every message about a database URL names it
+    this way."""
     if isinstance(url, dict):
         user = f"{url['user']}@" if url.get("user") else ""
         return f"postgresql://{user}{url.get('host')}:{url.get('port') or 5432}/{url.get('database')}"
-    parts = urlsplit(url)
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = unquote(userinfo.split(":", 1)[0])
-    try:
-        host = f"{parts.hostname or ''}:{parts.port or 5432}"
-    except ValueError:  # a port that is not a number: show it as written
-        host = hostinfo
+    parts = _UrlParts(url)
+    user = f"{parts.user}@" if parts.user else ""
     scheme = parts.scheme or "postgresql"
-    return f"{scheme}://{user + '@' if user else ''}{host}{parts.path}"
+    if parts.port is None:  # not a URL we can read: name only its host, nothing after it
+        return f"{scheme}://{user}{parts.hostname or ''}:<port not a number>"
+    return f"{scheme}://{user}{parts.hostname or ''}:{parts.port}{parts.hostpart.path}"
 
 
 def credentials_from_url(url):
     """Turn ``postgresql://user[:password]@host[:port][/database]`` into a credentials dict.
 
-    Port defaults to 5432, database to ``postgres``, user to ``postgres``. A URL without a password
-    gets one as libpq tools do: PGPASSWORD, else the first matching line of the password file
+    Port defaults to 5432, database to ``postgres``, user to ``postgres``. The password may be
+    percent-encoded or written as it is, whatever characters it holds (``_UrlParts``). A URL without a
+    password gets one as libpq tools do: PGPASSWORD, else the first matching line of the password file
     (PGPASSFILE, default ``~/.pgpass``), else none ("": the server may trust the user). Raises
     CredentialsError naming the URL without its password when it is not a postgresql:// URL.
     """
-    parts = urlsplit(url)
-    try:
-        port = parts.port or 5432
-    except ValueError:
-        port = None
-    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname or port is None:
+    parts = _UrlParts(url)
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname or parts.port is None:
         raise CredentialsError(
             "database URL must look like postgresql://user:password@host:port/database, "
             f"got {describe_url(url)!r}")
     credentials = {
         "host": parts.hostname,
-        "port": port,
-        "database": unquote(parts.path.lstrip("/")) or "postgres",
-        "user": unquote(parts.username or "postgres"),
-        "password": unquote(parts.password or ""),
+        "port": parts.port,
+        "database": parts.database or "postgres",
+        "user": parts.user or "postgres",
+        "password": parts.password,
     }
     if not parts.password:  # absent or empty, as libpq treats an empty password
         credentials["password"] = password_for(credentials)
@@ -166,6 +197,23 @@ class Connection(pg8000.native.Connection):
                 f"lost the connection to {self.described} during {verb}: {reason}") from None
 
 
+def network_reason(err):
+    """Why a connection could not be made, in words: "connection refused", "timed out", "host name
+    not found (...)"; the socket's own error is found behind pg8000's InterfaceError (its cause)."""
+    seen = err
+    while seen is not None and not isinstance(seen, OSError):
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(seen, ConnectionRefusedError):
+        return "connection refused (is the server running and accepting TCP connections on that port?)"
+    if isinstance(seen, (socket.timeout, TimeoutError)):
+        return f"timed out after {CONNECT_TIMEOUT_SECONDS} s"
+    if isinstance(seen, socket.gaierror):
+        return f"host name not found ({seen.strerror or seen})"
+    if isinstance(seen, OSError):
+        return f"{seen.strerror or type(seen).__name__} ({type(seen).__name__})"
+    return f"{type(err).__name__}: {err}"
+
+
 def connect_to_db(credentials, timezone="UTC", role=None):
     """Return an open connection (``Connection``, a pg8000 native connection) to ``credentials`` (a
     dict with host, port, database, user and password; checked by ``validate_credentials``) whose
@@ -216,11 +264,9 @@ def connect_to_db(credentials, timezone="UTC", role=None):
         if str(err) == "Server refuses SSL":
             raise TlsError(f"cannot connect to {where} with sslmode {settings.mode}: the server does "
                            "not accept TLS connections") from None
-        raise DatabaseUnavailableError(
-            f"cannot reach {where}: {type(err).__name__}") from None
+        raise DatabaseUnavailableError(f"cannot reach {where}: {network_reason(err)}") from None
     except OSError as err:
-        raise DatabaseUnavailableError(
-            f"cannot reach {where}: {type(err).__name__}") from None
+        raise DatabaseUnavailableError(f"cannot reach {where}: {network_reason(err)}") from None
     except pg8000.exceptions.DatabaseError as err:
         code, detail = sqlstate(err)
         if connection_lost(err):

@@ -24,9 +24,9 @@ from typing import Callable, Dict, Sequence
 
 from pg8000.native import identifier
 
-from utils.db.connection import close_db_connection
+from utils.db.connection import close_db_connection, connection_lost, sqlstate
 from utils.db.copy_in import csv_stream
-from utils.errors import TotesysError
+from utils.errors import DatabaseUnavailableError, TotesysError
 from utils.logger import get_logger
 
 STAGE_PREFIX = "etl_stage_"
@@ -120,7 +120,20 @@ def start_staging(connect, tables, definitions, columns):
         first.result()
     except Exception as err:  # noqa: BLE001 - any reason: fall back, and say why
         staging.close()
-        logger.info("staging in the batch's own transaction: the staging connection failed",
+        logger.info(f"staging in the batch's own transaction: {why_staging_failed(err)}",
                     error_type=type(err).__name__, error=str(err))
         return None
     return staging
+
+
+def why_staging_failed(err):
+    """The helper's failure in words: the privilege the load user lacks (SQLSTATE 42501), the
+    connection that could not be made, or the statement that failed."""
+    code, detail = sqlstate(err)
+    if code == "42501":
+        return (f"the load user lacks the CREATE privilege on the warehouse schema ({detail.get('M')}); "
+                "GRANT CREATE ON SCHEMA public TO it to stage on a second connection")
+    if isinstance(err, DatabaseUnavailableError) or connection_lost(err):
+        return f"the staging connection failed ({err})"
+    reason = f"{code} {detail['M']}" if code else f"{type(err).__name__}: {err}"
+    return f"the staging helper could not create its table ({reason})"
