@@ -23,23 +23,33 @@ def write_atomically(path, body):
     """Replace ``path`` with ``body`` all at once: a temporary file in the same folder, flushed and
     fsync'ed, then renamed over the target (and the folder fsync'ed), so a kill leaves the old file
     or the new one, never a part of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise _naming(err, path) from None
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(body)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as err:
         with suppress(FileNotFoundError):
             os.unlink(temp)
+        if isinstance(err, OSError):
+            raise _naming(err, path) from None
         raise
     folder = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+def _naming(err, path):
+    """``err`` with the file it is about: a failed write or fsync (a full disk) names none itself."""
+    return err if err.filename else OSError(err.errno, err.strerror, str(path))
 
 
 def save_buckets(s3_dir):

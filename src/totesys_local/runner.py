@@ -22,7 +22,8 @@ import boto3
 
 from totesys_local import cluster as local_pg
 from totesys_local import pending as pending_batches
-from totesys_local.local_state import BUCKETS, REGION, clear_failure, record_failure, save_buckets
+from totesys_local.local_state import (BUCKETS, LAST_ERROR_FILE, REGION, clear_failure, record_failure,
+                                      save_buckets)
 from utils.config import DEFAULT_TOTESYS_SECRET_ID, DEFAULT_WAREHOUSE_SECRET_ID
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
 from utils.errors import CredentialsError, DatabaseUnavailableError
@@ -207,7 +208,7 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print, request=None):
                 result = wait_for_execution(execution["executionArn"], on_event=progress)
             finally:
                 # As S3 does: what the execution wrote stays, whether it succeeded or not.
-                new_files = save_buckets(s3_dir)
+                new_files = _save_state(state_dir, log_path, progress)
             elapsed = time.monotonic() - started
             if result["status"] != "SUCCEEDED":
                 failure = progress.error or {"stage": None, "error_type": result.get("error"),
@@ -228,6 +229,26 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print, request=None):
             summary["new_files"] = new_files
     summary["log"] = str(log_path)
     return summary
+
+
+def _save_state(state_dir, log_path, progress):
+    """save_buckets, or a RunError saying which file could not be written, at which point of the run
+    and why (a full disk), with last_error.json written when the disk still takes it."""
+    try:
+        return save_buckets(Path(state_dir) / "s3")
+    except OSError as err:
+        stage = progress.failed or (list(progress.seconds)[-1] if progress.seconds else None)
+        where = f"after the {stage} stage" if stage else "before any stage ran"
+        message = (f"could not save the execution's files to the state folder ({where}): cannot write "
+                   f"{err.filename}: {err.strerror}")
+        try:
+            record_failure(state_dir, {"stage": "save", "error_type": type(err).__name__,
+                                       "message": message}, log_path)
+            recorded = f"; recorded in {Path(state_dir) / LAST_ERROR_FILE}"
+        except OSError as again:
+            recorded = f"; {LAST_ERROR_FILE} could not be written either ({again.strerror})"
+        raise RunError(f"{message}{recorded}. Free some space and run `totesys retry`: the warehouse "
+                       "keeps every batch it loaded, and the next run starts from the last state saved") from None
 
 
 def _summarise(output, seconds, elapsed):
