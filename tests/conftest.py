@@ -6,12 +6,14 @@ be allowed to CREATE DATABASE); otherwise a throwaway cluster is started and rem
 import atexit
 import logging
 import os
+import signal
 import uuid
 
 import boto3
 import pytest
 from moto import mock_aws
 
+from tests.support.clusters import make_session_folder, remove_session_folder, stop_emulators_under
 from tests.support.db import run_sql
 from tests.support.totesys import FILL_SQL, SCHEMA_SQL
 from totesys_local.aws_emulation import (UNSET_VARIABLES, account_environment, create_buckets,
@@ -23,6 +25,34 @@ SCALE1_SEED = 42
 # `totesys run` in-process, as before the local emulator: no test leaves an emulator behind, and child
 # processes inherit this. The emulator's own tests (tests/totesys_local/test_daemon.py) switch it on.
 os.environ["TOTESYS_DAEMON"] = "off"
+
+# Every cluster the suite starts, here or in a child process, lives in one folder removed at the end,
+# also when the run is interrupted (tests/support/clusters.py).
+CLUSTERS = make_session_folder()
+os.environ["TOTESYS_PGDATA_PARENT"] = str(CLUSTERS)
+atexit.register(remove_session_folder, CLUSTERS)
+
+
+def _interrupted(number, frame):
+    """SIGTERM (a CI job cancelled, `kill`) ends the session as Ctrl-C does: fixtures torn down, the
+    cluster folder removed."""
+    raise KeyboardInterrupt(f"signal {number}")
+
+
+def pytest_configure(config):
+    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGHUP, _interrupted)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session):
+    """After every fixture's teardown: stop the emulators of the tests' state folders and remove the
+    clusters' folder, whether the session passed, failed or was interrupted."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    basetemp = getattr(factory, "_basetemp", None)
+    if basetemp is not None:
+        stop_emulators_under(basetemp)
+    remove_session_folder(CLUSTERS)
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,9 @@ from urllib.parse import quote
 
 import pg8000.native
 
+# Where throwaway clusters (``temporary_cluster``) and the data of a state folder the server user cannot
+# enter go: the temporary directory, or this folder (the test suite points it at a folder it removes).
+PGDATA_PARENT_VARIABLE = "TOTESYS_PGDATA_PARENT"
 SUPERUSER = "totesys"
 SERVER_USER = "postgres"
 _REQUIRED = ("initdb", "pg_ctl", "postgres")
@@ -286,9 +289,14 @@ def with_database(url, database):
 
 # -- the throwaway cluster for tests and the persistent one under .local/ ------------------------
 
+def pgdata_parent():
+    """The folder that holds throwaway clusters: TOTESYS_PGDATA_PARENT, else the temporary directory."""
+    return Path(os.environ.get(PGDATA_PARENT_VARIABLE) or tempfile.gettempdir())
+
+
 def temporary_cluster():
     """Create and start a cluster in a fresh temporary folder; caller must ``destroy()`` it."""
-    base = Path(tempfile.mkdtemp(prefix="totesys-pg-"))
+    base = Path(tempfile.mkdtemp(prefix="totesys-pg-", dir=pgdata_parent()))
     if _as_root():
         os.chmod(base, 0o755)  # nosec B103 - the server user must enter it; files inside are 0700
     cluster = Cluster.create(base / "data")
@@ -316,7 +324,7 @@ def local_cluster(state_dir):
         if not _server_can_reach(state_dir):
             # The server user cannot enter this folder (e.g. a clone under /root): keep the data
             # in a folder of its own, recorded in cluster.json.
-            datadir = Path(tempfile.gettempdir()) / (
+            datadir = pgdata_parent() / (
                 "totesys-pgdata-" + hashlib.sha256(str(state_dir).encode()).hexdigest()[:12])
     if datadir.exists():
         shutil.rmtree(datadir)
