@@ -189,6 +189,7 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print, request=None):
     # One file per run, even for two runs in the same second of one process.
     log_path = state_dir / "logs" / f"run-{stamp}-{uuid.uuid4().hex[:6]}.jsonl"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    folder = _folder_identity(state_dir)
     env = account_environment(REGION, TOTESYS_LOG_FILE=str(log_path), **BUCKETS, **SECRETS)
     for variable in UNSET_VARIABLES:
         os.environ.pop(variable, None)
@@ -206,9 +207,14 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print, request=None):
             started = time.monotonic()
             try:
                 result = wait_for_execution(execution["executionArn"], on_event=progress)
-            finally:
-                # As S3 does: what the execution wrote stays, whether it succeeded or not.
-                new_files = _save_state(state_dir, log_path, progress)
+            except BaseException:
+                if _folder_identity(state_dir) == folder:
+                    _save_state(state_dir, log_path, progress)
+                raise
+            if _folder_identity(state_dir) != folder:
+                raise RunError(_folder_deleted_message(state_dir, result, progress))
+            # As S3 does: what the execution wrote stays, whether it succeeded or not.
+            new_files = _save_state(state_dir, log_path, progress)
             elapsed = time.monotonic() - started
             if result["status"] != "SUCCEEDED":
                 failure = progress.error or {"stage": None, "error_type": result.get("error"),
@@ -229,6 +235,30 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print, request=None):
             summary["new_files"] = new_files
     summary["log"] = str(log_path)
     return summary
+
+
+def _folder_identity(folder):
+    """(device, inode) of ``folder``, None when it is gone: a folder deleted and made again differs."""
+    try:
+        info = os.stat(folder)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _folder_deleted_message(state_dir, result, progress):
+    """What happened when the state folder was deleted (or replaced) while the execution ran: nothing
+    is saved (a new folder holding only what this execution touched would name files it does not
+    hold), and the execution's own outcome is told as it is, not as a failure of its own."""
+    if result["status"] == "SUCCEEDED":
+        loaded = ((json.loads(result["output"]).get("load") or {}).get("result") or {}).get("batches") or []
+        outcome = ("the execution itself SUCCEEDED" + (f" and the warehouse holds batch(es) {', '.join(loaded)}"
+                                                       if loaded else ""))
+    else:
+        stage = progress.failed or "an unknown stage"
+        outcome = f"the execution itself FAILED in {stage} ({result.get('error') or 'see the log'})"
+    return (f"the state folder {state_dir} was deleted during the run: {outcome}; nothing was saved to the "
+            "folder. The next run starts a new state folder from the beginning of the data")
 
 
 def _save_state(state_dir, log_path, progress):

@@ -4,6 +4,7 @@
 line, the working folder, the environment and the code fingerprint, prints the output as it arrives
 and returns the run's exit status. ``stop`` stops the emulator (``totesys stop``, ``make stop``).
 """
+import contextlib
 import os
 import signal
 import socket
@@ -182,17 +183,34 @@ def _ping(state_dir):  # pragma: no cover - systems without /proc
     return greeting and greeting.get("pid")
 
 
+def emulator_pids(state_dir):
+    """The pids of every emulator of ``state_dir``: the one its pid file names, and any other started
+    for the same path (one whose folder was deleted and made again, whose pid file is gone), found by
+    their command lines where /proc shows them."""
+    pids = [pid for pid in (running_pid(state_dir),) if pid is not None]
+    proc = Path("/proc")
+    if proc.is_dir():
+        for entry in proc.iterdir():
+            if entry.name.isdigit() and int(entry.name) not in pids and int(entry.name) != os.getpid() \
+                    and is_our_emulator(int(entry.name), state_dir):
+                pids.append(int(entry.name))
+    return pids
+
+
 def stop(state_dir, timeout=STOP_TIMEOUT):
-    """Stop the emulator of ``state_dir``: SIGTERM (it finishes the run it serves, then exits), SIGKILL
-    after ``timeout`` s (the state folder is safe either way). Return its pid, or None if none ran."""
-    pid = running_pid(state_dir)
-    if pid is None:
-        return None
-    os.kill(pid, signal.SIGTERM)
+    """Stop every emulator of ``state_dir`` (``emulator_pids``): SIGTERM (each finishes the run it
+    serves, then exits), SIGKILL after ``timeout`` s (the state folder is safe either way). Return the
+    pid the pid file named (else the first found), or None if none ran."""
+    pids = emulator_pids(state_dir)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while is_our_emulator(pid, state_dir):
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            break
-        time.sleep(0.05)
-    return pid
+    for pid in pids:
+        while is_our_emulator(pid, state_dir):
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)
+    return pids[0] if pids else None

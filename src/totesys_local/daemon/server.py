@@ -6,7 +6,8 @@ environment and working folder applied for its duration and its stdout/stderr se
 line; a client that goes away (Ctrl-C) does not stop the run, which finishes and saves the buckets. A
 second client while a run is served is told "another totesys run is using ..." at once, as the run lock
 tells a second in-process run. The emulator stops after ``TOTESYS_DAEMON_IDLE_SECONDS`` (900) without a
-request, on SIGTERM (after the run it serves), or when a client's code fingerprint differs from its own.
+request, on SIGTERM (after the run it serves), when a client's code fingerprint differs from its own, or
+when its state folder is deleted or replaced (checked every TICK between requests).
 """
 import contextlib
 import fcntl
@@ -104,8 +105,10 @@ class Emulator:
     """The serving half: an accept thread answers every connection at once (greeting, busy) and queues
     a request only when none is being served; the main thread runs the queued request."""
 
-    def __init__(self, listener, fingerprint, idle, run_command, on_restart=lambda: None):
+    def __init__(self, listener, fingerprint, idle, run_command, on_restart=lambda: None,
+                 folder_present=lambda: True):
         self.listener = listener
+        self.folder_present = folder_present
         self.on_restart = on_restart
         self.fingerprint = fingerprint
         self.idle = idle
@@ -128,6 +131,9 @@ class Emulator:
             except queue.Empty:
                 if time.monotonic() - last >= self.idle:
                     log(f"no request for {self.idle:g} s: stopping")
+                    break
+                if not self.folder_present():
+                    log("the state folder was deleted (or replaced): stopping")
                     break
                 continue
             try:
@@ -280,7 +286,8 @@ def serve(state_dir, ready):
             (state / PID_NAME).write_text(f"{os.getpid()}\n")
             emulator = Emulator(listener, fingerprint, idle_seconds(),
                                 lambda argv: cli.run_in_process(cli.build_parser().parse_args(argv)),
-                                on_restart=lambda: _remove_own_files(state, path, listening))
+                                on_restart=lambda: _remove_own_files(state, path, listening),
+                                folder_present=_same_folder(state))
             for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(number, emulator.stop)
             log(f"serving {state} on {path} (ready in {time.monotonic() - started:.1f} s)")
@@ -295,6 +302,21 @@ def serve(state_dir, ready):
         log("failed:\n" + traceback.format_exc())
         ready(f"failed: {type(err).__name__}: {err}")
         return 1
+
+
+def _same_folder(state):
+    """A check that ``state`` is still the folder this emulator was started for: not deleted, not
+    replaced by a new folder of the same name (whose own emulator a client would start)."""
+    identity = _identity(state)
+    return lambda: _identity(state) == identity
+
+
+def _identity(folder):
+    try:
+        info = os.stat(folder)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def _remove_own_files(state, path, inode):
