@@ -90,7 +90,19 @@ def totesys_run(ctx, warehouse_url, state_dir):
                      (part.split() for part in stages.group(1).split(", "))) if stages else {}
     return {"wall": round(wall, 2), "execution": execution, "stages": per_stage,
             "startup": round(wall - execution, 2) if execution is not None else None,
-            "nothing_new": "nothing new" in done.stdout}
+            "nothing_new": "nothing new" in done.stdout, "emulator_idle_rss_mb": emulator_rss_mb(state_dir)}
+
+
+def emulator_rss_mb(state_dir):
+    """Resident memory (MB, VmRSS) of the state folder's local emulator, idle after the run (issue 24: at
+    most 300 MB; each run is served by a forked child that gives its memory back); None without one."""
+    pid = emulator.running_pid(state_dir)
+    try:
+        status = Path(f"/proc/{pid}/status").read_text() if pid else ""
+    except OSError:
+        return None
+    found = re.search(r"VmRSS:\s+(\d+) kB", status)
+    return round(int(found.group(1)) / 1000) if found else None
 
 
 def run(ctx, incremental=True, label=""):

@@ -1,9 +1,10 @@
 """The local emulator: imports everything once, warms moto up, keeps one emulated account with the
 pipeline deployed, and serves `totesys run|retry` requests ONE AT A TIME over the state folder's socket.
 
-Each request runs exactly what `totesys run` runs in-process (``cli.run_in_process``), with the client's
-environment and working folder applied for its duration and its stdout/stderr sent to the client line by
-line; a client that goes away (Ctrl-C) does not stop the run, which finishes and saves the buckets. A
+Each request runs exactly what `totesys run` runs in-process (``cli.run_in_process``), in a child forked
+from the warm emulator (so what a run allocates is given back when it ends: the emulator idles at its warm
+size), with the client's environment and working folder applied and its stdout/stderr sent to the client
+line by line; a client that goes away (Ctrl-C) does not stop the run, which finishes and saves the buckets. A
 second client while a run is served is told "another totesys run is using ..." at once, as the run lock
 tells a second in-process run. The emulator stops after ``TOTESYS_DAEMON_IDLE_SECONDS`` (900) without a
 request, on SIGTERM (after the run it serves), when a client's code fingerprint differs from its own, or
@@ -106,8 +107,9 @@ class Emulator:
     a request only when none is being served; the main thread runs the queued request."""
 
     def __init__(self, listener, fingerprint, idle, run_command, on_restart=lambda: None,
-                 folder_present=lambda: True):
+                 folder_present=lambda: True, isolate=False):
         self.listener = listener
+        self.isolate = isolate
         self.folder_present = folder_present
         self.on_restart = on_restart
         self.fingerprint = fingerprint
@@ -188,6 +190,34 @@ class Emulator:
         argv = request["argv"]
         log(f"serving totesys {' '.join(argv[:1])}")
         started = time.monotonic()
+        status = self._in_child(channel, request) if self.isolate else self._run(channel, request)
+        channel.send(exit=status)
+        log(f"done: exit status {status} in {time.monotonic() - started:.2f} s")
+
+    def _in_child(self, channel, request):
+        """Run the request in a forked child and return its exit status. The child starts warm (a copy
+        of this process: imports, moto, the deployed pipeline) and everything the execution allocates
+        (Arrow tables, moto's objects, the parsed history) goes back to the system when it exits: the
+        emulator stays at its warm size between runs (issue 24). The child writes the output to the
+        client itself; the emulator, once the child is gone, sends the exit status."""
+        pid = os.fork()
+        if pid == 0:  # the child: run, then leave at once, without this process's clean-up
+            status = 1
+            try:
+                status = self._run(channel, request)
+            finally:
+                os._exit(status)
+        _, wait_status = os.waitpid(pid, 0)
+        status = os.waitstatus_to_exitcode(wait_status)
+        if status < 0:
+            channel.send(err=f"totesys: the run's process ended on signal {-status}; whatever the execution "
+                             "saved is kept: run again to go on\n")
+            return 1
+        return status
+
+    def _run(self, channel, request):
+        """Run the request in this process; its exit status."""
+        argv = request["argv"]
         saved_environment, saved_folder = dict(os.environ), os.getcwd()
         out, err = ClientStream(channel, "out"), ClientStream(channel, "err")
         status = 1
@@ -207,8 +237,7 @@ class Emulator:
         finally:
             _replace_environment(saved_environment)
             os.chdir(saved_folder)
-        channel.send(exit=status)
-        log(f"done: exit status {status} in {time.monotonic() - started:.2f} s")
+        return status
 
 
 def _lock(state):
@@ -262,6 +291,22 @@ def warm_up():
     return cli, handlers
 
 
+def release_unused_memory():
+    """Give back what the warm-up held and no run uses: moto's EC2 instance catalogue (~55 MB of parsed
+    JSON, loaded because the Step Functions parser imports its Batch integration; the pipeline has no
+    EC2), then the freed heap (glibc's malloc_trim, where there is one). Runs in forked children start
+    from what is left, and the emulator idles at that size."""
+    import gc
+    with contextlib.suppress(ImportError, AttributeError):
+        from moto.ec2.models import instance_types
+        instance_types.INSTANCE_TYPES.clear()
+        instance_types.INSTANCE_TYPE_OFFERINGS.clear()
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def serve(state_dir, ready):
     """The emulator's life. ``ready(line)`` is called once: "ready <pid>" when it serves (or when another
     emulator already serves this folder), "failed: <reason>" when it cannot start. Returns the exit status."""
@@ -277,6 +322,7 @@ def serve(state_dir, ready):
         fingerprint = code_fingerprint()  # before the imports: a file changed meanwhile means restart
         started = time.monotonic()
         cli, handlers = warm_up()
+        release_unused_memory()
         from totesys_local.aws_emulation import account_environment, kept_pipeline
         from totesys_local.runner import _environment
         path = socket_path(state)
@@ -287,7 +333,7 @@ def serve(state_dir, ready):
             emulator = Emulator(listener, fingerprint, idle_seconds(),
                                 lambda argv: cli.run_in_process(cli.build_parser().parse_args(argv)),
                                 on_restart=lambda: _remove_own_files(state, path, listening),
-                                folder_present=_same_folder(state))
+                                folder_present=_same_folder(state), isolate=True)
             for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(number, emulator.stop)
             log(f"serving {state} on {path} (ready in {time.monotonic() - started:.1f} s)")
