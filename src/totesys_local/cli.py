@@ -2,9 +2,9 @@
 
     totesys seed --target URL --scale N [--seed S]
     totesys simulate [--target URL] --minutes M [--seed S] [--cancel N] [--state-dir DIR]
-    totesys run [--source URL] [--warehouse URL] [--state-dir DIR]
+    totesys run [--source URL] [--warehouse URL] [--state-dir DIR] [--repoint]
     totesys pending [--warehouse URL] [--state-dir DIR]
-    totesys retry [--source URL] [--warehouse URL] [--state-dir DIR]
+    totesys retry [--source URL] [--warehouse URL] [--state-dir DIR] [--repoint]
     totesys psql | stop [--state-dir DIR]
     totesys dashboard [--warehouse URL] [--port N] [--state-dir DIR]
     totesys verify [--source URL] [--warehouse URL] [--json] [--state-dir DIR]
@@ -74,6 +74,9 @@ def _add_runner_commands(commands):
                          "else the embedded cluster)")
         sub.add_argument("--warehouse", help="warehouse database URL (default: TOTESYS_WAREHOUSE_URL, "
                          "else the embedded cluster)")
+        sub.add_argument("--repoint", action="store_true",
+                         help="point the state folder at this run's databases deliberately (it records "
+                              "its source and warehouse on the first run and refuses any other)")
         _state_dir(sub)
     pending = commands.add_parser("pending", help="list the batches waiting to be transformed or loaded, "
                                   "and the last error")

@@ -21,11 +21,13 @@ from pathlib import Path
 import boto3
 
 from totesys_local import cluster as local_pg
+from totesys_local import folder_identity
 from totesys_local import pending as pending_batches
 from totesys_local.local_state import (BUCKETS, LAST_ERROR_FILE, REGION, clear_failure, record_failure,
                                       save_buckets)
 from utils.config import DEFAULT_TOTESYS_SECRET_ID, DEFAULT_WAREHOUSE_SECRET_ID
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
+from utils.db.identity import DatabaseIdentityError
 from utils.errors import CredentialsError, DatabaseUnavailableError
 
 SOURCE_DB, WAREHOUSE_DB = "totesys", "warehouse"
@@ -397,11 +399,20 @@ def _run(args, state_dir, before=None, request=None):
     for url, role in ((source, "source"), (warehouse, "warehouse")):
         if url:
             _check_credentials(url, role)
-    source_url, warehouse_url, pg = resolve_databases(source, warehouse, state_dir, print)
+    repoint = bool(getattr(args, "repoint", False))
+    try:  # the folder's own databases, before the embedded cluster is started or seeded (folder_identity)
+        folder_identity.refuse_missing_urls(state_dir, {"source": source, "warehouse": warehouse}, repoint)
+        source_url, warehouse_url, pg = resolve_databases(source, warehouse, state_dir, print)
+        folder_identity.check_databases(state_dir, {"source": source_url, "warehouse": warehouse_url},
+                                        {"source": not source, "warehouse": not warehouse}, repoint)
+    except DatabaseIdentityError as err:
+        raise RunError(str(err)) from None
     print(f"  source    {describe_url(source_url)}")
     print(f"  warehouse {describe_url(warehouse_url)}")
     if before is not None:
         before(warehouse_url)
+    if repoint:
+        request = dict(request or {}, repoint_source=True)
     summary = run_pipeline(source_url, warehouse_url, state_dir, request=request)
     if pg is not None and not warehouse:
         line = (f"PGPASSFILE={state_dir / 'pgpass'} psql -h {pg.info.host} -p {pg.info.port} "

@@ -77,6 +77,7 @@ class IngestState(TypedDict, total=False):
     ignored_columns: Dict[str, List[str]]
     tables: Dict[str, TableBounds]
     held_deletes: Dict[str, Dict[str, int]]
+    source: Dict[str, Optional[str]]  # the source's identity (utils.db.identity), never a credential
 
 
 class FileEntry(TypedDict):

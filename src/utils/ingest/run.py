@@ -39,6 +39,7 @@ import pg8000
 from utils.aws.objects import write_to_s3
 from utils.aws.secrets import db_connections_get_secret
 from utils.aws.state import read_state, write_state
+from utils.ingest.source_identity import repoint_requested, with_source_identity
 from utils.catalog.source import LANDING_SCHEMAS, SOURCE_TABLES, check_source_table
 from utils.config import load_settings
 from utils.db.connection import close_db_connection, connect_to_db, end_quietly
@@ -106,7 +107,8 @@ def run_ingest(event, s3_client=None, secrets_client=None):
         logger.info("connected to totesys", host=credentials["host"], database=credentials["database"],
                     connections=1 + len(helpers))
         return ingest_tables(conn, s3_client, settings.ingest_bucket, tables,
-                             settings.ingest_overlap_seconds, helpers, settings.max_batch_rows, repair)
+                             settings.ingest_overlap_seconds, helpers, settings.max_batch_rows, repair,
+                             repoint_source=repoint_requested(event))
     finally:
         for connection in (conn, *helpers):
             close_db_connection(connection)
@@ -135,7 +137,7 @@ def connect_all(credentials, count):
 
 
 def ingest_tables(conn, s3_client, bucket, tables, overlap_seconds, helpers=(), max_batch_rows=0,
-                  repair=RepairOptions()):
+                  repair=RepairOptions(), repoint_source=False):
     """Land the changed rows of ``tables`` as one batch; see the module docstring.
 
     ``conn`` is an open pg8000 native connection to totesys (left open). ``helpers`` are more open
@@ -149,11 +151,15 @@ def ingest_tables(conn, s3_client, bucket, tables, overlap_seconds, helpers=(), 
     ``max_batch_rows`` (0: no cap) bounds the batch (``utils.ingest.bounded``); the state pointer's
     ``more_waiting`` then says whether rows were left for the next batch. ``repair``: tables landed in
     full (``utils.ingest.resync``) and the mass-delete guard's settings (``utils.ingest.delete_guard``).
+    The state pointer's ``source`` records the source's identity: a run that reaches another database
+    raises DatabaseIdentityError (nothing landed) unless ``repoint_source``
+    (``utils.ingest.source_identity``).
     """
     if not conn.run("SELECT pg_try_advisory_lock(:key)", key=ADVISORY_LOCK_KEY)[0][0]:
         raise ConcurrentRunError("another ingest run holds the lock on the source database; try later")
     try:
         state, etag = read_state(s3_client, bucket, STAGE)
+        state = with_source_identity(conn, state, repoint_source)
         window, landed, key_sets = _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds,
                                                      helpers, max_batch_rows, repair.resync)
         detection, deleted = detect_deletes(s3_client, bucket, window.batch_time, window.prev_tables,
@@ -337,7 +343,8 @@ def _commit_batch(s3_client, bucket, tables, window, landed, state, etag, detect
     ignored.update(window.ignored_columns)
     new_state = {"manifest_key": state.get("manifest_key"), "batch_id": state.get("batch_id"),
                  "timezone": window.timezone, "ignored_columns": ignored,
-                 "tables": dict(window.prev_tables), "more_waiting": window.more_waiting}
+                 "tables": dict(window.prev_tables), "more_waiting": window.more_waiting,
+                 "source": state.get("source")}
     if landed or deleted:
         manifest_key = generate_file_key("_batches", batch_time, "json")
         manifest = {"batch_id": batch_id, "batch_time": format_time(batch_time),
