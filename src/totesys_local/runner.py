@@ -24,7 +24,7 @@ from totesys_local import cluster as local_pg
 from totesys_local import folder_identity
 from totesys_local import pending as pending_batches
 from totesys_local.local_state import (BUCKETS, LAST_ERROR_FILE, REGION, clear_failure, record_failure,
-                                      save_buckets)
+                                       save_buckets)
 from utils.config import DEFAULT_TOTESYS_SECRET_ID, DEFAULT_WAREHOUSE_SECRET_ID
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
 from utils.db.identity import DatabaseIdentityError
@@ -253,9 +253,10 @@ def _folder_deleted_message(state_dir, result, progress):
     is saved (a new folder holding only what this execution touched would name files it does not
     hold), and the execution's own outcome is told as it is, not as a failure of its own."""
     if result["status"] == "SUCCEEDED":
-        loaded = ((json.loads(result["output"]).get("load") or {}).get("result") or {}).get("batches") or []
-        outcome = ("the execution itself SUCCEEDED" + (f" and the warehouse holds batch(es) {', '.join(loaded)}"
-                                                       if loaded else ""))
+        load = (json.loads(result["output"]).get("load") or {}).get("result") or {}
+        loaded = load.get("batches") or []
+        held = f" and the warehouse holds batch(es) {', '.join(loaded)}" if loaded else ""
+        outcome = f"the execution itself SUCCEEDED{held}"
     else:
         stage = progress.failed or "an unknown stage"
         outcome = f"the execution itself FAILED in {stage} ({result.get('error') or 'see the log'})"
@@ -279,8 +280,8 @@ def _save_state(state_dir, log_path, progress):
             recorded = f"; recorded in {Path(state_dir) / LAST_ERROR_FILE}"
         except OSError as again:
             recorded = f"; {LAST_ERROR_FILE} could not be written either ({again.strerror})"
-        raise RunError(f"{message}{recorded}. Free some space and run `totesys retry`: the warehouse "
-                       "keeps every batch it loaded, and the next run starts from the last state saved") from None
+        raise RunError(f"{message}{recorded}. Free some space and run `totesys retry`: the warehouse keeps "
+                       "every batch it loaded, and the next run starts from the last state saved") from None
 
 
 def _summarise(output, seconds, elapsed):

@@ -45,7 +45,8 @@ def test_a_full_disk_names_the_path_and_the_stage_and_keeps_last_error(tmp_path,
                                                                        totesys_url, warehouse_url):
     state = tmp_path / "state"
     monkeypatch.setattr(os, "fsync", _full_disk_under(state / "s3"))
-    assert main(["run", "--source", totesys_url, "--warehouse", warehouse_url, "--state-dir", str(state)]) == 1
+    args = ["run", "--source", totesys_url, "--warehouse", warehouse_url, "--state-dir", str(state)]
+    assert main(args) == 1
     err = capsys.readouterr().err
     assert "No space left on device" in err and f"{state}/s3/" in err, err
     assert "after the load stage" in err and "last_error.json" in err

@@ -18,7 +18,7 @@ NO_PASSWORD_HINT = (  # nosec B105 - a message, not a password
 
 
 class _UrlParts:
-    """A database URL cut the way a person writes one: ``scheme://[user[:password]@]host[:port][/db][?query]``.
+    """A database URL cut the way a person writes one: ``scheme://[user[:password]@]host[:port][/db]``.
 
     The user information runs from ``://`` to the LAST ``@``, so a password may hold ``/ # ? @ :`` and
     ``%`` unencoded (urllib would cut it at the first ``/``, ``?`` or ``#`` and take the rest for the
