@@ -5,8 +5,10 @@ import errno
 import json
 import logging
 import os
+import socket
 import uuid
 
+import pg8000
 import pyarrow as pa
 import pytest
 from pg8000.native import identifier, literal
@@ -15,9 +17,9 @@ from tests.support.db import run_sql
 from totesys_local import local_state
 from totesys_local.cli import main
 from totesys_local.cluster import free_port
-from utils.db.connection import connect_to_db, credentials_from_url
+from utils.db.connection import connect_to_db, credentials_from_url, network_reason
 from utils.errors import DatabaseUnavailableError
-from utils.load.staging import start_staging
+from utils.load.staging import start_staging, why_staging_failed
 
 REAL_FSYNC = os.fsync
 
@@ -101,3 +103,26 @@ def test_a_load_user_without_create_is_told_the_privilege_it_lacks(pg_admin_url,
     finally:
         run_sql(warehouse_url, f"DROP OWNED BY {identifier(name)}")
         run_sql(pg_admin_url, f"DROP ROLE IF EXISTS {identifier(name)}")
+
+
+@pytest.mark.parametrize("cause, words", [
+    (ConnectionRefusedError(111, "Connection refused"), "connection refused"),
+    (TimeoutError("timed out"), "timed out after"),
+    (socket.gaierror(-2, "Name or service not known"), "host name not found (Name or service not known)"),
+    (OSError(113, "No route to host"), "No route to host (OSError)"),
+])
+def test_the_reason_behind_pg8000s_interface_error_is_kept(cause, words):
+    try:
+        try:
+            raise cause
+        except OSError as err:
+            raise pg8000.exceptions.InterfaceError("Can't create a connection to host h and port 1") from err
+    except pg8000.exceptions.InterfaceError as wrapped:
+        assert words in network_reason(wrapped)
+
+
+def test_why_staging_failed_names_each_cause():
+    assert "could not create its table (42P07 exists)" in why_staging_failed(
+        pg8000.exceptions.DatabaseError({"C": "42P07", "M": "exists"}))
+    assert "the staging connection failed" in why_staging_failed(DatabaseUnavailableError("down"))
+    assert "(ValueError: odd)" in why_staging_failed(ValueError("odd"))
