@@ -35,8 +35,10 @@ def test_a_url_with_an_unencoded_password_is_read_whole_and_described_without_it
     assert describe_url(url) == "postgresql://ann@db.example.com:6543/totesys"
 
 
-def test_a_url_whose_port_is_not_a_number_names_only_its_host():
-    assert describe_url("postgresql://ann:Pa/ss@db:x/y") == "postgresql://ann@db:<port not a number>"
+def test_a_url_whose_port_is_not_a_number_is_shown_without_its_password():
+    assert describe_url("postgresql://ann:Pa/ss@db:x/y") == "postgresql://ann@db:x/y"
+    # No "@": what looks like host:port may be user:password, so only the host is shown.
+    assert describe_url("postgresql://ann:Pa/ss") == "postgresql://ann:<port not a number>"
 
 
 @pytest.fixture

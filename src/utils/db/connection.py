@@ -31,7 +31,7 @@ class _UrlParts:
             scheme, rest = "", str(url)
         userinfo, at, hostpart = rest.rpartition("@")
         self.scheme = scheme
-        self.has_password = bool(at) and ":" in userinfo
+        self.has_at = bool(at)
         user, _, password = userinfo.partition(":")
         self.user, self.password = unquote(user), unquote(password)
         self.hostpart = urlsplit("//" + hostpart)
@@ -63,8 +63,10 @@ def describe_url(url):
     parts = _UrlParts(url)
     user = f"{parts.user}@" if parts.user else ""
     scheme = parts.scheme or "postgresql"
-    if parts.port is None:  # not a URL we can read: name only its host, nothing after it
-        return f"{scheme}://{user}{parts.hostname or ''}:<port not a number>"
+    if parts.port is None:  # a port that is not a number: show what follows the "@" as written
+        if not parts.has_at:  # no "@" at all: "user:secret" may have been meant, show the host alone
+            return f"{scheme}://{user}{parts.hostname or ''}:<port not a number>"
+        return f"{scheme}://{user}{parts.hostpart.netloc}{parts.hostpart.path}"
     return f"{scheme}://{user}{parts.hostname or ''}:{parts.port}{parts.hostpart.path}"
 
 
