@@ -286,16 +286,29 @@ def warm_up():
         sfn = boto3.client("stepfunctions")
         execution = sfn.start_execution(stateMachineArn=arns["state_machine_arn"], input="{}")
         result = wait_for_execution(execution["executionArn"], on_event=lambda event: None, timeout=120)
+        _warm_first_calls(boto3)
     if result["status"] != "SUCCEEDED":
         raise DaemonError(f"the warm-up execution ended {result['status']}: {result.get('cause')}")
     return cli, handlers
 
 
+def _warm_first_calls(boto3):
+    """What a run's first call pays once per process, paid here: each run is a fork of this process
+    (``Emulator._in_child``), so what is cached here is cached for every run, and what is not is paid by
+    every run. The handlers' SDK check (a new botocore session: ~1 s on a busy machine) and the clients'
+    service models."""
+    from utils.aws.sdk import sdk_problem
+    sdk_problem()
+    for service in ("s3", "secretsmanager", "sns", "stepfunctions", "logs", "cloudwatch"):
+        boto3.client(service)
+
+
 def release_unused_memory():
     """Give back what the warm-up held and no run uses: moto's EC2 instance catalogue (~55 MB of parsed
     JSON, loaded because the Step Functions parser imports its Batch integration; the pipeline has no
-    EC2), then the freed heap (glibc's malloc_trim, where there is one). Runs in forked children start
-    from what is left, and the emulator idles at that size."""
+    EC2), then the freed heap (glibc's malloc_trim, where there is one); then freezes what is left out of
+    the garbage collector's sight. Runs in forked children start from it, and the emulator idles at
+    that size."""
     import gc
     with contextlib.suppress(ImportError, AttributeError):
         from moto.ec2.models import instance_types
@@ -305,6 +318,9 @@ def release_unused_memory():
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+    # The warm objects to the permanent generation: a child's garbage collections then do not walk
+    # (and so copy, page by page) everything the emulator holds.
+    gc.freeze()
 
 
 def serve(state_dir, ready):
