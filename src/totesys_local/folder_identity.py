@@ -46,14 +46,16 @@ def refuse_missing_urls(state_dir, urls, repoint):
                 f"instead; add --repoint to do that deliberately")
 
 
-def check_databases(state_dir, urls, embedded, repoint):
+def check_databases(state_dir, urls, embedded, repoint, known=None):
     """Compare this run's databases (``urls``: {role: URL}; ``embedded``: {role: bool}) with the folder's
-    record, then record them. Raises DatabaseIdentityError naming both when one differs and ``repoint``
-    is false."""
+    record, then record them. ``known``: {role: identity or None (unreachable)} already read by the
+    caller, so as not to connect again. Raises DatabaseIdentityError naming both when one differs and
+    ``repoint`` is false."""
     recorded = recorded_databases(state_dir)
     record = dict(recorded)
+    known = known or {}
     for role in ROLES:
-        found = _identity(urls[role])
+        found = known[role] if role in known else _identity(urls[role])
         if found is None:
             continue
         entry = recorded.get(role)

@@ -27,7 +27,7 @@ from totesys_local.local_state import (BUCKETS, LAST_ERROR_FILE, REGION, clear_f
                                        save_buckets)
 from utils.config import DEFAULT_TOTESYS_SECRET_ID, DEFAULT_WAREHOUSE_SECRET_ID
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
-from utils.db.identity import DatabaseIdentityError
+from utils.db.identity import DatabaseIdentityError, database_identity
 from utils.errors import CredentialsError, DatabaseUnavailableError
 
 SOURCE_DB, WAREHOUSE_DB = "totesys", "warehouse"
@@ -381,14 +381,19 @@ def source_and_warehouse(args):
 
 def _check_credentials(url, role):
     """Fail fast, naming the URL without its password, when a database refuses the credentials (or
-    the URL is malformed). An unreachable server is left to the pipeline: its stages retry, alert
-    and keep what the earlier stages did for `totesys retry`."""
+    the URL is malformed); return the database's identity (``utils.db.identity``). An unreachable
+    server is left to the pipeline (None): its stages retry, alert and keep what the earlier stages
+    did for `totesys retry`."""
     try:
-        close_db_connection(connect_to_db(credentials=credentials_from_url(url)))
+        conn = connect_to_db(credentials=credentials_from_url(url))
     except DatabaseUnavailableError:
-        pass
+        return None
     except CredentialsError as err:
         raise RunError(f"{role} database {describe_url(url)}: {err}") from None
+    try:
+        return database_identity(conn)
+    finally:
+        close_db_connection(conn)
 
 
 def _run(args, state_dir, before=None, request=None):
@@ -397,15 +402,14 @@ def _run(args, state_dir, before=None, request=None):
     import totesys_local.aws_emulation  # noqa: F401
     print(f"ToteSys local run (state in {state_dir}/)")
     source, warehouse = source_and_warehouse(args)
-    for url, role in ((source, "source"), (warehouse, "warehouse")):
-        if url:
-            _check_credentials(url, role)
+    given = {"source": source, "warehouse": warehouse}
+    known = {role: _check_credentials(url, role) for role, url in given.items() if url}
     repoint = bool(getattr(args, "repoint", False))
     try:  # the folder's own databases, before the embedded cluster is started or seeded (folder_identity)
-        folder_identity.refuse_missing_urls(state_dir, {"source": source, "warehouse": warehouse}, repoint)
+        folder_identity.refuse_missing_urls(state_dir, given, repoint)
         source_url, warehouse_url, pg = resolve_databases(source, warehouse, state_dir, print)
         folder_identity.check_databases(state_dir, {"source": source_url, "warehouse": warehouse_url},
-                                        {"source": not source, "warehouse": not warehouse}, repoint)
+                                        {"source": not source, "warehouse": not warehouse}, repoint, known)
     except DatabaseIdentityError as err:
         raise RunError(str(err)) from None
     print(f"  source    {describe_url(source_url)}")
