@@ -117,6 +117,7 @@ class Emulator:
         self.run_command = run_command
         self.requests = queue.Queue()
         self.busy = threading.Lock()
+        self.held = False  # the main thread holds ``busy`` for the request it serves (main thread only)
         self.stopping = threading.Event()
 
     def stop(self, *_):
@@ -139,10 +140,11 @@ class Emulator:
                     break
                 continue
             try:
+                self.held = True
                 self._handle(conn, request)
             finally:
                 conn.close()
-                self.busy.release()
+                self._free()
                 last = time.monotonic()
         self.stopping.set()
         self.listener.close()
@@ -152,6 +154,12 @@ class Emulator:
             with contextlib.suppress(OSError):
                 send(conn, restart="stopping")
             conn.close()
+
+    def _free(self):
+        """Let the accept thread take the next request (once per request)."""
+        if self.held:
+            self.held = False
+            self.busy.release()
 
     def _accept(self):
         self.listener.settimeout(TICK)
@@ -191,6 +199,9 @@ class Emulator:
         log(f"serving totesys {' '.join(argv[:1])}")
         started = time.monotonic()
         status = self._in_child(channel, request) if self.isolate else self._run(channel, request)
+        # Free before the exit status goes out: the client may send its next run at once (`retry` after a
+        # failed run), and it must find this emulator free, not busy.
+        self._free()
         channel.send(exit=status)
         log(f"done: exit status {status} in {time.monotonic() - started:.2f} s")
 
