@@ -12,8 +12,6 @@ from tests.support.ingest import manifest_chain, read_table
 from utils.aws.state import read_state
 from utils.config import load_settings
 from utils.errors import ConfigError
-from utils.ingest.backdated import key_runs, new_keys
-from utils.transform.quarantine import split_future_rows
 
 pytestmark = pytest.mark.slow
 
@@ -152,6 +150,8 @@ def test_a_bad_future_tolerance_is_a_clear_config_error(monkeypatch, value):
 
 def test_new_keys_and_their_runs():
     import numpy as np
+
+    from utils.ingest.backdated import key_runs, new_keys
     previous = np.array([1, 2, 3, 7], dtype=np.int32)
     current = np.array([1, 2, 3, 4, 5, 7, 9, 10, 20], dtype=np.int32)
     found = new_keys(previous, current)
@@ -162,6 +162,7 @@ def test_new_keys_and_their_runs():
 
 def test_a_batch_without_a_future_bound_splits_nothing():
     from tests.support.batches import sales_order, source_table
+    from utils.transform.quarantine import split_future_rows
     table = source_table("sales_order", [sales_order(1)])
     kept, rejected = split_future_rows("sales_order", table, None)
     assert kept.num_rows == 1 and rejected.num_rows == 0
