@@ -21,7 +21,7 @@ from utils.catalog.source_schema import check_source_schema
 from utils.db.connection import end_quietly
 from utils.errors import ConfigError, CorruptFileError, TotesysError
 from utils.format_time import format_time, parse_time
-from utils.ingest.bounded import BOUNDED_TABLES, batch_cut
+from utils.ingest.bounded import BOUNDED_TABLES, OverlapRereads, batch_cut
 from utils.logger import get_logger
 
 XID_WRAP = 1 << 32
@@ -105,7 +105,8 @@ def open_window(conn, tables, state, overlap_seconds, export=False, max_batch_ro
         ahead = timedelta(seconds=dst_shift + future_tolerance_seconds)
         future_from = {table: highs[table] + ahead for table in tables}
     lower = {table: parse_time(prev_tables[table]["high"]) for table in tables if table in prev_tables}
-    cut = batch_cut(conn, tables, lower, wall_now, max_batch_rows)
+    cut = batch_cut(conn, tables, lower, wall_now, max_batch_rows,
+                    _rereads(prev_tables, lower, snapshot, overlap_seconds))
     if cut is not None:
         for table in tables:
             if table in BOUNDED_TABLES:
@@ -115,6 +116,15 @@ def open_window(conn, tables, state, overlap_seconds, export=False, max_batch_ro
     window = Window(batch_time, zone, snapshot, highs, prev_tables, overlap_seconds, ignored,
                     more_waiting=cut is not None, future_from=future_from)
     return window, (row[5] if export else None), wall_now
+
+
+def _rereads(prev_tables, lower, snapshot, overlap_seconds):
+    """The OverlapRereads of the tables with a previous high (``lower``), for ``batch_cut``."""
+    cur_xmax = snapshot_bounds(snapshot)[1]
+    return OverlapRereads(
+        lows={table: high - timedelta(seconds=overlap_seconds) for table, high in lower.items()},
+        prev_xmins={table: snapshot_bounds(prev_tables[table]["snapshot"])[0] for table in lower},
+        xid_base=cur_xmax >> 32 << 32, cur_xmax=cur_xmax)
 
 
 def _prev_tables_in_zone(conn, state, zone):
