@@ -52,12 +52,13 @@ def test_a_restore_from_backup_and_a_backdated_new_id_reconcile_exactly(loaded):
 
     assert result["tables"]["fact_sales_order"] == 1 and "deleted_rows" not in result
     assert query(warehouse, "SELECT count(*) FROM current_payment") == [[total]]
-    assert query(warehouse, "SELECT count(*) FROM etl_deleted_rows WHERE reinserted_batch_id IS NULL") == [[0]]
+    open_deletions = "SELECT count(*) FROM etl_deleted_rows WHERE reinserted_batch_id IS NULL"
+    assert query(warehouse, open_deletions) == [[0]]
     assert rows(warehouse, "SELECT payment_id, last_updated_date + last_updated_time FROM current_payment") \
         == rows(source, "SELECT payment_id, last_updated FROM payment")
-    assert rows(warehouse, "SELECT sales_order_id, last_updated_date + last_updated_time FROM current_sales_order "
-                           "WHERE sales_order_id = 999999") == [(999999, query(source, "SELECT timestamp "
-                                                                                       "'2023-01-01'")[0][0])]
+    backdated = query(source, "SELECT timestamp '2023-01-01'")[0][0]
+    assert rows(warehouse, "SELECT sales_order_id, last_updated_date + last_updated_time "
+                           "FROM current_sales_order WHERE sales_order_id = 999999") == [(999999, backdated)]
     # The history holds each payment version once: the restored rows were versions it already had.
     assert query(warehouse, "SELECT count(*) FROM fact_payment") == \
         query(warehouse, "SELECT count(DISTINCT (payment_id, last_updated_date, last_updated_time)) "
@@ -70,7 +71,8 @@ def test_only_the_new_keys_below_the_window_are_taken_and_only_once(loaded, buck
     source, _ = loaded
     old = query(source, "SELECT min(last_updated) FROM sales_order")[0][0]
     # an existing row back-dated: the cursor cannot see it (documented: totesys resync repairs it)
-    query(source, "UPDATE sales_order SET units_sold = 1, last_updated = :old WHERE sales_order_id = 2", old=old)
+    query(source, "UPDATE sales_order SET units_sold = 1, last_updated = :old WHERE sales_order_id = 2",
+          old=old)
     query(source, f"INSERT INTO sales_order (sales_order_id, last_updated, {ORDER_COLUMNS}) "  # nosec B608
                   f"SELECT 999998, :old, {ORDER_COLUMNS} FROM sales_order WHERE sales_order_id = 1", old=old)
     files = ingest.lambda_handler({"tables_to_query": ["sales_order"]}, None)
@@ -82,10 +84,12 @@ def test_only_the_new_keys_below_the_window_are_taken_and_only_once(loaded, buck
 def test_future_rows_are_quarantined_once_never_block_the_window_and_their_fix_loads(loaded):
     source, warehouse = loaded
     staff_before = query(warehouse, "SELECT first_name FROM dim_staff WHERE staff_id = 1")
-    query(source, "UPDATE sales_order SET units_sold = 7, last_updated = '2099-01-01' WHERE sales_order_id = 3")
+    query(source, "UPDATE sales_order SET units_sold = 7, last_updated = '2099-01-01' "
+                  "WHERE sales_order_id = 3")
     query(source, "UPDATE sales_order SET units_sold = 8, last_updated = localtimestamp + interval '2 hours' "
                   "WHERE sales_order_id = 4")
-    query(source, "UPDATE sales_order SET units_sold = 9, last_updated = '12345-01-01' WHERE sales_order_id = 5")
+    query(source, "UPDATE sales_order SET units_sold = 9, last_updated = '12345-01-01' "
+                  "WHERE sales_order_id = 5")
     query(source, "UPDATE staff SET first_name = 'Future', last_updated = '2099-01-01' WHERE staff_id = 1")
     query(source, "UPDATE sales_order SET units_sold = 10, last_updated = localtimestamp "
                   "WHERE sales_order_id = 6")
@@ -94,8 +98,9 @@ def test_future_rows_are_quarantined_once_never_block_the_window_and_their_fix_l
     assert result["rejected"] == {"sales_order": 3, "staff": 1}  # the data-quality alert's trigger
     reasons = query(warehouse, "SELECT source_table, source_id, column_name, reason FROM etl_rejected_rows "
                                "ORDER BY 1, 2")
-    assert [row[:3] for row in reasons] == [["sales_order", 3, "last_updated"], ["sales_order", 4, "last_updated"],
-                                            ["sales_order", 5, "last_updated"], ["staff", 1, "last_updated"]]
+    assert [row[:3] for row in reasons] == [
+        ["sales_order", 3, "last_updated"], ["sales_order", 4, "last_updated"],
+        ["sales_order", 5, "last_updated"], ["staff", 1, "last_updated"]]
     assert all("ahead of the source clock" in row[3] for row in reasons)
     # nothing of them in the warehouse; the normal change beside them loaded
     assert query(warehouse, "SELECT count(*) FROM fact_sales_order WHERE units_sold IN (7, 8, 9)") == [[0]]
@@ -105,7 +110,8 @@ def test_future_rows_are_quarantined_once_never_block_the_window_and_their_fix_l
                             "WHERE table_name = 'dim_staff' AND source_id = 1") == [[True]]
 
     # Landed once: the next run neither lands nor rejects them again; a later change still flows.
-    query(source, "UPDATE sales_order SET units_sold = 11, last_updated = localtimestamp WHERE sales_order_id = 7")
+    query(source, "UPDATE sales_order SET units_sold = 11, last_updated = localtimestamp "
+                  "WHERE sales_order_id = 7")
     files, result = run_pipeline()
     assert result["rejected_rows"] == 0 and result["tables"]["fact_sales_order"] == 1
     assert list(files) == ["sales_order"]

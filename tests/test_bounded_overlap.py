@@ -32,7 +32,8 @@ def test_rows_read_again_in_the_overlap_count_against_the_cap(totesys_url, pipel
     holder.run("SELECT txid_current()")
     try:
         run_sql(totesys_url, "UPDATE sales_order SET units_sold = units_sold + 1, "
-                             "last_updated = localtimestamp - interval '10 minutes' WHERE sales_order_id <= 50")
+                             "last_updated = localtimestamp - interval '10 minutes' "
+                             "WHERE sales_order_id <= 50")
         monkeypatch.setenv("MAX_BATCH_ROWS", "0")
         ingest.lambda_handler(event, None)
         first_high = manifest_chain(s3, bucket)[-1]["tables"]["sales_order"]["high"]
@@ -40,8 +41,8 @@ def test_rows_read_again_in_the_overlap_count_against_the_cap(totesys_url, pipel
         run_sql(totesys_url, "UPDATE sales_order SET units_sold = units_sold + 1, last_updated = "
                              "localtimestamp - interval '200 milliseconds' + (sales_order_id - 100) * "
                              "interval '1 millisecond' WHERE sales_order_id BETWEEN 101 AND 130")
-        assert run_sql(totesys_url, "SELECT count(*) FROM sales_order WHERE last_updated >= CAST(:h AS timestamp)",
-                       h=first_high) == [[30]]
+        assert run_sql(totesys_url, "SELECT count(*) FROM sales_order "
+                                    "WHERE last_updated >= CAST(:h AS timestamp)", h=first_high) == [[30]]
         monkeypatch.setenv("MAX_BATCH_ROWS", "40")
         files = ingest.lambda_handler(event, None)
         batch = read_table(s3, bucket, files["sales_order"])
@@ -55,7 +56,8 @@ def test_rows_read_again_in_the_overlap_count_against_the_cap(totesys_url, pipel
     while ingest.lambda_handler(event, None):
         pass
     landed = landed_versions(s3, bucket)
-    source = {tuple(row) for row in run_sql(totesys_url, "SELECT sales_order_id, last_updated FROM sales_order")}
+    versions = "SELECT sales_order_id, last_updated FROM sales_order"
+    source = {tuple(row) for row in run_sql(totesys_url, versions)}
     assert source <= set(landed)  # nothing lost
     # landed more than once: only rows written while the transaction held the xmin back (the overlap's
     # documented price; the load keeps one fact row per version)

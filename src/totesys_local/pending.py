@@ -141,9 +141,9 @@ def waiting_rows(source_url, tables, overlap_seconds=None):
                 high = parse_time(entry["high"])
                 sql += (" WHERE last_updated >= CAST(:low AS timestamp) AND NOT (last_updated < "
                         f"CAST(:high AS timestamp) AND {OverlapRereads.landed_sql('prev_xmin')})")
-                params = {"low": format_time(high - timedelta(seconds=overlap_seconds)), "high": entry["high"],
-                          "prev_xmin": snapshot_bounds(entry["snapshot"])[0], "xid_base": cur_xmax >> 32 << 32,
-                          "cur_xmax": cur_xmax}
+                params = {"low": format_time(high - timedelta(seconds=overlap_seconds)),
+                          "high": entry["high"], "prev_xmin": snapshot_bounds(entry["snapshot"])[0],
+                          "xid_base": cur_xmax >> 32 << 32, "cur_xmax": cur_xmax}
             counts[table] = conn.run(sql, **params)[0][0]
     finally:
         close_db_connection(conn)

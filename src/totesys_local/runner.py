@@ -275,9 +275,10 @@ def _summarise_rounds(rounds, state, seconds, elapsed):
     landed = [one.manifest for one in rounds if one.manifest]
     bounds = None
     if landed:
-        bounds = _batch_bounds({"batch_time": landed[-1]["batch_time"], "timezone": landed[-1].get("timezone"),
-                                "tables": {f"{number}/{table}": entry for number, manifest in enumerate(landed)
-                                           for table, entry in manifest["tables"].items()}})
+        every_table = {f"{number}/{table}": entry for number, manifest in enumerate(landed)
+                       for table, entry in manifest["tables"].items()}
+        bounds = _batch_bounds({"batch_time": landed[-1]["batch_time"],
+                                "timezone": landed[-1].get("timezone"), "tables": every_table})
     return {"ingested": ingested, "loaded": loaded, "batches": batches, "transformed": transformed,
             "rejected_rows": sum(rejected.values()), "rejected": rejected,
             "deleted_rows": sum(deleted.values()), "deleted": deleted,
@@ -356,10 +357,11 @@ def _print_rounds(summary, out):
     whether rows still wait in totesys."""
     rounds = summary.get("rounds") or []
     if len(rounds) > 1:
-        out(f"\nrounds: {len(rounds)} (batches bounded by MAX_BATCH_ROWS; the totals above are over all of them)")
+        out(f"\nrounds: {len(rounds)} (batches bounded by MAX_BATCH_ROWS; the totals above are over all "
+            "of them)")
         for number, one in enumerate(rounds, 1):
-            out(f"  round {number:>2}: batch {one['batch_id'] or '-':<22} {one['ingested']:>10,} rows ingested "
-                f"{one['loaded']:>10,} rows loaded")
+            out(f"  round {number:>2}: batch {one['batch_id'] or '-':<22} {one['ingested']:>10,} rows "
+                f"ingested {one['loaded']:>10,} rows loaded")
     if summary.get("more_waiting"):
         out("\nmore rows wait in totesys (the last batch was cut at MAX_BATCH_ROWS): the next run continues; "
             "`totesys pending` shows how many")

@@ -42,11 +42,12 @@ def _table(text, title):
     return {line.split()[0]: int(line.split()[1].replace(",", "")) for line in lines}
 
 
-def test_a_bounded_execution_reports_every_round_and_the_totals(tmp_path, capsys, monkeypatch, totesys_url,
-                                                                 warehouse_url):
+def test_a_bounded_execution_reports_every_round_and_the_totals(
+        tmp_path, capsys, monkeypatch, totesys_url, warehouse_url):
     monkeypatch.setenv("MAX_BATCH_ROWS", str(CAP))
     state = tmp_path / "state"
-    assert main(["run", "--source", totesys_url, "--warehouse", warehouse_url, "--state-dir", str(state)]) == 0
+    assert main(["run", "--source", totesys_url, "--warehouse", warehouse_url,
+                 "--state-dir", str(state)]) == 0
     out = capsys.readouterr().out
 
     manifests = _ingest_manifests(state)
@@ -72,10 +73,10 @@ def test_pending_counts_the_rows_waiting_in_totesys_and_the_warehouse_progress(t
     urls = ["--source", totesys_url, "--warehouse", warehouse_url, "--state-dir", str(state)]
     assert main(["run", *urls]) == 0
     capsys.readouterr()
-    before = {tuple(row) for row in run_sql(totesys_url, "SELECT sales_order_id, last_updated FROM sales_order")}
+    versions = "SELECT sales_order_id, last_updated FROM sales_order"
+    before = {tuple(row) for row in run_sql(totesys_url, versions)}
     simulate(totesys_url, minutes=60, seed=5)
-    changed = len({tuple(row) for row in run_sql(
-        totesys_url, "SELECT sales_order_id, last_updated FROM sales_order")} - before)
+    changed = len({tuple(row) for row in run_sql(totesys_url, versions)} - before)
     assert changed
 
     assert main(["pending", *urls]) == 0
@@ -97,7 +98,8 @@ def test_pending_counts_the_rows_waiting_in_totesys_and_the_warehouse_progress(t
 def test_pending_says_more_waiting_instead_of_nothing_pending(tmp_path, capsys):
     ingest = tmp_path / "s3" / BUCKETS["INGEST_BUCKET"] / "_state"
     ingest.mkdir(parents=True)
-    (ingest / "ingest.json").write_text(json.dumps({"manifest_key": None, "more_waiting": True, "tables": {}}))
+    (ingest / "ingest.json").write_text(json.dumps({"manifest_key": None, "more_waiting": True,
+                                                    "tables": {}}))
     assert main(["pending", "--state-dir", str(tmp_path)]) == 0
     shown = capsys.readouterr().out
     assert "more_waiting: the last ingest cut its batch at MAX_BATCH_ROWS" in shown

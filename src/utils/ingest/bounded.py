@@ -53,7 +53,8 @@ def batch_cut(conn, tables, lower_bounds, upper, max_rows, rereads=None):
         if lower_bounds.get(table) is not None:
             params[f"low{number}"] = lower_bounds[table]
             if rereads is not None and table in rereads.lows:
-                params.update({f"over{number}": rereads.lows[table], f"xmin{number}": rereads.prev_xmins[table]})
+                params.update({f"over{number}": rereads.lows[table],
+                               f"xmin{number}": rereads.prev_xmins[table]})
                 landed = rereads.landed_sql(f"xmin{number}")
                 where += (f" AND {updated} >= :over{number}"
                           f" AND NOT ({updated} < :low{number} AND {landed})")
@@ -75,7 +76,8 @@ def batch_cut(conn, tables, lower_bounds, upper, max_rows, rereads=None):
         return None
     cut, reread_rows = found[0]
     if reread_rows:
-        logger.info("overlap rows read again count against the cap", rows=reread_rows, max_batch_rows=max_rows)
+        logger.info("overlap rows read again count against the cap", rows=reread_rows,
+                    max_batch_rows=max_rows)
     # Never an empty batch: when the rows before the cut are none (more than max_rows share the first
     # time, or the re-read rows fill the cap), take that whole time and cut at the next one.
     first = conn.run(f"SELECT min(stamp) FROM {rows} WHERE NOT reread", **params)[0][0]  # nosec B608

@@ -222,7 +222,8 @@ def copy_sql(table, incremental, backdated=False, future=False, after_future=Fal
                   f" AND NOT ({updated} < current_setting('totesys.prev_high')::timestamp AND {landed})")
     if backdated:
         # An uncorrelated IN sub-query: expanded once into a hash, not re-parsed per row.
-        new_key = (f"{identifier(PRIMARY_KEYS[table])} IN (SELECT generate_series(r.f, r.l) FROM unnest("
+        key = identifier(PRIMARY_KEYS[table])
+        new_key = (f"{key} IN (SELECT generate_series(r.f, r.l) FROM unnest("  # nosec B608 - quoted name
                    "current_setting('totesys.new_first')::integer[], "
                    "current_setting('totesys.new_last')::integer[]) AS r(f, l))")
         where = f"({below_high} AND (({where}) OR {new_key}))"
