@@ -165,7 +165,7 @@ class Progress:
             self.out(f"  [{self.stages.index(stage) + 1}/3] {stage:<9} running ...")
         elif kind == "TaskStateExited" and stage in self.stages and stage in self.started:
             seconds = (event["timestamp"] - self.started[stage]).total_seconds()
-            self.seconds[stage] = seconds
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds  # summed over the rounds
             error = _caught_error(details.get("output", ""))
             if error and self.failed is None:
                 self.failed = stage
@@ -279,6 +279,8 @@ def _summarise_rounds(rounds, state, seconds, elapsed):
                        for table, entry in manifest["tables"].items()}
         bounds = _batch_bounds({"batch_time": landed[-1]["batch_time"],
                                 "timezone": landed[-1].get("timezone"), "tables": every_table})
+        if any(not entry.get("low") for entry in every_table.values()):
+            bounds = ("beginning of data", *bounds[1:])  # a table's first run read from the start
     return {"ingested": ingested, "loaded": loaded, "batches": batches, "transformed": transformed,
             "rejected_rows": sum(rejected.values()), "rejected": rejected,
             "deleted_rows": sum(deleted.values()), "deleted": deleted,
@@ -343,7 +345,9 @@ def print_summary(summary, warehouse_line, out=print):
     for table, columns in (summary.get("ignored_columns") or {}).items():
         out(f"columns ignored in {table} (new in the source, not in the pipeline): {', '.join(columns)}")
     per_stage = ", ".join(f"{stage} {secs:.2f}" for stage, secs in summary["seconds"].items())
-    out(f"\nseconds per stage: {per_stage} (execution {summary['elapsed']:.2f} s)")
+    rounds = len(summary.get("rounds") or ())
+    over = f", summed over {rounds} rounds" if rounds > 1 else ""
+    out(f"\nseconds per stage: {per_stage} (execution {summary['elapsed']:.2f} s{over})")
     if summary.get("bounds"):
         low, high, *zone = summary["bounds"]
         label = "batch bounds" if ingested else "last batch with changes"
