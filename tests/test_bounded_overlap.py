@@ -37,10 +37,11 @@ def test_rows_read_again_in_the_overlap_count_against_the_cap(totesys_url, pipel
         monkeypatch.setenv("MAX_BATCH_ROWS", "0")
         ingest.lambda_handler(event, None)
         first_high = manifest_chain(s3, bucket)[-1]["tables"]["sales_order"]["high"]
-        # 30 later changes, each at its own time, after the first run's high (it read for longer than 0.2 s)
+        # 30 later changes, each at its own time just after the first run's high (0.1 s before now)
+        run_sql(totesys_url, "SELECT pg_sleep(0.1)")
         run_sql(totesys_url, "UPDATE sales_order SET units_sold = units_sold + 1, last_updated = "
-                             "localtimestamp - interval '200 milliseconds' + (sales_order_id - 100) * "
-                             "interval '1 millisecond' WHERE sales_order_id BETWEEN 101 AND 130")
+                             "CAST(:h AS timestamp) + (sales_order_id - 100) * interval '1 millisecond' "
+                             "WHERE sales_order_id BETWEEN 101 AND 130", h=first_high)
         assert run_sql(totesys_url, "SELECT count(*) FROM sales_order "
                                     "WHERE last_updated >= CAST(:h AS timestamp)", h=first_high) == [[30]]
         monkeypatch.setenv("MAX_BATCH_ROWS", "40")
