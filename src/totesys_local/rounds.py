@@ -22,6 +22,11 @@ _lock = threading.Lock()
 _current: Optional["Rounds"] = None
 
 
+class RoundSaveError(Exception):
+    """A round loaded but its state could not be saved to the state folder (the execution fails; the
+    runner re-raises the original error, ``Rounds.failure``, in its own thread)."""
+
+
 @dataclass
 class Round:
     """One round: ``manifest`` the ingest manifest it landed (None: nothing new), ``manifest_key``, the
@@ -46,6 +51,7 @@ class Rounds:
     rounds: List[Round] = field(default_factory=list)
     transformed: List[str] = field(default_factory=list)
     saved: int = 0
+    failure: Optional[BaseException] = None
 
     def transform_done(self, result):
         self.transformed = list((result or {}).get("batches") or [])
@@ -91,8 +97,14 @@ def after_each_load(transform_handler, load_handler):
 
     def load(event, context):
         result = load_handler(event, context)
-        if _current is not None:
-            _current.load_done(result)
+        recorded = _current
+        if recorded is not None:
+            try:
+                recorded.load_done(result)
+            except BaseException as err:  # noqa: BLE001 - the execution thread: the runner re-raises it
+                recorded.failure = err
+                raise RoundSaveError(f"the batch loaded, but the state folder could not be saved after it: "
+                                     f"{type(err).__name__}: {err}") from None
         return result
 
     return transform, load

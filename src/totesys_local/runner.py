@@ -213,6 +213,8 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print, request=None):
                 finally:
                     # As S3 does: what the execution wrote stays, whether it succeeded or not.
                     new_files = save_buckets(s3_dir) + recorded.saved
+                    if recorded.failure is not None and not isinstance(recorded.failure, Exception):
+                        raise recorded.failure  # a kill or interrupt met in the execution's thread
             elapsed = time.monotonic() - started
             if result["status"] != "SUCCEEDED":
                 failure = progress.error or {"stage": None, "error_type": result.get("error"),
