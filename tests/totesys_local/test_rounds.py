@@ -148,3 +148,26 @@ def test_a_kill_between_rounds_resumes_from_the_last_round_saved(tmp_path, capsy
     for table in ("sales_order", "purchase_order", "payment"):
         assert run_sql(warehouse_url, f"SELECT count(*) FROM current_{table}") == \
             run_sql(totesys_url, f"SELECT count(*) FROM {table}")  # nosec B608 - fixed names
+
+
+def test_a_round_whose_state_cannot_be_saved_fails_the_run_clearly(
+        tmp_path, capsys, monkeypatch, totesys_url, warehouse_url):
+    from totesys_local import rounds
+
+    def full_disk(s3_dir):
+        raise OSError(28, "No space left on device")
+
+    real = rounds.save_buckets
+    monkeypatch.setattr(rounds, "save_buckets", full_disk)
+    state = tmp_path / "state"
+    args = ["run", "--source", totesys_url, "--warehouse", warehouse_url, "--state-dir", str(state)]
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "stage load" in err and "the batch loaded, but the state folder could not be saved" in err
+    assert "No space left on device" in err
+    # the execution's end still saved what it wrote: the next run goes on from there
+    monkeypatch.setattr(rounds, "save_buckets", real)
+    assert main(args) == 0
+    assert run_sql(warehouse_url, "SELECT count(*) FROM current_payment") == \
+        run_sql(totesys_url, "SELECT count(*) FROM payment")
