@@ -19,9 +19,11 @@ locals {
     INGEST_PARALLEL_CONNECTIONS = tostring(var.ingest_parallel_connections)
     MAX_BATCH_ROWS              = tostring(var.max_batch_rows)
     MAX_DELETE_FRACTION         = tostring(var.max_delete_fraction)
-    LOG_LEVEL                   = var.log_level
-    TOTESYS_PER_TABLE_METRICS   = var.per_table_row_metrics ? "true" : "false"
-    POWERTOOLS_SERVICE_NAME     = var.project
+    # Rows stamped further ahead of the source clock are quarantined (utils/ingest/backdated.py).
+    INGEST_FUTURE_TOLERANCE_SECONDS = tostring(var.ingest_future_tolerance_seconds)
+    LOG_LEVEL                       = var.log_level
+    TOTESYS_PER_TABLE_METRICS       = var.per_table_row_metrics ? "true" : "false"
+    POWERTOOLS_SERVICE_NAME         = var.project
     # TLS to the databases (docs/DEPLOY.md, "TLS to the databases"): libpq's sslmode values.
     TOTESYS_SSLMODE       = var.db_ssl_mode["totesys"]
     TOTESYS_SSLROOTCERT   = var.db_ssl_root_cert["totesys"]

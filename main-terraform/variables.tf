@@ -152,6 +152,17 @@ variable "ingest_overlap_seconds" {
   default     = 3600
 }
 
+variable "ingest_future_tolerance_seconds" {
+  description = "INGEST_FUTURE_TOLERANCE_SECONDS: a source row whose last_updated is more than this many seconds (plus the source zone's daylight-saving shift) ahead of the source database's clock is landed and quarantined in etl_rejected_rows with an alert, instead of waiting for the clock. The source's own clock stamps rows, so a legitimate row is never ahead of it; 300 is far above any NTP-synced writer's skew and well inside the 30-minute freshness target."
+  type        = number
+  default     = 300
+
+  validation {
+    condition     = var.ingest_future_tolerance_seconds >= 0 && floor(var.ingest_future_tolerance_seconds) == var.ingest_future_tolerance_seconds
+    error_message = "ingest_future_tolerance_seconds must be a whole number, 0 or more."
+  }
+}
+
 variable "max_batch_rows" {
   description = "MAX_BATCH_ROWS: rows of the order/payment tables one batch takes at most; a larger backfill is landed in several batches, the state machine looping ingest -> transform -> load (at most 24 rounds per execution). 0 = no cap. At 1,000,000 each invocation of a x100 backfill stayed under 400 MB and 25 s on the benchmark machine (docs/BENCHMARKS.md)."
   type        = number

@@ -3,7 +3,7 @@
     totesys seed --target URL --scale N [--seed S]
     totesys simulate [--target URL] --minutes M [--seed S] [--cancel N] [--state-dir DIR]
     totesys run [--source URL] [--warehouse URL] [--state-dir DIR] [--repoint]
-    totesys pending [--warehouse URL] [--state-dir DIR]
+    totesys pending [--source URL] [--warehouse URL] [--state-dir DIR]
     totesys retry [--source URL] [--warehouse URL] [--state-dir DIR] [--repoint]
     totesys psql | stop [--state-dir DIR]
     totesys dashboard [--warehouse URL] [--port N] [--state-dir DIR]
@@ -79,7 +79,9 @@ def _add_runner_commands(commands):
                               "its source and warehouse on the first run and refuses any other)")
         _state_dir(sub)
     pending = commands.add_parser("pending", help="list the batches waiting to be transformed or loaded, "
-                                  "and the last error")
+                                  "the rows waiting in totesys, the warehouse's progress and the last error")
+    pending.add_argument("--source", help="totesys database whose waiting rows to count (default: "
+                         "TOTESYS_SOURCE_URL, else the embedded cluster when no URL is given)")
     pending.add_argument("--warehouse", help="warehouse whose ledger to check (default: "
                          "TOTESYS_WAREHOUSE_URL, else the embedded cluster)")
     _state_dir(pending)

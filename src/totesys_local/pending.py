@@ -7,10 +7,15 @@ warehouse's ledger table:
 - processed batches not yet loaded: the processed manifests from the one ``_state/transform.json``
   names, back to the newest one in ``etl_load_ledger`` (the load stage loads oldest first, one
   transaction per batch, so the loaded ones are the oldest);
-- the last failed run, from ``<state-dir>/last_error.json``.
+- the last failed run, from ``<state-dir>/last_error.json``;
+- rows still waiting in totesys (``more_waiting``: the last ingest cut its batch at MAX_BATCH_ROWS; given
+  the source, the rows at or after each table's ``high``) and the warehouse's progress (the current
+  orders and payments it holds against the source's): ``progress``.
 """
 import json
+import os
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from totesys_local.local_state import BUCKETS, LAST_ERROR_FILE
@@ -41,9 +46,33 @@ class Pending:
     warehouse: str = None
     ledger_error: str = None
     last_error: dict = None
+    progress: "Progress" = None
 
     def is_empty(self):
-        return not self.ingest and not self.processed and self.ledger_error is None
+        return (not self.ingest and not self.processed and self.ledger_error is None
+                and (self.progress is None or not self.progress.waiting()))
+
+
+# The fact tables whose progress `pending` shows: source table -> (current view, what it holds).
+PROGRESS_TABLES = {"sales_order": ("current_sales_order", "sales orders"),
+                   "purchase_order": ("current_purchase_order", "purchase orders"),
+                   "payment": ("current_payment", "payments")}
+
+
+@dataclass
+class Progress:
+    """How far the pipeline is behind totesys. ``more_waiting``: the ingest state says the last batch was
+    cut; ``waiting``: {source table: rows at or after its ``high``} (None: no source given);
+    ``warehouse``/``source``: {source table: current rows} of PROGRESS_TABLES; ``error``: why a database
+    could not be read."""
+    more_waiting: bool = False
+    waiting_rows: dict = None
+    source: dict = None
+    warehouse: dict = None
+    error: str = None
+
+    def waiting(self):
+        return self.more_waiting or any((self.waiting_rows or {}).values())
 
 
 def _read(path):
@@ -86,9 +115,79 @@ def loaded_batch_ids(warehouse_url):
         close_db_connection(conn)
 
 
-def find_pending(state_dir, warehouse_url=None):
+def waiting_rows(source_url, tables, overlap_seconds=None):
+    """{source table: rows the next ingest will read} on the source: for a table with an entry in the
+    ingest state's ``tables``, the rows of its window (at or after ``high - overlap``, without those the
+    last run certainly landed: ``utils.ingest.snapshot``); all rows of a table never read. Backdated
+    new keys and future rows are not counted. ``overlap_seconds`` defaults to INGEST_OVERLAP_SECONDS."""
+    from pg8000.native import identifier
+
+    from utils.catalog.source import SOURCE_TABLES
+    from utils.config import DEFAULT_INGEST_OVERLAP_SECONDS
+    from utils.format_time import format_time, parse_time
+    from utils.ingest.bounded import OverlapRereads
+    from utils.ingest.snapshot import snapshot_bounds
+    if overlap_seconds is None:
+        overlap_seconds = int(os.environ.get("INGEST_OVERLAP_SECONDS", DEFAULT_INGEST_OVERLAP_SECONDS))
+    counts = {}
+    conn = connect_to_db(credentials=credentials_from_url(source_url))
+    try:
+        cur_xmax = snapshot_bounds(conn.run("SELECT pg_current_snapshot()::text")[0][0])[1]
+        for table in SOURCE_TABLES:
+            entry = tables.get(table) or {}
+            sql = f"SELECT count(*) FROM {identifier(table)}"  # nosec B608 - allow-listed name, quoted
+            params = {}
+            if entry.get("high") and entry.get("snapshot"):
+                high = parse_time(entry["high"])
+                sql += (" WHERE last_updated >= CAST(:low AS timestamp) AND NOT (last_updated < "
+                        f"CAST(:high AS timestamp) AND {OverlapRereads.landed_sql('prev_xmin')})")
+                params = {"low": format_time(high - timedelta(seconds=overlap_seconds)),
+                          "high": entry["high"], "prev_xmin": snapshot_bounds(entry["snapshot"])[0],
+                          "xid_base": cur_xmax >> 32 << 32, "cur_xmax": cur_xmax}
+            counts[table] = conn.run(sql, **params)[0][0]
+    finally:
+        close_db_connection(conn)
+    return counts
+
+
+def current_rows(url, views):
+    """{source table: rows} of ``views`` ({source table: relation}); a relation that does not exist
+    counts 0."""
+    from pg8000.native import identifier
+    conn = connect_to_db(credentials=credentials_from_url(url))
+    try:
+        counts = {}
+        for table, relation in views.items():
+            if conn.run("SELECT to_regclass(:name) IS NULL", name=relation)[0][0]:
+                counts[table] = 0
+                continue
+            counts[table] = conn.run(f"SELECT count(*) FROM {identifier(relation)}")[0][0]  # nosec B608
+        return counts
+    finally:
+        close_db_connection(conn)
+
+
+def find_progress(ingest_state, source_url, warehouse_url):
+    """The Progress of a state folder whose ingest state is ``ingest_state``; without ``source_url``
+    only ``more_waiting``. A database that cannot be read sets ``error`` (never raises TotesysError)."""
+    progress = Progress(more_waiting=bool(ingest_state.get("more_waiting")))
+    if source_url is None:
+        return progress
+    try:
+        progress.waiting_rows = waiting_rows(source_url, ingest_state.get("tables") or {})
+        progress.source = current_rows(source_url, {table: table for table in PROGRESS_TABLES})
+        if warehouse_url is not None:
+            progress.warehouse = current_rows(warehouse_url, {table: view for table, (view, _)
+                                                              in PROGRESS_TABLES.items()})
+    except TotesysError as err:
+        progress.error = str(err)
+    return progress
+
+
+def find_pending(state_dir, warehouse_url=None, source_url=None):
     """Return the Pending of ``state_dir``. Without ``warehouse_url``, or when the warehouse cannot
     be read, ``ledger_error`` says so and every processed batch is listed as not known to be loaded.
+    With ``source_url`` also the rows waiting in totesys and the warehouse's progress (``progress``).
     Raises PendingError when the saved state is incomplete or corrupt."""
     state_dir = Path(state_dir)
     ingest_root = state_dir / "s3" / BUCKETS["INGEST_BUCKET"]
@@ -110,6 +209,7 @@ def find_pending(state_dir, warehouse_url=None):
             found.ledger_error = f"cannot read etl_load_ledger in {found.warehouse}: {err}"
     found.processed = _chain(processed_root, transform_state.get("manifest_key"),
                              lambda _, manifest: manifest.get("batch_id") in loaded)
+    found.progress = find_progress(ingest_state, source_url, None if found.ledger_error else warehouse_url)
     return found
 
 
@@ -129,6 +229,7 @@ def print_pending(found, out=print, indent=""):
         listing("processed batches not known to be loaded", found.processed)
     else:
         listing(f"processed batches not yet loaded into {found.warehouse}", found.processed)
+    _print_progress(found.progress, out, indent)
     error = found.last_error
     if error:
         out(f"{indent}last failed run: {error.get('time', '?')}, stage {error.get('stage') or '?'}: "
@@ -137,3 +238,21 @@ def print_pending(found, out=print, indent=""):
             out(f"{indent}  logs: {error['log']}")
     elif found.is_empty():
         out(f"{indent}nothing pending: every batch is loaded")
+
+
+def _print_progress(progress, out, indent):
+    """The rows waiting in totesys and the warehouse's progress (nothing when unknown)."""
+    if progress is None:
+        return
+    if progress.error:
+        out(f"{indent}source rows not checked: {progress.error}")
+    waiting = {table: rows for table, rows in (progress.waiting_rows or {}).items() if rows}
+    if waiting:
+        listed = ", ".join(f"{table} {rows:,}" for table, rows in waiting.items())
+        out(f"{indent}source rows waiting to be ingested: {sum(waiting.values()):,} ({listed})")
+    if progress.more_waiting:
+        out(f"{indent}more_waiting: the last ingest cut its batch at MAX_BATCH_ROWS; `totesys run` continues")
+    if progress.source is not None and progress.warehouse is not None:
+        shown = ", ".join(f"{progress.warehouse[table]:,} of {progress.source[table]:,} {label}"
+                          for table, (_, label) in PROGRESS_TABLES.items())
+        out(f"{indent}warehouse progress (current rows): {shown}")

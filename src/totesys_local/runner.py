@@ -125,9 +125,12 @@ def _handlers(prefix):
     import ingest
     import load
     import transform
+    from totesys_local.rounds import after_each_load
+    # Every round is recorded, and saved once loaded (totesys_local.rounds).
+    transform_handler, load_handler = after_each_load(transform.lambda_handler, load.lambda_handler)
     return {f"{prefix}-ingest": ingest.lambda_handler,
-            f"{prefix}-transform": transform.lambda_handler,
-            f"{prefix}-load": load.lambda_handler}
+            f"{prefix}-transform": transform_handler,
+            f"{prefix}-load": load_handler}
 
 
 def _caught_error(output):
@@ -165,7 +168,7 @@ class Progress:
             self.out(f"  [{self.stages.index(stage) + 1}/3] {stage:<9} running ...")
         elif kind == "TaskStateExited" and stage in self.stages and stage in self.started:
             seconds = (event["timestamp"] - self.started[stage]).total_seconds()
-            self.seconds[stage] = seconds
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds  # summed over the rounds
             error = _caught_error(details.get("output", ""))
             if error and self.failed is None:
                 self.failed = stage
@@ -185,6 +188,7 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print, request=None):
     from totesys_local.aws_emulation import (UNSET_VARIABLES, account_environment, pipeline_account,
                                              published_alerts, put_credentials_secret, wait_for_execution)
     from totesys_local.lazy_s3 import lazy_buckets
+    from totesys_local.rounds import recording
     state_dir = Path(state_dir)
     s3_dir = state_dir / "s3"
     stamp = time.strftime('%Y%m%dT%H%M%S')
@@ -202,21 +206,24 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print, request=None):
             put_credentials_secret(SECRETS["TOTESYS_SECRET_ID"], source_url)
             put_credentials_secret(SECRETS["WAREHOUSE_SECRET_ID"], warehouse_url)
             sfn = boto3.client("stepfunctions", region_name=REGION)
-            execution = sfn.start_execution(stateMachineArn=arns["state_machine_arn"],
-                                            input=json.dumps(request or {}),
-                                            name=f"local-{stamp}-{uuid.uuid4().hex[:6]}")
             progress = Progress(out)
             started = time.monotonic()
-            try:
-                result = wait_for_execution(execution["executionArn"], on_event=progress)
-            except BaseException:
-                if _folder_identity(state_dir) == folder:
-                    _save_state(state_dir, log_path, progress)
-                raise
-            if _folder_identity(state_dir) != folder:
-                raise RunError(_folder_deleted_message(state_dir, result, progress))
-            # As S3 does: what the execution wrote stays, whether it succeeded or not.
-            new_files = _save_state(state_dir, log_path, progress)
+            with recording(s3_dir, _ingest_state().get("manifest_key")) as recorded:
+                execution = sfn.start_execution(stateMachineArn=arns["state_machine_arn"],
+                                                input=json.dumps(request or {}),
+                                                name=f"local-{stamp}-{uuid.uuid4().hex[:6]}")
+                try:
+                    result = wait_for_execution(execution["executionArn"], on_event=progress)
+                except BaseException:
+                    if _folder_identity(state_dir) == folder:
+                        _save_state(state_dir, log_path, progress)
+                    raise
+                if _folder_identity(state_dir) != folder:
+                    raise RunError(_folder_deleted_message(state_dir, result, progress))
+                # As S3 does: what the execution wrote stays, whether it succeeded or not.
+                new_files = _save_state(state_dir, log_path, progress) + recorded.saved
+                if recorded.failure is not None and not isinstance(recorded.failure, Exception):
+                    raise recorded.failure  # a kill or interrupt met in the execution's thread
             elapsed = time.monotonic() - started
             if result["status"] != "SUCCEEDED":
                 failure = progress.error or {"stage": None, "error_type": result.get("error"),
@@ -233,7 +240,7 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print, request=None):
                                "before; `totesys pending` lists what waits, `totesys retry` runs again)")
             clear_failure(state_dir)
             output = json.loads(result["output"])
-            summary = _summarise(output, progress.seconds, elapsed)
+            summary = _summarise(output, progress.seconds, elapsed, recorded.rounds)
             summary["new_files"] = new_files
     summary["log"] = str(log_path)
     return summary
@@ -284,13 +291,21 @@ def _save_state(state_dir, log_path, progress):
                        "every batch it loaded, and the next run starts from the last state saved") from None
 
 
-def _summarise(output, seconds, elapsed):
-    """The facts print_summary shows. Reads the stage outputs and state with ``.get``: their
-    optional keys (rejected rows, ignored columns, time zone) may or may not be there."""
-    s3 = boto3.client("s3", region_name=REGION)
-    files = (output.get("ingest") or {}).get("files") or {}
+def _ingest_state():
+    """The ingest state pointer in the emulated bucket ({} before the first run)."""
     from utils.aws.state import read_state
-    state, _ = read_state(s3, BUCKETS["INGEST_BUCKET"], "ingest")
+    return read_state(boto3.client("s3", region_name=REGION), BUCKETS["INGEST_BUCKET"], "ingest")[0]
+
+
+def _summarise(output, seconds, elapsed, rounds=()):
+    """The facts print_summary shows: summed over ``rounds`` (totesys_local.rounds) when the execution
+    recorded them, else from the execution's output (its last round). Reads the stage outputs and state
+    with ``.get``: their optional keys (rejected rows, ignored columns, time zone) may or may not be there."""
+    s3 = boto3.client("s3", region_name=REGION)
+    state = _ingest_state()
+    if rounds:
+        return _summarise_rounds(rounds, state, seconds, elapsed)
+    files = (output.get("ingest") or {}).get("files") or {}
     manifest = _latest_ingest_manifest(s3, state)
     entries = (manifest or {}).get("tables") or {}
     # Row counts come from this run's manifest (the ingest writes one only when a table has rows).
@@ -307,6 +322,30 @@ def _summarise(output, seconds, elapsed):
             "ignored_columns": state.get("ignored_columns") or {},
             "seconds": seconds, "elapsed": elapsed,
             "bounds": _batch_bounds(manifest)}
+
+
+def _summarise_rounds(rounds, state, seconds, elapsed):
+    """_summarise over every round of the execution (rows per round and in total)."""
+    from totesys_local.rounds import totals
+    ingested, loaded, batches, transformed, rejected, deleted = totals(rounds)
+    landed = [one.manifest for one in rounds if one.manifest]
+    bounds = None
+    if landed:
+        every_table = {f"{number}/{table}": entry for number, manifest in enumerate(landed)
+                       for table, entry in manifest["tables"].items()}
+        bounds = _batch_bounds({"batch_time": landed[-1]["batch_time"],
+                                "timezone": landed[-1].get("timezone"), "tables": every_table})
+        if any(not entry.get("low") for entry in every_table.values()):
+            bounds = ("beginning of data", *bounds[1:])  # a table's first run read from the start
+    return {"ingested": ingested, "loaded": loaded, "batches": batches, "transformed": transformed,
+            "rejected_rows": sum(rejected.values()), "rejected": rejected,
+            "deleted_rows": sum(deleted.values()), "deleted": deleted,
+            "ignored_columns": state.get("ignored_columns") or {},
+            "seconds": seconds, "elapsed": elapsed, "bounds": bounds,
+            "rounds": [{"batch_id": (one.manifest or {}).get("batch_id"),
+                        "ingested": sum(one.ingested.values()),
+                        "loaded": sum((one.load.get("tables") or {}).values())} for one in rounds],
+            "more_waiting": bool(state.get("more_waiting"))}
 
 
 def _latest_ingest_manifest(s3, state):
@@ -342,6 +381,7 @@ def print_summary(summary, warehouse_line, out=print):
         for table, rows in loaded.items():
             out(f"  {table:<32}{rows:>10,}")
         out(f"  {'total':<32}{sum(loaded.values()):>10,}")
+    _print_rounds(summary, out)
     batches = summary.get("batches") or []
     if not ingested and not batches:
         out("\nnothing new: totesys has no changes since the last batch")
@@ -361,13 +401,30 @@ def print_summary(summary, warehouse_line, out=print):
     for table, columns in (summary.get("ignored_columns") or {}).items():
         out(f"columns ignored in {table} (new in the source, not in the pipeline): {', '.join(columns)}")
     per_stage = ", ".join(f"{stage} {secs:.2f}" for stage, secs in summary["seconds"].items())
-    out(f"\nseconds per stage: {per_stage} (execution {summary['elapsed']:.2f} s)")
+    rounds = len(summary.get("rounds") or ())
+    over = f", summed over {rounds} rounds" if rounds > 1 else ""
+    out(f"\nseconds per stage: {per_stage} (execution {summary['elapsed']:.2f} s{over})")
     if summary.get("bounds"):
         low, high, *zone = summary["bounds"]
         label = "batch bounds" if ingested else "last batch with changes"
         out(f"{label}: from {low} to {high} (source time, {zone[0] if zone else 'UTC'})")
     out(f"structured logs: {summary['log']}")
     out(f"warehouse: {warehouse_line}")
+
+
+def _print_rounds(summary, out):
+    """The rounds of a bounded execution (rows per round; the totals above are over all of them), and
+    whether rows still wait in totesys."""
+    rounds = summary.get("rounds") or []
+    if len(rounds) > 1:
+        out(f"\nrounds: {len(rounds)} (batches bounded by MAX_BATCH_ROWS; the totals above are over all "
+            "of them)")
+        for number, one in enumerate(rounds, 1):
+            out(f"  round {number:>2}: batch {one['batch_id'] or '-':<22} {one['ingested']:>10,} rows "
+                f"ingested {one['loaded']:>10,} rows loaded")
+    if summary.get("more_waiting"):
+        out("\nmore rows wait in totesys (the last batch was cut at MAX_BATCH_ROWS): the next run continues; "
+            "`totesys pending` shows how many")
 
 
 # -- commands --------------------------------------------------------------------------------------
@@ -462,10 +519,13 @@ def _command_retry(args, state_dir):
 
 
 def _command_pending(args, state_dir):
-    _, warehouse = source_and_warehouse(args)
+    source, warehouse = source_and_warehouse(args)
     if warehouse is None and (state_dir / "cluster.json").exists():
-        warehouse = local_pg.local_cluster(state_dir).url(WAREHOUSE_DB)
-    pending_batches.print_pending(pending_batches.find_pending(state_dir, warehouse), print)
+        pg = local_pg.local_cluster(state_dir)
+        # as `run` resolves them: a database not given is the embedded one
+        source = pg.url(SOURCE_DB) if source is None else source
+        warehouse = pg.url(WAREHOUSE_DB)
+    pending_batches.print_pending(pending_batches.find_pending(state_dir, warehouse, source), print)
     return 0
 
 

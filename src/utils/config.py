@@ -14,6 +14,11 @@ MAX_INGEST_PARALLEL_CONNECTIONS = 8
 DEFAULT_MAX_BATCH_ROWS = 1_000_000
 # Share of a table one run may record as deleted before its deletions are held (utils/ingest/delete_guard.py).
 DEFAULT_MAX_DELETE_FRACTION = 0.25
+# How far ahead of the source clock a row's last_updated may be before it is a "future row", landed and
+# quarantined instead of waiting for the clock (utils/ingest/backdated.py). The source's own clock stamps
+# the rows, so a legitimate row is never ahead of it; 5 minutes is far beyond any NTP-synced writer's skew
+# and well inside the 30-minute freshness target, so a row within it just waits a few minutes.
+DEFAULT_INGEST_FUTURE_TOLERANCE_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,7 @@ class Settings:
     ingest_parallel_connections: int = DEFAULT_INGEST_PARALLEL_CONNECTIONS
     max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS
     max_delete_fraction: float = DEFAULT_MAX_DELETE_FRACTION
+    ingest_future_tolerance_seconds: int = DEFAULT_INGEST_FUTURE_TOLERANCE_SECONDS
 
 
 def _required(name: str) -> str:
@@ -73,6 +79,15 @@ def load_settings() -> Settings:
     if not 0 < fraction <= 1:
         raise ConfigError("environment variable MAX_DELETE_FRACTION must be a number above 0 and at most 1 "
                           f"(1: hold only a table emptied), got {fraction_text!r}")
+    tolerance_text = os.environ.get("INGEST_FUTURE_TOLERANCE_SECONDS",
+                                    str(DEFAULT_INGEST_FUTURE_TOLERANCE_SECONDS))
+    try:
+        tolerance = int(tolerance_text)
+    except ValueError:
+        tolerance = -1
+    if tolerance < 0:
+        raise ConfigError("environment variable INGEST_FUTURE_TOLERANCE_SECONDS must be a non-negative "
+                          f"integer, got {tolerance_text!r}")
     return Settings(
         ingest_bucket=_required("INGEST_BUCKET"),
         processed_bucket=_required("PROCESSED_BUCKET"),
@@ -84,6 +99,7 @@ def load_settings() -> Settings:
         ingest_parallel_connections=parallel,
         max_batch_rows=max_rows,
         max_delete_fraction=fraction,
+        ingest_future_tolerance_seconds=tolerance,
     )
 
 

@@ -23,13 +23,15 @@ daylight-saving fall-back never moves it back), and, after the first run,
 ``last_updated >= prev.high - overlap`` minus the rows
 the previous run already landed: ``last_updated < prev.high`` and written by a transaction that had
 certainly finished before ``prev.snapshot`` was taken (full 64-bit xid below the snapshot's xmin).
-See docs/DESIGN.md for why the test is "below xmin" and not pg_visible_in_snapshot.
+See docs/DESIGN.md for why the test is "below xmin" and not pg_visible_in_snapshot. Besides the window,
+the rows below ``high`` of keys new since the previous run (backdated rows), and future rows (at or after
+``future_from``), are landed too (``utils.ingest.backdated``).
 """
 import json
 import threading
 from collections import deque
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Deque, List, Optional, Tuple
 
@@ -41,13 +43,14 @@ from utils.aws.secrets import db_connections_get_secret
 from utils.aws.state import read_state, write_state
 from utils.ingest.source_identity import repoint_requested, with_source_identity
 from utils.catalog.source import LANDING_SCHEMAS, SOURCE_TABLES, check_source_table
-from utils.config import load_settings
+from utils.config import DEFAULT_INGEST_FUTURE_TOLERANCE_SECONDS, load_settings
 from utils.db.connection import close_db_connection, connect_to_db, end_quietly
 from utils.errors import ConcurrentRunError, InvalidEventError
 from utils.format_time import format_time, parse_time
 from utils.generate_file_key import generate_file_key
+from utils.ingest.backdated import backdated_settings, log_new_keys, new_keys
 from utils.ingest.copy_reader import SUPPORTED_PG8000, copy_out, fast_copy_supported
-from utils.ingest.deletes import detect_deletes, held_deletes, read_key_sets
+from utils.ingest.deletes import detect_deletes, held_deletes, read_key_sets, read_previous_keys
 from utils.ingest.repair import RepairOptions, repair_options
 from utils.ingest.resync import with_resync
 from utils.ingest.sink import INLINE, ParquetSink
@@ -108,7 +111,8 @@ def run_ingest(event, s3_client=None, secrets_client=None):
                     connections=1 + len(helpers))
         return ingest_tables(conn, s3_client, settings.ingest_bucket, tables,
                              settings.ingest_overlap_seconds, helpers, settings.max_batch_rows, repair,
-                             repoint_source=repoint_requested(event))
+                             repoint_source=repoint_requested(event),
+                             future_tolerance_seconds=settings.ingest_future_tolerance_seconds)
     finally:
         for connection in (conn, *helpers):
             close_db_connection(connection)
@@ -137,7 +141,8 @@ def connect_all(credentials, count):
 
 
 def ingest_tables(conn, s3_client, bucket, tables, overlap_seconds, helpers=(), max_batch_rows=0,
-                  repair=RepairOptions(), repoint_source=False):
+                  repair=RepairOptions(), repoint_source=False,
+                  future_tolerance_seconds=DEFAULT_INGEST_FUTURE_TOLERANCE_SECONDS):
     """Land the changed rows of ``tables`` as one batch; see the module docstring.
 
     ``conn`` is an open pg8000 native connection to totesys (left open). ``helpers`` are more open
@@ -154,6 +159,8 @@ def ingest_tables(conn, s3_client, bucket, tables, overlap_seconds, helpers=(), 
     The state pointer's ``source`` records the source's identity: a run that reaches another database
     raises DatabaseIdentityError (nothing landed) unless ``repoint_source``
     (``utils.ingest.source_identity``).
+    Rows stamped more than ``future_tolerance_seconds`` ahead of the source clock are landed for
+    quarantine (None: they wait).
     """
     if not conn.run("SELECT pg_try_advisory_lock(:key)", key=ADVISORY_LOCK_KEY)[0][0]:
         raise ConcurrentRunError("another ingest run holds the lock on the source database; try later")
@@ -161,7 +168,8 @@ def ingest_tables(conn, s3_client, bucket, tables, overlap_seconds, helpers=(), 
         state, etag = read_state(s3_client, bucket, STAGE)
         state = with_source_identity(conn, state, repoint_source)
         window, landed, key_sets = _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds,
-                                                     helpers, max_batch_rows, repair.resync)
+                                                     helpers, max_batch_rows, repair.resync,
+                                                     future_tolerance_seconds)
         detection, deleted = detect_deletes(s3_client, bucket, window.batch_time, window.prev_tables,
                                             key_sets, repair)
         return _commit_batch(s3_client, bucket, tables, window, landed, state, etag, detection, deleted)
@@ -170,10 +178,11 @@ def ingest_tables(conn, s3_client, bucket, tables, overlap_seconds, helpers=(), 
 
 
 def _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds, helpers=(), max_batch_rows=0,
-                      resync=()):
+                      resync=(), future_tolerance_seconds=None):
     """Stream every table out of one snapshot and land its Parquet file; return
     ``(Window, {table: manifest entry}, {table: sorted primary keys})`` (entries only for the tables
-    that landed a file; keys of every table, read on the same snapshot: ``utils.ingest.deletes``).
+    that landed a file; keys of every table, read on the same snapshot before the rows:
+    ``utils.ingest.deletes``; the keys new since the previous run land whatever their last_updated).
 
     The work is pipelined over threads so that it overlaps the server producing the rows: each
     reader's converter thread parses its CSV chunks into Parquet row groups and finishes each file
@@ -198,16 +207,19 @@ def _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds, h
         in_transaction = [conn]
         try:
             window, exported, wall_now = open_window(conn, tables, state, overlap_seconds,
-                                                     export=bool(helpers), max_batch_rows=max_batch_rows)
+                                                     export=bool(helpers), max_batch_rows=max_batch_rows,
+                                                     future_tolerance_seconds=future_tolerance_seconds)
             logger.info("snapshot taken", batch_time=format_time(window.batch_time),
                         timezone=window.timezone, wall_clock=format_time(wall_now),
                         snapshot=window.snapshot, connections=1 + len(helpers))
-            extraction = Extraction(s3_client, bucket, window, upload, stop,
-                                    deque(largest_first(conn, tables) if helpers else tables),
-                                    fast_copy=_fast_copy_or_warn(), resync=frozenset(resync))
             for helper in helpers:
                 import_snapshot(helper, exported)
                 in_transaction.append(helper)
+            key_sets = read_key_sets(in_transaction, tables)
+            extraction = Extraction(s3_client, bucket, window, upload, stop,
+                                    deque(largest_first(conn, tables) if helpers else tables),
+                                    fast_copy=_fast_copy_or_warn(), resync=frozenset(resync),
+                                    new_keys=_new_keys(s3_client, bucket, window.prev_tables, key_sets))
 
             def read(connection, convert):
                 try:
@@ -221,7 +233,6 @@ def _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds, h
             in_flight = read(conn, converters[0])
             for share in shares:
                 in_flight += share.result()
-            key_sets = read_key_sets(in_transaction, tables)
         finally:
             stop.set()
             readers.shutdown(wait=True)
@@ -249,8 +260,8 @@ def _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds, h
 class Extraction:
     """What the readers of one run share: where the files go (``s3_client``, ``bucket``), the run's
     ``window``, the ``upload`` executor (None: inline), the ``stop`` event a failing reader sets, the
-    ``work`` queue of tables not taken yet, whether the fast COPY reader may be used, and the tables
-    landed in full (``resync``)."""
+    ``work`` queue of tables not taken yet, whether the fast COPY reader may be used, the tables
+    landed in full (``resync``) and ``new_keys`` {table: sorted keys new since the previous run}."""
     s3_client: Any
     bucket: str
     window: Window
@@ -259,6 +270,18 @@ class Extraction:
     work: Deque[str]
     fast_copy: bool = True
     resync: frozenset = frozenset()
+    new_keys: dict = field(default_factory=dict)
+
+
+def _new_keys(s3_client, bucket, prev_tables, key_sets):
+    """{table: the keys of ``key_sets`` not in the previous run's key set} (none on a table's first run)."""
+    found = {}
+    for table, keys in key_sets.items():
+        previous_key = (prev_tables.get(table) or {}).get("keys")
+        previous = read_previous_keys(s3_client, bucket, table, previous_key) if previous_key else None
+        found[table] = new_keys(previous, keys)
+        log_new_keys(table, found[table])
+    return found
 
 
 def _fast_copy_or_warn():
@@ -310,10 +333,21 @@ def _land_table(conn, extraction, table, convert=None):
         params.update(low=low, prev_high=format_time(prev_high),
                       prev_xmin=str(snapshot_bounds(prev["snapshot"])[0]),
                       xid_base=str(cur_xmax >> 32 << 32), cur_xmax=str(cur_xmax))
+    keys = extraction.new_keys.get(table)
+    backdated = keys is not None and len(keys) > 0
+    if backdated:
+        params.update(backdated_settings(keys))
+    future_from = window.future_from.get(table)
+    after_future = bool(prev and future_from and prev.get("future_from"))
+    if future_from:
+        params["future_from"] = format_time(future_from)
+    if after_future:
+        params["prev_future_from"] = prev["future_from"]
     conn.run("SELECT " + ", ".join(f"set_config('totesys.{name}', :{name}, true)" for name in params),
              **params)
     sink = ParquetSink(LANDING_SCHEMAS[table], executor=convert, table=table)
-    copy_out(conn, copy_sql(table, incremental=bool(prev)), sink, fast=extraction.fast_copy)
+    copy_out(conn, copy_sql(table, incremental=bool(prev), backdated=backdated, future=bool(future_from),
+                            after_future=after_future), sink, fast=extraction.fast_copy)
     finished = sink.close_async()
 
     def store():
@@ -324,7 +358,10 @@ def _land_table(conn, extraction, table, convert=None):
         key = generate_file_key(table, batch_time)
         write_to_s3(extraction.s3_client, extraction.bucket, key, body)
         logger.info("table landed", table=table, rows=rows, key=key)
-        return {"key": key, "rows": rows, "low": low, "high": high, "snapshot": snapshot}
+        entry = {"key": key, "rows": rows, "low": low, "high": high, "snapshot": snapshot}
+        if future_from:
+            entry["future_from"] = params["future_from"]
+        return entry
 
     return (extraction.upload or INLINE).submit(store)
 
@@ -357,6 +394,8 @@ def _commit_batch(s3_client, bucket, tables, window, landed, state, etag, detect
         new_state.update(manifest_key=manifest_key, batch_id=batch_id)
     for table in tables:
         new_state["tables"][table] = {"high": format_time(window.highs[table]), "snapshot": window.snapshot}
+        if table in window.future_from:
+            new_state["tables"][table]["future_from"] = format_time(window.future_from[table])
         if detection and table in detection.keys:
             new_state["tables"][table]["keys"] = detection.keys[table]
     if detection is not None:

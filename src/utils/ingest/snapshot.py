@@ -6,19 +6,22 @@ takes, per table (``prev`` = this table's entry in the state pointer): ``last_up
 ``high = max(localtimestamp, prev.high)``, and, after the first run, ``last_updated >= prev.high -
 overlap`` minus the rows the previous run already landed (``last_updated < prev.high`` and written by a
 transaction that had certainly finished before ``prev.snapshot``: full 64-bit xid below its xmin).
+Beside the window, a run takes the rows of keys new since the previous run below ``high`` whatever their
+``last_updated``, and the rows at or after ``future_from`` (``utils.ingest.backdated``).
 """
+from datetime import timedelta
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from pg8000.native import identifier
 
-from utils.catalog.source import SOURCE_SCHEMAS, check_source_table
+from utils.catalog.source import PRIMARY_KEYS, SOURCE_SCHEMAS, check_source_table
 from utils.catalog.source_schema import check_source_schema
 from utils.db.connection import end_quietly
 from utils.errors import ConfigError, CorruptFileError, TotesysError
 from utils.format_time import format_time, parse_time
-from utils.ingest.bounded import BOUNDED_TABLES, batch_cut
+from utils.ingest.bounded import BOUNDED_TABLES, OverlapRereads, batch_cut
 from utils.logger import get_logger
 
 XID_WRAP = 1 << 32
@@ -48,7 +51,8 @@ class Window:
     ``batch_time``: DB clock in UTC (keys, batch id). ``timezone``: the source's TimeZone setting.
     ``highs``: ``{table: upper bound}`` and ``prev_tables``: the state pointer's ``tables`` (every
     table, ``high`` converted into ``timezone``), both in source wall-clock time.
-    ``ignored_columns``: ``{table: [column]}`` the source has beyond the spec.
+    ``ignored_columns``: ``{table: [column]}`` the source has beyond the spec. ``future_from``:
+    ``{table: source wall-clock time}`` at and after which a row is a future row (``utils.ingest.backdated``).
     """
     batch_time: datetime
     timezone: str
@@ -58,14 +62,18 @@ class Window:
     overlap_seconds: int
     ignored_columns: dict
     more_waiting: bool = False
+    future_from: dict = field(default_factory=dict)
 
 
-def open_window(conn, tables, state, overlap_seconds, export=False, max_batch_rows=0):
+def open_window(conn, tables, state, overlap_seconds, export=False, max_batch_rows=0,
+                future_tolerance_seconds=None):
     """Read the run's bounds in ``conn``'s open snapshot transaction; return ``(Window, exported
     snapshot id or None, the source's wall clock)``.
 
     With ``max_batch_rows`` the order/payment tables' bound is the batch's cut when more new rows wait
-    than that (``utils.ingest.bounded``); the Window then says ``more_waiting``.
+    than that (``utils.ingest.bounded``); the Window then says ``more_waiting``. With
+    ``future_tolerance_seconds`` (None: no future rows taken) each table's ``future_from`` is its
+    uncut bound plus the zone's daylight-saving shift plus that tolerance.
 
     Raises ConfigError when ``overlap_seconds`` is below the zone's daylight-saving shift (rows
     stamped in a repeated hour could fall below the window), SchemaDriftError (nothing read yet).
@@ -90,8 +98,15 @@ def open_window(conn, tables, state, overlap_seconds, export=False, max_batch_ro
         # A daylight-saving fall-back puts the wall clock back: the bound never moves back, so rows
         # stamped in the repeated hour (fresh xids) still fall in [prev_high - overlap, high).
         highs[table] = max(wall_now, prev_high)
+    future_from = {}
+    if future_tolerance_seconds is not None:
+        # The wall clock has shown at most ``high`` + the shift (it goes back at a fall-back): a row
+        # stamped later than that plus the tolerance was not stamped by the source's clock.
+        ahead = timedelta(seconds=dst_shift + future_tolerance_seconds)
+        future_from = {table: highs[table] + ahead for table in tables}
     lower = {table: parse_time(prev_tables[table]["high"]) for table in tables if table in prev_tables}
-    cut = batch_cut(conn, tables, lower, wall_now, max_batch_rows)
+    cut = batch_cut(conn, tables, lower, wall_now, max_batch_rows,
+                    _rereads(prev_tables, lower, snapshot, overlap_seconds))
     if cut is not None:
         for table in tables:
             if table in BOUNDED_TABLES:
@@ -99,24 +114,36 @@ def open_window(conn, tables, state, overlap_seconds, export=False, max_batch_ro
         logger.info("batch cut: more rows wait for the next batch", cut=format_time(cut),
                     max_batch_rows=max_batch_rows)
     window = Window(batch_time, zone, snapshot, highs, prev_tables, overlap_seconds, ignored,
-                    more_waiting=cut is not None)
+                    more_waiting=cut is not None, future_from=future_from)
     return window, (row[5] if export else None), wall_now
 
 
+def _rereads(prev_tables, lower, snapshot, overlap_seconds):
+    """The OverlapRereads of the tables with a previous high (``lower``), for ``batch_cut``."""
+    cur_xmax = snapshot_bounds(snapshot)[1]
+    return OverlapRereads(
+        lows={table: high - timedelta(seconds=overlap_seconds) for table, high in lower.items()},
+        prev_xmins={table: snapshot_bounds(prev_tables[table]["snapshot"])[0] for table in lower},
+        xid_base=cur_xmax >> 32 << 32, cur_xmax=cur_xmax)
+
+
 def _prev_tables_in_zone(conn, state, zone):
-    """The state pointer's ``tables`` with each ``high`` in ``zone``: a state written in another
-    zone (before zones were recorded: UTC) is converted by the server, with one WARNING."""
+    """The state pointer's ``tables`` with each ``high`` (and ``future_from``) in ``zone``: a state
+    written in another zone (before zones were recorded: UTC) is converted by the server, with one
+    WARNING."""
     prev_tables = {table: dict(entry) for table, entry in state.get("tables", {}).items()}
     old_zone = state.get("timezone", LEGACY_TIMEZONE)
     if not prev_tables or old_zone == zone:
         return prev_tables
     names = sorted(prev_tables)
+    stamps = [(name, bound) for name in names for bound in ("high", "future_from")
+              if prev_tables[name].get(bound)]
     converted = conn.run(
         "SELECT (CAST(high AS timestamp) AT TIME ZONE CAST(:old AS text)) AT TIME ZONE CAST(:new AS text) "
         "FROM unnest(CAST(:highs AS text[])) WITH ORDINALITY AS h(high, n) ORDER BY n",
-        old=old_zone, new=zone, highs=[prev_tables[name]["high"] for name in names])
-    for name, (high,) in zip(names, converted):
-        prev_tables[name]["high"] = format_time(high)
+        old=old_zone, new=zone, highs=[prev_tables[name][bound] for name, bound in stamps])
+    for (name, bound), (value,) in zip(stamps, converted):
+        prev_tables[name][bound] = format_time(value)
     logger.warning("source time zone changed: previous bounds converted", old_timezone=old_zone,
                    timezone=zone, tables=names)
     return prev_tables
@@ -177,16 +204,35 @@ def select_list(table_name):
     return ", ".join(identifier(name) for name in SOURCE_SCHEMAS[table_name].names)
 
 
-def copy_sql(table, incremental):
-    """The COPY statement for one table; bounds come from the transaction's totesys.* settings."""
+def copy_sql(table, incremental, backdated=False, future=False, after_future=False):
+    """The COPY statement for one table; bounds come from the transaction's totesys.* settings.
+
+    The window: ``last_updated < high`` and, when ``incremental``, at or after ``low`` and not landed by
+    the previous run. With ``backdated``, also the rows below ``high`` of the new keys (settings
+    ``new_first``/``new_last``); with ``future``, also the rows at or after ``future_from`` except,
+    with ``after_future``, those the previous run landed as future rows (``utils.ingest.backdated``).
+    """
     check_source_table(table)
     updated = identifier("last_updated")
-    where = f"{updated} < current_setting('totesys.high')::timestamp"
+    landed = f"{full_xid_sql('xmin::text::bigint')} < current_setting('totesys.prev_xmin')::bigint"
+    below_high = f"{updated} < current_setting('totesys.high')::timestamp"
+    where = below_high
     if incremental:
         where += (f" AND {updated} >= current_setting('totesys.low')::timestamp"
-                  f" AND NOT ({updated} < current_setting('totesys.prev_high')::timestamp"
-                  f" AND {full_xid_sql('xmin::text::bigint')}"
-                  " < current_setting('totesys.prev_xmin')::bigint)")
+                  f" AND NOT ({updated} < current_setting('totesys.prev_high')::timestamp AND {landed})")
+    if backdated:
+        # An uncorrelated IN sub-query: expanded once into a hash, not re-parsed per row.
+        key = identifier(PRIMARY_KEYS[table])
+        new_key = (f"{key} IN (SELECT generate_series(r.f, r.l) FROM unnest("  # nosec B608 - quoted name
+                   "current_setting('totesys.new_first')::integer[], "
+                   "current_setting('totesys.new_last')::integer[]) AS r(f, l))")
+        where = f"({below_high} AND (({where}) OR {new_key}))"
+    if future:
+        ahead = f"{updated} >= current_setting('totesys.future_from')::timestamp"
+        if after_future:
+            ahead += (f" AND NOT ({updated} >= current_setting('totesys.prev_future_from')::timestamp"
+                      f" AND {landed})")
+        where = f"({where}) OR ({ahead})"
     # Identifiers come from the allow-list and are quoted; values arrive through set_config.
     return (f"COPY (SELECT {select_list(table)} FROM {identifier(table)} WHERE {where}) "  # nosec B608
             "TO STDOUT WITH (FORMAT csv, HEADER false)")

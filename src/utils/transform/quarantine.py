@@ -5,6 +5,11 @@ builds the star schema (``split_source_rows``); the load checks what only the wa
 its columns, references to dimension rows it does not hold). Both describe a rejected row the same way, one
 record per row (its first problem): ``REJECTED_SCHEMA``. When the source row is fixed it gets a new
 ``last_updated``, so the fixed version is a new row version and loads as usual.
+
+Future rows (``split_future_rows``): the ingest lands a row stamped further ahead of the source clock
+than its tolerance (``utils.ingest.backdated``) and names the bound, ``future_from``, in the manifest's
+table entry; the transform takes such rows out before anything is built, so no dimension, snapshot or
+fact ever holds a far-future version (which would hold back every later, correct version of that row).
 """
 from datetime import datetime, timedelta
 
@@ -13,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from utils.catalog.source import INFINITY_MS, PRIMARY_KEYS, SOURCE_SCHEMAS
+from utils.format_time import parse_time
 
 EPOCH = datetime(1970, 1, 1)
 
@@ -192,3 +198,23 @@ def rejected_records(table_name, ids, last_updated, column, reason, values):
 
 def empty_rejected():
     return REJECTED_SCHEMA.empty_table()
+
+
+FUTURE_REASON = ("last_updated is ahead of the source clock by more than INGEST_FUTURE_TOLERANCE_SECONDS "
+                 "(at or after {future_from}, source time); held out of the warehouse until a corrected "
+                 "version arrives or the source clock passes it")
+
+
+def split_future_rows(table_name, table, future_from):
+    """Split a landed source table into (rows stamped before ``future_from``, rejected records of the
+    others). ``future_from``: the manifest entry's text bound (source wall-clock time), or None (the
+    batch predates future rows: nothing is split). A NULL last_updated is left to ``split_source_rows``."""
+    if not future_from or not table.num_rows:
+        return table, empty_rejected()
+    bound = pa.scalar(parse_time(future_from), pa.timestamp("ms"))
+    ahead = _mask(pc.greater_equal(table["last_updated"], bound))
+    if not ahead.any():
+        return table, empty_rejected()
+    rows = np.flatnonzero(ahead)
+    records = _records(table_name, table, rows, "last_updated", FUTURE_REASON.format(future_from=future_from))
+    return table.filter(pa.array(~ahead)), records

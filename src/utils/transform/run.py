@@ -17,6 +17,7 @@ conflicting run and raise StateConflictError.
 import json
 
 import boto3
+import pyarrow as pa
 
 from utils.aws.manifests import read_manifest, walk_manifests
 from utils.aws.objects import parquet_bytes, read_json, read_parquet_table, write_once
@@ -31,6 +32,7 @@ from utils.generate_file_key import generate_file_key
 from utils.ingest.deletes import DELETED_PREFIX
 from utils.logger import get_logger
 from utils.transform.deletes import deleted_entry, drop_deleted, read_deleted
+from utils.transform.quarantine import empty_rejected, split_future_rows
 from utils.transform.star import build_warehouse_batch
 
 STAGE = "transform"
@@ -131,7 +133,9 @@ def transform_batch(s3_client, ingest_bucket, processed_bucket, ingest_key, inge
     deleted = read_deleted(s3_client, ingest_bucket, ingest_manifest, ingest_key)
     snapshots, pruned = drop_deleted(read_snapshots(s3_client, processed_bucket, prev_processed_manifest),
                                      deleted)
+    batch, future = _split_future(batch, ingest_manifest)
     warehouse, new_snapshots, rejected = build_warehouse_batch(batch, snapshots)
+    rejected = pa.concat_tables([future, rejected])
     for name in pruned:
         new_snapshots.setdefault(name, snapshots[name])
     tables = {}
@@ -164,6 +168,17 @@ def transform_batch(s3_client, ingest_bucket, processed_bucket, ingest_key, inge
     _write_once(s3_client, processed_bucket, manifest_key, json.dumps(manifest, sort_keys=True).encode())
     logger.info("manifest written", key=manifest_key, tables=len(tables))
     return manifest_key, manifest
+
+
+def _split_future(batch, ingest_manifest):
+    """(batch without its future rows, their rejected records): the rows at or after each table's
+    ``future_from`` (``utils.transform.quarantine.split_future_rows``)."""
+    kept, rejected = {}, [empty_rejected()]
+    for name, table in batch.items():
+        future_from = ingest_manifest["tables"][name].get("future_from")
+        kept[name], future = split_future_rows(name, table, future_from)
+        rejected.append(future)
+    return kept, pa.concat_tables(rejected)
 
 
 def _write_once(s3_client, bucket, key, body):
