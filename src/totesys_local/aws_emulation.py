@@ -81,12 +81,27 @@ def create_buckets(names, region=REGION):
     return s3
 
 
+@contextmanager
+def operator():
+    """Inside a handler (a test's wrapper that changes the account, e.g. ends a simulated failover): act
+    as the account's operator, not as the function's role, for the calls of clients created here."""
+    thread = threading.current_thread()
+    saved = getattr(thread, "_lambda_credentials", None)
+    thread._lambda_credentials = None
+    try:
+        yield
+    finally:
+        thread._lambda_credentials = saved
+
+
 def put_credentials_secret(secret_id, database, region=REGION, **override):
     """Store the credentials of ``database`` (a postgresql:// URL or a credentials dict), with the
-    ``override`` keys replaced, as the JSON secret ``secret_id`` (a new version when it exists)."""
+    ``override`` keys replaced, as the JSON secret ``secret_id`` (a new version when it exists). An
+    operator's action, also when called from inside a handler (``operator``)."""
     credentials = credentials_from_url(database) if isinstance(database, str) else dict(database)
     value = json.dumps(dict(credentials, **override))
-    secrets = boto3.client("secretsmanager", region_name=region)
+    with operator():
+        secrets = boto3.client("secretsmanager", region_name=region)
     try:
         secrets.create_secret(Name=secret_id, SecretString=value)
     except secrets.exceptions.ResourceExistsException:
