@@ -4,8 +4,8 @@ the Lambda synchronous response size, the function's memory_size and its ephemer
 ``check`` turns what an invocation used into findings: an error when a limit is exceeded (AWS would fail
 the invocation or the execution), a warning when the use is within WARN_FRACTION of it. The emulation
 (totesys_local.aws_emulation) checks the payloads of every invocation, where they are exact; memory and
-/tmp are measured per invocation by `make bench-scale` (bench/scale_bench.py), whose invocations each run
-in a process of their own as in Lambda (in-process, the emulation's own memory would be counted).
+/tmp belong where each invocation runs in a process of its own, as in Lambda (`make bench-scale`; in the
+emulation's process its own memory would be counted).
 """
 from dataclasses import dataclass
 
