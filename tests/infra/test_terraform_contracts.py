@@ -212,7 +212,13 @@ def test_every_key_a_run_writes_is_allowed_to_its_writer_only(aws_env, monkeypat
     totesys_url = source_url  # two known rows per table (tests.support.totesys)
     run_sql(totesys_url, "UPDATE sales_order SET last_updated = now() - interval '12 hours' "
             "WHERE sales_order_id = 2")
-    _replay_env(monkeypatch, MAX_BATCH_ROWS="1")
+    # A second payment, so that deleting one leaves the table non-empty; MAX_DELETE_FRACTION=1 holds only
+    # a table emptied (the mass-delete guard), so the delete lands.
+    columns = ("created_at, last_updated, transaction_id, counterparty_id, payment_amount, currency_id, "
+               "payment_type_id, paid, payment_date, company_ac_number, counterparty_ac_number")
+    values = columns.replace("transaction_id", "2")  # transaction 2 (the purchase) has no payment yet
+    run_sql(totesys_url, f"INSERT INTO payment ({columns}) SELECT {values} FROM payment")  # nosec B608
+    _replay_env(monkeypatch, MAX_BATCH_ROWS="1", MAX_DELETE_FRACTION="1")
     with emulated_aws(_handlers("totesys")) as invocations:
         create_buckets(("iam-ingest", "iam-processed"))
         put_credentials_secret("iam/totesys", totesys_url)
