@@ -21,11 +21,14 @@ resource "aws_iam_role" "function" {
 }
 
 locals {
-  # ingest writes one prefix per source table, its manifests and (below) its own
-  # state pointer; nothing else.
-  ingest_write_prefixes = concat(var.source_tables, ["_batches"])
-  # transform writes the star-schema tables, the dimension snapshots, its manifests and its state pointer.
-  processed_write_prefixes = ["dim_*", "fact_*", "_snapshots", "_batches"]
+  # The prefixes besides the data tables, from the file the code takes its own prefix constants from
+  # (src/utils/aws/layout.py): manifests, key sets and deletes (ingest); manifests, snapshots, quarantined
+  # rows and deletes (transform). The local run enforces the rendered policies (totesys_local.iam).
+  write_prefixes = jsondecode(file("${path.module}/../src/utils/aws/write_prefixes.json"))
+  # ingest writes one prefix per source table, those prefixes and (below) its own state pointer; nothing else.
+  ingest_write_prefixes = concat(var.source_tables, values(local.write_prefixes.ingest))
+  # transform writes the star-schema tables, those prefixes and (below) its own state pointer.
+  processed_write_prefixes = concat(["dim_*", "fact_*"], values(local.write_prefixes.processed))
 
   function_log_group_arns = { for stage, group in aws_cloudwatch_log_group.function : stage => "${group.arn}:*" }
 }

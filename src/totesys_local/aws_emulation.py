@@ -6,12 +6,29 @@ One gap of moto's engine is filled here, the way AWS behaves: AWS SDK integratio
 (``arn:aws:states:::aws-sdk:<service>:<action>``) take and return PascalCase member names
 (``StateMachineArn``, ``Executions[].ExecutionArn``) whatever the service's own casing; moto 5.2 passes
 them to boto3 unchanged, so a camelCase API such as Step Functions' own would fail there but not in AWS.
+
+What AWS enforces, the emulation enforces too:
+- IAM: ``deploy_pipeline`` gives each function and the state machine the role main-terraform/iam.tf
+  deploys, its inline policy rendered from the HCL (totesys_local.terraform_values); every handler runs
+  with its role's session credentials and every AWS call it (or the state machine) makes is authorised
+  against that policy (totesys_local.iam). A refusal fails the stage like AccessDenied in AWS, and
+  ``denials()`` gives it as one line naming the stage, the action and the resource.
+- Limits: the event and the result of every invocation against Step Functions' 256 KiB state
+  input/output and Lambda's 6 MB response: over, the invocation fails with the error AWS gives
+  (States.DataLimitExceeded, Function.ResponseSizeTooLarge); within 80%, ``limit_findings`` warns.
+- Timeouts: each handler gets a ``context`` whose ``get_remaining_time_in_millis`` counts down from its
+  Terraform timeout (main-terraform/variables.tf); a handler still running then is ended as Lambda ends
+  it: the state machine sees the function error ``Sandbox.Timedout`` and the invocation's credentials
+  are revoked (a Python thread cannot be killed: it stops at its next AWS call, or when the database
+  cancels its statement, whose timeouts follow the remaining time: utils.db.connection).
 """
 import datetime
 import functools
 import io
 import json
 import logging
+import os
+import threading
 import time
 import traceback
 import zipfile
@@ -21,6 +38,7 @@ from types import SimpleNamespace
 from unittest import mock
 
 import boto3
+import botocore.client
 import botocore.httpsession
 import botocore.session
 from moto import mock_aws
@@ -30,6 +48,9 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state
 
 from totesys_local.asl import ASL_TEMPLATE, render
 from totesys_local.retry_clock import compressed_retry_waits
+from totesys_local.iam import ENGINE_ACCESS_KEY, Enforcement, Identity
+from totesys_local.limits import check as check_limits
+from totesys_local.terraform_values import function_limits, render_policies
 from utils.db.connection import credentials_from_url
 
 STAGES = ("ingest", "transform", "load")
@@ -60,12 +81,27 @@ def create_buckets(names, region=REGION):
     return s3
 
 
+@contextmanager
+def operator():
+    """Inside a handler (a test's wrapper that changes the account, e.g. ends a simulated failover): act
+    as the account's operator, not as the function's role, for the calls of clients created here."""
+    thread = threading.current_thread()
+    saved = getattr(thread, "_lambda_credentials", None)
+    thread._lambda_credentials = None
+    try:
+        yield
+    finally:
+        thread._lambda_credentials = saved
+
+
 def put_credentials_secret(secret_id, database, region=REGION, **override):
     """Store the credentials of ``database`` (a postgresql:// URL or a credentials dict), with the
-    ``override`` keys replaced, as the JSON secret ``secret_id`` (a new version when it exists)."""
+    ``override`` keys replaced, as the JSON secret ``secret_id`` (a new version when it exists). An
+    operator's action, also when called from inside a handler (``operator``)."""
     credentials = credentials_from_url(database) if isinstance(database, str) else dict(database)
     value = json.dumps(dict(credentials, **override))
-    secrets = boto3.client("secretsmanager", region_name=region)
+    with operator():
+        secrets = boto3.client("secretsmanager", region_name=region)
     try:
         secrets.create_secret(Name=secret_id, SecretString=value)
     except secrets.exceptions.ResourceExistsException:
@@ -84,10 +120,129 @@ def _function_name(name_or_arn):
     return name_or_arn.split(":function:")[-1].split(":")[0]
 
 
-def _lambda_context(function_name):
-    return SimpleNamespace(function_name=function_name, aws_request_id=f"local-{time.time_ns()}",
-                           memory_limit_in_mb=1024, invoked_function_arn=function_name,
-                           get_remaining_time_in_millis=lambda: 900_000)
+def _lambda_context(function, deadline):
+    """What Lambda passes a handler: its remaining time counts down to ``deadline`` (time.monotonic)."""
+    def remaining():
+        return max(0, int((deadline - time.monotonic()) * 1000))
+
+    return SimpleNamespace(function_name=function.name, aws_request_id=f"local-{time.time_ns()}",
+                           memory_limit_in_mb=function.limits["memory_mb"], invoked_function_arn=function.arn,
+                           get_remaining_time_in_millis=remaining)
+
+
+class _Current:
+    """The running emulation's IAM enforcement (None outside ``emulated_aws`` or before a deploy)."""
+    enforcement = None
+    timeouts: dict = {}
+    findings: list = []
+
+
+_ORIGINAL_API_CALL = botocore.client.BaseClient._make_api_call
+
+
+def _authorised_api_call(client, operation_name, api_params):
+    """Every boto3 call in the process: authorised by the emulated IAM, then made."""
+    enforcement = _Current.enforcement
+    if enforcement is not None:
+        enforcement.authorise(client, operation_name, api_params)
+    return _ORIGINAL_API_CALL(client, operation_name, api_params)
+
+
+def denials():
+    """The AccessDenied lines of the running emulation so far, oldest first."""
+    return list(_Current.enforcement.denials) if _Current.enforcement is not None else []
+
+
+def role_may(stage, action, resource):
+    """Whether the deployed role of ``stage`` may ``action`` on ``resource`` (the emulated IAM's answer)."""
+    return _Current.enforcement.may(stage, action, resource)
+
+
+# The sandbox of an invocation is the handler's thread and every thread it starts (its thread pools):
+# a client created there gets the function's role credentials, as Lambda's environment gives them. Other
+# threads (the test or `totesys run` around the execution, moto's engine) keep their own credentials.
+_ORIGINAL_THREAD_START = threading.Thread.start
+_ORIGINAL_CREATE_CLIENT = botocore.session.Session.create_client
+
+
+def _start_in_sandbox(thread):
+    """threading.Thread.start: a thread started inside an invocation belongs to its sandbox."""
+    thread._lambda_credentials = getattr(threading.current_thread(), "_lambda_credentials", None)
+    return _ORIGINAL_THREAD_START(thread)
+
+
+def _create_client_in_sandbox(session, service_name, *args, **kwargs):
+    """botocore's create_client: inside an invocation, signed with the function's role credentials."""
+    credentials = getattr(threading.current_thread(), "_lambda_credentials", None)
+    if credentials is not None and not kwargs.get("aws_access_key_id"):
+        kwargs.update(aws_access_key_id=credentials["AccessKeyId"],
+                      aws_secret_access_key=credentials["SecretAccessKey"],
+                      aws_session_token=credentials["SessionToken"])
+    return _ORIGINAL_CREATE_CLIENT(session, service_name, *args, **kwargs)
+
+
+def _timed_out(function, seconds):
+    """The function error Lambda returns for an invocation that ran past its timeout."""
+    return {"errorType": "Sandbox.Timedout",
+            "errorMessage": f"{function.name}: Task timed out after {seconds:.2f} seconds"}
+
+
+def _call_handler(handler, event, function, response_headers):
+    """Run ``handler`` under ``function``'s role and timeout; the response body Lambda would give."""
+    seconds = _Current.timeouts.get(function.stage, function.limits["timeout"])
+    deadline = time.monotonic() + seconds
+    outcome = {}
+
+    def run():
+        try:
+            outcome["result"] = handler(event, _lambda_context(function, deadline))
+        except Exception as err:  # noqa: BLE001 - reported to Step Functions as Lambda does
+            outcome["error"] = err
+
+    worker = threading.Thread(target=run, name=f"lambda-{function.stage}", daemon=True)
+    worker._lambda_credentials = function.credentials
+    _ORIGINAL_THREAD_START(worker)
+    worker.join(seconds)
+    if worker.is_alive():
+        _replace_sandbox(function)
+        response_headers["x-amz-function-error"] = "Unhandled"
+        return json.dumps(_timed_out(function, seconds)).encode()
+    if "error" in outcome:
+        err = outcome["error"]
+        response_headers["x-amz-function-error"] = "Unhandled"
+        return json.dumps({"errorType": type(err).__name__, "errorMessage": str(err),
+                           "stackTrace": traceback.format_tb(err.__traceback__)[-3:]}).encode()
+    return _checked_response(function, event, outcome["result"], response_headers)
+
+
+def _replace_sandbox(function):
+    """A timed-out invocation's sandbox is gone: its credentials stop working (the thread, which Python
+    cannot kill, is refused at its next AWS call); the function's next invocation gets new ones."""
+    enforcement = _Current.enforcement
+    enforcement.revoked.add(function.credentials["AccessKeyId"])
+    role_arn = f"arn:aws:iam::{enforcement.account_id}:role/{function.identity.role_name}"
+    function.credentials = boto3.client("sts").assume_role(
+        RoleArn=role_arn, RoleSessionName=f"{function.name}-{time.time_ns()}")["Credentials"]
+    enforcement.identities[function.credentials["AccessKeyId"]] = function.identity
+
+
+def _checked_response(function, event, result, response_headers):
+    """The response body of a handler's ``result``, or the error AWS gives when the event or the result is
+    over a limit (totesys_local.limits); warnings (within 80%) are kept for ``limit_findings``."""
+    body = json.dumps(result).encode()
+    findings = check_limits(function.stage, function.limits,
+                            request_bytes=len(json.dumps(event).encode()), response_bytes=len(body))
+    _Current.findings.extend(findings)
+    errors = [finding for finding in findings if finding.level == "error"]
+    if errors:
+        response_headers["x-amz-function-error"] = "Unhandled"
+        return json.dumps({"errorType": errors[0].error_type, "errorMessage": errors[0].message}).encode()
+    return body
+
+
+def limit_findings():
+    """The limit warnings and errors of the running emulation's invocations so far (totesys_local.limits)."""
+    return list(_Current.findings)
 
 
 @functools.lru_cache(maxsize=None)
@@ -134,57 +289,143 @@ def _quiet_engine():
 
 
 @contextmanager
-def emulated_aws(handlers):
+def emulated_aws(handlers, timeouts=None):
     """Start moto (in-process) with Lambda invocations routed to ``handlers``:
     {function name: callable(event, context)}. A handler that raises produces a Lambda function
     error whose Error is the exception's class name, as in AWS, so Retry/Catch match it. Retry waits
-    are compressed in time (totesys_local.retry_clock: TOTESYS_RETRY_TIME_SCALE)."""
+    are compressed in time (totesys_local.retry_clock: TOTESYS_RETRY_TIME_SCALE).
+
+    Once ``deploy_pipeline`` has run, IAM is enforced and each handler runs under its role and its
+    Terraform timeout; ``timeouts`` ({stage: seconds}) shortens a stage's timeout (tests)."""
     invocations = []
 
     def invoke(self, function_name, qualifier, body, headers, response_headers):
         name = _function_name(function_name)
         event = json.loads(body) if body else {}
         invocations.append(name)
-        try:
-            result = handlers[name](event, _lambda_context(name))
-        except Exception as err:  # noqa: BLE001 - reported to Step Functions as Lambda does
-            response_headers["x-amz-function-error"] = "Unhandled"
-            return json.dumps({"errorType": type(err).__name__, "errorMessage": str(err),
-                               "stackTrace": traceback.format_tb(err.__traceback__)[-3:]}).encode()
-        return json.dumps(result).encode()
+        function = _Current.enforcement.functions.get(name) if _Current.enforcement else None
+        if function is None:
+            raise RuntimeError(f"function {name} has no role: deploy it with deploy_pipeline")
+        return _call_handler(handlers[name], event, function, response_headers)
 
-    with mock_aws(config=MOTO_CONFIG), mock.patch.object(LambdaSimpleBackend, "invoke", invoke), \
-            _quiet_engine(), compressed_retry_waits(), \
-            mock.patch.object(StateTaskServiceAwsSdk, "_normalise_parameters", _aws_sdk_request_as_aws), \
-            mock.patch.object(StateTaskServiceAwsSdk, "_normalise_response", _aws_sdk_response_as_aws), \
-            mock.patch.object(botocore.httpsession, "create_urllib3_context", _shared_ssl_context):
-        yield invocations
+    previous = (_Current.enforcement, _Current.timeouts, _Current.findings)
+    _Current.enforcement, _Current.timeouts, _Current.findings = None, dict(timeouts or {}), []
+    try:
+        with mock_aws(config=MOTO_CONFIG), mock.patch.object(LambdaSimpleBackend, "invoke", invoke), \
+                _quiet_engine(), compressed_retry_waits(), \
+                mock.patch.object(StateTaskServiceAwsSdk, "_normalise_parameters", _aws_sdk_request_as_aws), \
+                mock.patch.object(StateTaskServiceAwsSdk, "_normalise_response", _aws_sdk_response_as_aws), \
+                mock.patch.object(botocore.client.BaseClient, "_make_api_call", _authorised_api_call), \
+                mock.patch.object(threading.Thread, "start", _start_in_sandbox), \
+                mock.patch.object(botocore.session.Session, "create_client", _create_client_in_sandbox), \
+                mock.patch.object(botocore.httpsession, "create_urllib3_context", _shared_ssl_context):
+            yield invocations
+    finally:
+        _Current.enforcement, _Current.timeouts, _Current.findings = previous
+
+
+# What the emulated deploy reads from the environment: the SSM parameters immutable-terraform publishes.
+DEPLOY_VARIABLES = ("INGEST_BUCKET", "PROCESSED_BUCKET", "TOTESYS_SECRET_ID", "WAREHOUSE_SECRET_ID")
+
+
+def _trust(service):
+    return json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"Service": service}}]})
+
+
+def _secret_arn(secret_id):
+    """The ARN of secret ``secret_id``, created empty when missing (immutable-terraform creates the
+    secrets before main-terraform names their ARNs in the policies; the run puts the credentials)."""
+    secrets = boto3.client("secretsmanager")
+    try:
+        return secrets.describe_secret(SecretId=secret_id)["ARN"]
+    except secrets.exceptions.ResourceNotFoundException:
+        return secrets.create_secret(Name=secret_id, SecretString="{}")["ARN"]
+
+
+class _Function(SimpleNamespace):
+    """A deployed function: name, arn, stage, limits, identity (its role) and session credentials."""
+
+
+def _account_values(prefix, arns, function_arns, account_id, region):
+    """What Terraform learns from the account when it renders the policies (terraform_values' ``known``);
+    ``function_arns``: {stage: the function's unqualified ARN} (aws_lambda_function's ``arn``)."""
+    missing = [name for name in DEPLOY_VARIABLES if not os.environ.get(name)]
+    if missing:
+        raise ValueError(f"deploy_pipeline needs {', '.join(missing)} in the environment (the bucket and "
+                         "secret names immutable-terraform publishes)")
+    ssm = "data.aws_ssm_parameter"
+    return {
+        "data.aws_caller_identity.current.account_id": account_id,
+        "data.aws_partition.current.partition": "aws",
+        f"{ssm}.ingest_bucket_name.value": os.environ["INGEST_BUCKET"],
+        f"{ssm}.processed_bucket_name.value": os.environ["PROCESSED_BUCKET"],
+        f"{ssm}.totesys_secret_arn.value": _secret_arn(os.environ["TOTESYS_SECRET_ID"]),
+        f"{ssm}.warehouse_secret_arn.value": _secret_arn(os.environ["WAREHOUSE_SECRET_ID"]),
+        # The emulation has no KMS (the local buckets are not SSE-KMS): the key's grants are not exercised.
+        f"{ssm}.kms_key_arn.value": f"arn:aws:kms:{region}:{account_id}:key/local-emulation",
+        "aws_lambda_function.stage": {stage: {"arn": function_arns[stage]} for stage in STAGES},
+        "aws_cloudwatch_log_group.function": {
+            stage: {"arn": f"arn:aws:logs:{region}:{account_id}:log-group:/aws/lambda/{prefix}-{stage}"}
+            for stage in STAGES},
+        "aws_sns_topic.alerts": {"arn": arns["alert_topic_arn"]},
+    }
 
 
 def deploy_pipeline(prefix="totesys", template_path=ASL_TEMPLATE):
-    """Create, in the (emulated) account, what main-terraform deploys for the pipeline: an IAM role,
-    the three functions, the alert topic and the state machine. Returns a dict of ARNs."""
-    iam = boto3.client("iam")
-    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
-                                                     "Principal": {"Service": "lambda.amazonaws.com"}}]}
-    role = iam.create_role(RoleName=f"{prefix}-local-role",
-                           AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    """Create, in the (emulated) account, what main-terraform deploys for the pipeline: a role per
+    function and one for the state machine, each with its inline policy rendered from iam.tf, the three
+    functions, the alert topic and the state machine; then enforce IAM for them. Returns a dict of ARNs.
+
+    The bucket and secret names come from DEPLOY_VARIABLES in the environment (missing: ValueError)."""
+    iam, sts = boto3.client("iam"), boto3.client("sts")
+    roles = {stage: iam.create_role(RoleName=f"{prefix}-{stage}-role",
+                                    AssumeRolePolicyDocument=_trust("lambda.amazonaws.com"))["Role"]["Arn"]
+             for stage in STAGES}
+    roles["state_machine"] = iam.create_role(RoleName=f"{prefix}-pipeline-role",
+                                             AssumeRolePolicyDocument=_trust("states.amazonaws.com"))
+    roles["state_machine"] = roles["state_machine"]["Role"]["Arn"]
     code = io.BytesIO()
     with zipfile.ZipFile(code, "w") as archive:
         archive.writestr("README.txt", "handlers run in-process")
     lam = boto3.client("lambda")
-    arns = {}
+    arns, unqualified = {}, {}
     for stage in STAGES:
         # Published, and the definition names the version (qualified ARN), as main-terraform does.
         function = lam.create_function(
-            FunctionName=f"{prefix}-{stage}", Runtime="python3.12", Role=role, Publish=True,
+            FunctionName=f"{prefix}-{stage}", Runtime="python3.12", Role=roles[stage], Publish=True,
             Handler=f"{stage}.lambda_handler", Code={"ZipFile": code.getvalue()})
+        unqualified[stage] = function["FunctionArn"]
         arns[f"{stage}_function_arn"] = f"{function['FunctionArn']}:{function['Version']}"
     arns["alert_topic_arn"] = boto3.client("sns").create_topic(Name=f"{prefix}-alerts")["TopicArn"]
+    region, account_id = arns["alert_topic_arn"].split(":")[3:5]
+    policies = render_policies(_account_values(prefix, arns, unqualified, account_id, region))
+    for name, role_arn in roles.items():
+        iam.put_role_policy(RoleName=role_arn.split("/")[-1], PolicyName=f"{name}-least-privilege",
+                            PolicyDocument=json.dumps(policies[name]))
     state_machine = boto3.client("stepfunctions").create_state_machine(
-        name=f"{prefix}-pipeline", roleArn=role, definition=render_definition(arns, template_path))
+        name=f"{prefix}-pipeline", roleArn=roles["state_machine"],
+        definition=render_definition(arns, template_path))
     arns["state_machine_arn"] = state_machine["stateMachineArn"]
+    _enforce(prefix, arns, roles, sts, account_id, region)
     return arns
+
+
+def _enforce(prefix, arns, roles, sts, account_id, region):
+    """From now on, authorise every call of the functions' and the state machine's roles."""
+    enforcement = Enforcement(account_id, region)
+    limits = function_limits()
+    for stage in STAGES:
+        identity = Identity(stage, roles[stage].split("/")[-1], stage)
+        credentials = sts.assume_role(RoleArn=roles[stage],
+                                      RoleSessionName=f"{prefix}-{stage}")["Credentials"]
+        enforcement.identities[credentials["AccessKeyId"]] = identity
+        enforcement.functions[f"{prefix}-{stage}"] = _Function(
+            name=f"{prefix}-{stage}", arn=arns[f"{stage}_function_arn"], stage=stage, limits=limits[stage],
+            identity=identity, credentials=credentials)
+    enforcement.identities[ENGINE_ACCESS_KEY] = Identity(
+        "state machine", roles["state_machine"].split("/")[-1], "state_machine")
+    _Current.enforcement = enforcement
 
 
 def published_alerts(topic_arn):
@@ -254,12 +495,19 @@ class KeptAccount:
         from moto.stepfunctions.parser.models import stepfunctions_parser_backends
         from moto.stepfunctions.parser.utils import TMP_THREADS
         s3_backends[self.account_id]["global"].reset()  # also closes the objects' spooled files
-        secretsmanager_backends[self.account_id][self.region].reset()
+        # The secrets stay (the roles' policies name their ARNs); only their current value is kept.
+        for secret in secretsmanager_backends[self.account_id][self.region].secrets.values():
+            current = secret.default_version_id
+            if current in secret.versions:
+                secret.versions = {current: secret.versions[current]}
         topics = sns_backends[self.account_id][self.region].topics
         topics[self.arns["alert_topic_arn"]].sent_notifications.clear()
         for state_machine in stepfunctions_parser_backends[self.account_id][self.region].state_machines:
             state_machine.executions.clear()
         TMP_THREADS[:] = [thread for thread in TMP_THREADS if thread.is_alive()]
+        if _Current.enforcement is not None:
+            _Current.enforcement.denials.clear()
+        _Current.findings.clear()
 
 
 _kept = None

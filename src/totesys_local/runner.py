@@ -178,6 +178,13 @@ class Progress:
                 self.out(f"  [{self.stages.index(stage) + 1}/3] {stage:<9} done in {seconds:.2f} s")
 
 
+def local_account_environment(**variables):
+    """The environment of the local emulated account: its bucket and secret names (what the emulated
+    deploy names in the roles' policies) and ``variables``."""
+    from totesys_local.aws_emulation import account_environment
+    return account_environment(REGION, **BUCKETS, **SECRETS, **variables)
+
+
 def run_pipeline(source_url, warehouse_url, state_dir, out=print, request=None):
     """Run one execution; return a summary dict. Raises RunError with a one-line message on failure.
     ``request``: the execution input (the ingest event; default ``{}``), e.g. ``{"resync": [...]}``.
@@ -185,7 +192,7 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print, request=None):
     Whatever the execution wrote is saved to ``state_dir`` either way; a failure is also recorded
     in ``state_dir/last_error.json``, and a success removes that file."""
     # moto is a development dependency: only the commands that run the pipeline import it.
-    from totesys_local.aws_emulation import (UNSET_VARIABLES, account_environment, pipeline_account,
+    from totesys_local.aws_emulation import (UNSET_VARIABLES, denials, limit_findings, pipeline_account,
                                              published_alerts, put_credentials_secret, wait_for_execution)
     from totesys_local.lazy_s3 import lazy_buckets
     from totesys_local.rounds import recording
@@ -196,7 +203,7 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print, request=None):
     log_path = state_dir / "logs" / f"run-{stamp}-{uuid.uuid4().hex[:6]}.jsonl"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     folder = _folder_identity(state_dir)
-    env = account_environment(REGION, TOTESYS_LOG_FILE=str(log_path), **BUCKETS, **SECRETS)
+    env = local_account_environment(TOTESYS_LOG_FILE=str(log_path))
     for variable in UNSET_VARIABLES:
         os.environ.pop(variable, None)
     with _environment(env):
@@ -228,8 +235,14 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print, request=None):
             if result["status"] != "SUCCEEDED":
                 failure = progress.error or {"stage": None, "error_type": result.get("error"),
                                              "message": result.get("cause")}
+                refused = denials()
+                if refused:  # what AWS would refuse: the stage, the action and the resource, in one line
+                    failure = {"stage": refused[0].split(":")[0], "error_type": "AccessDenied",
+                               "message": refused[0]}
                 record_failure(state_dir, failure, log_path)
-                if progress.error:  # the stage's own error, without the Lambda stack trace of the alert
+                if refused:
+                    detail = f"ToteSys pipeline FAILED: {refused[0]}"
+                elif progress.error:  # the stage's own error, without the Lambda stack trace of the alert
                     detail = (f"ToteSys pipeline FAILED in stage {failure['stage']}: "
                               f"{failure['error_type']}: {failure['message']}")
                 else:
@@ -242,6 +255,7 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print, request=None):
             output = json.loads(result["output"])
             summary = _summarise(output, progress.seconds, elapsed, recorded.rounds)
             summary["new_files"] = new_files
+            summary["limit_warnings"] = [finding.message for finding in limit_findings()]
     summary["log"] = str(log_path)
     return summary
 
@@ -408,6 +422,8 @@ def print_summary(summary, warehouse_line, out=print):
         low, high, *zone = summary["bounds"]
         label = "batch bounds" if ingested else "last batch with changes"
         out(f"{label}: from {low} to {high} (source time, {zone[0] if zone else 'UTC'})")
+    for warning in summary.get("limit_warnings") or []:
+        out(f"warning: {warning}")
     out(f"structured logs: {summary['log']}")
     out(f"warehouse: {warehouse_line}")
 

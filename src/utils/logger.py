@@ -23,6 +23,7 @@ from typing import Dict
 from aws_lambda_powertools import Logger
 
 from utils.aws.sdk import require_tested_sdk
+from utils.db.connection import set_invocation_deadline
 from utils.errors import RetryableError
 
 _LOGGERS: Dict[str, Logger] = {}
@@ -87,6 +88,7 @@ def stage_handler(stage):
         def wrapper(event, context):
             run_id = getattr(context, "aws_request_id", None) or uuid.uuid4().hex
             logger.append_keys(run_id=run_id)
+            set_invocation_deadline(context)  # the database's timeouts follow the function's
             started = time.perf_counter()
             outcome = "failed"
             try:
@@ -107,5 +109,6 @@ def stage_handler(stage):
                 logger.info(f"{stage} {outcome}", outcome=outcome,
                             duration_ms=round((time.perf_counter() - started) * 1000, 1))
                 logger.remove_keys(["run_id"])
+                set_invocation_deadline(None)
         return wrapper
     return decorate

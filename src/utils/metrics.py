@@ -83,11 +83,12 @@ def ingest_rows(result, s3_client=None):
     import boto3
 
     from utils.config import load_settings
+    from utils.aws.layout import INGEST_MANIFESTS
     from utils.generate_file_key import generate_file_key
     from utils.aws.manifests import read_manifest
     from utils.catalog.source import check_source_table
     batch_time = max(batch_time_from_key(key) for key in result.values())
-    key = generate_file_key("_batches", batch_time.replace(tzinfo=None), "json")
+    key = generate_file_key(INGEST_MANIFESTS, batch_time.replace(tzinfo=None), "json")
     manifest = read_manifest(s3_client or boto3.client("s3"), load_settings().ingest_bucket, key,
                              check_source_table, "batch_id")
     return {table: int(entry.get("rows", 0)) for table, entry in manifest["tables"].items()}

@@ -2,6 +2,7 @@
 import ast
 import json
 import re
+import uuid
 
 import pytest
 
@@ -177,17 +178,93 @@ def test_each_function_gets_exactly_its_secret_and_log_group(main_stack, stage):
     assert log_groups == {stage}
 
 
-def test_writes_are_limited_to_the_stage_prefixes(main_stack):
-    def put_resources(stage):
-        statements = _statements(main_stack, stage)
-        return " ".join(_resources_text(s) for s in statements if "s3:PutObject" in s["actions"])
+# -- the write prefixes, replayed: every key a run writes, against the policies Terraform deploys --------
 
-    ingest = put_resources("ingest")
-    assert "local.ingest_write_prefixes" in ingest and "_state/ingest.json" in ingest
-    assert main_stack["locals"]["ingest_write_prefixes"] == '${concat(var.source_tables, ["_batches"])}'
-    transform = put_resources("transform")
-    assert "local.processed_write_prefixes" in transform and "_state/transform.json" in transform
-    assert "${local.ingest_bucket_arn}/*" not in ingest
+def _replay_env(monkeypatch, **extra):
+    for key, value in {"INGEST_BUCKET": "iam-ingest", "PROCESSED_BUCKET": "iam-processed",
+                       "TOTESYS_SECRET_ID": "iam/totesys", "WAREHOUSE_SECRET_ID": "iam/warehouse",
+                       **extra}.items():
+        monkeypatch.setenv(key, value)
+
+
+def _execute(arns):
+    import boto3
+    from totesys_local.aws_emulation import wait_for_execution
+    sfn = boto3.client("stepfunctions")
+    execution = sfn.start_execution(stateMachineArn=arns["state_machine_arn"], input="{}",
+                                    name=f"replay-{uuid.uuid4().hex[:12]}")
+    return wait_for_execution(execution["executionArn"], timeout=300)
+
+
+@pytest.mark.slow
+def test_every_key_a_run_writes_is_allowed_to_its_writer_only(aws_env, monkeypatch, source_url,
+                                                              warehouse_url):
+    """Under the emulated IAM (the policies rendered from iam.tf): a bounded full backfill, then an
+    incremental batch with an update, a hard delete and a quarantined row. Both executions succeed (every
+    call allowed); then every key in both buckets is replayed: its writer's role may PutObject it, the
+    other roles may not. Before, ingest's role could not write _keys/ or _deleted/, transform's neither
+    _deleted/ nor _rejected/ (the first execution in AWS failed)."""
+    import boto3
+    from totesys_local.aws_emulation import (create_buckets, denials, deploy_pipeline, emulated_aws,
+                                             put_credentials_secret, role_may)
+    from totesys_local.runner import _handlers
+    from tests.support.db import run_sql
+    totesys_url = source_url  # two known rows per table (tests.support.totesys)
+    run_sql(totesys_url, "UPDATE sales_order SET last_updated = now() - interval '12 hours' "
+            "WHERE sales_order_id = 2")
+    # A second payment, so that deleting one leaves the table non-empty; MAX_DELETE_FRACTION=1 holds only
+    # a table emptied (the mass-delete guard), so the delete lands.
+    columns = ("created_at, last_updated, transaction_id, counterparty_id, payment_amount, currency_id, "
+               "payment_type_id, paid, payment_date, company_ac_number, counterparty_ac_number")
+    values = columns.replace("transaction_id", "2")  # transaction 2 (the purchase) has no payment yet
+    run_sql(totesys_url, f"INSERT INTO payment ({columns}) SELECT {values} FROM payment")  # nosec B608
+    _replay_env(monkeypatch, MAX_BATCH_ROWS="1", MAX_DELETE_FRACTION="1")
+    with emulated_aws(_handlers("totesys")) as invocations:
+        create_buckets(("iam-ingest", "iam-processed"))
+        put_credentials_secret("iam/totesys", totesys_url)
+        put_credentials_secret("iam/warehouse", warehouse_url)
+        arns = deploy_pipeline("totesys")
+        first = _execute(arns)
+        assert first["status"] == "SUCCEEDED", (first, denials())
+        assert invocations.count("totesys-ingest") >= 2, "the full load was not bounded into rounds"
+        run_sql(totesys_url, "ALTER TABLE address ALTER city DROP NOT NULL")
+        run_sql(totesys_url, "UPDATE address SET city = NULL, last_updated = now() WHERE address_id = 1")
+        run_sql(totesys_url, "UPDATE sales_order SET units_sold = 4242, last_updated = now() "
+                "WHERE sales_order_id = 1")
+        run_sql(totesys_url, "DELETE FROM payment WHERE payment_id = (SELECT min(payment_id) FROM payment)")
+        second = _execute(arns)
+        assert second["status"] == "SUCCEEDED", (second, denials())
+        assert json.loads(second["output"])["load"]["result"]["rejected_rows"] == 1
+        assert denials() == []
+        s3 = boto3.client("s3")
+        pages = {bucket: s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+                 for bucket in ("iam-ingest", "iam-processed")}
+        written = {bucket: [item["Key"] for page in bucket_pages for item in page.get("Contents", [])]
+                   for bucket, bucket_pages in pages.items()}
+        writers = {"iam-ingest": "ingest", "iam-processed": "transform"}
+        for bucket, keys in written.items():
+            for key in keys:
+                arn = f"arn:aws:s3:::{bucket}/{key}"
+                assert role_may(writers[bucket], "s3:PutObject", arn), arn
+                others = {"ingest", "transform", "load", "state machine"} - {writers[bucket]}
+                assert not [stage for stage in others if role_may(stage, "s3:PutObject", arn)], arn
+    # every kind of object was written (the replay covered them all)
+    kinds = {bucket: {key.split("/")[0] for key in keys} for bucket, keys in written.items()}
+    assert {"_keys", "_deleted", "_batches", "_state"} | set(SOURCE_TABLES) <= kinds["iam-ingest"]
+    assert {"_rejected", "_deleted", "_snapshots", "_batches", "_state", "dim_location", "fact_sales_order"} \
+        <= kinds["iam-processed"]
+    assert not {"_rejected", "_snapshots"} & kinds["iam-ingest"]
+
+
+def test_write_prefixes_are_the_ones_the_code_uses():
+    """write_prefixes.json is what the code writes under (utils.aws.layout), and iam.tf reads it."""
+    from utils.aws import layout
+    prefixes = json.loads((SRC / "utils" / "aws" / "write_prefixes.json").read_text())
+    assert set(prefixes["ingest"].values()) == {
+        layout.INGEST_MANIFESTS, layout.KEYS_PREFIX, layout.DELETED_PREFIX}
+    assert set(prefixes["processed"].values()) == {
+        layout.PROCESSED_MANIFESTS, layout.SNAPSHOTS_PREFIX, layout.REJECTED_PREFIX,
+        layout.PROCESSED_DELETED_PREFIX}
 
 
 def test_state_machine_may_invoke_only_the_three_functions_and_publish_to_the_topic(main_stack):

@@ -160,8 +160,9 @@ def test_a_statement_silent_for_longer_than_the_connect_timeout_succeeds(new_dat
 
 def test_a_statement_over_the_statement_timeout_is_cancelled_by_the_server_and_not_retried(
         new_database, monkeypatch):
+    url = new_database()  # created before: CREATE DATABASE may take over 1 s on a busy machine
     monkeypatch.setattr(db_connection, "STATEMENT_TIMEOUT_SECONDS", 1)
-    conn = connect_to_db(credentials_from_url(new_database()), role="totesys")
+    conn = connect_to_db(credentials_from_url(url), role="totesys")
     try:
         with pytest.raises(pg8000.exceptions.DatabaseError) as raised:
             conn.run("SELECT pg_sleep(5)")

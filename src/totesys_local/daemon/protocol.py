@@ -25,7 +25,8 @@ DEFAULT_IDLE_SECONDS = 900.0
 MAX_SOCKET_PATH = 100
 SRC = Path(__file__).resolve().parents[2]
 # What the emulator reads when it imports its code: a change needs a fresh process.
-CODE_FOLDERS = (SRC, SRC.parent / "sql", ASL_TEMPLATE.parent)
+# main-terraform: the emulated deploy renders the roles' policies and the timeouts from it.
+CODE_FOLDERS = (SRC, SRC.parent / "sql", ASL_TEMPLATE.parent, SRC.parent / "main-terraform")
 IMPORT_TIME_VARIABLES = ("PYTHON", "POWERTOOLS_", "MOTO_", "LOG_LEVEL")
 
 
@@ -81,9 +82,9 @@ def describe_seconds(seconds):
 
 def code_fingerprint(environ=None):
     """A digest of what the emulator's code is: the interpreter, the installed packages' folder(s), the
-    path and CONTENT of every file of src/, sql/ and state_machine/ (an edit that keeps a file's size
-    and mtime is a change too), and the variables read at import time. About 0.7 MB read and hashed
-    (a few ms): the client computes it on every run."""
+    path and CONTENT of every file of src/, sql/, state_machine/ and main-terraform/ (an edit that keeps a
+    file's size and mtime is a change too), and the variables read at import time. About 0.7 MB read and
+    hashed (a few ms): the client computes it on every run."""
     environ = os.environ if environ is None else environ
     digest = hashlib.sha256()
 
@@ -98,7 +99,7 @@ def code_fingerprint(environ=None):
             add(folder, os.stat(folder).st_mtime_ns)  # changes when a package is installed or removed
     for root in CODE_FOLDERS:
         for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(name for name in dirnames if name != "__pycache__")
+            dirnames[:] = sorted(name for name in dirnames if name not in ("__pycache__", ".terraform"))
             for name in sorted(filenames):
                 if not name.endswith((".pyc", ".tmp")):
                     with open(os.path.join(dirpath, name), "rb") as code:

@@ -4,6 +4,7 @@ import os
 import socket
 import ssl
 import stat
+import time
 from urllib.parse import unquote, urlsplit
 
 import pg8000.native
@@ -146,13 +147,44 @@ def _pgpass_fields(line):
 
 # Connect (TCP + TLS + authentication) must answer within this many seconds.
 CONNECT_TIMEOUT_SECONDS = 30
-# The server cancels any statement running longer (SQLSTATE 57014, not retried): Lambda's own limit is
-# 15 minutes, so a longer statement could never finish anyway.
+# Outside a Lambda invocation (no deadline: scripts, tests calling code directly): the server cancels any
+# statement running longer (SQLSTATE 57014, not retried); Lambda's own ceiling is 15 minutes.
 STATEMENT_TIMEOUT_SECONDS = 900
-# Once connected, a read waits this long: longer than any statement may run, so a long silent statement
-# (a big upsert, a COPY whose query sorts first) is ended by the server's clear statement_timeout error,
-# and the socket timeout only catches a peer that vanished without closing the connection.
+# Inside an invocation the session's budget is the function's remaining time at connect minus this margin:
+# the statement is cancelled by the server (its locks released, the transaction rolled back) while the
+# function still lives to log the error and return it, rather than being killed by Lambda's timeout with
+# the database running the statement on, holding its locks, for the rest of a 900 s statement_timeout.
+DEADLINE_MARGIN_SECONDS = 10
+MINIMUM_BUDGET_SECONDS = 1
+# Once connected, a read waits the statement budget plus this: the server's clear statement_timeout error
+# comes first, and the socket timeout only catches a peer that vanished without closing the connection.
+READ_TIMEOUT_MARGIN_SECONDS = 5
 READ_TIMEOUT_SECONDS = STATEMENT_TIMEOUT_SECONDS + 60
+
+# The running invocation's deadline (time.monotonic()), set by utils.logger.stage_handler from the Lambda
+# context. Process-wide, not per thread: one process serves one invocation at a time (Lambda, and the local
+# emulation), and the stages open connections from worker threads too.
+_deadline = None
+
+
+def set_invocation_deadline(context):
+    """Start (``context`` with ``get_remaining_time_in_millis``) or end (None) the invocation's deadline."""
+    global _deadline
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    _deadline = None if remaining is None else time.monotonic() + remaining() / 1000
+
+
+def session_timeouts():
+    """(statement/lock timeout s, idle-in-transaction timeout s, socket read timeout s) for a connection
+    opened now: from the invocation's remaining time minus DEADLINE_MARGIN_SECONDS, or the defaults
+    outside an invocation. A transaction left idle longer than the function can still live is ended by
+    the server (a timed-out function never comes back to commit or roll back)."""
+    if _deadline is None:
+        return STATEMENT_TIMEOUT_SECONDS, STATEMENT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS
+    remaining = max(_deadline - time.monotonic(), 0)
+    budget = max(remaining - DEADLINE_MARGIN_SECONDS, MINIMUM_BUDGET_SECONDS)
+    return budget, max(remaining, budget), budget + READ_TIMEOUT_MARGIN_SECONDS
+
 
 # SQLSTATEs of a server that ended or refused the session for a reason of its own, not the statement's:
 # class 08 (connection exception), 57P01 admin_shutdown (pg_terminate_backend, a fast shutdown),
@@ -225,8 +257,9 @@ def connect_to_db(credentials, timezone="UTC", role=None):
     configured default (ALTER DATABASE/ROLE ... SET timezone, else the server's setting).
     ``role`` (``"totesys"``, ``"warehouse"`` or None) picks the TLS settings: ``<ROLE>_SSLMODE`` and
     ``<ROLE>_SSLROOTCERT`` (``utils.db.tls``; None reads no variable: verify-full with the system
-    trust store, or plaintext for a loopback host). The session's statement_timeout is
-    STATEMENT_TIMEOUT_SECONDS; reads wait READ_TIMEOUT_SECONDS once connected.
+    trust store, or plaintext for a loopback host). The session's statement_timeout, lock_timeout,
+    idle_in_transaction_session_timeout and the socket's read timeout follow ``session_timeouts``: the
+    running invocation's remaining time (``set_invocation_deadline``), else STATEMENT_TIMEOUT_SECONDS.
 
     Raises DatabaseUnavailableError (retryable) when the server cannot be reached or ends the session
     while it starts, TlsError when the TLS handshake fails for good (certificate not verified, host
@@ -238,7 +271,9 @@ def connect_to_db(credentials, timezone="UTC", role=None):
              + (f" ({role})" if role else ""))
     settings = tls_settings(role, credentials["host"])
     context = ssl_context(settings, where)
-    startup = {"statement_timeout": f"{STATEMENT_TIMEOUT_SECONDS}s"}
+    budget, idle, read_timeout = session_timeouts()
+    startup = {"statement_timeout": f"{int(budget * 1000)}ms", "lock_timeout": f"{int(budget * 1000)}ms",
+               "idle_in_transaction_session_timeout": f"{int(idle * 1000)}ms"}
     if timezone:
         startup["TimeZone"] = timezone
     try:
@@ -280,8 +315,8 @@ def connect_to_db(credentials, timezone="UTC", role=None):
             f"{where} refused the connection: "
             f"{detail.get('M', 'authentication failed')}{hint}") from None
     conn.described = where
-    # pg8000 keeps one timeout for connecting and reading; reads get the longer one.
-    conn._usock.settimeout(READ_TIMEOUT_SECONDS)
+    # pg8000 keeps one timeout for connecting and reading; reads get theirs.
+    conn._usock.settimeout(read_timeout)
     _no_delay(conn._usock)
     return conn
 

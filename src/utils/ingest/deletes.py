@@ -32,8 +32,7 @@ from utils.generate_file_key import generate_file_key
 from utils.ingest.delete_guard import hold
 from utils.logger import get_logger
 
-KEYS_PREFIX = "_keys"
-DELETED_PREFIX = "_deleted"
+from utils.aws.layout import DELETED_PREFIX, KEYS_PREFIX  # noqa: F401 - re-exported
 KEY_SCHEMA = pa.schema([pa.field("id", pa.int32(), nullable=False)])
 DELETED_SCHEMA = pa.schema([pa.field("source_table", pa.string(), nullable=False),
                             pa.field("source_id", pa.int32(), nullable=False)])

@@ -38,6 +38,7 @@ from typing import Any, Deque, List, Optional, Tuple
 import boto3
 import pg8000
 
+from utils.aws.layout import INGEST_MANIFESTS
 from utils.aws.objects import write_to_s3
 from utils.aws.secrets import db_connections_get_secret
 from utils.aws.state import read_state, write_state
@@ -383,7 +384,7 @@ def _commit_batch(s3_client, bucket, tables, window, landed, state, etag, detect
                  "tables": dict(window.prev_tables), "more_waiting": window.more_waiting,
                  "source": state.get("source")}
     if landed or deleted:
-        manifest_key = generate_file_key("_batches", batch_time, "json")
+        manifest_key = generate_file_key(INGEST_MANIFESTS, batch_time, "json")
         manifest = {"batch_id": batch_id, "batch_time": format_time(batch_time),
                     "timezone": window.timezone, "ignored_columns": window.ignored_columns,
                     "prev_manifest_key": state.get("manifest_key"), "tables": landed}

@@ -19,6 +19,7 @@ import json
 import boto3
 import pyarrow as pa
 
+from utils.aws.layout import PROCESSED_DELETED_PREFIX, PROCESSED_MANIFESTS, REJECTED_PREFIX, SNAPSHOTS_PREFIX
 from utils.aws.manifests import read_manifest, walk_manifests
 from utils.aws.objects import parquet_bytes, read_json, read_parquet_table, write_once
 from utils.aws.state import read_state, write_state
@@ -29,15 +30,12 @@ from utils.contracts import TransformResult
 from utils.errors import CorruptFileError, InvalidEventError
 from utils.format_time import parse_time
 from utils.generate_file_key import generate_file_key
-from utils.ingest.deletes import DELETED_PREFIX
 from utils.logger import get_logger
 from utils.transform.deletes import deleted_entry, drop_deleted, read_deleted
 from utils.transform.quarantine import empty_rejected, split_future_rows
 from utils.transform.star import build_warehouse_batch
 
 STAGE = "transform"
-# Processed-bucket prefix of the rejected records of a batch (utils.transform.quarantine.REJECTED_SCHEMA).
-REJECTED_PREFIX = "_rejected"
 logger = get_logger(STAGE)
 
 
@@ -146,7 +144,7 @@ def transform_batch(s3_client, ingest_bucket, processed_bucket, ingest_key, inge
         logger.info("table transformed", table=name, rows=table.num_rows, key=key)
     snapshot_keys = dict((prev_processed_manifest or {}).get("snapshots", {}))
     for name, table in new_snapshots.items():
-        key = generate_file_key(f"_snapshots/{name}", batch_time)
+        key = generate_file_key(f"{SNAPSHOTS_PREFIX}/{name}", batch_time)
         _write_once(s3_client, processed_bucket, key, parquet_bytes(table))
         snapshot_keys[name] = key
     batch_id = ingest_manifest.get("batch_id") or f"{batch_time:%Y%m%dT%H%M%S%f}"
@@ -160,11 +158,11 @@ def transform_batch(s3_client, ingest_bucket, processed_bucket, ingest_key, inge
         # One ERROR line per row is written by the load, when the row is recorded in etl_rejected_rows.
         logger.warning("rows set aside for quarantine", batch_id=batch_id, rows=rejected.num_rows, key=key)
     if deleted.num_rows:
-        key = generate_file_key(DELETED_PREFIX, batch_time)
+        key = generate_file_key(PROCESSED_DELETED_PREFIX, batch_time)
         _write_once(s3_client, processed_bucket, key, parquet_bytes(deleted))
         manifest["deleted"] = deleted_entry(deleted, key)
         logger.info("deletes passed on", batch_id=batch_id, rows=deleted.num_rows, key=key)
-    manifest_key = generate_file_key("_batches", batch_time, "json")
+    manifest_key = generate_file_key(PROCESSED_MANIFESTS, batch_time, "json")
     _write_once(s3_client, processed_bucket, manifest_key, json.dumps(manifest, sort_keys=True).encode())
     logger.info("manifest written", key=manifest_key, tables=len(tables))
     return manifest_key, manifest
