@@ -57,7 +57,13 @@ class Rounds:
         self.transformed = list((result or {}).get("batches") or [])
 
     def load_done(self, result):
-        """Record the round the load just finished, then save the buckets."""
+        """Record the round the load just finished, then save the buckets: the local run's own
+        bookkeeping, so as the account's operator, not under the load function's role."""
+        from totesys_local.aws_emulation import operator
+        with operator():
+            self._record(result)
+
+    def _record(self, result):
         from utils.aws.state import read_state
         s3 = boto3.client("s3", region_name=REGION)
         state, _ = read_state(s3, BUCKETS["INGEST_BUCKET"], "ingest")
