@@ -207,3 +207,26 @@ def more_waiting(state_dir):
     import json
     path = Path(state_dir) / "s3" / local_state.BUCKETS["INGEST_BUCKET"] / "_state" / "ingest.json"
     return path.exists() and bool(json.loads(path.read_text()).get("more_waiting"))
+
+
+def ingest_summary(state_dir, last=6):
+    """What the ingest recorded, for a failure message: the state pointer's zone and per-table bounds,
+    and the last ``last`` manifests' (batch time, zone, {table: (low, high, rows)})."""
+    import json
+    bucket = Path(state_dir) / "s3" / local_state.BUCKETS["INGEST_BUCKET"]
+    pointer = bucket / "_state" / "ingest.json"
+    if not pointer.exists():
+        return "no ingest state pointer"
+    state = json.loads(pointer.read_text())
+    lines = [f"ingest state: zone {state.get('timezone')}, more_waiting {state.get('more_waiting')}, highs "
+             + ", ".join(f"{t} {e.get('high')}" for t, e in sorted(state.get("tables", {}).items()))]
+    key, chain = state.get("manifest_key"), []
+    while key and len(chain) < last and (bucket / key).exists():
+        manifest = json.loads((bucket / key).read_text())
+        chain.append(manifest)
+        key = manifest.get("prev_manifest_key")
+    for manifest in chain:
+        tables = ", ".join(f"{t} [{e.get('low')}, {e.get('high')}) {e.get('rows')}"
+                           for t, e in sorted(manifest.get("tables", {}).items()))
+        lines.append(f"batch {manifest.get('batch_time')} zone {manifest.get('timezone')}: {tables}")
+    return "\n    ".join(lines)

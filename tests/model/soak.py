@@ -10,6 +10,7 @@ commands that replay them are printed, with each shrunk history).
 import argparse
 import os
 import random
+import signal
 import sys
 import time
 import traceback
@@ -31,7 +32,10 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--examples", type=int, default=EXAMPLES_PER_FRESH_SEED)
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--no-shrink", action="store_true", help="report a failing history as it ran")
     args = parser.parse_args(argv)
+    # kill <pid> ends the soak through its finally blocks: the throwaway cluster is removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     from tests.model import harness, profile
     from tests.model.machine import STATS
     from totesys_local.cluster import temporary_cluster
@@ -52,7 +56,7 @@ def main(argv=None):
         for seed in seeds:
             before = STATS.histories
             try:
-                profile.run_seed(seed, args.examples, steps)
+                profile.run_seed(seed, args.examples, steps, shrink=not args.no_shrink)
                 verdict = "ok"
             except Exception:  # noqa: BLE001 - every failing seed is reported, the soak goes on
                 traceback.print_exc()
