@@ -118,7 +118,8 @@ class PipelineHistory(RuleBasedStateMachine):
         self.source = with_database(env.admin_url, self.names[0])
         self.warehouse = with_database(env.admin_url, self.names[1])
         self.state_dir = tempfile.mkdtemp(prefix="model-history-")
-        self.model = Model(self.source, strict_future=switched_on("MODEL_FUTURE"))
+        self.model = Model(self.source, strict_future=switched_on("MODEL_FUTURE"),
+                           strict_clock=switched_on("MODEL_CLOCK"))
         self.failed = False
         self.loaded = False       # a complete run happened (the first load is done)
         self.dirty = False        # the source changed since the last run started
@@ -174,6 +175,7 @@ class PipelineHistory(RuleBasedStateMachine):
         started = time.monotonic()
         outcome, detail = harness.run(self.source, warehouse or self.warehouse, self.state_dir, plan,
                                       **settings)
+        self.model.settle(snapshot)
         trace(f"{kind}: {outcome}", started)
         return snapshot, outcome, detail
 
@@ -333,6 +335,7 @@ class PipelineHistory(RuleBasedStateMachine):
             self._expect(outcome == "succeeded", f"a run with no fault reached failed: {detail}")
         self._check(False, f"a run killed at {point} #{nth}")
 
+    @precondition(lambda self: self.dirty)  # its retries take seconds: only with something to load
     @rule()
     def run_with_the_warehouse_down(self):
         _, outcome, detail = self._run("warehouse down", warehouse=harness.dead_warehouse_url(self.warehouse))
@@ -345,9 +348,10 @@ class PipelineHistory(RuleBasedStateMachine):
     def two_runs_at_once(self, delay):
         self._count()
         STATS.runs += 2
-        self.model.snapshot("two at once")
+        snapshot = self.model.snapshot("two at once")
         self.dirty = False
         statuses = harness.run_two_at_once(self.source, self.warehouse, self.state_dir, delay)
+        self.model.settle(snapshot)
         self._expect(statuses == ["SUCCEEDED", "SUCCEEDED"], f"two runs at once: {statuses}")
         self._check(False, "two runs at once")
 

@@ -178,23 +178,32 @@ def _warehouse_values(table, row):
 class Model:
     """The model of one history: the source's audit plus the snapshots taken before each run."""
 
-    def __init__(self, source_url, strict_future=False):
+    def __init__(self, source_url, strict_future=False, strict_clock=False):
         self.source_url = source_url
         self.strict_future = strict_future
+        self.strict_clock = strict_clock
         self.snapshots = []
         self.ambiguous = 0
         self.held = 0
 
-    def snapshot(self, kind):
-        """Record the snapshot a run is about to see, and the source's wall clock (its zone) then."""
+    def _now(self):
         conn = connect_to_db(credentials=credentials_from_url(self.source_url), timezone=None)
         try:
-            text, wall_clock = conn.run("SELECT pg_current_snapshot()::text, localtimestamp")[0]
+            return conn.run("SELECT pg_current_snapshot()::text, localtimestamp")[0]
         finally:
             close_db_connection(conn)
+
+    def snapshot(self, kind):
+        """Record the snapshot a run is about to see, and the source's wall clock (its zone) then."""
+        text, wall_clock = self._now()
         taken = Snapshot(text, kind, wall_clock)
         self.snapshots.append(taken)
         return taken
+
+    def settle(self, snapshot):
+        """After the run: the wall clock the run saw lies between the two readings; when the clock went
+        back meanwhile (a fall-back during the run) the earlier one is what may hold versions back."""
+        snapshot.wall_clock = min(snapshot.wall_clock, self._now()[1])
 
     def versions(self):
         rows = run_sql(self.source_url, "SELECT seq, tbl, id, op, last_updated, row_json::text, xid::text "
@@ -293,7 +302,7 @@ class Model:
                 elif key not in held[table] and version.key not in rejected:
                     problems.append(f"{FACTS[table][0]}: version {version.key} seen by snapshot "
                                     f"{snapshot.text} ({snapshot.kind}) is neither a fact nor rejected")
-        ambiguous = self._ambiguous(versions, last)
+        ambiguous = set() if self.strict_clock else self._ambiguous(versions, last)
         self.ambiguous = len(ambiguous)
         ambiguous |= {key for key, version in last.items() if self._held(version, last_snapshot)}
         problems += self._check_current(query, last, ambiguous, versions)

@@ -33,6 +33,25 @@ def test_a_zone_change_forward_keeps_the_rows_written_before_it(model_environmen
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="issue 19: versions stamped below the previous bound minus the overlap are "
+                          "never read")
+def test_a_late_commit_across_a_zone_change_of_one_hour_arrives(model_environment, monkeypatch):
+    """Soak seed 2004556683 (reduced by hand): a transaction opened in UTC (its rows stamped then),
+    the source's zone changed to Europe/Paris (+1:00, exactly the overlap), a run (its bound in Paris
+    time), the commit, the next run: that run's window starts an hour before the bound, a moment after
+    the late rows' stamps, and the rows never arrive (in the soak: a daylight-saving rule putting the
+    clock forward one hour from America/New_York, a late transaction of the session in the old zone)."""
+    monkeypatch.setenv("MODEL_BACKDATED", "1")
+    state = PipelineHistory()
+    state.first_load(kill=None)
+    state.open_late_transaction(pick=5, table="staff")
+    state.change_source_time_zone(zone="Europe/Paris")
+    state.run()
+    state.commit_late_transaction()
+    state.teardown()
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
                    reason="issue 19: versions stamped ahead of the source's clock are held")
 def test_rows_written_in_the_last_daylight_hour_arrive_after_the_fall_back(model_environment, monkeypatch):
     """Soak seed 11 (shrunk): a run in daylight time, a payment paid after it, then the clock falls back
@@ -51,3 +70,31 @@ def test_rows_written_in_the_last_daylight_hour_arrive_after_the_fall_back(model
             raise TimeoutError("the source's clock never fell back (not the failure this test expects)")
         time.sleep(0.5)
     state.teardown()
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="docs/RELIABILITY.md defect 3: current views and dimensions order versions by "
+                          "last_updated, which goes back with the source's clock")
+def test_the_current_view_shows_the_latest_version_after_the_clock_went_back(model_environment):
+    """Found by the model (rows counted as clock-ambiguous), reduced by hand: a source in Asia/Tokyo, a
+    payment updated and loaded; the zone changed to UTC (the wall clock goes back 9 hours); the payment
+    updated again and loaded: both versions are facts, but current_payment shows the first (its stamp is
+    the later one) until the clock passes it, 9 hours on."""
+    state = PipelineHistory()
+    try:
+        set_zone(state.source, "Asia/Tokyo")
+        state.first_load(kill=None)
+        for amount, zone in ((111, None), (222, "UTC")):
+            if zone:
+                set_zone(state.source, zone)
+            state._write(lambda conn: conn.run(
+                "UPDATE payment SET payment_amount = :a, last_updated = localtimestamp WHERE payment_id = 3",
+                a=amount))
+            state.run()
+        facts = run_sql(state.warehouse, "SELECT payment_amount FROM fact_payment WHERE payment_id = 3")
+        assert sorted(row[0] for row in facts)[-2:] == [111, 222]  # both versions are history
+        shown = run_sql(state.warehouse, "SELECT payment_amount FROM current_payment WHERE payment_id = 3")
+        assert shown == [[222]], f"current_payment shows {shown}, the source has 222"
+    finally:
+        state.failed = True  # no final run: the check above is the test
+        state.teardown()
