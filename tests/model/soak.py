@@ -34,13 +34,18 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--no-shrink", action="store_true", help="report a failing history as it ran")
     args = parser.parse_args(argv)
-    # kill <pid> ends the soak through its finally blocks: the throwaway cluster is removed.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     from tests.model import harness, profile
     from tests.model.machine import STATS
     from totesys_local.cluster import temporary_cluster
     steps = args.steps or profile.STEPS
     cluster = temporary_cluster()
+
+    def stop(*_):
+        # kill <pid>: Hypothesis would report an exception raised here as a flaky test and go on, so the
+        # throwaway cluster is removed and the process ends at once.
+        cluster.destroy()
+        os._exit(143)
+    signal.signal(signal.SIGTERM, stop)
     failures = []
     started = time.monotonic()
     try:
