@@ -87,7 +87,9 @@ def kept_account():
     """One emulated account with the pipeline deployed for every run inside (as the local emulator
     keeps one): each run then skips moto's start and the deployment. Runs clear it before and after."""
     from totesys_local.aws_emulation import account_environment, kept_pipeline
-    with environment(**account_environment(local_state.REGION)), kept_pipeline(tracked_handlers()):
+    # TOTESYS_RETRY_TIME_SCALE=0: the state machine's Retry waits cost no real time (as in the suite).
+    with environment(**account_environment(local_state.REGION), TOTESYS_RETRY_TIME_SCALE="0"), \
+            kept_pipeline(tracked_handlers()):
         yield
 
 
