@@ -87,6 +87,15 @@ DIMENSIONS = {
                   "FROM dim_staff"),
 }
 REFERENCE = {("counterparty", "address"): "legal_address_id", ("staff", "department"): "department_id"}
+# The rows a fact version references (a fact whose dimension row the warehouse lacks is parked).
+FACT_REFERENCES = {
+    "sales_order": {"design_id": "design", "staff_id": "staff", "counterparty_id": "counterparty",
+                    "currency_id": "currency", "agreed_delivery_location_id": "address"},
+    "purchase_order": {"staff_id": "staff", "counterparty_id": "counterparty", "currency_id": "currency",
+                       "agreed_delivery_location_id": "address"},
+    "payment": {"transaction_id": "transaction", "counterparty_id": "counterparty", "currency_id": "currency",
+                "payment_type_id": "payment_type"},
+}
 
 
 class Snapshot:
@@ -305,6 +314,7 @@ class Model:
         ambiguous = set() if self.strict_clock else self._ambiguous(versions, last)
         self.ambiguous = len(ambiguous)
         ambiguous |= {key for key, version in last.items() if self._held(version, last_snapshot)}
+        ambiguous |= self._blocked(last, ambiguous)
         problems += self._check_current(query, last, ambiguous, versions)
         problems += self._check_dimensions(query, last, ambiguous)
         problems += self._check_deletions(query, done, states, last)
@@ -318,6 +328,22 @@ class Model:
             return False
         self.held += 1
         return True
+
+    @staticmethod
+    def _blocked(last, unjudged):
+        """Rows that reference an unjudged row the warehouse may lack (a held version's row loaded for the
+        first time): a counterparty through its legal address, a staff member through the department, a
+        fact through any dimension row (the load parks it until the row arrives)."""
+        blocked = set(unjudged)
+        for (table, row_id), version in last.items():
+            for (source, other), column in REFERENCE.items():
+                if source == table and (other, version.row.get(column)) in blocked:
+                    blocked.add((table, row_id))
+        for (table, row_id), version in last.items():
+            for column, other in FACT_REFERENCES.get(table, {}).items():
+                if (other, version.row.get(column)) in blocked:
+                    blocked.add((table, row_id))
+        return blocked - set(unjudged)
 
     @staticmethod
     def _ambiguous(versions, last):
