@@ -88,7 +88,8 @@ def kept_account():
     keeps one): each run then skips moto's start and the deployment. Runs clear it before and after."""
     from totesys_local.aws_emulation import account_environment, kept_pipeline
     # TOTESYS_RETRY_TIME_SCALE=0: the state machine's Retry waits cost no real time (as in the suite).
-    with environment(**account_environment(local_state.REGION), TOTESYS_RETRY_TIME_SCALE="0"), \
+    with environment(**account_environment(local_state.REGION, **local_state.BUCKETS, **runner.SECRETS),
+                     TOTESYS_RETRY_TIME_SCALE="0"), \
             kept_pipeline(tracked_handlers()):
         yield
 
