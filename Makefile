@@ -12,7 +12,7 @@ CHROMIUM ?= /usr/bin/chromium
 
 .DEFAULT_GOAL := help
 .PHONY: help install-requirements install-dev-tools security-checks audit check-pep8-compliance \
-	lint typecheck terraform-fmt run-pytest test test-fast run verify simulate bench bench-scale psql stop clean \
+	lint typecheck terraform-fmt run-pytest test test-fast run verify simulate bench bench-scale psql stop clean soak \
 	install-dashboard dashboard chromium \
 	layer deploy destroy checkov actionlint statelint tf-init-immutable tf-init-main tf-check-backend \
 	tf-check-credentials tf-check-vars-file tf-validate
@@ -23,6 +23,7 @@ help:
 	@echo "make test-fast   the quick subset of the tests (not the slow end-to-end ones, no lint)"
 	@echo "other: install-requirements install-dev-tools security-checks check-pep8-compliance lint typecheck"
 	@echo "       run-pytest simulate pending retry bench psql stop clean layer deploy destroy"
+	@echo "make soak SOAK_MINUTES=N   the model-based random test of the whole pipeline for N minutes"
 	@echo "make dashboard   after make run: the sales and pipeline dashboard on http://127.0.0.1:$(DASHBOARD_PORT)"
 	@echo "make verify   after make run: compare totesys with the warehouse (exit 0 all matched, 1 mismatch, 2 cannot run)"
 
@@ -124,6 +125,13 @@ bench: $(STAMP) $(DASHBOARD_STAMP)
 # x100 backfill in bounded batches: per-stage peak memory, duration, batch count (several minutes).
 bench-scale: $(STAMP) $(DASHBOARD_STAMP)
 	$(BIN)/python -m bench.scale_bench
+
+# The model-based random test (tests/model/, issue 21) for SOAK_MINUTES of fresh seeds: prints histories,
+# rules, runs, kills and mismatches, and the command that replays a failing seed. make test runs its
+# bounded profile (tests/model/test_model_histories.py).
+SOAK_MINUTES ?= 30
+soak: $(STAMP)
+	TOTESYS_DAEMON=off $(BIN)/python -m tests.model.soak --minutes $(SOAK_MINUTES)
 
 simulate: $(STAMP)
 	$(BIN)/totesys simulate --minutes 60 --cancel 1 --state-dir $(STATE_DIR)
