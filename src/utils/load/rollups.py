@@ -268,8 +268,9 @@ def _update_sql(source, renamed):
     touched = (f"SELECT {identifier(source.id_column)} AS id FROM {identifier(source.fact)} "  # nosec B608
                f"WHERE {record} > :mark UNION SELECT source_id FROM {identifier(DELETED)} "
                "WHERE source_table = :source AND (batch_id = :batch_id OR reinserted_batch_id = :batch_id)")
-    held = (f"SELECT t.id FROM touched t WHERE EXISTS (SELECT 1 FROM {identifier(source.fact)} o "  # nosec B608
-            f"WHERE o.{identifier(source.id_column)} = t.id AND o.{record} <= :mark)")
+    fact, id_column = identifier(source.fact), identifier(source.id_column)
+    held = (f"SELECT t.id FROM touched t WHERE EXISTS (SELECT 1 FROM {fact} o "  # nosec B608
+            f"WHERE o.{id_column} = t.id AND o.{record} <= :mark)")
     return (f"WITH touched AS ({touched}), held AS ({held}), "  # nosec B608
             f"delta AS ({' UNION ALL '.join(delta)}), "
             f"{_rollup_ctes(source.fact)} "
