@@ -270,3 +270,43 @@ def test_a_load_role_that_may_not_create_the_rollups_still_loads_and_a_later_loa
                          "WHERE sales_order_id = 10")
     run_pipeline()
     assert_rollups_equal_facts(warehouse_url)
+
+
+NEW_ORDERS = ("INSERT INTO sales_order (created_at, last_updated, design_id, staff_id, counterparty_id, "
+              "units_sold, unit_price, currency_id, agreed_delivery_date, agreed_payment_date, "
+              "agreed_delivery_location_id) SELECT localtimestamp - n * interval '1 day', localtimestamp, "
+              "1 + n % 5, 1 + n % 7, 1, n, 2.50, 1 + n % 3, '2024-12-01', '2024-12-02', 1 + n % 4 "
+              "FROM generate_series(1, 25) n")
+
+
+def test_a_bounded_first_load_and_a_batch_mixing_new_and_held_ids_keep_the_rollups_equal(
+        totesys_url, warehouse_url, pipeline_env, monkeypatch):
+    """After the first batch (a fill) every batch of a bounded first load brings new ids only (their
+    current rows aggregated directly); then one batch brings new orders with updates and a deletion of
+    ids the warehouse holds (both paths in one statement)."""
+    pipeline_env(source_url=totesys_url, warehouse_url=warehouse_url)
+    rows = run_sql(totesys_url, "SELECT (SELECT count(*) FROM sales_order) + (SELECT count(*) FROM "
+                                "purchase_order) + (SELECT count(*) FROM payment)")[0][0]
+    monkeypatch.setenv("MAX_BATCH_ROWS", str(rows // 3 + 1))
+    batches = 0
+    for _ in range(10):
+        loaded = run_pipeline()["batches"]
+        if not loaded:
+            break
+        batches += len(loaded)
+        assert differences(warehouse_url) == []
+    assert batches >= 3
+    monkeypatch.delenv("MAX_BATCH_ROWS")
+
+    held = run_sql(warehouse_url, "SELECT max(sales_order_id) FROM fact_sales_order")[0][0]
+    run_sql(totesys_url, NEW_ORDERS)
+    run_sql(totesys_url, "UPDATE sales_order SET units_sold = units_sold + 3, currency_id = 2, "
+                         "last_updated = now() WHERE sales_order_id % 41 = 0 AND sales_order_id <= :held",
+            held=held)
+    run_sql(totesys_url, "UPDATE payment SET paid = NOT paid, last_updated = now() WHERE payment_id % 37 = 0")
+    run_sql(totesys_url, "DELETE FROM payment WHERE payment_id = 4")
+    result = run_pipeline()
+    assert result["deleted"]["payment"] == 1
+    assert run_sql(warehouse_url, "SELECT count(DISTINCT sales_order_id) FROM fact_sales_order "
+                                  "WHERE sales_order_id > :held", held=held) == [[25]]
+    assert_rollups_equal_facts(warehouse_url)

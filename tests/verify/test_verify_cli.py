@@ -5,10 +5,12 @@ import json
 import boto3
 import pytest
 
-from tests.support.db import run_sql
+from tests.support.db import connect, run_sql
 from totesys_local.cli import main
 from totesys_local.local_state import BUCKETS
 from utils.aws.objects import list_keys
+from utils.db.connection import close_db_connection
+from utils.load.rollups import rebuild_rollups
 
 
 @pytest.fixture
@@ -61,3 +63,37 @@ def test_exit_2_without_databases_or_state(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("TOTESYS_WAREHOUSE_URL", raising=False)
     assert main(["verify", "--state-dir", str(tmp_path)]) == 2
     assert "make run" in capsys.readouterr().err
+
+
+def test_a_tampered_rollup_row_is_a_mismatch_named_by_its_key_until_the_rollups_are_rebuilt(
+        loaded, state_dir, capsys):
+    _, warehouse, _ = loaded
+    key = run_sql(warehouse, "SELECT created_date::text, currency_id FROM rollup_sales_daily "
+                             "ORDER BY 1, 2 LIMIT 1")[0]
+    run_sql(warehouse, "UPDATE rollup_sales_daily SET units = units + 1 "
+                       "WHERE created_date = CAST(:day AS date) AND currency_id = :currency",
+            day=key[0], currency=key[1])
+
+    assert verify_cli(loaded, state_dir) == 1
+    out = capsys.readouterr().out
+    assert f"rollups: 1 rollup key(s) differ from the current views in rollup_sales_daily: " \
+           f"rollup=rollup_sales_daily, created_date={key[0]}, currency_id={key[1]}" in out
+    assert "MISMATCH: 1 difference(s) in rollups" in out
+    assert verify_cli(loaded, state_dir, "--json") == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["mismatches"] == 1 and all(t["missing"] + t["differing"] + t["extra"] == 0
+                                             for t in report["tables"])
+    assert report["rollups"] == {"table": "rollups", "matched": False, "mismatches": 1,
+                                 "rollups": ["rollup_sales_daily"],
+                                 "keys": [{"rollup": "rollup_sales_daily", "created_date": key[0],
+                                           "currency_id": key[1]}]}
+
+    conn = connect(warehouse)
+    try:
+        conn.run("START TRANSACTION")
+        rebuild_rollups(conn)
+        conn.run("COMMIT")
+    finally:
+        close_db_connection(conn)
+    assert verify_cli(loaded, state_dir) == 0
+    assert "rollups: every dashboard rollup equals the current views" in capsys.readouterr().out

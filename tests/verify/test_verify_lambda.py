@@ -32,6 +32,14 @@ def test_the_lambda_reports_and_emits_its_metric(loaded, metric_lines):
     assert location["ids"]["differing"] == [2]
 
 
+def test_a_rollup_difference_counts_in_the_metric(loaded, metric_lines):
+    run_sql(loaded[1], "DELETE FROM rollup_payment_daily")
+    result = verify.lambda_handler({}, None)
+    assert result["rollups"]["rollups"] == ["rollup_payment_daily"]
+    assert result["mismatches"] == result["rollups"]["mismatches"] > 0
+    assert metric_lines() == [result["mismatches"]]
+
+
 def test_the_lambda_fails_loudly_when_it_cannot_run(loaded, metric_lines, monkeypatch):
     monkeypatch.setenv("WAREHOUSE_SECRET_ID", "missing/secret")
     with pytest.raises(CredentialsError):

@@ -37,6 +37,8 @@ DEFINITION = 1
 INSUFFICIENT_PRIVILEGE = "42501"
 # Rows of each differing rollup that compare_rollups reports as examples.
 EXAMPLES = 5
+# Distinct keys of differing rows that compare_rollups names per rollup (verify shows up to 10 in all).
+KEY_EXAMPLES = 10
 
 logger = get_logger("load")
 
@@ -188,7 +190,7 @@ def _batch_ids(table, column):
 
 
 def _current_rows(source, before):
-    """SELECT of the current row of each id in ``touched``: now, or (``before``) as it was before the
+    """SELECT of the current row of each id in ``held``: now, or (``before``) as it was before the
     batch (versions up to :mark, deletions recorded by an earlier batch and open until this one). Per id,
     the latest version is the first row of the version index read backwards ((id, last_updated) is
     unique, so no tie is left for the view's record-id tie-break): index probes per touched id, whatever
@@ -200,7 +202,7 @@ def _current_rows(source, before):
         versions = f"AND f.{identifier(source.record_column)} <= :mark "
     else:
         is_open, versions = "d.reinserted_batch_id IS NULL", ""
-    return (f"SELECT v.* FROM touched t CROSS JOIN LATERAL (SELECT f.* FROM {fact} f "  # nosec B608
+    return (f"SELECT v.* FROM held t CROSS JOIN LATERAL (SELECT f.* FROM {fact} f "  # nosec B608
             f"WHERE f.{id_column} = t.id {versions}"
             "ORDER BY f.last_updated_date DESC, f.last_updated_time DESC LIMIT 1) v "
             f"WHERE NOT EXISTS (SELECT 1 FROM {identifier(DELETED)} d WHERE d.source_table = :source "
@@ -231,15 +233,34 @@ def _renamed_rows(source):
             f"AND d.source_id = f.{id_column} AND d.reinserted_batch_id IS NULL)")
 
 
+def _new_rows(source):
+    """SELECT of the current row of each new touched id (no version up to :mark: nothing to subtract):
+    the latest of the batch's versions, unless its deletion is open. One range read of the batch's rows
+    joined to ``touched`` and sorted once, instead of index probes per id (a first load's or a
+    backfill's batches bring mostly new ids)."""
+    fact, id_column = identifier(source.fact), identifier(source.id_column)
+    record = identifier(source.record_column)
+    return (f"SELECT * FROM (SELECT DISTINCT ON (f.{id_column}) f.* FROM {fact} f "  # nosec B608
+            f"JOIN touched t ON t.id = f.{id_column} AND NOT t.held WHERE f.{record} > :mark "
+            f"ORDER BY f.{id_column}, f.last_updated_date DESC, f.last_updated_time DESC, "
+            f"f.{record} DESC) v "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {identifier(DELETED)} d WHERE d.source_table = :source "
+            f"AND d.source_id = v.{id_column} AND d.reinserted_batch_id IS NULL)")
+
+
 def _update_sql(source, renamed):
     """One statement bringing ``source``'s rollups and its state row up to date: ``touched`` (ids with a
-    record above :mark or a deletion recorded or closed by :batch_id), ``delta`` (-1 x each touched id's
-    current row before the batch, labelled as the rollups filed it; +1 x its current row now, labelled
-    as dim_design names it; with ``renamed``, the move of the renamed designs' other current orders from
-    the old name to the new), then each rollup's upsert (``_rollup_ctes``) and the state's UPDATE."""
+    record above :mark or a deletion recorded or closed by :batch_id, each with ``held``: the warehouse
+    held a version of it before the batch), ``held`` (those ids), ``delta`` (-1 x each held id's current
+    row before the batch, labelled as the rollups filed it; +1 x its current row now, labelled as
+    dim_design names it; +1 x the current row of each new id (``_new_rows``); with ``renamed``, the move
+    of the renamed designs' other current orders from the old name to the new), then each rollup's
+    upsert (``_rollup_ctes``) and the state's UPDATE. A touched id with no version at all (a deletion of
+    a row never loaded) has no current row before or after: nothing to add."""
     old_label, new_label = (source.label[1], source.label[2]) if source.label else (None, None)
     delta = [_labelled(source, _current_rows(source, True), -1, old_label),
-             _labelled(source, _current_rows(source, False), 1, new_label)]
+             _labelled(source, _current_rows(source, False), 1, new_label),
+             _labelled(source, _new_rows(source), 1, new_label)]
     if renamed:
         delta += [_labelled(source, _renamed_rows(source), -1, old_label),
                   _labelled(source, _renamed_rows(source), 1, new_label)]
@@ -247,7 +268,14 @@ def _update_sql(source, renamed):
     touched = (f"SELECT {identifier(source.id_column)} AS id FROM {identifier(source.fact)} "  # nosec B608
                f"WHERE {record} > :mark UNION SELECT source_id FROM {identifier(DELETED)} "
                "WHERE source_table = :source AND (batch_id = :batch_id OR reinserted_batch_id = :batch_id)")
-    return (f"WITH touched AS ({touched}), delta AS ({' UNION ALL '.join(delta)}), "  # nosec B608
+    # A scalar subquery with LIMIT is an index probe per touched id: unlike EXISTS or a join, the
+    # planner cannot answer it by hashing the whole history (seconds at x100, for a batch of any size).
+    fact, id_column = identifier(source.fact), identifier(source.id_column)
+    touched = (f"SELECT u.id, (SELECT true FROM {fact} o WHERE o.{id_column} = u.id "  # nosec B608
+               f"AND o.{record} <= :mark LIMIT 1) IS NOT NULL AS held FROM ({touched}) u")
+    return (f"WITH touched AS MATERIALIZED ({touched}), "  # nosec B608
+            "held AS (SELECT id FROM touched WHERE held), "
+            f"delta AS ({' UNION ALL '.join(delta)}), "
             f"{_rollup_ctes(source.fact)} "
             f"UPDATE {identifier(STATE)} SET revision = revision + 1, batch_id = :batch_id, "
             f"last_record_id = greatest(last_record_id, (SELECT coalesce(max({record}), 0) "
@@ -351,9 +379,11 @@ def _expected_sql(rollup):
     return f"SELECT {keys}, {sums} FROM ({rows}) v GROUP BY {group}"  # nosec B608
 
 
-def _differences(conn, name, expected, actual):
-    """{"rollup", "missing", "unexpected", "examples"} of two SELECTs of the same columns, or None when
-    they hold the same rows."""
+def _differences(conn, name, expected, actual, keys):
+    """{"rollup", "missing", "unexpected", "examples", "keys", "differing_keys"} of two SELECTs of the
+    same columns, or None when they hold the same rows. ``keys``: the columns naming a row; "keys" lists
+    up to KEY_EXAMPLES of the distinct keys of the differing rows (a row with other measures is missing
+    and unexpected under one key), "differing_keys" counts them."""
     found = conn.run(f"WITH expected AS ({expected}), actual AS ({actual}) "  # nosec B608
                      "SELECT 'missing', to_jsonb(e) FROM (SELECT * FROM expected EXCEPT ALL "
                      "SELECT * FROM actual) e "
@@ -363,31 +393,39 @@ def _differences(conn, name, expected, actual):
         return None
     missing = [row for kind, row in found if kind == "missing"]
     unexpected = [row for kind, row in found if kind == "unexpected"]
+    differing = list(dict.fromkeys(tuple((key, row[key]) for key in keys) for _, row in found))
     return {"rollup": name, "missing": len(missing), "unexpected": len(unexpected),
-            "examples": {"missing": missing[:EXAMPLES], "unexpected": unexpected[:EXAMPLES]}}
+            "examples": {"missing": missing[:EXAMPLES], "unexpected": unexpected[:EXAMPLES]},
+            "differing_keys": len(differing), "keys": [dict(key) for key in differing[:KEY_EXAMPLES]]}
 
 
 def compare_rollups(conn) -> List[Dict]:
     """Recompute every rollup from the current views (and the design names from dim_design) and compare
     with the warehouse's; return the differences, one dict per rollup that differs: ``{"rollup",
     "missing": rows the rollup lacks, "unexpected": rows it should not have, "examples": {"missing":
-    [...], "unexpected": [...]}}`` (rows as dicts). An empty list: every rollup equals the facts.
-    Rollups that are absent or of another definition are one difference named ``etl_rollup_state``.
+    [...], "unexpected": [...]}, "differing_keys": distinct keys of those rows, "keys": up to
+    KEY_EXAMPLES of them as {column: value}}`` (rows as dicts). An empty list: every rollup equals the
+    facts. Rollups that are absent or of another definition are one difference named ``etl_rollup_state``
+    (its keys: the fact tables).
     Read-only: run it in any transaction (REPEATABLE READ sees one consistent warehouse)."""
     state = rollup_state(conn)
     if not rollups_current(state):
         return [{"rollup": STATE, "missing": len(FACT_SOURCES), "unexpected": 0,
                  "examples": {"missing": [f"rollups of definition {DEFINITION} for {fact}"
-                                          for fact in FACT_SOURCES], "unexpected": []}}]
+                                          for fact in FACT_SOURCES], "unexpected": []},
+                 "differing_keys": len(FACT_SOURCES),
+                 "keys": [{"fact_table": fact} for fact in FACT_SOURCES]}]
     differences = []
     for rollup in ROLLUPS:
         columns = ", ".join(identifier(column) for column, _ in rollup.keys + rollup.measures)
         found = _differences(conn, rollup.table, _expected_sql(rollup),
-                             f"SELECT {columns} FROM {identifier(rollup.table)}")  # nosec B608
+                             f"SELECT {columns} FROM {identifier(rollup.table)}",  # nosec B608
+                             [column for column, _ in rollup.keys])
         if found:
             differences.append(found)
     found = _differences(conn, DESIGN_NAMES, "SELECT design_id, design_name FROM dim_design",
-                         f"SELECT design_id, design_name FROM {identifier(DESIGN_NAMES)}")  # nosec B608
+                         f"SELECT design_id, design_name FROM {identifier(DESIGN_NAMES)}",  # nosec B608
+                         ["design_id"])
     if found:
         differences.append(found)
     return differences

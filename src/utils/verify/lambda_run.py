@@ -52,6 +52,10 @@ def run_verify(s3_client=None, secrets_client=None):
         if not history.matched:
             logger.error("verify: fact history mismatch", table=history.table,
                          not_in_warehouse=history.not_in_warehouse, not_landed=history.not_landed)
+    rollups = report.rollups
+    if rollups.mismatches:
+        logger.error("verify: rollup mismatch", table=rollups.table, mismatches=rollups.mismatches,
+                     rollups=rollups.rollups, keys=rollups.keys)
     logger.info("verify finished", mismatches=report.mismatches, last_loaded_batch=report.last_loaded_batch)
     emit(mismatches_metric(report.mismatches))
     return report.to_dict()

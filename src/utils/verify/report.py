@@ -36,14 +36,25 @@ def render_text(report):
                      f"not in the warehouse {history.not_in_warehouse}; {history.not_landed_count:,} "
                      "fact version(s) "
                      f"never landed {history.not_landed}")
+    lines.append(_rollup_line(report.rollups))
     if report.mismatches:
         names = sorted({t.table for t in report.tables if t.mismatches}
-                       | {h.table for h in report.history if not h.matched})
+                       | {h.table for h in report.history if not h.matched}
+                       | ({report.rollups.table} if report.rollups.mismatches else set()))
         lines.append(f"MISMATCH: {report.mismatches:,} difference(s) in {', '.join(names)} "
                      "(repair: totesys resync --tables <source table>, or totesys rebuild)")
     else:
         lines.append("every table matched")
     return lines
+
+
+def _rollup_line(rollups):
+    if rollups.matched:
+        return f"  {rollups.table}: every dashboard rollup equals the current views"
+    keys = "; ".join(", ".join(f"{column}={value}" for column, value in key.items()) for key in rollups.keys)
+    more = " ..." if rollups.mismatches > len(rollups.keys) else ""
+    return (f"  {rollups.table}: {rollups.mismatches:,} rollup key(s) differ from the current views in "
+            f"{', '.join(rollups.rollups)}: {keys}{more} (repair: rebuild_rollups, or totesys rebuild)")
 
 
 def render_json(report):

@@ -16,7 +16,8 @@ is then classified:
   ``deletions_held``: the deletions the mass-delete guard holds (the ingest state's ``held_deletes``):
   they show as ``extra`` until approved.
 
-Mismatches are missing + differing + extra, and the history check's differences.
+Mismatches are missing + differing + extra, the history check's differences, and the rollup keys that
+differ from the current views (``utils.verify.rollup_check``).
 """
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -32,6 +33,7 @@ from utils.verify.checksum import Sides, compare
 from utils.verify.history import HistoryResult, check_history
 from utils.verify.landing import latest_loaded, loaded_batch_ids, pending_deleted, read_landed
 from utils.verify.pairs import build_pairs
+from utils.verify.rollup_check import RollupReport, check_rollups
 
 ID_LIMIT = 10
 REQUIRED_WAREHOUSE = ("etl_load_ledger", "etl_deleted_rows", "etl_rejected_rows", "fact_sales_order",
@@ -67,16 +69,19 @@ class TableReport:
 
 @dataclass
 class Report:
-    """The whole verify: per table, the history check, the last loaded batch and the batches pending."""
+    """The whole verify: per table, the history check, the last loaded batch, the batches pending and the
+    dashboard's rollups."""
     tables: List[TableReport]
     history: List[HistoryResult]
     last_loaded_batch: Optional[str]
     pending_batches: int
+    rollups: RollupReport = field(default_factory=RollupReport)
 
     @property
     def mismatches(self):
         return (sum(table.mismatches for table in self.tables)
-                + sum(h.not_in_warehouse_count + h.not_landed_count for h in self.history))
+                + sum(h.not_in_warehouse_count + h.not_landed_count for h in self.history)
+                + self.rollups.mismatches)
 
     @property
     def exit_code(self):
@@ -89,7 +94,8 @@ class Report:
                             **t.counts, "deletions_recorded": t.deletions_recorded,
                             "deletions_held": t.deletions_held, "ids": t.ids}
                            for t in self.tables],
-                "history": [{**asdict(h), "matched": h.matched} for h in self.history]}
+                "history": [{**asdict(h), "matched": h.matched} for h in self.history],
+                "rollups": self.rollups.to_dict()}
 
 
 def verify(source, warehouse, s3_client, ingest_bucket, overlap_seconds, history=True) -> Report:
@@ -116,7 +122,8 @@ def verify(source, warehouse, s3_client, ingest_bucket, overlap_seconds, history
             sides.close()
         checked = (check_history(warehouse, s3_client, ingest_bucket, landed.manifests, ID_LIMIT)
                    if history else [])
-        return Report(tables, checked, latest_loaded(landed), len(landed.pending_manifests))
+        return Report(tables, checked, latest_loaded(landed), len(landed.pending_manifests),
+                      check_rollups(warehouse, ID_LIMIT))
     finally:
         for conn in (source, warehouse):
             conn.run("ROLLBACK")
