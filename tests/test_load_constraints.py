@@ -227,7 +227,9 @@ def test_a_dangling_reference_the_batch_missed_is_found_by_validate_and_named(
         s3, buckets, warehouse, always_setwise, monkeypatch):
     """The batches park dangling facts before appending; with that first line of defence removed, the
     set-wise VALIDATE at the end is the second: the run fails naming the key, which is left NOT VALID
-    (so later batches park dangling rows first), and nothing is left suspended."""
+    (so later batches park dangling rows first), and nothing is left suspended. The dangling reference is
+    the sales staff: the dashboard's rollups join the design's name and refuse a fact without one inside
+    the batch (a third line), so a dangling design would never reach VALIDATE."""
     real_ensure = load_run.ensure_warehouse_schema
 
     def without_anti_join(conn):
@@ -237,14 +239,15 @@ def test_a_dangling_reference_the_batch_missed_is_found_by_validate_and_named(
         return targets
     monkeypatch.setattr(load_run, "ensure_warehouse_schema", without_anti_join)
     batch = base_batch()
-    batch["sales_order"].append(sales_order(3, design_id=99))
-    with pytest.raises(ForeignKeyViolationError, match="fact_sales_order: foreign key "
-                                                       "fact_sales_order_design_id_fkey violated") as err:
+    batch["sales_order"].append(sales_order(3, staff_id=99))
+    violated = "fact_sales_order: foreign key fact_sales_order_sales_staff_id_fkey violated"
+    with pytest.raises(ForeignKeyViolationError, match=violated) as err:
         run_pipeline(s3, buckets, batch)
-    assert (err.value.table, err.value.constraint) == ("fact_sales_order", "fact_sales_order_design_id_fkey")
-    assert "design_id)=(99)" in str(err.value)
-    assert validated(warehouse)["fact_sales_order_design_id_fkey"] is False
-    assert validated(warehouse)["fact_sales_order_sales_staff_id_fkey"] is True
+    assert (err.value.table, err.value.constraint) == ("fact_sales_order",
+                                                       "fact_sales_order_sales_staff_id_fkey")
+    assert "sales_staff_id)=(99)" in str(err.value)
+    assert validated(warehouse)["fact_sales_order_sales_staff_id_fkey"] is False
+    assert validated(warehouse)["fact_sales_order_design_id_fkey"] is True
     assert suspended(warehouse) == []
     assert not constraints.checked_at_once(_connection(warehouse), "fact_sales_order")
 
