@@ -16,6 +16,7 @@ Not a test: nothing asserts a time.
 import json
 import multiprocessing
 import os
+import shutil
 import socket
 import sys
 import time
@@ -62,7 +63,18 @@ def _time_key_steps():
     return spent
 
 
+def _tree_mb(folder):
+    """MB of the files under ``folder`` (the invocation's /tmp)."""
+    total = sum(os.path.getsize(os.path.join(root, name))
+                for root, _, names in os.walk(folder) for name in names)
+    return round(total / 1024 / 1024, 1)
+
+
 def _stage_child(stage, event, queue):
+    import tempfile
+    # The invocation's own /tmp, measured after it as Lambda's ephemeral storage.
+    tmp = tempfile.mkdtemp(prefix=f"bench-{stage}-tmp-")
+    os.environ["TMPDIR"] = tempfile.tempdir = tmp
     from ingest import lambda_handler as ingest_handler
     from load import lambda_handler as load_handler
     from transform import lambda_handler as transform_handler
@@ -77,9 +89,12 @@ def _stage_child(stage, event, queue):
     seconds = time.perf_counter() - started
     rows = sum((result.get("tables") or {}).values()) if stage != "ingest" else len(result)
     queue.put({"seconds": round(seconds, 2), "peak_mb": _peak_mb(), "baseline_mb": baseline, "rows": rows,
+               "event_bytes": len(json.dumps(event, default=str).encode()),
+               "result_bytes": len(json.dumps(result, default=str).encode()), "tmp_mb": _tree_mb(tmp),
                "more_waiting": bool(result.get("more_waiting")) if stage == "transform" else None,
                "result": result if stage == "transform" else None,
                "batches": rollup_share(batches) if stage == "load" else None, **spent})
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def invoke(stage, event=None):
@@ -91,7 +106,21 @@ def invoke(stage, event=None):
     child.join()
     if child.exitcode:
         raise SystemExit(f"{stage} failed (exit {child.exitcode})")
+    figures["limits"] = _limit_findings(stage, figures)
     return figures
+
+
+def _limit_findings(stage, figures):
+    """AWS's limits for this invocation (totesys_local.limits against main-terraform's sizes), printed."""
+    from totesys_local.limits import check
+    from totesys_local.terraform_values import function_limits
+    limits = function_limits()[stage]
+    findings = check(stage, limits, request_bytes=figures["event_bytes"],
+                     response_bytes=figures["result_bytes"], peak_mb=figures["peak_mb"],
+                     tmp_mb=figures["tmp_mb"])
+    for finding in findings:
+        print(f"  limit {finding.level}: {finding.message}", flush=True)
+    return [f"{finding.level}: {finding.message}" for finding in findings]
 
 
 def _load_average():
@@ -131,7 +160,8 @@ def backfill(scale, max_rows):
             figures["load"] = invoke("load", figures["transform"].pop("result"))
             rounds.append(figures)
             print(f"x{scale:g} batch {len(rounds)}: " + ", ".join(
-                f"{stage} {f['seconds']} s {f['peak_mb']} MB" for stage, f in figures.items())
+                f"{stage} {f['seconds']} s {f['peak_mb']} MB {f['tmp_mb']} MB /tmp "
+                f"{f['result_bytes']} B out" for stage, f in figures.items())
                 + f" (load average {_load_average()})", flush=True)
             if not figures["transform"]["more_waiting"]:
                 break
@@ -165,6 +195,10 @@ def backfill(scale, max_rows):
                                       "total_seconds": round(sum(r[stage]["seconds"] for r in rounds), 1)}
                               for stage in ("ingest", "transform", "load")},
                    "warehouse_rows_written": sum(r["load"]["rows"] for r in rounds),
+                   "limit_errors": sum(line.startswith("error") for r in rounds for stage in r.values()
+                                       for line in stage["limits"]),
+                   "limit_warnings": sum(line.startswith("warning") for r in rounds for stage in r.values()
+                                         for line in stage["limits"]),
                    "rollups_per_batch": [batch for r in rounds for batch in r["load"]["batches"]],
                    "incremental_load": incremental["load"]["batches"], "dashboard": dashboard,
                    "load_average": {"before": load_before, "after": _load_average()}}
@@ -191,6 +225,7 @@ def table(summaries):
             ("batch load: last / first", lambda s: s["batch_load_last_over_first"]),
             ("keys suspended / validated once (s)", lambda s: f"{s['keys_suspend_seconds']} / "
                                                               f"{s['keys_validate_seconds']}"),
+            ("limit findings (errors / warnings)", lambda s: f"{s['limit_errors']} / {s['limit_warnings']}"),
             ("peak MB ingest / transform / load", lambda s: " / ".join(
                 str(s["stages"][stage]["max_peak_mb"]) for stage in ("ingest", "transform", "load"))),
             ("verify: seconds (CPU)", lambda s: f"{s['verify']['seconds']} ({s['verify']['cpu_seconds']})"),
