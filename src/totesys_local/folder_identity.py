@@ -71,6 +71,21 @@ def check_databases(state_dir, urls, embedded, repoint, known=None):
         write_atomically(Path(state_dir) / DATABASES_FILE, json.dumps(record, indent=2).encode())
 
 
+def refuse_other_databases(state_dir, found):
+    """Raise DatabaseIdentityError when a database of ``found`` ({role: (URL, identity)}) is not the one the
+    folder records for that role; records nothing. For the commands that read a folder's landing zone
+    against the databases without running the pipeline (verify): another folder's databases would be
+    reported as thousands of differences, and resync suggested for them."""
+    recorded = recorded_databases(state_dir)
+    for role, (url, identity) in found.items():
+        entry = recorded.get(role)
+        if entry and not same_database(entry, identity):
+            raise DatabaseIdentityError(
+                f"the state folder {state_dir} belongs to the {role} database {entry['url']} "
+                f"({describe_identity(entry)}), not to {describe_url(url)} ({describe_identity(identity)}): "
+                "give the recorded database's URL, or the state folder of this one")
+
+
 def _identity(url):
     try:
         conn = connect_to_db(credentials=credentials_from_url(url))

@@ -334,6 +334,7 @@ def _summarise(output, seconds, elapsed, rounds=()):
             "deleted_rows": load_result.get("deleted_rows") or 0,
             "deleted": load_result.get("deleted") or {},
             "ignored_columns": state.get("ignored_columns") or {},
+            "held_deletes": state.get("held_deletes") or {},
             "seconds": seconds, "elapsed": elapsed,
             "bounds": _batch_bounds(manifest)}
 
@@ -355,6 +356,7 @@ def _summarise_rounds(rounds, state, seconds, elapsed):
             "rejected_rows": sum(rejected.values()), "rejected": rejected,
             "deleted_rows": sum(deleted.values()), "deleted": deleted,
             "ignored_columns": state.get("ignored_columns") or {},
+            "held_deletes": state.get("held_deletes") or {},
             "seconds": seconds, "elapsed": elapsed, "bounds": bounds,
             "rounds": [{"batch_id": (one.manifest or {}).get("batch_id"),
                         "ingested": sum(one.ingested.values()),
@@ -412,6 +414,7 @@ def print_summary(summary, warehouse_line, out=print):
         per_table = ", ".join(f"{table} {rows}" for table, rows in (summary.get("deleted") or {}).items())
         out(f"\n{deleted} rows deleted in totesys{f' ({per_table})' if per_table else ''}: gone from the "
             "current views, kept in the fact history; see etl_deleted_rows in the warehouse (make psql)")
+    _print_held_deletes(summary, out)
     for table, columns in (summary.get("ignored_columns") or {}).items():
         out(f"columns ignored in {table} (new in the source, not in the pipeline): {', '.join(columns)}")
     per_stage = ", ".join(f"{stage} {secs:.2f}" for stage, secs in summary["seconds"].items())
@@ -426,6 +429,15 @@ def print_summary(summary, warehouse_line, out=print):
         out(f"warning: {warning}")
     out(f"structured logs: {summary['log']}")
     out(f"warehouse: {warehouse_line}")
+
+
+def _print_held_deletes(summary, out):
+    """The deletions the mass-delete guard holds (the ingest state's ``held_deletes``), on every run until
+    approved: locally the run's output is the operator's alert (on AWS, DeletionsHeld e-mails)."""
+    for table, entry in sorted((summary.get("held_deletes") or {}).items()):
+        out(f"\nDELETIONS HELD: {table}: {entry['rows']:,} of {entry['table_rows']:,} rows deleted in "
+            "totesys, held by the mass-delete guard (still in the current views; approve: totesys "
+            f"deletes --approve {table})")
 
 
 def _print_rounds(summary, out):

@@ -54,8 +54,10 @@ def database_urls(args):
 
 def command_verify(args, out=print):
     """The exit status: 0 every table matched, 1 any mismatch, 2 when verify cannot run."""
+    from totesys_local import folder_identity
     from totesys_local.local_state import BUCKETS
     from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
+    from utils.db.identity import database_identity
     from utils.verify.report import render_json, render_text
     from utils.verify.run import verify
     try:
@@ -64,6 +66,10 @@ def command_verify(args, out=print):
         try:
             warehouse = connect_to_db(credentials=credentials_from_url(warehouse_url), role="warehouse")
             try:
+                # The landing zone is the recorded source's; the warehouse may be another one loaded from it
+                # (a rebuild into a new database), which read_landed checks against the ledger.
+                folder_identity.refuse_other_databases(
+                    args.state_dir, {"source": (source_url, database_identity(source))})
                 report = verify(source, warehouse, FolderS3(Path(args.state_dir) / "s3"),
                                 BUCKETS["INGEST_BUCKET"], _overlap_seconds())
             finally:

@@ -25,12 +25,17 @@ def test_run_verify_resync_deletes_rebuild(source_url, warehouse_url, new_databa
 
     run_sql(source_url, "TRUNCATE payment")
     assert main(["run", *urls]) == 0
-    capsys.readouterr()
+    assert "DELETIONS HELD: payment: 1 of 1 rows" in capsys.readouterr().out
+    assert main(["run", *urls]) == 0  # nothing new in totesys, the deletion still held: said every run
+    assert "DELETIONS HELD: payment" in capsys.readouterr().out
     assert main(["deletes", "--state-dir", str(tmp_path)]) == 0
     assert "payment: 1 of 1 rows deleted in totesys, held" in capsys.readouterr().out
     assert run_sql(warehouse_url, "SELECT count(*) FROM current_payment") == [[1]]
     assert main(["deletes", "--approve", "payment", *urls]) == 0
     assert run_sql(warehouse_url, "SELECT count(*) FROM current_payment") == [[0]]
+    capsys.readouterr()
+    assert main(["run", *urls]) == 0
+    assert "DELETIONS HELD" not in capsys.readouterr().out
     assert main(["verify", *urls]) == 0
 
     rebuilt = new_database()

@@ -97,3 +97,23 @@ def test_a_tampered_rollup_row_is_a_mismatch_named_by_its_key_until_the_rollups_
         close_db_connection(conn)
     assert verify_cli(loaded, state_dir) == 0
     assert "rollups: every dashboard rollup equals the current views" in capsys.readouterr().out
+
+
+def test_exit_2_when_the_state_folder_belongs_to_other_databases(loaded, state_dir, new_database, capsys):
+    """Another folder's landing zone compared with this warehouse would report every fact version as
+    never landed and suggest a resync: verify refuses (a folder of another source; a warehouse whose
+    ledger names none of the folder's batches), as run and resync do."""
+    from totesys_local import folder_identity
+    source, warehouse, _ = loaded
+    folder_identity.check_databases(state_dir, {"source": new_database(), "warehouse": warehouse},
+                                    {"source": False, "warehouse": False}, repoint=False)
+    assert verify_cli(loaded, state_dir) == 2
+    err = capsys.readouterr().err
+    assert "belongs to the source database" in err and "cannot run" in err
+    folder_identity.check_databases(state_dir, {"source": source, "warehouse": warehouse},
+                                    {"source": False, "warehouse": False}, repoint=True)
+    assert verify_cli(loaded, state_dir) == 0
+
+    run_sql(warehouse, "UPDATE etl_load_ledger SET batch_id = 'x' || batch_id")  # loaded by another folder
+    assert verify_cli(loaded, state_dir) == 2
+    assert "none of them from the landing zone" in capsys.readouterr().err

@@ -39,8 +39,9 @@ def loaded_batch_ids(conn):
 
 def read_landed(s3_client, bucket, loaded_ids) -> Landed:
     """Walk the ingest manifests; see the module docstring. Raises CorruptFileError for a missing or
-    malformed manifest, as the transform would, and when the bucket holds no batch though the
-    warehouse has loaded some (the wrong bucket: comparing with it would claim every fact is extra)."""
+    malformed manifest, as the transform would, and when the warehouse has loaded batches but none of
+    them is in the bucket (the wrong bucket, or a warehouse another state folder loads: comparing would
+    claim every fact version never landed)."""
     state, _ = read_state(s3_client, bucket, "ingest")
     if not state.get("manifest_key") and loaded_ids:
         raise CorruptFileError(f"the landing zone s3://{bucket} has no ingest batch, yet the warehouse has "
@@ -55,6 +56,10 @@ def read_landed(s3_client, bucket, loaded_ids) -> Landed:
             landed.manifests.append((key, manifest))
         else:
             landed.pending_manifests.append((key, manifest))
+    if loaded_ids and not landed.manifests:
+        raise CorruptFileError(f"the warehouse has loaded {len(loaded_ids)} batch(es), none of them from the "
+                               f"landing zone s3://{bucket} ({len(chain)} batch(es)): wrong bucket or state "
+                               "folder?", key="_state/ingest.json")
     landed.bounds = _bounds(state, landed.manifests, loaded_ids)
     return landed
 
