@@ -46,10 +46,12 @@ def refuse_missing_urls(state_dir, urls, repoint):
                 f"instead; add --repoint to do that deliberately")
 
 
-def check_databases(state_dir, urls, embedded, repoint, known=None):
+def check_databases(state_dir, urls, embedded, repoint, known=None, write=True):
     """Compare this run's databases (``urls``: {role: URL}; ``embedded``: {role: bool}) with the folder's
-    record, then record them. ``known``: {role: identity or None (unreachable)} already read by the
-    caller, so as not to connect again. Raises DatabaseIdentityError naming both when one differs and
+    record, then record them (``write``; else return the record for ``write_record`` to write once the
+    run has landed something: a run that fails before that must not tie the folder to its databases).
+    ``known``: {role: identity or None (unreachable)} already read by the caller, so as not to connect
+    again. Raises DatabaseIdentityError naming both when one differs and
     ``repoint`` is false."""
     recorded = recorded_databases(state_dir)
     record = dict(recorded)
@@ -67,7 +69,14 @@ def check_databases(state_dir, urls, embedded, repoint, known=None):
                 "point the folder at the new one deliberately (the pipeline goes on from the folder's "
                 "state as it stands)")
         record[role] = {"url": describe_url(urls[role]), "embedded": bool(embedded[role]), **found}
-    if record != recorded:
+    if write:
+        write_record(state_dir, record)
+    return record
+
+
+def write_record(state_dir, record):
+    """Write ``record`` (check_databases') as the folder's databases, when it changed."""
+    if record != recorded_databases(state_dir):
         write_atomically(Path(state_dir) / DATABASES_FILE, json.dumps(record, indent=2).encode())
 
 

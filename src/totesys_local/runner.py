@@ -493,8 +493,9 @@ def _run(args, state_dir, before=None, request=None):
     try:  # the folder's own databases, before the embedded cluster is started or seeded (folder_identity)
         folder_identity.refuse_missing_urls(state_dir, given, repoint)
         source_url, warehouse_url, pg = resolve_databases(source, warehouse, state_dir, print)
-        folder_identity.check_databases(state_dir, {"source": source_url, "warehouse": warehouse_url},
-                                        {"source": not source, "warehouse": not warehouse}, repoint, known)
+        record = folder_identity.check_databases(
+            state_dir, {"source": source_url, "warehouse": warehouse_url},
+            {"source": not source, "warehouse": not warehouse}, repoint, known, write=False)
     except DatabaseIdentityError as err:
         raise RunError(str(err)) from None
     print(f"  source    {describe_url(source_url)}")
@@ -503,7 +504,13 @@ def _run(args, state_dir, before=None, request=None):
         before(warehouse_url)
     if repoint:
         request = dict(request or {}, repoint_source=True)
-    summary = run_pipeline(source_url, warehouse_url, state_dir, request=request)
+    try:
+        summary = run_pipeline(source_url, warehouse_url, state_dir, request=request)
+    finally:
+        # The folder is tied to its databases once it holds an ingest state from them (a first run that
+        # fails before landing anything, e.g. with swapped URLs, leaves the folder free).
+        if (Path(state_dir) / "s3" / BUCKETS["INGEST_BUCKET"] / "_state" / "ingest.json").exists():
+            folder_identity.write_record(state_dir, record)
     if pg is not None and not warehouse:
         line = (f"PGPASSFILE={state_dir / 'pgpass'} psql -h {pg.info.host} -p {pg.info.port} "
                 f"-U {pg.info.user} {WAREHOUSE_DB}   (or: make psql)")

@@ -75,3 +75,18 @@ def test_a_state_folder_refuses_a_run_without_its_urls_or_with_other_databases(
     capsys.readouterr()
     assert json.loads((state / "databases.json").read_text())["source"]["url"] == describe_url(other)
     assert main(["run", "--source", other, "--warehouse", warehouse_url, "--state-dir", str(state)]) == 0
+
+
+def test_a_first_run_that_lands_nothing_does_not_tie_the_folder(tmp_path, capsys, totesys_url, warehouse_url):
+    """Swapped URLs: the first run fails before landing anything (the 'source' is the warehouse), so the
+    folder is not recorded as theirs and the corrected command runs without --repoint."""
+    state = tmp_path / "state"
+    swapped = ["--source", warehouse_url, "--warehouse", totesys_url]
+    assert main(["run", *swapped, "--state-dir", str(state)]) == 1
+    capsys.readouterr()
+    assert not (state / "databases.json").exists()
+    right = ["--source", totesys_url, "--warehouse", warehouse_url]
+    assert main(["run", *right, "--state-dir", str(state)]) == 0
+    recorded = json.loads((state / "databases.json").read_text())
+    assert recorded["source"]["url"] == describe_url(totesys_url)
+    assert recorded["warehouse"]["url"] == describe_url(warehouse_url)
