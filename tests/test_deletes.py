@@ -287,7 +287,8 @@ def test_a_deleted_department_inserted_again_closes_its_deletion(loaded):
                                "last_updated) VALUES ('Audit', 'Leeds', 'Ann Lee', now(), now()) "
                                "RETURNING department_id")[0][0]
     run_pipeline()
-    query(source, f"CREATE TABLE kept AS SELECT {columns} FROM department WHERE department_id = :i", i=department)
+    query(source, f"CREATE TABLE kept AS SELECT {columns} FROM department WHERE department_id = :i",
+          i=department)
     query(source, "DELETE FROM department WHERE department_id = :i", i=department)
     deleted_in = run_pipeline()[2]["batches"][0]
     assert deleted_rows(warehouse) == [("department", department, deleted_in, None)]

@@ -58,9 +58,10 @@ def close_reinserted(conn, tables, batch_id, source_ids=None):
 
 
 def record_deleted(conn, deleted_keys, tables, batch_id, source_ids=None):
-    """Close re-inserted deletions (``close_reinserted``), then record this batch's deleted keys (DELETED_SCHEMA table) in
-    etl_deleted_rows, inside the caller's transaction. Returns {source table: deletions newly
-    recorded} (a deletion already recorded counts nothing)."""
+    """Close re-inserted deletions (``close_reinserted``: ``tables`` and ``source_ids``), then record
+    this batch's deleted keys (DELETED_SCHEMA table) in etl_deleted_rows, inside the caller's
+    transaction. Returns {source table: deletions newly recorded} (a deletion already recorded counts
+    nothing)."""
     close_reinserted(conn, tables, batch_id, source_ids)
     if not deleted_keys.num_rows:
         return {}

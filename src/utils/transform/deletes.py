@@ -85,7 +85,8 @@ def read_source_ids(manifest, manifest_key):
     """
     entry = manifest.get("source_ids") or {}
     if not isinstance(entry, dict):
-        raise CorruptFileError(f"manifest {manifest_key}: entry 'source_ids' is not an object", key=manifest_key)
+        raise CorruptFileError(f"manifest {manifest_key}: entry 'source_ids' is not an object",
+                               key=manifest_key)
     for name, ids in entry.items():
         check_source_table(name)
         if not isinstance(ids, list) or not all(type(i) is int for i in ids):
