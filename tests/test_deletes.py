@@ -275,3 +275,38 @@ def test_key_sets_read_as_runs_are_exactly_the_tables_keys(totesys_url):
         assert read_keys(conn, "payment").tolist() == []
     finally:
         close_db_connection(conn)
+
+
+def test_a_deleted_department_inserted_again_closes_its_deletion(loaded):
+    """Defect 5 (docs/RELIABILITY.md): department has no warehouse table of its own (it is folded into
+    dim_staff), so its re-insert reaches the load only through the processed manifest's ``source_ids``;
+    its deletion must close as a fact's or a dimension's does."""
+    source, warehouse = loaded
+    columns = "department_id, department_name, location, manager, created_at"
+    department = query(source, "INSERT INTO department (department_name, location, manager, created_at, "
+                               "last_updated) VALUES ('Audit', 'Leeds', 'Ann Lee', now(), now()) "
+                               "RETURNING department_id")[0][0]
+    run_pipeline()
+    query(source, f"CREATE TABLE kept AS SELECT {columns} FROM department WHERE department_id = :i",
+          i=department)
+    query(source, "DELETE FROM department WHERE department_id = :i", i=department)
+    deleted_in = run_pipeline()[2]["batches"][0]
+    assert deleted_rows(warehouse) == [("department", department, deleted_in, None)]
+
+    query(source, f"INSERT INTO department ({columns}, last_updated) SELECT {columns}, now() FROM kept")
+    result = run_pipeline()[2]
+
+    reinserted_in = result["batches"][0]
+    assert deleted_rows(warehouse) == [("department", department, deleted_in, reinserted_in)]
+
+
+def test_a_source_ids_entry_that_is_not_a_list_of_ids_is_a_clear_error():
+    from utils.errors import UnknownTableError
+    from utils.transform.deletes import read_source_ids
+    assert read_source_ids({}, "m.json") == {}
+    assert read_source_ids({"source_ids": {"department": [1, 2]}}, "m.json") == {"department": [1, 2]}
+    for bad in ([1], {"department": "1"}, {"department": [1, "2"]}, {"department": [True]}):
+        with pytest.raises(CorruptFileError, match="manifest m.json: entry 'source_ids'"):
+            read_source_ids({"source_ids": bad}, "m.json")
+    with pytest.raises(UnknownTableError):
+        read_source_ids({"source_ids": {"pg_authid": [1]}}, "m.json")

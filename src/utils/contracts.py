@@ -95,6 +95,8 @@ class ProcessedManifest(TypedDict):
     tables: Dict[str, FileEntry]
     snapshots: Dict[str, str]
     rejected: NotRequired[FileEntry]
+    # ids of the batch's rows of source tables without a warehouse table (utils.transform.deletes)
+    source_ids: NotRequired[Dict[str, List[int]]]
 
 
 class TransformState(TypedDict, total=False):

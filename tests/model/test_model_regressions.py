@@ -3,7 +3,7 @@
 The two below are of issue 19's class (a committed version whose last_updated lies outside the ingest's
 window): switched off in the random histories until that fix is on main (MODEL_BACKDATED, MODEL_FUTURE),
 kept here as strict xfails: when the fix lands they pass, and strict xfail fails the suite until the
-marker is removed and the switches are turned on.
+marker is removed and the switches are turned on. The last (defect 5) is fixed: an ordinary test.
 """
 import time
 
@@ -114,4 +114,17 @@ def test_a_delete_after_a_run_killed_while_saving_leaves_the_current_view(model_
     state.first_load(kill=("local_save", 5))
     state.delete_row(pick=71, table="payment")
     state.run()
+    state.teardown()
+
+
+def test_a_department_deleted_and_inserted_again_closes_its_deletion(model_environment):
+    """Soak seed 117956801 (shrunk), docs/RELIABILITY.md defect 5: department 1 (no staff referencing
+    it) deleted, the deletion recorded by a run of one-row batches, the department inserted again under
+    its id, the final run. Department has no warehouse table of its own (it is folded into dim_staff);
+    its deletion must close (``reinserted_batch_id``) as a fact's or a dimension's does."""
+    state = PipelineHistory()
+    state.first_load(kill=None)
+    state.delete_row(pick=0, table="department")
+    state.run_with_small_batches(max_rows=1)
+    state.reinsert_deleted_id(pick=0)
     state.teardown()

@@ -8,7 +8,9 @@ them) and ``deleted_dimension_rows`` lists those whose source row is gone.
 
 Re-inserts: before a batch's deletions are recorded, every open deletion of a source id for which the
 batch brings a row (a fact version or a dimension row built from that source row) is closed with
-``reinserted_batch_id`` = this batch, so the id shows again in the current views. The transform drops
+``reinserted_batch_id`` = this batch, so the id shows again in the current views. A source table no
+warehouse table is keyed on (department) names its batch rows' ids in the manifest's ``source_ids``
+entry (``utils.transform.deletes``); those close the same way. The transform drops
 deleted rows from its snapshots, so a parent's change never re-emits a deleted child as if it had come
 back.
 """
@@ -23,20 +25,27 @@ from utils.logger import get_logger
 logger = get_logger("load")
 
 
-def close_reinserted(conn, tables, batch_id):
+def _batch_source_ids(tables, source_ids):
+    """[(source table, ids)] of the batch: from its warehouse rows and its ``source_ids`` entry."""
+    pairs = [(source, ids) for source, ids in (source_ids or {}).items() if ids]
+    for name, table in tables.items():
+        if name in WAREHOUSE_SOURCES and table is not None and table.num_rows:
+            source, id_column = WAREHOUSE_SOURCES[name]
+            pairs.append((source, pc.unique(table[id_column].combine_chunks()).to_pylist()))
+    return pairs
+
+
+def close_reinserted(conn, tables, batch_id, source_ids=None):
     """Close the open deletions of the source ids this batch's rows (``tables``: {warehouse table:
-    pyarrow Table}) come from; return {source table: deletions closed}."""
+    pyarrow Table}) come from, and of ``source_ids`` ({source table: [ids]}, the manifest's entry for
+    tables without a warehouse table); return {source table: deletions closed}."""
     deleted = identifier(DELETED)
     open_sources = {row[0] for row in conn.run(
         f"SELECT DISTINCT source_table FROM {deleted} WHERE reinserted_batch_id IS NULL")}  # nosec B608
     closed: dict[str, int] = {}
-    for name, table in tables.items():
-        if name not in WAREHOUSE_SOURCES:
+    for source, ids in _batch_source_ids(tables, source_ids):
+        if source not in open_sources:
             continue
-        source, id_column = WAREHOUSE_SOURCES[name]
-        if source not in open_sources or table is None or not table.num_rows:
-            continue
-        ids = pc.unique(table[id_column].combine_chunks()).to_pylist()
         rows = conn.run(f"UPDATE {deleted} SET reinserted_batch_id = :batch_id "  # nosec B608
                         "WHERE source_table = :source AND reinserted_batch_id IS NULL "
                         "AND source_id = ANY(CAST(:ids AS integer[])) RETURNING source_id",
@@ -48,11 +57,12 @@ def close_reinserted(conn, tables, batch_id):
     return closed
 
 
-def record_deleted(conn, deleted_keys, tables, batch_id):
-    """Close re-inserted deletions, then record this batch's deleted keys (DELETED_SCHEMA table) in
-    etl_deleted_rows, inside the caller's transaction. Returns {source table: deletions newly
-    recorded} (a deletion already recorded counts nothing)."""
-    close_reinserted(conn, tables, batch_id)
+def record_deleted(conn, deleted_keys, tables, batch_id, source_ids=None):
+    """Close re-inserted deletions (``close_reinserted``: ``tables`` and ``source_ids``), then record
+    this batch's deleted keys (DELETED_SCHEMA table) in etl_deleted_rows, inside the caller's
+    transaction. Returns {source table: deletions newly recorded} (a deletion already recorded counts
+    nothing)."""
+    close_reinserted(conn, tables, batch_id, source_ids)
     if not deleted_keys.num_rows:
         return {}
     conn.run("CREATE TEMPORARY TABLE stage_deleted (source_table text, source_id integer) ON COMMIT DROP")

@@ -29,7 +29,7 @@ from utils.load.rollups import update_rollups
 from utils.load.schema import ADVISORY_LOCK_KEY, DELETED, DIMENSION_VERSIONS, LEDGER, REJECTED, sql_type
 from utils.load.staging import start_staging
 from utils.logger import get_logger
-from utils.transform.deletes import read_deleted
+from utils.transform.deletes import read_deleted, read_source_ids
 from utils.transform.quarantine import REJECTED_SCHEMA, rejected_records
 
 # ERROR lines written per table and batch for newly rejected rows (one each); the rest is one summary line.
@@ -83,6 +83,7 @@ def load_batch(conn, s3_client, bucket, manifest_key, manifest, targets, connect
         rejected.append(bad)
     rejected = pa.concat_tables(rejected)
     deleted_keys = read_deleted(s3_client, bucket, manifest, manifest_key)
+    source_ids = read_source_ids(manifest, manifest_key)
     batch_id = manifest["batch_id"]
     # READ COMMITTED whatever the warehouse's default: each statement must see the stages the staging
     # connection committed before it (utils.load.staging).
@@ -110,7 +111,7 @@ def load_batch(conn, s3_client, bucket, manifest_key, manifest, targets, connect
                 counts[name] = merge_table(conn, name, tables[name], targets[name].names, staging)
         if newly_rejected:
             counts[REJECTED] = newly_rejected
-        newly_deleted = record_deleted(conn, deleted_keys, tables, batch_id)
+        newly_deleted = record_deleted(conn, deleted_keys, tables, batch_id, source_ids)
         if newly_deleted:
             counts[DELETED] = newly_deleted
         update_rollups(conn, batch_id, tables)  # the dashboard's aggregates, as current as the facts

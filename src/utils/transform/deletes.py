@@ -5,14 +5,25 @@ A deleted counterparty or staff member must leave the snapshots (address, counte
 staff) so that a later change to its address or department does not re-emit it as if it still
 existed: the warehouse would take that for a re-insert. The snapshot tables a batch's deletes changed
 are written as new snapshots like any other change.
+
+Re-inserts of source tables with no warehouse table of their own (department, folded into dim_staff):
+the load closes a deletion when the batch brings a row built from that source id, which it cannot see
+for such a table. The processed manifest's ``source_ids`` entry ({source table: [ids]}) names the ids
+of the batch's rows of these tables, so the load closes their open deletions too (defect 5,
+docs/RELIABILITY.md).
 """
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from utils.aws.objects import read_parquet_table
-from utils.catalog.source import PRIMARY_KEYS, check_source_table
+from utils.catalog.source import PRIMARY_KEYS, SOURCE_TABLES, check_source_table
+from utils.catalog.warehouse import WAREHOUSE_SOURCES
 from utils.errors import CorruptFileError
 from utils.ingest.deletes import DELETED_SCHEMA
+
+# Source tables no warehouse table is keyed on: their re-inserts reach the load only as ``source_ids``.
+UNSEEN_SOURCES = tuple(name for name in SOURCE_TABLES
+                       if name not in {source for source, _ in WAREHOUSE_SOURCES.values()})
 
 
 def read_deleted(s3_client, bucket, manifest, manifest_key):
@@ -53,3 +64,32 @@ def deleted_entry(deleted, key):
     counts = pa.TableGroupBy(deleted, "source_table").aggregate([("source_id", "count")])
     return {"key": key, "rows": deleted.num_rows,
             "tables": dict(zip(counts["source_table"].to_pylist(), counts["source_id_count"].to_pylist()))}
+
+
+def source_ids_entry(batch):
+    """The processed manifest's ``source_ids`` entry: {source table: sorted ids} of ``batch``'s rows
+    ({source table: pyarrow Table}) of the UNSEEN_SOURCES tables; {} when it has none."""
+    entry = {}
+    for name in UNSEEN_SOURCES:
+        table = batch.get(name)
+        if table is not None and table.num_rows:
+            entry[name] = sorted(pc.unique(table[PRIMARY_KEYS[name]].combine_chunks()).to_pylist())
+    return entry
+
+
+def read_source_ids(manifest, manifest_key):
+    """{source table: [ids]} from a processed manifest's ``source_ids`` entry (none: {}).
+
+    Raises CorruptFileError naming the manifest for an entry that is not {table: [integer ids]}, and
+    UnknownTableError for a source table outside the allow-list.
+    """
+    entry = manifest.get("source_ids") or {}
+    if not isinstance(entry, dict):
+        raise CorruptFileError(f"manifest {manifest_key}: entry 'source_ids' is not an object",
+                               key=manifest_key)
+    for name, ids in entry.items():
+        check_source_table(name)
+        if not isinstance(ids, list) or not all(type(i) is int for i in ids):
+            raise CorruptFileError(f"manifest {manifest_key}: entry 'source_ids' of {name} is not a list of "
+                                   "integer ids", key=manifest_key)
+    return entry

@@ -31,7 +31,7 @@ from utils.errors import CorruptFileError, InvalidEventError
 from utils.format_time import parse_time
 from utils.generate_file_key import generate_file_key
 from utils.logger import get_logger
-from utils.transform.deletes import deleted_entry, drop_deleted, read_deleted
+from utils.transform.deletes import deleted_entry, drop_deleted, read_deleted, source_ids_entry
 from utils.transform.quarantine import empty_rejected, split_future_rows
 from utils.transform.star import build_warehouse_batch
 
@@ -157,6 +157,9 @@ def transform_batch(s3_client, ingest_bucket, processed_bucket, ingest_key, inge
         manifest["rejected"] = {"key": key, "rows": rejected.num_rows}
         # One ERROR line per row is written by the load, when the row is recorded in etl_rejected_rows.
         logger.warning("rows set aside for quarantine", batch_id=batch_id, rows=rejected.num_rows, key=key)
+    source_ids = source_ids_entry(batch)
+    if source_ids:
+        manifest["source_ids"] = source_ids  # closes re-inserted deletions (utils.transform.deletes)
     if deleted.num_rows:
         key = generate_file_key(PROCESSED_DELETED_PREFIX, batch_time)
         _write_once(s3_client, processed_bucket, key, parquet_bytes(deleted))
