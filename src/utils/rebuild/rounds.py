@@ -8,7 +8,8 @@ landing zone in bounded rounds of the pipeline's state machine, like a backfill.
   the rebuild instead of their own work (the ingest runs as usual: what it lands is rebuilt too): the
   transform transforms the oldest pending ingest batches into the generation (``GenerationS3``), the load
   loads the oldest batches of the generation not in the ledger, each at most ``batches_per_invocation``
-  batches and ``MAX_BATCH_ROWS`` rows (always one batch at least), and says ``more_waiting`` when it left
+  batches and ``MAX_BATCH_ROWS`` rows of the order/payment tables (their facts, for the load), as one
+  round of a backfill takes (always one batch at least), and says ``more_waiting`` when it left
   some, so the state machine runs another round (up to its 24 per execution; the next execution
   continues). The load whose event and own work leave nothing marks the pointer ``finished``.
 - A failed invocation fails its execution (with the alert); the next execution continues where it stopped:
@@ -19,10 +20,12 @@ from datetime import datetime, timezone
 import boto3
 
 from utils.aws.state import read_state, write_state
+from utils.catalog.warehouse import FACTS
 from utils.config import load_settings
 from utils.contracts import RebuildPointer, RebuildRequest, RebuildRound
 from utils.errors import InvalidEventError
 from utils.format_time import format_time
+from utils.ingest.bounded import BOUNDED_TABLES
 from utils.load.run import load_pending, run_load, with_warehouse
 from utils.logger import get_logger
 from utils.rebuild.generation import GenerationS3, check_new, new_generation
@@ -118,16 +121,21 @@ def bounded(batches_per_invocation, max_rows, rows_of):
     return take
 
 
-def _manifest_rows(manifest):
-    return sum(entry.get("rows", 0) for entry in manifest.get("tables", {}).values()
-               if isinstance(entry, dict) and isinstance(entry.get("rows", 0), int))
+def _rows_of(tables):
+    """rows_of for ``bounded``: the rows of ``tables`` in a manifest (the tables MAX_BATCH_ROWS bounds in
+    an ingest manifest, the facts built from them in a processed one)."""
+    def rows_of(manifest):
+        entries = manifest.get("tables", {})
+        return sum(entries[name]["rows"] for name in tables
+                   if isinstance(entries.get(name), dict) and isinstance(entries[name].get("rows"), int))
+    return rows_of
 
 
 def transform_round(s3_client, ingest_bucket, processed_bucket, pointer, max_rows):
     """One bounded transform invocation of the rebuild ``pointer`` names; returns the TransformResult
     with ``rebuild``."""
     s3 = GenerationS3(s3_client, processed_bucket, pointer["generation"])
-    take = bounded(pointer["batches_per_invocation"], max_rows, _manifest_rows)
+    take = bounded(pointer["batches_per_invocation"], max_rows, _rows_of(BOUNDED_TABLES))
     result = transform_pending(s3, ingest_bucket, processed_bucket, take=take)
     result["rebuild"] = _round_event(pointer)["rebuild"]
     logger.info("rebuild round transformed", generation=pointer["generation"], batches=len(result["batches"]),
@@ -149,7 +157,7 @@ def load_round(conn, s3_client, processed_bucket, event, max_rows, connect=None)
         raise RebuildError(f"no rebuild of generation {rebuild['generation']} is underway (latest: "
                            f"{pointer.get('generation') or 'none'})")
     s3 = GenerationS3(s3_client, processed_bucket, pointer["generation"])
-    take = bounded(pointer["batches_per_invocation"], max_rows, _manifest_rows)
+    take = bounded(pointer["batches_per_invocation"], max_rows, _rows_of(FACTS))
     waiting = bool(event.get("more_waiting"))
     loaded = load_pending(conn, s3, processed_bucket, connect=connect, more_waiting=waiting, take=take)
     result = {"rebuild": _round_event(pointer)["rebuild"], "batches": loaded["batches"],
