@@ -10,8 +10,8 @@ def lambda_handler(event, context):
     """Event: the transform output ``{"batches": [...], "tables": {...}}`` (a dict; only logged).
 
     Loads every processed batch not yet in the warehouse ledger, oldest first, one transaction
-    each. ``{"start_rebuild": {...}}`` starts a rebuild on AWS and an event with ``rebuild`` loads a bounded
-    round of it (``utils.rebuild.rounds``). Returns ``{"batches": [batch_id, ...], "tables": {warehouse_table: rows}}``; raises
-    (after a CRITICAL log line) on any failure.
+    each. ``{"start_rebuild": {...}}`` starts a rebuild on AWS and an event with ``rebuild`` loads a
+    bounded round of it (``utils.rebuild.rounds``). Returns ``{"batches": [batch_id, ...], "tables":
+    {warehouse_table: rows}}``; raises (after a CRITICAL log line) on any failure.
     """
     return load_stage(event)

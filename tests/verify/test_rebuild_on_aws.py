@@ -14,8 +14,6 @@ from totesys_local.aws_emulation import (create_buckets, deploy_pipeline, emulat
                                          put_credentials_secret, wait_for_execution)
 from utils.errors import CorruptFileError
 
-pytestmark = pytest.mark.slow
-
 PROCESSED = "rb-processed"
 NEW_ORDERS = ("INSERT INTO sales_order (sales_order_id, created_at, last_updated, design_id, staff_id, "
               "counterparty_id, units_sold, unit_price, currency_id, agreed_delivery_date, "
@@ -98,6 +96,7 @@ def _pointer():
     return json.loads(body)
 
 
+@pytest.mark.slow  # several executions of the state machine: not in make test-fast
 def test_a_rebuild_runs_in_bounded_rounds_resumes_after_a_failure_and_equals_the_incremental_warehouse(
         engine, new_database, monkeypatch):
     _history(engine)
@@ -116,8 +115,8 @@ def test_a_rebuild_runs_in_bounded_rounds_resumes_after_a_failure_and_equals_the
     assert not boto3.client("s3").list_objects_v2(Bucket=PROCESSED, Prefix="_generations/").get("KeyCount")
 
     # Pointed at an empty database, the rebuild starts; the load of its third round fails before loading
-    # (the execution fails and alerts; that round's transform had written its batches). Without a row cap (MAX_BATCH_ROWS 0; test_bounded_rounds
-    # covers it), each invocation takes batches_per_invocation batches.
+    # (the execution fails and alerts; that round's transform had written its batches). Without a row cap
+    # (MAX_BATCH_ROWS 0; the bound on rows is tested below) each invocation takes batches_per_invocation.
     monkeypatch.setenv("MAX_BATCH_ROWS", "0")
     rebuilt = new_database()
     put_credentials_secret("rb/warehouse", rebuilt)
@@ -158,3 +157,86 @@ def test_a_rebuild_runs_in_bounded_rounds_resumes_after_a_failure_and_equals_the
     assert run_sql(rebuilt, "SELECT paid FROM current_payment WHERE payment_id = 1") == paid
     # A second rebuild into the now-loaded warehouse is refused like the first.
     assert engine["run"]({"rebuild": {}})["status"] == "FAILED"
+
+
+@pytest.mark.slow
+def test_the_load_without_its_rebuild_pointer_grant_fails_the_start_naming_action_and_resource(
+        monkeypatch, request):
+    """Under the production IAM rules less one statement, the rebuild's start is denied (with every statement
+    the same execution starts: the test above)."""
+    render = aws_emulation.render_policies
+
+    def without_pointer_grant(*args, **kwargs):
+        policies = render(*args, **kwargs)
+        for document in policies.values():
+            document["Statement"] = [statement for statement in document["Statement"]
+                                     if statement.get("Sid") != "WriteRebuildPointer"]
+        return policies
+
+    monkeypatch.setattr(aws_emulation, "render_policies", without_pointer_grant)
+    engine = request.getfixturevalue("engine")
+    result = engine["run"]({"rebuild": {}})
+    assert result["status"] == "FAILED", result
+    message = engine["alerts"]()[-1]["message"]
+    assert "stage rebuild start" in message and "AccessDenied" in message, message
+    assert f"s3:PutObject on arn:aws:s3:::{PROCESSED}/_state/rebuild.json" in message, message
+
+
+# -- the rounds' rules, without the state machine ---------------------------------------------------
+
+def _manifests(*rows):
+    return [(f"k{n}", {"tables": {"fact_sales_order": {"key": "x", "rows": count},
+                                  "dim_staff": {"key": "y", "rows": 99}}}) for n, count in enumerate(rows)]
+
+
+@pytest.mark.parametrize("batches, max_rows, rows, taken", [
+    (2, 0, (5, 5, 5), 2),       # the batch bound
+    (9, 10, (4, 5, 2), 2),      # the row bound (rows of the bounded tables only)
+    (9, 10, (4, 6, 1), 2),      # exactly at the row bound
+    (9, 3, (50, 1), 1),         # one batch over the row bound is still taken: progress
+    (9, 0, (50, 60, 70), 3),    # 0: no row cap
+])
+def test_a_round_takes_the_oldest_batches_within_both_bounds(batches, max_rows, rows, taken):
+    from utils.catalog.warehouse import FACTS
+    from utils.rebuild.rounds import _rows_of, bounded
+    pending = _manifests(*rows)
+    assert bounded(batches, max_rows, _rows_of(FACTS))(pending) == pending[:taken]
+
+
+@pytest.mark.parametrize("request_, named", [
+    ([], "must be a JSON object"),
+    ({"tables": ["dim_staff"]}, "unknown key"),
+    ({"generation": "a/b"}, "'generation'"),
+    ({"generation": ""}, "'generation'"),
+    ({"batches_per_invocation": 0}, "'batches_per_invocation'"),
+    ({"batches_per_invocation": 501}, "'batches_per_invocation'"),
+    ({"batches_per_invocation": True}, "'batches_per_invocation'"),
+    ({"batches_per_invocation": "2"}, "'batches_per_invocation'"),
+])
+def test_a_bad_rebuild_input_is_refused_naming_what_is_wrong(request_, named):
+    from utils.errors import InvalidEventError
+    from utils.rebuild.rounds import parse_request
+    with pytest.raises(InvalidEventError, match=named):
+        parse_request(request_)
+
+
+def test_only_the_rebuild_underway_can_be_continued_and_no_second_one_starts(s3, buckets):
+    from utils.aws.state import write_state
+    from utils.rebuild.rounds import load_round, start_rebuild
+    from utils.rebuild.run import RebuildError
+    processed = buckets["processed"]
+    with pytest.raises(RebuildError, match="no rebuild of generation g1 is underway .latest: none."):
+        start_rebuild(None, s3, processed, {"generation": "g1"})
+    write_state(s3, processed, "rebuild", {"generation": "g1", "finished": False, "started": "x",
+                                           "batches_per_invocation": 3}, None)
+    assert start_rebuild(None, s3, processed, {"generation": "g1"}) == {
+        "rebuild": {"generation": "g1", "batches_per_invocation": 3}, "batches": [], "tables": {}}
+    with pytest.raises(RebuildError, match="generation g1 is underway: every execution continues it"):
+        start_rebuild(None, s3, processed, {})
+    with pytest.raises(RebuildError, match="no rebuild of generation g0 is underway .latest: g1."):
+        load_round(None, s3, processed, {"rebuild": {"generation": "g0"}}, 0)
+    state = json.loads(s3.get_object(Bucket=processed, Key="_state/rebuild.json")["Body"].read())
+    write_state(s3, processed, "rebuild", {**state, "finished": True},
+                s3.head_object(Bucket=processed, Key="_state/rebuild.json")["ETag"])
+    with pytest.raises(RebuildError, match="no rebuild of generation g1 is underway"):
+        start_rebuild(None, s3, processed, {"generation": "g1"})

@@ -110,7 +110,8 @@ def bounded(batches_per_invocation, max_rows, rows_of):
     """``take`` for transform_pending/load_pending: the oldest batches up to ``batches_per_invocation``
     and ``max_rows`` rows (0: no row cap) by ``rows_of(manifest)``; always the first one."""
     def take(pending):
-        taken, rows = [], 0
+        taken: list = []
+        rows = 0
         for key, manifest in pending:
             more = rows_of(manifest)
             if taken and (len(taken) >= batches_per_invocation or (max_rows and rows + more > max_rows)):
