@@ -268,7 +268,6 @@ def test_write_prefixes_are_the_ones_the_code_uses():
         layout.PROCESSED_DELETED_PREFIX, layout.GENERATIONS_PREFIX}
 
 
-
 def test_state_machine_may_invoke_only_the_three_functions_and_publish_to_the_topic(main_stack):
     statements = main_stack["data"]["aws_iam_policy_document"]["state_machine"]["statement"]
     by_action = {}
