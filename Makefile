@@ -99,8 +99,12 @@ lint: check-pep8-compliance typecheck terraform-fmt checkov actionlint statelint
 typecheck: $(STAMP)
 	$(BIN)/mypy src/utils src/ingest.py src/transform.py src/load.py src/verify.py
 
+# Two workers (pytest-xdist), one test file each at a time (module fixtures seed once); each worker
+# starts its own throwaway cluster. PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 2
 run-pytest: $(STAMP) $(DASHBOARD_STAMP) chromium
-	TOTESYS_CHROMIUM=$(CHROMIUM) $(BIN)/pytest --cov --cov-report=term --cov-fail-under=90
+	TOTESYS_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15 \
+		--cov --cov-report=term --cov-fail-under=90
 
 test: lint security-checks run-pytest
 
