@@ -93,7 +93,7 @@ def test_the_current_view_shows_the_latest_version_after_the_clock_went_back(mod
                 a=amount))
             state.run()
         facts = run_sql(state.warehouse, "SELECT payment_amount FROM fact_payment WHERE payment_id = 3")
-        assert sorted(row[0] for row in facts)[-2:] == [111, 222]  # both versions are history
+        assert {111, 222} <= {row[0] for row in facts}  # both versions are history
         shown = run_sql(state.warehouse, "SELECT payment_amount FROM current_payment WHERE payment_id = 3")
         assert shown == [[222]], f"current_payment shows {shown}, the source has 222"
     finally:
