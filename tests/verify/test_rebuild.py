@@ -2,29 +2,12 @@
 import boto3
 import pytest
 
+from tests.support.compare import contents, relations
 from tests.support.db import connect, run_sql
 from tests.support.pipeline import run_pipeline
 from utils.db.connection import close_db_connection
 from utils.errors import ObjectExistsError
 from utils.rebuild.run import RebuildError, rebuild_warehouse
-
-# Columns the warehouse's own clock fills (when a row was loaded, detected, rejected): not data.
-CLOCK_COLUMNS = {"loaded_at", "detected_at", "rejected_at"}
-
-
-def relations(url):
-    return [row[0] for row in run_sql(
-        url, "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' "
-             "AND table_name NOT LIKE 'etl_stage_%' ORDER BY 1")]
-
-
-def contents(url, relation):
-    columns = [row[0] for row in run_sql(
-        url, "SELECT column_name::text FROM information_schema.columns WHERE table_schema = 'public' "
-             "AND table_name = :t ORDER BY ordinal_position", t=relation)]
-    kept = ", ".join(f'"{c}"' for c in columns if c not in CLOCK_COLUMNS)
-    rows = run_sql(url, f'SELECT {kept} FROM "{relation}"')
-    return sorted(tuple(str(value) for value in row) for row in rows)
 
 
 def rebuild_into(url, buckets, generation=None):
