@@ -1,16 +1,18 @@
 """The dashboard's rollups: small aggregates of the current state, kept by the load in each batch's own
 transaction, so they are exactly as current as the facts (DDL: ``utils/catalog/sql/rollups.sql``).
 
-Each rollup sums, per key, a few measures of the rows of one ``current_*`` view (the latest version of
-each order or payment whose deletion is not open). A batch changes the current row of an id when it
-appends a version of it, records its deletion or closes its deletion (a re-insert); a batch that renames
-a design moves its current orders to the new name in ``rollup_sales_by_design``. ``update_rollups``
-(called by the load just before the ledger row) finds those ids, the "touched" ones: fact rows with a
-record id above the state's ``last_record_id`` (loads are serialised by the advisory lock, so the serial
-ids of a batch are above every earlier batch's) and the deletions recorded or closed by this batch. For
-them it subtracts their current row as it was before the batch (versions up to ``last_record_id``,
-deletions open before the batch) and adds their current row now, grouped per rollup key, as upserts;
-groups left with no row are removed.
+Each rollup sums, per key, a few measures of the rows of one ``current_*`` view (the version loaded last
+of each order or payment whose deletion is not open: greatest ``etl_load_order``, then last_updated). A
+batch changes the current row of an id when it appends a version of it, re-marks a version already held
+as current (``utils.load.merge._remark_held``), records its deletion or closes its deletion (a
+re-insert); a batch that renames a design moves its current orders to the new name in
+``rollup_sales_by_design``. ``update_rollups`` (called by the load just before the ledger row) finds
+those ids, the "touched" ones: fact rows with a record id above the state's ``last_record_id`` (loads
+are serialised by the advisory lock, so the serial ids of a batch are above every earlier batch's), the
+ids the batch re-marked, and the deletions recorded or closed by this batch. For them it subtracts their
+current row as it was before the batch (versions up to ``last_record_id`` with a load order below the
+batch's: a re-marked version was not current before) and adds their current row now, grouped per rollup
+key, as upserts; groups left with no row are removed.
 
 A warehouse without the rollups (or with an older definition) gets them created and filled from the
 current views by the first load that sees it (a load whose role may not create tables loads its batch
@@ -33,7 +35,7 @@ ROLLUP_DDL = WAREHOUSE_DDL.with_name("rollups.sql")
 STATE = "etl_rollup_state"
 DESIGN_NAMES = "rollup_design_name"
 # Bump when a rollup's keys or measures change: warehouses holding another definition are rebuilt.
-DEFINITION = 1
+DEFINITION = 2  # 2: current rows chosen by load order (docs/RELIABILITY.md defect 3)
 INSUFFICIENT_PRIVILEGE = "42501"
 # Rows of each differing rollup that compare_rollups reports as examples.
 EXAMPLES = 5
@@ -122,11 +124,13 @@ def rollups_current(state):
 
 # -- the load's hook ----------------------------------------------------------------------------------
 
-def update_rollups(conn, batch_id, tables):
+def update_rollups(conn, batch_id, tables, load_order, remarked=None):
     """Bring the rollups up to date with what this batch did, inside the batch's transaction (after its
     facts, dimensions and deletions are written, before COMMIT). ``tables``: the batch's {warehouse
-    table: pyarrow Table} (its dim_design rows say which designs may have been renamed). Creates and
-    fills the rollups when the warehouse has none or another definition. Returns the facts updated.
+    table: pyarrow Table} (its dim_design rows say which designs may have been renamed); ``load_order``:
+    the batch's; ``remarked``: {fact table: ids whose held version the batch made current again}.
+    Creates and fills the rollups when the warehouse has none or another definition. Returns the facts
+    updated.
 
     Cost: two small queries for the state, one for what changed, then one statement per fact that changed
     (and two small ones when the batch brings designs); a fact the batch did not change costs nothing
@@ -134,15 +138,16 @@ def update_rollups(conn, batch_id, tables):
     state = rollup_state(conn)
     if not rollups_current(state):
         return list(FACT_SOURCES) if _create_rollups(conn, batch_id) else []
-    changed = _changed_facts(conn, state, batch_id)
+    remarked = remarked or {}
+    changed = _changed_facts(conn, state, batch_id) | set(remarked)
     design_ids = _batch_ids(tables.get("dim_design"), "design_id")
     renamed = _renamed_designs(conn, design_ids)
     updated = []
     for fact, source in FACT_SOURCES.items():
         if fact in changed or (source.label and renamed):
-            sql = _update_sql(source, renamed if source.label else [])
+            sql = _update_sql(source, renamed if source.label else [], bool(remarked.get(fact)))
             params = {"mark": state[fact][0], "source": source.source, "batch_id": batch_id, "fact": fact,
-                      "renamed": renamed}
+                      "renamed": renamed, "load_order": load_order, "remarked": remarked.get(fact)}
             conn.run(sql, **{name: value for name, value in params.items() if f":{name}" in sql})
             updated.append(fact)
     _record_design_names(conn, design_ids)
@@ -191,20 +196,22 @@ def _batch_ids(table, column):
 
 def _current_rows(source, before):
     """SELECT of the current row of each id in ``held``: now, or (``before``) as it was before the
-    batch (versions up to :mark, deletions recorded by an earlier batch and open until this one). Per id,
-    the latest version is the first row of the version index read backwards ((id, last_updated) is
-    unique, so no tie is left for the view's record-id tie-break): index probes per touched id, whatever
-    the fact table's size or statistics."""
+    batch (versions up to :mark with a load order below the batch's :load_order, so a version the batch
+    re-marked, which was not current, is left out; deletions recorded by an earlier batch and open until
+    this one). Per id, the current version is the one of greatest (load order, last_updated) ((id,
+    last_updated) is unique, so no tie is left for the view's record-id tie-break): an index probe on
+    the version index's id per touched id (its few versions sorted), whatever the fact table's size or
+    statistics."""
     fact, id_column = identifier(source.fact), identifier(source.id_column)
     if before:
         is_open = "d.batch_id <> :batch_id " \
                   "AND (d.reinserted_batch_id IS NULL OR d.reinserted_batch_id = :batch_id)"
-        versions = f"AND f.{identifier(source.record_column)} <= :mark "
+        versions = f"AND f.{identifier(source.record_column)} <= :mark AND f.etl_load_order < :load_order "
     else:
         is_open, versions = "d.reinserted_batch_id IS NULL", ""
     return (f"SELECT v.* FROM held t CROSS JOIN LATERAL (SELECT f.* FROM {fact} f "  # nosec B608
             f"WHERE f.{id_column} = t.id {versions}"
-            "ORDER BY f.last_updated_date DESC, f.last_updated_time DESC LIMIT 1) v "
+            "ORDER BY f.etl_load_order DESC, f.last_updated_date DESC, f.last_updated_time DESC LIMIT 1) v "
             f"WHERE NOT EXISTS (SELECT 1 FROM {identifier(DELETED)} d WHERE d.source_table = :source "
             f"AND d.source_id = t.id AND {is_open})")
 
@@ -224,8 +231,8 @@ def _renamed_rows(source):
     version of its id, no open deletion), as the view defines them."""
     fact, id_column = identifier(source.fact), identifier(source.id_column)
     record = identifier(source.record_column)
-    order = f"(n.last_updated_date, n.last_updated_time, n.{record}) > " \
-            f"(f.last_updated_date, f.last_updated_time, f.{record})"
+    order = f"(n.etl_load_order, n.last_updated_date, n.last_updated_time, n.{record}) > " \
+            f"(f.etl_load_order, f.last_updated_date, f.last_updated_time, f.{record})"
     return (f"SELECT f.* FROM {fact} f WHERE f.design_id = ANY(CAST(:renamed AS integer[])) "  # nosec B608
             f"AND NOT EXISTS (SELECT 1 FROM touched t WHERE t.id = f.{id_column}) "
             f"AND NOT EXISTS (SELECT 1 FROM {fact} n WHERE n.{id_column} = f.{id_column} AND {order}) "
@@ -242,15 +249,16 @@ def _new_rows(source):
     record = identifier(source.record_column)
     return (f"SELECT * FROM (SELECT DISTINCT ON (f.{id_column}) f.* FROM {fact} f "  # nosec B608
             f"JOIN touched t ON t.id = f.{id_column} AND NOT t.held WHERE f.{record} > :mark "
-            f"ORDER BY f.{id_column}, f.last_updated_date DESC, f.last_updated_time DESC, "
-            f"f.{record} DESC) v "
+            f"ORDER BY f.{id_column}, f.etl_load_order DESC, f.last_updated_date DESC, "
+            f"f.last_updated_time DESC, f.{record} DESC) v "
             f"WHERE NOT EXISTS (SELECT 1 FROM {identifier(DELETED)} d WHERE d.source_table = :source "
             f"AND d.source_id = v.{id_column} AND d.reinserted_batch_id IS NULL)")
 
 
-def _update_sql(source, renamed):
+def _update_sql(source, renamed, remarked=False):
     """One statement bringing ``source``'s rollups and its state row up to date: ``touched`` (ids with a
-    record above :mark or a deletion recorded or closed by :batch_id, each with ``held``: the warehouse
+    record above :mark, re-marked by the batch (``remarked``: the ids are :remarked) or with a deletion
+    recorded or closed by :batch_id, each with ``held``: the warehouse
     held a version of it before the batch), ``held`` (those ids), ``delta`` (-1 x each held id's current
     row before the batch, labelled as the rollups filed it; +1 x its current row now, labelled as
     dim_design names it; +1 x the current row of each new id (``_new_rows``); with ``renamed``, the move
@@ -268,6 +276,8 @@ def _update_sql(source, renamed):
     touched = (f"SELECT {identifier(source.id_column)} AS id FROM {identifier(source.fact)} "  # nosec B608
                f"WHERE {record} > :mark UNION SELECT source_id FROM {identifier(DELETED)} "
                "WHERE source_table = :source AND (batch_id = :batch_id OR reinserted_batch_id = :batch_id)")
+    if remarked:
+        touched += " UNION SELECT unnest(CAST(:remarked AS integer[]))"
     # A scalar subquery with LIMIT is an index probe per touched id: unlike EXISTS or a join, the
     # planner cannot answer it by hashing the whole history (seconds at x100, for a batch of any size).
     fact, id_column = identifier(source.fact), identifier(source.id_column)
