@@ -10,8 +10,8 @@ def cli(*argv):
     return run_in_process(build_parser().parse_args(list(argv)))
 
 
-def test_status_shows_the_retained_wal_drop_slot_removes_it_and_pending_shows_it(source_url, cdc_mode,
-                                                                               capsys):
+def test_status_shows_the_retained_wal_drop_slot_removes_it_and_pending_shows_it(
+        source_url, cdc_mode, capsys):
     conn = connect(source_url)
     try:
         create_slot(conn, cdc_mode)
