@@ -6,9 +6,10 @@
    take a consistent full snapshot instead (``fallback``);
 2. if the slot is behind the state pointer's ``cdc.lsn`` (the previous run died after committing its batch
    and before advancing), advance it there: those changes are landed already;
-3. one statement fixes the run: batch time, the source's wall clock, zone and ``pg_current_snapshot()``,
-   then ``upto`` = ``pg_current_wal_insert_lsn()``; wait until the WAL is flushed to ``upto`` (decoding reads
-   no further), check the source schema;
+3. one statement fixes the run: batch time, the source's wall clock, zone and ``pg_current_snapshot()``;
+   then ``upto`` = the WAL flush position after a synchronous one-message commit (``slot.flush_wal``:
+   decoding reads no further than the flush, and every commit the snapshot sees is below it); check the
+   source schema;
 4. peek the slot's changes up to ``upto`` and fold them per key (``TableChanges``): the last version of each
    row, the keys inserted and deleted;
 5. land each table's rows as a Parquet file (``ParquetSink``: LANDING_SCHEMAS, the same checks as a COPY),
@@ -21,7 +22,6 @@ the run's xmin committed (and was flushed) before ``upto``, so its rows are land
 previous ones plus inserts minus deletes. Switching back to INGEST_MODE=cursor continues from them.
 """
 import json
-import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Dict, Optional
@@ -40,7 +40,7 @@ from utils.generate_file_key import generate_file_key
 from utils.ingest.cdc.decode import CdcDecodeError, parse_line
 from utils.ingest.cdc.fallback import snapshot_reason, take_snapshot
 from utils.ingest.cdc.metric import emit_retained_wal
-from utils.ingest.cdc.slot import (advance_slot, check_prerequisites, flushed_lsn, lsn_int, peek_changes,
+from utils.ingest.cdc.slot import (advance_slot, check_prerequisites, flush_wal, lsn_int, peek_changes,
                                    slot_info)
 from utils.ingest.deletes import read_previous_keys, write_deleted, write_key_set
 from utils.ingest.run import ADVISORY_LOCK_KEY, STAGE
@@ -50,8 +50,6 @@ from utils.ingest.source_identity import with_source_identity
 from utils.logger import get_logger
 
 CDC_STATE = "cdc"
-# How long a run waits for the WAL to be flushed up to its ``upto`` (asynchronous commits).
-FLUSH_WAIT_SECONDS = 5.0
 
 logger = get_logger(STAGE)
 
@@ -128,9 +126,9 @@ def land_changes(conn, s3_client, bucket, state, etag, slot, settings):
         logger.info("slot behind the state pointer: advanced to it (the previous run stopped before "
                     "advancing it; its batch is landed)", slot=name, lsn=landed_lsn)
         advance_slot(conn, name, landed_lsn)
-    batch_time, wall_now, zone, snapshot, dst_shift, upto, schema = conn.run(
-        WINDOW_SQL + ", pg_current_wal_insert_lsn()::text, current_schema()::text")[0]
-    _wait_for_flush(conn, upto)
+    batch_time, wall_now, zone, snapshot, dst_shift, schema = conn.run(
+        WINDOW_SQL + ", current_schema()::text")[0]
+    upto = flush_wal(conn)
     ignored = check_source_schema(conn, SOURCE_TABLES)
     changes = fold_changes(peek_changes(conn, name, upto), schema)
     prev_tables = _prev_tables_in_zone(conn, state, zone)
@@ -207,15 +205,3 @@ def _csv_line(table, names, row, lsn):
         value = row[column]
         fields.append("" if value is None else '"' + value.replace('"', '""') + '"')
     return (",".join(fields) + "\n").encode()
-
-
-def _wait_for_flush(conn, upto):
-    """Wait (at most FLUSH_WAIT_SECONDS) until the server's WAL is flushed up to ``upto``: decoding stops
-    at the flush position, and a commit below ``upto`` not yet flushed (synchronous_commit = off) would
-    otherwise be read only by the next run while this one's state claimed it."""
-    deadline = time.monotonic() + FLUSH_WAIT_SECONDS
-    while lsn_int(flushed_lsn(conn)) < lsn_int(upto):
-        if time.monotonic() > deadline:
-            raise ConcurrentRunError(f"the source's WAL was not flushed up to {upto} within "
-                                     f"{FLUSH_WAIT_SECONDS:.0f} s; try later")
-        time.sleep(0.005)

@@ -12,6 +12,7 @@ from utils.errors import TotesysError
 
 PLUGIN = "test_decoding"
 DEFAULT_SLOT_NAME = "totesys_cdc"
+MESSAGE_PREFIX = "totesys-cdc"
 # test_decoding's options: no xids in BEGIN/COMMIT lines, no empty transactions.
 PEEK_OPTIONS = ("include-xids", "0", "skip-empty-xacts", "1")
 # What a role needs besides wal_level = logical: the REPLICATION attribute (or superuser), or on Amazon RDS
@@ -113,6 +114,17 @@ def advance_slot(conn, name, lsn):
     conn.run("SELECT pg_replication_slot_advance(:name, CAST(:lsn AS pg_lsn))", name=name, lsn=lsn)
 
 
-def flushed_lsn(conn):
-    """The server's WAL flush position (LSN text): decoding reads no further."""
+def flush_wal(conn):
+    """Flush the server's WAL up to now and return the flush position (LSN text): decoding reads no further
+    than it. A one-message transaction committed with ``synchronous_commit = on`` flushes every record
+    before its own, so every commit already visible (also an asynchronous one, whose record may still sit
+    unflushed) is below the returned LSN. The message (prefix ``MESSAGE_PREFIX``) is no row change."""
+    conn.run("START TRANSACTION")
+    try:
+        conn.run("SET LOCAL synchronous_commit = on")
+        conn.run("SELECT pg_logical_emit_message(true, :prefix, '')", prefix=MESSAGE_PREFIX)
+        conn.run("COMMIT")
+    except BaseException:
+        conn.run("ROLLBACK")
+        raise
     return conn.run("SELECT pg_current_wal_flush_lsn()::text")[0][0]
