@@ -22,6 +22,7 @@ the run's xmin committed (and was flushed) before ``upto``, so its rows are land
 previous ones plus inserts minus deletes. Switching back to INGEST_MODE=cursor continues from them.
 """
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Dict, Optional
@@ -50,6 +51,8 @@ from utils.ingest.source_identity import with_source_identity
 from utils.logger import get_logger
 
 CDC_STATE = "cdc"
+# Threads writing one batch's objects to S3 (and reading the previous key sets) at the same time.
+S3_THREADS = 8
 
 logger = get_logger(STAGE)
 
@@ -135,22 +138,21 @@ def land_changes(conn, s3_client, bucket, state, etag, slot, settings):
     highs = {table: max(wall_now, parse_time(prev_tables[table]["high"])) for table in SOURCE_TABLES}
     ahead = timedelta(seconds=dst_shift + settings.ingest_future_tolerance_seconds)
     future_from = {table: format_time(highs[table] + ahead) for table in SOURCE_TABLES}
-    landed, deleted, keys = {}, {}, {}
-    for table, found in changes.items():
-        entry = _land_rows(s3_client, bucket, table, found, batch_time, {
-            "low": prev_tables[table]["high"], "high": format_time(highs[table]), "snapshot": snapshot,
-            "future_from": future_from[table]})
-        if entry:
-            landed[table] = entry
-        if found.inserted or found.deleted:
-            previous = read_previous_keys(s3_client, bucket, table, prev_tables[table]["keys"])
-            gone = np.intersect1d(previous, _int32(found.deleted))
-            if gone.size:
-                deleted[table] = gone
-                logger.info("deletes captured", table=table, rows=int(gone.size))
-            current = np.setdiff1d(np.union1d(previous, _int32(found.inserted)), gone, assume_unique=True)
-            if not np.array_equal(current, previous):
-                keys[table] = write_key_set(s3_client, bucket, table, batch_time, current)
+    bounds = {table: {"low": prev_tables[table]["high"], "high": format_time(highs[table]),
+                      "snapshot": snapshot, "future_from": future_from[table]} for table in changes}
+
+    def land(table):
+        found = changes[table]
+        return table, (_land_rows(s3_client, bucket, table, found, batch_time, bounds[table]),
+                       *_changed_keys(s3_client, bucket, table, found, batch_time,
+                                      prev_tables[table]["keys"]))
+
+    # Each table's S3 reads and writes are independent: one round trip for all of them, not one per object.
+    with ThreadPoolExecutor(max_workers=S3_THREADS, thread_name_prefix="cdc-land") as pool:
+        done = dict(pool.map(land, list(changes)))
+    landed = {table: entry for table, (entry, _, _) in done.items() if entry}
+    deleted = {table: gone for table, (_, gone, _) in done.items() if gone is not None and gone.size}
+    keys = {table: key for table, (_, _, key) in done.items() if key}
     tables = {table: dict(prev_tables[table], high=format_time(highs[table]), snapshot=snapshot,
                           future_from=future_from[table], keys=keys.get(table, prev_tables[table]["keys"]))
               for table in SOURCE_TABLES}
@@ -176,6 +178,29 @@ def land_changes(conn, s3_client, bucket, state, etag, slot, settings):
     return {table: entry["key"] for table, entry in landed.items()}
 
 
+def _changed_keys(s3_client, bucket, table, found, batch_time, previous_key):
+    """(the deleted keys that were in the previous key set, the key of the new key-set object) of one
+    table's changes; (None, None) when no key was inserted or deleted."""
+    if not (found.inserted or found.deleted):
+        return None, None
+    previous = read_previous_keys(s3_client, bucket, table, previous_key)
+    deleted, inserted = _int32(found.deleted), _int32(found.inserted)
+    gone = deleted[_in_sorted(deleted, previous)]
+    if gone.size:
+        logger.info("deletes captured", table=table, rows=int(gone.size))
+    added = inserted[~_in_sorted(inserted, previous)]
+    if not added.size and not gone.size:
+        return gone, None
+    current = previous
+    if gone.size:
+        current = np.delete(current, np.searchsorted(current, gone))
+    if added.size:
+        # New keys come from a serial: nearly always above every key held, an append and not a sort.
+        current = (np.concatenate([current, added]) if not current.size or added[0] > current[-1]
+                   else np.union1d(current, added))
+    return gone, write_key_set(s3_client, bucket, table, batch_time, current)
+
+
 def _land_rows(s3_client, bucket, table, found, batch_time, bounds) -> Optional[dict]:
     """Write ``found.rows`` of ``table`` as its Parquet file; return the manifest entry (None: no rows)."""
     if not found.rows:
@@ -192,8 +217,17 @@ def _land_rows(s3_client, bucket, table, found, batch_time, bounds) -> Optional[
 
 
 def _int32(keys):
-    """A set of keys as an int32 numpy array."""
-    return np.fromiter(keys, np.int64, len(keys)).astype(np.int32)
+    """A set of keys as a sorted int32 numpy array."""
+    return np.sort(np.fromiter(keys, np.int64, len(keys)).astype(np.int32))
+
+
+def _in_sorted(values, held):
+    """Boolean mask: which of ``values`` are in the sorted array ``held`` (binary search, no sort of
+    ``held``: a few changed keys against a million held ones)."""
+    if not held.size:
+        return np.zeros(values.shape, dtype=bool)
+    positions = np.minimum(np.searchsorted(held, values), held.size - 1)
+    return held[positions] == values
 
 
 def _csv_line(table, names, row, lsn):
