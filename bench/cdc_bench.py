@@ -32,6 +32,24 @@ def _timed(mode):
 
 
 def run(ctx):
+    """The figures on ``ctx["source_url"]``; the environment and the source are left as they were (the
+    slot is dropped at the end)."""
+    saved = dict(os.environ)
+    try:
+        return _run(ctx)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
+        from utils.ingest.cdc.slot import drop_slot
+        conn = connect_to_db(credentials=credentials_from_url(ctx["source_url"]))
+        try:
+            drop_slot(conn, "bench_cdc")
+        finally:
+            close_db_connection(conn)
+
+
+def _run(ctx):
     from totesys_local.aws_emulation import account_environment, create_buckets, put_credentials_secret
     from totesys_local.generator import simulate
     os.environ.update(account_environment(PROCESSED_BUCKET="bench-processed",

@@ -42,7 +42,8 @@ def change_source(source):
         run_sql(source, sql)
 
 
-def test_first_run_snapshots_then_changes_land_and_the_slot_advances_after_the_state(loaded, buckets):
+def test_first_run_snapshots_changes_land_the_slot_advances_after_the_state_even_across_a_kill(
+        loaded, buckets, monkeypatch):
     source, warehouse, slot = loaded
     s3 = boto3.client("s3")
     state, _ = read_state(s3, buckets["ingest"], "ingest")
@@ -67,6 +68,28 @@ def test_first_run_snapshots_then_changes_land_and_the_slot_advances_after_the_s
     state, _ = read_state(s3, buckets["ingest"], "ingest")
     assert state["manifest_key"] == before and slot_row(source, slot)[0] == state["cdc"]["lsn"]
 
+    # Killed after the batch and the state pointer landed, before the slot advanced: nothing lands twice.
+    run_sql(source, "UPDATE payment SET paid = NOT paid, last_updated = localtimestamp WHERE payment_id = 5")
+    run_sql(source, "DELETE FROM payment WHERE payment_id = 11")
+    position = slot_row(source, slot)[0]
+
+    def killed(*args):
+        raise KeyboardInterrupt("killed before the slot advanced")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cdc_run, "advance_slot", killed)
+        with pytest.raises(KeyboardInterrupt):
+            cdc_run_once()
+    assert slot_row(source, slot)[0] == position  # the slot did not move
+    assert read_state(s3, buckets["ingest"], "ingest")[0]["cdc"]["lsn"] != position  # the batch landed
+    run_sql(source, "UPDATE payment SET paid = NOT paid, last_updated = localtimestamp WHERE payment_id = 4")
+
+    run_pipeline()  # the killed batch (in the state pointer) and the new change
+    assert max(landed_versions(s3, buckets["ingest"]).values()) == 1  # no change was landed twice
+    state, _ = read_state(s3, buckets["ingest"], "ingest")
+    assert slot_row(source, slot)[0] == state["cdc"]["lsn"]
+    assert_warehouse_exact(source, warehouse)
+
 
 def cdc_run_once():
     import ingest
@@ -77,26 +100,3 @@ def run_pipeline_from(files):
     import load
     import transform
     return load.lambda_handler(transform.lambda_handler(files, None), None)
-
-
-def test_a_kill_after_landing_and_before_advancing_the_slot_lands_nothing_twice(loaded, buckets, monkeypatch):
-    source, warehouse, slot = loaded
-    change_source(source)
-    position = slot_row(source, slot)[0]
-
-    def killed(*args):
-        raise KeyboardInterrupt("killed before the slot advanced")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(cdc_run, "advance_slot", killed)
-        with pytest.raises(KeyboardInterrupt):
-            cdc_run_once()
-    assert slot_row(source, slot)[0] == position  # landed, but the slot did not move
-    run_sql(source, "UPDATE payment SET paid = NOT paid, last_updated = localtimestamp WHERE payment_id = 4")
-
-    run_pipeline()  # the killed batch (in the state pointer) and the new change
-    s3 = boto3.client("s3")
-    assert max(landed_versions(s3, buckets["ingest"]).values()) == 1  # no change was landed twice
-    state, _ = read_state(s3, buckets["ingest"], "ingest")
-    assert slot_row(source, slot)[0] == state["cdc"]["lsn"]
-    assert_warehouse_exact(source, warehouse)
