@@ -88,7 +88,7 @@ def test_the_start_up_check_names_everything_missing_in_one_line():
     check_prerequisites(Answers(("logical", True)))
 
 
-def test_a_role_without_replication_is_refused_before_anything_is_read(env, cdc_mode):
+def test_a_role_without_replication_is_refused_before_anything_is_read_and_with_it_runs(env, cdc_mode):
     s3, bucket, url = env
     run_sql(url, "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'cdc_reader') THEN "
                  "CREATE ROLE cdc_reader LOGIN PASSWORD 'pw' NOREPLICATION; END IF; END $$")
@@ -97,6 +97,15 @@ def test_a_role_without_replication_is_refused_before_anything_is_read(env, cdc_
     with pytest.raises(CdcUnavailableError, match="REPLICATION"):
         ingest.lambda_handler({}, None)
     assert slot_row(url, cdc_mode) is None and read_state(s3, bucket, "ingest") == ({}, None)
+
+    # With the attribute and nothing more than SELECT (no superuser), the snapshot and a batch run.
+    run_sql(url, "ALTER ROLE cdc_reader REPLICATION")
+    try:
+        ingest.lambda_handler({}, None)
+        run_sql(url, "UPDATE payment SET paid = NOT paid, last_updated = localtimestamp WHERE payment_id = 1")
+        assert set(ingest.lambda_handler({}, None)) == {"payment"}
+    finally:
+        run_sql(url, "ALTER ROLE cdc_reader NOREPLICATION")
 
 
 def test_an_unchanged_toast_value_fails_the_run_before_anything_lands_or_the_slot_moves(env, cdc_mode):
