@@ -8,6 +8,7 @@ from tests.support.cdc import url_as
 from tests.support.db import run_sql
 from utils.aws.state import read_state
 from utils.ingest.cdc.decode import CdcDecodeError, parse_line
+from utils.ingest.cdc.run import fold_changes
 from totesys_local.aws_emulation import put_credentials_secret
 from utils.ingest.cdc.slot import CdcUnavailableError, check_prerequisites
 
@@ -121,3 +122,19 @@ def test_an_unchanged_toast_value_fails_the_run_before_anything_lands_or_the_slo
     assert (raised.value.table, raised.value.column) == ("design", "file_location")
     assert raised.value.lsn and raised.value.lsn in str(raised.value)
     assert read_state(s3, bucket, "ingest") == before and slot_row(url, cdc_mode) == position
+
+
+def test_changes_fold_to_each_key_s_last_version_inserted_and_deleted_keys():
+    lines = [("0/1", "table public.currency: INSERT: currency_id[integer]:4 currency_code[text]:'CHF'"),
+             ("0/2", "table public.currency: UPDATE: currency_id[integer]:4 currency_code[text]:'CHX'"),
+             ("0/3", "table public.currency: DELETE: currency_id[integer]:2"),
+             ("0/4", "table public.currency: INSERT: currency_id[integer]:5 currency_code[text]:'JPY'"),
+             ("0/5", "table public.currency: DELETE: currency_id[integer]:5"),
+             ("0/6", "table public.currency: UPDATE: old-key: currency_id[integer]:1 new-tuple: "
+                     "currency_id[integer]:9 currency_code[text]:'GBP'"),
+             ("0/7", "table public.currency: INSERT: currency_id[integer]:2 currency_code[text]:'USD'"),
+             ("0/8", "COMMIT")]
+    folded = fold_changes(lines, "public")["currency"]
+    assert {key: row["currency_code"] for key, (row, _) in folded.rows.items()} == \
+        {4: "CHX", 9: "GBP", 2: "USD"}
+    assert folded.inserted == {4, 9, 2} and folded.deleted == {5, 1}
