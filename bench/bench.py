@@ -49,7 +49,8 @@ def seeded_cluster(scale=SCALE):
 
 
 def main():
-    from bench import dashboard_bench, deletes_bench, ingest_bench, pipeline_bench, transform_load_bench
+    from bench import (cdc_bench, dashboard_bench, deletes_bench, ingest_bench, pipeline_bench,
+                       transform_load_bench)
     # The stages' EMF metric lines (utils.metrics) would bury the figures; children inherit this.
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     with seeded_cluster() as ctx:
@@ -58,6 +59,7 @@ def main():
                               f"Python {platform.python_version()}",
                    "ingest": ingest_bench.run(ctx), "transform_load": transform_load_bench.run(ctx),
                    "dashboard": dashboard_bench.run(ctx), "deletes": deletes_bench.run(ctx),
+                   "cdc": cdc_bench.run(ctx),
                    "pipeline": {"scale 10": pipeline_bench.run(ctx, incremental=True)}}
     with seeded_cluster(20) as ctx20:
         results["pipeline"]["scale 20"] = pipeline_bench.run(ctx20, incremental=False, label="20")

@@ -70,6 +70,7 @@ class Progress:
     source: dict = None
     warehouse: dict = None
     error: str = None
+    cdc_slot: str = None  # INGEST_MODE=cdc: the WAL the slot keeps (totesys_local.cdc_cli.slot_line)
 
     def waiting(self):
         return self.more_waiting or any((self.waiting_rows or {}).values())
@@ -176,12 +177,23 @@ def find_progress(ingest_state, source_url, warehouse_url):
     try:
         progress.waiting_rows = waiting_rows(source_url, ingest_state.get("tables") or {})
         progress.source = current_rows(source_url, {table: table for table in PROGRESS_TABLES})
+        if ingest_state.get("cdc"):
+            progress.cdc_slot = _cdc_slot_line(source_url, ingest_state["cdc"]["slot"])
         if warehouse_url is not None:
             progress.warehouse = current_rows(warehouse_url, {table: view for table, (view, _)
                                                               in PROGRESS_TABLES.items()})
     except TotesysError as err:
         progress.error = str(err)
     return progress
+
+
+def _cdc_slot_line(source_url, name):
+    from totesys_local.cdc_cli import slot_line
+    conn = connect_to_db(credentials=credentials_from_url(source_url), timezone=None, role="totesys")
+    try:
+        return slot_line(conn, name)
+    finally:
+        close_db_connection(conn)
 
 
 def find_pending(state_dir, warehouse_url=None, source_url=None):
@@ -250,6 +262,8 @@ def _print_progress(progress, out, indent):
     if waiting:
         listed = ", ".join(f"{table} {rows:,}" for table, rows in waiting.items())
         out(f"{indent}source rows waiting to be ingested: {sum(waiting.values()):,} ({listed})")
+    if progress.cdc_slot:
+        out(f"{indent}{progress.cdc_slot}")
     if progress.more_waiting:
         out(f"{indent}more_waiting: the last ingest cut its batch at MAX_BATCH_ROWS; `totesys run` continues")
     if progress.source is not None and progress.warehouse is not None:

@@ -179,7 +179,7 @@ def emailing_alarms(stack):
 def test_exactly_the_documented_alarms_send_email(main_stack):
     assert set(emailing_alarms(main_stack)) == {"unreported_failure", "executions[ExecutionsTimedOut]",
                                                 "warehouse_freshness", "verify_mismatches", "verify_errors",
-                                                "deletions_held"}
+                                                "deletions_held", "cdc_retained_wal"}
     critical = main_stack["resource"]["aws_cloudwatch_metric_alarm"]["critical"]
     assert critical["alarm_actions"] == [], "a failed stage's e-mail is NotifyFailure's, not this alarm's"
 

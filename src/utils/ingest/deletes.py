@@ -165,24 +165,33 @@ def detect_deletes(s3_client, bucket, batch_time, prev_tables, key_sets, guard=N
             if deleted.size:
                 detection.deleted[table] = deleted
                 logger.info("deletes detected", table=table, rows=int(deleted.size))
-        key = generate_file_key(f"{KEYS_PREFIX}/{table}", batch_time)
-        write_to_s3(s3_client, bucket, key, _key_set_bytes(keys))
-        detection.keys[table] = key
+        detection.keys[table] = write_key_set(s3_client, bucket, table, batch_time, keys)
     if not detection.deleted:
         return detection, None
-    names = list(detection.deleted)
+    return detection, write_deleted(s3_client, bucket, batch_time, detection.deleted)
+
+
+def write_key_set(s3_client, bucket, table, batch_time, keys):
+    """Write ``table``'s key set ``keys`` (sorted int32) as the batch's key-set object; return its key."""
+    key = generate_file_key(f"{KEYS_PREFIX}/{table}", batch_time)
+    write_to_s3(s3_client, bucket, key, _key_set_bytes(keys))
+    return key
+
+
+def write_deleted(s3_client, bucket, batch_time, deleted):
+    """Write the batch's deleted-keys file of ``deleted`` {table: int32 ids} (not empty); return the
+    manifest's ``deleted`` entry."""
+    names = list(deleted)
     table = pa.Table.from_arrays(
-        [pa.array(np.repeat(np.array(names, dtype=object), [len(detection.deleted[n]) for n in names]),
+        [pa.array(np.repeat(np.array(names, dtype=object), [len(deleted[n]) for n in names]),
                   type=pa.string()),
-         pa.array(np.concatenate([detection.deleted[n] for n in names]), type=pa.int32())],
+         pa.array(np.concatenate([deleted[n] for n in names]), type=pa.int32())],
         schema=DELETED_SCHEMA)
     out = io.BytesIO()
     pq.write_table(table, out, compression="zstd")
     key = generate_file_key(DELETED_PREFIX, batch_time)
     write_to_s3(s3_client, bucket, key, out.getvalue())
-    entry = {"key": key, "rows": table.num_rows,
-             "tables": {name: int(len(detection.deleted[name])) for name in names}}
-    return detection, entry
+    return {"key": key, "rows": table.num_rows, "tables": {name: int(len(deleted[name])) for name in names}}
 
 
 def held_deletes(state, tables, detection):

@@ -110,6 +110,10 @@ def run_ingest(event, s3_client=None, secrets_client=None):
     try:
         logger.info("connected to totesys", host=credentials["host"], database=credentials["database"],
                     connections=1 + len(helpers))
+        if settings.ingest_mode == "cdc":
+            from utils.ingest.cdc.run import ingest_changes  # cdc builds on this module
+            return ingest_changes(conn, s3_client, settings, tables, repair, helpers,
+                                  repoint_source=repoint_requested(event))
         return ingest_tables(conn, s3_client, settings.ingest_bucket, tables,
                              settings.ingest_overlap_seconds, helpers, settings.max_batch_rows, repair,
                              repoint_source=repoint_requested(event),
@@ -143,7 +147,7 @@ def connect_all(credentials, count):
 
 def ingest_tables(conn, s3_client, bucket, tables, overlap_seconds, helpers=(), max_batch_rows=0,
                   repair=RepairOptions(), repoint_source=False,
-                  future_tolerance_seconds=DEFAULT_INGEST_FUTURE_TOLERANCE_SECONDS):
+                  future_tolerance_seconds=DEFAULT_INGEST_FUTURE_TOLERANCE_SECONDS, extra_state=None):
     """Land the changed rows of ``tables`` as one batch; see the module docstring.
 
     ``conn`` is an open pg8000 native connection to totesys (left open). ``helpers`` are more open
@@ -161,7 +165,7 @@ def ingest_tables(conn, s3_client, bucket, tables, overlap_seconds, helpers=(), 
     raises DatabaseIdentityError (nothing landed) unless ``repoint_source``
     (``utils.ingest.source_identity``).
     Rows stamped more than ``future_tolerance_seconds`` ahead of the source clock are landed for
-    quarantine (None: they wait).
+    quarantine (None: they wait). ``extra_state``: entries added to the new state pointer (CDC's slot).
     """
     if not conn.run("SELECT pg_try_advisory_lock(:key)", key=ADVISORY_LOCK_KEY)[0][0]:
         raise ConcurrentRunError("another ingest run holds the lock on the source database; try later")
@@ -173,7 +177,8 @@ def ingest_tables(conn, s3_client, bucket, tables, overlap_seconds, helpers=(), 
                                                      future_tolerance_seconds)
         detection, deleted = detect_deletes(s3_client, bucket, window.batch_time, window.prev_tables,
                                             key_sets, repair)
-        return _commit_batch(s3_client, bucket, tables, window, landed, state, etag, detection, deleted)
+        return _commit_batch(s3_client, bucket, tables, window, landed, state, etag, detection, deleted,
+                             extra_state)
     finally:
         end_quietly(conn, "SELECT pg_advisory_unlock(:key)", key=ADVISORY_LOCK_KEY)
 
@@ -367,7 +372,8 @@ def _land_table(conn, extraction, table, convert=None):
     return (extraction.upload or INLINE).submit(store)
 
 
-def _commit_batch(s3_client, bucket, tables, window, landed, state, etag, detection=None, deleted=None):
+def _commit_batch(s3_client, bucket, tables, window, landed, state, etag, detection=None, deleted=None,
+                  extra_state=None):
     """Write the manifest (if anything landed or was deleted), then advance the state pointer (CAS).
 
     The state keeps every table's entry, all in ``window.timezone``, with its key set
@@ -401,6 +407,7 @@ def _commit_batch(s3_client, bucket, tables, window, landed, state, etag, detect
             new_state["tables"][table]["keys"] = detection.keys[table]
     if detection is not None:
         new_state["held_deletes"] = held_deletes(state, tables, detection)
+    new_state.update(extra_state or {})
     write_state(s3_client, bucket, STAGE, new_state, etag)
     logger.info("state advanced", batch_time=format_time(batch_time), tables=tables)
     return {table: entry["key"] for table, entry in landed.items()}
