@@ -64,14 +64,14 @@ class Rounds:
             self._record(result)
 
     def _record(self, result):
-        from utils.aws.state import read_state
+        from utils.aws.state import read_ingest_state
         s3 = boto3.client("s3", region_name=REGION)
-        state, _ = read_state(s3, BUCKETS["INGEST_BUCKET"], "ingest")
+        state, _ = read_ingest_state(s3, BUCKETS["INGEST_BUCKET"])
         key = state.get("manifest_key")
         manifest = None
         if key and key != self.last_manifest_key:
-            from utils.aws.objects import read_json
-            manifest = read_json(s3, BUCKETS["INGEST_BUCKET"], key)
+            from utils.aws.manifests import read_ingest_manifest
+            manifest = read_ingest_manifest(s3, BUCKETS["INGEST_BUCKET"], key)
             self.last_manifest_key = key
         self.rounds.append(Round(manifest, key if manifest else None, self.transformed, dict(result or {})))
         self.saved += save_buckets(self.s3_dir)

@@ -307,8 +307,8 @@ def _save_state(state_dir, log_path, progress):
 
 def _ingest_state():
     """The ingest state pointer in the emulated bucket ({} before the first run)."""
-    from utils.aws.state import read_state
-    return read_state(boto3.client("s3", region_name=REGION), BUCKETS["INGEST_BUCKET"], "ingest")[0]
+    from utils.aws.state import read_ingest_state
+    return read_ingest_state(boto3.client("s3", region_name=REGION), BUCKETS["INGEST_BUCKET"])[0]
 
 
 def _summarise(output, seconds, elapsed, rounds=()):
@@ -366,10 +366,9 @@ def _summarise_rounds(rounds, state, seconds, elapsed):
 
 def _latest_ingest_manifest(s3, state):
     """The manifest of the latest ingest batch with data (named by the ingest state pointer), or None."""
-    from utils.aws.manifests import read_manifest
-    from utils.catalog.source import check_source_table
+    from utils.aws.manifests import read_ingest_manifest
     key = state.get("manifest_key")
-    return read_manifest(s3, BUCKETS["INGEST_BUCKET"], key, check_source_table, "batch_time") if key else None
+    return read_ingest_manifest(s3, BUCKETS["INGEST_BUCKET"], key) if key else None
 
 
 def _batch_bounds(manifest):

@@ -2,7 +2,7 @@
 from utils.config import load_settings
 from utils.format_time import parse_time
 from utils.aws.objects import list_keys
-from utils.aws.state import read_state
+from utils.aws.state import read_ingest_state
 
 
 def get_latest_filename(s3_client, bucket_name, table_name):
@@ -30,7 +30,7 @@ def get_last_ingest_time(bucket_name=None, table_name=None, s3_client=None):
     if s3_client is None:
         import boto3
         s3_client = boto3.client("s3")
-    state, _ = read_state(s3_client, bucket_name, "ingest")
+    state, _ = read_ingest_state(s3_client, bucket_name)
     entry = state.get("tables", {}).get(table_name)
     if not entry:
         return None

@@ -85,12 +85,11 @@ def ingest_rows(result, s3_client=None):
     from utils.config import load_settings
     from utils.aws.layout import INGEST_MANIFESTS
     from utils.generate_file_key import generate_file_key
-    from utils.aws.manifests import read_manifest
-    from utils.catalog.source import check_source_table
+    from utils.aws.manifests import read_ingest_manifest
     batch_time = max(batch_time_from_key(key) for key in result.values())
     key = generate_file_key(INGEST_MANIFESTS, batch_time.replace(tzinfo=None), "json")
-    manifest = read_manifest(s3_client or boto3.client("s3"), load_settings().ingest_bucket, key,
-                             check_source_table, "batch_id")
+    manifest = read_ingest_manifest(s3_client or boto3.client("s3"), load_settings().ingest_bucket, key,
+                                    required="batch_id")
     return {table: int(entry.get("rows", 0)) for table, entry in manifest["tables"].items()}
 
 

@@ -277,6 +277,29 @@ def test_read_manifest_checks_its_shape(buckets):
     assert unknown.value.table == "nope"
 
 
+def test_typed_manifest_readers_and_writers(buckets):
+    from utils.aws.manifests import read_ingest_manifest, read_processed_manifest, write_ingest_manifest
+    from utils.aws.state import read_ingest_state, read_transform_state, write_transform_state
+    s3 = boto3.client("s3")
+    bucket = buckets["ingest"]
+    manifest = {"batch_id": "b1", "batch_time": "2026-01-01 00:00:00.000000", "timezone": "UTC",
+                "ignored_columns": {}, "prev_manifest_key": None,
+                "tables": {"address": {"key": "address/x.parquet", "rows": 1, "low": None,
+                                       "high": "2026-01-01 00:00:00.000000", "snapshot": "1:1:"}}}
+    write_ingest_manifest(s3, bucket, "_batches/m1.json", manifest)
+    assert read_ingest_manifest(s3, bucket, "_batches/m1.json") == manifest
+    with pytest.raises(ObjectExistsError):  # manifests are immutable
+        write_ingest_manifest(s3, bucket, "_batches/m1.json", manifest)
+    # An ingest manifest names source tables: read as a processed manifest, its table is refused.
+    with pytest.raises(UnknownTableError):
+        read_processed_manifest(s3, bucket, "_batches/m1.json")
+    assert read_ingest_state(s3, bucket) == ({}, None) == read_transform_state(s3, bucket)
+    etag = write_transform_state(s3, bucket, {"manifest_key": "p", "ingest_manifest_key": "i"}, None)
+    assert read_transform_state(s3, bucket) == ({"manifest_key": "p", "ingest_manifest_key": "i"}, etag)
+    with pytest.raises(StateConflictError):
+        write_transform_state(s3, bucket, {"manifest_key": "q", "ingest_manifest_key": "i"}, None)
+
+
 def test_stage_handler_tags_the_run_and_times_it(tmp_path, monkeypatch):
     from types import SimpleNamespace
 

@@ -1,7 +1,7 @@
 """Objects in S3: written once, never overwritten; read back as JSON or as schema-checked Parquet."""
 import io
 import json
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -11,7 +11,7 @@ from utils.errors import (CorruptFileError, ObjectExistsError, SchemaMismatchErr
                           StorageThrottledError)
 
 
-def write_to_s3(s3_client, bucket_name, file_key, data, overwrite=False):
+def write_to_s3(s3_client: Any, bucket_name: str, file_key: str, data: Any, overwrite: bool = False) -> None:
     """Put ``data`` (bytes, str or a file-like object) at ``bucket_name/file_key``.
 
     Objects are immutable: unless ``overwrite`` is set, the write is conditional
@@ -86,7 +86,8 @@ def read_json(s3_client: Any, bucket_name: str, key: str) -> Dict[str, Any]:
     return value
 
 
-def read_parquet_table(s3_client, bucket_name, file_key, table_name, schema, manifest_key=None):
+def read_parquet_table(s3_client: Any, bucket_name: str, file_key: str, table_name: str, schema: pa.Schema,
+                       manifest_key: Optional[str] = None) -> pa.Table:
     """Return the object ``bucket_name/file_key`` as a pyarrow.Table with exactly ``schema``.
 
     Columns are selected and ordered as in ``schema`` (extra columns are ignored). Raises

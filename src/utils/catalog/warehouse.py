@@ -5,6 +5,7 @@ Read by the transform (which builds these tables, ``utils.transform.star``) and 
 the warehouse against them, ``utils.load.schema``). The DDL is ``utils/catalog/sql/warehouse_schema.sql``.
 """
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -106,6 +107,6 @@ WAREHOUSE_SOURCES = {
 SNAPSHOT_TABLES = ("address", "counterparty", "department", "staff")
 
 
-def check_warehouse_table(name):
+def check_warehouse_table(name: Any) -> str:
     """Return ``name`` if it is one of the eleven warehouse tables, else raise UnknownTableError."""
     return check_table_name(name, WAREHOUSE_TABLES, "warehouse table")

@@ -27,7 +27,6 @@ See docs/DESIGN.md for why the test is "below xmin" and not pg_visible_in_snapsh
 the rows below ``high`` of keys new since the previous run (backdated rows), and future rows (at or after
 ``future_from``), are landed too (``utils.ingest.backdated``).
 """
-import json
 import threading
 from collections import deque
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -41,10 +40,12 @@ import pg8000
 from utils.aws.layout import INGEST_MANIFESTS
 from utils.aws.objects import write_to_s3
 from utils.aws.secrets import db_connections_get_secret
-from utils.aws.state import read_state, write_state
+from utils.aws.manifests import write_ingest_manifest
+from utils.aws.state import read_ingest_state, write_ingest_state
 from utils.ingest.source_identity import repoint_requested, with_source_identity
 from utils.catalog.source import LANDING_SCHEMAS, SOURCE_TABLES, check_source_table
 from utils.config import DEFAULT_INGEST_FUTURE_TOLERANCE_SECONDS, load_settings
+from utils.contracts import IngestManifest, IngestState
 from utils.db.connection import close_db_connection, connect_to_db, end_quietly
 from utils.errors import ConcurrentRunError, InvalidEventError
 from utils.format_time import format_time, parse_time
@@ -166,7 +167,7 @@ def ingest_tables(conn, s3_client, bucket, tables, overlap_seconds, helpers=(), 
     if not conn.run("SELECT pg_try_advisory_lock(:key)", key=ADVISORY_LOCK_KEY)[0][0]:
         raise ConcurrentRunError("another ingest run holds the lock on the source database; try later")
     try:
-        state, etag = read_state(s3_client, bucket, STAGE)
+        state, etag = read_ingest_state(s3_client, bucket)
         state = with_source_identity(conn, state, repoint_source)
         window, landed, key_sets = _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds,
                                                      helpers, max_batch_rows, repair.resync,
@@ -379,20 +380,22 @@ def _commit_batch(s3_client, bucket, tables, window, landed, state, etag, detect
     ignored = {table: columns for table, columns in state.get("ignored_columns", {}).items()
                if table not in tables}
     ignored.update(window.ignored_columns)
-    new_state = {"manifest_key": state.get("manifest_key"), "batch_id": state.get("batch_id"),
-                 "timezone": window.timezone, "ignored_columns": ignored,
-                 "tables": dict(window.prev_tables), "more_waiting": window.more_waiting,
-                 "source": state.get("source")}
+    new_state: IngestState = {
+        "manifest_key": state.get("manifest_key"), "batch_id": state.get("batch_id"),
+        "timezone": window.timezone, "ignored_columns": ignored,
+        "tables": dict(window.prev_tables), "more_waiting": window.more_waiting,
+        "source": state.get("source")}
     if landed or deleted:
         manifest_key = generate_file_key(INGEST_MANIFESTS, batch_time, "json")
-        manifest = {"batch_id": batch_id, "batch_time": format_time(batch_time),
-                    "timezone": window.timezone, "ignored_columns": window.ignored_columns,
-                    "prev_manifest_key": state.get("manifest_key"), "tables": landed}
+        manifest: IngestManifest = {
+            "batch_id": batch_id, "batch_time": format_time(batch_time),
+            "timezone": window.timezone, "ignored_columns": window.ignored_columns,
+            "prev_manifest_key": state.get("manifest_key"), "tables": landed}
         if deleted:
             manifest["deleted"] = deleted
-        write_to_s3(s3_client, bucket, manifest_key, json.dumps(manifest, sort_keys=True))
+        write_ingest_manifest(s3_client, bucket, manifest_key, manifest)
         logger.info("manifest written", key=manifest_key, tables=len(landed))
-        new_state.update(manifest_key=manifest_key, batch_id=batch_id)
+        new_state["manifest_key"], new_state["batch_id"] = manifest_key, batch_id
     for table in tables:
         new_state["tables"][table] = {"high": format_time(window.highs[table]), "snapshot": window.snapshot}
         if table in window.future_from:
@@ -401,6 +404,6 @@ def _commit_batch(s3_client, bucket, tables, window, landed, state, etag, detect
             new_state["tables"][table]["keys"] = detection.keys[table]
     if detection is not None:
         new_state["held_deletes"] = held_deletes(state, tables, detection)
-    write_state(s3_client, bucket, STAGE, new_state, etag)
+    write_ingest_state(s3_client, bucket, new_state, etag)
     logger.info("state advanced", batch_time=format_time(batch_time), tables=tables)
     return {table: entry["key"] for table, entry in landed.items()}

@@ -16,7 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pg8000.native import identifier
 
+from utils.aws.manifests import read_deleted, read_source_ids
 from utils.aws.objects import read_parquet_table
+from utils.catalog.formats import REJECTED_SCHEMA, rejected_records
 from utils.catalog.warehouse import (FACTS, PROCESSED_SCHEMAS, VERSION_COLUMN, VERSIONED_DIMENSIONS,
                                      WAREHOUSE_KEYS, WAREHOUSE_SCHEMAS, WAREHOUSE_SOURCES, WAREHOUSE_TABLES)
 from utils.db.connection import end_quietly
@@ -29,8 +31,6 @@ from utils.load.rollups import update_rollups
 from utils.load.schema import ADVISORY_LOCK_KEY, DELETED, DIMENSION_VERSIONS, LEDGER, REJECTED, sql_type
 from utils.load.staging import start_staging
 from utils.logger import get_logger
-from utils.transform.deletes import read_deleted, read_source_ids
-from utils.transform.quarantine import REJECTED_SCHEMA, rejected_records
 
 # ERROR lines written per table and batch for newly rejected rows (one each); the rest is one summary line.
 MAX_REJECTED_LOG_LINES = 20

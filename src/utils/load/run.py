@@ -19,9 +19,9 @@ One run (``run_load``):
 """
 import boto3
 
-from utils.aws.manifests import read_manifest, walk_manifests
+from utils.aws.manifests import read_processed_manifest, walk_manifests
 from utils.aws.secrets import db_connections_get_secret
-from utils.aws.state import read_state
+from utils.aws.state import read_transform_state
 from utils.catalog.warehouse import FACTS, check_warehouse_table
 from utils.config import load_settings
 from utils.contracts import LoadResult
@@ -129,8 +129,8 @@ def pending_fact_rows(pending):
 
 def pending_batches(conn, s3_client, bucket):
     """[(manifest key, manifest)] of the processed batches not in the ledger, oldest first."""
-    state, _ = read_state(s3_client, bucket, "transform")
+    state, _ = read_transform_state(s3_client, bucket)
     chain, _ = walk_manifests(
-        lambda key: read_manifest(s3_client, bucket, key, check_warehouse_table, "batch_id"),
+        lambda key: read_processed_manifest(s3_client, bucket, key),
         state.get("manifest_key"), stop=lambda _, manifest: batch_loaded(conn, manifest["batch_id"]))
     return chain
