@@ -12,7 +12,7 @@ CHROMIUM ?= /usr/bin/chromium
 
 .DEFAULT_GOAL := help
 .PHONY: help install-requirements install-dev-tools security-checks audit check-pep8-compliance \
-	lint typecheck terraform-fmt run-pytest test test-fast run verify simulate bench bench-scale psql stop clean soak \
+	lint check-imports typecheck terraform-fmt run-pytest test test-fast run verify simulate bench bench-scale psql stop clean soak \
 	install-dashboard dashboard chromium \
 	layer deploy destroy checkov actionlint statelint tf-init-immutable tf-init-main tf-check-backend \
 	tf-check-credentials tf-check-vars-file tf-validate
@@ -91,8 +91,13 @@ terraform-fmt:
 		echo "terraform not installed: fmt not checked"; \
 	fi
 
-lint: check-pep8-compliance typecheck terraform-fmt checkov actionlint statelint
+lint: check-pep8-compliance check-imports typecheck terraform-fmt checkov actionlint statelint
 	$(BIN)/bandit -q -r src -c pyproject.toml
+
+# The dependency rule: the stages never import each other, totesys_local stands above utils, the emulator
+# daemon is reached through its client only ([tool.importlinter] in pyproject.toml; docs/DESIGN.md).
+check-imports: $(STAMP)
+	$(BIN)/lint-imports
 
 # mypy over what is deployed (utils and the handlers); strict on the contracts, the state pointers,
 # the manifests and the settings ([tool.mypy] in pyproject.toml).
