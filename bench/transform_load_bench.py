@@ -101,7 +101,7 @@ def _load_child(warehouse_url, processed_folder, csv_folder, queue):
     from utils.load.merge import csv_stream
     from utils.aws.objects import read_json
     from utils.aws.state import read_state
-    from utils.warehouse import WAREHOUSE_SCHEMAS
+    from utils.catalog.warehouse import WAREHOUSE_SCHEMAS
     state, _ = read_state(s3, BUCKETS["PROCESSED_BUCKET"], "transform")
     manifest = read_json(s3, BUCKETS["PROCESSED_BUCKET"], state["manifest_key"])
     for name, entry in manifest["tables"].items():
@@ -146,7 +146,7 @@ def create_schema(warehouse_url):
 
 def measure_floor(psql, warehouse_url, csv_folder, tables):
     """Time one psql process copying every CSV file into its table, in one transaction."""
-    from utils.warehouse import WAREHOUSE_SCHEMAS, WAREHOUSE_TABLES
+    from utils.catalog.warehouse import WAREHOUSE_SCHEMAS, WAREHOUSE_TABLES
     args, env = _psql_args(psql, warehouse_url)
     args.append("-1")
     for name in WAREHOUSE_TABLES:

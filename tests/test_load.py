@@ -14,7 +14,7 @@ from utils.load import merge, schema
 from utils.errors import CorruptFileError, InvalidEventError, SchemaMismatchError, UnknownTableError
 from utils.load.schema import LEDGER, schema_statements
 from utils.aws.state import read_state
-from utils.warehouse import WAREHOUSE_TABLES
+from utils.catalog.warehouse import WAREHOUSE_TABLES
 from tests.support.batches import T0, address, base_batch, department, later, sales_order, write_ingest_batch
 from tests.support.db import run_sql
 

@@ -10,7 +10,7 @@ from utils.errors import (CorruptFileError, InvalidEventError, SchemaMismatchErr
                           StateConflictError, UnknownTableError)
 from utils.aws.objects import read_parquet_table
 from utils.aws.state import read_state
-from utils.warehouse import WAREHOUSE_SCHEMAS
+from utils.catalog.warehouse import WAREHOUSE_SCHEMAS
 from tests.support.batches import (T0, address, base_batch, later, sales_order, source_table,
                                    write_ingest_batch)
 from utils.aws.objects import list_keys
