@@ -129,7 +129,7 @@ def run(ctx):
 
 
 def main():
-    from bench.bench import seeded_cluster
+    from bench.common import seeded_cluster
     runs = []
     with seeded_cluster() as ctx:
         for _ in range(int(os.environ.get("BENCH_REPEAT", "1"))):

@@ -201,7 +201,7 @@ def run(ctx):
 
 
 def main():
-    from bench.bench import seeded_cluster
+    from bench.common import seeded_cluster
     with seeded_cluster() as ctx:
         figures = run(ctx)
     print(json.dumps(figures, indent=2))

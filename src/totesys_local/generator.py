@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 from pg8000.native import identifier
 
+from totesys_local.errors import LocalError
 from totesys_local import generator_data as vocab
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
 from utils.errors import CredentialsError, DatabaseUnavailableError, TotesysError
@@ -64,7 +65,7 @@ RATE_PER_MINUTE = {
 EPOCH = dt.datetime(1970, 1, 1)
 
 
-class GeneratorError(TotesysError):
+class GeneratorError(LocalError, TotesysError):
     """seed/simulate cannot do what was asked (bad argument, unreachable or unsuitable database)."""
 
 

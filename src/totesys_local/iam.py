@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from botocore.exceptions import ClientError
 from moto.iam.access_control import IAMPolicy, PermissionResult
 
+from totesys_local.errors import LocalError
+
 # moto's Step Functions engine signs every call it makes with this key (asl/utils/boto_client.py).
 ENGINE_ACCESS_KEY = "ak"
 
 
-class EnforcementGap(Exception):
+class EnforcementGap(LocalError):
     """A call whose IAM action or resource this module does not know: refused, never waved through."""
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from totesys_local.errors import LocalError
 from totesys_local.local_state import BUCKETS, LAST_ERROR_FILE
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
 from utils.aws.manifests import walk_manifests
@@ -26,7 +27,7 @@ from utils.errors import CorruptFileError, TotesysError
 SHOWN = 20  # batches listed per kind; older ones are counted
 
 
-class PendingError(TotesysError):
+class PendingError(LocalError, TotesysError):
     """The local state cannot be read: a state pointer or manifest is missing or corrupt."""
 
 

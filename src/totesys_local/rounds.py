@@ -16,13 +16,14 @@ from typing import Any, Dict, List, Optional
 
 import boto3
 
+from totesys_local.errors import LocalError
 from totesys_local.local_state import BUCKETS, REGION, save_buckets
 
 _lock = threading.Lock()
 _current: Optional["Rounds"] = None
 
 
-class RoundSaveError(Exception):
+class RoundSaveError(LocalError):
     """A round loaded but its state could not be saved to the state folder (the execution fails; the
     runner re-raises the original error, ``Rounds.failure``, in its own thread)."""
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import boto3
 
+from totesys_local.errors import LocalError
 from totesys_local import cluster as local_pg
 from totesys_local import folder_identity
 from totesys_local import pending as pending_batches
@@ -34,7 +35,7 @@ SOURCE_DB, WAREHOUSE_DB = "totesys", "warehouse"
 SECRETS = {"TOTESYS_SECRET_ID": DEFAULT_TOTESYS_SECRET_ID, "WAREHOUSE_SECRET_ID": DEFAULT_WAREHOUSE_SECRET_ID}
 
 
-class RunError(Exception):
+class RunError(LocalError):
     """The local run could not start or did not finish; the message is for the user."""
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import hcl2
 from lark import Token, Tree
 
+from totesys_local.errors import LocalError
+
 MAIN_TERRAFORM = Path(__file__).resolve().parents[2] / "main-terraform"
 # The inline policy of each role (data "aws_iam_policy_document" <name> in iam.tf).
 POLICY_DOCUMENTS = ("ingest", "transform", "load", "state_machine")
@@ -26,7 +28,7 @@ DEFAULT_EPHEMERAL_STORAGE_MB = 512
 STATEMENT_ARGUMENTS = {"sid": "Sid", "effect": "Effect", "actions": "Action", "resources": "Resource"}
 
 
-class RenderError(Exception):
+class RenderError(LocalError):
     """main-terraform holds something this renderer cannot resolve; the message names it."""
 
 

@@ -9,7 +9,8 @@ ledger is skipped; any failure rolls the whole batch back. Concurrent loads are 
 transaction-level advisory lock.
 """
 import json
-from typing import Dict
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional
 
 import pg8000.exceptions
 import pyarrow as pa
@@ -64,8 +65,19 @@ def read_batch_rejected(s3_client, bucket, manifest, manifest_key=None):
                               manifest_key=manifest_key)
 
 
-def load_batch(conn, s3_client, bucket, manifest_key, manifest, targets, connect=None):
-    """Load one processed batch in one transaction; return {table: rows written} (with
+@dataclass(frozen=True)
+class Warehouse:
+    """The warehouse a load writes: ``conn`` (each batch's transaction), ``targets`` {table: TargetTable}
+    (``utils.load.schema.ensure_warehouse_schema``) and ``connect`` (a callable returning a new warehouse
+    connection, for staging on a second one; None: no second connection)."""
+    conn: Any
+    targets: Dict[str, Any]
+    connect: Optional[Callable[[], Any]] = None
+
+
+def load_batch(warehouse, s3_client, bucket, manifest_key, manifest):
+    """Load one processed batch into ``warehouse`` (Warehouse) in one transaction, reading it from
+    ``bucket``; return {table: rows written} (with
     ``etl_rejected_rows``: {source table: rows newly rejected}, ``etl_deleted_rows``: {source table:
     deletions newly recorded}), or None when the ledger already holds it. Every file is read and
     checked before the transaction starts.
@@ -73,9 +85,10 @@ def load_batch(conn, s3_client, bucket, manifest_key, manifest, targets, connect
     Rows that do not fit the warehouse's columns, and fact rows that reference a dimension row the
     warehouse does not hold, are recorded in etl_rejected_rows instead of failing the batch.
 
-    ``connect`` (a callable returning a new warehouse connection), when given, stages the tables on a
-    second connection while this one merges (``utils.load.staging``).
+    ``warehouse.connect``, when given, stages the tables on a second connection while ``warehouse.conn``
+    merges (``utils.load.staging``).
     """
+    conn, targets, connect = warehouse.conn, warehouse.targets, warehouse.connect
     tables = read_batch_tables(s3_client, bucket, manifest, manifest_key)
     rejected = [read_batch_rejected(s3_client, bucket, manifest, manifest_key)]
     for name in list(tables):

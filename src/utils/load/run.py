@@ -28,7 +28,7 @@ from utils.contracts import LoadResult
 from utils.db.connection import close_db_connection, connect_to_db
 from utils.errors import InvalidEventError
 from utils.load.constraints import restore_foreign_keys, suspend_for_execution
-from utils.load.merge import batch_loaded, load_batch
+from utils.load.merge import Warehouse, batch_loaded, load_batch
 from utils.load.schema import DELETED, REJECTED, ensure_warehouse_schema
 from utils.logger import get_logger
 
@@ -95,8 +95,9 @@ def load_pending(conn, s3_client, bucket, connect=None, more_waiting=False):
     if not pending:
         logger.warning("no processed batches to load")
     suspended = suspend_for_execution(conn, pending_fact_rows(pending))
+    warehouse = Warehouse(conn, targets, connect)
     for manifest_key, manifest in pending:
-        counts = load_batch(conn, s3_client, bucket, manifest_key, manifest, targets, connect)
+        counts = load_batch(warehouse, s3_client, bucket, manifest_key, manifest)
         if counts is None:
             continue
         result["batches"].append(manifest["batch_id"])

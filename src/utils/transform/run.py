@@ -14,7 +14,8 @@ A retry after a crash rewrites exactly the same objects (the output is a pure fu
 inputs), so an object already present with identical bytes is accepted; different bytes mean a
 conflicting run and raise StateConflictError.
 """
-from typing import Dict
+from dataclasses import dataclass
+from typing import Any, Dict
 
 import boto3
 import pyarrow as pa
@@ -83,9 +84,10 @@ def transform_pending(s3_client, ingest_bucket, processed_bucket):
         return result
     processed_key = state.get("manifest_key")
     previous = read_processed_manifest(s3_client, processed_bucket, processed_key) if processed_key else None
+    buckets = Buckets(s3_client, ingest_bucket, processed_bucket)
     for ingest_key, ingest_manifest in pending:
-        manifest_key, manifest = transform_batch(
-            s3_client, ingest_bucket, processed_bucket, ingest_key, ingest_manifest, processed_key, previous)
+        manifest_key, manifest = transform_batch(buckets, ingest_key, ingest_manifest, processed_key,
+                                                 previous)
         etag = write_transform_state(s3_client, processed_bucket,
                                      {"manifest_key": manifest_key, "ingest_manifest_key": ingest_key}, etag)
         logger.info("state advanced", manifest_key=manifest_key, ingest_manifest_key=ingest_key)
@@ -121,9 +123,17 @@ def read_snapshots(s3_client, bucket, processed_manifest):
             for name, key in names.items() if name in SNAPSHOT_TABLES}
 
 
-def transform_batch(s3_client, ingest_bucket, processed_bucket, ingest_key, ingest_manifest,
-                    prev_processed_key, prev_processed_manifest):
+@dataclass(frozen=True)
+class Buckets:
+    """Where the transform reads (``ingest``) and writes (``processed``), through ``s3_client``."""
+    s3_client: Any
+    ingest: str
+    processed: str
+
+
+def transform_batch(buckets, ingest_key, ingest_manifest, prev_processed_key, prev_processed_manifest):
     """Transform one ingest batch; write its files and manifest; return (manifest key, manifest)."""
+    s3_client, ingest_bucket, processed_bucket = buckets.s3_client, buckets.ingest, buckets.processed
     batch_time = parse_time(ingest_manifest["batch_time"])
     batch = {name: read_parquet_table(s3_client, ingest_bucket, entry["key"], name, LANDING_SCHEMAS[name],
                                       manifest_key=ingest_key)
