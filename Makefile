@@ -99,10 +99,11 @@ lint: check-pep8-compliance check-imports typecheck terraform-fmt checkov action
 check-imports: $(STAMP)
 	$(BIN)/lint-imports
 
-# mypy over what is deployed (utils and the handlers); strict on the contracts, the state pointers,
-# the manifests and the settings ([tool.mypy] in pyproject.toml).
+# mypy over src/: what is deployed (utils and the handlers) and the local runner (totesys_local); every
+# definition typed except the modules listed in pyproject.toml; strict on the contracts, the state
+# pointers, the manifests and the settings ([tool.mypy] in pyproject.toml).
 typecheck: $(STAMP)
-	$(BIN)/mypy src/utils src/ingest.py src/transform.py src/load.py src/verify.py
+	$(BIN)/mypy src/utils src/totesys_local src/ingest.py src/transform.py src/load.py src/verify.py
 
 run-pytest: $(STAMP) $(DASHBOARD_STAMP) chromium
 	TOTESYS_CHROMIUM=$(CHROMIUM) $(BIN)/pytest --cov --cov-report=term --cov-fail-under=90

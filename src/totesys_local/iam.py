@@ -54,7 +54,7 @@ class Enforcement:
         if identity is None:
             return
         if access_key in self.revoked:
-            self._deny(identity, *_first(self, client, operation, params),
+            self._deny(identity, *_first(self, client, operation, params),  # type: ignore[call-arg]
                        "after its invocation timed out (Lambda had ended it)", operation)
         for action, resource in requested(self, client, operation, params):
             if not self.permitted(identity, action, resource):

@@ -12,7 +12,7 @@ safe while the execution keeps writing: the state pointers are read first and wr
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import boto3
 
@@ -32,7 +32,7 @@ class RoundSaveError(LocalError):
 class Round:
     """One round: ``manifest`` the ingest manifest it landed (None: nothing new), ``manifest_key``, the
     transform's batches and the load's result."""
-    manifest: Optional[dict]
+    manifest: Optional[Mapping[str, Any]]
     manifest_key: Optional[str]
     transformed: List[str]
     load: Dict[str, Any]

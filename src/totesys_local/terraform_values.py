@@ -13,6 +13,7 @@ run never guesses a permission.
 import functools
 import json
 from pathlib import Path
+from typing import Any, Callable, Dict, List
 
 import hcl2
 from lark import Token, Tree
@@ -114,13 +115,13 @@ def _concat(*lists):
 
 
 def _flatten(items):
-    flat = []
+    flat: List[Any] = []
     for item in items:
         flat.extend(_flatten(item) if isinstance(item, list) else [item])
     return flat
 
 
-FUNCTIONS = {
+FUNCTIONS: Dict[str, Callable[..., Any]] = {
     "concat": _concat,
     "flatten": _flatten,
     "values": lambda mapping: [mapping[key] for key in sorted(mapping)],

@@ -46,7 +46,7 @@ def list_keys(s3_client: Any, bucket_name: str, prefix: str = "") -> List[str]:
     return sorted(keys)
 
 
-def write_once(s3_client, bucket, key, body):
+def write_once(s3_client: Any, bucket: str, key: str, body: bytes) -> bool:
     """Write an immutable object; an existing object with the same bytes (a retried run) is fine.
 
     Returns True when this call wrote it, False when an earlier attempt had written the same bytes.
@@ -63,7 +63,7 @@ def write_once(s3_client, bucket, key, body):
     return True
 
 
-def parquet_bytes(table):
+def parquet_bytes(table: pa.Table) -> bytes:
     """A table as Parquet bytes (snappy)."""
     out = io.BytesIO()
     pq.write_table(table, out, compression="snappy")
@@ -113,7 +113,7 @@ def read_parquet_table(s3_client: Any, bucket_name: str, file_key: str, table_na
     return conform_table(table, table_name, schema, where)
 
 
-def conform_table(table, table_name, schema, where="input"):
+def conform_table(table: pa.Table, table_name: str, schema: pa.Schema, where: str = "input") -> pa.Table:
     """Check ``table`` against ``schema`` and return it with exactly the schema's columns.
 
     Raises SchemaMismatchError naming ``table_name`` and the first bad column.

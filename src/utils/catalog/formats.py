@@ -10,6 +10,7 @@
   built by the transform (``utils.transform.quarantine``) and the load (column limits), recorded by the
   load in ``etl_rejected_rows``.
 """
+from typing import Any, List, Optional, Tuple, Union
 from datetime import datetime, timedelta
 
 import pyarrow as pa
@@ -34,7 +35,7 @@ REJECTED_SCHEMA = pa.schema([
 MAX_VALUE_CHARS = 200
 
 
-def _as_text(value):
+def _as_text(value: Any) -> Optional[str]:
     if value is None:
         return None
     text = str(value)
@@ -45,13 +46,13 @@ def _as_text(value):
 _FIRST_MS, _END_MS = -62_135_596_800_000, 253_402_300_800_000
 
 
-def out_of_range_stamps(column):
+def out_of_range_stamps(column: Any) -> Any:
     """True where a timestamp[ms] value lies outside the years 1 to 9999 the warehouse holds."""
     millis = pc.cast(column, pa.int64())
     return pc.or_(pc.less(millis, _FIRST_MS), pc.greater_equal(millis, _END_MS))
 
 
-def _stamp_text(millis):
+def _stamp_text(millis: Optional[int]) -> Optional[str]:
     """A timestamp[ms] value (as int64 milliseconds) as text, for any value a landing file can hold."""
     if millis is None:
         return None
@@ -67,7 +68,7 @@ def _stamp_text(millis):
             f".{fraction:03d}{' BC' if year < 1 else ''}")
 
 
-def _civil_from_days(days):
+def _civil_from_days(days: int) -> Tuple[int, int, int]:
     """(year, month, day) of the proleptic Gregorian day ``days`` after 1970-01-01, any year (year 0 is
     1 BC); H. Hinnant's civil_from_days."""
     days += 719468
@@ -81,18 +82,19 @@ def _civil_from_days(days):
     return year_of_era + era * 400 + (month <= 2), month, day
 
 
-def _values_text(values):
+def _values_text(values: Any) -> List[Optional[str]]:
     if isinstance(values, (pa.Array, pa.ChunkedArray)) and pa.types.is_timestamp(values.type):
         return [_stamp_text(millis) for millis in values.cast(pa.int64()).to_pylist()]
     return [_as_text(value) for value in (values.to_pylist() if hasattr(values, "to_pylist") else values)]
 
 
-def _warehouse_stamps(last_updated):
+def _warehouse_stamps(last_updated: Any) -> Any:
     """``last_updated`` with the values outside years 1-9999 (which etl_rejected_rows cannot hold) NULL."""
     return pc.if_else(out_of_range_stamps(last_updated), pa.scalar(None, pa.timestamp("ms")), last_updated)
 
 
-def rejected_records(table_name, ids, last_updated, column, reason, values):
+def rejected_records(table_name: str, ids: Any, last_updated: Any, column: str, reason: Union[str, List[str]],
+                     values: Any) -> pa.Table:
     """A REJECTED_SCHEMA table: one record per id; ``reason`` a string or a list of strings."""
     count = len(ids)
     reasons = reason if isinstance(reason, list) else [reason] * count
@@ -108,6 +110,6 @@ def rejected_records(table_name, ids, last_updated, column, reason, values):
     }, schema=REJECTED_SCHEMA)
 
 
-def empty_rejected():
+def empty_rejected() -> pa.Table:
     """A REJECTED_SCHEMA table without rows."""
     return REJECTED_SCHEMA.empty_table()

@@ -3,7 +3,7 @@
 Nothing is inferred: numeric(10,2) stays decimal128(10, 2) in every batch, timestamps keep
 their milliseconds, the agreed dates stay text. Column order is the physical order in totesys.
 """
-from typing import Any, Collection
+from typing import Any, Collection, Tuple
 
 import pyarrow as pa
 
@@ -13,7 +13,7 @@ _TS = pa.timestamp("ms")
 _MONEY = pa.decimal128(10, 2)
 
 
-def _schema(*fields):
+def _schema(*fields: Tuple[str, pa.DataType, bool]) -> pa.Schema:
     return pa.schema([pa.field(name, kind, nullable=nullable)
                       for name, kind, nullable in fields])
 
