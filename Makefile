@@ -111,7 +111,9 @@ run-pytest: $(STAMP) $(DASHBOARD_STAMP) chromium
 test: lint security-checks run-pytest
 
 # The quick lane while working: no lint, no scale-1 end-to-end tests (marked slow), no coverage gate.
-test-fast: $(STAMP)
+# The dashboard's test modules import Streamlit and Playwright (requirements-dashboard.txt; no browser is
+# needed for the tests not marked slow): installed here too, so a fresh clone collects every module.
+test-fast: $(DASHBOARD_STAMP)
 	$(BIN)/pytest -q -m "not slow"
 
 run: $(STAMP)
