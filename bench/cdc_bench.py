@@ -81,7 +81,7 @@ def _run(ctx):
 
 
 if __name__ == "__main__":
-    from bench.bench import SCALE, seeded_cluster
+    from bench.common import SCALE, seeded_cluster
     with seeded_cluster() as context:
         result = run(context)
         result.update(scale=SCALE, seed_seconds=context["seed_seconds"])

@@ -228,7 +228,7 @@ def run(ctx):
 
 
 def main():
-    from bench.bench import seeded_cluster
+    from bench.common import seeded_cluster
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     with seeded_cluster() as ctx:
         print(run(ctx))

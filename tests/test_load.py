@@ -14,7 +14,7 @@ from utils.load import merge, schema
 from utils.errors import CorruptFileError, InvalidEventError, SchemaMismatchError, UnknownTableError
 from utils.load.schema import LEDGER, schema_statements
 from utils.aws.state import read_state
-from utils.warehouse import WAREHOUSE_TABLES
+from utils.catalog.warehouse import WAREHOUSE_TABLES
 from tests.support.batches import T0, address, base_batch, department, later, sales_order, write_ingest_batch
 from tests.support.db import connect, run_sql
 from utils.db.connection import close_db_connection
@@ -324,6 +324,20 @@ def test_incompatible_existing_warehouse_table_loads_and_creates_nothing(
         load.lambda_handler(transformed, None)
     assert str(err.value).startswith(message)
     assert table_names(warehouse) == before
+
+
+def test_a_nullable_catalogue_column_missing_from_an_existing_warehouse_is_added_on_the_next_load(
+        s3, buckets, warehouse):
+    # A warehouse created before the catalogue gained dim_location.district (a nullable column).
+    for statement in schema_statements():
+        run_sql(warehouse, statement)
+    run_sql(warehouse, "ALTER TABLE dim_location DROP COLUMN district CASCADE")
+    transformed = first_batch(s3, buckets)
+    assert load.lambda_handler(transformed, None)["batches"] == ["20241125T093015123000"]
+    located = run_sql(warehouse, "SELECT count(*), count(district) FROM dim_location")[0]
+    assert located[0] > 0 and located[1] > 0  # the column is back and the batch filled it
+    # A second load finds nothing to add (ADD COLUMN IF NOT EXISTS, never twice).
+    assert load.lambda_handler({}, None)["batches"] == []
 
 
 def test_existing_warehouse_with_the_line2_spelling_is_loaded(s3, buckets, warehouse):

@@ -199,7 +199,7 @@ def test_a_warehouse_column_too_narrow_for_dim_date_fails_clearly(s3, buckets, p
 def test_csv_stream_of_a_table_whose_first_batch_is_empty_is_clean_csv():
     """pyarrow 18 writes NUL bytes for such a table; the loader must not send them to COPY."""
     from utils.load.merge import csv_stream
-    from utils.transform.quarantine import REJECTED_SCHEMA, rejected_records
+    from utils.catalog.formats import REJECTED_SCHEMA, rejected_records
     table = pa.concat_tables([REJECTED_SCHEMA.empty_table(),
                               rejected_records("design", [2], None, "design_name", "too long", ["x"])])
     assert csv_stream(table).getvalue() == b'"design",2,,"design_name","too long","x"\n'

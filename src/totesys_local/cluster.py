@@ -25,6 +25,8 @@ from urllib.parse import quote
 
 import pg8000.native
 
+from totesys_local.errors import LocalError
+
 # Where throwaway clusters (``temporary_cluster``) and the data of a state folder the server user cannot
 # enter go: the temporary directory, or this folder (the test suite points it at a folder it removes).
 PGDATA_PARENT_VARIABLE = "TOTESYS_PGDATA_PARENT"
@@ -33,7 +35,7 @@ SERVER_USER = "postgres"
 _REQUIRED = ("initdb", "pg_ctl", "postgres")
 
 
-class ClusterError(RuntimeError):
+class ClusterError(LocalError, RuntimeError):
     """The local PostgreSQL could not be found, started or reached."""
 
 

@@ -17,7 +17,9 @@ import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Optional
 
+from totesys_local.errors import LocalError
 from totesys_local.local_state import BUCKETS, LAST_ERROR_FILE
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
 from utils.aws.manifests import walk_manifests
@@ -26,7 +28,7 @@ from utils.errors import CorruptFileError, TotesysError
 SHOWN = 20  # batches listed per kind; older ones are counted
 
 
-class PendingError(TotesysError):
+class PendingError(LocalError, TotesysError):
     """The local state cannot be read: a state pointer or manifest is missing or corrupt."""
 
 
@@ -43,10 +45,10 @@ class Pending:
     could not be checked against the warehouse (then every processed batch is listed)."""
     ingest: list = field(default_factory=list)
     processed: list = field(default_factory=list)
-    warehouse: str = None
-    ledger_error: str = None
-    last_error: dict = None
-    progress: "Progress" = None
+    warehouse: Optional[str] = None
+    ledger_error: Optional[str] = None
+    last_error: Optional[dict] = None
+    progress: Optional["Progress"] = None
 
     def is_empty(self):
         return (not self.ingest and not self.processed and self.ledger_error is None
@@ -66,11 +68,11 @@ class Progress:
     ``warehouse``/``source``: {source table: current rows} of PROGRESS_TABLES; ``error``: why a database
     could not be read."""
     more_waiting: bool = False
-    waiting_rows: dict = None
-    source: dict = None
-    warehouse: dict = None
-    error: str = None
-    cdc_slot: str = None  # INGEST_MODE=cdc: the WAL the slot keeps (totesys_local.cdc_cli.slot_line)
+    waiting_rows: Optional[dict] = None
+    source: Optional[dict] = None
+    warehouse: Optional[dict] = None
+    error: Optional[str] = None
+    cdc_slot: Optional[str] = None  # INGEST_MODE=cdc: the WAL the slot keeps (cdc_cli.slot_line)
 
     def waiting(self):
         return self.more_waiting or any((self.waiting_rows or {}).values())

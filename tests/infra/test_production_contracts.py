@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from tests.infra.hcl import ASL_TEMPLATE, IMMUTABLE, MAIN, ROOT, SRC, default, load_stack
-from utils.tables import SOURCE_TABLES
-from utils.warehouse import WAREHOUSE_TABLES
+from utils.catalog.source import SOURCE_TABLES
+from utils.catalog.warehouse import WAREHOUSE_TABLES
 
 ASL = json.loads(ASL_TEMPLATE.read_text())
 SSL_MODES = {"disable", "require", "verify-full"}

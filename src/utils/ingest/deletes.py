@@ -6,8 +6,8 @@ snapshot), the current primary keys of every table the run reads are copied out
 that table: a compact object in the ingest bucket, ``_keys/<table>/yyyy/mm/dd/hhmmssffffff.parquet``
 (one sorted int32 column ``id``), named by the table's entry ``keys`` in the ingest state pointer.
 Keys in the previous set and not in the current one were deleted; they travel with the batch in
-``_deleted/yyyy/mm/dd/hhmmssffffff.parquet`` (DELETED_SCHEMA), named by the ingest manifest's
-``deleted`` entry ``{"key", "rows", "tables": {table: n}}``.
+``_deleted/yyyy/mm/dd/hhmmssffffff.parquet`` (``utils.catalog.formats.DELETED_SCHEMA``), named by the
+ingest manifest's ``deleted`` entry ``{"key", "rows", "tables": {table: n}}``.
 
 Exactly once: the key-set objects and the deleted-keys file are written before the manifest and the
 state pointer (CAS). A run that dies before the pointer advances leaves them as orphans: the next run
@@ -27,15 +27,13 @@ import pyarrow.parquet as pq
 from pg8000.native import identifier
 
 from utils.aws.objects import read_parquet_table, write_to_s3
+from utils.catalog.formats import DELETED_SCHEMA, KEY_SCHEMA
 from utils.catalog.source import PRIMARY_KEYS, check_source_table
 from utils.generate_file_key import generate_file_key
 from utils.ingest.delete_guard import hold
 from utils.logger import get_logger
 
 from utils.aws.layout import DELETED_PREFIX, KEYS_PREFIX  # noqa: F401 - re-exported
-KEY_SCHEMA = pa.schema([pa.field("id", pa.int32(), nullable=False)])
-DELETED_SCHEMA = pa.schema([pa.field("source_table", pa.string(), nullable=False),
-                            pa.field("source_id", pa.int32(), nullable=False)])
 
 logger = get_logger("ingest")
 

@@ -14,14 +14,16 @@ back. Concurrent loads are serialised by a transaction-level advisory lock.
 """
 import json
 from dataclasses import dataclass, field as dataclass_field
-from typing import Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import pg8000.exceptions
 import pyarrow as pa
 import pyarrow.compute as pc
 from pg8000.native import identifier
 
+from utils.aws.manifests import read_deleted, read_source_ids
 from utils.aws.objects import read_parquet_table
+from utils.catalog.formats import REJECTED_SCHEMA, rejected_records
 from utils.catalog.warehouse import (FACTS, PROCESSED_SCHEMAS, VERSION_COLUMN, VERSIONED_DIMENSIONS,
                                      WAREHOUSE_KEYS, WAREHOUSE_SCHEMAS, WAREHOUSE_SOURCES, WAREHOUSE_TABLES)
 from utils.db.connection import end_quietly
@@ -35,8 +37,6 @@ from utils.load.schema import (ADVISORY_LOCK_KEY, DELETED, DIMENSION_VERSIONS, L
                                REJECTED, next_load_order, sql_type)
 from utils.load.staging import start_staging
 from utils.logger import get_logger
-from utils.transform.deletes import read_deleted, read_source_ids
-from utils.transform.quarantine import REJECTED_SCHEMA, rejected_records
 
 # ERROR lines written per table and batch for newly rejected rows (one each); the rest is one summary line.
 MAX_REJECTED_LOG_LINES = 20
@@ -70,8 +70,19 @@ def read_batch_rejected(s3_client, bucket, manifest, manifest_key=None):
                               manifest_key=manifest_key)
 
 
-def load_batch(conn, s3_client, bucket, manifest_key, manifest, targets, connect=None):
-    """Load one processed batch in one transaction; return {table: rows written} (with
+@dataclass(frozen=True)
+class Warehouse:
+    """The warehouse a load writes: ``conn`` (each batch's transaction), ``targets`` {table: TargetTable}
+    (``utils.load.schema.ensure_warehouse_schema``) and ``connect`` (a callable returning a new warehouse
+    connection, for staging on a second one; None: no second connection)."""
+    conn: Any
+    targets: Dict[str, Any]
+    connect: Optional[Callable[[], Any]] = None
+
+
+def load_batch(warehouse, s3_client, bucket, manifest_key, manifest):
+    """Load one processed batch into ``warehouse`` (Warehouse) in one transaction, reading it from
+    ``bucket``; return {table: rows written} (with
     ``etl_rejected_rows``: {source table: rows newly rejected}, ``etl_deleted_rows``: {source table:
     deletions newly recorded}), or None when the ledger already holds it. Every file is read and
     checked before the transaction starts.
@@ -79,9 +90,10 @@ def load_batch(conn, s3_client, bucket, manifest_key, manifest, targets, connect
     Rows that do not fit the warehouse's columns, and fact rows that reference a dimension row the
     warehouse does not hold, are recorded in etl_rejected_rows instead of failing the batch.
 
-    ``connect`` (a callable returning a new warehouse connection), when given, stages the tables on a
-    second connection while this one merges (``utils.load.staging``).
+    ``warehouse.connect``, when given, stages the tables on a second connection while ``warehouse.conn``
+    merges (``utils.load.staging``).
     """
+    conn, targets, connect = warehouse.conn, warehouse.targets, warehouse.connect
     tables = read_batch_tables(s3_client, bucket, manifest, manifest_key)
     rejected = [read_batch_rejected(s3_client, bucket, manifest, manifest_key)]
     for name in list(tables):

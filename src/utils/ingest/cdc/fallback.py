@@ -56,7 +56,8 @@ def snapshot_reason(conn, state, slot, slot_name, repair) -> Optional[str]:
 def take_snapshot(conn, s3_client, settings, repair, helpers, reason, repoint_source=False):
     """(Re)create the slot, then land every table in full from one snapshot; the new state pointer records
     the slot and its consistent point. Returns what ``ingest_tables`` returns."""
-    from utils.ingest.run import ingest_tables  # the cursor mode's batch, with every table re-synced
+    # the cursor mode's batch, with every table re-synced
+    from utils.ingest.run import IngestOptions, ingest_tables
     name = settings.cdc_slot_name
     if reason.startswith("slot"):
         logger.warning("CDC slot lost: re-snapshotting every table and reconciling", slot=name, reason=reason)
@@ -65,8 +66,8 @@ def take_snapshot(conn, s3_client, settings, repair, helpers, reason, repoint_so
     drop_slot(conn, name)
     lsn = create_slot(conn, name)
     logger.info("slot created", slot=name, lsn=lsn)
-    return ingest_tables(conn, s3_client, settings.ingest_bucket, list(SOURCE_TABLES),
-                         settings.ingest_overlap_seconds, helpers, 0,
-                         replace(repair, resync=tuple(SOURCE_TABLES)), repoint_source,
-                         settings.ingest_future_tolerance_seconds,
-                         extra_state={"cdc": {"slot": name, "lsn": lsn}})
+    options = IngestOptions(settings.ingest_overlap_seconds, 0, replace(repair, resync=tuple(SOURCE_TABLES)),
+                            repoint_source=repoint_source,
+                            future_tolerance_seconds=settings.ingest_future_tolerance_seconds)
+    return ingest_tables(conn, s3_client, settings.ingest_bucket, list(SOURCE_TABLES), options, helpers,
+                         cdc={"slot": name, "lsn": lsn})

@@ -25,13 +25,14 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Dict, Optional
+from typing import Dict, Optional, cast
 
 import numpy as np
 
 from utils.aws.layout import INGEST_MANIFESTS
 from utils.aws.objects import write_to_s3
-from utils.aws.state import read_state, write_state
+from utils.aws.state import read_ingest_state, write_ingest_state
+from utils.contracts import IngestState
 from utils.catalog.source import LANDING_SCHEMAS, SOURCE_TABLES
 from utils.catalog.source_schema import check_source_schema
 from utils.db.connection import end_quietly
@@ -106,7 +107,7 @@ def ingest_changes(conn, s3_client, settings, tables, repair, helpers=(), repoin
         raise ConcurrentRunError("another ingest run holds the lock on the source database; try later")
     try:
         check_prerequisites(conn)
-        state, etag = read_state(s3_client, bucket, STAGE)
+        state, etag = read_ingest_state(s3_client, bucket)
         state = with_source_identity(conn, state, repoint_source)
         slot = slot_info(conn, name)
         reason = snapshot_reason(conn, state, slot, name, repair)
@@ -170,7 +171,7 @@ def land_changes(conn, s3_client, bucket, state, etag, slot, settings):
         write_to_s3(s3_client, bucket, manifest_key, json.dumps(manifest, sort_keys=True))
         logger.info("manifest written", key=manifest_key, tables=len(landed))
         new_state.update(manifest_key=manifest_key, batch_id=batch_id)
-    write_state(s3_client, bucket, STAGE, new_state, etag)
+    write_ingest_state(s3_client, bucket, cast(IngestState, new_state), etag)
     logger.info("state advanced", batch_time=format_time(batch_time), lsn=upto, mode="cdc")
     advance_slot(conn, name, upto)
     logger.info("slot advanced", slot=name, lsn=upto,
