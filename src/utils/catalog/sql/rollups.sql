@@ -6,11 +6,13 @@
 -- records another definition. Statements are separated by a semicolon at the end of a line.
 
 -- How far the rollups have been brought: per fact table, the highest record id (serial) they cover,
--- the rollup definition they were built with, and a revision bumped by every change (the dashboard's
--- cache key, with the last batch id).
+-- the highest natural id (sales_order_id...) among those records (an id above it has no version the
+-- rollups hold: a batch's new orders cost no probe), the rollup definition they were built with, and a
+-- revision bumped by every change (the dashboard's cache key, with the last batch id).
 CREATE TABLE IF NOT EXISTS etl_rollup_state (
     fact_table varchar PRIMARY KEY,
     last_record_id bigint NOT NULL,
+    max_id bigint NOT NULL,
     definition integer NOT NULL,
     revision bigint NOT NULL,
     batch_id varchar
