@@ -126,16 +126,18 @@ def page_sql_ms(url):
 
 def page_ms(url):
     """The whole page (all sections, charts and tables, as HTML) rendered by ``render_page`` in this
-    process: the first render (figures computed) and the best of 3 after it (the dashboard's cache)."""
+    process: the first render (figures computed), the best of 3 after it (the dashboard's cache), and
+    the page's size in bytes."""
     from totesys_local.dashboard.app import render_page
     from totesys_local.dashboard.cache import PageCache
-    cache = PageCache()
+    cache, size = PageCache(), []
 
     def render():
         page = render_page(url, {}, cache)
         if page.status != 200:
             raise RuntimeError(f"bench: the page answered {page.status}")
-    return {"first_ms": _best_ms(render, repeat=1), "cached_ms": _best_ms(render)}
+        size.append(len(page.html.encode()))
+    return {"first_ms": _best_ms(render, repeat=1), "cached_ms": _best_ms(render), "bytes": size[-1]}
 
 
 def _serve(url, log_path):
