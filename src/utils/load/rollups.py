@@ -41,7 +41,7 @@ ROLLUP_DDL = WAREHOUSE_DDL.with_name("rollups.sql")
 STATE = "etl_rollup_state"
 DESIGN_NAMES = "rollup_design_name"
 # Bump when a rollup's keys or measures change: warehouses holding another definition are rebuilt.
-# 2: etl_rollup_state.max_id (new ids cost no probe).
+# 2: etl_rollup_state.max_id (new ids cost no probe); rollup tables with fillfactor 70 (HOT updates).
 DEFINITION = 2
 # work_mem of the load's transaction from the rollups' statements on (SET LOCAL: the COMMIT ends it): a
 # backfill batch's delta (a million narrow rows) is sorted and grouped in memory, not in temporary files.
