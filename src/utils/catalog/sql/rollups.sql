@@ -5,8 +5,8 @@
 -- Every statement is idempotent; utils.load.rollups runs this file when etl_rollup_state is missing or
 -- records another definition. Statements are separated by a semicolon at the end of a line.
 -- Each batch updates measures in place (never a key): fillfactor 70 leaves room on each page so those
--- updates are HOT (no new index entry, no page split). Measured 2-4x faster for a backfill batch's
--- delta at x10 (docs/BENCHMARKS.md); the tables are small, so the 30% of free space costs little.
+-- updates are HOT (no new index entry, no page split): a backfill batch's sales delta ran 2-4x faster at
+-- x10 (docs/BENCHMARKS.md); the tables are small, so the 30% of free space costs little.
 
 -- How far the rollups have been brought: per fact table, the highest record id (serial) they cover,
 -- the highest natural id (sales_order_id...) among those records (an id above it has no version the
