@@ -120,7 +120,8 @@ def line_chart(label: str, categories: Sequence[str], series: Mapping[str, Seque
 
 def pivot(rows: Sequence[Mapping], category: str, series: str, value: str):
     """(categories in first-seen order, {series name: [value per category, 0 where absent]}) of ``rows``
-    (dicts), each value as a float (chart geometry only: tables keep the exact Decimal)."""
+    (dicts), each value as a float (chart geometry only: tables keep the exact Decimal). Series in name
+    order, so that a currency has the same colour in every chart."""
     categories: Dict[str, None] = {}
     names: Dict[str, None] = {}
     cells: Dict[tuple, float] = {}
@@ -129,4 +130,5 @@ def pivot(rows: Sequence[Mapping], category: str, series: str, value: str):
         categories.setdefault(key)
         names.setdefault(name)
         cells[key, name] = cells.get((key, name), 0.0) + float(row[value])
-    return list(categories), {name: [cells.get((key, name), 0.0) for key in categories] for name in names}
+    return list(categories), {name: [cells.get((key, name), 0.0) for key in categories]
+                              for name in sorted(names)}
