@@ -27,7 +27,8 @@ locals {
   write_prefixes = jsondecode(file("${path.module}/../src/utils/aws/write_prefixes.json"))
   # ingest writes one prefix per source table, those prefixes and (below) its own state pointer; nothing else.
   ingest_write_prefixes = concat(var.source_tables, values(local.write_prefixes.ingest))
-  # transform writes the star-schema tables, those prefixes and (below) its own state pointer.
+  # transform writes the star-schema tables, those prefixes (a rebuild's generations among them) and (below)
+  # its own state pointer.
   processed_write_prefixes = concat(["dim_*", "fact_*"], values(local.write_prefixes.processed))
 
   function_log_group_arns = { for stage, group in aws_cloudwatch_log_group.function : stage => "${group.arn}:*" }
@@ -129,13 +130,20 @@ data "aws_iam_policy_document" "load" {
     resources = ["${local.processed_bucket_arn}/*"]
   }
   statement {
+    sid = "WriteRebuildPointer"
+    # The one object the load writes: the rebuild it starts and finishes (utils/rebuild/rounds.py).
+    actions   = ["s3:PutObject"]
+    resources = ["${local.processed_bucket_arn}/_state/rebuild.json"]
+  }
+  statement {
     sid       = "ReadWarehouseSecret"
     actions   = ["secretsmanager:GetSecretValue"]
     resources = [local.warehouse_secret_arn]
   }
   statement {
-    sid       = "UseDataKey"
-    actions   = ["kms:Decrypt"]
+    sid = "UseDataKey"
+    # GenerateDataKey: the rebuild pointer is written SSE-KMS like every object of the bucket.
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
     resources = [local.kms_key_arn]
   }
   statement {

@@ -1,5 +1,5 @@
 """The load Lambda: processed batches -> the warehouse, exactly once (logic in utils.load.run)."""
-from utils.load.run import run_load
+from utils.rebuild.rounds import load_stage
 from utils.logger import stage_handler
 from utils.metrics import stage_metrics
 
@@ -10,7 +10,8 @@ def lambda_handler(event, context):
     """Event: the transform output ``{"batches": [...], "tables": {...}}`` (a dict; only logged).
 
     Loads every processed batch not yet in the warehouse ledger, oldest first, one transaction
-    each. Returns ``{"batches": [batch_id, ...], "tables": {warehouse_table: rows}}``; raises
-    (after a CRITICAL log line) on any failure.
+    each. ``{"start_rebuild": {...}}`` starts a rebuild on AWS and an event with ``rebuild`` loads a
+    bounded round of it (``utils.rebuild.rounds``). Returns ``{"batches": [batch_id, ...], "tables":
+    {warehouse_table: rows}}``; raises (after a CRITICAL log line) on any failure.
     """
-    return run_load(event)
+    return load_stage(event)

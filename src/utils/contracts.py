@@ -23,15 +23,41 @@ TransformEvent = IngestResult
 
 class StageResult(TypedDict):
     """The transform result (also the load event): the batches handled, oldest first, and the rows
-    written per warehouse table; ``more_waiting`` (transform only, present only when true): the ingest cut
-    its last batch at MAX_BATCH_ROWS, so the state machine runs another round."""
+    written per warehouse table; ``more_waiting`` (present only when true; in the load's result only in
+    a rebuild): the ingest cut its last batch at MAX_BATCH_ROWS, or a rebuild's bound left batches, so the
+    state machine runs another round; ``rebuild``: the rebuild on AWS this round belongs to
+    (``utils.rebuild.rounds``)."""
     batches: List[str]
     tables: Dict[str, int]
     more_waiting: NotRequired[bool]
+    rebuild: NotRequired["RebuildRound"]
 
 
 TransformResult = StageResult
 LoadEvent = StageResult
+
+
+class RebuildRound(TypedDict):
+    """A rebuild on AWS (``utils.rebuild.rounds``): the generation being rebuilt and the most batches
+    one invocation of the transform or the load takes."""
+    generation: str
+    batches_per_invocation: int
+
+
+class RebuildRequest(TypedDict, total=False):
+    """The execution input's ``rebuild``: ``generation`` "new" (the default) starts a rebuild, the name of
+    the one underway continues it; ``batches_per_invocation`` bounds each invocation."""
+    generation: str
+    batches_per_invocation: int
+
+
+class RebuildPointer(TypedDict):
+    """``_state/rebuild.json`` in the processed bucket, written by the load: the latest rebuild on AWS;
+    while ``finished`` is false every execution's transform and load continue it."""
+    generation: str
+    batches_per_invocation: int
+    started: str
+    finished: bool
 
 
 class LoadResult(StageResult):

@@ -23,7 +23,8 @@ EXPECTED_BUCKET_ACCESS = {
     "ingest": {"ingest": {"s3:ListBucket", "s3:GetObject", "s3:PutObject"}},
     "transform": {"ingest": {"s3:ListBucket", "s3:GetObject"},
                   "processed": {"s3:ListBucket", "s3:GetObject", "s3:PutObject"}},
-    "load": {"processed": {"s3:ListBucket", "s3:GetObject"}},
+    # the load writes one object, the rebuild pointer (tests/verify/test_rebuild_on_aws.py exercises it)
+    "load": {"processed": {"s3:ListBucket", "s3:GetObject", "s3:PutObject"}},
 }
 EXPECTED_SECRETS = {"ingest": {"totesys"}, "transform": set(), "load": {"warehouse"}}
 BUCKET_LOCALS = {"ingest": "local.ingest_bucket_arn", "processed": "local.processed_bucket_arn"}
@@ -264,7 +265,7 @@ def test_write_prefixes_are_the_ones_the_code_uses():
         layout.INGEST_MANIFESTS, layout.KEYS_PREFIX, layout.DELETED_PREFIX}
     assert set(prefixes["processed"].values()) == {
         layout.PROCESSED_MANIFESTS, layout.SNAPSHOTS_PREFIX, layout.REJECTED_PREFIX,
-        layout.PROCESSED_DELETED_PREFIX}
+        layout.PROCESSED_DELETED_PREFIX, layout.GENERATIONS_PREFIX}
 
 
 def test_state_machine_may_invoke_only_the_three_functions_and_publish_to_the_topic(main_stack):

@@ -10,12 +10,14 @@ values and their fixes, a source time-zone change, a daylight-saving fall-back a
 with a small MAX_BATCH_ROWS. The teardown commits what is open and runs once more: every history ends
 with a successful run and a full check.
 
-Switches (environment variables, off by default until the defects they meet are fixed on main;
-docs/RELIABILITY.md): ``MODEL_BACKDATED=1`` adds a rule inserting new rows with a last_updated days in
-the past and lets zone changes put the clock forward by more than half the overlap (issue 19);
+Switches (environment variables, off by default until the defects they meet are fixed on main, then
+on by default; docs/RELIABILITY.md): ``MODEL_BACKDATED=1`` adds a rule inserting new rows with a
+last_updated days in the past and lets zone changes put the clock forward by more than half the overlap
+(issue 19);
 ``MODEL_FUTURE=1`` adds a rule stamping a version minutes ahead of the source's clock and judges versions
 stamped ahead of the clock (issue 19); ``MODEL_LOCAL_SAVE_KILLS=1`` kills runs while they save their state
-folder (defect 4); ``MODEL_CLOCK=1`` judges rows whose stamps went backwards (defect 3).
+folder (defect 4); ``MODEL_CLOCK`` (on by default since defect 3's fix; ``MODEL_CLOCK=0`` switches it off)
+judges rows whose stamps went backwards.
 """
 import os
 import shutil
@@ -42,8 +44,13 @@ OVERLAP_SECONDS = 3600  # the pipeline's default INGEST_OVERLAP_SECONDS
 ZONES = ("UTC", "Asia/Tokyo", "America/New_York", "Asia/Kolkata", "Europe/London")
 
 
+# Switches whose defect is fixed: on unless set to 0 or an empty value.
+ON_BY_DEFAULT = ("MODEL_CLOCK",)
+
+
 def switched_on(name):
-    return os.environ.get(name, "") not in ("", "0")
+    default = "1" if name in ON_BY_DEFAULT else ""
+    return os.environ.get(name, default) not in ("", "0")
 
 
 class Stats:

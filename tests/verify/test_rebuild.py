@@ -2,29 +2,12 @@
 import boto3
 import pytest
 
+from tests.support.compare import contents, relations
 from tests.support.db import connect, run_sql
 from tests.support.pipeline import run_pipeline
 from utils.db.connection import close_db_connection
 from utils.errors import ObjectExistsError
 from utils.rebuild.run import RebuildError, rebuild_warehouse
-
-# Columns the warehouse's own clock fills (when a row was loaded, detected, rejected): not data.
-CLOCK_COLUMNS = {"loaded_at", "detected_at", "rejected_at"}
-
-
-def relations(url):
-    return [row[0] for row in run_sql(
-        url, "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' "
-             "AND table_name NOT LIKE 'etl_stage_%' ORDER BY 1")]
-
-
-def contents(url, relation):
-    columns = [row[0] for row in run_sql(
-        url, "SELECT column_name::text FROM information_schema.columns WHERE table_schema = 'public' "
-             "AND table_name = :t ORDER BY ordinal_position", t=relation)]
-    kept = ", ".join(f'"{c}"' for c in columns if c not in CLOCK_COLUMNS)
-    rows = run_sql(url, f'SELECT {kept} FROM "{relation}"')
-    return sorted(tuple(str(value) for value in row) for row in rows)
 
 
 def rebuild_into(url, buckets, generation=None):
@@ -143,6 +126,34 @@ def test_selected_tables_are_replaced_in_place_by_their_rebuilt_contents(loaded,
     # The serial continues after the rebuilt keys: the next load appends without a clash.
     run_sql(source, "UPDATE payment SET paid = true, last_updated = localtimestamp")
     run_pipeline()
+    assert check(source, warehouse, buckets["ingest"]).exit_code == 0
+
+
+@pytest.mark.slow
+def test_a_load_after_an_in_place_replacement_orders_after_the_rebuilt_versions(loaded, new_database, check):
+    """docs/RELIABILITY.md defect 3: the rebuilt rows keep the rebuild's load orders; a live warehouse whose
+    sequence is behind them (here: migrated from before the load order, its rows of order 0) must order
+    its next batch after them, else the rebuilt version stays current."""
+    from utils.rebuild.in_place import replace_tables
+    source, warehouse, buckets = loaded
+    paid = "UPDATE payment SET payment_amount = :amount, last_updated = localtimestamp WHERE payment_id = 1"
+    run_sql(source, paid, amount=2)
+    run_pipeline()
+    run_sql(warehouse, "UPDATE fact_payment SET etl_load_order = 0")
+    run_sql(warehouse, "ALTER SEQUENCE etl_load_order_seq RESTART WITH 1")
+    scratch = new_database()
+    rebuild_into(scratch, buckets)
+    assert run_sql(scratch, "SELECT max(etl_load_order) FROM fact_payment") == [[2]]
+    live, rebuilt = connect(warehouse), connect(scratch)
+    try:
+        replace_tables(live, rebuilt, ["fact_payment"])
+    finally:
+        close_db_connection(live)
+        close_db_connection(rebuilt)
+
+    run_sql(source, paid, amount=3)
+    run_pipeline()
+    assert run_sql(warehouse, "SELECT payment_amount FROM current_payment WHERE payment_id = 1") == [[3]]
     assert check(source, warehouse, buckets["ingest"]).exit_code == 0
 
 

@@ -18,3 +18,5 @@ PROCESSED_MANIFESTS = _PREFIXES["processed"]["manifests"]
 SNAPSHOTS_PREFIX = _PREFIXES["processed"]["snapshots"]
 REJECTED_PREFIX = _PREFIXES["processed"]["rejected"]
 PROCESSED_DELETED_PREFIX = _PREFIXES["processed"]["deleted"]
+# A rebuild's processed objects (utils.rebuild.generation): _generations/<generation>/<key>.
+GENERATIONS_PREFIX = _PREFIXES["processed"]["generations"]

@@ -1,16 +1,18 @@
 """The dashboard's rollups: small aggregates of the current state, kept by the load in each batch's own
 transaction, so they are exactly as current as the facts (DDL: ``utils/catalog/sql/rollups.sql``).
 
-Each rollup sums, per key, a few measures of the rows of one ``current_*`` view (the latest version of
-each order or payment whose deletion is not open). A batch changes the current row of an id when it
-appends a version of it, records its deletion or closes its deletion (a re-insert); a batch that renames
-a design moves its current orders to the new name in ``rollup_sales_by_design``. ``update_rollups``
-(called by the load just before the ledger row) finds those ids, the "touched" ones: fact rows with a
-record id above the state's ``last_record_id`` (loads are serialised by the advisory lock, so the serial
-ids of a batch are above every earlier batch's) and the deletions recorded or closed by this batch. For
-them it subtracts their current row as it was before the batch (versions up to ``last_record_id``,
-deletions open before the batch) and adds their current row now, grouped per rollup key, as upserts;
-groups left with no row are removed.
+Each rollup sums, per key, a few measures of the rows of one ``current_*`` view (the version loaded last
+of each order or payment whose deletion is not open: greatest ``etl_load_order``, then last_updated). A
+batch changes the current row of an id when it appends a version of it, re-marks a version already held
+as current (``utils.load.merge._remark_held``), records its deletion or closes its deletion (a
+re-insert); a batch that renames a design moves its current orders to the new name in
+``rollup_sales_by_design``. ``update_rollups`` (called by the load just before the ledger row) finds
+those ids, the "touched" ones: fact rows with a record id above the state's ``last_record_id`` (loads
+are serialised by the advisory lock, so the serial ids of a batch are above every earlier batch's), the
+ids the batch re-marked, and the deletions recorded or closed by this batch. For them it subtracts their
+current row as it was before the batch (versions up to ``last_record_id`` with a load order below the
+batch's: a re-marked version was not current before) and adds their current row now, grouped per rollup
+key, as upserts; groups left with no row are removed.
 
 Cost proportional to the batch, not the warehouse: the state also keeps ``max_id``, the highest natural id
 among the records it covers. A batch's row whose id is above it is a new order or payment (nothing held
@@ -42,7 +44,8 @@ STATE = "etl_rollup_state"
 DESIGN_NAMES = "rollup_design_name"
 # Bump when a rollup's keys or measures change: warehouses holding another definition are rebuilt.
 # 2: etl_rollup_state.max_id (new ids cost no probe); rollup tables with fillfactor 70 (HOT updates).
-DEFINITION = 2
+# 3: and current rows chosen by load order (docs/RELIABILITY.md defect 3).
+DEFINITION = 3
 # work_mem of the load's transaction from the rollups' statements on (SET LOCAL: the COMMIT ends it): a
 # backfill batch's delta (a million narrow rows) is sorted and grouped in memory, not in temporary files.
 ROLLUP_WORK_MEM = "256MB"
@@ -150,11 +153,13 @@ def rollups_current(state):
 
 # -- the load's hook ----------------------------------------------------------------------------------
 
-def update_rollups(conn, batch_id, tables):
+def update_rollups(conn, batch_id, tables, load_order, remarked=None):
     """Bring the rollups up to date with what this batch did, inside the batch's transaction (after its
     facts, dimensions and deletions are written, before COMMIT). ``tables``: the batch's {warehouse
-    table: pyarrow Table} (its dim_design rows say which designs may have been renamed). Creates and
-    fills the rollups when the warehouse has none or another definition. Returns the facts updated.
+    table: pyarrow Table} (its dim_design rows say which designs may have been renamed); ``load_order``:
+    the batch's; ``remarked``: {fact table: ids whose held version the batch made current again}.
+    Creates and fills the rollups when the warehouse has none or another definition. Returns the facts
+    updated.
 
     Cost: two small queries for the state, one for what changed, then one statement per fact that changed
     (and two small ones when the batch brings designs); a fact the batch did not change costs nothing
@@ -162,15 +167,17 @@ def update_rollups(conn, batch_id, tables):
     state = rollup_state(conn)
     if not rollups_current(state):
         return list(FACT_SOURCES) if _create_rollups(conn, batch_id) else []
-    changed = _changed_facts(conn, state, batch_id)
+    remarked = remarked or {}
+    changed = _changed_facts(conn, state, batch_id) | set(remarked)
     design_ids = _batch_ids(tables.get("dim_design"), "design_id")
     renamed = _renamed_designs(conn, design_ids)
     updated = []
     for fact, source in FACT_SOURCES.items():
         if fact in changed or (source.label and renamed):
-            sql = _update_sql(source, renamed if source.label else [])
+            sql = _update_sql(source, renamed if source.label else [], bool(remarked.get(fact)))
             params = {"mark": state[fact].last_record_id, "max_id": state[fact].max_id,
-                      "source": source.source, "batch_id": batch_id, "fact": fact, "renamed": renamed}
+                      "source": source.source, "batch_id": batch_id, "fact": fact, "renamed": renamed,
+                      "load_order": load_order, "remarked": remarked.get(fact)}
             conn.run(sql, **{name: value for name, value in params.items() if f":{name}" in sql})
             updated.append(fact)
     _record_design_names(conn, design_ids)
@@ -225,21 +232,23 @@ def _columns(source, alias):
 
 def _current_rows(source, before):
     """SELECT of the current row of each id in ``held``: now, or (``before``) as it was before the
-    batch (versions up to :mark, deletions recorded by an earlier batch and open until this one). Per id,
-    the latest version is the first row of the version index read backwards ((id, last_updated) is
-    unique, so no tie is left for the view's record-id tie-break): index probes per touched id, whatever
-    the fact table's size or statistics."""
+    batch (versions up to :mark with a load order below the batch's :load_order, so a version the batch
+    re-marked, which was not current, is left out; deletions recorded by an earlier batch and open until
+    this one). Per id, the current version is the one of greatest (load order, last_updated) ((id,
+    last_updated) is unique, so no tie is left for the view's record-id tie-break): an index probe on
+    the version index's id per touched id (its few versions sorted), whatever the fact table's size or
+    statistics."""
     fact, id_column = identifier(source.fact), identifier(source.id_column)
     if before:
         is_open = "d.batch_id <> :batch_id " \
                   "AND (d.reinserted_batch_id IS NULL OR d.reinserted_batch_id = :batch_id)"
-        versions = f"AND f.{identifier(source.record_column)} <= :mark "
+        versions = f"AND f.{identifier(source.record_column)} <= :mark AND f.etl_load_order < :load_order "
     else:
         is_open, versions = "d.reinserted_batch_id IS NULL", ""
     return (f"SELECT v.* FROM held t CROSS JOIN LATERAL (SELECT {_columns(source, 'f')} "  # nosec B608
             f"FROM {fact} f "
             f"WHERE f.{id_column} = t.id {versions}"
-            "ORDER BY f.last_updated_date DESC, f.last_updated_time DESC LIMIT 1) v "
+            "ORDER BY f.etl_load_order DESC, f.last_updated_date DESC, f.last_updated_time DESC LIMIT 1) v "
             f"WHERE NOT EXISTS (SELECT 1 FROM {identifier(DELETED)} d WHERE d.source_table = :source "
             f"AND d.source_id = t.id AND {is_open})")
 
@@ -260,8 +269,8 @@ def _renamed_rows(source):
     batch: ``_new_rows`` adds it under the new name already."""
     fact, id_column = identifier(source.fact), identifier(source.id_column)
     record = identifier(source.record_column)
-    order = f"(n.last_updated_date, n.last_updated_time, n.{record}) > " \
-            f"(f.last_updated_date, f.last_updated_time, f.{record})"
+    order = f"(n.etl_load_order, n.last_updated_date, n.last_updated_time, n.{record}) > " \
+            f"(f.etl_load_order, f.last_updated_date, f.last_updated_time, f.{record})"
     return (f"SELECT {_columns(source, 'f')} FROM {fact} f "  # nosec B608
             f"WHERE f.design_id = ANY(CAST(:renamed AS integer[])) AND f.{id_column} <= :max_id "
             f"AND NOT EXISTS (SELECT 1 FROM touched t WHERE t.id = f.{id_column}) "
@@ -282,18 +291,19 @@ def _new_rows(source):
     return (f"SELECT {_columns(source, 'v')} FROM (SELECT DISTINCT ON (f.{id_column}) "  # nosec B608
             f"f.{id_column}, {_columns(source, 'f')} FROM {fact} f WHERE f.{record} > :mark "
             f"AND (f.{id_column} > :max_id OR f.{id_column} IN (SELECT id FROM touched WHERE NOT held)) "
-            f"ORDER BY f.{id_column}, f.last_updated_date DESC, f.last_updated_time DESC, "
-            f"f.{record} DESC) v "
+            f"ORDER BY f.{id_column}, f.etl_load_order DESC, f.last_updated_date DESC, "
+            f"f.last_updated_time DESC, f.{record} DESC) v "
             f"WHERE NOT EXISTS (SELECT 1 FROM {identifier(DELETED)} d WHERE d.source_table = :source "
             f"AND d.source_id = v.{id_column} AND d.reinserted_batch_id IS NULL)")
 
 
-def _update_sql(source, renamed):
+def _update_sql(source, renamed, remarked=False):
     """One statement bringing ``source``'s rollups and its state row up to date: ``touched`` (ids up to
-    :max_id with a record above :mark or a deletion recorded or closed by :batch_id, each with ``held``:
-    the warehouse held a version of it before the batch), ``held`` (those ids), ``delta`` (-1 x each held
-    id's current row before the batch, labelled as the rollups filed it; +1 x its current row now,
-    labelled as dim_design names it; +1 x the current row of each new id, above :max_id or not held
+    :max_id with a record above :mark, re-marked by the batch (``remarked``: the ids are :remarked; a
+    re-marked id is held, so up to :max_id) or with a deletion recorded or closed by :batch_id, each with
+    ``held``: the warehouse held a version of it before the batch), ``held`` (those ids), ``delta`` (-1 x
+    each held id's current row before the batch, labelled as the rollups filed it; +1 x its current row
+    now, labelled as dim_design names it; +1 x the current row of each new id, above :max_id or not held
     (``_new_rows``); with ``renamed``, the move of the renamed designs' other current orders from the old
     name to the new), then each rollup's upsert (``_rollup_ctes``) and the state's UPDATE. An id above
     :max_id has no version up to :mark, so no deletion of it was open before the batch: it is never in
@@ -312,6 +322,8 @@ def _update_sql(source, renamed):
                f"WHERE {record} > :mark AND {id_column} <= :max_id UNION SELECT source_id "
                f"FROM {identifier(DELETED)} WHERE source_table = :source AND source_id <= :max_id "
                "AND (batch_id = :batch_id OR reinserted_batch_id = :batch_id)")
+    if remarked:
+        touched += " UNION SELECT unnest(CAST(:remarked AS integer[]))"
     # A scalar subquery with LIMIT is an index probe per touched id: unlike EXISTS or a join, the
     # planner cannot answer it by hashing the whole history (seconds at x100, for a batch of any size).
     fact = identifier(source.fact)

@@ -65,19 +65,26 @@ def run_load(event, s3_client=None, secrets_client=None):
     logger.info("load started", transform_result=event)
     settings = load_settings()
     s3_client = s3_client or boto3.client("s3")
+    return with_warehouse(lambda conn, connect: load_pending(
+        conn, s3_client, settings.processed_bucket, connect=connect,
+        more_waiting=event.get("more_waiting", False)), secrets_client)
+
+
+def with_warehouse(work, secrets_client=None):
+    """``work(conn, connect)`` on a connection to the configured warehouse (closed after); ``connect``
+    opens another connection to it. Returns what ``work`` returns."""
+    settings = load_settings()
     secrets_client = secrets_client or boto3.client("secretsmanager")
     credentials = db_connections_get_secret(secrets_client, settings.warehouse_secret_id)
     conn = connect_to_db(credentials, role="warehouse")
     logger.info("connected to the warehouse", host=credentials["host"], database=credentials["database"])
     try:
-        return load_pending(conn, s3_client, settings.processed_bucket,
-                            connect=lambda: connect_to_db(credentials, role="warehouse"),
-                            more_waiting=event.get("more_waiting", False))
+        return work(conn, lambda: connect_to_db(credentials, role="warehouse"))
     finally:
         close_db_connection(conn)
 
 
-def load_pending(conn, s3_client, bucket, connect=None, more_waiting=False):
+def load_pending(conn, s3_client, bucket, connect=None, more_waiting=False, take=None):
     """Ensure the schema, then load every pending processed batch, oldest first.
 
     A fact table receiving many rows has its foreign keys suspended for the execution
@@ -88,10 +95,18 @@ def load_pending(conn, s3_client, bucket, connect=None, more_waiting=False):
     "rejected": {source table: n}}``: the rows newly quarantined in etl_rejected_rows by these batches;
     when these batches recorded hard deletes in etl_deleted_rows, also ``"deleted_rows": n`` and
     ``"deleted": {source table: n}`` (absent when none).
+
+    ``take``: given the pending [(manifest key, manifest)], returns the oldest ones this invocation loads
+    (a rebuild's bound, ``utils.rebuild.rounds``); when it leaves some, the result has ``"more_waiting":
+    true`` and the suspended keys stay suspended.
     """
     targets = ensure_warehouse_schema(conn)
     result: LoadResult = {"batches": [], "tables": {}, "rejected_rows": 0, "rejected": {}}
     pending = pending_batches(conn, s3_client, bucket)
+    taken = take(pending) if take else pending
+    if len(taken) < len(pending):
+        pending = taken
+        result["more_waiting"] = more_waiting = True
     if not pending:
         logger.warning("no processed batches to load")
     suspended = suspend_for_execution(conn, pending_fact_rows(pending))

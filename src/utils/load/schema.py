@@ -21,6 +21,12 @@ REJECTED = "etl_rejected_rows"
 DIMENSION_VERSIONS = "etl_dimension_version"
 DELETED = "etl_deleted_rows"
 SUSPENDED_KEYS = "etl_suspended_foreign_key"
+# The load order (docs/RELIABILITY.md defect 3): a sequence, a column of the ledger and of
+# etl_dimension_version, and a column of every fact table.
+LOAD_ORDER_SEQUENCE = "etl_load_order_seq"
+LOAD_ORDER_COLUMN = "etl_load_order"
+LOAD_ORDER_COLUMNS = {LEDGER: "load_order", DIMENSION_VERSIONS: "load_order",
+                      **{fact: LOAD_ORDER_COLUMN for fact in FACTS}}
 OWN_TABLES = (LEDGER, REJECTED, DIMENSION_VERSIONS, DELETED, SUSPENDED_KEYS)
 
 VIEWS = ("current_sales_order", "current_purchase_order", "current_payment", "deleted_dimension_rows")
@@ -166,6 +172,20 @@ def _references(conn, targets):
     return targets
 
 
+def _has_load_order(conn, existing):
+    """True when the warehouse has the load order (sequence and columns); a warehouse created before it
+    is migrated by the DDL file (``ADD COLUMN IF NOT EXISTS``, ``CREATE SEQUENCE IF NOT EXISTS``)."""
+    if any(column not in existing.get(table, {}) for table, column in LOAD_ORDER_COLUMNS.items()):
+        return False
+    return not conn.run("SELECT to_regclass(:name) IS NULL", name=LOAD_ORDER_SEQUENCE)[0][0]
+
+
+def next_load_order(conn):
+    """The next value of the load order sequence: the order of the batch being loaded (inside its
+    transaction, under the loads' advisory lock, so a later batch always has a greater order)."""
+    return int(conn.run("SELECT nextval(CAST(:name AS regclass))", name=LOAD_ORDER_SEQUENCE)[0][0])
+
+
 def ensure_warehouse_schema(conn):
     """Check existing tables, create whatever is missing; return {table: TargetTable}.
 
@@ -186,7 +206,7 @@ def ensure_warehouse_schema(conn):
         "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND indexname = ANY(:names)",
         names=list(VERSION_INDEXES))}
     complete = (set(WAREHOUSE_TABLES) | set(OWN_TABLES)) <= set(existing) and views == set(VIEWS) \
-        and indexes == set(VERSION_INDEXES)
+        and indexes == set(VERSION_INDEXES) and _has_load_order(conn, existing)
     if not complete:
         conn.run("START TRANSACTION")
         try:

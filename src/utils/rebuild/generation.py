@@ -8,10 +8,10 @@ A generation whose transform state already exists is refused: a rebuild writes i
 """
 from datetime import datetime, timezone
 
+from utils.aws.layout import GENERATIONS_PREFIX
 from utils.aws.state import read_state
 from utils.errors import ObjectExistsError
 
-GENERATIONS_PREFIX = "_generations"
 PREFIXED_CALLS = ("get_object", "put_object", "head_object")
 
 

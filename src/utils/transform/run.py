@@ -66,16 +66,22 @@ def run_transform(event, s3_client=None):
     return transform_pending(s3_client, settings.ingest_bucket, settings.processed_bucket)
 
 
-def transform_pending(s3_client, ingest_bucket, processed_bucket):
-    """Transform, oldest first, every ingest batch after the one the transform state names."""
+def transform_pending(s3_client, ingest_bucket, processed_bucket, take=None):
+    """Transform, oldest first, every ingest batch after the one the transform state names.
+
+    ``take``: given the pending [(manifest key, manifest)], returns the oldest ones this invocation
+    transforms (a rebuild's bound, ``utils.rebuild.rounds``); when it leaves some, ``more_waiting``."""
     state, etag = read_state(s3_client, processed_bucket, STAGE)
     ingest_state, _ = read_state(s3_client, ingest_bucket, "ingest")
     pending = pending_ingest_batches(s3_client, ingest_bucket, ingest_state.get("manifest_key"),
                                      state.get("ingest_manifest_key"))
     result: TransformResult = {"batches": [], "tables": {}}
-    if ingest_state.get("more_waiting"):
-        # the ingest cut its last batch (utils/ingest/bounded.py): the state machine runs another round
+    taken = take(pending) if take else pending
+    if ingest_state.get("more_waiting") or len(taken) < len(pending):
+        # the ingest cut its last batch (utils/ingest/bounded.py), or this invocation's bound left some:
+        # the state machine runs another round
         result["more_waiting"] = True
+    pending = taken
     if not pending:
         logger.warning("no new ingest batches", last_transformed=state.get("ingest_manifest_key"))
         return result

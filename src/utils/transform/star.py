@@ -59,10 +59,16 @@ def distinct_versions(table, key):
 
 
 def merge_snapshot(snapshot, changes, key):
-    """The current state after ``changes``: the latest version of every row of both tables."""
+    """The current state after ``changes`` (a later batch): each row of ``changes`` (the latest of its
+    versions in the batch) replaces the snapshot's row of its key, whatever their last_updated (a batch
+    reads the source's state after the snapshot's; its version may be stamped earlier: a back-dated
+    update, a clock that went back, a row restored; docs/RELIABILITY.md defect 3). Other rows stay."""
+    changed = latest_rows(changes, key)
     if snapshot is None or snapshot.num_rows == 0:
-        return latest_rows(changes, key)
-    return latest_rows(pa.concat_tables([snapshot, changes.cast(snapshot.schema)]), key)
+        return changed
+    changed = changed.cast(snapshot.schema)
+    kept = snapshot.filter(pc.invert(pc.is_in(snapshot[key], value_set=changed[key].combine_chunks())))
+    return pa.concat_tables([kept, changed]).sort_by([(key, "ascending")])
 
 
 # -- column conversions --------------------------------------------------------------------------
