@@ -41,14 +41,14 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@ $(RUNTIME_STAMP)
 
-# Streamlit and Playwright have their own requirements file: they must never reach the Lambda layer.
+# Playwright (the dashboard's browser tests) has its own requirements file: it must never reach the Lambda layer.
 $(DASHBOARD_STAMP): requirements-dashboard.txt $(STAMP)
 	$(BIN)/pip install --quiet -r requirements-dashboard.txt
 	touch $@
 
 install-requirements: $(RUNTIME_STAMP)
 
-install-dashboard: $(DASHBOARD_STAMP)
+install-dashboard: $(STAMP)
 
 # The browser tests drive Debian's chromium (Playwright cannot download its own browsers here).
 chromium:
