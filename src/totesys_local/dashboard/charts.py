@@ -7,7 +7,7 @@ currency code, "sales GBP"...) and coloured from one fixed palette in the order 
 """
 import math
 from html import escape
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#eeca3b", "#9d755d")
 FONT = 'font-family="system-ui, sans-serif" font-size="11"'
@@ -118,7 +118,8 @@ def line_chart(label: str, categories: Sequence[str], series: Mapping[str, Seque
     return _svg(width, height, label, parts + _legend(colours, left, height - 6))
 
 
-def pivot(rows: Sequence[Mapping], category: str, series: str, value: str):
+def pivot(rows: Sequence[Mapping], category: str, series: str,
+          value: str) -> Tuple[List[str], Dict[str, List[float]]]:
     """(categories in first-seen order, {series name: [value per category, 0 where absent]}) of ``rows``
     (dicts), each value as a float (chart geometry only: tables keep the exact Decimal). Series in name
     order, so that a currency has the same colour in every chart."""

@@ -17,12 +17,13 @@ from urllib.parse import parse_qs, urlsplit
 from totesys_local.dashboard.app import CONTENT_SECURITY_POLICY, document, message, render_page
 from totesys_local.dashboard.cache import PageCache
 from totesys_local.dashboard.queries import URL_VARIABLE
+from totesys_local.errors import LocalError
 
 DEFAULT_PORT = 8501
 HOST = "127.0.0.1"
 
 
-class DashboardError(Exception):
+class DashboardError(LocalError):
     """The dashboard cannot start; the message is for the user."""
 
 
