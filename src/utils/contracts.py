@@ -63,17 +63,32 @@ class IngestManifest(TypedDict):
 
 
 class TableBounds(TypedDict):
-    """One table's entry in the ingest state pointer: its upper bound and the snapshot it was read in."""
+    """One table's entry in the ingest state pointer: its upper bound and the snapshot it was read in;
+    ``utc``: the snapshot's UTC time, ``offsets``: the UTC offsets (seconds) of the source clock in play
+    then (``utils.ingest.zones``; absent in a state written before them). ``future_from`` and ``keys``:
+    ``utils.ingest.backdated``, ``utils.ingest.deletes``."""
     high: str
     snapshot: str
+    utc: NotRequired[str]
+    offsets: NotRequired[List[int]]
+    future_from: NotRequired[str]
+    keys: NotRequired[str]
+
+
+class SourceClock(TypedDict):
+    """The source clock at a run's snapshot: ``now()`` in UTC and ``localtimestamp`` (its wall clock)."""
+    utc: str
+    wall: str
 
 
 class IngestState(TypedDict, total=False):
     """``_state/ingest.json`` ({} before the first run). ``manifest_key``/``batch_id`` name the last
-    batch with data; ``tables`` holds every table ever read, ``high`` in ``timezone``."""
+    batch with data; ``tables`` holds every table ever read, ``high`` a raw source stamp (an entry
+    without ``utc``: in ``timezone``); ``clock``: the last run's readings."""
     manifest_key: Optional[str]
     batch_id: Optional[str]
     timezone: str
+    clock: SourceClock
     ignored_columns: Dict[str, List[str]]
     tables: Dict[str, TableBounds]
     held_deletes: Dict[str, Dict[str, int]]
