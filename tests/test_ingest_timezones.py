@@ -6,7 +6,7 @@ zone) and stamp ``last_updated`` with ``now()`` or ``localtimestamp``, i.e. the 
 """
 import json
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from pg8000.native import identifier
@@ -15,6 +15,7 @@ import ingest
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
 from utils.errors import ConfigError
 from utils.format_time import parse_time
+from utils.ingest.zones import offsets_over
 from utils.aws.state import read_state
 from tests.support.ingest import assert_each_version_landed_once, read_table
 from utils.aws.objects import list_keys, read_json
@@ -260,3 +261,42 @@ def test_the_daylight_saving_fall_back_loses_and_duplicates_nothing(env):
     state, _ = read_state(s3, bucket, "ingest")
     assert parse_time(state["tables"]["sales_order"]["high"]) == first_high  # kept, never moved back
     assert_each_version_landed_once(s3, bucket, url, superseded=3)
+
+
+def test_a_late_commit_of_the_old_zone_open_over_two_runs_after_a_zone_change_arrives(env):
+    """A transaction opened in UTC after a run stays open while the zone moves forward to Asia/Kolkata and
+    two runs pass: UTC stays among the offsets recorded while a transaction older than the previous
+    snapshot is open, so its rows, stamped in UTC, are still inside the window when it commits."""
+    s3, bucket, url = env
+    ingest.lambda_handler({}, None)
+    late = writer(url)
+    try:
+        late.run("BEGIN")
+        late.run("UPDATE payment SET paid = true, last_updated = now() WHERE payment_id = 1")
+        set_database_timezone(url, "Asia/Kolkata")
+        assert ingest.lambda_handler({}, None) == {}
+        assert ingest.lambda_handler({}, None) == {}
+        late.run("COMMIT")
+    finally:
+        close_db_connection(late)
+    assert list(updated_rows(s3, bucket, ingest.lambda_handler({}, None), "payment", "payment_id")) == [1]
+    assert ingest.lambda_handler({}, None) == {}
+    assert_each_version_landed_once(s3, bucket, url, superseded=1)
+
+
+def test_the_offsets_of_a_zone_over_an_interval_are_the_servers(new_database):
+    """``offsets_over`` asks the server: a POSIX zone's daylight and standard offsets when the interval
+    spans its fall-back, one of them otherwise; several zones at once; a long interval sampled."""
+    conn = connect_to_db(credentials=credentials_from_url(new_database()))
+    try:
+        zone = "XST5XDT,J1/0,J200/12:00:00"  # daylight (UTC-4) ends at noon, July 19 (UTC 16:00)
+        fall_back = datetime(2026, 7, 19, 16, 0)
+        assert offsets_over(conn, [zone], fall_back - timedelta(hours=2), fall_back - timedelta(seconds=1)) \
+            == {-4 * 3600}
+        assert offsets_over(conn, [zone], fall_back - timedelta(hours=1), fall_back + timedelta(minutes=1)) \
+            == {-4 * 3600, -5 * 3600}
+        assert offsets_over(conn, [zone, "Asia/Kolkata", "UTC"], fall_back, fall_back + timedelta(hours=3)) \
+            == {-5 * 3600, 5 * 3600 + 1800, 0}
+        assert offsets_over(conn, ["Europe/London"], datetime(2020, 1, 1), datetime(2026, 1, 1)) == {0, 3600}
+    finally:
+        close_db_connection(conn)

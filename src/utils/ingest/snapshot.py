@@ -102,8 +102,11 @@ def open_window(conn, tables, state, overlap_seconds, export=False, max_batch_ro
     # A clock whose offset moved (a zone change, daylight saving) stamps rows in every offset in play:
     # the window covers them all, and the bound never moves back (utils.ingest.zones).
     prev_zone = state.get("timezone", LEGACY_TIMEZONE) if prev_tables else zone
+    xmin = snapshot_bounds(snapshot)[0]
+    carried = {table for table in tables if table in prev_tables and prev_tables[table].get("snapshot")
+               and xmin < snapshot_bounds(prev_tables[table]["snapshot"])[1]}
     windows = table_windows(conn, tables, prev_tables, Clock(batch_time, wall_now), (prev_zone, zone),
-                            overlap_seconds, Clock.from_state(state))
+                            overlap_seconds, Clock.from_state(state), carried)
     highs = {table: windows[table].high for table in tables}
     lows = {table: windows[table].low for table in tables if windows[table].low is not None}
     future_from = {}

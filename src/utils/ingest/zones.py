@@ -18,8 +18,10 @@ union of the offsets recorded with ``prev`` (those in play during its window: a 
 session in an older zone), the offsets the previous run's zone and the current zone had at any moment of
 ``[prev.utc - overlap, now]``, and the offsets the two snapshots measured (wall clock minus UTC). The state
 records per table ``utc`` (the UTC time of the snapshot the table was read in) and ``offsets`` (this run's
-zones over its interval, without the recorded ones: a move is forgotten one run after it is past), and per
-run ``clock`` (the snapshot's readings, UTC and wall). A first run takes ``O`` over the last overlap.
+zones over its interval; the recorded ones too only while a transaction that began before the previous
+snapshot is still open, so a move is forgotten one run after it is past and no late transaction of the
+old zone can still commit), and per run ``clock`` (the snapshot's readings, UTC and wall). A first run
+takes ``O`` over the last overlap.
 
 A state entry without ``utc`` (written before this module) keeps the earlier rule (its ``high`` converted
 into the current zone by ``utils.ingest.snapshot``): ``low = prev.high - overlap``, ``high = max(wall
@@ -79,13 +81,15 @@ def offsets_over(conn, zones: Iterable[str], since: datetime, until: datetime) -
 
 
 def table_windows(conn, tables, prev_tables, clock: Clock, zones, overlap_seconds,
-                  prev_clock: Optional[Clock] = None) -> Dict[str, TableWindow]:
+                  prev_clock: Optional[Clock] = None, carried=frozenset()) -> Dict[str, TableWindow]:
     """``{table: TableWindow}`` for ``tables`` (see the module docstring).
 
     ``prev_tables``: the state pointer's entries (entries without ``utc`` already converted into the
     current zone); ``clock``: this snapshot's readings; ``zones``: the previous run's zone and the current
-    one; ``prev_clock``: the previous run's readings (None when not recorded). Runs one query per distinct
-    interval start on ``conn`` (in the run's snapshot transaction).
+    one; ``prev_clock``: the previous run's readings (None when not recorded); ``carried``: the tables whose
+    recorded offsets stay recorded (a transaction that began before their previous snapshot is still open:
+    it may yet commit rows stamped in them). Runs one query per distinct interval start on ``conn`` (in
+    the run's snapshot transaction).
     """
     overlap = timedelta(seconds=overlap_seconds)
     measured = {clock.offset} | ({prev_clock.offset} if prev_clock else set())
@@ -108,5 +112,5 @@ def table_windows(conn, tables, prev_tables, clock: Clock, zones, overlap_second
         in_play = offsets | frozenset(prev.get("offsets") or ())
         low = min(prev_high, prev_utc + timedelta(seconds=min(in_play))) - overlap
         high = max(prev_high, clock.utc + timedelta(seconds=max(in_play)))
-        windows[table] = TableWindow(low, high, offsets)
+        windows[table] = TableWindow(low, high, in_play if table in carried else offsets)
     return windows
