@@ -103,10 +103,13 @@ class IngestManifest(TypedDict):
 
 class TableBounds(TypedDict):
     """One table's entry in the ingest state pointer: its upper bound and the snapshot it was read in;
-    ``future_from`` when its last run landed future rows; ``keys`` the key of its key-set object
-    (``utils.ingest.deletes``; absent before delete detection first read the table)."""
+    ``utc``: the snapshot's UTC time, ``offsets``: the UTC offsets (seconds) of the source clock in play
+    then (``utils.ingest.zones``; absent in a state written before them). ``future_from`` and ``keys``:
+    ``utils.ingest.backdated``, ``utils.ingest.deletes``."""
     high: str
     snapshot: str
+    utc: NotRequired[str]
+    offsets: NotRequired[List[int]]
     future_from: NotRequired[str]
     keys: NotRequired[str]
 
@@ -117,16 +120,24 @@ class HeldDeletes(TypedDict):
     table_rows: int
 
 
+class SourceClock(TypedDict):
+    """The source clock at a run's snapshot: ``now()`` in UTC and ``localtimestamp`` (its wall clock)."""
+    utc: str
+    wall: str
+
+
 class IngestState(TypedDict, total=False):
     """``_state/ingest.json``. Every run writes every key (``held_deletes`` once delete detection ran);
     the pointer is ``{}`` before the first run, so a reader can count on none (hence ``total=False``).
     ``manifest_key``/``batch_id`` name the last batch with data (None until one); ``tables`` holds every
-    table ever read, ``high`` in ``timezone``; ``more_waiting``: the last batch was cut at MAX_BATCH_ROWS
-    (``utils.ingest.bounded``); ``source``: the source's identity (``utils.db.identity``), never a
-    credential."""
+    table ever read, ``high`` a raw source stamp (an entry without ``utc``: in ``timezone``); ``clock``:
+    the last run's readings (``utils.ingest.zones``); ``more_waiting``: the last batch was cut at
+    MAX_BATCH_ROWS (``utils.ingest.bounded``); ``source``: the source's identity (``utils.db.identity``),
+    never a credential; ``cdc``: INGEST_MODE=cdc's slot pointer."""
     manifest_key: Optional[str]
     batch_id: Optional[str]
     timezone: str
+    clock: SourceClock
     ignored_columns: Dict[str, List[str]]
     tables: Dict[str, TableBounds]
     more_waiting: bool

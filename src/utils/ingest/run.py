@@ -18,11 +18,12 @@ One run (``run_ingest``):
 5. write the manifest ``_batches/...json``, then advance the state pointer with If-Match on the ETag.
 
 Which rows a run takes, per table (``prev`` = this table's entry in the state pointer; all bounds are
-source wall-clock times): ``last_updated < high`` where ``high = max(localtimestamp, prev.high)`` (a
-daylight-saving fall-back never moves it back), and, after the first run,
-``last_updated >= prev.high - overlap`` minus the rows
-the previous run already landed: ``last_updated < prev.high`` and written by a transaction that had
-certainly finished before ``prev.snapshot`` was taken (full 64-bit xid below the snapshot's xmin).
+source wall-clock times): ``last_updated < high`` where ``high = max(prev.high, now + the largest UTC
+offset in play)`` (it never moves back), and, after the first run, ``last_updated >= min(prev.high,
+prev.utc + the smallest offset in play) - overlap`` (``utils.ingest.zones``: the source clock's offset
+moves with daylight saving and zone changes) minus the rows the previous run already landed:
+``last_updated < prev.high`` and written by a transaction that had certainly finished before
+``prev.snapshot`` was taken (full 64-bit xid below the snapshot's xmin).
 See docs/DESIGN.md for why the test is "below xmin" and not pg_visible_in_snapshot. Besides the window,
 the rows below ``high`` of keys new since the previous run (backdated rows), and future rows (at or after
 ``future_from``), are landed too (``utils.ingest.backdated``).
@@ -31,7 +32,6 @@ import threading
 from collections import deque
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import boto3
@@ -369,7 +369,7 @@ def _land_table(conn, extraction, table, convert=None):
               "xid_base": "0", "cur_xmax": "0"}
     if prev:
         prev_high = parse_time(prev["high"])
-        low = format_time(prev_high - timedelta(seconds=window.overlap_seconds))
+        low = format_time(window.lows[table])
         cur_xmax = snapshot_bounds(snapshot)[1]
         params.update(low=low, prev_high=format_time(prev_high),
                       prev_xmin=str(snapshot_bounds(prev["snapshot"])[0]),
@@ -426,7 +426,8 @@ def _commit_batch(run, state, etag, found, cdc=None):
         "manifest_key": state.get("manifest_key"), "batch_id": state.get("batch_id"),
         "timezone": window.timezone, "ignored_columns": ignored,
         "tables": dict(window.prev_tables), "more_waiting": window.more_waiting,
-        "source": state.get("source")}
+        "source": state.get("source"), "clock": {"utc": format_time(batch_time),
+                                                 "wall": format_time(window.wall_clock)}}
     if landed or deleted:
         manifest_key = generate_file_key(INGEST_MANIFESTS, batch_time, "json")
         manifest: IngestManifest = {
@@ -439,7 +440,8 @@ def _commit_batch(run, state, etag, found, cdc=None):
         logger.info("manifest written", key=manifest_key, tables=len(landed))
         new_state["manifest_key"], new_state["batch_id"] = manifest_key, batch_id
     for table in tables:
-        new_state["tables"][table] = {"high": format_time(window.highs[table]), "snapshot": window.snapshot}
+        new_state["tables"][table] = {"high": format_time(window.highs[table]), "snapshot": window.snapshot,
+                                      "utc": format_time(batch_time), "offsets": window.offsets[table]}
         if table in window.future_from:
             new_state["tables"][table]["future_from"] = format_time(window.future_from[table])
         if detection and table in detection.keys:

@@ -154,10 +154,15 @@ def land_changes(conn, s3_client, bucket, state, etag, slot, settings):
     landed = {table: entry for table, (entry, _, _) in done.items() if entry}
     deleted = {table: gone for table, (_, gone, _) in done.items() if gone is not None and gone.size}
     keys = {table: key for table, (_, _, key) in done.items() if key}
+    # The cursor's bounds kept current (switching back to cursor mode reads from them), with this run's
+    # UTC time and the source clock's offset, as a cursor run records them (utils.ingest.zones).
+    offset = [round((wall_now - batch_time).total_seconds())]
     tables = {table: dict(prev_tables[table], high=format_time(highs[table]), snapshot=snapshot,
-                          future_from=future_from[table], keys=keys.get(table, prev_tables[table]["keys"]))
+                          future_from=future_from[table], keys=keys.get(table, prev_tables[table]["keys"]),
+                          utc=format_time(batch_time), offsets=offset)
               for table in SOURCE_TABLES}
     new_state = dict(state, timezone=zone, more_waiting=False, ignored_columns=ignored, tables=tables,
+                     clock={"utc": format_time(batch_time), "wall": format_time(wall_now)},
                      **{CDC_STATE: {"slot": name, "lsn": upto}})
     deleted_entry = write_deleted(s3_client, bucket, batch_time, deleted) if deleted else None
     if landed or deleted_entry:
