@@ -12,7 +12,7 @@ CHROMIUM ?= /usr/bin/chromium
 
 .DEFAULT_GOAL := help
 .PHONY: help install-requirements install-dev-tools security-checks audit check-pep8-compliance \
-	lint typecheck terraform-fmt run-pytest test test-fast run verify simulate bench bench-scale psql stop clean soak \
+	lint check-imports typecheck terraform-fmt run-pytest test test-fast run verify simulate bench bench-scale psql stop clean soak \
 	install-dashboard dashboard chromium \
 	layer deploy destroy checkov actionlint statelint tf-init-immutable tf-init-main tf-check-backend \
 	tf-check-credentials tf-check-vars-file tf-validate
@@ -41,14 +41,14 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@ $(RUNTIME_STAMP)
 
-# Streamlit and Playwright have their own requirements file: they must never reach the Lambda layer.
+# Playwright (the dashboard's browser tests) has its own requirements file: it must never reach the Lambda layer.
 $(DASHBOARD_STAMP): requirements-dashboard.txt $(STAMP)
 	$(BIN)/pip install --quiet -r requirements-dashboard.txt
 	touch $@
 
 install-requirements: $(RUNTIME_STAMP)
 
-install-dashboard: $(DASHBOARD_STAMP)
+install-dashboard: $(STAMP)
 
 # The browser tests drive Debian's chromium (Playwright cannot download its own browsers here).
 chromium:
@@ -91,13 +91,19 @@ terraform-fmt:
 		echo "terraform not installed: fmt not checked"; \
 	fi
 
-lint: check-pep8-compliance typecheck terraform-fmt checkov actionlint statelint
+lint: check-pep8-compliance check-imports typecheck terraform-fmt checkov actionlint statelint
 	$(BIN)/bandit -q -r src -c pyproject.toml
 
-# mypy over what is deployed (utils and the handlers); strict on the contracts, the state pointers,
-# the manifests and the settings ([tool.mypy] in pyproject.toml).
+# The dependency rule: the stages never import each other, totesys_local stands above utils, the emulator
+# daemon is reached through its client only ([tool.importlinter] in pyproject.toml; docs/DESIGN.md).
+check-imports: $(STAMP)
+	$(BIN)/lint-imports
+
+# mypy over src/: what is deployed (utils and the handlers) and the local runner (totesys_local); every
+# definition typed except the modules listed in pyproject.toml; strict on the contracts, the state
+# pointers, the manifests and the settings ([tool.mypy] in pyproject.toml).
 typecheck: $(STAMP)
-	$(BIN)/mypy src/utils src/ingest.py src/transform.py src/load.py src/verify.py
+	$(BIN)/mypy src/utils src/totesys_local src/ingest.py src/transform.py src/load.py src/verify.py
 
 # Two workers (pytest-xdist), one test file each at a time (module fixtures seed once); each worker
 # starts its own throwaway cluster. PYTEST_WORKERS=0 runs in one process.
@@ -109,7 +115,9 @@ run-pytest: $(STAMP) $(DASHBOARD_STAMP) chromium
 test: lint security-checks run-pytest
 
 # The quick lane while working: no lint, no scale-1 end-to-end tests (marked slow), no coverage gate.
-test-fast: $(STAMP)
+# The dashboard's test modules import Streamlit and Playwright (requirements-dashboard.txt; no browser is
+# needed for the tests not marked slow): installed here too, so a fresh clone collects every module.
+test-fast: $(DASHBOARD_STAMP)
 	$(BIN)/pytest -q -m "not slow"
 
 run: $(STAMP)

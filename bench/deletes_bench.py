@@ -55,7 +55,7 @@ def run(ctx):
 
 
 if __name__ == "__main__":
-    from bench.bench import seeded_cluster
+    from bench.common import seeded_cluster
     with seeded_cluster() as context:
         run(context)
     sys.exit(0)

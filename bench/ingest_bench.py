@@ -34,8 +34,8 @@ def _ingest_child(source_url, queue):
     for variable in UNSET_VARIABLES:
         os.environ.pop(variable, None)
     from utils.ingest.run import run_ingest
-    from utils.aws.objects import read_json
-    from utils.aws.state import read_state
+    from utils.aws.manifests import read_ingest_manifest
+    from utils.aws.state import read_ingest_state
 
     with mock_aws():
         s3 = create_buckets(["bench-ingest"])
@@ -44,8 +44,8 @@ def _ingest_child(source_url, queue):
         started = time.perf_counter()
         result = run_ingest({})
         seconds = time.perf_counter() - started
-        state, _ = read_state(s3, "bench-ingest", "ingest")
-        manifest = read_json(s3, "bench-ingest", state["manifest_key"])
+        state, _ = read_ingest_state(s3, "bench-ingest")
+        manifest = read_ingest_manifest(s3, "bench-ingest", state["manifest_key"])
         rows = {name: entry["rows"] for name, entry in manifest["tables"].items()}
         parquet_bytes = sum(s3.head_object(Bucket="bench-ingest", Key=key)["ContentLength"]
                             for key in result.values())
@@ -129,7 +129,7 @@ def run(ctx):
 
 
 def main():
-    from bench.bench import seeded_cluster
+    from bench.common import seeded_cluster
     runs = []
     with seeded_cluster() as ctx:
         for _ in range(int(os.environ.get("BENCH_REPEAT", "1"))):

@@ -1,6 +1,6 @@
 """The whole pipeline beside PostgreSQL's own COPY (issue 11): ``totesys run`` wall and execution time.
 
-``run(ctx)`` (ctx from ``bench.bench.seeded_cluster``) measures, on the same server:
+``run(ctx)`` (ctx from ``bench.common.seeded_cluster``) measures, on the same server:
 - the floor: ``psql \\copy`` OUT of the 11 source tables to CSV files, then ``psql -1 \\copy`` IN of those
   files into FK-less copies of the tables (keys kept) in a new database;
 - ``venv/bin/totesys run`` (a child process, as a user runs it) into a new warehouse WITH the pipeline's
@@ -178,7 +178,7 @@ def _runs(ctx, results, warehouses, states, incremental):
 def main():
     import json
 
-    from bench.bench import SCALE, seeded_cluster
+    from bench.common import SCALE, seeded_cluster
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     with seeded_cluster(SCALE) as ctx:
         print(json.dumps(run(ctx, incremental=SCALE == 10), indent=2))

@@ -118,7 +118,7 @@ def main():
     import boto3
     from moto.server import ThreadedMotoServer
 
-    from bench.bench import seeded_cluster
+    from bench.common import seeded_cluster
     from totesys_local.aws_emulation import put_credentials_secret
 
     port = _free_port()

@@ -131,7 +131,7 @@ def backfill(scale, max_rows):
     """One scale's figures (see the module docstring)."""
     import boto3
 
-    from bench.bench import seeded_cluster
+    from bench.common import seeded_cluster
     from bench.pipeline_bench import floor
     from totesys_local.cluster import create_database, with_database
     from utils.db.connection import credentials_from_url

@@ -79,11 +79,11 @@ def _transform_child(ingest_folder, processed_folder, queue):
     result = run_transform({})
     seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    from utils.aws.objects import read_json
-    from utils.aws.state import read_state
-    state, _ = read_state(s3, BUCKETS["INGEST_BUCKET"], "ingest")
-    source_rows = sum(entry["rows"] for entry in
-                      read_json(s3, BUCKETS["INGEST_BUCKET"], state["manifest_key"])["tables"].values())
+    from utils.aws.manifests import read_ingest_manifest
+    from utils.aws.state import read_ingest_state
+    state, _ = read_ingest_state(s3, BUCKETS["INGEST_BUCKET"])
+    landed = read_ingest_manifest(s3, BUCKETS["INGEST_BUCKET"], state["manifest_key"])
+    source_rows = sum(entry["rows"] for entry in landed["tables"].values())
     _dump(s3, BUCKETS["PROCESSED_BUCKET"], processed_folder)
     queue.put({"seconds": seconds, "peak_mb": peak_mb, "baseline_mb": baseline_mb,
                "source_rows": source_rows, "tables": result["tables"]})
@@ -99,11 +99,11 @@ def _load_child(warehouse_url, processed_folder, csv_folder, queue):
     # The floor's input: the same rows as CSV files, written the way the loader streams them.
     from utils.aws.objects import read_parquet_table
     from utils.load.merge import csv_stream
-    from utils.aws.objects import read_json
-    from utils.aws.state import read_state
-    from utils.warehouse import WAREHOUSE_SCHEMAS
-    state, _ = read_state(s3, BUCKETS["PROCESSED_BUCKET"], "transform")
-    manifest = read_json(s3, BUCKETS["PROCESSED_BUCKET"], state["manifest_key"])
+    from utils.aws.manifests import read_processed_manifest
+    from utils.aws.state import read_transform_state
+    from utils.catalog.warehouse import WAREHOUSE_SCHEMAS
+    state, _ = read_transform_state(s3, BUCKETS["PROCESSED_BUCKET"])
+    manifest = read_processed_manifest(s3, BUCKETS["PROCESSED_BUCKET"], state["manifest_key"])
     for name, entry in manifest["tables"].items():
         table = read_parquet_table(s3, BUCKETS["PROCESSED_BUCKET"], entry["key"], name,
                                    WAREHOUSE_SCHEMAS[name])
@@ -146,7 +146,7 @@ def create_schema(warehouse_url):
 
 def measure_floor(psql, warehouse_url, csv_folder, tables):
     """Time one psql process copying every CSV file into its table, in one transaction."""
-    from utils.warehouse import WAREHOUSE_SCHEMAS, WAREHOUSE_TABLES
+    from utils.catalog.warehouse import WAREHOUSE_SCHEMAS, WAREHOUSE_TABLES
     args, env = _psql_args(psql, warehouse_url)
     args.append("-1")
     for name in WAREHOUSE_TABLES:
@@ -201,7 +201,7 @@ def run(ctx):
 
 
 def main():
-    from bench.bench import seeded_cluster
+    from bench.common import seeded_cluster
     with seeded_cluster() as ctx:
         figures = run(ctx)
     print(json.dumps(figures, indent=2))

@@ -133,3 +133,24 @@ resource "aws_cloudwatch_metric_alarm" "warehouse_freshness" {
   alarm_actions       = [aws_sns_topic.alerts.arn]
   ok_actions          = [aws_sns_topic.alerts.arn]
 }
+
+# The WAL the CDC slot keeps on totesys (utils/ingest/cdc/metric.py): a pipeline that stops reading its slot
+# makes the source keep WAL until max_slot_wal_keep_size invalidates the slot. Only with ingest_mode = cdc.
+resource "aws_cloudwatch_metric_alarm" "cdc_retained_wal" {
+  count               = var.ingest_mode == "cdc" ? 1 : 0
+  alarm_name          = "${var.project}-cdc-retained-wal"
+  alarm_description   = "ToteSys: the CDC replication slot keeps more WAL on totesys than cdc_retained_wal_alarm_bytes (ingest stopped reading it?). totesys cdc status; README, Change data capture."
+  namespace           = local.metrics_namespace
+  metric_name         = "CdcRetainedWalBytes"
+  dimensions          = { service = local.metrics_service }
+  statistic           = "Maximum"
+  unit                = "Bytes"
+  period              = 900
+  evaluation_periods  = 2
+  datapoints_to_alarm = 2
+  threshold           = var.cdc_retained_wal_alarm_bytes
+  comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "breaching"
+  alarm_actions       = [aws_sns_topic.alerts.arn]
+  ok_actions          = [aws_sns_topic.alerts.arn]
+}

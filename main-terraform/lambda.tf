@@ -29,6 +29,10 @@ locals {
     TOTESYS_SSLROOTCERT   = var.db_ssl_root_cert["totesys"]
     WAREHOUSE_SSLMODE     = var.db_ssl_mode["warehouse"]
     WAREHOUSE_SSLROOTCERT = var.db_ssl_root_cert["warehouse"]
+
+    # cursor or cdc (utils/ingest/cdc: a logical replication slot on totesys, named CDC_SLOT_NAME).
+    INGEST_MODE   = var.ingest_mode
+    CDC_SLOT_NAME = var.cdc_slot_name
   }
 }
 

@@ -214,3 +214,36 @@ variable "per_table_row_metrics" {
   type        = bool
   default     = false
 }
+
+variable "ingest_mode" {
+  description = "INGEST_MODE: how ingest finds changes. \"cursor\" (a last_updated window and key-set diffs) or \"cdc\" (a logical replication slot read with test_decoding: needs rds.logical_replication = 1 and rds_replication for the role; README, \"Change data capture\")."
+  type        = string
+  default     = "cursor"
+
+  validation {
+    condition     = contains(["cursor", "cdc"], var.ingest_mode)
+    error_message = "ingest_mode must be \"cursor\" or \"cdc\"."
+  }
+}
+
+variable "cdc_slot_name" {
+  description = "CDC_SLOT_NAME: the logical replication slot INGEST_MODE=cdc reads on totesys (1 to 63 lower-case letters, digits or underscores; one slot per pipeline)."
+  type        = string
+  default     = "totesys_cdc"
+
+  validation {
+    condition     = can(regex("^[a-z0-9_]{1,63}$", var.cdc_slot_name))
+    error_message = "cdc_slot_name must be 1 to 63 lower-case letters, digits or underscores."
+  }
+}
+
+variable "cdc_retained_wal_alarm_bytes" {
+  description = "The alarm on CdcRetainedWalBytes fires when the CDC slot keeps more WAL than this on totesys (bytes; keep it well below the source's max_slot_wal_keep_size and free disk). Only meaningful with ingest_mode = \"cdc\"."
+  type        = number
+  default     = 5368709120 # 5 GiB
+
+  validation {
+    condition     = var.cdc_retained_wal_alarm_bytes > 0
+    error_message = "cdc_retained_wal_alarm_bytes must be above 0."
+  }
+}

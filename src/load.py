@@ -1,4 +1,6 @@
 """The load Lambda: processed batches -> the warehouse, exactly once (logic in utils.load.run)."""
+from typing import Any
+
 from utils.rebuild.rounds import load_stage
 from utils.logger import stage_handler
 from utils.metrics import stage_metrics
@@ -6,7 +8,7 @@ from utils.metrics import stage_metrics
 
 @stage_metrics("load")
 @stage_handler("load")
-def lambda_handler(event, context):
+def lambda_handler(event: Any, context: Any) -> Any:
     """Event: the transform output ``{"batches": [...], "tables": {...}}`` (a dict; only logged).
 
     Loads every processed batch not yet in the warehouse ledger, oldest first, one transaction

@@ -1,4 +1,6 @@
 """The transform Lambda: ingest batches -> star-schema Parquet (logic in utils.transform.run)."""
+from typing import Any
+
 from utils.rebuild.rounds import transform_stage
 from utils.logger import stage_handler
 from utils.metrics import stage_metrics
@@ -6,7 +8,7 @@ from utils.metrics import stage_metrics
 
 @stage_metrics("transform")
 @stage_handler("transform")
-def lambda_handler(event, context):
+def lambda_handler(event: Any, context: Any) -> Any:
     """Event: the ingest output ``{table_name: file_key}`` (a dict; only logged).
 
     Transforms every ingest batch not yet transformed, oldest first (while a rebuild on AWS is underway: a

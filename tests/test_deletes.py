@@ -7,9 +7,11 @@ import pytest
 import ingest
 import load
 import transform
+from tests.support.contracts import contract_problems
 from tests.support.db import run_sql as query
 from utils.aws.objects import read_json
 from utils.aws.state import read_state
+from utils.contracts import IngestManifest, IngestState, ProcessedManifest
 from utils.errors import CorruptFileError
 
 pytestmark = pytest.mark.slow
@@ -68,6 +70,14 @@ def test_deleted_payments_leave_current_payment_keep_history_and_are_recorded_on
     manifest = read_json(s3, buckets["ingest"], state["manifest_key"])
     assert manifest["tables"] == {} and manifest["deleted"]["tables"] == {"payment": 3}
     assert all(entry["keys"].startswith(f"_keys/{table}/") for table, entry in state["tables"].items())
+    # What was written is exactly what utils.contracts declares (the deleted entry and key sets too).
+    processed_state, _ = read_state(s3, buckets["processed"], "transform")
+    processed = read_json(s3, buckets["processed"], processed_state["manifest_key"])
+    assert processed["deleted"]["tables"] == {"payment": 3}
+    assert contract_problems(IngestState, state) == []
+    assert contract_problems(IngestManifest, manifest) == []
+    assert contract_problems(ProcessedManifest, processed) == []
+    assert contract_problems(IngestState, dict(state, stray=1)) == ["stray: not declared in IngestState"]
     assert deleted_rows(warehouse) == [("payment", i, batch_id, None) for i in gone]
     assert query(warehouse, "SELECT count(*) FROM fact_payment")[0][0] == history  # history intact
     assert ids(warehouse, "SELECT payment_id FROM fact_payment WHERE payment_id = ANY(CAST(:i AS int[]))",
@@ -173,7 +183,7 @@ def test_a_crash_between_detection_and_load_redetects_and_records_once(loaded, b
     def crash(*args, **kwargs):
         raise RuntimeError("killed before the state pointer advanced")
     with monkeypatch.context() as patched, pytest.raises(RuntimeError):
-        patched.setattr(ingest_run, "write_state", crash)
+        patched.setattr(ingest_run, "write_ingest_state", crash)
         ingest.lambda_handler({}, None)
     orphans = boto3.client("s3").list_objects_v2(Bucket=buckets["ingest"], Prefix="_deleted/")["KeyCount"]
     assert orphans == 1
@@ -214,7 +224,7 @@ def test_a_missing_previous_key_set_fails_the_ingest_clearly(loaded, buckets):
 
 
 def test_a_deleted_entry_without_a_file_key_is_a_clear_error():
-    from utils.transform.deletes import read_deleted
+    from utils.aws.manifests import read_deleted
     with pytest.raises(CorruptFileError, match="manifest m.json: entry 'deleted' has no file key"):
         read_deleted(None, "bucket", {"deleted": {"rows": 1}}, "m.json")
 
@@ -224,8 +234,8 @@ def test_deleted_keys_of_a_table_outside_the_allow_list_are_refused(buckets):
 
     from utils.aws.objects import parquet_bytes
     from utils.errors import UnknownTableError
-    from utils.ingest.deletes import DELETED_SCHEMA
-    from utils.transform.deletes import read_deleted
+    from utils.catalog.formats import DELETED_SCHEMA
+    from utils.aws.manifests import read_deleted
     s3 = boto3.client("s3")
     bad = pa.Table.from_pylist([{"source_table": "pg_authid", "source_id": 1}], schema=DELETED_SCHEMA)
     s3.put_object(Bucket=buckets["ingest"], Key="_deleted/x.parquet", Body=parquet_bytes(bad))
@@ -237,7 +247,7 @@ def test_deleted_rows_leave_the_transform_snapshots():
     import pyarrow as pa
 
     from utils.catalog.source import LANDING_SCHEMAS
-    from utils.ingest.deletes import DELETED_SCHEMA
+    from utils.catalog.formats import DELETED_SCHEMA
     from utils.transform.deletes import drop_deleted
     staff = LANDING_SCHEMAS["staff"].empty_table()
     staff = pa.Table.from_pylist([{"staff_id": i, "first_name": "a", "last_name": "b", "department_id": 1,
@@ -302,7 +312,7 @@ def test_a_deleted_department_inserted_again_closes_its_deletion(loaded):
 
 def test_a_source_ids_entry_that_is_not_a_list_of_ids_is_a_clear_error():
     from utils.errors import UnknownTableError
-    from utils.transform.deletes import read_source_ids
+    from utils.aws.manifests import read_source_ids
     assert read_source_ids({}, "m.json") == {}
     assert read_source_ids({"source_ids": {"department": [1, 2]}}, "m.json") == {"department": [1, 2]}
     for bad in ([1], {"department": "1"}, {"department": [1, "2"]}, {"department": [True]}):

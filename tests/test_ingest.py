@@ -9,13 +9,15 @@ import boto3
 import pytest
 
 import ingest
+from tests.support.contracts import contract_problems
 from tests.support.db import connect, run_sql
 from tests.support.ingest import (assert_each_version_landed_once, batch_versions, landed_versions,
                                   manifest_chain, read_table, source_versions)
 from totesys_local.aws_emulation import put_credentials_secret
 from utils.aws.objects import list_keys, read_json
-from utils.aws.state import read_state, write_state
+from utils.aws.state import read_ingest_state, read_state, write_ingest_state, write_state
 from utils.catalog.source import LANDING_SCHEMAS, SOURCE_TABLES
+from utils.contracts import IngestManifest, IngestState
 from utils.db.connection import credentials_from_url
 from utils.errors import (ConcurrentRunError, CredentialsError, DatabaseUnavailableError,
                           InvalidEventError, StateConflictError, UnknownTableError)
@@ -49,6 +51,7 @@ def test_first_run_lands_every_table_with_exact_schema_and_values(env, ingest_lo
     state, _ = read_state(s3, bucket, "ingest")
     manifest = read_json(s3, bucket, state["manifest_key"])
     assert manifest["prev_manifest_key"] is None
+    assert contract_problems(IngestState, state) == [] and contract_problems(IngestManifest, manifest) == []
     assert state["batch_id"] == manifest["batch_id"]
     assert set(state["tables"]) == set(SOURCE_TABLES)
     batch_key_time = result["sales_order"].split("/", 1)[1].replace("/", "").split(".")[0]
@@ -255,7 +258,7 @@ def test_failure_before_the_state_advances_is_retried_without_loss_or_duplicates
     def crash(*args, **kwargs):
         raise RuntimeError("injected: lambda timed out")
 
-    monkeypatch.setattr(ingest_run, "write_state", crash)
+    monkeypatch.setattr(ingest_run, "write_ingest_state", crash)
     with pytest.raises(RuntimeError, match="injected"):
         ingest.lambda_handler({}, None)
     assert any(level == "CRITICAL" and "injected" in line for level, line in ingest_log)
@@ -263,7 +266,7 @@ def test_failure_before_the_state_advances_is_retried_without_loss_or_duplicates
     orphans = [k for k in list_keys(s3, bucket) if k.startswith(("payment/", "address/"))]
     assert len(orphans) == 4  # two runs' files each; the second run's are unreferenced
 
-    monkeypatch.setattr(ingest_run, "write_state", write_state)
+    monkeypatch.setattr(ingest_run, "write_ingest_state", write_ingest_state)
     retry = ingest.lambda_handler({}, None)
     assert sorted(retry) == ["address", "payment"]
     assert all(retry[name] not in orphans for name in retry)
@@ -315,14 +318,14 @@ def test_a_run_that_loses_the_state_race_fails_and_its_batch_is_never_referenced
     run_sql(url, "INSERT INTO currency (currency_code, last_updated) VALUES ('EUR', now())")
     winner_state = {}
 
-    def read_then_lose_race(client, name, stage):
-        state, etag = read_state(client, name, stage)
+    def read_then_lose_race(client, name):
+        state, etag = read_ingest_state(client, name)
         # Another run (e.g. one that did not use this source's lock) advances the pointer now.
         winner_state.update(state, batch_id="winner")
-        write_state(client, name, stage, winner_state, etag)
+        write_ingest_state(client, name, winner_state, etag)
         return state, etag
 
-    monkeypatch.setattr(ingest_run, "read_state", read_then_lose_race)
+    monkeypatch.setattr(ingest_run, "read_ingest_state", read_then_lose_race)
     with pytest.raises(StateConflictError, match="another run advanced it"):
         ingest.lambda_handler({}, None)
     state, _ = read_state(s3, bucket, "ingest")

@@ -14,9 +14,11 @@ from utils.load import merge, schema
 from utils.errors import CorruptFileError, InvalidEventError, SchemaMismatchError, UnknownTableError
 from utils.load.schema import LEDGER, schema_statements
 from utils.aws.state import read_state
-from utils.warehouse import WAREHOUSE_TABLES
+from utils.catalog.warehouse import WAREHOUSE_TABLES
 from tests.support.batches import T0, address, base_batch, department, later, sales_order, write_ingest_batch
-from tests.support.db import run_sql
+from tests.support.db import connect, run_sql
+from utils.db.connection import close_db_connection
+from utils.load.rollups import DEFINITION, compare_rollups, rollup_state
 
 ALL_TABLES = WAREHOUSE_TABLES + (LEDGER,)
 
@@ -324,6 +326,20 @@ def test_incompatible_existing_warehouse_table_loads_and_creates_nothing(
     assert table_names(warehouse) == before
 
 
+def test_a_nullable_catalogue_column_missing_from_an_existing_warehouse_is_added_on_the_next_load(
+        s3, buckets, warehouse):
+    # A warehouse created before the catalogue gained dim_location.district (a nullable column).
+    for statement in schema_statements():
+        run_sql(warehouse, statement)
+    run_sql(warehouse, "ALTER TABLE dim_location DROP COLUMN district CASCADE")
+    transformed = first_batch(s3, buckets)
+    assert load.lambda_handler(transformed, None)["batches"] == ["20241125T093015123000"]
+    located = run_sql(warehouse, "SELECT count(*), count(district) FROM dim_location")[0]
+    assert located[0] > 0 and located[1] > 0  # the column is back and the batch filled it
+    # A second load finds nothing to add (ADD COLUMN IF NOT EXISTS, never twice).
+    assert load.lambda_handler({}, None)["batches"] == []
+
+
 def test_existing_warehouse_with_the_line2_spelling_is_loaded(s3, buckets, warehouse):
     for statement in schema_statements():
         run_sql(warehouse, statement.replace("counterparty_legal_address_line_2",
@@ -334,6 +350,49 @@ def test_existing_warehouse_with_the_line2_spelling_is_loaded(s3, buckets, wareh
                    "FROM dim_counterparty ORDER BY 1") == [[1, None], [2, "Unit 5"], [3, None]]
 
 
+def _without_load_order(warehouse):
+    """Turn a loaded warehouse back into one created before the load order (docs/RELIABILITY.md defect 3):
+    no sequence, no load order columns, current views ordered by last_updated, rollups of definition 1."""
+    views = [statement for statement in schema_statements()
+             if "CREATE OR REPLACE VIEW current_" in statement]
+    assert len(views) == 3
+    run_sql(warehouse, "DROP VIEW current_sales_order, current_purchase_order, current_payment")
+    for table in ("fact_sales_order", "fact_purchase_order", "fact_payment"):
+        run_sql(warehouse, f"ALTER TABLE {table} DROP COLUMN etl_load_order")  # nosec B608 - test SQL
+    run_sql(warehouse, "ALTER TABLE etl_load_ledger DROP COLUMN load_order")
+    run_sql(warehouse, "ALTER TABLE etl_dimension_version DROP COLUMN load_order")
+    run_sql(warehouse, "DROP SEQUENCE etl_load_order_seq")
+    for view in views:
+        run_sql(warehouse, view.replace("etl_load_order DESC, ", ""))
+    run_sql(warehouse, "UPDATE etl_rollup_state SET definition = 1")
+
+
+def test_an_existing_warehouse_without_the_load_order_is_migrated_by_the_next_load(s3, buckets, warehouse):
+    load.lambda_handler(first_batch(s3, buckets), None)
+    _without_load_order(warehouse)
+    # The next batch brings order 1 stamped before its version held (the source's clock went back) and
+    # address 1 likewise.
+    write_ingest_batch(s3, buckets["ingest"], later(30), {
+        "address": [address(1, at=later(-20), city="York")],
+        "sales_order": [sales_order(1, at=later(-20), updated=later(-10), units_sold=42)]})
+    assert load.lambda_handler(transform.lambda_handler({}, None), None)["tables"]["fact_sales_order"] == 1
+
+    assert run_sql(warehouse, "SELECT units_sold, etl_load_order FROM fact_sales_order "
+                   "WHERE sales_order_id = 1 ORDER BY sales_record_id") == [[1001, 0], [42, 1]]
+    assert run_sql(warehouse, "SELECT batch_id, load_order FROM etl_load_ledger ORDER BY batch_id") == [
+        ["20241125T093015123000", None], ["20241125T100015123000", 1]]
+    assert run_sql(warehouse, "SELECT units_sold FROM current_sales_order WHERE sales_order_id = 1") == [[42]]
+    assert run_sql(warehouse, "SELECT city FROM dim_location WHERE location_id = 1") == [["York"]]
+    # every other current row is what it was: the rows loaded before have order 0
+    assert run_sql(warehouse, "SELECT count(*) FROM current_payment WHERE etl_load_order = 0")[0][0] > 0
+    conn = connect(warehouse)
+    try:
+        assert {definition for _, definition in rollup_state(conn).values()} == {DEFINITION}
+        assert compare_rollups(conn) == []
+    finally:
+        close_db_connection(conn)
+
+
 def test_schema_file_is_shipped_inside_the_package_and_matches_sql_folder():
     from pathlib import Path
     shipped = schema.SCHEMA_FILE
@@ -342,5 +401,6 @@ def test_schema_file_is_shipped_inside_the_package_and_matches_sql_folder():
         == shipped.read_text()
     # the tables, the ledger, three version indexes, three views, etl_rejected_rows with its index,
     # etl_dimension_version, etl_deleted_rows with its two indexes, deleted_dimension_rows,
-    # etl_suspended_foreign_key
-    assert len(schema_statements()) == len(WAREHOUSE_TABLES) + 1 + 3 + 3 + 2 + 1 + 3 + 1 + 1
+    # etl_suspended_foreign_key, the load order (its sequence, the ledger's, etl_dimension_version's and
+    # the three facts' columns for a warehouse created before it)
+    assert len(schema_statements()) == len(WAREHOUSE_TABLES) + 1 + 3 + 3 + 2 + 1 + 3 + 1 + 1 + 6

@@ -137,18 +137,51 @@ def test_a_parked_fact_whose_dimension_stays_missing_stays_parked(s3, buckets, n
                    "WHERE row_data IS NOT NULL") == [[3, None]]
 
 
-def test_a_dimension_is_never_overwritten_by_an_older_version(s3, buckets, narrow_warehouse):
+def test_a_dimension_takes_the_version_loaded_last_even_when_stamped_earlier(s3, buckets, narrow_warehouse):
+    """docs/RELIABILITY.md defect 3: a later batch carries the source's state after an earlier batch's,
+    so its version wins whatever its last_updated (a back-dated update, a clock that went back)."""
     batch = base_batch()
     batch["address"][0] = address(1, at=later(30), city="York")
     run_batch(s3, buckets, later(31), batch)
-    # an older version of address 1 arrives after the newer one (e.g. a replayed or late batch)
+    # the next batch brings address 1 stamped before the version held (the source's clock went back)
     run_batch(s3, buckets, later(40), {"address": [address(1, at=later(20), city="Hull")]})
-    assert run_sql(narrow_warehouse, "SELECT city FROM dim_location WHERE location_id = 1") == [["York"]]
+    assert run_sql(narrow_warehouse, "SELECT city FROM dim_location WHERE location_id = 1") == [["Hull"]]
     assert run_sql(narrow_warehouse, "SELECT counterparty_legal_city FROM dim_counterparty "
-                   "WHERE counterparty_id = 1") == [["York"]]
-    # a newer one still wins
+                   "WHERE counterparty_id = 1") == [["Hull"]]
+    versions = run_sql(narrow_warehouse, "SELECT v.last_updated, v.load_order = l.load_order "
+                       "FROM etl_dimension_version v, etl_load_ledger l WHERE v.table_name = 'dim_location' "
+                       "AND v.source_id = 1 AND l.batch_id = '20241125T101015123000'")
+    assert versions == [[later(20).replace(tzinfo=None), True]]
+    # a later one still wins
     run_batch(s3, buckets, later(50), {"address": [address(1, at=later(45), city="Leeds")]})
     assert run_sql(narrow_warehouse, "SELECT city FROM dim_location WHERE location_id = 1") == [["Leeds"]]
+
+
+def test_a_parked_fact_keeps_the_order_of_the_batch_that_parked_it(s3, buckets, narrow_warehouse):
+    """A version parked (its design missing) and loaded only after a newer version of its order loaded
+    must not become current: it keeps the load order of the batch that parked it."""
+    batch = base_batch()
+    batch["design"].append(design(2, "A design name far too long"))
+    batch["sales_order"].append(sales_order(3, design_id=2, units_sold=111))
+    run_batch(s3, buckets, T0, batch)
+    # the order changes to a design the warehouse holds: this version loads
+    run_batch(s3, buckets, later(5), {"sales_order": [sales_order(3, updated=later(4), units_sold=222)]})
+    # the design is fixed: the parked version loads now, after the newer one
+    result = run_batch(s3, buckets, later(10), {"design": [design(2, "Short name", at=later(9))]})
+    assert result["tables"]["fact_sales_order"] == 1
+    history = run_sql(narrow_warehouse, "SELECT f.units_sold, f.etl_load_order = l.load_order, l.batch_id "
+                      "FROM fact_sales_order f JOIN etl_load_ledger l ON l.load_order = f.etl_load_order "
+                      "WHERE f.sales_order_id = 3 ORDER BY f.sales_record_id")
+    assert history == [[222, True, "20241125T093515123000"], [111, True, "20241125T093015123000"]]
+    assert run_sql(narrow_warehouse, "SELECT units_sold FROM current_sales_order "
+                   "WHERE sales_order_id = 3") == [[222]]
+    from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
+    from utils.load.rollups import compare_rollups
+    conn = connect_to_db(credentials_from_url(narrow_warehouse))
+    try:
+        assert compare_rollups(conn) == []
+    finally:
+        close_db_connection(conn)
 
 
 def test_a_warehouse_column_too_narrow_for_dim_date_fails_clearly(s3, buckets, pipeline_env,
@@ -166,7 +199,7 @@ def test_a_warehouse_column_too_narrow_for_dim_date_fails_clearly(s3, buckets, p
 def test_csv_stream_of_a_table_whose_first_batch_is_empty_is_clean_csv():
     """pyarrow 18 writes NUL bytes for such a table; the loader must not send them to COPY."""
     from utils.load.merge import csv_stream
-    from utils.transform.quarantine import REJECTED_SCHEMA, rejected_records
+    from utils.catalog.formats import REJECTED_SCHEMA, rejected_records
     table = pa.concat_tables([REJECTED_SCHEMA.empty_table(),
                               rejected_records("design", [2], None, "design_name", "too long", ["x"])])
     assert csv_stream(table).getvalue() == b'"design",2,,"design_name","too long","x"\n'

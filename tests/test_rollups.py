@@ -310,3 +310,40 @@ def test_a_bounded_first_load_and_a_batch_mixing_new_and_held_ids_keep_the_rollu
     assert run_sql(warehouse_url, "SELECT count(DISTINCT sales_order_id) FROM fact_sales_order "
                                   "WHERE sales_order_id > :held", held=held) == [[25]]
     assert_rollups_equal_facts(warehouse_url)
+
+
+def test_new_ids_above_max_id_a_gap_below_it_and_a_renamed_designs_new_orders_keep_the_rollups_equal(
+        loaded):
+    """The paths of the state's max_id: a batch's orders above it are added with no probe; an id below it
+    the warehouse never held (a gap: deleted from totesys before the first load, re-inserted now) is new
+    too; a design renamed in the batch that also brings new orders of it moves only its held orders."""
+    source, warehouse = loaded
+    marks = {fact: (mark, max_id) for fact, mark, max_id in run_sql(
+        warehouse, "SELECT fact_table, last_record_id, max_id FROM etl_rollup_state")}
+    for fact, (mark, max_id) in marks.items():
+        column = rollups.FACT_SOURCES[fact].id_column
+        assert run_sql(warehouse, f"SELECT max({column}) FROM {fact}")[0][0] == max_id  # nosec B608
+
+    held = marks["fact_sales_order"][1]
+    gap = run_sql(warehouse, "SELECT min(sales_order_id) FROM fact_sales_order")[0][0] + 3
+    run_sql(warehouse, "DELETE FROM fact_sales_order WHERE sales_order_id = :gap", gap=gap)
+    conn = connect(warehouse)  # the warehouse as if order `gap` had never been loaded
+    try:
+        conn.run("START TRANSACTION")
+        rollups.rebuild_rollups(conn)
+        conn.run("COMMIT")
+    finally:
+        close_db_connection(conn)
+    run_sql(source, "UPDATE sales_order SET last_updated = now(), units_sold = units_sold + 1 "
+                    "WHERE sales_order_id = :gap", gap=gap)
+    run_sql(source, NEW_ORDERS)
+    run_sql(source, "UPDATE design SET design_name = design_name || ' renamed', last_updated = now() "
+                    "WHERE design_id = 2")
+    run_pipeline()
+    assert run_sql(warehouse, "SELECT count(*) FROM fact_sales_order WHERE sales_order_id = :gap",
+                   gap=gap) == [[1]]
+    assert run_sql(warehouse, "SELECT count(*) FROM fact_sales_order WHERE sales_order_id > :held "
+                              "AND design_id = 2", held=held)[0][0] > 0
+    assert_rollups_equal_facts(warehouse)
+    assert run_sql(warehouse, "SELECT max_id FROM etl_rollup_state WHERE fact_table = 'fact_sales_order'") \
+        == run_sql(warehouse, "SELECT max(sales_order_id) FROM fact_sales_order")

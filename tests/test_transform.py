@@ -10,7 +10,7 @@ from utils.errors import (CorruptFileError, InvalidEventError, SchemaMismatchErr
                           StateConflictError, UnknownTableError)
 from utils.aws.objects import read_parquet_table
 from utils.aws.state import read_state
-from utils.warehouse import WAREHOUSE_SCHEMAS
+from utils.catalog.warehouse import WAREHOUSE_SCHEMAS
 from tests.support.batches import (T0, address, base_batch, later, sales_order, source_table,
                                    write_ingest_batch)
 from utils.aws.objects import list_keys
@@ -85,7 +85,7 @@ def test_no_new_batch_writes_nothing(s3, buckets):
 def test_retry_after_a_crash_before_the_state_advanced_completes(s3, buckets, monkeypatch):
     write_ingest_batch(s3, buckets["ingest"], T0, base_batch())
 
-    real_write_state = transform_run.write_state
+    real_write_state = transform_run.write_transform_state
     crashes = []
 
     def crash_once(*args, **kwargs):
@@ -93,7 +93,7 @@ def test_retry_after_a_crash_before_the_state_advanced_completes(s3, buckets, mo
             crashes.append(1)
             raise RuntimeError("killed after the files were written")
         return real_write_state(*args, **kwargs)
-    monkeypatch.setattr(transform_run, "write_state", crash_once)
+    monkeypatch.setattr(transform_run, "write_transform_state", crash_once)
     with pytest.raises(RuntimeError):
         transform.lambda_handler({}, None)
     assert read_state(s3, buckets["processed"], "transform") == ({}, None)

@@ -11,6 +11,7 @@
     totesys resync --tables T [T ...] [--source URL] [--warehouse URL] [--state-dir DIR]
     totesys deletes [--approve TABLE ...] [--source URL] [--warehouse URL] [--state-dir DIR]
     totesys rebuild --into URL [--tables T ...] [--warehouse URL] [--resume GENERATION] [--state-dir DIR]
+    totesys cdc status|drop-slot [--source URL] [--slot NAME] [--state-dir DIR]
 
 URLs may also come from TOTESYS_SOURCE_URL / TOTESYS_WAREHOUSE_URL (the flags win); a URL without a
 password gets it as libpq tools do (PGPASSWORD, then ~/.pgpass or PGPASSFILE, else none).
@@ -132,8 +133,18 @@ def _add_trust(commands):
         _state_dir(sub)
 
 
+def _add_cdc(commands):
+    cdc = commands.add_parser("cdc", help="the CDC replication slot on totesys (INGEST_MODE=cdc): "
+                              "status, or drop-slot (teardown)")
+    cdc.add_argument("action", choices=("status", "drop-slot"))
+    cdc.add_argument("--source", help="totesys database URL (default: TOTESYS_SOURCE_URL, else the "
+                     "embedded one)")
+    cdc.add_argument("--slot", help="slot name (default: CDC_SLOT_NAME, else totesys_cdc)")
+    _state_dir(cdc)
+
+
 # One function per group of subcommands: a new command is one more function in this list.
-SUBCOMMANDS = [_add_seed, _add_simulate, _add_runner_commands, _add_dashboard, _add_trust]
+SUBCOMMANDS = [_add_seed, _add_simulate, _add_runner_commands, _add_dashboard, _add_trust, _add_cdc]
 
 
 def build_parser():
@@ -172,12 +183,17 @@ def _dashboard(args):
     return serve(args.warehouse, args.port, args.state_dir)
 
 
+def _cdc(args):
+    from totesys_local.cdc_cli import command_cdc
+    return command_cdc(args)
+
+
 def _trust(args):
     from totesys_local import trust
     return trust.COMMANDS[args.command](args)
 
 
-HANDLERS = {"seed": _seed, "simulate": _simulate, "dashboard": _dashboard,
+HANDLERS = {"seed": _seed, "simulate": _simulate, "dashboard": _dashboard, "cdc": _cdc,
             **{name: _trust for name in ("verify", "resync", "deletes", "rebuild")},
             **{name: _runner for name in RUNNER_COMMANDS}}
 

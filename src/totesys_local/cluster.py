@@ -25,6 +25,8 @@ from urllib.parse import quote
 
 import pg8000.native
 
+from totesys_local.errors import LocalError
+
 # Where throwaway clusters (``temporary_cluster``) and the data of a state folder the server user cannot
 # enter go: the temporary directory, or this folder (the test suite points it at a folder it removes).
 PGDATA_PARENT_VARIABLE = "TOTESYS_PGDATA_PARENT"
@@ -33,7 +35,7 @@ SERVER_USER = "postgres"
 _REQUIRED = ("initdb", "pg_ctl", "postgres")
 
 
-class ClusterError(RuntimeError):
+class ClusterError(LocalError, RuntimeError):
     """The local PostgreSQL could not be found, started or reached."""
 
 
@@ -182,7 +184,11 @@ class Cluster:
         if not _port_is_free(info.port):
             info.port = free_port()
         sockdir = info.datadir  # keep the Unix socket inside the cluster's own folder
-        options = f"-h {info.host} -p {info.port} -k {sockdir}"
+        # wal_level = logical: INGEST_MODE=cdc reads a logical replication slot (utils/ingest/cdc); set on
+        # the command line so that clusters created before it get it too. wal_writer_delay: asynchronous
+        # commits reach the flushed WAL (where decoding stops) within 10 ms.
+        options = (f"-h {info.host} -p {info.port} -k {sockdir} -c wal_level=logical "
+                   "-c max_replication_slots=64 -c wal_writer_delay=10ms")
         result = _run([os.path.join(info.bindir, "pg_ctl"), "-D", info.datadir, "-o", options,
                        "-l", os.path.join(info.datadir, "server.log"), "-w", "-t", "60", "start"],
                       check=False, timeout=90)
@@ -272,9 +278,13 @@ def create_database(admin_url, name, template=None):
 
 
 def drop_database(admin_url, name):
+    """DROP DATABASE name (if it exists), after dropping its inactive replication slots (a CDC slot would
+    otherwise block the drop, and keep WAL for a database that is gone)."""
     from pg8000.native import identifier
     conn = admin_connection(admin_url)
     try:
+        conn.run("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                 "WHERE database = :name AND NOT active", name=name)
         conn.run(f"DROP DATABASE IF EXISTS {identifier(name)} WITH (FORCE)")
     finally:
         conn.close()

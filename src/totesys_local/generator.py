@@ -13,6 +13,7 @@ import io
 import math
 from decimal import Decimal
 from pathlib import Path
+from typing import Any, List
 
 import numpy as np
 import pg8000.native
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 from pg8000.native import identifier
 
+from totesys_local.errors import LocalError
 from totesys_local import generator_data as vocab
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
 from utils.errors import CredentialsError, DatabaseUnavailableError, TotesysError
@@ -64,7 +66,7 @@ RATE_PER_MINUTE = {
 EPOCH = dt.datetime(1970, 1, 1)
 
 
-class GeneratorError(TotesysError):
+class GeneratorError(LocalError, TotesysError):
     """seed/simulate cannot do what was asked (bad argument, unreachable or unsuitable database)."""
 
 
@@ -82,7 +84,7 @@ def _check_scale(scale):
 
 def _working_windows():
     """Start (ms since epoch) and length (ms) of every weekday's 08:00-19:00 window of the data."""
-    days = np.arange(DATA_START.astype("datetime64[D]"), LAST_DAY + 1, dtype="datetime64[D]")
+    days: Any = np.arange(DATA_START.astype("datetime64[D]"), LAST_DAY + 1, dtype="datetime64[D]")
     days = days[np.is_busday(days)]
     day_ms = days.astype("datetime64[ms]").astype(np.int64)
     starts = day_ms + WORK_OPENS_MS
@@ -720,8 +722,8 @@ def _simulate(conn, rng, minutes, now):
     activity = _Activity(conn, rng, before)
     counts = _plan_counts(rng, minutes)
 
-    events = (["sales_order"] * counts["sales_order"] + ["purchase_order"] * counts["purchase_order"]
-              + ["design"] * counts["design"])
+    events: List[Any] = (["sales_order"] * counts["sales_order"]
+                         + ["purchase_order"] * counts["purchase_order"] + ["design"] * counts["design"])
     paid_existing = [int(i) for i in rng.permutation(activity.unpaid)[:counts["pay"]]]
     events += [("pay", i) for i in paid_existing]
     events += [("sales_order_update", activity._choice(activity.sales_orders))

@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from botocore.exceptions import ClientError
 from moto.iam.access_control import IAMPolicy, PermissionResult
 
+from totesys_local.errors import LocalError
+
 # moto's Step Functions engine signs every call it makes with this key (asl/utils/boto_client.py).
 ENGINE_ACCESS_KEY = "ak"
 
 
-class EnforcementGap(Exception):
+class EnforcementGap(LocalError):
     """A call whose IAM action or resource this module does not know: refused, never waved through."""
 
 
@@ -52,7 +54,7 @@ class Enforcement:
         if identity is None:
             return
         if access_key in self.revoked:
-            self._deny(identity, *_first(self, client, operation, params),
+            self._deny(identity, *_first(self, client, operation, params),  # type: ignore[call-arg]
                        "after its invocation timed out (Lambda had ended it)", operation)
         for action, resource in requested(self, client, operation, params):
             if not self.permitted(identity, action, resource):

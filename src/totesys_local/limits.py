@@ -7,6 +7,7 @@ the invocation or the execution), a warning when the use is within WARN_FRACTION
 /tmp belong where each invocation runs in a process of its own, as in Lambda (`make bench-scale`; in the
 emulation's process its own memory would be counted).
 """
+from typing import Any, List, Mapping, Optional
 from dataclasses import dataclass
 
 # Step Functions: a state's input or output, as UTF-8 bytes (States.DataLimitExceeded beyond).
@@ -28,7 +29,8 @@ class Finding:
     message: str
 
 
-def _measure(stage, what, used, limit, unit, scale):
+def _measure(stage: str, what: str, used: Optional[float], limit: float, unit: str,
+             scale: float) -> Optional[Finding]:
     if used is None:
         return None
     shown = f"{used / scale:,.1f} {unit} of {limit / scale:,.1f} {unit}"
@@ -40,7 +42,9 @@ def _measure(stage, what, used, limit, unit, scale):
     return None
 
 
-def check(stage, limits, request_bytes=None, response_bytes=None, peak_mb=None, tmp_mb=None):
+def check(stage: str, limits: Mapping[str, Any], request_bytes: Optional[int] = None,
+          response_bytes: Optional[int] = None, peak_mb: Optional[float] = None,
+          tmp_mb: Optional[float] = None) -> List[Finding]:
     """Findings for one invocation of ``stage`` (``limits``: terraform_values.function_limits()[stage]).
 
     ``request_bytes`` is the invocation's event (the task's state input), ``response_bytes`` its result

@@ -17,7 +17,9 @@ import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Optional
 
+from totesys_local.errors import LocalError
 from totesys_local.local_state import BUCKETS, LAST_ERROR_FILE
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
 from utils.aws.manifests import walk_manifests
@@ -26,7 +28,7 @@ from utils.errors import CorruptFileError, TotesysError
 SHOWN = 20  # batches listed per kind; older ones are counted
 
 
-class PendingError(TotesysError):
+class PendingError(LocalError, TotesysError):
     """The local state cannot be read: a state pointer or manifest is missing or corrupt."""
 
 
@@ -43,10 +45,10 @@ class Pending:
     could not be checked against the warehouse (then every processed batch is listed)."""
     ingest: list = field(default_factory=list)
     processed: list = field(default_factory=list)
-    warehouse: str = None
-    ledger_error: str = None
-    last_error: dict = None
-    progress: "Progress" = None
+    warehouse: Optional[str] = None
+    ledger_error: Optional[str] = None
+    last_error: Optional[dict] = None
+    progress: Optional["Progress"] = None
 
     def is_empty(self):
         return (not self.ingest and not self.processed and self.ledger_error is None
@@ -66,10 +68,11 @@ class Progress:
     ``warehouse``/``source``: {source table: current rows} of PROGRESS_TABLES; ``error``: why a database
     could not be read."""
     more_waiting: bool = False
-    waiting_rows: dict = None
-    source: dict = None
-    warehouse: dict = None
-    error: str = None
+    waiting_rows: Optional[dict] = None
+    source: Optional[dict] = None
+    warehouse: Optional[dict] = None
+    error: Optional[str] = None
+    cdc_slot: Optional[str] = None  # INGEST_MODE=cdc: the WAL the slot keeps (cdc_cli.slot_line)
 
     def waiting(self):
         return self.more_waiting or any((self.waiting_rows or {}).values())
@@ -176,12 +179,23 @@ def find_progress(ingest_state, source_url, warehouse_url):
     try:
         progress.waiting_rows = waiting_rows(source_url, ingest_state.get("tables") or {})
         progress.source = current_rows(source_url, {table: table for table in PROGRESS_TABLES})
+        if ingest_state.get("cdc"):
+            progress.cdc_slot = _cdc_slot_line(source_url, ingest_state["cdc"]["slot"])
         if warehouse_url is not None:
             progress.warehouse = current_rows(warehouse_url, {table: view for table, (view, _)
                                                               in PROGRESS_TABLES.items()})
     except TotesysError as err:
         progress.error = str(err)
     return progress
+
+
+def _cdc_slot_line(source_url, name):
+    from totesys_local.cdc_cli import slot_line
+    conn = connect_to_db(credentials=credentials_from_url(source_url), timezone=None, role="totesys")
+    try:
+        return slot_line(conn, name)
+    finally:
+        close_db_connection(conn)
 
 
 def find_pending(state_dir, warehouse_url=None, source_url=None):
@@ -250,6 +264,8 @@ def _print_progress(progress, out, indent):
     if waiting:
         listed = ", ".join(f"{table} {rows:,}" for table, rows in waiting.items())
         out(f"{indent}source rows waiting to be ingested: {sum(waiting.values()):,} ({listed})")
+    if progress.cdc_slot:
+        out(f"{indent}{progress.cdc_slot}")
     if progress.more_waiting:
         out(f"{indent}more_waiting: the last ingest cut its batch at MAX_BATCH_ROWS; `totesys run` continues")
     if progress.source is not None and progress.warehouse is not None:

@@ -12,17 +12,18 @@ safe while the execution keeps writing: the state pointers are read first and wr
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import boto3
 
+from totesys_local.errors import LocalError
 from totesys_local.local_state import BUCKETS, REGION, save_buckets
 
 _lock = threading.Lock()
 _current: Optional["Rounds"] = None
 
 
-class RoundSaveError(Exception):
+class RoundSaveError(LocalError):
     """A round loaded but its state could not be saved to the state folder (the execution fails; the
     runner re-raises the original error, ``Rounds.failure``, in its own thread)."""
 
@@ -31,7 +32,7 @@ class RoundSaveError(Exception):
 class Round:
     """One round: ``manifest`` the ingest manifest it landed (None: nothing new), ``manifest_key``, the
     transform's batches and the load's result."""
-    manifest: Optional[dict]
+    manifest: Optional[Mapping[str, Any]]
     manifest_key: Optional[str]
     transformed: List[str]
     load: Dict[str, Any]
@@ -64,14 +65,14 @@ class Rounds:
             self._record(result)
 
     def _record(self, result):
-        from utils.aws.state import read_state
+        from utils.aws.state import read_ingest_state
         s3 = boto3.client("s3", region_name=REGION)
-        state, _ = read_state(s3, BUCKETS["INGEST_BUCKET"], "ingest")
+        state, _ = read_ingest_state(s3, BUCKETS["INGEST_BUCKET"])
         key = state.get("manifest_key")
         manifest = None
         if key and key != self.last_manifest_key:
-            from utils.aws.objects import read_json
-            manifest = read_json(s3, BUCKETS["INGEST_BUCKET"], key)
+            from utils.aws.manifests import read_ingest_manifest
+            manifest = read_ingest_manifest(s3, BUCKETS["INGEST_BUCKET"], key)
             self.last_manifest_key = key
         self.rounds.append(Round(manifest, key if manifest else None, self.transformed, dict(result or {})))
         self.saved += save_buckets(self.s3_dir)

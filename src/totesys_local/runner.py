@@ -20,6 +20,7 @@ from pathlib import Path
 
 import boto3
 
+from totesys_local.errors import LocalError
 from totesys_local import cluster as local_pg
 from totesys_local import folder_identity
 from totesys_local import pending as pending_batches
@@ -34,7 +35,7 @@ SOURCE_DB, WAREHOUSE_DB = "totesys", "warehouse"
 SECRETS = {"TOTESYS_SECRET_ID": DEFAULT_TOTESYS_SECRET_ID, "WAREHOUSE_SECRET_ID": DEFAULT_WAREHOUSE_SECRET_ID}
 
 
-class RunError(Exception):
+class RunError(LocalError):
     """The local run could not start or did not finish; the message is for the user."""
 
 
@@ -307,8 +308,8 @@ def _save_state(state_dir, log_path, progress):
 
 def _ingest_state():
     """The ingest state pointer in the emulated bucket ({} before the first run)."""
-    from utils.aws.state import read_state
-    return read_state(boto3.client("s3", region_name=REGION), BUCKETS["INGEST_BUCKET"], "ingest")[0]
+    from utils.aws.state import read_ingest_state
+    return read_ingest_state(boto3.client("s3", region_name=REGION), BUCKETS["INGEST_BUCKET"])[0]
 
 
 def _summarise(output, seconds, elapsed, rounds=()):
@@ -366,10 +367,9 @@ def _summarise_rounds(rounds, state, seconds, elapsed):
 
 def _latest_ingest_manifest(s3, state):
     """The manifest of the latest ingest batch with data (named by the ingest state pointer), or None."""
-    from utils.aws.manifests import read_manifest
-    from utils.catalog.source import check_source_table
+    from utils.aws.manifests import read_ingest_manifest
     key = state.get("manifest_key")
-    return read_manifest(s3, BUCKETS["INGEST_BUCKET"], key, check_source_table, "batch_time") if key else None
+    return read_ingest_manifest(s3, BUCKETS["INGEST_BUCKET"], key) if key else None
 
 
 def _batch_bounds(manifest):

@@ -13,9 +13,12 @@ run never guesses a permission.
 import functools
 import json
 from pathlib import Path
+from typing import Any, Callable, Dict, List
 
 import hcl2
 from lark import Token, Tree
+
+from totesys_local.errors import LocalError
 
 MAIN_TERRAFORM = Path(__file__).resolve().parents[2] / "main-terraform"
 # The inline policy of each role (data "aws_iam_policy_document" <name> in iam.tf).
@@ -26,7 +29,7 @@ DEFAULT_EPHEMERAL_STORAGE_MB = 512
 STATEMENT_ARGUMENTS = {"sid": "Sid", "effect": "Effect", "actions": "Action", "resources": "Resource"}
 
 
-class RenderError(Exception):
+class RenderError(LocalError):
     """main-terraform holds something this renderer cannot resolve; the message names it."""
 
 
@@ -112,13 +115,13 @@ def _concat(*lists):
 
 
 def _flatten(items):
-    flat = []
+    flat: List[Any] = []
     for item in items:
         flat.extend(_flatten(item) if isinstance(item, list) else [item])
     return flat
 
 
-FUNCTIONS = {
+FUNCTIONS: Dict[str, Callable[..., Any]] = {
     "concat": _concat,
     "flatten": _flatten,
     "values": lambda mapping: [mapping[key] for key in sorted(mapping)],

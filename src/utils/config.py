@@ -1,5 +1,6 @@
 """Settings from environment variables: the one place the pipeline reads them."""
 import os
+import re
 from typing import Mapping, Optional, Tuple
 from dataclasses import dataclass
 
@@ -19,6 +20,13 @@ DEFAULT_MAX_DELETE_FRACTION = 0.25
 # the rows, so a legitimate row is never ahead of it; 5 minutes is far beyond any NTP-synced writer's skew
 # and well inside the 30-minute freshness target, so a row within it just waits a few minutes.
 DEFAULT_INGEST_FUTURE_TOLERANCE_SECONDS = 300
+# How ingest finds changes: "cursor" (a last_updated window and key-set diffs) or "cdc" (a logical
+# replication slot: utils/ingest/cdc). CDC_SLOT_NAME names the slot (a replication slot name: lower-case
+# letters, digits and underscores, at most 63).
+INGEST_MODES = ("cursor", "cdc")
+DEFAULT_INGEST_MODE = "cursor"
+DEFAULT_CDC_SLOT_NAME = "totesys_cdc"
+_SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,8 @@ class Settings:
     max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS
     max_delete_fraction: float = DEFAULT_MAX_DELETE_FRACTION
     ingest_future_tolerance_seconds: int = DEFAULT_INGEST_FUTURE_TOLERANCE_SECONDS
+    ingest_mode: str = DEFAULT_INGEST_MODE
+    cdc_slot_name: str = DEFAULT_CDC_SLOT_NAME
 
 
 def _required(name: str) -> str:
@@ -88,6 +98,14 @@ def load_settings() -> Settings:
     if tolerance < 0:
         raise ConfigError("environment variable INGEST_FUTURE_TOLERANCE_SECONDS must be a non-negative "
                           f"integer, got {tolerance_text!r}")
+    mode = os.environ.get("INGEST_MODE", DEFAULT_INGEST_MODE).strip().lower() or DEFAULT_INGEST_MODE
+    if mode not in INGEST_MODES:
+        raise ConfigError(f"environment variable INGEST_MODE must be one of {', '.join(INGEST_MODES)}, "
+                          f"got {mode!r}")
+    slot = os.environ.get("CDC_SLOT_NAME", DEFAULT_CDC_SLOT_NAME).strip() or DEFAULT_CDC_SLOT_NAME
+    if not _SLOT_NAME.fullmatch(slot):
+        raise ConfigError("environment variable CDC_SLOT_NAME must be 1 to 63 lower-case letters, digits "
+                          f"or underscores, got {slot!r}")
     return Settings(
         ingest_bucket=_required("INGEST_BUCKET"),
         processed_bucket=_required("PROCESSED_BUCKET"),
@@ -100,6 +118,8 @@ def load_settings() -> Settings:
         max_batch_rows=max_rows,
         max_delete_fraction=fraction,
         ingest_future_tolerance_seconds=tolerance,
+        ingest_mode=mode,
+        cdc_slot_name=slot,
     )
 
 

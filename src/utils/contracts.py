@@ -70,40 +70,87 @@ class LoadResult(StageResult):
 
 
 class IngestTableEntry(TypedDict):
-    """One landed table of an ingest manifest; ``low`` is None on a table's first run."""
+    """One landed table of an ingest manifest; ``low`` is None on a table's first run (or a re-sync);
+    ``future_from`` only when the table had rows stamped ahead of the source clock
+    (``utils.ingest.backdated``)."""
     key: str
     rows: int
     low: Optional[str]
     high: str
     snapshot: str
+    future_from: NotRequired[str]
+
+
+class DeletedEntry(TypedDict):
+    """A manifest's ``deleted`` entry: the deleted-keys file (``utils.catalog.formats.DELETED_SCHEMA``),
+    its row count and the rows per source table."""
+    key: str
+    rows: int
+    tables: Dict[str, int]
 
 
 class IngestManifest(TypedDict):
-    """``_batches/<batch time>.json`` in the ingest bucket (only the tables that landed a file)."""
+    """``_batches/<batch time>.json`` in the ingest bucket (only the tables that landed a file);
+    ``deleted`` only when the batch detected hard deletes (``utils.ingest.deletes``)."""
     batch_id: str
     batch_time: str
     timezone: str
     ignored_columns: Dict[str, List[str]]
     prev_manifest_key: Optional[str]
     tables: Dict[str, IngestTableEntry]
+    deleted: NotRequired[DeletedEntry]
 
 
 class TableBounds(TypedDict):
-    """One table's entry in the ingest state pointer: its upper bound and the snapshot it was read in."""
+    """One table's entry in the ingest state pointer: its upper bound and the snapshot it was read in;
+    ``utc``: the snapshot's UTC time, ``offsets``: the UTC offsets (seconds) of the source clock in play
+    then (``utils.ingest.zones``; absent in a state written before them). ``future_from`` and ``keys``:
+    ``utils.ingest.backdated``, ``utils.ingest.deletes``."""
     high: str
     snapshot: str
+    utc: NotRequired[str]
+    offsets: NotRequired[List[int]]
+    future_from: NotRequired[str]
+    keys: NotRequired[str]
+
+
+class HeldDeletes(TypedDict):
+    """Deletions of one table the mass-delete guard holds (``utils.ingest.delete_guard``)."""
+    rows: int
+    table_rows: int
+
+
+class SourceClock(TypedDict):
+    """The source clock at a run's snapshot: ``now()`` in UTC and ``localtimestamp`` (its wall clock)."""
+    utc: str
+    wall: str
 
 
 class IngestState(TypedDict, total=False):
-    """``_state/ingest.json`` ({} before the first run). ``manifest_key``/``batch_id`` name the last
-    batch with data; ``tables`` holds every table ever read, ``high`` in ``timezone``."""
+    """``_state/ingest.json``. Every run writes every key (``held_deletes`` once delete detection ran);
+    the pointer is ``{}`` before the first run, so a reader can count on none (hence ``total=False``).
+    ``manifest_key``/``batch_id`` name the last batch with data (None until one); ``tables`` holds every
+    table ever read, ``high`` a raw source stamp (an entry without ``utc``: in ``timezone``); ``clock``:
+    the last run's readings (``utils.ingest.zones``); ``more_waiting``: the last batch was cut at
+    MAX_BATCH_ROWS (``utils.ingest.bounded``); ``source``: the source's identity (``utils.db.identity``),
+    never a credential; ``cdc``: INGEST_MODE=cdc's slot pointer."""
     manifest_key: Optional[str]
     batch_id: Optional[str]
     timezone: str
+    clock: SourceClock
     ignored_columns: Dict[str, List[str]]
     tables: Dict[str, TableBounds]
-    held_deletes: Dict[str, Dict[str, int]]
-    source: Dict[str, Optional[str]]  # the source's identity (utils.db.identity), never a credential
+    more_waiting: bool
+    held_deletes: Dict[str, HeldDeletes]
+    source: Optional[Dict[str, Optional[str]]]
+    cdc: "CdcPointer"
+
+
+class CdcPointer(TypedDict):
+    """``cdc`` in the ingest state (INGEST_MODE=cdc, ``utils.ingest.cdc``): the replication slot's name and
+    the LSN up to which its changes are landed."""
+    slot: str
+    lsn: str
 
 
 class FileEntry(TypedDict):
@@ -113,7 +160,8 @@ class FileEntry(TypedDict):
 
 
 class ProcessedManifest(TypedDict):
-    """``_batches/<batch time>.json`` in the processed bucket."""
+    """``_batches/<batch time>.json`` in the processed bucket; ``rejected``, ``deleted`` and
+    ``source_ids`` only when the batch has any."""
     batch_id: str
     batch_time: str
     ingest_manifest_key: str
@@ -121,12 +169,13 @@ class ProcessedManifest(TypedDict):
     tables: Dict[str, FileEntry]
     snapshots: Dict[str, str]
     rejected: NotRequired[FileEntry]
+    deleted: NotRequired[DeletedEntry]
     # ids of the batch's rows of source tables without a warehouse table (utils.transform.deletes)
     source_ids: NotRequired[Dict[str, List[int]]]
 
 
 class TransformState(TypedDict, total=False):
-    """``_state/transform.json`` ({} before the first run): the last processed manifest written and
-    the last ingest manifest transformed."""
+    """``_state/transform.json``: the last processed manifest written and the last ingest manifest
+    transformed. Every run writes both keys; the pointer is ``{}`` before the first run."""
     manifest_key: str
     ingest_manifest_key: str

@@ -5,7 +5,7 @@ attributes (``table``, ``key``, ``batch_id``: None when the error is not about o
 on them without parsing the message. The state machine retries ``RetryableError`` subclasses and
 ``StateConflictError`` by their class name.
 """
-from typing import Optional
+from typing import Any, Optional
 
 
 class TotesysError(Exception):
@@ -101,7 +101,7 @@ class SchemaDriftError(TotesysError):
     None when the column, or the whole table, is gone).
     """
 
-    def __init__(self, table, column, expected, found):
+    def __init__(self, table: str, column: Optional[str], expected: str, found: Optional[str]) -> None:
         where = f"totesys.{table}" + (f".{column}" if column else "")
         what = f"has type {found}" if found else "is missing"
         super().__init__(f"schema drift: {where} {what}; expected {expected}. Nothing was landed: update "
@@ -119,7 +119,7 @@ class SourceDataError(TotesysError):
     which must hold no customer data. Read the row in totesys by its id.
     """
 
-    def __init__(self, table, column, row_id, detail):
+    def __init__(self, table: str, column: Optional[str], row_id: Any, detail: str) -> None:
         where = f"totesys.{table}" + (f".{column}" if column else "")
         row = f" in the row {table}_id = {row_id}" if row_id is not None else ""
         super().__init__(f"cannot land {where}{row}: {detail}", table=table)

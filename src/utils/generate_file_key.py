@@ -4,7 +4,7 @@ from datetime import datetime
 from utils.errors import DateFormatError
 
 
-def generate_file_key(table_name, end_time, extension="parquet"):
+def generate_file_key(table_name: str, end_time: datetime, extension: str = "parquet") -> str:
     """Return the immutable key for ``table_name``'s object of the batch ending at ``end_time``."""
     if not isinstance(end_time, datetime):
         raise DateFormatError(f"end_time must be a datetime, got {type(end_time).__name__}")

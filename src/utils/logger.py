@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Dict
+from typing import Any, Callable, Dict
 
 from aws_lambda_powertools import Logger
 
@@ -48,19 +48,19 @@ class CurrentLogFileHandler(logging.Handler):
     emitted* (appending; the file is opened and closed per line), or to the current ``sys.stdout``
     when the variable is unset. One handler serves every run of a process."""
 
-    def emit(self, record):
+    def emit(self, record: logging.LogRecord) -> None:
         try:
             write_line(self.format(record) + "\n")
         except Exception:  # noqa: BLE001 - logging must never break the pipeline (logging's contract)
             self.handleError(record)
 
 
-def service_name(stage):
+def service_name(stage: str) -> str:
     """The powertools service of a stage: ``$POWERTOOLS_SERVICE_NAME-<stage>`` (default totesys-)."""
     return f"{os.environ.get('POWERTOOLS_SERVICE_NAME', 'totesys')}-{stage}"
 
 
-def get_logger(stage):
+def get_logger(stage: str) -> Any:
     """Return THE structured logger of a pipeline stage ('ingest', 'transform', 'load'): created on
     the first call for its service, the same object on every later call. Every line carries
     ``stage``; ``stage_handler`` adds ``run_id`` for the duration of an invocation."""
@@ -74,7 +74,7 @@ def get_logger(stage):
         return logger
 
 
-def stage_handler(stage):
+def stage_handler(stage: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a Lambda handler: every log line of the invocation carries ``run_id`` (the Lambda
     request id; a fresh id when there is no context); an exception is logged once (error type and
     message) and re-raised unchanged: at ERROR when it is a RetryableError (the state machine retries
@@ -83,9 +83,9 @@ def stage_handler(stage):
     ``duration_ms``. Before the handler runs, ``require_tested_sdk`` checks the AWS SDK."""
     logger = get_logger(stage)
 
-    def decorate(handler):
+    def decorate(handler: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(handler)
-        def wrapper(event, context):
+        def wrapper(event: Any, context: Any) -> Any:
             run_id = getattr(context, "aws_request_id", None) or uuid.uuid4().hex
             logger.append_keys(run_id=run_id)
             set_invocation_deadline(context)  # the database's timeouts follow the function's

@@ -27,6 +27,7 @@ Metrics are flushed when the handler ends, also when it raises. Locally
 the runner sets ``TOTESYS_LOG_FILE``: the EMF lines go to that file beside the log lines, so the
 output of ``make run`` stays readable.
 """
+from typing import Any, Callable, Dict, Mapping, Optional
 import functools
 import json
 import logging
@@ -57,14 +58,14 @@ _SWITCH = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0"
 _KEY_TIME = re.compile(r"/(\d{4})/(\d{2})/(\d{2})/(\d{12})\.parquet$")
 
 
-def batch_time_from_id(batch_id):
+def batch_time_from_id(batch_id: str) -> datetime:
     """The batch time (upper bound, aware UTC datetime) of a ``batch_id`` like '20241126T101500123456'.
 
     Raises ValueError for anything else."""
     return datetime.strptime(batch_id, "%Y%m%dT%H%M%S%f").replace(tzinfo=timezone.utc)
 
 
-def batch_time_from_key(file_key):
+def batch_time_from_key(file_key: str) -> datetime:
     """The batch time (aware UTC datetime) of a landing key ``table/yyyy/mm/dd/hhmmssffffff.parquet``.
 
     Raises ValueError when the key does not follow the scheme."""
@@ -75,7 +76,7 @@ def batch_time_from_key(file_key):
     return datetime.strptime(f"{year}{month}{day}{clock}", "%Y%m%d%H%M%S%f").replace(tzinfo=timezone.utc)
 
 
-def ingest_rows(result, s3_client=None):
+def ingest_rows(result: Mapping[str, str], s3_client: Any = None) -> Dict[str, int]:
     """Rows per source table of the batch an ingest ``result`` ({table: file_key}) landed, read from
     its manifest (``_batches/<batch time>.json`` in the ingest bucket); {} when nothing landed."""
     if not result:
@@ -85,16 +86,15 @@ def ingest_rows(result, s3_client=None):
     from utils.config import load_settings
     from utils.aws.layout import INGEST_MANIFESTS
     from utils.generate_file_key import generate_file_key
-    from utils.aws.manifests import read_manifest
-    from utils.catalog.source import check_source_table
+    from utils.aws.manifests import read_ingest_manifest
     batch_time = max(batch_time_from_key(key) for key in result.values())
     key = generate_file_key(INGEST_MANIFESTS, batch_time.replace(tzinfo=None), "json")
-    manifest = read_manifest(s3_client or boto3.client("s3"), load_settings().ingest_bucket, key,
-                             check_source_table, "batch_id")
+    manifest = read_ingest_manifest(s3_client or boto3.client("s3"), load_settings().ingest_bucket, key,
+                                    required="batch_id")
     return {table: int(entry.get("rows", 0)) for table, entry in manifest["tables"].items()}
 
 
-def per_table_rows(environ=None):
+def per_table_rows(environ: Optional[Mapping[str, str]] = None) -> bool:
     """Whether ``Rows`` is also emitted per table: ``TOTESYS_PER_TABLE_METRICS`` (true/false, 1/0,
     yes/no, on/off; unset = false). Raises ConfigError for anything else."""
     environ = os.environ if environ is None else environ
@@ -104,7 +104,7 @@ def per_table_rows(environ=None):
     return _SWITCH[text.strip().lower()]
 
 
-def emit(payload):
+def emit(payload: Mapping[str, Any]) -> None:
     """Write one EMF object as a line: to stdout (CloudWatch Logs in Lambda), or appended to the file
     TOTESYS_LOG_FILE names when it is set (the local runner). Never swaps sys.stdout: locally the
     stages run on another thread while the runner prints its progress."""
@@ -113,7 +113,7 @@ def emit(payload):
     write_line(json.dumps(payload, separators=(",", ":")) + "\n")
 
 
-def _single(name, unit, value, dimensions):
+def _single(name: str, unit: Any, value: float, dimensions: Mapping[str, str]) -> None:
     """One EMF line holding one metric with exactly ``dimensions`` (its own metric set, so it never mixes
     with the stage's)."""
     provider = AmazonCloudWatchEMFProvider(metric_set={}, dimension_set={}, metadata_set={},
@@ -124,16 +124,16 @@ def _single(name, unit, value, dimensions):
     emit(provider.serialize_metric_set())
 
 
-def _per_stage(name, unit, value, stage, **dimensions):
+def _per_stage(name: str, unit: Any, value: float, stage: str, **dimensions: str) -> None:
     """One EMF line for a metric with the stage's dimensions plus ``dimensions`` (e.g. table)."""
     _single(name, unit, value, {"service": SERVICE, "stage": stage, **dimensions})
 
 
-def _warehouse_lag(seconds):
+def _warehouse_lag(seconds: float) -> None:
     _single("WarehouseLag", MetricUnit.Seconds, seconds, {"service": SERVICE})
 
 
-def record_result(stage, result, now=None, s3_client=None):
+def record_result(stage: str, result: Any, now: Optional[datetime] = None, s3_client: Any = None) -> None:
     """Emit the metrics a successful stage's ``result`` carries (rows, lag, rejected/deleted rows)."""
     now = now or datetime.now(timezone.utc)
     if stage == "ingest":
@@ -159,15 +159,15 @@ def record_result(stage, result, now=None, s3_client=None):
             metrics.add_metric(name=name, unit=MetricUnit.Count, value=result[key])
 
 
-def stage_metrics(stage):
+def stage_metrics(stage: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a Lambda handler of ``stage`` ('ingest', 'transform', 'load'): emit its metrics and
     flush them when it ends, also when it raises (the exception propagates unchanged). A metric that
     cannot be worked out after the stage succeeded is logged as a warning, never turned into a stage
     failure: the batch is already committed. The EMF lines are written by ``emit``: sys.stdout is never
     swapped (the local runner prints its progress from another thread meanwhile)."""
-    def decorate(handler):
+    def decorate(handler: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(handler)
-        def wrapper(event, context):
+        def wrapper(event: Any, context: Any) -> Any:
             metrics.add_dimension(name="stage", value=stage)
             started = time.perf_counter()
             failed = True

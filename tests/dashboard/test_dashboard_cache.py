@@ -1,18 +1,14 @@
 """The dashboard's cache (issue 25): figures served from memory while the warehouse's data version (last
 batch id, rollups' revision) stays the same, recomputed as soon as a batch is loaded or the rollups are
 rebuilt."""
-from pathlib import Path
-
 import pytest
-from streamlit.testing.v1 import AppTest
 
+from tests.support.dashboard_page import parse_page
 from tests.support.db import connect, run_sql
-from totesys_local.dashboard import queries
+from totesys_local.dashboard.app import render_page
 from totesys_local.dashboard.cache import PageCache
 from utils.db.connection import close_db_connection
 from utils.load.rollups import rebuild_rollups
-
-APP = Path(queries.__file__).with_name("app.py")
 
 
 class Counter:
@@ -53,26 +49,28 @@ def test_the_least_recently_used_entry_goes_first():
     assert sorted(key[2] for key in cache._entries) == ["a", "c"]
 
 
-def shown_orders(monkeypatch, url):
-    monkeypatch.setenv(queries.URL_VARIABLE, url)
-    app = AppTest.from_file(str(APP), default_timeout=60)
-    app.run()
-    assert not app.exception, [e.message for e in app.exception]
-    return {metric.label: metric.value for metric in app.metric if metric.label.startswith("Orders")}
+def shown_orders(url, cache):
+    page = render_page(url, {}, cache)
+    assert page.status == 200
+    return {label: value for label, value in parse_page(page.html).metrics().items()
+            if label.startswith("Orders")}
 
 
 @pytest.mark.slow
 def test_the_page_is_served_from_the_cache_until_a_batch_is_loaded_or_the_rollups_rebuilt(
-        new_database, warehouse_template, monkeypatch):
-    url = new_database(template=warehouse_template)
-    first = shown_orders(monkeypatch, url)
+        new_database, warehouse_template):
+    url, cache = new_database(template=warehouse_template), PageCache()
+    first = shown_orders(url, cache)
+    assert cache.misses > 0 and cache.hits == 0
     # Changed behind the dashboard's back (no new batch, same revision): the page keeps its figures.
     run_sql(url, "UPDATE rollup_sales_daily SET orders = orders + 1000 WHERE currency_id = 1")
-    assert shown_orders(monkeypatch, url) == first
+    misses = cache.misses
+    assert shown_orders(url, cache) == first
+    assert cache.misses == misses and cache.hits > 0
 
     run_sql(url, "INSERT INTO etl_load_ledger (batch_id, manifest_key, row_counts) "
                  "VALUES ('29991231T235959000000', 'k', '{}')")
-    changed = shown_orders(monkeypatch, url)
+    changed = shown_orders(url, cache)
     gbp = run_sql(url, "SELECT currency_code FROM dim_currency WHERE currency_id = 1")[0][0]
     assert int(changed[f"Orders {gbp}"].replace(",", "")) == int(first[f"Orders {gbp}"].replace(",", "")) \
         + 1000 * run_sql(url, "SELECT count(*) FROM rollup_sales_daily WHERE currency_id = 1")[0][0]
@@ -84,4 +82,4 @@ def test_the_page_is_served_from_the_cache_until_a_batch_is_loaded_or_the_rollup
         conn.run("COMMIT")
     finally:
         close_db_connection(conn)
-    assert shown_orders(monkeypatch, url) == first
+    assert shown_orders(url, cache) == first

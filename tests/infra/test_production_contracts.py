@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from tests.infra.hcl import ASL_TEMPLATE, IMMUTABLE, MAIN, ROOT, SRC, default, load_stack
-from utils.tables import SOURCE_TABLES
-from utils.warehouse import WAREHOUSE_TABLES
+from utils.catalog.source import SOURCE_TABLES
+from utils.catalog.warehouse import WAREHOUSE_TABLES
 
 ASL = json.loads(ASL_TEMPLATE.read_text())
 SSL_MODES = {"disable", "require", "verify-full"}
@@ -179,7 +179,7 @@ def emailing_alarms(stack):
 def test_exactly_the_documented_alarms_send_email(main_stack):
     assert set(emailing_alarms(main_stack)) == {"unreported_failure", "executions[ExecutionsTimedOut]",
                                                 "warehouse_freshness", "verify_mismatches", "verify_errors",
-                                                "deletions_held"}
+                                                "deletions_held", "cdc_retained_wal"}
     critical = main_stack["resource"]["aws_cloudwatch_metric_alarm"]["critical"]
     assert critical["alarm_actions"] == [], "a failed stage's e-mail is NotifyFailure's, not this alarm's"
 

@@ -212,6 +212,13 @@ def more_waiting(state_dir):
     return path.exists() and bool(json.loads(path.read_text()).get("more_waiting"))
 
 
+def recorded_zone(state_dir):
+    """The source zone the ingest state pointer in the state folder recorded (None: no pointer yet)."""
+    import json
+    path = Path(state_dir) / "s3" / local_state.BUCKETS["INGEST_BUCKET"] / "_state" / "ingest.json"
+    return json.loads(path.read_text()).get("timezone") if path.exists() else None
+
+
 def ingest_summary(state_dir, last=6):
     """What the ingest recorded, for a failure message: the state pointer's zone and per-table bounds,
     and the last ``last`` manifests' (batch time, zone, {table: (low, high, rows)})."""

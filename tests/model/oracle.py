@@ -16,8 +16,9 @@ version (a deletion removes the row).
   run's snapshot, each row's version there is a fact (or, if the warehouse cannot hold it, rejected: a
   bad version is never a fact); the current views and the dimensions equal the state at the last
   complete snapshot (rows whose wall-clock stamps went backwards excepted and counted: ``ambiguous``;
-  versions stamped ahead of the source's clock at the snapshot excepted and counted: ``held``, unless
-  ``strict_future``);
+  versions stamped ahead of the source's clock at the snapshot excepted and counted: ``held``; with
+  ``strict_future`` only those ahead of its ceiling, the latest stamp a session of the zones in play over
+  the last hour could have written: the pipeline holds them or quarantines them as future rows);
   the open deletions are exactly the rows present at an earlier complete snapshot and absent at the last
   (allowed also: rows only a failed run's snapshot saw).
 """
@@ -98,12 +99,24 @@ FACT_REFERENCES = {
 }
 
 
+# The snapshot, the wall clock, the zone, and the ceiling: UTC now plus the largest UTC offset the zone and
+# the previous snapshot's zone had over the last hour (sampled every 5 minutes, and now).
+CLOCK_SQL = (
+    "SELECT pg_current_snapshot()::text, localtimestamp, current_setting('TimeZone'), "
+    "(SELECT (now() AT TIME ZONE 'UTC') + max((t AT TIME ZONE z) - (t AT TIME ZONE 'UTC')) "
+    " FROM unnest(ARRAY[current_setting('TimeZone'), coalesce(CAST(:previous AS text), "
+    "current_setting('TimeZone'))]) AS z, "
+    " (SELECT generate_series(now() - interval '1 hour', now(), interval '5 minutes') UNION SELECT now()) "
+    " AS moments(t))")
+
+
 class Snapshot:
     """A snapshot the model took before a run: its text and what became of the run."""
 
-    def __init__(self, text, kind, wall_clock=None):
+    def __init__(self, text, kind, wall_clock=None, zone=None, ceiling=None):
         xmin, xmax, xip = text.split(":")
         self.text, self.kind, self.wall_clock = text, kind, wall_clock
+        self.zone, self.ceiling = zone, ceiling
         self.xmin, self.xmax = int(xmin), int(xmax)
         self.in_progress = {int(x) for x in xip.split(",") if x}
         self.complete = False  # set when its run succeeded with nothing left waiting
@@ -195,24 +208,27 @@ class Model:
         self.ambiguous = 0
         self.held = 0
 
-    def _now(self):
+    def _now(self, previous_zone=None):
+        """The source's snapshot, wall clock, zone and ceiling: UTC now plus the largest offset its zone and
+        ``previous_zone`` had over the last hour (the latest stamp a session of either could have written)."""
         conn = connect_to_db(credentials=credentials_from_url(self.source_url), timezone=None)
         try:
-            return conn.run("SELECT pg_current_snapshot()::text, localtimestamp")[0]
+            return conn.run(CLOCK_SQL, previous=previous_zone)[0]
         finally:
             close_db_connection(conn)
 
     def snapshot(self, kind):
         """Record the snapshot a run is about to see, and the source's wall clock (its zone) then."""
-        text, wall_clock = self._now()
-        taken = Snapshot(text, kind, wall_clock)
+        previous = self.snapshots[-1].zone if self.snapshots else None
+        text, wall_clock, zone, ceiling = self._now(previous)
+        taken = Snapshot(text, kind, wall_clock, zone, ceiling)
         self.snapshots.append(taken)
         return taken
 
     def settle(self, snapshot):
         """After the run: the wall clock the run saw lies between the two readings; when the clock went
         back meanwhile (a fall-back during the run) the earlier one is what may hold versions back."""
-        snapshot.wall_clock = min(snapshot.wall_clock, self._now()[1])
+        snapshot.wall_clock = min(snapshot.wall_clock, self._now(snapshot.zone)[1])
 
     def versions(self):
         rows = run_sql(self.source_url, "SELECT seq, tbl, id, op, last_updated, row_json::text, xid::text "
@@ -321,10 +337,13 @@ class Model:
         return problems
 
     def _held(self, version, snapshot):
-        """A version stamped at or after the source's wall clock at ``snapshot``: the pipeline holds it
-        until the clock passes its stamp (issue 19; after a fall-back or a zone change that puts the clock
-        back, the rows written since the last run are such). Judged only with MODEL_FUTURE=1; counted."""
-        if self.strict_future or version.last_updated is None or version.last_updated < snapshot.wall_clock:
+        """A version stamped at or after the source's wall clock at ``snapshot`` (with ``strict_future``: at
+        or after its ceiling, the latest stamp a session of the zones in play could have written; after a
+        fall-back or a zone change that puts the clock back, the rows written before it are below that):
+        the pipeline holds it until the clock passes its stamp, or quarantines it as a future row. Not
+        judged; counted."""
+        bound = snapshot.ceiling if self.strict_future else snapshot.wall_clock
+        if version.last_updated is None or version.last_updated < bound:
             return False
         self.held += 1
         return True

@@ -5,13 +5,12 @@ run) from ``seed``; the same seed and examples give the same histories, so a fai
 ``replay_command(seed, examples)``. On a failure Hypothesis shrinks the history and prints it as the
 list of rule calls (the regression test's body).
 """
-import os
 import sys
 
 from hypothesis import HealthCheck, Phase, Verbosity, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from tests.model.machine import Environment, PipelineHistory
+from tests.model.machine import ON_BY_DEFAULT, Environment, PipelineHistory, switched_on
 
 STEPS = 14
 # The bounded profile's fixed seeds (each runs EXAMPLES_PER_SEED histories), then fresh ones.
@@ -27,8 +26,9 @@ def history_settings(examples, steps=STEPS, shrink=True):
 
 
 def replay_command(seed, examples, steps=STEPS):
-    switches = " ".join(f"{name}=1" for name in ("MODEL_BACKDATED", "MODEL_FUTURE")
-                        if os.environ.get(name, "") not in ("", "0"))
+    switches = " ".join(f"{name}={int(switched_on(name))}" for name in
+                        ("MODEL_BACKDATED", "MODEL_FUTURE", "MODEL_LOCAL_SAVE_KILLS", "MODEL_CLOCK")
+                        if switched_on(name) != (name in ON_BY_DEFAULT))
     return (f"{switches + ' ' if switches else ''}venv/bin/python -m tests.model.soak --seed {seed} "
             f"--examples {examples} --steps {steps}")
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from utils.format_time import format_time
 from utils.generate_file_key import generate_file_key
-from utils.parquet_data import parquet_data
+from utils.compat import parquet_data
 from utils.aws.state import read_state, write_state
 from utils.catalog.source import LANDING_SCHEMAS, SOURCE_SCHEMAS
 

@@ -2,8 +2,8 @@
 import pytest
 
 from utils.errors import DateFormatError, UnknownTableError
-from utils.generate_new_entry_query import generate_new_entry_query, select_list
-from utils.query_db import query_db
+from utils.compat import generate_new_entry_query, query_db
+from utils.ingest.snapshot import select_list
 from tests.support.db import connect
 from tests.support.totesys import FILL_SQL, SCHEMA_SQL
 from tests.support.db import run_sql

@@ -7,7 +7,7 @@ import pytest
 
 from utils.errors import CorruptFileError, SchemaMismatchError
 from utils.aws.objects import read_parquet_table
-from utils.get_df_from_s3_parquet import get_df_from_s3_parquet
+from utils.compat import get_df_from_s3_parquet
 from utils.catalog.source import SOURCE_SCHEMAS
 from tests.support.batches import address, source_table
 

@@ -4,7 +4,7 @@ from datetime import datetime
 import boto3
 import pytest
 
-from utils.get_last_ingest_time import get_last_ingest_time, get_latest_filename
+from utils.compat import get_last_ingest_time, get_latest_filename
 from utils.aws.state import write_state
 
 

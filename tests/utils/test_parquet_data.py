@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from utils.parquet_data import parquet_data
+from utils.compat import parquet_data
 from utils.catalog.source import SOURCE_SCHEMAS
 
 

@@ -19,7 +19,7 @@ class Tracked:
 
 
 def test_rows_as_dicts_with_bound_parameters(pg_admin_url):
-    from utils.query_db import query_db
+    from utils.compat import query_db
     db = Tracked(pg_admin_url)
     result = query_db("SELECT n, n * :k AS twice FROM generate_series(1, 3) AS n", db.connect, db.close,
                       dict_name="numbers", k=2)
@@ -28,7 +28,7 @@ def test_rows_as_dicts_with_bound_parameters(pg_admin_url):
 
 
 def test_empty_dict_name_returns_the_first_row_only(pg_admin_url):
-    from utils.query_db import query_db
+    from utils.compat import query_db
     db = Tracked(pg_admin_url)
     assert query_db("SELECT 1 AS a, 'x' AS b UNION ALL SELECT 2, 'y' ORDER BY 1", db.connect, db.close,
                     dict_name="") == {"a": 1, "b": "x"}
@@ -39,7 +39,7 @@ def test_empty_dict_name_returns_the_first_row_only(pg_admin_url):
 def test_the_connection_is_closed_when_the_query_fails(pg_admin_url):
     import pg8000.exceptions
 
-    from utils.query_db import query_db
+    from utils.compat import query_db
     db = Tracked(pg_admin_url)
     with pytest.raises(pg8000.exceptions.DatabaseError, match="no_such_table"):
         query_db("SELECT * FROM no_such_table", db.connect, db.close)

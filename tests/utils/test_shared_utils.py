@@ -8,8 +8,9 @@ import boto3
 import pytest
 
 from utils.config import load_settings
-from utils.db_connections import (close_db_connection, connect_to_db, credentials_from_url,
-                                  db_connections_get_secret, password_for, validate_credentials)
+from utils.aws.secrets import db_connections_get_secret, validate_credentials
+from utils.compat import connect_to_db
+from utils.db.connection import close_db_connection, credentials_from_url, password_for
 from utils.errors import (ConfigError, CredentialsError, DatabaseUnavailableError, DateFormatError,
                           StateConflictError, UnknownTableError, CorruptFileError, ObjectExistsError)
 from utils.format_time import format_time, parse_time
@@ -17,7 +18,7 @@ from utils.generate_file_key import generate_file_key
 from utils.aws.objects import read_json
 from utils.aws.state import read_state, write_state
 from utils.catalog.source import SOURCE_SCHEMAS, SOURCE_TABLES, check_source_table
-from utils.write_to_s3 import write_to_s3
+from utils.aws.objects import write_to_s3
 
 
 # -- settings ---------------------------------------------------------------------------------------
@@ -277,6 +278,29 @@ def test_read_manifest_checks_its_shape(buckets):
     assert unknown.value.table == "nope"
 
 
+def test_typed_manifest_readers_and_writers(buckets):
+    from utils.aws.manifests import read_ingest_manifest, read_processed_manifest, write_ingest_manifest
+    from utils.aws.state import read_ingest_state, read_transform_state, write_transform_state
+    s3 = boto3.client("s3")
+    bucket = buckets["ingest"]
+    manifest = {"batch_id": "b1", "batch_time": "2026-01-01 00:00:00.000000", "timezone": "UTC",
+                "ignored_columns": {}, "prev_manifest_key": None,
+                "tables": {"address": {"key": "address/x.parquet", "rows": 1, "low": None,
+                                       "high": "2026-01-01 00:00:00.000000", "snapshot": "1:1:"}}}
+    write_ingest_manifest(s3, bucket, "_batches/m1.json", manifest)
+    assert read_ingest_manifest(s3, bucket, "_batches/m1.json") == manifest
+    with pytest.raises(ObjectExistsError):  # manifests are immutable
+        write_ingest_manifest(s3, bucket, "_batches/m1.json", manifest)
+    # An ingest manifest names source tables: read as a processed manifest, its table is refused.
+    with pytest.raises(UnknownTableError):
+        read_processed_manifest(s3, bucket, "_batches/m1.json")
+    assert read_ingest_state(s3, bucket) == ({}, None) == read_transform_state(s3, bucket)
+    etag = write_transform_state(s3, bucket, {"manifest_key": "p", "ingest_manifest_key": "i"}, None)
+    assert read_transform_state(s3, bucket) == ({"manifest_key": "p", "ingest_manifest_key": "i"}, etag)
+    with pytest.raises(StateConflictError):
+        write_transform_state(s3, bucket, {"manifest_key": "q", "ingest_manifest_key": "i"}, None)
+
+
 def test_stage_handler_tags_the_run_and_times_it(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
@@ -398,18 +422,3 @@ def test_real_server_without_any_password_is_a_clear_error(password_role, monkey
     with pytest.raises(CredentialsError, match="no password was given") as err:
         _whoami(url)
     assert "PGPASSWORD" in str(err.value) and "0600" in str(err.value)
-
-
-def test_seed_and_old_module_names_are_the_one_implementation():
-    """The façades re-export, they do not copy: the same objects under the old names."""
-    from utils import db_connections, get_df_from_s3_parquet, tables, warehouse
-    from utils import write_to_s3 as write_to_s3_module
-    from utils.aws import objects
-    from utils.catalog import source
-    from utils.db import connection
-    from utils.transform import star
-    assert tables.check_source_table is source.check_source_table and tables.SOURCE_SCHEMAS is SOURCE_SCHEMAS
-    assert write_to_s3_module.write_to_s3 is objects.write_to_s3
-    assert get_df_from_s3_parquet.read_parquet_table is objects.read_parquet_table
-    assert db_connections.close_db_connection is connection.close_db_connection
-    assert warehouse.build_warehouse_batch is star.build_warehouse_batch

@@ -7,9 +7,10 @@ import pytest
 
 from utils.catalog.currencies import currency_name
 from utils.errors import DateFormatError
-from utils.warehouse import (PROCESSED_SCHEMAS, VERSION_COLUMN, WAREHOUSE_SCHEMAS, build_warehouse_batch,
-                             dim_counterparty, dim_currency, dim_date, dim_staff, fact_payment,
-                             fact_purchase_order, fact_sales_order, latest_rows, merge_snapshot)
+from utils.catalog.warehouse import PROCESSED_SCHEMAS, VERSION_COLUMN, WAREHOUSE_SCHEMAS
+from utils.transform.star import (build_warehouse_batch, dim_counterparty, dim_currency, dim_date, dim_staff,
+                                  fact_payment, fact_purchase_order, fact_sales_order, latest_rows,
+                                  merge_snapshot)
 from tests.support.batches import (T0, address, base_batch, counterparty, department, later, payment,
                                    purchase_order, sales_order, source_table, staff)
 

@@ -130,6 +130,34 @@ def test_selected_tables_are_replaced_in_place_by_their_rebuilt_contents(loaded,
 
 
 @pytest.mark.slow
+def test_a_load_after_an_in_place_replacement_orders_after_the_rebuilt_versions(loaded, new_database, check):
+    """docs/RELIABILITY.md defect 3: the rebuilt rows keep the rebuild's load orders; a live warehouse whose
+    sequence is behind them (here: migrated from before the load order, its rows of order 0) must order
+    its next batch after them, else the rebuilt version stays current."""
+    from utils.rebuild.in_place import replace_tables
+    source, warehouse, buckets = loaded
+    paid = "UPDATE payment SET payment_amount = :amount, last_updated = localtimestamp WHERE payment_id = 1"
+    run_sql(source, paid, amount=2)
+    run_pipeline()
+    run_sql(warehouse, "UPDATE fact_payment SET etl_load_order = 0")
+    run_sql(warehouse, "ALTER SEQUENCE etl_load_order_seq RESTART WITH 1")
+    scratch = new_database()
+    rebuild_into(scratch, buckets)
+    assert run_sql(scratch, "SELECT max(etl_load_order) FROM fact_payment") == [[2]]
+    live, rebuilt = connect(warehouse), connect(scratch)
+    try:
+        replace_tables(live, rebuilt, ["fact_payment"])
+    finally:
+        close_db_connection(live)
+        close_db_connection(rebuilt)
+
+    run_sql(source, paid, amount=3)
+    run_pipeline()
+    assert run_sql(warehouse, "SELECT payment_amount FROM current_payment WHERE payment_id = 1") == [[3]]
+    assert check(source, warehouse, buckets["ingest"]).exit_code == 0
+
+
+@pytest.mark.slow
 def test_a_dimension_row_still_referenced_stops_its_replacement_and_changes_nothing(loaded, new_database):
     from utils.errors import UnknownTableError
     from utils.rebuild.in_place import InPlaceError, replace_tables

@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import os
 import sys
+from typing import Optional
 from pathlib import Path
 
 from totesys_local.daemon.protocol import LOG_NAME
@@ -33,9 +34,10 @@ def main(argv=None):
     parser.add_argument("--state-dir", required=True)
     state = Path(parser.parse_args(argv).state_dir)
     state.mkdir(parents=True, exist_ok=True)
-    answers, answer = os.pipe()
+    answers, pipe_end = os.pipe()
+    answer: Optional[int] = pipe_end
     if os.fork():  # the starter: relay the emulator's first word, then leave it running
-        os.close(answer)
+        os.close(pipe_end)
         with os.fdopen(answers) as stream:
             line = stream.read().strip()
         print(line or "failed: the local emulator exited while starting", flush=True)

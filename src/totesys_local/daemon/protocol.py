@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from totesys_local.asl import ASL_TEMPLATE
+from totesys_local.errors import LocalError
 
 SOCKET_NAME, PID_NAME, LOG_NAME, LOCK_NAME = "daemon.sock", "daemon.pid", "daemon.log", "daemon.lock"
 SWITCH_VARIABLE = "TOTESYS_DAEMON"
@@ -30,7 +31,7 @@ CODE_FOLDERS = (SRC, SRC.parent / "sql", ASL_TEMPLATE.parent, SRC.parent / "main
 IMPORT_TIME_VARIABLES = ("PYTHON", "POWERTOOLS_", "MOTO_", "LOG_LEVEL")
 
 
-class DaemonError(Exception):
+class DaemonError(LocalError):
     """The local emulator could not be reached, started or stopped; the message is for the user."""
 
 

@@ -65,7 +65,7 @@ class ClientStream(io.TextIOBase):
         self.channel, self.kind, self.pending = channel, kind, ""
 
     @property
-    def encoding(self):
+    def encoding(self):  # type: ignore[override]  # TextIOBase declares it an attribute
         return "utf-8"
 
     def writable(self):
@@ -115,7 +115,7 @@ class Emulator:
         self.fingerprint = fingerprint
         self.idle = idle
         self.run_command = run_command
-        self.requests = queue.Queue()
+        self.requests: queue.Queue = queue.Queue()
         self.busy = threading.Lock()
         self.held = False  # the main thread holds ``busy`` for the request it serves (main thread only)
         self.stopping = threading.Event()

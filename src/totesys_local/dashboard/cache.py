@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, Hashable
 
 class PageCache:
     """Results keyed by (warehouse URL, data version, section key), shared by every session of one
-    dashboard server (thread-safe: Streamlit runs each session in its own thread).
+    dashboard server (thread-safe: the HTTP server answers each request in its own thread).
 
     A data version other than the one last seen for a URL drops that URL's entries of every other
     version (old figures are never served for a new version, and never kept). At most ``max_entries``

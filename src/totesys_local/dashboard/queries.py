@@ -22,7 +22,9 @@ from utils.db.connection import close_db_connection, connect_to_db, credentials_
 from utils.load.rollups import STATE, rollup_state, rollups_current
 from utils.metrics import batch_time_from_id
 
-# Where `totesys dashboard` passes the warehouse URL to the Streamlit app.
+from totesys_local.errors import LocalError
+
+# Where `totesys dashboard` finds the warehouse URL when --warehouse is not given.
 URL_VARIABLE = "TOTESYS_WAREHOUSE_URL"
 # What a loaded warehouse has (utils/catalog/sql/warehouse_schema.sql); any missing means "not loaded yet".
 REQUIRED_RELATIONS = ("dim_currency", "dim_design", "dim_location", "dim_staff", "dim_payment_type",
@@ -33,7 +35,7 @@ OPTIONAL_TABLES = {"etl_rejected_rows": ("source_table", "reason"),
                    "etl_deleted_rows": ("source_table",)}
 
 
-class WarehouseUnavailable(Exception):
+class WarehouseUnavailable(LocalError):
     """The warehouse cannot be read; the message is for the dashboard's user (no password in it)."""
 
 

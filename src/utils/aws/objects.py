@@ -1,7 +1,7 @@
 """Objects in S3: written once, never overwritten; read back as JSON or as schema-checked Parquet."""
 import io
 import json
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -11,7 +11,7 @@ from utils.errors import (CorruptFileError, ObjectExistsError, SchemaMismatchErr
                           StorageThrottledError)
 
 
-def write_to_s3(s3_client, bucket_name, file_key, data, overwrite=False):
+def write_to_s3(s3_client: Any, bucket_name: str, file_key: str, data: Any, overwrite: bool = False) -> None:
     """Put ``data`` (bytes, str or a file-like object) at ``bucket_name/file_key``.
 
     Objects are immutable: unless ``overwrite`` is set, the write is conditional
@@ -46,7 +46,7 @@ def list_keys(s3_client: Any, bucket_name: str, prefix: str = "") -> List[str]:
     return sorted(keys)
 
 
-def write_once(s3_client, bucket, key, body):
+def write_once(s3_client: Any, bucket: str, key: str, body: bytes) -> bool:
     """Write an immutable object; an existing object with the same bytes (a retried run) is fine.
 
     Returns True when this call wrote it, False when an earlier attempt had written the same bytes.
@@ -63,7 +63,7 @@ def write_once(s3_client, bucket, key, body):
     return True
 
 
-def parquet_bytes(table):
+def parquet_bytes(table: pa.Table) -> bytes:
     """A table as Parquet bytes (snappy)."""
     out = io.BytesIO()
     pq.write_table(table, out, compression="snappy")
@@ -86,7 +86,8 @@ def read_json(s3_client: Any, bucket_name: str, key: str) -> Dict[str, Any]:
     return value
 
 
-def read_parquet_table(s3_client, bucket_name, file_key, table_name, schema, manifest_key=None):
+def read_parquet_table(s3_client: Any, bucket_name: str, file_key: str, table_name: str, schema: pa.Schema,
+                       manifest_key: Optional[str] = None) -> pa.Table:
     """Return the object ``bucket_name/file_key`` as a pyarrow.Table with exactly ``schema``.
 
     Columns are selected and ordered as in ``schema`` (extra columns are ignored). Raises
@@ -112,7 +113,7 @@ def read_parquet_table(s3_client, bucket_name, file_key, table_name, schema, man
     return conform_table(table, table_name, schema, where)
 
 
-def conform_table(table, table_name, schema, where="input"):
+def conform_table(table: pa.Table, table_name: str, schema: pa.Schema, where: str = "input") -> pa.Table:
     """Check ``table`` against ``schema`` and return it with exactly the schema's columns.
 
     Raises SchemaMismatchError naming ``table_name`` and the first bad column.

@@ -6,6 +6,7 @@ ships them; the state pointers' compare-and-swap (``utils.aws.state``) needs S3 
 the data was written, with botocore's ParamValidationError; with it, every invocation fails at once
 with a message that says what to deploy.
 """
+from typing import Optional
 import functools
 
 import botocore
@@ -18,7 +19,7 @@ TESTED_BOTOCORE_VERSION = "1.44.8"
 
 
 @functools.lru_cache(maxsize=1)
-def sdk_problem():
+def sdk_problem() -> Optional[str]:
     """What the installed botocore lacks (a sentence), or None. Computed once per process (the first
     invocation of a Lambda environment); ``sdk_problem.cache_clear()`` forgets the answer."""
     try:
@@ -31,7 +32,7 @@ def sdk_problem():
     return None
 
 
-def require_tested_sdk():
+def require_tested_sdk() -> None:
     """Raise ConfigError when the installed botocore cannot do what the pipeline needs (S3
     ``put_object`` with ``IfMatch``); the message names the installed and the tested versions."""
     problem = sdk_problem()

@@ -1,4 +1,5 @@
 """Database credentials from Secrets Manager, and the one check of a credentials dict."""
+from typing import Any, Dict
 import json
 
 from botocore.exceptions import ClientError
@@ -10,7 +11,7 @@ CREDENTIAL_KEYS = ("host", "port", "database", "user", "password")
 REQUIRED_CREDENTIAL_KEYS = ("host", "port", "database", "user")
 
 
-def db_connections_get_secret(client, secret_name):
+def db_connections_get_secret(client: Any, secret_name: str) -> Dict[str, Any]:
     """Return the secret ``secret_name`` as a dict with the five credential keys.
 
     Raises CredentialsError naming the secret (never its value) when it is missing,
@@ -30,7 +31,7 @@ def db_connections_get_secret(client, secret_name):
     return validate_credentials(secret, secret_name)
 
 
-def validate_credentials(secret, source):
+def validate_credentials(secret: Any, source: str) -> Dict[str, Any]:
     """Check a credentials dict; return a copy whose ``password`` is a string.
 
     host, port, database and user are required (CredentialsError naming the missing key(s) and

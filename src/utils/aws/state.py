@@ -72,3 +72,25 @@ def write_state(s3_client: Any, bucket_name: str, stage: str, state: Mapping[str
         raise
     etag = response.get("ETag")
     return None if etag is None else str(etag)
+
+
+def read_ingest_state(s3_client: Any, bucket_name: str) -> Tuple[IngestState, Optional[str]]:
+    """(``_state/ingest.json``, its ETag); ({}, None) before the first run."""
+    return read_state(s3_client, bucket_name, "ingest")
+
+
+def write_ingest_state(s3_client: Any, bucket_name: str, state: IngestState,
+                       expected_etag: Optional[str]) -> Optional[str]:
+    """Advance ``_state/ingest.json`` (``write_state``: compare-and-swap on ``expected_etag``)."""
+    return write_state(s3_client, bucket_name, "ingest", state, expected_etag)
+
+
+def read_transform_state(s3_client: Any, bucket_name: str) -> Tuple[TransformState, Optional[str]]:
+    """(``_state/transform.json``, its ETag); ({}, None) before the first run."""
+    return read_state(s3_client, bucket_name, "transform")
+
+
+def write_transform_state(s3_client: Any, bucket_name: str, state: TransformState,
+                          expected_etag: Optional[str]) -> Optional[str]:
+    """Advance ``_state/transform.json`` (``write_state``: compare-and-swap on ``expected_etag``)."""
+    return write_state(s3_client, bucket_name, "transform", state, expected_etag)

@@ -3,6 +3,8 @@
 The table is embedded (no network, no extra package in the Lambda layer). It covers the active
 ISO 4217 codes; an unknown code gets a clear placeholder instead of stopping the pipeline.
 """
+from typing import Optional
+
 
 ISO_4217_NAMES = {
     "AED": "UAE Dirham", "AFN": "Afghani", "ALL": "Lek", "AMD": "Armenian Dram",
@@ -47,7 +49,7 @@ ISO_4217_NAMES = {
 }
 
 
-def currency_name(code):
+def currency_name(code: Optional[str]) -> str:
     """Return the ISO 4217 English name of ``code`` ('GBP' -> 'Pound Sterling').
 
     Case and surrounding spaces are ignored. An unknown or empty code does not raise: it returns

@@ -3,6 +3,8 @@
 Nothing is inferred: numeric(10,2) stays decimal128(10, 2) in every batch, timestamps keep
 their milliseconds, the agreed dates stay text. Column order is the physical order in totesys.
 """
+from typing import Any, Collection, Tuple
+
 import pyarrow as pa
 
 from utils.errors import UnknownTableError
@@ -11,7 +13,7 @@ _TS = pa.timestamp("ms")
 _MONEY = pa.decimal128(10, 2)
 
 
-def _schema(*fields):
+def _schema(*fields: Tuple[str, pa.DataType, bool]) -> pa.Schema:
     return pa.schema([pa.field(name, kind, nullable=nullable)
                       for name, kind, nullable in fields])
 
@@ -131,7 +133,7 @@ SOURCE_TABLES = (
 PRIMARY_KEYS = {table: f"{table}_id" for table in SOURCE_TABLES}
 
 
-def check_table_name(name, allowed, kind="table"):
+def check_table_name(name: Any, allowed: Collection[str], kind: str = "table") -> str:
     """Return ``name`` if it is one of ``allowed`` (an allow-list of table names), else raise
     UnknownTableError naming it (``table`` attribute) and the allowed names."""
     if not isinstance(name, str) or name not in allowed:
@@ -140,6 +142,6 @@ def check_table_name(name, allowed, kind="table"):
     return name
 
 
-def check_source_table(name):
+def check_source_table(name: Any) -> str:
     """Return name if it is one of the eleven source tables, else raise UnknownTableError."""
     return check_table_name(name, SOURCE_TABLES)

@@ -18,7 +18,7 @@ char(n), which pads values, a domain, a date) raises SchemaDriftError naming tab
 and found types, as does a column (or table) that is gone. A column the source has and the spec does not
 is ignored (the COPY names its columns) and reported.
 """
-from typing import Any, Dict
+from typing import Any, Dict, Iterable, List
 
 import pyarrow as pa
 
@@ -39,7 +39,7 @@ CATALOG_SQL = (
 _VARHDRSZ = 4
 
 
-def expected_sql_type(arrow_type):
+def expected_sql_type(arrow_type: pa.DataType) -> str:
     """The source types a landing column of ``arrow_type`` accepts, in words (for messages)."""
     if pa.types.is_int32(arrow_type):
         return "integer (or smallint)"
@@ -54,7 +54,7 @@ def expected_sql_type(arrow_type):
     raise TypeError(f"no SQL type known for landing type {arrow_type}")
 
 
-def is_compatible(arrow_type, typname, typtype, typmod):
+def is_compatible(arrow_type: pa.DataType, typname: str, typtype: str, typmod: int) -> bool:
     """True when every value of the source type (pg_type.typname/typtype, pg_attribute.atttypmod)
     lands in ``arrow_type`` unchanged."""
     if pa.types.is_int32(arrow_type):
@@ -74,7 +74,7 @@ def is_compatible(arrow_type, typname, typtype, typmod):
     return False
 
 
-def check_source_schema(conn, tables):
+def check_source_schema(conn: Any, tables: Iterable[str]) -> Dict[str, List[str]]:
     """Compare the source columns of ``tables`` with SOURCE_SCHEMAS; return the ignored columns.
 
     ``conn`` is an open pg8000 native connection to totesys. Returns ``{table: [column, ...]}`` of the

@@ -5,6 +5,7 @@ Read by the transform (which builds these tables, ``utils.transform.star``) and 
 the warehouse against them, ``utils.load.schema``). The DDL is ``utils/catalog/sql/warehouse_schema.sql``.
 """
 from pathlib import Path
+from typing import Any, List, Tuple
 
 import pyarrow as pa
 
@@ -19,15 +20,15 @@ _MONEY = pa.decimal128(10, 2)
 TIME_OF_DAY = pa.time64("us")
 
 
-def _schema(*fields):
+def _schema(*fields: Tuple[str, pa.DataType, bool]) -> pa.Schema:
     return pa.schema([pa.field(name, kind, nullable=nullable) for name, kind, nullable in fields])
 
 
-def _ints(*names):
+def _ints(*names: str) -> List[Tuple[str, pa.DataType, bool]]:
     return [(name, pa.int32(), False) for name in names]
 
 
-def _texts(*names, nullable=False):
+def _texts(*names: str, nullable: bool = False) -> List[Tuple[str, pa.DataType, bool]]:
     return [(name, pa.string(), nullable) for name in names]
 
 
@@ -106,6 +107,6 @@ WAREHOUSE_SOURCES = {
 SNAPSHOT_TABLES = ("address", "counterparty", "department", "staff")
 
 
-def check_warehouse_table(name):
+def check_warehouse_table(name: Any) -> str:
     """Return ``name`` if it is one of the eleven warehouse tables, else raise UnknownTableError."""
     return check_table_name(name, WAREHOUSE_TABLES, "warehouse table")

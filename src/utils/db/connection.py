@@ -1,5 +1,6 @@
 """The one way to open a PostgreSQL connection (pg8000 native), to name a database without its
 password, and to end a transaction when something has already gone wrong."""
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 import os
 import socket
 import ssl
@@ -26,7 +27,7 @@ class _UrlParts:
     host or the database: the password would end up in a message). Only ``user`` and ``password``
     come from that part; every other field comes from what follows the ``@``."""
 
-    def __init__(self, url):
+    def __init__(self, url: Any) -> None:
         scheme, separator, rest = str(url).partition("://")
         if not separator:
             scheme, rest = "", str(url)
@@ -38,11 +39,11 @@ class _UrlParts:
         self.hostpart = urlsplit("//" + hostpart)
 
     @property
-    def hostname(self):
+    def hostname(self) -> Optional[str]:
         return self.hostpart.hostname
 
     @property
-    def port(self):
+    def port(self) -> Optional[int]:
         """The port as a number (5432 when absent), or None when it is not a number."""
         try:
             return self.hostpart.port or 5432
@@ -50,11 +51,11 @@ class _UrlParts:
             return None
 
     @property
-    def database(self):
+    def database(self) -> str:
         return unquote(self.hostpart.path.lstrip("/"))
 
 
-def describe_url(url):
+def describe_url(url: Any) -> str:
     """``url`` (a database URL, or a credentials dict) as ``postgresql://user@host:port/database``:
     never the password, whatever characters it holds. Every message about a database URL names it
     this way."""
@@ -71,7 +72,7 @@ def describe_url(url):
     return f"{scheme}://{user}{parts.hostname or ''}:{parts.port}{parts.hostpart.path}"
 
 
-def credentials_from_url(url):
+def credentials_from_url(url: str) -> Dict[str, Any]:
     """Turn ``postgresql://user[:password]@host[:port][/database]`` into a credentials dict.
 
     Port defaults to 5432, database to ``postgres``, user to ``postgres``. The password may be
@@ -97,7 +98,7 @@ def credentials_from_url(url):
     return credentials
 
 
-def password_for(credentials, environ=None):
+def password_for(credentials: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None) -> str:
     """The password libpq would use when none is given: PGPASSWORD, else the password file, else "".
 
     The password file is PGPASSFILE or ``~/.pgpass``; lines ``host:port:database:user:password``,
@@ -124,7 +125,7 @@ def password_for(credentials, environ=None):
     return ""
 
 
-def _pgpass_fields(line):
+def _pgpass_fields(line: str) -> List[Tuple[str, bool]]:
     """Split one password-file line on unescaped colons into (text, is_wildcard) pairs, the
     backslash escapes removed; only an unescaped lone ``*`` is a wildcard (libpq's rules)."""
     fields, current, escaped, literal = [], [], False, False
@@ -167,14 +168,14 @@ READ_TIMEOUT_SECONDS = STATEMENT_TIMEOUT_SECONDS + 60
 _deadline = None
 
 
-def set_invocation_deadline(context):
+def set_invocation_deadline(context: Any) -> None:
     """Start (``context`` with ``get_remaining_time_in_millis``) or end (None) the invocation's deadline."""
     global _deadline
     remaining = getattr(context, "get_remaining_time_in_millis", None)
     _deadline = None if remaining is None else time.monotonic() + remaining() / 1000
 
 
-def session_timeouts():
+def session_timeouts() -> Tuple[float, float, float]:
     """(statement/lock timeout s, idle-in-transaction timeout s, socket read timeout s) for a connection
     opened now: from the invocation's remaining time minus DEADLINE_MARGIN_SECONDS, or the defaults
     outside an invocation. A transaction left idle longer than the function can still live is ended by
@@ -193,13 +194,13 @@ CONNECTION_LOST_CLASSES = ("08",)
 CONNECTION_LOST_STATES = ("57P01", "57P02", "57P03")
 
 
-def sqlstate(err):
+def sqlstate(err: BaseException) -> Tuple[str, Dict[str, Any]]:
     """(SQLSTATE, pg8000's error fields) of a pg8000 error; ("", {}) for any other."""
     detail = err.args[0] if err.args and isinstance(err.args[0], dict) else {}
     return detail.get("C", ""), detail
 
 
-def connection_lost(err):
+def connection_lost(err: BaseException) -> bool:
     """True when ``err`` (raised by pg8000 or the socket) means the session is gone, not that the
     statement was wrong: pg8000's InterfaceError (network error, closed connection), an OSError from
     the socket, or a DatabaseError whose SQLSTATE is in class 08 or CONNECTION_LOST_STATES."""
@@ -218,7 +219,7 @@ class Connection(pg8000.native.Connection):
 
     described = "database"
 
-    def run(self, sql, stream=None, types=None, **params):
+    def run(self, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
         try:
             return super().run(sql, stream=stream, types=types, **params)
         except (pg8000.exceptions.Error, OSError) as err:
@@ -231,10 +232,10 @@ class Connection(pg8000.native.Connection):
                 f"lost the connection to {self.described} during {verb}: {reason}") from None
 
 
-def network_reason(err):
+def network_reason(err: BaseException) -> str:
     """Why a connection could not be made, in words: "connection refused", "timed out", "host name
     not found (...)"; the socket's own error is found behind pg8000's InterfaceError (its cause)."""
-    seen = err
+    seen: Optional[BaseException] = err
     while seen is not None and not isinstance(seen, OSError):
         seen = seen.__cause__ or seen.__context__
     if isinstance(seen, ConnectionRefusedError):
@@ -248,7 +249,8 @@ def network_reason(err):
     return f"{type(err).__name__}: {err}"
 
 
-def connect_to_db(credentials, timezone="UTC", role=None):
+def connect_to_db(credentials: Mapping[str, Any], timezone: Optional[str] = "UTC",
+                  role: Optional[str] = None) -> Any:
     """Return an open connection (``Connection``, a pg8000 native connection) to ``credentials`` (a
     dict with host, port, database, user and password; checked by ``validate_credentials``) whose
     session time zone is ``timezone``.
@@ -321,7 +323,7 @@ def connect_to_db(credentials, timezone="UTC", role=None):
     return conn
 
 
-def _no_delay(sock):
+def _no_delay(sock: Any) -> None:
     """Turn off Nagle's algorithm on a TCP connection. pg8000 writes a COPY ... FROM STDIN as small
     writes (message header, data, CopyDone, Sync): with Nagle on, the last ones wait for the server's
     delayed ACK, 40 ms on Linux, for every COPY IN whatever its size (a scale-10 load ran ~15 of them).
@@ -330,7 +332,7 @@ def _no_delay(sock):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def close_db_connection(conn):
+def close_db_connection(conn: Any) -> None:
     """Close a connection; closing one that is already closed is not an error."""
     try:
         conn.close()
@@ -338,7 +340,7 @@ def close_db_connection(conn):
         pass
 
 
-def end_quietly(conn, sql="ROLLBACK", **params):
+def end_quietly(conn: Any, sql: str = "ROLLBACK", **params: Any) -> None:
     """Run a clean-up statement that must not raise (``ROLLBACK`` of a transaction that is over or
     failed, ``pg_advisory_unlock``). Any failure of its own is swallowed: a broken connection must not
     hide the error being raised, and the server ends the transaction and releases the session's

@@ -6,7 +6,7 @@ watermarks and key sets describe ONE source, a warehouse's ledger the batches of
 ingest state pointer (``source``) and the local state folder (``databases.json``) record the identities;
 a run against another database is refused naming both, until it is re-pointed deliberately.
 """
-from typing import Mapping, Optional, TypedDict
+from typing import Any, Mapping, Optional, TypedDict
 
 import pg8000
 
@@ -23,7 +23,7 @@ class DatabaseIdentityError(TotesysError):
     """A run reached a database other than the one its state was built with."""
 
 
-def database_identity(conn) -> DatabaseIdentity:
+def database_identity(conn: Any) -> DatabaseIdentity:
     """The identity of the database ``conn`` is connected to (run outside a failed transaction)."""
     try:
         system = conn.run("SELECT CAST(system_identifier AS text) FROM pg_control_system()")[0][0]

@@ -6,6 +6,7 @@ The contract (docs/DEPLOY.md, "TLS to the databases"): ``<ROLE>_SSLMODE`` (``TOT
 ``verify-full`` with the system trust store, except for a loopback host (the embedded local cluster),
 where it means ``disable``.
 """
+from typing import Any, Mapping, Optional, Union
 import ipaddress
 import ssl
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ class TlsSettings:
     root_cert: str | None = None
 
 
-def is_loopback(host):
+def is_loopback(host: Any) -> bool:
     """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
     if str(host).lower() in LOOPBACK_NAMES:
         return True
@@ -36,7 +37,7 @@ def is_loopback(host):
         return False
 
 
-def tls_settings(role, host, environ=None):
+def tls_settings(role: Optional[str], host: Any, environ: Optional[Mapping[str, str]] = None) -> TlsSettings:
     """The TlsSettings of a connection to database ``role`` (``"totesys"``, ``"warehouse"``, or None:
     no variables are read, only the defaults apply) on ``host``; the variables come from ``environ``
     (default ``os.environ``) through ``utils.config.tls_variables``.
@@ -49,12 +50,12 @@ def tls_settings(role, host, environ=None):
     if not mode:
         mode = "disable" if is_loopback(host) else "verify-full"
     if mode not in SSL_MODES:
-        raise ConfigError(f"environment variable {role.upper()}_SSLMODE must be one of "
+        raise ConfigError(f"environment variable {str(role).upper()}_SSLMODE must be one of "
                           f"{', '.join(SSL_MODES)}, got {mode!r}")
     return TlsSettings(mode=mode, root_cert=root_cert)
 
 
-def ssl_context(settings, where):
+def ssl_context(settings: TlsSettings, where: str) -> Union[bool, ssl.SSLContext]:
     """The ``ssl_context`` argument pg8000 takes for ``settings``: False (disable: plaintext), a context
     that encrypts without verifying (require), or one that requires a certificate chaining to
     ``settings.root_cert`` (or the system trust store) and matching the host name (verify-full).

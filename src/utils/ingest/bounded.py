@@ -36,7 +36,8 @@ def batch_cut(conn, tables, lower_bounds, upper, max_rows, rereads=None):
     window reads fits in ``max_rows`` (or ``max_rows`` is 0: no cap).
 
     ``tables``: the bounded tables this run reads; ``lower_bounds``: {table: previous high} (absent: the
-    table's first run, no lower bound); ``upper``: the run's wall clock. Runs in the caller's snapshot.
+    table's first run, no lower bound); ``upper``: the run's upper bound, one time or {table: time}. Runs in
+    the caller's snapshot.
     ``rereads`` (an OverlapRereads, optional): the rows of the overlap window below each previous high that
     the window will read again (not certainly landed before) count against the cap first; they cannot be
     deferred (they lie below every bound this run can choose), so when they alone fill the cap the batch
@@ -44,11 +45,13 @@ def batch_cut(conn, tables, lower_bounds, upper, max_rows, rereads=None):
     tables = [table for table in tables if table in BOUNDED_TABLES]
     if not max_rows or not tables:
         return None
-    parts, params = [], {"upper": upper}
+    uppers = upper if isinstance(upper, dict) else dict.fromkeys(tables, upper)
+    parts, params = [], {}
     updated = identifier("last_updated")
     for number, table in enumerate(tables):
         check_source_table(table)
-        where = f"{updated} < :upper"
+        params[f"upper{number}"] = uppers[table]
+        where = f"{updated} < :upper{number}"
         reread = "false"
         if lower_bounds.get(table) is not None:
             params[f"low{number}"] = lower_bounds[table]

@@ -6,8 +6,8 @@ snapshot), the current primary keys of every table the run reads are copied out
 that table: a compact object in the ingest bucket, ``_keys/<table>/yyyy/mm/dd/hhmmssffffff.parquet``
 (one sorted int32 column ``id``), named by the table's entry ``keys`` in the ingest state pointer.
 Keys in the previous set and not in the current one were deleted; they travel with the batch in
-``_deleted/yyyy/mm/dd/hhmmssffffff.parquet`` (DELETED_SCHEMA), named by the ingest manifest's
-``deleted`` entry ``{"key", "rows", "tables": {table: n}}``.
+``_deleted/yyyy/mm/dd/hhmmssffffff.parquet`` (``utils.catalog.formats.DELETED_SCHEMA``), named by the
+ingest manifest's ``deleted`` entry ``{"key", "rows", "tables": {table: n}}``.
 
 Exactly once: the key-set objects and the deleted-keys file are written before the manifest and the
 state pointer (CAS). A run that dies before the pointer advances leaves them as orphans: the next run
@@ -27,15 +27,13 @@ import pyarrow.parquet as pq
 from pg8000.native import identifier
 
 from utils.aws.objects import read_parquet_table, write_to_s3
+from utils.catalog.formats import DELETED_SCHEMA, KEY_SCHEMA
 from utils.catalog.source import PRIMARY_KEYS, check_source_table
 from utils.generate_file_key import generate_file_key
 from utils.ingest.delete_guard import hold
 from utils.logger import get_logger
 
 from utils.aws.layout import DELETED_PREFIX, KEYS_PREFIX  # noqa: F401 - re-exported
-KEY_SCHEMA = pa.schema([pa.field("id", pa.int32(), nullable=False)])
-DELETED_SCHEMA = pa.schema([pa.field("source_table", pa.string(), nullable=False),
-                            pa.field("source_id", pa.int32(), nullable=False)])
 
 logger = get_logger("ingest")
 
@@ -165,24 +163,33 @@ def detect_deletes(s3_client, bucket, batch_time, prev_tables, key_sets, guard=N
             if deleted.size:
                 detection.deleted[table] = deleted
                 logger.info("deletes detected", table=table, rows=int(deleted.size))
-        key = generate_file_key(f"{KEYS_PREFIX}/{table}", batch_time)
-        write_to_s3(s3_client, bucket, key, _key_set_bytes(keys))
-        detection.keys[table] = key
+        detection.keys[table] = write_key_set(s3_client, bucket, table, batch_time, keys)
     if not detection.deleted:
         return detection, None
-    names = list(detection.deleted)
+    return detection, write_deleted(s3_client, bucket, batch_time, detection.deleted)
+
+
+def write_key_set(s3_client, bucket, table, batch_time, keys):
+    """Write ``table``'s key set ``keys`` (sorted int32) as the batch's key-set object; return its key."""
+    key = generate_file_key(f"{KEYS_PREFIX}/{table}", batch_time)
+    write_to_s3(s3_client, bucket, key, _key_set_bytes(keys))
+    return key
+
+
+def write_deleted(s3_client, bucket, batch_time, deleted):
+    """Write the batch's deleted-keys file of ``deleted`` {table: int32 ids} (not empty); return the
+    manifest's ``deleted`` entry."""
+    names = list(deleted)
     table = pa.Table.from_arrays(
-        [pa.array(np.repeat(np.array(names, dtype=object), [len(detection.deleted[n]) for n in names]),
+        [pa.array(np.repeat(np.array(names, dtype=object), [len(deleted[n]) for n in names]),
                   type=pa.string()),
-         pa.array(np.concatenate([detection.deleted[n] for n in names]), type=pa.int32())],
+         pa.array(np.concatenate([deleted[n] for n in names]), type=pa.int32())],
         schema=DELETED_SCHEMA)
     out = io.BytesIO()
     pq.write_table(table, out, compression="zstd")
     key = generate_file_key(DELETED_PREFIX, batch_time)
     write_to_s3(s3_client, bucket, key, out.getvalue())
-    entry = {"key": key, "rows": table.num_rows,
-             "tables": {name: int(len(detection.deleted[name])) for name in names}}
-    return detection, entry
+    return {"key": key, "rows": table.num_rows, "tables": {name: int(len(deleted[name])) for name in names}}
 
 
 def held_deletes(state, tables, detection):

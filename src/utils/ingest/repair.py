@@ -1,7 +1,7 @@
 """What an ingest event asks beyond the incremental read: tables to re-sync (``utils.ingest.resync``) and
 mass deletions approved (``utils.ingest.delete_guard``), with the guard's threshold from the settings."""
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Any, Tuple
 
 from utils.config import DEFAULT_MAX_DELETE_FRACTION
 from utils.ingest.delete_guard import approved_tables
@@ -17,6 +17,6 @@ class RepairOptions:
     max_delete_fraction: float = DEFAULT_MAX_DELETE_FRACTION
 
 
-def repair_options(event, max_delete_fraction=DEFAULT_MAX_DELETE_FRACTION):
+def repair_options(event: Any, max_delete_fraction: float = DEFAULT_MAX_DELETE_FRACTION) -> RepairOptions:
     """The RepairOptions of ``event`` (raises what resync_tables and approved_tables raise)."""
     return RepairOptions(resync_tables(event), approved_tables(event), max_delete_fraction)

@@ -9,13 +9,14 @@ last_updated)), a dimension row is upserted, and the table's deletions are detec
 Nothing else changes: the table's ``high``, its key set and the state pointer advance as in any run, and
 the other tables are read incrementally. The event's other keys keep their meaning.
 """
+from typing import Any, Iterable, List, Sequence, Tuple
 from utils.catalog.source import SOURCE_TABLES, check_source_table
 from utils.errors import InvalidEventError
 
 RESYNC_KEY = "resync"
 
 
-def resync_tables(event):
+def resync_tables(event: Any) -> Tuple[str, ...]:
     """The tables ``event`` asks to re-sync, in SOURCE_TABLES order (empty when it asks for none).
 
     Raises InvalidEventError when ``resync`` is not a non-empty list of names, UnknownTableError for a
@@ -31,7 +32,7 @@ def resync_tables(event):
     return tuple(name for name in SOURCE_TABLES if name in tables)
 
 
-def with_resync(tables, resync):
+def with_resync(tables: Sequence[str], resync: Iterable[str]) -> List[str]:
     """The run's tables with ``resync`` added (a re-sync, or an approval, of a table the event's
     ``tables_to_query`` leaves out would otherwise do nothing)."""
     return [name for name in SOURCE_TABLES if name in tables or name in resync]

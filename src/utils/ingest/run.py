@@ -18,22 +18,21 @@ One run (``run_ingest``):
 5. write the manifest ``_batches/...json``, then advance the state pointer with If-Match on the ETag.
 
 Which rows a run takes, per table (``prev`` = this table's entry in the state pointer; all bounds are
-source wall-clock times): ``last_updated < high`` where ``high = max(localtimestamp, prev.high)`` (a
-daylight-saving fall-back never moves it back), and, after the first run,
-``last_updated >= prev.high - overlap`` minus the rows
-the previous run already landed: ``last_updated < prev.high`` and written by a transaction that had
-certainly finished before ``prev.snapshot`` was taken (full 64-bit xid below the snapshot's xmin).
+source wall-clock times): ``last_updated < high`` where ``high = max(prev.high, now + the largest UTC
+offset in play)`` (it never moves back), and, after the first run, ``last_updated >= min(prev.high,
+prev.utc + the smallest offset in play) - overlap`` (``utils.ingest.zones``: the source clock's offset
+moves with daylight saving and zone changes) minus the rows the previous run already landed:
+``last_updated < prev.high`` and written by a transaction that had certainly finished before
+``prev.snapshot`` was taken (full 64-bit xid below the snapshot's xmin).
 See docs/DESIGN.md for why the test is "below xmin" and not pg_visible_in_snapshot. Besides the window,
 the rows below ``high`` of keys new since the previous run (backdated rows), and future rows (at or after
 ``future_from``), are landed too (``utils.ingest.backdated``).
 """
-import json
 import threading
 from collections import deque
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any, Deque, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import boto3
 import pg8000
@@ -41,17 +40,19 @@ import pg8000
 from utils.aws.layout import INGEST_MANIFESTS
 from utils.aws.objects import write_to_s3
 from utils.aws.secrets import db_connections_get_secret
-from utils.aws.state import read_state, write_state
+from utils.aws.manifests import write_ingest_manifest
+from utils.aws.state import read_ingest_state, write_ingest_state
 from utils.ingest.source_identity import repoint_requested, with_source_identity
 from utils.catalog.source import LANDING_SCHEMAS, SOURCE_TABLES, check_source_table
 from utils.config import DEFAULT_INGEST_FUTURE_TOLERANCE_SECONDS, load_settings
+from utils.contracts import DeletedEntry, IngestManifest, IngestState, IngestTableEntry
 from utils.db.connection import close_db_connection, connect_to_db, end_quietly
 from utils.errors import ConcurrentRunError, InvalidEventError
 from utils.format_time import format_time, parse_time
 from utils.generate_file_key import generate_file_key
 from utils.ingest.backdated import backdated_settings, log_new_keys, new_keys
 from utils.ingest.copy_reader import SUPPORTED_PG8000, copy_out, fast_copy_supported
-from utils.ingest.deletes import detect_deletes, held_deletes, read_key_sets, read_previous_keys
+from utils.ingest.deletes import Detection, detect_deletes, held_deletes, read_key_sets, read_previous_keys
 from utils.ingest.repair import RepairOptions, repair_options
 from utils.ingest.resync import with_resync
 from utils.ingest.sink import INLINE, ParquetSink
@@ -110,10 +111,14 @@ def run_ingest(event, s3_client=None, secrets_client=None):
     try:
         logger.info("connected to totesys", host=credentials["host"], database=credentials["database"],
                     connections=1 + len(helpers))
-        return ingest_tables(conn, s3_client, settings.ingest_bucket, tables,
-                             settings.ingest_overlap_seconds, helpers, settings.max_batch_rows, repair,
-                             repoint_source=repoint_requested(event),
-                             future_tolerance_seconds=settings.ingest_future_tolerance_seconds)
+        if settings.ingest_mode == "cdc":
+            from utils.ingest.cdc.run import ingest_changes  # cdc builds on this module
+            return ingest_changes(conn, s3_client, settings, tables, repair, helpers,
+                                  repoint_source=repoint_requested(event))
+        options = IngestOptions(settings.ingest_overlap_seconds, settings.max_batch_rows, repair,
+                                repoint_source=repoint_requested(event),
+                                future_tolerance_seconds=settings.ingest_future_tolerance_seconds)
+        return ingest_tables(conn, s3_client, settings.ingest_bucket, tables, options, helpers)
     finally:
         for connection in (conn, *helpers):
             close_db_connection(connection)
@@ -141,10 +146,44 @@ def connect_all(credentials, count):
     return opened
 
 
-def ingest_tables(conn, s3_client, bucket, tables, overlap_seconds, helpers=(), max_batch_rows=0,
-                  repair=RepairOptions(), repoint_source=False,
-                  future_tolerance_seconds=DEFAULT_INGEST_FUTURE_TOLERANCE_SECONDS):
-    """Land the changed rows of ``tables`` as one batch; see the module docstring.
+@dataclass(frozen=True)
+class IngestOptions:
+    """How a run reads, from the settings and the event: ``overlap_seconds`` re-read below each table's
+    previous bound; ``max_batch_rows`` (0: no cap; ``utils.ingest.bounded``); ``repair``: tables landed in
+    full and the mass-delete guard (``utils.ingest.repair``); ``repoint_source``
+    (``utils.ingest.source_identity``); ``future_tolerance_seconds`` (None: future rows wait)."""
+    overlap_seconds: int
+    max_batch_rows: int = 0
+    repair: RepairOptions = RepairOptions()
+    repoint_source: bool = False
+    future_tolerance_seconds: Optional[int] = DEFAULT_INGEST_FUTURE_TOLERANCE_SECONDS
+
+
+@dataclass(frozen=True)
+class IngestRun:
+    """One run's fixed inputs: ``conn`` (it holds the lock) and the ``helpers`` connections, where the
+    objects go (``s3_client``, ``bucket``), the ``tables`` read and the ``options``."""
+    conn: Any
+    s3_client: Any
+    bucket: str
+    tables: List[str]
+    options: IngestOptions
+    helpers: Tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class Found:
+    """What a run found, for ``_commit_batch``: its ``window``, the ``landed`` manifest entries
+    {table: entry}, the delete ``detection`` and the manifest's ``deleted`` entry (None: no deletes)."""
+    window: Window
+    landed: Dict[str, IngestTableEntry]
+    detection: Optional[Detection] = None
+    deleted: Optional[DeletedEntry] = None
+
+
+def ingest_tables(conn, s3_client, bucket, tables, options, helpers=(), cdc=None):
+    """Land the changed rows of ``tables`` as one batch, read as ``options`` (IngestOptions) say; see the
+    module docstring.
 
     ``conn`` is an open pg8000 native connection to totesys (left open). ``helpers`` are more open
     connections to the same database (left open): each reads a share of the tables on its own
@@ -154,33 +193,31 @@ def ingest_tables(conn, s3_client, bucket, tables, overlap_seconds, helpers=(), 
     advanced the state pointer meanwhile (this run's files are then never referenced),
     SchemaDriftError when a column is gone or retyped, ConfigError when ``overlap_seconds`` is
     below the source time zone's daylight-saving shift (nothing is landed in these two cases).
-    ``max_batch_rows`` (0: no cap) bounds the batch (``utils.ingest.bounded``); the state pointer's
-    ``more_waiting`` then says whether rows were left for the next batch. ``repair``: tables landed in
-    full (``utils.ingest.resync``) and the mass-delete guard's settings (``utils.ingest.delete_guard``).
+    ``options.max_batch_rows`` (0: no cap) bounds the batch (``utils.ingest.bounded``); the state pointer's
+    ``more_waiting`` then says whether rows were left for the next batch. ``options.repair``: tables landed
+    in full (``utils.ingest.resync``) and the mass-delete guard's settings (``utils.ingest.delete_guard``).
     The state pointer's ``source`` records the source's identity: a run that reaches another database
-    raises DatabaseIdentityError (nothing landed) unless ``repoint_source``
+    raises DatabaseIdentityError (nothing landed) unless ``options.repoint_source``
     (``utils.ingest.source_identity``).
-    Rows stamped more than ``future_tolerance_seconds`` ahead of the source clock are landed for
-    quarantine (None: they wait).
+    Rows stamped more than ``options.future_tolerance_seconds`` ahead of the source clock are landed for
+    quarantine (None: they wait). ``cdc``: the CDC slot's pointer the new state records (a CDC snapshot).
     """
     if not conn.run("SELECT pg_try_advisory_lock(:key)", key=ADVISORY_LOCK_KEY)[0][0]:
         raise ConcurrentRunError("another ingest run holds the lock on the source database; try later")
     try:
-        state, etag = read_state(s3_client, bucket, STAGE)
-        state = with_source_identity(conn, state, repoint_source)
-        window, landed, key_sets = _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds,
-                                                     helpers, max_batch_rows, repair.resync,
-                                                     future_tolerance_seconds)
+        run = IngestRun(conn, s3_client, bucket, tables, options, tuple(helpers))
+        state, etag = read_ingest_state(s3_client, bucket)
+        state = with_source_identity(conn, state, options.repoint_source)
+        window, landed, key_sets = _extract_and_land(run, state)
         detection, deleted = detect_deletes(s3_client, bucket, window.batch_time, window.prev_tables,
-                                            key_sets, repair)
-        return _commit_batch(s3_client, bucket, tables, window, landed, state, etag, detection, deleted)
+                                            key_sets, options.repair)
+        return _commit_batch(run, state, etag, Found(window, landed, detection, deleted), cdc)
     finally:
         end_quietly(conn, "SELECT pg_advisory_unlock(:key)", key=ADVISORY_LOCK_KEY)
 
 
-def _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds, helpers=(), max_batch_rows=0,
-                      resync=(), future_tolerance_seconds=None):
-    """Stream every table out of one snapshot and land its Parquet file; return
+def _extract_and_land(run, state):
+    """Stream every table of ``run`` (IngestRun) out of one snapshot and land its Parquet file; return
     ``(Window, {table: manifest entry}, {table: sorted primary keys})`` (entries only for the tables
     that landed a file; keys of every table, read on the same snapshot before the rows:
     ``utils.ingest.deletes``; the keys new since the previous run land whatever their last_updated).
@@ -198,6 +235,8 @@ def _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds, h
     pointer only after that. On an error the queued work is cancelled and the running jobs are
     waited for, so no thread writes after this raises.
     """
+    conn, s3_client, bucket, tables, helpers = run.conn, run.s3_client, run.bucket, run.tables, run.helpers
+    options = run.options
     converters = [ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-convert")
                   for _ in range(1 + len(helpers))]
     upload = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-upload")
@@ -207,9 +246,10 @@ def _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds, h
         conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         in_transaction = [conn]
         try:
-            window, exported, wall_now = open_window(conn, tables, state, overlap_seconds,
-                                                     export=bool(helpers), max_batch_rows=max_batch_rows,
-                                                     future_tolerance_seconds=future_tolerance_seconds)
+            window, exported, wall_now = open_window(
+                conn, tables, state, options.overlap_seconds, export=bool(helpers),
+                max_batch_rows=options.max_batch_rows,
+                future_tolerance_seconds=options.future_tolerance_seconds)
             logger.info("snapshot taken", batch_time=format_time(window.batch_time),
                         timezone=window.timezone, wall_clock=format_time(wall_now),
                         snapshot=window.snapshot, connections=1 + len(helpers))
@@ -219,7 +259,7 @@ def _extract_and_land(conn, s3_client, bucket, tables, state, overlap_seconds, h
             key_sets = read_key_sets(in_transaction, tables)
             extraction = Extraction(s3_client, bucket, window, upload, stop,
                                     deque(largest_first(conn, tables) if helpers else tables),
-                                    fast_copy=_fast_copy_or_warn(), resync=frozenset(resync),
+                                    fast_copy=_fast_copy_or_warn(), resync=frozenset(options.repair.resync),
                                     new_keys=_new_keys(s3_client, bucket, window.prev_tables, key_sets))
 
             def read(connection, convert):
@@ -329,7 +369,7 @@ def _land_table(conn, extraction, table, convert=None):
               "xid_base": "0", "cur_xmax": "0"}
     if prev:
         prev_high = parse_time(prev["high"])
-        low = format_time(prev_high - timedelta(seconds=window.overlap_seconds))
+        low = format_time(window.lows[table])
         cur_xmax = snapshot_bounds(snapshot)[1]
         params.update(low=low, prev_high=format_time(prev_high),
                       prev_xmin=str(snapshot_bounds(prev["snapshot"])[0]),
@@ -367,40 +407,49 @@ def _land_table(conn, extraction, table, convert=None):
     return (extraction.upload or INLINE).submit(store)
 
 
-def _commit_batch(s3_client, bucket, tables, window, landed, state, etag, detection=None, deleted=None):
-    """Write the manifest (if anything landed or was deleted), then advance the state pointer (CAS).
+def _commit_batch(run, state, etag, found, cdc=None):
+    """Write the manifest (if anything landed or was deleted), then advance the state pointer (CAS) from
+    ``state`` read with ``etag``; ``cdc``: the CDC slot's pointer recorded in the new state.
 
-    The state keeps every table's entry, all in ``window.timezone``, with its key set
-    (``detection.keys``); ``ignored_columns`` is the previous one with this run's tables replaced by
-    what this run found. ``deleted``: the manifest's ``deleted`` entry (``utils.ingest.deletes``).
+    The state keeps every table's entry, all in ``found.window.timezone``, with its key set
+    (``found.detection.keys``); ``ignored_columns`` is the previous one with this run's tables replaced by
+    what this run found. ``found.deleted``: the manifest's ``deleted`` entry (``utils.ingest.deletes``).
     """
+    s3_client, bucket, tables = run.s3_client, run.bucket, run.tables
+    window, landed, detection, deleted = found.window, found.landed, found.detection, found.deleted
     batch_time = window.batch_time
     batch_id = f"{batch_time:%Y%m%dT%H%M%S%f}"
     ignored = {table: columns for table, columns in state.get("ignored_columns", {}).items()
                if table not in tables}
     ignored.update(window.ignored_columns)
-    new_state = {"manifest_key": state.get("manifest_key"), "batch_id": state.get("batch_id"),
-                 "timezone": window.timezone, "ignored_columns": ignored,
-                 "tables": dict(window.prev_tables), "more_waiting": window.more_waiting,
-                 "source": state.get("source")}
+    new_state: IngestState = {
+        "manifest_key": state.get("manifest_key"), "batch_id": state.get("batch_id"),
+        "timezone": window.timezone, "ignored_columns": ignored,
+        "tables": dict(window.prev_tables), "more_waiting": window.more_waiting,
+        "source": state.get("source"), "clock": {"utc": format_time(batch_time),
+                                                 "wall": format_time(window.wall_clock)}}
     if landed or deleted:
         manifest_key = generate_file_key(INGEST_MANIFESTS, batch_time, "json")
-        manifest = {"batch_id": batch_id, "batch_time": format_time(batch_time),
-                    "timezone": window.timezone, "ignored_columns": window.ignored_columns,
-                    "prev_manifest_key": state.get("manifest_key"), "tables": landed}
+        manifest: IngestManifest = {
+            "batch_id": batch_id, "batch_time": format_time(batch_time),
+            "timezone": window.timezone, "ignored_columns": window.ignored_columns,
+            "prev_manifest_key": state.get("manifest_key"), "tables": landed}
         if deleted:
             manifest["deleted"] = deleted
-        write_to_s3(s3_client, bucket, manifest_key, json.dumps(manifest, sort_keys=True))
+        write_ingest_manifest(s3_client, bucket, manifest_key, manifest)
         logger.info("manifest written", key=manifest_key, tables=len(landed))
-        new_state.update(manifest_key=manifest_key, batch_id=batch_id)
+        new_state["manifest_key"], new_state["batch_id"] = manifest_key, batch_id
     for table in tables:
-        new_state["tables"][table] = {"high": format_time(window.highs[table]), "snapshot": window.snapshot}
+        new_state["tables"][table] = {"high": format_time(window.highs[table]), "snapshot": window.snapshot,
+                                      "utc": format_time(batch_time), "offsets": window.offsets[table]}
         if table in window.future_from:
             new_state["tables"][table]["future_from"] = format_time(window.future_from[table])
         if detection and table in detection.keys:
             new_state["tables"][table]["keys"] = detection.keys[table]
     if detection is not None:
         new_state["held_deletes"] = held_deletes(state, tables, detection)
-    write_state(s3_client, bucket, STAGE, new_state, etag)
+    if cdc is not None:
+        new_state["cdc"] = cdc
+    write_ingest_state(s3_client, bucket, new_state, etag)
     logger.info("state advanced", batch_time=format_time(batch_time), tables=tables)
     return {table: entry["key"] for table, entry in landed.items()}

@@ -1,18 +1,19 @@
 """What one ingest run reads, fixed by one snapshot: the window (batch time, the source's wall clock and
 zone, per-table bounds), the snapshot shared with helper connections, and the COPY statement of a table.
 
-All bounds are source wall-clock times (the zone totesys timestamps are written in). Which rows a run
-takes, per table (``prev`` = this table's entry in the state pointer): ``last_updated < high`` where
-``high = max(localtimestamp, prev.high)``, and, after the first run, ``last_updated >= prev.high -
-overlap`` minus the rows the previous run already landed (``last_updated < prev.high`` and written by a
-transaction that had certainly finished before ``prev.snapshot``: full 64-bit xid below its xmin).
+All bounds are source wall-clock times (raw ``last_updated`` values). Which rows a run takes, per table
+(``prev`` = this table's entry in the state pointer): ``last_updated < high`` where ``high = max(prev.high,
+now + the largest UTC offset in play)``, and, after the first run, ``last_updated >= low = min(prev.high,
+prev.utc + the smallest offset in play) - overlap`` (``utils.ingest.zones``) minus the rows the previous
+run already landed (``last_updated < prev.high`` and written by a transaction that had certainly finished
+before ``prev.snapshot``: full 64-bit xid below its xmin).
 Beside the window, a run takes the rows of keys new since the previous run below ``high`` whatever their
 ``last_updated``, and the rows at or after ``future_from`` (``utils.ingest.backdated``).
 """
-from datetime import timedelta
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Optional
 
 from pg8000.native import identifier
 
@@ -22,6 +23,7 @@ from utils.db.connection import end_quietly
 from utils.errors import ConfigError, CorruptFileError, TotesysError
 from utils.format_time import format_time, parse_time
 from utils.ingest.bounded import BOUNDED_TABLES, OverlapRereads, batch_cut
+from utils.ingest.zones import Clock, table_windows
 from utils.logger import get_logger
 
 XID_WRAP = 1 << 32
@@ -49,10 +51,13 @@ class Window:
     """What one run's snapshot transaction fixed.
 
     ``batch_time``: DB clock in UTC (keys, batch id). ``timezone``: the source's TimeZone setting.
-    ``highs``: ``{table: upper bound}`` and ``prev_tables``: the state pointer's ``tables`` (every
-    table, ``high`` converted into ``timezone``), both in source wall-clock time.
+    ``highs``: ``{table: upper bound}``, ``lows``: ``{table: lower bound}`` (tables with a previous
+    entry) and ``prev_tables``: the state pointer's ``tables`` (every table; an entry written before
+    ``utc`` was recorded has its ``high`` converted into ``timezone``), all in source wall-clock time.
     ``ignored_columns``: ``{table: [column]}`` the source has beyond the spec. ``future_from``:
     ``{table: source wall-clock time}`` at and after which a row is a future row (``utils.ingest.backdated``).
+    ``wall_clock``: the source's wall clock; ``offsets``: ``{table: UTC offsets in seconds}`` to record
+    (``utils.ingest.zones``).
     """
     batch_time: datetime
     timezone: str
@@ -63,6 +68,9 @@ class Window:
     ignored_columns: dict
     more_waiting: bool = False
     future_from: dict = field(default_factory=dict)
+    lows: dict = field(default_factory=dict)
+    wall_clock: Optional[datetime] = None
+    offsets: dict = field(default_factory=dict)
 
 
 def open_window(conn, tables, state, overlap_seconds, export=False, max_batch_rows=0,
@@ -91,13 +99,16 @@ def open_window(conn, tables, state, overlap_seconds, export=False, max_batch_ro
         for column in columns:
             logger.warning("source column not in the spec: ignored", table=table, column=column)
     prev_tables = _prev_tables_in_zone(conn, state, zone)
-    highs = {}
-    for table in tables:
-        prev = prev_tables.get(table)
-        prev_high = parse_time(prev["high"]) if prev else wall_now
-        # A daylight-saving fall-back puts the wall clock back: the bound never moves back, so rows
-        # stamped in the repeated hour (fresh xids) still fall in [prev_high - overlap, high).
-        highs[table] = max(wall_now, prev_high)
+    # A clock whose offset moved (a zone change, daylight saving) stamps rows in every offset in play:
+    # the window covers them all, and the bound never moves back (utils.ingest.zones).
+    prev_zone = state.get("timezone", LEGACY_TIMEZONE) if prev_tables else zone
+    xmin = snapshot_bounds(snapshot)[0]
+    carried = {table for table in tables if table in prev_tables and prev_tables[table].get("snapshot")
+               and xmin < snapshot_bounds(prev_tables[table]["snapshot"])[1]}
+    windows = table_windows(conn, tables, prev_tables, Clock(batch_time, wall_now), (prev_zone, zone),
+                            overlap_seconds, Clock.from_state(state), carried)
+    highs = {table: windows[table].high for table in tables}
+    lows = {table: windows[table].low for table in tables if windows[table].low is not None}
     future_from = {}
     if future_tolerance_seconds is not None:
         # The wall clock has shown at most ``high`` + the shift (it goes back at a fall-back): a row
@@ -105,8 +116,8 @@ def open_window(conn, tables, state, overlap_seconds, export=False, max_batch_ro
         ahead = timedelta(seconds=dst_shift + future_tolerance_seconds)
         future_from = {table: highs[table] + ahead for table in tables}
     lower = {table: parse_time(prev_tables[table]["high"]) for table in tables if table in prev_tables}
-    cut = batch_cut(conn, tables, lower, wall_now, max_batch_rows,
-                    _rereads(prev_tables, lower, snapshot, overlap_seconds))
+    cut = batch_cut(conn, tables, lower, dict(highs), max_batch_rows,
+                    _rereads(prev_tables, lows, snapshot))
     if cut is not None:
         for table in tables:
             if table in BOUNDED_TABLES:
@@ -114,28 +125,35 @@ def open_window(conn, tables, state, overlap_seconds, export=False, max_batch_ro
         logger.info("batch cut: more rows wait for the next batch", cut=format_time(cut),
                     max_batch_rows=max_batch_rows)
     window = Window(batch_time, zone, snapshot, highs, prev_tables, overlap_seconds, ignored,
-                    more_waiting=cut is not None, future_from=future_from)
+                    more_waiting=cut is not None, future_from=future_from, lows=lows, wall_clock=wall_now,
+                    offsets={table: sorted(windows[table].offsets) for table in tables})
     return window, (row[5] if export else None), wall_now
 
 
-def _rereads(prev_tables, lower, snapshot, overlap_seconds):
-    """The OverlapRereads of the tables with a previous high (``lower``), for ``batch_cut``."""
+def _rereads(prev_tables, lows, snapshot):
+    """The OverlapRereads of the tables with a previous high (window lower bounds ``lows``), for
+    ``batch_cut``."""
     cur_xmax = snapshot_bounds(snapshot)[1]
     return OverlapRereads(
-        lows={table: high - timedelta(seconds=overlap_seconds) for table, high in lower.items()},
-        prev_xmins={table: snapshot_bounds(prev_tables[table]["snapshot"])[0] for table in lower},
+        lows=dict(lows),
+        prev_xmins={table: snapshot_bounds(prev_tables[table]["snapshot"])[0] for table in lows},
         xid_base=cur_xmax >> 32 << 32, cur_xmax=cur_xmax)
 
 
 def _prev_tables_in_zone(conn, state, zone):
-    """The state pointer's ``tables`` with each ``high`` (and ``future_from``) in ``zone``: a state
-    written in another zone (before zones were recorded: UTC) is converted by the server, with one
-    WARNING."""
+    """The state pointer's ``tables``, one WARNING when the zone changed since ``state``. The entries
+    written before ``utc`` was recorded get each ``high`` (and ``future_from``) converted into ``zone``
+    by the server (a state without a zone: UTC); the others keep their raw bounds (``utils.ingest.zones``
+    covers the offsets of both zones)."""
     prev_tables = {table: dict(entry) for table, entry in state.get("tables", {}).items()}
     old_zone = state.get("timezone", LEGACY_TIMEZONE)
     if not prev_tables or old_zone == zone:
         return prev_tables
-    names = sorted(prev_tables)
+    names = sorted(name for name, entry in prev_tables.items() if not entry.get("utc"))
+    if not names:
+        logger.warning("source time zone changed: the window covers the offsets of both zones",
+                       old_timezone=old_zone, timezone=zone)
+        return prev_tables
     stamps = [(name, bound) for name in names for bound in ("high", "future_from")
               if prev_tables[name].get(bound)]
     converted = conn.run(

@@ -8,13 +8,16 @@ database's, inventing deletions. Re-pointing is deliberate: start ONE execution 
 ``{"repoint_source": true}`` in its input (it reaches the ingest's event); that run records the new
 source and goes on from the state as it stands.
 """
+from typing import Any
+
+from utils.contracts import IngestState
 from utils.db.identity import check_identity, database_identity
 from utils.errors import InvalidEventError
 
 REPOINT_KEY = "repoint_source"
 
 
-def repoint_requested(event):
+def repoint_requested(event: Any) -> bool:
     """Whether the event asks to re-point the state at the source it reaches (``repoint_source``: a
     boolean, absent = false). Raises InvalidEventError for any other value."""
     value = event.get(REPOINT_KEY, False) if isinstance(event, dict) else False
@@ -23,7 +26,7 @@ def repoint_requested(event):
     return value
 
 
-def with_source_identity(conn, state, repoint=False):
+def with_source_identity(conn: Any, state: IngestState, repoint: bool = False) -> IngestState:
     """``state`` with ``source`` set to the identity of the database ``conn`` reaches; raises
     DatabaseIdentityError when the state records another one and ``repoint`` is false."""
     found = database_identity(conn)
@@ -31,4 +34,6 @@ def with_source_identity(conn, state, repoint=False):
         check_identity(state.get("source"), found, "source",
                        f'start one execution with {{"{REPOINT_KEY}": true}} to re-point the ingest state '
                        "at it deliberately (it goes on from the recorded watermarks)")
-    return dict(state, source=found)
+    updated = state.copy()
+    updated["source"] = {"system_identifier": found["system_identifier"], "database": found["database"]}
+    return updated

@@ -2,21 +2,28 @@
 warehouse cannot hold recorded in ``etl_rejected_rows`` (parked facts retried), the ledger row, all in
 ONE transaction.
 
+Each batch takes the next load order (``etl_load_order_seq``, recorded in the ledger): a batch carries
+the source's state at its snapshot, never older than an earlier batch's, whatever the source's clock
+stamped, so the current version of a row is the one loaded last (docs/RELIABILITY.md defect 3).
 Dimensions are upserted (an UPDATE of the changed rows, then an INSERT of the new keys; dim_date rows are
-only inserted; a versioned dimension never lets an older source version overwrite a newer one), facts are
-appended (an INSERT of the versions, natural id and last_updated, not yet held). A batch already in the
-ledger is skipped; any failure rolls the whole batch back. Concurrent loads are serialised by a
-transaction-level advisory lock.
+only inserted; a versioned dimension row records the load order of the version it holds), facts are
+appended (an INSERT of the versions, natural id and last_updated, not yet held, each with the load order
+of its batch; a version already held that the batch brings back while another is current is re-marked
+with the batch's order). A batch already in the ledger is skipped; any failure rolls the whole batch
+back. Concurrent loads are serialised by a transaction-level advisory lock.
 """
 import json
-from typing import Dict
+from dataclasses import dataclass, field as dataclass_field
+from typing import Any, Callable, Dict, List, Optional
 
 import pg8000.exceptions
 import pyarrow as pa
 import pyarrow.compute as pc
 from pg8000.native import identifier
 
+from utils.aws.manifests import read_deleted, read_source_ids
 from utils.aws.objects import read_parquet_table
+from utils.catalog.formats import REJECTED_SCHEMA, rejected_records
 from utils.catalog.warehouse import (FACTS, PROCESSED_SCHEMAS, VERSION_COLUMN, VERSIONED_DIMENSIONS,
                                      WAREHOUSE_KEYS, WAREHOUSE_SCHEMAS, WAREHOUSE_SOURCES, WAREHOUSE_TABLES)
 from utils.db.connection import end_quietly
@@ -25,12 +32,11 @@ from utils.errors import CorruptFileError, ForeignKeyViolationError, SchemaMisma
 from utils.load.constraints import checked_at_once, is_foreign_key_violation
 from utils.load.locks import bound_lock_waits, is_lock_timeout, lock_wait_error
 from utils.load.deletes import record_deleted
-from utils.load.rollups import update_rollups
-from utils.load.schema import ADVISORY_LOCK_KEY, DELETED, DIMENSION_VERSIONS, LEDGER, REJECTED, sql_type
+from utils.load.rollups import FACT_SOURCES, update_rollups
+from utils.load.schema import (ADVISORY_LOCK_KEY, DELETED, DIMENSION_VERSIONS, LEDGER, LOAD_ORDER_COLUMN,
+                               REJECTED, next_load_order, sql_type)
 from utils.load.staging import start_staging
 from utils.logger import get_logger
-from utils.transform.deletes import read_deleted, read_source_ids
-from utils.transform.quarantine import REJECTED_SCHEMA, rejected_records
 
 # ERROR lines written per table and batch for newly rejected rows (one each); the rest is one summary line.
 MAX_REJECTED_LOG_LINES = 20
@@ -64,8 +70,19 @@ def read_batch_rejected(s3_client, bucket, manifest, manifest_key=None):
                               manifest_key=manifest_key)
 
 
-def load_batch(conn, s3_client, bucket, manifest_key, manifest, targets, connect=None):
-    """Load one processed batch in one transaction; return {table: rows written} (with
+@dataclass(frozen=True)
+class Warehouse:
+    """The warehouse a load writes: ``conn`` (each batch's transaction), ``targets`` {table: TargetTable}
+    (``utils.load.schema.ensure_warehouse_schema``) and ``connect`` (a callable returning a new warehouse
+    connection, for staging on a second one; None: no second connection)."""
+    conn: Any
+    targets: Dict[str, Any]
+    connect: Optional[Callable[[], Any]] = None
+
+
+def load_batch(warehouse, s3_client, bucket, manifest_key, manifest):
+    """Load one processed batch into ``warehouse`` (Warehouse) in one transaction, reading it from
+    ``bucket``; return {table: rows written} (with
     ``etl_rejected_rows``: {source table: rows newly rejected}, ``etl_deleted_rows``: {source table:
     deletions newly recorded}), or None when the ledger already holds it. Every file is read and
     checked before the transaction starts.
@@ -73,9 +90,10 @@ def load_batch(conn, s3_client, bucket, manifest_key, manifest, targets, connect
     Rows that do not fit the warehouse's columns, and fact rows that reference a dimension row the
     warehouse does not hold, are recorded in etl_rejected_rows instead of failing the batch.
 
-    ``connect`` (a callable returning a new warehouse connection), when given, stages the tables on a
-    second connection while this one merges (``utils.load.staging``).
+    ``warehouse.connect``, when given, stages the tables on a second connection while ``warehouse.conn``
+    merges (``utils.load.staging``).
     """
+    conn, targets, connect = warehouse.conn, warehouse.targets, warehouse.connect
     tables = read_batch_tables(s3_client, bucket, manifest, manifest_key)
     rejected = [read_batch_rejected(s3_client, bucket, manifest, manifest_key)]
     for name in list(tables):
@@ -96,26 +114,32 @@ def load_batch(conn, s3_client, bucket, manifest_key, manifest, targets, connect
             conn.run("ROLLBACK")
             logger.warning("batch already loaded", batch_id=batch_id)
             return None
+        load_order = next_load_order(conn)
         staging = start_staging(connect, {name: tables[name] for name in WAREHOUSE_TABLES if name in tables},
                                 lambda name: _stage_definitions(name, stage_flags(name)), _copy_columns)
         counts = {}
+        remarked = {}
         newly_rejected = record_rejected(conn, rejected, batch_id)
         for name in WAREHOUSE_TABLES:
             if name in FACTS:
-                rows, parked = merge_fact(conn, name, tables.get(name), targets[name], batch_id, staging)
-                if rows is not None:
-                    counts[name] = rows
-                for source, number in parked.items():
+                merged = merge_fact(conn, name, tables.get(name), targets[name], batch_id, staging,
+                                    load_order)
+                if merged.inserted is not None:
+                    counts[name] = merged.inserted
+                if merged.remarked:
+                    remarked[name] = merged.remarked
+                for source, number in merged.parked.items():
                     newly_rejected[source] = newly_rejected.get(source, 0) + number
             elif name in tables:
-                counts[name] = merge_table(conn, name, tables[name], targets[name].names, staging)
+                counts[name] = merge_table(conn, name, tables[name], targets[name].names, staging, load_order)
         if newly_rejected:
             counts[REJECTED] = newly_rejected
         newly_deleted = record_deleted(conn, deleted_keys, tables, batch_id, source_ids)
         if newly_deleted:
             counts[DELETED] = newly_deleted
-        update_rollups(conn, batch_id, tables)  # the dashboard's aggregates, as current as the facts
-        record_batch(conn, batch_id, manifest_key, counts)
+        # the dashboard's aggregates, as current as the facts
+        update_rollups(conn, batch_id, tables, load_order, remarked)
+        record_batch(conn, batch_id, manifest_key, counts, load_order)
         if staging is not None:
             staging.close(conn, list(staging.futures))
         conn.run("COMMIT")
@@ -126,15 +150,20 @@ def load_batch(conn, s3_client, bucket, manifest_key, manifest, targets, connect
         if isinstance(err, pg8000.exceptions.DatabaseError) and is_lock_timeout(err):
             raise lock_wait_error(conn, WAREHOUSE_TABLES, f"batch {batch_id}") from err
         raise
-    logger.info("batch loaded", batch_id=batch_id, tables=counts)
+    if remarked:
+        logger.info("versions already held made current again", batch_id=batch_id,
+                    ids={name: len(ids) for name, ids in remarked.items()})
+    logger.info("batch loaded", batch_id=batch_id, tables=counts, load_order=load_order)
     return counts
 
 
-def record_batch(conn, batch_id, manifest_key, counts):
-    """Insert the ledger row of a batch (inside the batch's transaction)."""
-    conn.run(f"INSERT INTO {identifier(LEDGER)} (batch_id, manifest_key, row_counts) "  # nosec B608
-             "VALUES (:batch_id, :manifest_key, CAST(:counts AS jsonb))",
-             batch_id=batch_id, manifest_key=manifest_key, counts=json.dumps(counts, sort_keys=True))
+def record_batch(conn, batch_id, manifest_key, counts, load_order=None):
+    """Insert the ledger row of a batch, with its load order (inside the batch's transaction)."""
+    conn.run(f"INSERT INTO {identifier(LEDGER)} "  # nosec B608
+             "(batch_id, manifest_key, row_counts, load_order) "
+             "VALUES (:batch_id, :manifest_key, CAST(:counts AS jsonb), :load_order)",
+             batch_id=batch_id, manifest_key=manifest_key, counts=json.dumps(counts, sort_keys=True),
+             load_order=load_order)
 
 
 # -- rows the warehouse cannot hold ------------------------------------------------------------------
@@ -241,7 +270,11 @@ def _copy_columns(name):
 
 
 def _stage_definitions(name, flags):
+    """A stage's columns: the processed schema's, its boolean ``flags``, and for a fact the load order of
+    each staged row (NULL: the batch's own; a parked row keeps the order of the batch that parked it)."""
     columns = [f"{identifier(field.name)} {sql_type(field.type)[0]}" for field in PROCESSED_SCHEMAS[name]]
+    if name in FACTS:
+        columns.append(f"{identifier(LOAD_ORDER_COLUMN)} bigint")
     return ", ".join(columns + [f"{identifier(flag)} boolean" for flag in flags])
 
 
@@ -258,11 +291,14 @@ def _stage(conn, name, table, staging=None):
     return stage
 
 
-def merge_table(conn, name, table, column_map, staging=None):
+def merge_table(conn, name, table, column_map, staging=None, load_order=0):
     """COPY a dimension's rows into a staging table, then upsert them into ``name``.
 
-    Returns the number of rows inserted or changed. A versioned dimension row is only written when no
-    newer source version of it is recorded in etl_dimension_version (then the version is recorded).
+    Returns the number of rows inserted or changed. A versioned dimension row is written unless a batch
+    loaded later (a greater load order) recorded its version in etl_dimension_version; its version
+    (source last_updated) and ``load_order`` are recorded when the version differs. The latest loaded
+    version wins, not the greatest last_updated: a back-dated update, a source clock that went back, or
+    a row restored to an earlier version is the source's current state when the batch read it.
 
     The upsert is an UPDATE of the rows whose values changed, then an INSERT of the keys the table does
     not hold, not ``INSERT ... ON CONFLICT``: speculative insertion costs about twice a plain insert per
@@ -284,8 +320,8 @@ def merge_table(conn, name, table, column_map, staging=None):
     if versioned:
         newer = (f"AND NOT EXISTS (SELECT 1 FROM {identifier(DIMENSION_VERSIONS)} v "  # nosec B608
                  f"WHERE v.table_name = :name AND v.source_id = s.{key_column} "
-                 f"AND v.last_updated > s.{identifier(VERSION_COLUMN)}) ")
-    params = {"name": name} if newer else {}
+                 "AND v.load_order > :load_order) ")
+    params = {"name": name, "load_order": load_order} if newer else {}
     written = 0
     others = [field.name for field in schema if field.name not in keys]
     if name != "dim_date":  # dim_date rows never change: a date already held is left as it is
@@ -305,25 +341,41 @@ def merge_table(conn, name, table, column_map, staging=None):
     if versioned:
         versions = identifier(DIMENSION_VERSIONS)
         version = identifier(VERSION_COLUMN)
-        conn.run(f"UPDATE {versions} AS v SET last_updated = s.{version} FROM {stage} s "  # nosec B608
+        # A version the table holds already (the overlap reading it again) keeps the order of the batch
+        # that brought it: no write per re-read row.
+        conn.run(f"UPDATE {versions} AS v SET last_updated = s.{version}, "  # nosec B608
+                 f"load_order = :load_order FROM {stage} s "
                  f"WHERE v.table_name = :name AND v.source_id = s.{key_column} "
-                 f"AND v.last_updated < s.{version}", name=name)
+                 f"AND v.last_updated <> s.{version} AND v.load_order <= :load_order",
+                 name=name, load_order=load_order)
         conn.run(f"UPDATE {stage} s SET etl_versioned = true FROM {versions} v "  # nosec B608
                  f"WHERE v.table_name = :name AND v.source_id = s.{key_column}", name=name)
-        conn.run(f"INSERT INTO {versions} (table_name, source_id, last_updated) "  # nosec B608
-                 f"SELECT :name, s.{key_column}, s.{version} FROM {stage} s "
-                 "WHERE s.etl_versioned IS NULL", name=name)
+        conn.run(f"INSERT INTO {versions} (table_name, source_id, last_updated, load_order) "  # nosec B608
+                 f"SELECT :name, s.{key_column}, s.{version}, :load_order FROM {stage} s "
+                 "WHERE s.etl_versioned IS NULL", name=name, load_order=load_order)
     return written
 
 
-def merge_fact(conn, name, table, target, batch_id, staging=None):
-    """Append a fact table's new versions; return (rows inserted or None when there was nothing to do,
-    {source table: rows newly parked}).
+@dataclass
+class FactMerge:
+    """What ``merge_fact`` did to one fact table: ``inserted`` rows (None: nothing to do), ``parked``
+    {source table: rows newly parked}, ``remarked``: the natural ids whose version already held was
+    made current again (its load order moved to the batch's)."""
+    inserted: Optional[int] = None
+    parked: Dict[str, int] = dataclass_field(default_factory=dict)
+    remarked: List[int] = dataclass_field(default_factory=list)
+
+
+def merge_fact(conn, name, table, target, batch_id, staging=None, load_order=0):
+    """Append a fact table's new versions with the batch's ``load_order``; return a FactMerge.
 
     The batch's rows are staged together with the rows parked by earlier batches (in etl_rejected_rows
-    with row_data, not yet resolved); staged rows whose dimension references the warehouse does not
-    hold are (re-)parked there, the others are inserted (a version, natural id and last_updated, already
-    held is left as it is) and their parked records marked resolved by this batch.
+    with row_data, not yet resolved; each keeps the load order of the batch that parked it, so a newer
+    version loaded meanwhile stays current); staged rows whose dimension references the warehouse does
+    not hold are (re-)parked there, the others are inserted (a version, natural id and last_updated,
+    already held is not inserted again) and their parked records marked resolved by this batch. A held
+    version the batch brings back while another version of its id is current (a row restored to an
+    earlier version, which loads no row) is re-marked as current (``_remark_held``).
     """
     source, id_column = WAREHOUSE_SOURCES[name]
     rejected = identifier(REJECTED)
@@ -331,32 +383,43 @@ def merge_fact(conn, name, table, target, batch_id, staging=None):
     parked = conn.run(f"SELECT count(*) FROM {rejected} r WHERE {parked_filter}",  # nosec B608
                       source=source)[0][0]
     if (table is None or not table.num_rows) and not parked:
-        return None, {}
+        return FactMerge()
     stage = _stage(conn, name, table, staging)
     schema = WAREHOUSE_SCHEMAS[name]
     source_columns = ", ".join(identifier(field.name) for field in schema)
+    order_column = identifier(LOAD_ORDER_COLUMN)
     if parked:
-        conn.run(f"INSERT INTO {stage} ({source_columns}) "  # nosec B608
-                 f"SELECT p.* FROM {rejected} r, jsonb_populate_record(NULL::{stage}, r.row_data) p "
+        # A record parked before the load order existed has none in row_data: its parking batch's, if
+        # the ledger knows it, else 0 (loaded before everything since).
+        parked_columns = ", ".join(f"p.{identifier(field.name)}" for field in schema)
+        conn.run(f"INSERT INTO {stage} ({source_columns}, {order_column}) "  # nosec B608
+                 f"SELECT {parked_columns}, coalesce(p.{order_column}, l.load_order, 0) "
+                 f"FROM {rejected} r LEFT JOIN {identifier(LEDGER)} l ON l.batch_id = r.batch_id "
+                 f"CROSS JOIN LATERAL jsonb_populate_record(NULL::{stage}, r.row_data) p "
                  f"WHERE {parked_filter}", source=source)
         conn.run(f"UPDATE {rejected} r SET resolved_batch_id = :batch_id "  # nosec B608
                  f"WHERE {parked_filter}", source=source, batch_id=batch_id)
     target_columns = ", ".join(identifier(target.names[field.name]) for field in schema)
     # A version already held is left as it is: taken out of the stage, not ON CONFLICT DO NOTHING
     # (speculative insertion costs ~0.55 s against ~0.35 s for fact_payment's 158k rows at scale 10);
-    # DISTINCT ON keeps one row of a version staged twice (a parked row delivered again).
+    # DISTINCT ON keeps one row of a version staged twice (a parked row delivered again: the later
+    # order). Rows are inserted in version order, so of one batch's versions of an id the later
+    # stamped gets the greater record id, as the current views order them.
     version = (id_column, "last_updated_date", "last_updated_time")
     held = " AND ".join(f"f.{identifier(target.names[column])} = s.{identifier(column)}"
                         for column in version)
+    versions = ", ".join(identifier(column) for column in version)
+    staged_order = f"coalesce(s.{order_column}, :load_order)"
+    remarked: List[int] = []
 
     def append():
         # The versions held are taken out of the stage first, with the table as it is: never an
         # INSERT INTO t ... WHERE NOT EXISTS (... t ...) (see merge_table: quadratic on a table whose
         # statistics say empty).
-        conn.run(f"DELETE FROM {stage} s USING {identifier(name)} f WHERE {held}")  # nosec B608
-        conn.run(f"INSERT INTO {identifier(name)} ({target_columns}) "  # nosec B608
-                 f"SELECT DISTINCT ON ({', '.join(identifier(column) for column in version)}) "
-                 f"{source_columns} FROM {stage} s")
+        remarked[:] = _remark_held(conn, name, stage, target, held, staged_order, load_order)
+        conn.run(f"INSERT INTO {identifier(name)} ({target_columns}, {order_column}) "  # nosec B608
+                 f"SELECT DISTINCT ON ({versions}) {source_columns}, {staged_order} FROM {stage} s "
+                 f"ORDER BY {versions}, {staged_order} DESC", load_order=load_order)
         return conn.row_count
 
     if target.references and checked_at_once(conn, name):
@@ -372,21 +435,45 @@ def merge_fact(conn, name, table, target, batch_id, staging=None):
                 raise
             conn.run("ROLLBACK TO SAVEPOINT fact_append")
             logger.info("dangling references: parking them before the append", table=name)
-            newly_parked = _park_dangling(conn, stage, target, source, id_column, batch_id)
+            newly_parked = _park_dangling(conn, stage, target, source, id_column, batch_id, load_order)
             inserted = append()
         else:
             conn.run("RELEASE SAVEPOINT fact_append")
     else:
-        newly_parked = _park_dangling(conn, stage, target, source, id_column, batch_id)
+        newly_parked = _park_dangling(conn, stage, target, source, id_column, batch_id, load_order)
         inserted = append()
     if parked:
         logger.info("parked rows retried", table=name, parked=parked)
-    return inserted, ({source: newly_parked} if newly_parked else {})
+    return FactMerge(inserted, {source: newly_parked} if newly_parked else {}, list(remarked))
 
 
-def _park_dangling(conn, stage, target, source, id_column, batch_id):
+def _remark_held(conn, name, stage, target, held, staged_order, load_order):
+    """Take the versions ``name`` holds already out of ``stage``; those that are not their id's current
+    version get the staged row's load order when it is greater (the source went back to a version loaded
+    before: a row restored, or updated back to earlier values with an earlier stamp). Returns the ids
+    re-marked. A held version that is current (the ingest's overlap reading it again) is not written."""
+    source, id_column = WAREHOUSE_SOURCES[name]
+    record = identifier(FACT_SOURCES[name].record_column)
+    fact, order_column = identifier(name), identifier(LOAD_ORDER_COLUMN)
+    fact_id = identifier(target.names[id_column])
+    ranked = ", ".join(f"{{0}}.{identifier(target.names[column])}"
+                       for column in ("last_updated_date", "last_updated_time"))
+    newer = f"(n.{order_column}, {ranked.format('n')}) > (f.{order_column}, {ranked.format('f')})"
+    rows = conn.run(
+        f"WITH held AS (DELETE FROM {stage} s USING {fact} f WHERE {held} "  # nosec B608
+        f"RETURNING f.{record} AS record_id, {staged_order} AS load_order), "
+        "brought AS (SELECT record_id, max(load_order) AS load_order FROM held GROUP BY record_id) "
+        f"UPDATE {fact} f SET {order_column} = b.load_order FROM brought b "
+        f"WHERE f.{record} = b.record_id AND b.load_order > f.{order_column} "
+        f"AND EXISTS (SELECT 1 FROM {fact} n WHERE n.{fact_id} = f.{fact_id} AND {newer}) "
+        f"RETURNING f.{fact_id}", load_order=load_order)
+    return sorted({row[0] for row in rows})
+
+
+def _park_dangling(conn, stage, target, source, id_column, batch_id, load_order=0):
     """Move the staged rows whose dimension references the warehouse does not hold into
-    etl_rejected_rows (with row_data, to be retried); return how many were newly parked."""
+    etl_rejected_rows (with row_data, to be retried, carrying the row's load order: ``load_order`` for
+    the batch's own rows); return how many were newly parked."""
     rejected = identifier(REJECTED)
     newly_parked = 0
     stamp = "(s.last_updated_date + s.last_updated_time)::timestamp(3)"
@@ -398,7 +485,9 @@ def _park_dangling(conn, stage, target, source, id_column, batch_id):
             f"SELECT 1 FROM {identifier(dimension)} d "
             f"WHERE d.{identifier(dimension_column)} = s.{identifier(column)}) "
             f"RETURNING s.{identifier(id_column)} AS source_id, {stamp} AS last_updated, "
-            f"'{reason}' AS reason, s.{identifier(column)}::text AS value, to_jsonb(s) AS row_data) "
+            f"'{reason}' AS reason, s.{identifier(column)}::text AS value, to_jsonb(s) || "
+            f"jsonb_build_object('{LOAD_ORDER_COLUMN}', coalesce(s.{identifier(LOAD_ORDER_COLUMN)}, "
+            ":load_order)) AS row_data) "
             f"INSERT INTO {rejected} AS r (source_table, source_id, last_updated, column_name, reason, "
             "value, batch_id, row_data) "
             "SELECT DISTINCT ON (source_id, last_updated) :source, source_id, last_updated, :column, reason, "
@@ -406,7 +495,7 @@ def _park_dangling(conn, stage, target, source, id_column, batch_id):
             "ON CONFLICT (source_table, source_id, last_updated) DO UPDATE SET resolved_batch_id = NULL, "
             "reason = EXCLUDED.reason, row_data = EXCLUDED.row_data "
             "RETURNING (xmax = 0) AS inserted, source_id, reason",
-            source=source, column=column, batch_id=batch_id)
+            source=source, column=column, batch_id=batch_id, load_order=load_order)
         for number, (inserted, source_id, text) in enumerate(rows):
             if inserted:
                 newly_parked += 1

@@ -1,16 +1,26 @@
 """The dashboard's rollups: small aggregates of the current state, kept by the load in each batch's own
 transaction, so they are exactly as current as the facts (DDL: ``utils/catalog/sql/rollups.sql``).
 
-Each rollup sums, per key, a few measures of the rows of one ``current_*`` view (the latest version of
-each order or payment whose deletion is not open). A batch changes the current row of an id when it
-appends a version of it, records its deletion or closes its deletion (a re-insert); a batch that renames
-a design moves its current orders to the new name in ``rollup_sales_by_design``. ``update_rollups``
-(called by the load just before the ledger row) finds those ids, the "touched" ones: fact rows with a
-record id above the state's ``last_record_id`` (loads are serialised by the advisory lock, so the serial
-ids of a batch are above every earlier batch's) and the deletions recorded or closed by this batch. For
-them it subtracts their current row as it was before the batch (versions up to ``last_record_id``,
-deletions open before the batch) and adds their current row now, grouped per rollup key, as upserts;
-groups left with no row are removed.
+Each rollup sums, per key, a few measures of the rows of one ``current_*`` view (the version loaded last
+of each order or payment whose deletion is not open: greatest ``etl_load_order``, then last_updated). A
+batch changes the current row of an id when it appends a version of it, re-marks a version already held
+as current (``utils.load.merge._remark_held``), records its deletion or closes its deletion (a
+re-insert); a batch that renames a design moves its current orders to the new name in
+``rollup_sales_by_design``. ``update_rollups`` (called by the load just before the ledger row) finds
+those ids, the "touched" ones: fact rows with a record id above the state's ``last_record_id`` (loads
+are serialised by the advisory lock, so the serial ids of a batch are above every earlier batch's), the
+ids the batch re-marked, and the deletions recorded or closed by this batch. For them it subtracts their
+current row as it was before the batch (versions up to ``last_record_id`` with a load order below the
+batch's: a re-marked version was not current before) and adds their current row now, grouped per rollup
+key, as upserts; groups left with no row are removed.
+
+Cost proportional to the batch, not the warehouse: the state also keeps ``max_id``, the highest natural id
+among the records it covers. A batch's row whose id is above it is a new order or payment (nothing held
+to subtract, no deletion of it can be open from before): those rows are read once in the batch's record
+range and added, with no probe per id; only ids up to ``max_id`` (updates, re-inserts, deletions) pay
+the index probes of the "before" and "now" rows. The delta carries only the columns the rollups read
+(``FactSource.columns``), and the statements run with a larger ``work_mem`` (``ROLLUP_WORK_MEM``, for
+this transaction only) so that a backfill batch's sort and grouping stay in memory.
 
 A warehouse without the rollups (or with an older definition) gets them created and filled from the
 current views by the first load that sees it (a load whose role may not create tables loads its batch
@@ -19,7 +29,7 @@ that rewrites facts outside a load). ``compare_rollups`` recomputes every rollup
 and lists the differences (``totesys verify``).
 """
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import pg8000.exceptions
 from pg8000.native import identifier
@@ -33,7 +43,12 @@ ROLLUP_DDL = WAREHOUSE_DDL.with_name("rollups.sql")
 STATE = "etl_rollup_state"
 DESIGN_NAMES = "rollup_design_name"
 # Bump when a rollup's keys or measures change: warehouses holding another definition are rebuilt.
-DEFINITION = 1
+# 2: etl_rollup_state.max_id (new ids cost no probe); rollup tables with fillfactor 70 (HOT updates).
+# 3: and current rows chosen by load order (docs/RELIABILITY.md defect 3).
+DEFINITION = 3
+# work_mem of the load's transaction from the rollups' statements on (SET LOCAL: the COMMIT ends it): a
+# backfill batch's delta (a million narrow rows) is sorted and grouped in memory, not in temporary files.
+ROLLUP_WORK_MEM = "256MB"
 INSUFFICIENT_PRIVILEGE = "42501"
 # Rows of each differing rollup that compare_rollups reports as examples.
 EXAMPLES = 5
@@ -46,14 +61,24 @@ logger = get_logger("load")
 @dataclass(frozen=True)
 class FactSource:
     """A fact table as the rollups see it: its current-state view, the source table its deletions are
-    recorded under, its natural id, its serial record id, and the label column its delta rows carry
-    (``(column, table naming it before the batch, table naming it now, key)``, or None)."""
+    recorded under, its natural id, its serial record id, the columns its rollups' keys and measures read
+    (the label's key included), and the label column its delta rows carry (``(column, table naming it
+    before the batch, table naming it now, key)``, or None)."""
     fact: str
     view: str
     source: str
     id_column: str
     record_column: str
+    columns: Tuple[str, ...]
     label: Optional[Tuple[str, str, str, str]] = None
+
+
+class RollupMark(NamedTuple):
+    """One fact's row of etl_rollup_state: the highest record id and natural id the rollups cover, and
+    the definition they were built with (max_id is None in a state of definition 1)."""
+    last_record_id: int
+    definition: int
+    max_id: Optional[int]
 
 
 @dataclass(frozen=True)
@@ -70,11 +95,15 @@ class Rollup:
 FACT_SOURCES = {
     "fact_sales_order": FactSource("fact_sales_order", "current_sales_order", "sales_order", "sales_order_id",
                                    "sales_record_id",
+                                   ("created_date", "currency_id", "agreed_delivery_location_id",
+                                    "sales_staff_id", "design_id", "units_sold", "unit_price"),
                                    ("design_name", DESIGN_NAMES, "dim_design", "design_id")),
     "fact_purchase_order": FactSource("fact_purchase_order", "current_purchase_order", "purchase_order",
-                                      "purchase_order_id", "purchase_record_id"),
+                                      "purchase_order_id", "purchase_record_id",
+                                      ("created_date", "currency_id", "item_quantity", "item_unit_price")),
     "fact_payment": FactSource("fact_payment", "current_payment", "payment", "payment_id",
-                               "payment_record_id"),
+                               "payment_record_id",
+                               ("created_date", "currency_id", "payment_type_id", "paid", "payment_amount")),
 }
 _DAY_CURRENCY = (("created_date", "created_date"), ("currency_id", "currency_id"))
 _SALES = (("orders", "1"), ("sales_value", "units_sold * unit_price"))
@@ -107,42 +136,48 @@ def rollup_statements():
 # -- reading the state --------------------------------------------------------------------------------
 
 def rollup_state(conn):
-    """{fact table: (last_record_id, definition)} of the warehouse's rollups; None when it has none."""
+    """{fact table: RollupMark} of the warehouse's rollups; None when it has none. Reads a state of any
+    definition (one without max_id too: read through to_jsonb, it is None there)."""
     if conn.run("SELECT to_regclass(:name) IS NULL", name=STATE)[0][0]:
         return None
-    return {fact: (mark, definition) for fact, mark, definition in conn.run(
-        f"SELECT fact_table, last_record_id, definition FROM {identifier(STATE)}")}  # nosec B608
+    return {fact: RollupMark(mark, definition, max_id) for fact, mark, definition, max_id in conn.run(
+        "SELECT fact_table, last_record_id, definition, (to_jsonb(s) ->> 'max_id')::bigint "  # nosec B608
+        f"FROM {identifier(STATE)} s")}
 
 
 def rollups_current(state):
     """True when ``state`` (rollup_state's answer) covers every fact with this code's definition."""
     return state is not None and set(state) == set(FACT_SOURCES) \
-        and all(definition == DEFINITION for _, definition in state.values())
+        and all(mark.definition == DEFINITION for mark in state.values())
 
 
 # -- the load's hook ----------------------------------------------------------------------------------
 
-def update_rollups(conn, batch_id, tables):
+def update_rollups(conn, batch_id, tables, load_order, remarked=None):
     """Bring the rollups up to date with what this batch did, inside the batch's transaction (after its
     facts, dimensions and deletions are written, before COMMIT). ``tables``: the batch's {warehouse
-    table: pyarrow Table} (its dim_design rows say which designs may have been renamed). Creates and
-    fills the rollups when the warehouse has none or another definition. Returns the facts updated.
+    table: pyarrow Table} (its dim_design rows say which designs may have been renamed); ``load_order``:
+    the batch's; ``remarked``: {fact table: ids whose held version the batch made current again}.
+    Creates and fills the rollups when the warehouse has none or another definition. Returns the facts
+    updated.
 
     Cost: two small queries for the state, one for what changed, then one statement per fact that changed
     (and two small ones when the batch brings designs); a fact the batch did not change costs nothing
-    more."""
+    more. Each statement reads the batch's record range once; index probes only for ids up to max_id."""
     state = rollup_state(conn)
     if not rollups_current(state):
         return list(FACT_SOURCES) if _create_rollups(conn, batch_id) else []
-    changed = _changed_facts(conn, state, batch_id)
+    remarked = remarked or {}
+    changed = _changed_facts(conn, state, batch_id) | set(remarked)
     design_ids = _batch_ids(tables.get("dim_design"), "design_id")
     renamed = _renamed_designs(conn, design_ids)
     updated = []
     for fact, source in FACT_SOURCES.items():
         if fact in changed or (source.label and renamed):
-            sql = _update_sql(source, renamed if source.label else [])
-            params = {"mark": state[fact][0], "source": source.source, "batch_id": batch_id, "fact": fact,
-                      "renamed": renamed}
+            sql = _update_sql(source, renamed if source.label else [], bool(remarked.get(fact)))
+            params = {"mark": state[fact].last_record_id, "max_id": state[fact].max_id,
+                      "source": source.source, "batch_id": batch_id, "fact": fact, "renamed": renamed,
+                      "load_order": load_order, "remarked": remarked.get(fact)}
             conn.run(sql, **{name: value for name, value in params.items() if f":{name}" in sql})
             updated.append(fact)
     _record_design_names(conn, design_ids)
@@ -170,17 +205,18 @@ def _create_rollups(conn, batch_id):
 
 def _changed_facts(conn, state, batch_id):
     """The facts this batch changed: records above the state's mark, or deletions it recorded or closed.
-    Also switches JIT off for the rest of the transaction: the rollups' statements are index probes, and
-    compiling them cost more than running them (~150 ms a statement)."""
+    Also switches JIT off for the rest of the transaction (the rollups' statements are index probes, and
+    compiling them cost more than running them, ~150 ms a statement) and sets ROLLUP_WORK_MEM."""
     newest = ", ".join(f"(SELECT max({identifier(source.record_column)}) "
                        f"FROM {identifier(fact)})" for fact, source in FACT_SOURCES.items())  # nosec B608
     changes = f"SELECT DISTINCT source_table::text FROM {identifier(DELETED)} " \
               "WHERE batch_id = :batch_id OR reinserted_batch_id = :batch_id"  # nosec B608
-    row = conn.run(f"SELECT {newest}, ARRAY({changes}), set_config('jit', 'off', true)",  # nosec B608
-                   batch_id=batch_id)[0][:-1]
+    row = conn.run(f"SELECT {newest}, ARRAY({changes}), set_config('jit', 'off', true), "  # nosec B608
+                   "set_config('work_mem', :work_mem, true)",
+                   batch_id=batch_id, work_mem=ROLLUP_WORK_MEM)[0][:-2]
     sources = set(row[-1])
     return {fact for (fact, source), newest in zip(FACT_SOURCES.items(), row)
-            if (newest or 0) > state[fact][0] or source.source in sources}
+            if (newest or 0) > state[fact].last_record_id or source.source in sources}
 
 
 def _batch_ids(table, column):
@@ -189,22 +225,30 @@ def _batch_ids(table, column):
     return sorted(set(table[column].to_pylist()))
 
 
+def _columns(source, alias):
+    """``alias.column, ...`` of the columns the rollups read from ``source``'s rows."""
+    return ", ".join(f"{alias}.{identifier(column)}" for column in source.columns)
+
+
 def _current_rows(source, before):
     """SELECT of the current row of each id in ``held``: now, or (``before``) as it was before the
-    batch (versions up to :mark, deletions recorded by an earlier batch and open until this one). Per id,
-    the latest version is the first row of the version index read backwards ((id, last_updated) is
-    unique, so no tie is left for the view's record-id tie-break): index probes per touched id, whatever
-    the fact table's size or statistics."""
+    batch (versions up to :mark with a load order below the batch's :load_order, so a version the batch
+    re-marked, which was not current, is left out; deletions recorded by an earlier batch and open until
+    this one). Per id, the current version is the one of greatest (load order, last_updated) ((id,
+    last_updated) is unique, so no tie is left for the view's record-id tie-break): an index probe on
+    the version index's id per touched id (its few versions sorted), whatever the fact table's size or
+    statistics."""
     fact, id_column = identifier(source.fact), identifier(source.id_column)
     if before:
         is_open = "d.batch_id <> :batch_id " \
                   "AND (d.reinserted_batch_id IS NULL OR d.reinserted_batch_id = :batch_id)"
-        versions = f"AND f.{identifier(source.record_column)} <= :mark "
+        versions = f"AND f.{identifier(source.record_column)} <= :mark AND f.etl_load_order < :load_order "
     else:
         is_open, versions = "d.reinserted_batch_id IS NULL", ""
-    return (f"SELECT v.* FROM held t CROSS JOIN LATERAL (SELECT f.* FROM {fact} f "  # nosec B608
+    return (f"SELECT v.* FROM held t CROSS JOIN LATERAL (SELECT {_columns(source, 'f')} "  # nosec B608
+            f"FROM {fact} f "
             f"WHERE f.{id_column} = t.id {versions}"
-            "ORDER BY f.last_updated_date DESC, f.last_updated_time DESC LIMIT 1) v "
+            "ORDER BY f.etl_load_order DESC, f.last_updated_date DESC, f.last_updated_time DESC LIMIT 1) v "
             f"WHERE NOT EXISTS (SELECT 1 FROM {identifier(DELETED)} d WHERE d.source_table = :source "
             f"AND d.source_id = t.id AND {is_open})")
 
@@ -221,12 +265,14 @@ def _labelled(source, rows, sign, label_table):
 
 def _renamed_rows(source):
     """SELECT of the current rows of the designs in :renamed whose id the batch did not touch (the latest
-    version of its id, no open deletion), as the view defines them."""
+    version of its id, no open deletion), as the view defines them. An id above :max_id is new in this
+    batch: ``_new_rows`` adds it under the new name already."""
     fact, id_column = identifier(source.fact), identifier(source.id_column)
     record = identifier(source.record_column)
-    order = f"(n.last_updated_date, n.last_updated_time, n.{record}) > " \
-            f"(f.last_updated_date, f.last_updated_time, f.{record})"
-    return (f"SELECT f.* FROM {fact} f WHERE f.design_id = ANY(CAST(:renamed AS integer[])) "  # nosec B608
+    order = f"(n.etl_load_order, n.last_updated_date, n.last_updated_time, n.{record}) > " \
+            f"(f.etl_load_order, f.last_updated_date, f.last_updated_time, f.{record})"
+    return (f"SELECT {_columns(source, 'f')} FROM {fact} f "  # nosec B608
+            f"WHERE f.design_id = ANY(CAST(:renamed AS integer[])) AND f.{id_column} <= :max_id "
             f"AND NOT EXISTS (SELECT 1 FROM touched t WHERE t.id = f.{id_column}) "
             f"AND NOT EXISTS (SELECT 1 FROM {fact} n WHERE n.{id_column} = f.{id_column} AND {order}) "
             f"AND NOT EXISTS (SELECT 1 FROM {identifier(DELETED)} d WHERE d.source_table = :source "
@@ -234,29 +280,35 @@ def _renamed_rows(source):
 
 
 def _new_rows(source):
-    """SELECT of the current row of each new touched id (no version up to :mark: nothing to subtract):
-    the latest of the batch's versions, unless its deletion is open. One range read of the batch's rows
-    joined to ``touched`` and sorted once, instead of index probes per id (a first load's or a
-    backfill's batches bring mostly new ids)."""
+    """SELECT of the current row of each id new to the rollups (no version up to :mark: nothing to
+    subtract): every id of the batch above :max_id (no probe: no version of it can be held), and the
+    touched ids up to :max_id that turned out not held (gaps in the ids). Its row is the latest of the
+    batch's versions, unless its deletion is open now. One range read of the batch's rows (the record
+    id's primary key), the touched ones as a hashed list, sorted once: a first load's or a backfill's
+    batches bring mostly new ids."""
     fact, id_column = identifier(source.fact), identifier(source.id_column)
     record = identifier(source.record_column)
-    return (f"SELECT * FROM (SELECT DISTINCT ON (f.{id_column}) f.* FROM {fact} f "  # nosec B608
-            f"JOIN touched t ON t.id = f.{id_column} AND NOT t.held WHERE f.{record} > :mark "
-            f"ORDER BY f.{id_column}, f.last_updated_date DESC, f.last_updated_time DESC, "
-            f"f.{record} DESC) v "
+    return (f"SELECT {_columns(source, 'v')} FROM (SELECT DISTINCT ON (f.{id_column}) "  # nosec B608
+            f"f.{id_column}, {_columns(source, 'f')} FROM {fact} f WHERE f.{record} > :mark "
+            f"AND (f.{id_column} > :max_id OR f.{id_column} IN (SELECT id FROM touched WHERE NOT held)) "
+            f"ORDER BY f.{id_column}, f.etl_load_order DESC, f.last_updated_date DESC, "
+            f"f.last_updated_time DESC, f.{record} DESC) v "
             f"WHERE NOT EXISTS (SELECT 1 FROM {identifier(DELETED)} d WHERE d.source_table = :source "
             f"AND d.source_id = v.{id_column} AND d.reinserted_batch_id IS NULL)")
 
 
-def _update_sql(source, renamed):
-    """One statement bringing ``source``'s rollups and its state row up to date: ``touched`` (ids with a
-    record above :mark or a deletion recorded or closed by :batch_id, each with ``held``: the warehouse
-    held a version of it before the batch), ``held`` (those ids), ``delta`` (-1 x each held id's current
-    row before the batch, labelled as the rollups filed it; +1 x its current row now, labelled as
-    dim_design names it; +1 x the current row of each new id (``_new_rows``); with ``renamed``, the move
-    of the renamed designs' other current orders from the old name to the new), then each rollup's
-    upsert (``_rollup_ctes``) and the state's UPDATE. A touched id with no version at all (a deletion of
-    a row never loaded) has no current row before or after: nothing to add."""
+def _update_sql(source, renamed, remarked=False):
+    """One statement bringing ``source``'s rollups and its state row up to date: ``touched`` (ids up to
+    :max_id with a record above :mark, re-marked by the batch (``remarked``: the ids are :remarked; a
+    re-marked id is held, so up to :max_id) or with a deletion recorded or closed by :batch_id, each with
+    ``held``: the warehouse held a version of it before the batch), ``held`` (those ids), ``delta`` (-1 x
+    each held id's current row before the batch, labelled as the rollups filed it; +1 x its current row
+    now, labelled as dim_design names it; +1 x the current row of each new id, above :max_id or not held
+    (``_new_rows``); with ``renamed``, the move of the renamed designs' other current orders from the old
+    name to the new), then each rollup's upsert (``_rollup_ctes``) and the state's UPDATE. An id above
+    :max_id has no version up to :mark, so no deletion of it was open before the batch: it is never in
+    ``touched``. A touched id with no version at all (a deletion of a row never loaded) has no current
+    row before or after: nothing to add."""
     old_label, new_label = (source.label[1], source.label[2]) if source.label else (None, None)
     delta = [_labelled(source, _current_rows(source, True), -1, old_label),
              _labelled(source, _current_rows(source, False), 1, new_label),
@@ -265,12 +317,16 @@ def _update_sql(source, renamed):
         delta += [_labelled(source, _renamed_rows(source), -1, old_label),
                   _labelled(source, _renamed_rows(source), 1, new_label)]
     record = identifier(source.record_column)
-    touched = (f"SELECT {identifier(source.id_column)} AS id FROM {identifier(source.fact)} "  # nosec B608
-               f"WHERE {record} > :mark UNION SELECT source_id FROM {identifier(DELETED)} "
-               "WHERE source_table = :source AND (batch_id = :batch_id OR reinserted_batch_id = :batch_id)")
+    id_column = identifier(source.id_column)
+    touched = (f"SELECT {id_column} AS id FROM {identifier(source.fact)} "  # nosec B608
+               f"WHERE {record} > :mark AND {id_column} <= :max_id UNION SELECT source_id "
+               f"FROM {identifier(DELETED)} WHERE source_table = :source AND source_id <= :max_id "
+               "AND (batch_id = :batch_id OR reinserted_batch_id = :batch_id)")
+    if remarked:
+        touched += " UNION SELECT unnest(CAST(:remarked AS integer[]))"
     # A scalar subquery with LIMIT is an index probe per touched id: unlike EXISTS or a join, the
     # planner cannot answer it by hashing the whole history (seconds at x100, for a batch of any size).
-    fact, id_column = identifier(source.fact), identifier(source.id_column)
+    fact = identifier(source.fact)
     touched = (f"SELECT u.id, (SELECT true FROM {fact} o WHERE o.{id_column} = u.id "  # nosec B608
                f"AND o.{record} <= :mark LIMIT 1) IS NOT NULL AS held FROM ({touched}) u")
     return (f"WITH touched AS MATERIALIZED ({touched}), "  # nosec B608
@@ -278,8 +334,9 @@ def _update_sql(source, renamed):
             f"delta AS ({' UNION ALL '.join(delta)}), "
             f"{_rollup_ctes(source.fact)} "
             f"UPDATE {identifier(STATE)} SET revision = revision + 1, batch_id = :batch_id, "
-            f"last_record_id = greatest(last_record_id, (SELECT coalesce(max({record}), 0) "
-            f"FROM {identifier(source.fact)})) WHERE fact_table = :fact")
+            f"last_record_id = greatest(last_record_id, (SELECT coalesce(max({record}), 0) FROM {fact})), "
+            f"max_id = greatest(max_id, (SELECT coalesce(max({id_column}), 0) FROM {fact})) "
+            "WHERE fact_table = :fact")
 
 
 def _rollup_ctes(fact):
@@ -338,8 +395,10 @@ def rebuild_rollups(conn, batch_id=None):
     """Recompute every rollup from the current views and the design names from dim_design, inside the
     caller's transaction (the load's, or a rebuild's or resync's after it rewrote facts: call it before
     COMMIT). Creates the tables when missing; drops and recreates them when they hold another definition.
-    Takes the loads' advisory lock (re-entrant: a load already holds it)."""
-    conn.run("SELECT pg_advisory_xact_lock(:key)", key=ADVISORY_LOCK_KEY)
+    Takes the loads' advisory lock (re-entrant: a load already holds it) and sets ROLLUP_WORK_MEM for the
+    rest of the transaction."""
+    conn.run("SELECT pg_advisory_xact_lock(:key), set_config('work_mem', :work_mem, true)",
+             key=ADVISORY_LOCK_KEY, work_mem=ROLLUP_WORK_MEM)
     state = rollup_state(conn)
     revision = 0
     if state is not None and not rollups_current(state):
@@ -355,12 +414,13 @@ def rebuild_rollups(conn, batch_id=None):
              "SELECT design_id, design_name FROM dim_design")
     for source in FACT_SOURCES.values():
         label_table = source.label[1] if source.label else None
-        delta = _labelled(source, f"SELECT * FROM {identifier(source.view)}",  # nosec B608
-                          1, label_table)
+        delta = _labelled(source, f"SELECT {_columns(source, 'v')} "  # nosec B608
+                          f"FROM {identifier(source.view)} v", 1, label_table)
         conn.run(f"WITH delta AS ({delta}), {_rollup_ctes(source.fact)} "  # nosec B608
                  f"INSERT INTO {identifier(STATE)} "
-                 "(fact_table, last_record_id, definition, revision, batch_id) "
-                 f"SELECT :fact, coalesce(max({identifier(source.record_column)}), 0), :definition, "
+                 "(fact_table, last_record_id, max_id, definition, revision, batch_id) "
+                 f"SELECT :fact, coalesce(max({identifier(source.record_column)}), 0), "
+                 f"coalesce(max({identifier(source.id_column)}), 0), :definition, "
                  f":revision, :batch_id FROM {identifier(source.fact)}",
                  fact=source.fact, definition=DEFINITION, revision=revision + 1, batch_id=batch_id)
     logger.info("rollups rebuilt from the current views", batch_id=batch_id)

@@ -19,16 +19,16 @@ One run (``run_load``):
 """
 import boto3
 
-from utils.aws.manifests import read_manifest, walk_manifests
+from utils.aws.manifests import read_processed_manifest, walk_manifests
 from utils.aws.secrets import db_connections_get_secret
-from utils.aws.state import read_state
+from utils.aws.state import read_transform_state
 from utils.catalog.warehouse import FACTS, check_warehouse_table
 from utils.config import load_settings
 from utils.contracts import LoadResult
 from utils.db.connection import close_db_connection, connect_to_db
 from utils.errors import InvalidEventError
 from utils.load.constraints import restore_foreign_keys, suspend_for_execution
-from utils.load.merge import batch_loaded, load_batch
+from utils.load.merge import Warehouse, batch_loaded, load_batch
 from utils.load.schema import DELETED, REJECTED, ensure_warehouse_schema
 from utils.logger import get_logger
 
@@ -110,8 +110,9 @@ def load_pending(conn, s3_client, bucket, connect=None, more_waiting=False, take
     if not pending:
         logger.warning("no processed batches to load")
     suspended = suspend_for_execution(conn, pending_fact_rows(pending))
+    warehouse = Warehouse(conn, targets, connect)
     for manifest_key, manifest in pending:
-        counts = load_batch(conn, s3_client, bucket, manifest_key, manifest, targets, connect)
+        counts = load_batch(warehouse, s3_client, bucket, manifest_key, manifest)
         if counts is None:
             continue
         result["batches"].append(manifest["batch_id"])
@@ -144,8 +145,8 @@ def pending_fact_rows(pending):
 
 def pending_batches(conn, s3_client, bucket):
     """[(manifest key, manifest)] of the processed batches not in the ledger, oldest first."""
-    state, _ = read_state(s3_client, bucket, "transform")
+    state, _ = read_transform_state(s3_client, bucket)
     chain, _ = walk_manifests(
-        lambda key: read_manifest(s3_client, bucket, key, check_warehouse_table, "batch_id"),
+        lambda key: read_processed_manifest(s3_client, bucket, key),
         state.get("manifest_key"), stop=lambda _, manifest: batch_loaded(conn, manifest["batch_id"]))
     return chain

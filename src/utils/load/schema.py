@@ -9,6 +9,7 @@ from dataclasses import dataclass, field as dataclass_field
 from typing import Dict
 
 import pyarrow as pa
+from pg8000.native import identifier
 
 from utils.catalog.warehouse import FACTS, WAREHOUSE_DDL, WAREHOUSE_SCHEMAS, WAREHOUSE_TABLES
 from utils.db.connection import end_quietly
@@ -21,6 +22,12 @@ REJECTED = "etl_rejected_rows"
 DIMENSION_VERSIONS = "etl_dimension_version"
 DELETED = "etl_deleted_rows"
 SUSPENDED_KEYS = "etl_suspended_foreign_key"
+# The load order (docs/RELIABILITY.md defect 3): a sequence, a column of the ledger and of
+# etl_dimension_version, and a column of every fact table.
+LOAD_ORDER_SEQUENCE = "etl_load_order_seq"
+LOAD_ORDER_COLUMN = "etl_load_order"
+LOAD_ORDER_COLUMNS = {LEDGER: "load_order", DIMENSION_VERSIONS: "load_order",
+                      **{fact: LOAD_ORDER_COLUMN for fact in FACTS}}
 OWN_TABLES = (LEDGER, REJECTED, DIMENSION_VERSIONS, DELETED, SUSPENDED_KEYS)
 
 VIEWS = ("current_sales_order", "current_purchase_order", "current_payment", "deleted_dimension_rows")
@@ -96,9 +103,10 @@ class TargetTable:
 _INTEGER_RANGES = {"smallint": (-2 ** 15, 2 ** 15 - 1)}
 
 
-def check_table_columns(table, existing):
+def check_table_columns(table, existing, addable=()):
     """Map each expected column of ``table`` to its name and limit in the warehouse; raise on
-    incompatibility. Returns a TargetTable (without references).
+    incompatibility. Returns a TargetTable (without references). The columns named in ``addable`` may be
+    missing (the load adds them: ``add_columns``).
 
     ``existing``: {column: (data_type, datetime_precision, numeric_precision, numeric_scale,
     character_maximum_length)}. A column narrower than the values (varchar(n), smallint, numeric with
@@ -111,6 +119,8 @@ def check_table_columns(table, existing):
     for field in WAREHOUSE_SCHEMAS[table]:
         names = (field.name,) + COLUMN_ALTERNATIVES.get((table, field.name), ())
         actual = next((name for name in names if name in existing), None)
+        if actual is None and field.name in addable:
+            continue
         if actual is None:
             raise SchemaMismatchError(f"warehouse table {table}: column {field.name!r} is missing",
                                       table=table)
@@ -166,16 +176,69 @@ def _references(conn, targets):
     return targets
 
 
+def _has_load_order(conn, existing):
+    """True when the warehouse has the load order (sequence and columns); a warehouse created before it
+    is migrated by the DDL file (``ADD COLUMN IF NOT EXISTS``, ``CREATE SEQUENCE IF NOT EXISTS``)."""
+    if any(column not in existing.get(table, {}) for table, column in LOAD_ORDER_COLUMNS.items()):
+        return False
+    return not conn.run("SELECT to_regclass(:name) IS NULL", name=LOAD_ORDER_SEQUENCE)[0][0]
+
+
+def next_load_order(conn):
+    """The next value of the load order sequence: the order of the batch being loaded (inside its
+    transaction, under the loads' advisory lock, so a later batch always has a greater order)."""
+    return int(conn.run("SELECT nextval(CAST(:name AS regclass))", name=LOAD_ORDER_SEQUENCE)[0][0])
+
+
+def missing_nullable_columns(existing):
+    """[(table, column, SQL type)] of the nullable catalogue columns (``WAREHOUSE_SCHEMAS``) that an
+    existing warehouse table lacks under every spelling: columns added to the catalogue after the table
+    was created. A missing NOT NULL column is not here (``check_table_columns`` refuses it: its old rows
+    would have no value)."""
+    missing = []
+    for table in WAREHOUSE_TABLES:
+        columns = existing.get(table)
+        if columns is None:
+            continue
+        for field in WAREHOUSE_SCHEMAS[table]:
+            names = (field.name,) + COLUMN_ALTERNATIVES.get((table, field.name), ())
+            if field.nullable and not any(name in columns for name in names):
+                missing.append((table, field.name, sql_type(field.type)[0]))
+    return missing
+
+
+def add_columns(conn, missing):
+    """``ALTER TABLE ... ADD COLUMN IF NOT EXISTS`` each of ``missing`` (``missing_nullable_columns``), in
+    one transaction under the schema's advisory lock (a concurrent load adds them once)."""
+    conn.run("START TRANSACTION")
+    try:
+        conn.run("SELECT pg_advisory_xact_lock(:key)", key=ADVISORY_LOCK_KEY)
+        conn.run("SELECT set_config('lock_timeout', :value, true)", value=SCHEMA_LOCK_TIMEOUT)
+        for table, column, kind in missing:
+            # Identifiers from the catalogue's allow-list, quoted; the type from sql_type, never input.
+            conn.run(f"ALTER TABLE {identifier(table)} ADD COLUMN IF NOT EXISTS "  # nosec B608
+                     f"{identifier(column)} {kind}")
+        conn.run("COMMIT")
+    except BaseException:
+        end_quietly(conn)
+        raise
+    logger.info("warehouse columns added", columns=[f"{table}.{column}" for table, column, _ in missing])
+
+
 def ensure_warehouse_schema(conn):
     """Check existing tables, create whatever is missing; return {table: TargetTable}.
 
-    Nothing is created or changed when an existing table has an incompatible column
-    (SchemaMismatchError naming table and column).
+    A nullable column of the catalogue that an existing table lacks is added to it (``add_columns``:
+    the one migration, for a column added to the catalogue). Nothing is created or changed when an
+    existing table has an incompatible column, or lacks a NOT NULL one (SchemaMismatchError naming
+    table and column).
     """
     existing = _warehouse_columns(conn)
+    missing = missing_nullable_columns(existing)
     for table in WAREHOUSE_TABLES:
         if table in existing:
-            check_table_columns(table, existing[table])
+            addable = {column for name, column, _ in missing if name == table}
+            check_table_columns(table, existing[table], addable)
     if LEDGER in existing and not {"batch_id", "manifest_key", "row_counts"} <= set(existing[LEDGER]):
         raise SchemaMismatchError(
             f"warehouse table {LEDGER}: expected columns batch_id, manifest_key, row_counts", table=LEDGER)
@@ -185,8 +248,11 @@ def ensure_warehouse_schema(conn):
     indexes = {row[0] for row in conn.run(
         "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND indexname = ANY(:names)",
         names=list(VERSION_INDEXES))}
+    if missing:
+        add_columns(conn, missing)
+        existing = _warehouse_columns(conn)
     complete = (set(WAREHOUSE_TABLES) | set(OWN_TABLES)) <= set(existing) and views == set(VIEWS) \
-        and indexes == set(VERSION_INDEXES)
+        and indexes == set(VERSION_INDEXES) and _has_load_order(conn, existing)
     if not complete:
         conn.run("START TRANSACTION")
         try:

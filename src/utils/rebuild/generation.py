@@ -9,7 +9,7 @@ A generation whose transform state already exists is refused: a rebuild writes i
 from datetime import datetime, timezone
 
 from utils.aws.layout import GENERATIONS_PREFIX
-from utils.aws.state import read_state
+from utils.aws.state import read_transform_state
 from utils.errors import ObjectExistsError
 
 PREFIXED_CALLS = ("get_object", "put_object", "head_object")
@@ -44,7 +44,7 @@ class GenerationS3:
 def check_new(s3_client, processed_bucket, generation):
     """Raise ObjectExistsError when ``generation`` already holds a transform state."""
     proxied = GenerationS3(s3_client, processed_bucket, generation)
-    if read_state(proxied, processed_bucket, "transform")[0]:
+    if read_transform_state(proxied, processed_bucket)[0]:
         key = f"{proxied.prefix}_state/transform.json"
         raise ObjectExistsError(f"generation {generation} already exists (s3://{processed_bucket}/{key}): "
                                 "a rebuild writes a new one", key=key)

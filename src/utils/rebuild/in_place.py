@@ -4,13 +4,15 @@ The rebuild itself goes into a scratch database (``utils.rebuild.run``); each se
 copied from it into the live warehouse: COPY out of the scratch table, and in the live warehouse, in ONE
 transaction holding an ACCESS EXCLUSIVE lock on the table (readers wait for the commit: they see the
 old table or the new one, never half), COPY into a temporary stage, then
-- a fact table: every row deleted and the rebuilt rows inserted with their own keys (the serial's
-  sequence moved past them);
+- a fact table: every row deleted and the rebuilt rows inserted with their own keys and load orders (the
+  serial's sequence moved past them, and the load order sequence past their orders, so a batch loaded
+  later orders after every rebuilt version);
 - a dimension: rows the rebuild lacks deleted, changed rows updated, new rows inserted (fact rows
   reference dimension rows: a dimension row still referenced that the rebuild lacks fails the table's
   transaction with RebuildError, and the table is left as it was: rebuild the referencing facts too).
-Tables are taken in load order (dimensions first). Names come from the catalog's allow-list and are
-quoted by the driver.
+Tables are taken in load order (dimensions first). A live warehouse created before the load order is
+migrated first (``ensure_warehouse_schema``). Names come from the catalog's allow-list and are quoted by
+the driver.
 """
 import io
 
@@ -20,6 +22,7 @@ from utils.catalog.warehouse import FACTS, WAREHOUSE_KEYS, WAREHOUSE_TABLES, che
 from utils.db.connection import end_quietly, sqlstate
 from utils.errors import TotesysError
 from utils.load.rollups import rebuild_rollups
+from utils.load.schema import LOAD_ORDER_COLUMN, LOAD_ORDER_SEQUENCE, ensure_warehouse_schema
 from utils.logger import get_logger
 
 STAGE = "etl_rebuild_stage"
@@ -43,6 +46,7 @@ def replace_tables(live, scratch, tables):
     InPlaceError when a table's columns differ between the two or its replacement breaks a foreign key."""
     for table in tables:
         check_warehouse_table(table)
+    ensure_warehouse_schema(live)
     replaced = {}
     for table in [name for name in WAREHOUSE_TABLES if name in tables]:
         columns = _columns(scratch, table)
@@ -93,6 +97,9 @@ def _replace_fact(live, quoted, listed, serial_column):
     live.run(f"SELECT setval(pg_get_serial_sequence(:t, :c), "  # nosec B608
              f"coalesce((SELECT max({serial}) FROM {quoted}), 0) + 1, false)",
              t=quoted, c=serial_column)
+    live.run("SELECT setval(CAST(:s AS regclass), greatest((SELECT last_value FROM "  # nosec B608
+             f"{identifier(LOAD_ORDER_SEQUENCE)}), (SELECT coalesce(max({identifier(LOAD_ORDER_COLUMN)}), 0) "
+             f"FROM {quoted})))", s=LOAD_ORDER_SEQUENCE)
 
 
 def _replace_dimension(live, quoted, columns, key):

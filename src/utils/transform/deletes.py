@@ -15,34 +15,12 @@ docs/RELIABILITY.md).
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from utils.aws.objects import read_parquet_table
-from utils.catalog.source import PRIMARY_KEYS, SOURCE_TABLES, check_source_table
+from utils.catalog.source import PRIMARY_KEYS, SOURCE_TABLES
 from utils.catalog.warehouse import WAREHOUSE_SOURCES
-from utils.errors import CorruptFileError
-from utils.ingest.deletes import DELETED_SCHEMA
 
 # Source tables no warehouse table is keyed on: their re-inserts reach the load only as ``source_ids``.
 UNSEEN_SOURCES = tuple(name for name in SOURCE_TABLES
                        if name not in {source for source, _ in WAREHOUSE_SOURCES.values()})
-
-
-def read_deleted(s3_client, bucket, manifest, manifest_key):
-    """The deleted keys (DELETED_SCHEMA) a manifest's ``deleted`` entry names (none: an empty table).
-
-    Raises CorruptFileError naming the manifest for an entry without a file key, the object's own
-    errors (CorruptFileError, SchemaMismatchError) for a missing or wrongly shaped file, and
-    UnknownTableError for a source table outside the allow-list.
-    """
-    entry = manifest.get("deleted")
-    if not entry:
-        return DELETED_SCHEMA.empty_table()
-    if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
-        raise CorruptFileError(f"manifest {manifest_key}: entry 'deleted' has no file key", key=manifest_key)
-    deleted = read_parquet_table(s3_client, bucket, entry["key"], "deleted keys", DELETED_SCHEMA,
-                                 manifest_key=manifest_key)
-    for name in pc.unique(deleted["source_table"]).to_pylist():
-        check_source_table(name)
-    return deleted
 
 
 def drop_deleted(snapshots, deleted):
@@ -74,22 +52,4 @@ def source_ids_entry(batch):
         table = batch.get(name)
         if table is not None and table.num_rows:
             entry[name] = sorted(pc.unique(table[PRIMARY_KEYS[name]].combine_chunks()).to_pylist())
-    return entry
-
-
-def read_source_ids(manifest, manifest_key):
-    """{source table: [ids]} from a processed manifest's ``source_ids`` entry (none: {}).
-
-    Raises CorruptFileError naming the manifest for an entry that is not {table: [integer ids]}, and
-    UnknownTableError for a source table outside the allow-list.
-    """
-    entry = manifest.get("source_ids") or {}
-    if not isinstance(entry, dict):
-        raise CorruptFileError(f"manifest {manifest_key}: entry 'source_ids' is not an object",
-                               key=manifest_key)
-    for name, ids in entry.items():
-        check_source_table(name)
-        if not isinstance(ids, list) or not all(type(i) is int for i in ids):
-            raise CorruptFileError(f"manifest {manifest_key}: entry 'source_ids' of {name} is not a list of "
-                                   "integer ids", key=manifest_key)
     return entry

@@ -14,25 +14,28 @@ A retry after a crash rewrites exactly the same objects (the output is a pure fu
 inputs), so an object already present with identical bytes is accepted; different bytes mean a
 conflicting run and raise StateConflictError.
 """
-import json
+from dataclasses import dataclass
+from typing import Any, Dict
 
 import boto3
 import pyarrow as pa
 
 from utils.aws.layout import PROCESSED_DELETED_PREFIX, PROCESSED_MANIFESTS, REJECTED_PREFIX, SNAPSHOTS_PREFIX
-from utils.aws.manifests import read_manifest, walk_manifests
-from utils.aws.objects import parquet_bytes, read_json, read_parquet_table, write_once
-from utils.aws.state import read_state, write_state
+from utils.aws.manifests import (processed_manifest_bytes, read_deleted, read_ingest_manifest,
+                                 read_processed_manifest, walk_manifests)
+from utils.aws.objects import parquet_bytes, read_parquet_table, write_once
+from utils.aws.state import read_ingest_state, read_transform_state, write_transform_state
+from utils.catalog.formats import empty_rejected
 from utils.catalog.source import LANDING_SCHEMAS, SOURCE_TABLES, check_source_table
 from utils.catalog.warehouse import SNAPSHOT_TABLES
 from utils.config import load_settings
-from utils.contracts import TransformResult
+from utils.contracts import FileEntry, ProcessedManifest, TransformResult
 from utils.errors import CorruptFileError, InvalidEventError
 from utils.format_time import parse_time
 from utils.generate_file_key import generate_file_key
 from utils.logger import get_logger
-from utils.transform.deletes import deleted_entry, drop_deleted, read_deleted, source_ids_entry
-from utils.transform.quarantine import empty_rejected, split_future_rows
+from utils.transform.deletes import deleted_entry, drop_deleted, source_ids_entry
+from utils.transform.quarantine import split_future_rows
 from utils.transform.star import build_warehouse_batch
 
 STAGE = "transform"
@@ -71,8 +74,8 @@ def transform_pending(s3_client, ingest_bucket, processed_bucket, take=None):
 
     ``take``: given the pending [(manifest key, manifest)], returns the oldest ones this invocation
     transforms (a rebuild's bound, ``utils.rebuild.rounds``); when it leaves some, ``more_waiting``."""
-    state, etag = read_state(s3_client, processed_bucket, STAGE)
-    ingest_state, _ = read_state(s3_client, ingest_bucket, "ingest")
+    state, etag = read_transform_state(s3_client, processed_bucket)
+    ingest_state, _ = read_ingest_state(s3_client, ingest_bucket)
     pending = pending_ingest_batches(s3_client, ingest_bucket, ingest_state.get("manifest_key"),
                                      state.get("ingest_manifest_key"))
     result: TransformResult = {"batches": [], "tables": {}}
@@ -86,12 +89,13 @@ def transform_pending(s3_client, ingest_bucket, processed_bucket, take=None):
         logger.warning("no new ingest batches", last_transformed=state.get("ingest_manifest_key"))
         return result
     processed_key = state.get("manifest_key")
-    previous = read_json(s3_client, processed_bucket, processed_key) if processed_key else None
+    previous = read_processed_manifest(s3_client, processed_bucket, processed_key) if processed_key else None
+    buckets = Buckets(s3_client, ingest_bucket, processed_bucket)
     for ingest_key, ingest_manifest in pending:
-        manifest_key, manifest = transform_batch(
-            s3_client, ingest_bucket, processed_bucket, ingest_key, ingest_manifest, processed_key, previous)
-        etag = write_state(s3_client, processed_bucket, STAGE,
-                           {"manifest_key": manifest_key, "ingest_manifest_key": ingest_key}, etag)
+        manifest_key, manifest = transform_batch(buckets, ingest_key, ingest_manifest, processed_key,
+                                                 previous)
+        etag = write_transform_state(s3_client, processed_bucket,
+                                     {"manifest_key": manifest_key, "ingest_manifest_key": ingest_key}, etag)
         logger.info("state advanced", manifest_key=manifest_key, ingest_manifest_key=ingest_key)
         result["batches"].append(manifest["batch_id"])
         for name, entry in manifest["tables"].items():
@@ -107,7 +111,7 @@ def pending_ingest_batches(s3_client, bucket, latest_key, done_key):
     chain ends without reaching ``done_key`` (the state names a batch that is not in the chain).
     """
     chain, end = walk_manifests(
-        lambda key: read_manifest(s3_client, bucket, key, check_source_table, "batch_time"),
+        lambda key: read_ingest_manifest(s3_client, bucket, key),
         latest_key, until_key=done_key)
     if done_key and end != done_key:
         raise CorruptFileError(
@@ -125,9 +129,17 @@ def read_snapshots(s3_client, bucket, processed_manifest):
             for name, key in names.items() if name in SNAPSHOT_TABLES}
 
 
-def transform_batch(s3_client, ingest_bucket, processed_bucket, ingest_key, ingest_manifest,
-                    prev_processed_key, prev_processed_manifest):
+@dataclass(frozen=True)
+class Buckets:
+    """Where the transform reads (``ingest``) and writes (``processed``), through ``s3_client``."""
+    s3_client: Any
+    ingest: str
+    processed: str
+
+
+def transform_batch(buckets, ingest_key, ingest_manifest, prev_processed_key, prev_processed_manifest):
     """Transform one ingest batch; write its files and manifest; return (manifest key, manifest)."""
+    s3_client, ingest_bucket, processed_bucket = buckets.s3_client, buckets.ingest, buckets.processed
     batch_time = parse_time(ingest_manifest["batch_time"])
     batch = {name: read_parquet_table(s3_client, ingest_bucket, entry["key"], name, LANDING_SCHEMAS[name],
                                       manifest_key=ingest_key)
@@ -142,7 +154,7 @@ def transform_batch(s3_client, ingest_bucket, processed_bucket, ingest_key, inge
     rejected = pa.concat_tables([future, rejected])
     for name in pruned:
         new_snapshots.setdefault(name, snapshots[name])
-    tables = {}
+    tables: Dict[str, FileEntry] = {}
     for name, table in warehouse.items():
         key = generate_file_key(name, batch_time)
         _write_once(s3_client, processed_bucket, key, parquet_bytes(table))
@@ -154,9 +166,9 @@ def transform_batch(s3_client, ingest_bucket, processed_bucket, ingest_key, inge
         _write_once(s3_client, processed_bucket, key, parquet_bytes(table))
         snapshot_keys[name] = key
     batch_id = ingest_manifest.get("batch_id") or f"{batch_time:%Y%m%dT%H%M%S%f}"
-    manifest = {"batch_id": batch_id,
-                "batch_time": ingest_manifest["batch_time"], "ingest_manifest_key": ingest_key,
-                "prev_manifest_key": prev_processed_key, "tables": tables, "snapshots": snapshot_keys}
+    manifest: ProcessedManifest = {
+        "batch_id": batch_id, "batch_time": ingest_manifest["batch_time"], "ingest_manifest_key": ingest_key,
+        "prev_manifest_key": prev_processed_key, "tables": tables, "snapshots": snapshot_keys}
     if rejected.num_rows:
         key = generate_file_key(REJECTED_PREFIX, batch_time)
         _write_once(s3_client, processed_bucket, key, parquet_bytes(rejected))
@@ -172,7 +184,7 @@ def transform_batch(s3_client, ingest_bucket, processed_bucket, ingest_key, inge
         manifest["deleted"] = deleted_entry(deleted, key)
         logger.info("deletes passed on", batch_id=batch_id, rows=deleted.num_rows, key=key)
     manifest_key = generate_file_key(PROCESSED_MANIFESTS, batch_time, "json")
-    _write_once(s3_client, processed_bucket, manifest_key, json.dumps(manifest, sort_keys=True).encode())
+    _write_once(s3_client, processed_bucket, manifest_key, processed_manifest_bytes(manifest))
     logger.info("manifest written", key=manifest_key, tables=len(tables))
     return manifest_key, manifest
 

@@ -22,7 +22,8 @@ from utils.catalog.source import LANDING_SCHEMAS, PRIMARY_KEYS
 from utils.catalog.warehouse import (FACTS, PROCESSED_SCHEMAS, SNAPSHOT_TABLES, TIME_OF_DAY, VERSION_COLUMN,
                                      WAREHOUSE_KEYS, WAREHOUSE_SCHEMAS, WAREHOUSE_TABLES)
 from utils.errors import DateFormatError, SchemaMismatchError
-from utils.transform.quarantine import empty_rejected, rejected_records, split_source_rows
+from utils.catalog.formats import empty_rejected, rejected_records
+from utils.transform.quarantine import split_source_rows
 
 _DAY_NAMES = pa.array(["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"])
 _MONTH_NAMES = pa.array(["January", "February", "March", "April", "May", "June", "July", "August",
@@ -59,10 +60,16 @@ def distinct_versions(table, key):
 
 
 def merge_snapshot(snapshot, changes, key):
-    """The current state after ``changes``: the latest version of every row of both tables."""
+    """The current state after ``changes`` (a later batch): each row of ``changes`` (the latest of its
+    versions in the batch) replaces the snapshot's row of its key, whatever their last_updated (a batch
+    reads the source's state after the snapshot's; its version may be stamped earlier: a back-dated
+    update, a clock that went back, a row restored; docs/RELIABILITY.md defect 3). Other rows stay."""
+    changed = latest_rows(changes, key)
     if snapshot is None or snapshot.num_rows == 0:
-        return latest_rows(changes, key)
-    return latest_rows(pa.concat_tables([snapshot, changes.cast(snapshot.schema)]), key)
+        return changed
+    changed = changed.cast(snapshot.schema)
+    kept = snapshot.filter(pc.invert(pc.is_in(snapshot[key], value_set=changed[key].combine_chunks())))
+    return pa.concat_tables([kept, changed]).sort_by([(key, "ascending")])
 
 
 # -- column conversions --------------------------------------------------------------------------
@@ -291,7 +298,7 @@ def build_warehouse_batch(batch, snapshots):
     ``snapshots``: {table: current state before this batch} for SNAPSHOT_TABLES (absent: empty).
     Returns (warehouse, new_snapshots, rejected): {warehouse table: rows to upsert/append} with empty
     tables left out (schemas ``PROCESSED_SCHEMAS``), {snapshot table: its new state} for the snapshot
-    tables this batch changed, and the rejected records (``utils.transform.quarantine.REJECTED_SCHEMA``)
+    tables this batch changed, and the rejected records (``utils.catalog.formats.REJECTED_SCHEMA``)
     of the rows the warehouse cannot hold. A rejected row is left out of everything, snapshots included (the
     previous version, if any, stays current). A change to an address also re-emits every counterparty
     whose legal address it is; a change to a department re-emits every staff member in it.

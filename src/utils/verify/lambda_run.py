@@ -5,6 +5,7 @@ The handler (``src/verify.py``) stays thin. The metric is one EMF line, ``Verify
 main-terraform/verify.tf sees a datapoint per run; a verify that cannot run raises (CRITICAL line, the
 Lambda's Errors metric) and emits none.
 """
+from typing import Any, Dict
 import time
 
 import boto3
@@ -19,7 +20,7 @@ from utils.verify.run import verify
 logger = get_logger("verify")
 
 
-def mismatches_metric(count):
+def mismatches_metric(count: int) -> Dict[str, Any]:
     """The EMF object of VerifyMismatches."""
     return {"_aws": {"Timestamp": int(time.time() * 1000),
                      "CloudWatchMetrics": [{"Namespace": NAMESPACE, "Dimensions": [["service"]],
@@ -27,7 +28,7 @@ def mismatches_metric(count):
             "service": SERVICE, "VerifyMismatches": count}
 
 
-def run_verify(s3_client=None, secrets_client=None):
+def run_verify(s3_client: Any = None, secrets_client: Any = None) -> Dict[str, Any]:
     """Verify totesys against the warehouse; log one line per table with differences; emit the metric;
     return the report as a dict (``Report.to_dict``)."""
     settings = load_settings()

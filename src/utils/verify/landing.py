@@ -9,14 +9,14 @@ transaction not finished before ``snapshot`` and stamped inside the overlap wind
 next run takes it (the ingest's own rules, docs/DESIGN.md "Incremental extraction").
 """
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
-from utils.aws.manifests import read_manifest, walk_manifests
+from utils.aws.manifests import read_ingest_manifest, walk_manifests
 from utils.aws.objects import read_parquet_table
-from utils.aws.state import read_state
-from utils.catalog.source import check_source_table
+from utils.aws.state import read_ingest_state
+from utils.catalog.formats import DELETED_SCHEMA
+from utils.contracts import IngestManifest, IngestState
 from utils.errors import CorruptFileError
-from utils.ingest.deletes import DELETED_SCHEMA
 
 
 @dataclass
@@ -24,10 +24,10 @@ class Landed:
     """``manifests``: [(key, manifest)] of the loaded ingest batches, oldest first; ``pending_manifests``:
     those of the ingest batches not loaded yet; ``bounds``: {source table: (high, snapshot)} (absent:
     nothing of that table is loaded, so every row of it is in flight)."""
-    manifests: List[Tuple[str, Dict[str, Any]]] = field(default_factory=list)
-    pending_manifests: List[Tuple[str, Dict[str, Any]]] = field(default_factory=list)
+    manifests: List[Tuple[str, IngestManifest]] = field(default_factory=list)
+    pending_manifests: List[Tuple[str, IngestManifest]] = field(default_factory=list)
     bounds: Dict[str, Tuple[str, str]] = field(default_factory=dict)
-    state: Any = field(default_factory=dict)
+    state: IngestState = field(default_factory=lambda: IngestState())
 
 
 def loaded_batch_ids(conn):
@@ -42,13 +42,13 @@ def read_landed(s3_client, bucket, loaded_ids) -> Landed:
     malformed manifest, as the transform would, and when the warehouse has loaded batches but none of
     them is in the bucket (the wrong bucket, or a warehouse another state folder loads: comparing would
     claim every fact version never landed)."""
-    state, _ = read_state(s3_client, bucket, "ingest")
+    state, _ = read_ingest_state(s3_client, bucket)
     if not state.get("manifest_key") and loaded_ids:
         raise CorruptFileError(f"the landing zone s3://{bucket} has no ingest batch, yet the warehouse has "
                                f"loaded {len(loaded_ids)}: wrong bucket or state folder?",
                                key="_state/ingest.json")
     chain, _ = walk_manifests(
-        lambda key: read_manifest(s3_client, bucket, key, check_source_table, "batch_id"),
+        lambda key: read_ingest_manifest(s3_client, bucket, key, required="batch_id"),
         state.get("manifest_key"))
     landed = Landed(state=state)
     for key, manifest in chain:

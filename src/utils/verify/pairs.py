@@ -6,9 +6,9 @@ function, stable across PostgreSQL versions since hash partitioning relies on th
 later). Both sides give each value the same type: a warehouse date as text where the source keeps
 text, the warehouse's date and time(3) added back into the source's timestamp, an enum as text (an
 enum's hash is its OID's, which differs between databases), so equal rows hash equal in both
-databases. The warehouse side is the current state: a fact table's latest version per id
-(``DISTINCT ON`` over the version index), a dimension's row; ids with an open deletion in
-``etl_deleted_rows`` are left out on that side, as the ``current_*`` views leave them out.
+databases. The warehouse side is the current state: a fact table's ``current_*`` view (the version
+loaded last per id, ids with an open deletion left out), a dimension's row; ids with an open deletion in
+``etl_deleted_rows`` are left out on that side too.
 
 ``stamps``: the source tables whose rows make the pair's row, with the SQL of each one's
 ``last_updated`` and row ``xmin`` (a joined dimension is in flight when either of its rows is).
@@ -18,6 +18,10 @@ from input.
 from dataclasses import dataclass
 from functools import partial
 from typing import Tuple
+
+# The current-state view of each fact table (utils/catalog/sql/warehouse_schema.sql).
+CURRENT_VIEWS = {"fact_sales_order": "current_sales_order", "fact_purchase_order": "current_purchase_order",
+                 "fact_payment": "current_payment"}
 
 
 @dataclass(frozen=True)
@@ -78,16 +82,15 @@ def _warehouse_stamp_columns(prefix):
 
 
 def _fact(table, source_table, key, source_values, warehouse_values, row_hash=_hash):
-    """A fact pair: the source row against the fact's latest version of that id."""
+    """A fact pair: the source row against the fact's current version of that id (its current view,
+    which users read: the version loaded last, not the one of greatest last_updated)."""
     source_columns = [key, *_stamp_columns("s.created_at"), *_stamp_columns("s.last_updated"),
                       *source_values]
     warehouse_columns = [key, *_warehouse_stamp_columns("created"), *_warehouse_stamp_columns("last_updated"),
                          *warehouse_values]
     source = f"SELECT s.{key} AS id, {row_hash(source_columns)} AS h FROM {source_table} s"  # nosec B608
-    latest = (f"SELECT DISTINCT ON ({key}) * FROM {table} "  # nosec B608
-              f"ORDER BY {key} DESC, last_updated_date DESC, "
-              "last_updated_time DESC")
-    warehouse = (f"SELECT {key} AS id, {row_hash(warehouse_columns)} AS h FROM ({latest}) w "  # nosec B608
+    view = CURRENT_VIEWS[table]
+    warehouse = (f"SELECT {key} AS id, {row_hash(warehouse_columns)} AS h FROM {view} w "  # nosec B608
                  f"WHERE {_not_deleted(source_table, 'w.' + key)}")
     return Pair(table, source_table, source, warehouse, (_own("s", source_table),), f"{source_table} s",
                 f"s.{key}", is_fact=True)

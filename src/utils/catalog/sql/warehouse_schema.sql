@@ -86,7 +86,8 @@ CREATE TABLE IF NOT EXISTS fact_sales_order (
     design_id integer NOT NULL REFERENCES dim_design (design_id),
     agreed_payment_date date NOT NULL REFERENCES dim_date (date_id),
     agreed_delivery_date date NOT NULL REFERENCES dim_date (date_id),
-    agreed_delivery_location_id integer NOT NULL REFERENCES dim_location (location_id)
+    agreed_delivery_location_id integer NOT NULL REFERENCES dim_location (location_id),
+    etl_load_order bigint NOT NULL DEFAULT 0
 );
 
 CREATE TABLE IF NOT EXISTS fact_purchase_order (
@@ -104,7 +105,8 @@ CREATE TABLE IF NOT EXISTS fact_purchase_order (
     currency_id integer NOT NULL REFERENCES dim_currency (currency_id),
     agreed_delivery_date date NOT NULL REFERENCES dim_date (date_id),
     agreed_payment_date date NOT NULL REFERENCES dim_date (date_id),
-    agreed_delivery_location_id integer NOT NULL REFERENCES dim_location (location_id)
+    agreed_delivery_location_id integer NOT NULL REFERENCES dim_location (location_id),
+    etl_load_order bigint NOT NULL DEFAULT 0
 );
 
 CREATE TABLE IF NOT EXISTS fact_payment (
@@ -120,7 +122,8 @@ CREATE TABLE IF NOT EXISTS fact_payment (
     currency_id integer NOT NULL REFERENCES dim_currency (currency_id),
     payment_type_id integer NOT NULL REFERENCES dim_payment_type (payment_type_id),
     paid boolean NOT NULL,
-    payment_date date NOT NULL REFERENCES dim_date (date_id)
+    payment_date date NOT NULL REFERENCES dim_date (date_id),
+    etl_load_order bigint NOT NULL DEFAULT 0
 );
 
 -- One fact row per source version: (natural id, last_updated) is unique, so a batch loaded twice or
@@ -139,7 +142,8 @@ CREATE TABLE IF NOT EXISTS etl_load_ledger (
     batch_id varchar PRIMARY KEY,
     manifest_key varchar NOT NULL,
     loaded_at timestamptz NOT NULL DEFAULT now(),
-    row_counts jsonb NOT NULL
+    row_counts jsonb NOT NULL,
+    load_order bigint
 );
 
 -- Rows the warehouse could not hold (SPEC §4.10), one record per source row version. A fact row held
@@ -162,12 +166,14 @@ CREATE TABLE IF NOT EXISTS etl_rejected_rows (
 CREATE UNIQUE INDEX IF NOT EXISTS etl_rejected_rows_version_key
     ON etl_rejected_rows (source_table, source_id, last_updated);
 
--- The source version (last_updated) of every dimension row, so an older version never overwrites a
--- newer one.
+-- The version of every dimension row: the source's last_updated and the load order of the batch that
+-- wrote it. The latest LOADED version is the dimension's row (a batch carries the source's state at its
+-- snapshot, which is never older than an earlier batch's, whatever the source's clock said).
 CREATE TABLE IF NOT EXISTS etl_dimension_version (
     table_name varchar NOT NULL,
     source_id integer NOT NULL,
     last_updated timestamp(3) NOT NULL,
+    load_order bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (table_name, source_id)
 );
 
@@ -206,28 +212,47 @@ CREATE TABLE IF NOT EXISTS etl_suspended_foreign_key (
     PRIMARY KEY (table_name, constraint_name)
 );
 
+-- The load order (docs/RELIABILITY.md defect 3): each loaded batch takes the next value, recorded in
+-- etl_load_ledger.load_order; every fact row carries its batch's (etl_load_order; a parked row keeps the
+-- order of the batch that parked it; a batch bringing back a version already held re-marks it). The
+-- current version of a row is the one loaded last, not the one with the greatest last_updated, which
+-- goes back with the source's clock. A warehouse created before it gets the columns here (rows loaded
+-- before have order 0, ordered among themselves by last_updated as before).
+CREATE SEQUENCE IF NOT EXISTS etl_load_order_seq AS bigint;
+
+ALTER TABLE etl_load_ledger ADD COLUMN IF NOT EXISTS load_order bigint;
+
+ALTER TABLE etl_dimension_version ADD COLUMN IF NOT EXISTS load_order bigint NOT NULL DEFAULT 0;
+
+ALTER TABLE fact_sales_order ADD COLUMN IF NOT EXISTS etl_load_order bigint NOT NULL DEFAULT 0;
+
+ALTER TABLE fact_purchase_order ADD COLUMN IF NOT EXISTS etl_load_order bigint NOT NULL DEFAULT 0;
+
+ALTER TABLE fact_payment ADD COLUMN IF NOT EXISTS etl_load_order bigint NOT NULL DEFAULT 0;
+
 -- Current state: the latest version of each order and payment that still exists in totesys (full
--- history, deleted rows included, stays in the facts).
+-- history, deleted rows included, stays in the facts): the version loaded last (etl_load_order), of one
+-- batch's versions the latest stamped.
 CREATE OR REPLACE VIEW current_sales_order AS
 SELECT DISTINCT ON (sales_order_id) f.*
 FROM fact_sales_order f
 WHERE NOT EXISTS (SELECT 1 FROM etl_deleted_rows d WHERE d.source_table = 'sales_order'
                   AND d.source_id = f.sales_order_id AND d.reinserted_batch_id IS NULL)
-ORDER BY sales_order_id, last_updated_date DESC, last_updated_time DESC, sales_record_id DESC;
+ORDER BY sales_order_id, etl_load_order DESC, last_updated_date DESC, last_updated_time DESC, sales_record_id DESC;
 
 CREATE OR REPLACE VIEW current_purchase_order AS
 SELECT DISTINCT ON (purchase_order_id) f.*
 FROM fact_purchase_order f
 WHERE NOT EXISTS (SELECT 1 FROM etl_deleted_rows d WHERE d.source_table = 'purchase_order'
                   AND d.source_id = f.purchase_order_id AND d.reinserted_batch_id IS NULL)
-ORDER BY purchase_order_id, last_updated_date DESC, last_updated_time DESC, purchase_record_id DESC;
+ORDER BY purchase_order_id, etl_load_order DESC, last_updated_date DESC, last_updated_time DESC, purchase_record_id DESC;
 
 CREATE OR REPLACE VIEW current_payment AS
 SELECT DISTINCT ON (payment_id) f.*
 FROM fact_payment f
 WHERE NOT EXISTS (SELECT 1 FROM etl_deleted_rows d WHERE d.source_table = 'payment'
                   AND d.source_id = f.payment_id AND d.reinserted_batch_id IS NULL)
-ORDER BY payment_id, last_updated_date DESC, last_updated_time DESC, payment_record_id DESC;
+ORDER BY payment_id, etl_load_order DESC, last_updated_date DESC, last_updated_time DESC, payment_record_id DESC;
 
 -- Dimension rows whose source row no longer exists in totesys. They stay in their dimension (facts, the
 -- history, reference them); this view says which ones are gone and since when.

@@ -1,0 +1,130 @@
+"""The logical replication slot CDC reads, through SQL functions on an ordinary connection.
+
+The plugin is ``test_decoding`` (shipped with PostgreSQL and allowed on Amazon RDS): its text output is
+read with ``pg_logical_slot_peek_changes`` (which never consumes anything) and the slot is moved with
+``pg_replication_slot_advance`` once a batch is durable. LSNs travel as PostgreSQL's text (``'16/B374D848'``)
+and are compared as integers (``lsn_int``).
+"""
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+from utils.errors import TotesysError
+
+PLUGIN = "test_decoding"
+DEFAULT_SLOT_NAME = "totesys_cdc"
+MESSAGE_PREFIX = "totesys-cdc"
+# test_decoding's options: no xids in BEGIN/COMMIT lines, no empty transactions.
+PEEK_OPTIONS = ("include-xids", "0", "skip-empty-xacts", "1")
+# What a role needs besides wal_level = logical: the REPLICATION attribute (or superuser), or on Amazon RDS
+# membership of rds_replication (RDS grants it through the rds.logical_replication parameter group).
+PREREQUISITES_SQL = (
+    "SELECT current_setting('wal_level'), "
+    "(SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user) "
+    "OR coalesce((SELECT pg_has_role(current_user, oid, 'member') FROM pg_roles "
+    "WHERE rolname = 'rds_replication'), false)")
+
+
+class CdcUnavailableError(TotesysError):
+    """The source cannot serve logical decoding to this role: ``missing`` lists what to fix."""
+
+    def __init__(self, missing):
+        super().__init__("INGEST_MODE=cdc cannot run on this source: missing " + "; ".join(missing))
+        self.missing = list(missing)
+
+
+@dataclass(frozen=True)
+class SlotInfo:
+    """One row of ``pg_replication_slots``: ``wal_status`` is 'lost' once max_slot_wal_keep_size
+    invalidated it; ``retained_bytes`` is the WAL kept for it (current LSN minus restart_lsn)."""
+    name: str
+    plugin: Optional[str]
+    database: Optional[str]
+    active: bool
+    restart_lsn: Optional[str]
+    confirmed_flush_lsn: Optional[str]
+    wal_status: Optional[str]
+    retained_bytes: Optional[int]
+
+    @property
+    def lost(self):
+        return self.wal_status == "lost" or self.restart_lsn is None
+
+
+def lsn_int(lsn):
+    """The integer position of an LSN text 'X/Y'."""
+    high, low = lsn.split("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def check_prerequisites(conn):
+    """Raise CdcUnavailableError naming, in one line, everything missing: ``wal_level = logical``, the
+    REPLICATION attribute (or rds_replication). The plugin is checked where the slot is created."""
+    wal_level, may_replicate = conn.run(PREREQUISITES_SQL)[0]
+    missing = []
+    if wal_level != "logical":
+        missing.append(f"wal_level = logical (it is {wal_level}; on RDS set rds.logical_replication = 1)")
+    if not may_replicate:
+        missing.append("the REPLICATION attribute for this role (ALTER ROLE ... REPLICATION; "
+                       "on RDS: GRANT rds_replication TO the role)")
+    if missing:
+        raise CdcUnavailableError(missing)
+
+
+def slot_info(conn, name):
+    """The SlotInfo of slot ``name``, or None when there is none."""
+    rows = conn.run(
+        "SELECT slot_name::text, plugin::text, database::text, active, restart_lsn::text, "
+        "confirmed_flush_lsn::text, wal_status, "
+        "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint "
+        "FROM pg_replication_slots WHERE slot_name = :name", name=name)
+    return SlotInfo(*rows[0]) if rows else None
+
+
+def create_slot(conn, name):
+    """Create logical slot ``name`` (plugin test_decoding) in the connection's database; return its
+    consistent point (LSN text): it decodes every transaction committing after it. Raises
+    CdcUnavailableError when the server lacks the plugin."""
+    try:
+        return conn.run("SELECT lsn::text FROM pg_create_logical_replication_slot(:name, :plugin)",
+                        name=name, plugin=PLUGIN)[0][0]
+    except Exception as err:
+        if PLUGIN in str(err) and "could not access file" in str(err):
+            raise CdcUnavailableError([f"the logical decoding plugin {PLUGIN} on the server"]) from None
+        raise
+
+
+def drop_slot(conn, name):
+    """Drop slot ``name`` if it exists (and is not in use); return whether one was dropped."""
+    return bool(conn.run(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = :name",
+        name=name))
+
+
+def peek_changes(conn, name, upto_lsn) -> List[Tuple[str, str]]:
+    """``[(lsn, line)]`` of the transactions committed before ``upto_lsn`` that the slot has not been
+    advanced past, in commit order; consumes nothing."""
+    return conn.run(
+        "SELECT lsn::text, data FROM pg_logical_slot_peek_changes(:name, CAST(:upto AS pg_lsn), NULL, "
+        ":o1, :v1, :o2, :v2)", name=name, upto=upto_lsn,
+        o1=PEEK_OPTIONS[0], v1=PEEK_OPTIONS[1], o2=PEEK_OPTIONS[2], v2=PEEK_OPTIONS[3])
+
+
+def advance_slot(conn, name, lsn):
+    """Move the slot's confirmed position to ``lsn`` (never back): WAL before it may be recycled."""
+    conn.run("SELECT pg_replication_slot_advance(:name, CAST(:lsn AS pg_lsn))", name=name, lsn=lsn)
+
+
+def flush_wal(conn):
+    """Flush the server's WAL up to now and return the flush position (LSN text): decoding reads no further
+    than it. A one-message transaction committed with ``synchronous_commit = on`` flushes every record
+    before its own, so every commit already visible (also an asynchronous one, whose record may still sit
+    unflushed) is below the returned LSN. The message (prefix ``MESSAGE_PREFIX``) is no row change."""
+    conn.run("START TRANSACTION")
+    try:
+        conn.run("SET LOCAL synchronous_commit = on")
+        conn.run("SELECT pg_logical_emit_message(true, :prefix, '')", prefix=MESSAGE_PREFIX)
+        conn.run("COMMIT")
+    except BaseException:
+        conn.run("ROLLBACK")
+        raise
+    return conn.run("SELECT pg_current_wal_flush_lsn()::text")[0][0]
