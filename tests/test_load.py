@@ -387,7 +387,7 @@ def test_an_existing_warehouse_without_the_load_order_is_migrated_by_the_next_lo
     assert run_sql(warehouse, "SELECT count(*) FROM current_payment WHERE etl_load_order = 0")[0][0] > 0
     conn = connect(warehouse)
     try:
-        assert {definition for _, definition in rollup_state(conn).values()} == {DEFINITION}
+        assert {mark.definition for mark in rollup_state(conn).values()} == {DEFINITION}
         assert compare_rollups(conn) == []
     finally:
         close_db_connection(conn)
