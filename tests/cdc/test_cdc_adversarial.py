@@ -6,7 +6,8 @@ import pytest
 
 from tests.support.db import run_sql
 from tests.support.pipeline import run_pipeline
-from tests.test_ingest_timezones import set_database_timezone, write
+from tests.test_ingest_timezones import set_database_timezone, write, writer
+from utils.db.connection import close_db_connection
 
 pytestmark = pytest.mark.slow
 
@@ -60,3 +61,32 @@ def test_a_row_quarantined_as_future_loads_once_the_clock_passes_it_in_both_mode
     time.sleep(4)  # the source clock passes the row's stamp
     run_pipeline()
     assert current_amount(warehouse, 4) == "222.00"
+
+
+@pytest.mark.parametrize("mode", ["cursor", "cdc"])
+def test_a_late_commit_of_the_old_zone_open_over_a_zone_change_arrives_after_switching_to_cursor(
+        mode, totesys_url, warehouse_url, pipeline_env, monkeypatch):
+    """Defect 1 (late-commit form) across a switch cdc -> cursor: a run in UTC; a transaction opened in
+    UTC; the zone moved forward to Asia/Kolkata; a run (in ``mode``) while the transaction is open; the
+    commit; the next run in cursor mode. A cursor run spanning the change records both offsets {0, +5:30},
+    so the next window starts an hour before the previous snapshot in UTC and takes the late row. A CDC
+    run records only the offset it measured (+5:30) and the zone it saw (Kolkata): the cursor's window
+    starts 4:30 after the late row's stamp and the row is lost for good (the CDC slot was not read
+    again)."""
+    monkeypatch.setenv("INGEST_MODE", mode)
+    monkeypatch.setenv("CDC_SLOT_NAME", f"t_adv_{totesys_url.rsplit('/', 1)[1]}")
+    pipeline_env(source_url=totesys_url, warehouse_url=warehouse_url)
+    run_pipeline()
+    run_pipeline()  # in CDC mode: the first run was the snapshot, this one reads the slot
+    late = writer(totesys_url)
+    try:
+        late.run("BEGIN")
+        late.run("UPDATE payment SET payment_amount = 333, last_updated = now() WHERE payment_id = 5")
+        set_database_timezone(totesys_url, "Asia/Kolkata")
+        run_pipeline()
+        late.run("COMMIT")
+    finally:
+        close_db_connection(late)
+    monkeypatch.setenv("INGEST_MODE", "cursor")
+    run_pipeline()
+    assert current_amount(warehouse_url, 5) == "333.00"
