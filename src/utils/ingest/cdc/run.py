@@ -37,7 +37,7 @@ from utils.catalog.source import LANDING_SCHEMAS, SOURCE_TABLES
 from utils.catalog.source_schema import check_source_schema
 from utils.db.connection import end_quietly
 from utils.errors import ConcurrentRunError
-from utils.format_time import format_time, parse_time
+from utils.format_time import format_time
 from utils.generate_file_key import generate_file_key
 from utils.ingest.cdc.decode import CdcDecodeError, parse_line
 from utils.ingest.cdc.fallback import snapshot_reason, take_snapshot
@@ -47,7 +47,8 @@ from utils.ingest.cdc.slot import (advance_slot, check_prerequisites, flush_wal,
 from utils.ingest.deletes import read_previous_keys, write_deleted, write_key_set
 from utils.ingest.run import ADVISORY_LOCK_KEY, STAGE
 from utils.ingest.sink import ParquetSink
-from utils.ingest.snapshot import WINDOW_SQL, _prev_tables_in_zone
+from utils.ingest.snapshot import LEGACY_TIMEZONE, WINDOW_SQL, _prev_tables_in_zone, snapshot_bounds
+from utils.ingest.zones import Clock, table_windows
 from utils.ingest.source_identity import with_source_identity
 from utils.logger import get_logger
 
@@ -136,7 +137,11 @@ def land_changes(conn, s3_client, bucket, state, etag, slot, settings):
     ignored = check_source_schema(conn, SOURCE_TABLES)
     changes = fold_changes(peek_changes(conn, name, upto), schema)
     prev_tables = _prev_tables_in_zone(conn, state, zone)
-    highs = {table: max(wall_now, parse_time(prev_tables[table]["high"])) for table in SOURCE_TABLES}
+    # The cursor's rule (utils.ingest.zones): the bound covers every offset in play (a zone moved back
+    # since the previous run: rows stamped in the old zone are ordinary rows, not future rows), and the
+    # offsets recorded let a switch back to cursor mode start its window low enough.
+    windows = _windows(conn, state, prev_tables, zone, snapshot, batch_time, wall_now, settings)
+    highs = {table: windows[table].high for table in SOURCE_TABLES}
     ahead = timedelta(seconds=dst_shift + settings.ingest_future_tolerance_seconds)
     future_from = {table: format_time(highs[table] + ahead) for table in SOURCE_TABLES}
     bounds = {table: {"low": prev_tables[table]["high"], "high": format_time(highs[table]),
@@ -156,10 +161,9 @@ def land_changes(conn, s3_client, bucket, state, etag, slot, settings):
     keys = {table: key for table, (_, _, key) in done.items() if key}
     # The cursor's bounds kept current (switching back to cursor mode reads from them), with this run's
     # UTC time and the source clock's offset, as a cursor run records them (utils.ingest.zones).
-    offset = [round((wall_now - batch_time).total_seconds())]
     tables = {table: dict(prev_tables[table], high=format_time(highs[table]), snapshot=snapshot,
                           future_from=future_from[table], keys=keys.get(table, prev_tables[table]["keys"]),
-                          utc=format_time(batch_time), offsets=offset)
+                          utc=format_time(batch_time), offsets=sorted(windows[table].offsets))
               for table in SOURCE_TABLES}
     new_state = dict(state, timezone=zone, more_waiting=False, ignored_columns=ignored, tables=tables,
                      clock={"utc": format_time(batch_time), "wall": format_time(wall_now)},
@@ -182,6 +186,17 @@ def land_changes(conn, s3_client, bucket, state, etag, slot, settings):
     logger.info("slot advanced", slot=name, lsn=upto,
                 changes=sum(len(found.rows) + len(found.deleted) for found in changes.values()))
     return {table: entry["key"] for table, entry in landed.items()}
+
+
+def _windows(conn, state, prev_tables, zone, snapshot, batch_time, wall_now, settings):
+    """Each table's ``TableWindow`` (``utils.ingest.zones.table_windows``), as a cursor run computes it."""
+    prev_zone = state.get("timezone", LEGACY_TIMEZONE)
+    xmax_of = {table: snapshot_bounds(entry["snapshot"])[1] for table, entry in prev_tables.items()
+               if entry.get("snapshot")}
+    xmin = snapshot_bounds(snapshot)[0]
+    carried = {table for table, xmax in xmax_of.items() if xmin < xmax}
+    return table_windows(conn, SOURCE_TABLES, prev_tables, Clock(batch_time, wall_now), (prev_zone, zone),
+                         settings.ingest_overlap_seconds, Clock.from_state(state), carried)
 
 
 def _changed_keys(s3_client, bucket, table, found, batch_time, previous_key):
