@@ -90,3 +90,20 @@ def test_a_late_commit_of_the_old_zone_open_over_a_zone_change_arrives_after_swi
     monkeypatch.setenv("INGEST_MODE", "cursor")
     run_pipeline()
     assert current_amount(warehouse_url, 5) == "333.00"
+
+
+def test_a_future_row_found_by_the_cdc_snapshot_loads_once_the_clock_passes_it(
+        totesys_url, warehouse_url, pipeline_env, monkeypatch):
+    """Defect 7 through the snapshot: the first CDC run's snapshot lands a row stamped ahead of the clock
+    (quarantined); the next CDC run, after the clock passed the stamp, finds the rows that snapshot landed as
+    future rows, re-reads them and loads them."""
+    pipeline_env(source_url=totesys_url, warehouse_url=warehouse_url)
+    monkeypatch.setenv("INGEST_MODE", "cdc")
+    monkeypatch.setenv("CDC_SLOT_NAME", f"t_advs_{totesys_url.rsplit('/', 1)[1]}")
+    monkeypatch.setenv("INGEST_FUTURE_TOLERANCE_SECONDS", "1")
+    write(totesys_url, "UPDATE payment SET payment_amount = 333, "
+                       "last_updated = localtimestamp + interval '3 s' WHERE payment_id = 5")
+    assert run_pipeline()["rejected_rows"] == 1
+    time.sleep(4)  # the source clock passes the row's stamp
+    run_pipeline()
+    assert current_amount(warehouse_url, 5) == "333.00"
