@@ -55,6 +55,7 @@ def ingest_manifests(s3, bucket):
     return state, manifests[::-1]
 
 
+@pytest.mark.slow  # about 12 s: a scale-1 pipeline in dozens of batches
 def test_a_tiny_cap_lands_many_bounded_batches_that_reconcile_exactly(
         totesys_url, warehouse_url, pipeline_env, monkeypatch):
     buckets = pipeline_env(source_url=totesys_url, warehouse_url=warehouse_url)
@@ -115,6 +116,7 @@ def test_the_cut_never_splits_one_time_and_never_makes_an_empty_batch(source):
     assert batch_cut(source, ["sales_order"], {"sales_order": upper}, upper, 1) is None
 
 
+@pytest.mark.slow  # about 7 s: emulated Step Functions executions
 def test_the_state_machine_loops_until_caught_up(aws_env, monkeypatch, totesys_url, warehouse_url,
                                                  caplog):
     for key, value in {"INGEST_BUCKET": "bb-ingest", "PROCESSED_BUCKET": "bb-processed",

@@ -98,7 +98,9 @@ def _write_pgpass(pg, state_dir):
 # -- the run -------------------------------------------------------------------------------------
 
 @contextmanager
-def _environment(values):
+def applied_environment(values):
+    """The process environment with ``values`` set, restored on exit (the stages read their settings
+    from it, as a Lambda does)."""
     saved = {key: os.environ.get(key) for key in values}
     os.environ.update(values)
     try:
@@ -122,7 +124,9 @@ def _exclusive(state_dir):
         yield
 
 
-def _handlers(prefix):
+def stage_handlers(prefix):
+    """{function name: handler} of the pipeline's functions named ``<prefix>-<stage>``, each round recorded
+    and saved once loaded (the local runner, the emulator and the model-based test run the same ones)."""
     import ingest
     import load
     import transform
@@ -207,8 +211,8 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print, request=None):
     env = local_account_environment(TOTESYS_LOG_FILE=str(log_path))
     for variable in UNSET_VARIABLES:
         os.environ.pop(variable, None)
-    with _environment(env):
-        handlers = _handlers("totesys")
+    with applied_environment(env):
+        handlers = stage_handlers("totesys")
         # A fresh emulated account with the pipeline deployed, or the one the local emulator keeps.
         with pipeline_account(handlers, "totesys") as arns, lazy_buckets(s3_dir):
             put_credentials_secret(SECRETS["TOTESYS_SECRET_ID"], source_url)

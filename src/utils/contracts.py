@@ -147,10 +147,13 @@ class IngestState(TypedDict, total=False):
 
 
 class CdcPointer(TypedDict):
-    """``cdc`` in the ingest state (INGEST_MODE=cdc, ``utils.ingest.cdc``): the replication slot's name and
-    the LSN up to which its changes are landed."""
+    """``cdc`` in the ingest state (INGEST_MODE=cdc, ``utils.ingest.cdc``): the replication slot's name, the
+    LSN up to which its changes are landed, and ``future``: {table: {key: last_updated}} of the rows landed
+    as future rows, re-read once the bound passes them (docs/RELIABILITY.md, defect 7)."""
     slot: str
     lsn: str
+    future: NotRequired[Dict[str, Dict[str, str]]]
+    scan_future: NotRequired[bool]  # written by a snapshot: the next run finds the future rows it landed
 
 
 class FileEntry(TypedDict):

@@ -79,7 +79,7 @@ def _wrapped_handlers(real_handlers):
 
 def tracked_handlers():
     """The real handlers, each telling the fault hooks which stage runs (``_active``)."""
-    return _wrapped_handlers(runner._handlers)
+    return _wrapped_handlers(runner.stage_handlers)
 
 
 @contextmanager
@@ -105,7 +105,7 @@ def faults(plan):
     real_call = botocore.client.BaseClient._make_api_call
     real_record, real_load_batch = merge.record_batch, load_run.load_batch
     real_write = local_state.write_atomically
-    real_handlers = runner._handlers
+    real_handlers = runner.stage_handlers
 
     def make_api_call(client, operation, params):
         if operation == "PutObject" and _active["stage"] and plan.arrive("s3_write"):
@@ -132,7 +132,7 @@ def faults(plan):
             mock.patch.object(merge, "record_batch", record_batch), \
             mock.patch.object(load_run, "load_batch", load_batch), \
             mock.patch.object(local_state, "write_atomically", write_atomically), \
-            mock.patch.object(runner, "_handlers", lambda prefix: _wrapped_handlers(real_handlers)):
+            mock.patch.object(runner, "stage_handlers", lambda prefix: _wrapped_handlers(real_handlers)):
         yield
 
 
@@ -188,8 +188,8 @@ def run_two_at_once(source_url, warehouse_url, state_dir, delay):
     log.parent.mkdir(parents=True, exist_ok=True)
     env = account_environment(local_state.REGION, TOTESYS_LOG_FILE=str(log), **local_state.BUCKETS,
                               **runner.SECRETS)
-    with runner._environment(env):
-        with pipeline_account(runner._handlers("totesys"), "totesys") as arns, lazy_buckets(s3_dir):
+    with runner.applied_environment(env):
+        with pipeline_account(runner.stage_handlers("totesys"), "totesys") as arns, lazy_buckets(s3_dir):
             put_credentials_secret(runner.SECRETS["TOTESYS_SECRET_ID"], source_url)
             put_credentials_secret(runner.SECRETS["WAREHOUSE_SECRET_ID"], warehouse_url)
             sfn = boto3.client("stepfunctions", region_name=local_state.REGION)

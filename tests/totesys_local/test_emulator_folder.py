@@ -79,7 +79,7 @@ def test_an_edit_that_keeps_size_and_mtime_changes_the_fingerprint(tmp_path, mon
 def test_a_folder_deleted_during_a_run_is_reported_as_such(tmp_path, capsys, monkeypatch, totesys_url,
                                                            warehouse_url):
     state = tmp_path / "state"
-    real = runner._handlers
+    real = runner.stage_handlers
 
     def handlers(prefix):
         found = real(prefix)
@@ -92,7 +92,7 @@ def test_a_folder_deleted_during_a_run_is_reported_as_such(tmp_path, capsys, mon
         found[f"{prefix}-load"] = load_then_delete
         return found
 
-    monkeypatch.setattr(runner, "_handlers", handlers)
+    monkeypatch.setattr(runner, "stage_handlers", handlers)
     args = ["run", "--source", totesys_url, "--warehouse", warehouse_url, "--state-dir", str(state)]
     assert main(args) == 1
     err = capsys.readouterr().err

@@ -289,9 +289,9 @@ def warm_up():
     from totesys_local import cli, runner
     from totesys_local.aws_emulation import deploy_pipeline, emulated_aws, wait_for_execution
     import boto3
-    handlers = runner._handlers("totesys")
+    handlers = runner.stage_handlers("totesys")
     stand_ins = dict.fromkeys(handlers, lambda event, context: {"rejected_rows": 0})
-    with runner._environment(runner.local_account_environment()), emulated_aws(stand_ins):
+    with runner.applied_environment(runner.local_account_environment()), emulated_aws(stand_ins):
         arns = deploy_pipeline("totesys")
         sfn = boto3.client("stepfunctions")
         execution = sfn.start_execution(stateMachineArn=arns["state_machine_arn"], input="{}")
@@ -350,9 +350,9 @@ def serve(state_dir, ready):
         cli, handlers = warm_up()
         release_unused_memory()
         from totesys_local.aws_emulation import kept_pipeline
-        from totesys_local.runner import _environment, local_account_environment
+        from totesys_local.runner import applied_environment, local_account_environment
         path = socket_path(state)
-        with lock, _environment(local_account_environment()), kept_pipeline(handlers, "totesys"):
+        with lock, applied_environment(local_account_environment()), kept_pipeline(handlers, "totesys"):
             listener = _listen(path)
             listening = os.stat(path).st_ino
             (state / PID_NAME).write_text(f"{os.getpid()}\n")

@@ -70,4 +70,4 @@ def take_snapshot(conn, s3_client, settings, repair, helpers, reason, repoint_so
                             repoint_source=repoint_source,
                             future_tolerance_seconds=settings.ingest_future_tolerance_seconds)
     return ingest_tables(conn, s3_client, settings.ingest_bucket, list(SOURCE_TABLES), options, helpers,
-                         cdc={"slot": name, "lsn": lsn})
+                         cdc={"slot": name, "lsn": lsn, "scan_future": True})

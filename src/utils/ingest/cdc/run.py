@@ -28,15 +28,17 @@ from datetime import timedelta
 from typing import Dict, Optional, cast
 
 import numpy as np
+import pyarrow as pa
+from pg8000.native import identifier
 
 from utils.aws.layout import INGEST_MANIFESTS
 from utils.aws.objects import write_to_s3
 from utils.aws.state import read_ingest_state, write_ingest_state
 from utils.contracts import IngestState
-from utils.catalog.source import LANDING_SCHEMAS, SOURCE_TABLES
+from utils.catalog.source import LANDING_SCHEMAS, PRIMARY_KEYS, SOURCE_TABLES
 from utils.catalog.source_schema import check_source_schema
 from utils.db.connection import end_quietly
-from utils.errors import ConcurrentRunError
+from utils.errors import ConcurrentRunError, DateFormatError
 from utils.format_time import format_time, parse_time
 from utils.generate_file_key import generate_file_key
 from utils.ingest.cdc.decode import CdcDecodeError, parse_line
@@ -47,7 +49,8 @@ from utils.ingest.cdc.slot import (advance_slot, check_prerequisites, flush_wal,
 from utils.ingest.deletes import read_previous_keys, write_deleted, write_key_set
 from utils.ingest.run import ADVISORY_LOCK_KEY, STAGE
 from utils.ingest.sink import ParquetSink
-from utils.ingest.snapshot import WINDOW_SQL, _prev_tables_in_zone
+from utils.ingest.snapshot import LEGACY_TIMEZONE, WINDOW_SQL, _prev_tables_in_zone, snapshot_bounds
+from utils.ingest.zones import Clock, table_windows
 from utils.ingest.source_identity import with_source_identity
 from utils.logger import get_logger
 
@@ -136,9 +139,17 @@ def land_changes(conn, s3_client, bucket, state, etag, slot, settings):
     ignored = check_source_schema(conn, SOURCE_TABLES)
     changes = fold_changes(peek_changes(conn, name, upto), schema)
     prev_tables = _prev_tables_in_zone(conn, state, zone)
-    highs = {table: max(wall_now, parse_time(prev_tables[table]["high"])) for table in SOURCE_TABLES}
+    # The cursor's rule (utils.ingest.zones): the bound covers every offset in play (a zone moved back
+    # since the previous run: rows stamped in the old zone are ordinary rows, not future rows), and the
+    # offsets recorded let a switch back to cursor mode start its window low enough.
+    windows = _windows(conn, state, prev_tables, zone, snapshot, batch_time, wall_now, settings)
+    highs = {table: windows[table].high for table in SOURCE_TABLES}
     ahead = timedelta(seconds=dst_shift + settings.ingest_future_tolerance_seconds)
     future_from = {table: format_time(highs[table] + ahead) for table in SOURCE_TABLES}
+    held_future = state[CDC_STATE].get("future", {})
+    if state[CDC_STATE].get("scan_future"):  # the first run after a snapshot
+        held_future = _snapshot_future(conn, prev_tables)
+    _release_future(conn, changes, held_future, future_from)
     bounds = {table: {"low": prev_tables[table]["high"], "high": format_time(highs[table]),
                       "snapshot": snapshot, "future_from": future_from[table]} for table in changes}
 
@@ -156,14 +167,13 @@ def land_changes(conn, s3_client, bucket, state, etag, slot, settings):
     keys = {table: key for table, (_, _, key) in done.items() if key}
     # The cursor's bounds kept current (switching back to cursor mode reads from them), with this run's
     # UTC time and the source clock's offset, as a cursor run records them (utils.ingest.zones).
-    offset = [round((wall_now - batch_time).total_seconds())]
     tables = {table: dict(prev_tables[table], high=format_time(highs[table]), snapshot=snapshot,
                           future_from=future_from[table], keys=keys.get(table, prev_tables[table]["keys"]),
-                          utc=format_time(batch_time), offsets=offset)
+                          utc=format_time(batch_time), offsets=sorted(windows[table].offsets))
               for table in SOURCE_TABLES}
     new_state = dict(state, timezone=zone, more_waiting=False, ignored_columns=ignored, tables=tables,
                      clock={"utc": format_time(batch_time), "wall": format_time(wall_now)},
-                     **{CDC_STATE: {"slot": name, "lsn": upto}})
+                     **{CDC_STATE: _pointer(name, upto, _future_held(changes, future_from, held_future))})
     deleted_entry = write_deleted(s3_client, bucket, batch_time, deleted) if deleted else None
     if landed or deleted_entry:
         manifest_key = generate_file_key(INGEST_MANIFESTS, batch_time, "json")
@@ -182,6 +192,104 @@ def land_changes(conn, s3_client, bucket, state, etag, slot, settings):
     logger.info("slot advanced", slot=name, lsn=upto,
                 changes=sum(len(found.rows) + len(found.deleted) for found in changes.values()))
     return {table: entry["key"] for table, entry in landed.items()}
+
+
+def _pointer(name, lsn, future):
+    """The state's ``cdc`` entry: the slot, the LSN landed, and the future rows held (when any)."""
+    return {"slot": name, "lsn": lsn, **({"future": future} if future else {})}
+
+
+def _stamp(text):
+    """A landed row's ``last_updated`` text as a datetime; None when it is none (NULL, 'infinity': the
+    transform quarantines those for their own reason)."""
+    try:
+        return parse_time(text)
+    except DateFormatError:
+        return None
+
+
+def _future_held(changes, future_from, previous):
+    """{table: {key: last_updated}} of the rows this batch lands as future rows (stamped at or after the
+    table's ``future_from``: the transform quarantines them), with those held before and not changed or
+    deleted since (docs/RELIABILITY.md, defect 7)."""
+    held = {table: dict(rows) for table, rows in previous.items()}
+    for table, found in changes.items():
+        bound = parse_time(future_from[table])
+        rows = held.setdefault(table, {})
+        for key in found.deleted:
+            rows.pop(str(key), None)
+        for key, (row, _) in found.rows.items():
+            stamp = _stamp(row.get("last_updated"))
+            if stamp is not None and stamp >= bound:
+                rows[str(key)] = row["last_updated"]
+            else:
+                rows.pop(str(key), None)
+    return {table: rows for table, rows in held.items() if rows}
+
+
+def _snapshot_future(conn, prev_tables):
+    """{table: {key: last_updated}} of the source rows at or after each table's ``future_from`` of the
+    snapshot before (which landed them as future rows, for quarantine): the future rows to re-read once
+    the bound passes them. One scan of each table, once after each snapshot."""
+    held = {}
+    for table in SOURCE_TABLES:
+        future_from = prev_tables.get(table, {}).get("future_from")
+        if not future_from:
+            continue
+        key = identifier(PRIMARY_KEYS[table])
+        rows = conn.run(f"SELECT {key}, CAST(last_updated AS text) FROM {identifier(table)} "  # nosec B608
+                        "WHERE last_updated >= CAST(:bound AS timestamp)", bound=future_from)
+        if rows:
+            held[table] = {str(row[0]): row[1] for row in rows}
+    return held
+
+
+def _release_future(conn, changes, held, future_from):
+    """Add to ``changes`` the current source rows of the future rows held whose stamps the table's
+    ``future_from`` has now passed and that this batch does not change (defect 7: CDC reads only changes,
+    so a future row quarantined would otherwise never come back when the clock passes it, as the cursor's
+    window brings it back). Read as text, as test_decoding writes values; a row gone meanwhile is left to
+    the deletion the slot reports. A row re-read after a later change of it lands that version twice (now
+    and from the slot): the load keeps a version once."""
+    for table, rows in held.items():
+        bound = parse_time(future_from[table])
+        found = changes.get(table)
+        due = [int(key) for key, stamp in rows.items() if (_stamp(stamp) or bound) < bound
+               and not (found and (int(key) in found.rows or int(key) in found.deleted))]
+        if not due:
+            continue
+        columns = LANDING_SCHEMAS[table].names
+        # Identifiers from the catalogue's allow-list, quoted; the keys bound as a parameter. Each value as
+        # the type's output function writes it (COPY and test_decoding): a boolean as t/f, not true/false.
+        listed = ", ".join(_as_text(field) for field in LANDING_SCHEMAS[table])
+        key = identifier(PRIMARY_KEYS[table])
+        fetched = conn.run(f"SELECT {listed} FROM {identifier(table)} "  # nosec B608
+                           f"WHERE {key} = ANY(CAST(:keys AS bigint[]))", keys=due)
+        target = changes.setdefault(table, TableChanges())
+        for values in fetched:
+            row = dict(zip(columns, values))
+            target.rows[int(row[PRIMARY_KEYS[table]])] = (row, "future row re-read")
+        logger.info("future rows re-read: the source clock passed their stamps", table=table,
+                    rows=len(fetched))
+
+
+def _as_text(field):
+    """The SELECT expression of one landing column's value as text, as test_decoding writes it."""
+    column = identifier(field.name)
+    if pa.types.is_boolean(field.type):
+        return f"CASE WHEN {column} THEN 't' WHEN NOT {column} THEN 'f' END"
+    return f"CAST({column} AS text)"
+
+
+def _windows(conn, state, prev_tables, zone, snapshot, batch_time, wall_now, settings):
+    """Each table's ``TableWindow`` (``utils.ingest.zones.table_windows``), as a cursor run computes it."""
+    prev_zone = state.get("timezone", LEGACY_TIMEZONE)
+    xmax_of = {table: snapshot_bounds(entry["snapshot"])[1] for table, entry in prev_tables.items()
+               if entry.get("snapshot")}
+    xmin = snapshot_bounds(snapshot)[0]
+    carried = {table for table, xmax in xmax_of.items() if xmin < xmax}
+    return table_windows(conn, SOURCE_TABLES, prev_tables, Clock(batch_time, wall_now), (prev_zone, zone),
+                         settings.ingest_overlap_seconds, Clock.from_state(state), carried)
 
 
 def _changed_keys(s3_client, bucket, table, found, batch_time, previous_key):
