@@ -208,7 +208,7 @@ def test_every_key_a_run_writes_is_allowed_to_its_writer_only(aws_env, monkeypat
     import boto3
     from totesys_local.aws_emulation import (create_buckets, denials, deploy_pipeline, emulated_aws,
                                              put_credentials_secret, role_may)
-    from totesys_local.runner import _handlers
+    from totesys_local.runner import stage_handlers
     from tests.support.db import run_sql
     totesys_url = source_url  # two known rows per table (tests.support.totesys)
     run_sql(totesys_url, "UPDATE sales_order SET last_updated = now() - interval '12 hours' "
@@ -220,7 +220,7 @@ def test_every_key_a_run_writes_is_allowed_to_its_writer_only(aws_env, monkeypat
     values = columns.replace("transaction_id", "2")  # transaction 2 (the purchase) has no payment yet
     run_sql(totesys_url, f"INSERT INTO payment ({columns}) SELECT {values} FROM payment")  # nosec B608
     _replay_env(monkeypatch, MAX_BATCH_ROWS="1", MAX_DELETE_FRACTION="1")
-    with emulated_aws(_handlers("totesys")) as invocations:
+    with emulated_aws(stage_handlers("totesys")) as invocations:
         create_buckets(("iam-ingest", "iam-processed"))
         put_credentials_secret("iam/totesys", totesys_url)
         put_credentials_secret("iam/warehouse", warehouse_url)
