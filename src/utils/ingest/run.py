@@ -1,7 +1,8 @@
-"""The ingest stage: every change in totesys lands in the ingest bucket as Parquet, exactly once.
+"""The cursor mode's batch: every change in totesys lands in the ingest bucket as Parquet, exactly once.
 
-One run (``run_ingest``):
-1. validate the event (allow-listed table names only), read settings and credentials;
+One run (``ingest_tables``; ``utils.ingest.modes.run_ingest`` validates the event, reads the settings and
+the credentials, opens the connections and chooses the mode; a CDC snapshot is this batch too):
+1. (the caller) validate the event (allow-listed table names only), read settings and credentials;
 2. take a session advisory lock on the source (a second concurrent run gets ConcurrentRunError);
 3. read the state pointer ``_state/ingest.json`` and its ETag;
 4. in one REPEATABLE READ READ ONLY transaction read the batch time T (``now()`` in UTC, database
@@ -34,27 +35,24 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
-import boto3
 import pg8000
 
 from utils.aws.layout import INGEST_MANIFESTS
 from utils.aws.objects import write_to_s3
-from utils.aws.secrets import db_connections_get_secret
 from utils.aws.manifests import write_ingest_manifest
 from utils.aws.state import read_ingest_state, write_ingest_state
-from utils.ingest.source_identity import repoint_requested, with_source_identity
-from utils.catalog.source import LANDING_SCHEMAS, SOURCE_TABLES, check_source_table
-from utils.config import DEFAULT_INGEST_FUTURE_TOLERANCE_SECONDS, load_settings
+from utils.ingest.source_identity import with_source_identity
+from utils.catalog.source import LANDING_SCHEMAS
+from utils.config import DEFAULT_INGEST_FUTURE_TOLERANCE_SECONDS
 from utils.contracts import DeletedEntry, IngestManifest, IngestState, IngestTableEntry
-from utils.db.connection import close_db_connection, connect_to_db, end_quietly
-from utils.errors import ConcurrentRunError, InvalidEventError
+from utils.db.connection import end_quietly
+from utils.errors import ConcurrentRunError
 from utils.format_time import format_time, parse_time
 from utils.generate_file_key import generate_file_key
 from utils.ingest.backdated import backdated_settings, log_new_keys, new_keys
 from utils.ingest.copy_reader import SUPPORTED_PG8000, copy_out, fast_copy_supported
 from utils.ingest.deletes import Detection, detect_deletes, held_deletes, read_key_sets, read_previous_keys
-from utils.ingest.repair import RepairOptions, repair_options
-from utils.ingest.resync import with_resync
+from utils.ingest.repair import RepairOptions
 from utils.ingest.sink import INLINE, ParquetSink
 from utils.ingest.snapshot import (Window, copy_sql, import_snapshot, largest_first, open_window,
                                    snapshot_bounds)
@@ -71,79 +69,6 @@ MAX_TABLES_IN_FLIGHT = 4
 
 
 logger = get_logger(STAGE)
-
-
-def parse_event(event):
-    """Return the list of tables an event asks for (all eleven when the key is absent).
-
-    Raises InvalidEventError for a non-dict event or a ``tables_to_query`` that is not a
-    non-empty list of strings, UnknownTableError for a name not in the allow-list.
-    """
-    if not isinstance(event, dict):
-        raise InvalidEventError(f"event must be a JSON object, got {type(event).__name__}")
-    if "tables_to_query" not in event:
-        return list(SOURCE_TABLES)
-    tables = event["tables_to_query"]
-    if not isinstance(tables, list) or not tables:
-        raise InvalidEventError("tables_to_query must be a non-empty list of table names")
-    for name in tables:
-        check_source_table(name)
-    # Dependency order, duplicates dropped.
-    return [name for name in SOURCE_TABLES if name in tables]
-
-
-def run_ingest(event, s3_client=None, secrets_client=None):
-    """Run one ingest; return ``{table_name: file_key}`` for the tables that produced a file.
-
-    Raises on any failure (the handler's stage_handler logs it at CRITICAL). Errors before the
-    first table is read (bad event, settings, credentials, unreachable database, lock held) write
-    nothing.
-    """
-    tables = parse_event(event)
-    settings = load_settings()
-    repair = repair_options(event, settings.max_delete_fraction)
-    tables = with_resync(tables, repair.resync + repair.approved)
-    s3_client = s3_client or boto3.client("s3")
-    secrets_client = secrets_client or boto3.client("secretsmanager")
-    credentials = db_connections_get_secret(secrets_client, settings.totesys_secret_id)
-    logger.info("credentials read", secret_id=settings.totesys_secret_id)
-    conn, *helpers = connect_all(credentials, min(settings.ingest_parallel_connections, len(tables)))
-    try:
-        logger.info("connected to totesys", host=credentials["host"], database=credentials["database"],
-                    connections=1 + len(helpers))
-        if settings.ingest_mode == "cdc":
-            from utils.ingest.cdc.run import ingest_changes  # cdc builds on this module
-            return ingest_changes(conn, s3_client, settings, tables, repair, helpers,
-                                  repoint_source=repoint_requested(event))
-        options = IngestOptions(settings.ingest_overlap_seconds, settings.max_batch_rows, repair,
-                                repoint_source=repoint_requested(event),
-                                future_tolerance_seconds=settings.ingest_future_tolerance_seconds)
-        return ingest_tables(conn, s3_client, settings.ingest_bucket, tables, options, helpers)
-    finally:
-        for connection in (conn, *helpers):
-            close_db_connection(connection)
-
-
-def connect_all(credentials, count):
-    """Open ``count`` connections with ``credentials`` at the same time (most of a connect is
-    the server's password check); return them in a list. Their sessions keep the database's
-    configured time zone (the zone totesys timestamps are written in).
-
-    When any of them fails, the others are closed and the error of the first failed one (in
-    list order) is raised, as ``connect_to_db`` raises it.
-    """
-    if count == 1:
-        return [connect_to_db(credentials=credentials, timezone=None, role="totesys")]
-    with ThreadPoolExecutor(max_workers=count, thread_name_prefix="ingest-connect") as pool:
-        pending = [pool.submit(connect_to_db, credentials=credentials, timezone=None, role="totesys")
-                   for _ in range(count)]
-    opened = [future.result() for future in pending if future.exception() is None]
-    if len(opened) < count:
-        for conn in opened:
-            close_db_connection(conn)
-        errors = [future.exception() for future in pending]
-        raise next(error for error in errors if error is not None)
-    return opened
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import Optional
 from utils.catalog.source import SOURCE_TABLES
 from utils.errors import ConfigError
 from utils.ingest.cdc.slot import PLUGIN, create_slot, drop_slot, lsn_int
+from utils.ingest.run import IngestOptions, ingest_tables
 from utils.logger import get_logger
 
 logger = get_logger("ingest")
@@ -56,8 +57,6 @@ def snapshot_reason(conn, state, slot, slot_name, repair) -> Optional[str]:
 def take_snapshot(conn, s3_client, settings, repair, helpers, reason, repoint_source=False):
     """(Re)create the slot, then land every table in full from one snapshot; the new state pointer records
     the slot and its consistent point. Returns what ``ingest_tables`` returns."""
-    # the cursor mode's batch, with every table re-synced
-    from utils.ingest.run import IngestOptions, ingest_tables
     name = settings.cdc_slot_name
     if reason.startswith("slot"):
         logger.warning("CDC slot lost: re-snapshotting every table and reconciling", slot=name, reason=reason)

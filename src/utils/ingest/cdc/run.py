@@ -1,6 +1,6 @@
 """One CDC ingest run: the changes committed since the last batch, landed as the cursor mode lands rows.
 
-``ingest_changes`` (called by ``utils.ingest.run.run_ingest`` when INGEST_MODE=cdc):
+``ingest_changes`` (called by ``utils.ingest.modes.run_ingest`` when INGEST_MODE=cdc):
 1. take the ingest advisory lock, check the prerequisites (``slot.check_prerequisites``), read the state
    pointer; when there is no usable slot (first run, slot dropped or invalidated, a re-sync asked for),
    take a consistent full snapshot instead (``fallback``);
