@@ -108,10 +108,15 @@ typecheck: $(STAMP)
 
 # Two workers (pytest-xdist), one test file each at a time (module fixtures seed once); each worker
 # starts its own throwaway cluster. PYTEST_WORKERS=0 runs in one process.
+# The folders in this order, files in this order (--no-loadscope-reorder): the longest modules (the model's
+# bounded profile, the emulator's) start first and the unit tests fill the end, where xdist's own order (most
+# tests first) left a two-minute one-test module to one worker at the end. Every test module is under one
+# of these folders (tests/infra/test_test_layout.py).
 PYTEST_WORKERS ?= 2
+TEST_FOLDERS := tests/model tests/totesys_local tests/integration tests/dashboard tests/infra tests/unit
 run-pytest: $(STAMP) $(DASHBOARD_STAMP) chromium
-	TOTESYS_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15 \
-		--cov --cov-report=term --cov-fail-under=90
+	TOTESYS_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+		--durations=15 --cov --cov-report=term --cov-fail-under=90 $(TEST_FOLDERS)
 
 test: lint security-checks run-pytest
 

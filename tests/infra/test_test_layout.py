@@ -58,3 +58,11 @@ def test_the_layout_check_names_a_module_at_the_root_a_stray_folder_and_a_missin
                  "tests/unit/loader/__init__.py", "tests/unit/loader/test_a.py",
                  "tests/integration/load/test_b.py") \
         == {"test_root.py", "unit/loader/test_a.py", "integration/load"}
+
+
+def test_make_test_runs_every_folder_the_layout_allows():
+    """run-pytest names its folders (slowest first): a suite added to the layout must be added there."""
+    line = next(line for line in (REPO / "Makefile").read_text().splitlines()
+                if line.startswith("TEST_FOLDERS :="))
+    folders = line.split(":=")[1].split()
+    assert sorted(folders) == sorted(f"tests/{name}" for name in SUITES | SPLIT)
