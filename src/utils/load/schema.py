@@ -11,7 +11,7 @@ from typing import Dict
 import pyarrow as pa
 from pg8000.native import identifier
 
-from utils.catalog.warehouse import FACTS, WAREHOUSE_DDL, WAREHOUSE_SCHEMAS, WAREHOUSE_TABLES
+from utils.catalog.warehouse import FACTS, WAREHOUSE_DDL, WAREHOUSE_SCHEMAS, WAREHOUSE_TABLES, warehouse_ddl
 from utils.db.connection import end_quietly
 from utils.errors import SchemaMismatchError
 from utils.logger import get_logger
@@ -64,8 +64,9 @@ def sql_type(kind):
 
 
 def schema_statements():
-    """The statements of the warehouse DDL file, in order."""
-    text = SCHEMA_FILE.read_text()
+    """The statements of the warehouse DDL (``warehouse_ddl``: the file with the catalogue's columns), in
+    order."""
+    text = warehouse_ddl()
     return [statement.strip() for statement in text.split(";\n") if _has_sql(statement)]
 
 
