@@ -91,11 +91,17 @@ WAREHOUSE_KEYS = {
 # in etl_dimension_version and never lets an older version overwrite a newer one.
 VERSION_COLUMN = "source_last_updated"
 VERSIONED_DIMENSIONS = tuple(name for name in DIMENSIONS if name != "dim_date")
-PROCESSED_SCHEMAS = {
-    name: schema.append(pa.field(VERSION_COLUMN, pa.timestamp("ms"), nullable=False))
-    if name in VERSIONED_DIMENSIONS else schema
-    for name, schema in WAREHOUSE_SCHEMAS.items()
-}
+
+
+def processed_schema(name: str, warehouse_schema: pa.Schema) -> pa.Schema:
+    """The processed files' schema of warehouse table ``name`` (``warehouse_schema``: its columns), with the
+    source version column last for a versioned dimension."""
+    if name in VERSIONED_DIMENSIONS:
+        return warehouse_schema.append(pa.field(VERSION_COLUMN, pa.timestamp("ms"), nullable=False))
+    return warehouse_schema
+
+
+PROCESSED_SCHEMAS = {name: processed_schema(name, schema) for name, schema in WAREHOUSE_SCHEMAS.items()}
 # The source table (and its id column in the warehouse table) each warehouse row comes from.
 WAREHOUSE_SOURCES = {
     "dim_staff": ("staff", "staff_id"), "dim_location": ("address", "location_id"),

@@ -26,7 +26,7 @@ from utils.aws.manifests import (processed_manifest_bytes, read_deleted, read_in
 from utils.aws.objects import parquet_bytes, read_parquet_table, write_once
 from utils.aws.state import read_ingest_state, read_transform_state, write_transform_state
 from utils.catalog.formats import empty_rejected
-from utils.catalog.source import LANDING_SCHEMAS, SOURCE_TABLES, check_source_table
+from utils.catalog.source import LANDING_SCHEMAS, SOURCE_TABLES, check_source_table, optional_columns
 from utils.catalog.warehouse import SNAPSHOT_TABLES
 from utils.config import load_settings
 from utils.contracts import FileEntry, ProcessedManifest, TransformResult
@@ -125,7 +125,8 @@ def read_snapshots(s3_client, bucket, processed_manifest):
     if not processed_manifest:
         return {}
     names = processed_manifest.get("snapshots", {})
-    return {name: read_parquet_table(s3_client, bucket, key, name, LANDING_SCHEMAS[name])
+    return {name: read_parquet_table(s3_client, bucket, key, name, LANDING_SCHEMAS[name],
+                                     missing_as_null=optional_columns(name))
             for name, key in names.items() if name in SNAPSHOT_TABLES}
 
 
@@ -142,7 +143,7 @@ def transform_batch(buckets, ingest_key, ingest_manifest, prev_processed_key, pr
     s3_client, ingest_bucket, processed_bucket = buckets.s3_client, buckets.ingest, buckets.processed
     batch_time = parse_time(ingest_manifest["batch_time"])
     batch = {name: read_parquet_table(s3_client, ingest_bucket, entry["key"], name, LANDING_SCHEMAS[name],
-                                      manifest_key=ingest_key)
+                                      manifest_key=ingest_key, missing_as_null=optional_columns(name))
              for name, entry in ingest_manifest["tables"].items()}
     # Dependency order keeps logs and outputs stable.
     batch = {name: batch[name] for name in SOURCE_TABLES if name in batch}
