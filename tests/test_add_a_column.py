@@ -76,6 +76,14 @@ def test_a_nullable_source_column_reaches_an_existing_and_a_fresh_warehouse(
     expected = [[1, "Wooden", "teal"], [2, "Bamboo", None], [3, "Cotton", "red"]]
     assert colours(warehouse_url) == expected
     assert_views_and_rollups_work(warehouse_url)  # (c)
+    # The column's values filled in the source afterwards, without a new last_updated (a data migration):
+    # the incremental read never sees them; a resync of the table lands every row and fills the dimension.
+    run_sql(source_url, "UPDATE design SET colour = 'sand' WHERE design_id = 2")
+    run_pipeline()
+    assert colours(warehouse_url) == expected
+    run_pipeline({"resync": ["design"]})
+    expected[1][2] = "sand"
+    assert colours(warehouse_url) == expected
 
     # (a) a fresh warehouse (the rebuild into a new database: both batches transformed again, the first
     # landed without the column) is created with the column and holds the same values
@@ -86,7 +94,7 @@ def test_a_nullable_source_column_reaches_an_existing_and_a_fresh_warehouse(
                                     connect=lambda: connect(fresh))
     finally:
         close_db_connection(conn)
-    assert len(rebuilt["loaded"]) == 2
+    assert len(rebuilt["loaded"]) == len(run_sql(warehouse_url, "SELECT batch_id FROM etl_load_ledger"))
     assert colours(fresh) == expected
     assert run_sql(fresh, "SELECT data_type FROM information_schema.columns WHERE table_name = 'dim_design' "
                    "AND column_name = 'colour'") == [["character varying"]]
