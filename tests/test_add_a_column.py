@@ -13,6 +13,7 @@ from utils.catalog import source, warehouse
 from utils.db.connection import close_db_connection
 from utils.errors import SchemaMismatchError
 from utils.load.rollups import compare_rollups
+from utils.load.schema import ensure_warehouse_schema
 from utils.rebuild.run import rebuild_warehouse
 
 COLOUR = pa.field("colour", pa.string(), nullable=True)
@@ -126,3 +127,19 @@ def test_a_column_the_file_lacks_is_refused_unless_nullable_and_named(schema, mi
 def test_the_optional_columns_of_a_source_table_are_its_nullable_ones():
     assert source.optional_columns("address") == ("address_line_2", "district")
     assert source.optional_columns("design") == ()
+
+
+def test_a_fact_column_added_to_an_existing_warehouse_joins_its_current_view(warehouse_url, monkeypatch):
+    conn = connect(warehouse_url)
+    try:
+        ensure_warehouse_schema(conn)  # the warehouse before the change
+        note = pa.field("payment_note", pa.string(), nullable=True)
+        monkeypatch.setitem(warehouse.WAREHOUSE_SCHEMAS, "fact_payment",
+                            warehouse.WAREHOUSE_SCHEMAS["fact_payment"].append(note))
+        targets = ensure_warehouse_schema(conn)
+    finally:
+        close_db_connection(conn)
+    assert "payment_note" in targets["fact_payment"].names
+    viewed = run_sql(warehouse_url, "SELECT column_name FROM information_schema.columns "
+                     "WHERE table_name = 'current_payment' ORDER BY ordinal_position")
+    assert viewed[-2:] == [["etl_load_order"], ["payment_note"]]

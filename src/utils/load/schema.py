@@ -210,7 +210,9 @@ def missing_nullable_columns(existing):
 
 def add_columns(conn, missing):
     """``ALTER TABLE ... ADD COLUMN IF NOT EXISTS`` each of ``missing`` (``missing_nullable_columns``), in
-    one transaction under the schema's advisory lock (a concurrent load adds them once)."""
+    one transaction under the schema's advisory lock (a concurrent load adds them once). A fact table's new
+    column joins its current_* view (the views select ``f.*``, expanded when a view is created: the DDL's
+    views are created again)."""
     conn.run("START TRANSACTION")
     try:
         conn.run("SELECT pg_advisory_xact_lock(:key)", key=ADVISORY_LOCK_KEY)
@@ -219,6 +221,10 @@ def add_columns(conn, missing):
             # Identifiers from the catalogue's allow-list, quoted; the type from sql_type, never input.
             conn.run(f"ALTER TABLE {identifier(table)} ADD COLUMN IF NOT EXISTS "  # nosec B608
                      f"{identifier(column)} {kind}")
+        if any(table in FACTS for table, _, _ in missing):
+            for statement in schema_statements():
+                if statement.startswith("CREATE OR REPLACE VIEW"):
+                    conn.run(statement)
         conn.run("COMMIT")
     except BaseException:
         end_quietly(conn)
