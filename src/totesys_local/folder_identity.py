@@ -74,7 +74,7 @@ def check_databases(state_dir, urls, embedded, repoint, known=None, write=True):
     return record
 
 
-def write_record(state_dir, record):
+def write_record(state_dir, record) -> None:
     """Write ``record`` (check_databases') as the folder's databases, when it changed."""
     if record != recorded_databases(state_dir):
         write_atomically(Path(state_dir) / DATABASES_FILE, json.dumps(record, indent=2).encode())

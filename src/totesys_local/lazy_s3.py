@@ -37,7 +37,7 @@ def lazy_buckets(s3_dir):
     serve every other saved object from ``s3_dir`` when it is first asked for."""
     real_get, real_head = S3Backend.get_object, S3Backend.head_object
 
-    def fault_in(backend, bucket_name, key_name):
+    def fault_in(backend, bucket_name, key_name) -> None:
         if key_name in backend.get_bucket(bucket_name).keys:
             return
         path = _saved_file(s3_dir, bucket_name, key_name)

@@ -76,14 +76,14 @@ def save_buckets(s3_dir):
     return written
 
 
-def record_failure(state_dir, failure, log_path):
+def record_failure(state_dir, failure, log_path) -> None:
     """Write ``state_dir/last_error.json``: ``failure`` (stage, error_type, message) plus time and log."""
     record = dict(failure, time=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                   log=str(log_path))
     write_atomically(state_dir / LAST_ERROR_FILE, json.dumps(record, indent=2).encode())
 
 
-def clear_failure(state_dir):
+def clear_failure(state_dir) -> None:
     """Remove ``state_dir/last_error.json`` (a run succeeded)."""
     with suppress(FileNotFoundError):
         (state_dir / LAST_ERROR_FILE).unlink()

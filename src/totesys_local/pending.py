@@ -19,6 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Optional
 
+from totesys_local.cdc_slot import slot_line
 from totesys_local.errors import LocalError
 from totesys_local.local_state import BUCKETS, LAST_ERROR_FILE
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
@@ -50,7 +51,7 @@ class Pending:
     last_error: Optional[dict] = None
     progress: Optional["Progress"] = None
 
-    def is_empty(self):
+    def is_empty(self) -> bool:
         return (not self.ingest and not self.processed and self.ledger_error is None
                 and (self.progress is None or not self.progress.waiting()))
 
@@ -72,7 +73,7 @@ class Progress:
     source: Optional[dict] = None
     warehouse: Optional[dict] = None
     error: Optional[str] = None
-    cdc_slot: Optional[str] = None  # INGEST_MODE=cdc: the WAL the slot keeps (cdc_cli.slot_line)
+    cdc_slot: Optional[str] = None  # INGEST_MODE=cdc: the WAL the slot keeps (cdc_slot.slot_line)
 
     def waiting(self):
         return self.more_waiting or any((self.waiting_rows or {}).values())
@@ -190,7 +191,6 @@ def find_progress(ingest_state, source_url, warehouse_url):
 
 
 def _cdc_slot_line(source_url, name):
-    from totesys_local.cdc_cli import slot_line
     conn = connect_to_db(credentials=credentials_from_url(source_url), timezone=None, role="totesys")
     try:
         return slot_line(conn, name)
@@ -227,9 +227,9 @@ def find_pending(state_dir, warehouse_url=None, source_url=None):
     return found
 
 
-def print_pending(found, out=print, indent=""):
+def print_pending(found, out=print, indent="") -> None:
     """Print a Pending for an operator: each waiting batch (id and batch time), and the last error."""
-    def listing(title, batches):
+    def listing(title, batches) -> None:
         out(f"{indent}{title}: {len(batches)}")
         hidden = len(batches) - SHOWN
         if hidden > 0:
@@ -254,7 +254,7 @@ def print_pending(found, out=print, indent=""):
         out(f"{indent}nothing pending: every batch is loaded")
 
 
-def _print_progress(progress, out, indent):
+def _print_progress(progress, out, indent) -> None:
     """The rows waiting in totesys and the warehouse's progress (nothing when unknown)."""
     if progress is None:
         return

@@ -14,7 +14,12 @@ from pathlib import Path
 
 from botocore.exceptions import ClientError
 
+from totesys_local import cluster, folder_identity, runner
+from totesys_local.local_state import BUCKETS, REGION, save_buckets
+from totesys_local.runner import SOURCE_DB, WAREHOUSE_DB, source_and_warehouse
 from utils.config import DEFAULT_INGEST_OVERLAP_SECONDS
+from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
+from utils.db.identity import database_identity
 
 EXIT_CANNOT_RUN = 2
 
@@ -22,7 +27,7 @@ EXIT_CANNOT_RUN = 2
 class FolderS3:
     """The one S3 call `verify` makes (``get_object``), served from ``<folder>/<bucket>/<key>``."""
 
-    def __init__(self, folder):
+    def __init__(self, folder) -> None:
         self.folder = Path(folder)
 
     def get_object(self, Bucket, Key):  # noqa: N803 - boto3's argument names
@@ -39,7 +44,6 @@ def _overlap_seconds():
 
 def database_urls(args):
     """(source URL, warehouse URL): the flags, the environment, else the state folder's embedded ones."""
-    from totesys_local.runner import SOURCE_DB, WAREHOUSE_DB, source_and_warehouse
     source, warehouse = source_and_warehouse(args)
     if source and warehouse:
         return source, warehouse
@@ -47,17 +51,12 @@ def database_urls(args):
     if not (state_dir / "cluster.json").exists():
         raise LookupError(f"no embedded databases under {state_dir}/: run `make run` first, "
                           "or give --source and --warehouse")
-    from totesys_local import cluster
     pg = cluster.local_cluster(state_dir)
     return source or pg.url(SOURCE_DB), warehouse or pg.url(WAREHOUSE_DB)
 
 
 def command_verify(args, out=print):
     """The exit status: 0 every table matched, 1 any mismatch, 2 when verify cannot run."""
-    from totesys_local import folder_identity
-    from totesys_local.local_state import BUCKETS
-    from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
-    from utils.db.identity import database_identity
     from utils.verify.report import render_json, render_text
     from utils.verify.run import verify
     try:
@@ -89,7 +88,6 @@ def command_verify(args, out=print):
 
 def command_resync(args):
     """One execution that lands the named tables in full (checked before anything runs)."""
-    from totesys_local import runner
     from utils.ingest.resync import resync_tables
     request = {"resync": list(args.tables)}
     resync_tables(request)  # an unknown name fails here, with the allow-list's message
@@ -98,7 +96,6 @@ def command_resync(args):
 
 def held_deletions(state_dir):
     """{table: {"rows", "table_rows"}} the last ingest run held, from the saved ingest state."""
-    from totesys_local.local_state import BUCKETS
     path = Path(state_dir) / "s3" / BUCKETS["INGEST_BUCKET"] / "_state" / "ingest.json"
     if not path.is_file():
         return {}
@@ -108,7 +105,6 @@ def held_deletions(state_dir):
 def command_deletes(args, out=print):
     """Without --approve: list the held deletions. With it: one execution recording those tables'."""
     if args.approve:
-        from totesys_local import runner
         from utils.ingest.delete_guard import approved_tables
         request = {"approve_deletes": list(args.approve)}
         approved_tables(request)
@@ -133,8 +129,6 @@ def command_rebuild(args, out=print):
 
     from totesys_local.aws_emulation import account_environment
     from totesys_local.lazy_s3 import lazy_buckets
-    from totesys_local.local_state import BUCKETS, REGION, save_buckets
-    from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
     from utils.rebuild.run import rebuild_warehouse
     s3_dir = Path(args.state_dir) / "s3"
     if not (s3_dir / BUCKETS["INGEST_BUCKET"] / "_state" / "ingest.json").is_file():
@@ -163,14 +157,11 @@ def command_rebuild(args, out=print):
     return 0
 
 
-def _replace_in_place(args, scratch_credentials, out):
+def _replace_in_place(args, scratch_credentials, out) -> int:
     """After a rebuild into the scratch database: copy ``args.tables`` into the warehouse in place."""
-    from totesys_local.runner import WAREHOUSE_DB, source_and_warehouse
-    from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
     from utils.rebuild.in_place import replace_tables
     _, warehouse_url = source_and_warehouse(args)
     if not warehouse_url:
-        from totesys_local import cluster
         warehouse_url = cluster.local_cluster(Path(args.state_dir)).url(WAREHOUSE_DB)
     live = connect_to_db(credentials_from_url(warehouse_url), role="warehouse")
     scratch = connect_to_db(scratch_credentials, role="warehouse")

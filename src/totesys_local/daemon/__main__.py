@@ -15,7 +15,7 @@ from pathlib import Path
 from totesys_local.daemon.protocol import LOG_NAME
 
 
-def _detach(log_path):
+def _detach(log_path) -> None:
     """Become the emulator's process: a session of its own, no terminal, output to the log."""
     with contextlib.suppress(OSError):
         os.setsid()
@@ -45,7 +45,7 @@ def main(argv=None):
     os.close(answers)
     _detach(state / LOG_NAME)
 
-    def ready(line):
+    def ready(line) -> None:
         nonlocal answer
         if answer is not None:
             os.write(answer, (line + "\n").encode())

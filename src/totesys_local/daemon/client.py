@@ -21,13 +21,13 @@ STOP_TIMEOUT = 120  # a stopping emulator first finishes the run it serves
 RESTART = object()
 
 
-def enabled(environ=None):
+def enabled(environ=None) -> bool:
     """False when TOTESYS_DAEMON is off (0, no, false): run in-process, as before the emulator."""
     value = (os.environ if environ is None else environ).get(SWITCH_VARIABLE, "on")
     return value.strip().lower() not in ("off", "0", "no", "false")
 
 
-def can_serve():
+def can_serve() -> bool:
     """Whether an emulator could start here: it needs moto, a development dependency. Without it the
     command runs in-process, which says what to install."""
     import importlib.util
@@ -118,7 +118,7 @@ def _exchange(conn, request, command, state_dir):
                       f"{log}); whatever the execution saved is kept: run again to go on")
 
 
-def _relay(message):
+def _relay(message) -> bool:
     """Print an output message where it belongs; False when our own output is closed (`| head`)."""
     stream = sys.stdout if "out" in message else sys.stderr
     try:

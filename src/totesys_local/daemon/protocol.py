@@ -89,7 +89,7 @@ def code_fingerprint(environ=None):
     environ = os.environ if environ is None else environ
     digest = hashlib.sha256()
 
-    def add(*parts):
+    def add(*parts) -> None:
         digest.update("\0".join(str(part) for part in parts).encode("utf-8", "surrogateescape") + b"\n")
 
     # The interpreter by what it is, not by the name it was started by (venv/bin/python and the
@@ -111,7 +111,7 @@ def code_fingerprint(environ=None):
     return digest.hexdigest()
 
 
-def send(conn, **message):
+def send(conn, **message) -> None:
     """Send one message (a JSON object on one line)."""
     conn.sendall((json.dumps(message) + "\n").encode())
 

@@ -31,7 +31,7 @@ SEND_TIMEOUT = 30  # seconds a stalled client may block the output before it is 
 TICK = 0.25  # how often the loops look at the stop flag
 
 
-def log(message):
+def log(message) -> None:
     """One line of the emulator's own log (its stderr: ``<state-dir>/daemon.log``)."""
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()}: {message}", file=sys.__stderr__,
           flush=True)
@@ -40,12 +40,12 @@ def log(message):
 class Channel:
     """The connection of one request. Sending never fails: a client that went away is only noted."""
 
-    def __init__(self, conn):
+    def __init__(self, conn) -> None:
         self.conn = conn
         self.lock = threading.RLock()
         self.gone = False
 
-    def send(self, **message):
+    def send(self, **message) -> None:
         with self.lock:
             if self.gone:
                 return
@@ -60,15 +60,15 @@ class ClientStream(io.TextIOBase):
     """sys.stdout or sys.stderr during a request: each complete line goes to the client as it is
     written (progress lines appear live); ``flush`` also sends a partial line."""
 
-    def __init__(self, channel, kind):
+    def __init__(self, channel, kind) -> None:
         super().__init__()
         self.channel, self.kind, self.pending = channel, kind, ""
 
     @property
-    def encoding(self):  # type: ignore[override]  # TextIOBase declares it an attribute
+    def encoding(self) -> str:  # type: ignore[override]  # TextIOBase declares it an attribute
         return "utf-8"
 
-    def writable(self):
+    def writable(self) -> bool:
         return True
 
     def write(self, text):
@@ -79,14 +79,14 @@ class ClientStream(io.TextIOBase):
                 self.channel.send(**{self.kind: lines + "\n"})
         return len(text)
 
-    def flush(self):
+    def flush(self) -> None:
         with self.channel.lock:
             if self.pending:
                 self.channel.send(**{self.kind: self.pending})
                 self.pending = ""
 
 
-def _replace_environment(values):
+def _replace_environment(values) -> None:
     os.environ.clear()
     os.environ.update(values)
     time.tzset()  # TZ may differ between the client and the emulator
@@ -107,7 +107,7 @@ class Emulator:
     a request only when none is being served; the main thread runs the queued request."""
 
     def __init__(self, listener, fingerprint, idle, run_command, on_restart=lambda: None,
-                 folder_present=lambda: True, isolate=False):
+                 folder_present=lambda: True, isolate=False) -> None:
         self.listener = listener
         self.isolate = isolate
         self.folder_present = folder_present
@@ -120,11 +120,11 @@ class Emulator:
         self.held = False  # the main thread holds ``busy`` for the request it serves (main thread only)
         self.stopping = threading.Event()
 
-    def stop(self, *_):
+    def stop(self, *_) -> None:
         """Stop after the run being served (the SIGTERM handler)."""
         self.stopping.set()
 
-    def serve(self):
+    def serve(self) -> None:
         accepting = threading.Thread(target=self._accept, name="accept", daemon=True)
         accepting.start()
         last = time.monotonic()
@@ -155,13 +155,13 @@ class Emulator:
                 send(conn, restart="stopping")
             conn.close()
 
-    def _free(self):
+    def _free(self) -> None:
         """Let the accept thread take the next request (once per request)."""
         if self.held:
             self.held = False
             self.busy.release()
 
-    def _accept(self):
+    def _accept(self) -> None:
         self.listener.settimeout(TICK)
         while not self.stopping.is_set():
             try:
@@ -186,7 +186,7 @@ class Emulator:
             else:
                 self.requests.put((conn, request))
 
-    def _handle(self, conn, request):
+    def _handle(self, conn, request) -> None:
         conn.settimeout(SEND_TIMEOUT)
         channel = Channel(conn)
         if request.get("fingerprint") != self.fingerprint:
@@ -302,7 +302,7 @@ def warm_up():
     return cli, handlers
 
 
-def _warm_first_calls(boto3):
+def _warm_first_calls(boto3) -> None:
     """What a run's first call pays once per process, paid here: each run is a fork of this process
     (``Emulator._in_child``), so what is cached here is cached for every run, and what is not is paid by
     every run. The handlers' SDK check (a new botocore session: ~1 s on a busy machine) and the clients'
@@ -313,7 +313,7 @@ def _warm_first_calls(boto3):
         boto3.client(service)
 
 
-def release_unused_memory():
+def release_unused_memory() -> None:
     """Give back what the warm-up held and no run uses: moto's EC2 instance catalogue (~55 MB of parsed
     JSON, loaded because the Step Functions parser imports its Batch integration; the pipeline has no
     EC2), then the freed heap (glibc's malloc_trim, where there is one); then freezes what is left out of
@@ -391,7 +391,7 @@ def _identity(folder):
     return info.st_dev, info.st_ino
 
 
-def _remove_own_files(state, path, inode):
+def _remove_own_files(state, path, inode) -> None:
     """Remove the socket and the pid file, unless a newer emulator has already replaced them."""
     with contextlib.suppress(OSError):
         if os.stat(path).st_ino == inode:
