@@ -9,6 +9,8 @@ that stops using CDC (or is removed): a slot nobody reads keeps WAL on the sourc
 ``max_slot_wal_keep_size`` invalidates it. The next CDC run after a drop says so and re-snapshots.
 """
 import os
+from argparse import Namespace
+from typing import Callable, Optional
 
 from totesys_local.cdc_slot import slot_line
 from totesys_local.trust import database_urls
@@ -17,12 +19,12 @@ from utils.db.connection import close_db_connection, connect_to_db, credentials_
 from utils.ingest.cdc.slot import drop_slot
 
 
-def slot_name(args=None):
+def slot_name(args: Optional[Namespace] = None) -> str:
     """The slot the command is about: ``--slot``, else CDC_SLOT_NAME, else the default."""
     return getattr(args, "slot", None) or os.environ.get("CDC_SLOT_NAME") or DEFAULT_CDC_SLOT_NAME
 
 
-def command_cdc(args, out=print) -> int:
+def command_cdc(args: Namespace, out: Callable[[str], None] = print) -> int:
     """``status`` prints slot_line; ``drop-slot`` drops the slot. Exit status 0 (1 on errors, by the CLI)."""
     args.warehouse = getattr(args, "warehouse", None)
     source_url = args.source or os.environ.get("TOTESYS_SOURCE_URL") or database_urls(args)[0]

@@ -10,7 +10,9 @@ import json
 import os
 import sys
 import time
+from argparse import Namespace
 from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Tuple, Union
 
 from botocore.exceptions import ClientError
 
@@ -18,6 +20,7 @@ from totesys_local import cluster, folder_identity, runner
 from totesys_local.local_state import BUCKETS, REGION, save_buckets
 from totesys_local.runner import SOURCE_DB, WAREHOUSE_DB, source_and_warehouse
 from utils.config import DEFAULT_INGEST_OVERLAP_SECONDS
+from utils.contracts import HeldDeletes
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
 from utils.db.identity import database_identity
 
@@ -27,10 +30,10 @@ EXIT_CANNOT_RUN = 2
 class FolderS3:
     """The one S3 call `verify` makes (``get_object``), served from ``<folder>/<bucket>/<key>``."""
 
-    def __init__(self, folder) -> None:
+    def __init__(self, folder: Union[str, Path]) -> None:
         self.folder = Path(folder)
 
-    def get_object(self, Bucket, Key):  # noqa: N803 - boto3's argument names
+    def get_object(self, Bucket: str, Key: str) -> Dict[str, Any]:  # noqa: N803 - boto3's argument names
         path = self.folder / Bucket / Key
         if not path.is_file():
             raise ClientError({"Error": {"Code": "NoSuchKey", "Message": Key}}, "GetObject")
@@ -38,11 +41,11 @@ class FolderS3:
         return {"Body": io.BytesIO(body), "ETag": f'"{len(body)}"'}
 
 
-def _overlap_seconds():
+def _overlap_seconds() -> int:
     return int(os.environ.get("INGEST_OVERLAP_SECONDS", DEFAULT_INGEST_OVERLAP_SECONDS))
 
 
-def database_urls(args):
+def database_urls(args: Namespace) -> Tuple[str, str]:
     """(source URL, warehouse URL): the flags, the environment, else the state folder's embedded ones."""
     source, warehouse = source_and_warehouse(args)
     if source and warehouse:
@@ -55,7 +58,7 @@ def database_urls(args):
     return source or pg.url(SOURCE_DB), warehouse or pg.url(WAREHOUSE_DB)
 
 
-def command_verify(args, out=print):
+def command_verify(args: Namespace, out: Callable[[str], None] = print) -> int:
     """The exit status: 0 every table matched, 1 any mismatch, 2 when verify cannot run."""
     from utils.verify.report import render_json, render_text
     from utils.verify.run import verify
@@ -86,7 +89,7 @@ def command_verify(args, out=print):
     return report.exit_code
 
 
-def command_resync(args):
+def command_resync(args: Namespace) -> int:
     """One execution that lands the named tables in full (checked before anything runs)."""
     from utils.ingest.resync import resync_tables
     request = {"resync": list(args.tables)}
@@ -94,7 +97,7 @@ def command_resync(args):
     return runner.run_with_request(args, request)
 
 
-def held_deletions(state_dir):
+def held_deletions(state_dir: Union[str, Path]) -> Dict[str, HeldDeletes]:
     """{table: {"rows", "table_rows"}} the last ingest run held, from the saved ingest state."""
     path = Path(state_dir) / "s3" / BUCKETS["INGEST_BUCKET"] / "_state" / "ingest.json"
     if not path.is_file():
@@ -102,7 +105,7 @@ def held_deletions(state_dir):
     return json.loads(path.read_text()).get("held_deletes") or {}
 
 
-def command_deletes(args, out=print):
+def command_deletes(args: Namespace, out: Callable[[str], None] = print) -> int:
     """Without --approve: list the held deletions. With it: one execution recording those tables'."""
     if args.approve:
         from utils.ingest.delete_guard import approved_tables
@@ -118,7 +121,7 @@ def command_deletes(args, out=print):
     return 0
 
 
-def command_rebuild(args, out=print):
+def command_rebuild(args: Namespace, out: Callable[[str], None] = print) -> int:
     """Rebuild the whole warehouse from the state folder's landing zone into the empty database ``--into``
     (a new processed generation, saved with the buckets); with ``--tables``, then replace those tables of
     the warehouse (``--warehouse``, else the embedded one) in place. The exit status."""
@@ -157,7 +160,8 @@ def command_rebuild(args, out=print):
     return 0
 
 
-def _replace_in_place(args, scratch_credentials, out) -> int:
+def _replace_in_place(args: Namespace, scratch_credentials: Mapping[str, Any],
+                      out: Callable[[str], None]) -> int:
     """After a rebuild into the scratch database: copy ``args.tables`` into the warehouse in place."""
     from utils.rebuild.in_place import replace_tables
     _, warehouse_url = source_and_warehouse(args)
