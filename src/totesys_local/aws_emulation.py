@@ -94,7 +94,7 @@ def operator():
         thread._lambda_credentials = saved
 
 
-def put_credentials_secret(secret_id, database, region=REGION, **override):
+def put_credentials_secret(secret_id, database, region=REGION, **override) -> None:
     """Store the credentials of ``database`` (a postgresql:// URL or a credentials dict), with the
     ``override`` keys replaced, as the JSON secret ``secret_id`` (a new version when it exists). An
     operator's action, also when called from inside a handler (``operator``)."""
@@ -193,7 +193,7 @@ def _call_handler(handler, event, function, response_headers):
     deadline = time.monotonic() + seconds
     outcome = {}
 
-    def run():
+    def run() -> None:
         try:
             outcome["result"] = handler(event, _lambda_context(function, deadline))
         except Exception as err:  # noqa: BLE001 - reported to Step Functions as Lambda does
@@ -215,7 +215,7 @@ def _call_handler(handler, event, function, response_headers):
     return _checked_response(function, event, outcome["result"], response_headers)
 
 
-def _replace_sandbox(function):
+def _replace_sandbox(function) -> None:
     """A timed-out invocation's sandbox is gone: its credentials stop working (the thread, which Python
     cannot kill, is refused at its next AWS call); the function's next invocation gets new ones."""
     enforcement = _Current.enforcement
@@ -252,13 +252,13 @@ def _operation_model(service, action):
         action[0].upper() + action[1:])
 
 
-def _aws_sdk_request_as_aws(self, parameters, boto_service_name=None, service_action_name=None):
+def _aws_sdk_request_as_aws(self, parameters, boto_service_name=None, service_action_name=None) -> None:
     """PascalCase parameters -> the member names boto3 expects (moto's own helper, left unwired in 5.2)."""
     model = _operation_model(self._get_boto_service_name(), self.resource.api_action)
     self._to_boto_request(parameters, model.input_shape)
 
 
-def _aws_sdk_response_as_aws(self, response, boto_service_name=None, service_action_name=None):
+def _aws_sdk_response_as_aws(self, response, boto_service_name=None, service_action_name=None) -> None:
     """The boto3 response -> PascalCase member names, as AWS returns an AWS SDK integration's result."""
     model = _operation_model(self._get_boto_service_name(), self.resource.api_action)
     self._from_boto_response(response, model.output_shape)
@@ -411,7 +411,7 @@ def deploy_pipeline(prefix="totesys", template_path=ASL_TEMPLATE):
     return arns
 
 
-def _enforce(prefix, arns, roles, sts, account_id, region):
+def _enforce(prefix, arns, roles, sts, account_id, region) -> None:
     """From now on, authorise every call of the functions' and the state machine's roles."""
     enforcement = Enforcement(account_id, region)
     limits = function_limits()
@@ -483,12 +483,12 @@ class KeptAccount:
     holds them; ``lazy_s3`` serves them again), the secrets, the alerts and the finished executions, so
     its memory does not grow with the runs it served."""
 
-    def __init__(self, prefix, arns):
+    def __init__(self, prefix, arns) -> None:
         self.prefix = prefix
         self.arns = arns
         self.region, self.account_id = arns["state_machine_arn"].split(":")[3:5]
 
-    def clear(self):
+    def clear(self) -> None:
         from moto.s3.models import s3_backends
         from moto.secretsmanager.models import secretsmanager_backends
         from moto.sns.models import sns_backends

@@ -42,11 +42,11 @@ def _positive_float(text):
     return value
 
 
-def _state_dir(parser):
+def _state_dir(parser) -> None:
     parser.add_argument("--state-dir", default=".local", help="where local buckets and state persist")
 
 
-def _add_seed(commands):
+def _add_seed(commands) -> None:
     seed = commands.add_parser("seed", help="create the totesys schema in an empty database and fill it")
     seed.add_argument("--target", required=True, help="postgresql://user:pass@host:port/db")
     seed.add_argument("--scale", type=_positive_float, default=1.0,
@@ -54,7 +54,7 @@ def _add_seed(commands):
     seed.add_argument("--seed", type=int, default=42, help="random seed: same seed, same data")
 
 
-def _add_simulate(commands):
+def _add_simulate(commands) -> None:
     simulate = commands.add_parser("simulate", help="apply M minutes of business activity, now")
     simulate.add_argument("--target", help="postgresql://user:pass@host:port/db (default: "
                           "TOTESYS_SOURCE_URL, else the embedded totesys of --state-dir, "
@@ -67,7 +67,7 @@ def _add_simulate(commands):
     _state_dir(simulate)
 
 
-def _add_runner_commands(commands):
+def _add_runner_commands(commands) -> None:
     for name, text in (("run", "run the pipeline once through the state machine, locally"),
                        ("retry", "run the pipeline again after a failure, saying what was pending")):
         sub = commands.add_parser(name, help=text)
@@ -91,7 +91,7 @@ def _add_runner_commands(commands):
         _state_dir(commands.add_parser(name, help=text))
 
 
-def _add_dashboard(commands):
+def _add_dashboard(commands) -> None:
     dashboard = commands.add_parser("dashboard", help="serve the sales and pipeline dashboard on 127.0.0.1")
     dashboard.add_argument("--warehouse", help="warehouse database URL (default: TOTESYS_WAREHOUSE_URL, "
                            "else the embedded warehouse of --state-dir, as `make run` made it)")
@@ -99,7 +99,7 @@ def _add_dashboard(commands):
     _state_dir(dashboard)
 
 
-def _add_trust(commands):
+def _add_trust(commands) -> None:
     verify = commands.add_parser("verify", help="compare totesys with the warehouse (exit 0 all matched, "
                                  "1 any mismatch, 2 cannot run)")
     verify.add_argument("--source", help="totesys database URL (default: TOTESYS_SOURCE_URL, else the "
@@ -133,7 +133,7 @@ def _add_trust(commands):
         _state_dir(sub)
 
 
-def _add_cdc(commands):
+def _add_cdc(commands) -> None:
     cdc = commands.add_parser("cdc", help="the CDC replication slot on totesys (INGEST_MODE=cdc): "
                               "status, or drop-slot (teardown)")
     cdc.add_argument("action", choices=("status", "drop-slot"))
@@ -155,14 +155,14 @@ def build_parser():
     return parser
 
 
-def _seed(args):
+def _seed(args) -> int:
     from totesys_local.generator import seed
     counts = seed(args.target, scale=args.scale, seed=args.seed)
     print("seeded totesys: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
     return 0
 
 
-def _simulate(args):
+def _simulate(args) -> int:
     from totesys_local.generator import simulate
     target = args.target or os.environ.get("TOTESYS_SOURCE_URL")
     if not target:
@@ -198,7 +198,7 @@ HANDLERS = {"seed": _seed, "simulate": _simulate, "dashboard": _dashboard, "cdc"
             **{name: _runner for name in RUNNER_COMMANDS}}
 
 
-def missing_dependency_message(command, err):
+def missing_dependency_message(command, err) -> str:
     """The one line shown when ``command`` cannot import a package (``err``: ModuleNotFoundError)."""
     package = (err.name or "").split(".")[0]
     if package in DEV_PACKAGES:

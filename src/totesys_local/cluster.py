@@ -92,7 +92,7 @@ def _as_root():
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-def _ensure_server_user():
+def _ensure_server_user() -> None:
     """As root, make sure the unprivileged user that runs the server exists."""
     try:
         import pwd
@@ -128,7 +128,7 @@ class ClusterInfo:
     host: str = "127.0.0.1"
     user: str = SUPERUSER
 
-    def url(self, database="postgres"):
+    def url(self, database="postgres") -> str:
         return (f"postgresql://{quote(self.user)}:{quote(self.password, safe='')}"
                 f"@{self.host}:{self.port}/{database}")
 
@@ -140,7 +140,7 @@ class ClusterInfo:
 class Cluster:
     """A PostgreSQL cluster this project owns: initialised, started and stopped here."""
 
-    def __init__(self, info):
+    def __init__(self, info) -> None:
         self.info = info
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -210,21 +210,21 @@ class Cluster:
                     raise ClusterError(f"PostgreSQL on port {self.info.port} is not answering")
                 time.sleep(0.1)
 
-    def is_running(self):
+    def is_running(self) -> bool:
         try:
             self.connect().close()
             return True
         except Exception:  # noqa: BLE001
             return False
 
-    def stop(self):
+    def stop(self) -> None:
         """Stop the server (fast shutdown); stopping a stopped cluster is fine."""
         if not os.path.exists(os.path.join(self.info.datadir, "postmaster.pid")):
             return
         _run([os.path.join(self.info.bindir, "pg_ctl"), "-D", self.info.datadir, "-m", "fast",
               "-w", "stop"], check=False, timeout=60)
 
-    def destroy(self):
+    def destroy(self) -> None:
         """Stop the server and delete its files (and the temporary folder it was made in)."""
         self.stop()
         datadir = Path(self.info.datadir)
@@ -242,14 +242,14 @@ class Cluster:
             port=self.info.port, database=database, timeout=10,
             startup_params={"TimeZone": "UTC"})
 
-    def create_database(self, name, template=None):
+    def create_database(self, name, template=None) -> None:
         create_database(self.url(), name, template)
 
-    def drop_database(self, name):
+    def drop_database(self, name) -> None:
         drop_database(self.url(), name)
 
 
-def _port_is_free(port):
+def _port_is_free(port) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind(("127.0.0.1", port))
@@ -264,7 +264,7 @@ def admin_connection(url):
     return connect_to_db(credentials=credentials_from_url(url))
 
 
-def create_database(admin_url, name, template=None):
+def create_database(admin_url, name, template=None) -> None:
     """CREATE DATABASE name [TEMPLATE template] on the server of ``admin_url``."""
     from pg8000.native import identifier
     conn = admin_connection(admin_url)
@@ -277,7 +277,7 @@ def create_database(admin_url, name, template=None):
         conn.close()
 
 
-def drop_database(admin_url, name):
+def drop_database(admin_url, name) -> None:
     """DROP DATABASE name (if it exists), after dropping its inactive replication slots (a CDC slot would
     otherwise block the drop, and keep WAL for a database that is gone)."""
     from pg8000.native import identifier
@@ -354,6 +354,6 @@ def stop_local_cluster(state_dir):
     return running
 
 
-def _save(record, info):
+def _save(record, info) -> None:
     record.write_text(json.dumps(asdict(info), indent=2))
     os.chmod(record, 0o600)

@@ -47,7 +47,7 @@ class Enforcement:
     functions: dict = field(default_factory=dict)  # function name -> the deployed function (aws_emulation)
     revoked: set = field(default_factory=set)  # access keys of invocations that timed out
 
-    def authorise(self, client, operation, params):
+    def authorise(self, client, operation, params) -> None:
         """Raise ClientError(AccessDenied) when the caller's role may not make this call."""
         access_key = _access_key(client)
         identity = self.identities.get(access_key)
@@ -100,11 +100,11 @@ def _first(enforcement, client, operation, params):
 
 # -- what a call asks for ---------------------------------------------------------------------------
 
-def _s3_object(params):
+def _s3_object(params) -> str:
     return f"arn:aws:s3:::{params['Bucket']}/{params['Key']}"
 
 
-def _s3_bucket(params):
+def _s3_bucket(params) -> str:
     return f"arn:aws:s3:::{params['Bucket']}"
 
 

@@ -54,17 +54,17 @@ class Rounds:
     saved: int = 0
     failure: Optional[BaseException] = None
 
-    def transform_done(self, result):
+    def transform_done(self, result) -> None:
         self.transformed = list((result or {}).get("batches") or [])
 
-    def load_done(self, result):
+    def load_done(self, result) -> None:
         """Record the round the load just finished, then save the buckets: the local run's own
         bookkeeping, so as the account's operator, not under the load function's role."""
         from totesys_local.aws_emulation import operator
         with operator():
             self._record(result)
 
-    def _record(self, result):
+    def _record(self, result) -> None:
         from utils.aws.state import read_ingest_state
         s3 = boto3.client("s3", region_name=REGION)
         state, _ = read_ingest_state(s3, BUCKETS["INGEST_BUCKET"])
@@ -136,6 +136,6 @@ def totals(rounds):
     return ingested, loaded, batches, transformed, rejected, deleted
 
 
-def _add(into, counts):
+def _add(into, counts) -> None:
     for name, rows in counts.items():
         into[name] = into.get(name, 0) + rows

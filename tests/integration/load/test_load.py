@@ -397,7 +397,7 @@ def test_schema_file_is_shipped_inside_the_package_and_matches_sql_folder():
     from pathlib import Path
     shipped = schema.SCHEMA_FILE
     assert shipped.parent.parent.parent.name == "utils"  # src/utils/catalog/sql: inside the Lambda zip
-    assert (Path(__file__).resolve().parents[1] / "sql" / "warehouse_schema.sql").read_text() \
+    assert (Path(__file__).resolve().parents[3] / "sql" / "warehouse_schema.sql").read_text() \
         == shipped.read_text()
     # the tables, the ledger, three version indexes, three views, etl_rejected_rows with its index,
     # etl_dimension_version, etl_deleted_rows with its two indexes, deleted_dimension_rows,

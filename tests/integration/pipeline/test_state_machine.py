@@ -489,7 +489,7 @@ def engine_killing_ingest_copy(aws_env, monkeypatch, totesys_url, warehouse_url,
     """The engine, with ingest's COPY sink of sales_order (the largest table) terminating the source
     backend that streams its rows when the first block arrives: the connection dies while the COPY is
     being read, once. (Whether the server had sent the last row by then depends on socket buffers, so
-    the error surfaces in the COPY or the next statement; tests/utils/test_db_connection_lost.py pins
+    the error surfaces in the COPY or the next statement; tests/integration/db/test_db_connection_lost.py pins
     each statement kind deterministically.) One connection reads every table, in dependency order, so
     statements always follow the kill on the dead connection (a helper connection killed after its last
     table would rightly change nothing: its rows were all read)."""
