@@ -224,6 +224,13 @@ def more_waiting(state_dir):
     return path.exists() and bool(json.loads(path.read_text()).get("more_waiting"))
 
 
+def cdc_pointer(state_dir):
+    """The ingest state pointer's ``cdc`` entry in the state folder (None: no pointer, or a cursor run's)."""
+    import json
+    path = Path(state_dir) / "s3" / local_state.BUCKETS["INGEST_BUCKET"] / "_state" / "ingest.json"
+    return json.loads(path.read_text()).get("cdc") if path.exists() else None
+
+
 def recorded_zone(state_dir):
     """The source zone the ingest state pointer in the state folder recorded (None: no pointer yet)."""
     import json
