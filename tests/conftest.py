@@ -15,7 +15,7 @@ from moto import mock_aws
 
 from tests.support.clusters import make_session_folder, remove_session_folder, stop_emulators_under
 from tests.support.db import run_sql
-from tests.support.ingest_mode import cdc_session, drop_idle_slot, new_slot_name
+from tests.support.ingest_mode import bound_lock_waits, cdc_session, drop_idle_slot, new_slot_name
 from tests.support.totesys import FILL_SQL, SCHEMA_SQL
 from totesys_local.aws_emulation import (UNSET_VARIABLES, account_environment, create_buckets,
                                          put_credentials_secret)
@@ -91,6 +91,8 @@ def pg_admin_url():
         return
     cluster = temporary_cluster()
     atexit.register(cluster.destroy)  # also when the session dies on an error
+    if cdc_session():
+        bound_lock_waits(cluster.url())
     yield cluster.url()
     cluster.destroy()
 
