@@ -37,8 +37,6 @@ def loaded(totesys_url, warehouse_url, pipeline_env):
     return totesys_url, warehouse_url
 
 
-@pytest.mark.cursor_only("CDC refuses a TRUNCATE and asks for a re-sync (docs/DESIGN.md): "
-                         "tests/cdc/test_cdc_restore.py restores from a backup in CDC mode")
 def test_a_restore_from_backup_and_a_backdated_new_id_reconcile_exactly(loaded):
     source, warehouse = loaded
     total = query(source, "SELECT count(*) FROM payment")[0][0]
