@@ -14,25 +14,38 @@ be reached is not compared (the stage that needs it fails and alerts) and its re
 """
 import json
 from pathlib import Path
+from typing import Dict, Mapping, Optional, Tuple, TypedDict, Union
 
 from totesys_local.local_state import write_atomically
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
-from utils.db.identity import DatabaseIdentityError, database_identity, describe_identity, same_database
+from utils.db.identity import (DatabaseIdentity, DatabaseIdentityError, database_identity, describe_identity,
+                               same_database)
 from utils.errors import DatabaseUnavailableError
 
 DATABASES_FILE = "databases.json"
 ROLES = ("source", "warehouse")
 
 
-def recorded_databases(state_dir):
+class DatabaseRecord(TypedDict):
+    """One role's entry of ``databases.json``: the URL without its password, whether it was the folder's
+    embedded cluster, and the database's identity (``utils.db.identity.DatabaseIdentity``)."""
+    url: str
+    embedded: bool
+    system_identifier: Optional[str]
+    database: str
+
+
+def recorded_databases(state_dir: Union[str, Path]) -> Dict[str, DatabaseRecord]:
     """{role: {url, embedded, system_identifier, database}} of the folder ({} before its first run)."""
     try:
-        return json.loads((Path(state_dir) / DATABASES_FILE).read_text())
+        recorded: Dict[str, DatabaseRecord] = json.loads((Path(state_dir) / DATABASES_FILE).read_text())
+        return recorded
     except FileNotFoundError:
         return {}
 
 
-def refuse_missing_urls(state_dir, urls, repoint):
+def refuse_missing_urls(state_dir: Union[str, Path], urls: Mapping[str, Optional[str]],
+                        repoint: bool) -> None:
     """Raise DatabaseIdentityError when the folder belongs to a database given by URL and this run gives
     none for it (it would use the embedded cluster instead). ``urls``: {role: URL or None}."""
     if repoint:
@@ -46,7 +59,9 @@ def refuse_missing_urls(state_dir, urls, repoint):
                 f"instead; add --repoint to do that deliberately")
 
 
-def check_databases(state_dir, urls, embedded, repoint, known=None, write=True):
+def check_databases(state_dir: Union[str, Path], urls: Mapping[str, str], embedded: Mapping[str, bool],
+                    repoint: bool, known: Optional[Mapping[str, Optional[DatabaseIdentity]]] = None,
+                    write: bool = True) -> Dict[str, DatabaseRecord]:
     """Compare this run's databases (``urls``: {role: URL}; ``embedded``: {role: bool}) with the folder's
     record, then record them (``write``; else return the record for ``write_record`` to write once the
     run has landed something: a run that fails before that must not tie the folder to its databases).
@@ -74,13 +89,14 @@ def check_databases(state_dir, urls, embedded, repoint, known=None, write=True):
     return record
 
 
-def write_record(state_dir, record):
+def write_record(state_dir: Union[str, Path], record: Mapping[str, DatabaseRecord]) -> None:
     """Write ``record`` (check_databases') as the folder's databases, when it changed."""
     if record != recorded_databases(state_dir):
         write_atomically(Path(state_dir) / DATABASES_FILE, json.dumps(record, indent=2).encode())
 
 
-def refuse_other_databases(state_dir, found):
+def refuse_other_databases(state_dir: Union[str, Path],
+                           found: Mapping[str, Tuple[str, DatabaseIdentity]]) -> None:
     """Raise DatabaseIdentityError when a database of ``found`` ({role: (URL, identity)}) is not the one the
     folder records for that role; records nothing. For the commands that read a folder's landing zone
     against the databases without running the pipeline (verify): another folder's databases would be
@@ -95,7 +111,7 @@ def refuse_other_databases(state_dir, found):
                 "give the recorded database's URL, or the state folder of this one")
 
 
-def _identity(url):
+def _identity(url: str) -> Optional[DatabaseIdentity]:
     try:
         conn = connect_to_db(credentials=credentials_from_url(url))
     except DatabaseUnavailableError:

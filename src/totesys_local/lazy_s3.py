@@ -9,6 +9,8 @@ in moto from then on. The pipeline never lists a bucket (it follows the state po
 links), so what it reads is exactly what it would have read before.
 """
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
 from unittest import mock
 
 import boto3
@@ -19,7 +21,7 @@ from totesys_local.local_state import BUCKETS, REGION
 STATE_PREFIX = "_state/"
 
 
-def _saved_file(s3_dir, bucket_name, key_name):
+def _saved_file(s3_dir: Path, bucket_name: str, key_name: str) -> Optional[Path]:
     """The saved file of an object of a local bucket, or None (another bucket, a temporary file, a key
     that would leave the bucket's folder, or nothing saved)."""
     if bucket_name not in BUCKETS.values() or key_name.endswith(".tmp"):
@@ -32,23 +34,23 @@ def _saved_file(s3_dir, bucket_name, key_name):
 
 
 @contextmanager
-def lazy_buckets(s3_dir):
+def lazy_buckets(s3_dir: Path) -> Iterator[None]:
     """Inside an emulated-AWS context: create the local buckets, put back the saved state pointers, and
     serve every other saved object from ``s3_dir`` when it is first asked for."""
     real_get, real_head = S3Backend.get_object, S3Backend.head_object
 
-    def fault_in(backend, bucket_name, key_name):
+    def fault_in(backend: S3Backend, bucket_name: str, key_name: str) -> None:
         if key_name in backend.get_bucket(bucket_name).keys:
             return
         path = _saved_file(s3_dir, bucket_name, key_name)
         if path is not None:
             backend.put_object(bucket_name, key_name, path.read_bytes())
 
-    def get_object(self, bucket_name, key_name, *args, **kwargs):
+    def get_object(self: S3Backend, bucket_name: str, key_name: str, *args: Any, **kwargs: Any) -> Any:
         fault_in(self, bucket_name, key_name)
         return real_get(self, bucket_name, key_name, *args, **kwargs)
 
-    def head_object(self, bucket_name, key_name, *args, **kwargs):
+    def head_object(self: S3Backend, bucket_name: str, key_name: str, *args: Any, **kwargs: Any) -> Any:
         fault_in(self, bucket_name, key_name)
         return real_head(self, bucket_name, key_name, *args, **kwargs)
 

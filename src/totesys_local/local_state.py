@@ -9,6 +9,8 @@ import json
 import os
 import tempfile
 from contextlib import suppress
+from pathlib import Path
+from typing import Mapping, Union
 
 import boto3
 
@@ -19,7 +21,7 @@ BUCKETS = {"INGEST_BUCKET": "totesys-local-ingest", "PROCESSED_BUCKET": "totesys
 LAST_ERROR_FILE = "last_error.json"
 
 
-def write_atomically(path, body):
+def write_atomically(path: Path, body: bytes) -> None:
     """Replace ``path`` with ``body`` all at once: a temporary file in the same folder, flushed and
     fsync'ed, then renamed over the target (and the folder fsync'ed), so a kill leaves the old file
     or the new one, never a part of it."""
@@ -47,12 +49,12 @@ def write_atomically(path, body):
         os.close(folder)
 
 
-def _naming(err, path):
+def _naming(err: OSError, path: Path) -> OSError:
     """``err`` with the file it is about: a failed write or fsync (a full disk) names none itself."""
     return err if err.filename else OSError(err.errno, err.strerror, str(path))
 
 
-def save_buckets(s3_dir):
+def save_buckets(s3_dir: Path) -> int:
     """Save the buckets to ``s3_dir``; return the number of new data files.
 
     The state pointers (``_state/``) are read first and written last: every data object a pointer
@@ -76,14 +78,14 @@ def save_buckets(s3_dir):
     return written
 
 
-def record_failure(state_dir, failure, log_path):
+def record_failure(state_dir: Path, failure: Mapping[str, object], log_path: Union[str, Path]) -> None:
     """Write ``state_dir/last_error.json``: ``failure`` (stage, error_type, message) plus time and log."""
     record = dict(failure, time=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                   log=str(log_path))
     write_atomically(state_dir / LAST_ERROR_FILE, json.dumps(record, indent=2).encode())
 
 
-def clear_failure(state_dir):
+def clear_failure(state_dir: Path) -> None:
     """Remove ``state_dir/last_error.json`` (a run succeeded)."""
     with suppress(FileNotFoundError):
         (state_dir / LAST_ERROR_FILE).unlink()

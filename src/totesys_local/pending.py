@@ -17,12 +17,14 @@ import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Union, cast
 
+from totesys_local.cdc_slot import slot_line
 from totesys_local.errors import LocalError
 from totesys_local.local_state import BUCKETS, LAST_ERROR_FILE
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
 from utils.aws.manifests import walk_manifests
+from utils.contracts import IngestState, TableBounds
 from utils.errors import CorruptFileError, TotesysError
 
 SHOWN = 20  # batches listed per kind; older ones are counted
@@ -43,14 +45,14 @@ class Batch:
 class Pending:
     """Batches waiting downstream, oldest first. ``ledger_error`` says why the processed batches
     could not be checked against the warehouse (then every processed batch is listed)."""
-    ingest: list = field(default_factory=list)
-    processed: list = field(default_factory=list)
+    ingest: List[Batch] = field(default_factory=list)
+    processed: List[Batch] = field(default_factory=list)
     warehouse: Optional[str] = None
     ledger_error: Optional[str] = None
-    last_error: Optional[dict] = None
+    last_error: Optional[Dict[str, Any]] = None
     progress: Optional["Progress"] = None
 
-    def is_empty(self):
+    def is_empty(self) -> bool:
         return (not self.ingest and not self.processed and self.ledger_error is None
                 and (self.progress is None or not self.progress.waiting()))
 
@@ -68,17 +70,17 @@ class Progress:
     ``warehouse``/``source``: {source table: current rows} of PROGRESS_TABLES; ``error``: why a database
     could not be read."""
     more_waiting: bool = False
-    waiting_rows: Optional[dict] = None
-    source: Optional[dict] = None
-    warehouse: Optional[dict] = None
+    waiting_rows: Optional[Dict[str, int]] = None
+    source: Optional[Dict[str, int]] = None
+    warehouse: Optional[Dict[str, int]] = None
     error: Optional[str] = None
-    cdc_slot: Optional[str] = None  # INGEST_MODE=cdc: the WAL the slot keeps (cdc_cli.slot_line)
+    cdc_slot: Optional[str] = None  # INGEST_MODE=cdc: the WAL the slot keeps (cdc_slot.slot_line)
 
-    def waiting(self):
+    def waiting(self) -> bool:
         return self.more_waiting or any((self.waiting_rows or {}).values())
 
 
-def _read(path):
+def _read(path: Path) -> Optional[Dict[str, Any]]:
     try:
         value = json.loads(path.read_text())
     except FileNotFoundError:
@@ -90,10 +92,10 @@ def _read(path):
     return value
 
 
-def _chain(root, head_key, stop):
+def _chain(root: Path, head_key: Optional[str], stop: Callable[[str, Dict[str, Any]], bool]) -> List[Batch]:
     """Batches of the manifests from ``head_key`` back along prev_manifest_key while
     ``stop(key, manifest)`` is false; oldest first (``utils.aws.manifests.walk_manifests``)."""
-    def read(key):
+    def read(key: str) -> Dict[str, Any]:
         manifest = _read(root / key)
         if manifest is None:
             raise PendingError(f"manifest {root / key} is missing: the local state is incomplete")
@@ -107,7 +109,7 @@ def _chain(root, head_key, stop):
             for key, manifest in chain]
 
 
-def loaded_batch_ids(warehouse_url):
+def loaded_batch_ids(warehouse_url: str) -> Set[str]:
     """The batch ids in the warehouse's ``etl_load_ledger`` (empty when the table does not exist)."""
     conn = connect_to_db(credentials=credentials_from_url(warehouse_url))
     try:
@@ -118,7 +120,8 @@ def loaded_batch_ids(warehouse_url):
         close_db_connection(conn)
 
 
-def waiting_rows(source_url, tables, overlap_seconds=None):
+def waiting_rows(source_url: str, tables: Mapping[str, TableBounds],
+                 overlap_seconds: Optional[int] = None) -> Dict[str, int]:
     """{source table: rows the next ingest will read} on the source: for a table with an entry in the
     ingest state's ``tables``, the rows of its window (at or after ``high - overlap``, without those the
     last run certainly landed: ``utils.ingest.snapshot``); all rows of a table never read. Backdated
@@ -132,15 +135,15 @@ def waiting_rows(source_url, tables, overlap_seconds=None):
     from utils.ingest.snapshot import snapshot_bounds
     if overlap_seconds is None:
         overlap_seconds = int(os.environ.get("INGEST_OVERLAP_SECONDS", DEFAULT_INGEST_OVERLAP_SECONDS))
-    counts = {}
+    counts: Dict[str, int] = {}
     conn = connect_to_db(credentials=credentials_from_url(source_url))
     try:
         cur_xmax = snapshot_bounds(conn.run("SELECT pg_current_snapshot()::text")[0][0])[1]
         for table in SOURCE_TABLES:
-            entry = tables.get(table) or {}
+            entry = tables.get(table)
             sql = f"SELECT count(*) FROM {identifier(table)}"  # nosec B608 - allow-listed name, quoted
-            params = {}
-            if entry.get("high") and entry.get("snapshot"):
+            params: Dict[str, object] = {}
+            if entry and entry.get("high") and entry.get("snapshot"):
                 high = parse_time(entry["high"])
                 sql += (" WHERE last_updated >= CAST(:low AS timestamp) AND NOT (last_updated < "
                         f"CAST(:high AS timestamp) AND {OverlapRereads.landed_sql('prev_xmin')})")
@@ -153,13 +156,13 @@ def waiting_rows(source_url, tables, overlap_seconds=None):
     return counts
 
 
-def current_rows(url, views):
+def current_rows(url: str, views: Mapping[str, str]) -> Dict[str, int]:
     """{source table: rows} of ``views`` ({source table: relation}); a relation that does not exist
     counts 0."""
     from pg8000.native import identifier
     conn = connect_to_db(credentials=credentials_from_url(url))
     try:
-        counts = {}
+        counts: Dict[str, int] = {}
         for table, relation in views.items():
             if conn.run("SELECT to_regclass(:name) IS NULL", name=relation)[0][0]:
                 counts[table] = 0
@@ -170,7 +173,8 @@ def current_rows(url, views):
         close_db_connection(conn)
 
 
-def find_progress(ingest_state, source_url, warehouse_url):
+def find_progress(ingest_state: IngestState, source_url: Optional[str],
+                  warehouse_url: Optional[str]) -> Progress:
     """The Progress of a state folder whose ingest state is ``ingest_state``; without ``source_url``
     only ``more_waiting``. A database that cannot be read sets ``error`` (never raises TotesysError)."""
     progress = Progress(more_waiting=bool(ingest_state.get("more_waiting")))
@@ -189,8 +193,7 @@ def find_progress(ingest_state, source_url, warehouse_url):
     return progress
 
 
-def _cdc_slot_line(source_url, name):
-    from totesys_local.cdc_cli import slot_line
+def _cdc_slot_line(source_url: str, name: str) -> str:
     conn = connect_to_db(credentials=credentials_from_url(source_url), timezone=None, role="totesys")
     try:
         return slot_line(conn, name)
@@ -198,7 +201,8 @@ def _cdc_slot_line(source_url, name):
         close_db_connection(conn)
 
 
-def find_pending(state_dir, warehouse_url=None, source_url=None):
+def find_pending(state_dir: Union[str, Path], warehouse_url: Optional[str] = None,
+                 source_url: Optional[str] = None) -> Pending:
     """Return the Pending of ``state_dir``. Without ``warehouse_url``, or when the warehouse cannot
     be read, ``ledger_error`` says so and every processed batch is listed as not known to be loaded.
     With ``source_url`` also the rows waiting in totesys and the warehouse's progress (``progress``).
@@ -206,13 +210,13 @@ def find_pending(state_dir, warehouse_url=None, source_url=None):
     state_dir = Path(state_dir)
     ingest_root = state_dir / "s3" / BUCKETS["INGEST_BUCKET"]
     processed_root = state_dir / "s3" / BUCKETS["PROCESSED_BUCKET"]
-    ingest_state = _read(ingest_root / "_state" / "ingest.json") or {}
+    ingest_state = cast(IngestState, _read(ingest_root / "_state" / "ingest.json") or {})
     transform_state = _read(processed_root / "_state" / "transform.json") or {}
     found = Pending(last_error=_read(state_dir / LAST_ERROR_FILE))
     transformed_up_to = transform_state.get("ingest_manifest_key")
     found.ingest = _chain(ingest_root, ingest_state.get("manifest_key"),
                           lambda key, _: key == transformed_up_to)
-    loaded = set()
+    loaded: Set[str] = set()
     if warehouse_url is None:
         found.ledger_error = "no warehouse given (--warehouse or TOTESYS_WAREHOUSE_URL)"
     else:
@@ -227,9 +231,9 @@ def find_pending(state_dir, warehouse_url=None, source_url=None):
     return found
 
 
-def print_pending(found, out=print, indent=""):
+def print_pending(found: Pending, out: Callable[[str], None] = print, indent: str = "") -> None:
     """Print a Pending for an operator: each waiting batch (id and batch time), and the last error."""
-    def listing(title, batches):
+    def listing(title: str, batches: Sequence[Batch]) -> None:
         out(f"{indent}{title}: {len(batches)}")
         hidden = len(batches) - SHOWN
         if hidden > 0:
@@ -254,7 +258,7 @@ def print_pending(found, out=print, indent=""):
         out(f"{indent}nothing pending: every batch is loaded")
 
 
-def _print_progress(progress, out, indent):
+def _print_progress(progress: Optional[Progress], out: Callable[[str], None], indent: str) -> None:
     """The rows waiting in totesys and the warehouse's progress (nothing when unknown)."""
     if progress is None:
         return

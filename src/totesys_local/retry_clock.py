@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from contextlib import contextmanager
+from typing import Iterator, List, Mapping, Optional
 from unittest import mock
 
 from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
@@ -22,7 +23,7 @@ SCALE_VARIABLE = "TOTESYS_RETRY_TIME_SCALE"
 DEFAULT_SCALE = 0.01
 
 
-def scale_from_environment(environ=None):
+def scale_from_environment(environ: Optional[Mapping[str, str]] = None) -> float:
     """The compression factor from ``TOTESYS_RETRY_TIME_SCALE`` (DEFAULT_SCALE when unset or empty).
 
     Raises ValueError naming the variable for anything but a finite number >= 0."""
@@ -42,26 +43,26 @@ class RetryClock:
     """Stands in for the ``time`` module of moto's retrier: ``sleep(seconds)`` records the nominal wait
     and sleeps ``seconds * scale``. ``waits`` lists the nominal waits in the order they happened."""
 
-    def __init__(self, scale):
+    def __init__(self, scale: float) -> None:
         self.scale = scale
-        self.waits = []
+        self.waits: List[float] = []
         self._lock = threading.Lock()
 
-    def sleep(self, seconds):
+    def sleep(self, seconds: float) -> None:
         with self._lock:
             self.waits.append(float(seconds))
         if self.scale:
             time.sleep(seconds * self.scale)
 
     @property
-    def elapsed(self):
+    def elapsed(self) -> float:
         """Nominal seconds waited so far: how long AWS would have spent in retry waits."""
         with self._lock:
             return sum(self.waits)
 
 
 @contextmanager
-def compressed_retry_waits(scale=None):
+def compressed_retry_waits(scale: Optional[float] = None) -> Iterator[RetryClock]:
     """While inside, every Retry wait of moto's Step Functions engine goes through a new RetryClock
     (``scale`` None: from the environment). Yields the clock; contexts nest (the innermost wins)."""
     clock = RetryClock(scale_from_environment() if scale is None else scale)

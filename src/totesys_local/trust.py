@@ -10,11 +10,19 @@ import json
 import os
 import sys
 import time
+from argparse import Namespace
 from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Tuple, Union
 
 from botocore.exceptions import ClientError
 
+from totesys_local import cluster, folder_identity, runner
+from totesys_local.local_state import BUCKETS, REGION, save_buckets
+from totesys_local.runner import SOURCE_DB, WAREHOUSE_DB, source_and_warehouse
 from utils.config import DEFAULT_INGEST_OVERLAP_SECONDS
+from utils.contracts import HeldDeletes
+from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
+from utils.db.identity import database_identity
 
 EXIT_CANNOT_RUN = 2
 
@@ -22,10 +30,10 @@ EXIT_CANNOT_RUN = 2
 class FolderS3:
     """The one S3 call `verify` makes (``get_object``), served from ``<folder>/<bucket>/<key>``."""
 
-    def __init__(self, folder):
+    def __init__(self, folder: Union[str, Path]) -> None:
         self.folder = Path(folder)
 
-    def get_object(self, Bucket, Key):  # noqa: N803 - boto3's argument names
+    def get_object(self, Bucket: str, Key: str) -> Dict[str, Any]:  # noqa: N803 - boto3's argument names
         path = self.folder / Bucket / Key
         if not path.is_file():
             raise ClientError({"Error": {"Code": "NoSuchKey", "Message": Key}}, "GetObject")
@@ -33,13 +41,12 @@ class FolderS3:
         return {"Body": io.BytesIO(body), "ETag": f'"{len(body)}"'}
 
 
-def _overlap_seconds():
+def _overlap_seconds() -> int:
     return int(os.environ.get("INGEST_OVERLAP_SECONDS", DEFAULT_INGEST_OVERLAP_SECONDS))
 
 
-def database_urls(args):
+def database_urls(args: Namespace) -> Tuple[str, str]:
     """(source URL, warehouse URL): the flags, the environment, else the state folder's embedded ones."""
-    from totesys_local.runner import SOURCE_DB, WAREHOUSE_DB, source_and_warehouse
     source, warehouse = source_and_warehouse(args)
     if source and warehouse:
         return source, warehouse
@@ -47,17 +54,12 @@ def database_urls(args):
     if not (state_dir / "cluster.json").exists():
         raise LookupError(f"no embedded databases under {state_dir}/: run `make run` first, "
                           "or give --source and --warehouse")
-    from totesys_local import cluster
     pg = cluster.local_cluster(state_dir)
     return source or pg.url(SOURCE_DB), warehouse or pg.url(WAREHOUSE_DB)
 
 
-def command_verify(args, out=print):
+def command_verify(args: Namespace, out: Callable[[str], None] = print) -> int:
     """The exit status: 0 every table matched, 1 any mismatch, 2 when verify cannot run."""
-    from totesys_local import folder_identity
-    from totesys_local.local_state import BUCKETS
-    from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
-    from utils.db.identity import database_identity
     from utils.verify.report import render_json, render_text
     from utils.verify.run import verify
     try:
@@ -87,28 +89,25 @@ def command_verify(args, out=print):
     return report.exit_code
 
 
-def command_resync(args):
+def command_resync(args: Namespace) -> int:
     """One execution that lands the named tables in full (checked before anything runs)."""
-    from totesys_local import runner
     from utils.ingest.resync import resync_tables
     request = {"resync": list(args.tables)}
     resync_tables(request)  # an unknown name fails here, with the allow-list's message
     return runner.run_with_request(args, request)
 
 
-def held_deletions(state_dir):
+def held_deletions(state_dir: Union[str, Path]) -> Dict[str, HeldDeletes]:
     """{table: {"rows", "table_rows"}} the last ingest run held, from the saved ingest state."""
-    from totesys_local.local_state import BUCKETS
     path = Path(state_dir) / "s3" / BUCKETS["INGEST_BUCKET"] / "_state" / "ingest.json"
     if not path.is_file():
         return {}
     return json.loads(path.read_text()).get("held_deletes") or {}
 
 
-def command_deletes(args, out=print):
+def command_deletes(args: Namespace, out: Callable[[str], None] = print) -> int:
     """Without --approve: list the held deletions. With it: one execution recording those tables'."""
     if args.approve:
-        from totesys_local import runner
         from utils.ingest.delete_guard import approved_tables
         request = {"approve_deletes": list(args.approve)}
         approved_tables(request)
@@ -122,7 +121,7 @@ def command_deletes(args, out=print):
     return 0
 
 
-def command_rebuild(args, out=print):
+def command_rebuild(args: Namespace, out: Callable[[str], None] = print) -> int:
     """Rebuild the whole warehouse from the state folder's landing zone into the empty database ``--into``
     (a new processed generation, saved with the buckets); with ``--tables``, then replace those tables of
     the warehouse (``--warehouse``, else the embedded one) in place. The exit status."""
@@ -133,8 +132,6 @@ def command_rebuild(args, out=print):
 
     from totesys_local.aws_emulation import account_environment
     from totesys_local.lazy_s3 import lazy_buckets
-    from totesys_local.local_state import BUCKETS, REGION, save_buckets
-    from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
     from utils.rebuild.run import rebuild_warehouse
     s3_dir = Path(args.state_dir) / "s3"
     if not (s3_dir / BUCKETS["INGEST_BUCKET"] / "_state" / "ingest.json").is_file():
@@ -163,14 +160,12 @@ def command_rebuild(args, out=print):
     return 0
 
 
-def _replace_in_place(args, scratch_credentials, out):
+def _replace_in_place(args: Namespace, scratch_credentials: Mapping[str, Any],
+                      out: Callable[[str], None]) -> int:
     """After a rebuild into the scratch database: copy ``args.tables`` into the warehouse in place."""
-    from totesys_local.runner import WAREHOUSE_DB, source_and_warehouse
-    from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
     from utils.rebuild.in_place import replace_tables
     _, warehouse_url = source_and_warehouse(args)
     if not warehouse_url:
-        from totesys_local import cluster
         warehouse_url = cluster.local_cluster(Path(args.state_dir)).url(WAREHOUSE_DB)
     live = connect_to_db(credentials_from_url(warehouse_url), role="warehouse")
     scratch = connect_to_db(scratch_credentials, role="warehouse")

@@ -51,6 +51,9 @@ def test_the_code_keeps_every_import_contract(copy):
     ("utils/catalog/formats.py", "from utils.load.schema import REJECTED  # noqa", "siblings"),
     ("utils/config.py", "import totesys_local.cli  # noqa", "never the reverse"),
     ("totesys_local/cli.py", "from totesys_local.daemon import server  # noqa", "daemon is reached"),
+    # A function-local import counts (the circle pending -> cdc_cli -> trust -> runner -> pending hid so).
+    ("totesys_local/pending.py", "def _planted():\n    from totesys_local.cdc_cli import slot_name  # noqa",
+     "one way"),
 ])
 def test_a_planted_wrong_import_breaks_a_contract(copy, module, line, broken):
     restore = plant(copy.root, module, line)

@@ -143,9 +143,8 @@ def test_run_into_an_existing_spec_warehouse_with_the_line2_spelling(
         tmp_path, capsys, totesys_url, warehouse_url):
     """A warehouse that already holds the SPEC tables (no ledger, indexes or views yet) and spells
     one column counterparty_legal_address_line2, as some real warehouses do."""
-    from pathlib import Path
-    ddl = Path(__file__).resolve().parents[2].joinpath("sql", "warehouse_schema.sql").read_text()
-    spec_tables = ddl.split("-- One fact row")[0].replace(
+    from utils.catalog.warehouse import warehouse_ddl
+    spec_tables = warehouse_ddl().split("-- One fact row")[0].replace(
         "counterparty_legal_address_line_2", "counterparty_legal_address_line2")
     conn = connect_to_db(credentials=credentials_from_url(warehouse_url))
     conn.run(spec_tables)

@@ -9,13 +9,13 @@ import argparse
 import contextlib
 import os
 import sys
-from typing import Optional
+from typing import Optional, Sequence
 from pathlib import Path
 
 from totesys_local.daemon.protocol import LOG_NAME
 
 
-def _detach(log_path):
+def _detach(log_path: Path) -> None:
     """Become the emulator's process: a session of its own, no terminal, output to the log."""
     with contextlib.suppress(OSError):
         os.setsid()
@@ -28,7 +28,7 @@ def _detach(log_path):
     os.close(log)
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m totesys_local.daemon",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--state-dir", required=True)
@@ -45,7 +45,7 @@ def main(argv=None):
     os.close(answers)
     _detach(state / LOG_NAME)
 
-    def ready(line):
+    def ready(line: str) -> None:
         nonlocal answer
         if answer is not None:
             os.write(answer, (line + "\n").encode())

@@ -5,12 +5,14 @@ line, the working folder, the environment and the code fingerprint, prints the o
 and returns the run's exit status. ``stop`` stops the emulator (``totesys stop``, ``make stop``).
 """
 import contextlib
+import enum
 import os
 import signal
 import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any, Final, List, Mapping, Optional, Sequence, Union
 
 from totesys_local.daemon.protocol import (LOG_NAME, PID_NAME, SWITCH_VARIABLE, DaemonError, code_fingerprint,
                                            describe_seconds, idle_seconds, receive, send, socket_path,
@@ -18,23 +20,30 @@ from totesys_local.daemon.protocol import (LOG_NAME, PID_NAME, SWITCH_VARIABLE, 
 
 START_TIMEOUT = 180  # the emulator imports everything and warms moto up (~5 s; more on a busy machine)
 STOP_TIMEOUT = 120  # a stopping emulator first finishes the run it serves
-RESTART = object()
 
 
-def enabled(environ=None):
+class _Restart(enum.Enum):
+    """The emulator answered that it is stopping (its code is older): ask again."""
+    RESTART = "restart"
+
+
+RESTART: Final = _Restart.RESTART
+
+
+def enabled(environ: Optional[Mapping[str, str]] = None) -> bool:
     """False when TOTESYS_DAEMON is off (0, no, false): run in-process, as before the emulator."""
     value = (os.environ if environ is None else environ).get(SWITCH_VARIABLE, "on")
     return value.strip().lower() not in ("off", "0", "no", "false")
 
 
-def can_serve():
+def can_serve() -> bool:
     """Whether an emulator could start here: it needs moto, a development dependency. Without it the
     command runs in-process, which says what to install."""
     import importlib.util
     return importlib.util.find_spec("moto") is not None
 
 
-def run(argv, command, state_dir):
+def run(argv: Sequence[str], command: str, state_dir: Union[str, Path]) -> Optional[int]:
     """Run ``totesys <argv>`` in the emulator of ``state_dir``; return its exit status (1 with one line
     on stderr when the emulator cannot be reached), or None when no emulator can serve here."""
     try:
@@ -68,7 +77,7 @@ def run(argv, command, state_dir):
         return 130
 
 
-def _connect(path):
+def _connect(path: Path) -> Optional[socket.socket]:
     """A connection to the emulator listening on ``path``, or None when none listens there."""
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -82,7 +91,8 @@ def _connect(path):
     return conn
 
 
-def _exchange(conn, request, command, state_dir):
+def _exchange(conn: socket.socket, request: Mapping[str, object], command: str,
+              state_dir: Union[str, Path]) -> Union[int, _Restart]:
     """Send the request and relay the answers; the exit status, or RESTART."""
     log = Path(state_dir) / LOG_NAME
     with conn, conn.makefile("rb") as stream:
@@ -118,7 +128,7 @@ def _exchange(conn, request, command, state_dir):
                       f"{log}); whatever the execution saved is kept: run again to go on")
 
 
-def _relay(message):
+def _relay(message: Mapping[str, Any]) -> bool:
     """Print an output message where it belongs; False when our own output is closed (`| head`)."""
     stream = sys.stdout if "out" in message else sys.stderr
     try:
@@ -129,7 +139,7 @@ def _relay(message):
     return True
 
 
-def start(state_dir):
+def start(state_dir: Union[str, Path]) -> int:
     """Start the emulator of ``state_dir`` (detached: its own session, output in daemon.log) and wait
     until it serves; return its pid."""
     import subprocess  # nosec B404 - starts this project's own emulator with this interpreter
@@ -152,7 +162,7 @@ def start(state_dir):
                       f"{state / LOG_NAME}); {SWITCH_VARIABLE}=off runs without it")
 
 
-def running_pid(state_dir):
+def running_pid(state_dir: Union[str, Path]) -> Optional[int]:
     """The pid of the emulator of ``state_dir`` if it is running, else None."""
     try:
         pid = int((Path(state_dir) / PID_NAME).read_text().strip())
@@ -161,7 +171,7 @@ def running_pid(state_dir):
     return pid if is_our_emulator(pid, state_dir) else None
 
 
-def is_our_emulator(pid, state_dir):
+def is_our_emulator(pid: int, state_dir: Union[str, Path]) -> bool:
     """Whether process ``pid`` is the emulator of ``state_dir`` (not a recycled pid; not a zombie):
     its command line, where /proc shows it; else its own answer on the socket."""
     if os.path.exists("/proc/self/cmdline"):
@@ -173,17 +183,17 @@ def is_our_emulator(pid, state_dir):
     return _ping(state_dir) == pid  # pragma: no cover - systems without /proc
 
 
-def _ping(state_dir):  # pragma: no cover - systems without /proc
+def _ping(state_dir: Union[str, Path]) -> Optional[int]:  # pragma: no cover - systems without /proc
     conn = _connect(socket_path(state_dir))
     if conn is None:
         return None
     with conn, conn.makefile("rb") as stream:
         greeting = receive(stream)
         send(conn, ping=True)
-    return greeting and greeting.get("pid")
+    return greeting.get("pid") if greeting else None
 
 
-def emulator_pids(state_dir):
+def emulator_pids(state_dir: Union[str, Path]) -> List[int]:
     """The pids of every emulator of ``state_dir``: the one its pid file names, and any other started
     for the same path (one whose folder was deleted and made again, whose pid file is gone), found by
     their command lines where /proc shows them."""
@@ -197,7 +207,7 @@ def emulator_pids(state_dir):
     return pids
 
 
-def stop(state_dir, timeout=STOP_TIMEOUT):
+def stop(state_dir: Union[str, Path], timeout: float = STOP_TIMEOUT) -> Optional[int]:
     """Stop every emulator of ``state_dir`` (``emulator_pids``): SIGTERM (each finishes the run it
     serves, then exits), SIGKILL after ``timeout`` s (the state folder is safe either way). Return the
     pid the pid file named (else the first found), or None if none ran."""

@@ -12,8 +12,10 @@ import hashlib
 import json
 import os
 import stat
+import socket
 import sys
 from pathlib import Path
+from typing import IO, Any, Dict, Mapping, Optional, Union
 
 from totesys_local.asl import ASL_TEMPLATE
 from totesys_local.errors import LocalError
@@ -35,12 +37,12 @@ class DaemonError(LocalError):
     """The local emulator could not be reached, started or stopped; the message is for the user."""
 
 
-def state_folder(state_dir):
+def state_folder(state_dir: Union[str, Path]) -> Path:
     """The absolute, symlink-free path of a state folder: one emulator per folder, however it is named."""
     return Path(os.path.realpath(state_dir))
 
 
-def socket_path(state_dir):
+def socket_path(state_dir: Union[str, Path]) -> Path:
     """``<state-dir>/daemon.sock``, or, when that path is too long for AF_UNIX, a socket in a private
     folder of the temporary directory named by a hash of the state folder's absolute path."""
     state = state_folder(state_dir)
@@ -51,7 +53,7 @@ def socket_path(state_dir):
     return private_temp_folder() / f"{key}.sock"
 
 
-def private_temp_folder():
+def private_temp_folder() -> Path:
     """``$TMPDIR/totesys-<uid>``, created mode 0700; refuses a folder another user could write to."""
     import tempfile
     folder = Path(tempfile.gettempdir()) / f"totesys-{os.getuid()}"
@@ -66,7 +68,7 @@ def private_temp_folder():
     return folder
 
 
-def idle_seconds(environ=None):
+def idle_seconds(environ: Optional[Mapping[str, str]] = None) -> float:
     """Seconds without a request after which the emulator stops (TOTESYS_DAEMON_IDLE_SECONDS)."""
     text = (os.environ if environ is None else environ).get(IDLE_VARIABLE, "")
     try:
@@ -76,12 +78,12 @@ def idle_seconds(environ=None):
     return value if value > 0 else DEFAULT_IDLE_SECONDS
 
 
-def describe_seconds(seconds):
+def describe_seconds(seconds: float) -> str:
     """15 min, 90 s: how the started line says the idle time."""
     return f"{seconds / 60:g} min" if seconds >= 60 and seconds % 60 == 0 else f"{seconds:g} s"
 
 
-def code_fingerprint(environ=None):
+def code_fingerprint(environ: Optional[Mapping[str, str]] = None) -> str:
     """A digest of what the emulator's code is: the interpreter, the installed packages' folder(s), the
     path and CONTENT of every file of src/, sql/, state_machine/ and main-terraform/ (an edit that keeps a
     file's size and mtime is a change too), and the variables read at import time. About 0.7 MB read and
@@ -89,7 +91,7 @@ def code_fingerprint(environ=None):
     environ = os.environ if environ is None else environ
     digest = hashlib.sha256()
 
-    def add(*parts):
+    def add(*parts: object) -> None:
         digest.update("\0".join(str(part) for part in parts).encode("utf-8", "surrogateescape") + b"\n")
 
     # The interpreter by what it is, not by the name it was started by (venv/bin/python and the
@@ -111,12 +113,12 @@ def code_fingerprint(environ=None):
     return digest.hexdigest()
 
 
-def send(conn, **message):
+def send(conn: socket.socket, **message: object) -> None:
     """Send one message (a JSON object on one line)."""
     conn.sendall((json.dumps(message) + "\n").encode())
 
 
-def receive(stream):
+def receive(stream: IO[bytes]) -> Optional[Dict[str, Any]]:
     """The next message from a socket's binary file object, or None at the end of the stream."""
     line = stream.readline()
     return json.loads(line) if line else None

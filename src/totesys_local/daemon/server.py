@@ -21,6 +21,9 @@ import sys
 import threading
 import time
 import traceback
+from pathlib import Path
+from types import ModuleType
+from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from totesys_local.daemon.protocol import (LOCK_NAME, PID_NAME, DaemonError, code_fingerprint, idle_seconds,
                                            receive, send, socket_path, state_folder)
@@ -31,7 +34,7 @@ SEND_TIMEOUT = 30  # seconds a stalled client may block the output before it is 
 TICK = 0.25  # how often the loops look at the stop flag
 
 
-def log(message):
+def log(message: str) -> None:
     """One line of the emulator's own log (its stderr: ``<state-dir>/daemon.log``)."""
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()}: {message}", file=sys.__stderr__,
           flush=True)
@@ -40,12 +43,12 @@ def log(message):
 class Channel:
     """The connection of one request. Sending never fails: a client that went away is only noted."""
 
-    def __init__(self, conn):
+    def __init__(self, conn: socket.socket) -> None:
         self.conn = conn
         self.lock = threading.RLock()
         self.gone = False
 
-    def send(self, **message):
+    def send(self, **message: object) -> None:
         with self.lock:
             if self.gone:
                 return
@@ -60,18 +63,18 @@ class ClientStream(io.TextIOBase):
     """sys.stdout or sys.stderr during a request: each complete line goes to the client as it is
     written (progress lines appear live); ``flush`` also sends a partial line."""
 
-    def __init__(self, channel, kind):
+    def __init__(self, channel: Channel, kind: str) -> None:
         super().__init__()
         self.channel, self.kind, self.pending = channel, kind, ""
 
     @property
-    def encoding(self):  # type: ignore[override]  # TextIOBase declares it an attribute
+    def encoding(self) -> str:  # type: ignore[override]  # TextIOBase declares it an attribute
         return "utf-8"
 
-    def writable(self):
+    def writable(self) -> bool:
         return True
 
-    def write(self, text):
+    def write(self, text: str) -> int:
         with self.channel.lock:
             self.pending += text
             if "\n" in self.pending:
@@ -79,20 +82,20 @@ class ClientStream(io.TextIOBase):
                 self.channel.send(**{self.kind: lines + "\n"})
         return len(text)
 
-    def flush(self):
+    def flush(self) -> None:
         with self.channel.lock:
             if self.pending:
                 self.channel.send(**{self.kind: self.pending})
                 self.pending = ""
 
 
-def _replace_environment(values):
+def _replace_environment(values: Mapping[str, str]) -> None:
     os.environ.clear()
     os.environ.update(values)
     time.tzset()  # TZ may differ between the client and the emulator
 
 
-def _exit_status(code):
+def _exit_status(code: Union[str, int, None]) -> int:
     """sys.exit's argument as a process's exit status."""
     if code is None:
         return 0
@@ -106,8 +109,9 @@ class Emulator:
     """The serving half: an accept thread answers every connection at once (greeting, busy) and queues
     a request only when none is being served; the main thread runs the queued request."""
 
-    def __init__(self, listener, fingerprint, idle, run_command, on_restart=lambda: None,
-                 folder_present=lambda: True, isolate=False):
+    def __init__(self, listener: socket.socket, fingerprint: str, idle: float,
+                 run_command: Callable[[List[str]], int], on_restart: Callable[[], None] = lambda: None,
+                 folder_present: Callable[[], bool] = lambda: True, isolate: bool = False) -> None:
         self.listener = listener
         self.isolate = isolate
         self.folder_present = folder_present
@@ -115,16 +119,16 @@ class Emulator:
         self.fingerprint = fingerprint
         self.idle = idle
         self.run_command = run_command
-        self.requests: queue.Queue = queue.Queue()
+        self.requests: "queue.Queue[Tuple[socket.socket, Dict[str, Any]]]" = queue.Queue()
         self.busy = threading.Lock()
         self.held = False  # the main thread holds ``busy`` for the request it serves (main thread only)
         self.stopping = threading.Event()
 
-    def stop(self, *_):
+    def stop(self, *_: object) -> None:
         """Stop after the run being served (the SIGTERM handler)."""
         self.stopping.set()
 
-    def serve(self):
+    def serve(self) -> None:
         accepting = threading.Thread(target=self._accept, name="accept", daemon=True)
         accepting.start()
         last = time.monotonic()
@@ -155,13 +159,13 @@ class Emulator:
                 send(conn, restart="stopping")
             conn.close()
 
-    def _free(self):
+    def _free(self) -> None:
         """Let the accept thread take the next request (once per request)."""
         if self.held:
             self.held = False
             self.busy.release()
 
-    def _accept(self):
+    def _accept(self) -> None:
         self.listener.settimeout(TICK)
         while not self.stopping.is_set():
             try:
@@ -186,7 +190,7 @@ class Emulator:
             else:
                 self.requests.put((conn, request))
 
-    def _handle(self, conn, request):
+    def _handle(self, conn: socket.socket, request: Mapping[str, Any]) -> None:
         conn.settimeout(SEND_TIMEOUT)
         channel = Channel(conn)
         if request.get("fingerprint") != self.fingerprint:
@@ -205,7 +209,7 @@ class Emulator:
         channel.send(exit=status)
         log(f"done: exit status {status} in {time.monotonic() - started:.2f} s")
 
-    def _in_child(self, channel, request):
+    def _in_child(self, channel: Channel, request: Mapping[str, Any]) -> int:
         """Run the request in a forked child and return its exit status. The child starts warm (a copy
         of this process: imports, moto, the deployed pipeline) and everything the execution allocates
         (Arrow tables, moto's objects, the parsed history) goes back to the system when it exits: the
@@ -226,7 +230,7 @@ class Emulator:
             return 1
         return status
 
-    def _run(self, channel, request):
+    def _run(self, channel: Channel, request: Mapping[str, Any]) -> int:
         """Run the request in this process; its exit status."""
         argv = request["argv"]
         saved_environment, saved_folder = dict(os.environ), os.getcwd()
@@ -251,7 +255,7 @@ class Emulator:
         return status
 
 
-def _lock(state):
+def _lock(state: Path) -> Optional[IO[str]]:
     """Hold ``daemon.lock`` for the process's life: one emulator per state folder. Waits for an
     emulator that is stopping (a restart) to exit; returns None when another one serves."""
     handle = open(state / LOCK_NAME, "w")
@@ -267,7 +271,7 @@ def _lock(state):
             time.sleep(0.05)
 
 
-def _listen(path):
+def _listen(path: Path) -> socket.socket:
     """A socket listening on ``path`` (mode 0600), replacing a stale one (we hold the lock)."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -282,7 +286,7 @@ def _listen(path):
     return listener
 
 
-def warm_up():
+def warm_up() -> Tuple[ModuleType, Dict[str, Callable[..., Any]]]:
     """Import everything a run needs and run one execution of the real definition with stand-in
     handlers in a throwaway account: moto's ASL parser, its JSONPath and intrinsic-function parsers,
     boto3's service models and the handlers' imports are then warm. Returns (cli, the real handlers)."""
@@ -302,7 +306,7 @@ def warm_up():
     return cli, handlers
 
 
-def _warm_first_calls(boto3):
+def _warm_first_calls(boto3: ModuleType) -> None:
     """What a run's first call pays once per process, paid here: each run is a fork of this process
     (``Emulator._in_child``), so what is cached here is cached for every run, and what is not is paid by
     every run. The handlers' SDK check (a new botocore session: ~1 s on a busy machine) and the clients'
@@ -313,7 +317,7 @@ def _warm_first_calls(boto3):
         boto3.client(service)
 
 
-def release_unused_memory():
+def release_unused_memory() -> None:
     """Give back what the warm-up held and no run uses: moto's EC2 instance catalogue (~55 MB of parsed
     JSON, loaded because the Step Functions parser imports its Batch integration; the pipeline has no
     EC2), then the freed heap (glibc's malloc_trim, where there is one); then freezes what is left out of
@@ -333,7 +337,7 @@ def release_unused_memory():
     gc.freeze()
 
 
-def serve(state_dir, ready):
+def serve(state_dir: Union[str, Path], ready: Callable[[str], None]) -> int:
     """The emulator's life. ``ready(line)`` is called once: "ready <pid>" when it serves (or when another
     emulator already serves this folder), "failed: <reason>" when it cannot start. Returns the exit status."""
     state = state_folder(state_dir)
@@ -376,14 +380,14 @@ def serve(state_dir, ready):
         return 1
 
 
-def _same_folder(state):
+def _same_folder(state: Path) -> Callable[[], bool]:
     """A check that ``state`` is still the folder this emulator was started for: not deleted, not
     replaced by a new folder of the same name (whose own emulator a client would start)."""
     identity = _identity(state)
     return lambda: _identity(state) == identity
 
 
-def _identity(folder):
+def _identity(folder: Path) -> Optional[Tuple[int, int]]:
     try:
         info = os.stat(folder)
     except OSError:
@@ -391,7 +395,7 @@ def _identity(folder):
     return info.st_dev, info.st_ino
 
 
-def _remove_own_files(state, path, inode):
+def _remove_own_files(state: Path, path: Path, inode: int) -> None:
     """Remove the socket and the pid file, unless a newer emulator has already replaced them."""
     with contextlib.suppress(OSError):
         if os.stat(path).st_ino == inode:

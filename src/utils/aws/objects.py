@@ -1,7 +1,7 @@
 """Objects in S3: written once, never overwritten; read back as JSON or as schema-checked Parquet."""
 import io
 import json
-from typing import Any, Dict, List, Optional
+from typing import Any, Collection, Dict, List, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -87,10 +87,12 @@ def read_json(s3_client: Any, bucket_name: str, key: str) -> Dict[str, Any]:
 
 
 def read_parquet_table(s3_client: Any, bucket_name: str, file_key: str, table_name: str, schema: pa.Schema,
-                       manifest_key: Optional[str] = None) -> pa.Table:
+                       manifest_key: Optional[str] = None, missing_as_null: Collection[str] = ()) -> pa.Table:
     """Return the object ``bucket_name/file_key`` as a pyarrow.Table with exactly ``schema``.
 
-    Columns are selected and ordered as in ``schema`` (extra columns are ignored). Raises
+    Columns are selected and ordered as in ``schema`` (extra columns are ignored); a nullable column named
+    in ``missing_as_null`` that the file lacks (a file written before the column was added to the
+    catalogue) reads as NULLs. Raises
     CorruptFileError (naming the key, and ``manifest_key`` when given: the manifest that names the
     object) when the object is missing or is not a readable Parquet file, and SchemaMismatchError
     naming ``table_name`` and the column when a column is missing, has a different type, or holds
@@ -110,16 +112,21 @@ def read_parquet_table(s3_client: Any, bucket_name: str, file_key: str, table_na
         raise CorruptFileError(
             f"{table_name}: {where}{named_by} is not a readable Parquet file ({type(err).__name__})",
             key=file_key) from None
-    return conform_table(table, table_name, schema, where)
+    return conform_table(table, table_name, schema, where, missing_as_null)
 
 
-def conform_table(table: pa.Table, table_name: str, schema: pa.Schema, where: str = "input") -> pa.Table:
-    """Check ``table`` against ``schema`` and return it with exactly the schema's columns.
+def conform_table(table: pa.Table, table_name: str, schema: pa.Schema, where: str = "input",
+                  missing_as_null: Collection[str] = ()) -> pa.Table:
+    """Check ``table`` against ``schema`` and return it with exactly the schema's columns; a nullable column
+    named in ``missing_as_null`` that ``table`` lacks is all NULLs.
 
     Raises SchemaMismatchError naming ``table_name`` and the first bad column.
     """
     columns = []
     for field in schema:
+        if field.name not in table.column_names and field.nullable and field.name in missing_as_null:
+            columns.append(pa.nulls(table.num_rows, field.type))
+            continue
         if field.name not in table.column_names:
             raise SchemaMismatchError(
                 f"{table_name}: column {field.name!r} is missing from {where}", table=table_name)

@@ -111,14 +111,23 @@ SOURCE_SCHEMAS = {
         ("counterparty_ac_number", pa.int32(), False)),
 }
 
-# What a landing (ingest) Parquet file holds: the source types with every column nullable. The
-# landing zone keeps whatever the source holds (a NOT NULL dropped in the source must not make
-# ingest write a file whose data contradicts its schema); the transform quarantines the rows the
-# warehouse cannot hold.
-LANDING_SCHEMAS = {
-    name: pa.schema([field.with_nullable(True) for field in schema])
-    for name, schema in SOURCE_SCHEMAS.items()
-}
+
+def landing_schema(source_schema: pa.Schema) -> pa.Schema:
+    """What a landing (ingest) Parquet file of a source table holds: the source types with every column
+    nullable. The landing zone keeps whatever the source holds (a NOT NULL dropped in the source must not
+    make ingest write a file whose data contradicts its schema); the transform quarantines the rows the
+    warehouse cannot hold."""
+    return pa.schema([field.with_nullable(True) for field in source_schema])
+
+
+LANDING_SCHEMAS = {name: landing_schema(schema) for name, schema in SOURCE_SCHEMAS.items()}
+
+
+def optional_columns(table: str) -> Tuple[str, ...]:
+    """The columns of source ``table`` that may be NULL (``SOURCE_SCHEMAS``): a landing file written before
+    such a column was added to the catalogue reads as NULLs there; a NOT NULL column must be in the file."""
+    return tuple(field.name for field in SOURCE_SCHEMAS[table] if field.nullable)
+
 
 # How a landing file holds PostgreSQL's 'infinity' timestamp (negated: '-infinity'): the largest
 # timestamp[ms], far beyond any real time. The transform quarantines such rows and names the value.

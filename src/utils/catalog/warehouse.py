@@ -2,17 +2,21 @@
 files, which carry the source version of a dimension row), their keys, their sources, the load order.
 
 Read by the transform (which builds these tables, ``utils.transform.star``) and by the load (which checks
-the warehouse against them, ``utils.load.schema``). The DDL is ``utils/catalog/sql/warehouse_schema.sql``.
+the warehouse against them, ``utils.load.schema``), and by the warehouse DDL (``warehouse_ddl``): the
+column lists of the eleven tables are generated from ``WAREHOUSE_SCHEMAS``;
+``utils/catalog/sql/warehouse_schema.sql`` holds the rest (keys, foreign keys, indexes, views, the
+sequence, the ledger tables) around a ``{columns:<table>}`` marker in each table's ``CREATE TABLE``.
 """
+import re
 from pathlib import Path
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import pyarrow as pa
 
 from utils.catalog.source import check_table_name
 
-# The warehouse DDL: tables, ledger, unique version indexes, current_* views (inside src/: the Lambda zip
-# carries it).
+# The warehouse DDL template: tables (their catalogue columns as markers), ledger, unique version indexes,
+# current_* views (inside src/: the Lambda zip carries it). ``warehouse_ddl()`` renders it.
 WAREHOUSE_DDL = Path(__file__).resolve().parent / "sql" / "warehouse_schema.sql"
 
 _MONEY = pa.decimal128(10, 2)
@@ -87,11 +91,17 @@ WAREHOUSE_KEYS = {
 # in etl_dimension_version and never lets an older version overwrite a newer one.
 VERSION_COLUMN = "source_last_updated"
 VERSIONED_DIMENSIONS = tuple(name for name in DIMENSIONS if name != "dim_date")
-PROCESSED_SCHEMAS = {
-    name: schema.append(pa.field(VERSION_COLUMN, pa.timestamp("ms"), nullable=False))
-    if name in VERSIONED_DIMENSIONS else schema
-    for name, schema in WAREHOUSE_SCHEMAS.items()
-}
+
+
+def processed_schema(name: str, warehouse_schema: pa.Schema) -> pa.Schema:
+    """The processed files' schema of warehouse table ``name`` (``warehouse_schema``: its columns), with the
+    source version column last for a versioned dimension."""
+    if name in VERSIONED_DIMENSIONS:
+        return warehouse_schema.append(pa.field(VERSION_COLUMN, pa.timestamp("ms"), nullable=False))
+    return warehouse_schema
+
+
+PROCESSED_SCHEMAS = {name: processed_schema(name, schema) for name, schema in WAREHOUSE_SCHEMAS.items()}
 # The source table (and its id column in the warehouse table) each warehouse row comes from.
 WAREHOUSE_SOURCES = {
     "dim_staff": ("staff", "staff_id"), "dim_location": ("address", "location_id"),
@@ -110,3 +120,52 @@ SNAPSHOT_TABLES = ("address", "counterparty", "department", "staff")
 def check_warehouse_table(name: Any) -> str:
     """Return ``name`` if it is one of the eleven warehouse tables, else raise UnknownTableError."""
     return check_table_name(name, WAREHOUSE_TABLES, "warehouse table")
+
+
+# Where a table's catalogue columns go in the DDL template: ``{columns:dim_date}``.
+_COLUMNS_MARKER = re.compile(r"\{columns:(\w+)\}")
+
+
+def warehouse_column_type(kind: pa.DataType) -> str:
+    """The warehouse's SQL type of a catalogue column's Arrow type: text is varchar; times keep the source's
+    milliseconds (time(3)), as do timestamps; numbers keep the catalogue's precision. Raises TypeError for a
+    type the warehouse has no column type for."""
+    if pa.types.is_int32(kind) or pa.types.is_int16(kind):
+        return "integer"
+    if pa.types.is_int64(kind):
+        return "bigint"
+    if pa.types.is_string(kind):
+        return "varchar"
+    if pa.types.is_date(kind):
+        return "date"
+    if pa.types.is_time(kind):
+        return "time(3)"
+    if pa.types.is_decimal(kind):
+        return f"numeric({kind.precision}, {kind.scale})"
+    if pa.types.is_boolean(kind):
+        return "boolean"
+    if pa.types.is_timestamp(kind):
+        return "timestamp(3)"
+    raise TypeError(f"no warehouse column type for {kind}")
+
+
+def warehouse_columns_sql(table: str) -> str:
+    """The column definitions of ``table`` as the catalogue declares them, one per line, in order
+    (``name type`` and ``NOT NULL`` for a non-nullable field), for its ``CREATE TABLE``."""
+    return ",\n    ".join(
+        f"{field.name} {warehouse_column_type(field.type)}{'' if field.nullable else ' NOT NULL'}"
+        for field in WAREHOUSE_SCHEMAS[check_warehouse_table(table)])
+
+
+def warehouse_ddl() -> str:
+    """The warehouse DDL: ``WAREHOUSE_DDL`` with each ``{columns:<table>}`` marker replaced by that table's
+    catalogue columns. Raises ValueError unless every warehouse table has exactly one marker (a known table:
+    UnknownTableError otherwise)."""
+    template = WAREHOUSE_DDL.read_text()
+    marked = _COLUMNS_MARKER.findall(template)
+    counts: Dict[str, int] = {name: marked.count(name) for name in WAREHOUSE_TABLES}
+    if sorted(marked) != sorted(WAREHOUSE_TABLES):
+        unexpected = sorted(set(marked) - set(WAREHOUSE_TABLES))
+        raise ValueError(f"{WAREHOUSE_DDL.name}: expected one {{columns:<table>}} marker per warehouse "
+                         f"table; counts {counts}, unknown {unexpected}")
+    return _COLUMNS_MARKER.sub(lambda match: warehouse_columns_sql(match.group(1)), template)

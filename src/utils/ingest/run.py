@@ -314,7 +314,7 @@ def _land_table(conn: Any, extraction: Extraction, table: str,
                       xid_base=str(cur_xmax >> 32 << 32), cur_xmax=str(cur_xmax))
     keys = extraction.new_keys.get(table)
     backdated = keys is not None and len(keys) > 0
-    if backdated:
+    if keys is not None and backdated:
         params.update(backdated_settings(keys))
     future_from = window.future_from.get(table)
     after_future = bool(prev and future_from and prev.get("future_from"))

@@ -14,8 +14,11 @@ entry (``utils.transform.deletes``); those close the same way. The transform dro
 deleted rows from its snapshots, so a parent's change never re-emits a deleted child as if it had come
 back.
 """
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import pyarrow as pa
 import pyarrow.compute as pc
-from pg8000.native import identifier
+from pg8000.native import Connection, identifier
 
 from utils.catalog.warehouse import WAREHOUSE_SOURCES
 from utils.db.copy_in import csv_stream
@@ -25,7 +28,8 @@ from utils.logger import get_logger
 logger = get_logger("load")
 
 
-def _batch_source_ids(tables, source_ids):
+def _batch_source_ids(tables: Mapping[str, Optional[pa.Table]], source_ids: Optional[Mapping[str, List[int]]]
+                      ) -> List[Tuple[str, List[int]]]:
     """[(source table, ids)] of the batch: from its warehouse rows and its ``source_ids`` entry."""
     pairs = [(source, ids) for source, ids in (source_ids or {}).items() if ids]
     for name, table in tables.items():
@@ -35,7 +39,8 @@ def _batch_source_ids(tables, source_ids):
     return pairs
 
 
-def close_reinserted(conn, tables, batch_id, source_ids=None):
+def close_reinserted(conn: Connection, tables: Mapping[str, Optional[pa.Table]], batch_id: str,
+                     source_ids: Optional[Mapping[str, List[int]]] = None) -> Dict[str, int]:
     """Close the open deletions of the source ids this batch's rows (``tables``: {warehouse table:
     pyarrow Table}) come from, and of ``source_ids`` ({source table: [ids]}, the manifest's entry for
     tables without a warehouse table); return {source table: deletions closed}."""
@@ -57,7 +62,8 @@ def close_reinserted(conn, tables, batch_id, source_ids=None):
     return closed
 
 
-def record_deleted(conn, deleted_keys, tables, batch_id, source_ids=None):
+def record_deleted(conn: Connection, deleted_keys: pa.Table, tables: Mapping[str, Optional[pa.Table]],
+                   batch_id: str, source_ids: Optional[Mapping[str, List[int]]] = None) -> Dict[str, int]:
     """Close re-inserted deletions (``close_reinserted``: ``tables`` and ``source_ids``), then record
     this batch's deleted keys (DELETED_SCHEMA table) in etl_deleted_rows, inside the caller's
     transaction. Returns {source table: deletions newly recorded} (a deletion already recorded counts

@@ -6,6 +6,10 @@ value the session already has (derived from the Lambda's remaining time, ``utils
 When a wait ends, ``lock_holders`` names the sessions holding locks on the tables concerned, for the line
 that says what the load waited for.
 """
+from typing import Iterable, List
+
+from pg8000.native import Connection
+
 from utils.db.connection import sqlstate
 from utils.errors import ConcurrentRunError
 
@@ -15,17 +19,17 @@ QUERY_CANCELED = "57014"
 LOCK_TIMEOUT_MS = 10_000
 
 
-def is_lock_timeout(err):
+def is_lock_timeout(err: BaseException) -> bool:
     """True for a statement ended by lock_timeout (55P03)."""
     return sqlstate(err)[0] == LOCK_NOT_AVAILABLE
 
 
-def is_lock_wait_ended(err):
+def is_lock_wait_ended(err: BaseException) -> bool:
     """True for a statement ended by lock_timeout (55P03) or by a local statement_timeout (57014)."""
     return sqlstate(err)[0] in (LOCK_NOT_AVAILABLE, QUERY_CANCELED)
 
 
-def bound(conn, setting, milliseconds):
+def bound(conn: Connection, setting: str, milliseconds: int) -> int:
     """Set ``setting`` (lock_timeout or statement_timeout) for the rest of the transaction to
     ``milliseconds``, unless the session already has a lower non-zero value."""
     current = int(conn.run("SELECT setting FROM pg_settings WHERE name = :name", name=setting)[0][0])
@@ -34,12 +38,12 @@ def bound(conn, setting, milliseconds):
     return current
 
 
-def bound_lock_waits(conn):
+def bound_lock_waits(conn: Connection) -> None:
     """Inside a transaction: no lock it takes from now on waits longer than LOCK_TIMEOUT_MS."""
     bound(conn, "lock_timeout", LOCK_TIMEOUT_MS)
 
 
-def lock_holders(conn, tables):
+def lock_holders(conn: Connection, tables: Iterable[str]) -> List[str]:
     """['pid N (state, since T) holds MODE on TABLE', ...] (state preceded by the backend type when it is not
     a client's, e.g. "autovacuum worker"): other sessions' granted locks on ``tables``
     (names in the current schema), for the line that says what the load waited for."""
@@ -54,7 +58,7 @@ def lock_holders(conn, tables):
             for pid, state, since, mode, table in rows]
 
 
-def lock_wait_error(conn, tables, what):
+def lock_wait_error(conn: Connection, tables: Iterable[str], what: str) -> ConcurrentRunError:
     """The ConcurrentRunError for a batch whose lock wait ended (the transaction already rolled back)."""
     try:
         holders = lock_holders(conn, tables)

@@ -6,12 +6,12 @@ of ``counterparty_legal_address_line_2``; narrower columns are accepted and thei
 in it is idempotent).
 """
 from dataclasses import dataclass, field as dataclass_field
-from typing import Dict
+from typing import Any, Collection, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import pyarrow as pa
-from pg8000.native import identifier
+from pg8000.native import Connection, identifier
 
-from utils.catalog.warehouse import FACTS, WAREHOUSE_DDL, WAREHOUSE_SCHEMAS, WAREHOUSE_TABLES
+from utils.catalog.warehouse import FACTS, WAREHOUSE_DDL, WAREHOUSE_SCHEMAS, WAREHOUSE_TABLES, warehouse_ddl
 from utils.db.connection import end_quietly
 from utils.errors import SchemaMismatchError
 from utils.logger import get_logger
@@ -36,6 +36,9 @@ VERSION_INDEXES = tuple(f"{name}_version_key" for name in FACTS)
 ADVISORY_LOCK_KEY = 0x7074_6573_7973_0003
 # The DDL (once per warehouse) waits at most this long for any lock: readers queue behind it (issue 19).
 SCHEMA_LOCK_TIMEOUT = "1s"
+# A warehouse column as information_schema describes it: (data_type, datetime_precision, numeric_precision,
+# numeric_scale, character_maximum_length).
+ColumnType = Tuple[str, Optional[int], Optional[int], Optional[int], Optional[int]]
 # Other spellings of a column that existing warehouses use.
 COLUMN_ALTERNATIVES = {("dim_counterparty", "counterparty_legal_address_line_2"):
                        ("counterparty_legal_address_line2",)}
@@ -44,7 +47,7 @@ COLUMN_ALTERNATIVES = {("dim_counterparty", "counterparty_legal_address_line_2")
 logger = get_logger("load")
 
 
-def sql_type(kind):
+def sql_type(kind: pa.DataType) -> Tuple[str, Tuple[str, ...]]:
     """(staging column type, accepted information_schema data_types) of an Arrow type."""
     if pa.types.is_integer(kind):
         return "integer", ("integer", "bigint", "smallint")
@@ -63,23 +66,24 @@ def sql_type(kind):
     raise TypeError(f"no SQL type for {kind}")
 
 
-def schema_statements():
-    """The statements of the warehouse DDL file, in order."""
-    text = SCHEMA_FILE.read_text()
+def schema_statements() -> List[str]:
+    """The statements of the warehouse DDL (``warehouse_ddl``: the file with the catalogue's columns), in
+    order."""
+    text = warehouse_ddl()
     return [statement.strip() for statement in text.split(";\n") if _has_sql(statement)]
 
 
-def _has_sql(statement):
+def _has_sql(statement: str) -> bool:
     return any(line.strip() and not line.strip().startswith("--") for line in statement.splitlines())
 
 
-def _warehouse_columns(conn):
+def _warehouse_columns(conn: Connection) -> Dict[str, Dict[str, ColumnType]]:
     rows = conn.run(
         "SELECT table_name, column_name, data_type, datetime_precision, numeric_precision, numeric_scale, "
         "character_maximum_length FROM information_schema.columns "
         "WHERE table_schema = current_schema() AND table_name = ANY(:names)",
         names=list(WAREHOUSE_TABLES) + list(OWN_TABLES))
-    found: Dict[str, Dict[str, tuple]] = {}
+    found: Dict[str, Dict[str, ColumnType]] = {}
     for table, column, data_type, time_precision, precision, scale, length in rows:
         found.setdefault(table, {})[column] = (data_type, time_precision, precision, scale, length)
     return found
@@ -95,15 +99,16 @@ class TargetTable:
     before the decimal point). ``references``: [(column, dimension table, dimension column)] of the
     table's single-column foreign keys, as the pipeline names them.
     """
-    names: dict
-    limits: dict = dataclass_field(default_factory=dict)
-    references: list = dataclass_field(default_factory=list)
+    names: Dict[str, str]
+    limits: Dict[str, Tuple[Any, ...]] = dataclass_field(default_factory=dict)
+    references: List[Tuple[str, str, str]] = dataclass_field(default_factory=list)
 
 
 _INTEGER_RANGES = {"smallint": (-2 ** 15, 2 ** 15 - 1)}
 
 
-def check_table_columns(table, existing, addable=()):
+def check_table_columns(table: str, existing: Mapping[str, Sequence[Any]], addable: Collection[str] = ()
+                        ) -> "TargetTable":
     """Map each expected column of ``table`` to its name and limit in the warehouse; raise on
     incompatibility. Returns a TargetTable (without references). The columns named in ``addable`` may be
     missing (the load adds them: ``add_columns``).
@@ -146,7 +151,8 @@ def check_table_columns(table, existing, addable=()):
     return TargetTable(mapping, limits)
 
 
-def _precision_text(data_type, time_precision, precision, scale):
+def _precision_text(data_type: str, time_precision: Optional[int], precision: Optional[int],
+                    scale: Optional[int]) -> str:
     if data_type == "numeric" and precision is not None and scale is not None:
         return f"({precision},{scale})"
     if data_type.startswith("time") and time_precision is not None:
@@ -154,7 +160,7 @@ def _precision_text(data_type, time_precision, precision, scale):
     return ""
 
 
-def _references(conn, targets):
+def _references(conn: Connection, targets: Dict[str, "TargetTable"]) -> Dict[str, "TargetTable"]:
     """Fill each fact's TargetTable.references from the warehouse's own single-column foreign keys,
     those suspended for a large load included (``utils.load.constraints``: the batches then check them)."""
     rows = conn.run(
@@ -176,7 +182,7 @@ def _references(conn, targets):
     return targets
 
 
-def _has_load_order(conn, existing):
+def _has_load_order(conn: Connection, existing: Mapping[str, Mapping[str, ColumnType]]) -> bool:
     """True when the warehouse has the load order (sequence and columns); a warehouse created before it
     is migrated by the DDL file (``ADD COLUMN IF NOT EXISTS``, ``CREATE SEQUENCE IF NOT EXISTS``)."""
     if any(column not in existing.get(table, {}) for table, column in LOAD_ORDER_COLUMNS.items()):
@@ -184,13 +190,13 @@ def _has_load_order(conn, existing):
     return not conn.run("SELECT to_regclass(:name) IS NULL", name=LOAD_ORDER_SEQUENCE)[0][0]
 
 
-def next_load_order(conn):
+def next_load_order(conn: Connection) -> int:
     """The next value of the load order sequence: the order of the batch being loaded (inside its
     transaction, under the loads' advisory lock, so a later batch always has a greater order)."""
     return int(conn.run("SELECT nextval(CAST(:name AS regclass))", name=LOAD_ORDER_SEQUENCE)[0][0])
 
 
-def missing_nullable_columns(existing):
+def missing_nullable_columns(existing: Mapping[str, Mapping[str, ColumnType]]) -> List[Tuple[str, str, str]]:
     """[(table, column, SQL type)] of the nullable catalogue columns (``WAREHOUSE_SCHEMAS``) that an
     existing warehouse table lacks under every spelling: columns added to the catalogue after the table
     was created. A missing NOT NULL column is not here (``check_table_columns`` refuses it: its old rows
@@ -207,9 +213,11 @@ def missing_nullable_columns(existing):
     return missing
 
 
-def add_columns(conn, missing):
+def add_columns(conn: Connection, missing: Sequence[Tuple[str, str, str]]) -> None:
     """``ALTER TABLE ... ADD COLUMN IF NOT EXISTS`` each of ``missing`` (``missing_nullable_columns``), in
-    one transaction under the schema's advisory lock (a concurrent load adds them once)."""
+    one transaction under the schema's advisory lock (a concurrent load adds them once). A fact table's new
+    column joins its current_* view (the views select ``f.*``, expanded when a view is created: the DDL's
+    views are created again)."""
     conn.run("START TRANSACTION")
     try:
         conn.run("SELECT pg_advisory_xact_lock(:key)", key=ADVISORY_LOCK_KEY)
@@ -218,6 +226,10 @@ def add_columns(conn, missing):
             # Identifiers from the catalogue's allow-list, quoted; the type from sql_type, never input.
             conn.run(f"ALTER TABLE {identifier(table)} ADD COLUMN IF NOT EXISTS "  # nosec B608
                      f"{identifier(column)} {kind}")
+        if any(table in FACTS for table, _, _ in missing):
+            for statement in schema_statements():
+                if statement.startswith("CREATE OR REPLACE VIEW"):
+                    conn.run(statement)
         conn.run("COMMIT")
     except BaseException:
         end_quietly(conn)
@@ -225,7 +237,7 @@ def add_columns(conn, missing):
     logger.info("warehouse columns added", columns=[f"{table}.{column}" for table, column, _ in missing])
 
 
-def ensure_warehouse_schema(conn):
+def ensure_warehouse_schema(conn: Connection) -> Dict[str, "TargetTable"]:
     """Check existing tables, create whatever is missing; return {table: TargetTable}.
 
     A nullable column of the catalogue that an existing table lacks is added to it (``add_columns``:

@@ -15,8 +15,9 @@ migrated first (``ensure_warehouse_schema``). Names come from the catalog's allo
 the driver.
 """
 import io
+from typing import Collection, Dict, List, Sequence
 
-from pg8000.native import identifier
+from pg8000.native import Connection, identifier
 
 from utils.catalog.warehouse import FACTS, WAREHOUSE_KEYS, WAREHOUSE_TABLES, check_warehouse_table
 from utils.db.connection import end_quietly, sqlstate
@@ -34,13 +35,13 @@ class InPlaceError(TotesysError):
     """A table could not be replaced in place (its transaction rolled back; ``table`` names it)."""
 
 
-def _columns(conn, table):
+def _columns(conn: Connection, table: str) -> List[str]:
     rows = conn.run("SELECT column_name::text FROM information_schema.columns WHERE table_schema = "
                     "current_schema() AND table_name = :t ORDER BY ordinal_position", t=table)
     return [row[0] for row in rows]
 
 
-def replace_tables(live, scratch, tables):
+def replace_tables(live: Connection, scratch: Connection, tables: Collection[str]) -> Dict[str, int]:
     """Replace ``tables`` (warehouse table names) in the warehouse of ``live`` by their contents in
     ``scratch``; return {table: rows}. Raises UnknownTableError for a name not in the allow-list,
     InPlaceError when a table's columns differ between the two or its replacement breaks a foreign key."""
@@ -64,7 +65,7 @@ def replace_tables(live, scratch, tables):
     return replaced
 
 
-def _replace(live, table, columns, rows):
+def _replace(live: Connection, table: str, columns: Sequence[str], rows: io.BytesIO) -> int:
     quoted, listed = identifier(table), ", ".join(identifier(column) for column in columns)
     live.run("START TRANSACTION")
     try:
@@ -89,7 +90,7 @@ def _replace(live, table, columns, rows):
         raise
 
 
-def _replace_fact(live, quoted, listed, serial_column):
+def _replace_fact(live: Connection, quoted: str, listed: str, serial_column: str) -> None:
     # Allow-listed, quoted identifiers throughout.
     live.run(f"DELETE FROM {quoted}")  # nosec B608
     live.run(f"INSERT INTO {quoted} ({listed}) SELECT {listed} FROM {STAGE}")  # nosec B608
@@ -102,7 +103,7 @@ def _replace_fact(live, quoted, listed, serial_column):
              f"FROM {quoted})))", s=LOAD_ORDER_SEQUENCE)
 
 
-def _replace_dimension(live, quoted, columns, key):
+def _replace_dimension(live: Connection, quoted: str, columns: Sequence[str], key: str) -> None:
     listed = ", ".join(identifier(column) for column in columns)
     values = ", ".join(f"s.{identifier(column)}" for column in columns)
     # Allow-listed, quoted identifiers throughout.

@@ -16,13 +16,15 @@ landing zone in bounded rounds of the pipeline's state machine, like a backfill.
   the generation's transform state and the warehouse's ledger are the progress, exactly once per batch.
 """
 from datetime import datetime, timezone
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, TypeVar
 
 import boto3
+from pg8000.native import Connection
 
 from utils.aws.state import read_state, write_state
 from utils.catalog.warehouse import FACTS
 from utils.config import load_settings
-from utils.contracts import RebuildPointer, RebuildRequest, RebuildRound
+from utils.contracts import RebuildPointer, RebuildRequest, RebuildRound, TransformResult
 from utils.errors import InvalidEventError
 from utils.format_time import format_time
 from utils.ingest.bounded import BOUNDED_TABLES
@@ -34,11 +36,13 @@ from utils.transform.run import parse_event, run_transform, transform_pending
 
 POINTER = "rebuild"  # _state/rebuild.json in the processed bucket
 DEFAULT_BATCHES_PER_INVOCATION = 12
+# A pending batch's manifest (ingest or processed), for ``bounded``.
+M = TypeVar("M", bound=Mapping[str, Any])
 MAX_BATCHES_PER_INVOCATION = 500
 logger = get_logger("rebuild")
 
 
-def parse_request(request) -> RebuildRequest:
+def parse_request(request: Any) -> RebuildRequest:
     """Check the execution input's ``rebuild``: an object with at most ``generation`` (text without '/')
     and ``batches_per_invocation`` (1 to MAX_BATCHES_PER_INVOCATION). Raises InvalidEventError."""
     if not isinstance(request, dict):
@@ -59,17 +63,18 @@ def parse_request(request) -> RebuildRequest:
     return {"generation": generation, "batches_per_invocation": batches}
 
 
-def read_pointer(s3_client, processed_bucket):
+def read_pointer(s3_client: Any, processed_bucket: str) -> Tuple[Dict[str, Any], Optional[str]]:
     """(the RebuildPointer or {}, its ETag)."""
     return read_state(s3_client, processed_bucket, POINTER)
 
 
-def underway(pointer):
+def underway(pointer: Mapping[str, Any]) -> bool:
     """True when ``pointer`` names a rebuild not finished."""
     return bool(pointer.get("generation")) and not pointer.get("finished")
 
 
-def start_rebuild(conn, s3_client, processed_bucket, request, now=None):
+def start_rebuild(conn: Connection, s3_client: Any, processed_bucket: str, request: Any,
+                  now: Optional[datetime] = None) -> Dict[str, Any]:
     """Start (or, given the name of the one underway, continue) a rebuild into the warehouse of ``conn``;
     return the round event ``{"rebuild": RebuildRound, "batches": [], "tables": {}}``.
 
@@ -100,17 +105,18 @@ def start_rebuild(conn, s3_client, processed_bucket, request, now=None):
     return _round_event(started)
 
 
-def _round_event(pointer):
+def _round_event(pointer: Mapping[str, Any]) -> Dict[str, Any]:
     rebuild: RebuildRound = {"generation": pointer["generation"],
                              "batches_per_invocation": pointer["batches_per_invocation"]}
     return {"rebuild": rebuild, "batches": [], "tables": {}}
 
 
-def bounded(batches_per_invocation, max_rows, rows_of):
+def bounded(batches_per_invocation: int, max_rows: int, rows_of: Callable[[Mapping[str, Any]], int]
+            ) -> Callable[[List[Tuple[str, M]]], List[Tuple[str, M]]]:
     """``take`` for transform_pending/load_pending: the oldest batches up to ``batches_per_invocation``
     and ``max_rows`` rows (0: no row cap) by ``rows_of(manifest)``; always the first one."""
-    def take(pending):
-        taken: list = []
+    def take(pending: List[Tuple[str, M]]) -> List[Tuple[str, M]]:
+        taken: List[Tuple[str, M]] = []
         rows = 0
         for key, manifest in pending:
             more = rows_of(manifest)
@@ -122,17 +128,18 @@ def bounded(batches_per_invocation, max_rows, rows_of):
     return take
 
 
-def _rows_of(tables):
+def _rows_of(tables: Iterable[str]) -> Callable[[Mapping[str, Any]], int]:
     """rows_of for ``bounded``: the rows of ``tables`` in a manifest (the tables MAX_BATCH_ROWS bounds in
     an ingest manifest, the facts built from them in a processed one)."""
-    def rows_of(manifest):
+    def rows_of(manifest: Mapping[str, Any]) -> int:
         entries = manifest.get("tables", {})
         return sum(entries[name]["rows"] for name in tables
                    if isinstance(entries.get(name), dict) and isinstance(entries[name].get("rows"), int))
     return rows_of
 
 
-def transform_round(s3_client, ingest_bucket, processed_bucket, pointer, max_rows):
+def transform_round(s3_client: Any, ingest_bucket: str, processed_bucket: str, pointer: Mapping[str, Any],
+                    max_rows: int) -> TransformResult:
     """One bounded transform invocation of the rebuild ``pointer`` names; returns the TransformResult
     with ``rebuild``."""
     s3 = GenerationS3(s3_client, processed_bucket, pointer["generation"])
@@ -144,7 +151,8 @@ def transform_round(s3_client, ingest_bucket, processed_bucket, pointer, max_row
     return result
 
 
-def load_round(conn, s3_client, processed_bucket, event, max_rows, connect=None):
+def load_round(conn: Connection, s3_client: Any, processed_bucket: str, event: Mapping[str, Any],
+               max_rows: int, connect: Optional[Callable[[], Connection]] = None) -> Dict[str, Any]:
     """One bounded load invocation of the rebuild ``event["rebuild"]`` names (the transform round's
     result); marks the pointer finished when neither the event nor this load leaves batches waiting.
     Returns ``{"rebuild", "batches", "tables", "rebuilt_rejected_rows", "more_waiting"?}`` (rows the
@@ -173,7 +181,7 @@ def load_round(conn, s3_client, processed_bucket, event, max_rows, connect=None)
     return result
 
 
-def transform_stage(event, s3_client=None):
+def transform_stage(event: Any, s3_client: Any = None) -> TransformResult:
     """The transform function's work: a rebuild round while a rebuild is underway, else ``run_transform``."""
     parse_event(event)
     settings = load_settings()
@@ -185,7 +193,7 @@ def transform_stage(event, s3_client=None):
     return run_transform(event, s3_client)
 
 
-def load_stage(event, s3_client=None):
+def load_stage(event: Any, s3_client: Any = None) -> Dict[str, Any]:
     """The load function's work: ``start_rebuild`` for ``{"start_rebuild": <request>}``, a rebuild round for
     an event with ``rebuild``, else ``run_load``."""
     if not isinstance(event, dict) or ("start_rebuild" not in event and "rebuild" not in event):

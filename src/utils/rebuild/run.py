@@ -7,6 +7,10 @@ today's code, batch by batch in the same order, so a rebuild after a transform c
 reaches history. A rebuild is resumable: both stages keep their progress (the generation's transform
 state, the target's ledger), so running it again with the same generation continues where it stopped.
 """
+from typing import Any, Callable, Dict, Optional
+
+from pg8000.native import Connection
+
 from utils.errors import TotesysError
 from utils.load.run import load_pending
 from utils.logger import get_logger
@@ -20,14 +24,16 @@ class RebuildError(TotesysError):
     """The rebuild cannot start: its target warehouse is not empty."""
 
 
-def target_is_empty(conn):
+def target_is_empty(conn: Connection) -> bool:
     """True when the target database has no loaded batch (no ledger, or an empty one)."""
     if conn.run("SELECT to_regclass('etl_load_ledger') IS NULL")[0][0]:
         return True
     return not conn.run("SELECT 1 FROM etl_load_ledger LIMIT 1")
 
 
-def rebuild_warehouse(conn, s3_client, ingest_bucket, processed_bucket, generation=None, connect=None):
+def rebuild_warehouse(conn: Connection, s3_client: Any, ingest_bucket: str, processed_bucket: str,
+                      generation: Optional[str] = None, connect: Optional[Callable[[], Connection]] = None
+                      ) -> Dict[str, Any]:
     """Rebuild into the warehouse of ``conn`` (which must be empty, unless ``generation`` names a rebuild
     being resumed); return ``{"generation", "transformed": [batch ids], "loaded": [batch ids], "tables"}``.
 

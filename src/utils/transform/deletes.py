@@ -12,18 +12,22 @@ for such a table. The processed manifest's ``source_ids`` entry ({source table: 
 of the batch's rows of these tables, so the load closes their open deletions too (defect 5,
 docs/RELIABILITY.md).
 """
+from typing import Dict, List, Mapping, Optional, Tuple
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from utils.catalog.source import PRIMARY_KEYS, SOURCE_TABLES
 from utils.catalog.warehouse import WAREHOUSE_SOURCES
+from utils.contracts import DeletedEntry
 
 # Source tables no warehouse table is keyed on: their re-inserts reach the load only as ``source_ids``.
 UNSEEN_SOURCES = tuple(name for name in SOURCE_TABLES
                        if name not in {source for source, _ in WAREHOUSE_SOURCES.values()})
 
 
-def drop_deleted(snapshots, deleted):
+def drop_deleted(snapshots: Mapping[str, Optional[pa.Table]], deleted: pa.Table
+                 ) -> Tuple[Dict[str, Optional[pa.Table]], List[str]]:
     """(snapshots without the deleted rows, names of the snapshots that lost rows)."""
     kept, changed = dict(snapshots), []
     for name, table in snapshots.items():
@@ -37,17 +41,17 @@ def drop_deleted(snapshots, deleted):
     return kept, changed
 
 
-def deleted_entry(deleted, key):
+def deleted_entry(deleted: pa.Table, key: str) -> DeletedEntry:
     """The processed manifest's ``deleted`` entry for the file at ``key``."""
     counts = pa.TableGroupBy(deleted, "source_table").aggregate([("source_id", "count")])
     return {"key": key, "rows": deleted.num_rows,
             "tables": dict(zip(counts["source_table"].to_pylist(), counts["source_id_count"].to_pylist()))}
 
 
-def source_ids_entry(batch):
+def source_ids_entry(batch: Mapping[str, Optional[pa.Table]]) -> Dict[str, List[int]]:
     """The processed manifest's ``source_ids`` entry: {source table: sorted ids} of ``batch``'s rows
     ({source table: pyarrow Table}) of the UNSEEN_SOURCES tables; {} when it has none."""
-    entry = {}
+    entry: Dict[str, List[int]] = {}
     for name in UNSEEN_SOURCES:
         table = batch.get(name)
         if table is not None and table.num_rows:

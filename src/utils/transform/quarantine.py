@@ -11,6 +11,8 @@ than its tolerance (``utils.ingest.backdated``) and names the bound, ``future_fr
 table entry; the transform takes such rows out before anything is built, so no dimension, snapshot or
 fact ever holds a far-future version (which would hold back every later, correct version of that row).
 """
+from typing import List, Optional, Tuple, Union
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -33,10 +35,12 @@ TEXT_DATE_COLUMNS = {
     "purchase_order": ("agreed_delivery_date", "agreed_payment_date"),
     "payment": ("payment_date",),
 }
+# An Arrow column: an array, or a table's chunked column.
+ArrowArray = Union[pa.Array, pa.ChunkedArray]
 _DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 
 
-def required_columns(table_name):
+def required_columns(table_name: str) -> List[str]:
     """The columns of ``table_name`` that feed NOT NULL warehouse columns: the source's NOT NULL
     columns (utils.catalog.source.SOURCE_SCHEMAS) except the ones the star schema does not use."""
     unused = set(UNUSED_COLUMNS.get(table_name, ()))
@@ -46,12 +50,12 @@ def required_columns(table_name):
             if not field.nullable and field.name not in unused]
 
 
-def _mask(array):
+def _mask(array: ArrowArray) -> np.ndarray:
     """A boolean Arrow array as a numpy bool array (null -> False)."""
     return pc.fill_null(array, False).to_numpy(zero_copy_only=False)
 
 
-def _bad_text_dates(column):
+def _bad_text_dates(column: ArrowArray) -> ArrowArray:
     """True where a text value is not a real 'YYYY-MM-DD' date (NULL is not judged here). Each distinct
     value is judged once: a date column holds a few thousand of them over hundreds of thousands of rows."""
     distinct = pc.unique(column)
@@ -59,7 +63,7 @@ def _bad_text_dates(column):
     return pc.is_in(column, value_set=bad)
 
 
-def _judge_text_dates(column):
+def _judge_text_dates(column: ArrowArray) -> ArrowArray:
     """_bad_text_dates, value by value."""
     parsed = pc.strptime(column, format="%Y-%m-%d", unit="s", error_is_null=True)
     round_trip = pc.strftime(parsed, format="%Y-%m-%d")
@@ -68,7 +72,7 @@ def _judge_text_dates(column):
     return pc.and_(pc.is_valid(column), pc.invert(pc.fill_null(good, False)))
 
 
-def source_row_problems(table_name, table):
+def source_row_problems(table_name: str, table: pa.Table) -> List[Tuple[str, str, np.ndarray]]:
     """[(column, reason, boolean numpy mask of the rows with that problem)] for a landed source table,
     in the order they are judged."""
     problems = []
@@ -83,7 +87,7 @@ def source_row_problems(table_name, table):
     return problems
 
 
-def split_source_rows(table_name, table):
+def split_source_rows(table_name: str, table: pa.Table) -> Tuple[pa.Table, pa.Table]:
     """Split a landed source table into (good rows, rejected records).
 
     ``table`` has ``LANDING_SCHEMAS[table_name]`` (every column nullable). A row is rejected for its first
@@ -103,7 +107,7 @@ def split_source_rows(table_name, table):
     return good, pa.concat_tables(records)
 
 
-def _records(table_name, table, rows, column, reason):
+def _records(table_name: str, table: pa.Table, rows: np.ndarray, column: str, reason: str) -> pa.Table:
     picked = table.take(pa.array(rows))
     return rejected_records(table_name, picked[PRIMARY_KEYS[table_name]], picked["last_updated"], column,
                             reason, picked[column])
@@ -114,7 +118,8 @@ FUTURE_REASON = ("last_updated is ahead of the source clock by more than INGEST_
                  "version arrives or the source clock passes it")
 
 
-def split_future_rows(table_name, table, future_from):
+def split_future_rows(table_name: str, table: pa.Table, future_from: Optional[str]
+                      ) -> Tuple[pa.Table, pa.Table]:
     """Split a landed source table into (rows stamped before ``future_from``, rejected records of the
     others). ``future_from``: the manifest entry's text bound (source wall-clock time), or None (the
     batch predates future rows: nothing is split). A NULL last_updated is left to ``split_source_rows``."""

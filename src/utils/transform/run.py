@@ -15,7 +15,7 @@ inputs), so an object already present with identical bytes is accepted; differen
 conflicting run and raise StateConflictError.
 """
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import boto3
 import pyarrow as pa
@@ -26,10 +26,11 @@ from utils.aws.manifests import (processed_manifest_bytes, read_deleted, read_in
 from utils.aws.objects import parquet_bytes, read_parquet_table, write_once
 from utils.aws.state import read_ingest_state, read_transform_state, write_transform_state
 from utils.catalog.formats import empty_rejected
-from utils.catalog.source import LANDING_SCHEMAS, SOURCE_TABLES, check_source_table
+from utils.catalog.source import LANDING_SCHEMAS, SOURCE_TABLES, check_source_table, optional_columns
 from utils.catalog.warehouse import SNAPSHOT_TABLES
 from utils.config import load_settings
-from utils.contracts import FileEntry, ProcessedManifest, TransformResult
+from utils.contracts import (FileEntry, IngestManifest, ProcessedManifest, TransformEvent,
+                             TransformResult)
 from utils.errors import CorruptFileError, InvalidEventError
 from utils.format_time import parse_time
 from utils.generate_file_key import generate_file_key
@@ -39,10 +40,12 @@ from utils.transform.quarantine import split_future_rows
 from utils.transform.star import build_warehouse_batch
 
 STAGE = "transform"
+# A pending ingest batch: (its manifest key, its manifest).
+PendingBatch = Tuple[str, IngestManifest]
 logger = get_logger(STAGE)
 
 
-def parse_event(event):
+def parse_event(event: Any) -> TransformEvent:
     """Check the transform event: the ingest output, a dict ``{source_table: file_key}``.
 
     Raises InvalidEventError for a non-dict (or non-string keys) and UnknownTableError for a key
@@ -57,7 +60,7 @@ def parse_event(event):
     return event
 
 
-def run_transform(event, s3_client=None):
+def run_transform(event: Any, s3_client: Any = None) -> TransformResult:
     """Transform every pending ingest batch; return ``{"batches": [...], "tables": {table: rows}}``.
 
     Raises on any failure (the handler's stage_handler logs it at CRITICAL).
@@ -69,7 +72,9 @@ def run_transform(event, s3_client=None):
     return transform_pending(s3_client, settings.ingest_bucket, settings.processed_bucket)
 
 
-def transform_pending(s3_client, ingest_bucket, processed_bucket, take=None):
+def transform_pending(s3_client: Any, ingest_bucket: str, processed_bucket: str,
+                      take: Optional[Callable[[List[PendingBatch]], List[PendingBatch]]] = None
+                      ) -> TransformResult:
     """Transform, oldest first, every ingest batch after the one the transform state names.
 
     ``take``: given the pending [(manifest key, manifest)], returns the oldest ones this invocation
@@ -104,7 +109,8 @@ def transform_pending(s3_client, ingest_bucket, processed_bucket, take=None):
     return result
 
 
-def pending_ingest_batches(s3_client, bucket, latest_key, done_key):
+def pending_ingest_batches(s3_client: Any, bucket: str, latest_key: Optional[str], done_key: Optional[str]
+                           ) -> List[PendingBatch]:
     """[(manifest key, manifest)] of the ingest batches after ``done_key``, oldest first.
 
     Walks ``prev_manifest_key`` links back from ``latest_key``. Raises CorruptFileError when the
@@ -120,12 +126,14 @@ def pending_ingest_batches(s3_client, bucket, latest_key, done_key):
     return chain
 
 
-def read_snapshots(s3_client, bucket, processed_manifest):
+def read_snapshots(s3_client: Any, bucket: str, processed_manifest: Optional[ProcessedManifest]
+                   ) -> Dict[str, pa.Table]:
     """{table: pyarrow Table} of the snapshots a processed manifest names (none: {})."""
     if not processed_manifest:
         return {}
     names = processed_manifest.get("snapshots", {})
-    return {name: read_parquet_table(s3_client, bucket, key, name, LANDING_SCHEMAS[name])
+    return {name: read_parquet_table(s3_client, bucket, key, name, LANDING_SCHEMAS[name],
+                                     missing_as_null=optional_columns(name))
             for name, key in names.items() if name in SNAPSHOT_TABLES}
 
 
@@ -137,12 +145,14 @@ class Buckets:
     processed: str
 
 
-def transform_batch(buckets, ingest_key, ingest_manifest, prev_processed_key, prev_processed_manifest):
+def transform_batch(buckets: "Buckets", ingest_key: str, ingest_manifest: IngestManifest,
+                    prev_processed_key: Optional[str], prev_processed_manifest: Optional[ProcessedManifest]
+                    ) -> Tuple[str, ProcessedManifest]:
     """Transform one ingest batch; write its files and manifest; return (manifest key, manifest)."""
     s3_client, ingest_bucket, processed_bucket = buckets.s3_client, buckets.ingest, buckets.processed
     batch_time = parse_time(ingest_manifest["batch_time"])
     batch = {name: read_parquet_table(s3_client, ingest_bucket, entry["key"], name, LANDING_SCHEMAS[name],
-                                      manifest_key=ingest_key)
+                                      manifest_key=ingest_key, missing_as_null=optional_columns(name))
              for name, entry in ingest_manifest["tables"].items()}
     # Dependency order keeps logs and outputs stable.
     batch = {name: batch[name] for name in SOURCE_TABLES if name in batch}
@@ -160,7 +170,7 @@ def transform_batch(buckets, ingest_key, ingest_manifest, prev_processed_key, pr
         _write_once(s3_client, processed_bucket, key, parquet_bytes(table))
         tables[name] = {"key": key, "rows": table.num_rows}
         logger.info("table transformed", table=name, rows=table.num_rows, key=key)
-    snapshot_keys = dict((prev_processed_manifest or {}).get("snapshots", {}))
+    snapshot_keys = dict(prev_processed_manifest.get("snapshots", {}) if prev_processed_manifest else {})
     for name, table in new_snapshots.items():
         key = generate_file_key(f"{SNAPSHOTS_PREFIX}/{name}", batch_time)
         _write_once(s3_client, processed_bucket, key, parquet_bytes(table))
@@ -189,7 +199,8 @@ def transform_batch(buckets, ingest_key, ingest_manifest, prev_processed_key, pr
     return manifest_key, manifest
 
 
-def _split_future(batch, ingest_manifest):
+def _split_future(batch: Mapping[str, pa.Table], ingest_manifest: IngestManifest
+                  ) -> Tuple[Dict[str, pa.Table], pa.Table]:
     """(batch without its future rows, their rejected records): the rows at or after each table's
     ``future_from`` (``utils.transform.quarantine.split_future_rows``)."""
     kept, rejected = {}, [empty_rejected()]
@@ -200,7 +211,7 @@ def _split_future(batch, ingest_manifest):
     return kept, pa.concat_tables(rejected)
 
 
-def _write_once(s3_client, bucket, key, body):
+def _write_once(s3_client: Any, bucket: str, key: str, body: bytes) -> None:
     """``write_once``, saying so when an earlier attempt had written the same bytes."""
     if not write_once(s3_client, bucket, key, body):
         logger.info("object already written by an earlier attempt", key=key)

@@ -13,6 +13,8 @@ same bytes. Nothing here touches S3 or a database. Rows the warehouse cannot hol
 - ``build_warehouse_batch`` turns one ingest batch plus the current snapshots of address,
   counterparty, department and staff into the warehouse rows the batch changes.
 """
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,7 +25,7 @@ from utils.catalog.warehouse import (FACTS, PROCESSED_SCHEMAS, SNAPSHOT_TABLES, 
                                      WAREHOUSE_KEYS, WAREHOUSE_SCHEMAS, WAREHOUSE_TABLES)
 from utils.errors import DateFormatError, SchemaMismatchError
 from utils.catalog.formats import empty_rejected, rejected_records
-from utils.transform.quarantine import split_source_rows
+from utils.transform.quarantine import ArrowArray, split_source_rows
 
 _DAY_NAMES = pa.array(["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"])
 _MONTH_NAMES = pa.array(["January", "February", "March", "April", "May", "June", "July", "August",
@@ -32,7 +34,7 @@ _MONTH_NAMES = pa.array(["January", "February", "March", "April", "May", "June",
 
 # -- row selection -------------------------------------------------------------------------------
 
-def _sorted_versions(table, key):
+def _sorted_versions(table: pa.Table, key: str) -> Tuple[pa.Table, np.ndarray, np.ndarray]:
     """``table`` sorted by (key, last_updated, original position) and the key/time arrays."""
     order = np.lexsort((np.arange(table.num_rows),
                         table["last_updated"].to_numpy().astype("int64"),
@@ -41,7 +43,7 @@ def _sorted_versions(table, key):
     return ordered, ordered[key].to_numpy(), ordered["last_updated"].to_numpy().astype("int64")
 
 
-def latest_rows(table, key):
+def latest_rows(table: pa.Table, key: str) -> pa.Table:
     """Keep, for each value of ``key``, the row with the greatest last_updated (the later row of a tie)."""
     if table.num_rows == 0:
         return table
@@ -50,7 +52,7 @@ def latest_rows(table, key):
     return ordered.filter(pa.array(last_of_key))
 
 
-def distinct_versions(table, key):
+def distinct_versions(table: pa.Table, key: str) -> pa.Table:
     """Keep one row per distinct (``key``, last_updated): the versions a fact table records."""
     if table.num_rows == 0:
         return table
@@ -59,7 +61,7 @@ def distinct_versions(table, key):
     return ordered.filter(pa.array(first))
 
 
-def merge_snapshot(snapshot, changes, key):
+def merge_snapshot(snapshot: Optional[pa.Table], changes: pa.Table, key: str) -> pa.Table:
     """The current state after ``changes`` (a later batch): each row of ``changes`` (the latest of its
     versions in the batch) replaces the snapshot's row of its key, whatever their last_updated (a batch
     reads the source's state after the snapshot's; its version may be stamped earlier: a back-dated
@@ -74,7 +76,7 @@ def merge_snapshot(snapshot, changes, key):
 
 # -- column conversions --------------------------------------------------------------------------
 
-def text_to_date(column, table_name, column_name):
+def text_to_date(column: ArrowArray, table_name: str, column_name: str) -> ArrowArray:
     """Cast 'YYYY-MM-DD' text to date32; DateFormatError naming table, column and the first bad value."""
     try:
         return column.cast(pa.date32())
@@ -91,12 +93,12 @@ def text_to_date(column, table_name, column_name):
                           table=table_name)
 
 
-def _split_stamp(table, column):
+def _split_stamp(table: pa.Table, column: str) -> Tuple[pa.ChunkedArray, pa.ChunkedArray]:
     stamp = table[column]
     return stamp.cast(pa.date32()), stamp.cast(TIME_OF_DAY)
 
 
-def _conform(columns, name):
+def _conform(columns: Mapping[str, ArrowArray], name: str) -> pa.Table:
     """Build the output table in the declared (processed) schema's order and types."""
     schema = PROCESSED_SCHEMAS[name]
     arrays = []
@@ -108,13 +110,14 @@ def _conform(columns, name):
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _sort(table, name):
+def _sort(table: pa.Table, name: str) -> pa.Table:
     return table.sort_by([(column, "ascending") for column in WAREHOUSE_KEYS[name]])
 
 
 # -- facts ---------------------------------------------------------------------------------------
 
-def _fact(source, source_name, name, renames, text_dates):
+def _fact(source: pa.Table, source_name: str, name: str, renames: Mapping[str, str],
+          text_dates: Sequence[str]) -> pa.Table:
     versions = distinct_versions(source, PRIMARY_KEYS[source_name])
     columns = {}
     columns["created_date"], columns["created_time"] = _split_stamp(versions, "created_at")
@@ -127,26 +130,26 @@ def _fact(source, source_name, name, renames, text_dates):
     return _sort(_conform(columns, name), name)
 
 
-def fact_sales_order(sales_order):
+def fact_sales_order(sales_order: pa.Table) -> pa.Table:
     """One row per distinct (sales_order_id, last_updated) of the source sales_order rows."""
     return _fact(sales_order, "sales_order", "fact_sales_order", {"sales_staff_id": "staff_id"},
                  ("agreed_payment_date", "agreed_delivery_date"))
 
 
-def fact_purchase_order(purchase_order):
+def fact_purchase_order(purchase_order: pa.Table) -> pa.Table:
     """One row per distinct (purchase_order_id, last_updated) of the source purchase_order rows."""
     return _fact(purchase_order, "purchase_order", "fact_purchase_order", {},
                  ("agreed_delivery_date", "agreed_payment_date"))
 
 
-def fact_payment(payment):
+def fact_payment(payment: pa.Table) -> pa.Table:
     """One row per distinct (payment_id, last_updated) of the source payment rows."""
     return _fact(payment, "payment", "fact_payment", {}, ("payment_date",))
 
 
 # -- dimensions ----------------------------------------------------------------------------------
 
-def dim_date(dates):
+def dim_date(dates: Union[ArrowArray, Sequence[ArrowArray]]) -> pa.Table:
     """The dim_date rows of the distinct non-null dates in ``dates`` (a date32 array or list of them)."""
     if isinstance(dates, (list, tuple)):
         # The distinct values of each column, then of them all: a list of ChunkedArrays given to
@@ -168,13 +171,14 @@ def dim_date(dates):
     return _sort(_conform(columns, "dim_date"), "dim_date")
 
 
-def fact_dates(facts):
+def fact_dates(facts: Iterable[pa.Table]) -> List[pa.ChunkedArray]:
     """Every date column of the given fact tables, for dim_date."""
     return [table[field.name] for table in facts for field in table.schema
             if field.type == pa.date32()]
 
 
-def _copy_columns(source, name, renames=None, version=None):
+def _copy_columns(source: pa.Table, name: str, renames: Optional[Mapping[str, str]] = None,
+                  version: Optional[ArrowArray] = None) -> pa.Table:
     """The dimension ``name`` from ``source``'s columns (renamed), with its version column: the
     source's last_updated unless ``version`` (an array) is given."""
     renames = renames or {}
@@ -183,27 +187,27 @@ def _copy_columns(source, name, renames=None, version=None):
     return _sort(_conform(columns, name), name)
 
 
-def dim_location(address):
+def dim_location(address: pa.Table) -> pa.Table:
     """dim_location (location_id = address_id) from the latest version of each address row."""
     return _copy_columns(latest_rows(address, "address_id"), "dim_location", {"location_id": "address_id"})
 
 
-def dim_design(design):
+def dim_design(design: pa.Table) -> pa.Table:
     """dim_design from the latest version of each design row."""
     return _copy_columns(latest_rows(design, "design_id"), "dim_design")
 
 
-def dim_payment_type(payment_type):
+def dim_payment_type(payment_type: pa.Table) -> pa.Table:
     """dim_payment_type from the latest version of each payment_type row."""
     return _copy_columns(latest_rows(payment_type, "payment_type_id"), "dim_payment_type")
 
 
-def dim_transaction(transaction):
+def dim_transaction(transaction: pa.Table) -> pa.Table:
     """dim_transaction from the latest version of each transaction row."""
     return _copy_columns(latest_rows(transaction, "transaction_id"), "dim_transaction")
 
 
-def dim_currency(currency):
+def dim_currency(currency: pa.Table) -> pa.Table:
     """dim_currency with the ISO 4217 name of each code (placeholder for an unknown code)."""
     latest = latest_rows(currency, "currency_id")
     names = pa.array([currency_name(code) for code in latest["currency_code"].to_pylist()], pa.string())
@@ -212,7 +216,8 @@ def dim_currency(currency):
                  "dim_currency")
 
 
-def _join_parent(child, parent, child_key, parent_key, child_name, parent_name):
+def _join_parent(child: pa.Table, parent: pa.Table, child_key: str, parent_key: str, child_name: str,
+                 parent_name: str) -> Tuple[pa.Table, pa.Table]:
     """Inner join of ``parent``'s columns onto ``child``; return (joined rows, rejected records of the
     child rows whose parent no batch has delivered, or whose parent was rejected)."""
     parent = parent.append_column("_matched", pa.array(np.ones(parent.num_rows, dtype=bool)))
@@ -230,7 +235,7 @@ def _join_parent(child, parent, child_key, parent_key, child_name, parent_name):
     return joined.filter(pc.invert(missing)), rejected
 
 
-def dim_counterparty(counterparty, address):
+def dim_counterparty(counterparty: pa.Table, address: pa.Table) -> Tuple[pa.Table, pa.Table]:
     """dim_counterparty: each counterparty (latest version) joined to its legal address (latest version).
 
     Returns (dim_counterparty, rejected records of counterparties whose address is unknown). The version
@@ -251,7 +256,7 @@ def dim_counterparty(counterparty, address):
         "counterparty_legal_phone_number": "phone"}, version), rejected
 
 
-def dim_staff(staff, department):
+def dim_staff(staff: pa.Table, department: pa.Table) -> Tuple[pa.Table, pa.Table]:
     """dim_staff: each staff member (latest version) with their department's name and location.
 
     Returns (dim_staff, rejected records of staff whose department is unknown). A department without
@@ -273,11 +278,12 @@ def dim_staff(staff, department):
 
 # -- one batch -----------------------------------------------------------------------------------
 
-def _rows_referencing(table, column, ids):
+def _rows_referencing(table: pa.Table, column: str, ids: pa.Array) -> pa.Table:
     return table.filter(pc.is_in(table[column], value_set=ids))
 
 
-def _affected(current, key, changed, parent_column, changed_parents):
+def _affected(current: Optional[pa.Table], key: str, changed: Optional[pa.Table], parent_column: str,
+              changed_parents: Optional[pa.Array]) -> Optional[pa.Table]:
     """Rows of ``current`` that changed themselves or whose parent (``parent_column``) changed."""
     ids = []
     if changed is not None:
@@ -290,7 +296,8 @@ def _affected(current, key, changed, parent_column, changed_parents):
     return _rows_referencing(current, key, wanted)
 
 
-def build_warehouse_batch(batch, snapshots):
+def build_warehouse_batch(batch: Mapping[str, pa.Table], snapshots: Mapping[str, Optional[pa.Table]]
+                          ) -> Tuple[Dict[str, pa.Table], Dict[str, pa.Table], pa.Table]:
     """Turn one ingest batch into warehouse rows.
 
     ``batch``: {source table: pyarrow Table of its changed rows} (absent tables did not change), with
@@ -340,7 +347,7 @@ def build_warehouse_batch(batch, snapshots):
     return warehouse, new_snapshots, pa.concat_tables([empty_rejected(), *rejected])
 
 
-def _require(current, name):
+def _require(current: Mapping[str, Optional[pa.Table]], name: str) -> pa.Table:
     if current[name] is None:
         return LANDING_SCHEMAS[name].empty_table()
     return current[name]

@@ -2,128 +2,91 @@
 -- indexes and the current-state views. Every statement is idempotent: load runs this file when any
 -- object is missing, against an empty database or an existing warehouse alike.
 -- Statements are separated by a semicolon at the end of a line (the loader splits on that).
+-- A template: the columns of the eleven warehouse tables are the catalogue's (utils.catalog.warehouse
+-- WAREHOUSE_SCHEMAS: name, type, NOT NULL), rendered in place of each {columns:<table>} marker by
+-- warehouse_ddl(); this file keeps what the catalogue does not say: keys, foreign keys, the fact tables'
+-- record ids and load order, indexes, the ledger tables, the sequence and the views.
 
 CREATE TABLE IF NOT EXISTS dim_date (
-    date_id date PRIMARY KEY,
-    year integer NOT NULL,
-    month integer NOT NULL,
-    day integer NOT NULL,
-    day_of_week integer NOT NULL,  -- ISO: 1 = Monday ... 7 = Sunday
-    day_name varchar NOT NULL,
-    month_name varchar NOT NULL,
-    quarter integer NOT NULL
+    {columns:dim_date},
+    PRIMARY KEY (date_id)
 );
 
 CREATE TABLE IF NOT EXISTS dim_staff (
-    staff_id integer PRIMARY KEY,
-    first_name varchar NOT NULL,
-    last_name varchar NOT NULL,
-    department_name varchar NOT NULL,
-    location varchar NOT NULL,
-    email_address varchar NOT NULL
+    {columns:dim_staff},
+    PRIMARY KEY (staff_id)
 );
 
 CREATE TABLE IF NOT EXISTS dim_location (
-    location_id integer PRIMARY KEY,
-    address_line_1 varchar NOT NULL,
-    address_line_2 varchar,
-    district varchar,
-    city varchar NOT NULL,
-    postal_code varchar NOT NULL,
-    country varchar NOT NULL,
-    phone varchar NOT NULL
+    {columns:dim_location},
+    PRIMARY KEY (location_id)
 );
 
 CREATE TABLE IF NOT EXISTS dim_currency (
-    currency_id integer PRIMARY KEY,
-    currency_code varchar NOT NULL,
-    currency_name varchar NOT NULL
+    {columns:dim_currency},
+    PRIMARY KEY (currency_id)
 );
 
 CREATE TABLE IF NOT EXISTS dim_design (
-    design_id integer PRIMARY KEY,
-    design_name varchar NOT NULL,
-    file_location varchar NOT NULL,
-    file_name varchar NOT NULL
+    {columns:dim_design},
+    PRIMARY KEY (design_id)
 );
 
 CREATE TABLE IF NOT EXISTS dim_counterparty (
-    counterparty_id integer PRIMARY KEY,
-    counterparty_legal_name varchar NOT NULL,
-    counterparty_legal_address_line_1 varchar NOT NULL,
-    counterparty_legal_address_line_2 varchar,
-    counterparty_legal_district varchar,
-    counterparty_legal_city varchar NOT NULL,
-    counterparty_legal_postal_code varchar NOT NULL,
-    counterparty_legal_country varchar NOT NULL,
-    counterparty_legal_phone_number varchar NOT NULL
+    {columns:dim_counterparty},
+    PRIMARY KEY (counterparty_id)
 );
 
 CREATE TABLE IF NOT EXISTS dim_transaction (
-    transaction_id integer PRIMARY KEY,
-    transaction_type varchar NOT NULL,
-    sales_order_id integer,
-    purchase_order_id integer
+    {columns:dim_transaction},
+    PRIMARY KEY (transaction_id)
 );
 
 CREATE TABLE IF NOT EXISTS dim_payment_type (
-    payment_type_id integer PRIMARY KEY,
-    payment_type_name varchar NOT NULL
+    {columns:dim_payment_type},
+    PRIMARY KEY (payment_type_id)
 );
 
 CREATE TABLE IF NOT EXISTS fact_sales_order (
     sales_record_id serial PRIMARY KEY,
-    sales_order_id integer NOT NULL,
-    created_date date NOT NULL REFERENCES dim_date (date_id),
-    created_time time(3) NOT NULL,
-    last_updated_date date NOT NULL REFERENCES dim_date (date_id),
-    last_updated_time time(3) NOT NULL,
-    sales_staff_id integer NOT NULL REFERENCES dim_staff (staff_id),
-    counterparty_id integer NOT NULL REFERENCES dim_counterparty (counterparty_id),
-    units_sold integer NOT NULL,
-    unit_price numeric(10, 2) NOT NULL,
-    currency_id integer NOT NULL REFERENCES dim_currency (currency_id),
-    design_id integer NOT NULL REFERENCES dim_design (design_id),
-    agreed_payment_date date NOT NULL REFERENCES dim_date (date_id),
-    agreed_delivery_date date NOT NULL REFERENCES dim_date (date_id),
-    agreed_delivery_location_id integer NOT NULL REFERENCES dim_location (location_id),
-    etl_load_order bigint NOT NULL DEFAULT 0
+    {columns:fact_sales_order},
+    etl_load_order bigint NOT NULL DEFAULT 0,
+    FOREIGN KEY (created_date) REFERENCES dim_date (date_id),
+    FOREIGN KEY (last_updated_date) REFERENCES dim_date (date_id),
+    FOREIGN KEY (sales_staff_id) REFERENCES dim_staff (staff_id),
+    FOREIGN KEY (counterparty_id) REFERENCES dim_counterparty (counterparty_id),
+    FOREIGN KEY (currency_id) REFERENCES dim_currency (currency_id),
+    FOREIGN KEY (design_id) REFERENCES dim_design (design_id),
+    FOREIGN KEY (agreed_payment_date) REFERENCES dim_date (date_id),
+    FOREIGN KEY (agreed_delivery_date) REFERENCES dim_date (date_id),
+    FOREIGN KEY (agreed_delivery_location_id) REFERENCES dim_location (location_id)
 );
 
 CREATE TABLE IF NOT EXISTS fact_purchase_order (
     purchase_record_id serial PRIMARY KEY,
-    purchase_order_id integer NOT NULL,
-    created_date date NOT NULL REFERENCES dim_date (date_id),
-    created_time time(3) NOT NULL,
-    last_updated_date date NOT NULL REFERENCES dim_date (date_id),
-    last_updated_time time(3) NOT NULL,
-    staff_id integer NOT NULL REFERENCES dim_staff (staff_id),
-    counterparty_id integer NOT NULL REFERENCES dim_counterparty (counterparty_id),
-    item_code varchar NOT NULL,
-    item_quantity integer NOT NULL,
-    item_unit_price numeric(10, 2) NOT NULL,
-    currency_id integer NOT NULL REFERENCES dim_currency (currency_id),
-    agreed_delivery_date date NOT NULL REFERENCES dim_date (date_id),
-    agreed_payment_date date NOT NULL REFERENCES dim_date (date_id),
-    agreed_delivery_location_id integer NOT NULL REFERENCES dim_location (location_id),
-    etl_load_order bigint NOT NULL DEFAULT 0
+    {columns:fact_purchase_order},
+    etl_load_order bigint NOT NULL DEFAULT 0,
+    FOREIGN KEY (created_date) REFERENCES dim_date (date_id),
+    FOREIGN KEY (last_updated_date) REFERENCES dim_date (date_id),
+    FOREIGN KEY (staff_id) REFERENCES dim_staff (staff_id),
+    FOREIGN KEY (counterparty_id) REFERENCES dim_counterparty (counterparty_id),
+    FOREIGN KEY (currency_id) REFERENCES dim_currency (currency_id),
+    FOREIGN KEY (agreed_delivery_date) REFERENCES dim_date (date_id),
+    FOREIGN KEY (agreed_payment_date) REFERENCES dim_date (date_id),
+    FOREIGN KEY (agreed_delivery_location_id) REFERENCES dim_location (location_id)
 );
 
 CREATE TABLE IF NOT EXISTS fact_payment (
     payment_record_id serial PRIMARY KEY,
-    payment_id integer NOT NULL,
-    created_date date NOT NULL REFERENCES dim_date (date_id),
-    created_time time(3) NOT NULL,
-    last_updated_date date NOT NULL REFERENCES dim_date (date_id),
-    last_updated_time time(3) NOT NULL,
-    transaction_id integer NOT NULL REFERENCES dim_transaction (transaction_id),
-    counterparty_id integer NOT NULL REFERENCES dim_counterparty (counterparty_id),
-    payment_amount numeric(10, 2) NOT NULL,
-    currency_id integer NOT NULL REFERENCES dim_currency (currency_id),
-    payment_type_id integer NOT NULL REFERENCES dim_payment_type (payment_type_id),
-    paid boolean NOT NULL,
-    payment_date date NOT NULL REFERENCES dim_date (date_id),
-    etl_load_order bigint NOT NULL DEFAULT 0
+    {columns:fact_payment},
+    etl_load_order bigint NOT NULL DEFAULT 0,
+    FOREIGN KEY (created_date) REFERENCES dim_date (date_id),
+    FOREIGN KEY (last_updated_date) REFERENCES dim_date (date_id),
+    FOREIGN KEY (transaction_id) REFERENCES dim_transaction (transaction_id),
+    FOREIGN KEY (counterparty_id) REFERENCES dim_counterparty (counterparty_id),
+    FOREIGN KEY (currency_id) REFERENCES dim_currency (currency_id),
+    FOREIGN KEY (payment_type_id) REFERENCES dim_payment_type (payment_type_id),
+    FOREIGN KEY (payment_date) REFERENCES dim_date (date_id)
 );
 
 -- One fact row per source version: (natural id, last_updated) is unique, so a batch loaded twice or
