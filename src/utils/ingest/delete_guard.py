@@ -13,13 +13,13 @@ them, with whatever else that run deletes, and stores the plain current key set.
 The ingest state pointer names the held deletions of the last run (``held_deletes``: {table: {"rows",
 "table_rows"}}), which `totesys deletes` lists.
 
-INGEST_MODE=cdc holds the same way (``utils.ingest.cdc.run``): a batch whose deletes of a table, or whose
-TRUNCATE of it, exceed the share stores the key set with the held ids. The slot reports each deletion once,
-so every later CDC batch repeats the held entries of the state pointer (``still_held``: the ERROR line and
-the metric again) until a snapshot's key-set diff records them (an approval takes one) or finds them back.
+INGEST_MODE=cdc holds the same way (``utils.ingest.cdc.run``): each batch, for every table it changed or
+that has deletions held, the ids to decide are those of the stored key set the source lacks (the held ones,
+read as the cursor does, from the source's keys in a snapshot taken before the batch's end) with the batch's
+own deletions (a TRUNCATE's too), less the ids inserted again; ``hold`` decides them as above.
 """
 import time
-from typing import Any, Dict, Mapping, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -65,14 +65,6 @@ def hold(table: str, deleted: np.ndarray, previous: np.ndarray, current: np.ndar
         return deleted, current, 0
     _alert(table, int(deleted.size), int(previous.size), max_fraction)
     return np.empty(0, dtype=np.int32), np.union1d(current, deleted).astype(np.int32), int(deleted.size)
-
-
-def still_held(held: Mapping[str, Mapping[str, int]], max_fraction: float) -> Dict[str, Dict[str, int]]:
-    """The state pointer's ``held`` entries {table: {"rows", "table_rows"}}, alerted again (an ERROR line and
-    the metric per table): a CDC batch carries the holds of the batches before it. Returns a copy."""
-    for table, entry in held.items():
-        _alert(table, int(entry["rows"]), int(entry["table_rows"]), max_fraction)
-    return {table: dict(entry) for table, entry in held.items()}
 
 
 def _alert(table: str, rows: int, table_rows: int, max_fraction: float) -> None:

@@ -36,15 +36,16 @@ def snapshot_reason(conn: Any, state: Mapping[str, Any], slot: Optional[SlotInfo
                     repair: RepairOptions) -> Optional[str]:
     """Why this run must take a full snapshot instead of reading the slot or continuing a snapshot (None: it
     need not). A reason starting with "slot" is a lost slot. Raises ConfigError when slot ``slot_name``
-    belongs to another database (it is not ours to drop). A re-sync or an approval asked while a snapshot is
-    in progress does not start another: the snapshot reads every table afresh, and its next batch records
-    the approved deletions (the state machine repeats the event in every round of an execution)."""
+    belongs to another database (it is not ours to drop). A re-sync asked while a snapshot is in progress
+    does not start another: the snapshot reads every table afresh (the state machine repeats the event in
+    every round of an execution). An approval of held deletions needs no snapshot: the next batch, slot or
+    snapshot, decides them with the approval (``utils.ingest.cdc.run``)."""
     database = conn.run("SELECT current_database()::text")[0][0]
     if slot is not None and slot.database != database:
         raise ConfigError(f"replication slot {slot_name} belongs to database {slot.database}, not "
                           f"{database}: set CDC_SLOT_NAME to another name")
     cdc = state.get("cdc")
-    if (repair.resync or repair.approved) and not snapshot_in_progress(state):
+    if repair.resync and not snapshot_in_progress(state):
         return "a re-sync was asked for"
     if not cdc or cdc.get("slot") != slot_name:
         return "first CDC run (no slot recorded in the state pointer)"

@@ -51,8 +51,8 @@ from utils.ingest.cdc.fallback import continue_snapshot, snapshot_in_progress, s
 from utils.ingest.cdc.metric import emit_retained_wal
 from utils.ingest.cdc.slot import (SlotInfo, advance_slot, check_prerequisites, flush_wal, lsn_int,
                                    peek_changes, slot_info)
-from utils.ingest.delete_guard import hold, still_held
-from utils.ingest.deletes import read_previous_keys, write_deleted, write_key_set
+from utils.ingest.delete_guard import hold
+from utils.ingest.deletes import read_keys, read_previous_keys, write_deleted, write_key_set
 from utils.ingest.repair import RepairOptions
 from utils.ingest.run import ADVISORY_LOCK_KEY, STAGE
 from utils.ingest.sink import ParquetSink
@@ -189,6 +189,7 @@ def land_changes(conn: Any, s3_client: Any, bucket: str, state: Mapping[str, Any
         advance_slot(conn, name, landed_lsn)
     batch_time, wall_now, zone, snapshot, dst_shift, schema = conn.run(
         WINDOW_SQL + ", current_schema()::text")[0]
+    source_keys = _held_table_keys(conn, state)
     upto = flush_wal(conn)
     ignored = check_source_schema(conn, SOURCE_TABLES)
     lines = peek_changes(conn, name, upto, settings.max_batch_rows)
@@ -214,25 +215,22 @@ def land_changes(conn: Any, s3_client: Any, bucket: str, state: Mapping[str, Any
                       "snapshot": snapshot, "future_from": future_from[table]} for table in changes}
 
     def land(table: str) -> Tuple[str, Landed]:
-        found = changes[table]
-        entry = _land_rows(s3_client, bucket, table, found, batch_time, bounds[table])
+        found = changes.get(table) or TableChanges()
+        entry = _land_rows(s3_client, bucket, table, found, batch_time, bounds.get(table, {}))
         return table, replace(_changed_keys(s3_client, bucket, table, found, batch_time,
-                                            prev_tables[table]["keys"], repair), entry=entry)
+                                            prev_tables[table]["keys"], repair, source_keys.get(table)),
+                              entry=entry)
 
     # Each table's S3 reads and writes are independent: one round trip for all of them, not one per object.
     with ThreadPoolExecutor(max_workers=S3_THREADS, thread_name_prefix="cdc-land") as pool:
-        done = dict(pool.map(land, list(changes)))
+        done = dict(pool.map(land, [table for table in SOURCE_TABLES
+                                    if table in changes or table in source_keys]))
     landed = {table: found.entry for table, found in done.items() if found.entry}
     deleted = {table: found.gone for table, found in done.items()
                if found.gone is not None and found.gone.size}
     keys = {table: found.keys for table, found in done.items() if found.keys}
-    held = still_held({table: entry for table, entry in (state.get("held_deletes") or {}).items()
-                       if table not in done or not done[table].held}, repair.max_delete_fraction)
-    for table, found in done.items():
-        if found.held:
-            before = (state.get("held_deletes") or {}).get(table, {})
-            held[table] = {"rows": found.held + int(before.get("rows", 0)),
-                           "table_rows": int(before.get("table_rows", found.table_rows))}
+    held = {table: {"rows": found.held, "table_rows": found.table_rows}
+            for table, found in done.items() if found.held}
     new_state = dict(state, more_waiting=more_waiting, ignored_columns=ignored, held_deletes=held,
                      tables=_table_bounds(prev_tables, keys, None if more_waiting else (
                          highs, snapshot, future_from, batch_time, windows)),
@@ -383,31 +381,54 @@ def _windows(conn: Any, state: Mapping[str, Any], prev_tables: Mapping[str, Mapp
                          settings.ingest_overlap_seconds, Clock.from_state(state), carried)
 
 
+def _held_table_keys(conn: Any, state: Mapping[str, Any]) -> Dict[str, np.ndarray]:
+    """{table: the source's current keys} of the tables with deletions held (the state's ``held_deletes``),
+    read in one snapshot taken now, before the batch's ``upto`` is fixed: every commit it sees is decoded in
+    this batch or an earlier one. Empty (no query) when nothing is held."""
+    tables = [table for table in SOURCE_TABLES if table in (state.get("held_deletes") or {})]
+    if not tables:
+        return {}
+    conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    try:
+        return {table: read_keys(conn, table) for table in tables}
+    finally:
+        end_quietly(conn)
+
+
 def _changed_keys(s3_client: Any, bucket: str, table: str, found: TableChanges, batch_time: datetime,
-                  previous_key: str, repair: RepairOptions) -> Landed:
+                  previous_key: str, repair: RepairOptions,
+                  source_keys: Optional[np.ndarray] = None) -> Landed:
     """The key-set side of one table's changes (no manifest entry): the deleted keys that were in the
     previous key set and are recorded, the key of the new key-set object (None: unchanged) and the
     deletions the mass-delete guard holds (``utils.ingest.delete_guard.hold``, as in cursor mode: more than
-    ``repair.max_delete_fraction`` of the table, or all of it, unless ``repair.approved`` names it)."""
-    if not (found.inserted or found.deleted or found.truncated):
+    ``repair.max_delete_fraction`` of the table, or all of it, unless ``repair.approved`` names it).
+
+    ``source_keys`` (a table with deletions held: the source's keys read before the batch's end,
+    ``_held_table_keys``): the previous key set's ids the source lacked then, less those the batch inserted
+    again, are deleted too (the held ones, decided again, as a cursor run's key-set diff decides them on
+    every run; a deletion after the batch's end found early is not reported twice, as its id has left the
+    key set)."""
+    if not (found.inserted or found.deleted or found.truncated or source_keys is not None):
         return Landed(None, None, None)
     previous = read_previous_keys(s3_client, bucket, table, previous_key)
     inserted = _int32(found.inserted)
     if found.truncated:
         # Every key held before the TRUNCATE is gone, except those inserted again after it.
         gone = previous[~_in_sorted(previous, inserted)]
-        current = inserted
     else:
         deleted = _int32(found.deleted)
         gone = deleted[_in_sorted(deleted, previous)]
-        added = inserted[~_in_sorted(inserted, previous)]
-        current = previous
-        if gone.size:
-            current = np.delete(current, np.searchsorted(current, gone))
-        if added.size:
-            # New keys come from a serial: nearly always above every key held, an append and not a sort.
-            current = (np.concatenate([current, added]) if not current.size or added[0] > current[-1]
-                       else np.union1d(current, added))
+    if source_keys is not None:
+        missing = previous[~_in_sorted(previous, source_keys)]
+        gone = np.union1d(gone, missing[~_in_sorted(missing, inserted)]).astype(np.int32)
+    added = inserted[~_in_sorted(inserted, previous)]
+    current = previous
+    if gone.size:
+        current = np.delete(current, np.searchsorted(current, gone))
+    if added.size:
+        # New keys come from a serial: nearly always above every key held, an append and not a sort.
+        current = (np.concatenate([current, added]) if not current.size or added[0] > current[-1]
+                   else np.union1d(current, added)).astype(np.int32)
     if gone.size:
         logger.info("deletes captured", table=table, rows=int(gone.size), truncated=found.truncated)
     gone, current, held = hold(table, gone, previous, current, repair.max_delete_fraction, repair.approved)
