@@ -119,7 +119,7 @@ class SourceDataError(TotesysError):
     which must hold no customer data. Read the row in totesys by its id.
     """
 
-    def __init__(self, table: str, column: Optional[str], row_id: Any, detail: str) -> None:
+    def __init__(self, table: Optional[str], column: Optional[str], row_id: Any, detail: str) -> None:
         where = f"totesys.{table}" + (f".{column}" if column else "")
         row = f" in the row {table}_id = {row_id}" if row_id is not None else ""
         super().__init__(f"cannot land {where}{row}: {detail}", table=table)

@@ -18,6 +18,8 @@ previous run is not landed again: the previous run took every visible row at or 
 ``future_from``, so rows there written by a transaction that had certainly finished before its snapshot
 (xid below its xmin, the window's own test) are excluded. See docs/DESIGN.md, "Rows the cursor cannot see".
 """
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
 import numpy as np
 
 from utils.logger import get_logger
@@ -25,7 +27,7 @@ from utils.logger import get_logger
 logger = get_logger("ingest")
 
 
-def new_keys(previous, current):
+def new_keys(previous: Optional[np.ndarray], current: np.ndarray) -> np.ndarray:
     """The keys of ``current`` (sorted int32) not in ``previous`` (sorted int32, or None on a table's
     first run: nothing is new then, every row is read anyway)."""
     if previous is None:
@@ -33,7 +35,7 @@ def new_keys(previous, current):
     return np.setdiff1d(current, previous, assume_unique=True)
 
 
-def key_runs(keys):
+def key_runs(keys: Union[np.ndarray, Sequence[int]]) -> Tuple[List[int], List[int]]:
     """(first values, last values) of the runs of consecutive values of sorted ``keys``, as lists."""
     keys = np.asarray(keys, dtype=np.int64)
     if not keys.size:
@@ -44,18 +46,18 @@ def key_runs(keys):
     return firsts.tolist(), lasts.tolist()
 
 
-def array_text(values):
+def array_text(values: Iterable[int]) -> str:
     """A PostgreSQL array literal of integers, for a ``totesys.*`` setting (``{1,5,9}``)."""
     return "{" + ",".join(str(int(value)) for value in values) + "}"
 
 
-def backdated_settings(keys):
+def backdated_settings(keys: Union[np.ndarray, Sequence[int]]) -> Dict[str, str]:
     """The ``totesys.new_first``/``totesys.new_last`` settings of a table's new keys."""
     firsts, lasts = key_runs(keys)
     return {"new_first": array_text(firsts), "new_last": array_text(lasts)}
 
 
-def log_new_keys(table, keys):
+def log_new_keys(table: str, keys: np.ndarray) -> None:
     """One INFO line when a table has new keys (the rows below the window among them land too)."""
     if len(keys):
         logger.info("new keys: their rows land whatever their last_updated", table=table,

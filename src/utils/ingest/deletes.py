@@ -19,18 +19,22 @@ import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Collection, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
-from pg8000.native import identifier
+from pg8000.native import Connection, identifier
 
 from utils.aws.objects import read_parquet_table, write_to_s3
 from utils.catalog.formats import DELETED_SCHEMA, KEY_SCHEMA
 from utils.catalog.source import PRIMARY_KEYS, check_source_table
+from utils.contracts import DeletedEntry, HeldDeletes
 from utils.generate_file_key import generate_file_key
 from utils.ingest.delete_guard import hold
+from utils.ingest.repair import RepairOptions
 from utils.logger import get_logger
 
 from utils.aws.layout import DELETED_PREFIX, KEYS_PREFIX  # noqa: F401 - re-exported
@@ -44,16 +48,16 @@ class Detection:
     (a new object where the set changed, else the previous one), ``deleted`` {table: sorted int32
     ids}, only tables with deletions; ``held`` {table: {"rows", "table_rows"}}: deletions the mass-delete
     guard held (``utils.ingest.delete_guard``)."""
-    keys: dict = field(default_factory=dict)
-    deleted: dict = field(default_factory=dict)
-    held: dict = field(default_factory=dict)
+    keys: Dict[str, str] = field(default_factory=dict)
+    deleted: Dict[str, np.ndarray] = field(default_factory=dict)
+    held: Dict[str, HeldDeletes] = field(default_factory=dict)
 
     @property
-    def deleted_rows(self):
+    def deleted_rows(self) -> int:
         return sum(len(ids) for ids in self.deleted.values())
 
 
-def keys_sql(table):
+def keys_sql(table: str) -> str:
     """The COPY of one table's primary keys as runs of consecutive values, ``first,last`` per line in
     ascending order (allow-listed names only): keys are mostly a serial's unbroken runs, so the server
     sends a line per gap instead of a line per row (480k keys at scale 10: a few hundred lines)."""
@@ -65,7 +69,8 @@ def keys_sql(table):
             "GROUP BY run ORDER BY 1) TO STDOUT WITH (FORMAT csv)")
 
 
-def expand_runs(first, last):
+def expand_runs(first: Union[np.ndarray, Sequence[int]], last: Union[np.ndarray, Sequence[int]]
+                ) -> np.ndarray:
     """The sorted int32 keys of runs ``first[i]..last[i]`` (ascending, disjoint, inclusive)."""
     first, last = np.asarray(first, dtype=np.int64), np.asarray(last, dtype=np.int64)
     lengths = last - first + 1
@@ -74,7 +79,7 @@ def expand_runs(first, last):
     return (positions + np.repeat(first - offsets, lengths)).astype(np.int32)
 
 
-def read_keys(conn, table):
+def read_keys(conn: Connection, table: str) -> np.ndarray:
     """The current primary keys of ``table`` in ``conn``'s transaction: a sorted int32 numpy array."""
     out = io.BytesIO()
     conn.run(keys_sql(table), stream=out)
@@ -88,14 +93,15 @@ def read_keys(conn, table):
     return expand_runs(runs["first"].to_numpy(), runs["last"].to_numpy())
 
 
-def read_key_sets(connections, tables):
+def read_key_sets(connections: Sequence[Connection], tables: Iterable[str]) -> Dict[str, np.ndarray]:
     """{table: sorted int32 keys} of ``tables``, read on ``connections`` (each in a transaction on the
     same snapshot), one thread per connection (pg8000 connections are not thread-safe). Raises the
     first error met; the other threads stop before their next table."""
     work = deque(tables)
-    found, stop = {}, threading.Event()
+    found: Dict[str, np.ndarray] = {}
+    stop = threading.Event()
 
-    def read(conn):
+    def read(conn: Connection) -> None:
         while not stop.is_set():
             try:
                 table = work.popleft()
@@ -117,7 +123,7 @@ def read_key_sets(connections, tables):
     return found
 
 
-def _key_set_bytes(keys):
+def _key_set_bytes(keys: np.ndarray) -> bytes:
     out = io.BytesIO()
     table = pa.Table.from_arrays([pa.array(keys, type=pa.int32())], schema=KEY_SCHEMA)
     # Sorted integers: delta encoding keeps a million keys to a few kilobytes.
@@ -126,13 +132,16 @@ def _key_set_bytes(keys):
     return out.getvalue()
 
 
-def read_previous_keys(s3_client, bucket, table, key):
+def read_previous_keys(s3_client: Any, bucket: str, table: str, key: str) -> np.ndarray:
     """The key set a state pointer names (CorruptFileError naming the key when unreadable)."""
     keys = read_parquet_table(s3_client, bucket, key, table, KEY_SCHEMA)["id"].to_numpy()
     return np.asarray(keys, dtype=np.int32)
 
 
-def detect_deletes(s3_client, bucket, batch_time, prev_tables, key_sets, guard=None):
+def detect_deletes(s3_client: Any, bucket: str, batch_time: datetime,
+                   prev_tables: Mapping[str, Mapping[str, Any]], key_sets: Mapping[str, np.ndarray],
+                   guard: Optional[RepairOptions] = None
+                   ) -> Tuple[Detection, Optional[DeletedEntry]]:
     """Compare ``key_sets`` (this run's keys, {table: sorted int32}) with the key sets the previous
     state entries ``prev_tables`` name; write the changed key sets and, when anything was deleted,
     the deleted-keys file. Returns (Detection, manifest entry or None).
@@ -145,7 +154,7 @@ def detect_deletes(s3_client, bucket, batch_time, prev_tables, key_sets, guard=N
     """
     detection = Detection()
     for table, keys in key_sets.items():
-        previous_key = (prev_tables.get(table) or {}).get("keys")
+        previous_key: str = (prev_tables.get(table) or {}).get("keys") or ""
         previous = read_previous_keys(s3_client, bucket, table, previous_key) if previous_key else None
         if previous is not None and np.array_equal(previous, keys):
             detection.keys[table] = previous_key
@@ -169,14 +178,15 @@ def detect_deletes(s3_client, bucket, batch_time, prev_tables, key_sets, guard=N
     return detection, write_deleted(s3_client, bucket, batch_time, detection.deleted)
 
 
-def write_key_set(s3_client, bucket, table, batch_time, keys):
+def write_key_set(s3_client: Any, bucket: str, table: str, batch_time: datetime, keys: np.ndarray) -> str:
     """Write ``table``'s key set ``keys`` (sorted int32) as the batch's key-set object; return its key."""
     key = generate_file_key(f"{KEYS_PREFIX}/{table}", batch_time)
     write_to_s3(s3_client, bucket, key, _key_set_bytes(keys))
     return key
 
 
-def write_deleted(s3_client, bucket, batch_time, deleted):
+def write_deleted(s3_client: Any, bucket: str, batch_time: datetime, deleted: Mapping[str, np.ndarray]
+                  ) -> DeletedEntry:
     """Write the batch's deleted-keys file of ``deleted`` {table: int32 ids} (not empty); return the
     manifest's ``deleted`` entry."""
     names = list(deleted)
@@ -192,7 +202,8 @@ def write_deleted(s3_client, bucket, batch_time, deleted):
     return {"key": key, "rows": table.num_rows, "tables": {name: int(len(deleted[name])) for name in names}}
 
 
-def held_deletes(state, tables, detection):
+def held_deletes(state: Mapping[str, Any], tables: Collection[str], detection: Detection
+                 ) -> Dict[str, HeldDeletes]:
     """The state pointer's ``held_deletes`` after a run of ``tables``: this run's held deletions, and the
     previous entries of the tables it did not read."""
     kept = {table: entry for table, entry in (state.get("held_deletes") or {}).items() if table not in tables}

@@ -2,8 +2,8 @@
 import io
 import re
 from collections import deque
-from typing import Deque
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
+from typing import Any, Callable, Deque, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -19,14 +19,15 @@ from utils.errors import SourceDataError
 CHUNK_BYTES = 2 * 1024 * 1024
 # Chunks a ParquetSink lets wait for its converter thread before write() blocks (bounded memory).
 MAX_QUEUED_CHUNKS = 1
+T = TypeVar("T")
 
 
 class _Inline:
     """An executor that runs each job at once in the calling thread."""
 
     @staticmethod
-    def submit(fn, *args):
-        future: Future = Future()
+    def submit(fn: Callable[..., T], *args: Any) -> "Future[T]":
+        future: "Future[T]" = Future()
         try:
             future.set_result(fn(*args))
         except Exception as err:
@@ -57,16 +58,18 @@ class ParquetSink:
     close. Without one everything runs inline.
     """
 
-    def __init__(self, schema, chunk_bytes=CHUNK_BYTES, executor=None, table=None):
+    def __init__(self, schema: pa.Schema, chunk_bytes: int = CHUNK_BYTES, executor: Optional[Executor] = None,
+                 table: Optional[str] = None) -> None:
         self.schema = schema
         self.table = table
         self.chunk_bytes = chunk_bytes
         self.rows = 0
-        self._parts, self._size = [], 0
-        self._executor = executor or INLINE
+        self._parts: List[bytes] = []
+        self._size = 0
+        self._executor: Union[Executor, _Inline] = executor or INLINE
         self._pending: Deque[Future] = deque()
         self._out = io.BytesIO()
-        self._writer = None
+        self._writer: Optional[pq.ParquetWriter] = None
         self._dictionary_columns = [field.name for field in schema if pa.types.is_string(field.type)]
         self._parse = pa_csv.ParseOptions(newlines_in_values=True)
         self._convert = self._convert_options({field.name: field.type for field in schema})
@@ -76,27 +79,27 @@ class ParquetSink:
              for field in schema})
 
     @staticmethod
-    def _convert_options(column_types):
+    def _convert_options(column_types: Mapping[str, pa.DataType]) -> pa_csv.ConvertOptions:
         return pa_csv.ConvertOptions(
             column_types=column_types, null_values=[""], strings_can_be_null=True,
             quoted_strings_can_be_null=False, true_values=["t"], false_values=["f"])
 
-    def write(self, data):
+    def write(self, data: bytes) -> None:
         self._parts.append(data)
         self._size += len(data)
         if self._size >= self.chunk_bytes:
             self._submit(final=False)
 
-    def close(self):
+    def close(self) -> Tuple[Optional[io.BytesIO], int]:
         """Flush the rest; return (BytesIO of the Parquet file or None when no rows, row count)."""
         return self.close_async().result()
 
-    def close_async(self):
+    def close_async(self) -> "Future[Tuple[Optional[io.BytesIO], int]]":
         """Queue the flush of the rest; return a Future of what ``close`` returns."""
         self._submit(final=True)
         return self._executor.submit(self._finish)
 
-    def _submit(self, final):
+    def _submit(self, final: bool) -> None:
         data = b"".join(self._parts)
         cut = len(data) if final else record_boundary(data)
         self._parts = [data[cut:]] if cut < len(data) else []
@@ -109,7 +112,7 @@ class ParquetSink:
             self._pending.popleft().result()
         self._pending.append(self._executor.submit(self._flush, data[:cut] if cut < len(data) else data))
 
-    def _flush(self, chunk):
+    def _flush(self, chunk: bytes) -> None:
         # One block per chunk: a block must hold whole rows, and a row may be larger than any default.
         read = pa_csv.ReadOptions(column_names=self.schema.names, block_size=len(chunk) + 1)
         try:
@@ -139,7 +142,8 @@ class ParquetSink:
         self._writer.write_table(table)
         self.rows += table.num_rows
 
-    def _timestamps_from_text(self, column_name, texts, columns):
+    def _timestamps_from_text(self, column_name: str, texts: pa.Array, columns: Sequence[pa.Array]
+                              ) -> pa.Array:
         """timestamp[ms] array of PostgreSQL's text of ``timestamp`` values (any year); ``columns`` are
         the chunk's columns (for the id of a row that cannot be converted)."""
         millis = []
@@ -151,7 +155,7 @@ class ParquetSink:
                 raise SourceDataError(self.table, column_name, row_id, str(err)) from None
         return pa.array(millis, pa.int64()).cast(pa.timestamp("ms"))
 
-    def _row_id(self, columns, index):
+    def _row_id(self, columns: Sequence[pa.Array], index: Optional[int]) -> Optional[int]:
         """The primary key (``<table>_id``) of row ``index`` of a chunk's ``columns``, or None when the
         schema has no such column, the index is unknown (-1) or the id itself is unreadable."""
         position = self.schema.get_field_index(f"{self.table}_id")
@@ -162,7 +166,7 @@ class ParquetSink:
             row_id = int(row_id) if row_id.isdigit() else None
         return row_id
 
-    def _parse_error(self, err, chunk, read):
+    def _parse_error(self, err: pa.ArrowInvalid, chunk: bytes, read: pa_csv.ReadOptions) -> SourceDataError:
         """SourceDataError for a pyarrow CSV error: the column when pyarrow names it, the row's id when
         its invalid value can be found again in the chunk read as text. pyarrow's message quotes the
         value; it is cut out."""
@@ -178,7 +182,7 @@ class ParquetSink:
             row_id = self._row_id(as_text.columns, pc.index(as_text[column], shown.group(1)).as_py())
         return SourceDataError(self.table, column, row_id, _without_values(message))
 
-    def _finish(self):
+    def _finish(self) -> Tuple[Optional[io.BytesIO], int]:
         while self._pending:
             self._pending.popleft().result()
         if self._writer is None:
@@ -193,7 +197,7 @@ class ParquetSink:
 _QUOTED_DATA = re.compile(r"(invalid value|columns, got \d+)\b.*", re.DOTALL)
 
 
-def _without_values(message):
+def _without_values(message: str) -> str:
     """The first line of a pyarrow CSV error, without the value or row text it may quote."""
     return _QUOTED_DATA.sub(r"\1", message.splitlines()[0] if message else "")[:300]
 
@@ -201,7 +205,7 @@ def _without_values(message):
 _WALL_TIME = re.compile(r"(\d{4,})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?( BC)?")
 
 
-def wall_time_to_epoch_ms(text):
+def wall_time_to_epoch_ms(text: str) -> int:
     """Milliseconds from 1970-01-01 00:00 to the wall time ``text`` (PostgreSQL's ISO output of a
     ``timestamp``: 'YYYY-MM-DD HH:MM:SS[.ffffff][ BC]', any year, proleptic Gregorian calendar),
     truncated to the millisecond. 'infinity' and '-infinity' become INFINITY_MS and -INFINITY_MS (the
@@ -226,7 +230,7 @@ def wall_time_to_epoch_ms(text):
     return ((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + fraction
 
 
-def record_boundary(buffer):
+def record_boundary(buffer: bytes) -> int:
     """Return the length of the longest prefix of CSV ``buffer`` that ends at a record boundary.
 
     A newline ends a record only outside quotes, i.e. where the number of '"' before it is even

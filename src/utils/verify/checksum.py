@@ -11,7 +11,11 @@ Ids are shifted by 2**31 before the segment is taken, so a negative id (int4) fa
 """
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from pg8000.native import Connection
+
+from utils.verify.pairs import Pair
 
 SEGMENT_BITS = 12
 FINE_BITS = 6
@@ -28,27 +32,27 @@ class RowDiff:
     matched: int = 0
 
 
-def _segments_sql(relation, bits, ranged):
+def _segments_sql(relation: str, bits: int, ranged: bool) -> str:
     where = " WHERE id >= :lo AND id < :hi" if ranged else ""
     # relation and bits are this package's constants, never input.
     return (f"SELECT (id::bigint + {ID_SHIFT}) >> {int(bits)} AS seg, count(*), sum(h) "  # nosec B608
             f"FROM ({relation}) r{where} GROUP BY 1")
 
 
-def _totals_sql(relation):
+def _totals_sql(relation: str) -> str:
     return f"SELECT count(*), coalesce(sum(h), 0) FROM ({relation}) r"  # nosec B608
 
 
-def _rows_sql(relation):
+def _rows_sql(relation: str) -> str:
     return f"SELECT id, h FROM ({relation}) r WHERE id >= :lo AND id < :hi"  # nosec B608
 
 
-def _bounds(segment, bits):
+def _bounds(segment: int, bits: int) -> Tuple[int, int]:
     lo = (segment << bits) - ID_SHIFT
     return lo, lo + (1 << bits)
 
 
-def _as_map(rows) -> Dict[int, Tuple[int, int]]:
+def _as_map(rows: Iterable[Sequence[Any]]) -> Dict[int, Tuple[int, int]]:
     return {int(seg): (int(count), int(total)) for seg, count, total in rows}
 
 
@@ -56,20 +60,22 @@ class Sides:
     """The two open connections (``source``, ``warehouse``), each in its own transaction; ``both``
     runs one statement per side at the same time (two threads: each connection is used by one)."""
 
-    def __init__(self, source, warehouse):
+    def __init__(self, source: Connection, warehouse: Connection) -> None:
         self.conns = {"source": source, "warehouse": warehouse}
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
 
-    def both(self, pair, make_sql, **params):
+    def both(self, pair: Pair, make_sql: Callable[[str], str], **params: Any) -> Tuple[Any, Any]:
+        """(source rows, warehouse rows) of ``make_sql(relation)`` on each side."""
         futures = {side: self.pool.submit(self.conns[side].run, make_sql(pair.relation(side)), **params)
                    for side in self.conns}
         return futures["source"].result(), futures["warehouse"].result()
 
-    def close(self):
+    def close(self) -> None:
         self.pool.shutdown(wait=True)
 
 
-def _differing_segments(sides, pair, bits, lo=None, hi=None):
+def _differing_segments(sides: Sides, pair: Pair, bits: int, lo: Optional[int] = None,
+                        hi: Optional[int] = None) -> Tuple[List[int], int]:
     """``(segments, source rows)``: the segments whose (count, sum) differ between the sides, and the
     source's row count over the range."""
     params = {} if lo is None else {"lo": lo, "hi": hi}
@@ -80,7 +86,7 @@ def _differing_segments(sides, pair, bits, lo=None, hi=None):
     return differing, sum(count for count, _ in source.values())
 
 
-def compare(sides, pair) -> RowDiff:
+def compare(sides: Sides, pair: Pair) -> RowDiff:
     """Compare one pair; return its RowDiff. ``matched`` is the source's row count minus the source
     rows found different (rows outside differing segments are equal by their checksums)."""
     diff = RowDiff()
@@ -99,7 +105,7 @@ def compare(sides, pair) -> RowDiff:
     return diff
 
 
-def _compare_rows(sides, pair, lo, hi, diff):
+def _compare_rows(sides: Sides, pair: Pair, lo: int, hi: int, diff: RowDiff) -> None:
     source, warehouse = sides.both(pair, _rows_sql, lo=lo, hi=hi)
     source, warehouse = dict(source), dict(warehouse)
     for row_id in sorted(source.keys() | warehouse.keys()):

@@ -8,10 +8,8 @@ import pytest
 
 from tests.support.db import connect, run_sql
 from tests.support.pipeline import run_pipeline
-from utils.aws.objects import conform_table
 from utils.catalog import source, warehouse
 from utils.db.connection import close_db_connection
-from utils.errors import SchemaMismatchError
 from utils.load.rollups import compare_rollups
 from utils.load.schema import ensure_warehouse_schema
 from utils.rebuild.run import rebuild_warehouse
@@ -100,33 +98,6 @@ def test_a_nullable_source_column_reaches_an_existing_and_a_fresh_warehouse(
     assert run_sql(fresh, "SELECT data_type FROM information_schema.columns WHERE table_name = 'dim_design' "
                    "AND column_name = 'colour'") == [["character varying"]]
     assert_views_and_rollups_work(fresh)  # (c)
-
-
-# -- a file written before the column was added ---------------------------------------------------------
-
-OLD_FILE = pa.table({"design_id": pa.array([1, 2], pa.int32()), "design_name": ["Wooden", "Bamboo"]})
-WITH_COLOUR = pa.schema([pa.field("design_id", pa.int32(), nullable=False),
-                         pa.field("design_name", pa.string(), nullable=False), COLOUR])
-
-
-def test_a_nullable_column_the_file_lacks_reads_as_nulls_when_named():
-    table = conform_table(OLD_FILE, "design", WITH_COLOUR, missing_as_null=("colour",))
-    assert table.schema == WITH_COLOUR
-    assert table.column("colour").to_pylist() == [None, None]
-
-
-@pytest.mark.parametrize("schema, missing_as_null, column", [
-    (WITH_COLOUR, (), "colour"),  # not named: a file that lacks a column is refused
-    (WITH_COLOUR.set(2, COLOUR.with_nullable(False)), ("colour",), "colour"),  # a NOT NULL one, always
-])
-def test_a_column_the_file_lacks_is_refused_unless_nullable_and_named(schema, missing_as_null, column):
-    with pytest.raises(SchemaMismatchError, match=f"column '{column}' is missing from old.parquet"):
-        conform_table(OLD_FILE, "design", schema, "old.parquet", missing_as_null)
-
-
-def test_the_optional_columns_of_a_source_table_are_its_nullable_ones():
-    assert source.optional_columns("address") == ("address_line_2", "district")
-    assert source.optional_columns("design") == ()
 
 
 def test_a_fact_column_added_to_an_existing_warehouse_joins_its_current_view(warehouse_url, monkeypatch):
