@@ -9,7 +9,7 @@ import pytest
 import ingest
 import load
 import transform
-from tests.cdc.conftest import assert_warehouse_exact, slot_row
+from tests.support.cdc import assert_warehouse_exact, slot_row
 from tests.support.db import run_sql
 from tests.support.ingest import landed_versions, read_table
 from utils.aws.objects import read_json

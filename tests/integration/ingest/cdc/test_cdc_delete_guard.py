@@ -5,7 +5,7 @@ them. Scale-1 totesys, real PostgreSQL (wal_level = logical), moto."""
 import boto3
 import pytest
 
-from tests.cdc.conftest import assert_warehouse_exact
+from tests.support.cdc import assert_warehouse_exact
 from tests.support.db import run_sql
 from tests.support.pipeline import run_pipeline
 from utils.aws.state import read_state
