@@ -125,7 +125,8 @@ test: lint security-checks run-pytest
 # slot of its test's own (tests/support/ingest_mode.py); the tests marked cursor_only are skipped, naming
 # why. Not part of make test (its time); no coverage gate (make test measures it).
 test-cdc: $(STAMP) $(DASHBOARD_STAMP) chromium
-	INGEST_MODE=cdc TOTESYS_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15
+	INGEST_MODE=cdc TOTESYS_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile \
+		--no-loadscope-reorder --durations=15 $(TEST_FOLDERS)
 
 # The quick lane while working: no lint, no scale-1 end-to-end tests (marked slow), no coverage gate.
 # The dashboard's test modules import Streamlit and Playwright (requirements-dashboard.txt; no browser is
