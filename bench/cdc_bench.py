@@ -23,7 +23,7 @@ MODES = ("cdc", "cursor")
 
 
 def _timed(mode):
-    from utils.ingest.run import run_ingest
+    from utils.ingest.modes import run_ingest
     os.environ["INGEST_MODE"] = mode
     os.environ["INGEST_BUCKET"] = f"bench-{mode}-ingest"
     started = time.perf_counter()

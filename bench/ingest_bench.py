@@ -33,7 +33,7 @@ def _ingest_child(source_url, queue):
                                           TOTESYS_SECRET_ID="bench/totesys", LOG_LEVEL="WARNING"))
     for variable in UNSET_VARIABLES:
         os.environ.pop(variable, None)
-    from utils.ingest.run import run_ingest
+    from utils.ingest.modes import run_ingest
     from utils.aws.manifests import read_ingest_manifest
     from utils.aws.state import read_ingest_state
 

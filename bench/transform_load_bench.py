@@ -63,7 +63,7 @@ def _restore(s3, bucket, folder):
 
 def _ingest_child(source_url, folder, queue):
     s3 = _aws_child_setup(source_url=source_url)
-    from utils.ingest.run import run_ingest
+    from utils.ingest.modes import run_ingest
     run_ingest({})
     _dump(s3, BUCKETS["INGEST_BUCKET"], folder)
     queue.put({})

@@ -1,6 +1,6 @@
-"""The ingest Lambda: totesys -> Parquet in the ingest bucket (logic in utils.ingest.run)."""
+"""The ingest Lambda: totesys -> Parquet in the ingest bucket (logic in utils.ingest.modes.run_ingest)."""
 from typing import Any
-from utils.ingest.run import run_ingest
+from utils.ingest.modes import run_ingest
 from utils.logger import stage_handler
 from utils.metrics import stage_metrics
 

@@ -15,6 +15,8 @@ from moto import mock_aws
 
 from tests.support.clusters import make_session_folder, remove_session_folder, stop_emulators_under
 from tests.support.db import run_sql
+from tests.support.ingest_mode import (CDC_SESSION_STATEMENT_SECONDS, cdc_session, drop_idle_slot,
+                                       new_slot_name)
 from tests.support.totesys import FILL_SQL, SCHEMA_SQL
 from totesys_local.aws_emulation import (UNSET_VARIABLES, account_environment, create_buckets,
                                          put_credentials_secret)
@@ -42,6 +44,34 @@ def _interrupted(number, frame):
 def pytest_configure(config):
     signal.signal(signal.SIGTERM, _interrupted)
     signal.signal(signal.SIGHUP, _interrupted)
+
+
+def pytest_collection_modifyitems(config, items):
+    """INGEST_MODE=cdc sessions (make test-cdc) skip the tests marked ``cursor_only``, naming why."""
+    if not cdc_session():
+        return
+    for item in items:
+        marker = item.get_closest_marker("cursor_only")
+        if marker is not None:
+            reason = marker.args[0] if marker.args else marker.kwargs.get("reason", "")
+            item.add_marker(pytest.mark.skip(reason=f"cursor mode only: {reason}"))
+
+
+@pytest.fixture(autouse=True)
+def session_ingest_mode(request, monkeypatch):
+    """INGEST_MODE=cdc sessions (tests/support/ingest_mode.py): every pipeline of the test ingests through
+    CDC from a slot of the test's own, dropped at its end; yields the slot name (None in cursor sessions)."""
+    if not cdc_session():
+        yield None
+        return
+    from utils.db import connection
+    name = new_slot_name()
+    monkeypatch.setenv("INGEST_MODE", "cdc")
+    monkeypatch.setenv("CDC_SLOT_NAME", name)
+    monkeypatch.setattr(connection, "STATEMENT_TIMEOUT_SECONDS", CDC_SESSION_STATEMENT_SECONDS)
+    yield name
+    if "pg_admin_url" in request.fixturenames:
+        drop_idle_slot(request.getfixturevalue("pg_admin_url"), name)
 
 
 @pytest.hookimpl(trylast=True)

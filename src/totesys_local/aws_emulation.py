@@ -28,6 +28,7 @@ import io
 import json
 import logging
 import os
+import ssl
 import threading
 import time
 import traceback
@@ -35,6 +36,7 @@ import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, TypedDict, Union, cast
 from unittest import mock
 
 import boto3
@@ -49,7 +51,7 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state
 from totesys_local.asl import ASL_TEMPLATE, render
 from totesys_local.retry_clock import compressed_retry_waits
 from totesys_local.iam import ENGINE_ACCESS_KEY, Enforcement, Identity
-from totesys_local.limits import check as check_limits
+from totesys_local.limits import Finding, check as check_limits
 from totesys_local.terraform_values import function_limits, render_policies
 from utils.db.connection import credentials_from_url
 
@@ -62,17 +64,25 @@ FAKE_CREDENTIALS = dict.fromkeys(
     ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"), _FAKE)
 # Variables that would send boto3 somewhere else than the emulated account: remove them.
 UNSET_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_PROFILE")
+# A Lambda handler: (event, context) -> result.
+Handler = Callable[[Any, Any], Any]
+
+
+class Alert(TypedDict):
+    """A message published to the alert topic (``published_alerts``)."""
+    subject: Optional[str]
+    message: str
 
 
 # -- the emulated account: the one set-up of tests, the runner and the benchmarks --------------------
 
-def account_environment(region=REGION, **variables):
+def account_environment(region: str = REGION, **variables: str) -> Dict[str, str]:
     """The environment variables of a process that uses the emulated account: fake credentials, the
     region, and ``variables`` (bucket names, secret ids, ...). Remove UNSET_VARIABLES too."""
     return {**FAKE_CREDENTIALS, "AWS_DEFAULT_REGION": region, "AWS_REGION": region, **variables}
 
 
-def create_buckets(names, region=REGION):
+def create_buckets(names: Iterable[str], region: str = REGION) -> Any:
     """Create the buckets ``names`` (versioned, like the real ones) in the running emulation."""
     s3 = boto3.client("s3", region_name=region)
     for name in names:
@@ -82,7 +92,7 @@ def create_buckets(names, region=REGION):
 
 
 @contextmanager
-def operator():
+def operator() -> Iterator[None]:
     """Inside a handler (a test's wrapper that changes the account, e.g. ends a simulated failover): act
     as the account's operator, not as the function's role, for the calls of clients created here."""
     thread = threading.current_thread()
@@ -94,7 +104,8 @@ def operator():
         thread._lambda_credentials = saved
 
 
-def put_credentials_secret(secret_id, database, region=REGION, **override) -> None:
+def put_credentials_secret(secret_id: str, database: Union[str, Mapping[str, Any]], region: str = REGION,
+                           **override: Any) -> None:
     """Store the credentials of ``database`` (a postgresql:// URL or a credentials dict), with the
     ``override`` keys replaced, as the JSON secret ``secret_id`` (a new version when it exists). An
     operator's action, also when called from inside a handler (``operator``)."""
@@ -108,7 +119,7 @@ def put_credentials_secret(secret_id, database, region=REGION, **override) -> No
         secrets.put_secret_value(SecretId=secret_id, SecretString=value)
 
 
-def render_definition(arns, template_path=ASL_TEMPLATE):
+def render_definition(arns: Mapping[str, str], template_path: Union[str, Path] = ASL_TEMPLATE) -> str:
     """The deployable definition: the template with its placeholders filled from ``arns``."""
     try:
         return render(Path(template_path).read_text(), arns)
@@ -116,13 +127,13 @@ def render_definition(arns, template_path=ASL_TEMPLATE):
         raise ValueError(f"state machine template: {err.args[0]}") from None
 
 
-def _function_name(name_or_arn):
+def _function_name(name_or_arn: str) -> str:
     return name_or_arn.split(":function:")[-1].split(":")[0]
 
 
-def _lambda_context(function, deadline):
+def _lambda_context(function: "_Function", deadline: float) -> SimpleNamespace:
     """What Lambda passes a handler: its remaining time counts down to ``deadline`` (time.monotonic)."""
-    def remaining():
+    def remaining() -> int:
         return max(0, int((deadline - time.monotonic()) * 1000))
 
     return SimpleNamespace(function_name=function.name, aws_request_id=f"local-{time.time_ns()}",
@@ -132,15 +143,15 @@ def _lambda_context(function, deadline):
 
 class _Current:
     """The running emulation's IAM enforcement (None outside ``emulated_aws`` or before a deploy)."""
-    enforcement = None
-    timeouts: dict = {}
-    findings: list = []
+    enforcement: Optional[Enforcement] = None
+    timeouts: Dict[str, float] = {}
+    findings: List[Finding] = []
 
 
 _ORIGINAL_API_CALL = botocore.client.BaseClient._make_api_call
 
 
-def _authorised_api_call(client, operation_name, api_params):
+def _authorised_api_call(client: Any, operation_name: str, api_params: Mapping[str, Any]) -> Any:
     """Every boto3 call in the process: authorised by the emulated IAM, then made."""
     enforcement = _Current.enforcement
     if enforcement is not None:
@@ -148,14 +159,14 @@ def _authorised_api_call(client, operation_name, api_params):
     return _ORIGINAL_API_CALL(client, operation_name, api_params)
 
 
-def denials():
+def denials() -> List[str]:
     """The AccessDenied lines of the running emulation so far, oldest first."""
     return list(_Current.enforcement.denials) if _Current.enforcement is not None else []
 
 
-def role_may(stage, action, resource):
+def role_may(stage: str, action: str, resource: str) -> bool:
     """Whether the deployed role of ``stage`` may ``action`` on ``resource`` (the emulated IAM's answer)."""
-    return _Current.enforcement.may(stage, action, resource)
+    return cast(Enforcement, _Current.enforcement).may(stage, action, resource)  # set by deploy_pipeline
 
 
 # The sandbox of an invocation is the handler's thread and every thread it starts (its thread pools):
@@ -165,13 +176,14 @@ _ORIGINAL_THREAD_START = threading.Thread.start
 _ORIGINAL_CREATE_CLIENT = botocore.session.Session.create_client
 
 
-def _start_in_sandbox(thread):
+def _start_in_sandbox(thread: threading.Thread) -> None:
     """threading.Thread.start: a thread started inside an invocation belongs to its sandbox."""
     thread._lambda_credentials = getattr(threading.current_thread(), "_lambda_credentials", None)
     return _ORIGINAL_THREAD_START(thread)
 
 
-def _create_client_in_sandbox(session, service_name, *args, **kwargs):
+def _create_client_in_sandbox(session: botocore.session.Session, service_name: str, *args: Any,
+                              **kwargs: Any) -> Any:
     """botocore's create_client: inside an invocation, signed with the function's role credentials."""
     credentials = getattr(threading.current_thread(), "_lambda_credentials", None)
     if credentials is not None and not kwargs.get("aws_access_key_id"):
@@ -181,17 +193,18 @@ def _create_client_in_sandbox(session, service_name, *args, **kwargs):
     return _ORIGINAL_CREATE_CLIENT(session, service_name, *args, **kwargs)
 
 
-def _timed_out(function, seconds):
+def _timed_out(function: "_Function", seconds: float) -> Dict[str, str]:
     """The function error Lambda returns for an invocation that ran past its timeout."""
     return {"errorType": "Sandbox.Timedout",
             "errorMessage": f"{function.name}: Task timed out after {seconds:.2f} seconds"}
 
 
-def _call_handler(handler, event, function, response_headers):
+def _call_handler(handler: Handler, event: Any, function: "_Function",
+                  response_headers: Dict[str, str]) -> bytes:
     """Run ``handler`` under ``function``'s role and timeout; the response body Lambda would give."""
     seconds = _Current.timeouts.get(function.stage, function.limits["timeout"])
     deadline = time.monotonic() + seconds
-    outcome = {}
+    outcome: Dict[str, Any] = {}
 
     def run() -> None:
         try:
@@ -215,10 +228,10 @@ def _call_handler(handler, event, function, response_headers):
     return _checked_response(function, event, outcome["result"], response_headers)
 
 
-def _replace_sandbox(function) -> None:
+def _replace_sandbox(function: "_Function") -> None:
     """A timed-out invocation's sandbox is gone: its credentials stop working (the thread, which Python
     cannot kill, is refused at its next AWS call); the function's next invocation gets new ones."""
-    enforcement = _Current.enforcement
+    enforcement = cast(Enforcement, _Current.enforcement)  # a deployed function: set by deploy_pipeline
     enforcement.revoked.add(function.credentials["AccessKeyId"])
     role_arn = f"arn:aws:iam::{enforcement.account_id}:role/{function.identity.role_name}"
     function.credentials = boto3.client("sts").assume_role(
@@ -226,7 +239,8 @@ def _replace_sandbox(function) -> None:
     enforcement.identities[function.credentials["AccessKeyId"]] = function.identity
 
 
-def _checked_response(function, event, result, response_headers):
+def _checked_response(function: "_Function", event: Any, result: Any,
+                      response_headers: Dict[str, str]) -> bytes:
     """The response body of a handler's ``result``, or the error AWS gives when the event or the result is
     over a limit (totesys_local.limits); warnings (within 80%) are kept for ``limit_findings``."""
     body = json.dumps(result).encode()
@@ -240,32 +254,36 @@ def _checked_response(function, event, result, response_headers):
     return body
 
 
-def limit_findings():
+def limit_findings() -> List[Finding]:
     """The limit warnings and errors of the running emulation's invocations so far (totesys_local.limits)."""
     return list(_Current.findings)
 
 
 @functools.lru_cache(maxsize=None)
-def _operation_model(service, action):
+def _operation_model(service: str, action: str) -> Any:
     """botocore's model of an AWS SDK integration's action (``listExecutions`` -> ``ListExecutions``)."""
     return botocore.session.get_session().get_service_model(service).operation_model(
         action[0].upper() + action[1:])
 
 
-def _aws_sdk_request_as_aws(self, parameters, boto_service_name=None, service_action_name=None) -> None:
+def _aws_sdk_request_as_aws(self: StateTaskServiceAwsSdk, parameters: Any,
+                            boto_service_name: Optional[str] = None,
+                            service_action_name: Optional[str] = None) -> None:
     """PascalCase parameters -> the member names boto3 expects (moto's own helper, left unwired in 5.2)."""
     model = _operation_model(self._get_boto_service_name(), self.resource.api_action)
     self._to_boto_request(parameters, model.input_shape)
 
 
-def _aws_sdk_response_as_aws(self, response, boto_service_name=None, service_action_name=None) -> None:
+def _aws_sdk_response_as_aws(self: StateTaskServiceAwsSdk, response: Any,
+                             boto_service_name: Optional[str] = None,
+                             service_action_name: Optional[str] = None) -> None:
     """The boto3 response -> PascalCase member names, as AWS returns an AWS SDK integration's result."""
     model = _operation_model(self._get_boto_service_name(), self.resource.api_action)
     self._from_boto_response(response, model.output_shape)
 
 
 @functools.lru_cache(maxsize=None)
-def _shared_ssl_context(*args, **kwargs):
+def _shared_ssl_context(*args: Any, **kwargs: Any) -> ssl.SSLContext:
     """One TLS context for every boto3 client of the emulation: each client otherwise builds its own
     (~50 ms of OpenSSL set-up each, a tenth of a `totesys run` with nothing new), and under moto no request
     ever leaves the process."""
@@ -276,7 +294,7 @@ _create_ssl_context = botocore.httpsession.create_urllib3_context
 
 
 @contextmanager
-def _quiet_engine():
+def _quiet_engine() -> Iterator[None]:
     """moto's engine logs every failure a Catch handles at ERROR (on stderr, through logging's last
     resort); the runner reports a failure itself, in one line."""
     engine_log = logging.getLogger("moto.stepfunctions.parser")
@@ -289,7 +307,8 @@ def _quiet_engine():
 
 
 @contextmanager
-def emulated_aws(handlers, timeouts=None):
+def emulated_aws(handlers: Mapping[str, Handler],
+                 timeouts: Optional[Mapping[str, float]] = None) -> Iterator[List[str]]:
     """Start moto (in-process) with Lambda invocations routed to ``handlers``:
     {function name: callable(event, context)}. A handler that raises produces a Lambda function
     error whose Error is the exception's class name, as in AWS, so Retry/Catch match it. Retry waits
@@ -297,9 +316,10 @@ def emulated_aws(handlers, timeouts=None):
 
     Once ``deploy_pipeline`` has run, IAM is enforced and each handler runs under its role and its
     Terraform timeout; ``timeouts`` ({stage: seconds}) shortens a stage's timeout (tests)."""
-    invocations = []
+    invocations: List[str] = []
 
-    def invoke(self, function_name, qualifier, body, headers, response_headers):
+    def invoke(self: LambdaSimpleBackend, function_name: str, qualifier: Optional[str], body: Optional[str],
+               headers: Any, response_headers: Dict[str, str]) -> bytes:
         name = _function_name(function_name)
         event = json.loads(body) if body else {}
         invocations.append(name)
@@ -328,12 +348,12 @@ def emulated_aws(handlers, timeouts=None):
 DEPLOY_VARIABLES = ("INGEST_BUCKET", "PROCESSED_BUCKET", "TOTESYS_SECRET_ID", "WAREHOUSE_SECRET_ID")
 
 
-def _trust(service):
+def _trust(service: str) -> str:
     return json.dumps({"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"Service": service}}]})
 
 
-def _secret_arn(secret_id):
+def _secret_arn(secret_id: str) -> str:
     """The ARN of secret ``secret_id``, created empty when missing (immutable-terraform creates the
     secrets before main-terraform names their ARNs in the policies; the run puts the credentials)."""
     secrets = boto3.client("secretsmanager")
@@ -347,7 +367,8 @@ class _Function(SimpleNamespace):
     """A deployed function: name, arn, stage, limits, identity (its role) and session credentials."""
 
 
-def _account_values(prefix, arns, function_arns, account_id, region):
+def _account_values(prefix: str, arns: Mapping[str, str], function_arns: Mapping[str, str], account_id: str,
+                    region: str) -> Dict[str, Any]:
     """What Terraform learns from the account when it renders the policies (terraform_values' ``known``);
     ``function_arns``: {stage: the function's unqualified ARN} (aws_lambda_function's ``arn``)."""
     missing = [name for name in DEPLOY_VARIABLES if not os.environ.get(name)]
@@ -372,7 +393,8 @@ def _account_values(prefix, arns, function_arns, account_id, region):
     }
 
 
-def deploy_pipeline(prefix="totesys", template_path=ASL_TEMPLATE):
+def deploy_pipeline(prefix: str = "totesys",
+                    template_path: Union[str, Path] = ASL_TEMPLATE) -> Dict[str, str]:
     """Create, in the (emulated) account, what main-terraform deploys for the pipeline: a role per
     function and one for the state machine, each with its inline policy rendered from iam.tf, the three
     functions, the alert topic and the state machine; then enforce IAM for them. Returns a dict of ARNs.
@@ -389,7 +411,8 @@ def deploy_pipeline(prefix="totesys", template_path=ASL_TEMPLATE):
     with zipfile.ZipFile(code, "w") as archive:
         archive.writestr("README.txt", "handlers run in-process")
     lam = boto3.client("lambda")
-    arns, unqualified = {}, {}
+    arns: Dict[str, str] = {}
+    unqualified: Dict[str, str] = {}
     for stage in STAGES:
         # Published, and the definition names the version (qualified ARN), as main-terraform does.
         function = lam.create_function(
@@ -411,7 +434,8 @@ def deploy_pipeline(prefix="totesys", template_path=ASL_TEMPLATE):
     return arns
 
 
-def _enforce(prefix, arns, roles, sts, account_id, region) -> None:
+def _enforce(prefix: str, arns: Mapping[str, str], roles: Mapping[str, str], sts: Any, account_id: str,
+             region: str) -> None:
     """From now on, authorise every call of the functions' and the state machine's roles."""
     enforcement = Enforcement(account_id, region)
     limits = function_limits()
@@ -428,7 +452,7 @@ def _enforce(prefix, arns, roles, sts, account_id, region) -> None:
     _Current.enforcement = enforcement
 
 
-def published_alerts(topic_arn):
+def published_alerts(topic_arn: str) -> List[Alert]:
     """Messages published to an (emulated) SNS topic, oldest first."""
     from moto.sns.models import sns_backends
     account, region = topic_arn.split(":")[4], topic_arn.split(":")[3]
@@ -436,19 +460,20 @@ def published_alerts(topic_arn):
     return [{"subject": n[2], "message": n[1]} for n in topic.sent_notifications]
 
 
-def _execution(execution_arn):
+def _execution(execution_arn: str) -> Any:
     """moto's own object of an execution (the Step Functions engine's backend, read in-process)."""
     from moto.stepfunctions.parser.models import stepfunctions_parser_backends
     region, account = execution_arn.split(":")[3:5]
     return stepfunctions_parser_backends[account][region].describe_execution(execution_arn)
 
 
-def _history_event(event):
+def _history_event(event: Mapping[str, Any]) -> Dict[str, Any]:
     """A history event as get_execution_history returns it through boto3 (timestamp a datetime)."""
     return dict(event, timestamp=datetime.datetime.fromisoformat(event["timestamp"]))
 
 
-def wait_for_execution(execution_arn, on_event=None, timeout=900, poll=0.02):
+def wait_for_execution(execution_arn: str, on_event: Optional[Callable[[Dict[str, Any]], None]] = None,
+                       timeout: float = 900, poll: float = 0.02) -> Dict[str, Any]:
     """Wait until an execution ends; call ``on_event(event)`` for each new history event, as
     get_execution_history would return it. Returns describe_execution's answer.
 
@@ -483,7 +508,7 @@ class KeptAccount:
     holds them; ``lazy_s3`` serves them again), the secrets, the alerts and the finished executions, so
     its memory does not grow with the runs it served."""
 
-    def __init__(self, prefix, arns) -> None:
+    def __init__(self, prefix: str, arns: Dict[str, str]) -> None:
         self.prefix = prefix
         self.arns = arns
         self.region, self.account_id = arns["state_machine_arn"].split(":")[3:5]
@@ -510,11 +535,11 @@ class KeptAccount:
         _Current.findings.clear()
 
 
-_kept = None
+_kept: Optional[KeptAccount] = None
 
 
 @contextmanager
-def kept_pipeline(handlers, prefix="totesys"):
+def kept_pipeline(handlers: Mapping[str, Handler], prefix: str = "totesys") -> Iterator[KeptAccount]:
     """Start the emulation with Lambda routed to ``handlers``, deploy the pipeline once, and make every
     ``pipeline_account(prefix)`` inside this context use that account. Yields the KeptAccount."""
     global _kept
@@ -527,7 +552,7 @@ def kept_pipeline(handlers, prefix="totesys"):
 
 
 @contextmanager
-def pipeline_account(handlers, prefix="totesys"):
+def pipeline_account(handlers: Mapping[str, Handler], prefix: str = "totesys") -> Iterator[Dict[str, str]]:
     """The pipeline's ARNs in an emulated account for ONE run: the kept account of an enclosing
     ``kept_pipeline`` (its handlers serve; cleared before and after the run), else a fresh emulation
     with Lambda routed to ``handlers`` and the pipeline deployed now (~0.4 s)."""

@@ -24,15 +24,18 @@ This module imports only the standard library until a command needs more: it is 
 import argparse
 import os
 import sys
+from typing import Optional, Sequence, TypeAlias
 
 # Packages of requirements-dev.txt that some commands import: after `make install-requirements`
 # (runtime only) they are missing, and the command says what to install instead of a traceback.
 DEV_PACKAGES = {"moto", "flask", "werkzeug", "pgserver"}
 RUNNER_COMMANDS = ("run", "retry", "pending", "psql", "stop")
 EMULATOR_COMMANDS = ("run", "retry")
+# What ``add_subparsers`` returns: each ``_add_*`` adds its subcommands to it.
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
-def _positive_float(text):
+def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -42,11 +45,11 @@ def _positive_float(text):
     return value
 
 
-def _state_dir(parser) -> None:
+def _state_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", default=".local", help="where local buckets and state persist")
 
 
-def _add_seed(commands) -> None:
+def _add_seed(commands: Commands) -> None:
     seed = commands.add_parser("seed", help="create the totesys schema in an empty database and fill it")
     seed.add_argument("--target", required=True, help="postgresql://user:pass@host:port/db")
     seed.add_argument("--scale", type=_positive_float, default=1.0,
@@ -54,7 +57,7 @@ def _add_seed(commands) -> None:
     seed.add_argument("--seed", type=int, default=42, help="random seed: same seed, same data")
 
 
-def _add_simulate(commands) -> None:
+def _add_simulate(commands: Commands) -> None:
     simulate = commands.add_parser("simulate", help="apply M minutes of business activity, now")
     simulate.add_argument("--target", help="postgresql://user:pass@host:port/db (default: "
                           "TOTESYS_SOURCE_URL, else the embedded totesys of --state-dir, "
@@ -67,7 +70,7 @@ def _add_simulate(commands) -> None:
     _state_dir(simulate)
 
 
-def _add_runner_commands(commands) -> None:
+def _add_runner_commands(commands: Commands) -> None:
     for name, text in (("run", "run the pipeline once through the state machine, locally"),
                        ("retry", "run the pipeline again after a failure, saying what was pending")):
         sub = commands.add_parser(name, help=text)
@@ -91,7 +94,7 @@ def _add_runner_commands(commands) -> None:
         _state_dir(commands.add_parser(name, help=text))
 
 
-def _add_dashboard(commands) -> None:
+def _add_dashboard(commands: Commands) -> None:
     dashboard = commands.add_parser("dashboard", help="serve the sales and pipeline dashboard on 127.0.0.1")
     dashboard.add_argument("--warehouse", help="warehouse database URL (default: TOTESYS_WAREHOUSE_URL, "
                            "else the embedded warehouse of --state-dir, as `make run` made it)")
@@ -99,7 +102,7 @@ def _add_dashboard(commands) -> None:
     _state_dir(dashboard)
 
 
-def _add_trust(commands) -> None:
+def _add_trust(commands: Commands) -> None:
     verify = commands.add_parser("verify", help="compare totesys with the warehouse (exit 0 all matched, "
                                  "1 any mismatch, 2 cannot run)")
     verify.add_argument("--source", help="totesys database URL (default: TOTESYS_SOURCE_URL, else the "
@@ -133,7 +136,7 @@ def _add_trust(commands) -> None:
         _state_dir(sub)
 
 
-def _add_cdc(commands) -> None:
+def _add_cdc(commands: Commands) -> None:
     cdc = commands.add_parser("cdc", help="the CDC replication slot on totesys (INGEST_MODE=cdc): "
                               "status, or drop-slot (teardown)")
     cdc.add_argument("action", choices=("status", "drop-slot"))
@@ -147,7 +150,7 @@ def _add_cdc(commands) -> None:
 SUBCOMMANDS = [_add_seed, _add_simulate, _add_runner_commands, _add_dashboard, _add_trust, _add_cdc]
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="totesys", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
@@ -155,14 +158,14 @@ def build_parser():
     return parser
 
 
-def _seed(args) -> int:
+def _seed(args: argparse.Namespace) -> int:
     from totesys_local.generator import seed
     counts = seed(args.target, scale=args.scale, seed=args.seed)
     print("seeded totesys: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
     return 0
 
 
-def _simulate(args) -> int:
+def _simulate(args: argparse.Namespace) -> int:
     from totesys_local.generator import simulate
     target = args.target or os.environ.get("TOTESYS_SOURCE_URL")
     if not target:
@@ -173,22 +176,22 @@ def _simulate(args) -> int:
     return 0
 
 
-def _runner(args):
+def _runner(args: argparse.Namespace) -> int:
     from totesys_local import runner
     return runner.main(args)
 
 
-def _dashboard(args):
+def _dashboard(args: argparse.Namespace) -> int:
     from totesys_local.dashboard.server import serve
     return serve(args.warehouse, args.port, args.state_dir)
 
 
-def _cdc(args):
+def _cdc(args: argparse.Namespace) -> int:
     from totesys_local.cdc_cli import command_cdc
     return command_cdc(args)
 
 
-def _trust(args):
+def _trust(args: argparse.Namespace) -> int:
     from totesys_local import trust
     return trust.COMMANDS[args.command](args)
 
@@ -198,7 +201,7 @@ HANDLERS = {"seed": _seed, "simulate": _simulate, "dashboard": _dashboard, "cdc"
             **{name: _runner for name in RUNNER_COMMANDS}}
 
 
-def missing_dependency_message(command, err) -> str:
+def missing_dependency_message(command: str, err: ModuleNotFoundError) -> str:
     """The one line shown when ``command`` cannot import a package (``err``: ModuleNotFoundError)."""
     package = (err.name or "").split(".")[0]
     if package in DEV_PACKAGES:
@@ -208,7 +211,7 @@ def missing_dependency_message(command, err) -> str:
             "run `make install-requirements` (or `venv/bin/pip install -r requirements.txt`)")
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     if args.command in EMULATOR_COMMANDS:
@@ -220,7 +223,7 @@ def main(argv=None):
     return run_in_process(args)
 
 
-def run_in_process(args):
+def run_in_process(args: argparse.Namespace) -> int:
     """Run the parsed command here (what the local emulator runs for each request); the exit status."""
     try:
         return HANDLERS[args.command](args)

@@ -21,6 +21,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
 from urllib.parse import quote
 
 import pg8000.native
@@ -39,18 +40,18 @@ class ClusterError(LocalError, RuntimeError):
     """The local PostgreSQL could not be found, started or reached."""
 
 
-def _has_server_binaries(bindir):
-    return bindir and all(os.access(os.path.join(bindir, name), os.X_OK) for name in _REQUIRED)
+def _has_server_binaries(bindir: Optional[str]) -> bool:
+    return bool(bindir and all(os.access(os.path.join(bindir, name), os.X_OK) for name in _REQUIRED))
 
 
-def _version_key(path):
+def _version_key(path: str) -> List[int]:
     digits = "".join(ch if ch.isdigit() else " " for ch in path).split()
     return [int(d) for d in digits]
 
 
-def find_bindir():
+def find_bindir() -> str:
     """Return a directory holding initdb, pg_ctl and postgres, or raise ClusterError."""
-    candidates = []
+    candidates: List[str] = []
     if os.environ.get("TOTESYS_PG_BINDIR"):
         candidates.append(os.environ["TOTESYS_PG_BINDIR"])
     pg_config = shutil.which("pg_config")
@@ -82,13 +83,13 @@ def find_bindir():
         "`pip install pgserver`, or point TOTESYS_PG_URL at a server")
 
 
-def free_port():
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def _as_root():
+def _as_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
@@ -103,14 +104,14 @@ def _ensure_server_user() -> None:
             check=True, capture_output=True)
 
 
-def _run(args, **kwargs):
+def _run(args: Sequence[str], **kwargs: Any) -> "subprocess.CompletedProcess[str]":
     """Run a server binary, through runuser when we are root."""
     if _as_root():
         args = ["runuser", "-u", SERVER_USER, "--"] + list(args)
     return subprocess.run(args, capture_output=True, text=True, **kwargs)  # nosec B603
 
 
-def _server_can_reach(path):
+def _server_can_reach(path: Path) -> bool:
     """As root: can the server user enter ``path``? (a clone under /root is mode 700)"""
     if not _as_root():
         return True
@@ -128,11 +129,11 @@ class ClusterInfo:
     host: str = "127.0.0.1"
     user: str = SUPERUSER
 
-    def url(self, database="postgres") -> str:
+    def url(self, database: str = "postgres") -> str:
         return (f"postgresql://{quote(self.user)}:{quote(self.password, safe='')}"
                 f"@{self.host}:{self.port}/{database}")
 
-    def credentials(self, database="postgres"):
+    def credentials(self, database: str = "postgres") -> Dict[str, Union[str, int]]:
         return {"host": self.host, "port": self.port, "database": database,
                 "user": self.user, "password": self.password}
 
@@ -140,12 +141,13 @@ class ClusterInfo:
 class Cluster:
     """A PostgreSQL cluster this project owns: initialised, started and stopped here."""
 
-    def __init__(self, info) -> None:
+    def __init__(self, info: ClusterInfo) -> None:
         self.info = info
 
     # -- life cycle ---------------------------------------------------------------------------
     @classmethod
-    def create(cls, datadir, bindir=None, port=None):
+    def create(cls, datadir: Union[str, Path], bindir: Optional[str] = None,
+               port: Optional[int] = None) -> "Cluster":
         """initdb a new cluster in ``datadir`` (which must not exist or be empty)."""
         bindir = bindir or find_bindir()
         datadir = Path(datadir)
@@ -178,7 +180,7 @@ class Cluster:
                        "timezone = 'UTC'\nlog_timezone = 'UTC'\n")
         return cls(info)
 
-    def start(self):
+    def start(self) -> "Cluster":
         """Start the server (listening on 127.0.0.1 only) and wait until it accepts connections."""
         info = self.info
         if not _port_is_free(info.port):
@@ -199,7 +201,7 @@ class Cluster:
         self.wait_ready()
         return self
 
-    def wait_ready(self, seconds=30):
+    def wait_ready(self, seconds: float = 30) -> None:
         deadline = time.monotonic() + seconds
         while True:
             try:
@@ -233,23 +235,23 @@ class Cluster:
             shutil.rmtree(datadir.parent, ignore_errors=True)
 
     # -- databases ----------------------------------------------------------------------------
-    def url(self, database="postgres"):
+    def url(self, database: str = "postgres") -> str:
         return self.info.url(database)
 
-    def connect(self, database="postgres"):
+    def connect(self, database: str = "postgres") -> pg8000.native.Connection:
         return pg8000.native.Connection(
             user=self.info.user, password=self.info.password, host=self.info.host,
             port=self.info.port, database=database, timeout=10,
             startup_params={"TimeZone": "UTC"})
 
-    def create_database(self, name, template=None) -> None:
+    def create_database(self, name: str, template: Optional[str] = None) -> None:
         create_database(self.url(), name, template)
 
-    def drop_database(self, name) -> None:
+    def drop_database(self, name: str) -> None:
         drop_database(self.url(), name)
 
 
-def _port_is_free(port) -> bool:
+def _port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind(("127.0.0.1", port))
@@ -258,13 +260,13 @@ def _port_is_free(port) -> bool:
             return False
 
 
-def admin_connection(url):
+def admin_connection(url: str) -> Any:
     """Connect to a server given by URL (database from the URL)."""
     from utils.db.connection import connect_to_db, credentials_from_url
     return connect_to_db(credentials=credentials_from_url(url))
 
 
-def create_database(admin_url, name, template=None) -> None:
+def create_database(admin_url: str, name: str, template: Optional[str] = None) -> None:
     """CREATE DATABASE name [TEMPLATE template] on the server of ``admin_url``."""
     from pg8000.native import identifier
     conn = admin_connection(admin_url)
@@ -277,7 +279,7 @@ def create_database(admin_url, name, template=None) -> None:
         conn.close()
 
 
-def drop_database(admin_url, name) -> None:
+def drop_database(admin_url: str, name: str) -> None:
     """DROP DATABASE name (if it exists), after dropping its inactive replication slots (a CDC slot would
     otherwise block the drop, and keep WAL for a database that is gone)."""
     from pg8000.native import identifier
@@ -290,7 +292,7 @@ def drop_database(admin_url, name) -> None:
         conn.close()
 
 
-def with_database(url, database):
+def with_database(url: str, database: str) -> str:
     """Return ``url`` with its database name replaced."""
     from urllib.parse import urlsplit, urlunsplit
     parts = urlsplit(url)
@@ -299,12 +301,12 @@ def with_database(url, database):
 
 # -- the throwaway cluster for tests and the persistent one under .local/ ------------------------
 
-def pgdata_parent():
+def pgdata_parent() -> Path:
     """The folder that holds throwaway clusters: TOTESYS_PGDATA_PARENT, else the temporary directory."""
     return Path(os.environ.get(PGDATA_PARENT_VARIABLE) or tempfile.gettempdir())
 
 
-def temporary_cluster():
+def temporary_cluster() -> Cluster:
     """Create and start a cluster in a fresh temporary folder; caller must ``destroy()`` it."""
     base = Path(tempfile.mkdtemp(prefix="totesys-pg-", dir=pgdata_parent()))
     if _as_root():
@@ -313,7 +315,7 @@ def temporary_cluster():
     return cluster.start()
 
 
-def local_cluster(state_dir):
+def local_cluster(state_dir: Union[str, Path]) -> Cluster:
     """Return the running persistent cluster for ``state_dir`` (default ``.local``), starting or
     creating it as needed. Its connection details are kept in ``state_dir/cluster.json`` (mode 600)."""
     state_dir = Path(state_dir).resolve()
@@ -343,7 +345,7 @@ def local_cluster(state_dir):
     return cluster
 
 
-def stop_local_cluster(state_dir):
+def stop_local_cluster(state_dir: Union[str, Path]) -> bool:
     """Stop the persistent cluster of ``state_dir`` if there is one; return True if it was running."""
     record = Path(state_dir) / "cluster.json"
     if not record.exists():
@@ -354,6 +356,6 @@ def stop_local_cluster(state_dir):
     return running
 
 
-def _save(record, info) -> None:
+def _save(record: Path, info: ClusterInfo) -> None:
     record.write_text(json.dumps(asdict(info), indent=2))
     os.chmod(record, 0o600)

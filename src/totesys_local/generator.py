@@ -13,7 +13,7 @@ import io
 import math
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, List
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 import pg8000.native
@@ -64,6 +64,9 @@ RATE_PER_MINUTE = {
     "sales_order_update": 0.01, "address": 1 / 120, "staff": 1 / 240,
 }
 EPOCH = dt.datetime(1970, 1, 1)
+T = TypeVar("T")
+# (start ms since epoch, length ms) of every working window: ``_working_windows``.
+Windows = Tuple[np.ndarray, np.ndarray]
 
 
 class GeneratorError(LocalError, TotesysError):
@@ -72,7 +75,7 @@ class GeneratorError(LocalError, TotesysError):
 
 # -- generation (pure, no database) -------------------------------------------------------------
 
-def _check_scale(scale):
+def _check_scale(scale: Any) -> float:
     try:
         value = float(scale)
     except (TypeError, ValueError):
@@ -82,7 +85,7 @@ def _check_scale(scale):
     return value
 
 
-def _working_windows():
+def _working_windows() -> Windows:
     """Start (ms since epoch) and length (ms) of every weekday's 08:00-19:00 window of the data."""
     days: Any = np.arange(DATA_START.astype("datetime64[D]"), LAST_DAY + 1, dtype="datetime64[D]")
     days = days[np.is_busday(days)]
@@ -93,7 +96,7 @@ def _working_windows():
     return starts, ends - starts
 
 
-def _working_times(rng, count, windows):
+def _working_times(rng: np.random.Generator, count: int, windows: Windows) -> np.ndarray:
     """``count`` sorted ms timestamps spread uniformly over the working windows (end exclusive)."""
     starts, lengths = windows
     cumulative = np.cumsum(lengths)
@@ -102,7 +105,7 @@ def _working_times(rng, count, windows):
     return starts[day] + position - (cumulative[day] - lengths[day])
 
 
-def _drop_fraction(rng, times):
+def _drop_fraction(rng: np.random.Generator, times: np.ndarray) -> np.ndarray:
     """Truncate ~3% of timestamps to whole seconds, as some real rows have no milliseconds."""
     whole = rng.random(times.size) < NO_FRACTION_RATE
     times = times.copy()
@@ -110,12 +113,12 @@ def _drop_fraction(rng, times):
     return times
 
 
-def _date_text(times_ms, offset_days):
+def _date_text(times_ms: np.ndarray, offset_days: Union[int, np.ndarray]) -> np.ndarray:
     days = times_ms.astype("datetime64[ms]").astype("datetime64[D]") + offset_days
     return np.datetime_as_string(days, unit="D")
 
 
-def _money(cents):
+def _money(cents: Any) -> pa.Array:
     """numeric(10,2) from integer cents, exactly: decimal128 stores the unscaled 128-bit integer."""
     cents = np.asarray(cents, dtype=np.int64)
     words = np.zeros((cents.size, 2), dtype=np.int64)
@@ -124,11 +127,11 @@ def _money(cents):
     return pa.Array.from_buffers(pa.decimal128(10, 2), cents.size, [None, pa.py_buffer(words.tobytes())])
 
 
-def _ids(count):
+def _ids(count: int) -> np.ndarray:
     return np.arange(1, count + 1, dtype=np.int32)
 
 
-def _table(name, columns):
+def _table(name: str, columns: Mapping[str, Any]) -> pa.Table:
     schema = SOURCE_SCHEMAS[name]
     return pa.Table.from_arrays([pa.array(columns[field.name], type=field.type)
                                  if not isinstance(columns[field.name], pa.Array)
@@ -136,19 +139,19 @@ def _table(name, columns):
                                  for field in schema], schema=schema)
 
 
-def _constant_times(count, value=DATA_START):
+def _constant_times(count: int, value: np.datetime64 = DATA_START) -> np.ndarray:
     return np.full(count, value.astype(np.int64), dtype=np.int64)
 
 
-def _with_nulls(rng, values, null_count):
+def _with_nulls(rng: np.random.Generator, values: Iterable[T], null_count: int) -> List[Optional[T]]:
     """``values`` as a list with exactly ``null_count`` randomly placed None."""
-    values = list(values)
-    for index in rng.permutation(len(values))[:null_count]:
-        values[index] = None
-    return values
+    nullable: List[Optional[T]] = list(values)
+    for index in rng.permutation(len(nullable))[:null_count]:
+        nullable[index] = None
+    return nullable
 
 
-def _dimension_tables(rng):
+def _dimension_tables(rng: np.random.Generator) -> Dict[str, pa.Table]:
     n = ADDRESSES
     street = [f"{number} {name} {suffix}" for number, name, suffix in zip(
         rng.integers(1, 10_000, n), rng.choice(vocab.STREET_NAMES, n), rng.choice(vocab.STREET_SUFFIXES, n))]
@@ -170,7 +173,7 @@ def _dimension_tables(rng):
     })}
     m = len(vocab.COUNTERPARTY_NAMES)
 
-    def contacts():
+    def contacts() -> List[str]:
         return [f"{first} {last}" for first, last in zip(
             rng.choice(vocab.CONTACT_FIRST, m), rng.choice(vocab.CONTACT_LAST, m))]
     times = _constant_times(m)
@@ -211,19 +214,19 @@ def _dimension_tables(rng):
     return tables
 
 
-def staff_email(first_name, last_name):
+def staff_email(first_name: str, last_name: str) -> str:
     """The company's address scheme: first.last@terrifictotes.com, lower case."""
     return f"{first_name.lower()}.{last_name.lower()}@terrifictotes.com"
 
 
-def _design_file_names(rng, names, times_ms):
+def _design_file_names(rng: np.random.Generator, names: Sequence[str], times_ms: np.ndarray) -> List[str]:
     dates = np.char.replace(_date_text(times_ms, 0), "-", "")
     letters = rng.integers(ord("a"), ord("z") + 1, size=(len(names), 4), dtype=np.uint8)
     suffix = letters.view("S4").ravel().astype(str)
     return [f"{name.lower()}-{day}-{tag}.json" for name, day, tag in zip(names, dates, suffix)]
 
 
-def generate_tables(scale=1.0, seed=42):
+def generate_tables(scale: float = 1.0, seed: Optional[int] = 42) -> Dict[str, pa.Table]:
     """Return {table: pyarrow.Table} of a seeded totesys, in insertion order (no database needed).
 
     Same (scale, seed), same tables. Raises GeneratorError when scale is not a number > 0.
@@ -250,7 +253,7 @@ def generate_tables(scale=1.0, seed=42):
         "last_updated": design_times,
     })
 
-    def order_times(count):
+    def order_times(count: int) -> np.ndarray:
         return np.sort(_drop_fraction(rng, _working_times(rng, count, windows)))
 
     n_sales = max(1, round(SALES_ORDERS * scale))
@@ -307,7 +310,7 @@ def generate_tables(scale=1.0, seed=42):
         "created_at": created, "last_updated": created,
     })
 
-    def pick(sales_values, purchase_values):
+    def pick(sales_values: Any, purchase_values: Any) -> np.ndarray:
         return np.concatenate([np.asarray(sales_values), np.asarray(purchase_values)])[order]
 
     paid = rng.random(n_tx) < PAID_LATER_RATE
@@ -330,7 +333,7 @@ def generate_tables(scale=1.0, seed=42):
 
 # -- database side ------------------------------------------------------------------------------
 
-def _connect(target_url, timezone="UTC"):
+def _connect(target_url: str, timezone: Optional[str] = "UTC") -> Any:
     """A connection to ``target_url`` whose session zone is ``timezone`` (None: the database's own)."""
     try:
         return connect_to_db(credentials=credentials_from_url(target_url), timezone=timezone)
@@ -338,12 +341,12 @@ def _connect(target_url, timezone="UTC"):
         raise GeneratorError(str(err)) from None
 
 
-def _database_message(err):
+def _database_message(err: Exception) -> str:
     detail = err.args[0] if err.args and isinstance(err.args[0], dict) else {}
     return detail.get("M") or (str(err.args[0]) if err.args else type(err).__name__)
 
 
-def totesys_objects(conn):
+def totesys_objects(conn: Any) -> List[str]:
     """Names of the totesys tables and enum types already in the connection's search path."""
     tables = conn.run(
         "SELECT c.relname FROM pg_catalog.pg_class c "
@@ -358,12 +361,12 @@ def totesys_objects(conn):
     return [row[0] for row in tables] + [row[0] for row in types]
 
 
-def _schema_statements():
+def _schema_statements() -> List[str]:
     lines = [line for line in SCHEMA_PATH.read_text().splitlines() if not line.lstrip().startswith("--")]
     return [statement.strip() for statement in "\n".join(lines).split(";") if statement.strip()]
 
 
-def _copy_table(conn, name, table):
+def _copy_table(conn: Any, name: str, table: pa.Table) -> None:
     buffer = io.BytesIO()
     pa_csv.write_csv(table, buffer, pa_csv.WriteOptions(include_header=False))
     buffer.seek(0)
@@ -371,7 +374,7 @@ def _copy_table(conn, name, table):
     conn.run(f"COPY {identifier(name)} ({columns}) FROM STDIN WITH (FORMAT csv)", stream=buffer)
 
 
-def _drop_foreign_keys(conn):
+def _drop_foreign_keys(conn: Any) -> List[List[str]]:
     """Drop the totesys foreign keys just created; return what ``_restore_foreign_keys`` needs.
 
     Checking a foreign key row by row during COPY is most of a large seed's time; adding the
@@ -388,14 +391,14 @@ def _drop_foreign_keys(conn):
     return foreign_keys
 
 
-def _restore_foreign_keys(conn, foreign_keys):
+def _restore_foreign_keys(conn: Any, foreign_keys: Sequence[Sequence[str]]) -> None:
     for table, name, definition in foreign_keys:
         # The definition is PostgreSQL's own rendering of the constraint created from our schema
         # file a moment ago in this transaction, not outside input.
         conn.run(f"ALTER TABLE {identifier(table)} ADD CONSTRAINT {identifier(name)} {definition}")
 
 
-def _in_transaction(conn, work):
+def _in_transaction(conn: Any, work: Callable[[Any], T]) -> T:
     """Run ``work(conn)`` in one transaction: commit on success, roll back on any error."""
     conn.run("START TRANSACTION")
     try:
@@ -410,7 +413,7 @@ def _in_transaction(conn, work):
     return result
 
 
-def seed(target_url, scale=1.0, seed=42):
+def seed(target_url: str, scale: float = 1.0, seed: Optional[int] = 42) -> Dict[str, int]:
     """Create the totesys schema in the database at ``target_url`` and fill it.
 
     Returns {table: rows written} for the eleven source tables, in insertion order. Everything
@@ -431,7 +434,7 @@ def seed(target_url, scale=1.0, seed=42):
 
         migrated = DATA_START.item().replace(tzinfo=dt.timezone.utc)
 
-        def write(conn):
+        def write(conn: Any) -> None:
             for statement in _schema_statements():
                 conn.run(statement)
             foreign_keys = _drop_foreign_keys(conn)
@@ -459,7 +462,7 @@ def seed(target_url, scale=1.0, seed=42):
 
 # -- simulate ------------------------------------------------------------------------------------
 
-def _check_minutes(minutes):
+def _check_minutes(minutes: Any) -> float:
     try:
         value = float(minutes)
     except (TypeError, ValueError):
@@ -469,17 +472,17 @@ def _check_minutes(minutes):
     return value
 
 
-def _to_us(moment):
+def _to_us(moment: dt.datetime) -> int:
     if moment.tzinfo is not None:
         moment = moment.astimezone(dt.timezone.utc).replace(tzinfo=None)
     return (moment - EPOCH) // dt.timedelta(microseconds=1)
 
 
-def _from_ms(ms):
+def _from_ms(ms: int) -> dt.datetime:
     return EPOCH + dt.timedelta(milliseconds=int(ms))
 
 
-def _event_times(rng, start_ms, end_ms, count):
+def _event_times(rng: np.random.Generator, start_ms: int, end_ms: int, count: int) -> np.ndarray:
     """``count`` sorted ms instants in [start_ms, end_ms], distinct whenever the window allows."""
     span = end_ms - start_ms + 1
     if count <= span:
@@ -487,8 +490,8 @@ def _event_times(rng, start_ms, end_ms, count):
     return np.sort(rng.integers(0, span, size=count)) + start_ms
 
 
-def _plan_counts(rng, minutes):
-    def draw(kind):
+def _plan_counts(rng: np.random.Generator, minutes: float) -> Dict[str, int]:
+    def draw(kind: str) -> int:
         return int(rng.poisson(RATE_PER_MINUTE[kind] * minutes))
     busy = minutes >= 30
     return {
@@ -520,7 +523,7 @@ class _Activity:
         "+ CAST(:days AS integer), 'YYYY-MM-DD'), last_updated = :at WHERE sales_order_id = :id",
     )
 
-    def __init__(self, conn, rng, before):
+    def __init__(self, conn: Any, rng: np.random.Generator, before: dt.datetime) -> None:
         self.conn, self.rng = conn, rng
         self.ids = {table: [row[0] for row in conn.run(query)] for table, query in self.ID_QUERIES.items()}
         self.unpaid = [row[0] for row in conn.run(
@@ -534,18 +537,19 @@ class _Activity:
             "SELECT staff_id, first_name, department_id, last_name FROM staff WHERE last_updated < :before "
             "ORDER BY 1",
             before=before)
-        self.new_payments, self.new_sales_orders = [], []
+        self.new_payments: List[int] = []
+        self.new_sales_orders: List[int] = []
 
-    def _choice(self, values):
+    def _choice(self, values: Sequence[T]) -> T:
         return values[int(self.rng.integers(len(values)))]
 
-    def _int(self, low, high):
+    def _int(self, low: int, high: int) -> int:
         return int(self.rng.integers(low, high + 1))
 
-    def _agreed(self, at):
+    def _agreed(self, at: dt.datetime) -> str:
         return (at.date() + dt.timedelta(days=self._int(0, AGREED_DAYS_MAX))).isoformat()
 
-    def new_order(self, kind, at):
+    def new_order(self, kind: str, at: dt.datetime) -> None:
         counterparty = self._choice(self.ids["counterparty"])
         currency = self._choice(self.ids["currency"])
         payment_date = self._agreed(at)
@@ -594,7 +598,7 @@ class _Activity:
             company=self._int(*ACCOUNT_NUMBER), theirs=self._int(*ACCOUNT_NUMBER))[0][0]
         self.new_payments.append(payment_id)
 
-    def new_design(self, at):
+    def new_design(self, at: dt.datetime) -> None:
         name = self._choice(vocab.DESIGN_NAMES)
         tag = "".join(chr(c) for c in self.rng.integers(ord("a"), ord("z") + 1, 4))
         self.conn.run(
@@ -603,11 +607,11 @@ class _Activity:
             location=self._choice(vocab.DESIGN_LOCATIONS),
             file=f"{name.lower()}-{at:%Y%m%d}-{tag}.json")
 
-    def pay(self, payment_id, at):
+    def pay(self, payment_id: int, at: dt.datetime) -> None:
         self.conn.run("UPDATE payment SET paid = true, last_updated = :at WHERE payment_id = :id",
                       at=at, id=payment_id)
 
-    def update_sales_order(self, order_id, at):
+    def update_sales_order(self, order_id: int, at: dt.datetime) -> None:
         change = self._int(0, 2)
         if change == 0:
             self.conn.run("UPDATE sales_order SET units_sold = :units, last_updated = :at "
@@ -615,7 +619,7 @@ class _Activity:
         else:
             self.conn.run(self.AGREED_DATE_UPDATES[change - 1], days=self._int(1, 5), at=at, id=order_id)
 
-    def change_address(self, address_id, at):
+    def change_address(self, address_id: int, at: dt.datetime) -> None:
         if self._int(0, 1):
             self.conn.run("UPDATE address SET phone = :phone, last_updated = :at WHERE address_id = :id",
                           phone=f"{self._int(1000, 9999)} {self._int(100_000, 999_999)}",
@@ -626,7 +630,7 @@ class _Activity:
             self.conn.run("UPDATE address SET address_line_1 = :street, last_updated = :at "
                           "WHERE address_id = :id", street=street, at=at, id=address_id)
 
-    def change_staff(self, member, at):
+    def change_staff(self, member: Sequence[Any], at: dt.datetime) -> None:
         staff_id, first_name, department_id, current_last_name = member
         others = [d for d in self.ids["department"] if d != department_id]
         if others and self._int(0, 1):
@@ -640,7 +644,8 @@ class _Activity:
                           at=at, id=staff_id)
 
 
-def simulate(target_url, minutes, seed=None, now=None, cancel=0):
+def simulate(target_url: str, minutes: float, seed: Optional[int] = None, now: Optional[dt.datetime] = None,
+             cancel: int = 0) -> Dict[str, int]:
     """Apply ``minutes`` of business activity to the totesys at ``target_url``, in one transaction.
 
     New sales and purchase orders (each with its transaction and an unpaid payment), payments
@@ -685,7 +690,7 @@ def simulate(target_url, minutes, seed=None, now=None, cancel=0):
         close_db_connection(conn)
 
 
-def _cancel_orders(conn, rng, count):
+def _cancel_orders(conn: Any, rng: np.random.Generator, count: int) -> Dict[str, int]:
     """Hard-delete ``count`` random unpaid sales orders with their transaction and payment (fewer
     when fewer exist); return {"sales orders cancelled (deleted)": n} (empty when count is 0)."""
     if not count:
@@ -704,7 +709,8 @@ def _cancel_orders(conn, rng, count):
     return {"sales orders cancelled (deleted)": len(chosen)}
 
 
-def _simulate(conn, rng, minutes, now):
+def _simulate(conn: Any, rng: np.random.Generator, minutes: float,
+              now: Optional[dt.datetime]) -> Dict[str, int]:
     # LOCALTIMESTAMP is now() in the session's time zone (the source's own): the transaction's start on
     # the DB clock, as the source's wall time. An aware ``now`` is turned into that wall time too.
     if now is None:
@@ -743,6 +749,7 @@ def _simulate(conn, rng, minutes, now):
     summary = {"new sales orders": 0, "new purchase orders": 0, "new transactions": 0, "new payments": 0,
                "new designs": 0, "payments marked paid": 0, "sales orders updated": 0,
                "addresses changed": 0, "staff changed": 0}
+    target: Any  # what the event changes: a payment or order id, an address id, a staff row
     for event, ms in zip(events, _event_times(rng, start_ms, end_ms, len(events))):
         at = _from_ms(ms)
         kind, target = (event, None) if isinstance(event, str) else event

@@ -15,6 +15,7 @@ non-S3 call (it checks those against "*"), so each call is mapped here to its IA
 unchecked.
 """
 from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, NoReturn, Optional, Set, Tuple, cast
 
 from botocore.exceptions import ClientError
 from moto.iam.access_control import IAMPolicy, PermissionResult
@@ -23,6 +24,8 @@ from totesys_local.errors import LocalError
 
 # moto's Step Functions engine signs every call it makes with this key (asl/utils/boto_client.py).
 ENGINE_ACCESS_KEY = "ak"
+# What a call asks IAM for: (action, resource ARN).
+Request = Tuple[str, str]
 
 
 class EnforcementGap(LocalError):
@@ -42,30 +45,31 @@ class Enforcement:
     """The identities of one emulated account and the refusals so far (oldest first)."""
     account_id: str
     region: str
-    identities: dict = field(default_factory=dict)  # access key id -> Identity
-    denials: list = field(default_factory=list)
-    functions: dict = field(default_factory=dict)  # function name -> the deployed function (aws_emulation)
-    revoked: set = field(default_factory=set)  # access keys of invocations that timed out
+    identities: Dict[str, Identity] = field(default_factory=dict)  # access key id -> Identity
+    denials: List[str] = field(default_factory=list)
+    # function name -> the deployed function (aws_emulation)
+    functions: Dict[str, Any] = field(default_factory=dict)
+    revoked: Set[str] = field(default_factory=set)  # access keys of invocations that timed out
 
-    def authorise(self, client, operation, params) -> None:
+    def authorise(self, client: Any, operation: str, params: Mapping[str, Any]) -> None:
         """Raise ClientError(AccessDenied) when the caller's role may not make this call."""
         access_key = _access_key(client)
-        identity = self.identities.get(access_key)
+        identity = self.identities.get(access_key) if access_key is not None else None
         if identity is None:
             return
         if access_key in self.revoked:
-            self._deny(identity, *_first(self, client, operation, params),  # type: ignore[call-arg]
+            self._deny(identity, *_first(self, client, operation, params),
                        "after its invocation timed out (Lambda had ended it)", operation)
         for action, resource in requested(self, client, operation, params):
             if not self.permitted(identity, action, resource):
                 self._deny(identity, action, resource, "", operation)
 
-    def may(self, stage, action, resource):
+    def may(self, stage: str, action: str, resource: str) -> bool:
         """True when ``stage``'s role (ingest/transform/load/state machine) may ``action`` on ``resource``."""
         identity = next(identity for identity in self.identities.values() if identity.stage == stage)
         return self.permitted(identity, action, resource)
 
-    def permitted(self, identity, action, resource):
+    def permitted(self, identity: Identity, action: str, resource: str) -> bool:
         """True when the role's inline policies allow ``action`` on ``resource`` and none denies it."""
         from moto.iam.models import iam_backends
         backend = iam_backends[self.account_id]["aws"]
@@ -78,7 +82,7 @@ class Enforcement:
             allowed = allowed or result == PermissionResult.PERMITTED
         return allowed
 
-    def _deny(self, identity, action, resource, how, operation):
+    def _deny(self, identity: Identity, action: str, resource: str, how: str, operation: str) -> NoReturn:
         line = (f"{identity.stage}: AccessDenied: role {identity.role_name} may not {action} on {resource}"
                 f"{' ' + how if how else ''} (main-terraform/iam.tf, policy document "
                 f"\"{identity.document}\")")
@@ -86,30 +90,30 @@ class Enforcement:
         raise ClientError({"Error": {"Code": "AccessDenied", "Message": line}}, operation)
 
 
-def _access_key(client):
+def _access_key(client: Any) -> Optional[str]:
     credentials = getattr(client._request_signer, "_credentials", None)
     if credentials is None:
         return None
     return credentials.get_frozen_credentials().access_key
 
 
-def _first(enforcement, client, operation, params):
+def _first(enforcement: Enforcement, client: Any, operation: str, params: Mapping[str, Any]) -> Request:
     requests = requested(enforcement, client, operation, params)
     return requests[0]
 
 
 # -- what a call asks for ---------------------------------------------------------------------------
 
-def _s3_object(params) -> str:
+def _s3_object(params: Mapping[str, Any]) -> str:
     return f"arn:aws:s3:::{params['Bucket']}/{params['Key']}"
 
 
-def _s3_bucket(params) -> str:
+def _s3_bucket(params: Mapping[str, Any]) -> str:
     return f"arn:aws:s3:::{params['Bucket']}"
 
 
 # service -> operation -> (IAM action, resource from the parameters)
-S3 = {
+S3: Dict[str, Callable[[Mapping[str, Any]], Request]] = {
     "GetObject": lambda p: ("s3:GetObjectVersion" if p.get("VersionId") else "s3:GetObject", _s3_object(p)),
     "HeadObject": lambda p: ("s3:GetObjectVersion" if p.get("VersionId") else "s3:GetObject", _s3_object(p)),
     "PutObject": lambda p: ("s3:PutObject", _s3_object(p)),
@@ -126,7 +130,7 @@ S3 = {
 }
 
 
-def _secret_arn(enforcement, secret_id):
+def _secret_arn(enforcement: Enforcement, secret_id: str) -> str:
     """The ARN IAM evaluates GetSecretValue against: the secret's own (with its random suffix)."""
     if secret_id.startswith("arn:"):
         return secret_id
@@ -138,14 +142,15 @@ def _secret_arn(enforcement, secret_id):
     return f"arn:aws:secretsmanager:{enforcement.region}:{enforcement.account_id}:secret:{secret_id}"
 
 
-def _function_arn(enforcement, params):
+def _function_arn(enforcement: Enforcement, params: Mapping[str, Any]) -> str:
     name = params["FunctionName"]
     if not name.startswith("arn:"):
         name = f"arn:aws:lambda:{enforcement.region}:{enforcement.account_id}:function:{name}"
     return f"{name}:{params['Qualifier']}" if params.get("Qualifier") else name
 
 
-def requested(enforcement, client, operation, params):
+def requested(enforcement: Enforcement, client: Any, operation: str,
+              params: Mapping[str, Any]) -> List[Request]:
     """[(IAM action, resource ARN)] a call needs. Raises EnforcementGap for a call not mapped here."""
     service = client.meta.service_model.service_name
     if service == "s3" and operation in S3:
@@ -159,7 +164,7 @@ def requested(enforcement, client, operation, params):
     if service == "lambda" and operation == "Invoke":
         return [("lambda:InvokeFunction", _function_arn(enforcement, params))]
     if service == "sns" and operation == "Publish":
-        return [("sns:Publish", params.get("TopicArn") or params.get("TargetArn"))]
+        return [("sns:Publish", cast(str, params.get("TopicArn") or params.get("TargetArn")))]
     if service == "stepfunctions" and operation == "ListExecutions":
         return [("states:ListExecutions", params["stateMachineArn"])]
     raise EnforcementGap(f"local IAM enforcement does not know the action and resource of {service} "

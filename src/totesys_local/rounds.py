@@ -12,7 +12,8 @@ safe while the execution keeps writing: the state pointers are read first and wr
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import boto3
 
@@ -21,6 +22,8 @@ from totesys_local.local_state import BUCKETS, REGION, save_buckets
 
 _lock = threading.Lock()
 _current: Optional["Rounds"] = None
+# A Lambda handler: (event, context) -> result.
+Handler = Callable[[Any, Any], Any]
 
 
 class RoundSaveError(LocalError):
@@ -38,7 +41,7 @@ class Round:
     load: Dict[str, Any]
 
     @property
-    def ingested(self):
+    def ingested(self) -> Dict[str, int]:
         """{source table: rows landed} of this round's ingest batch."""
         tables = (self.manifest or {}).get("tables") or {}
         return {table: entry["rows"] for table, entry in tables.items()}
@@ -47,24 +50,24 @@ class Round:
 @dataclass
 class Rounds:
     """The rounds of the execution in progress, in order; ``saved`` new files per save."""
-    s3_dir: Any
+    s3_dir: Path
     last_manifest_key: Optional[str]
     rounds: List[Round] = field(default_factory=list)
     transformed: List[str] = field(default_factory=list)
     saved: int = 0
     failure: Optional[BaseException] = None
 
-    def transform_done(self, result) -> None:
+    def transform_done(self, result: Optional[Mapping[str, Any]]) -> None:
         self.transformed = list((result or {}).get("batches") or [])
 
-    def load_done(self, result) -> None:
+    def load_done(self, result: Optional[Mapping[str, Any]]) -> None:
         """Record the round the load just finished, then save the buckets: the local run's own
         bookkeeping, so as the account's operator, not under the load function's role."""
         from totesys_local.aws_emulation import operator
         with operator():
             self._record(result)
 
-    def _record(self, result) -> None:
+    def _record(self, result: Optional[Mapping[str, Any]]) -> None:
         from utils.aws.state import read_ingest_state
         s3 = boto3.client("s3", region_name=REGION)
         state, _ = read_ingest_state(s3, BUCKETS["INGEST_BUCKET"])
@@ -79,7 +82,7 @@ class Rounds:
 
 
 @contextmanager
-def recording(s3_dir, last_manifest_key):
+def recording(s3_dir: Path, last_manifest_key: Optional[str]) -> Iterator[Rounds]:
     """Record the rounds of the execution run inside this context (one at a time); yields Rounds.
     ``last_manifest_key``: the ingest manifest the state pointer named before the execution."""
     global _current
@@ -93,16 +96,16 @@ def recording(s3_dir, last_manifest_key):
             _current = None
 
 
-def after_each_load(transform_handler, load_handler):
+def after_each_load(transform_handler: Handler, load_handler: Handler) -> Tuple[Handler, Handler]:
     """(transform, load) handlers that report to the Rounds being recorded, if any; the load's save
     happens before it returns, so before the state machine starts the next round."""
-    def transform(event, context):
+    def transform(event: Any, context: Any) -> Any:
         result = transform_handler(event, context)
         if _current is not None:
             _current.transform_done(result)
         return result
 
-    def load(event, context):
+    def load(event: Any, context: Any) -> Any:
         result = load_handler(event, context)
         recorded = _current
         if recorded is not None:
@@ -117,7 +120,8 @@ def after_each_load(transform_handler, load_handler):
     return transform, load
 
 
-def totals(rounds):
+def totals(rounds: Iterable[Round]) -> Tuple[Dict[str, int], Dict[str, int], List[str], List[str],
+                                             Dict[str, int], Dict[str, int]]:
     """(ingested {source table: rows}, loaded {warehouse table: rows}, batches loaded, batches transformed,
     rejected {source table: rows}, deleted {source table: rows}) summed over ``rounds``."""
     ingested: Dict[str, int] = {}
@@ -136,6 +140,6 @@ def totals(rounds):
     return ingested, loaded, batches, transformed, rejected, deleted
 
 
-def _add(into, counts) -> None:
+def _add(into: Dict[str, int], counts: Mapping[str, int]) -> None:
     for name, rows in counts.items():
         into[name] = into.get(name, 0) + rows

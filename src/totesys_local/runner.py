@@ -15,8 +15,12 @@ import shutil
 import sys
 import time
 import uuid
+from argparse import Namespace
 from contextlib import contextmanager, suppress
+from datetime import datetime
 from pathlib import Path
+from typing import (Any, Callable, Dict, Iterator, List, Mapping, NotRequired, Optional, Sequence, Tuple,
+                    TypedDict, Union)
 
 import boto3
 
@@ -26,9 +30,11 @@ from totesys_local import folder_identity
 from totesys_local import pending as pending_batches
 from totesys_local.local_state import (BUCKETS, LAST_ERROR_FILE, REGION, clear_failure, record_failure,
                                        save_buckets)
+from totesys_local.rounds import Handler, Round, after_each_load, recording, totals
 from utils.config import DEFAULT_TOTESYS_SECRET_ID, DEFAULT_WAREHOUSE_SECRET_ID
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
-from utils.db.identity import DatabaseIdentityError, database_identity
+from utils.contracts import HeldDeletes, IngestManifest, IngestState
+from utils.db.identity import DatabaseIdentity, DatabaseIdentityError, database_identity
 from utils.errors import CredentialsError, DatabaseUnavailableError
 
 SOURCE_DB, WAREHOUSE_DB = "totesys", "warehouse"
@@ -39,9 +45,38 @@ class RunError(LocalError):
     """The local run could not start or did not finish; the message is for the user."""
 
 
+# (low, high, time zone) of a batch: ``_batch_bounds``.
+Bounds = Tuple[str, str, str]
+
+
+class RunSummary(TypedDict):
+    """What one execution did, as ``print_summary`` shows it (``run_pipeline``'s result): rows per table
+    ingested (source) and loaded (warehouse), the batches loaded and transformed, the rows quarantined and
+    deleted, what the ingest state holds (ignored columns, held deletions), seconds per stage and in all,
+    the batch bounds; with rounds (bounded batches), each round's rows and ``more_waiting``."""
+    ingested: Dict[str, int]
+    loaded: Dict[str, int]
+    batches: List[str]
+    transformed: List[str]
+    rejected_rows: int
+    rejected: Dict[str, int]
+    deleted_rows: int
+    deleted: Dict[str, int]
+    ignored_columns: Dict[str, List[str]]
+    held_deletes: Dict[str, HeldDeletes]
+    seconds: Dict[str, float]
+    elapsed: float
+    bounds: Optional[Bounds]
+    rounds: NotRequired[List[Dict[str, Any]]]
+    more_waiting: NotRequired[bool]
+    new_files: NotRequired[int]
+    limit_warnings: NotRequired[List[str]]
+    log: NotRequired[str]
+
+
 # -- databases ----------------------------------------------------------------------------------
 
-def _has_tables(url):
+def _has_tables(url: str) -> bool:
     conn = connect_to_db(credentials=credentials_from_url(url))
     try:
         rows = conn.run("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")
@@ -50,7 +85,7 @@ def _has_tables(url):
         close_db_connection(conn)
 
 
-def _ensure_database(pg, name):
+def _ensure_database(pg: local_pg.Cluster, name: str) -> None:
     conn = pg.connect()
     try:
         exists = conn.run("SELECT 1 FROM pg_database WHERE datname = :name", name=name)
@@ -60,7 +95,8 @@ def _ensure_database(pg, name):
         pg.create_database(name)
 
 
-def resolve_databases(source, warehouse, state_dir, out):
+def resolve_databases(source: Optional[str], warehouse: Optional[str], state_dir: Union[str, Path],
+                      out: Callable[[str], None]) -> Tuple[str, str, Optional[local_pg.Cluster]]:
     """Return (source_url, warehouse_url, embedded cluster or None), seeding an embedded totesys."""
     if source and warehouse:
         return source, warehouse, None
@@ -81,14 +117,14 @@ def resolve_databases(source, warehouse, state_dir, out):
     return source, warehouse, pg
 
 
-def embedded_source_url(state_dir):
+def embedded_source_url(state_dir: Union[str, Path]) -> str:
     """URL of the embedded totesys database that `totesys run` created under ``state_dir``."""
     if not (Path(state_dir) / "cluster.json").exists():
         raise RunError(f"no embedded totesys under {state_dir}/ yet: run `make run` first, or give --target")
     return local_pg.local_cluster(state_dir).url(SOURCE_DB)
 
 
-def _write_pgpass(pg, state_dir):
+def _write_pgpass(pg: local_pg.Cluster, state_dir: Union[str, Path]) -> None:
     info = pg.info
     path = Path(state_dir) / "pgpass"
     path.write_text(f"{info.host}:{info.port}:*:{info.user}:{info.password}\n")
@@ -98,7 +134,7 @@ def _write_pgpass(pg, state_dir):
 # -- the run -------------------------------------------------------------------------------------
 
 @contextmanager
-def applied_environment(values):
+def applied_environment(values: Mapping[str, str]) -> Iterator[None]:
     """The process environment with ``values`` set, restored on exit (the stages read their settings
     from it, as a Lambda does)."""
     saved = {key: os.environ.get(key) for key in values}
@@ -114,7 +150,7 @@ def applied_environment(values):
 
 
 @contextmanager
-def _exclusive(state_dir):
+def _exclusive(state_dir: Union[str, Path]) -> Iterator[None]:
     lock_path = Path(state_dir) / "run.lock"
     with open(lock_path, "w") as lock:
         try:
@@ -124,13 +160,12 @@ def _exclusive(state_dir):
         yield
 
 
-def stage_handlers(prefix):
+def stage_handlers(prefix: str) -> Dict[str, Handler]:
     """{function name: handler} of the pipeline's functions named ``<prefix>-<stage>``, each round recorded
     and saved once loaded (the local runner, the emulator and the model-based test run the same ones)."""
     import ingest
     import load
     import transform
-    from totesys_local.rounds import after_each_load
     # Every round is recorded, and saved once loaded (totesys_local.rounds).
     transform_handler, load_handler = after_each_load(transform.lambda_handler, load.lambda_handler)
     return {f"{prefix}-ingest": ingest.lambda_handler,
@@ -138,7 +173,7 @@ def stage_handlers(prefix):
             f"{prefix}-load": load_handler}
 
 
-def _caught_error(output):
+def _caught_error(output: str) -> Optional[Dict[str, Any]]:
     """The error a stage's Catch put at ``$.error`` ({Error, Cause}) as {error_type, message}, or None."""
     try:
         error = json.loads(output).get("error")
@@ -155,16 +190,16 @@ def _caught_error(output):
 class Progress:
     """Prints one line per stage as the execution's history arrives; remembers the first failure."""
 
-    def __init__(self, out):
+    def __init__(self, out: Callable[[str], None]) -> None:
         from totesys_local.aws_emulation import STAGES
         self.stages = STAGES
         self.out = out
-        self.started = {}
-        self.seconds = {}
-        self.failed = None
-        self.error = None
+        self.started: Dict[str, datetime] = {}
+        self.seconds: Dict[str, float] = {}
+        self.failed: Optional[str] = None
+        self.error: Optional[Dict[str, Any]] = None
 
-    def __call__(self, event):
+    def __call__(self, event: Mapping[str, Any]) -> None:
         kind = event["type"]
         details = event.get("stateEnteredEventDetails") or event.get("stateExitedEventDetails") or {}
         stage = details.get("name", "").lower()
@@ -183,14 +218,16 @@ class Progress:
                 self.out(f"  [{self.stages.index(stage) + 1}/3] {stage:<9} done in {seconds:.2f} s")
 
 
-def local_account_environment(**variables):
+def local_account_environment(**variables: str) -> Dict[str, str]:
     """The environment of the local emulated account: its bucket and secret names (what the emulated
     deploy names in the roles' policies) and ``variables``."""
     from totesys_local.aws_emulation import account_environment
     return account_environment(REGION, **BUCKETS, **SECRETS, **variables)
 
 
-def run_pipeline(source_url, warehouse_url, state_dir, out=print, request=None):
+def run_pipeline(source_url: str, warehouse_url: str, state_dir: Union[str, Path],
+                 out: Callable[[str], None] = print,
+                 request: Optional[Mapping[str, Any]] = None) -> RunSummary:
     """Run one execution; return a summary dict. Raises RunError with a one-line message on failure.
     ``request``: the execution input (the ingest event; default ``{}``), e.g. ``{"resync": [...]}``.
 
@@ -200,7 +237,6 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print, request=None):
     from totesys_local.aws_emulation import (UNSET_VARIABLES, denials, limit_findings, pipeline_account,
                                              published_alerts, put_credentials_secret, wait_for_execution)
     from totesys_local.lazy_s3 import lazy_buckets
-    from totesys_local.rounds import recording
     state_dir = Path(state_dir)
     s3_dir = state_dir / "s3"
     stamp = time.strftime('%Y%m%dT%H%M%S')
@@ -265,7 +301,7 @@ def run_pipeline(source_url, warehouse_url, state_dir, out=print, request=None):
     return summary
 
 
-def _folder_identity(folder):
+def _folder_identity(folder: Union[str, Path]) -> Optional[Tuple[int, int]]:
     """(device, inode) of ``folder``, None when it is gone: a folder deleted and made again differs."""
     try:
         info = os.stat(folder)
@@ -274,7 +310,7 @@ def _folder_identity(folder):
     return info.st_dev, info.st_ino
 
 
-def _folder_deleted_message(state_dir, result, progress):
+def _folder_deleted_message(state_dir: Path, result: Mapping[str, Any], progress: Progress) -> str:
     """What happened when the state folder was deleted (or replaced) while the execution ran: nothing
     is saved (a new folder holding only what this execution touched would name files it does not
     hold), and the execution's own outcome is told as it is, not as a failure of its own."""
@@ -290,7 +326,7 @@ def _folder_deleted_message(state_dir, result, progress):
             "folder. The next run starts a new state folder from the beginning of the data")
 
 
-def _save_state(state_dir, log_path, progress):
+def _save_state(state_dir: Path, log_path: Path, progress: Progress) -> int:
     """save_buckets, or a RunError saying which file could not be written, at which point of the run
     and why (a full disk), with last_error.json written when the disk still takes it."""
     try:
@@ -310,13 +346,14 @@ def _save_state(state_dir, log_path, progress):
                        "every batch it loaded, and the next run starts from the last state saved") from None
 
 
-def _ingest_state():
+def _ingest_state() -> IngestState:
     """The ingest state pointer in the emulated bucket ({} before the first run)."""
     from utils.aws.state import read_ingest_state
     return read_ingest_state(boto3.client("s3", region_name=REGION), BUCKETS["INGEST_BUCKET"])[0]
 
 
-def _summarise(output, seconds, elapsed, rounds=()):
+def _summarise(output: Mapping[str, Any], seconds: Dict[str, float], elapsed: float,
+               rounds: Sequence[Round] = ()) -> RunSummary:
     """The facts print_summary shows: summed over ``rounds`` (totesys_local.rounds) when the execution
     recorded them, else from the execution's output (its last round). Reads the stage outputs and state
     with ``.get``: their optional keys (rejected rows, ignored columns, time zone) may or may not be there."""
@@ -326,7 +363,7 @@ def _summarise(output, seconds, elapsed, rounds=()):
         return _summarise_rounds(rounds, state, seconds, elapsed)
     files = (output.get("ingest") or {}).get("files") or {}
     manifest = _latest_ingest_manifest(s3, state)
-    entries = (manifest or {}).get("tables") or {}
+    entries = (manifest.get("tables") if manifest else None) or {}
     # Row counts come from this run's manifest (the ingest writes one only when a table has rows).
     ingested = {table: entries[table]["rows"] for table in files if table in entries}
     transform_result = (output.get("transform") or {}).get("result") or {}
@@ -344,18 +381,18 @@ def _summarise(output, seconds, elapsed, rounds=()):
             "bounds": _batch_bounds(manifest)}
 
 
-def _summarise_rounds(rounds, state, seconds, elapsed):
+def _summarise_rounds(rounds: Sequence[Round], state: IngestState, seconds: Dict[str, float],
+                      elapsed: float) -> RunSummary:
     """_summarise over every round of the execution (rows per round and in total)."""
-    from totesys_local.rounds import totals
     ingested, loaded, batches, transformed, rejected, deleted = totals(rounds)
     landed = [one.manifest for one in rounds if one.manifest]
-    bounds = None
+    bounds: Optional[Bounds] = None
     if landed:
         every_table = {f"{number}/{table}": entry for number, manifest in enumerate(landed)
                        for table, entry in manifest["tables"].items()}
         bounds = _batch_bounds({"batch_time": landed[-1]["batch_time"],
                                 "timezone": landed[-1].get("timezone"), "tables": every_table})
-        if any(not entry.get("low") for entry in every_table.values()):
+        if bounds is not None and any(not entry.get("low") for entry in every_table.values()):
             bounds = ("beginning of data", *bounds[1:])  # a table's first run read from the start
     return {"ingested": ingested, "loaded": loaded, "batches": batches, "transformed": transformed,
             "rejected_rows": sum(rejected.values()), "rejected": rejected,
@@ -369,14 +406,14 @@ def _summarise_rounds(rounds, state, seconds, elapsed):
             "more_waiting": bool(state.get("more_waiting"))}
 
 
-def _latest_ingest_manifest(s3, state):
+def _latest_ingest_manifest(s3: Any, state: IngestState) -> Optional[IngestManifest]:
     """The manifest of the latest ingest batch with data (named by the ingest state pointer), or None."""
     from utils.aws.manifests import read_ingest_manifest
     key = state.get("manifest_key")
     return read_ingest_manifest(s3, BUCKETS["INGEST_BUCKET"], key) if key else None
 
 
-def _batch_bounds(manifest):
+def _batch_bounds(manifest: Optional[Mapping[str, Any]]) -> Optional[Bounds]:
     """(low, high, time zone) of a batch: the earliest table lower bound and the latest upper bound,
     in the source's time zone (the batch time, UTC, when the tables carry no upper bound)."""
     if manifest is None:
@@ -389,7 +426,7 @@ def _batch_bounds(manifest):
             timezone)
 
 
-def print_summary(summary, warehouse_line, out=print):
+def print_summary(summary: RunSummary, warehouse_line: str, out: Callable[[str], None] = print) -> None:
     ingested, loaded = summary["ingested"], summary["loaded"]
     if ingested:
         out("\nrows ingested (source table -> rows)")
@@ -425,8 +462,9 @@ def print_summary(summary, warehouse_line, out=print):
     rounds = len(summary.get("rounds") or ())
     over = f", summed over {rounds} rounds" if rounds > 1 else ""
     out(f"\nseconds per stage: {per_stage} (execution {summary['elapsed']:.2f} s{over})")
-    if summary.get("bounds"):
-        low, high, *zone = summary["bounds"]
+    bounds = summary.get("bounds")
+    if bounds:
+        low, high, *zone = bounds
         label = "batch bounds" if ingested else "last batch with changes"
         out(f"{label}: from {low} to {high} (source time, {zone[0] if zone else 'UTC'})")
     for warning in summary.get("limit_warnings") or []:
@@ -435,7 +473,7 @@ def print_summary(summary, warehouse_line, out=print):
     out(f"warehouse: {warehouse_line}")
 
 
-def _print_held_deletes(summary, out):
+def _print_held_deletes(summary: RunSummary, out: Callable[[str], None]) -> None:
     """The deletions the mass-delete guard holds (the ingest state's ``held_deletes``), on every run until
     approved: locally the run's output is the operator's alert (on AWS, DeletionsHeld e-mails)."""
     for table, entry in sorted((summary.get("held_deletes") or {}).items()):
@@ -444,7 +482,7 @@ def _print_held_deletes(summary, out):
             f"deletes --approve {table})")
 
 
-def _print_rounds(summary, out):
+def _print_rounds(summary: RunSummary, out: Callable[[str], None]) -> None:
     """The rounds of a bounded execution (rows per round; the totals above are over all of them), and
     whether rows still wait in totesys."""
     rounds = summary.get("rounds") or []
@@ -461,14 +499,14 @@ def _print_rounds(summary, out):
 
 # -- commands --------------------------------------------------------------------------------------
 
-def source_and_warehouse(args):
+def source_and_warehouse(args: Namespace) -> Tuple[Optional[str], Optional[str]]:
     """--source/--warehouse, else TOTESYS_SOURCE_URL/TOTESYS_WAREHOUSE_URL, else None (embedded)."""
     source = getattr(args, "source", None) or os.environ.get("TOTESYS_SOURCE_URL") or None
     warehouse = getattr(args, "warehouse", None) or os.environ.get("TOTESYS_WAREHOUSE_URL") or None
     return source, warehouse
 
 
-def _check_credentials(url, role):
+def _check_credentials(url: str, role: str) -> Optional[DatabaseIdentity]:
     """Fail fast, naming the URL without its password, when a database refuses the credentials (or
     the URL is malformed); return the database's identity (``utils.db.identity``). An unreachable
     server is left to the pipeline (None): its stages retry, alert and keep what the earlier stages
@@ -485,7 +523,8 @@ def _check_credentials(url, role):
         close_db_connection(conn)
 
 
-def _run(args, state_dir, before=None, request=None):
+def _run(args: Namespace, state_dir: Path, before: Optional[Callable[[str], None]] = None,
+         request: Optional[Mapping[str, Any]] = None) -> RunSummary:
     """Resolve the databases, run one execution and print its summary (the body of run and retry)."""
     # Fail before any work when a development dependency (moto) is missing.
     import totesys_local.aws_emulation  # noqa: F401
@@ -524,17 +563,17 @@ def _run(args, state_dir, before=None, request=None):
     return summary
 
 
-def _command_run(args, state_dir):
+def _command_run(args: Namespace, state_dir: Path) -> int:
     _run(args, state_dir)
     return 0
 
 
-def _command_retry(args, state_dir):
+def _command_retry(args: Namespace, state_dir: Path) -> int:
     """Run again: first say what is pending (and the last failure), then what was retried. Exit 1
     when batches still wait afterwards (the execution did not process them)."""
-    warehouse_urls = []
+    warehouse_urls: List[str] = []
 
-    def announce(warehouse_url):
+    def announce(warehouse_url: str) -> None:
         warehouse_urls.append(warehouse_url)
         found = pending_batches.find_pending(state_dir, warehouse_url)
         if found.is_empty() and not found.last_error:
@@ -557,7 +596,7 @@ def _command_retry(args, state_dir):
     return 0
 
 
-def _command_pending(args, state_dir):
+def _command_pending(args: Namespace, state_dir: Path) -> int:
     source, warehouse = source_and_warehouse(args)
     if warehouse is None and (state_dir / "cluster.json").exists():
         pg = local_pg.local_cluster(state_dir)
@@ -568,7 +607,7 @@ def _command_pending(args, state_dir):
     return 0
 
 
-def _command_stop(args, state_dir):
+def _command_stop(args: Namespace, state_dir: Path) -> int:
     from totesys_local.daemon.client import stop as stop_emulator
     emulator = stop_emulator(state_dir)
     if emulator is not None:
@@ -578,7 +617,7 @@ def _command_stop(args, state_dir):
     return 0
 
 
-def _command_psql(args, state_dir):
+def _command_psql(args: Namespace, state_dir: Path) -> int:
     record = state_dir / "cluster.json"
     if not record.exists():
         print("no embedded warehouse yet: run `make run` first", file=sys.stderr)
@@ -601,7 +640,7 @@ COMMANDS = {"run": (_command_run, True), "retry": (_command_retry, True),
             "stop": (_command_stop, False)}
 
 
-def run_with_request(args, request):
+def run_with_request(args: Namespace, request: Mapping[str, Any]) -> int:
     """One execution with ``request`` as its input (`totesys resync`, `totesys deletes --approve`), under
     the state folder's run lock, as `totesys run`; the exit status."""
     state_dir = Path(args.state_dir)
@@ -615,7 +654,7 @@ def run_with_request(args, request):
         return 1
 
 
-def main(args):
+def main(args: Namespace) -> int:
     """Entry point for ``totesys run|retry|pending|psql|stop`` (called by totesys_local.cli)."""
     state_dir = Path(args.state_dir)
     command, exclusive = COMMANDS[args.command]

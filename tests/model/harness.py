@@ -9,7 +9,10 @@ Kill points (``KILL_POINTS``), each at the n-th time the run reaches it:
 * ``load_before_commit``: the load dies inside a batch's transaction, after its ledger row;
 * ``load_after_commit``: the load dies right after a batch's COMMIT, before it reports anything;
 * ``local_save``: the whole local run dies while saving the buckets to the state folder (``Killed``
-  is a BaseException: nothing after it runs, as with SIGKILL).
+  is a BaseException: nothing after it runs, as with SIGKILL);
+* ``slot_advance`` (INGEST_MODE=cdc, ``CDC_KILL_POINTS``): the ingest dies as it advances the replication
+  slot, after the batch's manifest and state pointer are written (or, on the run after such a death, as
+  it catches the slot up with the state pointer).
 
 A stage that dies raises ``StageKilled``: the state machine does not retry it, the execution fails and
 alerts, as a Lambda killed mid-way leaves things (what it wrote stays in S3; its transaction is rolled
@@ -29,6 +32,7 @@ from totesys_local import local_state, runner
 from totesys_local.cluster import free_port
 
 KILL_POINTS = ("s3_write", "load_before_commit", "load_after_commit", "local_save")
+CDC_KILL_POINTS = ("slot_advance",)
 
 
 class Killed(BaseException):
@@ -43,7 +47,7 @@ class KillPlan:
     """Die at the ``nth`` arrival at ``point``; ``fired`` says whether it did."""
 
     def __init__(self, point, nth):
-        assert point in KILL_POINTS, point
+        assert point in KILL_POINTS + CDC_KILL_POINTS, point
         self.point, self.nth = point, nth
         self.arrivals = 0
         self.fired = False
@@ -97,11 +101,13 @@ def kept_account():
 @contextmanager
 def faults(plan):
     """Inject ``plan`` (None: no fault) into the next run(s)."""
+    from utils.ingest.cdc import run as cdc_run
     from utils.load import merge
     from utils.load import run as load_run
     if plan is None:
         yield
         return
+    real_advance = cdc_run.advance_slot
     real_call = botocore.client.BaseClient._make_api_call
     real_record, real_load_batch = merge.record_batch, load_run.load_batch
     real_write = local_state.write_atomically
@@ -123,6 +129,11 @@ def faults(plan):
             raise StageKilled("killed right after the batch's COMMIT")
         return counts
 
+    def advance_slot(*args, **kwargs):
+        if plan.arrive("slot_advance"):
+            raise StageKilled("killed before the replication slot advanced")
+        return real_advance(*args, **kwargs)
+
     def write_atomically(path, body):
         if plan.arrive("local_save"):
             raise Killed(f"killed while saving {path}")
@@ -131,6 +142,7 @@ def faults(plan):
     with mock.patch.object(botocore.client.BaseClient, "_make_api_call", make_api_call), \
             mock.patch.object(merge, "record_batch", record_batch), \
             mock.patch.object(load_run, "load_batch", load_batch), \
+            mock.patch.object(cdc_run, "advance_slot", advance_slot), \
             mock.patch.object(local_state, "write_atomically", write_atomically), \
             mock.patch.object(runner, "stage_handlers", lambda prefix: _wrapped_handlers(real_handlers)):
         yield
@@ -175,10 +187,10 @@ def dead_warehouse_url(warehouse_url):
     return f"postgresql://{parts['user']}:{parts['password']}@127.0.0.1:{free_port()}/{parts['database']}"
 
 
-def run_two_at_once(source_url, warehouse_url, state_dir, delay):
+def run_two_at_once(source_url, warehouse_url, state_dir, delay, **settings):
     """Two executions of the deployed state machine started ``delay`` seconds apart in one emulated
     account (the schedule and a manual start), the buckets restored from and saved to the state folder
-    as ``totesys run`` does; returns the two statuses."""
+    as ``totesys run`` does, with the handlers' ``settings``; returns the two statuses."""
     from totesys_local.aws_emulation import (account_environment, pipeline_account, put_credentials_secret,
                                              wait_for_execution)
     from totesys_local.lazy_s3 import lazy_buckets
@@ -187,7 +199,7 @@ def run_two_at_once(source_url, warehouse_url, state_dir, delay):
     log = state_dir / "logs" / f"two-{uuid.uuid4().hex[:6]}.jsonl"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = account_environment(local_state.REGION, TOTESYS_LOG_FILE=str(log), **local_state.BUCKETS,
-                              **runner.SECRETS)
+                              **runner.SECRETS, **settings)
     with runner.applied_environment(env):
         with pipeline_account(runner.stage_handlers("totesys"), "totesys") as arns, lazy_buckets(s3_dir):
             put_credentials_secret(runner.SECRETS["TOTESYS_SECRET_ID"], source_url)
@@ -212,6 +224,13 @@ def more_waiting(state_dir):
     return path.exists() and bool(json.loads(path.read_text()).get("more_waiting"))
 
 
+def cdc_pointer(state_dir):
+    """The ingest state pointer's ``cdc`` entry in the state folder (None: no pointer, or a cursor run's)."""
+    import json
+    path = Path(state_dir) / "s3" / local_state.BUCKETS["INGEST_BUCKET"] / "_state" / "ingest.json"
+    return json.loads(path.read_text()).get("cdc") if path.exists() else None
+
+
 def recorded_zone(state_dir):
     """The source zone the ingest state pointer in the state folder recorded (None: no pointer yet)."""
     import json
@@ -228,7 +247,8 @@ def ingest_summary(state_dir, last=6):
     if not pointer.exists():
         return "no ingest state pointer"
     state = json.loads(pointer.read_text())
-    lines = [f"ingest state: zone {state.get('timezone')}, more_waiting {state.get('more_waiting')}, highs "
+    lines = [f"ingest state: zone {state.get('timezone')}, more_waiting {state.get('more_waiting')}, "
+             f"cdc {state.get('cdc')}, highs "
              + ", ".join(f"{t} {e.get('high')}" for t, e in sorted(state.get("tables", {}).items()))]
     key, chain = state.get("manifest_key"), []
     while key and len(chain) < last and (bucket / key).exists():

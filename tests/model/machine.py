@@ -16,6 +16,10 @@ changes put the clock forward by more than half the overlap (issue 19, defect 1)
 rule stamping a version minutes ahead of the source's clock and judges versions stamped ahead of the clock
 (issue 19, defects 2 and 6); ``MODEL_CLOCK`` judges rows whose stamps went backwards (defect 3). Off unless
 set to 1: ``MODEL_LOCAL_SAVE_KILLS=1`` kills runs while they save their state folder (defect 4).
+``MODEL_INGEST_MODE`` (``cursor``, ``cdc`` or ``both``; unset: the process's INGEST_MODE, else cursor) is the
+ingest mode of the histories' runs: with ``cdc`` each history ingests through a replication slot of its own
+(created by its first run, dropped with its source database at its end), and a rule kills the ingest as it
+advances the slot; with ``both`` each history draws its first mode and a rule switches modes mid-history.
 """
 import os
 import shutil
@@ -50,6 +54,23 @@ def switched_on(name):
     return os.environ.get(name, "1" if name in ON_BY_DEFAULT else "") not in ("", "0")
 
 
+INGEST_MODES = ("cursor", "cdc")
+
+
+def ingest_modes():
+    """The ingest modes histories run in (MODEL_INGEST_MODE; the module docstring)."""
+    value = (os.environ.get("MODEL_INGEST_MODE") or os.environ.get("INGEST_MODE") or "cursor").strip().lower()
+    if value == "both":
+        return INGEST_MODES
+    if value not in INGEST_MODES:
+        raise ValueError(f"MODEL_INGEST_MODE must be cursor, cdc or both, got {value!r}")
+    return (value,)
+
+
+# A history's first ingest mode, drawn when it starts (nothing drawn when only one mode is on).
+FIRST_MODE = st.just(None).flatmap(lambda _: st.sampled_from(ingest_modes()))
+
+
 class Stats:
     """Counts over every history this process ran (the bounded profile and the soak print them)."""
 
@@ -57,16 +78,22 @@ class Stats:
         self.histories = self.rules = self.runs = self.kills = self.mismatches = 0
         self.failed_runs = self.ambiguous_rows = self.skipped = self.held_versions = 0
         self.per_rule = Counter()
+        self.mode_histories, self.mode_runs = Counter(), Counter()  # by ingest mode (first mode, runs)
+        self.kill_points = Counter()
 
     def line(self):
         return (f"histories {self.histories}, rules {self.rules}, runs {self.runs} "
                 f"(failed as injected {self.failed_runs}), kills {self.kills}, mismatches {self.mismatches}, "
                 f"not judged: clock-ambiguous rows {self.ambiguous_rows}, "
                 f"versions stamped ahead of the clock "
-                f"{self.held_versions}, zone changes skipped {self.skipped}")
+                f"{self.held_versions}, zone changes skipped {self.skipped}; by ingest mode: "
+                + ", ".join(f"{mode} {self.mode_histories[mode]} histories (first mode) "
+                            f"{self.mode_runs[mode]} runs" for mode in INGEST_MODES))
 
     def rule_line(self):
-        return ", ".join(f"{name} {n}" for name, n in sorted(self.per_rule.items()))
+        return (", ".join(f"{name} {n}" for name, n in sorted(self.per_rule.items()))
+                + "\nkills by point: "
+                + ", ".join(f"{point} {n}" for point, n in sorted(self.kill_points.items())))
 
 
 STATS = Stats()
@@ -127,6 +154,8 @@ class PipelineHistory(RuleBasedStateMachine):
         self.state_dir = tempfile.mkdtemp(prefix="model-history-")
         self.model = Model(self.source, strict_future=switched_on("MODEL_FUTURE"),
                            strict_clock=switched_on("MODEL_CLOCK"))
+        self.mode = ingest_modes()[0]           # the ingest mode of the next runs (first_load draws it)
+        self.slot = f"m_cdc_{uuid.uuid4().hex[:10]}"  # its replication slot in CDC mode
         self.failed = False
         self.loaded = False       # a complete run happened (the first load is done)
         self.dirty = False        # the source changed since the last run started
@@ -177,19 +206,28 @@ class PipelineHistory(RuleBasedStateMachine):
     def _run(self, kind, plan=None, warehouse=None, **settings):
         self._count(2)
         STATS.runs += 1
+        STATS.mode_runs[self.mode] += 1
         snapshot = self.model.snapshot(kind)
         self.dirty = False
         started = time.monotonic()
         outcome, detail = harness.run(self.source, warehouse or self.warehouse, self.state_dir, plan,
-                                      **settings)
+                                      **self._mode_settings(), **settings)
         self.model.settle(snapshot)
         trace(f"{kind}: {outcome}", started)
         return snapshot, outcome, detail
 
+    def _mode_settings(self):
+        """The runs' INGEST_MODE and, in CDC mode, the history's own slot."""
+        return {"INGEST_MODE": self.mode, "CDC_SLOT_NAME": self.slot}
+
     @initialize(kill=st.one_of(st.none(), st.tuples(st.sampled_from(harness.KILL_POINTS),
-                                                    st.integers(min_value=1, max_value=40))))
-    def first_load(self, kill):
-        """The first load of the seeded source: a plain run, or one killed at a random point."""
+                                                    st.integers(min_value=1, max_value=40))),
+                mode=FIRST_MODE)
+    def first_load(self, kill, mode=None):
+        """The first load of the seeded source (in ``mode``, default the first of ``ingest_modes()``): a
+        plain run, or one killed at a random point."""
+        self.mode = mode or self.mode
+        STATS.mode_histories[self.mode] += 1
         if kill is None:
             self.run()
         elif kill[0] == "local_save" and not switched_on("MODEL_LOCAL_SAVE_KILLS"):
@@ -243,7 +281,13 @@ class PipelineHistory(RuleBasedStateMachine):
 
     # -- a late commit ----------------------------------------------------------------------------
 
-    @precondition(lambda self: self.late is None)
+    def _cdc_snapshot_next(self):
+        """True when the next run takes CDC's full snapshot (no slot recorded yet): creating the slot waits
+        for every open transaction, the late one included, so that run would wait for a commit that comes
+        only after it (docs/RELIABILITY.md, defect 10: the wait has no bound)."""
+        return self.mode == "cdc" and (harness.cdc_pointer(self.state_dir) or {}).get("slot") != self.slot
+
+    @precondition(lambda self: self.late is None and not self._cdc_snapshot_next())
     @rule(pick=PICK, table=st.sampled_from(("sales_order", "payment", "address", "staff")))
     def open_late_transaction(self, pick, table):
         """Open a transaction that inserts a sale and updates one row, stamped now, and keep it open."""
@@ -333,11 +377,28 @@ class PipelineHistory(RuleBasedStateMachine):
         """The local run dies while saving the buckets to its state folder, before the nth file."""
         self.run_killed("local_save", nth)
 
+    @precondition(lambda self: self.mode == "cdc")
+    @rule(nth=st.integers(min_value=1, max_value=2))
+    def run_killed_before_the_slot_advances(self, nth):
+        """CDC: the ingest dies after its batch's manifest and state pointer, before the slot advances (or,
+        on a run after such a death, as it catches the slot up with the state pointer)."""
+        self.run_killed("slot_advance", nth)
+
+    @precondition(lambda self: len(ingest_modes()) > 1 and (self.mode == "cdc" or self.late is None))
+    @rule()
+    def switch_ingest_mode(self):
+        """The next runs ingest in the other mode (to CDC: a new slot and a full snapshot; to the cursor:
+        its windows continue from the bounds the CDC runs kept)."""
+        self._count()
+        self.mode = "cursor" if self.mode == "cdc" else "cdc"
+        self.dirty = True  # the next run is worth making even with nothing new
+
     def run_killed(self, point, nth):
         plan = harness.KillPlan(point, nth)
         _, outcome, detail = self._run(f"killed at {point} #{nth}", plan)
         if plan.fired:
             STATS.kills += 1
+            STATS.kill_points[point] += 1
             STATS.failed_runs += 1
             self._expect(outcome != "succeeded" or point == "local_save",
                          f"a run killed at {point} #{nth} reported success")
@@ -360,7 +421,9 @@ class PipelineHistory(RuleBasedStateMachine):
         STATS.runs += 2
         snapshot = self.model.snapshot("two at once")
         self.dirty = False
-        statuses = harness.run_two_at_once(self.source, self.warehouse, self.state_dir, delay)
+        STATS.mode_runs[self.mode] += 2
+        statuses = harness.run_two_at_once(self.source, self.warehouse, self.state_dir, delay,
+                                           **self._mode_settings())
         self.model.settle(snapshot)
         self._expect(statuses == ["SUCCEEDED", "SUCCEEDED"], f"two runs at once: {statuses}")
         self._check(False, "two runs at once")
@@ -390,5 +453,5 @@ class PipelineHistory(RuleBasedStateMachine):
                 self._check(snapshot.complete, "the final run")
         finally:
             shutil.rmtree(self.state_dir, ignore_errors=True)
-            for name in self.names:
+            for name in self.names:  # the source's slot goes with it (drop_database drops its slots)
                 drop_database(Environment.admin_url, name)

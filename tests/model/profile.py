@@ -10,7 +10,7 @@ import sys
 from hypothesis import HealthCheck, Phase, Verbosity, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from tests.model.machine import ON_BY_DEFAULT, Environment, PipelineHistory, switched_on
+from tests.model.machine import ON_BY_DEFAULT, Environment, PipelineHistory, ingest_modes, switched_on
 
 STEPS = 14
 # The bounded profile's fixed seeds (each runs EXAMPLES_PER_SEED histories), then fresh ones.
@@ -29,6 +29,9 @@ def replay_command(seed, examples, steps=STEPS):
     switches = " ".join(f"{name}={int(switched_on(name))}" for name in
                         ("MODEL_BACKDATED", "MODEL_FUTURE", "MODEL_LOCAL_SAVE_KILLS", "MODEL_CLOCK")
                         if switched_on(name) != (name in ON_BY_DEFAULT))
+    modes = ingest_modes()
+    if modes != ("cursor",):
+        switches = f"{switches} MODEL_INGEST_MODE={'both' if len(modes) > 1 else modes[0]}".strip()
     return (f"{switches + ' ' if switches else ''}venv/bin/python -m tests.model.soak --seed {seed} "
             f"--examples {examples} --steps {steps}")
 

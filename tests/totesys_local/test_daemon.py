@@ -75,10 +75,12 @@ def _read_until(stream, text):
 
 
 def test_runs_go_through_one_emulator_and_print_what_an_in_process_run_prints(
-        tmp_path, capsys, monkeypatch, emulator, totesys_url, warehouse_url, new_database):
+        tmp_path, capsys, monkeypatch, emulator, source_url, warehouse_url, new_database):
+    """On the small known source: what is compared is the emulator's serving, whatever the data's size
+    (the scale-1 runs through it are the kill and interrupt tests below)."""
     state = tmp_path / "state"
     emulator(state)
-    args = ["run", "--source", totesys_url, "--warehouse", warehouse_url, "--state-dir", str(state)]
+    args = ["run", "--source", source_url, "--warehouse", warehouse_url, "--state-dir", str(state)]
 
     assert main(args) == 0
     first = capsys.readouterr()
@@ -87,7 +89,7 @@ def test_runs_go_through_one_emulator_and_print_what_an_in_process_run_prints(
     assert "[1/3] ingest    running ..." in first.out and "rows loaded" in first.out
     assert _alive(pid) and client.running_pid(state) == pid
     assert run_sql(warehouse_url, "SELECT count(*) FROM fact_sales_order")[0][0] == \
-        run_sql(totesys_url, "SELECT count(*) FROM sales_order")[0][0]
+        run_sql(source_url, "SELECT count(*) FROM sales_order")[0][0]
 
     assert main(args) == 0
     second = capsys.readouterr()
@@ -97,7 +99,7 @@ def test_runs_go_through_one_emulator_and_print_what_an_in_process_run_prints(
     # The same command in-process, into a warehouse of its own: the same lines, bar times and names.
     monkeypatch.setenv("TOTESYS_DAEMON", "off")
     other_state, other_warehouse = tmp_path / "in-process", new_database()
-    assert main(["run", "--source", totesys_url, "--warehouse", other_warehouse,
+    assert main(["run", "--source", source_url, "--warehouse", other_warehouse,
                  "--state-dir", str(other_state)]) == 0
     in_process = capsys.readouterr()
     assert _shape(first.out, state, warehouse_url.rsplit("/", 1)[1]) == \
@@ -105,12 +107,12 @@ def test_runs_go_through_one_emulator_and_print_what_an_in_process_run_prints(
     assert in_process.err == "" and not (other_state / protocol.PID_NAME).exists()
 
 
-def test_a_failed_run_exits_1_with_its_one_line_error(tmp_path, capsys, emulator, totesys_url, warehouse_url):
+def test_a_failed_run_exits_1_with_its_one_line_error(tmp_path, capsys, emulator, source_url, warehouse_url):
     from totesys_local.cluster import free_port
     state = tmp_path / "state"
     emulator(state)
     down = f"postgresql://nobody:pw@127.0.0.1:{free_port()}/nowhere"
-    assert main(["run", "--source", totesys_url, "--warehouse", down, "--state-dir", str(state)]) == 1
+    assert main(["run", "--source", source_url, "--warehouse", down, "--state-dir", str(state)]) == 1
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("local emulator started, pid ")
     assert len(err) == 2 and err[1].startswith(
@@ -118,7 +120,7 @@ def test_a_failed_run_exits_1_with_its_one_line_error(tmp_path, capsys, emulator
     assert (state / "last_error.json").exists()
     # the emulator lives on and serves the retry (exit 0: nothing pends once the warehouse is back)
     pid = _pid(state)
-    retry = ["retry", "--source", totesys_url, "--warehouse", warehouse_url, "--state-dir", str(state)]
+    retry = ["retry", "--source", source_url, "--warehouse", warehouse_url, "--state-dir", str(state)]
     assert main(retry) == 0
     assert "retrying:" in capsys.readouterr().out and _pid(state) == pid
     assert not (state / "last_error.json").exists()

@@ -1,1 +1,1 @@
-"""The ingest stage: totesys -> Parquet in the ingest bucket (entry point: run.run_ingest)."""
+"""The ingest stage: totesys -> Parquet in the ingest bucket (entry point: modes.run_ingest)."""

@@ -12,8 +12,14 @@ them, with whatever else that run deletes, and stores the plain current key set.
 
 The ingest state pointer names the held deletions of the last run (``held_deletes``: {table: {"rows",
 "table_rows"}}), which `totesys deletes` lists.
+
+INGEST_MODE=cdc holds the same way (``utils.ingest.cdc.run``): each batch, for every table it changed or
+that has deletions held, the ids to decide are those of the stored key set the source lacks (the held ones,
+read as the cursor does, from the source's keys in a snapshot taken before the batch's end) with the batch's
+own deletions (a TRUNCATE's too), less the ids inserted again; ``hold`` decides them as above.
 """
 import time
+from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -26,7 +32,7 @@ APPROVE_KEY = "approve_deletes"
 logger = get_logger("ingest")
 
 
-def approved_tables(event):
+def approved_tables(event: Any) -> Tuple[str, ...]:
     """The tables whose mass deletion ``event`` approves (empty when none). Raises InvalidEventError for
     a value that is not a non-empty list, UnknownTableError for a name not in the allow-list."""
     if not isinstance(event, dict) or APPROVE_KEY not in event:
@@ -39,7 +45,7 @@ def approved_tables(event):
     return tuple(name for name in SOURCE_TABLES if name in tables)
 
 
-def is_mass_delete(deleted, previous, max_fraction):
+def is_mass_delete(deleted: int, previous: int, max_fraction: float) -> bool:
     """True when deleting ``deleted`` ids of the ``previous`` key set needs approval: the table is emptied,
     or more than ``max_fraction`` of it goes."""
     if not deleted or not previous:
@@ -47,7 +53,8 @@ def is_mass_delete(deleted, previous, max_fraction):
     return deleted == previous or deleted > max_fraction * previous
 
 
-def hold(table, deleted, previous, current, max_fraction, approved):
+def hold(table: str, deleted: np.ndarray, previous: np.ndarray, current: np.ndarray, max_fraction: float,
+         approved: Sequence[str]) -> Tuple[np.ndarray, np.ndarray, int]:
     """Decide one table's deletions: ``(recorded ids, key set to store, held count)``.
 
     ``deleted``, ``previous`` and ``current``: sorted int32 arrays (ids deleted, the previous key set,
@@ -56,15 +63,20 @@ def hold(table, deleted, previous, current, max_fraction, approved):
         if table in approved and deleted.size:
             logger.warning("mass deletion approved: recording it", table=table, rows=int(deleted.size))
         return deleted, current, 0
-    logger.error("deletions held: more than MAX_DELETE_FRACTION of the table would be deleted; nothing is "
-                 "recorded until approved (totesys deletes --approve TABLE, or the execution input "
-                 '{"approve_deletes": [TABLE]})', table=table, rows=int(deleted.size),
-                 table_rows=int(previous.size), max_delete_fraction=max_fraction)
-    emit(deletions_held_metric(table, int(deleted.size)))
+    _alert(table, int(deleted.size), int(previous.size), max_fraction)
     return np.empty(0, dtype=np.int32), np.union1d(current, deleted).astype(np.int32), int(deleted.size)
 
 
-def deletions_held_metric(table, rows):
+def _alert(table: str, rows: int, table_rows: int, max_fraction: float) -> None:
+    """One held table: the ERROR line and the ``DeletionsHeld`` metric."""
+    logger.error("deletions held: more than MAX_DELETE_FRACTION of the table would be deleted; nothing is "
+                 "recorded until approved (totesys deletes --approve TABLE, or the execution input "
+                 '{"approve_deletes": [TABLE]})', table=table, rows=rows,
+                 table_rows=table_rows, max_delete_fraction=max_fraction)
+    emit(deletions_held_metric(table, rows))
+
+
+def deletions_held_metric(table: str, rows: int) -> Dict[str, Any]:
     """The EMF object of ``DeletionsHeld`` (dimensions service, table): verify.tf alarms on it."""
     return {"_aws": {"Timestamp": int(time.time() * 1000),
                      "CloudWatchMetrics": [{"Namespace": NAMESPACE, "Dimensions": [["service", "table"]],

@@ -1,7 +1,8 @@
-"""The ingest stage: every change in totesys lands in the ingest bucket as Parquet, exactly once.
+"""The cursor mode's batch: every change in totesys lands in the ingest bucket as Parquet, exactly once.
 
-One run (``run_ingest``):
-1. validate the event (allow-listed table names only), read settings and credentials;
+One run (``ingest_tables``; ``utils.ingest.modes.run_ingest`` validates the event, reads the settings and
+the credentials, opens the connections and chooses the mode; a CDC snapshot is this batch too):
+1. (the caller) validate the event (allow-listed table names only), read settings and credentials;
 2. take a session advisory lock on the source (a second concurrent run gets ConcurrentRunError);
 3. read the state pointer ``_state/ingest.json`` and its ETag;
 4. in one REPEATABLE READ READ ONLY transaction read the batch time T (``now()`` in UTC, database
@@ -32,29 +33,29 @@ import threading
 from collections import deque
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from datetime import datetime
+from typing import Any, Deque, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, cast
 
-import boto3
+import numpy as np
+
 import pg8000
 
 from utils.aws.layout import INGEST_MANIFESTS
 from utils.aws.objects import write_to_s3
-from utils.aws.secrets import db_connections_get_secret
 from utils.aws.manifests import write_ingest_manifest
 from utils.aws.state import read_ingest_state, write_ingest_state
-from utils.ingest.source_identity import repoint_requested, with_source_identity
-from utils.catalog.source import LANDING_SCHEMAS, SOURCE_TABLES, check_source_table
-from utils.config import DEFAULT_INGEST_FUTURE_TOLERANCE_SECONDS, load_settings
-from utils.contracts import DeletedEntry, IngestManifest, IngestState, IngestTableEntry
-from utils.db.connection import close_db_connection, connect_to_db, end_quietly
-from utils.errors import ConcurrentRunError, InvalidEventError
+from utils.ingest.source_identity import with_source_identity
+from utils.catalog.source import LANDING_SCHEMAS
+from utils.config import DEFAULT_INGEST_FUTURE_TOLERANCE_SECONDS
+from utils.contracts import CdcPointer, DeletedEntry, IngestManifest, IngestState, IngestTableEntry
+from utils.db.connection import end_quietly
+from utils.errors import ConcurrentRunError
 from utils.format_time import format_time, parse_time
 from utils.generate_file_key import generate_file_key
 from utils.ingest.backdated import backdated_settings, log_new_keys, new_keys
 from utils.ingest.copy_reader import SUPPORTED_PG8000, copy_out, fast_copy_supported
 from utils.ingest.deletes import Detection, detect_deletes, held_deletes, read_key_sets, read_previous_keys
-from utils.ingest.repair import RepairOptions, repair_options
-from utils.ingest.resync import with_resync
+from utils.ingest.repair import RepairOptions
 from utils.ingest.sink import INLINE, ParquetSink
 from utils.ingest.snapshot import (Window, copy_sql, import_snapshot, largest_first, open_window,
                                    snapshot_bounds)
@@ -73,90 +74,21 @@ MAX_TABLES_IN_FLIGHT = 4
 logger = get_logger(STAGE)
 
 
-def parse_event(event):
-    """Return the list of tables an event asks for (all eleven when the key is absent).
-
-    Raises InvalidEventError for a non-dict event or a ``tables_to_query`` that is not a
-    non-empty list of strings, UnknownTableError for a name not in the allow-list.
-    """
-    if not isinstance(event, dict):
-        raise InvalidEventError(f"event must be a JSON object, got {type(event).__name__}")
-    if "tables_to_query" not in event:
-        return list(SOURCE_TABLES)
-    tables = event["tables_to_query"]
-    if not isinstance(tables, list) or not tables:
-        raise InvalidEventError("tables_to_query must be a non-empty list of table names")
-    for name in tables:
-        check_source_table(name)
-    # Dependency order, duplicates dropped.
-    return [name for name in SOURCE_TABLES if name in tables]
-
-
-def run_ingest(event, s3_client=None, secrets_client=None):
-    """Run one ingest; return ``{table_name: file_key}`` for the tables that produced a file.
-
-    Raises on any failure (the handler's stage_handler logs it at CRITICAL). Errors before the
-    first table is read (bad event, settings, credentials, unreachable database, lock held) write
-    nothing.
-    """
-    tables = parse_event(event)
-    settings = load_settings()
-    repair = repair_options(event, settings.max_delete_fraction)
-    tables = with_resync(tables, repair.resync + repair.approved)
-    s3_client = s3_client or boto3.client("s3")
-    secrets_client = secrets_client or boto3.client("secretsmanager")
-    credentials = db_connections_get_secret(secrets_client, settings.totesys_secret_id)
-    logger.info("credentials read", secret_id=settings.totesys_secret_id)
-    conn, *helpers = connect_all(credentials, min(settings.ingest_parallel_connections, len(tables)))
-    try:
-        logger.info("connected to totesys", host=credentials["host"], database=credentials["database"],
-                    connections=1 + len(helpers))
-        if settings.ingest_mode == "cdc":
-            from utils.ingest.cdc.run import ingest_changes  # cdc builds on this module
-            return ingest_changes(conn, s3_client, settings, tables, repair, helpers,
-                                  repoint_source=repoint_requested(event))
-        options = IngestOptions(settings.ingest_overlap_seconds, settings.max_batch_rows, repair,
-                                repoint_source=repoint_requested(event),
-                                future_tolerance_seconds=settings.ingest_future_tolerance_seconds)
-        return ingest_tables(conn, s3_client, settings.ingest_bucket, tables, options, helpers)
-    finally:
-        for connection in (conn, *helpers):
-            close_db_connection(connection)
-
-
-def connect_all(credentials, count):
-    """Open ``count`` connections with ``credentials`` at the same time (most of a connect is
-    the server's password check); return them in a list. Their sessions keep the database's
-    configured time zone (the zone totesys timestamps are written in).
-
-    When any of them fails, the others are closed and the error of the first failed one (in
-    list order) is raised, as ``connect_to_db`` raises it.
-    """
-    if count == 1:
-        return [connect_to_db(credentials=credentials, timezone=None, role="totesys")]
-    with ThreadPoolExecutor(max_workers=count, thread_name_prefix="ingest-connect") as pool:
-        pending = [pool.submit(connect_to_db, credentials=credentials, timezone=None, role="totesys")
-                   for _ in range(count)]
-    opened = [future.result() for future in pending if future.exception() is None]
-    if len(opened) < count:
-        for conn in opened:
-            close_db_connection(conn)
-        errors = [future.exception() for future in pending]
-        raise next(error for error in errors if error is not None)
-    return opened
-
-
 @dataclass(frozen=True)
 class IngestOptions:
     """How a run reads, from the settings and the event: ``overlap_seconds`` re-read below each table's
     previous bound; ``max_batch_rows`` (0: no cap; ``utils.ingest.bounded``); ``repair``: tables landed in
     full and the mass-delete guard (``utils.ingest.repair``); ``repoint_source``
-    (``utils.ingest.source_identity``); ``future_tolerance_seconds`` (None: future rows wait)."""
+    (``utils.ingest.source_identity``); ``future_tolerance_seconds`` (None: future rows wait); ``fresh``:
+    every table read as on its first run (no window from the previous bounds: the whole table, cut at
+    ``max_batch_rows`` as a first load is), its deletions still found against the previous key sets (a
+    CDC snapshot, ``utils.ingest.cdc.fallback``)."""
     overlap_seconds: int
     max_batch_rows: int = 0
     repair: RepairOptions = RepairOptions()
     repoint_source: bool = False
     future_tolerance_seconds: Optional[int] = DEFAULT_INGEST_FUTURE_TOLERANCE_SECONDS
+    fresh: bool = False
 
 
 @dataclass(frozen=True)
@@ -181,7 +113,8 @@ class Found:
     deleted: Optional[DeletedEntry] = None
 
 
-def ingest_tables(conn, s3_client, bucket, tables, options, helpers=(), cdc=None):
+def ingest_tables(conn: Any, s3_client: Any, bucket: str, tables: List[str], options: IngestOptions,
+                  helpers: Sequence[Any] = (), cdc: Optional[Mapping[str, Any]] = None) -> Dict[str, str]:
     """Land the changed rows of ``tables`` as one batch, read as ``options`` (IngestOptions) say; see the
     module docstring.
 
@@ -208,15 +141,18 @@ def ingest_tables(conn, s3_client, bucket, tables, options, helpers=(), cdc=None
         run = IngestRun(conn, s3_client, bucket, tables, options, tuple(helpers))
         state, etag = read_ingest_state(s3_client, bucket)
         state = with_source_identity(conn, state, options.repoint_source)
-        window, landed, key_sets = _extract_and_land(run, state)
-        detection, deleted = detect_deletes(s3_client, bucket, window.batch_time, window.prev_tables,
+        fresh = {name: value for name, value in state.items() if name != "tables"}
+        window, landed, key_sets = _extract_and_land(run, fresh if options.fresh else state)
+        previous = state.get("tables", {}) if options.fresh else window.prev_tables
+        detection, deleted = detect_deletes(s3_client, bucket, window.batch_time, previous,
                                             key_sets, options.repair)
         return _commit_batch(run, state, etag, Found(window, landed, detection, deleted), cdc)
     finally:
         end_quietly(conn, "SELECT pg_advisory_unlock(:key)", key=ADVISORY_LOCK_KEY)
 
 
-def _extract_and_land(run, state):
+def _extract_and_land(run: IngestRun, state: Mapping[str, Any]
+                      ) -> Tuple[Window, Dict[str, IngestTableEntry], Dict[str, np.ndarray]]:
     """Stream every table of ``run`` (IngestRun) out of one snapshot and land its Parquet file; return
     ``(Window, {table: manifest entry}, {table: sorted primary keys})`` (entries only for the tables
     that landed a file; keys of every table, read on the same snapshot before the rows:
@@ -262,7 +198,7 @@ def _extract_and_land(run, state):
                                     fast_copy=_fast_copy_or_warn(), resync=frozenset(options.repair.resync),
                                     new_keys=_new_keys(s3_client, bucket, window.prev_tables, key_sets))
 
-            def read(connection, convert):
+            def read(connection: Any, convert: Executor) -> List[Tuple[str, Future]]:
                 try:
                     return _read_tables(connection, extraction, convert)
                 except BaseException:
@@ -279,7 +215,7 @@ def _extract_and_land(run, state):
             readers.shutdown(wait=True)
             for connection in in_transaction:
                 end_quietly(connection)
-        landed = {}
+        landed: Dict[str, IngestTableEntry] = {}
         stored = dict(in_flight)
         for table in tables:
             entry = stored[table].result()
@@ -310,11 +246,12 @@ class Extraction:
     stop: threading.Event
     work: Deque[str]
     fast_copy: bool = True
-    resync: frozenset = frozenset()
-    new_keys: dict = field(default_factory=dict)
+    resync: FrozenSet[str] = frozenset()
+    new_keys: Dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def _new_keys(s3_client, bucket, prev_tables, key_sets):
+def _new_keys(s3_client: Any, bucket: str, prev_tables: Mapping[str, Any],
+              key_sets: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """{table: the keys of ``key_sets`` not in the previous run's key set} (none on a table's first run)."""
     found = {}
     for table, keys in key_sets.items():
@@ -325,7 +262,7 @@ def _new_keys(s3_client, bucket, prev_tables, key_sets):
     return found
 
 
-def _fast_copy_or_warn():
+def _fast_copy_or_warn() -> bool:
     """True when the installed pg8000 is one the fast COPY reader was written for; otherwise one
     WARNING for the run, and its COPYs use pg8000's own ``stream=`` path."""
     if fast_copy_supported():
@@ -335,7 +272,7 @@ def _fast_copy_or_warn():
     return False
 
 
-def _read_tables(conn, extraction, convert):
+def _read_tables(conn: Any, extraction: Extraction, convert: Executor) -> List[Tuple[str, Future]]:
     """Take tables from ``extraction.work`` until it is empty or ``extraction.stop`` is set; extract
     each on ``conn``; return ``[(table, Future of its manifest entry)]``."""
     in_flight: List[Tuple[str, Future]] = []
@@ -350,7 +287,8 @@ def _read_tables(conn, extraction, convert):
     return in_flight
 
 
-def _land_table(conn, extraction, table, convert=None):
+def _land_table(conn: Any, extraction: Extraction, table: str,
+                convert: Optional[Executor] = None) -> Future:
     """Extract one table's changed rows and write its Parquet file; return a Future of its
     manifest entry (None when no rows).
 
@@ -376,14 +314,14 @@ def _land_table(conn, extraction, table, convert=None):
                       xid_base=str(cur_xmax >> 32 << 32), cur_xmax=str(cur_xmax))
     keys = extraction.new_keys.get(table)
     backdated = keys is not None and len(keys) > 0
-    if backdated:
+    if keys is not None and backdated:
         params.update(backdated_settings(keys))
     future_from = window.future_from.get(table)
     after_future = bool(prev and future_from and prev.get("future_from"))
     if future_from:
         params["future_from"] = format_time(future_from)
     if after_future:
-        params["prev_future_from"] = prev["future_from"]
+        params["prev_future_from"] = cast(Mapping[str, str], prev)["future_from"]
     conn.run("SELECT " + ", ".join(f"set_config('totesys.{name}', :{name}, true)" for name in params),
              **params)
     sink = ParquetSink(LANDING_SCHEMAS[table], executor=convert, table=table)
@@ -391,7 +329,7 @@ def _land_table(conn, extraction, table, convert=None):
                             after_future=after_future), sink, fast=extraction.fast_copy)
     finished = sink.close_async()
 
-    def store():
+    def store() -> Optional[IngestTableEntry]:
         body, rows = finished.result()
         if not rows:
             logger.warning("no new rows", table=table, low=low, high=high)
@@ -399,7 +337,7 @@ def _land_table(conn, extraction, table, convert=None):
         key = generate_file_key(table, batch_time)
         write_to_s3(extraction.s3_client, extraction.bucket, key, body)
         logger.info("table landed", table=table, rows=rows, key=key)
-        entry = {"key": key, "rows": rows, "low": low, "high": high, "snapshot": snapshot}
+        entry: IngestTableEntry = {"key": key, "rows": rows, "low": low, "high": high, "snapshot": snapshot}
         if future_from:
             entry["future_from"] = params["future_from"]
         return entry
@@ -407,7 +345,8 @@ def _land_table(conn, extraction, table, convert=None):
     return (extraction.upload or INLINE).submit(store)
 
 
-def _commit_batch(run, state, etag, found, cdc=None):
+def _commit_batch(run: IngestRun, state: Mapping[str, Any], etag: Optional[str], found: Found,
+                  cdc: Optional[Mapping[str, Any]] = None) -> Dict[str, str]:
     """Write the manifest (if anything landed or was deleted), then advance the state pointer (CAS) from
     ``state`` read with ``etag``; ``cdc``: the CDC slot's pointer recorded in the new state.
 
@@ -425,9 +364,9 @@ def _commit_batch(run, state, etag, found, cdc=None):
     new_state: IngestState = {
         "manifest_key": state.get("manifest_key"), "batch_id": state.get("batch_id"),
         "timezone": window.timezone, "ignored_columns": ignored,
-        "tables": dict(window.prev_tables), "more_waiting": window.more_waiting,
+        "tables": dict(state.get("tables", {}), **window.prev_tables), "more_waiting": window.more_waiting,
         "source": state.get("source"), "clock": {"utc": format_time(batch_time),
-                                                 "wall": format_time(window.wall_clock)}}
+                                                 "wall": format_time(cast(datetime, window.wall_clock))}}
     if landed or deleted:
         manifest_key = generate_file_key(INGEST_MANIFESTS, batch_time, "json")
         manifest: IngestManifest = {
@@ -449,7 +388,7 @@ def _commit_batch(run, state, etag, found, cdc=None):
     if detection is not None:
         new_state["held_deletes"] = held_deletes(state, tables, detection)
     if cdc is not None:
-        new_state["cdc"] = cdc
+        new_state["cdc"] = cast(CdcPointer, dict(cdc))
     write_ingest_state(s3_client, bucket, new_state, etag)
     logger.info("state advanced", batch_time=format_time(batch_time), tables=tables)
     return {table: entry["key"] for table, entry in landed.items()}

@@ -11,6 +11,7 @@ import pytest
 import ingest
 from tests.support.contracts import contract_problems
 from tests.support.db import connect, run_sql
+from tests.support.ingest_mode import cdc_session
 from tests.support.ingest import (assert_each_version_landed_once, batch_versions, landed_versions,
                                   manifest_chain, read_table, source_versions)
 from totesys_local.aws_emulation import put_credentials_secret
@@ -23,6 +24,7 @@ from utils.errors import (ConcurrentRunError, CredentialsError, DatabaseUnavaila
                           InvalidEventError, StateConflictError, UnknownTableError)
 from utils.format_time import format_time
 from utils.ingest import run as ingest_run
+from utils.ingest.cdc import run as cdc_run  # INGEST_MODE=cdc (make test-cdc) commits its batch there
 
 
 # -- first run ------------------------------------------------------------------------------------
@@ -89,7 +91,8 @@ def test_scale1_runs_land_everything_then_exactly_the_changes_then_nothing(
     ingest_log.clear()
     assert ingest.lambda_handler({}, None) == {}
     warned = [line for level, line in ingest_log if level == "WARNING"]
-    assert len(warned) == 11 and all("no new rows" in line for line in warned)
+    if not cdc_session():  # the cursor's windows found nothing (CDC has no window to warn about)
+        assert len(warned) == 11 and all("no new rows" in line for line in warned)
     superseded = len(set(landed_versions(s3, bucket)) - set(source_versions(totesys_url)))
     assert_each_version_landed_once(s3, bucket, totesys_url, superseded)
 
@@ -111,7 +114,8 @@ def test_second_run_lands_exactly_the_changes_and_third_run_nothing(env, ingest_
     ingest_log.clear()
     before_keys = list_keys(s3, bucket)
     assert ingest.lambda_handler({}, None) == {}
-    assert [line for level, line in ingest_log if level == "WARNING"].__len__() == 11
+    if not cdc_session():  # the cursor's windows found nothing (CDC has no window to warn about)
+        assert [line for level, line in ingest_log if level == "WARNING"].__len__() == 11
     # No data file and no manifest, but the window moved on.
     assert [k for k in list_keys(s3, bucket) if k not in before_keys] == []
     after, _ = read_state(s3, bucket, "ingest")
@@ -120,6 +124,7 @@ def test_second_run_lands_exactly_the_changes_and_third_run_nothing(env, ingest_
     assert_each_version_landed_once(s3, bucket, url, superseded=1)
 
 
+@pytest.mark.cursor_only("the cursor's COPY reader reads the changes; CDC reads them from the slot")
 def test_another_pg8000_falls_back_to_its_own_copy_with_one_warning(env, ingest_log, monkeypatch):
     """The block reader uses pg8000 internals: with a release it was not written for, the run uses
     pg8000's own stream= COPY (never the block reader), lands the same rows and warns once."""
@@ -146,6 +151,7 @@ def test_another_pg8000_falls_back_to_its_own_copy_with_one_warning(env, ingest_
         ingest.lambda_handler({}, None)
 
 
+@pytest.mark.cursor_only("tables_to_query: CDC reads every table")
 def test_subset_run_advances_only_its_tables(env):
     s3, bucket, url = env
     assert list(ingest.lambda_handler({"tables_to_query": ["currency", "currency"]}, None)) == ["currency"]
@@ -168,6 +174,8 @@ def new_order(conn, units, ts="now()"):
     return conn.run(INSERT_ORDER.format(ts=ts), units=units)[0]
 
 
+@pytest.mark.cursor_only("a transaction open across the first run: CDC's slot waits for it (defect 10); "
+                         "late commits in CDC: tests/integration/ingest/cdc/test_cdc_reliability.py")
 def test_late_commit_is_picked_up_by_the_next_run_exactly_once(env):
     s3, bucket, url = env
     writer = connect(url)
@@ -190,6 +198,8 @@ def test_late_commit_is_picked_up_by_the_next_run_exactly_once(env):
     assert_each_version_landed_once(s3, bucket, url)
 
 
+@pytest.mark.cursor_only("the cursor's snapshot rule; a transaction open across the first run: CDC's slot "
+                         "waits for it (defect 10)")
 def test_late_commit_from_a_savepoint_is_not_lost(env):
     """A row written in a sub-transaction looks 'visible' to pg_visible_in_snapshot (sub-xids are
     not in the snapshot's xip list), so a design excluding rows by that test would lose it."""
@@ -221,6 +231,7 @@ def test_late_commit_from_a_savepoint_is_not_lost(env):
     assert set(landed_versions(s3, bucket)) == set(source_versions(url))
 
 
+@pytest.mark.cursor_only("the cursor's window bound, written into the state pointer by hand")
 def test_rows_on_the_previous_boundary_are_taken_once(env):
     """The previous run's bound X: a row with last_updated = X was not in it (< X) and must be
     taken now; a row at X - 1 ms that the previous snapshot saw was taken then and must not be."""
@@ -259,6 +270,7 @@ def test_failure_before_the_state_advances_is_retried_without_loss_or_duplicates
         raise RuntimeError("injected: lambda timed out")
 
     monkeypatch.setattr(ingest_run, "write_ingest_state", crash)
+    monkeypatch.setattr(cdc_run, "write_ingest_state", crash)
     with pytest.raises(RuntimeError, match="injected"):
         ingest.lambda_handler({}, None)
     assert any(level == "CRITICAL" and "injected" in line for level, line in ingest_log)
@@ -267,6 +279,7 @@ def test_failure_before_the_state_advances_is_retried_without_loss_or_duplicates
     assert len(orphans) == 4  # two runs' files each; the second run's are unreferenced
 
     monkeypatch.setattr(ingest_run, "write_ingest_state", write_ingest_state)
+    monkeypatch.setattr(cdc_run, "write_ingest_state", write_ingest_state)
     retry = ingest.lambda_handler({}, None)
     assert sorted(retry) == ["address", "payment"]
     assert all(retry[name] not in orphans for name in retry)
@@ -326,6 +339,7 @@ def test_a_run_that_loses_the_state_race_fails_and_its_batch_is_never_referenced
         return state, etag
 
     monkeypatch.setattr(ingest_run, "read_ingest_state", read_then_lose_race)
+    monkeypatch.setattr(cdc_run, "read_ingest_state", read_then_lose_race)
     with pytest.raises(StateConflictError, match="another run advanced it"):
         ingest.lambda_handler({}, None)
     state, _ = read_state(s3, bucket, "ingest")

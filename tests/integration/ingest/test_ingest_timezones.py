@@ -20,6 +20,7 @@ from utils.aws.state import read_state
 from tests.support.ingest import assert_each_version_landed_once, read_table
 from utils.aws.objects import list_keys, read_json
 from tests.support.db import run_sql
+from tests.support.ingest_mode import cdc_session
 
 
 def set_database_timezone(url, zone):
@@ -109,15 +110,17 @@ def test_a_zone_change_between_runs_converts_the_bounds_once_and_loses_nothing(e
     state, _ = read_state(s3, bucket, "ingest")
     assert state["timezone"] == "Asia/Tokyo"
     low = parse_time(read_json(s3, bucket, state["manifest_key"])["tables"]["address"]["low"])
-    if legacy_state:  # as before: the previous bound converted into Tokyo time (UTC + 9 h), minus the overlap
+    cursor = not cdc_session()  # CDC (make test-cdc) reads the slot: no window starts below the bound
+    if cursor and legacy_state:  # as before: the previous bound converted into Tokyo time (+9 h) - overlap
         assert low == utc_high + timedelta(hours=9) - timedelta(hours=1)
-    else:  # the previous bound as stamped (UTC, the smaller offset in play), minus the overlap
+    elif cursor:  # the previous bound as stamped (UTC, the smaller offset in play), minus the overlap
         assert low == utc_high - timedelta(hours=1)
     assert state["tables"]["address"]["offsets"] == [0, 9 * 3600]
     assert ingest.lambda_handler({}, None) == {}
     assert_each_version_landed_once(s3, bucket, url, superseded=1)
 
 
+@pytest.mark.cursor_only("a subset run (tables_to_query) and the cursor's bounds; CDC reads every table")
 def test_a_subset_run_after_a_zone_change_converts_only_the_bounds_of_a_legacy_state(env):
     s3, bucket, _ = env
     ingest.lambda_handler({}, None)
@@ -233,6 +236,8 @@ def wait_for_wall_clock_before(url, moment, timeout=30):
 def test_the_daylight_saving_fall_back_loses_and_duplicates_nothing(env):
     s3, bucket, url = env
     set_database_timezone(url, fall_back_soon(url, seconds=6))
+    if cdc_session():  # CDC's first run creates its slot, which waits for every open transaction
+        ingest.lambda_handler({}, None)
     late = writer(url)
     try:
         # Written in daylight time, committed only after the first run's snapshot: a late commit.

@@ -178,12 +178,14 @@ def test_a_crash_between_detection_and_load_redetects_and_records_once(loaded, b
 
     # 1. Ingest dies after writing the key sets, the deleted keys and the manifest, before its state
     #    pointer advances: everything it wrote is an orphan.
+    import utils.ingest.cdc.run as cdc_run
     import utils.ingest.run as ingest_run
 
     def crash(*args, **kwargs):
         raise RuntimeError("killed before the state pointer advanced")
     with monkeypatch.context() as patched, pytest.raises(RuntimeError):
         patched.setattr(ingest_run, "write_ingest_state", crash)
+        patched.setattr(cdc_run, "write_ingest_state", crash)  # INGEST_MODE=cdc (make test-cdc)
         ingest.lambda_handler({}, None)
     orphans = boto3.client("s3").list_objects_v2(Bucket=buckets["ingest"], Prefix="_deleted/")["KeyCount"]
     assert orphans == 1

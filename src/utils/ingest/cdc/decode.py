@@ -10,10 +10,15 @@ A change line (``src/backend/replication/logical/decode`` → ``contrib/test_dec
 Columns are ``name[type]:value``: a name quoted as an identifier when it needs to be, the type as
 ``format_type``, the value ``null``, a number or boolean bare, anything else in single quotes with ``''``
 for a quote. An UPDATE that changed the key, or a table with REPLICA IDENTITY FULL, prints ``old-key:``
-then ``new-tuple:``; a DELETE prints the key (or ``(no-tuple-data)`` without a replica identity).
+then ``new-tuple:``; a DELETE prints the key (or ``(no-tuple-data)`` without a replica identity). A TRUNCATE
+names every table it emptied (those a CASCADE reached too) and its flags::
+
+    table public.payment, public.transaction: TRUNCATE: cascade
+
+and becomes a Truncate of the source tables among them: every row of each is gone.
 """
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple, Union
 
 from utils.catalog.source import PRIMARY_KEYS, SOURCE_TABLES
 from utils.errors import TotesysError
@@ -27,7 +32,7 @@ class CdcDecodeError(TotesysError):
     """A change CDC cannot land: ``table``, ``column`` (None when not about one) and ``lsn`` say
     where. The run fails; nothing of its batch is landed and the slot is not advanced."""
 
-    def __init__(self, table, column, lsn, detail):
+    def __init__(self, table: Optional[str], column: Optional[str], lsn: str, detail: str) -> None:
         where = f"totesys.{table}" + (f".{column}" if column else "") if table else "a change"
         super().__init__(f"cannot decode {where} at LSN {lsn}: {detail}", table=table)
         self.column, self.lsn = column, lsn
@@ -46,22 +51,32 @@ class Change:
     old_key: Optional[int] = None
 
 
-def parse_line(lsn, line, schema="public"):
-    """The Change of one test_decoding ``line`` at ``lsn``, or None for a line that is not a change of a
-    source table in ``schema``. Raises CdcDecodeError for anything it cannot read (a TRUNCATE, a value
-    it cannot parse, an unchanged TOAST value, a DELETE without its key)."""
+@dataclass(frozen=True)
+class Truncate:
+    """A TRUNCATE: every row of the source ``tables`` it names (in the order the line gives them) is gone."""
+    tables: Tuple[str, ...]
+    lsn: str
+
+
+def parse_line(lsn: str, line: str, schema: str = "public") -> Union[Change, Truncate, None]:
+    """The Change (or Truncate) of one test_decoding ``line`` at ``lsn``, or None for a line that is not a
+    change of a source table in ``schema``. Raises CdcDecodeError for anything it cannot read (a value it
+    cannot parse, an unchanged TOAST value, a DELETE without its key, an unknown kind)."""
     if line.startswith(NOT_CHANGES):
         return None
     if not line.startswith("table "):
         raise CdcDecodeError(None, None, lsn, "not a test_decoding line")
-    qualified, rest = _split_table(line[len("table "):], lsn)
-    table_schema, table = qualified
+    names, rest = _split_tables(line[len("table "):], lsn)
+    kind, _, body = rest.partition(": ")
+    if kind == "TRUNCATE" or rest == "TRUNCATE:":
+        tables = tuple(table for table_schema, table in names
+                       if table_schema == schema and table in SOURCE_TABLES)
+        return Truncate(tables, lsn) if tables else None
+    if len(names) != 1:
+        raise CdcDecodeError(None, None, lsn, f"a {kind[:20]} of several tables")
+    table_schema, table = names[0]
     if table_schema != schema or table not in SOURCE_TABLES:
         return None
-    kind, _, body = rest.partition(": ")
-    if kind == "TRUNCATE":
-        raise CdcDecodeError(table, None, lsn, "TRUNCATE is not a row change CDC can land: take a "
-                             f"fresh snapshot (totesys resync --tables {table})")
     if kind not in KINDS:
         raise CdcDecodeError(table, None, lsn, f"unknown change kind {kind[:20]!r}")
     old, new = None, body
@@ -81,34 +96,44 @@ def parse_line(lsn, line, schema="public"):
     return Change(table, kind, key, row, lsn, old_key if old_key != key else None)
 
 
-def _key(table, columns, lsn):
+def _key(table: str, columns: Dict[str, Optional[str]], lsn: str) -> int:
+    """The integer primary key of ``table`` in ``columns`` (CdcDecodeError when absent or not an integer)."""
     column = PRIMARY_KEYS[table]
     if column not in columns or columns[column] is None:
         raise CdcDecodeError(table, column, lsn, "the change has no primary key value")
     try:
-        return int(columns[column])
+        return int(str(columns[column]))
     except ValueError:
         raise CdcDecodeError(table, column, lsn, "the primary key is not an integer") from None
 
 
-def _split_table(text, lsn):
-    """((schema, table), rest after ': ') of ``schema.table: rest`` (names possibly double-quoted)."""
-    names, position = [], 0
+def _split_tables(text: str, lsn: str) -> Tuple[List[Tuple[str, str]], str]:
+    """([(schema, table)], rest after ': ') of ``schema.table[, schema.table ...]: rest`` (names possibly
+    double-quoted; several only in a TRUNCATE)."""
+    tables, names, position = [], [], 0
     while True:
         name, position = _identifier(text, position, lsn)
         names.append(name)
         if text.startswith(".", position):
             position += 1
             continue
-        if not text.startswith(": ", position) or len(names) != 2:
+        if len(names) != 2:
             raise CdcDecodeError(None, None, lsn, "cannot read the table name")
-        return (names[0], names[1]), text[position + 2:]
+        tables.append((names[0], names[1]))
+        names = []
+        if text.startswith(", ", position):
+            position += 2
+            continue
+        if not text.startswith(": ", position):
+            raise CdcDecodeError(None, None, lsn, "cannot read the table name")
+        return tables, text[position + 2:]
 
 
-def _identifier(text, position, lsn, table=None):
+def _identifier(text: str, position: int, lsn: str, table: Optional[str] = None) -> Tuple[str, int]:
     """(name, position after it) of a plain or double-quoted identifier at ``position``."""
     if text.startswith('"', position):
-        out, position = [], position + 1
+        out: List[str] = []
+        position += 1
         while True:
             end = text.find('"', position)
             if end < 0:
@@ -120,16 +145,17 @@ def _identifier(text, position, lsn, table=None):
                 continue
             return "".join(out), end + 1
     end = position
-    while end < len(text) and text[end] not in '.:["':
+    while end < len(text) and text[end] not in '.:[",':
         end += 1
     if end == position:
         raise CdcDecodeError(table, None, lsn, "empty identifier")
     return text[position:end], end
 
 
-def parse_columns(table, text, lsn):
+def parse_columns(table: str, text: str, lsn: str) -> Dict[str, Optional[str]]:
     """{column: text value or None} of test_decoding's ``name[type]:value name[type]:value ...``."""
-    columns, position = {}, 0
+    columns: Dict[str, Optional[str]] = {}
+    position = 0
     while position < len(text):
         name, position = _identifier(text, position, lsn, table)
         if not text.startswith("[", position):
@@ -147,10 +173,12 @@ def parse_columns(table, text, lsn):
     return columns
 
 
-def _value(table, column, type_name, text, position, lsn):
+def _value(table: str, column: str, type_name: str, text: str, position: int,
+           lsn: str) -> Tuple[Optional[str], int]:
     """(text value or None, position after it) of one value; booleans become 't'/'f' (COPY's text)."""
     if text.startswith("'", position):
-        out, position = [], position + 1
+        out: List[str] = []
+        position += 1
         while True:
             end = text.find("'", position)
             if end < 0:
@@ -179,7 +207,7 @@ def _value(table, column, type_name, text, position, lsn):
     return bare, end
 
 
-def _is_number(text):
+def _is_number(text: str) -> bool:
     try:
         float(text)
     except ValueError:

@@ -9,7 +9,7 @@ from utils.metrics import NAMESPACE, SERVICE, emit
 METRIC = "CdcRetainedWalBytes"
 
 
-def emit_retained_wal(retained_bytes):
+def emit_retained_wal(retained_bytes: int) -> None:
     """Emit the metric (its own EMF line, so it never mixes with the stage's metric set)."""
     provider = AmazonCloudWatchEMFProvider(metric_set={}, dimension_set={}, metadata_set={},
                                            namespace=NAMESPACE)

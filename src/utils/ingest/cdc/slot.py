@@ -6,7 +6,7 @@ read with ``pg_logical_slot_peek_changes`` (which never consumes anything) and t
 and are compared as integers (``lsn_int``).
 """
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Any, Iterable, List, Optional, Tuple
 
 from utils.errors import TotesysError
 
@@ -27,7 +27,7 @@ PREREQUISITES_SQL = (
 class CdcUnavailableError(TotesysError):
     """The source cannot serve logical decoding to this role: ``missing`` lists what to fix."""
 
-    def __init__(self, missing):
+    def __init__(self, missing: Iterable[str]) -> None:
         super().__init__("INGEST_MODE=cdc cannot run on this source: missing " + "; ".join(missing))
         self.missing = list(missing)
 
@@ -46,17 +46,18 @@ class SlotInfo:
     retained_bytes: Optional[int]
 
     @property
-    def lost(self):
+    def lost(self) -> bool:
+        """The slot can no longer decode: invalidated (its WAL removed) or never reserved any."""
         return self.wal_status == "lost" or self.restart_lsn is None
 
 
-def lsn_int(lsn):
+def lsn_int(lsn: str) -> int:
     """The integer position of an LSN text 'X/Y'."""
     high, low = lsn.split("/")
     return (int(high, 16) << 32) + int(low, 16)
 
 
-def check_prerequisites(conn):
+def check_prerequisites(conn: Any) -> None:
     """Raise CdcUnavailableError naming, in one line, everything missing: ``wal_level = logical``, the
     REPLICATION attribute (or rds_replication). The plugin is checked where the slot is created."""
     wal_level, may_replicate = conn.run(PREREQUISITES_SQL)[0]
@@ -70,7 +71,7 @@ def check_prerequisites(conn):
         raise CdcUnavailableError(missing)
 
 
-def slot_info(conn, name):
+def slot_info(conn: Any, name: str) -> Optional[SlotInfo]:
     """The SlotInfo of slot ``name``, or None when there is none."""
     rows = conn.run(
         "SELECT slot_name::text, plugin::text, database::text, active, restart_lsn::text, "
@@ -80,41 +81,49 @@ def slot_info(conn, name):
     return SlotInfo(*rows[0]) if rows else None
 
 
-def create_slot(conn, name):
+def create_slot(conn: Any, name: str) -> str:
     """Create logical slot ``name`` (plugin test_decoding) in the connection's database; return its
     consistent point (LSN text): it decodes every transaction committing after it. Raises
     CdcUnavailableError when the server lacks the plugin."""
     try:
-        return conn.run("SELECT lsn::text FROM pg_create_logical_replication_slot(:name, :plugin)",
-                        name=name, plugin=PLUGIN)[0][0]
+        lsn: str = conn.run("SELECT lsn::text FROM pg_create_logical_replication_slot(:name, :plugin)",
+                            name=name, plugin=PLUGIN)[0][0]
+        return lsn
     except Exception as err:
         if PLUGIN in str(err) and "could not access file" in str(err):
             raise CdcUnavailableError([f"the logical decoding plugin {PLUGIN} on the server"]) from None
         raise
 
 
-def drop_slot(conn, name):
+def drop_slot(conn: Any, name: str) -> bool:
     """Drop slot ``name`` if it exists (and is not in use); return whether one was dropped."""
     return bool(conn.run(
         "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = :name",
         name=name))
 
 
-def peek_changes(conn, name, upto_lsn) -> List[Tuple[str, str]]:
+def peek_changes(conn: Any, name: str, upto_lsn: str, max_rows: int = 0) -> List[Tuple[str, str]]:
     """``[(lsn, line)]`` of the transactions committed before ``upto_lsn`` that the slot has not been
-    advanced past, in commit order; consumes nothing."""
-    return conn.run(
-        "SELECT lsn::text, data FROM pg_logical_slot_peek_changes(:name, CAST(:upto AS pg_lsn), NULL, "
-        ":o1, :v1, :o2, :v2)", name=name, upto=upto_lsn,
+    advanced past, in commit order; consumes nothing.
+
+    ``max_rows`` (0: no limit) stops the decoding after the first transaction whose COMMIT brings the lines
+    to that many or more (BEGIN and COMMIT lines count): whole transactions only, never half of one (the
+    server checks the limit only between WAL records, and a transaction's lines come out at its commit).
+    The LSN of a COMMIT line is the end of its commit record: advancing the slot there confirms that
+    transaction and every one before it, nothing after."""
+    rows: List[Tuple[str, str]] = conn.run(
+        "SELECT lsn::text, data FROM pg_logical_slot_peek_changes(:name, CAST(:upto AS pg_lsn), "
+        "CAST(:n AS integer), :o1, :v1, :o2, :v2)", name=name, upto=upto_lsn, n=max_rows or None,
         o1=PEEK_OPTIONS[0], v1=PEEK_OPTIONS[1], o2=PEEK_OPTIONS[2], v2=PEEK_OPTIONS[3])
+    return rows
 
 
-def advance_slot(conn, name, lsn):
+def advance_slot(conn: Any, name: str, lsn: str) -> None:
     """Move the slot's confirmed position to ``lsn`` (never back): WAL before it may be recycled."""
     conn.run("SELECT pg_replication_slot_advance(:name, CAST(:lsn AS pg_lsn))", name=name, lsn=lsn)
 
 
-def flush_wal(conn):
+def flush_wal(conn: Any) -> str:
     """Flush the server's WAL up to now and return the flush position (LSN text): decoding reads no further
     than it. A one-message transaction committed with ``synchronous_commit = on`` flushes every record
     before its own, so every commit already visible (also an asynchronous one, whose record may still sit
@@ -127,4 +136,5 @@ def flush_wal(conn):
     except BaseException:
         conn.run("ROLLBACK")
         raise
-    return conn.run("SELECT pg_current_wal_flush_lsn()::text")[0][0]
+    flushed: str = conn.run("SELECT pg_current_wal_flush_lsn()::text")[0][0]
+    return flushed

@@ -7,7 +7,7 @@ from tests.integration.ingest.cdc.conftest import slot_row
 from tests.support.cdc import url_as
 from tests.support.db import run_sql
 from utils.aws.state import read_state
-from utils.ingest.cdc.decode import CdcDecodeError, parse_line
+from utils.ingest.cdc.decode import CdcDecodeError, Truncate, parse_line
 from utils.ingest.cdc.run import fold_changes
 from totesys_local.aws_emulation import put_credentials_secret
 from utils.ingest.cdc.slot import CdcUnavailableError, check_prerequisites
@@ -48,7 +48,27 @@ def test_lines_that_are_not_changes_of_source_tables_are_not_changes():
         assert parse_line(LSN, line) is None
 
 
+def test_a_truncate_names_the_source_tables_it_emptied_and_folds_to_nothing_before_it():
+    assert parse_line(LSN, "table public.payment: TRUNCATE: (no-flags)") == Truncate(("payment",), LSN)
+    assert parse_line(LSN, "table public.sales_order, public.\"transaction\", public.payment, audit.x: "
+                           "TRUNCATE: restart_seqs cascade") == \
+        Truncate(("sales_order", "transaction", "payment"), LSN)
+    assert parse_line(LSN, "table public._prisma_migrations: TRUNCATE: (no-flags)") is None
+    lines = [(LSN, "table public.payment: INSERT: payment_id[integer]:7"),
+             (LSN, "table public.payment: DELETE: payment_id[integer]:3"),
+             (LSN, "table public.payment, public.currency: TRUNCATE: (no-flags)"),
+             (LSN, "table public.payment: INSERT: payment_id[integer]:3"),
+             (LSN, "table public.payment: INSERT: payment_id[integer]:9"),
+             (LSN, "table public.payment: DELETE: payment_id[integer]:9")]
+    folded = fold_changes(lines, "public")
+    payment, currency = folded["payment"], folded["currency"]
+    assert payment.truncated and currency.truncated
+    assert (set(payment.rows), payment.inserted) == ({3}, {3})
+    assert (currency.rows, currency.inserted, currency.deleted) == ({}, set(), set())
+
+
 @pytest.mark.parametrize("line, table, column", [
+    ("table public.payment, public.currency: DELETE: payment_id[integer]:1", None, None),
     ("table public.design: UPDATE: design_id[integer]:1 file_location[text]:unchanged-toast-datum",
      "design", "file_location"),
     ("table public.design: UPDATE: design_id[integer]:1 design_name[text]:'unterminated", "design",
@@ -59,7 +79,6 @@ def test_lines_that_are_not_changes_of_source_tables_are_not_changes():
     ("table public.payment: DELETE: (no-tuple-data)", "payment", "payment_id"),
     ("table public.payment: UPDATE: payment_id[integer]:x1", "payment", "payment_id"),
     ("table public.payment: UPDATE: paid[boolean]:true", "payment", "payment_id"),
-    ("table public.payment: TRUNCATE: (no-flags)", "payment", None),
     ("table public.payment: MERGE: payment_id[integer]:1", "payment", None),
     ("garbage", None, None),
 ])
