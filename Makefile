@@ -169,6 +169,12 @@ simulate: $(STAMP)
 psql: $(STAMP)
 	@$(BIN)/totesys psql --state-dir $(STATE_DIR)
 
+# The warehouse DDL as load runs it: sql/warehouse_schema.sql with each table's columns rendered from the
+# catalogue (utils.catalog.warehouse.warehouse_ddl), e.g. `make -s warehouse-ddl | psql URL`.
+.PHONY: warehouse-ddl
+warehouse-ddl: $(STAMP)
+	@PYTHONPATH=src $(BIN)/python -c "from utils.catalog.warehouse import warehouse_ddl; print(warehouse_ddl(), end='')"
+
 # Stops the local emulator that `make run` started (it also stops by itself after 15 min idle), then
 # the embedded PostgreSQL.
 stop: $(STAMP)

@@ -25,7 +25,8 @@ from utils.aws.manifests import read_deleted, read_source_ids
 from utils.aws.objects import read_parquet_table
 from utils.catalog.formats import REJECTED_SCHEMA, rejected_records
 from utils.catalog.warehouse import (FACTS, PROCESSED_SCHEMAS, VERSION_COLUMN, VERSIONED_DIMENSIONS,
-                                     WAREHOUSE_KEYS, WAREHOUSE_SCHEMAS, WAREHOUSE_SOURCES, WAREHOUSE_TABLES)
+                                     WAREHOUSE_KEYS, WAREHOUSE_SCHEMAS, WAREHOUSE_SOURCES, WAREHOUSE_TABLES,
+                                     optional_columns)
 from utils.db.connection import end_quietly
 from utils.db.copy_in import csv_stream
 from utils.errors import CorruptFileError, ForeignKeyViolationError, SchemaMismatchError
@@ -54,7 +55,8 @@ def batch_loaded(conn, batch_id):
 def read_batch_tables(s3_client, bucket, manifest, manifest_key=None):
     """{warehouse table: pyarrow Table} of one processed batch, in load order (dims before facts)."""
     return {name: read_parquet_table(s3_client, bucket, manifest["tables"][name]["key"], name,
-                                     PROCESSED_SCHEMAS[name], manifest_key=manifest_key)
+                                     PROCESSED_SCHEMAS[name], manifest_key=manifest_key,
+                                     missing_as_null=optional_columns(name))
             for name in WAREHOUSE_TABLES if name in manifest["tables"]}
 
 
