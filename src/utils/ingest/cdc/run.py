@@ -232,8 +232,9 @@ def land_changes(conn: Any, s3_client: Any, bucket: str, state: Mapping[str, Any
     held = {table: {"rows": found.held, "table_rows": found.table_rows}
             for table, found in done.items() if found.held}
     new_state = dict(state, more_waiting=more_waiting, ignored_columns=ignored, held_deletes=held,
-                     tables=_table_bounds(prev_tables, keys, None if more_waiting else (
-                         highs, snapshot, future_from, batch_time, windows)),
+                     tables=_table_bounds(state["tables"] if more_waiting else prev_tables, keys,
+                                          None if more_waiting else (highs, snapshot, future_from, batch_time,
+                                                                     windows)),
                      **{CDC_STATE: _pointer(name, end, _future_held(changes, future_from, held_future))})
     if not more_waiting:
         new_state.update(timezone=zone, clock={"utc": format_time(batch_time), "wall": format_time(wall_now)})
@@ -261,10 +262,12 @@ def land_changes(conn: Any, s3_client: Any, bucket: str, state: Mapping[str, Any
 def _table_bounds(prev_tables: Mapping[str, Dict[str, Any]], keys: Mapping[str, str],
                   whole: Optional[Tuple[Mapping[str, datetime], str, Mapping[str, str], datetime,
                                         Mapping[str, TableWindow]]]) -> Dict[str, Dict[str, Any]]:
-    """The state's ``tables`` after a batch: each table's key set (``keys``: the changed ones) and, after a
-    ``whole`` batch (its highs, snapshot, future_from, batch time and windows; None for a bounded batch),
-    the cursor's bounds kept current (switching back to cursor mode reads from them), with this run's UTC
-    time and the source clock's offsets, as a cursor run records them (``utils.ingest.zones``)."""
+    """The state's ``tables`` after a batch: each table's key set (``keys``: the changed ones) and the rest
+    of its entry in ``prev_tables``. After a bounded batch (``whole`` None) that is all (``prev_tables``: the
+    entries as the state held them, its zone kept too); after a ``whole`` batch (its highs, snapshot,
+    future_from, batch time and windows) the cursor's bounds are kept current (switching back to cursor
+    mode reads from them), with this run's UTC time and the source clock's offsets, as a cursor run records
+    them (``utils.ingest.zones``)."""
     if whole is None:
         return {table: dict(prev_tables[table], keys=keys.get(table, prev_tables[table]["keys"]))
                 for table in SOURCE_TABLES}
