@@ -9,7 +9,7 @@ themselves read and compared, to name them.
 """
 import io
 from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import Any, List, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -60,18 +60,24 @@ def landed_versions(s3_client, bucket, manifests, source_table):
 
 
 def _read_versions(s3_client, bucket, key, key_column):
-    """The (id, ms) columns of one landed file; CorruptFileError naming it when it cannot be read."""
+    """The (id, ms) columns of one landed file."""
+    table = read_landed_columns(s3_client, bucket, key, [key_column, "last_updated"])
+    return table.rename_columns(["id", "ms"])
+
+
+def read_landed_columns(s3_client: Any, bucket: str, key: str, columns: List[str]) -> pa.Table:
+    """``columns`` of the landed file ``key``; CorruptFileError naming it when it cannot be read."""
     try:
         body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
         # ParquetFile, not read_table: read_table imports pyarrow.dataset (over a second, once).
-        table = pq.ParquetFile(io.BytesIO(body)).read(columns=[key_column, "last_updated"])
+        table = pq.ParquetFile(io.BytesIO(body)).read(columns=columns)
     except ClientError as err:
         code = err.response.get("Error", {}).get("Code", "error")
         raise CorruptFileError(f"cannot read s3://{bucket}/{key}: {code}", key=key) from None
     except (pa.ArrowException, OSError, ValueError) as err:
         raise CorruptFileError(f"s3://{bucket}/{key} is not a readable landing file ({type(err).__name__})",
                                key=key) from None
-    return table.rename_columns(["id", "ms"])
+    return table
 
 
 def _sums(ids, ms):

@@ -11,7 +11,8 @@ loaded last per id, ids with an open deletion left out), a dimension's row; ids 
 ``etl_deleted_rows`` are left out on that side too.
 
 ``stamps``: the source tables whose rows make the pair's row, with the SQL of each one's
-``last_updated`` and row ``xmin`` (a joined dimension is in flight when either of its rows is).
+``last_updated``, row ``xmin`` and primary key (a joined dimension is in flight when either of its rows
+is: ``utils.verify.in_flight``).
 Every name here is a constant of this module (the ``# nosec B608`` below): no identifier or value comes
 from input.
 """
@@ -32,7 +33,7 @@ class Pair:
     source_table: str
     source_sql: str
     warehouse_sql: str
-    stamps: Tuple[Tuple[str, str, str], ...]
+    stamps: Tuple[Tuple[str, str, str, str], ...]
     source_from: str
     source_key: str
     is_fact: bool = False
@@ -70,7 +71,7 @@ def _dimension(table, source_table, key, source_columns, warehouse_columns, sour
 
 
 def _own(alias, table):
-    return (table, f"{alias}.last_updated", f"{alias}.xmin")
+    return (table, f"{alias}.last_updated", f"{alias}.xmin", f"{alias}.{table}_id")
 
 
 def _stamp_columns(column):

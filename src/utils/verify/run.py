@@ -5,13 +5,14 @@ Per pair (``utils.verify.pairs``) the checksums (``utils.verify.checksum``) name
 is then classified:
 
 - ``missing``: in totesys, not in the warehouse's current state; ``differing``: in both, other values;
-- ``in_flight``: either of those, for a source row the next run takes anyway (stamped at or after the
-  bound of the last loaded batch, or committed after its snapshot inside the overlap window): never a
-  mismatch;
+- ``in_flight``: either of those, for a source row the ingest brings without a repair (landed by a batch
+  not loaded yet, in the next cursor run's window, or changed in the CDC slot: ``utils.verify.in_flight``):
+  never a mismatch;
 - ``quarantined``: either of those, for a source version recorded (unresolved) in ``etl_rejected_rows``:
   reported by the load already, not a mismatch;
 - ``extra``: in the warehouse's current state, gone from totesys, and no deletion recorded (in flight
-  instead when the id is still in its table's latest key set: deleted after the last ingest run);
+  instead when the id is still in its table's latest key set, deleted after the last ingest run, or a
+  batch not loaded yet deleted it);
 - ``deletions_recorded``: open deletions in ``etl_deleted_rows`` (ids left out of the current state);
   ``deletions_held``: the deletions the mass-delete guard holds (the ingest state's ``held_deletes``):
   they show as ``extra`` until approved.
@@ -20,19 +21,14 @@ Mismatches are missing + differing + extra, the history check's differences, and
 differ from the current views (``utils.verify.rollup_check``).
 """
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
-from typing import Dict, List, Optional
-
-import numpy as np
+from typing import Any, Dict, List, Optional, Tuple
 
 from utils.errors import TotesysError
-from utils.format_time import format_time, parse_time
-from utils.ingest.deletes import read_previous_keys
-from utils.ingest.snapshot import full_xid_sql, snapshot_bounds
 from utils.verify.checksum import Sides, compare
 from utils.verify.history import HistoryResult, check_history
+from utils.verify.in_flight import NextRun
 from utils.verify.landing import latest_loaded, loaded_batch_ids, pending_deleted, read_landed
-from utils.verify.pairs import build_pairs
+from utils.verify.pairs import Pair, build_pairs
 from utils.verify.rollup_check import RollupReport, check_rollups
 
 ID_LIMIT = 10
@@ -111,13 +107,12 @@ def verify(source, warehouse, s3_client, ingest_bucket, overlap_seconds, history
             raise VerifyError(f"the warehouse has no {', '.join(missing)}: run the pipeline first")
         landed = read_landed(s3_client, ingest_bucket, loaded_batch_ids(warehouse))
         _set_xid_base(source)
+        coming = NextRun(source, s3_client, ingest_bucket, landed.state, overlap_seconds,
+                         landed.pending_manifests, pending_deleted(s3_client, ingest_bucket, landed))
         sides = Sides(source, warehouse)
         try:
             pairs = build_pairs(_line_2_column(warehouse), text_hash=_needs_text_hash(source, warehouse))
-            recent_keys = RecentKeys(s3_client, ingest_bucket, landed.state,
-                                     pending_deleted(s3_client, ingest_bucket, landed))
-            tables = [_verify_pair(sides, pair, landed.bounds, overlap_seconds, recent_keys)
-                      for pair in pairs]
+            tables = [_verify_pair(sides, pair, coming) for pair in pairs]
         finally:
             sides.close()
         checked = (check_history(warehouse, s3_client, ingest_bucket, landed.manifests, ID_LIMIT)
@@ -155,36 +150,12 @@ def _line_2_column(warehouse):
     return "counterparty_legal_address_line2" if rows else "counterparty_legal_address_line_2"
 
 
-class RecentKeys:
-    """The key sets of the latest ingest run (the state pointer's ``keys`` objects), read when needed, and
-    the deletions of the batches not loaded yet.
-
-    An id that is extra in the warehouse (gone from totesys, no deletion recorded) but still in its table's
-    latest key set was deleted after that run, and one a pending batch deleted is on its way: in flight.
-    The key-set test is skipped when the table has held deletions (``held_deletes``): the stored set then
-    also holds the held ids, which stay mismatches until approved."""
-
-    def __init__(self, s3_client, bucket, state, pending):
-        self.s3_client, self.bucket, self.state, self.pending = s3_client, bucket, state, pending
-        self.held = {table: int((entry or {}).get("rows", 0))
-                     for table, entry in (state.get("held_deletes") or {}).items()}
-
-    def deleted_since(self, table, ids):
-        """The ``ids`` still in ``table``'s latest key set (none when the table has held deletions)."""
-        found = {int(row_id) for row_id in ids if row_id in self.pending.get(table, ())}
-        key = ((self.state.get("tables") or {}).get(table) or {}).get("keys")
-        if ids and key and not self.held.get(table):
-            keys = read_previous_keys(self.s3_client, self.bucket, table, key)
-            found |= {int(row_id) for row_id in np.asarray(ids)[np.isin(ids, keys)]}
-        return found
-
-
-def _verify_pair(sides, pair, bounds, overlap_seconds, recent_keys):
+def _verify_pair(sides: Sides, pair: Pair, coming: NextRun) -> TableReport:
     diff = compare(sides, pair)
     report = TableReport(pair.table, pair.source_table, matched=diff.matched)
     source, warehouse = sides.conns["source"], sides.conns["warehouse"]
     candidates = diff.source_only + diff.differing
-    details = _source_details(source, pair, candidates, bounds, overlap_seconds) if candidates else {}
+    details = _source_details(source, pair, candidates, coming) if candidates else {}
     rejected = _rejected_versions(warehouse, pair.source_table, candidates) if candidates else set()
     for kind, ids in (("missing", diff.source_only), ("differing", diff.differing)):
         for row_id in ids:
@@ -195,41 +166,33 @@ def _verify_pair(sides, pair, bounds, overlap_seconds, recent_keys):
                 report.add("quarantined", row_id)
             else:
                 report.add(kind, row_id)
-    deleted_since = recent_keys.deleted_since(pair.source_table, diff.warehouse_only)
+    deleted_since = coming.deleted_since(pair.source_table, diff.warehouse_only)
     for row_id in diff.warehouse_only:
         report.add("in_flight" if row_id in deleted_since else "extra", row_id)
-    report.deletions_held = recent_keys.held.get(pair.source_table, 0)
+    report.deletions_held = coming.held.get(pair.source_table, 0)
     report.deletions_recorded = int(warehouse.run(
         "SELECT count(*) FROM etl_deleted_rows WHERE source_table = :t AND reinserted_batch_id IS NULL",
         t=pair.source_table)[0][0])
     return report
 
 
-def _in_flight_sql(pair, bounds, overlap_seconds, params):
-    """SQL true for a source row the next run takes (module docstring); fills ``params``."""
-    terms = []
-    for table, updated, xmin in pair.stamps:
-        if table not in bounds:
-            return "true"
-        high, snapshot = bounds[table]
-        params[f"high_{table}"] = high
-        params[f"low_{table}"] = format_time(parse_time(high) - timedelta(seconds=overlap_seconds))
-        params[f"xmin_{table}"] = snapshot_bounds(snapshot)[0]
-        terms.append(f"{updated} >= CAST(:high_{table} AS timestamp) OR ({updated} >= CAST(:low_{table} AS "
-                     f"timestamp) AND {full_xid_sql(xmin + '::text::bigint')} >= :xmin_{table})")
-    return " OR ".join(f"({term})" for term in terms)
-
-
-def _source_details(source, pair, ids, bounds, overlap_seconds):
-    """{id: (in flight, last_updated of the pair's own source row)} for ``ids``."""
-    params = {"ids": list(ids)}
-    flag = _in_flight_sql(pair, bounds, overlap_seconds, params)
-    own_updated = pair.stamps[0][1]
+def _source_details(source: Any, pair: Pair, ids: List[int],
+                    coming: NextRun) -> Dict[int, Tuple[bool, Any]]:
+    """{id: (in flight, last_updated of the pair's own source row)} for ``ids``
+    (``utils.verify.in_flight``)."""
+    params: Dict[str, Any] = {"ids": list(ids)}
+    columns = [pair.stamps[0][1]]
+    for table, updated, xmin, key in pair.stamps:
+        columns += [coming.window_sql(table, updated, xmin, params), key]
     # From this package's constants; values bound.
-    sql = (f"SELECT {pair.source_key}, ({flag}), {own_updated} FROM {pair.source_from} "  # nosec B608
+    sql = (f"SELECT {pair.source_key}, {', '.join(columns)} FROM {pair.source_from} "  # nosec B608
            f"WHERE {pair.source_key} = ANY(CAST(:ids AS int[]))")
-    rows = source.run(sql, **params)
-    return {int(row_id): (bool(flag_value), updated) for row_id, flag_value, updated in rows}
+    details = {}
+    for row_id, own_updated, *flags in source.run(sql, **params):
+        in_flight = any(key is not None and coming.takes(table, int(key), bool(flag))
+                        for (table, *_), flag, key in zip(pair.stamps, flags[::2], flags[1::2]))
+        details[int(row_id)] = (in_flight, own_updated)
+    return details
 
 
 def _rejected_versions(warehouse, source_table, ids):
