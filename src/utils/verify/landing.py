@@ -5,7 +5,7 @@ ingest batch's id). The walk follows the ingest manifests back from ``_state/ing
 batches not loaded yet bring, and what the next run will, is ``utils.verify.in_flight``'s.
 """
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from utils.aws.manifests import read_ingest_manifest, walk_manifests
 from utils.aws.objects import read_parquet_table
@@ -24,14 +24,14 @@ class Landed:
     state: IngestState = field(default_factory=lambda: IngestState())
 
 
-def loaded_batch_ids(conn):
+def loaded_batch_ids(conn: Any) -> Set[str]:
     """The batch ids in the warehouse's ledger (empty when the warehouse has no ledger yet)."""
     if conn.run("SELECT to_regclass('etl_load_ledger') IS NULL")[0][0]:
         return set()
     return {row[0] for row in conn.run("SELECT batch_id FROM etl_load_ledger")}
 
 
-def read_landed(s3_client, bucket, loaded_ids) -> Landed:
+def read_landed(s3_client: Any, bucket: str, loaded_ids: Set[str]) -> Landed:
     """Walk the ingest manifests; see the module docstring. Raises CorruptFileError for a missing or
     malformed manifest, as the transform would, and when the warehouse has loaded batches but none of
     them is in the bucket (the wrong bucket, or a warehouse another state folder loads: comparing would
@@ -62,9 +62,9 @@ def latest_loaded(landed: Landed) -> Optional[str]:
     return landed.manifests[-1][1]["batch_id"] if landed.manifests else None
 
 
-def pending_deleted(s3_client, bucket, landed):
+def pending_deleted(s3_client: Any, bucket: str, landed: Landed) -> Dict[str, Set[int]]:
     """{source table: set of ids} the ingest batches not loaded yet deleted (their ``_deleted`` files)."""
-    found: Dict[str, set] = {}
+    found: Dict[str, Set[int]] = {}
     for key, manifest in landed.pending_manifests:
         entry = manifest.get("deleted")
         if entry:

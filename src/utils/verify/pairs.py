@@ -18,7 +18,11 @@ from input.
 """
 from dataclasses import dataclass
 from functools import partial
-from typing import Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
+
+# (source table, SQL of its last_updated, of its row xmin, of its primary key).
+Stamp = Tuple[str, str, str, str]
+RowHash = Callable[[Sequence[str]], str]
 
 # The current-state view of each fact table (utils/catalog/sql/warehouse_schema.sql).
 CURRENT_VIEWS = {"fact_sales_order": "current_sales_order", "fact_purchase_order": "current_purchase_order",
@@ -33,35 +37,36 @@ class Pair:
     source_table: str
     source_sql: str
     warehouse_sql: str
-    stamps: Tuple[Tuple[str, str, str, str], ...]
+    stamps: Tuple[Stamp, ...]
     source_from: str
     source_key: str
     is_fact: bool = False
 
-    def relation(self, side):
+    def relation(self, side: str) -> str:
         return self.source_sql if side == "source" else self.warehouse_sql
 
 
-def _not_deleted(source_table, id_sql):
+def _not_deleted(source_table: str, id_sql: str) -> str:
     return ("NOT EXISTS (SELECT 1 FROM etl_deleted_rows d "  # nosec B608
             f"WHERE d.source_table = '{source_table}' "
             f"AND d.source_id = {id_sql} AND d.reinserted_batch_id IS NULL)")
 
 
-def _hash(columns):
+def _hash(columns: Sequence[str]) -> str:
     # Each value hashed by its type's own hash function (no text output: about half the cost of
     # hashing the row's text); equal values of equal types hash equal in any PostgreSQL >= 14.
     return f"hash_record_extended(ROW({', '.join(columns)}), 0)"
 
 
-def _text_hash(columns):
+def _text_hash(columns: Sequence[str]) -> str:
     # PostgreSQL 11-13 (no hash_record_extended): the row's text, hashed. The same value types on both
     # sides give the same text (DateStyle ISO is set by the caller).
     return f"hashtextextended(ROW({', '.join(columns)})::text, 0)"
 
 
-def _dimension(table, source_table, key, source_columns, warehouse_columns, source_from, stamps,
-               warehouse_key=None, row_hash=_hash):
+def _dimension(table: str, source_table: str, key: str, source_columns: Sequence[str],
+               warehouse_columns: Sequence[str], source_from: str, stamps: Tuple[Stamp, ...],
+               warehouse_key: Optional[str] = None, row_hash: RowHash = _hash) -> Pair:
     warehouse_key = warehouse_key or key
     source = f"SELECT {key} AS id, {row_hash(source_columns)} AS h FROM {source_from}"  # nosec B608
     warehouse_hash = row_hash(warehouse_columns)
@@ -70,19 +75,20 @@ def _dimension(table, source_table, key, source_columns, warehouse_columns, sour
     return Pair(table, source_table, source, warehouse, stamps, source_from, key)
 
 
-def _own(alias, table):
+def _own(alias: str, table: str) -> Stamp:
     return (table, f"{alias}.last_updated", f"{alias}.xmin", f"{alias}.{table}_id")
 
 
-def _stamp_columns(column):
+def _stamp_columns(column: str) -> List[str]:
     return [column]
 
 
-def _warehouse_stamp_columns(prefix):
+def _warehouse_stamp_columns(prefix: str) -> List[str]:
     return [f"({prefix}_date + {prefix}_time)"]
 
 
-def _fact(table, source_table, key, source_values, warehouse_values, row_hash=_hash):
+def _fact(table: str, source_table: str, key: str, source_values: Sequence[str],
+          warehouse_values: Sequence[str], row_hash: RowHash = _hash) -> Pair:
     """A fact pair: the source row against the fact's current version of that id (its current view,
     which users read: the version loaded last, not the one of greatest last_updated)."""
     source_columns = [key, *_stamp_columns("s.created_at"), *_stamp_columns("s.last_updated"),
@@ -100,7 +106,8 @@ def _fact(table, source_table, key, source_values, warehouse_values, row_hash=_h
 ADDRESS_COLUMNS = ["address_line_1", "address_line_2", "district", "city", "postal_code", "country", "phone"]
 
 
-def build_pairs(line_2_column="counterparty_legal_address_line_2", text_hash=False):
+def build_pairs(line_2_column: str = "counterparty_legal_address_line_2",
+                text_hash: bool = False) -> List[Pair]:
     """Every pair, in the warehouse's load order. ``line_2_column``: dim_counterparty's spelling of the
     second address line in this warehouse (SPEC 3 allows ``counterparty_legal_address_line2``); only
     the two allowed spellings are accepted. ``text_hash``: hash each row's text (for a server older

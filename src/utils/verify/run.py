@@ -21,7 +21,7 @@ Mismatches are missing + differing + extra, the history check's differences, and
 differ from the current views (``utils.verify.rollup_check``).
 """
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from utils.errors import TotesysError
 from utils.verify.checksum import Sides, compare
@@ -54,10 +54,10 @@ class TableReport:
     deletions_held: int = 0
 
     @property
-    def mismatches(self):
+    def mismatches(self) -> int:
         return sum(self.counts[kind] for kind in MISMATCH_KINDS)
 
-    def add(self, kind, row_id):
+    def add(self, kind: str, row_id: int) -> None:
         self.counts[kind] += 1
         if len(self.ids[kind]) < ID_LIMIT:
             self.ids[kind].append(int(row_id))
@@ -74,16 +74,16 @@ class Report:
     rollups: RollupReport = field(default_factory=RollupReport)
 
     @property
-    def mismatches(self):
+    def mismatches(self) -> int:
         return (sum(table.mismatches for table in self.tables)
                 + sum(h.not_in_warehouse_count + h.not_landed_count for h in self.history)
                 + self.rollups.mismatches)
 
     @property
-    def exit_code(self):
+    def exit_code(self) -> int:
         return 0 if self.mismatches == 0 else 1
 
-    def to_dict(self):
+    def to_dict(self) -> Dict[str, Any]:
         return {"matched": self.mismatches == 0, "mismatches": self.mismatches,
                 "last_loaded_batch": self.last_loaded_batch, "pending_batches": self.pending_batches,
                 "tables": [{"table": t.table, "source_table": t.source_table, "matched": t.matched,
@@ -94,7 +94,8 @@ class Report:
                 "rollups": self.rollups.to_dict()}
 
 
-def verify(source, warehouse, s3_client, ingest_bucket, overlap_seconds, history=True) -> Report:
+def verify(source: Any, warehouse: Any, s3_client: Any, ingest_bucket: str, overlap_seconds: int,
+           history: bool = True) -> Report:
     """Compare totesys (``source``, a session in the source's own time zone) with the warehouse
     (``warehouse``), using the landing zone in ``ingest_bucket``; return the Report. Both connections
     are left open, their transactions ended. Raises VerifyError when the warehouse lacks the pipeline's
@@ -124,13 +125,13 @@ def verify(source, warehouse, s3_client, ingest_bucket, overlap_seconds, history
             conn.run("ROLLBACK")
 
 
-def _begin(*conns):
+def _begin(*conns: Any) -> None:
     for conn in conns:
         conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         conn.run("SET LOCAL DateStyle = 'ISO, YMD'")
 
 
-def _set_xid_base(source):
+def _set_xid_base(source: Any) -> None:
     """The settings ``full_xid_sql`` reads: the epoch of this transaction's snapshot xmax."""
     xmax = int(source.run("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")[0][0])
     source.run("SELECT set_config('totesys.xid_base', :base, true), "
@@ -138,12 +139,12 @@ def _set_xid_base(source):
                base=str(xmax >> 32 << 32), xmax=str(xmax))
 
 
-def _needs_text_hash(*conns):
+def _needs_text_hash(*conns: Any) -> bool:
     """True when a server is older than PostgreSQL 14 (no hash_record_extended)."""
     return any(int(conn.run("SHOW server_version_num")[0][0]) < 140000 for conn in conns)
 
 
-def _line_2_column(warehouse):
+def _line_2_column(warehouse: Any) -> str:
     rows = warehouse.run("SELECT column_name::text FROM information_schema.columns WHERE table_name = "
                          "'dim_counterparty' AND column_name = 'counterparty_legal_address_line2' "
                          "AND table_schema = current_schema()")
@@ -195,7 +196,7 @@ def _source_details(source: Any, pair: Pair, ids: List[int],
     return details
 
 
-def _rejected_versions(warehouse, source_table, ids):
+def _rejected_versions(warehouse: Any, source_table: str, ids: List[int]) -> Set[Tuple[int, Any]]:
     rows = warehouse.run("SELECT source_id, last_updated FROM etl_rejected_rows WHERE source_table = :t "
                          "AND source_id = ANY(CAST(:ids AS bigint[])) AND resolved_batch_id IS NULL",
                          t=source_table, ids=list(ids))
