@@ -20,10 +20,13 @@ is then classified:
 Mismatches are missing + differing + extra, the history check's differences, and the rollup keys that
 differ from the current views (``utils.verify.rollup_check``).
 """
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
+from utils.db.connection import close_db_connection
 from utils.errors import TotesysError
+from utils.ingest.snapshot import import_snapshot
 from utils.verify.checksum import Sides, compare
 from utils.verify.history import HistoryResult, check_history
 from utils.verify.in_flight import NextRun
@@ -95,11 +98,14 @@ class Report:
 
 
 def verify(source: Any, warehouse: Any, s3_client: Any, ingest_bucket: str, overlap_seconds: int,
-           history: bool = True) -> Report:
+           history: bool = True, connect_warehouse: Optional[Callable[[], Any]] = None) -> Report:
     """Compare totesys (``source``, a session in the source's own time zone) with the warehouse
     (``warehouse``), using the landing zone in ``ingest_bucket``; return the Report. Both connections
-    are left open, their transactions ended. Raises VerifyError when the warehouse lacks the pipeline's
+    are left open, their transactions ended. ``connect_warehouse``: a callable opening another warehouse
+    connection, on which the history and rollup checks run meanwhile, in the same snapshot (None: one
+    after the other on ``warehouse``). Raises VerifyError when the warehouse lacks the pipeline's
     tables, and what reading the landing zone raises (CorruptFileError) when it is damaged."""
+    second = None
     try:
         _begin(source, warehouse)
         missing = [name for name in REQUIRED_WAREHOUSE
@@ -107,28 +113,63 @@ def verify(source: Any, warehouse: Any, s3_client: Any, ingest_bucket: str, over
         if missing:
             raise VerifyError(f"the warehouse has no {', '.join(missing)}: run the pipeline first")
         landed = read_landed(s3_client, ingest_bucket, loaded_batch_ids(warehouse))
-        _set_xid_base(source)
-        coming = NextRun(source, s3_client, ingest_bucket, landed.state, overlap_seconds,
-                         landed.pending_manifests, pending_deleted(s3_client, ingest_bucket, landed))
-        sides = Sides(source, warehouse)
-        try:
-            pairs = build_pairs(_line_2_column(warehouse), text_hash=_needs_text_hash(source, warehouse))
-            tables = [_verify_pair(sides, pair, coming) for pair in pairs]
-        finally:
-            sides.close()
-        checked = (check_history(warehouse, s3_client, ingest_bucket, landed.manifests, ID_LIMIT)
-                   if history else [])
-        return Report(tables, checked, latest_loaded(landed), len(landed.pending_manifests),
-                      check_rollups(warehouse, ID_LIMIT))
+
+        def warehouse_checks(conn: Any) -> Tuple[List[HistoryResult], RollupReport]:
+            checked = (check_history(conn, s3_client, ingest_bucket, landed.manifests, ID_LIMIT)
+                       if history else [])
+            return checked, check_rollups(conn, ID_LIMIT)
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-warehouse") as pool:
+            checks = None
+            if connect_warehouse is not None:
+                second = _second_warehouse(warehouse, connect_warehouse)
+                checks = pool.submit(warehouse_checks, second)
+            _set_xid_base(source)
+            coming = NextRun(source, s3_client, ingest_bucket, landed.state, overlap_seconds,
+                             landed.pending_manifests, pending_deleted(s3_client, ingest_bucket, landed))
+            sides = Sides(source, warehouse)
+            try:
+                pairs = build_pairs(_line_2_column(warehouse), text_hash=_needs_text_hash(source, warehouse))
+                tables = [_verify_pair(sides, pair, coming) for pair in pairs]
+            finally:
+                sides.close()
+            checked, rollups = checks.result() if checks is not None else warehouse_checks(warehouse)
+        return Report(tables, checked, latest_loaded(landed), len(landed.pending_manifests), rollups)
     finally:
         for conn in (source, warehouse):
             conn.run("ROLLBACK")
+        if second is not None:
+            close_db_connection(second)
+
+
+def _second_warehouse(warehouse: Any, connect: Callable[[], Any]) -> Any:
+    """A new warehouse connection in a transaction that sees ``warehouse``'s snapshot (exported and
+    imported: both read one consistent warehouse)."""
+    snapshot = warehouse.run("SELECT pg_export_snapshot()")[0][0]
+    conn = connect()
+    try:
+        import_snapshot(conn, snapshot)
+        _settings(conn)
+    except BaseException:
+        close_db_connection(conn)
+        raise
+    return conn
 
 
 def _begin(*conns: Any) -> None:
     for conn in conns:
         conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        conn.run("SET LOCAL DateStyle = 'ISO, YMD'")
+        _settings(conn)
+
+
+def _settings(conn: Any) -> None:
+    """The transaction's settings: ISO dates (the hashes of text dates), and no JIT and no parallel
+    workers: verify runs its statements side by side already (the source, the warehouse and the checks),
+    on a machine whose cores they fill; JIT's compile (~0.1 s a statement) and the workers' overhead cost
+    more CPU than they save here (measured at x100: docs/BENCHMARKS.md)."""
+    conn.run("SET LOCAL DateStyle = 'ISO, YMD'")
+    conn.run("SET LOCAL jit = off")
+    conn.run("SET LOCAL max_parallel_workers_per_gather = 0")
 
 
 def _set_xid_base(source: Any) -> None:
