@@ -290,7 +290,9 @@ def _sections(conn: Connection, url: str, query: Mapping[str, Sequence[str]], ca
     pipeline = fetch(queries.pipeline, None, RECENT_BATCHES)
     parts = notes + [section_pipeline(pipeline, fetch(queries.quarantine),
                                       now or datetime.now(timezone.utc))]
-    parts += [render(fetch, filters) for render in SALES_SECTIONS]
+    # the sales sections' HTML depends only on the data version and the filters: rendered once per both
+    parts.append(cache.get(url, version, ("sales sections", filters), lambda: "".join(
+        render(fetch, filters) for render in SALES_SECTIONS)))
     return Page(status, document("".join(parts), filter_form(choices, filters)))
 
 

@@ -83,9 +83,14 @@ def _rows(conn: Connection, sql: str, **params: Any) -> List[Dict[str, Any]]:
 
 
 def relations(conn: Connection) -> Set[str]:
-    """Names of the tables and views in the search path's public schema."""
+    """Names of the tables and views in the public schema that this role may read (what
+    information_schema.tables lists, read from the catalog directly: that view costs tens of ms a page)."""
     return {row[0] for row in conn.run(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")}
+        "SELECT c.relname FROM pg_catalog.pg_class c "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'v', 'p', 'm', 'f') "
+        "AND (pg_catalog.pg_has_role(c.relowner, 'USAGE') OR pg_catalog.has_table_privilege(c.oid, "
+        "'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER'))")}
 
 
 def status(conn: Connection) -> str:
