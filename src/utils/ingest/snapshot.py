@@ -13,7 +13,7 @@ Beside the window, a run takes the rows of keys new since the previous run below
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from pg8000.native import identifier
 
@@ -75,8 +75,9 @@ class Window:
     planned_cuts: Tuple[datetime, ...] = ()
 
 
-def open_window(conn, tables, state, overlap_seconds, export=False, max_batch_rows=0,
-                future_tolerance_seconds=None):
+def open_window(conn: Any, tables: Sequence[str], state: IngestState, overlap_seconds: int,
+                export: bool = False, max_batch_rows: int = 0, future_tolerance_seconds: Optional[int] = None
+                ) -> Tuple[Window, Optional[str], datetime]:
     """Read the run's bounds in ``conn``'s open snapshot transaction; return ``(Window, exported
     snapshot id or None, the source's wall clock)``.
 
@@ -110,7 +111,7 @@ def open_window(conn, tables, state, overlap_seconds, export=False, max_batch_ro
     windows = table_windows(conn, tables, prev_tables, Clock(batch_time, wall_now), (prev_zone, zone),
                             overlap_seconds, Clock.from_state(state), carried)
     highs = {table: windows[table].high for table in tables}
-    lows = {table: windows[table].low for table in tables if windows[table].low is not None}
+    lows: Dict[str, datetime] = {table: low for table in tables if (low := windows[table].low) is not None}
     future_from = {}
     if future_tolerance_seconds is not None:
         # The wall clock has shown at most ``high`` + the shift (it goes back at a fall-back): a row
@@ -142,7 +143,8 @@ def _planned_cuts(state: IngestState, zone: str) -> Tuple[datetime, ...]:
     return tuple(parse_time(cut) for cut in state.get("planned_cuts") or ())
 
 
-def _rereads(prev_tables, lows, snapshot):
+def _rereads(prev_tables: Dict[str, Dict[str, Any]], lows: Dict[str, datetime],
+             snapshot: str) -> OverlapRereads:
     """The OverlapRereads of the tables with a previous high (window lower bounds ``lows``), for
     ``batch_cut``."""
     cur_xmax = snapshot_bounds(snapshot)[1]
@@ -152,7 +154,7 @@ def _rereads(prev_tables, lows, snapshot):
         xid_base=cur_xmax >> 32 << 32, cur_xmax=cur_xmax)
 
 
-def _prev_tables_in_zone(conn, state, zone):
+def _prev_tables_in_zone(conn: Any, state: IngestState, zone: str) -> Dict[str, Dict[str, Any]]:
     """The state pointer's ``tables``, one WARNING when the zone changed since ``state``. The entries
     written before ``utc`` was recorded get each ``high`` (and ``future_from``) converted into ``zone``
     by the server (a state without a zone: UTC); the others keep their raw bounds (``utils.ingest.zones``
@@ -179,7 +181,7 @@ def _prev_tables_in_zone(conn, state, zone):
     return prev_tables
 
 
-def largest_first(conn, tables):
+def largest_first(conn: Any, tables: Sequence[str]) -> List[str]:
     """``tables`` ordered by their size on disk, largest first (ties keep their order), so that
     parallel readers finish together."""
     sizes = dict(conn.run(
@@ -189,7 +191,7 @@ def largest_first(conn, tables):
     return sorted(tables, key=lambda table: -sizes.get(table, 0))
 
 
-def import_snapshot(conn, snapshot_id):
+def import_snapshot(conn: Any, snapshot_id: Optional[str]) -> None:
     """Open a REPEATABLE READ READ ONLY transaction on ``conn`` that sees the exported snapshot
     ``snapshot_id`` (the exporting transaction must still be open).
 
@@ -207,7 +209,7 @@ def import_snapshot(conn, snapshot_id):
         raise
 
 
-def snapshot_bounds(snapshot_text):
+def snapshot_bounds(snapshot_text: str) -> Tuple[int, int]:
     """Return (xmin, xmax) of a pg_snapshot text 'xmin:xmax:xip,...' as ints."""
     try:
         xmin, xmax, _ = snapshot_text.split(":", 2)
@@ -237,13 +239,14 @@ def full_xid_sql(raw_xid_sql: str) -> str:
             f"THEN {XID_WRAP} ELSE 0 END)")
 
 
-def select_list(table_name):
+def select_list(table_name: str) -> str:
     """Return the quoted column list of a source table in physical order (allow-listed names only)."""
     check_source_table(table_name)
     return ", ".join(identifier(name) for name in SOURCE_SCHEMAS[table_name].names)
 
 
-def copy_sql(table, incremental, backdated=False, future=False, after_future=False):
+def copy_sql(table: str, incremental: bool, backdated: bool = False, future: bool = False,
+             after_future: bool = False) -> str:
     """The COPY statement for one table; bounds come from the transaction's totesys.* settings.
 
     The window: ``last_updated < high`` and, when ``incremental``, at or after ``low`` and not landed by
