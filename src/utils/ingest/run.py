@@ -446,12 +446,12 @@ def _commit_batch(run, state, etag, found, cdc=None):
             new_state["tables"][table]["future_from"] = format_time(window.future_from[table])
         if detection and table in detection.keys:
             new_state["tables"][table]["keys"] = detection.keys[table]
+    if window.planned_cuts:
+        new_state["planned_cuts"] = [format_time(cut) for cut in window.planned_cuts]
     if detection is not None:
         new_state["held_deletes"] = held_deletes(state, tables, detection)
     if cdc is not None:
         new_state["cdc"] = cdc
-    if window.planned_cuts:
-        new_state["planned_cuts"] = [format_time(cut) for cut in window.planned_cuts]
     write_ingest_state(s3_client, bucket, new_state, etag)
     logger.info("state advanced", batch_time=format_time(batch_time), tables=tables)
     return {table: entry["key"] for table, entry in landed.items()}
