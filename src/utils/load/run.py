@@ -60,7 +60,7 @@ def parse_event(event: Any) -> Dict[str, Any]:
     return event
 
 
-def run_load(event: Any, s3_client: Any = None, secrets_client: Any = None) -> LoadResult:
+def run_load(event: Any, s3_client: Any = None, secrets_client: Any = None) -> Dict[str, Any]:
     """Load every processed batch not yet in the ledger; return ``{"batches": [...], "tables": {...}}``.
 
     Raises on any failure (the handler's stage_handler logs it at CRITICAL).
