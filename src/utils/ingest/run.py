@@ -385,6 +385,8 @@ def _commit_batch(run: IngestRun, state: Mapping[str, Any], etag: Optional[str],
             new_state["tables"][table]["future_from"] = format_time(window.future_from[table])
         if detection and table in detection.keys:
             new_state["tables"][table]["keys"] = detection.keys[table]
+    if window.planned_cuts:
+        new_state["planned_cuts"] = [format_time(cut) for cut in window.planned_cuts]
     if detection is not None:
         new_state["held_deletes"] = held_deletes(state, tables, detection)
     if cdc is not None:

@@ -330,10 +330,15 @@ def merge_table(conn: Any, name: str, table: Optional[pa.Table], column_map: Map
         newer = (f"AND NOT EXISTS (SELECT 1 FROM {identifier(DIMENSION_VERSIONS)} v "  # nosec B608
                  f"WHERE v.table_name = :name AND v.source_id = s.{key_column} "
                  "AND v.load_order > :load_order) ")
+    # A batch of keys the warehouse has never seen (a backfill's transactions): nothing to update, mark
+    # or compare, and no newer version to skip (issue 24: four of the six statements of dim_transaction).
+    fresh = _keys_unseen(conn, name, stage, key_column, key, versioned)
+    if fresh:
+        newer = ""
     params = {"name": name, "load_order": load_order} if newer else {}
     written = 0
     others = [field.name for field in schema if field.name not in keys]
-    if name != "dim_date":  # dim_date rows never change: a date already held is left as it is
+    if name != "dim_date" and not fresh:  # dim_date rows never change: a date already held is left as it is
         assignments = ", ".join(f"{identifier(column_map[column])} = s.{identifier(column)}"
                                 for column in others)
         current = ", ".join(f"target.{identifier(column_map[column])}" for column in others)
@@ -342,27 +347,45 @@ def merge_table(conn: Any, name: str, table: Optional[pa.Table], column_map: Map
                  f"WHERE target.{key} = s.{key_column} AND ({current}) IS DISTINCT FROM ({incoming}) "
                  + newer, **params)
         written += conn.row_count
-    conn.run(f"UPDATE {stage} s SET etl_held = true FROM {identifier(name)} t "  # nosec B608
-             f"WHERE t.{key} = s.{key_column}")
+    if not fresh:
+        conn.run(f"UPDATE {stage} s SET etl_held = true FROM {identifier(name)} t "  # nosec B608
+                 f"WHERE t.{key} = s.{key_column}")
     conn.run(f"INSERT INTO {identifier(name)} ({target_columns}) "  # nosec B608
              f"SELECT {source_columns} FROM {stage} s WHERE s.etl_held IS NULL " + newer, **params)
     written += conn.row_count
     if versioned:
         versions = identifier(DIMENSION_VERSIONS)
         version = identifier(VERSION_COLUMN)
-        # A version the table holds already (the overlap reading it again) keeps the order of the batch
-        # that brought it: no write per re-read row.
-        conn.run(f"UPDATE {versions} AS v SET last_updated = s.{version}, "  # nosec B608
-                 f"load_order = :load_order FROM {stage} s "
-                 f"WHERE v.table_name = :name AND v.source_id = s.{key_column} "
-                 f"AND v.last_updated <> s.{version} AND v.load_order <= :load_order",
-                 name=name, load_order=load_order)
-        conn.run(f"UPDATE {stage} s SET etl_versioned = true FROM {versions} v "  # nosec B608
-                 f"WHERE v.table_name = :name AND v.source_id = s.{key_column}", name=name)
+        if not fresh:
+            # A version the table holds already (the overlap reading it again) keeps the order of the
+            # batch that brought it: no write per re-read row.
+            conn.run(f"UPDATE {versions} AS v SET last_updated = s.{version}, "  # nosec B608
+                     f"load_order = :load_order FROM {stage} s "
+                     f"WHERE v.table_name = :name AND v.source_id = s.{key_column} "
+                     f"AND v.last_updated <> s.{version} AND v.load_order <= :load_order",
+                     name=name, load_order=load_order)
+            conn.run(f"UPDATE {stage} s SET etl_versioned = true FROM {versions} v "  # nosec B608
+                     f"WHERE v.table_name = :name AND v.source_id = s.{key_column}", name=name)
         conn.run(f"INSERT INTO {versions} (table_name, source_id, last_updated, load_order) "  # nosec B608
                  f"SELECT :name, s.{key_column}, s.{version}, :load_order FROM {stage} s "
                  "WHERE s.etl_versioned IS NULL", name=name, load_order=load_order)
     return written
+
+
+def _keys_unseen(conn: Any, name: str, stage: str, key_column: str, key: str, versioned: bool) -> bool:
+    """True when the table ``name`` (and, ``versioned``, etl_dimension_version) holds no key between the
+    least and the greatest staged key (quoted ``key_column`` of ``stage``, ``key`` of the table): one scan of
+    the stage and one index probe each, against a join per staged row."""
+    low, high = conn.run(f"SELECT min(s.{key_column}), max(s.{key_column}) FROM {stage} s")[0]  # nosec B608
+    if low is None:
+        return True
+    held = conn.run(f"SELECT EXISTS (SELECT 1 FROM {identifier(name)} "  # nosec B608
+                    f"WHERE {key} BETWEEN :low AND :high)", low=low, high=high)[0][0]
+    if not held and versioned:
+        held = conn.run(f"SELECT EXISTS (SELECT 1 FROM {identifier(DIMENSION_VERSIONS)} "  # nosec B608
+                        "WHERE table_name = :name AND source_id BETWEEN :low AND :high)",
+                        name=name, low=low, high=high)[0][0]
+    return not held
 
 
 @dataclass
