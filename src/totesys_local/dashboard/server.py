@@ -47,7 +47,7 @@ def warehouse_url(warehouse: Optional[str], state_dir: "str | os.PathLike[str]")
                              "or give --warehouse URL")
     from totesys_local.cluster import local_cluster
     from totesys_local.runner import WAREHOUSE_DB
-    return local_cluster(state_dir).url(WAREHOUSE_DB)
+    return local_cluster(Path(state_dir)).url(WAREHOUSE_DB)
 
 
 class PageWarmer:

@@ -183,7 +183,7 @@ def _extract_and_land(run: IngestRun, state: Mapping[str, Any]
         in_transaction = [conn]
         try:
             window, exported, wall_now = open_window(
-                conn, tables, state, options.overlap_seconds, export=bool(helpers),
+                conn, tables, cast(IngestState, state), options.overlap_seconds, export=bool(helpers),
                 max_batch_rows=options.max_batch_rows,
                 future_tolerance_seconds=options.future_tolerance_seconds)
             logger.info("snapshot taken", batch_time=format_time(window.batch_time),

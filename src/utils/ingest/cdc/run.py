@@ -198,7 +198,7 @@ def land_changes(conn: Any, s3_client: Any, bucket: str, state: Mapping[str, Any
     if more_waiting:
         logger.info("batch cut: more changes wait for the next batch", lsn=end, lines=taken,
                     max_batch_rows=settings.max_batch_rows)
-    prev_tables = _prev_tables_in_zone(conn, state, zone)
+    prev_tables = _prev_tables_in_zone(conn, cast(IngestState, state), zone)
     # The cursor's rule (utils.ingest.zones): the bound covers every offset in play (a zone moved back
     # since the previous run: rows stamped in the old zone are ordinary rows, not future rows), and the
     # offsets recorded let a switch back to cursor mode start its window low enough.
