@@ -294,7 +294,9 @@ def test_a_bounded_first_load_and_a_batch_mixing_new_and_held_ids_keep_the_rollu
         totesys_url, warehouse_url, pipeline_env, monkeypatch):
     """After the first batch (a fill) every batch of a bounded first load brings new ids only (their
     current rows aggregated directly); then one batch brings new orders with updates and a deletion of
-    ids the warehouse holds (both paths in one statement)."""
+    ids the warehouse holds (both paths in one statement). Every batch labels its design names by a join,
+    as a large batch does (the other tests' small batches take the index-probe path)."""
+    monkeypatch.setattr(rollups, "PROBE_BATCH_ROWS", -1)
     pipeline_env(source_url=totesys_url, warehouse_url=warehouse_url)
     rows = run_sql(totesys_url, "SELECT (SELECT count(*) FROM sales_order) + (SELECT count(*) FROM "
                                 "purchase_order) + (SELECT count(*) FROM payment)")[0][0]
