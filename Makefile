@@ -125,7 +125,8 @@ test: lint security-checks run-pytest
 # slot of its test's own (tests/support/ingest_mode.py); the tests marked cursor_only are skipped, naming
 # why. Not part of make test (its time); no coverage gate (make test measures it).
 test-cdc: $(STAMP) $(DASHBOARD_STAMP) chromium
-	INGEST_MODE=cdc TOTESYS_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15
+	INGEST_MODE=cdc TOTESYS_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile \
+		--no-loadscope-reorder --durations=15 $(TEST_FOLDERS)
 
 # The quick lane while working: no lint, no scale-1 end-to-end tests (marked slow), no coverage gate.
 # The dashboard's test modules import Streamlit and Playwright (requirements-dashboard.txt; no browser is
@@ -167,6 +168,12 @@ simulate: $(STAMP)
 
 psql: $(STAMP)
 	@$(BIN)/totesys psql --state-dir $(STATE_DIR)
+
+# The warehouse DDL as load runs it: sql/warehouse_schema.sql with each table's columns rendered from the
+# catalogue (utils.catalog.warehouse.warehouse_ddl), e.g. `make -s warehouse-ddl | psql URL`.
+.PHONY: warehouse-ddl
+warehouse-ddl: $(STAMP)
+	@PYTHONPATH=src $(BIN)/python -c "from utils.catalog.warehouse import warehouse_ddl; print(warehouse_ddl(), end='')"
 
 # Stops the local emulator that `make run` started (it also stops by itself after 15 min idle), then
 # the embedded PostgreSQL.

@@ -14,6 +14,7 @@ each load reports the rollups' share of it), and (issue 22) ``totesys verify`` (
 Not a test: nothing asserts a time.
 """
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -84,9 +85,13 @@ def _stage_child(stage, event, queue):
         from bench.dashboard_bench import instrument_load, rollup_share
         batches = instrument_load()
     baseline = _peak_mb()
+    profile = _profiler(stage)
     started = time.perf_counter()
     result = handler(event, None)
     seconds = time.perf_counter() - started
+    if profile is not None:
+        profile.disable()
+        profile.dump_stats(os.path.join(os.environ["BENCH_PROFILE_DIR"], f"{stage}-{os.getpid()}.prof"))
     rows = sum((result.get("tables") or {}).values()) if stage != "ingest" else len(result)
     queue.put({"seconds": round(seconds, 2), "peak_mb": _peak_mb(), "baseline_mb": baseline, "rows": rows,
                "event_bytes": len(json.dumps(event, default=str).encode()),
@@ -95,6 +100,19 @@ def _stage_child(stage, event, queue):
                "result": result if stage == "transform" else None,
                "batches": rollup_share(batches) if stage == "load" else None, **spent})
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _profiler(stage):
+    """A running cProfile.Profile when BENCH_PROFILE_DIR is set and BENCH_PROFILE (comma-separated
+    stages, default all) names ``stage``; its stats go to that folder, one file per invocation."""
+    if not os.environ.get("BENCH_PROFILE_DIR"):
+        return None
+    if stage not in os.environ.get("BENCH_PROFILE", "ingest,transform,load").split(","):
+        return None
+    import cProfile
+    profile = cProfile.Profile()
+    profile.enable()
+    return profile
 
 
 def invoke(stage, event=None):
@@ -123,6 +141,37 @@ def _limit_findings(stage, figures):
     return [f"{finding.level}: {finding.message}" for finding in findings]
 
 
+def _admin(admin_url, sql):
+    from totesys_local.cluster import admin_connection
+    from utils.db.connection import close_db_connection
+    conn = admin_connection(admin_url)
+    try:
+        return conn.run(sql)
+    finally:
+        close_db_connection(conn)
+
+
+def _log_slow_statements(admin_url, databases):
+    """With BENCH_LOG_STATEMENTS_MS, the server logs each statement of ``databases`` taking at least that
+    many ms (kept by ``_keep_server_log``): where a stage's time goes inside PostgreSQL."""
+    threshold = os.environ.get("BENCH_LOG_STATEMENTS_MS")
+    if not threshold:
+        return
+    from pg8000.native import identifier
+
+    for name in databases:
+        _admin(admin_url, f"ALTER DATABASE {identifier(name)} SET log_min_duration_statement = "
+                          f"{int(threshold)}")
+
+
+def _keep_server_log(ctx, label):
+    """With BENCH_LOG_STATEMENTS_MS, a copy of the server's log beside the figures."""
+    if not os.environ.get("BENCH_LOG_STATEMENTS_MS"):
+        return
+    datadir = _admin(ctx["admin_url"], "SELECT current_setting('data_directory')")[0][0]
+    shutil.copy(os.path.join(datadir, "server.log"), ctx["workdir"] / f"scale-{label}-server.log")
+
+
 def _load_average():
     return round(os.getloadavg()[0], 2)
 
@@ -143,6 +192,7 @@ def backfill(scale, max_rows):
         print(f"x{scale:g} floor {floor_figures}", flush=True)
         create_database(ctx["admin_url"], f"scale_warehouse_{label}")
         warehouse_url = with_database(ctx["admin_url"], f"scale_warehouse_{label}")
+        _log_slow_statements(ctx["admin_url"], [f"scale_warehouse_{label}", "bench_totesys"])
         s3 = boto3.client("s3")
         buckets = (f"scale-ingest-{label}", f"scale-processed-{label}")
         for bucket in buckets:
@@ -203,6 +253,7 @@ def backfill(scale, max_rows):
                    "incremental_load": incremental["load"]["batches"], "dashboard": dashboard,
                    "load_average": {"before": load_before, "after": _load_average()}}
         summary["verify"] = verify_bench.run(ctx["source_url"], warehouse_url, buckets[0])
+        _keep_server_log(ctx, label)
         figures = json.dumps({"summary": summary, "rounds": rounds}, indent=2)
         (ctx["workdir"] / f"scale-{label}.json").write_text(figures)
         print(json.dumps(summary, indent=2), flush=True)
@@ -242,6 +293,7 @@ def main():
 
     max_rows = int(os.environ.get("MAX_BATCH_ROWS", DEFAULT_MAX_BATCH_ROWS))
     port = _free_port()
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the moto server's line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",

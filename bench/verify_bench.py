@@ -53,7 +53,8 @@ def _timed(source_url, warehouse_url, bucket):
         postmaster = _postmaster(source)
         cpu_before, own_before = cluster_cpu(postmaster), time.process_time()
         started = time.perf_counter()
-        report = verify(source, warehouse, boto3.client("s3"), bucket, 3600)
+        second = lambda: connect_to_db(credentials=credentials_from_url(warehouse_url))  # noqa: E731
+        report = verify(source, warehouse, boto3.client("s3"), bucket, 3600, connect_warehouse=second)
         seconds = round(time.perf_counter() - started, 2)
         cpu = {"postgres": round(cluster_cpu(postmaster) - cpu_before, 2),
                "python": round(time.process_time() - own_before, 2)}

@@ -183,7 +183,8 @@ def _runner(args: argparse.Namespace) -> int:
 
 def _dashboard(args: argparse.Namespace) -> int:
     from totesys_local.dashboard.server import serve
-    return serve(args.warehouse, args.port, args.state_dir)
+    serve(args.warehouse, args.port, args.state_dir)
+    return 0
 
 
 def _cdc(args: argparse.Namespace) -> int:

@@ -73,7 +73,9 @@ def command_verify(args: Namespace, out: Callable[[str], None] = print) -> int:
                 folder_identity.refuse_other_databases(
                     args.state_dir, {"source": (source_url, database_identity(source))})
                 report = verify(source, warehouse, FolderS3(Path(args.state_dir) / "s3"),
-                                BUCKETS["INGEST_BUCKET"], _overlap_seconds())
+                                BUCKETS["INGEST_BUCKET"], _overlap_seconds(),
+                                connect_warehouse=lambda: connect_to_db(
+                                    credentials=credentials_from_url(warehouse_url), role="warehouse"))
             finally:
                 close_db_connection(warehouse)
         finally:

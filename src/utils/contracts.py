@@ -132,7 +132,8 @@ class IngestState(TypedDict, total=False):
     ``manifest_key``/``batch_id`` name the last batch with data (None until one); ``tables`` holds every
     table ever read, ``high`` a raw source stamp (an entry without ``utc``: in ``timezone``); ``clock``:
     the last run's readings (``utils.ingest.zones``); ``more_waiting``: the last batch was cut at
-    MAX_BATCH_ROWS (``utils.ingest.bounded``); ``source``: the source's identity (``utils.db.identity``),
+    MAX_BATCH_ROWS (``utils.ingest.bounded``), ``planned_cuts`` (only then) the backfill's later cuts, raw
+    source stamps in ``timezone``; ``source``: the source's identity (``utils.db.identity``),
     never a credential; ``cdc``: INGEST_MODE=cdc's slot pointer."""
     manifest_key: Optional[str]
     batch_id: Optional[str]
@@ -144,6 +145,7 @@ class IngestState(TypedDict, total=False):
     held_deletes: Dict[str, HeldDeletes]
     source: Optional[Dict[str, Optional[str]]]
     cdc: "CdcPointer"
+    planned_cuts: List[str]
 
 
 class CdcPointer(TypedDict):

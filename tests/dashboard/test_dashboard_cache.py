@@ -7,6 +7,7 @@ from tests.support.dashboard_page import parse_page
 from tests.support.db import connect, run_sql
 from totesys_local.dashboard.app import render_page
 from totesys_local.dashboard.cache import PageCache
+from totesys_local.dashboard.server import PageWarmer
 from utils.db.connection import close_db_connection
 from utils.load.rollups import rebuild_rollups
 
@@ -83,3 +84,31 @@ def test_the_page_is_served_from_the_cache_until_a_batch_is_loaded_or_the_rollup
     finally:
         close_db_connection(conn)
     assert shown_orders(url, cache) == first
+
+
+@pytest.mark.slow
+def test_the_warmer_computes_the_page_once_per_data_version_and_pages_then_come_from_memory(
+        new_database, warehouse_template):
+    url, cache = new_database(template=warehouse_template), PageCache()
+    warmer = PageWarmer(url, cache, interval=3600)
+    warmer.start()  # renders now, in its thread; a request waits for that render
+    warmer.wait()
+    assert warmer.renders == 1 and cache.misses > 0
+    misses = cache.misses
+    first = shown_orders(url, cache)
+    assert cache.misses == misses  # the visitor's page: every figure from memory
+    assert warmer.warm_once() is False and warmer.renders == 1  # same data version: nothing computed
+
+    run_sql(url, "INSERT INTO etl_load_ledger (batch_id, manifest_key, row_counts) "
+                 "VALUES ('29991231T235959000000', 'k', '{}')")
+    assert warmer.warm_once() is True and cache.misses > misses
+    misses = cache.misses
+    assert shown_orders(url, cache) == first and cache.misses == misses
+    warmer.stop()
+
+
+def test_the_warmer_renders_a_page_that_cannot_be_read_every_time_and_never_raises():
+    cache = PageCache()
+    warmer = PageWarmer("postgresql://u:p@127.0.0.1:1/w", cache, interval=3600)
+    assert warmer.warm_once() is True and warmer.warm_once() is True
+    assert warmer.renders == 2

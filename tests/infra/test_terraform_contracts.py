@@ -23,7 +23,7 @@ EXPECTED_BUCKET_ACCESS = {
     "ingest": {"ingest": {"s3:ListBucket", "s3:GetObject", "s3:PutObject"}},
     "transform": {"ingest": {"s3:ListBucket", "s3:GetObject"},
                   "processed": {"s3:ListBucket", "s3:GetObject", "s3:PutObject"}},
-    # the load writes one object, the rebuild pointer (tests/verify/test_rebuild_on_aws.py exercises it)
+    # the load writes one object, the rebuild pointer (tests/integration/rebuild/test_rebuild_on_aws.py)
     "load": {"processed": {"s3:ListBucket", "s3:GetObject", "s3:PutObject"}},
 }
 EXPECTED_SECRETS = {"ingest": {"totesys"}, "transform": set(), "load": {"warehouse"}}

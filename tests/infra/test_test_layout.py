@@ -1,7 +1,9 @@
 """The tests mirror the packages (tests/README.md): every test module sits in unit/ or integration/ under
 a folder named like the src/utils package it tests, or in one of the suites of their own; every folder is
-a package. A module added at the old places (tests/test_*.py, tests/cdc, tests/verify, tests/utils) fails
-here, naming where it belongs."""
+a package; no test imports another test module or a conftest (shared helpers live in tests/support/). A
+module added at the old places (tests/test_*.py, tests/cdc, tests/verify, tests/utils) fails here, naming
+where it belongs."""
+import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,3 +68,29 @@ def test_make_test_runs_every_folder_the_layout_allows():
                 if line.startswith("TEST_FOLDERS :="))
     folders = line.split(":=")[1].split()
     assert sorted(folders) == sorted(f"tests/{name}" for name in SUITES | SPLIT)
+
+
+def imports_of_tests(repo):
+    """[(file, module)] of the imports, under repo/tests, of a test module or a conftest."""
+    found = []
+    for path in sorted((repo / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
+                [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            for name in names:
+                last = name.rsplit(".", 1)[-1]
+                if name.startswith("tests.") and (last.startswith("test_") or last == "conftest"):
+                    found.append((str(path.relative_to(repo)), name))
+    return found
+
+
+def test_no_test_imports_another_test_module_or_a_conftest():
+    assert imports_of_tests(REPO) == []
+
+
+def test_the_import_check_finds_a_conftest_and_a_test_module_imported(tmp_path):
+    (tmp_path / "tests" / "a").mkdir(parents=True)
+    (tmp_path / "tests" / "a" / "test_x.py").write_text(
+        "from tests.a.conftest import helper\nimport tests.b.test_y\nfrom tests.support.db import run_sql\n")
+    assert imports_of_tests(tmp_path) == [("tests/a/test_x.py", "tests.a.conftest"),
+                                          ("tests/a/test_x.py", "tests.b.test_y")]

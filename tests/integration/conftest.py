@@ -17,12 +17,14 @@ def loaded(pipeline_env, source_url, warehouse_url):
 
 @pytest.fixture
 def check():
-    """``check(source_url, warehouse_url, bucket)`` -> the verify Report (real connections, moto S3)."""
-    def run(source_url, warehouse_url, bucket, overlap=3600):
+    """``check(source_url, warehouse_url, bucket, second=False)`` -> the verify Report (real connections,
+    moto S3; ``second``: the history and rollup checks on a second warehouse connection)."""
+    def run(source_url, warehouse_url, bucket, overlap=3600, second=False):
         source = connect_to_db(credentials=credentials_from_url(source_url), timezone=None)
         warehouse = connect_to_db(credentials=credentials_from_url(warehouse_url))
+        connect = (lambda: connect_to_db(credentials=credentials_from_url(warehouse_url))) if second else None
         try:
-            return verify(source, warehouse, boto3.client("s3"), bucket, overlap)
+            return verify(source, warehouse, boto3.client("s3"), bucket, overlap, connect_warehouse=connect)
         finally:
             close_db_connection(source)
             close_db_connection(warehouse)

@@ -124,7 +124,7 @@ def source_wall_clock(url):
 
 def fall_back_zone(url, seconds):
     """A POSIX zone (UTC-5 standard, UTC-4 daylight since January 1) whose daylight time ends ``seconds``
-    from now on the database's clock (as tests/test_ingest_timezones.py builds it)."""
+    from now on the database's clock (as tests/integration/ingest/test_ingest_timezones.py builds it)."""
     utc_now = run_sql(url, "SELECT now() AT TIME ZONE 'UTC'")[0][0]
     end = (utc_now + timedelta(seconds=seconds) - timedelta(hours=4)).replace(microsecond=0)
     day = end.timetuple().tm_yday

@@ -12,8 +12,9 @@ orders) with two things added that the pipeline never reads:
   (a bad value the warehouse cannot hold) can be written, as a source without its constraints would.
 
 The warehouse template holds the warehouse schema with ``fact_purchase_order.item_quantity`` as
-``smallint`` (an existing warehouse narrower than the source, as tests/test_quarantine.py uses): a
-quantity above 32767 is an out-of-range number the load must quarantine.
+``smallint`` (an existing warehouse narrower than the source, as
+tests/integration/transform/test_quarantine.py uses): a quantity above 32767 is an out-of-range number the
+load must quarantine.
 """
 import uuid
 

@@ -1,4 +1,6 @@
 """Test helpers: a database given by URL (the one way tests run SQL)."""
+import os
+
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
 
 
@@ -14,3 +16,11 @@ def run_sql(url, sql, **params):
         return conn.run(sql, **params)
     finally:
         close_db_connection(conn)
+
+
+def pgpass_file(folder, text, mode=0o600):
+    """A libpq password file in ``folder`` holding ``text``: the environment that names it."""
+    path = folder / "pgpass"
+    path.write_text(text)
+    os.chmod(path, mode)
+    return {"PGPASSFILE": str(path)}

@@ -15,7 +15,9 @@ import hashlib
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from html import escape
-from typing import Callable, List, Mapping, Optional, Sequence
+from typing import Any, Callable, List, Mapping, Optional, Sequence
+
+from pg8000.native import Connection
 
 from totesys_local.dashboard import charts, queries
 from totesys_local.dashboard.cache import PageCache
@@ -261,7 +263,7 @@ def document(body: str, aside: str = "") -> str:
             + "</body></html>")
 
 
-def _sections(conn, url: str, query: Mapping[str, Sequence[str]], cache: PageCache,
+def _sections(conn: Connection, url: str, query: Mapping[str, Sequence[str]], cache: PageCache,
               now: Optional[datetime]) -> Page:
     state = queries.status(conn)
     if state == "no-rollups":
@@ -273,7 +275,7 @@ def _sections(conn, url: str, query: Mapping[str, Sequence[str]], cache: PageCac
         return Page(200, document(message("info", f"The warehouse is empty: it {what}. {RUN_HINT}")))
     version = queries.data_version(conn)
 
-    def fetch(query_function, *args):
+    def fetch(query_function: Callable[..., Any], *args: Any) -> Any:
         return cache.get(url, version, (query_function.__name__, args), lambda: query_function(conn, *args))
 
     choices = fetch(queries.filter_choices)
@@ -288,7 +290,9 @@ def _sections(conn, url: str, query: Mapping[str, Sequence[str]], cache: PageCac
     pipeline = fetch(queries.pipeline, None, RECENT_BATCHES)
     parts = notes + [section_pipeline(pipeline, fetch(queries.quarantine),
                                       now or datetime.now(timezone.utc))]
-    parts += [render(fetch, filters) for render in SALES_SECTIONS]
+    # the sales sections' HTML depends only on the data version and the filters: rendered once per both
+    parts.append(cache.get(url, version, ("sales sections", filters), lambda: "".join(
+        render(fetch, filters) for render in SALES_SECTIONS)))
     return Page(status, document("".join(parts), filter_form(choices, filters)))
 
 

@@ -4,7 +4,7 @@ render is served from memory, and the first page read after a new batch computes
 """
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Hashable
+from typing import Any, Callable, Dict, Hashable, Tuple
 
 
 class PageCache:
@@ -16,15 +16,15 @@ class PageCache:
     are kept, the least recently used dropped first. ``hits`` and ``misses`` count the lookups.
     """
 
-    def __init__(self, max_entries=512):
+    def __init__(self, max_entries: int = 512) -> None:
         self.max_entries = max_entries
         self.hits = 0
         self.misses = 0
-        self._entries: "OrderedDict[tuple, Any]" = OrderedDict()
+        self._entries: "OrderedDict[Tuple[str, Hashable, Hashable], Any]" = OrderedDict()
         self._versions: Dict[str, Hashable] = {}
         self._lock = threading.Lock()
 
-    def get(self, url, version, key, compute: Callable[[], Any]):
+    def get(self, url: str, version: Hashable, key: Hashable, compute: Callable[[], Any]) -> Any:
         """The cached result of ``key`` for ``url`` at ``version``, else ``compute()``'s (then kept)."""
         entry = (url, version, key)
         with self._lock:

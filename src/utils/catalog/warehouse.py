@@ -102,6 +102,15 @@ def processed_schema(name: str, warehouse_schema: pa.Schema) -> pa.Schema:
 
 
 PROCESSED_SCHEMAS = {name: processed_schema(name, schema) for name, schema in WAREHOUSE_SCHEMAS.items()}
+
+
+def optional_columns(table: str) -> Tuple[str, ...]:
+    """The columns of warehouse ``table`` that may be NULL (``WAREHOUSE_SCHEMAS``): a processed file written
+    before such a column was added to the catalogue (a batch transformed before the change, loaded after)
+    reads as NULLs there; a NOT NULL column must be in the file."""
+    return tuple(field.name for field in WAREHOUSE_SCHEMAS[table] if field.nullable)
+
+
 # The source table (and its id column in the warehouse table) each warehouse row comes from.
 WAREHOUSE_SOURCES = {
     "dim_staff": ("staff", "staff_id"), "dim_location": ("address", "location_id"),

@@ -6,7 +6,7 @@ It replaces pg8000's ``handle_messages`` for one statement and reads the connect
 """
 import struct
 import types
-from typing import List
+from typing import Any, List
 
 import pg8000
 import pg8000.exceptions
@@ -19,12 +19,12 @@ _SIZE = struct.Struct("!i")
 SUPPORTED_PG8000 = ("1.31.",)
 
 
-def fast_copy_supported():
+def fast_copy_supported() -> bool:
     """True when the installed pg8000 is a release the block reader was written for."""
     return pg8000.__version__.startswith(SUPPORTED_PG8000)
 
 
-def copy_out(conn, sql, stream, fast=True):
+def copy_out(conn: Any, sql: str, stream: Any, fast: bool = True) -> Any:
     """``conn.run(sql, stream=stream)`` for a ``COPY ... TO STDOUT``, with the server's messages read
     in blocks.
 
@@ -44,7 +44,7 @@ def copy_out(conn, sql, stream, fast=True):
         del conn.handle_messages
 
 
-def _handle_messages_in_blocks(conn, context):
+def _handle_messages_in_blocks(conn: Any, context: Any) -> None:
     """Drop-in for pg8000's Connection.handle_messages (1.31): same dispatch, block-wise reads."""
     sock, handlers = conn._sock, conn.message_types
     code = None
@@ -89,7 +89,7 @@ def _handle_messages_in_blocks(conn, context):
         raise context.error
 
 
-def _read_exactly(sock, size):
+def _read_exactly(sock: Any, size: int) -> bytes:
     data = sock.read(size)
     if len(data) != size:
         raise pg8000.exceptions.InterfaceError("network error")

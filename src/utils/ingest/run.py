@@ -183,7 +183,7 @@ def _extract_and_land(run: IngestRun, state: Mapping[str, Any]
         in_transaction = [conn]
         try:
             window, exported, wall_now = open_window(
-                conn, tables, state, options.overlap_seconds, export=bool(helpers),
+                conn, tables, cast(IngestState, state), options.overlap_seconds, export=bool(helpers),
                 max_batch_rows=options.max_batch_rows,
                 future_tolerance_seconds=options.future_tolerance_seconds)
             logger.info("snapshot taken", batch_time=format_time(window.batch_time),
@@ -385,6 +385,8 @@ def _commit_batch(run: IngestRun, state: Mapping[str, Any], etag: Optional[str],
             new_state["tables"][table]["future_from"] = format_time(window.future_from[table])
         if detection and table in detection.keys:
             new_state["tables"][table]["keys"] = detection.keys[table]
+    if window.planned_cuts:
+        new_state["planned_cuts"] = [format_time(cut) for cut in window.planned_cuts]
     if detection is not None:
         new_state["held_deletes"] = held_deletes(state, tables, detection)
     if cdc is not None:

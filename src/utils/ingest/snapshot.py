@@ -13,7 +13,7 @@ Beside the window, a run takes the rows of keys new since the previous run below
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from pg8000.native import identifier
 
@@ -22,7 +22,8 @@ from utils.catalog.source_schema import check_source_schema
 from utils.db.connection import end_quietly
 from utils.errors import ConfigError, CorruptFileError, TotesysError
 from utils.format_time import format_time, parse_time
-from utils.ingest.bounded import BOUNDED_TABLES, OverlapRereads, batch_cut
+from utils.contracts import IngestState
+from utils.ingest.bounded import BOUNDED_TABLES, OverlapRereads, plan_cuts
 from utils.ingest.zones import Clock, table_windows
 from utils.logger import get_logger
 
@@ -57,7 +58,7 @@ class Window:
     ``ignored_columns``: ``{table: [column]}`` the source has beyond the spec. ``future_from``:
     ``{table: source wall-clock time}`` at and after which a row is a future row (``utils.ingest.backdated``).
     ``wall_clock``: the source's wall clock; ``offsets``: ``{table: UTC offsets in seconds}`` to record
-    (``utils.ingest.zones``).
+    (``utils.ingest.zones``). ``planned_cuts``: the later cuts of a backfill (``utils.ingest.bounded``).
     """
     batch_time: datetime
     timezone: str
@@ -71,10 +72,12 @@ class Window:
     lows: dict = field(default_factory=dict)
     wall_clock: Optional[datetime] = None
     offsets: dict = field(default_factory=dict)
+    planned_cuts: Tuple[datetime, ...] = ()
 
 
-def open_window(conn, tables, state, overlap_seconds, export=False, max_batch_rows=0,
-                future_tolerance_seconds=None):
+def open_window(conn: Any, tables: Sequence[str], state: IngestState, overlap_seconds: int,
+                export: bool = False, max_batch_rows: int = 0, future_tolerance_seconds: Optional[int] = None
+                ) -> Tuple[Window, Optional[str], datetime]:
     """Read the run's bounds in ``conn``'s open snapshot transaction; return ``(Window, exported
     snapshot id or None, the source's wall clock)``.
 
@@ -108,7 +111,7 @@ def open_window(conn, tables, state, overlap_seconds, export=False, max_batch_ro
     windows = table_windows(conn, tables, prev_tables, Clock(batch_time, wall_now), (prev_zone, zone),
                             overlap_seconds, Clock.from_state(state), carried)
     highs = {table: windows[table].high for table in tables}
-    lows = {table: windows[table].low for table in tables if windows[table].low is not None}
+    lows: Dict[str, datetime] = {table: low for table in tables if (low := windows[table].low) is not None}
     future_from = {}
     if future_tolerance_seconds is not None:
         # The wall clock has shown at most ``high`` + the shift (it goes back at a fall-back): a row
@@ -116,8 +119,9 @@ def open_window(conn, tables, state, overlap_seconds, export=False, max_batch_ro
         ahead = timedelta(seconds=dst_shift + future_tolerance_seconds)
         future_from = {table: highs[table] + ahead for table in tables}
     lower = {table: parse_time(prev_tables[table]["high"]) for table in tables if table in prev_tables}
-    cut = batch_cut(conn, tables, lower, dict(highs), max_batch_rows,
-                    _rereads(prev_tables, lows, snapshot))
+    planned = plan_cuts(conn, tables, lower, dict(highs), max_batch_rows,
+                        _rereads(prev_tables, lows, snapshot), _planned_cuts(state, zone))
+    cut = planned.cut
     if cut is not None:
         for table in tables:
             if table in BOUNDED_TABLES:
@@ -126,11 +130,21 @@ def open_window(conn, tables, state, overlap_seconds, export=False, max_batch_ro
                     max_batch_rows=max_batch_rows)
     window = Window(batch_time, zone, snapshot, highs, prev_tables, overlap_seconds, ignored,
                     more_waiting=cut is not None, future_from=future_from, lows=lows, wall_clock=wall_now,
-                    offsets={table: sorted(windows[table].offsets) for table in tables})
+                    offsets={table: sorted(windows[table].offsets) for table in tables},
+                    planned_cuts=planned.planned if cut is not None else ())
     return window, (row[5] if export else None), wall_now
 
 
-def _rereads(prev_tables, lows, snapshot):
+def _planned_cuts(state: IngestState, zone: str) -> Tuple[datetime, ...]:
+    """The cuts the previous round planned (``utils.ingest.bounded.plan_cuts``), when its zone is ``zone``
+    (a plan in another zone's wall-clock time is dropped: the round plans again)."""
+    if state.get("timezone") != zone:
+        return ()
+    return tuple(parse_time(cut) for cut in state.get("planned_cuts") or ())
+
+
+def _rereads(prev_tables: Dict[str, Dict[str, Any]], lows: Dict[str, datetime],
+             snapshot: str) -> OverlapRereads:
     """The OverlapRereads of the tables with a previous high (window lower bounds ``lows``), for
     ``batch_cut``."""
     cur_xmax = snapshot_bounds(snapshot)[1]
@@ -140,7 +154,7 @@ def _rereads(prev_tables, lows, snapshot):
         xid_base=cur_xmax >> 32 << 32, cur_xmax=cur_xmax)
 
 
-def _prev_tables_in_zone(conn, state, zone):
+def _prev_tables_in_zone(conn: Any, state: IngestState, zone: str) -> Dict[str, Dict[str, Any]]:
     """The state pointer's ``tables``, one WARNING when the zone changed since ``state``. The entries
     written before ``utc`` was recorded get each ``high`` (and ``future_from``) converted into ``zone``
     by the server (a state without a zone: UTC); the others keep their raw bounds (``utils.ingest.zones``
@@ -167,7 +181,7 @@ def _prev_tables_in_zone(conn, state, zone):
     return prev_tables
 
 
-def largest_first(conn, tables):
+def largest_first(conn: Any, tables: Sequence[str]) -> List[str]:
     """``tables`` ordered by their size on disk, largest first (ties keep their order), so that
     parallel readers finish together."""
     sizes = dict(conn.run(
@@ -177,7 +191,7 @@ def largest_first(conn, tables):
     return sorted(tables, key=lambda table: -sizes.get(table, 0))
 
 
-def import_snapshot(conn, snapshot_id):
+def import_snapshot(conn: Any, snapshot_id: Optional[str]) -> None:
     """Open a REPEATABLE READ READ ONLY transaction on ``conn`` that sees the exported snapshot
     ``snapshot_id`` (the exporting transaction must still be open).
 
@@ -195,7 +209,7 @@ def import_snapshot(conn, snapshot_id):
         raise
 
 
-def snapshot_bounds(snapshot_text):
+def snapshot_bounds(snapshot_text: str) -> Tuple[int, int]:
     """Return (xmin, xmax) of a pg_snapshot text 'xmin:xmax:xip,...' as ints."""
     try:
         xmin, xmax, _ = snapshot_text.split(":", 2)
@@ -204,25 +218,35 @@ def snapshot_bounds(snapshot_text):
         raise CorruptFileError(f"ingest state holds a malformed snapshot {snapshot_text!r}") from None
 
 
-def full_xid_sql(raw_xid_sql):
+def setting(name: str, sql_type: str) -> str:
+    """SQL for the transaction's setting ``totesys.<name>`` as ``sql_type``, read once per statement.
+
+    An uncorrelated scalar sub-query is an InitPlan: evaluated once, where ``current_setting(...)`` in a
+    WHERE clause is a stable function call PostgreSQL evaluates again for every row a scan filters (with
+    its cast: a quarter of a bounded table's COPY, measured, docs/BENCHMARKS.md). ``name`` and ``sql_type``
+    are fixed by the callers, never input."""
+    return f"(SELECT current_setting('totesys.{name}')::{sql_type})"
+
+
+def full_xid_sql(raw_xid_sql: str) -> str:
     """SQL for the 64-bit xid of a 32-bit xid (e.g. ``xmin::text::bigint``).
 
     Uses the epoch of the current snapshot's xmax (settings ``totesys.xid_base`` = epoch << 32 and
     ``totesys.cur_xmax``): a raw xid that would land after xmax belongs to the previous epoch.
     """
-    base = "current_setting('totesys.xid_base')::bigint"
-    cur = "current_setting('totesys.cur_xmax')::bigint"
+    base, cur = setting("xid_base", "bigint"), setting("cur_xmax", "bigint")
     return (f"({base} + {raw_xid_sql} - CASE WHEN {base} + {raw_xid_sql} > {cur} "
             f"THEN {XID_WRAP} ELSE 0 END)")
 
 
-def select_list(table_name):
+def select_list(table_name: str) -> str:
     """Return the quoted column list of a source table in physical order (allow-listed names only)."""
     check_source_table(table_name)
     return ", ".join(identifier(name) for name in SOURCE_SCHEMAS[table_name].names)
 
 
-def copy_sql(table, incremental, backdated=False, future=False, after_future=False):
+def copy_sql(table: str, incremental: bool, backdated: bool = False, future: bool = False,
+             after_future: bool = False) -> str:
     """The COPY statement for one table; bounds come from the transaction's totesys.* settings.
 
     The window: ``last_updated < high`` and, when ``incremental``, at or after ``low`` and not landed by
@@ -232,12 +256,12 @@ def copy_sql(table, incremental, backdated=False, future=False, after_future=Fal
     """
     check_source_table(table)
     updated = identifier("last_updated")
-    landed = f"{full_xid_sql('xmin::text::bigint')} < current_setting('totesys.prev_xmin')::bigint"
-    below_high = f"{updated} < current_setting('totesys.high')::timestamp"
+    landed = f"{full_xid_sql('xmin::text::bigint')} < {setting('prev_xmin', 'bigint')}"
+    below_high = f"{updated} < {setting('high', 'timestamp')}"
     where = below_high
     if incremental:
-        where += (f" AND {updated} >= current_setting('totesys.low')::timestamp"
-                  f" AND NOT ({updated} < current_setting('totesys.prev_high')::timestamp AND {landed})")
+        where += (f" AND {updated} >= {setting('low', 'timestamp')}"
+                  f" AND NOT ({updated} < {setting('prev_high', 'timestamp')} AND {landed})")
     if backdated:
         # An uncorrelated IN sub-query: expanded once into a hash, not re-parsed per row.
         key = identifier(PRIMARY_KEYS[table])
@@ -246,9 +270,9 @@ def copy_sql(table, incremental, backdated=False, future=False, after_future=Fal
                    "current_setting('totesys.new_last')::integer[]) AS r(f, l))")
         where = f"({below_high} AND (({where}) OR {new_key}))"
     if future:
-        ahead = f"{updated} >= current_setting('totesys.future_from')::timestamp"
+        ahead = f"{updated} >= {setting('future_from', 'timestamp')}"
         if after_future:
-            ahead += (f" AND NOT ({updated} >= current_setting('totesys.prev_future_from')::timestamp"
+            ahead += (f" AND NOT ({updated} >= {setting('prev_future_from', 'timestamp')}"
                       f" AND {landed})")
         where = f"({where}) OR ({ahead})"
     # Identifiers come from the allow-list and are quoted; values arrive through set_config.

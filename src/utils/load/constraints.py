@@ -38,7 +38,7 @@ holding locks, the batch rolled back and retried by the next run. A lower lock_t
 already has (derived from the Lambda's remaining time) is kept.
 """
 import time
-from typing import List
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import pg8000.exceptions
 from pg8000.native import identifier
@@ -65,7 +65,7 @@ RESTORE_WAIT_MS = 10_000
 logger = get_logger("load")
 
 
-def foreign_keys(conn, table):
+def foreign_keys(conn: Any, table: str) -> List[Tuple[str, str, bool]]:
     """[(constraint name, definition, validated)] of ``table``'s foreign keys in the current schema, by
     name. The definition is PostgreSQL's own ``pg_get_constraintdef`` text (deferrability and NOT VALID
     included): re-created from it, the constraint is what it was."""
@@ -77,7 +77,7 @@ def foreign_keys(conn, table):
     return [(name, definition, bool(validated)) for name, definition, validated in rows]
 
 
-def checked_at_once(conn, table):
+def checked_at_once(conn: Any, table: str) -> bool:
     """True when ``table`` has foreign keys and every one checks a new row before the statement ends:
     validated (not NOT VALID: a key being restored is) and not INITIALLY DEFERRED (checked only at
     COMMIT). False while its keys are suspended (there are none): the load checks the rows itself."""
@@ -89,12 +89,12 @@ def checked_at_once(conn, table):
     return bool(rows[0][0])
 
 
-def is_foreign_key_violation(err):
+def is_foreign_key_violation(err: BaseException) -> bool:
     """True for ForeignKeyViolationError and for PostgreSQL's foreign_key_violation (23503)."""
     return isinstance(err, ForeignKeyViolationError) or sqlstate(err)[0] == FOREIGN_KEY_VIOLATION
 
 
-def may_alter(conn, table):
+def may_alter(conn: Any, table: str) -> bool:
     """True when the session may drop and re-create ``table``'s foreign keys: it has its owner's
     privileges and the REFERENCES privilege on every table they reference."""
     rows = conn.run(
@@ -106,7 +106,7 @@ def may_alter(conn, table):
     return bool(rows and rows[0][0])
 
 
-def use_setwise(conn, table, rows):
+def use_setwise(conn: Any, table: str, rows: int) -> bool:
     """True when appending ``rows`` rows to ``table`` should validate its foreign keys set-wise."""
     if rows < SETWISE_MIN_ROWS:
         return False
@@ -116,13 +116,13 @@ def use_setwise(conn, table, rows):
     return rows >= SETWISE_MIN_FRACTION * (existing[0][0] if existing else 0)
 
 
-def suspended_tables(conn):
+def suspended_tables(conn: Any) -> Set[str]:
     """The fact tables whose foreign keys are suspended (recorded in etl_suspended_foreign_key)."""
     sql = f"SELECT DISTINCT table_name FROM {identifier(SUSPENDED_KEYS)}"  # nosec B608
     return {row[0] for row in conn.run(sql)}
 
 
-def _referenced(conn, table):
+def _referenced(conn: Any, table: str) -> List[str]:
     """The tables ``table``'s foreign keys reference, by name."""
     return [row[0] for row in conn.run(
         "SELECT DISTINCT r.relname::text FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid "
@@ -130,7 +130,7 @@ def _referenced(conn, table):
         "AND c.relnamespace = current_schema()::regnamespace ORDER BY 1", table=table)]
 
 
-def _suspend_once(conn, table):
+def _suspend_once(conn: Any, table: str) -> Optional[bool]:
     """One attempt of ``suspend_foreign_keys``; True when the keys were suspended, None when the table
     has none, False when the lock was not granted in time."""
     conn.run("START TRANSACTION")
@@ -170,7 +170,7 @@ def _suspend_once(conn, table):
         raise
 
 
-def suspend_foreign_keys(conn, table):
+def suspend_foreign_keys(conn: Any, table: str) -> bool:
     """Drop ``table``'s foreign keys until ``restore_foreign_keys`` (outside any transaction; see the
     module docstring). Returns True when they were suspended; False (keys kept, row-by-row checks, one
     WARNING naming what it waited for) when ACCESS EXCLUSIVE was not granted in time."""
@@ -193,7 +193,7 @@ def suspend_foreign_keys(conn, table):
     return False
 
 
-def suspend_for_execution(conn, pending_rows):
+def suspend_for_execution(conn: Any, pending_rows: Dict[str, int]) -> Set[str]:
     """Suspend the keys of each fact table whose pending rows (``{table: rows}``) reach the thresholds,
     when the load user may; returns the fact tables suspended now or before."""
     suspended = suspended_tables(conn)
@@ -208,7 +208,7 @@ def suspend_for_execution(conn, pending_rows):
     return suspended
 
 
-def _in_transaction(conn, body, wait_ms=RESTORE_WAIT_MS):
+def _in_transaction(conn: Any, body: Callable[[], Any], wait_ms: int = RESTORE_WAIT_MS) -> bool:
     """Run ``body()`` in one transaction holding the loads' advisory lock, lock waits bounded; True when
     it committed, False when a lock wait ended (rolled back)."""
     conn.run("START TRANSACTION")
@@ -228,12 +228,12 @@ def _in_transaction(conn, body, wait_ms=RESTORE_WAIT_MS):
         raise
 
 
-def _records(conn):
+def _records(conn: Any) -> List[List[Any]]:
     return conn.run(f"SELECT table_name, constraint_name, definition, was_validated, re_added "  # nosec B608
                     f"FROM {identifier(SUSPENDED_KEYS)} ORDER BY 1, 2")
 
 
-def _re_add(conn):
+def _re_add(conn: Any) -> None:
     """Re-add every suspended key not yet back, NOT VALID (instant, no scan)."""
     for table, name, definition, validated, re_added in _records(conn):
         if re_added:
@@ -248,11 +248,11 @@ def _re_add(conn):
                  table=table, name=name)
 
 
-def _validate(conn, table, name, violations):
+def _validate(conn: Any, table: str, name: str, violations: List[ForeignKeyViolationError]) -> bool:
     """VALIDATE one re-added key and forget its record (one transaction). A dangling reference (which
     the batches' own checks should have made impossible) leaves the key NOT VALID (later batches then
     park dangling rows before appending) and is added to ``violations``."""
-    def body():
+    def body() -> None:
         try:
             conn.run("SAVEPOINT validate_key")
             conn.run(f"ALTER TABLE {identifier(table)} VALIDATE CONSTRAINT {identifier(name)}")
@@ -266,7 +266,7 @@ def _validate(conn, table, name, violations):
     return _in_transaction(conn, body)
 
 
-def restore_foreign_keys(conn):
+def restore_foreign_keys(conn: Any) -> int:
     """Re-add and validate every suspended key (outside any transaction; see the module docstring).
     Returns the number of keys validated; a lock not granted in time leaves the rest recorded for the
     next execution's end, with a WARNING line. Raises ForeignKeyViolationError (after every key is

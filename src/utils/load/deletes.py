@@ -14,7 +14,7 @@ entry (``utils.transform.deletes``); those close the same way. The transform dro
 deleted rows from its snapshots, so a parent's change never re-emits a deleted child as if it had come
 back.
 """
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Set, Tuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -28,14 +28,17 @@ from utils.logger import get_logger
 logger = get_logger("load")
 
 
-def _batch_source_ids(tables: Mapping[str, Optional[pa.Table]], source_ids: Optional[Mapping[str, List[int]]]
-                      ) -> List[Tuple[str, List[int]]]:
-    """[(source table, ids)] of the batch: from its warehouse rows and its ``source_ids`` entry."""
-    pairs = [(source, ids) for source, ids in (source_ids or {}).items() if ids]
+def _batch_source_ids(tables: Mapping[str, Optional[pa.Table]], source_ids: Optional[Mapping[str, List[int]]],
+                      sources: Optional[Set[str]] = None) -> List[Tuple[str, List[int]]]:
+    """[(source table, ids)] of the batch: from its warehouse rows and its ``source_ids`` entry; with
+    ``sources``, only those source tables (listing a million-row table's ids costs a second)."""
+    pairs = [(source, ids) for source, ids in (source_ids or {}).items()
+             if ids and (sources is None or source in sources)]
     for name, table in tables.items():
         if name in WAREHOUSE_SOURCES and table is not None and table.num_rows:
             source, id_column = WAREHOUSE_SOURCES[name]
-            pairs.append((source, pc.unique(table[id_column].combine_chunks()).to_pylist()))
+            if sources is None or source in sources:
+                pairs.append((source, pc.unique(table[id_column].combine_chunks()).to_pylist()))
     return pairs
 
 
@@ -48,9 +51,9 @@ def close_reinserted(conn: Connection, tables: Mapping[str, Optional[pa.Table]],
     open_sources = {row[0] for row in conn.run(
         f"SELECT DISTINCT source_table FROM {deleted} WHERE reinserted_batch_id IS NULL")}  # nosec B608
     closed: dict[str, int] = {}
-    for source, ids in _batch_source_ids(tables, source_ids):
-        if source not in open_sources:
-            continue
+    if not open_sources:  # nothing to close (a backfill): the batch's ids are not listed
+        return closed
+    for source, ids in _batch_source_ids(tables, source_ids, open_sources):
         rows = conn.run(f"UPDATE {deleted} SET reinserted_batch_id = :batch_id "  # nosec B608
                         "WHERE source_table = :source AND reinserted_batch_id IS NULL "
                         "AND source_id = ANY(CAST(:ids AS integer[])) RETURNING source_id",

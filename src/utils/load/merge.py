@@ -14,7 +14,7 @@ back. Concurrent loads are serialised by a transaction-level advisory lock.
 """
 import json
 from dataclasses import dataclass, field as dataclass_field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import pg8000.exceptions
 import pyarrow as pa
@@ -25,7 +25,8 @@ from utils.aws.manifests import read_deleted, read_source_ids
 from utils.aws.objects import read_parquet_table
 from utils.catalog.formats import REJECTED_SCHEMA, rejected_records
 from utils.catalog.warehouse import (FACTS, PROCESSED_SCHEMAS, VERSION_COLUMN, VERSIONED_DIMENSIONS,
-                                     WAREHOUSE_KEYS, WAREHOUSE_SCHEMAS, WAREHOUSE_SOURCES, WAREHOUSE_TABLES)
+                                     WAREHOUSE_KEYS, WAREHOUSE_SCHEMAS, WAREHOUSE_SOURCES, WAREHOUSE_TABLES,
+                                     optional_columns)
 from utils.db.connection import end_quietly
 from utils.db.copy_in import csv_stream
 from utils.errors import CorruptFileError, ForeignKeyViolationError, SchemaMismatchError
@@ -34,8 +35,8 @@ from utils.load.locks import bound_lock_waits, is_lock_timeout, lock_wait_error
 from utils.load.deletes import record_deleted
 from utils.load.rollups import FACT_SOURCES, update_rollups
 from utils.load.schema import (ADVISORY_LOCK_KEY, DELETED, DIMENSION_VERSIONS, LEDGER, LOAD_ORDER_COLUMN,
-                               REJECTED, next_load_order, sql_type)
-from utils.load.staging import start_staging
+                               REJECTED, TargetTable, next_load_order, sql_type)
+from utils.load.staging import ParallelStaging, start_staging
 from utils.logger import get_logger
 
 # ERROR lines written per table and batch for newly rejected rows (one each); the rest is one summary line.
@@ -45,20 +46,23 @@ MAX_REJECTED_LOG_LINES = 20
 logger = get_logger("load")
 
 
-def batch_loaded(conn, batch_id):
+def batch_loaded(conn: Any, batch_id: str) -> bool:
     """True when the ledger records ``batch_id``."""
     sql = f"SELECT 1 FROM {identifier(LEDGER)} WHERE batch_id = :batch_id"  # nosec B608
     return bool(conn.run(sql, batch_id=batch_id))
 
 
-def read_batch_tables(s3_client, bucket, manifest, manifest_key=None):
+def read_batch_tables(s3_client: Any, bucket: str, manifest: Mapping[str, Any],
+                      manifest_key: Optional[str] = None) -> Dict[str, pa.Table]:
     """{warehouse table: pyarrow Table} of one processed batch, in load order (dims before facts)."""
     return {name: read_parquet_table(s3_client, bucket, manifest["tables"][name]["key"], name,
-                                     PROCESSED_SCHEMAS[name], manifest_key=manifest_key)
+                                     PROCESSED_SCHEMAS[name], manifest_key=manifest_key,
+                                     missing_as_null=optional_columns(name))
             for name in WAREHOUSE_TABLES if name in manifest["tables"]}
 
 
-def read_batch_rejected(s3_client, bucket, manifest, manifest_key=None):
+def read_batch_rejected(s3_client: Any, bucket: str, manifest: Mapping[str, Any],
+                        manifest_key: Optional[str] = None) -> pa.Table:
     """The rejected records the transform wrote for one processed batch (none: an empty table)."""
     entry = manifest.get("rejected")
     if not entry:
@@ -80,7 +84,8 @@ class Warehouse:
     connect: Optional[Callable[[], Any]] = None
 
 
-def load_batch(warehouse, s3_client, bucket, manifest_key, manifest):
+def load_batch(warehouse: Warehouse, s3_client: Any, bucket: str, manifest_key: str,
+               manifest: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     """Load one processed batch into ``warehouse`` (Warehouse) in one transaction, reading it from
     ``bucket``; return {table: rows written} (with
     ``etl_rejected_rows``: {source table: rows newly rejected}, ``etl_deleted_rows``: {source table:
@@ -117,8 +122,8 @@ def load_batch(warehouse, s3_client, bucket, manifest_key, manifest):
         load_order = next_load_order(conn)
         staging = start_staging(connect, {name: tables[name] for name in WAREHOUSE_TABLES if name in tables},
                                 lambda name: _stage_definitions(name, stage_flags(name)), _copy_columns)
-        counts = {}
-        remarked = {}
+        counts: Dict[str, Any] = {}
+        remarked: Dict[str, List[int]] = {}
         newly_rejected = record_rejected(conn, rejected, batch_id)
         for name in WAREHOUSE_TABLES:
             if name in FACTS:
@@ -157,7 +162,8 @@ def load_batch(warehouse, s3_client, bucket, manifest_key, manifest):
     return counts
 
 
-def record_batch(conn, batch_id, manifest_key, counts, load_order=None):
+def record_batch(conn: Any, batch_id: str, manifest_key: Optional[str], counts: Mapping[str, Any],
+                 load_order: Optional[int] = None) -> None:
     """Insert the ledger row of a batch, with its load order (inside the batch's transaction)."""
     conn.run(f"INSERT INTO {identifier(LEDGER)} "  # nosec B608
              "(batch_id, manifest_key, row_counts, load_order) "
@@ -168,7 +174,7 @@ def record_batch(conn, batch_id, manifest_key, counts, load_order=None):
 
 # -- rows the warehouse cannot hold ------------------------------------------------------------------
 
-def _source_versions(name, table):
+def _source_versions(name: str, table: pa.Table) -> Tuple[str, Any, Any]:
     """(source table, ids, last_updated) of the rows of a processed table."""
     source, id_column = WAREHOUSE_SOURCES[name]
     if name in FACTS:
@@ -180,7 +186,7 @@ def _source_versions(name, table):
     return source, table[id_column], stamps
 
 
-def _over_limit(column, limit):
+def _over_limit(column: Any, limit: Tuple[Any, ...]) -> Any:
     """Boolean mask: the values of ``column`` that do not fit ``limit`` (see TargetTable)."""
     kind = limit[0]
     if kind == "length":
@@ -191,7 +197,8 @@ def _over_limit(column, limit):
     return pa.array([value is not None and abs(value) >= bound for value in column.to_pylist()])
 
 
-def split_by_limits(name, table, limits):
+def split_by_limits(name: str, table: pa.Table,
+                    limits: Mapping[str, Tuple[Any, ...]]) -> Tuple[pa.Table, pa.Table]:
     """Split a processed table into (rows that fit the warehouse's columns, rejected records).
 
     ``limits`` as in TargetTable. dim_date has no source row to quarantine: a dim_date column too
@@ -215,7 +222,7 @@ def split_by_limits(name, table, limits):
     return table.filter(keep), pa.concat_tables(records)
 
 
-def _limit_text(limit):
+def _limit_text(limit: Tuple[Any, ...]) -> str:
     if limit[0] == "length":
         return f"at most {limit[1]} characters"
     if limit[0] == "range":
@@ -223,13 +230,14 @@ def _limit_text(limit):
     return f"at most {limit[1]} digits before the decimal point"
 
 
-def _log_rejected(batch_id, source, source_id, column, reason, value=None):
+def _log_rejected(batch_id: str, source: str, source_id: Any, column: Optional[str], reason: str,
+                  value: Any = None) -> None:
     """The ERROR line of one row newly recorded in etl_rejected_rows."""
     logger.error("row rejected", batch_id=batch_id, source_table=source, source_id=source_id,
                  column=column, reason=reason, value=value)
 
 
-def record_rejected(conn, rejected, batch_id):
+def record_rejected(conn: Any, rejected: pa.Table, batch_id: str) -> Dict[str, int]:
     """Insert rejected records (a REJECTED_SCHEMA table) into etl_rejected_rows; a row version already
     recorded is left as it is. Returns {source table: records newly inserted}; logs one ERROR line each
     (the first MAX_REJECTED_LOG_LINES, then a summary)."""
@@ -257,19 +265,19 @@ def record_rejected(conn, rejected, batch_id):
 
 # -- merging ---------------------------------------------------------------------------------------
 
-def stage_flags(name):
+def stage_flags(name: str) -> Tuple[str, ...]:
     """The boolean columns a table's stage has beside the processed schema's (see merge_table)."""
     if name in FACTS or name not in WAREHOUSE_SCHEMAS:
         return ()
     return ("etl_held", "etl_versioned") if name in VERSIONED_DIMENSIONS else ("etl_held",)
 
 
-def _copy_columns(name):
+def _copy_columns(name: str) -> str:
     """The column list of a stage's COPY: the processed schema's columns."""
     return ", ".join(identifier(field.name) for field in PROCESSED_SCHEMAS[name])
 
 
-def _stage_definitions(name, flags):
+def _stage_definitions(name: str, flags: Sequence[str]) -> str:
     """A stage's columns: the processed schema's, its boolean ``flags``, and for a fact the load order of
     each staged row (NULL: the batch's own; a parked row keeps the order of the batch that parked it)."""
     columns = [f"{identifier(field.name)} {sql_type(field.type)[0]}" for field in PROCESSED_SCHEMAS[name]]
@@ -278,7 +286,7 @@ def _stage_definitions(name, flags):
     return ", ".join(columns + [f"{identifier(flag)} boolean" for flag in flags])
 
 
-def _stage(conn, name, table, staging=None):
+def _stage(conn: Any, name: str, table: Optional[pa.Table], staging: Optional[ParallelStaging] = None) -> str:
     """The staging table of ``name`` (the processed schema's columns, then its ``stage_flags``, NULL until
     set) holding ``table``: the one ``staging`` made, else a temporary one made and filled here."""
     if staging is not None and name in staging.futures:
@@ -291,7 +299,8 @@ def _stage(conn, name, table, staging=None):
     return stage
 
 
-def merge_table(conn, name, table, column_map, staging=None, load_order=0):
+def merge_table(conn: Any, name: str, table: Optional[pa.Table], column_map: Mapping[str, str],
+                staging: Optional[ParallelStaging] = None, load_order: int = 0) -> int:
     """COPY a dimension's rows into a staging table, then upsert them into ``name``.
 
     Returns the number of rows inserted or changed. A versioned dimension row is written unless a batch
@@ -321,10 +330,15 @@ def merge_table(conn, name, table, column_map, staging=None, load_order=0):
         newer = (f"AND NOT EXISTS (SELECT 1 FROM {identifier(DIMENSION_VERSIONS)} v "  # nosec B608
                  f"WHERE v.table_name = :name AND v.source_id = s.{key_column} "
                  "AND v.load_order > :load_order) ")
+    # A batch of keys the warehouse has never seen (a backfill's transactions): nothing to update, mark
+    # or compare, and no newer version to skip (issue 24: four of the six statements of dim_transaction).
+    fresh = _keys_unseen(conn, name, stage, key_column, key, versioned)
+    if fresh:
+        newer = ""
     params = {"name": name, "load_order": load_order} if newer else {}
     written = 0
     others = [field.name for field in schema if field.name not in keys]
-    if name != "dim_date":  # dim_date rows never change: a date already held is left as it is
+    if name != "dim_date" and not fresh:  # dim_date rows never change: a date already held is left as it is
         assignments = ", ".join(f"{identifier(column_map[column])} = s.{identifier(column)}"
                                 for column in others)
         current = ", ".join(f"target.{identifier(column_map[column])}" for column in others)
@@ -333,27 +347,45 @@ def merge_table(conn, name, table, column_map, staging=None, load_order=0):
                  f"WHERE target.{key} = s.{key_column} AND ({current}) IS DISTINCT FROM ({incoming}) "
                  + newer, **params)
         written += conn.row_count
-    conn.run(f"UPDATE {stage} s SET etl_held = true FROM {identifier(name)} t "  # nosec B608
-             f"WHERE t.{key} = s.{key_column}")
+    if not fresh:
+        conn.run(f"UPDATE {stage} s SET etl_held = true FROM {identifier(name)} t "  # nosec B608
+                 f"WHERE t.{key} = s.{key_column}")
     conn.run(f"INSERT INTO {identifier(name)} ({target_columns}) "  # nosec B608
              f"SELECT {source_columns} FROM {stage} s WHERE s.etl_held IS NULL " + newer, **params)
     written += conn.row_count
     if versioned:
         versions = identifier(DIMENSION_VERSIONS)
         version = identifier(VERSION_COLUMN)
-        # A version the table holds already (the overlap reading it again) keeps the order of the batch
-        # that brought it: no write per re-read row.
-        conn.run(f"UPDATE {versions} AS v SET last_updated = s.{version}, "  # nosec B608
-                 f"load_order = :load_order FROM {stage} s "
-                 f"WHERE v.table_name = :name AND v.source_id = s.{key_column} "
-                 f"AND v.last_updated <> s.{version} AND v.load_order <= :load_order",
-                 name=name, load_order=load_order)
-        conn.run(f"UPDATE {stage} s SET etl_versioned = true FROM {versions} v "  # nosec B608
-                 f"WHERE v.table_name = :name AND v.source_id = s.{key_column}", name=name)
+        if not fresh:
+            # A version the table holds already (the overlap reading it again) keeps the order of the
+            # batch that brought it: no write per re-read row.
+            conn.run(f"UPDATE {versions} AS v SET last_updated = s.{version}, "  # nosec B608
+                     f"load_order = :load_order FROM {stage} s "
+                     f"WHERE v.table_name = :name AND v.source_id = s.{key_column} "
+                     f"AND v.last_updated <> s.{version} AND v.load_order <= :load_order",
+                     name=name, load_order=load_order)
+            conn.run(f"UPDATE {stage} s SET etl_versioned = true FROM {versions} v "  # nosec B608
+                     f"WHERE v.table_name = :name AND v.source_id = s.{key_column}", name=name)
         conn.run(f"INSERT INTO {versions} (table_name, source_id, last_updated, load_order) "  # nosec B608
                  f"SELECT :name, s.{key_column}, s.{version}, :load_order FROM {stage} s "
                  "WHERE s.etl_versioned IS NULL", name=name, load_order=load_order)
     return written
+
+
+def _keys_unseen(conn: Any, name: str, stage: str, key_column: str, key: str, versioned: bool) -> bool:
+    """True when the table ``name`` (and, ``versioned``, etl_dimension_version) holds no key between the
+    least and the greatest staged key (quoted ``key_column`` of ``stage``, ``key`` of the table): one scan of
+    the stage and one index probe each, against a join per staged row."""
+    low, high = conn.run(f"SELECT min(s.{key_column}), max(s.{key_column}) FROM {stage} s")[0]  # nosec B608
+    if low is None:
+        return True
+    held = conn.run(f"SELECT EXISTS (SELECT 1 FROM {identifier(name)} "  # nosec B608
+                    f"WHERE {key} BETWEEN :low AND :high)", low=low, high=high)[0][0]
+    if not held and versioned:
+        held = conn.run(f"SELECT EXISTS (SELECT 1 FROM {identifier(DIMENSION_VERSIONS)} "  # nosec B608
+                        "WHERE table_name = :name AND source_id BETWEEN :low AND :high)",
+                        name=name, low=low, high=high)[0][0]
+    return not held
 
 
 @dataclass
@@ -366,7 +398,8 @@ class FactMerge:
     remarked: List[int] = dataclass_field(default_factory=list)
 
 
-def merge_fact(conn, name, table, target, batch_id, staging=None, load_order=0):
+def merge_fact(conn: Any, name: str, table: Optional[pa.Table], target: TargetTable, batch_id: str,
+               staging: Optional[ParallelStaging] = None, load_order: int = 0) -> FactMerge:
     """Append a fact table's new versions with the batch's ``load_order``; return a FactMerge.
 
     The batch's rows are staged together with the rows parked by earlier batches (in etl_rejected_rows
@@ -400,19 +433,20 @@ def merge_fact(conn, name, table, target, batch_id, staging=None, load_order=0):
         conn.run(f"UPDATE {rejected} r SET resolved_batch_id = :batch_id "  # nosec B608
                  f"WHERE {parked_filter}", source=source, batch_id=batch_id)
     target_columns = ", ".join(identifier(target.names[field.name]) for field in schema)
-    # A version already held is left as it is: taken out of the stage, not ON CONFLICT DO NOTHING
-    # (speculative insertion costs ~0.55 s against ~0.35 s for fact_payment's 158k rows at scale 10);
-    # DISTINCT ON keeps one row of a version staged twice (a parked row delivered again: the later
-    # order). Rows are inserted in version order, so of one batch's versions of an id the later
-    # stamped gets the greater record id, as the current views order them.
+    # A version already held (same natural id, last_updated and values) is left as it is: taken out of
+    # the stage, not ON CONFLICT DO NOTHING (speculative insertion costs ~0.55 s against ~0.35 s for
+    # fact_payment's 158k rows at scale 10). A staged row whose stamp is held with other values (an
+    # update that kept its stamp) stays in the stage: a new version (docs/DESIGN.md, "A version is its
+    # stamp and its values"). DISTINCT ON keeps one row of a version staged twice (a parked row
+    # delivered again: the later order). Rows are inserted in version order, so of one batch's versions
+    # of an id the later stamped gets the greater record id, as the current views order them.
     version = (id_column, "last_updated_date", "last_updated_time")
-    held = " AND ".join(f"f.{identifier(target.names[column])} = s.{identifier(column)}"
-                        for column in version)
+    held = held_condition(name, target, version)
     versions = ", ".join(identifier(column) for column in version)
     staged_order = f"coalesce(s.{order_column}, :load_order)"
     remarked: List[int] = []
 
-    def append():
+    def append() -> int:
         # The versions held are taken out of the stage first, with the table as it is: never an
         # INSERT INTO t ... WHERE NOT EXISTS (... t ...) (see merge_table: quadratic on a table whose
         # statistics say empty).
@@ -447,7 +481,21 @@ def merge_fact(conn, name, table, target, batch_id, staging=None, load_order=0):
     return FactMerge(inserted, {source: newly_parked} if newly_parked else {}, list(remarked))
 
 
-def _remark_held(conn, name, stage, target, held, staged_order, load_order):
+def held_condition(name: str, target: TargetTable, version: Tuple[str, ...]) -> str:
+    """SQL true when the fact row ``f`` of ``name`` (spelled as ``target`` says) is the staged row ``s``'s
+    version: the same ``version`` columns
+    (natural id and stamp; an equality join on the version index) and the same values in every other
+    column (NULL-safe: ``IS NOT DISTINCT FROM``)."""
+    same_key = " AND ".join(f"f.{identifier(target.names[column])} = s.{identifier(column)}"
+                            for column in version)
+    values = [field.name for field in WAREHOUSE_SCHEMAS[name] if field.name not in version]
+    held = f"({', '.join(f'f.{identifier(target.names[column])}' for column in values)})"
+    staged = f"({', '.join(f's.{identifier(column)}' for column in values)})"
+    return f"{same_key} AND {held} IS NOT DISTINCT FROM {staged}"
+
+
+def _remark_held(conn: Any, name: str, stage: str, target: TargetTable, held: str, staged_order: str,
+                 load_order: int) -> List[int]:
     """Take the versions ``name`` holds already out of ``stage``; those that are not their id's current
     version get the staged row's load order when it is greater (the source went back to a version loaded
     before: a row restored, or updated back to earlier values with an earlier stamp). Returns the ids
@@ -470,7 +518,8 @@ def _remark_held(conn, name, stage, target, held, staged_order, load_order):
     return sorted({row[0] for row in rows})
 
 
-def _park_dangling(conn, stage, target, source, id_column, batch_id, load_order=0):
+def _park_dangling(conn: Any, stage: str, target: TargetTable, source: str, id_column: str, batch_id: str,
+                   load_order: int = 0) -> int:
     """Move the staged rows whose dimension references the warehouse does not hold into
     etl_rejected_rows (with row_data, to be retried, carrying the row's load order: ``load_order`` for
     the batch's own rows); return how many were newly parked."""

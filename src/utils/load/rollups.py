@@ -29,10 +29,11 @@ that rewrites facts outside a load). ``compare_rollups`` recomputes every rollup
 and lists the differences (``totesys verify``).
 """
 from dataclasses import dataclass
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 import pg8000.exceptions
-from pg8000.native import identifier
+import pyarrow as pa
+from pg8000.native import Connection, identifier
 
 from utils.catalog.warehouse import WAREHOUSE_DDL
 from utils.db.connection import sqlstate
@@ -50,6 +51,8 @@ DEFINITION = 3
 # backfill batch's delta (a million narrow rows) is sorted and grouped in memory, not in temporary files.
 ROLLUP_WORK_MEM = "256MB"
 INSUFFICIENT_PRIVILEGE = "42501"
+# A batch bringing at most this many rows of a fact labels its delta rows by index probes, not a join.
+PROBE_BATCH_ROWS = 5000
 # Rows of each differing rollup that compare_rollups reports as examples.
 EXAMPLES = 5
 # Distinct keys of differing rows that compare_rollups names per rollup (verify shows up to 10 in all).
@@ -125,7 +128,7 @@ ROLLUPS = (
 ROLLUP_TABLES = tuple(rollup.table for rollup in ROLLUPS) + (DESIGN_NAMES, STATE)
 
 
-def rollup_statements():
+def rollup_statements() -> List[str]:
     """The statements of the rollup DDL file, in order."""
     text = ROLLUP_DDL.read_text()
     statements = [statement.strip() for statement in text.split(";\n")]
@@ -135,17 +138,22 @@ def rollup_statements():
 
 # -- reading the state --------------------------------------------------------------------------------
 
-def rollup_state(conn):
+def rollup_state(conn: Connection) -> Optional[Dict[str, RollupMark]]:
     """{fact table: RollupMark} of the warehouse's rollups; None when it has none. Reads a state of any
     definition (one without max_id too: read through to_jsonb, it is None there)."""
     if conn.run("SELECT to_regclass(:name) IS NULL", name=STATE)[0][0]:
         return None
+    return _read_state(conn)
+
+
+def _read_state(conn: Connection) -> Dict[str, RollupMark]:
+    """etl_rollup_state's rows (the table exists) as {fact table: RollupMark}."""
     return {fact: RollupMark(mark, definition, max_id) for fact, mark, definition, max_id in conn.run(
         "SELECT fact_table, last_record_id, definition, (to_jsonb(s) ->> 'max_id')::bigint "  # nosec B608
         f"FROM {identifier(STATE)} s")}
 
 
-def rollups_current(state):
+def rollups_current(state: Optional[Mapping[str, RollupMark]]) -> bool:
     """True when ``state`` (rollup_state's answer) covers every fact with this code's definition."""
     return state is not None and set(state) == set(FACT_SOURCES) \
         and all(mark.definition == DEFINITION for mark in state.values())
@@ -153,7 +161,8 @@ def rollups_current(state):
 
 # -- the load's hook ----------------------------------------------------------------------------------
 
-def update_rollups(conn, batch_id, tables, load_order, remarked=None):
+def update_rollups(conn: Connection, batch_id: str, tables: Mapping[str, pa.Table], load_order: int,
+                   remarked: Optional[Mapping[str, Sequence[int]]] = None) -> List[str]:
     """Bring the rollups up to date with what this batch did, inside the batch's transaction (after its
     facts, dimensions and deletions are written, before COMMIT). ``tables``: the batch's {warehouse
     table: pyarrow Table} (its dim_design rows say which designs may have been renamed); ``load_order``:
@@ -161,30 +170,39 @@ def update_rollups(conn, batch_id, tables, load_order, remarked=None):
     Creates and fills the rollups when the warehouse has none or another definition. Returns the facts
     updated.
 
-    Cost: two small queries for the state, one for what changed, then one statement per fact that changed
-    (and two small ones when the batch brings designs); a fact the batch did not change costs nothing
-    more. Each statement reads the batch's record range once; index probes only for ids up to max_id."""
-    state = rollup_state(conn)
-    if not rollups_current(state):
+    Cost: one small query for what changed, one for the state, then one statement per fact that changed
+    (and two small ones when the batch brings designs; one more in the rare batch that empties a rollup
+    group); a fact the batch did not change costs nothing more. Each statement reads the batch's record
+    range once; index probes only for ids up to max_id."""
+    present, newest, deleted_from = _batch_changes(conn, batch_id)
+    state = _read_state(conn) if present else None
+    if state is None or not rollups_current(state):
         return list(FACT_SOURCES) if _create_rollups(conn, batch_id) else []
     remarked = remarked or {}
-    changed = _changed_facts(conn, state, batch_id) | set(remarked)
+    changed = {fact for fact, source in FACT_SOURCES.items()
+               if newest[fact] > state[fact].last_record_id or source.source in deleted_from} | set(remarked)
     design_ids = _batch_ids(tables.get("dim_design"), "design_id")
     renamed = _renamed_designs(conn, design_ids)
-    updated = []
-    for fact, source in FACT_SOURCES.items():
-        if fact in changed or (source.label and renamed):
-            sql = _update_sql(source, renamed if source.label else [], bool(remarked.get(fact)))
-            params = {"mark": state[fact].last_record_id, "max_id": state[fact].max_id,
-                      "source": source.source, "batch_id": batch_id, "fact": fact, "renamed": renamed,
-                      "load_order": load_order, "remarked": remarked.get(fact)}
-            conn.run(sql, **{name: value for name, value in params.items() if f":{name}" in sql})
-            updated.append(fact)
+    updated = [fact for fact, source in FACT_SOURCES.items()
+               if fact in changed or (source.label and renamed)]
+    if updated:
+        ctes, params = [], {"batch_id": batch_id, "load_order": load_order, "renamed": renamed}
+        for fact in updated:
+            source, mark, batch = FACT_SOURCES[fact], state[fact], tables.get(fact)
+            ctes.append(_fact_ctes(source, renamed if source.label else [], bool(remarked.get(fact)),
+                                   probe=batch is None or batch.num_rows <= PROBE_BATCH_ROWS))
+            params.update({f"{source.source}_{name}": value for name, value in (
+                ("mark", mark.last_record_id), ("max_id", mark.max_id), ("source", source.source),
+                ("fact", fact), ("remarked", remarked.get(fact)))})
+        sql = _update_sql(ctes, [FACT_SOURCES[fact] for fact in updated])
+        emptied = conn.run(sql, **{name: value for name, value in params.items() if f":{name}" in sql})
+        if emptied:
+            _remove_empty_groups(conn, emptied)
     _record_design_names(conn, design_ids)
     return updated
 
 
-def _create_rollups(conn, batch_id):
+def _create_rollups(conn: Connection, batch_id: str) -> bool:
     """Create and fill the rollups (``rebuild_rollups``); True when done. A load whose role may not
     create tables still loads its batch: the creation is rolled back to a savepoint, a WARNING says why
     (the dashboard says the rollups are missing) and the next load tries again. Any other error raises."""
@@ -203,148 +221,173 @@ def _create_rollups(conn, batch_id):
     return True
 
 
-def _changed_facts(conn, state, batch_id):
-    """The facts this batch changed: records above the state's mark, or deletions it recorded or closed.
-    Also switches JIT off for the rest of the transaction (the rollups' statements are index probes, and
-    compiling them cost more than running them, ~150 ms a statement) and sets ROLLUP_WORK_MEM."""
+def _batch_changes(conn: Connection, batch_id: str) -> Tuple[bool, Dict[str, int], Set[str]]:
+    """What the batch may have changed, in one round trip: (whether etl_rollup_state exists, {fact
+    table: its highest record id, 0 when empty}, the source tables whose deletions the batch recorded
+    or closed). Also switches JIT off for the rest of the transaction (the rollups' statements are
+    index probes, and compiling them cost more than running them, ~150 ms a statement) and sets
+    ROLLUP_WORK_MEM."""
     newest = ", ".join(f"(SELECT max({identifier(source.record_column)}) "
                        f"FROM {identifier(fact)})" for fact, source in FACT_SOURCES.items())  # nosec B608
     changes = f"SELECT DISTINCT source_table::text FROM {identifier(DELETED)} " \
               "WHERE batch_id = :batch_id OR reinserted_batch_id = :batch_id"  # nosec B608
-    row = conn.run(f"SELECT {newest}, ARRAY({changes}), set_config('jit', 'off', true), "  # nosec B608
-                   "set_config('work_mem', :work_mem, true)",
-                   batch_id=batch_id, work_mem=ROLLUP_WORK_MEM)[0][:-2]
-    sources = set(row[-1])
-    return {fact for (fact, source), newest in zip(FACT_SOURCES.items(), row)
-            if (newest or 0) > state[fact].last_record_id or source.source in sources}
+    row = conn.run(f"SELECT to_regclass(:state) IS NOT NULL, {newest}, ARRAY({changes}), "  # nosec B608
+                   "set_config('jit', 'off', true), set_config('work_mem', :work_mem, true)",
+                   state=STATE, batch_id=batch_id, work_mem=ROLLUP_WORK_MEM)[0][:-2]
+    present, highest, sources = row[0], row[1:-1], row[-1]
+    return (bool(present), {fact: value or 0 for fact, value in zip(FACT_SOURCES, highest)},
+            set(sources or ()))
 
 
-def _batch_ids(table, column):
+def _batch_ids(table: Optional[pa.Table], column: str) -> List[int]:
     if table is None or not table.num_rows:
         return []
     return sorted(set(table[column].to_pylist()))
 
 
-def _columns(source, alias):
+def _columns(source: FactSource, alias: str) -> str:
     """``alias.column, ...`` of the columns the rollups read from ``source``'s rows."""
     return ", ".join(f"{alias}.{identifier(column)}" for column in source.columns)
 
 
-def _current_rows(source, before):
-    """SELECT of the current row of each id in ``held``: now, or (``before``) as it was before the
-    batch (versions up to :mark with a load order below the batch's :load_order, so a version the batch
-    re-marked, which was not current, is left out; deletions recorded by an earlier batch and open until
-    this one). Per id, the current version is the one of greatest (load order, last_updated) ((id,
-    last_updated) is unique, so no tie is left for the view's record-id tie-break): an index probe on
-    the version index's id per touched id (its few versions sorted), whatever the fact table's size or
-    statistics."""
-    fact, id_column = identifier(source.fact), identifier(source.id_column)
+def _current_rows(source: FactSource, before: bool) -> str:
+    """SELECT of the current row of each id in ``<p>_held`` (``_fact_ctes``): now, or (``before``) as it
+    was before the batch (versions up to :<p>_mark with a load order below the batch's :load_order, so a
+    version the batch re-marked, which was not current, is left out; deletions recorded by an earlier
+    batch and open until this one). Per id, the current version is the one of greatest (load order,
+    last_updated) ((id, last_updated) is unique, so no tie is left for the view's record-id tie-break):
+    an index probe on the version index's id per touched id (its few versions sorted), whatever the fact
+    table's size or statistics."""
+    fact, id_column, p = identifier(source.fact), identifier(source.id_column), source.source
     if before:
         is_open = "d.batch_id <> :batch_id " \
                   "AND (d.reinserted_batch_id IS NULL OR d.reinserted_batch_id = :batch_id)"
-        versions = f"AND f.{identifier(source.record_column)} <= :mark AND f.etl_load_order < :load_order "
+        versions = f"AND f.{identifier(source.record_column)} <= :{p}_mark " \
+                   "AND f.etl_load_order < :load_order "
     else:
         is_open, versions = "d.reinserted_batch_id IS NULL", ""
-    return (f"SELECT v.* FROM held t CROSS JOIN LATERAL (SELECT {_columns(source, 'f')} "  # nosec B608
+    return (f"SELECT v.* FROM {p}_held t CROSS JOIN LATERAL (SELECT {_columns(source, 'f')} "  # nosec B608
             f"FROM {fact} f "
             f"WHERE f.{id_column} = t.id {versions}"
             "ORDER BY f.etl_load_order DESC, f.last_updated_date DESC, f.last_updated_time DESC LIMIT 1) v "
-            f"WHERE NOT EXISTS (SELECT 1 FROM {identifier(DELETED)} d WHERE d.source_table = :source "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {identifier(DELETED)} d WHERE d.source_table = :{p}_source "
             f"AND d.source_id = t.id AND {is_open})")
 
 
-def _labelled(source, rows, sign, label_table):
-    """``sign``, the columns of ``rows`` (a SELECT of fact rows) and the label from ``label_table``; a
-    missing label is NULL, which the rollups' NOT NULL key refuses (loud, never silently left out)."""
-    if not source.label:
+def _labelled(source: FactSource, rows: str, sign: int, label_table: Optional[str],
+              probe: bool = False) -> str:
+    """``sign``, the columns of ``rows`` (a SELECT of fact rows) and the label from ``label_table`` (by
+    one index probe per row with ``probe``, else joined); a missing label is NULL, which the rollups'
+    NOT NULL key refuses (loud, never silently left out)."""
+    if not source.label or label_table is None:
         return f"SELECT {sign} AS sign, c.* FROM ({rows}) c"  # nosec B608
-    column, _, _, key = source.label
-    return (f"SELECT {sign} AS sign, c.*, m.{identifier(column)} FROM ({rows}) c "  # nosec B608
-            f"LEFT JOIN {identifier(label_table)} m ON m.{identifier(key)} = c.{identifier(key)}")
+    column, _, _, key = (identifier(name) for name in source.label)
+    if probe:
+        return (f"SELECT {sign} AS sign, c.*, (SELECT m.{column} "  # nosec B608
+                f"FROM {identifier(label_table)} m WHERE m.{key} = c.{key}) AS {column} FROM ({rows}) c")
+    return (f"SELECT {sign} AS sign, c.*, m.{column} FROM ({rows}) c "  # nosec B608
+            f"LEFT JOIN {identifier(label_table)} m ON m.{key} = c.{key}")
 
 
-def _renamed_rows(source):
+def _renamed_rows(source: FactSource) -> str:
     """SELECT of the current rows of the designs in :renamed whose id the batch did not touch (the latest
     version of its id, no open deletion), as the view defines them. An id above :max_id is new in this
     batch: ``_new_rows`` adds it under the new name already."""
-    fact, id_column = identifier(source.fact), identifier(source.id_column)
+    fact, id_column, p = identifier(source.fact), identifier(source.id_column), source.source
     record = identifier(source.record_column)
     order = f"(n.etl_load_order, n.last_updated_date, n.last_updated_time, n.{record}) > " \
             f"(f.etl_load_order, f.last_updated_date, f.last_updated_time, f.{record})"
     return (f"SELECT {_columns(source, 'f')} FROM {fact} f "  # nosec B608
-            f"WHERE f.design_id = ANY(CAST(:renamed AS integer[])) AND f.{id_column} <= :max_id "
-            f"AND NOT EXISTS (SELECT 1 FROM touched t WHERE t.id = f.{id_column}) "
+            f"WHERE f.design_id = ANY(CAST(:renamed AS integer[])) AND f.{id_column} <= :{p}_max_id "
+            f"AND NOT EXISTS (SELECT 1 FROM {p}_touched t WHERE t.id = f.{id_column}) "
             f"AND NOT EXISTS (SELECT 1 FROM {fact} n WHERE n.{id_column} = f.{id_column} AND {order}) "
-            f"AND NOT EXISTS (SELECT 1 FROM {identifier(DELETED)} d WHERE d.source_table = :source "
+            f"AND NOT EXISTS (SELECT 1 FROM {identifier(DELETED)} d WHERE d.source_table = :{p}_source "
             f"AND d.source_id = f.{id_column} AND d.reinserted_batch_id IS NULL)")
 
 
-def _new_rows(source):
+def _new_rows(source: FactSource) -> str:
     """SELECT of the current row of each id new to the rollups (no version up to :mark: nothing to
     subtract): every id of the batch above :max_id (no probe: no version of it can be held), and the
     touched ids up to :max_id that turned out not held (gaps in the ids). Its row is the latest of the
     batch's versions, unless its deletion is open now. One range read of the batch's rows (the record
     id's primary key), the touched ones as a hashed list, sorted once: a first load's or a backfill's
     batches bring mostly new ids."""
-    fact, id_column = identifier(source.fact), identifier(source.id_column)
+    fact, id_column, p = identifier(source.fact), identifier(source.id_column), source.source
     record = identifier(source.record_column)
     return (f"SELECT {_columns(source, 'v')} FROM (SELECT DISTINCT ON (f.{id_column}) "  # nosec B608
-            f"f.{id_column}, {_columns(source, 'f')} FROM {fact} f WHERE f.{record} > :mark "
-            f"AND (f.{id_column} > :max_id OR f.{id_column} IN (SELECT id FROM touched WHERE NOT held)) "
+            f"f.{id_column}, {_columns(source, 'f')} FROM {fact} f WHERE f.{record} > :{p}_mark "
+            f"AND (f.{id_column} > :{p}_max_id "
+            f"OR f.{id_column} IN (SELECT id FROM {p}_touched WHERE NOT held)) "
             f"ORDER BY f.{id_column}, f.etl_load_order DESC, f.last_updated_date DESC, "
             f"f.last_updated_time DESC, f.{record} DESC) v "
-            f"WHERE NOT EXISTS (SELECT 1 FROM {identifier(DELETED)} d WHERE d.source_table = :source "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {identifier(DELETED)} d WHERE d.source_table = :{p}_source "
             f"AND d.source_id = v.{id_column} AND d.reinserted_batch_id IS NULL)")
 
 
-def _update_sql(source, renamed, remarked=False):
-    """One statement bringing ``source``'s rollups and its state row up to date: ``touched`` (ids up to
-    :max_id with a record above :mark, re-marked by the batch (``remarked``: the ids are :remarked; a
-    re-marked id is held, so up to :max_id) or with a deletion recorded or closed by :batch_id, each with
-    ``held``: the warehouse held a version of it before the batch), ``held`` (those ids), ``delta`` (-1 x
-    each held id's current row before the batch, labelled as the rollups filed it; +1 x its current row
-    now, labelled as dim_design names it; +1 x the current row of each new id, above :max_id or not held
-    (``_new_rows``); with ``renamed``, the move of the renamed designs' other current orders from the old
-    name to the new), then each rollup's upsert (``_rollup_ctes``) and the state's UPDATE. An id above
-    :max_id has no version up to :mark, so no deletion of it was open before the batch: it is never in
-    ``touched``. A touched id with no version at all (a deletion of a row never loaded) has no current
-    row before or after: nothing to add."""
+def _fact_ctes(source: FactSource, renamed: Sequence[int], remarked: bool = False,
+               probe: bool = False) -> str:
+    """The CTEs bringing ``source``'s rollups and its state row up to date, each named after its source
+    table ``<p>`` (several facts share one statement) and reading its parameters ``:<p>_mark``,
+    ``:<p>_max_id``, ``:<p>_source``, ``:<p>_fact``, ``:<p>_remarked`` (and the shared ``:batch_id``,
+    ``:load_order``, ``:renamed``): ``<p>_touched`` (ids up to max_id with a record above mark,
+    re-marked by the batch (``remarked``; a re-marked id is held, so up to max_id) or with a deletion
+    recorded or closed by :batch_id, each with ``held``: the warehouse held a version of it before the
+    batch), ``<p>_held`` (those ids), ``<p>_delta`` (-1 x each held id's current row before the batch,
+    labelled as the rollups filed it; +1 x its current row now, labelled as dim_design names it; +1 x
+    the current row of each new id, above max_id or not held (``_new_rows``); with ``renamed``, the move
+    of the renamed designs' other current orders from the old name to the new), then each rollup's
+    upsert (``_rollup_ctes``) and ``<p>_marked``, the state's UPDATE. An id above max_id has no version
+    up to mark, so no deletion of it was open before the batch: it is never touched. A touched id with
+    no version at all (a deletion of a row never loaded) has no current row before or after: nothing to
+    add. ``probe``: a small batch's delta rows find their label by an index probe each (a hash of every
+    design costs more than the few rows: ~5 ms at x100)."""
     old_label, new_label = (source.label[1], source.label[2]) if source.label else (None, None)
-    delta = [_labelled(source, _current_rows(source, True), -1, old_label),
-             _labelled(source, _current_rows(source, False), 1, new_label),
-             _labelled(source, _new_rows(source), 1, new_label)]
+    delta = [_labelled(source, _current_rows(source, True), -1, old_label, probe),
+             _labelled(source, _current_rows(source, False), 1, new_label, probe),
+             _labelled(source, _new_rows(source), 1, new_label, probe)]
     if renamed:
         delta += [_labelled(source, _renamed_rows(source), -1, old_label),
                   _labelled(source, _renamed_rows(source), 1, new_label)]
-    record = identifier(source.record_column)
-    id_column = identifier(source.id_column)
+    record, id_column, p = identifier(source.record_column), identifier(source.id_column), source.source
     touched = (f"SELECT {id_column} AS id FROM {identifier(source.fact)} "  # nosec B608
-               f"WHERE {record} > :mark AND {id_column} <= :max_id UNION SELECT source_id "
-               f"FROM {identifier(DELETED)} WHERE source_table = :source AND source_id <= :max_id "
+               f"WHERE {record} > :{p}_mark AND {id_column} <= :{p}_max_id UNION SELECT source_id "
+               f"FROM {identifier(DELETED)} WHERE source_table = :{p}_source AND source_id <= :{p}_max_id "
                "AND (batch_id = :batch_id OR reinserted_batch_id = :batch_id)")
     if remarked:
-        touched += " UNION SELECT unnest(CAST(:remarked AS integer[]))"
+        touched += f" UNION SELECT unnest(CAST(:{p}_remarked AS integer[]))"
     # A scalar subquery with LIMIT is an index probe per touched id: unlike EXISTS or a join, the
     # planner cannot answer it by hashing the whole history (seconds at x100, for a batch of any size).
     fact = identifier(source.fact)
     touched = (f"SELECT u.id, (SELECT true FROM {fact} o WHERE o.{id_column} = u.id "  # nosec B608
-               f"AND o.{record} <= :mark LIMIT 1) IS NOT NULL AS held FROM ({touched}) u")
-    return (f"WITH touched AS MATERIALIZED ({touched}), "  # nosec B608
-            "held AS (SELECT id FROM touched WHERE held), "
-            f"delta AS ({' UNION ALL '.join(delta)}), "
-            f"{_rollup_ctes(source.fact)} "
-            f"UPDATE {identifier(STATE)} SET revision = revision + 1, batch_id = :batch_id, "
+               f"AND o.{record} <= :{p}_mark LIMIT 1) IS NOT NULL AS held FROM ({touched}) u")
+    return (f"{p}_touched AS MATERIALIZED ({touched}), "  # nosec B608
+            f"{p}_held AS (SELECT id FROM {p}_touched WHERE held), "
+            f"{p}_delta AS ({' UNION ALL '.join(delta)}), "
+            f"{_rollup_ctes(source)}, "
+            f"{p}_marked AS (UPDATE {identifier(STATE)} SET revision = revision + 1, batch_id = :batch_id, "
             f"last_record_id = greatest(last_record_id, (SELECT coalesce(max({record}), 0) FROM {fact})), "
             f"max_id = greatest(max_id, (SELECT coalesce(max({id_column}), 0) FROM {fact})) "
-            "WHERE fact_table = :fact")
+            f"WHERE fact_table = :{p}_fact)")
 
 
-def _rollup_ctes(fact):
-    """CTEs adding ``delta``'s signed rows to each rollup of ``fact``: per rollup, the delta grouped by
-    its keys, merged with the rollup's rows (old + delta), groups whose count falls to 0 deleted and
-    the others upserted (disjoint keys, so one statement may do both; loads are serialised)."""
-    ctes = []
-    for number, rollup in enumerate(r for r in ROLLUPS if r.fact == fact):
+def _update_sql(ctes: Sequence[str], sources: Sequence[FactSource]) -> str:
+    """One statement of every changed fact's CTEs (``_fact_ctes``, in ``ctes``), answering (rollup
+    number in ROLLUPS, creation date) of each rollup row its upserts left with a count of 0
+    (``_remove_empty_groups``). One statement, not one per fact: each costs the driver three round
+    trips (parse, describe and bind, execute), which dominate a small batch's rollups on a busy host."""
+    emptied = " UNION ALL ".join(_emptied_dates(source) for source in sources)
+    return f"WITH {', '.join(ctes)} {emptied}"  # nosec B608
+
+
+def _rollup_ctes(source: FactSource) -> str:
+    """CTEs adding ``<p>_delta``'s signed rows to each rollup of ``source``'s fact (``<p>``: its source
+    table): per rollup ``<p>_g<n>``, the delta grouped by its keys, and ``<p>_u<n>``, one additive
+    upsert of the groups whose measures changed (insert a new key, else add the measures to its row:
+    the unique key's index finds it, no separate probe). ``<p>_u<n>`` returns the creation date and
+    count of each row it wrote; a row whose count fell to 0 is removed by ``_remove_empty_groups`` (a
+    later statement: one statement cannot see its own upsert's result)."""
+    ctes, p = [], source.source
+    for number, rollup in enumerate(r for r in ROLLUPS if r.fact == source.fact):
         keys = [identifier(column) for column, _ in rollup.keys]
         measures = [identifier(column) for column, _ in rollup.measures]
         table = identifier(rollup.table)
@@ -352,24 +395,38 @@ def _rollup_ctes(fact):
                             + [f"sum(sign * ({expression})) AS {identifier(column)}"
                                for column, expression in rollup.measures])
         positions = ", ".join(str(position + 1) for position in range(len(keys)))
-        # LIMIT 1 (a key is unique) keeps the subquery from being flattened: one index probe per group,
-        # never a scan of the rollup.
-        matched = " AND ".join(f"r.{key} = g.{key}" for key in keys)
-        merged = ", ".join([f"g.{key}" for key in keys]
-                           + [f"coalesce(r.{measure}, 0) + g.{measure} AS {measure}" for measure in measures])
-        same_keys = " AND ".join(f"r.{key} = m.{key}" for key in keys)
-        ctes += [f"g{number} AS (SELECT {grouped} FROM delta GROUP BY {positions})",  # nosec B608
-                 f"m{number} AS (SELECT {merged} FROM g{number} g "  # nosec B608
-                 f"LEFT JOIN LATERAL (SELECT * FROM {table} r WHERE {matched} LIMIT 1) r ON true)",
-                 f"d{number} AS (DELETE FROM {table} r USING m{number} m "  # nosec B608
-                 f"WHERE {same_keys} AND m.{measures[0]} = 0)",
-                 f"i{number} AS (INSERT INTO {table} ({', '.join(keys + measures)}) "  # nosec B608
-                 f"SELECT * FROM m{number} WHERE {measures[0]} <> 0 ON CONFLICT ({', '.join(keys)}) "
-                 f"DO UPDATE SET {', '.join(f'{m} = EXCLUDED.{m}' for m in measures)})"]
+        # a group whose deltas cancel out (an update that moved none of its measures) writes nothing
+        changed = " OR ".join(f"{measure} <> 0" for measure in measures)
+        added = ", ".join(f"{measure} = r.{measure} + EXCLUDED.{measure}" for measure in measures)
+        ctes += [f"{p}_g{number} AS (SELECT {grouped} FROM {p}_delta GROUP BY {positions})",  # nosec B608
+                 f"{p}_u{number} AS (INSERT INTO {table} AS r ({', '.join(keys + measures)}) "  # nosec B608
+                 f"SELECT * FROM {p}_g{number} WHERE {changed} ON CONFLICT ({', '.join(keys)}) "
+                 f"DO UPDATE SET {added} RETURNING r.created_date, r.{measures[0]})"]
     return ", ".join(ctes)
 
 
-def _renamed_designs(conn, design_ids):
+def _emptied_dates(source: FactSource) -> str:
+    """SELECT of (rollup number in ROLLUPS, creation date) of each row of ``source``'s rollups whose
+    count the statement's upserts (``<p>_u<n>``) brought to 0."""
+    rollups = [(index, rollup) for index, rollup in enumerate(ROLLUPS) if rollup.fact == source.fact]
+    return " UNION ALL ".join(
+        f"SELECT {index} AS rollup, created_date FROM {source.source}_u{number} "  # nosec B608
+        f"WHERE {identifier(rollup.measures[0][0])} = 0"
+        for number, (index, rollup) in enumerate(rollups))
+
+
+def _remove_empty_groups(conn: Connection, emptied: Sequence[Sequence[Any]]) -> None:
+    """Remove the rollup rows left with a count of 0 (``emptied``: (rollup number in ROLLUPS, creation
+    date) pairs from the update statement): a group with no current row has no row."""
+    for index in sorted({row[0] for row in emptied}):
+        rollup = ROLLUPS[index]
+        dates = sorted({row[1] for row in emptied if row[0] == index})
+        conn.run(f"DELETE FROM {identifier(rollup.table)} "  # nosec B608
+                 f"WHERE created_date = ANY(CAST(:dates AS date[])) "
+                 f"AND {identifier(rollup.measures[0][0])} = 0", dates=dates)
+
+
+def _renamed_designs(conn: Connection, design_ids: Sequence[int]) -> List[int]:
     """The ids among ``design_ids`` whose dim_design name differs from the name the rollups use."""
     if not design_ids:
         return []
@@ -379,7 +436,7 @@ def _renamed_designs(conn, design_ids):
         "AND d.design_name <> m.design_name", ids=design_ids)]
 
 
-def _record_design_names(conn, design_ids):
+def _record_design_names(conn: Connection, design_ids: Sequence[int]) -> None:
     """File the batch's designs under their dim_design names from now on."""
     if design_ids:
         conn.run(f"INSERT INTO {identifier(DESIGN_NAMES)} AS m (design_id, design_name) "  # nosec B608
@@ -391,7 +448,7 @@ def _record_design_names(conn, design_ids):
 
 # -- rebuilding from the current views ----------------------------------------------------------------
 
-def rebuild_rollups(conn, batch_id=None):
+def rebuild_rollups(conn: Connection, batch_id: Optional[str] = None) -> None:
     """Recompute every rollup from the current views and the design names from dim_design, inside the
     caller's transaction (the load's, or a rebuild's or resync's after it rewrote facts: call it before
     COMMIT). Creates the tables when missing; drops and recreates them when they hold another definition.
@@ -416,7 +473,7 @@ def rebuild_rollups(conn, batch_id=None):
         label_table = source.label[1] if source.label else None
         delta = _labelled(source, f"SELECT {_columns(source, 'v')} "  # nosec B608
                           f"FROM {identifier(source.view)} v", 1, label_table)
-        conn.run(f"WITH delta AS ({delta}), {_rollup_ctes(source.fact)} "  # nosec B608
+        conn.run(f"WITH {source.source}_delta AS ({delta}), {_rollup_ctes(source)} "  # nosec B608
                  f"INSERT INTO {identifier(STATE)} "
                  "(fact_table, last_record_id, max_id, definition, revision, batch_id) "
                  f"SELECT :fact, coalesce(max({identifier(source.record_column)}), 0), "
@@ -428,7 +485,7 @@ def rebuild_rollups(conn, batch_id=None):
 
 # -- the check ------------------------------------------------------------------------------------------
 
-def _expected_sql(rollup):
+def _expected_sql(rollup: Rollup) -> str:
     """The rollup as the current view gives it now: the rollup's columns, grouped by its keys."""
     source = FACT_SOURCES[rollup.fact]
     label_table = source.label[2] if source.label else None
@@ -439,7 +496,8 @@ def _expected_sql(rollup):
     return f"SELECT {keys}, {sums} FROM ({rows}) v GROUP BY {group}"  # nosec B608
 
 
-def _differences(conn, name, expected, actual, keys):
+def _differences(conn: Connection, name: str, expected: str, actual: str,
+                 keys: Sequence[str]) -> Optional[Dict[str, Any]]:
     """{"rollup", "missing", "unexpected", "examples", "keys", "differing_keys"} of two SELECTs of the
     same columns, or None when they hold the same rows. ``keys``: the columns naming a row; "keys" lists
     up to KEY_EXAMPLES of the distinct keys of the differing rows (a row with other measures is missing
@@ -459,7 +517,7 @@ def _differences(conn, name, expected, actual, keys):
             "differing_keys": len(differing), "keys": [dict(key) for key in differing[:KEY_EXAMPLES]]}
 
 
-def compare_rollups(conn) -> List[Dict]:
+def compare_rollups(conn: Connection) -> List[Dict[str, Any]]:
     """Recompute every rollup from the current views (and the design names from dim_design) and compare
     with the warehouse's; return the differences, one dict per rollup that differs: ``{"rollup",
     "missing": rows the rollup lacks, "unexpected": rows it should not have, "examples": {"missing":

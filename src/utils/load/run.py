@@ -17,6 +17,8 @@ One run (``run_load``):
    end of the execution's last round (the event without ``more_waiting``), re-added and validated
    set-wise once (``utils.load.constraints``).
 """
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
 import boto3
 
 from utils.aws.manifests import read_processed_manifest, walk_manifests
@@ -24,7 +26,7 @@ from utils.aws.secrets import db_connections_get_secret
 from utils.aws.state import read_transform_state
 from utils.catalog.warehouse import FACTS, check_warehouse_table
 from utils.config import load_settings
-from utils.contracts import LoadResult
+from utils.contracts import LoadResult, ProcessedManifest
 from utils.db.connection import close_db_connection, connect_to_db
 from utils.errors import InvalidEventError
 from utils.load.constraints import restore_foreign_keys, suspend_for_execution
@@ -33,10 +35,12 @@ from utils.load.schema import DELETED, REJECTED, ensure_warehouse_schema
 from utils.logger import get_logger
 
 STAGE = "load"
+# [(manifest key, processed manifest)] of the batches not in the ledger, oldest first
+Pending = List[Tuple[str, ProcessedManifest]]
 logger = get_logger(STAGE)
 
 
-def parse_event(event):
+def parse_event(event: Any) -> Dict[str, Any]:
     """Check the load event: the transform output ``{"batches": [...], "tables": {table: rows}}``.
 
     Raises InvalidEventError for a non-dict or badly shaped value, UnknownTableError for a table
@@ -56,7 +60,7 @@ def parse_event(event):
     return event
 
 
-def run_load(event, s3_client=None, secrets_client=None):
+def run_load(event: Any, s3_client: Any = None, secrets_client: Any = None) -> Dict[str, Any]:
     """Load every processed batch not yet in the ledger; return ``{"batches": [...], "tables": {...}}``.
 
     Raises on any failure (the handler's stage_handler logs it at CRITICAL).
@@ -70,7 +74,7 @@ def run_load(event, s3_client=None, secrets_client=None):
         more_waiting=event.get("more_waiting", False)), secrets_client)
 
 
-def with_warehouse(work, secrets_client=None):
+def with_warehouse(work: Callable[[Any, Callable[[], Any]], Any], secrets_client: Any = None) -> Any:
     """``work(conn, connect)`` on a connection to the configured warehouse (closed after); ``connect``
     opens another connection to it. Returns what ``work`` returns."""
     settings = load_settings()
@@ -84,7 +88,9 @@ def with_warehouse(work, secrets_client=None):
         close_db_connection(conn)
 
 
-def load_pending(conn, s3_client, bucket, connect=None, more_waiting=False, take=None):
+def load_pending(conn: Any, s3_client: Any, bucket: str, connect: Optional[Callable[[], Any]] = None,
+                 more_waiting: bool = False,
+                 take: Optional[Callable[[Pending], Pending]] = None) -> LoadResult:
     """Ensure the schema, then load every pending processed batch, oldest first.
 
     A fact table receiving many rows has its foreign keys suspended for the execution
@@ -132,7 +138,7 @@ def load_pending(conn, s3_client, bucket, connect=None, more_waiting=False, take
     return result
 
 
-def pending_fact_rows(pending):
+def pending_fact_rows(pending: Pending) -> Dict[str, int]:
     """{fact table: rows} the pending batches bring (from their manifests)."""
     rows: dict = {}
     for _, manifest in pending:
@@ -143,7 +149,7 @@ def pending_fact_rows(pending):
     return rows
 
 
-def pending_batches(conn, s3_client, bucket):
+def pending_batches(conn: Any, s3_client: Any, bucket: str) -> Pending:
     """[(manifest key, manifest)] of the processed batches not in the ledger, oldest first."""
     state, _ = read_transform_state(s3_client, bucket)
     chain, _ = walk_manifests(

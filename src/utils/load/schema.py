@@ -31,7 +31,7 @@ LOAD_ORDER_COLUMNS = {LEDGER: "load_order", DIMENSION_VERSIONS: "load_order",
 OWN_TABLES = (LEDGER, REJECTED, DIMENSION_VERSIONS, DELETED, SUSPENDED_KEYS)
 
 VIEWS = ("current_sales_order", "current_purchase_order", "current_payment", "deleted_dimension_rows")
-VERSION_INDEXES = tuple(f"{name}_version_key" for name in FACTS)
+VERSION_INDEXES = tuple(f"{name}_version_order_key" for name in FACTS)
 # pg_advisory_xact_lock key serialising loads into one warehouse.
 ADVISORY_LOCK_KEY = 0x7074_6573_7973_0003
 # The DDL (once per warehouse) waits at most this long for any lock: readers queue behind it (issue 19).

@@ -20,7 +20,7 @@ Safe by construction:
 """
 import threading
 from concurrent.futures import Future
-from typing import Callable, Dict, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from pg8000.native import identifier
 
@@ -38,7 +38,7 @@ class StagingError(TotesysError):
     """A staging table does not hold what the helper copied into it."""
 
 
-def stage_name(table):
+def stage_name(table: str) -> str:
     return f"{STAGE_PREFIX}{table}"
 
 
@@ -55,7 +55,7 @@ class ParallelStaging:
         self._thread = threading.Thread(target=self._run, name="load-staging", daemon=True)
         self._thread.start()
 
-    def _run(self):
+    def _run(self) -> None:
         try:
             conn = self._connect()
         except BaseException as err:  # noqa: BLE001 - reported through every table's future
@@ -74,11 +74,11 @@ class ParallelStaging:
         finally:
             close_db_connection(conn)
 
-    def _fail_all(self, err):
+    def _fail_all(self, err: BaseException) -> None:
         for future in self.futures.values():
             future.set_exception(err)
 
-    def _stage(self, conn, name, table):
+    def _stage(self, conn: Any, name: str, table: Any) -> int:
         stage = identifier(stage_name(name))
         conn.run(f"DROP TABLE IF EXISTS {stage}")
         conn.run(f"CREATE UNLOGGED TABLE {stage} ({self._definitions(name)})")
@@ -89,7 +89,7 @@ class ParallelStaging:
             rows = conn.row_count
         return rows
 
-    def stage(self, conn, name):
+    def stage(self, conn: Any, name: str) -> str:
         """The stage of ``name`` for the batch's transaction on ``conn``, once the helper committed it
         and ``conn`` sees all its rows. Raises the helper's error, or StagingError."""
         rows = self.futures[name].result()
@@ -100,7 +100,7 @@ class ParallelStaging:
                                f"transaction, the COPY wrote {rows}", table=name)
         return stage
 
-    def close(self, conn=None, names: Sequence[str] = ()):
+    def close(self, conn: Any = None, names: Sequence[str] = ()) -> None:
         """Stop copying, wait for the helper; with ``conn``, drop the stages of ``names`` in its
         transaction (the batch's: they go with its COMMIT)."""
         self._stop.set()
@@ -109,7 +109,9 @@ class ParallelStaging:
             conn.run(f"DROP TABLE IF EXISTS {identifier(stage_name(name))}")
 
 
-def start_staging(connect, tables, definitions, columns):
+def start_staging(connect: Optional[Callable[[], Any]], tables: Dict[str, Any],
+                  definitions: Callable[[str], str],
+                  columns: Callable[[str], str]) -> Optional[ParallelStaging]:
     """A ParallelStaging of ``tables``, or None (one INFO line) when its connection cannot be made or
     the helper cannot create a table: the caller stages in its own transaction then."""
     if connect is None or not tables:
@@ -126,7 +128,7 @@ def start_staging(connect, tables, definitions, columns):
     return staging
 
 
-def why_staging_failed(err):
+def why_staging_failed(err: BaseException) -> str:
     """The helper's failure in words: the privilege the load user lacks (SQLSTATE 42501), the
     connection that could not be made, or the statement that failed."""
     code, detail = sqlstate(err)

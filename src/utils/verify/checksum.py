@@ -1,23 +1,23 @@
 """Segment checksums over id ranges, computed inside each database, narrowed to the differing ids.
 
-As data-diff does: both databases first sum a 64-bit row hash over the whole table (one scan each,
-only ``(count, sum)`` travels: the common case, a table that matches, ends there); when the sums
-differ, per segment of ``2**SEGMENT_BITS`` consecutive ids (only ``(segment, count, sum)`` travels); a
-segment whose count or sum differs is split again at ``2**FINE_BITS`` ids, and only the rows of the
+As data-diff does: both databases sum a 64-bit row hash per segment of ``2**SEGMENT_BITS`` consecutive
+ids over the whole table (one scan each; only ``(segment, count, sum)`` travels, a few dozen rows at
+x100: the common case, a table that matches, ends there); a segment whose count or sum differs is split
+at ``2**FINE_BITS`` ids over its id range only (an index range scan), and only the rows of the fine
 segments that still differ are read (``id, h``) and compared one by one. Rows cost nothing to move
-unless they differ. (A grouped sum costs about twice a plain one, hence the first level.)
+unless they differ, and a difference costs no second pass over the table. (Grouping by a coarse segment
+costs about 5% more than a plain sum; a second grouped pass over the whole table, as a plain first level
+then needs, costs as much again: docs/BENCHMARKS.md.)
 
 Ids are shifted by 2**31 before the segment is taken, so a negative id (int4) falls in a segment of its own.
 """
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
-
-from pg8000.native import Connection
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from utils.verify.pairs import Pair
 
-SEGMENT_BITS = 12
+SEGMENT_BITS = 16
 FINE_BITS = 6
 ID_SHIFT = 2 ** 31
 
@@ -39,10 +39,6 @@ def _segments_sql(relation: str, bits: int, ranged: bool) -> str:
             f"FROM ({relation}) r{where} GROUP BY 1")
 
 
-def _totals_sql(relation: str) -> str:
-    return f"SELECT count(*), coalesce(sum(h), 0) FROM ({relation}) r"  # nosec B608
-
-
 def _rows_sql(relation: str) -> str:
     return f"SELECT id, h FROM ({relation}) r WHERE id >= :lo AND id < :hi"  # nosec B608
 
@@ -52,7 +48,7 @@ def _bounds(segment: int, bits: int) -> Tuple[int, int]:
     return lo, lo + (1 << bits)
 
 
-def _as_map(rows: Iterable[Sequence[Any]]) -> Dict[int, Tuple[int, int]]:
+def _as_map(rows: List[List[Any]]) -> Dict[int, Tuple[int, int]]:
     return {int(seg): (int(count), int(total)) for seg, count, total in rows}
 
 
@@ -60,12 +56,12 @@ class Sides:
     """The two open connections (``source``, ``warehouse``), each in its own transaction; ``both``
     runs one statement per side at the same time (two threads: each connection is used by one)."""
 
-    def __init__(self, source: Connection, warehouse: Connection) -> None:
+    def __init__(self, source: Any, warehouse: Any) -> None:
         self.conns = {"source": source, "warehouse": warehouse}
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
 
-    def both(self, pair: Pair, make_sql: Callable[[str], str], **params: Any) -> Tuple[Any, Any]:
-        """(source rows, warehouse rows) of ``make_sql(relation)`` on each side."""
+    def both(self, pair: Pair, make_sql: Callable[[str], str],
+             **params: Any) -> Tuple[List[List[Any]], List[List[Any]]]:
         futures = {side: self.pool.submit(self.conns[side].run, make_sql(pair.relation(side)), **params)
                    for side in self.conns}
         return futures["source"].result(), futures["warehouse"].result()
@@ -77,23 +73,19 @@ class Sides:
 def _differing_segments(sides: Sides, pair: Pair, bits: int, lo: Optional[int] = None,
                         hi: Optional[int] = None) -> Tuple[List[int], int]:
     """``(segments, source rows)``: the segments whose (count, sum) differ between the sides, and the
-    source's row count over the range."""
+    source's row count over the range (the whole table when ``lo`` is None)."""
     params = {} if lo is None else {"lo": lo, "hi": hi}
     source, warehouse = sides.both(pair, lambda rel: _segments_sql(rel, bits, lo is not None), **params)
-    source, warehouse = _as_map(source), _as_map(warehouse)
-    differing = sorted(seg for seg in source.keys() | warehouse.keys()
-                       if source.get(seg) != warehouse.get(seg))
-    return differing, sum(count for count, _ in source.values())
+    source_map, warehouse_map = _as_map(source), _as_map(warehouse)
+    differing = sorted(seg for seg in source_map.keys() | warehouse_map.keys()
+                       if source_map.get(seg) != warehouse_map.get(seg))
+    return differing, sum(count for count, _ in source_map.values())
 
 
 def compare(sides: Sides, pair: Pair) -> RowDiff:
     """Compare one pair; return its RowDiff. ``matched`` is the source's row count minus the source
     rows found different (rows outside differing segments are equal by their checksums)."""
     diff = RowDiff()
-    source, warehouse = sides.both(pair, _totals_sql)
-    if source == warehouse:
-        diff.matched = int(source[0][0])
-        return diff
     segments, source_total = _differing_segments(sides, pair, SEGMENT_BITS)
     for segment in segments:
         lo, hi = _bounds(segment, SEGMENT_BITS)
@@ -106,8 +98,8 @@ def compare(sides: Sides, pair: Pair) -> RowDiff:
 
 
 def _compare_rows(sides: Sides, pair: Pair, lo: int, hi: int, diff: RowDiff) -> None:
-    source, warehouse = sides.both(pair, _rows_sql, lo=lo, hi=hi)
-    source, warehouse = dict(source), dict(warehouse)
+    source_rows, warehouse_rows = sides.both(pair, _rows_sql, lo=lo, hi=hi)
+    source, warehouse = dict(source_rows), dict(warehouse_rows)
     for row_id in sorted(source.keys() | warehouse.keys()):
         if row_id not in warehouse:
             diff.source_only.append(row_id)

@@ -1,22 +1,30 @@
 """Fact history against the landing zone: every order/payment version landed in a loaded batch is in its
 fact table once, or quarantined in ``etl_rejected_rows``; and the fact table holds nothing else.
 
-A version is (source id, last_updated). The landed versions (deduplicated: overlapping windows land a
-version twice) are summed in Python: count, sum of ids, and sum of ``((id * 1000003) XOR ms) & (2**31 - 1)``
-where ms is last_updated in epoch milliseconds of its wall-clock value; the warehouse sums the same over its
-fact versions and unresolved rejected versions, in SQL. Only when the sums differ are the versions
-themselves read and compared, to name them.
+A version is (source id, last_updated) and its values: an update that kept its stamp is a second version
+of that stamp (docs/DESIGN.md, "A version is its stamp and its values"). The landed (id, last_updated)
+pairs (deduplicated: overlapping windows land a version twice) are summed in Python: count, sum of ids, and
+sum of ``((id * 1000003) XOR ms) & (2**31 - 1)`` where ms is last_updated in epoch milliseconds of its
+wall-clock value; the warehouse sums the same over its fact rows and unresolved rejected versions, in SQL.
+Equal sums are the common case (one version per stamp, each held once). Only when they differ are the
+landed files' values read (the columns the fact keeps: a change of a column it drops is no new version)
+and the versions compared as multisets of (id, last_updated), one per distinct value-version landed
+against one per row held, to name the differences: a version missing, or one held twice.
 """
 import io
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import Any, List, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 
+from utils.catalog.source import LANDING_SCHEMAS
 from utils.errors import CorruptFileError
+from utils.transform.quarantine import UNUSED_COLUMNS
 
 FACTS = {"sales_order": "fact_sales_order", "purchase_order": "fact_purchase_order",
          "payment": "fact_payment"}
@@ -37,11 +45,12 @@ class HistoryResult:
     not_landed_count: int = 0
 
     @property
-    def matched(self):
+    def matched(self) -> bool:
         return self.not_in_warehouse_count == 0 and self.not_landed_count == 0
 
 
-def landed_versions(s3_client, bucket, manifests, source_table):
+def landed_versions(s3_client: Any, bucket: str, manifests: Sequence[Tuple[str, Any]],
+                    source_table: str) -> Tuple[np.ndarray, np.ndarray]:
     """The distinct (id, ms) versions of ``source_table`` in ``manifests``: two int64 numpy arrays."""
     key_column = f"{source_table}_id"
     parts = []
@@ -59,27 +68,33 @@ def landed_versions(s3_client, bucket, manifests, source_table):
             distinct["ms"].to_numpy(zero_copy_only=False).astype(np.int64))
 
 
-def _read_versions(s3_client, bucket, key, key_column):
-    """The (id, ms) columns of one landed file; CorruptFileError naming it when it cannot be read."""
+def _read_versions(s3_client: Any, bucket: str, key: str, key_column: str) -> pa.Table:
+    """The (id, ms) columns of one landed file."""
+    table = read_landed_columns(s3_client, bucket, key, [key_column, "last_updated"])
+    return table.rename_columns(["id", "ms"])
+
+
+def read_landed_columns(s3_client: Any, bucket: str, key: str, columns: List[str]) -> pa.Table:
+    """``columns`` of the landed file ``key``; CorruptFileError naming it when it cannot be read."""
     try:
         body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
         # ParquetFile, not read_table: read_table imports pyarrow.dataset (over a second, once).
-        table = pq.ParquetFile(io.BytesIO(body)).read(columns=[key_column, "last_updated"])
+        table = pq.ParquetFile(io.BytesIO(body)).read(columns=columns)
     except ClientError as err:
         code = err.response.get("Error", {}).get("Code", "error")
         raise CorruptFileError(f"cannot read s3://{bucket}/{key}: {code}", key=key) from None
     except (pa.ArrowException, OSError, ValueError) as err:
         raise CorruptFileError(f"s3://{bucket}/{key} is not a readable landing file ({type(err).__name__})",
                                key=key) from None
-    return table.rename_columns(["id", "ms"])
+    return table
 
 
-def _sums(ids, ms):
+def _sums(ids: np.ndarray, ms: np.ndarray) -> Tuple[int, int, int]:
     mixed = ((ids * MIX) ^ ms) & LOW_BITS
     return int(ids.size), int(ids.sum()), int(mixed.sum())
 
 
-def _warehouse_relation(fact, source_table):
+def _warehouse_relation(fact: str, source_table: str) -> str:
     key = f"{source_table}_id"
     # Integer arithmetic for the date part: numeric extract() of the whole timestamp costs twice as much.
     stamp = ("(last_updated_date - DATE '1970-01-01')::bigint * 86400000 "
@@ -91,13 +106,15 @@ def _warehouse_relation(fact, source_table):
             "AND resolved_batch_id IS NULL AND last_updated IS NOT NULL AND source_id IS NOT NULL")
 
 
-def check_history(conn, s3_client, bucket, manifests, limit=10):
+def check_history(conn: Any, s3_client: Any, bucket: str, manifests: Sequence[Tuple[str, Any]],
+                  limit: int = 10) -> List[HistoryResult]:
     """[HistoryResult] for the three fact tables; see the module docstring."""
     return [_check_one(conn, s3_client, bucket, manifests, source, fact, limit)
             for source, fact in FACTS.items()]
 
 
-def _check_one(conn, s3_client, bucket, manifests, source, fact, limit):
+def _check_one(conn: Any, s3_client: Any, bucket: str, manifests: Sequence[Tuple[str, Any]], source: str,
+               fact: str, limit: int) -> HistoryResult:
     ids, ms = landed_versions(s3_client, bucket, manifests, source)
     relation = _warehouse_relation(fact, source)
     held = conn.run("SELECT count(*), coalesce(sum(id), 0), "
@@ -107,16 +124,36 @@ def _check_one(conn, s3_client, bucket, manifests, source, fact, limit):
     if tuple(int(value) for value in held) == _sums(ids, ms):
         return result
     rows = conn.run(f"SELECT id, ms FROM ({relation}) v", source=source)  # nosec B608
-    landed_set = set(zip(ids.tolist(), ms.tolist()))
-    held_set = {(int(i), int(m)) for i, m in rows}
-    missing, extra = sorted(landed_set - held_set), sorted(held_set - landed_set)
+    landed = landed_value_versions(s3_client, bucket, manifests, source)
+    held_versions = Counter((int(i), int(m)) for i, m in rows)
+    result.landed = sum(landed.values())
+    missing, extra = sorted((landed - held_versions).elements()), sorted((held_versions - landed).elements())
     result.not_in_warehouse_count, result.not_landed_count = len(missing), len(extra)
     result.not_in_warehouse = [_version(v) for v in missing[:limit]]
     result.not_landed = [_version(v) for v in extra[:limit]]
     return result
 
 
-def _version(version):
+def landed_value_versions(s3_client: Any, bucket: str, manifests: Sequence[Tuple[str, Any]],
+                          source_table: str) -> "Counter[Tuple[int, int]]":
+    """{(id, ms): distinct value-versions of that stamp} of ``source_table`` in ``manifests``, the values
+    being the columns the fact keeps."""
+    columns = [name for name in LANDING_SCHEMAS[source_table].names
+               if name not in UNUSED_COLUMNS.get(source_table, ())]
+    key_column = f"{source_table}_id"
+    parts = [read_landed_columns(s3_client, bucket, manifest["tables"][source_table]["key"], columns)
+             for _, manifest in manifests if manifest["tables"].get(source_table)]
+    if not parts:
+        return Counter()
+    table = pa.concat_tables(parts)
+    table = table.filter(pc.and_(pc.is_valid(table[key_column]), pc.is_valid(table["last_updated"])))
+    distinct = table.group_by(columns).aggregate([])
+    ids = distinct[key_column].cast(pa.int64()).to_pylist()
+    stamps = distinct["last_updated"].cast(pa.int64()).to_pylist()
+    return Counter(zip(ids, stamps))
+
+
+def _version(version: Tuple[int, int]) -> Tuple[int, str]:
     row_id, ms = version
     stamp = np.datetime64(int(ms), "ms").astype(str).replace("T", " ")
     return int(row_id), stamp

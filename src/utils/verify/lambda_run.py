@@ -41,7 +41,8 @@ def run_verify(s3_client: Any = None, secrets_client: Any = None) -> Dict[str, A
         warehouse = connect_to_db(warehouse_credentials, role="warehouse")
         try:
             report = verify(source, warehouse, s3_client, settings.ingest_bucket,
-                            settings.ingest_overlap_seconds)
+                            settings.ingest_overlap_seconds,
+                            connect_warehouse=lambda: connect_to_db(warehouse_credentials, role="warehouse"))
         finally:
             close_db_connection(warehouse)
     finally:

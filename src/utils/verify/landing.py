@@ -1,17 +1,11 @@
-"""What the landing zone says `verify` may expect: the loaded ingest batches and their bounds.
+"""What the landing zone says `verify` may expect: the ingest batches loaded and not loaded yet.
 
 A batch is loaded when its id is in the warehouse's ``etl_load_ledger`` (a processed batch keeps its
-ingest batch's id). The walk follows the ingest manifests back from ``_state/ingest.json``. Each source
-table's bound is ``(high, snapshot)`` of the newest loaded batch that read it: the ingest state's own
-entries when the state's batch is loaded (later runs with no changes advanced them), else the table's
-entry in the newest loaded manifest that has one. A row stamped at or after ``high``, or written by a
-transaction not finished before ``snapshot`` and stamped inside the overlap window, is in flight: the
-next run takes it (the ingest's own rules, docs/DESIGN.md "Incremental extraction").
+ingest batch's id). The walk follows the ingest manifests back from ``_state/ingest.json``. What the
+batches not loaded yet bring, and what the next run will, is ``utils.verify.in_flight``'s.
 """
 from dataclasses import dataclass, field
-from typing import Any, Collection, Dict, List, Optional, Sequence, Set, Tuple
-
-from pg8000.native import Connection
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from utils.aws.manifests import read_ingest_manifest, walk_manifests
 from utils.aws.objects import read_parquet_table
@@ -24,22 +18,20 @@ from utils.errors import CorruptFileError
 @dataclass
 class Landed:
     """``manifests``: [(key, manifest)] of the loaded ingest batches, oldest first; ``pending_manifests``:
-    those of the ingest batches not loaded yet; ``bounds``: {source table: (high, snapshot)} (absent:
-    nothing of that table is loaded, so every row of it is in flight)."""
+    those of the ingest batches not loaded yet; ``state``: the ingest state pointer."""
     manifests: List[Tuple[str, IngestManifest]] = field(default_factory=list)
     pending_manifests: List[Tuple[str, IngestManifest]] = field(default_factory=list)
-    bounds: Dict[str, Tuple[str, str]] = field(default_factory=dict)
     state: IngestState = field(default_factory=lambda: IngestState())
 
 
-def loaded_batch_ids(conn: Connection) -> Set[str]:
+def loaded_batch_ids(conn: Any) -> Set[str]:
     """The batch ids in the warehouse's ledger (empty when the warehouse has no ledger yet)."""
     if conn.run("SELECT to_regclass('etl_load_ledger') IS NULL")[0][0]:
         return set()
     return {row[0] for row in conn.run("SELECT batch_id FROM etl_load_ledger")}
 
 
-def read_landed(s3_client: Any, bucket: str, loaded_ids: Collection[str]) -> Landed:
+def read_landed(s3_client: Any, bucket: str, loaded_ids: Set[str]) -> Landed:
     """Walk the ingest manifests; see the module docstring. Raises CorruptFileError for a missing or
     malformed manifest, as the transform would, and when the warehouse has loaded batches but none of
     them is in the bucket (the wrong bucket, or a warehouse another state folder loads: comparing would
@@ -62,19 +54,7 @@ def read_landed(s3_client: Any, bucket: str, loaded_ids: Collection[str]) -> Lan
         raise CorruptFileError(f"the warehouse has loaded {len(loaded_ids)} batch(es), none of them from the "
                                f"landing zone s3://{bucket} ({len(chain)} batch(es)): wrong bucket or state "
                                "folder?", key="_state/ingest.json")
-    landed.bounds = _bounds(state, landed.manifests, loaded_ids)
     return landed
-
-
-def _bounds(state: IngestState, manifests: Sequence[Tuple[str, IngestManifest]], loaded_ids: Collection[str]
-            ) -> Dict[str, Tuple[str, str]]:
-    if state.get("batch_id") and state.get("batch_id") in loaded_ids:
-        return {table: (entry["high"], entry["snapshot"]) for table, entry in state.get("tables", {}).items()}
-    bounds: Dict[str, Tuple[str, str]] = {}
-    for _, manifest in reversed(manifests):
-        for table, entry in manifest["tables"].items():
-            bounds.setdefault(table, (entry["high"], entry["snapshot"]))
-    return bounds
 
 
 def latest_loaded(landed: Landed) -> Optional[str]:

@@ -11,7 +11,8 @@ loaded last per id, ids with an open deletion left out), a dimension's row; ids 
 ``etl_deleted_rows`` are left out on that side too.
 
 ``stamps``: the source tables whose rows make the pair's row, with the SQL of each one's
-``last_updated`` and row ``xmin`` (a joined dimension is in flight when either of its rows is).
+``last_updated``, row ``xmin`` and primary key (a joined dimension is in flight when either of its rows
+is: ``utils.verify.in_flight``).
 Every name here is a constant of this module (the ``# nosec B608`` below): no identifier or value comes
 from input.
 """
@@ -19,13 +20,13 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable, List, Optional, Sequence, Tuple
 
+# (source table, SQL of its last_updated, of its row xmin, of its primary key).
+Stamp = Tuple[str, str, str, str]
+RowHash = Callable[[Sequence[str]], str]
+
 # The current-state view of each fact table (utils/catalog/sql/warehouse_schema.sql).
 CURRENT_VIEWS = {"fact_sales_order": "current_sales_order", "fact_purchase_order": "current_purchase_order",
                  "fact_payment": "current_payment"}
-# A side's version stamp of a pair: (source table, its last_updated expression, its xmin expression).
-Stamp = Tuple[str, str, str]
-# How a row's columns are hashed: the SQL expression of the hash of ``columns``.
-RowHash = Callable[[Sequence[str]], str]
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def _dimension(table: str, source_table: str, key: str, source_columns: Sequence
 
 
 def _own(alias: str, table: str) -> Stamp:
-    return (table, f"{alias}.last_updated", f"{alias}.xmin")
+    return (table, f"{alias}.last_updated", f"{alias}.xmin", f"{alias}.{table}_id")
 
 
 def _stamp_columns(column: str) -> List[str]:

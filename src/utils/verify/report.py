@@ -1,16 +1,20 @@
 """The verify Report as text for people (`totesys verify`) or JSON for machines (`--json`)."""
 import json
+from typing import List
+
+from utils.verify.rollup_check import RollupReport
+from utils.verify.run import Report, TableReport
 
 COLUMNS = (("matched", "matched"), ("missing", "missing"), ("extra", "extra"), ("differing", "differing"),
            ("in_flight", "in flight"), ("quarantined", "quarantined"))
 
 
-def _row(table):
+def _row(table: TableReport) -> str:
     values = [table.matched] + [table.counts[kind] for kind, _ in COLUMNS[1:]] + [table.deletions_recorded]
     return f"  {table.table:<20}" + "".join(f"{value:>12,}" for value in values)
 
 
-def render_text(report):
+def render_text(report: Report) -> List[str]:
     """Lines for people: one per table, the ids of each difference, the history, the verdict."""
     header = f"  {'table':<20}" + "".join(f"{name:>12}" for _, name in COLUMNS) + f"{'deleted':>12}"
     last = report.last_loaded_batch or "none"
@@ -48,7 +52,7 @@ def render_text(report):
     return lines
 
 
-def _rollup_line(rollups):
+def _rollup_line(rollups: RollupReport) -> str:
     if rollups.matched:
         return f"  {rollups.table}: every dashboard rollup equals the current views"
     keys = "; ".join(", ".join(f"{column}={value}" for column, value in key.items()) for key in rollups.keys)
@@ -57,5 +61,5 @@ def _rollup_line(rollups):
             f"{', '.join(rollups.rollups)}: {keys}{more} (repair: rebuild_rollups, or totesys rebuild)")
 
 
-def render_json(report):
+def render_json(report: Report) -> str:
     return json.dumps(report.to_dict(), sort_keys=True, default=str)

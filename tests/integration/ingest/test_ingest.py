@@ -175,7 +175,7 @@ def new_order(conn, units, ts="now()"):
 
 
 @pytest.mark.cursor_only("a transaction open across the first run: CDC's slot waits for it (defect 10); "
-                         "late commits in CDC: tests/cdc/test_cdc_reliability.py")
+                         "late commits in CDC: tests/integration/ingest/cdc/test_cdc_reliability.py")
 def test_late_commit_is_picked_up_by_the_next_run_exactly_once(env):
     s3, bucket, url = env
     writer = connect(url)

@@ -9,7 +9,6 @@ import time
 from datetime import datetime, timedelta
 
 import pytest
-from pg8000.native import identifier
 
 import ingest
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
@@ -20,28 +19,8 @@ from utils.aws.state import read_state
 from tests.support.ingest import assert_each_version_landed_once, read_table
 from utils.aws.objects import list_keys, read_json
 from tests.support.db import run_sql
+from tests.support.zones import set_database_timezone, write, writer
 from tests.support.ingest_mode import cdc_session
-
-
-def set_database_timezone(url, zone):
-    """ALTER DATABASE ... SET timezone: every new session of the database gets ``zone``."""
-    database = credentials_from_url(url)["database"]
-    # ALTER DATABASE takes no bound parameter: the zone is checked by the server as a literal.
-    zone_literal = "'" + zone.replace("'", "''") + "'"
-    run_sql(url, f"ALTER DATABASE {identifier(database)} SET timezone = {zone_literal}")
-
-
-def writer(url):
-    """A session in the database's configured zone, as the application's own writers have."""
-    return connect_to_db(credentials=credentials_from_url(url), timezone=None)
-
-
-def write(url, sql):
-    conn = writer(url)
-    try:
-        return conn.run(sql)
-    finally:
-        close_db_connection(conn)
 
 
 def updated_rows(s3, bucket, result, table, pk):

@@ -399,8 +399,8 @@ def test_schema_file_is_shipped_inside_the_package_and_matches_sql_folder():
     assert shipped.parent.parent.parent.name == "utils"  # src/utils/catalog/sql: inside the Lambda zip
     assert (Path(__file__).resolve().parents[3] / "sql" / "warehouse_schema.sql").read_text() \
         == shipped.read_text()
-    # the tables, the ledger, three version indexes, three views, etl_rejected_rows with its index,
-    # etl_dimension_version, etl_deleted_rows with its two indexes, deleted_dimension_rows,
-    # etl_suspended_foreign_key, the load order (its sequence, the ledger's, etl_dimension_version's and
-    # the three facts' columns for a warehouse created before it)
-    assert len(schema_statements()) == len(WAREHOUSE_TABLES) + 1 + 3 + 3 + 2 + 1 + 3 + 1 + 1 + 6
+    # the tables, the ledger, three version indexes (and the drops of the three they replaced), three
+    # views, etl_rejected_rows with its index, etl_dimension_version, etl_deleted_rows with its two
+    # indexes, deleted_dimension_rows, etl_suspended_foreign_key, the load order (its sequence, the
+    # ledger's, etl_dimension_version's and the three facts' columns for a warehouse created before it)
+    assert len(schema_statements()) == len(WAREHOUSE_TABLES) + 1 + 3 + 3 + 3 + 2 + 1 + 3 + 1 + 1 + 6

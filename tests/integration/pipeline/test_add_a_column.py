@@ -6,6 +6,10 @@ import boto3
 import pyarrow as pa
 import pytest
 
+import ingest
+import load
+import transform
+
 from tests.support.db import connect, run_sql
 from tests.support.pipeline import run_pipeline
 from utils.catalog import source, warehouse
@@ -98,6 +102,17 @@ def test_a_nullable_source_column_reaches_an_existing_and_a_fresh_warehouse(
     assert run_sql(fresh, "SELECT data_type FROM information_schema.columns WHERE table_name = 'dim_design' "
                    "AND column_name = 'colour'") == [["character varying"]]
     assert_views_and_rollups_work(fresh)  # (c)
+
+
+@pytest.mark.slow
+def test_a_batch_transformed_before_the_change_loads_after_it(source_url, warehouse_url, pipeline_env,
+                                                              monkeypatch):
+    """The deploy lands between a batch's transform and its load: its processed files lack the column."""
+    pipeline_env(source_url=source_url, warehouse_url=warehouse_url)
+    transformed = transform.lambda_handler(ingest.lambda_handler({}, None), None)
+    add_catalogue_column(monkeypatch)
+    assert load.lambda_handler(transformed, None)["batches"] == transformed["batches"]
+    assert colours(warehouse_url) == [[1, "Wooden", None]]
 
 
 def test_a_fact_column_added_to_an_existing_warehouse_joins_its_current_view(warehouse_url, monkeypatch):

@@ -130,7 +130,7 @@ def test_future_rows_are_quarantined_once_never_block_the_window_and_their_fix_l
 
 
 @pytest.mark.cursor_only("a row within the tolerance waits for the cursor's window; CDC lands it at once "
-                         "(CDC's future rows: tests/cdc/test_cdc_adversarial.py)")
+                         "(CDC's future rows: tests/integration/ingest/cdc/test_cdc_adversarial.py)")
 def test_the_future_bound_is_recorded_per_table_and_follows_the_tolerance(loaded, buckets, monkeypatch):
     source, _ = loaded
     s3 = boto3.client("s3")

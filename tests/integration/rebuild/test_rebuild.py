@@ -54,6 +54,11 @@ def test_a_rebuild_equals_the_incrementally_built_warehouse(pipeline_env, source
     run_sql(source_url, "UPDATE address SET city = 'Bradford', last_updated = localtimestamp "
                         "WHERE address_id = 1")
     run_until_caught_up()
+    # An update that kept its stamp, repaired by a re-sync: a second version of that stamp (defect 8).
+    run_sql(source_url, "UPDATE sales_order SET units_sold = 777 WHERE sales_order_id = 2")
+    run_until_caught_up({"resync": ["sales_order"]})
+    assert run_sql(warehouse_url, "SELECT units_sold FROM current_sales_order WHERE sales_order_id = 2") \
+        == [[777]]
     # A bad value quarantined, then fixed; deletes; a re-insert of a deleted id.
     run_sql(source_url, "UPDATE purchase_order SET agreed_delivery_date = '2024-02-30', "
                         "last_updated = localtimestamp")

@@ -165,3 +165,45 @@ def test_an_id_gone_from_totesys_that_no_run_saw_deleted_is_extra(loaded, check)
     run_sql(warehouse, "INSERT INTO dim_design VALUES (77, 'Ghost', '/g', 'g.json')")
     report = check(source, warehouse, buckets["ingest"])
     assert by_table(report)["dim_design"].ids["extra"] == [77] and report.exit_code == 1
+
+
+def copy_sales_order(warehouse, new_id):
+    """A fact row of ``new_id`` copied from sales order 1 (extra: in no source table)."""
+    run_sql(warehouse, "INSERT INTO fact_sales_order (sales_order_id, created_date, created_time, "
+                       "last_updated_date, last_updated_time, sales_staff_id, counterparty_id, units_sold, "
+                       "unit_price, currency_id, design_id, agreed_payment_date, agreed_delivery_date, "
+                       "agreed_delivery_location_id, etl_load_order) "
+                       "SELECT :i, created_date, created_time, last_updated_date, last_updated_time, "
+                       "sales_staff_id, counterparty_id, units_sold, unit_price, currency_id, design_id, "
+                       "agreed_payment_date, agreed_delivery_date, agreed_delivery_location_id, "
+                       "etl_load_order FROM fact_sales_order WHERE sales_order_id = 1", i=new_id)
+
+
+def test_differences_in_several_segments_are_each_narrowed_to_their_ids(loaded, check):
+    """Ids far apart (other first-level segments of 65,536 ids, one negative) are each named."""
+    source, warehouse, buckets = loaded
+    for new_id in (-5, 70_000, 200_001):
+        copy_sales_order(warehouse, new_id)
+    run_sql(warehouse, "UPDATE fact_sales_order SET units_sold = units_sold + 1 WHERE sales_order_id = 2")
+
+    tables = by_table(check(source, warehouse, buckets["ingest"]))
+
+    assert tables["fact_sales_order"].ids["extra"] == [-5, 70_000, 200_001]
+    assert tables["fact_sales_order"].ids["differing"] == [2]
+    assert tables["fact_sales_order"].matched == 1
+
+
+def test_the_checks_on_a_second_warehouse_connection_report_the_same(loaded, check, monkeypatch):
+    """With ``connect_warehouse`` the history and rollup checks run on a second connection, in the first
+    one's snapshot, beside the table comparisons: the same report as one connection gives."""
+    source, warehouse, buckets = loaded
+    run_sql(warehouse, "UPDATE fact_payment SET paid = NOT paid WHERE payment_id = 1")
+    run_sql(warehouse, "DELETE FROM fact_sales_order WHERE sales_order_id = 2")
+    copy_sales_order(warehouse, 70_000)
+
+    alone = check(source, warehouse, buckets["ingest"]).to_dict()
+    beside = check(source, warehouse, buckets["ingest"], second=True).to_dict()
+
+    assert beside == alone
+    assert alone["mismatches"] > 0 and not alone["rollups"]["matched"]
+    assert [h for h in alone["history"] if not h["matched"]]

@@ -89,16 +89,6 @@ CREATE TABLE IF NOT EXISTS fact_payment (
     FOREIGN KEY (payment_date) REFERENCES dim_date (date_id)
 );
 
--- One fact row per source version: (natural id, last_updated) is unique, so a batch loaded twice or
--- a version landed by two overlapping ingest batches is recorded once.
-CREATE UNIQUE INDEX IF NOT EXISTS fact_sales_order_version_key
-    ON fact_sales_order (sales_order_id, last_updated_date, last_updated_time);
-
-CREATE UNIQUE INDEX IF NOT EXISTS fact_purchase_order_version_key
-    ON fact_purchase_order (purchase_order_id, last_updated_date, last_updated_time);
-
-CREATE UNIQUE INDEX IF NOT EXISTS fact_payment_version_key
-    ON fact_payment (payment_id, last_updated_date, last_updated_time);
 
 -- The exactly-once ledger: a batch is loaded in the same transaction that inserts its row here.
 CREATE TABLE IF NOT EXISTS etl_load_ledger (
@@ -192,6 +182,26 @@ ALTER TABLE fact_sales_order ADD COLUMN IF NOT EXISTS etl_load_order bigint NOT 
 ALTER TABLE fact_purchase_order ADD COLUMN IF NOT EXISTS etl_load_order bigint NOT NULL DEFAULT 0;
 
 ALTER TABLE fact_payment ADD COLUMN IF NOT EXISTS etl_load_order bigint NOT NULL DEFAULT 0;
+
+-- One fact row per source version and batch: a batch loaded twice, or a version landed by two overlapping
+-- ingest batches, is recorded once (the load takes a version it holds, same stamp and values, out of its
+-- stage); an update that kept its stamp and changed values is a new version, of the batch's load order
+-- (docs/DESIGN.md, "A version is its stamp and its values"). The index (natural id, last_updated) of the
+-- warehouses created before is replaced.
+CREATE UNIQUE INDEX IF NOT EXISTS fact_sales_order_version_order_key
+    ON fact_sales_order (sales_order_id, last_updated_date, last_updated_time, etl_load_order);
+
+CREATE UNIQUE INDEX IF NOT EXISTS fact_purchase_order_version_order_key
+    ON fact_purchase_order (purchase_order_id, last_updated_date, last_updated_time, etl_load_order);
+
+CREATE UNIQUE INDEX IF NOT EXISTS fact_payment_version_order_key
+    ON fact_payment (payment_id, last_updated_date, last_updated_time, etl_load_order);
+
+DROP INDEX IF EXISTS fact_sales_order_version_key;
+
+DROP INDEX IF EXISTS fact_purchase_order_version_key;
+
+DROP INDEX IF EXISTS fact_payment_version_key;
 
 -- Current state: the latest version of each order and payment that still exists in totesys (full
 -- history, deleted rows included, stays in the facts): the version loaded last (etl_load_order), of one

@@ -201,7 +201,7 @@ def land_changes(conn: Any, s3_client: Any, bucket: str, state: Mapping[str, Any
         # The batch stops before ``upto``: an id the source lacks may be a deletion still to come (landing
         # it now would put its last changes after its deletion). The held ones wait for a whole batch.
         source_keys = {}
-    prev_tables = _prev_tables_in_zone(conn, state, zone)
+    prev_tables = _prev_tables_in_zone(conn, cast(IngestState, state), zone)
     # The cursor's rule (utils.ingest.zones): the bound covers every offset in play (a zone moved back
     # since the previous run: rows stamped in the old zone are ordinary rows, not future rows), and the
     # offsets recorded let a switch back to cursor mode start its window low enough.

@@ -1,15 +1,8 @@
 """CDC fixtures: INGEST_MODE=cdc with a slot name of the test's own (slots are per cluster, databases per
-test), and what the warehouse must equal."""
+test). What the warehouse must equal and the slot's row: tests/support/cdc.py."""
 import uuid
 
 import pytest
-
-from tests.support.db import run_sql
-
-CURRENT = {"sales_order": "current_sales_order", "purchase_order": "current_purchase_order",
-           "payment": "current_payment"}
-FACTS = {"sales_order": "fact_sales_order", "purchase_order": "fact_purchase_order",
-         "payment": "fact_payment"}
 
 
 @pytest.fixture
@@ -19,31 +12,3 @@ def cdc_mode(monkeypatch):
     monkeypatch.setenv("INGEST_MODE", "cdc")
     monkeypatch.setenv("CDC_SLOT_NAME", name)
     return name
-
-
-def slot_row(url, name):
-    """(confirmed_flush_lsn, wal_status) of slot ``name`` or None."""
-    rows = run_sql(url, "SELECT confirmed_flush_lsn::text, wal_status FROM pg_replication_slots "
-                        "WHERE slot_name = :n", n=name)
-    return tuple(rows[0]) if rows else None
-
-
-def assert_warehouse_exact(source, warehouse):
-    """Each current fact view holds exactly the source's rows at their latest version, no version of a fact
-    is stored twice, and the staff and location dimensions equal the source."""
-    for table, view in CURRENT.items():
-        expected = sorted(tuple(row) for row in run_sql(
-            source, f"SELECT {table}_id, last_updated::date, last_updated::time FROM {table}"))
-        found = sorted(tuple(row) for row in run_sql(
-            warehouse, f"SELECT {table}_id, last_updated_date, last_updated_time FROM {view}"))
-        assert found == expected, view
-    for table, fact in FACTS.items():
-        total, distinct = run_sql(warehouse, f"SELECT count(*), count(DISTINCT ({table}_id, "
-                                             f"last_updated_date, last_updated_time)) FROM {fact}")[0]
-        assert total == distinct, fact
-    staff = sorted(tuple(row) for row in run_sql(source, "SELECT staff_id, first_name, last_name FROM staff"))
-    assert sorted(tuple(row) for row in run_sql(
-        warehouse, "SELECT staff_id, first_name, last_name FROM dim_staff")) == staff
-    locations = sorted(tuple(row) for row in run_sql(source, "SELECT address_id, city FROM address"))
-    assert sorted(tuple(row) for row in run_sql(warehouse, "SELECT location_id, city FROM dim_location")) \
-        == locations

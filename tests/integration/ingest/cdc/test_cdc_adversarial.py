@@ -6,7 +6,7 @@ import pytest
 
 from tests.support.db import run_sql
 from tests.support.pipeline import run_pipeline
-from tests.integration.ingest.test_ingest_timezones import set_database_timezone, write, writer
+from tests.support.zones import set_database_timezone, write, writer
 from utils.db.connection import close_db_connection
 
 pytestmark = pytest.mark.slow

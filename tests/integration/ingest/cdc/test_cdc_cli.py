@@ -1,5 +1,5 @@
 """``totesys cdc status|drop-slot`` and the CDC line of ``totesys pending``, on a real slot."""
-from tests.integration.ingest.cdc.conftest import slot_row
+from tests.support.cdc import slot_row
 from tests.support.db import connect
 from totesys_local.cli import build_parser, run_in_process
 from totesys_local.pending import find_progress, print_pending, Pending

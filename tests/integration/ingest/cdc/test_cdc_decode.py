@@ -3,7 +3,7 @@ read fails with the table, the column and the LSN; a real run stops before landi
 import pytest
 
 import ingest
-from tests.integration.ingest.cdc.conftest import slot_row
+from tests.support.cdc import slot_row
 from tests.support.cdc import url_as
 from tests.support.db import run_sql
 from utils.aws.state import read_state

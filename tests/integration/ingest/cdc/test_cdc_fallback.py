@@ -3,7 +3,7 @@ reconciled; switching modes either way keeps the warehouse exact. Scale-1 totesy
 import boto3
 import pytest
 
-from tests.integration.ingest.cdc.conftest import assert_warehouse_exact, slot_row
+from tests.support.cdc import assert_warehouse_exact, slot_row
 from tests.support.db import connect, run_sql
 from tests.support.pipeline import run_pipeline
 from utils.aws.state import read_state

@@ -5,7 +5,7 @@ the warehouse exact."""
 import boto3
 import pytest
 
-from tests.integration.ingest.cdc.conftest import assert_warehouse_exact, slot_row
+from tests.support.cdc import assert_warehouse_exact, slot_row
 from tests.support.db import run_sql
 from tests.support.ingest import landed_versions
 from tests.support.pipeline import run_pipeline

@@ -2,7 +2,7 @@
 row and a value the warehouse cannot hold leave the warehouse exact whichever mode reads the changes."""
 import pytest
 
-from tests.integration.ingest.cdc.conftest import assert_warehouse_exact
+from tests.support.cdc import assert_warehouse_exact
 from tests.support.db import connect, run_sql
 from tests.support.pipeline import run_pipeline
 
