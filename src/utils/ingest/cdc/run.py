@@ -51,7 +51,7 @@ from utils.ingest.cdc.fallback import continue_snapshot, snapshot_in_progress, s
 from utils.ingest.cdc.metric import emit_retained_wal
 from utils.ingest.cdc.slot import (SlotInfo, advance_slot, check_prerequisites, flush_wal, lsn_int,
                                    peek_changes, slot_info)
-from utils.ingest.delete_guard import hold
+from utils.ingest.delete_guard import hold, still_held
 from utils.ingest.deletes import read_keys, read_previous_keys, write_deleted, write_key_set
 from utils.ingest.repair import RepairOptions
 from utils.ingest.run import ADVISORY_LOCK_KEY, STAGE
@@ -198,6 +198,9 @@ def land_changes(conn: Any, s3_client: Any, bucket: str, state: Mapping[str, Any
     if more_waiting:
         logger.info("batch cut: more changes wait for the next batch", lsn=end, lines=taken,
                     max_batch_rows=settings.max_batch_rows)
+        # The batch stops before ``upto``: an id the source lacks may be a deletion still to come (landing
+        # it now would put its last changes after its deletion). The held ones wait for a whole batch.
+        source_keys = {}
     prev_tables = _prev_tables_in_zone(conn, cast(IngestState, state), zone)
     # The cursor's rule (utils.ingest.zones): the bound covers every offset in play (a zone moved back
     # since the previous run: rows stamped in the old zone are ordinary rows, not future rows), and the
@@ -231,6 +234,10 @@ def land_changes(conn: Any, s3_client: Any, bucket: str, state: Mapping[str, Any
     keys = {table: found.keys for table, found in done.items() if found.keys}
     held = {table: {"rows": found.held, "table_rows": found.table_rows}
             for table, found in done.items() if found.held}
+    if more_waiting:
+        for table, entry in still_held(state.get("held_deletes") or {}, repair.max_delete_fraction).items():
+            held[table] = {"rows": entry["rows"] + held.get(table, {}).get("rows", 0),
+                           "table_rows": entry["table_rows"]}
     new_state = dict(state, more_waiting=more_waiting, ignored_columns=ignored, held_deletes=held,
                      tables=_table_bounds(state["tables"] if more_waiting else prev_tables, keys,
                                           None if more_waiting else (highs, snapshot, future_from, batch_time,
