@@ -1,18 +1,17 @@
-"""Defect 11 (docs/RELIABILITY.md, open): with a small MAX_BATCH_ROWS, a bounded CDC peek can hold only the
+"""Defect 11 (docs/RELIABILITY.md, fixed): with a small MAX_BATCH_ROWS, a bounded CDC peek can hold only the
 marker messages of earlier runs' WAL flushes (``slot.flush_wal``: test_decoding writes a transactional
 message of a transaction without row changes as one line, no BEGIN and no COMMIT, under skip-empty-xacts).
-The batch then finds no COMMIT to end at and the run fails with CdcDecodeError, every time: ingest stays
-stuck until the cap is raised. Found by tests/infra/test_terraform_contracts.py in a CDC session (make
-test-cdc, MAX_BATCH_ROWS=1). Strict xfail: it fails the suite once the fix lands."""
+The batch found no COMMIT to end at and the run failed with CdcDecodeError, every time: ingest stayed
+stuck until the cap was raised. Found by tests/infra/test_terraform_contracts.py in a CDC session (make
+test-cdc, MAX_BATCH_ROWS=1). Fixed: such a peek is made again with twice the limit
+(``utils.ingest.cdc.run.peek_batch``)."""
 import boto3
-import pytest
 
 import ingest
 from tests.support.db import run_sql
 from utils.aws.state import read_state
 
 
-@pytest.mark.xfail(strict=True, reason="defect 11 (docs/RELIABILITY.md): a peek of flush markers only")
 def test_a_batch_cut_before_an_earlier_run_s_flush_marker_goes_on_and_catches_up(env, cdc_mode, monkeypatch):
     _, bucket, url = env
     ingest.lambda_handler({}, None)  # the snapshot: the slot is created
