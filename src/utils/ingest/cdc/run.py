@@ -29,7 +29,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Set, Tuple, Union, cast
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union, cast
 
 import numpy as np
 import pyarrow as pa
@@ -132,6 +132,24 @@ def batch_end(lines: Sequence[Tuple[str, str]], upto: str, max_rows: int) -> Tup
     raise CdcDecodeError(None, None, lines[-1][0], "a bounded peek that ends in no COMMIT")
 
 
+def _has_commit(lines: Sequence[Tuple[str, str]]) -> bool:
+    return any(line.startswith("COMMIT") for _, line in lines)
+
+
+def peek_batch(conn: Any, name: str, upto: str, max_rows: int) -> Tuple[List[Tuple[str, str]], int]:
+    """(lines, the limit they were peeked with) of the next batch: ``slot.peek_changes`` limited to
+    ``max_rows``, and peeked again with twice the limit while a peek that reached its limit holds no COMMIT
+    (RELIABILITY defect 11: test_decoding writes each run's flush marker, a transaction of one message, as a
+    ``message:`` line with no BEGIN or COMMIT; markers alone can fill a limit, and a batch is cut only at a
+    COMMIT). Ends with a peek holding a COMMIT or fewer lines than its limit (everything up to ``upto``)."""
+    limit = max_rows
+    lines = peek_changes(conn, name, upto, limit)
+    while limit and len(lines) >= limit and not _has_commit(lines):
+        limit *= 2
+        lines = peek_changes(conn, name, upto, limit)
+    return lines, limit
+
+
 def ingest_changes(conn: Any, s3_client: Any, settings: Settings, tables: Sequence[str],
                    repair: RepairOptions, helpers: Sequence[Any] = (),
                    repoint_source: bool = False) -> Dict[str, str]:
@@ -192,8 +210,8 @@ def land_changes(conn: Any, s3_client: Any, bucket: str, state: Mapping[str, Any
     source_keys = _held_table_keys(conn, state)
     upto = flush_wal(conn)
     ignored = check_source_schema(conn, SOURCE_TABLES)
-    lines = peek_changes(conn, name, upto, settings.max_batch_rows)
-    taken, end, more_waiting = batch_end(lines, upto, settings.max_batch_rows)
+    lines, limit = peek_batch(conn, name, upto, settings.max_batch_rows)
+    taken, end, more_waiting = batch_end(lines, upto, limit)
     changes = fold_changes(lines[:taken], schema)
     if more_waiting:
         logger.info("batch cut: more changes wait for the next batch", lsn=end, lines=taken,

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 import ingest
-from tests.integration.ingest.cdc.conftest import slot_row
+from tests.support.cdc import slot_row
 from tests.support.db import connect
 
 
