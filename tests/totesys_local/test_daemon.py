@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.db import run_sql
+from tests.support.db import connect, run_sql
 from totesys_local.cli import main
 from totesys_local.daemon import client, protocol
 
@@ -215,10 +215,19 @@ def test_an_interrupted_client_leaves_the_run_to_finish_and_save(tmp_path, capsy
     state = tmp_path / "state"
     emulator(state)
     args = ["run", "--source", totesys_url, "--warehouse", warehouse_url, "--state-dir", str(state)]
-    first = _cli(*args)
-    _read_until(first.stdout, "[1/3] ingest    running")
-    first.send_signal(signal.SIGINT)
-    _, err = first.communicate(timeout=60)
+    # The ingest waits on this lock until the client is gone: the interrupt always lands mid-run (a run
+    # that finished before the signal arrived once made this test exit 0 on a loaded machine).
+    holder = connect(totesys_url)
+    try:
+        holder.run("START TRANSACTION")
+        holder.run("LOCK TABLE payment IN ACCESS EXCLUSIVE MODE")
+        first = _cli(*args)
+        _read_until(first.stdout, "[1/3] ingest    running")
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=60)
+    finally:
+        holder.run("ROLLBACK")
+        holder.close()
     assert first.returncode == 130 and "the local emulator finishes the execution" in err
     pid = _pid(state)
 
