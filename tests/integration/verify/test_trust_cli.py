@@ -9,6 +9,8 @@ from totesys_local.cli import main
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.cursor_only("the cursor leaves an update stamped an hour ahead for a later window, a "
+                         "mismatch verify names; CDC holds it as a future row, in flight")
 def test_run_verify_resync_deletes_rebuild(source_url, warehouse_url, new_database, tmp_path, capsys):
     urls = ["--source", source_url, "--warehouse", warehouse_url, "--state-dir", str(tmp_path)]
     assert main(["run", *urls]) == 0

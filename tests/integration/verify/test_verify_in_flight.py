@@ -34,6 +34,8 @@ def by_table(report):
     return {table.table: table for table in report.tables}
 
 
+@pytest.mark.cursor_only("the real mismatch beside it is a back-dated update, which the CDC slot carries"
+                         " (in flight); the CDC case is its own test")
 def test_a_row_changed_after_a_zone_change_backwards_is_in_flight_beside_a_real_mismatch(
         pipeline_env, source_url, warehouse_url, check):
     """Loaded in Asia/Tokyo; the zone moved back to UTC; a payment updated then (stamped in UTC, nine hours
