@@ -58,11 +58,18 @@ def _shape(text, *variable):
     return re.sub(r"run-\d{8}T\d{6}-[0-9a-f]{6}", "run-<id>", text)
 
 
+def _interruptible():
+    """In the child before exec: Ctrl-C's signal as a terminal gives it (a suite started in the background
+    by a non-interactive shell inherits SIGINT ignored, and Python then never turns it into
+    KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(*argv):
     """`totesys argv` as a child process, its output read as it comes."""
     command = [sys.executable, "-m", "totesys_local.cli", *argv]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,  # nosec
-                            env=dict(os.environ))
+                            env=dict(os.environ), preexec_fn=_interruptible)
 
 
 def _read_until(stream, text):

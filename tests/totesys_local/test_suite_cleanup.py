@@ -52,8 +52,14 @@ def _child(tmp, wait):
     command = [sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
                "--rootdir", str(tmp / "child"), str(test)]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,  # nosec B603
-                               stderr=subprocess.STDOUT)
+                               stderr=subprocess.STDOUT, preexec_fn=_interruptible)
     return process, marker
+
+
+def _interruptible():
+    """In the child before exec: SIGINT as a terminal gives it (a suite started in the background by a
+    non-interactive shell inherits it ignored, and the child would then never see the interrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _clusters_left(tmp):
