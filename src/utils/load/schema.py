@@ -11,7 +11,8 @@ from typing import Any, Collection, Dict, List, Mapping, Optional, Sequence, Tup
 import pyarrow as pa
 from pg8000.native import Connection, identifier
 
-from utils.catalog.warehouse import FACTS, WAREHOUSE_DDL, WAREHOUSE_SCHEMAS, WAREHOUSE_TABLES, warehouse_ddl
+from utils.catalog.warehouse import (FACTS, WAREHOUSE_DDL, WAREHOUSE_SCHEMAS, WAREHOUSE_TABLES,
+                                     warehouse_column_type, warehouse_ddl)
 from utils.db.connection import end_quietly
 from utils.errors import SchemaMismatchError
 from utils.logger import get_logger
@@ -197,7 +198,7 @@ def next_load_order(conn: Connection) -> int:
 
 
 def missing_nullable_columns(existing: Mapping[str, Mapping[str, ColumnType]]) -> List[Tuple[str, str, str]]:
-    """[(table, column, SQL type)] of the nullable catalogue columns (``WAREHOUSE_SCHEMAS``) that an
+    """[(table, column, DDL type)] of the nullable catalogue columns (``WAREHOUSE_SCHEMAS``) that an
     existing warehouse table lacks under every spelling: columns added to the catalogue after the table
     was created. A missing NOT NULL column is not here (``check_table_columns`` refuses it: its old rows
     would have no value)."""
@@ -209,7 +210,7 @@ def missing_nullable_columns(existing: Mapping[str, Mapping[str, ColumnType]]) -
         for field in WAREHOUSE_SCHEMAS[table]:
             names = (field.name,) + COLUMN_ALTERNATIVES.get((table, field.name), ())
             if field.nullable and not any(name in columns for name in names):
-                missing.append((table, field.name, sql_type(field.type)[0]))
+                missing.append((table, field.name, warehouse_column_type(field.type)))
     return missing
 
 
