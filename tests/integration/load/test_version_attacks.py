@@ -1,0 +1,110 @@
+"""Adversarial: the value-aware fact versions (docs/DESIGN.md, "A version is its stamp and its values")
+against parked rows, an upgraded warehouse and the history check. Hand-written landing batches through
+the real transform and load handlers into a real PostgreSQL warehouse (moto S3)."""
+import pyarrow as pa
+import pytest
+
+import load
+import transform
+from tests.support.batches import T0, base_batch, later, sales_order, write_ingest_batch
+from tests.support.db import run_sql
+from utils.catalog.source import LANDING_SCHEMAS
+from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
+from utils.load.rollups import compare_rollups
+from utils.load.schema import schema_statements
+from utils.verify.history import check_history
+from utils.verify.landing import loaded_batch_ids, read_landed
+
+
+@pytest.fixture
+def narrow_warehouse(pipeline_env, warehouse_url):
+    """A warehouse that already exists with dim_design.design_name varchar(12): a longer design name is
+    rejected, and an order referencing that design is parked until a fitting version arrives."""
+    for statement in schema_statements():
+        run_sql(warehouse_url, statement.replace("design_name varchar NOT NULL",
+                                                 "design_name varchar(12) NOT NULL"))
+    pipeline_env(warehouse_url=warehouse_url)
+    return warehouse_url
+
+
+def design(design_id, name, at=T0):
+    return {"design_id": design_id, "created_at": at, "last_updated": at, "design_name": name,
+            "file_location": "/usr", "file_name": f"design-{design_id}.json"}
+
+
+def run_batch(s3, buckets, batch_time, rows_by_table):
+    tables = {name: pa.Table.from_pylist(rows, schema=LANDING_SCHEMAS[name])
+              for name, rows in rows_by_table.items()}
+    write_ingest_batch(s3, buckets["ingest"], batch_time, tables)
+    return load.lambda_handler(transform.lambda_handler({}, None), None)
+
+
+def history_and_rollups(s3, bucket, url):
+    """(the fact_sales_order HistoryResult of verify's history check, compare_rollups' differences)."""
+    conn = connect_to_db(credentials_from_url(url))
+    try:
+        landed = read_landed(s3, bucket, loaded_batch_ids(conn))
+        history = {h.table: h for h in check_history(conn, s3, bucket, landed.manifests)}
+        return history["fact_sales_order"], compare_rollups(conn)
+    finally:
+        close_db_connection(conn)
+
+
+def sales_versions(url, sales_order_id):
+    return [tuple(row) for row in run_sql(
+        url, "SELECT units_sold, etl_load_order FROM fact_sales_order WHERE sales_order_id = :i "
+             "ORDER BY etl_load_order, sales_record_id", i=sales_order_id)]
+
+
+def test_a_parked_version_fixed_under_its_stamp_loads_both_versions_once(s3, buckets, narrow_warehouse):
+    """Order 3 is parked (its design was rejected) with 111 units; the operator fixes the design and the
+    order's units in one go, forgetting the order's stamp. The next batch brings both: the parked version
+    (111, the parking batch's order) and the fix (222, this batch's order). Two versions of one stamp,
+    as if the design had never been missing: the history check finds each landed value-version once,
+    the fix is current, the rollups agree."""
+    batch = base_batch()
+    batch["design"].append(design(2, "A design name far too long"))
+    batch["sales_order"].append(sales_order(3, design_id=2, units_sold=111))
+    run_batch(s3, buckets, T0, batch)
+    assert sales_versions(narrow_warehouse, 3) == []
+
+    # Order 1 too gets a fix that kept its stamp: its two versions make the history check's sums differ,
+    # so it compares value-versions (the path that names a version missing).
+    run_batch(s3, buckets, later(5), {"design": [design(2, "Short name", at=later(4))],
+                                      "sales_order": [sales_order(3, design_id=2, units_sold=222),
+                                                      sales_order(1, units_sold=7)]})
+
+    assert run_sql(narrow_warehouse, "SELECT units_sold FROM current_sales_order "
+                   "WHERE sales_order_id = 3") == [[222]]
+    assert [units for units, _ in sales_versions(narrow_warehouse, 1)] == [1001, 7]
+    orders = [order for order, in run_sql(narrow_warehouse, "SELECT load_order FROM etl_load_ledger "
+                                                            "ORDER BY load_order")]
+    assert sales_versions(narrow_warehouse, 3) == [(111, orders[0]), (222, orders[1])]
+    history, rollups = history_and_rollups(s3, buckets["ingest"], narrow_warehouse)
+    assert history.matched, (history.not_in_warehouse, history.not_landed)
+    assert rollups == []
+
+    # the same batch delivered again (a re-sync of an unchanged table): nothing more
+    run_batch(s3, buckets, later(10), {"sales_order": [sales_order(3, design_id=2, units_sold=222)]})
+    assert sales_versions(narrow_warehouse, 3) == [(111, orders[0]), (222, orders[1])]
+    history, rollups = history_and_rollups(s3, buckets["ingest"], narrow_warehouse)
+    assert history.matched and rollups == []
+
+
+def test_a_version_parked_twice_under_one_stamp_keeps_the_later_one(s3, buckets, narrow_warehouse):
+    """Order 3 is parked (its design rejected) with 111 units; the next batch brings a fix of its units
+    under the same stamp, still referencing the rejected design: both versions dangle, and the parked
+    record (one per stamp) must keep the later one. When the design arrives, the source's current
+    values (222) are loaded and current, never the superseded 111."""
+    batch = base_batch()
+    batch["design"].append(design(2, "A design name far too long"))
+    batch["sales_order"].append(sales_order(3, design_id=2, units_sold=111))
+    run_batch(s3, buckets, T0, batch)
+    run_batch(s3, buckets, later(5), {"sales_order": [sales_order(3, design_id=2, units_sold=222)]})
+    assert sales_versions(narrow_warehouse, 3) == []
+
+    run_batch(s3, buckets, later(10), {"design": [design(2, "Short name", at=later(9))]})
+
+    assert run_sql(narrow_warehouse, "SELECT units_sold FROM current_sales_order "
+                   "WHERE sales_order_id = 3") == [[222]]
+    assert [units for units, _ in sales_versions(narrow_warehouse, 3)] == [222]
