@@ -33,6 +33,9 @@ OWN_TABLES = (LEDGER, REJECTED, DIMENSION_VERSIONS, DELETED, SUSPENDED_KEYS)
 
 VIEWS = ("current_sales_order", "current_purchase_order", "current_payment", "deleted_dimension_rows")
 VERSION_INDEXES = tuple(f"{name}_version_order_key" for name in FACTS)
+# The (id, stamp) unique indexes of warehouses created before value-aware versions: the DDL drops them; one
+# still present (re-created by a deployment rolled back) makes the schema incomplete (RELIABILITY defect 13).
+OLD_VERSION_INDEXES = tuple(f"{name}_version_key" for name in FACTS)
 # pg_advisory_xact_lock key serialising loads into one warehouse.
 ADVISORY_LOCK_KEY = 0x7074_6573_7973_0003
 # The DDL (once per warehouse) waits at most this long for any lock: readers queue behind it (issue 19).
@@ -260,7 +263,7 @@ def ensure_warehouse_schema(conn: Connection) -> Dict[str, "TargetTable"]:
         "AND table_name = ANY(:names)", names=list(VIEWS))}
     indexes = {row[0] for row in conn.run(
         "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND indexname = ANY(:names)",
-        names=list(VERSION_INDEXES))}
+        names=list(VERSION_INDEXES + OLD_VERSION_INDEXES))}
     if missing:
         add_columns(conn, missing)
         existing = _warehouse_columns(conn)

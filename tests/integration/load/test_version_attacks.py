@@ -108,3 +108,81 @@ def test_a_version_parked_twice_under_one_stamp_keeps_the_later_one(s3, buckets,
     assert run_sql(narrow_warehouse, "SELECT units_sold FROM current_sales_order "
                    "WHERE sales_order_id = 3") == [[222]]
     assert [units for units, _ in sales_versions(narrow_warehouse, 3)] == [222]
+
+
+FACT_VERSIONS = {"fact_sales_order": "sales_order_id", "fact_purchase_order": "purchase_order_id",
+                 "fact_payment": "payment_id"}
+
+
+def indexes(url):
+    return sorted(name for name, in run_sql(
+        url, "SELECT indexname::text FROM pg_indexes WHERE indexname LIKE 'fact%version%'"))
+
+
+def add_old_version_indexes(url):
+    """The unique index (id, stamp) of a warehouse created before value-aware versions."""
+    for fact, key in FACT_VERSIONS.items():
+        run_sql(url, f"CREATE UNIQUE INDEX {fact}_version_key ON {fact} "  # nosec B608 - test SQL
+                     f"({key}, last_updated_date, last_updated_time)")
+
+
+OLD_INDEXES = sorted(f"{fact}_version_key" for fact in FACT_VERSIONS)
+NEW_INDEXES = sorted(f"{fact}_version_order_key" for fact in FACT_VERSIONS)
+
+
+def test_an_old_warehouse_upgraded_while_a_reader_reads_loads_each_version_once(
+        s3, buckets, narrow_warehouse):
+    """A warehouse created by the code before value-aware versions (unique (id, stamp)) meets a batch
+    with an update that kept its stamp while a dashboard query holds its fact table: the index swap
+    waits at most its lock timeout, fails and leaves everything as it was (the old index, no ledger row);
+    the next run swaps the index and appends the version once, the re-read unchanged rows not at all."""
+    run_batch(s3, buckets, T0, base_batch())
+    for fact in FACT_VERSIONS:
+        run_sql(narrow_warehouse, f"DROP INDEX {fact}_version_order_key")  # nosec B608 - test SQL
+    add_old_version_indexes(narrow_warehouse)
+    before = run_sql(narrow_warehouse, "SELECT sales_record_id, units_sold, etl_load_order "
+                                       "FROM fact_sales_order ORDER BY 1")
+    orders = [sales_order(1, units_sold=7), sales_order(2, units_sold=5000, currency_id=2)]
+    write_ingest_batch(s3, buckets["ingest"], later(5),
+                       {"sales_order": pa.Table.from_pylist(orders, schema=LANDING_SCHEMAS["sales_order"])})
+    processed = transform.lambda_handler({}, None)
+
+    reader = connect_to_db(credentials_from_url(narrow_warehouse))
+    try:
+        reader.run("START TRANSACTION")
+        reader.run("SELECT count(*) FROM current_sales_order")
+        with pytest.raises(Exception, match="lock timeout"):
+            load.lambda_handler(processed, None)
+        assert indexes(narrow_warehouse) == OLD_INDEXES
+        assert run_sql(narrow_warehouse, "SELECT sales_record_id, units_sold, etl_load_order "
+                                         "FROM fact_sales_order ORDER BY 1") == before
+        assert run_sql(narrow_warehouse, "SELECT count(*) FROM etl_load_ledger")[0][0] == 1
+    finally:
+        reader.run("ROLLBACK")
+        close_db_connection(reader)
+
+    load.lambda_handler(processed, None)
+    assert indexes(narrow_warehouse) == NEW_INDEXES
+    assert [units for units, _ in sales_versions(narrow_warehouse, 1)] == [1001, 7]
+    assert [units for units, _ in sales_versions(narrow_warehouse, 2)] == [5000]
+    assert run_sql(narrow_warehouse, "SELECT units_sold FROM current_sales_order "
+                   "WHERE sales_order_id = 1") == [[7]]
+    history, rollups = history_and_rollups(s3, buckets["ingest"], narrow_warehouse)
+    assert history.matched and rollups == []
+
+
+def test_a_warehouse_holding_both_version_indexes_loads_an_update_that_kept_its_stamp(
+        s3, buckets, narrow_warehouse):
+    """A deployment rolled back to the code before value-aware versions (its schema step re-creates the
+    (id, stamp) index beside the new one), then forward again: the new code's schema step must drop the
+    old index, or every batch with an update that kept its stamp fails on it, for ever."""
+    run_batch(s3, buckets, T0, base_batch())
+    add_old_version_indexes(narrow_warehouse)
+    assert indexes(narrow_warehouse) == sorted(OLD_INDEXES + NEW_INDEXES)
+
+    run_batch(s3, buckets, later(5), {"sales_order": [sales_order(1, units_sold=7)]})
+
+    assert indexes(narrow_warehouse) == NEW_INDEXES
+    assert [units for units, _ in sales_versions(narrow_warehouse, 1)] == [1001, 7]
+    history, rollups = history_and_rollups(s3, buckets["ingest"], narrow_warehouse)
+    assert history.matched and rollups == []
