@@ -5,11 +5,13 @@ once, and the rebuilt warehouse equals the incremental one row for row (load ord
 import time
 
 import boto3
+import pyarrow as pa
 import pytest
 
 from tests.support.compare import contents, relations
 from tests.support.db import connect, run_sql
 from tests.support.pipeline import run_pipeline
+from utils.catalog import source as source_catalogue, warehouse as warehouse_catalogue
 from utils.db.connection import close_db_connection
 from utils.rebuild.run import rebuild_warehouse
 
@@ -106,5 +108,38 @@ def test_a_future_row_loaded_once_the_clock_passes_it_is_one_version_for_the_his
     run_pipeline()
     assert run_sql(warehouse, "SELECT payment_amount::text FROM current_payment WHERE payment_id = 1") \
         == [["222.00"]]
+    report = check(source, warehouse, buckets["ingest"])
+    assert report.exit_code == 0, [h for h in report.history if not h.matched]
+
+
+def add_payment_note(monkeypatch):
+    """docs/DESIGN.md, "Adding a column": a nullable ``payment.payment_note`` in both catalogues (the fact
+    takes a same-named source column by itself)."""
+    note = pa.field("payment_note", pa.string(), nullable=True)
+    payment = source_catalogue.SOURCE_SCHEMAS["payment"].append(note)
+    monkeypatch.setitem(source_catalogue.SOURCE_SCHEMAS, "payment", payment)
+    monkeypatch.setitem(source_catalogue.LANDING_SCHEMAS, "payment", source_catalogue.landing_schema(payment))
+    fact = warehouse_catalogue.WAREHOUSE_SCHEMAS["fact_payment"].append(note)
+    monkeypatch.setitem(warehouse_catalogue.WAREHOUSE_SCHEMAS, "fact_payment", fact)
+    monkeypatch.setitem(warehouse_catalogue.PROCESSED_SCHEMAS, "fact_payment",
+                        warehouse_catalogue.processed_schema("fact_payment", fact))
+
+
+def test_a_fact_column_added_and_filled_under_kept_stamps_reaches_verify_once(loaded, check, monkeypatch):
+    """A nullable column added to payment (and fact_payment) after the warehouse was built; its values
+    filled in the source without a new stamp (a data migration) and re-synced: each filled row is a new
+    version of its stamp, the others are held. verify's history check then reads landed files from before
+    the column (without it) beside files with it: a file without it holds NULLs there, as the transform
+    reads it, never a failure of the check."""
+    source, warehouse, buckets = loaded
+    run_sql(source, "ALTER TABLE payment ADD COLUMN payment_note text")
+    add_payment_note(monkeypatch)
+    run_sql(source, "UPDATE payment SET payment_note = 'late' WHERE payment_id = 1")
+    before = run_sql(warehouse, "SELECT count(*) FROM fact_payment")[0][0]
+    run_pipeline({"resync": ["payment"]})
+
+    assert run_sql(warehouse, "SELECT payment_id, payment_note FROM current_payment ORDER BY 1")[0] \
+        == [1, "late"]
+    assert run_sql(warehouse, "SELECT count(*) FROM fact_payment")[0][0] == before + 1
     report = check(source, warehouse, buckets["ingest"])
     assert report.exit_code == 0, [h for h in report.history if not h.matched]
