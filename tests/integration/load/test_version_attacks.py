@@ -10,6 +10,7 @@ from tests.support.batches import T0, base_batch, later, sales_order, write_inge
 from tests.support.db import run_sql
 from utils.catalog.source import LANDING_SCHEMAS
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
+from utils.load import merge
 from utils.load.rollups import compare_rollups
 from utils.load.schema import schema_statements
 from utils.verify.history import check_history
@@ -186,3 +187,40 @@ def test_a_warehouse_holding_both_version_indexes_loads_an_update_that_kept_its_
     assert [units for units, _ in sales_versions(narrow_warehouse, 1)] == [1001, 7]
     history, rollups = history_and_rollups(s3, buckets["ingest"], narrow_warehouse)
     assert history.matched and rollups == []
+
+
+def test_a_batch_killed_before_its_commit_after_appending_and_re_marking_versions_retries_exactly_once(
+        s3, buckets, narrow_warehouse, monkeypatch):
+    """A batch that appends a version of a held stamp (order 2: 5000 -> 9) and re-marks a held version (order
+    1: 1001 -> 7 -> 1001, all under one stamp) dies after its ledger row, before COMMIT: nothing of it
+    stays (facts, load orders, rollups). The retry does all of it once; the same batch again, nothing."""
+    run_batch(s3, buckets, T0, base_batch())
+    run_batch(s3, buckets, later(5), {"sales_order": [sales_order(1, units_sold=7)]})
+    write_ingest_batch(s3, buckets["ingest"], later(10), {"sales_order": pa.Table.from_pylist(
+        [sales_order(1, units_sold=1001), sales_order(2, units_sold=9, currency_id=2)],
+        schema=LANDING_SCHEMAS["sales_order"])})
+    processed = transform.lambda_handler({}, None)
+    facts = "SELECT sales_record_id, units_sold, etl_load_order FROM fact_sales_order ORDER BY 1"
+    rollup = "SELECT * FROM rollup_sales_daily ORDER BY 1, 2"
+    before = run_sql(narrow_warehouse, facts), run_sql(narrow_warehouse, rollup)
+    real_record = merge.record_batch
+
+    def killed(*args, **kwargs):
+        real_record(*args, **kwargs)
+        raise RuntimeError("killed after the ledger row, before COMMIT")
+    monkeypatch.setattr(merge, "record_batch", killed)
+    with pytest.raises(RuntimeError, match="before COMMIT"):
+        load.lambda_handler(processed, None)
+    assert (run_sql(narrow_warehouse, facts), run_sql(narrow_warehouse, rollup)) == before
+    monkeypatch.setattr(merge, "record_batch", real_record)
+
+    assert load.lambda_handler(processed, None)["batches"]
+    orders = [order for order, in run_sql(narrow_warehouse, "SELECT load_order FROM etl_load_ledger "
+                                                            "ORDER BY load_order")]
+    assert sales_versions(narrow_warehouse, 1) == [(7, orders[1]), (1001, orders[2])]
+    assert sales_versions(narrow_warehouse, 2) == [(5000, orders[0]), (9, orders[2])]
+    history, rollups = history_and_rollups(s3, buckets["ingest"], narrow_warehouse)
+    assert history.matched and rollups == []
+    after = run_sql(narrow_warehouse, facts)
+    assert load.lambda_handler(processed, None)["batches"] == []  # in the ledger: skipped
+    assert run_sql(narrow_warehouse, facts) == after
