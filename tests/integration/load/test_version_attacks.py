@@ -224,3 +224,22 @@ def test_a_batch_killed_before_its_commit_after_appending_and_re_marking_version
     after = run_sql(narrow_warehouse, facts)
     assert load.lambda_handler(processed, None)["batches"] == []  # in the ledger: skipped
     assert run_sql(narrow_warehouse, facts) == after
+
+
+@pytest.mark.xfail(strict=True, reason="docs/RELIABILITY.md defect 16 (open): etl_rejected_rows holds one "
+                                       "record per stamp; a parked version overwrites a quarantined one")
+def test_a_quarantined_version_stays_recorded_beside_a_parked_fix_of_the_same_stamp(
+        s3, buckets, narrow_warehouse):
+    """Order 3 lands with a date that does not exist (quarantined); the fix keeps its stamp and references a
+    design the warehouse rejected (parked). Both are versions of one stamp: the quarantined one must stay
+    recorded once the parked one loads, or the history check names it missing for ever."""
+    batch = base_batch()
+    batch["sales_order"].append(sales_order(3, agreed_delivery_date="2024-02-30"))
+    run_batch(s3, buckets, T0, batch)
+    run_batch(s3, buckets, later(5), {"design": [design(2, "A design name far too long", at=later(4))],
+                                      "sales_order": [sales_order(3, design_id=2)]})
+    run_batch(s3, buckets, later(10), {"design": [design(2, "Short name", at=later(9))],
+                                       "sales_order": [sales_order(1, units_sold=7)]})  # sums differ
+    assert [units for units, _ in sales_versions(narrow_warehouse, 3)] == [1003]
+    history, _ = history_and_rollups(s3, buckets["ingest"], narrow_warehouse)
+    assert history.matched, (history.not_in_warehouse, history.not_landed)
