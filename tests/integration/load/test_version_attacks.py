@@ -243,3 +243,16 @@ def test_a_quarantined_version_stays_recorded_beside_a_parked_fix_of_the_same_st
     assert [units for units, _ in sales_versions(narrow_warehouse, 3)] == [1003]
     history, _ = history_and_rollups(s3, buckets["ingest"], narrow_warehouse)
     assert history.matched, (history.not_in_warehouse, history.not_landed)
+
+
+@pytest.mark.xfail(strict=True, reason="docs/RELIABILITY.md defect 16 (open): etl_rejected_rows holds one "
+                                       "record per stamp; a second quarantined version is not recorded")
+def test_two_quarantined_versions_of_one_stamp_stay_recorded_beside_the_fix(s3, buckets, narrow_warehouse):
+    batch = base_batch()
+    batch["sales_order"].append(sales_order(3, agreed_delivery_date="2024-02-30"))
+    run_batch(s3, buckets, T0, batch)
+    run_batch(s3, buckets, later(5), {"sales_order": [sales_order(3, agreed_delivery_date="2024-02-31")]})
+    run_batch(s3, buckets, later(10), {"sales_order": [sales_order(3), sales_order(1, units_sold=7)]})
+    assert [units for units, _ in sales_versions(narrow_warehouse, 3)] == [1003]
+    history, _ = history_and_rollups(s3, buckets["ingest"], narrow_warehouse)
+    assert history.matched, (history.not_in_warehouse, history.not_landed)
