@@ -488,13 +488,22 @@ def held_condition(name: str, target: TargetTable, version: Tuple[str, ...]) -> 
     """SQL true when the fact row ``f`` of ``name`` (spelled as ``target`` says) is the staged row ``s``'s
     version: the same ``version`` columns
     (natural id and stamp; an equality join on the version index) and the same values in every other
-    column (NULL-safe: ``IS NOT DISTINCT FROM``)."""
+    column (NULL-safe: ``IS NOT DISTINCT FROM``). A blank-padded warehouse column (``target.padded``) is
+    compared as ``bpchar`` (trailing blanks aside): it cannot hold them, and a re-read row must not look
+    changed (docs/RELIABILITY.md defect 17)."""
     same_key = " AND ".join(f"f.{identifier(target.names[column])} = s.{identifier(column)}"
                             for column in version)
     values = [field.name for field in WAREHOUSE_SCHEMAS[name] if field.name not in version]
     held = f"({', '.join(f'f.{identifier(target.names[column])}' for column in values)})"
-    staged = f"({', '.join(f's.{identifier(column)}' for column in values)})"
+    staged = f"({', '.join(_staged_value(column, target) for column in values)})"
     return f"{same_key} AND {held} IS NOT DISTINCT FROM {staged}"
+
+
+def _staged_value(column: str, target: TargetTable) -> str:
+    """The staged column ``column`` as ``held_condition`` compares it with the warehouse's."""
+    if column in target.padded:
+        return f"CAST(s.{identifier(column)} AS bpchar)"
+    return f"s.{identifier(column)}"
 
 
 def _remark_held(conn: Any, name: str, stage: str, target: TargetTable, held: str, staged_order: str,

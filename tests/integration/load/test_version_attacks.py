@@ -6,7 +6,7 @@ import pytest
 
 import load
 import transform
-from tests.support.batches import T0, base_batch, later, sales_order, write_ingest_batch
+from tests.support.batches import T0, base_batch, later, purchase_order, sales_order, write_ingest_batch
 from tests.support.db import run_sql
 from utils.catalog.source import LANDING_SCHEMAS
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
@@ -256,3 +256,25 @@ def test_two_quarantined_versions_of_one_stamp_stay_recorded_beside_the_fix(s3, 
     assert [units for units, _ in sales_versions(narrow_warehouse, 3)] == [1003]
     history, _ = history_and_rollups(s3, buckets["ingest"], narrow_warehouse)
     assert history.matched, (history.not_in_warehouse, history.not_landed)
+
+
+def test_a_blank_padded_warehouse_column_does_not_make_a_re_read_version_look_changed(
+        s3, buckets, pipeline_env, warehouse_url):
+    """An existing warehouse whose fact_purchase_order.item_code is character(20) (accepted: blank-padded
+    text). The source's item code ends in a blank, which the padded column cannot tell from its padding:
+    the overlap reading the order again must find its version held, not append it at every run; an item
+    code changed under the same stamp is still a new version."""
+    for statement in schema_statements():
+        run_sql(warehouse_url, statement.replace("item_code varchar NOT NULL",
+                                                 "item_code character(20) NOT NULL"))
+    pipeline_env(warehouse_url=warehouse_url)
+    batch = base_batch()
+    batch["purchase_order"] = [purchase_order(1, item_code="AB12 ")]
+    run_batch(s3, buckets, T0, batch)
+    run_batch(s3, buckets, later(5), {"purchase_order": [purchase_order(1, item_code="AB12 ")]})
+    run_batch(s3, buckets, later(10), {"purchase_order": [purchase_order(1, item_code="AB12 ")]})
+    assert run_sql(warehouse_url, "SELECT rtrim(item_code) FROM fact_purchase_order") == [["AB12"]]
+
+    run_batch(s3, buckets, later(15), {"purchase_order": [purchase_order(1, item_code="AB13 ")]})
+    assert run_sql(warehouse_url, "SELECT rtrim(item_code) FROM fact_purchase_order "
+                                  "ORDER BY purchase_record_id") == [["AB12"], ["AB13"]]
