@@ -16,6 +16,8 @@ from utils.load.schema import schema_statements
 from utils.verify.history import check_history
 from utils.verify.landing import loaded_batch_ids, read_landed
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def narrow_warehouse(pipeline_env, warehouse_url):
