@@ -437,12 +437,15 @@ def merge_fact(conn: Any, name: str, table: Optional[pa.Table], target: TargetTa
     # the stage, not ON CONFLICT DO NOTHING (speculative insertion costs ~0.55 s against ~0.35 s for
     # fact_payment's 158k rows at scale 10). A staged row whose stamp is held with other values (an
     # update that kept its stamp) stays in the stage: a new version (docs/DESIGN.md, "A version is its
-    # stamp and its values"). DISTINCT ON keeps one row of a version staged twice (a parked row
-    # delivered again: the later order). Rows are inserted in version order, so of one batch's versions
-    # of an id the later stamped gets the greater record id, as the current views order them.
+    # stamp and its values"). DISTINCT ON keeps one row of a version (stamp and values) staged twice (a
+    # parked row delivered again: the later order); a parked version and the batch's fix of it under the
+    # same stamp are two versions, each with its own order (docs/RELIABILITY.md defect 12). Rows are
+    # inserted in version order, so of one batch's versions of an id the later stamped gets the greater
+    # record id, as the current views order them.
     version = (id_column, "last_updated_date", "last_updated_time")
     held = held_condition(name, target, version)
-    versions = ", ".join(identifier(column) for column in version)
+    versions = ", ".join(identifier(column) for column in version
+                         + tuple(field.name for field in schema if field.name not in version))
     staged_order = f"coalesce(s.{order_column}, :load_order)"
     remarked: List[int] = []
 
@@ -485,13 +488,22 @@ def held_condition(name: str, target: TargetTable, version: Tuple[str, ...]) -> 
     """SQL true when the fact row ``f`` of ``name`` (spelled as ``target`` says) is the staged row ``s``'s
     version: the same ``version`` columns
     (natural id and stamp; an equality join on the version index) and the same values in every other
-    column (NULL-safe: ``IS NOT DISTINCT FROM``)."""
+    column (NULL-safe: ``IS NOT DISTINCT FROM``). A blank-padded warehouse column (``target.padded``) is
+    compared as ``bpchar`` (trailing blanks aside): it cannot hold them, and a re-read row must not look
+    changed (docs/RELIABILITY.md defect 17)."""
     same_key = " AND ".join(f"f.{identifier(target.names[column])} = s.{identifier(column)}"
                             for column in version)
     values = [field.name for field in WAREHOUSE_SCHEMAS[name] if field.name not in version]
     held = f"({', '.join(f'f.{identifier(target.names[column])}' for column in values)})"
-    staged = f"({', '.join(f's.{identifier(column)}' for column in values)})"
+    staged = f"({', '.join(_staged_value(column, target) for column in values)})"
     return f"{same_key} AND {held} IS NOT DISTINCT FROM {staged}"
+
+
+def _staged_value(column: str, target: TargetTable) -> str:
+    """The staged column ``column`` as ``held_condition`` compares it with the warehouse's."""
+    if column in target.padded:
+        return f"CAST(s.{identifier(column)} AS bpchar)"
+    return f"s.{identifier(column)}"
 
 
 def _remark_held(conn: Any, name: str, stage: str, target: TargetTable, held: str, staged_order: str,
@@ -541,6 +553,9 @@ def _park_dangling(conn: Any, stage: str, target: TargetTable, source: str, id_c
             "value, batch_id, row_data) "
             "SELECT DISTINCT ON (source_id, last_updated) :source, source_id, last_updated, :column, reason, "
             "value, :batch_id, row_data FROM dangling "
+            # of two versions of one stamp parked together (a parked row and the batch's fix of it), the
+            # later loaded: the record holds one row per stamp
+            f"ORDER BY source_id, last_updated, (row_data ->> '{LOAD_ORDER_COLUMN}')::bigint DESC "
             "ON CONFLICT (source_table, source_id, last_updated) DO UPDATE SET resolved_batch_id = NULL, "
             "reason = EXCLUDED.reason, row_data = EXCLUDED.row_data "
             "RETURNING (xmax = 0) AS inserted, source_id, reason",

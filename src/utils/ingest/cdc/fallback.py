@@ -10,9 +10,9 @@ load (``utils.ingest.bounded``): the state says ``more_waiting`` with the slot's
 from the consistent point recorded by the first of them. Every transaction
 committing after the slot's consistent point is decoded by the following runs; every one committing
 before it is visible to the snapshot, taken after the slot exists. Those in between are seen twice: a
-row version landed twice is stored once (the load deduplicates on (id, last_updated)); a delete seen by
-the snapshot's key diff and again by the slot is not landed again (CDC lands only deletes of keys in the
-previous key set). See docs/DESIGN.md, "Change data capture".
+row version landed twice is stored once (the load deduplicates on id, last_updated and values); a delete
+seen by the snapshot's key diff and again by the slot is not landed again (CDC lands only deletes of keys in
+the previous key set). See docs/DESIGN.md, "Change data capture".
 
 A lost slot (dropped, invalidated by ``max_slot_wal_keep_size``, advanced past the state pointer by
 someone else, or belonging to another database) is reported in one WARNING line before the snapshot:
