@@ -51,3 +51,33 @@ def test_rows_the_slot_brought_are_not_appended_again_by_the_snapshot_after_a_lo
     assert fact_rows(warehouse_url) == before
     assert_warehouse_exact(source_url, warehouse_url)
     assert check(source_url, warehouse_url, buckets["ingest"]).exit_code == 0
+
+
+def test_values_set_back_under_one_stamp_across_bounded_cdc_batches_re_mark_the_held_version(
+        pipeline_env, source_url, warehouse_url, cdc_mode, check, monkeypatch):
+    """A -> B -> A under one stamp in two transactions, cut into two batches (MAX_BATCH_ROWS=1: each
+    transaction a batch of its own): the first appends B, the second re-marks the held A as current,
+    appending nothing; a snapshot after a lost slot adds nothing either."""
+    buckets = pipeline_env(source_url=source_url, warehouse_url=warehouse_url)
+    run_pipeline()
+    original = run_sql(source_url, "SELECT units_sold FROM sales_order WHERE sales_order_id = 2")[0][0]
+    run_sql(source_url, "UPDATE sales_order SET units_sold = 4242 WHERE sales_order_id = 2")
+    run_sql(source_url, "UPDATE sales_order SET units_sold = :u WHERE sales_order_id = 2", u=original)
+    monkeypatch.setenv("MAX_BATCH_ROWS", "1")
+    run_pipeline()  # the first transaction only: B appended, current
+    assert run_sql(warehouse_url, "SELECT units_sold FROM current_sales_order WHERE sales_order_id = 2") \
+        == [[4242]]
+    run_pipeline()
+
+    versions = run_sql(warehouse_url, "SELECT units_sold, etl_load_order FROM fact_sales_order "
+                                      "WHERE sales_order_id = 2 ORDER BY sales_record_id")
+    assert [units for units, _ in versions] == [original, 4242]
+    assert versions[0][1] > versions[1][1]  # the held version re-marked after the one appended
+    assert run_sql(warehouse_url, "SELECT units_sold FROM current_sales_order WHERE sales_order_id = 2") \
+        == [[original]]
+    assert check(source_url, warehouse_url, buckets["ingest"]).exit_code == 0
+    run_sql(source_url, "SELECT pg_drop_replication_slot(:s)", s=cdc_mode)
+    monkeypatch.delenv("MAX_BATCH_ROWS")
+    run_pipeline()
+    assert run_sql(warehouse_url, "SELECT units_sold, etl_load_order FROM fact_sales_order "
+                                  "WHERE sales_order_id = 2 ORDER BY sales_record_id") == versions
