@@ -94,23 +94,28 @@ def test_a_parked_version_fixed_under_its_stamp_loads_both_versions_once(s3, buc
     assert history.matched and rollups == []
 
 
-def test_a_version_parked_twice_under_one_stamp_keeps_the_later_one(s3, buckets, narrow_warehouse):
+def test_two_versions_parked_under_one_stamp_are_two_records_and_load_both(s3, buckets, narrow_warehouse):
     """Order 3 is parked (its design rejected) with 111 units; the next batch brings a fix of its units
-    under the same stamp, still referencing the rejected design: both versions dangle, and the parked
-    record (one per stamp) must keep the later one. When the design arrives, the source's current
-    values (222) are loaded and current, never the superseded 111."""
+    under the same stamp, still referencing the rejected design: both versions dangle, each its own parked
+    record (docs/RELIABILITY.md defect 16; one record per stamp kept only the later). When the design
+    arrives both load, each with the order of the batch that parked it: the source's current values (222)
+    current, the 111 version in the history, as the landing zone holds it."""
     batch = base_batch()
     batch["design"].append(design(2, "A design name far too long"))
     batch["sales_order"].append(sales_order(3, design_id=2, units_sold=111))
     run_batch(s3, buckets, T0, batch)
     run_batch(s3, buckets, later(5), {"sales_order": [sales_order(3, design_id=2, units_sold=222)]})
     assert sales_versions(narrow_warehouse, 3) == []
+    assert sorted(run_sql(narrow_warehouse, "SELECT (row_data ->> 'units_sold')::int FROM etl_rejected_rows "
+                          "WHERE source_id = 3 AND resolved_batch_id IS NULL")) == [[111], [222]]
 
     run_batch(s3, buckets, later(10), {"design": [design(2, "Short name", at=later(9))]})
 
     assert run_sql(narrow_warehouse, "SELECT units_sold FROM current_sales_order "
                    "WHERE sales_order_id = 3") == [[222]]
-    assert [units for units, _ in sales_versions(narrow_warehouse, 3)] == [222]
+    assert [units for units, _ in sales_versions(narrow_warehouse, 3)] == [111, 222]
+    history, _ = history_and_rollups(s3, buckets["ingest"], narrow_warehouse)
+    assert history.matched, (history.not_in_warehouse, history.not_landed)
 
 
 FACT_VERSIONS = {"fact_sales_order": "sales_order_id", "fact_purchase_order": "purchase_order_id",
@@ -228,8 +233,6 @@ def test_a_batch_killed_before_its_commit_after_appending_and_re_marking_version
     assert run_sql(narrow_warehouse, facts) == after
 
 
-@pytest.mark.xfail(strict=True, reason="docs/RELIABILITY.md defect 16 (open): etl_rejected_rows holds one "
-                                       "record per stamp; a parked version overwrites a quarantined one")
 def test_a_quarantined_version_stays_recorded_beside_a_parked_fix_of_the_same_stamp(
         s3, buckets, narrow_warehouse):
     """Order 3 lands with a date that does not exist (quarantined); the fix keeps its stamp and references a
@@ -247,8 +250,6 @@ def test_a_quarantined_version_stays_recorded_beside_a_parked_fix_of_the_same_st
     assert history.matched, (history.not_in_warehouse, history.not_landed)
 
 
-@pytest.mark.xfail(strict=True, reason="docs/RELIABILITY.md defect 16 (open): etl_rejected_rows holds one "
-                                       "record per stamp; a second quarantined version is not recorded")
 def test_two_quarantined_versions_of_one_stamp_stay_recorded_beside_the_fix(s3, buckets, narrow_warehouse):
     batch = base_batch()
     batch["sales_order"].append(sales_order(3, agreed_delivery_date="2024-02-30"))
