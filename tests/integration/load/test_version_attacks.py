@@ -261,6 +261,50 @@ def test_two_quarantined_versions_of_one_stamp_stay_recorded_beside_the_fix(s3, 
     assert history.matched, (history.not_in_warehouse, history.not_landed)
 
 
+def records(url, source_id):
+    """[(value key, parked, resolved)] of the etl_rejected_rows records of sales order ``source_id``."""
+    return sorted(tuple(row) for row in run_sql(
+        url, "SELECT value_key, row_data IS NOT NULL, resolved_batch_id IS NOT NULL FROM etl_rejected_rows "
+             "WHERE source_table = 'sales_order' AND source_id = :i", i=source_id))
+
+
+def test_an_old_warehouse_s_rejected_records_are_keyed_and_a_version_read_again_stays_one_record(
+        s3, buckets, narrow_warehouse):
+    """A warehouse created before value keys (one record per stamp, no value_key) holds a quarantined
+    order (3, a date that does not exist) and a parked one (4, its design rejected). The next load's schema
+    step adds the key and replaces the index: the parked record gets its row data's key, so re-parked it
+    is the same record; the quarantined one, keyless, is taken by the same version read again (the
+    overlap). Read once more, neither is recorded twice; when the design arrives order 4 loads and its
+    record resolves, and the history check matches."""
+    batch = base_batch()
+    batch["design"].append(design(2, "A design name far too long"))
+    batch["sales_order"] += [sales_order(3, agreed_delivery_date="2024-02-30"), sales_order(4, design_id=2)]
+    run_batch(s3, buckets, T0, batch)
+    for statement in ("DROP INDEX etl_rejected_rows_value_version_key",
+                      "ALTER TABLE etl_rejected_rows DROP COLUMN value_key",
+                      "CREATE UNIQUE INDEX etl_rejected_rows_version_key "
+                      "ON etl_rejected_rows (source_table, source_id, last_updated)"):
+        run_sql(narrow_warehouse, statement)
+
+    again = {"sales_order": [sales_order(3, agreed_delivery_date="2024-02-30"), sales_order(4, design_id=2)]}
+    assert run_batch(s3, buckets, later(5), again)["rejected_rows"] == 0
+    assert run_sql(narrow_warehouse, "SELECT indexname::text FROM pg_indexes "
+                                     "WHERE indexname LIKE 'etl_rejected_rows%version_key'") == \
+        [["etl_rejected_rows_value_version_key"]]
+    (quarantined_key, _, _), = quarantined = records(narrow_warehouse, 3)
+    (parked_key, _, _), = parked = records(narrow_warehouse, 4)
+    assert quarantined == [(quarantined_key, False, False)] and quarantined_key != ""
+    assert parked == [(parked_key, True, False)] and parked_key != ""
+
+    assert run_batch(s3, buckets, later(10), again)["rejected_rows"] == 0
+    assert records(narrow_warehouse, 3) == quarantined and records(narrow_warehouse, 4) == parked
+    run_batch(s3, buckets, later(15), {"design": [design(2, "Short name", at=later(14))]})
+    assert records(narrow_warehouse, 4) == [(parked_key, True, True)]
+    assert [units for units, _ in sales_versions(narrow_warehouse, 4)] == [1004]
+    history, _ = history_and_rollups(s3, buckets["ingest"], narrow_warehouse)
+    assert history.matched, (history.not_in_warehouse, history.not_landed)
+
+
 def test_a_blank_padded_warehouse_column_does_not_make_a_re_read_version_look_changed(
         s3, buckets, pipeline_env, warehouse_url):
     """An existing warehouse whose fact_purchase_order.item_code is character(20) (accepted: blank-padded
