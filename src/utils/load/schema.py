@@ -32,10 +32,11 @@ LOAD_ORDER_COLUMNS = {LEDGER: "load_order", DIMENSION_VERSIONS: "load_order",
 OWN_TABLES = (LEDGER, REJECTED, DIMENSION_VERSIONS, DELETED, SUSPENDED_KEYS)
 
 VIEWS = ("current_sales_order", "current_purchase_order", "current_payment", "deleted_dimension_rows")
-VERSION_INDEXES = tuple(f"{name}_version_order_key" for name in FACTS)
+VERSION_INDEXES = tuple(f"{name}_version_order_key" for name in FACTS) + (f"{REJECTED}_value_version_key",)
 # The (id, stamp) unique indexes of warehouses created before value-aware versions: the DDL drops them; one
 # still present (re-created by a deployment rolled back) makes the schema incomplete (RELIABILITY defect 13).
-OLD_VERSION_INDEXES = tuple(f"{name}_version_key" for name in FACTS)
+# etl_rejected_rows's: one record per stamp, before value keys (defect 16).
+OLD_VERSION_INDEXES = tuple(f"{name}_version_key" for name in FACTS + (REJECTED,))
 # pg_advisory_xact_lock key serialising loads into one warehouse.
 ADVISORY_LOCK_KEY = 0x7074_6573_7973_0003
 # The DDL (once per warehouse) waits at most this long for any lock: readers queue behind it (issue 19).

@@ -144,13 +144,13 @@ def _check_one(conn: Any, s3_client: Any, bucket: str, manifests: Sequence[Tuple
 def version_differences(landed: "Counter[Version]", facts: "Counter[Version]",
                         quarantined: "Counter[Version]") -> Tuple[List[Version], List[Version]]:
     """(versions missing, versions held but not landed), sorted, from the counts per (id, ms) of the
-    distinct value-versions ``landed``, the fact rows and the unresolved quarantine records (one per stamp
-    at most). Each landed value-version must be a fact row or the one quarantined: missing when the
-    landed ones outnumber both together; a fact row is extra when the facts outnumber the landed ones, a
-    record when nothing of its stamp landed. A record of a stamp whose landed version the facts hold too
-    is no extra version: a row quarantined as a future row and loaded once the clock passed its stamp
-    (same stamp, same values), or a quarantined version beside its fix under the same stamp
-    (docs/RELIABILITY.md defect 14)."""
+    distinct value-versions ``landed``, the fact rows and the unresolved quarantine records (one per
+    value-version: ``value_key``, docs/RELIABILITY.md defect 16). Each landed value-version must be a fact
+    row or quarantined: missing when the landed ones outnumber both together; a fact row is extra when
+    the facts outnumber the landed ones, a record when nothing of its stamp landed. A record of a stamp
+    whose landed version the facts hold too is no extra version: a row quarantined as a future row and
+    loaded once the clock passed its stamp (same stamp, same values), or a quarantined version beside its
+    fix under the same stamp (docs/RELIABILITY.md defect 14)."""
     missing: List[Version] = []
     extra: List[Version] = []
     for version in landed.keys() | facts.keys() | quarantined.keys():

@@ -94,23 +94,28 @@ def test_a_parked_version_fixed_under_its_stamp_loads_both_versions_once(s3, buc
     assert history.matched and rollups == []
 
 
-def test_a_version_parked_twice_under_one_stamp_keeps_the_later_one(s3, buckets, narrow_warehouse):
+def test_two_versions_parked_under_one_stamp_are_two_records_and_load_both(s3, buckets, narrow_warehouse):
     """Order 3 is parked (its design rejected) with 111 units; the next batch brings a fix of its units
-    under the same stamp, still referencing the rejected design: both versions dangle, and the parked
-    record (one per stamp) must keep the later one. When the design arrives, the source's current
-    values (222) are loaded and current, never the superseded 111."""
+    under the same stamp, still referencing the rejected design: both versions dangle, each its own parked
+    record (docs/RELIABILITY.md defect 16; one record per stamp kept only the later). When the design
+    arrives both load, each with the order of the batch that parked it: the source's current values (222)
+    current, the 111 version in the history, as the landing zone holds it."""
     batch = base_batch()
     batch["design"].append(design(2, "A design name far too long"))
     batch["sales_order"].append(sales_order(3, design_id=2, units_sold=111))
     run_batch(s3, buckets, T0, batch)
     run_batch(s3, buckets, later(5), {"sales_order": [sales_order(3, design_id=2, units_sold=222)]})
     assert sales_versions(narrow_warehouse, 3) == []
+    assert sorted(run_sql(narrow_warehouse, "SELECT (row_data ->> 'units_sold')::int FROM etl_rejected_rows "
+                          "WHERE source_id = 3 AND resolved_batch_id IS NULL")) == [[111], [222]]
 
     run_batch(s3, buckets, later(10), {"design": [design(2, "Short name", at=later(9))]})
 
     assert run_sql(narrow_warehouse, "SELECT units_sold FROM current_sales_order "
                    "WHERE sales_order_id = 3") == [[222]]
-    assert [units for units, _ in sales_versions(narrow_warehouse, 3)] == [222]
+    assert [units for units, _ in sales_versions(narrow_warehouse, 3)] == [111, 222]
+    history, _ = history_and_rollups(s3, buckets["ingest"], narrow_warehouse)
+    assert history.matched, (history.not_in_warehouse, history.not_landed)
 
 
 FACT_VERSIONS = {"fact_sales_order": "sales_order_id", "fact_purchase_order": "purchase_order_id",
@@ -228,8 +233,6 @@ def test_a_batch_killed_before_its_commit_after_appending_and_re_marking_version
     assert run_sql(narrow_warehouse, facts) == after
 
 
-@pytest.mark.xfail(strict=True, reason="docs/RELIABILITY.md defect 16 (open): etl_rejected_rows holds one "
-                                       "record per stamp; a parked version overwrites a quarantined one")
 def test_a_quarantined_version_stays_recorded_beside_a_parked_fix_of_the_same_stamp(
         s3, buckets, narrow_warehouse):
     """Order 3 lands with a date that does not exist (quarantined); the fix keeps its stamp and references a
@@ -247,8 +250,6 @@ def test_a_quarantined_version_stays_recorded_beside_a_parked_fix_of_the_same_st
     assert history.matched, (history.not_in_warehouse, history.not_landed)
 
 
-@pytest.mark.xfail(strict=True, reason="docs/RELIABILITY.md defect 16 (open): etl_rejected_rows holds one "
-                                       "record per stamp; a second quarantined version is not recorded")
 def test_two_quarantined_versions_of_one_stamp_stay_recorded_beside_the_fix(s3, buckets, narrow_warehouse):
     batch = base_batch()
     batch["sales_order"].append(sales_order(3, agreed_delivery_date="2024-02-30"))
@@ -256,6 +257,50 @@ def test_two_quarantined_versions_of_one_stamp_stay_recorded_beside_the_fix(s3, 
     run_batch(s3, buckets, later(5), {"sales_order": [sales_order(3, agreed_delivery_date="2024-02-31")]})
     run_batch(s3, buckets, later(10), {"sales_order": [sales_order(3), sales_order(1, units_sold=7)]})
     assert [units for units, _ in sales_versions(narrow_warehouse, 3)] == [1003]
+    history, _ = history_and_rollups(s3, buckets["ingest"], narrow_warehouse)
+    assert history.matched, (history.not_in_warehouse, history.not_landed)
+
+
+def records(url, source_id):
+    """[(value key, parked, resolved)] of the etl_rejected_rows records of sales order ``source_id``."""
+    return sorted(tuple(row) for row in run_sql(
+        url, "SELECT value_key, row_data IS NOT NULL, resolved_batch_id IS NOT NULL FROM etl_rejected_rows "
+             "WHERE source_table = 'sales_order' AND source_id = :i", i=source_id))
+
+
+def test_an_old_warehouse_s_rejected_records_are_keyed_and_a_version_read_again_stays_one_record(
+        s3, buckets, narrow_warehouse):
+    """A warehouse created before value keys (one record per stamp, no value_key) holds a quarantined
+    order (3, a date that does not exist) and a parked one (4, its design rejected). The next load's schema
+    step adds the key and replaces the index: the parked record gets its row data's key, so re-parked it
+    is the same record; the quarantined one, keyless, is taken by the same version read again (the
+    overlap). Read once more, neither is recorded twice; when the design arrives order 4 loads and its
+    record resolves, and the history check matches."""
+    batch = base_batch()
+    batch["design"].append(design(2, "A design name far too long"))
+    batch["sales_order"] += [sales_order(3, agreed_delivery_date="2024-02-30"), sales_order(4, design_id=2)]
+    run_batch(s3, buckets, T0, batch)
+    for statement in ("DROP INDEX etl_rejected_rows_value_version_key",
+                      "ALTER TABLE etl_rejected_rows DROP COLUMN value_key",
+                      "CREATE UNIQUE INDEX etl_rejected_rows_version_key "
+                      "ON etl_rejected_rows (source_table, source_id, last_updated)"):
+        run_sql(narrow_warehouse, statement)
+
+    again = {"sales_order": [sales_order(3, agreed_delivery_date="2024-02-30"), sales_order(4, design_id=2)]}
+    assert run_batch(s3, buckets, later(5), again)["rejected_rows"] == 0
+    assert run_sql(narrow_warehouse, "SELECT indexname::text FROM pg_indexes "
+                                     "WHERE indexname LIKE 'etl_rejected_rows%version_key'") == \
+        [["etl_rejected_rows_value_version_key"]]
+    (quarantined_key, _, _), = quarantined = records(narrow_warehouse, 3)
+    (parked_key, _, _), = parked = records(narrow_warehouse, 4)
+    assert quarantined == [(quarantined_key, False, False)] and quarantined_key != ""
+    assert parked == [(parked_key, True, False)] and parked_key != ""
+
+    assert run_batch(s3, buckets, later(10), again)["rejected_rows"] == 0
+    assert records(narrow_warehouse, 3) == quarantined and records(narrow_warehouse, 4) == parked
+    run_batch(s3, buckets, later(15), {"design": [design(2, "Short name", at=later(14))]})
+    assert records(narrow_warehouse, 4) == [(parked_key, True, True)]
+    assert [units for units, _ in sales_versions(narrow_warehouse, 4)] == [1004]
     history, _ = history_and_rollups(s3, buckets["ingest"], narrow_warehouse)
     assert history.matched, (history.not_in_warehouse, history.not_landed)
 

@@ -21,6 +21,9 @@ V = (7, 1_700_000_000_123)
     (1, 2, 1, 0, 1),  # held twice beside its quarantine record
     (0, 1, 0, 0, 1),  # a fact row nothing landed
     (0, 0, 1, 0, 1),  # a quarantine record of a version nothing landed
+    (3, 1, 2, 0, 0),  # two quarantined versions of one stamp, then its fix (defect 16)
+    (2, 0, 2, 0, 0),  # two versions of one stamp parked, each its own record (defect 16)
+    (3, 1, 1, 1, 0),  # two quarantined versions of one stamp collapsed into one record (defect 16)
 ])
 def test_each_landed_value_version_is_a_fact_row_or_the_one_quarantined(
         landed, facts, records, missing, extra):
