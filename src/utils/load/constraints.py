@@ -61,6 +61,8 @@ EXCLUSIVE_RETRY_SECONDS = 1.0
 # Re-adding (SHARE ROW EXCLUSIVE) and validating (SHARE UPDATE EXCLUSIVE) block no reader, even queued: they
 # may wait longer, past deadlock_timeout (1 s), after which an autovacuum worker in the way cancels itself.
 RESTORE_WAIT_MS = 10_000
+# maintenance_work_mem of each VALIDATE CONSTRAINT's transaction (``_validate``).
+VALIDATE_WORK_MEM = "256MB"
 
 logger = get_logger("load")
 
@@ -253,6 +255,10 @@ def _validate(conn: Any, table: str, name: str, violations: List[ForeignKeyViola
     the batches' own checks should have made impossible) leaves the key NOT VALID (later batches then
     park dangling rows before appending) and is added to ``violations``."""
     def body() -> None:
+        # VALIDATE's check (one anti-join over the whole fact table) runs with maintenance_work_mem as
+        # its work_mem: the server's default (64 MB) split the hash of a large dimension (1.6M
+        # transactions at x100) into batches on disk (issue 24, third pass).
+        conn.run("SELECT set_config('maintenance_work_mem', :memory, true)", memory=VALIDATE_WORK_MEM)
         try:
             conn.run("SAVEPOINT validate_key")
             conn.run(f"ALTER TABLE {identifier(table)} VALIDATE CONSTRAINT {identifier(name)}")

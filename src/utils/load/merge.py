@@ -45,6 +45,14 @@ MAX_REJECTED_LOG_LINES = 20
 # (a column added to the catalogue leaves the key of a version parked before as it was). The same
 # expression gives the records parked before value keys theirs (utils/catalog/sql/warehouse_schema.sql).
 PARKED_VALUE_KEY = f"md5(jsonb_strip_nulls(row_data - '{LOAD_ORDER_COLUMN}')::text)"
+# work_mem of a batch's transaction (SET LOCAL: its COMMIT ends it), with JIT off: with the server's default
+# (4 MB), a 2M-row batch's version sorts (the fact append's DISTINCT ON, the probe of the versions held) and
+# the hash of a large dimension in the dangling-reference checks spill to temporary files, and each append
+# paid JIT compilation (issue 24, third pass; docs/BENCHMARKS.md). The rollups' statements use the same.
+BATCH_WORK_MEM = "256MB"
+# A fact's reference column with at most this many distinct values in a batch is checked by probing the
+# dimension for each distinct value, not by an anti-join over the staged rows (``_park_dangling``).
+PROBE_MAX_DISTINCT = 50_000
 
 
 logger = get_logger("load")
@@ -118,7 +126,8 @@ def load_batch(warehouse: Warehouse, s3_client: Any, bucket: str, manifest_key: 
     conn.run("START TRANSACTION ISOLATION LEVEL READ COMMITTED")
     staging = None
     try:
-        conn.run("SELECT pg_advisory_xact_lock(:key)", key=ADVISORY_LOCK_KEY)
+        conn.run("SELECT pg_advisory_xact_lock(:key), set_config('work_mem', :work_mem, true), "
+                 "set_config('jit', 'off', true)", key=ADVISORY_LOCK_KEY, work_mem=BATCH_WORK_MEM)
         bound_lock_waits(conn)  # no lock of the batch waits unboundedly on a reader (issue 19)
         if batch_loaded(conn, batch_id):
             conn.run("ROLLBACK")
@@ -502,12 +511,14 @@ def merge_fact(conn: Any, name: str, table: Optional[pa.Table], target: TargetTa
                 raise
             conn.run("ROLLBACK TO SAVEPOINT fact_append")
             logger.info("dangling references: parking them before the append", table=name)
-            newly_parked = _park_dangling(conn, stage, target, source, id_column, batch_id, load_order)
+            newly_parked = _park_dangling(conn, stage, target, source, id_column, batch_id, load_order,
+                                          None if parked else table)
             inserted = append()
         else:
             conn.run("RELEASE SAVEPOINT fact_append")
     else:
-        newly_parked = _park_dangling(conn, stage, target, source, id_column, batch_id, load_order)
+        newly_parked = _park_dangling(conn, stage, target, source, id_column, batch_id, load_order,
+                                      None if parked else table)
         inserted = append()
     if parked:
         logger.info("parked rows retried", table=name, parked=parked)
@@ -541,34 +552,69 @@ def _remark_held(conn: Any, name: str, stage: str, target: TargetTable, held: st
     """Take the versions ``name`` holds already out of ``stage``; those that are not their id's current
     version get the staged row's load order when it is greater (the source went back to a version loaded
     before: a row restored, or updated back to earlier values with an earlier stamp). Returns the ids
-    re-marked. A held version that is current (the ingest's overlap reading it again) is not written."""
+    re-marked. A held version that is current (the ingest's overlap reading it again) is not written.
+
+    The probe reads only the table's versions whose natural id lies between the least and the greatest
+    staged id (the version index's range): a backfill's batch of new ids reads the few versions at the
+    edge of its range, not every version held (issue 24, third pass: the probe grew with the warehouse)."""
     source, id_column = WAREHOUSE_SOURCES[name]
     record = identifier(FACT_SOURCES[name].record_column)
     fact, order_column = identifier(name), identifier(LOAD_ORDER_COLUMN)
     fact_id = identifier(target.names[id_column])
+    low, high = conn.run(f"SELECT min(s.{identifier(id_column)}), "  # nosec B608
+                         f"max(s.{identifier(id_column)}) FROM {stage} s")[0]
+    if low is None:
+        return []
     ranked = ", ".join(f"{{0}}.{identifier(target.names[column])}"
                        for column in ("last_updated_date", "last_updated_time"))
     newer = f"(n.{order_column}, {ranked.format('n')}) > (f.{order_column}, {ranked.format('f')})"
     rows = conn.run(
         f"WITH held AS (DELETE FROM {stage} s USING {fact} f WHERE {held} "  # nosec B608
+        f"AND f.{fact_id} BETWEEN :low AND :high "
         f"RETURNING f.{record} AS record_id, {staged_order} AS load_order), "
         "brought AS (SELECT record_id, max(load_order) AS load_order FROM held GROUP BY record_id) "
         f"UPDATE {fact} f SET {order_column} = b.load_order FROM brought b "
         f"WHERE f.{record} = b.record_id AND b.load_order > f.{order_column} "
         f"AND EXISTS (SELECT 1 FROM {fact} n WHERE n.{fact_id} = f.{fact_id} AND {newer}) "
-        f"RETURNING f.{fact_id}", load_order=load_order)
+        f"RETURNING f.{fact_id}", load_order=load_order, low=low, high=high)
     return sorted({row[0] for row in rows})
 
 
+def _all_held(conn: Any, values: Any, dimension: str, dimension_column: str) -> bool:
+    """True when ``values`` (a pyarrow column: a fact's references to ``dimension``) has no NULL and
+    at most PROBE_MAX_DISTINCT distinct values, each of which ``dimension`` holds in
+    ``dimension_column`` (its key: one index probe per distinct value). False: not shown, check the rows."""
+    if values.null_count or not (pa.types.is_integer(values.type) or pa.types.is_date(values.type)):
+        return False
+    distinct = pc.unique(values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values)
+    if len(distinct) > PROBE_MAX_DISTINCT:
+        return False
+    if not len(distinct):
+        return True
+    cast = "date[]" if pa.types.is_date(values.type) else "bigint[]"
+    found = conn.run(f"SELECT count(*) FROM {identifier(dimension)} "  # nosec B608
+                     f"WHERE {identifier(dimension_column)} = ANY(CAST(:values AS {cast}))",
+                     values=distinct.to_pylist())[0][0]
+    return found == len(distinct)
+
+
 def _park_dangling(conn: Any, stage: str, target: TargetTable, source: str, id_column: str, batch_id: str,
-                   load_order: int = 0) -> int:
+                   load_order: int = 0, table: Optional[pa.Table] = None) -> int:
     """Move the staged rows whose dimension references the warehouse does not hold into
     etl_rejected_rows (with row_data, to be retried, carrying the row's load order: ``load_order`` for
-    the batch's own rows); return how many were newly parked."""
+    the batch's own rows); return how many were newly parked.
+
+    ``table``: the batch's rows, when the stage holds exactly those (no parked rows staged with them):
+    a reference column whose distinct values the dimension all holds (``_all_held``: one index probe per
+    distinct value) cannot dangle, and its anti-join over the stage is skipped (issue 24, third pass: the
+    dates, currencies, staff... of a 2M-row batch cost ~17 scans of the stage per batch)."""
     rejected = identifier(REJECTED)
     newly_parked = 0
     stamp = "(s.last_updated_date + s.last_updated_time)::timestamp(3)"
     for column, dimension, dimension_column in target.references:
+        if table is not None and column in table.column_names \
+                and _all_held(conn, table[column], dimension, dimension_column):
+            continue
         reason = f"references {dimension} ' || s.{identifier(column)}::text || ', which the warehouse " \
                  "does not hold (its source row was rejected or not delivered); parked until it arrives"
         rows = conn.run(

@@ -15,7 +15,8 @@ from utils.errors import CorruptFileError, InvalidEventError, SchemaMismatchErro
 from utils.load.schema import LEDGER, schema_statements
 from utils.aws.state import read_state
 from utils.catalog.warehouse import WAREHOUSE_TABLES
-from tests.support.batches import T0, address, base_batch, department, later, sales_order, write_ingest_batch
+from tests.support.batches import (T0, address, base_batch, department, later, payment, sales_order,
+                                   write_ingest_batch)
 from tests.support.db import connect, run_sql
 from utils.db.connection import close_db_connection
 from utils.load.rollups import DEFINITION, compare_rollups, rollup_state
@@ -91,6 +92,21 @@ def test_changes_append_fact_versions_and_overwrite_dimensions(s3, buckets, ware
     assert run_sql(warehouse, "SELECT staff_id, department_name FROM dim_staff ORDER BY 1") == [
         [1, "Sales"], [2, "Dept 2"], [3, "Sales"]]
     assert counts(warehouse)[LEDGER] == 3
+
+
+def test_versions_held_at_both_ends_of_a_batch_s_id_range_are_not_appended_again(s3, buckets, warehouse):
+    """The probe of the versions held reads the table's versions between the least and the greatest
+    staged id (``merge._remark_held``): a batch bringing back the held versions of its lowest and highest
+    ids, around a new version, appends the new version only."""
+    load.lambda_handler(first_batch(s3, buckets), None)
+    batch = base_batch()
+    write_ingest_batch(s3, buckets["ingest"], later(30), {
+        "payment": [batch["payment"][0], payment(2, 2, at=T0, updated=later(25), paid=True),
+                    batch["payment"][2]]})
+    result = load.lambda_handler(transform.lambda_handler({}, None), None)
+    assert result["tables"]["fact_payment"] == 1
+    assert run_sql(warehouse, "SELECT payment_id, paid FROM fact_payment ORDER BY payment_record_id") == [
+        [1, False], [2, False], [3, False], [2, True]]
 
 
 def test_a_load_killed_before_commit_changes_nothing_and_the_retry_completes(s3, buckets, warehouse,

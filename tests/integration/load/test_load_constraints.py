@@ -1,8 +1,10 @@
 """Foreign keys suspended for a large load and validated set-wise at its end, and the load's bounded lock
 waits (utils/load/constraints.py, utils/load/locks.py), on a real warehouse."""
 import threading
+from datetime import date
 
 import boto3
+import pyarrow as pa
 import pytest
 
 import load
@@ -12,7 +14,7 @@ from tests.support.db import run_sql as query
 from tests.support.batches import T0, base_batch, later, payment, sales_order, staff, write_ingest_batch
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
 from utils.errors import ConcurrentRunError, ForeignKeyViolationError
-from utils.load import constraints, locks, run as load_run
+from utils.load import constraints, locks, merge, run as load_run
 from utils.load.schema import ensure_warehouse_schema
 
 FACT_TABLES = ("fact_payment", "fact_purchase_order", "fact_sales_order")
@@ -406,3 +408,39 @@ def test_a_fact_table_without_keys_has_nothing_to_suspend(s3, buckets, warehouse
     assert {r.table for r in suspensions} == {"fact_sales_order", "fact_payment"}
     assert not messages(caplog, "foreign keys checked row by row")
     assert [row for row in definitions(warehouse) if row[0] == "fact_purchase_order"] == []
+
+
+def test_a_parked_row_staged_with_a_batch_whose_references_are_all_held_is_checked_itself(
+        s3, buckets, warehouse, always_setwise):
+    """While the keys are suspended, a reference column whose distinct values in the batch the dimension
+    all holds skips its anti-join (``merge._all_held``), but only when the stage holds the batch's rows
+    alone: a parked row retried with them (design 99 still missing) is parked again, never appended."""
+    batch = base_batch()
+    batch["sales_order"].append(sales_order(3, design_id=99))
+    assert run_pipeline(s3, buckets, batch)["rejected_rows"] == 1
+    write_ingest_batch(s3, buckets["ingest"], later(30), {"sales_order": [sales_order(4, at=later(20))]})
+    result = load.lambda_handler(transform.lambda_handler({}, None), None)
+    assert result["tables"]["fact_sales_order"] == 1
+    assert query(warehouse, "SELECT sales_order_id FROM fact_sales_order ORDER BY 1") == [[1], [2], [4]]
+    assert parked(warehouse) == [["sales_order", 3, "design_id", True]]
+    assert suspended(warehouse) == []
+
+
+def test_all_held_shows_a_column_clean_only_when_every_distinct_value_is_held(
+        s3, buckets, warehouse, monkeypatch):
+    """``merge._all_held``: True only for a column without NULL, of integers or dates, with few enough
+    distinct values, each held by the dimension; anything else is left to the anti-join."""
+    run_pipeline(s3, buckets, base_batch())
+    conn = _connection(warehouse)
+    try:
+        assert merge._all_held(conn, pa.chunked_array([[1, 2, 2], [1]]), "dim_currency", "currency_id")
+        assert not merge._all_held(conn, pa.array([1, 99]), "dim_currency", "currency_id")
+        assert not merge._all_held(conn, pa.array([1, None]), "dim_currency", "currency_id")
+        assert merge._all_held(conn, pa.array([date(2024, 11, 25)]), "dim_date", "date_id")
+        assert not merge._all_held(conn, pa.array([date(1900, 1, 1)]), "dim_date", "date_id")
+        assert not merge._all_held(conn, pa.array(["1"]), "dim_currency", "currency_id")
+        assert merge._all_held(conn, pa.array([], pa.int32()), "dim_currency", "currency_id")
+        monkeypatch.setattr(merge, "PROBE_MAX_DISTINCT", 1)
+        assert not merge._all_held(conn, pa.array([1, 2]), "dim_currency", "currency_id")
+    finally:
+        close_db_connection(conn)
