@@ -171,10 +171,11 @@ def update_rollups(conn: Connection, batch_id: str, tables: Mapping[str, pa.Tabl
     Creates and fills the rollups when the warehouse has none or another definition. Returns the facts
     updated.
 
-    Cost: one small query for what changed, one for the state, then one statement per fact that changed
-    (and two small ones when the batch brings designs; one more in the rare batch that empties a rollup
-    group); a fact the batch did not change costs nothing more. Each statement reads the batch's record
-    range once; index probes only for ids up to max_id."""
+    Cost: one small query for what changed, one for the state, then one statement for the facts that
+    changed, which also files the batch's design names (one more small query when the batch brings
+    designs, and one in the rare batch that empties a rollup group); a fact the batch did not change
+    costs nothing more. Each is one round trip (``run_inline``). The statement reads the batch's record
+    range once per fact; index probes only for ids up to max_id."""
     present, newest, deleted_from = _batch_changes(conn, batch_id)
     state = _read_state(conn) if present else None
     if state is None or not rollups_current(state):
