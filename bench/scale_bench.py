@@ -238,6 +238,10 @@ def backfill(scale, max_rows):
                    "batch_load_seconds": batch_loads,
                    "batch_load_last_over_first": (round(batch_loads[-1] / batch_loads[0], 2)
                                                   if batch_loads else None),
+                   # per million rows written: the last batch of a backfill is a remainder
+                   "batch_load_seconds_per_m_rows": [
+                       round(seconds / r["load"]["rows"] * 1e6, 2) for seconds, r in
+                       zip(batch_loads, [r for r in rounds if r["load"]["rows"]])],
                    "keys_suspend_seconds": round(sum(r["load"]["suspend_seconds"] for r in rounds), 2),
                    "keys_validate_seconds": round(sum(r["load"]["restore_seconds"] for r in rounds), 2),
                    "stages": {stage: {"max_peak_mb": max(r[stage]["peak_mb"] for r in rounds),
@@ -274,6 +278,8 @@ def table(summaries):
             ("batch load without the keys' steps (s)",
              lambda s: ", ".join(str(x) for x in s["batch_load_seconds"])),
             ("batch load: last / first", lambda s: s["batch_load_last_over_first"]),
+            ("batch load per million rows written (s)",
+             lambda s: ", ".join(str(x) for x in s["batch_load_seconds_per_m_rows"])),
             ("keys suspended / validated once (s)", lambda s: f"{s['keys_suspend_seconds']} / "
                                                               f"{s['keys_validate_seconds']}"),
             ("limit findings (errors / warnings)", lambda s: f"{s['limit_errors']} / {s['limit_warnings']}"),

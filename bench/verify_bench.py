@@ -5,6 +5,10 @@ warehouse row was changed (the narrowing to the differing id), and notes the mac
 On a machine shared with other jobs the wall-clock time says little, so it also counts the CPU seconds
 verify costs: this process's, and the PostgreSQL cluster's (every backend and parallel worker: the
 postmaster's children, live or reaped). Not a test: prints figures.
+
+Standalone, against a warehouse loaded already (e.g. the one `make bench-scale` builds, kept): with the
+ingest bucket's S3 endpoint in the environment, ``venv/bin/python -m bench.verify_bench SOURCE_URL
+WAREHOUSE_URL INGEST_BUCKET`` (the fact row it changes is changed back afterwards).
 """
 import os
 import time
@@ -56,6 +60,7 @@ def _timed(source_url, warehouse_url, bucket):
         second = lambda: connect_to_db(credentials=credentials_from_url(warehouse_url))  # noqa: E731
         report = verify(source, warehouse, boto3.client("s3"), bucket, 3600, connect_warehouse=second)
         seconds = round(time.perf_counter() - started, 2)
+        time.sleep(1)  # verify's second warehouse connection has exited: its CPU counts once reaped
         cpu = {"postgres": round(cluster_cpu(postmaster) - cpu_before, 2),
                "python": round(time.process_time() - own_before, 2)}
         return seconds, cpu, report
@@ -64,16 +69,25 @@ def _timed(source_url, warehouse_url, bucket):
         close_db_connection(warehouse)
 
 
-def run(source_url, warehouse_url, bucket):
-    """{"seconds", "seconds_one_row_changed", "source_rows", "mismatches", "load_average"}."""
-    seconds, cpu, report = _timed(source_url, warehouse_url, bucket)
+def _flip(warehouse_url):
+    """Change one fact row (the latest payment's ``paid``); a second call changes it back."""
     warehouse = connect_to_db(credentials=credentials_from_url(warehouse_url))
     try:
         warehouse.run("UPDATE fact_payment SET paid = NOT paid WHERE payment_record_id = "
                       "(SELECT max(payment_record_id) FROM fact_payment)")
     finally:
         close_db_connection(warehouse)
-    changed_seconds, changed_cpu, changed = _timed(source_url, warehouse_url, bucket)
+
+
+def run(source_url, warehouse_url, bucket, restore=False):
+    """{"seconds", "seconds_one_row_changed", "source_rows", "mismatches", "load_average"}."""
+    seconds, cpu, report = _timed(source_url, warehouse_url, bucket)
+    _flip(warehouse_url)
+    try:
+        changed_seconds, changed_cpu, changed = _timed(source_url, warehouse_url, bucket)
+    finally:
+        if restore:
+            _flip(warehouse_url)
     figures = {"seconds": seconds, "cpu_seconds": cpu, "seconds_one_row_changed": changed_seconds,
                "cpu_seconds_one_row_changed": changed_cpu,
                "source_rows": sum(t.matched + sum(t.counts.values()) - t.counts["extra"]
@@ -85,3 +99,8 @@ def run(source_url, warehouse_url, bucket):
           f"CPU {changed_cpu}, "
           f"{changed.mismatches} mismatch(es); load average {figures['load_average']}", flush=True)
     return figures
+
+
+if __name__ == "__main__":
+    import sys
+    run(*sys.argv[1:4], restore=True)

@@ -164,9 +164,9 @@ variable "ingest_future_tolerance_seconds" {
 }
 
 variable "max_batch_rows" {
-  description = "MAX_BATCH_ROWS: rows of the order/payment tables one batch takes at most; a larger backfill is landed in several batches, the state machine looping ingest -> transform -> load (at most 24 rounds per execution). 0 = no cap. At 1,000,000 each invocation of a x100 backfill stayed under 400 MB and 25 s on the benchmark machine (docs/BENCHMARKS.md)."
+  description = "MAX_BATCH_ROWS: rows of the order/payment tables one batch takes at most; a larger backfill is landed in several batches, the state machine looping ingest -> transform -> load (at most 24 rounds per execution). 0 = no cap. At 2,000,000 each invocation of a x100 backfill peaked at 315 MB (ingest), 598 MB (transform) and 515 MB (load), under half of each function's memory (docs/BENCHMARKS.md, issue 24)."
   type        = number
-  default     = 1000000
+  default     = 2000000
 
   validation {
     condition     = var.max_batch_rows >= 0 && floor(var.max_batch_rows) == var.max_batch_rows

@@ -15,8 +15,7 @@ from moto import mock_aws
 
 from tests.support.clusters import make_session_folder, remove_session_folder, stop_emulators_under
 from tests.support.db import run_sql
-from tests.support.ingest_mode import (CDC_SESSION_STATEMENT_SECONDS, cdc_session, drop_idle_slot,
-                                       new_slot_name)
+from tests.support.ingest_mode import cdc_session, drop_idle_slot, new_slot_name
 from tests.support.totesys import FILL_SQL, SCHEMA_SQL
 from totesys_local.aws_emulation import (UNSET_VARIABLES, account_environment, create_buckets,
                                          put_credentials_secret)
@@ -64,11 +63,9 @@ def session_ingest_mode(request, monkeypatch):
     if not cdc_session():
         yield None
         return
-    from utils.db import connection
     name = new_slot_name()
     monkeypatch.setenv("INGEST_MODE", "cdc")
     monkeypatch.setenv("CDC_SLOT_NAME", name)
-    monkeypatch.setattr(connection, "STATEMENT_TIMEOUT_SECONDS", CDC_SESSION_STATEMENT_SECONDS)
     yield name
     if "pg_admin_url" in request.fixturenames:
         drop_idle_slot(request.getfixturevalue("pg_admin_url"), name)

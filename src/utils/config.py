@@ -12,7 +12,7 @@ DEFAULT_INGEST_OVERLAP_SECONDS = 3600
 DEFAULT_INGEST_PARALLEL_CONNECTIONS = 2
 MAX_INGEST_PARALLEL_CONNECTIONS = 8
 # Source rows of the order/payment tables one batch takes at most (utils/ingest/bounded.py); 0 = no cap.
-DEFAULT_MAX_BATCH_ROWS = 1_000_000
+DEFAULT_MAX_BATCH_ROWS = 2_000_000
 # Share of a table one run may record as deleted before its deletions are held (utils/ingest/delete_guard.py).
 DEFAULT_MAX_DELETE_FRACTION = 0.25
 # How far ahead of the source clock a row's last_updated may be before it is a "future row", landed and

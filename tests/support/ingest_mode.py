@@ -8,11 +8,6 @@ import uuid
 
 # Read once at import, before any test sets INGEST_MODE for itself.
 SESSION_MODE = os.environ.get("INGEST_MODE", "").strip().lower() or "cursor"
-# CDC sessions: the statement, lock and idle-in-transaction budget of the connections opened outside a Lambda
-# invocation (utils.db.connection.STATEMENT_TIMEOUT_SECONDS, 900 s). Creating a slot waits for every open
-# transaction (docs/RELIABILITY.md, defect 10): a test holding one open across CDC's first run goes on (the
-# server ends the idle transaction, or the wait fails) after this, instead of after 15 minutes.
-CDC_SESSION_STATEMENT_SECONDS = 120
 
 
 def cdc_session():

@@ -7,6 +7,7 @@ import pytest
 from totesys_local.cli import main
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url, describe_url
 from tests.support.db import run_sql
+from tests.support.ingest_mode import cdc_session
 
 # Several seconds each (the state machine, a local run or a generated warehouse): not in make test-fast.
 pytestmark = pytest.mark.slow
@@ -209,8 +210,9 @@ def test_a_kill_while_saving_state_leaves_a_state_the_next_run_continues(
 
 
 def _role(admin_url, name, password):
-    """A login role with a password that may read every totesys table."""
-    run_sql(admin_url, f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")  # nosec B608 - test names
+    """A login role with a password that may read every totesys table (and, in make test-cdc, replicate)."""
+    replication = " REPLICATION" if cdc_session() else ""
+    run_sql(admin_url, f"CREATE ROLE {name} LOGIN{replication} PASSWORD '{password}'")  # nosec B608
 
 
 def _grant_read(url, role):

@@ -95,7 +95,9 @@ def plan_cuts(conn: Any, tables: Sequence[str], lower_bounds: Mapping[str, datet
     if window is None or not max_rows:
         return BatchCut(None)
     rows, params = window
-    floor = max((bound for table, bound in lower_bounds.items() if table in tables), default=None)
+    # the bounded tables' previous highs (the small tables are read up to now: not a bound of the plan)
+    floor = max((bound for table, bound in lower_bounds.items()
+                 if table in tables and table in BOUNDED_TABLES), default=None)
     ahead = [cut for cut in planned if floor is None or cut > floor]
     if ahead:
         held = conn.run(f"SELECT count(*) FROM {rows} WHERE stamp < :planned_cut",  # nosec B608

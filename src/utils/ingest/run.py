@@ -141,7 +141,8 @@ def ingest_tables(conn: Any, s3_client: Any, bucket: str, tables: List[str], opt
         run = IngestRun(conn, s3_client, bucket, tables, options, tuple(helpers))
         state, etag = read_ingest_state(s3_client, bucket)
         state = with_source_identity(conn, state, options.repoint_source)
-        fresh = {name: value for name, value in state.items() if name != "tables"}
+        # (a plan of cuts of an earlier backfill is no plan for a first read either)
+        fresh = {name: value for name, value in state.items() if name not in ("tables", "planned_cuts")}
         window, landed, key_sets = _extract_and_land(run, fresh if options.fresh else state)
         previous = state.get("tables", {}) if options.fresh else window.prev_tables
         detection, deleted = detect_deletes(s3_client, bucket, window.batch_time, previous,

@@ -523,28 +523,41 @@ def rebuild_rollups(conn: Connection, batch_id: Optional[str] = None) -> None:
 
 # -- the check ------------------------------------------------------------------------------------------
 
-def _expected_sql(rollup: Rollup) -> str:
-    """The rollup as the current view gives it now: the rollup's columns, grouped by its keys."""
-    source = FACT_SOURCES[rollup.fact]
+def _expected_sql(fact: str) -> Tuple[str, Dict[str, str]]:
+    """(SQL of every rollup of ``fact`` as the current view gives it now, {rollup table: SELECT of its
+    expected rows from CTE ``g``}): one scan of the view, grouped by one grouping set per rollup (its
+    keys); ``g.gid`` (GROUPING of every key expression) tells the sets apart, so a NULL key stays a row of
+    its own set."""
+    source = FACT_SOURCES[fact]
+    rollups = [rollup for rollup in ROLLUPS if rollup.fact == fact]
     label_table = source.label[2] if source.label else None
     rows = _labelled(source, f"SELECT * FROM {identifier(source.view)}", 1, label_table)  # nosec B608
-    keys = ", ".join(f"{expression} AS {identifier(column)}" for column, expression in rollup.keys)
-    sums = ", ".join(f"sum({expression}) AS {identifier(column)}" for column, expression in rollup.measures)
-    group = ", ".join(str(number + 1) for number in range(len(rollup.keys)))
-    return f"SELECT {keys}, {sums} FROM ({rows}) v GROUP BY {group}"  # nosec B608
+    keys = list(dict.fromkeys(expression for rollup in rollups for _, expression in rollup.keys))
+    measures = list(dict.fromkeys(expression for rollup in rollups for _, expression in rollup.measures))
+    columns = ([f"{expression} AS k{number}" for number, expression in enumerate(keys)]
+               + [f"sum({expression}) AS m{number}" for number, expression in enumerate(measures)])
+    sets = ", ".join("(" + ", ".join(f"{expression}" for _, expression in rollup.keys) + ")"
+                     for rollup in rollups)
+    grouped = (f"SELECT GROUPING({', '.join(keys)}) AS gid, {', '.join(columns)} "  # nosec B608
+               f"FROM ({rows}) v GROUP BY GROUPING SETS ({sets})")
+    expected = {}
+    for rollup in rollups:
+        used = {expression for _, expression in rollup.keys}
+        # GROUPING's bit is 1 for an expression the set leaves out; the first argument is the highest bit.
+        gid = sum(1 << (len(keys) - 1 - number) for number, expression in enumerate(keys)
+                  if expression not in used)
+        picked = ([f"k{keys.index(expression)} AS {identifier(column)}" for column, expression in rollup.keys]
+                  + [f"m{measures.index(expression)} AS {identifier(column)}"
+                     for column, expression in rollup.measures])
+        expected[rollup.table] = f"SELECT {', '.join(picked)} FROM g WHERE gid = {gid}"  # nosec B608
+    return grouped, expected
 
 
-def _differences(conn: Connection, name: str, expected: str, actual: str,
-                 keys: Sequence[str]) -> Optional[Dict[str, Any]]:
-    """{"rollup", "missing", "unexpected", "examples", "keys", "differing_keys"} of two SELECTs of the
-    same columns, or None when they hold the same rows. ``keys``: the columns naming a row; "keys" lists
-    up to KEY_EXAMPLES of the distinct keys of the differing rows (a row with other measures is missing
-    and unexpected under one key), "differing_keys" counts them."""
-    found = conn.run(f"WITH expected AS ({expected}), actual AS ({actual}) "  # nosec B608
-                     "SELECT 'missing', to_jsonb(e) FROM (SELECT * FROM expected EXCEPT ALL "
-                     "SELECT * FROM actual) e "
-                     "UNION ALL SELECT 'unexpected', to_jsonb(a) FROM (SELECT * FROM actual EXCEPT ALL "
-                     "SELECT * FROM expected) a")
+def _difference(name: str, found: Sequence[Sequence[Any]], keys: Sequence[str]) -> Optional[Dict[str, Any]]:
+    """{"rollup", "missing", "unexpected", "examples", "keys", "differing_keys"} of the (kind, row) pairs
+    ``found`` ("missing" or "unexpected", the row as a dict), or None when there are none. ``keys``: the
+    columns naming a row; "keys" lists up to KEY_EXAMPLES of the distinct keys of the differing rows (a
+    row with other measures is missing and unexpected under one key), "differing_keys" counts them."""
     if not found:
         return None
     missing = [row for kind, row in found if kind == "missing"]
@@ -553,6 +566,43 @@ def _differences(conn: Connection, name: str, expected: str, actual: str,
     return {"rollup": name, "missing": len(missing), "unexpected": len(unexpected),
             "examples": {"missing": missing[:EXAMPLES], "unexpected": unexpected[:EXAMPLES]},
             "differing_keys": len(differing), "keys": [dict(key) for key in differing[:KEY_EXAMPLES]]}
+
+
+def _except_both(tag: str, expected: str, actual: str) -> str:
+    """(tag, kind, row) of the rows of CTE ``expected`` not in CTE ``actual`` ("missing") and the reverse
+    ("unexpected"), as multisets."""
+    return (f"SELECT '{tag}', 'missing', to_jsonb(e) FROM (SELECT * FROM {expected} EXCEPT ALL "  # nosec B608
+            f"SELECT * FROM {actual}) e UNION ALL SELECT '{tag}', 'unexpected', to_jsonb(a) FROM "
+            f"(SELECT * FROM {actual} EXCEPT ALL SELECT * FROM {expected}) a")
+
+
+def _differences(conn: Connection, name: str, expected: str, actual: str,
+                 keys: Sequence[str]) -> Optional[Dict[str, Any]]:
+    """``_difference`` of two SELECTs of the same columns."""
+    found = conn.run(f"WITH expected AS ({expected}), actual AS ({actual}) "  # nosec B608
+                     + _except_both(name, "expected", "actual"))
+    return _difference(name, [(kind, row) for _, kind, row in found], keys)
+
+
+def _fact_differences(conn: Connection, fact: str) -> List[Dict[str, Any]]:
+    """The differences of every rollup of ``fact``, from one statement (one scan of its current view)."""
+    grouped, expected = _expected_sql(fact)
+    rollups = [rollup for rollup in ROLLUPS if rollup.fact == fact]
+    ctes = [f"g AS MATERIALIZED ({grouped})"]
+    parts = []
+    for number, rollup in enumerate(rollups):
+        columns = ", ".join(identifier(column) for column, _ in rollup.keys + rollup.measures)
+        ctes.append(f"e{number} AS ({expected[rollup.table]}), "  # nosec B608
+                    f"a{number} AS (SELECT {columns} FROM {identifier(rollup.table)})")
+        parts.append(_except_both(str(number), f"e{number}", f"a{number}"))
+    found = conn.run(f"WITH {', '.join(ctes)} " + " UNION ALL ".join(parts))  # nosec B608
+    differences = []
+    for number, rollup in enumerate(rollups):
+        rows = [(kind, row) for tag, kind, row in found if tag == str(number)]
+        difference = _difference(rollup.table, rows, [column for column, _ in rollup.keys])
+        if difference:
+            differences.append(difference)
+    return differences
 
 
 def compare_rollups(conn: Connection) -> List[Dict[str, Any]]:
@@ -571,14 +621,7 @@ def compare_rollups(conn: Connection) -> List[Dict[str, Any]]:
                                           for fact in FACT_SOURCES], "unexpected": []},
                  "differing_keys": len(FACT_SOURCES),
                  "keys": [{"fact_table": fact} for fact in FACT_SOURCES]}]
-    differences = []
-    for rollup in ROLLUPS:
-        columns = ", ".join(identifier(column) for column, _ in rollup.keys + rollup.measures)
-        found = _differences(conn, rollup.table, _expected_sql(rollup),
-                             f"SELECT {columns} FROM {identifier(rollup.table)}",  # nosec B608
-                             [column for column, _ in rollup.keys])
-        if found:
-            differences.append(found)
+    differences = [difference for fact in FACT_SOURCES for difference in _fact_differences(conn, fact)]
     found = _differences(conn, DESIGN_NAMES, "SELECT design_id, design_name FROM dim_design",
                          f"SELECT design_id, design_name FROM {identifier(DESIGN_NAMES)}",  # nosec B608
                          ["design_id"])

@@ -161,6 +161,6 @@ def test_max_batch_rows_defaults_to_the_documented_cap(monkeypatch):
     monkeypatch.setenv("INGEST_BUCKET", "i")
     monkeypatch.setenv("PROCESSED_BUCKET", "p")
     monkeypatch.delenv("MAX_BATCH_ROWS", raising=False)
-    assert load_settings().max_batch_rows == 1_000_000
+    assert load_settings().max_batch_rows == 2_000_000
     monkeypatch.setenv("MAX_BATCH_ROWS", "0")
     assert load_settings().max_batch_rows == 0

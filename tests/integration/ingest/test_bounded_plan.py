@@ -54,9 +54,10 @@ def test_a_planned_cut_is_taken_after_one_count_and_replanned_when_rows_moved_in
     upper = source.run("SELECT localtimestamp")[0][0]
     planned = plan_cuts(source, list(BOUNDED_TABLES), {}, upper, CAP)
     first, second = planned.cut, planned.planned[0]
-    lower = dict.fromkeys(BOUNDED_TABLES, first)
+    # the small tables' previous high is the previous run's clock: no bound of the plan
+    lower = {**dict.fromkeys(BOUNDED_TABLES, first), "address": upper}
     # the next round: the planned cut, the rest of the plan kept
-    taken = plan_cuts(source, list(BOUNDED_TABLES), lower, upper, CAP, planned=planned.planned)
+    taken = plan_cuts(source, [*BOUNDED_TABLES, "address"], lower, upper, CAP, planned=planned.planned)
     assert (taken.cut, taken.planned) == (second, planned.planned[1:])
     # a cut at or below the previous high is skipped
     assert plan_cuts(source, list(BOUNDED_TABLES), dict.fromkeys(BOUNDED_TABLES, second), upper, CAP,
@@ -80,7 +81,7 @@ def test_a_cap_the_rows_fit_in_plans_nothing(source):
 
 @pytest.mark.slow  # about 10 s: a scale-1 ingest in a dozen rounds
 def test_rounds_follow_the_plan_and_land_rows_changed_between_rounds_exactly_once(
-        totesys_url, pipeline_env, monkeypatch):
+        totesys_url, pipeline_env, monkeypatch, ingest_log):
     bucket = pipeline_env(source_url=totesys_url)["ingest"]
     monkeypatch.setenv("MAX_BATCH_ROWS", str(CAP))
     s3 = boto3.client("s3")
@@ -93,13 +94,20 @@ def test_rounds_follow_the_plan_and_land_rows_changed_between_rounds_exactly_onc
     query(totesys_url, "UPDATE sales_order SET units_sold = 2, last_updated = CAST(:at AS timestamp) "
                        "WHERE sales_order_id = (SELECT max(sales_order_id) FROM sales_order)",
           at=state["planned_cuts"][1])
-    rounds = 1
+    rounds, planned = 1, state["planned_cuts"]
     while state["more_waiting"]:
+        ingest_log.clear()
         ingest.lambda_handler({}, None)
         rounds += 1
         assert rounds < 40, "never caught up"
         state = json.loads(s3.get_object(Bucket=bucket, Key="_state/ingest.json")["Body"].read())
+        if rounds == 2:  # the next planned cut, after one count; the rest of the plan kept
+            assert any("batch cut as planned" in line for _, line in ingest_log)
+            assert state["planned_cuts"] == planned[1:]
     assert "planned_cuts" not in state
+    # the row moved back into a planned batch pushed no batch over the cap, and no round planned afresh
+    # more than the plan's length
+    assert rounds <= len(planned) + 2
     landed = collections.Counter()
     for manifest in manifest_chain(s3, bucket):
         assert sum(manifest["tables"].get(table, {}).get("rows", 0) for table in BOUNDED_TABLES) <= CAP

@@ -12,6 +12,8 @@ def by_table(report):
     return {table.table: table for table in report.tables}
 
 
+@pytest.mark.cursor_only("the cursor does not see an update stamped below its window; CDC lands it, "
+                         "so there is no gap for verify to report and resync to repair")
 def test_a_back_dated_update_is_reported_by_verify_and_repaired_by_resync(loaded, check):
     source, warehouse, buckets = loaded
     # Stamped below the next run's window (rows were stamped a day ago; the window starts an hour before
@@ -64,6 +66,8 @@ def test_an_update_stamped_before_the_current_version_becomes_current_after_resy
     assert run_sql(warehouse, "SELECT counterparty_legal_city FROM dim_counterparty") == [["Wakefield"]]
 
 
+@pytest.mark.cursor_only("the cursor does not see an update stamped below its window; CDC lands it, "
+                         "so there is no gap for verify to report and resync to repair")
 def test_an_overwrite_restore_to_an_earlier_version_becomes_current_after_resync(loaded, check):
     """docs/RELIABILITY.md defect 3: a row restored from a backup to a version the warehouse holds loads
     no fact row (the version is held), but that version must become current again."""

@@ -208,10 +208,14 @@ def test_the_check_names_a_rollup_that_differs_and_a_rebuild_repairs_it(loaded):
     day, currency = run_sql(warehouse, "SELECT created_date, currency_id FROM rollup_sales_daily LIMIT 1")[0]
     run_sql(warehouse, "UPDATE rollup_sales_daily SET orders = orders + 1 WHERE created_date = :d "
                        "AND currency_id = :c", d=day, c=currency)
+    # One grouping set of the sales' check apart from the others: only the design rollup's row differs.
+    run_sql(warehouse, "UPDATE rollup_sales_by_design SET units = units + 2 "
+                       "WHERE (created_date, currency_id, design_name) IN (SELECT created_date, currency_id, "
+                       "design_name FROM rollup_sales_by_design ORDER BY 1, 2, 3 LIMIT 1)")
     run_sql(warehouse, "DELETE FROM rollup_design_name WHERE design_id = 1")
     found = differences(warehouse)
     assert [(d["rollup"], d["missing"], d["unexpected"]) for d in found] == [
-        ("rollup_sales_daily", 1, 1), ("rollup_design_name", 1, 0)]
+        ("rollup_sales_daily", 1, 1), ("rollup_sales_by_design", 1, 1), ("rollup_design_name", 1, 0)]
     assert found[0]["examples"]["unexpected"][0]["created_date"] == day.isoformat()
     revisions = sum(row[2] for row in state(warehouse))
 

@@ -11,6 +11,7 @@ import load
 import transform
 
 from tests.support.db import connect, run_sql
+from tests.support.ingest_mode import cdc_session
 from tests.support.pipeline import run_pipeline
 from utils.catalog import source, warehouse
 from utils.db.connection import close_db_connection
@@ -83,6 +84,8 @@ def test_a_nullable_source_column_reaches_an_existing_and_a_fresh_warehouse(
     # the incremental read never sees them; a resync of the table lands every row and fills the dimension.
     run_sql(source_url, "UPDATE design SET colour = 'sand' WHERE design_id = 2")
     run_pipeline()
+    if cdc_session():  # CDC (make test-cdc) reads the update whatever its last_updated
+        expected[1][2] = "sand"
     assert colours(warehouse_url) == expected
     run_pipeline({"resync": ["design"]})
     expected[1][2] = "sand"

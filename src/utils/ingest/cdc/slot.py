@@ -8,9 +8,24 @@ and are compared as integers (``lsn_int``).
 from dataclasses import dataclass
 from typing import Any, Iterable, List, Optional, Tuple
 
-from utils.errors import TotesysError
+from utils.db.connection import sqlstate
+from utils.errors import RetryableError, TotesysError
 
 PLUGIN = "test_decoding"
+# Creating a slot waits until every transaction running at that moment has ended (PostgreSQL's consistent
+# point): at most this long (or the session's lower lock_timeout), then the run fails naming them.
+SLOT_WAIT_MS = 30_000
+# 55P03 lock_not_available (lock_timeout), 57014 query_canceled (statement_timeout).
+WAIT_ENDED_STATES = ("55P03", "57014")
+OPEN_TRANSACTIONS_SQL = (
+    "SELECT pid, coalesce(usename, ''), coalesce(application_name, ''), coalesce(state, ''), "
+    "to_char(xact_start, 'YYYY-MM-DD HH24:MI:SS TZ') FROM pg_stat_activity "
+    "WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid() AND backend_type = 'client backend' "
+    "AND (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL) ORDER BY xact_start LIMIT 10")
+# The lower of SLOT_WAIT_MS and the session's lock_timeout (0: none), in milliseconds.
+SLOT_WAIT_SQL = (
+    "SELECT CASE WHEN setting::bigint = 0 THEN CAST(:wait AS bigint) "
+    "ELSE least(setting::bigint, CAST(:wait AS bigint)) END FROM pg_settings WHERE name = 'lock_timeout'")
 DEFAULT_SLOT_NAME = "totesys_cdc"
 MESSAGE_PREFIX = "totesys-cdc"
 # test_decoding's options: no xids in BEGIN/COMMIT lines, no empty transactions.
@@ -22,6 +37,19 @@ PREREQUISITES_SQL = (
     "(SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user) "
     "OR coalesce((SELECT pg_has_role(current_user, oid, 'member') FROM pg_roles "
     "WHERE rolname = 'rds_replication'), false)")
+
+
+class SlotWaitError(RetryableError):
+    """Creating the slot waited longer than allowed for transactions open on the source (``open``: up to
+    ten of them, as text naming pid, user, application, state and start); no slot is left behind. A later
+    run may succeed once they end (retryable)."""
+
+    def __init__(self, waited_ms: int, open_transactions: List[str]) -> None:
+        named = "; ".join(open_transactions) or "none still open (they ended meanwhile)"
+        super().__init__(f"CDC: creating the replication slot waited {waited_ms} ms for transactions open on "
+                         f"the source to end (a slot's consistent point needs them finished): {named}. "
+                         "End or commit them (pg_stat_activity) and run again")
+        self.open_transactions = open_transactions
 
 
 class CdcUnavailableError(TotesysError):
@@ -84,7 +112,12 @@ def slot_info(conn: Any, name: str) -> Optional[SlotInfo]:
 def create_slot(conn: Any, name: str) -> str:
     """Create logical slot ``name`` (plugin test_decoding) in the connection's database; return its
     consistent point (LSN text): it decodes every transaction committing after it. Raises
-    CdcUnavailableError when the server lacks the plugin."""
+    CdcUnavailableError when the server lacks the plugin, SlotWaitError (retryable, naming them) when
+    transactions open on the source keep it waiting longer than SLOT_WAIT_MS or the session's lock_timeout
+    (RELIABILITY defect 10)."""
+    previous = conn.run("SELECT current_setting('lock_timeout')")[0][0]
+    wait_ms = int(conn.run(SLOT_WAIT_SQL, wait=SLOT_WAIT_MS)[0][0])
+    conn.run("SELECT set_config('lock_timeout', :value, false)", value=f"{wait_ms}ms")
     try:
         lsn: str = conn.run("SELECT lsn::text FROM pg_create_logical_replication_slot(:name, :plugin)",
                             name=name, plugin=PLUGIN)[0][0]
@@ -92,7 +125,18 @@ def create_slot(conn: Any, name: str) -> str:
     except Exception as err:
         if PLUGIN in str(err) and "could not access file" in str(err):
             raise CdcUnavailableError([f"the logical decoding plugin {PLUGIN} on the server"]) from None
+        if sqlstate(err)[0] in WAIT_ENDED_STATES:
+            raise SlotWaitError(wait_ms, open_transactions(conn)) from None
         raise
+    finally:
+        conn.run("SELECT set_config('lock_timeout', :value, false)", value=previous)
+
+
+def open_transactions(conn: Any) -> List[str]:
+    """Up to ten transactions open on the server (other than this session's) holding an xid or a snapshot,
+    oldest first, as text: pid, user, application, state, start."""
+    return [f"pid {pid} ({user}{', ' + app if app else ''}; {state}; since {start})"
+            for pid, user, app, state, start in conn.run(OPEN_TRANSACTIONS_SQL)]
 
 
 def drop_slot(conn: Any, name: str) -> bool:

@@ -1,17 +1,17 @@
-"""Defect 10 (docs/RELIABILITY.md, open): creating the slot for CDC's snapshot waits for every transaction
+"""Defect 10 (docs/RELIABILITY.md, fixed): creating the slot for CDC's snapshot waits for every transaction
 open on the source, until the session's lock_timeout (the invocation's remaining time minus the margin)
-cancels it with an error that names no transaction. Strict xfail: it fails the suite once a run names
-the transaction it waited for, so the marker cannot be forgotten."""
+cancelled it with an error that named no transaction. Fixed: the wait is bounded (``slot.SLOT_WAIT_MS`` or
+the session's lower lock_timeout) and the run fails with SlotWaitError (retryable) naming the open
+transactions; no slot is left."""
 from types import SimpleNamespace
 
 import pytest
 
 import ingest
-from tests.integration.ingest.cdc.conftest import slot_row
+from tests.support.cdc import slot_row
 from tests.support.db import connect
 
 
-@pytest.mark.xfail(strict=True, reason="defect 10 (docs/RELIABILITY.md): the error names no open transaction")
 def test_a_transaction_left_open_fails_the_first_cdc_run_naming_it_and_leaves_no_slot(env, cdc_mode):
     _, _, url = env
     holder = connect(url)
