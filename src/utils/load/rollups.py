@@ -28,6 +28,7 @@ without them and logs a WARNING) (``rebuild_rollups``, also the call for a rebui
 that rewrites facts outside a load). ``compare_rollups`` recomputes every rollup from the current views
 and lists the differences (``totesys verify``).
 """
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
@@ -170,10 +171,11 @@ def update_rollups(conn: Connection, batch_id: str, tables: Mapping[str, pa.Tabl
     Creates and fills the rollups when the warehouse has none or another definition. Returns the facts
     updated.
 
-    Cost: one small query for what changed, one for the state, then one statement per fact that changed
-    (and two small ones when the batch brings designs; one more in the rare batch that empties a rollup
-    group); a fact the batch did not change costs nothing more. Each statement reads the batch's record
-    range once; index probes only for ids up to max_id."""
+    Cost: one small query for what changed, one for the state, then one statement for the facts that
+    changed, which also files the batch's design names (one more small query when the batch brings
+    designs, and one in the rare batch that empties a rollup group); a fact the batch did not change
+    costs nothing more. Each is one round trip (``run_inline``). The statement reads the batch's record
+    range once per fact; index probes only for ids up to max_id."""
     present, newest, deleted_from = _batch_changes(conn, batch_id)
     state = _read_state(conn) if present else None
     if state is None or not rollups_current(state):
@@ -185,8 +187,9 @@ def update_rollups(conn: Connection, batch_id: str, tables: Mapping[str, pa.Tabl
     renamed = _renamed_designs(conn, design_ids)
     updated = [fact for fact, source in FACT_SOURCES.items()
                if fact in changed or (source.label and renamed)]
+    names = {"design_ids": design_ids}
     if updated:
-        ctes, params = [], {"batch_id": batch_id, "load_order": load_order, "renamed": renamed}
+        ctes, params = [], {"batch_id": batch_id, "load_order": load_order, "renamed": renamed, **names}
         for fact in updated:
             source, mark, batch = FACT_SOURCES[fact], state[fact], tables.get(fact)
             ctes.append(_fact_ctes(source, renamed if source.label else [], bool(remarked.get(fact)),
@@ -194,12 +197,46 @@ def update_rollups(conn: Connection, batch_id: str, tables: Mapping[str, pa.Tabl
             params.update({f"{source.source}_{name}": value for name, value in (
                 ("mark", mark.last_record_id), ("max_id", mark.max_id), ("source", source.source),
                 ("fact", fact), ("remarked", remarked.get(fact)))})
-        sql = _update_sql(ctes, [FACT_SOURCES[fact] for fact in updated])
-        emptied = conn.run(sql, **{name: value for name, value in params.items() if f":{name}" in sql})
+        if design_ids:  # one snapshot: the other CTEs still see the names the rollups filed rows under
+            ctes.append(f"design_names AS ({_record_design_names_sql()})")
+        emptied = run_inline(conn, _update_sql(ctes, [FACT_SOURCES[fact] for fact in updated]), params)
         if emptied:
             _remove_empty_groups(conn, emptied)
-    _record_design_names(conn, design_ids)
+    elif design_ids:
+        run_inline(conn, _record_design_names_sql(), names)
     return updated
+
+
+def sql_literal(value: Any) -> str:
+    """``value`` as a SQL literal: NULL, a boolean, an integer, a list of integers (an array literal,
+    cast where it is used) or a string without backslashes or NUL (quotes doubled; the server's
+    standard_conforming_strings is on, its default). Anything else raises (TypeError, ValueError)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, (list, tuple)):
+        return "'{" + ",".join(str(int(item)) for item in value) + "}'"
+    if isinstance(value, str):
+        if "\\" in value or "\0" in value:
+            raise ValueError(f"not inlined into SQL: {value!r}")
+        return "'" + value.replace("'", "''") + "'"
+    raise TypeError(f"not inlined into SQL: {type(value).__name__}")
+
+
+_PLACEHOLDER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+def run_inline(conn: Connection, sql: str, params: Mapping[str, Any]) -> List[List[Any]]:
+    """Run ``sql`` with its ``:name`` placeholders replaced by ``params``' literals (``sql_literal``)
+    through the simple query protocol: one round trip, where pg8000's parameterised statement costs
+    three (parse, describe and bind, execute), each a wait for the run queue on a busy host. A
+    placeholder without a value raises KeyError."""
+    inlined = _PLACEHOLDER.sub(lambda match: sql_literal(params[match.group(1)]), sql)
+    rows: List[List[Any]] = conn.run(inlined)  # nosec B608
+    return rows
 
 
 def _create_rollups(conn: Connection, batch_id: str) -> bool:
@@ -231,9 +268,10 @@ def _batch_changes(conn: Connection, batch_id: str) -> Tuple[bool, Dict[str, int
                        f"FROM {identifier(fact)})" for fact, source in FACT_SOURCES.items())  # nosec B608
     changes = f"SELECT DISTINCT source_table::text FROM {identifier(DELETED)} " \
               "WHERE batch_id = :batch_id OR reinserted_batch_id = :batch_id"  # nosec B608
-    row = conn.run(f"SELECT to_regclass(:state) IS NOT NULL, {newest}, ARRAY({changes}), "  # nosec B608
-                   "set_config('jit', 'off', true), set_config('work_mem', :work_mem, true)",
-                   state=STATE, batch_id=batch_id, work_mem=ROLLUP_WORK_MEM)[0][:-2]
+    row = run_inline(conn, f"SELECT to_regclass(:state) IS NOT NULL, {newest}, "  # nosec B608
+                     f"ARRAY({changes}), set_config('jit', 'off', true), "
+                     "set_config('work_mem', :work_mem, true)",
+                     {"state": STATE, "batch_id": batch_id, "work_mem": ROLLUP_WORK_MEM})[0][:-2]
     present, highest, sources = row[0], row[1:-1], row[-1]
     return (bool(present), {fact: value or 0 for fact, value in zip(FACT_SOURCES, highest)},
             set(sources or ()))
@@ -430,20 +468,20 @@ def _renamed_designs(conn: Connection, design_ids: Sequence[int]) -> List[int]:
     """The ids among ``design_ids`` whose dim_design name differs from the name the rollups use."""
     if not design_ids:
         return []
-    return [row[0] for row in conn.run(
-        f"SELECT d.design_id FROM dim_design d JOIN {identifier(DESIGN_NAMES)} m "  # nosec B608
+    return [row[0] for row in run_inline(
+        conn, f"SELECT d.design_id FROM dim_design d JOIN {identifier(DESIGN_NAMES)} m "  # nosec B608
         "USING (design_id) WHERE d.design_id = ANY(CAST(:ids AS integer[])) "
-        "AND d.design_name <> m.design_name", ids=design_ids)]
+        "AND d.design_name <> m.design_name", {"ids": design_ids})]
 
 
-def _record_design_names(conn: Connection, design_ids: Sequence[int]) -> None:
-    """File the batch's designs under their dim_design names from now on."""
-    if design_ids:
-        conn.run(f"INSERT INTO {identifier(DESIGN_NAMES)} AS m (design_id, design_name) "  # nosec B608
-                 "SELECT design_id, design_name FROM dim_design "
-                 "WHERE design_id = ANY(CAST(:ids AS integer[])) "
-                 "ON CONFLICT (design_id) DO UPDATE SET design_name = EXCLUDED.design_name "
-                 "WHERE m.design_name <> EXCLUDED.design_name", ids=design_ids)
+def _record_design_names_sql() -> str:
+    """The upsert filing the designs in :design_ids under their dim_design names from now on (a CTE of
+    the rollups' statement, or alone when no fact changed)."""
+    return (f"INSERT INTO {identifier(DESIGN_NAMES)} AS m (design_id, design_name) "  # nosec B608
+            "SELECT design_id, design_name FROM dim_design "
+            "WHERE design_id = ANY(CAST(:design_ids AS integer[])) "
+            "ON CONFLICT (design_id) DO UPDATE SET design_name = EXCLUDED.design_name "
+            "WHERE m.design_name <> EXCLUDED.design_name")
 
 
 # -- rebuilding from the current views ----------------------------------------------------------------
