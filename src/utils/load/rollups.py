@@ -28,7 +28,6 @@ without them and logs a WARNING) (``rebuild_rollups``, also the call for a rebui
 that rewrites facts outside a load). ``compare_rollups`` recomputes every rollup from the current views
 and lists the differences (``totesys verify``).
 """
-import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
@@ -38,6 +37,7 @@ from pg8000.native import Connection, identifier
 
 from utils.catalog.warehouse import WAREHOUSE_DDL
 from utils.db.connection import sqlstate
+from utils.db.inline import run_inline
 from utils.load.schema import ADVISORY_LOCK_KEY, DELETED
 from utils.logger import get_logger
 
@@ -205,38 +205,6 @@ def update_rollups(conn: Connection, batch_id: str, tables: Mapping[str, pa.Tabl
     elif design_ids:
         run_inline(conn, _record_design_names_sql(), names)
     return updated
-
-
-def sql_literal(value: Any) -> str:
-    """``value`` as a SQL literal: NULL, a boolean, an integer, a list of integers (an array literal,
-    cast where it is used) or a string without backslashes or NUL (quotes doubled; the server's
-    standard_conforming_strings is on, its default). Anything else raises (TypeError, ValueError)."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, int):
-        return str(int(value))
-    if isinstance(value, (list, tuple)):
-        return "'{" + ",".join(str(int(item)) for item in value) + "}'"
-    if isinstance(value, str):
-        if "\\" in value or "\0" in value:
-            raise ValueError(f"not inlined into SQL: {value!r}")
-        return "'" + value.replace("'", "''") + "'"
-    raise TypeError(f"not inlined into SQL: {type(value).__name__}")
-
-
-_PLACEHOLDER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
-
-
-def run_inline(conn: Connection, sql: str, params: Mapping[str, Any]) -> List[List[Any]]:
-    """Run ``sql`` with its ``:name`` placeholders replaced by ``params``' literals (``sql_literal``)
-    through the simple query protocol: one round trip, where pg8000's parameterised statement costs
-    three (parse, describe and bind, execute), each a wait for the run queue on a busy host. A
-    placeholder without a value raises KeyError."""
-    inlined = _PLACEHOLDER.sub(lambda match: sql_literal(params[match.group(1)]), sql)
-    rows: List[List[Any]] = conn.run(inlined)  # nosec B608
-    return rows
 
 
 def _create_rollups(conn: Connection, batch_id: str) -> bool:
