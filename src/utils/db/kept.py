@@ -135,7 +135,7 @@ class ConnectionKeeper:
         return kept, None
 
     def _give_back(self, kept: _Kept, keep_seconds: float) -> None:
-        if keep_seconds <= 0 or kept.conn._transaction_status != IDLE or not _reset(kept.conn):
+        if keep_seconds <= 0 or not _reset(kept.conn):
             close_db_connection_quietly(kept.conn)
             return
         with self._lock:
@@ -181,7 +181,10 @@ def _check(conn: Any) -> Optional[str]:
 
 
 def _reset(conn: Any) -> bool:
-    """``DISCARD ALL`` on a connection given back; False when that fails."""
+    """``DISCARD ALL`` on a connection given back; False when it is inside a transaction (pg8000's
+    status is None until the first statement) or the reset fails."""
+    if conn._transaction_status not in (None, IDLE):
+        return False
     try:
         conn.run("DISCARD ALL")
     except Exception:  # noqa: BLE001 - not kept then
