@@ -24,9 +24,6 @@ def other_source(new_database):
     return url
 
 
-@pytest.mark.cursor_only("a slot name is cluster-wide and this test's slot is tied to its first "
-                         "database: a run against another database is refused (ConfigError naming the "
-                         "slot) before what this test checks")
 def test_the_ingest_state_records_its_source_and_refuses_another(env, other_source, ingest_log):
     s3, bucket, url = env
     ingest.lambda_handler({}, None)
@@ -49,9 +46,6 @@ def test_the_ingest_state_records_its_source_and_refuses_another(env, other_sour
     assert read_state(s3, bucket, "ingest")[0]["source"]["database"] == other_source.rsplit("/", 1)[1]
 
 
-@pytest.mark.cursor_only("a slot name is cluster-wide and this test's slot is tied to its first "
-                         "database: a run against another database is refused (ConfigError naming the "
-                         "slot) before what this test checks")
 @pytest.mark.slow
 def test_a_state_folder_refuses_a_run_without_its_urls_or_with_other_databases(
         tmp_path, capsys, totesys_url, warehouse_url, new_database, totesys_template):
@@ -83,9 +77,6 @@ def test_a_state_folder_refuses_a_run_without_its_urls_or_with_other_databases(
     assert main(["run", "--source", other, "--warehouse", warehouse_url, "--state-dir", str(state)]) == 0
 
 
-@pytest.mark.cursor_only("a slot name is cluster-wide and this test's slot is tied to its first "
-                         "database: a run against another database is refused (ConfigError naming the "
-                         "slot) before what this test checks")
 def test_a_first_run_that_lands_nothing_does_not_tie_the_folder(tmp_path, capsys, totesys_url, warehouse_url):
     """Swapped URLs: the first run fails before landing anything (the 'source' is the warehouse), so the
     folder is not recorded as theirs and the corrected command runs without --repoint."""

@@ -8,8 +8,11 @@
   transform, recorded by the load in ``etl_deleted_rows``.
 - Rejected rows (``REJECTED_SCHEMA``): one record per row the warehouse cannot hold, its first problem;
   built by the transform (``utils.transform.quarantine``) and the load (column limits), recorded by the
-  load in ``etl_rejected_rows``.
+  load in ``etl_rejected_rows``. ``value_key`` tells the value-versions of one stamp apart
+  (``value_keys``; docs/RELIABILITY.md defect 16).
 """
+import hashlib
+import json
 from typing import Any, List, Optional, Tuple, Union
 from datetime import datetime, timedelta
 
@@ -30,7 +33,10 @@ REJECTED_SCHEMA = pa.schema([
     pa.field("column_name", pa.string(), nullable=False),
     pa.field("reason", pa.string(), nullable=False),
     pa.field("value", pa.string()),
+    pa.field("value_key", pa.string()),
 ])
+# A record's value key: this many hex digits of a SHA-256 (see value_keys).
+VALUE_KEY_DIGITS = 32
 # A rejected value is kept as text for the operator, cut to this many characters.
 MAX_VALUE_CHARS = 200
 
@@ -93,9 +99,28 @@ def _warehouse_stamps(last_updated: Any) -> Any:
     return pc.if_else(out_of_range_stamps(last_updated), pa.scalar(None, pa.timestamp("ms")), last_updated)
 
 
+def value_keys(rows: pa.Table) -> pa.Array:
+    """The value key of each row of ``rows``: a hash of its non-NULL values, each as Arrow's text of it
+    (the same for the same typed value in any batch: a numeric keeps its scale, a text its trailing
+    blanks, a timestamp out of Python's range its integer), named by column. A NULL column counts as
+    absent, so a column added to the catalogue (NULL in rows landed before) does not change the key of a
+    version recorded before it was added. Deterministic: a re-read version gets the key it had."""
+    texts = {name: rows[name] if pa.types.is_string(rows[name].type) else pc.cast(rows[name], pa.string())
+             for name in rows.column_names}
+    columns = {name: column.to_pylist() for name, column in texts.items()}
+    keys = []
+    for number in range(rows.num_rows):
+        values = {name: column[number] for name, column in columns.items() if column[number] is not None}
+        text = json.dumps(values, sort_keys=True, ensure_ascii=False)
+        keys.append(hashlib.sha256(text.encode()).hexdigest()[:VALUE_KEY_DIGITS])
+    return pa.array(keys, pa.string())
+
+
 def rejected_records(table_name: str, ids: Any, last_updated: Any, column: str, reason: Union[str, List[str]],
-                     values: Any) -> pa.Table:
-    """A REJECTED_SCHEMA table: one record per id; ``reason`` a string or a list of strings."""
+                     values: Any, rows: Optional[pa.Table] = None) -> pa.Table:
+    """A REJECTED_SCHEMA table: one record per id; ``reason`` a string or a list of strings; ``rows``
+    the rejected rows (one per id) whose ``value_keys`` tell two value-versions of one stamp apart (None:
+    no key; the load records it as the empty key, one record per stamp)."""
     count = len(ids)
     reasons = reason if isinstance(reason, list) else [reason] * count
     return pa.Table.from_pydict({
@@ -107,6 +132,7 @@ def rejected_records(table_name: str, ids: Any, last_updated: Any, column: str, 
         "column_name": [column] * count,
         "reason": reasons,
         "value": _values_text(values),
+        "value_key": value_keys(rows) if rows is not None else pa.nulls(count, pa.string()),
     }, schema=REJECTED_SCHEMA)
 
 

@@ -4,8 +4,8 @@ are landed in full, their whole current state, as part of one ordinary batch in 
 Why: the incremental read takes rows stamped inside the window (``last_updated >= prev.high - overlap``);
 an update stamped below it (a writer's clock behind, a back-dated ``last_updated``) is never seen by a
 cursor. A full read lands it: the transform and the load treat the batch as any other, so a new version
-is appended to the facts (versions the warehouse holds are skipped: the load deduplicates on (id,
-last_updated)), a dimension row is upserted, and the table's deletions are detected as on every run.
+is appended to the facts (versions the warehouse holds are skipped: the load deduplicates on id,
+last_updated and values), a dimension row is upserted, and the table's deletions are detected as on every run.
 Nothing else changes: the table's ``high``, its key set and the state pointer advance as in any run, and
 the other tables are read incrementally. The event's other keys keep their meaning.
 """

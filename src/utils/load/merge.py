@@ -41,6 +41,10 @@ from utils.logger import get_logger
 
 # ERROR lines written per table and batch for newly rejected rows (one each); the rest is one summary line.
 MAX_REJECTED_LOG_LINES = 20
+# The value key of a parked record: a hash of its row data without the load order and the NULL columns
+# (a column added to the catalogue leaves the key of a version parked before as it was). The same
+# expression gives the records parked before value keys theirs (utils/catalog/sql/warehouse_schema.sql).
+PARKED_VALUE_KEY = f"md5(jsonb_strip_nulls(row_data - '{LOAD_ORDER_COLUMN}')::text)"
 
 
 logger = get_logger("load")
@@ -70,8 +74,9 @@ def read_batch_rejected(s3_client: Any, bucket: str, manifest: Mapping[str, Any]
     if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
         raise CorruptFileError(f"manifest {manifest_key}: entry 'rejected' has no file key", key=manifest_key,
                                table=REJECTED)
+    # value_key: none in a file the transform wrote before it (the load records the empty key).
     return read_parquet_table(s3_client, bucket, entry["key"], REJECTED, REJECTED_SCHEMA,
-                              manifest_key=manifest_key)
+                              manifest_key=manifest_key, missing_as_null=("value_key",))
 
 
 @dataclass(frozen=True)
@@ -217,7 +222,7 @@ def split_by_limits(name: str, table: pa.Table,
         source, ids, stamps = _source_versions(name, picked)
         records.append(rejected_records(source, ids, stamps, column,
                                         f"does not fit {name}.{column} ({_limit_text(limit)})",
-                                        picked[column]))
+                                        picked[column], picked))
         keep = pc.and_(keep, pc.invert(bad))
     return table.filter(keep), pa.concat_tables(records)
 
@@ -238,16 +243,24 @@ def _log_rejected(batch_id: str, source: str, source_id: Any, column: Optional[s
 
 
 def record_rejected(conn: Any, rejected: pa.Table, batch_id: str) -> Dict[str, int]:
-    """Insert rejected records (a REJECTED_SCHEMA table) into etl_rejected_rows; a row version already
-    recorded is left as it is. Returns {source table: records newly inserted}; logs one ERROR line each
-    (the first MAX_REJECTED_LOG_LINES, then a summary)."""
+    """Insert rejected records (a REJECTED_SCHEMA table) into etl_rejected_rows; a row version (source
+    table, id, stamp and value key) already recorded is left as it is. A record from before value keys
+    (the empty key, no row data) of a staged record's stamp is first given that record's key, so a
+    version recorded then and read again is still recorded once (``claim_unkeyed``). Returns {source
+    table: records newly inserted}; logs one ERROR line each (the first MAX_REJECTED_LOG_LINES, then a
+    summary)."""
     if not rejected.num_rows:
         return {}
     columns = [field.name for field in REJECTED_SCHEMA]
     conn.run("CREATE TEMPORARY TABLE stage_rejected (source_table text, source_id bigint, "
-             "last_updated timestamp(3), column_name text, reason text, value text) ON COMMIT DROP")
+             "last_updated timestamp(3), column_name text, reason text, value text, value_key text) "
+             "ON COMMIT DROP")
     conn.run(f"COPY stage_rejected ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)",
              stream=csv_stream(rejected))
+    # A record without a key (written by a transform before value keys) is recorded with the empty key:
+    # one record per stamp, as before.
+    conn.run("UPDATE stage_rejected SET value_key = '' WHERE value_key IS NULL")
+    claim_unkeyed(conn)
     listed = ", ".join(identifier(column) for column in columns)
     rows = conn.run(
         f"INSERT INTO {identifier(REJECTED)} ({listed}, batch_id) "  # nosec B608
@@ -261,6 +274,23 @@ def record_rejected(conn: Any, rejected: pa.Table, batch_id: str) -> Dict[str, i
     if len(rows) > MAX_REJECTED_LOG_LINES:
         logger.error("more rows rejected", batch_id=batch_id, not_listed=len(rows) - MAX_REJECTED_LOG_LINES)
     return counts
+
+
+def claim_unkeyed(conn: Any) -> None:
+    """Give each record of etl_rejected_rows recorded before value keys (the empty key, no row data) the
+    key of a record in ``stage_rejected`` of its stamp (source table, id, last_updated; of several, the
+    least key), so that a version recorded then and read again (the overlap, a re-sync, a CDC snapshot)
+    maps to it instead of a second record (docs/RELIABILITY.md defect 16). Such a record stood for one
+    version of its stamp, which one unknown: the first read again takes it."""
+    conn.run(f"UPDATE {identifier(REJECTED)} AS r SET value_key = s.value_key "  # nosec B608
+             "FROM (SELECT DISTINCT ON (source_table, source_id, last_updated) source_table, source_id, "
+             "last_updated, value_key FROM stage_rejected WHERE value_key <> '' "
+             "ORDER BY source_table, source_id, last_updated, value_key) s "
+             "WHERE r.value_key = '' AND r.row_data IS NULL AND r.source_table = s.source_table "
+             "AND r.source_id = s.source_id AND r.last_updated = s.last_updated "
+             f"AND NOT EXISTS (SELECT 1 FROM {identifier(REJECTED)} k "
+             "WHERE k.source_table = s.source_table AND k.source_id = s.source_id "
+             "AND k.last_updated = s.last_updated AND k.value_key = s.value_key)")
 
 
 # -- merging ---------------------------------------------------------------------------------------
@@ -437,12 +467,15 @@ def merge_fact(conn: Any, name: str, table: Optional[pa.Table], target: TargetTa
     # the stage, not ON CONFLICT DO NOTHING (speculative insertion costs ~0.55 s against ~0.35 s for
     # fact_payment's 158k rows at scale 10). A staged row whose stamp is held with other values (an
     # update that kept its stamp) stays in the stage: a new version (docs/DESIGN.md, "A version is its
-    # stamp and its values"). DISTINCT ON keeps one row of a version staged twice (a parked row
-    # delivered again: the later order). Rows are inserted in version order, so of one batch's versions
-    # of an id the later stamped gets the greater record id, as the current views order them.
+    # stamp and its values"). DISTINCT ON keeps one row of a version (stamp and values) staged twice (a
+    # parked row delivered again: the later order); a parked version and the batch's fix of it under the
+    # same stamp are two versions, each with its own order (docs/RELIABILITY.md defect 12). Rows are
+    # inserted in version order, so of one batch's versions of an id the later stamped gets the greater
+    # record id, as the current views order them.
     version = (id_column, "last_updated_date", "last_updated_time")
     held = held_condition(name, target, version)
-    versions = ", ".join(identifier(column) for column in version)
+    versions = ", ".join(identifier(column) for column in version
+                         + tuple(field.name for field in schema if field.name not in version))
     staged_order = f"coalesce(s.{order_column}, :load_order)"
     remarked: List[int] = []
 
@@ -485,13 +518,22 @@ def held_condition(name: str, target: TargetTable, version: Tuple[str, ...]) -> 
     """SQL true when the fact row ``f`` of ``name`` (spelled as ``target`` says) is the staged row ``s``'s
     version: the same ``version`` columns
     (natural id and stamp; an equality join on the version index) and the same values in every other
-    column (NULL-safe: ``IS NOT DISTINCT FROM``)."""
+    column (NULL-safe: ``IS NOT DISTINCT FROM``). A blank-padded warehouse column (``target.padded``) is
+    compared as ``bpchar`` (trailing blanks aside): it cannot hold them, and a re-read row must not look
+    changed (docs/RELIABILITY.md defect 17)."""
     same_key = " AND ".join(f"f.{identifier(target.names[column])} = s.{identifier(column)}"
                             for column in version)
     values = [field.name for field in WAREHOUSE_SCHEMAS[name] if field.name not in version]
     held = f"({', '.join(f'f.{identifier(target.names[column])}' for column in values)})"
-    staged = f"({', '.join(f's.{identifier(column)}' for column in values)})"
+    staged = f"({', '.join(_staged_value(column, target) for column in values)})"
     return f"{same_key} AND {held} IS NOT DISTINCT FROM {staged}"
+
+
+def _staged_value(column: str, target: TargetTable) -> str:
+    """The staged column ``column`` as ``held_condition`` compares it with the warehouse's."""
+    if column in target.padded:
+        return f"CAST(s.{identifier(column)} AS bpchar)"
+    return f"s.{identifier(column)}"
 
 
 def _remark_held(conn: Any, name: str, stage: str, target: TargetTable, held: str, staged_order: str,
@@ -538,11 +580,15 @@ def _park_dangling(conn: Any, stage: str, target: TargetTable, source: str, id_c
             f"jsonb_build_object('{LOAD_ORDER_COLUMN}', coalesce(s.{identifier(LOAD_ORDER_COLUMN)}, "
             ":load_order)) AS row_data) "
             f"INSERT INTO {rejected} AS r (source_table, source_id, last_updated, column_name, reason, "
-            "value, batch_id, row_data) "
-            "SELECT DISTINCT ON (source_id, last_updated) :source, source_id, last_updated, :column, reason, "
-            "value, :batch_id, row_data FROM dangling "
-            "ON CONFLICT (source_table, source_id, last_updated) DO UPDATE SET resolved_batch_id = NULL, "
-            "reason = EXCLUDED.reason, row_data = EXCLUDED.row_data "
+            "value, batch_id, row_data, value_key) "
+            "SELECT DISTINCT ON (source_id, last_updated, value_key) :source, source_id, last_updated, "
+            ":column, reason, value, :batch_id, row_data, value_key "
+            f"FROM (SELECT *, {PARKED_VALUE_KEY} AS value_key FROM dangling) d "
+            # one record per version (stamp and values): of a version staged twice (a parked row
+            # delivered again), the later loaded order; two versions of one stamp are two records
+            f"ORDER BY source_id, last_updated, value_key, (row_data ->> '{LOAD_ORDER_COLUMN}')::bigint DESC "
+            "ON CONFLICT (source_table, source_id, last_updated, value_key) DO UPDATE SET "
+            "resolved_batch_id = NULL, reason = EXCLUDED.reason, row_data = EXCLUDED.row_data "
             "RETURNING (xmax = 0) AS inserted, source_id, reason",
             source=source, column=column, batch_id=batch_id, load_order=load_order)
         for number, (inserted, source_id, text) in enumerate(rows):

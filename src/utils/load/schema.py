@@ -6,7 +6,7 @@ of ``counterparty_legal_address_line_2``; narrower columns are accepted and thei
 in it is idempotent).
 """
 from dataclasses import dataclass, field as dataclass_field
-from typing import Any, Collection, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Collection, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 import pyarrow as pa
 from pg8000.native import Connection, identifier
@@ -32,7 +32,11 @@ LOAD_ORDER_COLUMNS = {LEDGER: "load_order", DIMENSION_VERSIONS: "load_order",
 OWN_TABLES = (LEDGER, REJECTED, DIMENSION_VERSIONS, DELETED, SUSPENDED_KEYS)
 
 VIEWS = ("current_sales_order", "current_purchase_order", "current_payment", "deleted_dimension_rows")
-VERSION_INDEXES = tuple(f"{name}_version_order_key" for name in FACTS)
+VERSION_INDEXES = tuple(f"{name}_version_order_key" for name in FACTS) + (f"{REJECTED}_value_version_key",)
+# The (id, stamp) unique indexes of warehouses created before value-aware versions: the DDL drops them; one
+# still present (re-created by a deployment rolled back) makes the schema incomplete (RELIABILITY defect 13).
+# etl_rejected_rows's: one record per stamp, before value keys (defect 16).
+OLD_VERSION_INDEXES = tuple(f"{name}_version_key" for name in FACTS + (REJECTED,))
 # pg_advisory_xact_lock key serialising loads into one warehouse.
 ADVISORY_LOCK_KEY = 0x7074_6573_7973_0003
 # The DDL (once per warehouse) waits at most this long for any lock: readers queue behind it (issue 19).
@@ -98,11 +102,14 @@ class TargetTable:
     for the columns narrower than the values the pipeline may bring, a limit being ``("length", n)``
     (varchar(n): characters), ``("range", low, high)`` (integers) or ``("digits", n)`` (numeric: digits
     before the decimal point). ``references``: [(column, dimension table, dimension column)] of the
-    table's single-column foreign keys, as the pipeline names them.
+    table's single-column foreign keys, as the pipeline names them. ``padded``: the text columns the
+    warehouse keeps blank-padded (``character(n)``: trailing blanks are not part of their values, so a
+    staged value is compared with them as ``bpchar``; docs/RELIABILITY.md defect 17).
     """
     names: Dict[str, str]
     limits: Dict[str, Tuple[Any, ...]] = dataclass_field(default_factory=dict)
     references: List[Tuple[str, str, str]] = dataclass_field(default_factory=list)
+    padded: FrozenSet[str] = frozenset()
 
 
 _INTEGER_RANGES = {"smallint": (-2 ** 15, 2 ** 15 - 1)}
@@ -122,6 +129,7 @@ def check_table_columns(table: str, existing: Mapping[str, Sequence[Any]], addab
     """
     mapping: Dict[str, str] = {}
     limits: Dict[str, tuple] = {}
+    padded = set()
     for field in WAREHOUSE_SCHEMAS[table]:
         names = (field.name,) + COLUMN_ALTERNATIVES.get((table, field.name), ())
         actual = next((name for name in names if name in existing), None)
@@ -141,6 +149,8 @@ def check_table_columns(table: str, existing: Mapping[str, Sequence[Any]], addab
                 f"{_precision_text(data_type, time_precision, precision, scale)}, "
                 f"expected {' or '.join(accepted)} "
                 f"able to hold {field.type}", table=table)
+        if pa.types.is_string(field.type) and data_type == "character":
+            padded.add(field.name)
         if pa.types.is_string(field.type) and length is not None:
             limits[field.name] = ("length", length)
         elif data_type in _INTEGER_RANGES:
@@ -149,7 +159,7 @@ def check_table_columns(table: str, existing: Mapping[str, Sequence[Any]], addab
               and precision - scale < field.type.precision - field.type.scale):
             limits[field.name] = ("digits", precision - scale)
         mapping[field.name] = actual
-    return TargetTable(mapping, limits)
+    return TargetTable(mapping, limits, padded=frozenset(padded))
 
 
 def _precision_text(data_type: str, time_precision: Optional[int], precision: Optional[int],
@@ -260,7 +270,7 @@ def ensure_warehouse_schema(conn: Connection) -> Dict[str, "TargetTable"]:
         "AND table_name = ANY(:names)", names=list(VIEWS))}
     indexes = {row[0] for row in conn.run(
         "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND indexname = ANY(:names)",
-        names=list(VERSION_INDEXES))}
+        names=list(VERSION_INDEXES + OLD_VERSION_INDEXES))}
     if missing:
         add_columns(conn, missing)
         existing = _warehouse_columns(conn)

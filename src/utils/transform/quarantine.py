@@ -108,9 +108,18 @@ def split_source_rows(table_name: str, table: pa.Table) -> Tuple[pa.Table, pa.Ta
 
 
 def _records(table_name: str, table: pa.Table, rows: np.ndarray, column: str, reason: str) -> pa.Table:
+    """The rejected records of ``rows`` of a landed table, each with the value key of the row's kept
+    columns (``kept_columns``): two versions of one stamp are two records (docs/RELIABILITY.md defect 16)."""
     picked = table.take(pa.array(rows))
     return rejected_records(table_name, picked[PRIMARY_KEYS[table_name]], picked["last_updated"], column,
-                            reason, picked[column])
+                            reason, picked[column], picked.select(kept_columns(table_name, picked)))
+
+
+def kept_columns(table_name: str, table: pa.Table) -> List[str]:
+    """The columns of the landed ``table`` that the star schema keeps (``UNUSED_COLUMNS`` left out): the
+    values of a version, as ``verify``'s history check groups them."""
+    unused = UNUSED_COLUMNS.get(table_name, ())
+    return [name for name in table.column_names if name not in unused]
 
 
 FUTURE_REASON = ("last_updated is ahead of the source clock by more than INGEST_FUTURE_TOLERANCE_SECONDS "

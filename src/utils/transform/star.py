@@ -231,7 +231,7 @@ def _join_parent(child: pa.Table, parent: pa.Table, child_key: str, parent_key: 
     rejected = rejected_records(
         child_name, orphans[key], orphans["last_updated"], child_key,
         [f"references {parent_name} {value}, which no batch has delivered (or which was rejected)"
-         for value in orphans[child_key].to_pylist()], orphans[child_key])
+         for value in orphans[child_key].to_pylist()], orphans[child_key], orphans.select(child.column_names))
     return joined.filter(pc.invert(missing)), rejected
 
 

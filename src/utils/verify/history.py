@@ -9,7 +9,8 @@ wall-clock value; the warehouse sums the same over its fact rows and unresolved 
 Equal sums are the common case (one version per stamp, each held once). Only when they differ are the
 landed files' values read (the columns the fact keeps: a change of a column it drops is no new version)
 and the versions compared as multisets of (id, last_updated), one per distinct value-version landed
-against one per row held, to name the differences: a version missing, or one held twice.
+against the fact rows and quarantine records held, to name the differences: a version missing, or one
+held twice (``version_differences``).
 """
 import io
 from collections import Counter
@@ -29,6 +30,8 @@ from utils.transform.quarantine import UNUSED_COLUMNS
 FACTS = {"sales_order": "fact_sales_order", "purchase_order": "fact_purchase_order",
          "payment": "fact_payment"}
 MIX = 1000003
+# A version as the check counts it: (source id, last_updated in epoch milliseconds).
+Version = Tuple[int, int]
 LOW_BITS = 2 ** 31 - 1
 
 
@@ -101,9 +104,10 @@ def _warehouse_relation(fact: str, source_table: str) -> str:
              "+ round(date_part('epoch', last_updated_time) * 1000)::bigint")
     rejected_stamp = "(extract(epoch FROM last_updated) * 1000)::bigint"
     # Names come from FACTS (constants); the source table name is bound.
-    return (f"SELECT {key}::bigint AS id, {stamp} AS ms FROM {fact} UNION ALL "  # nosec B608
-            f"SELECT source_id, {rejected_stamp} FROM etl_rejected_rows WHERE source_table = :source "
-            "AND resolved_batch_id IS NULL AND last_updated IS NOT NULL AND source_id IS NOT NULL")
+    return (f"SELECT {key}::bigint AS id, {stamp} AS ms, false AS quarantined FROM {fact} "  # nosec B608
+            f"UNION ALL SELECT source_id, {rejected_stamp}, true FROM etl_rejected_rows "
+            "WHERE source_table = :source AND resolved_batch_id IS NULL AND last_updated IS NOT NULL "
+            "AND source_id IS NOT NULL")
 
 
 def check_history(conn: Any, s3_client: Any, bucket: str, manifests: Sequence[Tuple[str, Any]],
@@ -123,15 +127,37 @@ def _check_one(conn: Any, s3_client: Any, bucket: str, manifests: Sequence[Tuple
     result = HistoryResult(fact, landed=int(ids.size), held=int(held[0]))
     if tuple(int(value) for value in held) == _sums(ids, ms):
         return result
-    rows = conn.run(f"SELECT id, ms FROM ({relation}) v", source=source)  # nosec B608
+    rows = conn.run(f"SELECT id, ms, quarantined FROM ({relation}) v", source=source)  # nosec B608
     landed = landed_value_versions(s3_client, bucket, manifests, source)
-    held_versions = Counter((int(i), int(m)) for i, m in rows)
+    facts: "Counter[Version]" = Counter()
+    quarantined: "Counter[Version]" = Counter()
+    for row_id, ms, is_record in rows:
+        (quarantined if is_record else facts)[(int(row_id), int(ms))] += 1
     result.landed = sum(landed.values())
-    missing, extra = sorted((landed - held_versions).elements()), sorted((held_versions - landed).elements())
+    missing, extra = version_differences(landed, facts, quarantined)
     result.not_in_warehouse_count, result.not_landed_count = len(missing), len(extra)
     result.not_in_warehouse = [_version(v) for v in missing[:limit]]
     result.not_landed = [_version(v) for v in extra[:limit]]
     return result
+
+
+def version_differences(landed: "Counter[Version]", facts: "Counter[Version]",
+                        quarantined: "Counter[Version]") -> Tuple[List[Version], List[Version]]:
+    """(versions missing, versions held but not landed), sorted, from the counts per (id, ms) of the
+    distinct value-versions ``landed``, the fact rows and the unresolved quarantine records (one per
+    value-version: ``value_key``, docs/RELIABILITY.md defect 16). Each landed value-version must be a fact
+    row or quarantined: missing when the landed ones outnumber both together; a fact row is extra when
+    the facts outnumber the landed ones, a record when nothing of its stamp landed. A record of a stamp
+    whose landed version the facts hold too is no extra version: a row quarantined as a future row and
+    loaded once the clock passed its stamp (same stamp, same values), or a quarantined version beside its
+    fix under the same stamp (docs/RELIABILITY.md defect 14)."""
+    missing: List[Version] = []
+    extra: List[Version] = []
+    for version in landed.keys() | facts.keys() | quarantined.keys():
+        number, held, records = landed[version], facts[version], quarantined[version]
+        missing += [version] * max(0, number - held - records)
+        extra += [version] * (max(0, held - number) + (records if not number else 0))
+    return sorted(missing), sorted(extra)
 
 
 def landed_value_versions(s3_client: Any, bucket: str, manifests: Sequence[Tuple[str, Any]],
@@ -141,7 +167,9 @@ def landed_value_versions(s3_client: Any, bucket: str, manifests: Sequence[Tuple
     columns = [name for name in LANDING_SCHEMAS[source_table].names
                if name not in UNUSED_COLUMNS.get(source_table, ())]
     key_column = f"{source_table}_id"
-    parts = [read_landed_columns(s3_client, bucket, manifest["tables"][source_table]["key"], columns)
+    schema = LANDING_SCHEMAS[source_table]
+    parts = [_with_columns(read_landed_columns(s3_client, bucket, manifest["tables"][source_table]["key"],
+                                               columns), columns, schema)
              for _, manifest in manifests if manifest["tables"].get(source_table)]
     if not parts:
         return Counter()
@@ -151,6 +179,14 @@ def landed_value_versions(s3_client: Any, bucket: str, manifests: Sequence[Tuple
     ids = distinct[key_column].cast(pa.int64()).to_pylist()
     stamps = distinct["last_updated"].cast(pa.int64()).to_pylist()
     return Counter(zip(ids, stamps))
+
+
+def _with_columns(table: pa.Table, columns: List[str], schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``columns``, in order: a column that a file landed before it was added to the
+    catalogue lacks is NULL there, as the transform reads such a file (docs/DESIGN.md, "Adding a
+    column"; docs/RELIABILITY.md defect 15)."""
+    return pa.table({name: table[name] if name in table.column_names
+                     else pa.nulls(table.num_rows, schema.field(name).type) for name in columns})
 
 
 def _version(version: Tuple[int, int]) -> Tuple[int, str]:

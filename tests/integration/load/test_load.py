@@ -400,7 +400,9 @@ def test_schema_file_is_shipped_inside_the_package_and_matches_sql_folder():
     assert (Path(__file__).resolve().parents[3] / "sql" / "warehouse_schema.sql").read_text() \
         == shipped.read_text()
     # the tables, the ledger, three version indexes (and the drops of the three they replaced), three
-    # views, etl_rejected_rows with its index, etl_dimension_version, etl_deleted_rows with its two
-    # indexes, deleted_dimension_rows, etl_suspended_foreign_key, the load order (its sequence, the
-    # ledger's, etl_dimension_version's and the three facts' columns for a warehouse created before it)
-    assert len(schema_statements()) == len(WAREHOUSE_TABLES) + 1 + 3 + 3 + 3 + 2 + 1 + 3 + 1 + 1 + 6
+    # views, etl_rejected_rows with its index (and, for a warehouse created before value keys, its
+    # value_key column, the parked records' keys and the drop of the index replaced), etl_dimension_version,
+    # etl_deleted_rows with its two indexes, deleted_dimension_rows, etl_suspended_foreign_key, the load
+    # order (its sequence, the ledger's, etl_dimension_version's and the three facts' columns for a
+    # warehouse created before it)
+    assert len(schema_statements()) == len(WAREHOUSE_TABLES) + 1 + 3 + 3 + 3 + 2 + 3 + 1 + 3 + 1 + 1 + 6

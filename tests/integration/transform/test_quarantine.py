@@ -202,7 +202,7 @@ def test_csv_stream_of_a_table_whose_first_batch_is_empty_is_clean_csv():
     from utils.catalog.formats import REJECTED_SCHEMA, rejected_records
     table = pa.concat_tables([REJECTED_SCHEMA.empty_table(),
                               rejected_records("design", [2], None, "design_name", "too long", ["x"])])
-    assert csv_stream(table).getvalue() == b'"design",2,,"design_name","too long","x"\n'
+    assert csv_stream(table).getvalue() == b'"design",2,,"design_name","too long","x",\n'
 
 
 @pytest.mark.slow

@@ -99,9 +99,11 @@ CREATE TABLE IF NOT EXISTS etl_load_ledger (
     load_order bigint
 );
 
--- Rows the warehouse could not hold (SPEC §4.10), one record per source row version. A fact row held
--- back only because a dimension row it references is missing keeps its staged values in row_data and
--- is parked: every later load retries it, and resolved_batch_id names the batch that finally loaded it.
+-- Rows the warehouse could not hold (SPEC §4.10), one record per source row version: source id,
+-- last_updated and value_key, a hash of the row's values (two versions of one stamp are two records;
+-- docs/RELIABILITY.md defect 16). A fact row held back only because a dimension row it references is
+-- missing keeps its staged values in row_data and is parked: every later load retries it, and
+-- resolved_batch_id names the batch that finally loaded it.
 CREATE TABLE IF NOT EXISTS etl_rejected_rows (
     rejected_id bigserial PRIMARY KEY,
     source_table varchar NOT NULL,
@@ -113,11 +115,9 @@ CREATE TABLE IF NOT EXISTS etl_rejected_rows (
     batch_id varchar NOT NULL,
     rejected_at timestamptz NOT NULL DEFAULT now(),
     row_data jsonb,
-    resolved_batch_id varchar
+    resolved_batch_id varchar,
+    value_key varchar NOT NULL DEFAULT ''
 );
-
-CREATE UNIQUE INDEX IF NOT EXISTS etl_rejected_rows_version_key
-    ON etl_rejected_rows (source_table, source_id, last_updated);
 
 -- The version of every dimension row: the source's last_updated and the load order of the batch that
 -- wrote it. The latest LOADED version is the dimension's row (a batch carries the source's state at its
@@ -202,6 +202,21 @@ DROP INDEX IF EXISTS fact_sales_order_version_key;
 DROP INDEX IF EXISTS fact_purchase_order_version_key;
 
 DROP INDEX IF EXISTS fact_payment_version_key;
+
+-- One record per rejected version, its stamp and its values (value_key: the transform's and the load's
+-- hash of the row, utils.catalog.formats.value_keys; a parked row's, utils.load.merge.PARKED_VALUE_KEY).
+-- A warehouse created before value keys had one per stamp: its records get the empty key, except the
+-- parked ones, which get the key of their row data (re-parked, they stay the same record); a record with
+-- the empty key takes the key of the first version of its stamp read again (utils.load.merge.claim_unkeyed).
+ALTER TABLE etl_rejected_rows ADD COLUMN IF NOT EXISTS value_key varchar NOT NULL DEFAULT '';
+
+UPDATE etl_rejected_rows SET value_key = md5(jsonb_strip_nulls(row_data - 'etl_load_order')::text)
+    WHERE value_key = '' AND row_data IS NOT NULL;
+
+DROP INDEX IF EXISTS etl_rejected_rows_version_key;
+
+CREATE UNIQUE INDEX IF NOT EXISTS etl_rejected_rows_value_version_key
+    ON etl_rejected_rows (source_table, source_id, last_updated, value_key);
 
 -- Current state: the latest version of each order and payment that still exists in totesys (full
 -- history, deleted rows included, stays in the facts): the version loaded last (etl_load_order), of one

@@ -10,9 +10,9 @@ load (``utils.ingest.bounded``): the state says ``more_waiting`` with the slot's
 from the consistent point recorded by the first of them. Every transaction
 committing after the slot's consistent point is decoded by the following runs; every one committing
 before it is visible to the snapshot, taken after the slot exists. Those in between are seen twice: a
-row version landed twice is stored once (the load deduplicates on (id, last_updated)); a delete seen by
-the snapshot's key diff and again by the slot is not landed again (CDC lands only deletes of keys in the
-previous key set). See docs/DESIGN.md, "Change data capture".
+row version landed twice is stored once (the load deduplicates on id, last_updated and values); a delete
+seen by the snapshot's key diff and again by the slot is not landed again (CDC lands only deletes of keys in
+the previous key set). See docs/DESIGN.md, "Change data capture".
 
 A lost slot (dropped, invalidated by ``max_slot_wal_keep_size``, advanced past the state pointer by
 someone else, or belonging to another database) is reported in one WARNING line before the snapshot:
@@ -23,6 +23,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 from utils.catalog.source import SOURCE_TABLES
 from utils.config import Settings
+from utils.db.connection import end_quietly
 from utils.errors import ConfigError
 from utils.ingest.cdc.slot import PLUGIN, SlotInfo, create_slot, drop_slot, lsn_int
 from utils.ingest.repair import RepairOptions
@@ -43,7 +44,9 @@ def snapshot_reason(conn: Any, state: Mapping[str, Any], slot: Optional[SlotInfo
     database = conn.run("SELECT current_database()::text")[0][0]
     if slot is not None and slot.database != database:
         raise ConfigError(f"replication slot {slot_name} belongs to database {slot.database}, not "
-                          f"{database}: set CDC_SLOT_NAME to another name")
+                          f"{database}, and this pipeline's state does not record it as its own: set "
+                          "CDC_SLOT_NAME to another name (or, if it is an abandoned one, drop it: totesys "
+                          f"cdc drop-slot --source <URL of {slot.database}> --slot {slot_name})")
     cdc = state.get("cdc")
     if repair.resync and not snapshot_in_progress(state):
         return "a re-sync was asked for"
@@ -88,8 +91,16 @@ def take_snapshot(conn: Any, s3_client: Any, settings: Settings, repair: RepairO
     options = IngestOptions(settings.ingest_overlap_seconds, settings.max_batch_rows,
                             replace(repair, resync=()), repoint_source=repoint_source,
                             future_tolerance_seconds=settings.ingest_future_tolerance_seconds, fresh=True)
-    return ingest_tables(conn, s3_client, settings.ingest_bucket, list(SOURCE_TABLES), options, helpers,
-                         cdc={"slot": name, "lsn": lsn, "scan_future": True})
+    try:
+        return ingest_tables(conn, s3_client, settings.ingest_bucket, list(SOURCE_TABLES), options, helpers,
+                             cdc={"slot": name, "lsn": lsn, "scan_future": True})
+    except BaseException:
+        # A snapshot that failed (a database that is not totesys, a source error, a timeout) leaves no slot
+        # behind: it would keep WAL, and tie the name to a database the state never recorded (the next
+        # run against the right one would be refused). Whatever it landed is re-read by the next snapshot.
+        end_quietly(conn, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                          "WHERE slot_name = :name AND NOT active", name=name)
+        raise
 
 
 def continue_snapshot(conn: Any, s3_client: Any, settings: Settings, state: Mapping[str, Any],

@@ -49,6 +49,7 @@ from utils.generate_file_key import generate_file_key
 from utils.ingest.cdc.decode import Change, CdcDecodeError, Truncate, parse_line
 from utils.ingest.cdc.fallback import continue_snapshot, snapshot_in_progress, snapshot_reason, take_snapshot
 from utils.ingest.cdc.metric import emit_retained_wal
+from utils.ingest.cdc.repoint import release_previous_slot, repoint_reason
 from utils.ingest.cdc.slot import (SlotInfo, advance_slot, check_prerequisites, flush_wal, lsn_int,
                                    peek_changes, slot_info)
 from utils.ingest.delete_guard import hold, still_held
@@ -154,6 +155,8 @@ def ingest_changes(conn: Any, s3_client: Any, settings: Settings, tables: Sequen
                    repair: RepairOptions, helpers: Sequence[Any] = (),
                    repoint_source: bool = False) -> Dict[str, str]:
     """Run one CDC ingest (module docstring); return ``{table: file_key}`` of the tables that landed rows.
+    A re-point (``repoint_source``) drops the previous source's slot when it is in the way
+    (``utils.ingest.cdc.repoint``).
 
     CDC reads every table (the slot carries them all): ``tables`` other than all eleven are ignored with a
     WARNING. Raises CdcUnavailableError (prerequisites, one line), CdcDecodeError (table, column, LSN),
@@ -167,9 +170,14 @@ def ingest_changes(conn: Any, s3_client: Any, settings: Settings, tables: Sequen
     try:
         check_prerequisites(conn)
         state, etag = read_ingest_state(s3_client, bucket)
+        previous = state
         state = with_source_identity(conn, state, repoint_source)
         slot = slot_info(conn, name)
+        if repoint_source:
+            slot = release_previous_slot(conn, previous, slot, name)
         reason = snapshot_reason(conn, state, slot, name, repair)
+        if repoint_source:
+            reason = repoint_reason(previous, state) or reason
         if reason is not None:
             result = take_snapshot(conn, s3_client, settings, repair, helpers, reason, repoint_source)
         elif snapshot_in_progress(state):
