@@ -19,6 +19,8 @@ locals {
     INGEST_PARALLEL_CONNECTIONS = tostring(var.ingest_parallel_connections)
     MAX_BATCH_ROWS              = tostring(var.max_batch_rows)
     MAX_DELETE_FRACTION         = tostring(var.max_delete_fraction)
+    # The load keeps its warehouse connection across warm invocations for this long (utils/db/kept.py).
+    WAREHOUSE_KEEP_CONNECTION_SECONDS = tostring(var.warehouse_keep_connection_seconds)
     # Rows stamped further ahead of the source clock are quarantined (utils/ingest/backdated.py).
     INGEST_FUTURE_TOLERANCE_SECONDS = tostring(var.ingest_future_tolerance_seconds)
     LOG_LEVEL                       = var.log_level

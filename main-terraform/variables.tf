@@ -174,6 +174,17 @@ variable "max_batch_rows" {
   }
 }
 
+variable "warehouse_keep_connection_seconds" {
+  description = "WAREHOUSE_KEEP_CONNECTION_SECONDS: how long the load function may keep its warehouse connection for its next invocation in the same warm container, in seconds from when it was opened (checked before each reuse, closed on any error or a rotated secret; utils/db/kept.py). A warm backend saves the connection's start and the first catalog look-ups of every table (docs/BENCHMARKS.md, issue 25). Holds one idle connection slot per warm container. 0 = a new connection for every invocation."
+  type        = number
+  default     = 3600
+
+  validation {
+    condition     = var.warehouse_keep_connection_seconds >= 0 && floor(var.warehouse_keep_connection_seconds) == var.warehouse_keep_connection_seconds
+    error_message = "warehouse_keep_connection_seconds must be a whole number, 0 or more."
+  }
+}
+
 variable "ingest_parallel_connections" {
   description = "INGEST_PARALLEL_CONNECTIONS: source connections that read the tables in parallel on one shared snapshot (1 = one connection). Each uses a connection slot on totesys."
   type        = number

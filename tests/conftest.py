@@ -20,6 +20,7 @@ from tests.support.totesys import FILL_SQL, SCHEMA_SQL
 from totesys_local.aws_emulation import (UNSET_VARIABLES, account_environment, create_buckets,
                                          put_credentials_secret)
 from totesys_local.cluster import create_database, drop_database, temporary_cluster, with_database
+from utils.db.kept import close_kept_connections
 
 SCALE1_SEED = 42
 
@@ -69,6 +70,14 @@ def session_ingest_mode(request, monkeypatch):
     yield name
     if "pg_admin_url" in request.fixturenames:
         drop_idle_slot(request.getfixturevalue("pg_admin_url"), name)
+
+
+@pytest.fixture(autouse=True)
+def no_kept_connection():
+    """Each test starts without a warehouse connection kept by an earlier test's load (utils.db.kept):
+    closed at the end of every test, so no test reuses another's session or holds a database open."""
+    yield
+    close_kept_connections()
 
 
 @pytest.hookimpl(trylast=True)

@@ -26,6 +26,10 @@ DEFAULT_INGEST_FUTURE_TOLERANCE_SECONDS = 300
 INGEST_MODES = ("cursor", "cdc")
 DEFAULT_INGEST_MODE = "cursor"
 DEFAULT_CDC_SLOT_NAME = "totesys_cdc"
+# How long the load may keep its warehouse connection for the next invocation in the same process (a warm
+# Lambda container, the local emulator), in seconds from when it was opened; 0: a new connection for every
+# invocation (utils/db/kept.py).
+DEFAULT_WAREHOUSE_KEEP_CONNECTION_SECONDS = 3600
 _SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
 
 
@@ -42,6 +46,7 @@ class Settings:
     ingest_future_tolerance_seconds: int = DEFAULT_INGEST_FUTURE_TOLERANCE_SECONDS
     ingest_mode: str = DEFAULT_INGEST_MODE
     cdc_slot_name: str = DEFAULT_CDC_SLOT_NAME
+    warehouse_keep_connection_seconds: int = DEFAULT_WAREHOUSE_KEEP_CONNECTION_SECONDS
 
 
 def _required(name: str) -> str:
@@ -106,6 +111,15 @@ def load_settings() -> Settings:
     if not _SLOT_NAME.fullmatch(slot):
         raise ConfigError("environment variable CDC_SLOT_NAME must be 1 to 63 lower-case letters, digits "
                           f"or underscores, got {slot!r}")
+    keep_text = os.environ.get("WAREHOUSE_KEEP_CONNECTION_SECONDS",
+                               str(DEFAULT_WAREHOUSE_KEEP_CONNECTION_SECONDS))
+    try:
+        keep = int(keep_text)
+    except ValueError:
+        keep = -1
+    if keep < 0:
+        raise ConfigError("environment variable WAREHOUSE_KEEP_CONNECTION_SECONDS must be a non-negative "
+                          f"integer (0: a new connection for every invocation), got {keep_text!r}")
     return Settings(
         ingest_bucket=_required("INGEST_BUCKET"),
         processed_bucket=_required("PROCESSED_BUCKET"),
@@ -120,6 +134,7 @@ def load_settings() -> Settings:
         ingest_future_tolerance_seconds=tolerance,
         ingest_mode=mode,
         cdc_slot_name=slot,
+        warehouse_keep_connection_seconds=keep,
     )
 
 

@@ -7,6 +7,7 @@ from moto import mock_aws
 from totesys_local.aws_emulation import (UNSET_VARIABLES, account_environment, create_buckets,
                                          put_credentials_secret)
 from totesys_local.cluster import create_database, drop_database, with_database
+from utils.db.kept import close_kept_connections
 
 
 def run_pipeline_into(source_url, warehouse_url, runs=2):
@@ -30,6 +31,7 @@ def run_pipeline_into(source_url, warehouse_url, runs=2):
             if run:
                 simulate(source_url, minutes=30, seed=run)
             load.lambda_handler(transform.lambda_handler(ingest.lambda_handler({}, None), None), None)
+    close_kept_connections()  # the load's kept connection would keep the warehouse from being a template
 
 
 @pytest.fixture(scope="session")

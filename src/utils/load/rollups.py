@@ -37,6 +37,7 @@ from pg8000.native import Connection, identifier
 
 from utils.catalog.warehouse import WAREHOUSE_DDL
 from utils.db.connection import sqlstate
+from utils.db.inline import run_inline
 from utils.load.schema import ADVISORY_LOCK_KEY, DELETED
 from utils.logger import get_logger
 
@@ -170,10 +171,11 @@ def update_rollups(conn: Connection, batch_id: str, tables: Mapping[str, pa.Tabl
     Creates and fills the rollups when the warehouse has none or another definition. Returns the facts
     updated.
 
-    Cost: one small query for what changed, one for the state, then one statement per fact that changed
-    (and two small ones when the batch brings designs; one more in the rare batch that empties a rollup
-    group); a fact the batch did not change costs nothing more. Each statement reads the batch's record
-    range once; index probes only for ids up to max_id."""
+    Cost: one small query for what changed, one for the state, then one statement for the facts that
+    changed, which also files the batch's design names (one more small query when the batch brings
+    designs, and one in the rare batch that empties a rollup group); a fact the batch did not change
+    costs nothing more. Each is one round trip (``run_inline``). The statement reads the batch's record
+    range once per fact; index probes only for ids up to max_id."""
     present, newest, deleted_from = _batch_changes(conn, batch_id)
     state = _read_state(conn) if present else None
     if state is None or not rollups_current(state):
@@ -185,8 +187,9 @@ def update_rollups(conn: Connection, batch_id: str, tables: Mapping[str, pa.Tabl
     renamed = _renamed_designs(conn, design_ids)
     updated = [fact for fact, source in FACT_SOURCES.items()
                if fact in changed or (source.label and renamed)]
+    names = {"design_ids": design_ids}
     if updated:
-        ctes, params = [], {"batch_id": batch_id, "load_order": load_order, "renamed": renamed}
+        ctes, params = [], {"batch_id": batch_id, "load_order": load_order, "renamed": renamed, **names}
         for fact in updated:
             source, mark, batch = FACT_SOURCES[fact], state[fact], tables.get(fact)
             ctes.append(_fact_ctes(source, renamed if source.label else [], bool(remarked.get(fact)),
@@ -194,11 +197,13 @@ def update_rollups(conn: Connection, batch_id: str, tables: Mapping[str, pa.Tabl
             params.update({f"{source.source}_{name}": value for name, value in (
                 ("mark", mark.last_record_id), ("max_id", mark.max_id), ("source", source.source),
                 ("fact", fact), ("remarked", remarked.get(fact)))})
-        sql = _update_sql(ctes, [FACT_SOURCES[fact] for fact in updated])
-        emptied = conn.run(sql, **{name: value for name, value in params.items() if f":{name}" in sql})
+        if design_ids:  # one snapshot: the other CTEs still see the names the rollups filed rows under
+            ctes.append(f"design_names AS ({_record_design_names_sql()})")
+        emptied = run_inline(conn, _update_sql(ctes, [FACT_SOURCES[fact] for fact in updated]), params)
         if emptied:
             _remove_empty_groups(conn, emptied)
-    _record_design_names(conn, design_ids)
+    elif design_ids:
+        run_inline(conn, _record_design_names_sql(), names)
     return updated
 
 
@@ -231,9 +236,10 @@ def _batch_changes(conn: Connection, batch_id: str) -> Tuple[bool, Dict[str, int
                        f"FROM {identifier(fact)})" for fact, source in FACT_SOURCES.items())  # nosec B608
     changes = f"SELECT DISTINCT source_table::text FROM {identifier(DELETED)} " \
               "WHERE batch_id = :batch_id OR reinserted_batch_id = :batch_id"  # nosec B608
-    row = conn.run(f"SELECT to_regclass(:state) IS NOT NULL, {newest}, ARRAY({changes}), "  # nosec B608
-                   "set_config('jit', 'off', true), set_config('work_mem', :work_mem, true)",
-                   state=STATE, batch_id=batch_id, work_mem=ROLLUP_WORK_MEM)[0][:-2]
+    row = run_inline(conn, f"SELECT to_regclass(:state) IS NOT NULL, {newest}, "  # nosec B608
+                     f"ARRAY({changes}), set_config('jit', 'off', true), "
+                     "set_config('work_mem', :work_mem, true)",
+                     {"state": STATE, "batch_id": batch_id, "work_mem": ROLLUP_WORK_MEM})[0][:-2]
     present, highest, sources = row[0], row[1:-1], row[-1]
     return (bool(present), {fact: value or 0 for fact, value in zip(FACT_SOURCES, highest)},
             set(sources or ()))
@@ -430,20 +436,20 @@ def _renamed_designs(conn: Connection, design_ids: Sequence[int]) -> List[int]:
     """The ids among ``design_ids`` whose dim_design name differs from the name the rollups use."""
     if not design_ids:
         return []
-    return [row[0] for row in conn.run(
-        f"SELECT d.design_id FROM dim_design d JOIN {identifier(DESIGN_NAMES)} m "  # nosec B608
+    return [row[0] for row in run_inline(
+        conn, f"SELECT d.design_id FROM dim_design d JOIN {identifier(DESIGN_NAMES)} m "  # nosec B608
         "USING (design_id) WHERE d.design_id = ANY(CAST(:ids AS integer[])) "
-        "AND d.design_name <> m.design_name", ids=design_ids)]
+        "AND d.design_name <> m.design_name", {"ids": design_ids})]
 
 
-def _record_design_names(conn: Connection, design_ids: Sequence[int]) -> None:
-    """File the batch's designs under their dim_design names from now on."""
-    if design_ids:
-        conn.run(f"INSERT INTO {identifier(DESIGN_NAMES)} AS m (design_id, design_name) "  # nosec B608
-                 "SELECT design_id, design_name FROM dim_design "
-                 "WHERE design_id = ANY(CAST(:ids AS integer[])) "
-                 "ON CONFLICT (design_id) DO UPDATE SET design_name = EXCLUDED.design_name "
-                 "WHERE m.design_name <> EXCLUDED.design_name", ids=design_ids)
+def _record_design_names_sql() -> str:
+    """The upsert filing the designs in :design_ids under their dim_design names from now on (a CTE of
+    the rollups' statement, or alone when no fact changed)."""
+    return (f"INSERT INTO {identifier(DESIGN_NAMES)} AS m (design_id, design_name) "  # nosec B608
+            "SELECT design_id, design_name FROM dim_design "
+            "WHERE design_id = ANY(CAST(:design_ids AS integer[])) "
+            "ON CONFLICT (design_id) DO UPDATE SET design_name = EXCLUDED.design_name "
+            "WHERE m.design_name <> EXCLUDED.design_name")
 
 
 # -- rebuilding from the current views ----------------------------------------------------------------

@@ -27,7 +27,8 @@ from utils.aws.state import read_transform_state
 from utils.catalog.warehouse import FACTS, check_warehouse_table
 from utils.config import load_settings
 from utils.contracts import LoadResult, ProcessedManifest
-from utils.db.connection import close_db_connection, connect_to_db
+from utils.db.connection import connect_to_db
+from utils.db.kept import connection_key, keeper
 from utils.errors import InvalidEventError
 from utils.load.constraints import restore_foreign_keys, suspend_for_execution
 from utils.load.merge import Warehouse, batch_loaded, load_batch
@@ -75,17 +76,24 @@ def run_load(event: Any, s3_client: Any = None, secrets_client: Any = None) -> D
 
 
 def with_warehouse(work: Callable[[Any, Callable[[], Any]], Any], secrets_client: Any = None) -> Any:
-    """``work(conn, connect)`` on a connection to the configured warehouse (closed after); ``connect``
-    opens another connection to it. Returns what ``work`` returns."""
+    """``work(conn, connect)`` on a connection to the configured warehouse; ``connect`` opens another
+    connection to it. Returns what ``work`` returns.
+
+    The connection is the one the previous invocation in this process left when it is still the right
+    one and healthy (``utils.db.kept``: same credentials, checked, this invocation's timeouts; at most
+    WAREHOUSE_KEEP_CONNECTION_SECONDS old), else a new one; after ``work`` it is kept for the next
+    invocation, or closed when ``work`` raised or keeping is off."""
     settings = load_settings()
     secrets_client = secrets_client or boto3.client("secretsmanager")
     credentials = db_connections_get_secret(secrets_client, settings.warehouse_secret_id)
-    conn = connect_to_db(credentials, role="warehouse")
-    logger.info("connected to the warehouse", host=credentials["host"], database=credentials["database"])
-    try:
-        return work(conn, lambda: connect_to_db(credentials, role="warehouse"))
-    finally:
-        close_db_connection(conn)
+    key = connection_key(credentials, "warehouse", "UTC")
+    with keeper("warehouse").session(key, lambda: connect_to_db(credentials, role="warehouse"),
+                                     settings.warehouse_keep_connection_seconds) as session:
+        if session.dropped:
+            logger.info(f"kept warehouse connection not reused: {session.dropped}")
+        logger.info("connected to the warehouse", host=credentials["host"], database=credentials["database"],
+                    reused=session.reused)
+        return work(session.conn, lambda: connect_to_db(credentials, role="warehouse"))
 
 
 def load_pending(conn: Any, s3_client: Any, bucket: str, connect: Optional[Callable[[], Any]] = None,

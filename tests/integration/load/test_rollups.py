@@ -364,3 +364,13 @@ def test_new_ids_above_max_id_a_gap_below_it_and_a_renamed_designs_new_orders_ke
     assert_rollups_equal_facts(warehouse)
     assert run_sql(warehouse, "SELECT max_id FROM etl_rollup_state WHERE fact_table = 'fact_sales_order'") \
         == run_sql(warehouse, "SELECT max(sales_order_id) FROM fact_sales_order")
+
+    # A batch bringing only a new design (no fact changed, nothing renamed): no rollup statement runs, yet
+    # the design's name is filed.
+    run_sql(source, "INSERT INTO design (design_name, file_location, file_name, last_updated) "
+                    "VALUES ('Alone', '/a', 'alone.json', now())")
+    before = state(warehouse)
+    run_pipeline()
+    assert state(warehouse) == before
+    assert run_sql(warehouse, "SELECT count(*) FROM rollup_design_name WHERE design_name = 'Alone'") == [[1]]
+    assert_rollups_equal_facts(warehouse)
