@@ -56,36 +56,26 @@ def _required(name: str) -> str:
     return value
 
 
+def _env_int(name: str, default: int, rule: str, low: int = 0, high: Optional[int] = None) -> int:
+    """The integer in environment variable ``name`` (``default`` when unset), from ``low`` to ``high``
+    (None: no upper bound); raise ConfigError saying it ``must be {rule}`` otherwise."""
+    text = os.environ.get(name, str(default))
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if value < low or (high is not None and value > high):
+        raise ConfigError(f"environment variable {name} must be {rule}, got {text!r}")
+    return value
+
+
 def load_settings() -> Settings:
     """Return the Settings; raise ConfigError naming the first bad variable."""
-    overlap_text = os.environ.get(
-        "INGEST_OVERLAP_SECONDS", str(DEFAULT_INGEST_OVERLAP_SECONDS))
-    try:
-        overlap = int(overlap_text)
-    except ValueError:
-        overlap = -1
-    if overlap < 0:
-        raise ConfigError(
-            "environment variable INGEST_OVERLAP_SECONDS must be a "
-            f"non-negative integer, got {overlap_text!r}")
-    parallel_text = os.environ.get(
-        "INGEST_PARALLEL_CONNECTIONS", str(DEFAULT_INGEST_PARALLEL_CONNECTIONS))
-    try:
-        parallel = int(parallel_text)
-    except ValueError:
-        parallel = 0
-    if not 1 <= parallel <= MAX_INGEST_PARALLEL_CONNECTIONS:
-        raise ConfigError(
-            "environment variable INGEST_PARALLEL_CONNECTIONS must be an integer "
-            f"from 1 to {MAX_INGEST_PARALLEL_CONNECTIONS}, got {parallel_text!r}")
-    max_rows_text = os.environ.get("MAX_BATCH_ROWS", str(DEFAULT_MAX_BATCH_ROWS))
-    try:
-        max_rows = int(max_rows_text)
-    except ValueError:
-        max_rows = -1
-    if max_rows < 0:
-        raise ConfigError("environment variable MAX_BATCH_ROWS must be a non-negative integer "
-                          f"(0: no cap), got {max_rows_text!r}")
+    overlap = _env_int("INGEST_OVERLAP_SECONDS", DEFAULT_INGEST_OVERLAP_SECONDS, "a non-negative integer")
+    parallel = _env_int("INGEST_PARALLEL_CONNECTIONS", DEFAULT_INGEST_PARALLEL_CONNECTIONS,
+                        f"an integer from 1 to {MAX_INGEST_PARALLEL_CONNECTIONS}", low=1,
+                        high=MAX_INGEST_PARALLEL_CONNECTIONS)
+    max_rows = _env_int("MAX_BATCH_ROWS", DEFAULT_MAX_BATCH_ROWS, "a non-negative integer (0: no cap)")
     fraction_text = os.environ.get("MAX_DELETE_FRACTION", str(DEFAULT_MAX_DELETE_FRACTION))
     try:
         fraction = float(fraction_text)
@@ -94,15 +84,8 @@ def load_settings() -> Settings:
     if not 0 < fraction <= 1:
         raise ConfigError("environment variable MAX_DELETE_FRACTION must be a number above 0 and at most 1 "
                           f"(1: hold only a table emptied), got {fraction_text!r}")
-    tolerance_text = os.environ.get("INGEST_FUTURE_TOLERANCE_SECONDS",
-                                    str(DEFAULT_INGEST_FUTURE_TOLERANCE_SECONDS))
-    try:
-        tolerance = int(tolerance_text)
-    except ValueError:
-        tolerance = -1
-    if tolerance < 0:
-        raise ConfigError("environment variable INGEST_FUTURE_TOLERANCE_SECONDS must be a non-negative "
-                          f"integer, got {tolerance_text!r}")
+    tolerance = _env_int("INGEST_FUTURE_TOLERANCE_SECONDS", DEFAULT_INGEST_FUTURE_TOLERANCE_SECONDS,
+                         "a non-negative integer")
     mode = os.environ.get("INGEST_MODE", DEFAULT_INGEST_MODE).strip().lower() or DEFAULT_INGEST_MODE
     if mode not in INGEST_MODES:
         raise ConfigError(f"environment variable INGEST_MODE must be one of {', '.join(INGEST_MODES)}, "
@@ -111,15 +94,8 @@ def load_settings() -> Settings:
     if not _SLOT_NAME.fullmatch(slot):
         raise ConfigError("environment variable CDC_SLOT_NAME must be 1 to 63 lower-case letters, digits "
                           f"or underscores, got {slot!r}")
-    keep_text = os.environ.get("WAREHOUSE_KEEP_CONNECTION_SECONDS",
-                               str(DEFAULT_WAREHOUSE_KEEP_CONNECTION_SECONDS))
-    try:
-        keep = int(keep_text)
-    except ValueError:
-        keep = -1
-    if keep < 0:
-        raise ConfigError("environment variable WAREHOUSE_KEEP_CONNECTION_SECONDS must be a non-negative "
-                          f"integer (0: a new connection for every invocation), got {keep_text!r}")
+    keep = _env_int("WAREHOUSE_KEEP_CONNECTION_SECONDS", DEFAULT_WAREHOUSE_KEEP_CONNECTION_SECONDS,
+                    "a non-negative integer (0: a new connection for every invocation)")
     return Settings(
         ingest_bucket=_required("INGEST_BUCKET"),
         processed_bucket=_required("PROCESSED_BUCKET"),
