@@ -193,13 +193,23 @@ def pipeline_env(buckets, monkeypatch):
 
 # -- ingest: a small source with known rows, and what the ingest logs -------------------------------
 
-@pytest.fixture
-def source_url(new_database):
-    """A small totesys with known rows in every table (tests.support.totesys)."""
+def _small_totesys(new_database):
     url = new_database()
     run_sql(url, SCHEMA_SQL)
     run_sql(url, FILL_SQL)
     return url
+
+
+@pytest.fixture
+def source_url(new_database):
+    """A small totesys with known rows in every table (tests.support.totesys)."""
+    return _small_totesys(new_database)
+
+
+@pytest.fixture
+def other_source(new_database):
+    """A second small totesys with the same rows: another database on the same server (a re-point)."""
+    return _small_totesys(new_database)
 
 
 @pytest.fixture

@@ -12,16 +12,6 @@ from totesys_local.cli import main
 from utils.aws.state import read_state
 from utils.db.connection import describe_url
 from utils.db.identity import DatabaseIdentityError
-from tests.support.totesys import FILL_SQL, SCHEMA_SQL
-
-
-@pytest.fixture
-def other_source(new_database):
-    """A second small totesys: another database on the same server."""
-    url = new_database()
-    run_sql(url, SCHEMA_SQL)
-    run_sql(url, FILL_SQL)
-    return url
 
 
 def test_the_ingest_state_records_its_source_and_refuses_another(env, other_source, ingest_log):

@@ -12,22 +12,12 @@ import pytest
 import ingest
 from tests.support.cdc import slot_row
 from tests.support.db import run_sql
-from tests.support.totesys import FILL_SQL, SCHEMA_SQL
 from totesys_local.aws_emulation import put_credentials_secret
 from totesys_local.cluster import find_bindir
 from utils.aws.state import read_state, write_state
 from utils.errors import ConfigError
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def other_source(new_database):
-    """A second small totesys: another database on the same server."""
-    url = new_database()
-    run_sql(url, SCHEMA_SQL)
-    run_sql(url, FILL_SQL)
-    return url
 
 
 def database_of(url):
