@@ -24,3 +24,17 @@ def pgpass_file(folder, text, mode=0o600):
     path.write_text(text)
     os.chmod(path, mode)
     return {"PGPASSFILE": str(path)}
+
+
+def lambda_context(seconds):
+    """A Lambda context object with ``seconds`` of the invocation left."""
+    from types import SimpleNamespace
+    return SimpleNamespace(aws_request_id="test", get_remaining_time_in_millis=lambda: int(seconds * 1000))
+
+
+def duration_seconds(setting):
+    """A PostgreSQL duration as SHOW gives it ('1500ms', '90s', '2min') in seconds."""
+    for unit, factor in (("ms", 0.001), ("s", 1), ("min", 60), ("h", 3600)):
+        if setting.endswith(unit) and setting[:-len(unit)].isdigit():
+            return int(setting[:-len(unit)]) * factor
+    raise AssertionError(setting)

@@ -2,7 +2,6 @@
 when healthy, with that invocation's timeouts and nothing an earlier one left in the session; replaced when
 the backend died, after a failed batch, when the secret was rotated, when too old; never kept when off.
 Each case checks the batches land exactly once and the rollups still equal the facts."""
-from types import SimpleNamespace
 
 import pg8000
 import pytest
@@ -11,25 +10,13 @@ import load
 import transform
 import utils.db.kept as kept
 from tests.support.batches import T0, base_batch, later, sales_order, write_ingest_batch
-from tests.support.db import connect, run_sql
+from tests.support.db import connect, duration_seconds, lambda_context, run_sql
 from totesys_local.aws_emulation import put_credentials_secret
 from utils.db.connection import close_db_connection, credentials_from_url
 from utils.errors import ConfigError
 from utils.load import merge
 from utils.load.rollups import compare_rollups
 from utils.load.schema import LEDGER
-
-
-def _context(seconds):
-    return SimpleNamespace(aws_request_id="test", get_remaining_time_in_millis=lambda: int(seconds * 1000))
-
-
-def _seconds(setting):
-    """A PostgreSQL duration as SHOW gives it ('1500ms', '90s', '2min') in seconds."""
-    for unit, factor in (("ms", 0.001), ("s", 1), ("min", 60), ("h", 3600)):
-        if setting.endswith(unit) and setting[:-len(unit)].isdigit():
-            return int(setting[:-len(unit)]) * factor
-    raise AssertionError(setting)
 
 
 def kept_backend():
@@ -74,7 +61,7 @@ def batches(s3, buckets, warehouse):
 
 def test_the_next_invocation_reuses_the_session_with_its_own_timeouts_and_nothing_left_behind(
         batches, warehouse, monkeypatch):
-    assert len(batches(1, _context(600))["batches"]) == 1
+    assert len(batches(1, lambda_context(600))["batches"]) == 1
     first = kept_backend()
     assert first is not None
     # The kept backend is idle, outside any transaction, holding no lock.
@@ -101,12 +88,12 @@ def test_the_next_invocation_reuses_the_session_with_its_own_timeouts_and_nothin
         return real_update(conn, *args, **kwargs)
 
     monkeypatch.setattr(merge, "update_rollups", leaky_update)
-    batches(2, _context(100))
-    batches(3, _context(300))
+    batches(2, lambda_context(100))
+    batches(3, lambda_context(300))
     (pid2, timeout2, *_), (pid3, timeout3, work_mem, jit, locks, no_temp, prepared) = seen
     assert pid2 == pid3 == first  # the same backend all along
     # Each invocation's statement_timeout follows its own remaining time (minus the 10 s margin).
-    assert 85 < _seconds(timeout2) <= 90 and 285 < _seconds(timeout3) <= 290
+    assert 85 < duration_seconds(timeout2) <= 90 and 285 < duration_seconds(timeout3) <= 290
     # What the second invocation left is gone before the third ran (work_mem within the batch is the
     # rollups' SET LOCAL; the server default here, 4MB, outside it: a leak would read 77MB).
     assert work_mem != "77MB" and locks == 0 and no_temp and prepared == 0
