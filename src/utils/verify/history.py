@@ -23,7 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 
-from utils.catalog.source import LANDING_SCHEMAS
+from utils.aws.objects import conform_table
+from utils.catalog.source import LANDING_SCHEMAS, optional_columns
 from utils.errors import CorruptFileError
 from utils.transform.quarantine import UNUSED_COLUMNS
 
@@ -167,10 +168,13 @@ def landed_value_versions(s3_client: Any, bucket: str, manifests: Sequence[Tuple
     columns = [name for name in LANDING_SCHEMAS[source_table].names
                if name not in UNUSED_COLUMNS.get(source_table, ())]
     key_column = f"{source_table}_id"
-    schema = LANDING_SCHEMAS[source_table]
-    parts = [_with_columns(read_landed_columns(s3_client, bucket, manifest["tables"][source_table]["key"],
-                                               columns), columns, schema)
-             for _, manifest in manifests if manifest["tables"].get(source_table)]
+    # As the transform reads a landed file: a nullable column it lacks (landed before the column was added
+    # to the catalogue) is NULL there (docs/DESIGN.md, "Adding a column"; docs/RELIABILITY.md defect 15).
+    schema = pa.schema([LANDING_SCHEMAS[source_table].field(name) for name in columns])
+    keys = [manifest["tables"][source_table]["key"] for _, manifest in manifests
+            if manifest["tables"].get(source_table)]
+    parts = [conform_table(read_landed_columns(s3_client, bucket, key, columns), source_table, schema,
+                           f"s3://{bucket}/{key}", optional_columns(source_table)) for key in keys]
     if not parts:
         return Counter()
     table = pa.concat_tables(parts)
@@ -179,14 +183,6 @@ def landed_value_versions(s3_client: Any, bucket: str, manifests: Sequence[Tuple
     ids = distinct[key_column].cast(pa.int64()).to_pylist()
     stamps = distinct["last_updated"].cast(pa.int64()).to_pylist()
     return Counter(zip(ids, stamps))
-
-
-def _with_columns(table: pa.Table, columns: List[str], schema: pa.Schema) -> pa.Table:
-    """``table`` with exactly ``columns``, in order: a column that a file landed before it was added to the
-    catalogue lacks is NULL there, as the transform reads such a file (docs/DESIGN.md, "Adding a
-    column"; docs/RELIABILITY.md defect 15)."""
-    return pa.table({name: table[name] if name in table.column_names
-                     else pa.nulls(table.num_rows, schema.field(name).type) for name in columns})
 
 
 def _version(version: Tuple[int, int]) -> Tuple[int, str]:
