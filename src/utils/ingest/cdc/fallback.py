@@ -23,7 +23,6 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 from utils.catalog.source import SOURCE_TABLES
 from utils.config import Settings
-from utils.db.connection import end_quietly
 from utils.errors import ConfigError
 from utils.ingest.cdc.slot import PLUGIN, SlotInfo, create_slot, drop_slot, lsn_int
 from utils.ingest.repair import RepairOptions
@@ -98,8 +97,10 @@ def take_snapshot(conn: Any, s3_client: Any, settings: Settings, repair: RepairO
         # A snapshot that failed (a database that is not totesys, a source error, a timeout) leaves no slot
         # behind: it would keep WAL, and tie the name to a database the state never recorded (the next
         # run against the right one would be refused). Whatever it landed is re-read by the next snapshot.
-        end_quietly(conn, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                          "WHERE slot_name = :name AND NOT active", name=name)
+        try:  # the snapshot's own error is the one raised
+            drop_slot(conn, name)
+        except Exception:  # nosec B110
+            pass
         raise
 
 
