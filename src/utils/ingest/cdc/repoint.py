@@ -19,7 +19,7 @@ refuses it: it may be another pipeline's).
 """
 from typing import Any, Mapping, Optional
 
-from utils.db.identity import database_identity, describe_identity, same_database
+from utils.db.identity import describe_identity, same_database
 from utils.errors import ConfigError
 from utils.ingest.cdc.slot import SlotInfo, drop_slot
 from utils.logger import get_logger
@@ -37,18 +37,19 @@ def repoint_reason(previous: Mapping[str, Any], current: Mapping[str, Any]) -> O
             "previous slot's changes are not this source's")
 
 
-def release_previous_slot(conn: Any, previous: Mapping[str, Any], slot: Optional[SlotInfo],
-                          name: str) -> Optional[SlotInfo]:
+def release_previous_slot(conn: Any, previous: Mapping[str, Any], current: Mapping[str, Any],
+                          slot: Optional[SlotInfo], name: str) -> Optional[SlotInfo]:
     """The slot this run goes on with after a re-point: ``slot`` unchanged unless it is the previous
-    source's (``previous``: the state pointer before the re-point) in another database of this server,
-    which is dropped there (None returned). Logs a WARNING for a previous slot on another server. Raises
-    ConfigError (one line, what to drop where) when the previous slot cannot be dropped."""
+    source's (``previous``: the state pointer before the re-point; ``current`` after it, whose ``source``
+    is the database ``conn`` reaches) in another database of this server, which is dropped (None
+    returned). Logs a WARNING for a previous slot on another server. Raises ConfigError (one line, what
+    to drop where) when the previous slot cannot be dropped."""
     old_source = previous.get("source") or {}
     recorded_slot = (previous.get("cdc") or {}).get("slot")
     if not old_source or recorded_slot != name:
         return slot
-    found = database_identity(conn)
-    database, system = found["database"], found["system_identifier"]
+    found = current.get("source") or {}
+    database, system = found.get("database"), found.get("system_identifier")
     same_server = None in (old_source.get("system_identifier"), system) \
         or old_source.get("system_identifier") == system
     if not same_server:

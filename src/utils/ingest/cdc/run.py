@@ -174,7 +174,7 @@ def ingest_changes(conn: Any, s3_client: Any, settings: Settings, tables: Sequen
         state = with_source_identity(conn, state, repoint_source)
         slot = slot_info(conn, name)
         if repoint_source:
-            slot = release_previous_slot(conn, previous, slot, name)
+            slot = release_previous_slot(conn, previous, state, slot, name)
         reason = snapshot_reason(conn, state, slot, name, repair)
         if repoint_source:
             reason = repoint_reason(previous, state) or reason
