@@ -87,13 +87,16 @@ def with_warehouse(work: Callable[[Any, Callable[[], Any]], Any], secrets_client
     secrets_client = secrets_client or boto3.client("secretsmanager")
     credentials = db_connections_get_secret(secrets_client, settings.warehouse_secret_id)
     key = connection_key(credentials, "warehouse", "UTC")
-    with keeper("warehouse").session(key, lambda: connect_to_db(credentials, role="warehouse"),
-                                     settings.warehouse_keep_connection_seconds) as session:
+
+    def connect() -> Any:
+        return connect_to_db(credentials, role="warehouse")
+
+    with keeper("warehouse").session(key, connect, settings.warehouse_keep_connection_seconds) as session:
         if session.dropped:
             logger.info(f"kept warehouse connection not reused: {session.dropped}")
         logger.info("connected to the warehouse", host=credentials["host"], database=credentials["database"],
                     reused=session.reused)
-        return work(session.conn, lambda: connect_to_db(credentials, role="warehouse"))
+        return work(session.conn, connect)
 
 
 def load_pending(conn: Any, s3_client: Any, bucket: str, connect: Optional[Callable[[], Any]] = None,
