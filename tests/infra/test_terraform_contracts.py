@@ -39,7 +39,7 @@ def env_vars_read_by(path):
         if isinstance(node, ast.Call) and node.args:
             func = node.func
             dotted = ast.unparse(func)
-            if dotted in ("os.environ.get", "os.getenv", "_required", "environ.get", "getenv"):
+            if dotted in ("os.environ.get", "os.getenv", "_required", "_env_int", "environ.get", "getenv"):
                 target = node.args[0]
         elif isinstance(node, ast.Subscript) and ast.unparse(node.value) in ("os.environ", "environ"):
             target = node.slice
@@ -53,7 +53,7 @@ def deployed_sources():
 
 
 def test_env_var_scanner_finds_the_config_variables():
-    # Guards the scanner itself: config.py reads these through os.environ.get and _required().
+    # Guards the scanner itself: config.py reads these through os.environ.get, _required() and _env_int().
     found = env_vars_read_by(SRC / "utils" / "config.py")
     assert {"INGEST_BUCKET", "PROCESSED_BUCKET", "TOTESYS_SECRET_ID", "INGEST_OVERLAP_SECONDS"} <= found
 
