@@ -134,7 +134,8 @@ class IngestState(TypedDict, total=False):
     the last run's readings (``utils.ingest.zones``); ``more_waiting``: the last batch was cut at
     MAX_BATCH_ROWS (``utils.ingest.bounded``), ``planned_cuts`` (only then) the backfill's later cuts, raw
     source stamps in ``timezone``; ``source``: the source's identity (``utils.db.identity``),
-    never a credential; ``cdc``: INGEST_MODE=cdc's slot pointer."""
+    never a credential; ``cdc``: INGEST_MODE=cdc's slot pointer; ``keys_read``: the batch time (UTC) of the
+    last run that read the key sets (``utils.ingest.deletes``; a backfill's intermediate rounds do not)."""
     manifest_key: Optional[str]
     batch_id: Optional[str]
     timezone: str
@@ -146,6 +147,7 @@ class IngestState(TypedDict, total=False):
     source: Optional[Dict[str, Optional[str]]]
     cdc: "CdcPointer"
     planned_cuts: List[str]
+    keys_read: str
 
 
 class CdcPointer(TypedDict):

@@ -202,6 +202,17 @@ def write_deleted(s3_client: Any, bucket: str, batch_time: datetime, deleted: Ma
     return {"key": key, "rows": table.num_rows, "tables": {name: int(len(deleted[name])) for name in names}}
 
 
+def carried_detection(state: Mapping[str, Any], tables: Collection[str]) -> Detection:
+    """The Detection of a round that read no key sets (a backfill's intermediate round,
+    ``utils.ingest.run._key_sets_due``): the key sets and the held deletions ``state`` names for
+    ``tables``, unchanged, so the round that reads them next compares with these; nothing deleted."""
+    entries = state.get("tables") or {}
+    held = state.get("held_deletes") or {}
+    return Detection(keys={table: entries[table]["keys"] for table in tables
+                           if (entries.get(table) or {}).get("keys")},
+                     held={table: held[table] for table in tables if table in held})
+
+
 def held_deletes(state: Mapping[str, Any], tables: Collection[str], detection: Detection
                  ) -> Dict[str, HeldDeletes]:
     """The state pointer's ``held_deletes`` after a run of ``tables``: this run's held deletions, and the

@@ -54,7 +54,8 @@ from utils.format_time import format_time, parse_time
 from utils.generate_file_key import generate_file_key
 from utils.ingest.backdated import backdated_settings, log_new_keys, new_keys
 from utils.ingest.copy_reader import SUPPORTED_PG8000, copy_out, fast_copy_supported
-from utils.ingest.deletes import Detection, detect_deletes, held_deletes, read_key_sets, read_previous_keys
+from utils.ingest.deletes import (Detection, carried_detection, detect_deletes, held_deletes, read_key_sets,
+                                  read_previous_keys)
 from utils.ingest.repair import RepairOptions
 from utils.ingest.sink import INLINE, ParquetSink
 from utils.ingest.snapshot import (Window, copy_sql, import_snapshot, largest_first, open_window,
@@ -69,6 +70,10 @@ ADVISORY_LOCK_KEY = 0x7074_6573_7973_0001
 # before that reader's next table blocks (bounded memory: each is one table's compressed file).
 # 4 rather than 2 so that the small tables read after a large one do not wait for its upload.
 MAX_TABLES_IN_FLIGHT = 4
+# A backfill's intermediate round (the cut leaves rows waiting) reads no key sets when the state holds
+# every table's, read at most this long ago: delete detection, and the landing of backdated rows of keys
+# new since the key sets, happen in a later round instead (``_key_sets_due``; issue 24).
+KEY_SETS_MAX_AGE_SECONDS = 900
 
 
 logger = get_logger(STAGE)
@@ -106,11 +111,13 @@ class IngestRun:
 @dataclass(frozen=True)
 class Found:
     """What a run found, for ``_commit_batch``: its ``window``, the ``landed`` manifest entries
-    {table: entry}, the delete ``detection`` and the manifest's ``deleted`` entry (None: no deletes)."""
+    {table: entry}, the delete ``detection`` and the manifest's ``deleted`` entry (None: no deletes);
+    ``keys_read``: whether the run read the key sets (``_key_sets_due``)."""
     window: Window
     landed: Dict[str, IngestTableEntry]
     detection: Optional[Detection] = None
     deleted: Optional[DeletedEntry] = None
+    keys_read: bool = True
 
 
 def ingest_tables(conn: Any, s3_client: Any, bucket: str, tables: List[str], options: IngestOptions,
@@ -143,21 +150,28 @@ def ingest_tables(conn: Any, s3_client: Any, bucket: str, tables: List[str], opt
         state = with_source_identity(conn, state, options.repoint_source)
         # (a plan of cuts of an earlier backfill is no plan for a first read either)
         fresh = {name: value for name, value in state.items() if name not in ("tables", "planned_cuts")}
-        window, landed, key_sets = _extract_and_land(run, fresh if options.fresh else state)
+        window, landed, key_sets = _extract_and_land(run, fresh if options.fresh else state,
+                                                     may_skip_keys=cdc is None)
         previous = state.get("tables", {}) if options.fresh else window.prev_tables
-        detection, deleted = detect_deletes(s3_client, bucket, window.batch_time, previous,
-                                            key_sets, options.repair)
-        return _commit_batch(run, state, etag, Found(window, landed, detection, deleted), cdc)
+        if key_sets is None:
+            detection, deleted = carried_detection(state, run.tables), None
+        else:
+            detection, deleted = detect_deletes(s3_client, bucket, window.batch_time, previous,
+                                                key_sets, options.repair)
+        return _commit_batch(run, state, etag, Found(window, landed, detection, deleted,
+                                                     keys_read=key_sets is not None), cdc)
     finally:
         end_quietly(conn, "SELECT pg_advisory_unlock(:key)", key=ADVISORY_LOCK_KEY)
 
 
-def _extract_and_land(run: IngestRun, state: Mapping[str, Any]
-                      ) -> Tuple[Window, Dict[str, IngestTableEntry], Dict[str, np.ndarray]]:
+def _extract_and_land(run: IngestRun, state: Mapping[str, Any], may_skip_keys: bool = False
+                      ) -> Tuple[Window, Dict[str, IngestTableEntry], Optional[Dict[str, np.ndarray]]]:
     """Stream every table of ``run`` (IngestRun) out of one snapshot and land its Parquet file; return
     ``(Window, {table: manifest entry}, {table: sorted primary keys})`` (entries only for the tables
     that landed a file; keys of every table, read on the same snapshot before the rows:
     ``utils.ingest.deletes``; the keys new since the previous run land whatever their last_updated).
+    With ``may_skip_keys``, a round that ``_key_sets_due`` says may go without reads no keys: None
+    in their place, and no backdated rows of new keys are landed (the next round that reads them does).
 
     The work is pipelined over threads so that it overlaps the server producing the rows: each
     reader's converter thread parses its CSV chunks into Parquet row groups and finishes each file
@@ -193,11 +207,13 @@ def _extract_and_land(run: IngestRun, state: Mapping[str, Any]
             for helper in helpers:
                 import_snapshot(helper, exported)
                 in_transaction.append(helper)
-            key_sets = read_key_sets(in_transaction, tables)
+            key_sets = read_key_sets(in_transaction, tables) \
+                if not may_skip_keys or _key_sets_due(window, state, tables, options) else None
             extraction = Extraction(s3_client, bucket, window, upload, stop,
                                     deque(largest_first(conn, tables) if helpers else tables),
                                     fast_copy=_fast_copy_or_warn(), resync=frozenset(options.repair.resync),
-                                    new_keys=_new_keys(s3_client, bucket, window.prev_tables, key_sets))
+                                    new_keys=_new_keys(s3_client, bucket, window.prev_tables, key_sets)
+                                    if key_sets is not None else {})
 
             def read(connection: Any, convert: Executor) -> List[Tuple[str, Future]]:
                 try:
@@ -249,6 +265,31 @@ class Extraction:
     fast_copy: bool = True
     resync: FrozenSet[str] = frozenset()
     new_keys: Dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _key_sets_due(window: Window, state: Mapping[str, Any], tables: Sequence[str],
+                  options: IngestOptions) -> bool:
+    """Whether this round must read the key sets. Every round does, but a backfill's intermediate one:
+    the cut leaves rows waiting (``window.more_waiting``), nothing is re-synced, no deletion approved,
+    no table read as new (``options.fresh``), the state holds a key set of every table read and says
+    they were read (``keys_read``, the batch time of that round) at most KEY_SETS_MAX_AGE_SECONDS before
+    this round's batch time (by the same database clock; a clock that went back reads them).
+
+    Skipping loses nothing: the round that reads them compares with the key sets the state still names,
+    so a deletion since is found there (of a row landed in between, or never landed), and the keys new
+    since (rows inserted meanwhile, backdated ones among them) are landed there whatever their stamp; a
+    row an intermediate round landed too is a version the warehouse holds, and loading it again writes
+    nothing (docs/DESIGN.md, "Bounded batches"). At most KEY_SETS_MAX_AGE_SECONDS late, whatever the
+    length of the backfill."""
+    if not window.more_waiting or options.fresh or options.repair.resync or options.repair.approved:
+        return True
+    if any(not (window.prev_tables.get(table) or {}).get("keys") for table in tables):
+        return True
+    read = state.get("keys_read")
+    if not read:
+        return True
+    age = (window.batch_time - parse_time(read)).total_seconds()
+    return not 0 <= age <= KEY_SETS_MAX_AGE_SECONDS
 
 
 def _new_keys(s3_client: Any, bucket: str, prev_tables: Mapping[str, Any],
@@ -390,6 +431,10 @@ def _commit_batch(run: IngestRun, state: Mapping[str, Any], etag: Optional[str],
         new_state["planned_cuts"] = [format_time(cut) for cut in window.planned_cuts]
     if detection is not None:
         new_state["held_deletes"] = held_deletes(state, tables, detection)
+        if found.keys_read:
+            new_state["keys_read"] = format_time(batch_time)
+        elif state.get("keys_read"):
+            new_state["keys_read"] = state["keys_read"]
     if cdc is not None:
         new_state["cdc"] = cast(CdcPointer, dict(cdc))
     write_ingest_state(s3_client, bucket, new_state, etag)

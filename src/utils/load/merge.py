@@ -598,6 +598,20 @@ def _all_held(conn: Any, values: Any, dimension: str, dimension_column: str) -> 
     return found == len(distinct)
 
 
+def _within_staged(conn: Any, stage: str, column: str, dimension_column: str) -> Tuple[str, Dict[str, Any]]:
+    """(`` AND d.<dimension_column> BETWEEN :low AND :high``, its parameters: the least and the greatest
+    staged value of ``column``), or ("", {}) when the stage holds none (every value NULL, or no row).
+    The anti-join then reads the dimension's rows in the batch's range (an index range), not the whole
+    table: a backfill's batch references the rows of its own slice (issue 24: the hash of every
+    dim_transaction row grew with the warehouse). No staged value lies outside the range, so no row is
+    found dangling that was not before."""
+    low, high = conn.run(f"SELECT min(s.{identifier(column)}), max(s.{identifier(column)}) "  # nosec B608
+                         f"FROM {stage} s")[0]
+    if low is None:
+        return "", {}
+    return f" AND d.{identifier(dimension_column)} BETWEEN :low AND :high", {"low": low, "high": high}
+
+
 def _park_dangling(conn: Any, stage: str, target: TargetTable, source: str, id_column: str, batch_id: str,
                    load_order: int = 0, table: Optional[pa.Table] = None) -> int:
     """Move the staged rows whose dimension references the warehouse does not hold into
@@ -617,10 +631,11 @@ def _park_dangling(conn: Any, stage: str, target: TargetTable, source: str, id_c
             continue
         reason = f"references {dimension} ' || s.{identifier(column)}::text || ', which the warehouse " \
                  "does not hold (its source row was rejected or not delivered); parked until it arrives"
+        within, bounds = _within_staged(conn, stage, column, dimension_column)
         rows = conn.run(
             f"WITH dangling AS (DELETE FROM {stage} s WHERE NOT EXISTS ("  # nosec B608
             f"SELECT 1 FROM {identifier(dimension)} d "
-            f"WHERE d.{identifier(dimension_column)} = s.{identifier(column)}) "
+            f"WHERE d.{identifier(dimension_column)} = s.{identifier(column)}{within}) "
             f"RETURNING s.{identifier(id_column)} AS source_id, {stamp} AS last_updated, "
             f"'{reason}' AS reason, s.{identifier(column)}::text AS value, to_jsonb(s) || "
             f"jsonb_build_object('{LOAD_ORDER_COLUMN}', coalesce(s.{identifier(LOAD_ORDER_COLUMN)}, "
@@ -636,7 +651,7 @@ def _park_dangling(conn: Any, stage: str, target: TargetTable, source: str, id_c
             "ON CONFLICT (source_table, source_id, last_updated, value_key) DO UPDATE SET "
             "resolved_batch_id = NULL, reason = EXCLUDED.reason, row_data = EXCLUDED.row_data "
             "RETURNING (xmax = 0) AS inserted, source_id, reason",
-            source=source, column=column, batch_id=batch_id, load_order=load_order)
+            source=source, column=column, batch_id=batch_id, load_order=load_order, **bounds)
         for number, (inserted, source_id, text) in enumerate(rows):
             if inserted:
                 newly_parked += 1

@@ -61,18 +61,53 @@ def test_a_tiny_cap_lands_many_bounded_batches_that_reconcile_exactly(
     buckets = pipeline_env(source_url=totesys_url, warehouse_url=warehouse_url)
     monkeypatch.setenv("MAX_BATCH_ROWS", str(CAP))
     s3 = boto3.client("s3")
+    reads = []  # per round: whether it read the key sets (the state's keys_read moved)
 
-    def catch_up():
+    def ingest_state():
+        return json.loads(s3.get_object(Bucket=buckets["ingest"], Key="_state/ingest.json")["Body"].read())
+
+    def catch_up(between=None):
         rounds = 0
         while True:
             rounds += 1
             assert rounds < 50, "never caught up"
+            before = ingest_state().get("keys_read") if rounds > 1 else None
             transformed = transform.lambda_handler(ingest.lambda_handler({}, None), None)
+            reads.append(ingest_state()["keys_read"] != before)
             assert load.lambda_handler(transformed, None)["rejected_rows"] == 0
             if not transformed.get("more_waiting"):
                 return rounds
+            if between:
+                between(rounds)
 
-    rounds = catch_up()
+    # Between rounds of the backfill: a payment landed by round 1 deleted, and an order inserted with a
+    # stamp below every window still to come (only the key sets find it). Round 2 reads no key sets;
+    # round 3 must (their age is over the limit); the deletion and the order then land exactly once.
+    landed = query(totesys_url, "SELECT payment_id, last_updated FROM payment "
+                                "ORDER BY last_updated, payment_id LIMIT 1")[0]
+    backdated = {}
+
+    def between(rounds):
+        if rounds == 1:
+            query(totesys_url, f"DELETE FROM payment WHERE payment_id = {landed[0]}")  # nosec B608
+            backdated["id"] = query(totesys_url, (
+                "INSERT INTO sales_order (created_at, last_updated, design_id, staff_id, counterparty_id, "
+                "units_sold, unit_price, currency_id, agreed_delivery_date, agreed_payment_date, "
+                "agreed_delivery_location_id) SELECT created_at, last_updated, design_id, staff_id, "
+                "counterparty_id, 3, unit_price, currency_id, agreed_delivery_date, agreed_payment_date, "
+                "agreed_delivery_location_id FROM sales_order ORDER BY last_updated LIMIT 1 "
+                "RETURNING sales_order_id"))[0][0]
+        if rounds == 2:
+            assert query(warehouse_url, "SELECT count(*) FROM etl_deleted_rows") == [[0]]
+            monkeypatch.setattr("utils.ingest.run.KEY_SETS_MAX_AGE_SECONDS", 0)
+
+    rounds = catch_up(between)
+    assert rounds >= 4 and reads[:3] == [True, False, True] and reads[-1], reads
+    assert query(warehouse_url, "SELECT source_table, source_id FROM etl_deleted_rows") == \
+        [["payment", landed[0]]]
+    assert query(warehouse_url, "SELECT count(*) FROM fact_sales_order WHERE sales_order_id = "
+                                f"{backdated['id']}") == [[1]]  # nosec B608
+    monkeypatch.setattr("utils.ingest.run.KEY_SETS_MAX_AGE_SECONDS", 900)
     total = sum(query(totesys_url, f"SELECT count(*) FROM {table}")[0][0] for table in BOUNDED_TABLES)
     assert rounds >= total // CAP
     state, manifests = ingest_manifests(s3, buckets["ingest"])
@@ -80,7 +115,7 @@ def test_a_tiny_cap_lands_many_bounded_batches_that_reconcile_exactly(
     for manifest in manifests:
         assert sum(manifest["tables"].get(table, {}).get("rows", 0) for table in BOUNDED_TABLES) <= CAP
     assert query(warehouse_url, "SELECT count(*) FROM etl_load_ledger") == [[rounds]]
-    known = {}
+    known = {"payment": {tuple(landed)}}
     assert_reconciled(totesys_url, warehouse_url, known)
 
     # Later changes, a late update of an old order, then the same cap: still exact.
