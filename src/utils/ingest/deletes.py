@@ -202,15 +202,34 @@ def write_deleted(s3_client: Any, bucket: str, batch_time: datetime, deleted: Ma
     return {"key": key, "rows": table.num_rows, "tables": {name: int(len(deleted[name])) for name in names}}
 
 
-def carried_detection(state: Mapping[str, Any], tables: Collection[str]) -> Detection:
+def carried_detection(s3_client: Any, bucket: str, batch_time: datetime, state: Mapping[str, Any],
+                      tables: Collection[str], landed: Mapping[str, np.ndarray]) -> Detection:
     """The Detection of a round that read no key sets (a backfill's intermediate round,
     ``utils.ingest.run._key_sets_due``): the key sets and the held deletions ``state`` names for
-    ``tables``, unchanged, so the round that reads them next compares with these; nothing deleted."""
+    ``tables``, so the round that reads them next compares with these; nothing deleted. ``landed``
+    {table: ids of the rows this round landed}: a table's ids not in its key set (rows inserted since it
+    was read, landed by this round's window) are added to it, written as this batch's key set, so that the
+    round that reads them finds such a row deleted if it is gone by then (docs/RELIABILITY.md defect 18:
+    the warehouse held it, and no key set ever had)."""
     entries = state.get("tables") or {}
     held = state.get("held_deletes") or {}
-    return Detection(keys={table: entries[table]["keys"] for table in tables
-                           if (entries.get(table) or {}).get("keys")},
-                     held={table: held[table] for table in tables if table in held})
+    keys = {table: entries[table]["keys"] for table in tables if (entries.get(table) or {}).get("keys")}
+    for table, ids in landed.items():
+        if table not in keys or not ids.size:
+            continue
+        previous = read_previous_keys(s3_client, bucket, table, keys[table])
+        unseen = np.setdiff1d(ids, previous)
+        if unseen.size:
+            keys[table] = write_key_set(s3_client, bucket, table, batch_time,
+                                        np.union1d(previous, unseen).astype(np.int32))
+    return Detection(keys=keys, held={table: held[table] for table in tables if table in held})
+
+
+def landed_keys(body: Union[bytes, io.BytesIO], table: str) -> np.ndarray:
+    """The primary keys of the rows of ``table``'s landed Parquet file ``body`` (int32, unsorted)."""
+    source = body if isinstance(body, io.BytesIO) else pa.BufferReader(body)
+    ids = pq.read_table(source, columns=[PRIMARY_KEYS[table]]).column(0)
+    return np.asarray(ids.to_numpy(), dtype=np.int32)
 
 
 def held_deletes(state: Mapping[str, Any], tables: Collection[str], detection: Detection

@@ -54,8 +54,8 @@ from utils.format_time import format_time, parse_time
 from utils.generate_file_key import generate_file_key
 from utils.ingest.backdated import backdated_settings, log_new_keys, new_keys
 from utils.ingest.copy_reader import SUPPORTED_PG8000, copy_out, fast_copy_supported
-from utils.ingest.deletes import (Detection, carried_detection, detect_deletes, held_deletes, read_key_sets,
-                                  read_previous_keys)
+from utils.ingest.deletes import (Detection, carried_detection, detect_deletes, held_deletes, landed_keys,
+                                  read_key_sets, read_previous_keys)
 from utils.ingest.repair import RepairOptions
 from utils.ingest.sink import INLINE, ParquetSink
 from utils.ingest.snapshot import (Window, copy_sql, import_snapshot, largest_first, open_window,
@@ -150,11 +150,12 @@ def ingest_tables(conn: Any, s3_client: Any, bucket: str, tables: List[str], opt
         state = with_source_identity(conn, state, options.repoint_source)
         # (a plan of cuts of an earlier backfill is no plan for a first read either)
         fresh = {name: value for name, value in state.items() if name not in ("tables", "planned_cuts")}
-        window, landed, key_sets = _extract_and_land(run, fresh if options.fresh else state,
-                                                     may_skip_keys=cdc is None)
+        window, landed, key_sets, landed_ids = _extract_and_land(run, fresh if options.fresh else state,
+                                                                 may_skip_keys=cdc is None)
         previous = state.get("tables", {}) if options.fresh else window.prev_tables
         if key_sets is None:
-            detection, deleted = carried_detection(state, run.tables), None
+            detection = carried_detection(s3_client, bucket, window.batch_time, state, run.tables, landed_ids)
+            deleted = None
         else:
             detection, deleted = detect_deletes(s3_client, bucket, window.batch_time, previous,
                                                 key_sets, options.repair)
@@ -165,13 +166,16 @@ def ingest_tables(conn: Any, s3_client: Any, bucket: str, tables: List[str], opt
 
 
 def _extract_and_land(run: IngestRun, state: Mapping[str, Any], may_skip_keys: bool = False
-                      ) -> Tuple[Window, Dict[str, IngestTableEntry], Optional[Dict[str, np.ndarray]]]:
+                      ) -> Tuple[Window, Dict[str, IngestTableEntry], Optional[Dict[str, np.ndarray]],
+                                 Dict[str, np.ndarray]]:
     """Stream every table of ``run`` (IngestRun) out of one snapshot and land its Parquet file; return
-    ``(Window, {table: manifest entry}, {table: sorted primary keys})`` (entries only for the tables
+    ``(Window, {table: manifest entry}, {table: sorted primary keys}, {table: landed ids})`` (entries only
+    for the tables
     that landed a file; keys of every table, read on the same snapshot before the rows:
     ``utils.ingest.deletes``; the keys new since the previous run land whatever their last_updated).
     With ``may_skip_keys``, a round that ``_key_sets_due`` says may go without reads no keys: None
-    in their place, and no backdated rows of new keys are landed (the next round that reads them does).
+    in their place, and no backdated rows of new keys are landed (the next round that reads them does);
+    the ids of the rows it landed are returned instead ({} when it read the keys).
 
     The work is pipelined over threads so that it overlaps the server producing the rows: each
     reader's converter thread parses its CSV chunks into Parquet row groups and finishes each file
@@ -213,7 +217,8 @@ def _extract_and_land(run: IngestRun, state: Mapping[str, Any], may_skip_keys: b
                                     deque(largest_first(conn, tables) if helpers else tables),
                                     fast_copy=_fast_copy_or_warn(), resync=frozenset(options.repair.resync),
                                     new_keys=_new_keys(s3_client, bucket, window.prev_tables, key_sets)
-                                    if key_sets is not None else {})
+                                    if key_sets is not None else {},
+                                    landed_ids=None if key_sets is not None else {})
 
             def read(connection: Any, convert: Executor) -> List[Tuple[str, Future]]:
                 try:
@@ -238,7 +243,7 @@ def _extract_and_land(run: IngestRun, state: Mapping[str, Any], may_skip_keys: b
             entry = stored[table].result()
             if entry:
                 landed[table] = entry
-        return window, landed, key_sets
+        return window, landed, key_sets, extraction.landed_ids or {}
     except BaseException:
         for convert in converters:
             convert.shutdown(wait=True, cancel_futures=True)
@@ -255,7 +260,8 @@ class Extraction:
     """What the readers of one run share: where the files go (``s3_client``, ``bucket``), the run's
     ``window``, the ``upload`` executor (None: inline), the ``stop`` event a failing reader sets, the
     ``work`` queue of tables not taken yet, whether the fast COPY reader may be used, the tables
-    landed in full (``resync``) and ``new_keys`` {table: sorted keys new since the previous run}."""
+    landed in full (``resync``) and ``new_keys`` {table: sorted keys new since the previous run};
+    ``landed_ids`` (not None: a round that read no key sets) gets {table: ids of the rows landed}."""
     s3_client: Any
     bucket: str
     window: Window
@@ -265,6 +271,7 @@ class Extraction:
     fast_copy: bool = True
     resync: FrozenSet[str] = frozenset()
     new_keys: Dict[str, np.ndarray] = field(default_factory=dict)
+    landed_ids: Optional[Dict[str, np.ndarray]] = None
 
 
 def _key_sets_due(window: Window, state: Mapping[str, Any], tables: Sequence[str],
@@ -378,6 +385,8 @@ def _land_table(conn: Any, extraction: Extraction, table: str,
             return None
         key = generate_file_key(table, batch_time)
         write_to_s3(extraction.s3_client, extraction.bucket, key, body)
+        if extraction.landed_ids is not None and body is not None:
+            extraction.landed_ids[table] = landed_keys(body, table)
         logger.info("table landed", table=table, rows=rows, key=key)
         entry: IngestTableEntry = {"key": key, "rows": rows, "low": low, "high": high, "snapshot": snapshot}
         if future_from:
