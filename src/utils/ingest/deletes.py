@@ -218,10 +218,14 @@ def carried_detection(s3_client: Any, bucket: str, batch_time: datetime, state: 
         if table not in keys or not ids.size:
             continue
         previous = read_previous_keys(s3_client, bucket, table, keys[table])
-        unseen = np.setdiff1d(ids, previous)
+        ids = np.unique(ids)
+        # Sorted sets: a binary search of each landed id, not a sort of the whole key set (millions).
+        at = np.searchsorted(previous, ids)
+        unseen = ids[(at == previous.size) | (previous[np.minimum(at, previous.size - 1)] != ids)] \
+            if previous.size else ids
         if unseen.size:
             keys[table] = write_key_set(s3_client, bucket, table, batch_time,
-                                        np.union1d(previous, unseen).astype(np.int32))
+                                        np.insert(previous, np.searchsorted(previous, unseen), unseen))
     return Detection(keys=keys, held={table: held[table] for table in tables if table in held})
 
 

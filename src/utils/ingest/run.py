@@ -283,7 +283,8 @@ def _key_sets_due(window: Window, state: Mapping[str, Any], tables: Sequence[str
     this round's batch time (by the same database clock; a clock that went back reads them).
 
     Skipping loses nothing: the round that reads them compares with the key sets the state still names,
-    so a deletion since is found there (of a row landed in between, or never landed), and the keys new
+    so a deletion since is found there (of a row never landed, or landed in between: a round that skips
+    them adds the ids it landed to the carried set, ``carried_detection``), and the keys new
     since (rows inserted meanwhile, backdated ones among them) are landed there whatever their stamp; a
     row an intermediate round landed too is a version the warehouse holds, and loading it again writes
     nothing (docs/DESIGN.md, "Bounded batches"). At most KEY_SETS_MAX_AGE_SECONDS late, whatever the
