@@ -53,6 +53,7 @@ from utils.errors import ConcurrentRunError
 from utils.format_time import format_time, parse_time
 from utils.generate_file_key import generate_file_key
 from utils.ingest.backdated import backdated_settings, log_new_keys, new_keys
+from utils.ingest.delete_guard import still_held
 from utils.ingest.copy_reader import SUPPORTED_PG8000, copy_out, fast_copy_supported
 from utils.ingest.deletes import (Detection, carried_detection, detect_deletes, held_deletes, landed_keys,
                                   read_key_sets, read_previous_keys)
@@ -155,6 +156,9 @@ def ingest_tables(conn: Any, s3_client: Any, bucket: str, tables: List[str], opt
         previous = state.get("tables", {}) if options.fresh else window.prev_tables
         if key_sets is None:
             detection = carried_detection(s3_client, bucket, window.batch_time, state, run.tables, landed_ids)
+            # held deletions alerted again, as by every run that reads the keys (the alarm keeps ringing)
+            still_held(cast(Mapping[str, Mapping[str, int]], detection.held),
+                       options.repair.max_delete_fraction)
             deleted = None
         else:
             detection, deleted = detect_deletes(s3_client, bucket, window.batch_time, previous,
