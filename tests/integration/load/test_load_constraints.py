@@ -11,7 +11,8 @@ import load
 import transform
 from totesys_local.aws_emulation import put_credentials_secret
 from tests.support.db import run_sql as query
-from tests.support.batches import T0, base_batch, later, payment, sales_order, staff, write_ingest_batch
+from tests.support.batches import (T0, base_batch, later, payment, sales_order, staff, stamps,
+                                   write_ingest_batch)
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
 from utils.errors import ConcurrentRunError, ForeignKeyViolationError
 from utils.load import constraints, locks, merge, run as load_run
@@ -444,3 +445,30 @@ def test_all_held_shows_a_column_clean_only_when_every_distinct_value_is_held(
         assert not merge._all_held(conn, pa.array([1, 2]), "dim_currency", "currency_id")
     finally:
         close_db_connection(conn)
+
+
+def test_dangling_references_in_a_gap_of_the_staged_range_are_parked_and_load_when_they_arrive(
+        s3, buckets, warehouse, always_setwise):
+    """The anti-join reads the dimension's rows between the least and the greatest staged reference only
+    (``merge._within_staged``, issue 24): a reference in a gap of that range (payment type 2 between 1 and 3)
+    or above it (design 99) is parked; retried with a batch whose own references lie elsewhere, each loads
+    once its dimension row arrives."""
+    batch = base_batch()
+    batch["payment"].append(payment(4, 1, payment_type_id=2))
+    batch["sales_order"].append(sales_order(3, design_id=99))
+    assert run_pipeline(s3, buckets, batch)["rejected_rows"] == 2
+    assert parked(warehouse) == [["payment", 4, "payment_type_id", True],
+                                 ["sales_order", 3, "design_id", True]]
+    at = later(20)
+    write_ingest_batch(s3, buckets["ingest"], later(30), {
+        "payment_type": [{"payment_type_id": 2, "payment_type_name": "SALES_REFUND", **stamps(at)}],
+        "design": [{"design_id": 99, **stamps(at), "design_name": "Late", "file_location": "/usr",
+                    "file_name": "late.json"}],
+        "payment": [payment(5, 2, at=at)], "sales_order": [sales_order(4, at=at)]})
+    result = load.lambda_handler(transform.lambda_handler({}, None), None)
+    assert result["rejected_rows"] == 0
+    assert query(warehouse, "SELECT payment_id FROM fact_payment ORDER BY 1") == [[1], [2], [3], [4], [5]]
+    assert query(warehouse, "SELECT sales_order_id FROM fact_sales_order ORDER BY 1") == [[1], [2], [3], [4]]
+    assert parked(warehouse) == [["payment", 4, "payment_type_id", False],
+                                 ["sales_order", 3, "design_id", False]]
+    assert suspended(warehouse) == []
