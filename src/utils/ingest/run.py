@@ -34,7 +34,7 @@ from collections import deque
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Deque, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, cast
+from typing import Any, Collection, Deque, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, cast
 
 import numpy as np
 
@@ -304,6 +304,17 @@ def _key_sets_due(window: Window, state: Mapping[str, Any], tables: Sequence[str
     return not 0 <= age <= KEY_SETS_MAX_AGE_SECONDS
 
 
+def keys_read_after(state: Mapping[str, Any], tables: Collection[str], read: Optional[datetime]
+                    ) -> Optional[str]:
+    """The state's ``keys_read`` after a run of ``tables`` that read the key sets at ``read`` (None: it
+    read none): the time of the oldest key set the state names. A run of every table the state holds sets
+    it; a run of some of them (``tables_to_query``) leaves the others' older sets, so it keeps the
+    previous time (None when the state had none: the next backfill round reads them all)."""
+    if read is not None and set(tables) >= set(state.get("tables") or {}):
+        return format_time(read)
+    return state.get("keys_read")
+
+
 def _new_keys(s3_client: Any, bucket: str, prev_tables: Mapping[str, Any],
               key_sets: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """{table: the keys of ``key_sets`` not in the previous run's key set} (none on a table's first run)."""
@@ -445,10 +456,9 @@ def _commit_batch(run: IngestRun, state: Mapping[str, Any], etag: Optional[str],
         new_state["planned_cuts"] = [format_time(cut) for cut in window.planned_cuts]
     if detection is not None:
         new_state["held_deletes"] = held_deletes(state, tables, detection)
-        if found.keys_read:
-            new_state["keys_read"] = format_time(batch_time)
-        elif state.get("keys_read"):
-            new_state["keys_read"] = state["keys_read"]
+        read = keys_read_after(state, tables, batch_time if found.keys_read else None)
+        if read:
+            new_state["keys_read"] = read
     if cdc is not None:
         new_state["cdc"] = cast(CdcPointer, dict(cdc))
     write_ingest_state(s3_client, bucket, new_state, etag)

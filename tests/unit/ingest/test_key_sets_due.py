@@ -8,7 +8,7 @@ import pytest
 import utils.ingest.deletes as deletes
 from utils.format_time import format_time
 from utils.ingest.repair import RepairOptions
-from utils.ingest.run import KEY_SETS_MAX_AGE_SECONDS, IngestOptions, _key_sets_due
+from utils.ingest.run import KEY_SETS_MAX_AGE_SECONDS, IngestOptions, _key_sets_due, keys_read_after
 from utils.ingest.snapshot import Window
 
 NOW = datetime(2026, 12, 3, 17, 0, 0)
@@ -67,3 +67,14 @@ def test_a_round_without_key_sets_adds_the_ids_it_landed_to_the_carried_set(monk
     assert written["design"].tolist() == [1, 2, 3, 4, 5, 9, 10] and written["design"].dtype == np.int32
     assert written["staff"].tolist() == [7] and "payment" not in written
     assert detection.held == {"payment": {"rows": 1, "table_rows": 2}} and not detection.deleted
+
+
+def test_keys_read_is_the_time_of_the_oldest_key_set_the_state_names():
+    earlier = format_time(NOW - timedelta(seconds=KEY_SETS_MAX_AGE_SECONDS * 4))
+    state = {"tables": KEYED, "keys_read": earlier}
+    assert keys_read_after(state, TABLES, NOW) == format_time(NOW)
+    assert keys_read_after({}, TABLES, NOW) == format_time(NOW)  # a first run
+    assert keys_read_after(state, TABLES, None) == earlier  # a round that read none
+    # tables_to_query: the design's set is new, the payment's is as old as before.
+    assert keys_read_after(state, ["design"], NOW) == earlier
+    assert keys_read_after({"tables": KEYED}, ["design"], NOW) is None
