@@ -11,6 +11,7 @@ import ingest
 import load
 import transform
 from tests.support.db import run_sql as query
+from tests.support.ingest_mode import cdc_session
 from totesys_local.aws_emulation import deploy_pipeline, emulated_aws, wait_for_execution
 from totesys_local.generator import simulate
 from utils.config import load_settings
@@ -97,12 +98,12 @@ def test_a_tiny_cap_lands_many_bounded_batches_that_reconcile_exactly(
                 "counterparty_id, 3, unit_price, currency_id, agreed_delivery_date, agreed_payment_date, "
                 "agreed_delivery_location_id FROM sales_order ORDER BY last_updated LIMIT 1 "
                 "RETURNING sales_order_id"))[0][0]
-        if rounds == 2:
+        if rounds == 2 and not cdc_session():  # (a CDC snapshot's batches read the key sets every round)
             assert query(warehouse_url, "SELECT count(*) FROM etl_deleted_rows") == [[0]]
             monkeypatch.setattr("utils.ingest.run.KEY_SETS_MAX_AGE_SECONDS", 0)
 
     rounds = catch_up(between)
-    assert rounds >= 4 and reads[:3] == [True, False, True] and reads[-1], reads
+    assert rounds >= 4 and (cdc_session() or reads[:3] == [True, False, True]) and reads[-1], reads
     assert query(warehouse_url, "SELECT source_table, source_id FROM etl_deleted_rows") == \
         [["payment", landed[0]]]
     assert query(warehouse_url, "SELECT count(*) FROM fact_sales_order WHERE sales_order_id = "
