@@ -135,7 +135,8 @@ class IngestState(TypedDict, total=False):
     MAX_BATCH_ROWS (``utils.ingest.bounded``), ``planned_cuts`` (only then) the backfill's later cuts, raw
     source stamps in ``timezone``; ``source``: the source's identity (``utils.db.identity``),
     never a credential; ``cdc``: INGEST_MODE=cdc's slot pointer; ``keys_read``: the batch time (UTC) of the
-    last run that read the key sets (``utils.ingest.deletes``; a backfill's intermediate rounds do not)."""
+    last run that read every table's key set (``utils.ingest.run.keys_read_after``; a backfill's
+    intermediate rounds read none and add the ids they land to the sets they carry)."""
     manifest_key: Optional[str]
     batch_id: Optional[str]
     timezone: str
