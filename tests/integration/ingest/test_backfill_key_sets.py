@@ -10,6 +10,7 @@ import pytest
 import ingest
 import load
 import transform
+import utils.ingest.run as ingest_run
 from tests.integration.ingest.test_bounded_batches import FACTS, versions
 from tests.support.db import run_sql as query
 
@@ -85,12 +86,24 @@ def test_a_backfill_that_skips_key_sets_records_every_deletion_once_and_holds_ma
             assert not read and held_alerts() == ids["alerts"] + 1, "a round that skips the keys alerts too"
             assert state()["held_deletes"] == held
 
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed before the state pointer advanced")
+
     rounds, reads = 0, []
     while True:
         rounds += 1
         assert rounds < 50, "never caught up"
         before = state().get("keys_read") if rounds > 1 else None
+        keys_before = state()["tables"]["design"]["keys"] if rounds > 1 else None
         event = {"approve_deletes": ["design"]} if rounds == 6 else {}
+        if rounds == 2:
+            # Killed once after landing its rows and the grown key sets, before its state advanced: they
+            # are orphans, and the retry lands and adds the same again.
+            with monkeypatch.context() as patched, pytest.raises(RuntimeError):
+                patched.setattr(ingest_run, "write_ingest_state", crash)
+                ingest.lambda_handler({}, None)
+            assert state()["tables"]["design"]["keys"] == keys_before
+            assert s3.list_objects_v2(Bucket=buckets["ingest"], Prefix="_keys/design/")["KeyCount"] == 2
         transformed = transform.lambda_handler(ingest.lambda_handler(event, None), None)
         reads.append(state()["keys_read"] != before)
         assert load.lambda_handler(transformed, None)["rejected_rows"] == 0
