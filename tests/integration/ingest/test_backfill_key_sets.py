@@ -1,7 +1,8 @@
 """A backfill's intermediate rounds read no key sets (utils.ingest.run._key_sets_due, issue 24): what the
 rounds that skip them land must still be found deleted later, held deletions stay held (and alerted) until
-approved, and a state written before ``keys_read`` reads them. One scale-1 backfill at a tiny cap, changed
-between its rounds the way an unlucky source or an operator would (docs/RELIABILITY.md defect 18)."""
+approved, a state written before ``keys_read``, an approval and a re-sync read them, and a round killed
+before its state advanced is retried exactly. One scale-1 backfill at a tiny cap, changed between its rounds
+the way an unlucky source or an operator would (docs/RELIABILITY.md defects 18 and 19)."""
 import json
 
 import boto3
@@ -95,7 +96,7 @@ def test_a_backfill_that_skips_key_sets_records_every_deletion_once_and_holds_ma
         assert rounds < 50, "never caught up"
         before = state().get("keys_read") if rounds > 1 else None
         keys_before = state()["tables"]["design"]["keys"] if rounds > 1 else None
-        event = {"approve_deletes": ["design"]} if rounds == 6 else {}
+        event = {6: {"approve_deletes": ["design"]}, 7: {"resync": ["design"]}}.get(rounds, {})
         if rounds == 2:
             # Killed once after landing its rows and the grown key sets, before its state advanced: they
             # are orphans, and the retry lands and adds the same again.
@@ -110,7 +111,7 @@ def test_a_backfill_that_skips_key_sets_records_every_deletion_once_and_holds_ma
         if not transformed.get("more_waiting"):
             break
         between(rounds, reads[-1])
-    assert rounds > 6 and reads[:6] == [True, False, False, True, False, True] and reads[-1], reads
+    assert rounds > 7 and reads[:7] == [True, False, False, True, False, True, True] and reads[-1], reads
     assert state()["held_deletes"] == {}
     assert sorted(query(warehouse_url, "SELECT source_table, source_id, reinserted_batch_id "
                                        "FROM etl_deleted_rows")) == \
