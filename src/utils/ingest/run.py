@@ -53,8 +53,8 @@ from utils.errors import ConcurrentRunError
 from utils.format_time import format_time, parse_time
 from utils.generate_file_key import generate_file_key
 from utils.ingest.backdated import backdated_settings, log_new_keys, new_keys
-from utils.ingest.delete_guard import still_held
 from utils.ingest.copy_reader import SUPPORTED_PG8000, copy_out, fast_copy_supported
+from utils.ingest.delete_guard import still_held
 from utils.ingest.deletes import (Detection, carried_detection, detect_deletes, held_deletes, landed_keys,
                                   read_key_sets, read_previous_keys)
 from utils.ingest.repair import RepairOptions
@@ -174,8 +174,7 @@ def _extract_and_land(run: IngestRun, state: Mapping[str, Any], may_skip_keys: b
                                  Dict[str, np.ndarray]]:
     """Stream every table of ``run`` (IngestRun) out of one snapshot and land its Parquet file; return
     ``(Window, {table: manifest entry}, {table: sorted primary keys}, {table: landed ids})`` (entries only
-    for the tables
-    that landed a file; keys of every table, read on the same snapshot before the rows:
+    for the tables that landed a file; keys of every table, read on the same snapshot before the rows:
     ``utils.ingest.deletes``; the keys new since the previous run land whatever their last_updated).
     With ``may_skip_keys``, a round that ``_key_sets_due`` says may go without reads no keys: None
     in their place, and no backdated rows of new keys are landed (the next round that reads them does);
