@@ -14,7 +14,6 @@ A retry after a crash rewrites exactly the same objects (the output is a pure fu
 inputs), so an object already present with identical bytes is accepted; different bytes mean a
 conflicting run and raise StateConflictError.
 """
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -41,9 +40,6 @@ from utils.transform.quarantine import split_future_rows
 from utils.transform.star import build_warehouse_batch
 
 STAGE = "transform"
-# Threads reading a batch's landed files and writing its processed ones: each file's Parquet decoding or
-# encoding (pyarrow releases the GIL) and its S3 request overlap the others' (issue 24).
-IO_THREADS = 4
 # A pending ingest batch: (its manifest key, its manifest).
 PendingBatch = Tuple[str, IngestManifest]
 logger = get_logger(STAGE)
@@ -155,12 +151,9 @@ def transform_batch(buckets: "Buckets", ingest_key: str, ingest_manifest: Ingest
     """Transform one ingest batch; write its files and manifest; return (manifest key, manifest)."""
     s3_client, ingest_bucket, processed_bucket = buckets.s3_client, buckets.ingest, buckets.processed
     batch_time = parse_time(ingest_manifest["batch_time"])
-    with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="transform-read") as pool:
-        reads = {name: pool.submit(read_parquet_table, s3_client, ingest_bucket, entry["key"], name,
-                                   LANDING_SCHEMAS[name], manifest_key=ingest_key,
-                                   missing_as_null=optional_columns(name))
-                 for name, entry in ingest_manifest["tables"].items()}
-        batch = {name: read.result() for name, read in reads.items()}
+    batch = {name: read_parquet_table(s3_client, ingest_bucket, entry["key"], name, LANDING_SCHEMAS[name],
+                                      manifest_key=ingest_key, missing_as_null=optional_columns(name))
+             for name, entry in ingest_manifest["tables"].items()}
     # Dependency order keeps logs and outputs stable.
     batch = {name: batch[name] for name in SOURCE_TABLES if name in batch}
     deleted = read_deleted(s3_client, ingest_bucket, ingest_manifest, ingest_key)
@@ -172,22 +165,16 @@ def transform_batch(buckets: "Buckets", ingest_key: str, ingest_manifest: Ingest
     for name in pruned:
         new_snapshots.setdefault(name, snapshots[name])
     tables: Dict[str, FileEntry] = {}
-    snapshot_keys = dict(prev_processed_manifest.get("snapshots", {}) if prev_processed_manifest else {})
-
-    def write(prefix: str, table: pa.Table) -> str:
-        key = generate_file_key(prefix, batch_time)
+    for name, table in warehouse.items():
+        key = generate_file_key(name, batch_time)
         _write_once(s3_client, processed_bucket, key, parquet_bytes(table))
-        return key
-    # Every file is written (or its error raised) before the manifest that names them.
-    with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="transform-write") as pool:
-        files = {name: pool.submit(write, name, table) for name, table in warehouse.items()}
-        snapshot_files = {name: pool.submit(write, f"{SNAPSHOTS_PREFIX}/{name}", table)
-                          for name, table in new_snapshots.items()}
-        for name, table in warehouse.items():
-            tables[name] = {"key": files[name].result(), "rows": table.num_rows}
-            logger.info("table transformed", table=name, rows=table.num_rows, key=tables[name]["key"])
-        for name, written in snapshot_files.items():
-            snapshot_keys[name] = written.result()
+        tables[name] = {"key": key, "rows": table.num_rows}
+        logger.info("table transformed", table=name, rows=table.num_rows, key=key)
+    snapshot_keys = dict(prev_processed_manifest.get("snapshots", {}) if prev_processed_manifest else {})
+    for name, table in new_snapshots.items():
+        key = generate_file_key(f"{SNAPSHOTS_PREFIX}/{name}", batch_time)
+        _write_once(s3_client, processed_bucket, key, parquet_bytes(table))
+        snapshot_keys[name] = key
     batch_id = ingest_manifest.get("batch_id") or f"{batch_time:%Y%m%dT%H%M%S%f}"
     manifest: ProcessedManifest = {
         "batch_id": batch_id, "batch_time": ingest_manifest["batch_time"], "ingest_manifest_key": ingest_key,
