@@ -27,9 +27,11 @@ So the keys of a fact table are **suspended for a whole execution** (every round
    worker in the way cancels itself) and then, each in its own transaction, ``VALIDATE CONSTRAINT``
    (SHARE UPDATE EXCLUSIVE on the fact table, ROW SHARE on the dimension: readers and the analysts'
    queries go on)
-   checks the whole table once, set-wise. A key that was NOT VALID before is re-added NOT VALID and
-   left so. Each step commits with its record, so a crash anywhere leaves records the next execution's
-   end finishes; until then the batches keep parking dangling rows themselves (point 2).
+   checks the whole table once, set-wise; the fact tables' keys are validated on two connections at once
+   (two server processes: two cores), each VALIDATE holding the loads' advisory lock in its shared mode.
+   A key that was NOT VALID before is re-added NOT VALID and left so. Each step commits with its record,
+   so a crash anywhere leaves records the next execution's end finishes; until then the batches keep
+   parking dangling rows themselves (point 2).
 
 Every other lock a batch takes (ROW EXCLUSIVE on the tables it writes, row locks on dimension rows it
 updates) waits at most ``LOCK_TIMEOUT_MS`` (``bound_lock_waits``): a reader holding a conflicting lock
@@ -37,13 +39,14 @@ updates) waits at most ``LOCK_TIMEOUT_MS`` (``bound_lock_waits``): a reader hold
 holding locks, the batch rolled back and retried by the next run. A lower lock_timeout the session
 already has (derived from the Lambda's remaining time) is kept.
 """
+import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import pg8000.exceptions
 from pg8000.native import identifier
 
-from utils.db.connection import end_quietly, sqlstate
+from utils.db.connection import close_db_connection, end_quietly, sqlstate
 from utils.errors import ForeignKeyViolationError
 from utils.load.locks import bound, is_lock_wait_ended, lock_holders
 from utils.load.schema import ADVISORY_LOCK_KEY, SUSPENDED_KEYS
@@ -210,12 +213,14 @@ def suspend_for_execution(conn: Any, pending_rows: Dict[str, int]) -> Set[str]:
     return suspended
 
 
-def _in_transaction(conn: Any, body: Callable[[], Any], wait_ms: int = RESTORE_WAIT_MS) -> bool:
-    """Run ``body()`` in one transaction holding the loads' advisory lock, lock waits bounded; True when
-    it committed, False when a lock wait ended (rolled back)."""
+def _in_transaction(conn: Any, body: Callable[[], Any], wait_ms: int = RESTORE_WAIT_MS,
+                    shared: bool = False) -> bool:
+    """Run ``body()`` in one transaction holding the loads' advisory lock (``shared``: its shared mode,
+    which excludes the loads and lets other shared holders go on), lock waits bounded; True when it
+    committed, False when a lock wait ended (rolled back)."""
     conn.run("START TRANSACTION")
     try:
-        conn.run("SELECT pg_advisory_xact_lock(:key)", key=ADVISORY_LOCK_KEY)
+        conn.run(f"SELECT pg_advisory_xact_lock{'_shared' if shared else ''}(:key)", key=ADVISORY_LOCK_KEY)
         bound(conn, "lock_timeout", wait_ms)
         body()
         conn.run("COMMIT")
@@ -269,14 +274,89 @@ def _validate(conn: Any, table: str, name: str, violations: List[ForeignKeyViola
             violations.append(ForeignKeyViolationError(table, name, sqlstate(err)[1].get("D", "")))
         conn.run(f"DELETE FROM {identifier(SUSPENDED_KEYS)} "  # nosec B608
                  "WHERE table_name = :table AND constraint_name = :name", table=table, name=name)
-    return _in_transaction(conn, body)
+    # Shared: the validations of other fact tables may run beside it (``restore_foreign_keys``); no load.
+    return _in_transaction(conn, body, shared=True)
 
 
-def restore_foreign_keys(conn: Any) -> int:
+def _validate_all(conn: Any, keys: List[Tuple[str, str]], violations: List[ForeignKeyViolationError]) -> int:
+    """VALIDATE ``keys`` [(table, constraint)] on ``conn``, one after the other; the number validated."""
+    validated = 0
+    for table, name in keys:
+        if _validate(conn, table, name, violations):
+            validated += 1
+        else:
+            logger.warning("foreign key not validated yet: a lock was not granted in time; the next run "
+                           "validates it", table=table, constraint=name)
+    return validated
+
+
+def _shares(conn: Any, keys: List[Tuple[str, str]]) -> Tuple[List[Tuple[str, str]], List[Tuple[str, str]]]:
+    """``keys`` split in two by fact table (a table's keys in one share: two VALIDATEs of one table wait
+    for each other's SHARE UPDATE EXCLUSIVE), the tables largest first each to the share with fewer
+    bytes so far: the second share has the larger tables' remainder."""
+    tables = sorted({table for table, _ in keys})
+    sizes = dict(conn.run("SELECT t, pg_relation_size(to_regclass(t)) FROM unnest(CAST(:tables AS text[])) t",
+                          tables=tables))
+    shares: Tuple[List[Tuple[str, str]], List[Tuple[str, str]]] = ([], [])
+    totals = [0, 0]
+    for table in sorted(tables, key=lambda name: sizes.get(name) or 0, reverse=True):
+        index = 0 if totals[0] <= totals[1] else 1
+        totals[index] += sizes.get(table) or 0
+        shares[index].extend(key for key in keys if key[0] == table)
+    return shares
+
+
+class _ValidatingThread:
+    """Validates ``keys`` on a connection of its own (``connect()``), in a thread, from its creation.
+    ``join(conn)`` waits for it; keys it could not take (no connection) are validated on ``conn`` then.
+    Its error, if any, is raised by ``join``."""
+
+    def __init__(self, connect: Callable[[], Any], keys: List[Tuple[str, str]],
+                 violations: List[ForeignKeyViolationError]) -> None:
+        self._connect, self._keys, self._violations = connect, keys, violations
+        self._validated = 0
+        self._connected = False
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="load-validate", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            conn = self._connect()
+        except Exception as err:  # noqa: BLE001 - any reason: the caller validates these keys itself
+            logger.info("validating every key on one connection: a second one could not be opened",
+                        error_type=type(err).__name__, error=str(err))
+            return
+        self._connected = True
+        try:
+            self._validated = _validate_all(conn, self._keys, self._violations)
+        except BaseException as err:  # noqa: BLE001 - re-raised by join
+            self._error = err
+        finally:
+            close_db_connection(conn)
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def join(self, conn: Any) -> int:
+        self.wait()
+        if self._error is not None:
+            raise self._error
+        if not self._connected:
+            return _validate_all(conn, self._keys, self._violations)
+        return self._validated
+
+
+def restore_foreign_keys(conn: Any, connect: Optional[Callable[[], Any]] = None) -> int:
     """Re-add and validate every suspended key (outside any transaction; see the module docstring).
     Returns the number of keys validated; a lock not granted in time leaves the rest recorded for the
     next execution's end, with a WARNING line. Raises ForeignKeyViolationError (after every key is
-    back) when a key finds a dangling reference: that key is left NOT VALID."""
+    back) when a key finds a dangling reference: that key is left NOT VALID.
+
+    ``connect``: opens another connection to the warehouse, on which a thread validates the keys of some
+    of the fact tables while ``conn`` validates the others (each VALIDATE is CPU-bound in its server
+    process: two run on two cores; issue 24). Without it, or when it fails to connect, ``conn``
+    validates them all."""
     if not _records(conn):
         return 0
     started = time.perf_counter()
@@ -284,16 +364,19 @@ def restore_foreign_keys(conn: Any) -> int:
         logger.warning("suspended foreign keys not re-added yet: a lock was not granted in time; the next "
                        "run re-adds them (its batches check references themselves meanwhile)")
         return 0
-    validated = 0
     violations: List[ForeignKeyViolationError] = []
-    for table, name, _, _, _ in _records(conn):
-        if _validate(conn, table, name, violations):
-            validated += 1
-        else:
-            logger.warning("foreign key not validated yet: a lock was not granted in time; the next run "
-                           "validates it", table=table, constraint=name)
+    keys = [(table, name) for table, name, _, _, _ in _records(conn)]
+    mine, other = _shares(conn, keys) if connect is not None else (keys, [])
+    helper = _ValidatingThread(connect, other, violations) if connect is not None and other else None
+    try:
+        validated = _validate_all(conn, mine, violations)
+    finally:
+        if helper is not None:
+            helper.wait()  # never leave it validating after this returns or raises
+    if helper is not None:
+        validated += helper.join(conn)
     logger.info("foreign keys restored and validated set-wise", constraints=validated,
-                seconds=round(time.perf_counter() - started, 2))
+                seconds=round(time.perf_counter() - started, 2), connections=2 if helper else 1)
     if violations:
         # the batches are committed (each exactly once); the key is left NOT VALID and the run fails loudly
         raise violations[0]

@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field as dataclass_field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import pg8000.exceptions
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -487,15 +488,21 @@ def merge_fact(conn: Any, name: str, table: Optional[pa.Table], target: TargetTa
                          + tuple(field.name for field in schema if field.name not in version))
     staged_order = f"coalesce(s.{order_column}, :load_order)"
     remarked: List[int] = []
+    # A stage of the batch's rows alone, each version once and in version order (as the transform writes
+    # them): the DISTINCT ON would keep every row in the order they are, and its sort is left out (~0.2 s
+    # per 500k rows; issue 24).
+    select = f"SELECT {source_columns}, {staged_order} FROM {stage} s" \
+        if not parked and in_version_order(table, version) else \
+        f"SELECT DISTINCT ON ({versions}) {source_columns}, {staged_order} FROM {stage} s " \
+        f"ORDER BY {versions}, {staged_order} DESC"
 
     def append() -> int:
         # The versions held are taken out of the stage first, with the table as it is: never an
         # INSERT INTO t ... WHERE NOT EXISTS (... t ...) (see merge_table: quadratic on a table whose
         # statistics say empty).
         remarked[:] = _remark_held(conn, name, stage, target, held, staged_order, load_order)
-        conn.run(f"INSERT INTO {identifier(name)} ({target_columns}, {order_column}) "  # nosec B608
-                 f"SELECT DISTINCT ON ({versions}) {source_columns}, {staged_order} FROM {stage} s "
-                 f"ORDER BY {versions}, {staged_order} DESC", load_order=load_order)
+        conn.run(f"INSERT INTO {identifier(name)} ({target_columns}, {order_column}) {select}",  # nosec B608
+                 load_order=load_order)
         return conn.row_count
 
     if target.references and checked_at_once(conn, name):
@@ -523,6 +530,31 @@ def merge_fact(conn: Any, name: str, table: Optional[pa.Table], target: TargetTa
     if parked:
         logger.info("parked rows retried", table=name, parked=parked)
     return FactMerge(inserted, {source: newly_parked} if newly_parked else {}, list(remarked))
+
+
+def in_version_order(table: Optional[pa.Table], version: Tuple[str, ...]) -> bool:
+    """True when ``table`` (a batch's fact rows) has no NULL in its ``version`` columns (natural id, date,
+    time) and each row's version is strictly greater than the previous row's: no version twice, already
+    in the order the append inserts them."""
+    if table is None or not table.num_rows:
+        return True
+    columns = []
+    for name in version:
+        column = table[name]
+        if column.null_count:
+            return False
+        if pa.types.is_date32(column.type):
+            column = column.cast(pa.int32())
+        elif pa.types.is_time(column.type):
+            column = column.cast(pa.int64())
+        values = column.to_numpy()
+        columns.append((values[1:], values[:-1]))
+    greater = np.zeros(table.num_rows - 1, dtype=bool)
+    equal = np.ones(table.num_rows - 1, dtype=bool)
+    for later, earlier in columns:
+        greater |= equal & (later > earlier)
+        equal &= later == earlier
+    return bool(greater.all())
 
 
 def held_condition(name: str, target: TargetTable, version: Tuple[str, ...]) -> str:

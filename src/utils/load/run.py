@@ -143,7 +143,7 @@ def load_pending(conn: Any, s3_client: Any, bucket: str, connect: Optional[Calla
         for name, rows in counts.items():
             result["tables"][name] = result["tables"].get(name, 0) + rows
     if not more_waiting:
-        restore_foreign_keys(conn)
+        restore_foreign_keys(conn, connect)
     elif suspended:
         logger.info("foreign keys stay suspended for the next round", tables=sorted(suspended))
     return result

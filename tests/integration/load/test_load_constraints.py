@@ -472,3 +472,62 @@ def test_dangling_references_in_a_gap_of_the_staged_range_are_parked_and_load_wh
     assert parked(warehouse) == [["payment", 4, "payment_type_id", False],
                                  ["sales_order", 3, "design_id", False]]
     assert suspended(warehouse) == []
+
+
+def _leave_keys_to_validate(s3, buckets, warehouse, monkeypatch):
+    """A run killed before its VALIDATEs: every fact key re-added NOT VALID, recorded for the next one."""
+    real_validate = constraints._validate
+
+    def crash(*args):
+        raise RuntimeError("killed before VALIDATE")
+    monkeypatch.setattr(constraints, "_validate", crash)
+    with pytest.raises(RuntimeError):
+        run_pipeline(s3, buckets, base_batch())
+    monkeypatch.setattr(constraints, "_validate", real_validate)
+    assert {row[0] for row in suspended(warehouse)} == set(FACT_TABLES)
+
+
+@pytest.mark.parametrize("second", ["connects", "cannot connect", "fails"])
+def test_the_keys_are_validated_on_two_connections_one_table_on_one(
+        s3, buckets, warehouse, always_setwise, monkeypatch, caplog, second):
+    """Restoring validates the fact tables' keys on two connections at once, each table's keys on one of
+    them; without a second connection every key is validated on the first; an error on the second is
+    raised once both are done, and what it did not validate stays recorded for the next run."""
+    before_valid = validated(warehouse)
+    _leave_keys_to_validate(s3, buckets, warehouse, monkeypatch)
+    used = []
+    real_validate = constraints._validate
+
+    def recording(conn, table, name, violations):
+        used.append((id(conn), table))
+        if second == "fails" and conn is not main:
+            raise RuntimeError("second connection lost")
+        return real_validate(conn, table, name, violations)
+    monkeypatch.setattr(constraints, "_validate", recording)
+
+    def connect():
+        if second == "cannot connect":
+            raise OSError("too many connections")
+        return connect_to_db(credentials_from_url(warehouse))
+    main = connect_to_db(credentials_from_url(warehouse))
+    try:
+        if second == "fails":
+            with pytest.raises(RuntimeError, match="second connection lost"):
+                constraints.restore_foreign_keys(main, connect)
+            assert suspended(warehouse)
+            assert {table for conn, table in used if conn == id(main)} < set(FACT_TABLES)
+            return
+        # every key but the one NOT VALID before (re-added NOT VALID, not validated)
+        assert constraints.restore_foreign_keys(main, connect) == sum(before_valid.values())
+    finally:
+        close_db_connection(main)
+    assert validated(warehouse) == before_valid and suspended(warehouse) == []
+    tables_on = {}
+    for conn, table in used:
+        tables_on.setdefault(conn, set()).add(table)
+    assert set().union(*tables_on.values()) == set(FACT_TABLES)
+    if second == "connects":
+        assert len(tables_on) == 2 and not set.intersection(*tables_on.values())
+    else:
+        assert list(tables_on) == [id(main)]
+        assert messages(caplog, "validating every key on one connection")
