@@ -491,10 +491,12 @@ def merge_fact(conn: Any, name: str, table: Optional[pa.Table], target: TargetTa
     # A stage of the batch's rows alone, each version once and in version order (as the transform writes
     # them): the DISTINCT ON would keep every row in the order they are, and its sort is left out (~0.2 s
     # per 500k rows; issue 24).
-    select = f"SELECT {source_columns}, {staged_order} FROM {stage} s" \
-        if not parked and in_version_order(table, version) else \
-        f"SELECT DISTINCT ON ({versions}) {source_columns}, {staged_order} FROM {stage} s " \
-        f"ORDER BY {versions}, {staged_order} DESC"
+    # Identifiers are allow-listed catalogue names, quoted.
+    if not parked and in_version_order(table, version):
+        select = f"SELECT {source_columns}, {staged_order} FROM {stage} s"  # nosec B608
+    else:
+        select = (f"SELECT DISTINCT ON ({versions}) {source_columns}, {staged_order} "  # nosec B608
+                  f"FROM {stage} s ORDER BY {versions}, {staged_order} DESC")
 
     def append() -> int:
         # The versions held are taken out of the stage first, with the table as it is: never an
