@@ -39,8 +39,8 @@ updates) waits at most ``LOCK_TIMEOUT_MS`` (``bound_lock_waits``): a reader hold
 holding locks, the batch rolled back and retried by the next run. A lower lock_timeout the session
 already has (derived from the Lambda's remaining time) is kept.
 """
-import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import pg8000.exceptions
@@ -306,45 +306,20 @@ def _shares(conn: Any, keys: List[Tuple[str, str]]) -> Tuple[List[Tuple[str, str
     return shares
 
 
-class _ValidatingThread:
-    """Validates ``keys`` on a connection of its own (``connect()``), in a thread, from its creation.
-    ``join(conn)`` waits for it; keys it could not take (no connection) are validated on ``conn`` then.
-    Its error, if any, is raised by ``join``."""
-
-    def __init__(self, connect: Callable[[], Any], keys: List[Tuple[str, str]],
-                 violations: List[ForeignKeyViolationError]) -> None:
-        self._connect, self._keys, self._violations = connect, keys, violations
-        self._validated = 0
-        self._connected = False
-        self._error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._run, name="load-validate", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            conn = self._connect()
-        except Exception as err:  # noqa: BLE001 - any reason: the caller validates these keys itself
-            logger.info("validating every key on one connection: a second one could not be opened",
-                        error_type=type(err).__name__, error=str(err))
-            return
-        self._connected = True
-        try:
-            self._validated = _validate_all(conn, self._keys, self._violations)
-        except BaseException as err:  # noqa: BLE001 - re-raised by join
-            self._error = err
-        finally:
-            close_db_connection(conn)
-
-    def wait(self) -> None:
-        self._thread.join()
-
-    def join(self, conn: Any) -> int:
-        self.wait()
-        if self._error is not None:
-            raise self._error
-        if not self._connected:
-            return _validate_all(conn, self._keys, self._violations)
-        return self._validated
+def _validate_apart(connect: Callable[[], Any], keys: List[Tuple[str, str]],
+                    violations: List[ForeignKeyViolationError]) -> Optional[int]:
+    """``_validate_all`` of ``keys`` on a connection of its own (``connect()``, closed after); None when it
+    cannot be opened (the caller validates them itself)."""
+    try:
+        conn = connect()
+    except Exception as err:  # noqa: BLE001 - any reason: the caller validates these keys itself
+        logger.info("validating every key on one connection: a second one could not be opened",
+                    error_type=type(err).__name__, error=str(err))
+        return None
+    try:
+        return _validate_all(conn, keys, violations)
+    finally:
+        close_db_connection(conn)
 
 
 def restore_foreign_keys(conn: Any, connect: Optional[Callable[[], Any]] = None) -> int:
@@ -367,16 +342,16 @@ def restore_foreign_keys(conn: Any, connect: Optional[Callable[[], Any]] = None)
     violations: List[ForeignKeyViolationError] = []
     keys = [(table, name) for table, name, _, _, _ in _records(conn)]
     mine, other = _shares(conn, keys) if connect is not None else (keys, [])
-    helper = _ValidatingThread(connect, other, violations) if connect is not None and other else None
-    try:
+    apart: Optional[Future] = None
+    # The pool's exit waits for the other share, whether this one returned or raised.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load-validate") as pool:
+        if connect is not None and other:
+            apart = pool.submit(_validate_apart, connect, other, violations)
         validated = _validate_all(conn, mine, violations)
-    finally:
-        if helper is not None:
-            helper.wait()  # never leave it validating after this returns or raises
-    if helper is not None:
-        validated += helper.join(conn)
+    done_apart = apart.result() if apart is not None else None  # its error, if any, raised here
+    validated += _validate_all(conn, other, violations) if done_apart is None else done_apart
     logger.info("foreign keys restored and validated set-wise", constraints=validated,
-                seconds=round(time.perf_counter() - started, 2), connections=2 if helper else 1)
+                seconds=round(time.perf_counter() - started, 2), connections=1 if done_apart is None else 2)
     if violations:
         # the batches are committed (each exactly once); the key is left NOT VALID and the run fails loudly
         raise violations[0]
