@@ -139,6 +139,7 @@ def load_batch(warehouse: Warehouse, s3_client: Any, bucket: str, manifest_key: 
                                 lambda name: _stage_definitions(name, stage_flags(name)), _copy_columns)
         counts: Dict[str, Any] = {}
         remarked: Dict[str, List[int]] = {}
+        distinct: List[str] = []
         newly_rejected = record_rejected(conn, rejected, batch_id)
         for name in WAREHOUSE_TABLES:
             if name in FACTS:
@@ -148,6 +149,8 @@ def load_batch(warehouse: Warehouse, s3_client: Any, bucket: str, manifest_key: 
                     counts[name] = merged.inserted
                 if merged.remarked:
                     remarked[name] = merged.remarked
+                if merged.distinct_ids:
+                    distinct.append(name)
                 for source, number in merged.parked.items():
                     newly_rejected[source] = newly_rejected.get(source, 0) + number
             elif name in tables:
@@ -158,7 +161,7 @@ def load_batch(warehouse: Warehouse, s3_client: Any, bucket: str, manifest_key: 
         if newly_deleted:
             counts[DELETED] = newly_deleted
         # the dashboard's aggregates, as current as the facts
-        update_rollups(conn, batch_id, tables, load_order, remarked)
+        update_rollups(conn, batch_id, tables, load_order, remarked, distinct)
         record_batch(conn, batch_id, manifest_key, counts, load_order)
         if staging is not None:
             staging.close(conn, list(staging.futures))
@@ -436,11 +439,13 @@ class FactMerge:
     inserted: Optional[int] = None
     parked: Dict[str, int] = dataclass_field(default_factory=dict)
     remarked: List[int] = dataclass_field(default_factory=list)
+    distinct_ids: bool = False
 
 
 def merge_fact(conn: Any, name: str, table: Optional[pa.Table], target: TargetTable, batch_id: str,
                staging: Optional[ParallelStaging] = None, load_order: int = 0) -> FactMerge:
-    """Append a fact table's new versions with the batch's ``load_order``; return a FactMerge.
+    """Append a fact table's new versions with the batch's ``load_order``; return a FactMerge (its
+    ``distinct_ids``: the rows appended hold each natural id at most once, ``ids_distinct``).
 
     The batch's rows are staged together with the rows parked by earlier batches (in etl_rejected_rows
     with row_data, not yet resolved; each keeps the load order of the batch that parked it, so a newer
@@ -531,7 +536,19 @@ def merge_fact(conn: Any, name: str, table: Optional[pa.Table], target: TargetTa
         inserted = append()
     if parked:
         logger.info("parked rows retried", table=name, parked=parked)
-    return FactMerge(inserted, {source: newly_parked} if newly_parked else {}, list(remarked))
+    return FactMerge(inserted, {source: newly_parked} if newly_parked else {}, list(remarked),
+                     distinct_ids=not parked and ids_distinct(table, id_column))
+
+
+def ids_distinct(table: Optional[pa.Table], id_column: str) -> bool:
+    """True when ``table`` (a batch's fact rows) holds each value of ``id_column`` at most once, NULL
+    never: the rows a batch of it appends (a subset: held versions and dangling rows are taken out) are
+    then one per id, and the rollups need not sort them to find each id's latest (a backfill's batch:
+    ~0.3 s per 500k rows; issue 24, fifth pass)."""
+    if table is None or not table.num_rows:
+        return True
+    ids = table[id_column]
+    return not ids.null_count and pc.count_distinct(ids).as_py() == table.num_rows
 
 
 def in_version_order(table: Optional[pa.Table], version: Tuple[str, ...]) -> bool:
@@ -597,7 +614,10 @@ def _remark_held(conn: Any, name: str, stage: str, target: TargetTable, held: st
     fact_id = identifier(target.names[id_column])
     low, high = conn.run(f"SELECT min(s.{identifier(id_column)}), "  # nosec B608
                          f"max(s.{identifier(id_column)}) FROM {stage} s")[0]
-    if low is None:
+    # No version held in the staged range (a backfill's batch of new ids): nothing to take out, and the
+    # DELETE's scan of the whole stage is left out (one index probe; ~0.4 s per 500k rows, issue 24).
+    if low is None or not conn.run(f"SELECT EXISTS (SELECT 1 FROM {fact} "  # nosec B608
+                                   f"WHERE {fact_id} BETWEEN :low AND :high)", low=low, high=high)[0][0]:
         return []
     ranked = ", ".join(f"{{0}}.{identifier(target.names[column])}"
                        for column in ("last_updated_date", "last_updated_time"))

@@ -29,7 +29,7 @@ that rewrites facts outside a load). ``compare_rollups`` recomputes every rollup
 and lists the differences (``totesys verify``).
 """
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Any, Collection, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 import pg8000.exceptions
 import pyarrow as pa
@@ -163,11 +163,14 @@ def rollups_current(state: Optional[Mapping[str, RollupMark]]) -> bool:
 # -- the load's hook ----------------------------------------------------------------------------------
 
 def update_rollups(conn: Connection, batch_id: str, tables: Mapping[str, pa.Table], load_order: int,
-                   remarked: Optional[Mapping[str, Sequence[int]]] = None) -> List[str]:
+                   remarked: Optional[Mapping[str, Sequence[int]]] = None,
+                   distinct: Collection[str] = ()) -> List[str]:
     """Bring the rollups up to date with what this batch did, inside the batch's transaction (after its
     facts, dimensions and deletions are written, before COMMIT). ``tables``: the batch's {warehouse
     table: pyarrow Table} (its dim_design rows say which designs may have been renamed); ``load_order``:
-    the batch's; ``remarked``: {fact table: ids whose held version the batch made current again}.
+    the batch's; ``remarked``: {fact table: ids whose held version the batch made current again};
+    ``distinct``: the fact tables whose rows the batch appended hold each id at most once
+    (``utils.load.merge.ids_distinct``): their new rows are read without sorting them (``_new_rows``).
     Creates and fills the rollups when the warehouse has none or another definition. Returns the facts
     updated.
 
@@ -193,7 +196,8 @@ def update_rollups(conn: Connection, batch_id: str, tables: Mapping[str, pa.Tabl
         for fact in updated:
             source, mark, batch = FACT_SOURCES[fact], state[fact], tables.get(fact)
             ctes.append(_fact_ctes(source, renamed if source.label else [], bool(remarked.get(fact)),
-                                   probe=batch is None or batch.num_rows <= PROBE_BATCH_ROWS))
+                                   probe=batch is None or batch.num_rows <= PROBE_BATCH_ROWS,
+                                   distinct=fact in distinct))
             params.update({f"{source.source}_{name}": value for name, value in (
                 ("mark", mark.last_record_id), ("max_id", mark.max_id), ("source", source.source),
                 ("fact", fact), ("remarked", remarked.get(fact)))})
@@ -311,27 +315,28 @@ def _renamed_rows(source: FactSource) -> str:
             f"AND d.source_id = f.{id_column} AND d.reinserted_batch_id IS NULL)")
 
 
-def _new_rows(source: FactSource) -> str:
+def _new_rows(source: FactSource, distinct: bool = False) -> str:
     """SELECT of the current row of each id new to the rollups (no version up to :mark: nothing to
     subtract): every id of the batch above :max_id (no probe: no version of it can be held), and the
     touched ids up to :max_id that turned out not held (gaps in the ids). Its row is the latest of the
     batch's versions, unless its deletion is open now. One range read of the batch's rows (the record
     id's primary key), the touched ones as a hashed list, sorted once: a first load's or a backfill's
-    batches bring mostly new ids."""
+    batches bring mostly new ids. ``distinct``: the batch appended one row per id, its latest; no sort."""
     fact, id_column, p = identifier(source.fact), identifier(source.id_column), source.source
     record = identifier(source.record_column)
-    return (f"SELECT {_columns(source, 'v')} FROM (SELECT DISTINCT ON (f.{id_column}) "  # nosec B608
+    latest = "" if distinct else f"DISTINCT ON (f.{id_column}) "
+    order = "" if distinct else (f" ORDER BY f.{id_column}, f.etl_load_order DESC, f.last_updated_date DESC, "
+                                 f"f.last_updated_time DESC, f.{record} DESC")
+    return (f"SELECT {_columns(source, 'v')} FROM (SELECT {latest}"  # nosec B608
             f"f.{id_column}, {_columns(source, 'f')} FROM {fact} f WHERE f.{record} > :{p}_mark "
             f"AND (f.{id_column} > :{p}_max_id "
-            f"OR f.{id_column} IN (SELECT id FROM {p}_touched WHERE NOT held)) "
-            f"ORDER BY f.{id_column}, f.etl_load_order DESC, f.last_updated_date DESC, "
-            f"f.last_updated_time DESC, f.{record} DESC) v "
+            f"OR f.{id_column} IN (SELECT id FROM {p}_touched WHERE NOT held)){order}) v "
             f"WHERE NOT EXISTS (SELECT 1 FROM {identifier(DELETED)} d WHERE d.source_table = :{p}_source "
             f"AND d.source_id = v.{id_column} AND d.reinserted_batch_id IS NULL)")
 
 
 def _fact_ctes(source: FactSource, renamed: Sequence[int], remarked: bool = False,
-               probe: bool = False) -> str:
+               probe: bool = False, distinct: bool = False) -> str:
     """The CTEs bringing ``source``'s rollups and its state row up to date, each named after its source
     table ``<p>`` (several facts share one statement) and reading its parameters ``:<p>_mark``,
     ``:<p>_max_id``, ``:<p>_source``, ``:<p>_fact``, ``:<p>_remarked`` (and the shared ``:batch_id``,
@@ -346,11 +351,11 @@ def _fact_ctes(source: FactSource, renamed: Sequence[int], remarked: bool = Fals
     up to mark, so no deletion of it was open before the batch: it is never touched. A touched id with
     no version at all (a deletion of a row never loaded) has no current row before or after: nothing to
     add. ``probe``: a small batch's delta rows find their label by an index probe each (a hash of every
-    design costs more than the few rows: ~5 ms at x100)."""
+    design costs more than the few rows: ~5 ms at x100); ``distinct``: see ``_new_rows``."""
     old_label, new_label = (source.label[1], source.label[2]) if source.label else (None, None)
     delta = [_labelled(source, _current_rows(source, True), -1, old_label, probe),
              _labelled(source, _current_rows(source, False), 1, new_label, probe),
-             _labelled(source, _new_rows(source), 1, new_label, probe)]
+             _labelled(source, _new_rows(source, distinct), 1, new_label, probe)]
     if renamed:
         delta += [_labelled(source, _renamed_rows(source), -1, old_label),
                   _labelled(source, _renamed_rows(source), 1, new_label)]

@@ -1,11 +1,12 @@
-"""``in_version_order`` (utils/load/merge.py): whether a batch's fact rows can be appended without the
-DISTINCT ON's sort, i.e. every version once and in version order (issue 24)."""
+"""``in_version_order`` and ``ids_distinct`` (utils/load/merge.py): whether a batch's fact rows can be
+appended without the DISTINCT ON's sort (every version once and in version order), and whether the
+rollups can read them without sorting for each id's latest (each id once) (issue 24)."""
 from datetime import date, time
 
 import pyarrow as pa
 import pytest
 
-from utils.load.merge import in_version_order
+from utils.load.merge import ids_distinct, in_version_order
 
 VERSION = ("payment_id", "last_updated_date", "last_updated_time")
 D1, D2, T1, T2 = date(2024, 1, 1), date(2024, 1, 2), time(1), time(2)
@@ -36,3 +37,11 @@ def test_chunked_columns_are_read_whole():
     table = pa.concat_tables([rows((1, D1, T1)), rows((2, D1, T1)), rows((2, D1, T2))])
     assert in_version_order(table, VERSION)
     assert not in_version_order(pa.concat_tables([table, rows((2, D1, T2))]), VERSION)
+
+
+def test_ids_distinct_says_whether_each_id_appears_once():
+    assert ids_distinct(None, "sales_order_id")
+    assert ids_distinct(pa.table({"sales_order_id": pa.array([], pa.int32())}), "sales_order_id")
+    assert ids_distinct(pa.table({"sales_order_id": [3, 1, 2]}), "sales_order_id")
+    assert not ids_distinct(pa.table({"sales_order_id": [1, 2, 1]}), "sales_order_id")
+    assert not ids_distinct(pa.table({"sales_order_id": pa.array([1, None], pa.int32())}), "sales_order_id")
