@@ -12,8 +12,8 @@ from tests.model.machine import STATS
 
 pytestmark = pytest.mark.slow
 
-MIN_HISTORIES = 25
-MIN_RULES = 300
+MIN_HISTORIES = 18
+MIN_RULES = 215
 FRESH_EXAMPLES = 3
 
 
