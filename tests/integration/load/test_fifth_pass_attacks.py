@@ -194,7 +194,8 @@ def test_a_rebuild_in_the_batch_s_transaction_after_its_incremental_update_leave
     assert current_units(narrow_warehouse)[10] == 9
     assert_consistent(s3, buckets, narrow_warehouse)
 
-    run_batch(s3, buckets, later(10), {"sales_order": [sales_order(11, at=later(6)), sales_order(12, at=later(7))],
+    run_batch(s3, buckets, later(10), {"sales_order": [sales_order(11, at=later(6)),
+                                                       sales_order(12, at=later(7))],
                                        "payment": [payment(21, 2, at=later(8))]})
     assert current_units(narrow_warehouse) == {1: 1001, 2: 5000, 10: 9, 11: 1011, 12: 1012}
     assert_consistent(s3, buckets, narrow_warehouse)
@@ -204,7 +205,8 @@ def test_a_rebuild_in_the_batch_s_transaction_after_its_incremental_update_leave
                                                        sales_order(13, at=later(11), updated=later(12),
                                                                    units_sold=40)],
                                        "payment": [payment(22, 1, at=later(11)),
-                                                   payment(22, 1, at=later(11), updated=later(12), paid=True)]})
+                                                   payment(22, 1, at=later(11), updated=later(12),
+                                                           paid=True)]})
     assert current_units(narrow_warehouse)[13] == 40
     assert run_sql(narrow_warehouse, "SELECT paid FROM current_payment WHERE payment_id = 22") == [[True]]
     assert_consistent(s3, buckets, narrow_warehouse)
