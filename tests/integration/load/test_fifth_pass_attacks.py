@@ -9,13 +9,12 @@ import pytest
 
 import load
 import transform
-from tests.integration.load.test_version_attacks import (design, history_and_rollups, run_batch,
-                                                         sales_versions)
+from tests.support.versions import (create_narrow_warehouse, design, history_and_rollups, run_batch,
+                                    sales_versions)
 from tests.support.batches import T0, base_batch, later, payment, sales_order, write_ingest_batch
 from tests.support.db import run_sql
 from utils.catalog.source import LANDING_SCHEMAS
 from utils.load import merge, rollups
-from utils.load.schema import schema_statements
 
 pytestmark = pytest.mark.slow
 
@@ -24,9 +23,7 @@ pytestmark = pytest.mark.slow
 def narrow_warehouse(pipeline_env, warehouse_url):
     """A warehouse whose dim_design.design_name is varchar(12): an order referencing a design with a longer
     name is parked until a fitting version arrives (as in test_version_attacks)."""
-    for statement in schema_statements():
-        run_sql(warehouse_url, statement.replace("design_name varchar NOT NULL",
-                                                 "design_name varchar(12) NOT NULL"))
+    create_narrow_warehouse(warehouse_url)
     pipeline_env(warehouse_url=warehouse_url)
     return warehouse_url
 
