@@ -1,6 +1,7 @@
 """Hand-written landing batches through the real transform and load handlers, and what the version attacks
 check after them (tests/integration/load/test_version_attacks.py, test_fifth_pass_attacks.py)."""
 import pyarrow as pa
+import pytest
 
 import load
 import transform
@@ -8,6 +9,7 @@ from tests.support.batches import T0, write_ingest_batch
 from tests.support.db import run_sql
 from utils.catalog.source import LANDING_SCHEMAS
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
+from utils.load import merge
 from utils.load.rollups import compare_rollups
 from utils.load.schema import schema_statements
 from utils.verify.history import check_history
@@ -48,3 +50,18 @@ def sales_versions(url, sales_order_id):
     return [tuple(row) for row in run_sql(
         url, "SELECT units_sold, etl_load_order FROM fact_sales_order WHERE sales_order_id = :i "
              "ORDER BY etl_load_order, sales_record_id", i=sales_order_id)]
+
+
+def load_killed_after(monkeypatch, step, processed):
+    """Run the load of ``processed`` (the transform's result) killed right after ``merge.<step>`` (a step of
+    the batch's transaction, e.g. ``update_rollups``, ``record_batch``), before its COMMIT; the step is
+    restored after."""
+    real = getattr(merge, step)
+
+    def killed(*args, **kwargs):
+        real(*args, **kwargs)
+        raise RuntimeError(f"killed after {step}, before COMMIT")
+    monkeypatch.setattr(merge, step, killed)
+    with pytest.raises(RuntimeError, match="before COMMIT"):
+        load.lambda_handler(processed, None)
+    monkeypatch.setattr(merge, step, real)

@@ -415,11 +415,17 @@ def merge_table(conn: Any, name: str, table: Optional[pa.Table], column_map: Map
     return written
 
 
+def _staged_range(conn: Any, stage: str, column: str) -> Tuple[Any, Any]:
+    """(least, greatest) value of ``column`` (quoted) in ``stage``; (None, None) when it holds none."""
+    low, high = conn.run(f"SELECT min(s.{column}), max(s.{column}) FROM {stage} s")[0]  # nosec B608
+    return low, high
+
+
 def _keys_unseen(conn: Any, name: str, stage: str, key_column: str, key: str, versioned: bool) -> bool:
     """True when the table ``name`` (and, ``versioned``, etl_dimension_version) holds no key between the
     least and the greatest staged key (quoted ``key_column`` of ``stage``, ``key`` of the table): one scan of
     the stage and one index probe each, against a join per staged row."""
-    low, high = conn.run(f"SELECT min(s.{key_column}), max(s.{key_column}) FROM {stage} s")[0]  # nosec B608
+    low, high = _staged_range(conn, stage, key_column)
     if low is None:
         return True
     held = conn.run(f"SELECT EXISTS (SELECT 1 FROM {identifier(name)} "  # nosec B608
@@ -612,8 +618,7 @@ def _remark_held(conn: Any, name: str, stage: str, target: TargetTable, held: st
     record = identifier(FACT_SOURCES[name].record_column)
     fact, order_column = identifier(name), identifier(LOAD_ORDER_COLUMN)
     fact_id = identifier(target.names[id_column])
-    low, high = conn.run(f"SELECT min(s.{identifier(id_column)}), "  # nosec B608
-                         f"max(s.{identifier(id_column)}) FROM {stage} s")[0]
+    low, high = _staged_range(conn, stage, identifier(id_column))
     # The DELETE reads only the staged ids up to the greatest id held in the staged range (one index
     # probe): a backfill's batch of new ids overlaps what the warehouse holds at its lower edge, if at
     # all; with no version held in the range the DELETE is left out (issue 24, fifth pass: the DELETE
@@ -663,8 +668,7 @@ def _within_staged(conn: Any, stage: str, column: str, dimension_column: str) ->
     table: a backfill's batch references the rows of its own slice (issue 24: the hash of every
     dim_transaction row grew with the warehouse). No staged value lies outside the range, so no row is
     found dangling that was not before."""
-    low, high = conn.run(f"SELECT min(s.{identifier(column)}), max(s.{identifier(column)}) "  # nosec B608
-                         f"FROM {stage} s")[0]
+    low, high = _staged_range(conn, stage, identifier(column))
     if low is None:
         return "", {}
     return f" AND d.{identifier(dimension_column)} BETWEEN :low AND :high", {"low": low, "high": high}

@@ -9,8 +9,8 @@ import pytest
 
 import load
 import transform
-from tests.support.versions import (create_narrow_warehouse, design, history_and_rollups, run_batch,
-                                    sales_versions)
+from tests.support.versions import (create_narrow_warehouse, design, history_and_rollups, load_killed_after,
+                                    run_batch, sales_versions)
 from tests.support.batches import T0, base_batch, later, payment, sales_order, write_ingest_batch
 from tests.support.db import run_sql
 from utils.catalog.source import LANDING_SCHEMAS
@@ -144,16 +144,8 @@ def test_a_backfill_batch_killed_after_its_rollups_before_commit_retries_exactly
         return [run_sql(narrow_warehouse, sql) for sql in facts + tuple(rollup_tables)
                 + ("SELECT fact_table, last_record_id, max_id FROM etl_rollup_state ORDER BY 1",)]
     before = snapshot()
-    real_update = merge.update_rollups
-
-    def killed(*args, **kwargs):
-        real_update(*args, **kwargs)
-        raise RuntimeError("killed after the rollups, before COMMIT")
-    monkeypatch.setattr(merge, "update_rollups", killed)
-    with pytest.raises(RuntimeError, match="before COMMIT"):
-        load.lambda_handler(processed, None)
+    load_killed_after(monkeypatch, "update_rollups", processed)
     assert snapshot() == before
-    monkeypatch.setattr(merge, "update_rollups", real_update)
 
     assert load.lambda_handler(processed, None)["batches"]
     orders = [order for order, in run_sql(narrow_warehouse, "SELECT load_order FROM etl_load_ledger "

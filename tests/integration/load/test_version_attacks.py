@@ -9,11 +9,10 @@ import transform
 from tests.support.batches import (T0, base_batch, later, payment, purchase_order, sales_order,
                                    write_ingest_batch)
 from tests.support.db import run_sql
-from tests.support.versions import (create_narrow_warehouse, design, history_and_rollups, run_batch,
-                                    sales_versions)
+from tests.support.versions import (create_narrow_warehouse, design, history_and_rollups, load_killed_after,
+                                    run_batch, sales_versions)
 from utils.catalog.source import LANDING_SCHEMAS
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
-from utils.load import merge
 from utils.load.schema import schema_statements
 
 pytestmark = pytest.mark.slow
@@ -179,16 +178,8 @@ def test_a_batch_killed_before_its_commit_after_appending_and_re_marking_version
     facts = "SELECT sales_record_id, units_sold, etl_load_order FROM fact_sales_order ORDER BY 1"
     rollup = "SELECT * FROM rollup_sales_daily ORDER BY 1, 2"
     before = run_sql(narrow_warehouse, facts), run_sql(narrow_warehouse, rollup)
-    real_record = merge.record_batch
-
-    def killed(*args, **kwargs):
-        real_record(*args, **kwargs)
-        raise RuntimeError("killed after the ledger row, before COMMIT")
-    monkeypatch.setattr(merge, "record_batch", killed)
-    with pytest.raises(RuntimeError, match="before COMMIT"):
-        load.lambda_handler(processed, None)
+    load_killed_after(monkeypatch, "record_batch", processed)
     assert (run_sql(narrow_warehouse, facts), run_sql(narrow_warehouse, rollup)) == before
-    monkeypatch.setattr(merge, "record_batch", real_record)
 
     assert load.lambda_handler(processed, None)["batches"]
     orders = [order for order, in run_sql(narrow_warehouse, "SELECT load_order FROM etl_load_ledger "
