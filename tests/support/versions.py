@@ -5,7 +5,7 @@ import pytest
 
 import load
 import transform
-from tests.support.batches import T0, write_ingest_batch
+from tests.support.batches import T0, base_batch, sales_order, write_ingest_batch
 from tests.support.db import run_sql
 from utils.catalog.source import LANDING_SCHEMAS
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
@@ -26,6 +26,15 @@ def create_narrow_warehouse(url):
 def design(design_id, name, at=T0):
     return {"design_id": design_id, "created_at": at, "last_updated": at, "design_name": name,
             "file_location": "/usr", "file_name": f"design-{design_id}.json"}
+
+
+def park_order_3(s3, buckets):
+    """The first batch (``base_batch`` at T0), with design 2 named too long for the narrow warehouse
+    (rejected) and order 3 (111 units) referencing it (parked until a fitting version of design 2 arrives)."""
+    batch = base_batch()
+    batch["design"].append(design(2, "A design name far too long"))
+    batch["sales_order"].append(sales_order(3, design_id=2, units_sold=111))
+    return run_batch(s3, buckets, T0, batch)
 
 
 def run_batch(s3, buckets, batch_time, rows_by_table):

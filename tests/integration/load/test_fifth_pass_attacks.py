@@ -10,7 +10,7 @@ import pytest
 import load
 import transform
 from tests.support.versions import (create_narrow_warehouse, design, history_and_rollups, load_killed_after,
-                                    run_batch, sales_versions)
+                                    park_order_3, run_batch, sales_versions)
 from tests.support.batches import T0, base_batch, later, payment, sales_order, write_ingest_batch
 from tests.support.db import run_sql
 from utils.catalog.source import LANDING_SCHEMAS
@@ -44,10 +44,7 @@ def test_a_parked_version_loading_beside_the_batch_s_later_version_of_its_id_is_
     of order 3 and a new order 6: the batch's own ids are distinct, but the rows it appends hold id 3 twice
     (the parked version and the later one), both new to the rollups (above their max id). The rollups must
     count order 3 once, at its later version."""
-    batch = base_batch()
-    batch["design"].append(design(2, "A design name far too long"))
-    batch["sales_order"].append(sales_order(3, design_id=2, units_sold=111))
-    run_batch(s3, buckets, T0, batch)
+    park_order_3(s3, buckets)
     assert sales_versions(narrow_warehouse, 3) == []
 
     run_batch(s3, buckets, later(5), {"design": [design(2, "Short name", at=later(4))],
@@ -65,10 +62,7 @@ def test_two_parked_versions_of_one_id_loading_in_a_batch_without_that_fact_are_
     """Order 3 is parked twice (two versions under two stamps, each by its own batch); the batch that
     brings the design has no sales orders at all (its fact table absent: ``ids_distinct`` of no table is
     true). The two parked versions both append; the rollups count order 3 once, at the later version."""
-    batch = base_batch()
-    batch["design"].append(design(2, "A design name far too long"))
-    batch["sales_order"].append(sales_order(3, design_id=2, units_sold=111))
-    run_batch(s3, buckets, T0, batch)
+    park_order_3(s3, buckets)
     run_batch(s3, buckets, later(5), {"sales_order": [sales_order(3, design_id=2, updated=later(2),
                                                                   units_sold=222)]})
     assert sales_versions(narrow_warehouse, 3) == []

@@ -10,7 +10,7 @@ from tests.support.batches import (T0, base_batch, later, payment, purchase_orde
                                    write_ingest_batch)
 from tests.support.db import run_sql
 from tests.support.versions import (create_narrow_warehouse, design, history_and_rollups, load_killed_after,
-                                    run_batch, sales_versions)
+                                    park_order_3, run_batch, sales_versions)
 from utils.catalog.source import LANDING_SCHEMAS
 from utils.db.connection import close_db_connection, connect_to_db, credentials_from_url
 from utils.load.schema import schema_statements
@@ -33,10 +33,7 @@ def test_a_parked_version_fixed_under_its_stamp_loads_both_versions_once(s3, buc
     (111, the parking batch's order) and the fix (222, this batch's order). Two versions of one stamp,
     as if the design had never been missing: the history check finds each landed value-version once,
     the fix is current, the rollups agree."""
-    batch = base_batch()
-    batch["design"].append(design(2, "A design name far too long"))
-    batch["sales_order"].append(sales_order(3, design_id=2, units_sold=111))
-    run_batch(s3, buckets, T0, batch)
+    park_order_3(s3, buckets)
     assert sales_versions(narrow_warehouse, 3) == []
 
     # Order 1 too gets a fix that kept its stamp: its two versions make the history check's sums differ,
@@ -68,10 +65,7 @@ def test_two_versions_parked_under_one_stamp_are_two_records_and_load_both(s3, b
     record (docs/RELIABILITY.md defect 16; one record per stamp kept only the later). When the design
     arrives both load, each with the order of the batch that parked it: the source's current values (222)
     current, the 111 version in the history, as the landing zone holds it."""
-    batch = base_batch()
-    batch["design"].append(design(2, "A design name far too long"))
-    batch["sales_order"].append(sales_order(3, design_id=2, units_sold=111))
-    run_batch(s3, buckets, T0, batch)
+    park_order_3(s3, buckets)
     run_batch(s3, buckets, later(5), {"sales_order": [sales_order(3, design_id=2, units_sold=222)]})
     assert sales_versions(narrow_warehouse, 3) == []
     assert sorted(run_sql(narrow_warehouse, "SELECT (row_data ->> 'units_sold')::int FROM etl_rejected_rows "
